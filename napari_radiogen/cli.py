@@ -1,0 +1,76 @@
+"""The ``radiogen`` command line. Subcommands live in ``napari_radiogen/cli_cmds/<name>.py``;
+each module has ``add_arguments(parser)`` and ``run(args) -> int``. They are imported lazily so
+``radiogen info`` does not pay for torch.
+
+Errors of the user's input (:class:`~napari_radiogen.core.errors.RadiogenError`) print one line
+``radiogen: error: ...`` and exit with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import List, Optional
+
+# name -> (module in cli_cmds, one-line help)
+COMMANDS = {
+    "info": ("info", "describe a case: sequences, files, shapes, spacing, orientation, labels"),
+    "train": ("train", "train or fine-tune a model from a config (torchrun-aware)"),
+    "evaluate": ("evaluate", "evaluate a model on data and write a report"),
+    "segment": ("segment", "segment the tumour of a case (or a folder of cases)"),
+    "predict": ("predict", "predict IDH, 1p/19q and grade for a case (or a folder)"),
+    "synthesize": ("synthesize", "synthesise a missing sequence"),
+    "rank-sequences": ("rank_sequences", "rank sequences by unique information; maps"),
+    "explain": ("explain", "Grad-CAM / attention heatmaps for a prediction"),
+    "analyze": ("analyze", "full analysis of a case or folder: the one-click job"),
+    "classify-slices": ("classify_slices", "tumour-type triage of 2D slices"),
+    "models": ("models", "list installed models and their cards"),
+    "bench": ("bench", "time each stage on the sample case and print a table"),
+}
+
+
+def _available():
+    out = {}
+    for name, (mod, help_) in COMMANDS.items():
+        spec = importlib.util.find_spec(f"napari_radiogen.cli_cmds.{mod}")
+        if spec is not None:
+            out[name] = (mod, help_)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radiogen", description=__doc__.split("\n")[0])
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"napari-radiogen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in _available().items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(_module=mod)
+        m = importlib.import_module(f"napari_radiogen.cli_cmds.{mod}")
+        m.add_arguments(sp)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import importlib.util  # noqa: F401
+    from .core.errors import RadiogenError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(f"napari_radiogen.cli_cmds.{args._module}")
+    try:
+        return int(mod.run(args) or 0)
+    except RadiogenError as e:
+        print(f"radiogen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("radiogen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
