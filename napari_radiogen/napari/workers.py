@@ -1,0 +1,238 @@
+"""The ONE place that runs core generators in napari workers.
+
+A core step is a generator that yields :class:`~napari_radiogen.core.progress.Progress` items
+while it works and result objects when it has them (the last one is *the* result). Widgets call
+:func:`start_job` with a factory taking a :class:`CancelToken`; this module
+
+* runs the generator on a background thread (``napari.qt.threading.create_worker``),
+* shows a ``napari.utils.progress`` bar named after the job and its current stage,
+* delivers progress (throttled, so the Qt main thread never drowns in updates) and every
+  non-progress item to the widget's callbacks in the main thread,
+* turns :class:`RadiogenError` into an error notification, :class:`Cancelled` into an info
+  notification, anything else into an error notification with the exception type,
+* cancels cooperatively (token + ``worker.quit()``), and ends every running job cleanly when
+  its owner widget is destroyed or the application quits.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import weakref
+from typing import Any, Callable, Iterator, List, Optional
+
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+
+from ..core.errors import Cancelled, RadiogenError
+from ..core.progress import CancelToken, Progress
+
+log = logging.getLogger(__name__)
+
+#: minimum seconds between two progress callbacks of one job (stage changes always pass)
+PROGRESS_INTERVAL = 0.05
+
+_ACTIVE: "weakref.WeakSet[Job]" = weakref.WeakSet()
+_KEEP: List["Job"] = []          # strong refs while running
+
+
+class Job:
+    """A running core generator. ``cancel()`` is safe from the main thread at any time."""
+
+    def __init__(self, name: str, token: CancelToken):
+        self.name = name
+        self.token = token
+        self.worker = None
+        self.done = False
+        self.cancelled = False
+        self.error: Optional[BaseException] = None
+        self.result: Any = None
+        self.started_at = time.monotonic()
+        self.finished_at: Optional[float] = None
+        self._pbar = None
+        self._last_progress = 0.0
+        self._last_stage: Optional[str] = None
+
+    # -- control ------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        if self.done:
+            return
+        self.cancelled = True
+        self.token.cancel()
+        if self.worker is not None:
+            try:
+                self.worker.quit()
+            except RuntimeError:  # the C++ object is gone already
+                pass
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Block (processing Qt events) until the job has finished; True if it did."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while not self.done and time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+        return self.done
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started_at
+
+    # -- progress bar -------------------------------------------------------------------------
+    def _update_bar(self, p: Progress) -> None:
+        try:
+            if self._pbar is None:
+                self._pbar = napari_progress(total=max(p.total, 1), desc=self.name)
+            if p.total and self._pbar.total != p.total:
+                self._pbar.total = p.total
+            self._pbar.n = min(p.done, p.total) if p.total else 0
+            desc = f"{self.name}: {p.stage}" + (f" ({p.message})" if p.message else "")
+            self._pbar.set_description(desc[:120])
+            self._pbar.refresh()
+        except Exception:  # the progress bar is cosmetic: never let it break a job
+            log.debug("progress bar update failed", exc_info=True)
+
+    def _close_bar(self) -> None:
+        if self._pbar is not None:
+            try:
+                self._pbar.close()
+            except Exception:
+                pass
+            self._pbar = None
+
+
+def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
+              on_result: Optional[Callable[[Any], None]] = None,
+              on_progress: Optional[Callable[[Progress], None]] = None,
+              on_yield: Optional[Callable[[Any], None]] = None,
+              on_error: Optional[Callable[[BaseException], None]] = None,
+              on_finished: Optional[Callable[["Job"], None]] = None,
+              viewer: Any = None, owner: Any = None, progress_bar: bool = True,
+              notify: bool = True) -> Job:
+    """Run ``gen_factory(token)`` on a worker thread; callbacks run in the main thread.
+
+    ``on_yield`` receives every non-Progress item as it arrives (e.g. a pipeline stage's
+    result, so layers can appear stage by stage); ``on_result`` receives the last one when the
+    job ends successfully. ``owner`` (a QObject, usually the widget) cancels the job when it is
+    destroyed. ``viewer`` is accepted for symmetry and kept only as a weak reference.
+    """
+    token = CancelToken()
+    job = Job(name, token)
+    job._viewer = weakref.ref(viewer) if viewer is not None else None  # type: ignore[attr-defined]
+
+    def _work():
+        gen = gen_factory(token)
+        last = None
+        try:
+            for item in gen:
+                if token.cancelled:
+                    raise Cancelled("cancelled by the user")
+                yield item
+                if not isinstance(item, Progress):
+                    last = item
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+        return last
+
+    def _yielded(item: Any) -> None:
+        if isinstance(item, Progress):
+            now = time.monotonic()
+            stage_changed = item.stage != job._last_stage
+            final = bool(item.total) and item.done >= item.total
+            if not (stage_changed or final or now - job._last_progress >= PROGRESS_INTERVAL):
+                return
+            job._last_progress = now
+            job._last_stage = item.stage
+            if progress_bar:
+                job._update_bar(item)
+            if on_progress is not None:
+                on_progress(item)
+        else:
+            job.result = item
+            if on_yield is not None:
+                on_yield(item)
+
+    def _returned(value: Any) -> None:
+        if value is not None:
+            job.result = value
+        if job.cancelled:
+            return
+        if on_result is not None:
+            on_result(job.result)
+
+    def _errored(exc: BaseException) -> None:
+        job.error = exc
+        if isinstance(exc, Cancelled):
+            job.cancelled = True
+            if notify:
+                show_info(f"{name}: cancelled")
+        elif isinstance(exc, RadiogenError):
+            if notify:
+                show_error(f"{name}: {exc}")
+        else:
+            log.error("%s failed:\n%s", name,
+                      "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            if notify:
+                show_error(f"{name} failed: {type(exc).__name__}: {exc}")
+        if on_error is not None:
+            on_error(exc)
+
+    def _finished() -> None:
+        job.done = True
+        job.finished_at = time.monotonic()
+        job._close_bar()
+        if job.cancelled and job.error is None and notify:
+            show_info(f"{name}: cancelled")
+        if job in _KEEP:
+            _KEEP.remove(job)
+        if on_finished is not None:
+            on_finished(job)
+
+    worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
+    worker.yielded.connect(_yielded)
+    worker.returned.connect(_returned)
+    worker.errored.connect(_errored)
+    worker.finished.connect(_finished)
+    job.worker = worker
+    if owner is not None and hasattr(owner, "destroyed"):
+        owner.destroyed.connect(lambda *_: job.cancel())
+    _ACTIVE.add(job)
+    _KEEP.append(job)
+    _connect_quit()
+    worker.start()
+    return job
+
+
+def active_jobs() -> List[Job]:
+    return [j for j in list(_ACTIVE) if not j.done]
+
+
+def cancel_all(wait: float = 0.0) -> None:
+    """Cancel every running job (used when the viewer or application closes)."""
+    jobs = active_jobs()
+    for j in jobs:
+        j.cancel()
+    if wait:
+        for j in jobs:
+            j.wait(wait)
+
+
+_QUIT_CONNECTED = False
+
+
+def _connect_quit() -> None:
+    global _QUIT_CONNECTED
+    if _QUIT_CONNECTED:
+        return
+    try:
+        from qtpy.QtWidgets import QApplication
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(lambda: cancel_all(wait=5.0))
+            _QUIT_CONNECTED = True
+    except Exception:  # pragma: no cover
+        pass

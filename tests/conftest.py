@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests that need the real data in ../shared/data skip with a reason when it is
+absent (a fresh clone); CI has it."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("RADIOGEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# napari/matplotlib write settings and caches under HOME: keep tests hermetic.
+_tmp = tempfile.mkdtemp(prefix="radiogen-test-home-")
+for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
+    os.environ.setdefault(var, os.path.join(_tmp, var.lower()))
+os.environ.setdefault("RADIOGEN_MODELS_DIR", os.path.join(_tmp, "user-models"))
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "README.md").exists():
+        pytest.skip(f"real data not found at {SHARED} (clone ../shared beside the repo, or set "
+                    "RADIOGEN_SHARED_DATA)")
+    return SHARED
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside the shared data, skipping the calling test when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not found: {p}")
+    return p
