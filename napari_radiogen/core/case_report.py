@@ -1,0 +1,194 @@
+"""Per-case report: HTML with key slices, a 3D rendering, tables and warnings, plus JSON.
+
+De-identified by default: the report shows the case id only (no clinical fields, no source
+paths, no acquisition metadata); ``deidentify=False`` adds the clinical fields the case carries.
+Figures are matplotlib (Agg) PNGs written beside the HTML, which links them relatively so the
+folder can be moved or zipped as a whole.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+
+LABEL_RGBA = {1: (0.95, 0.25, 0.25, 0.6), 2: (0.3, 0.85, 0.3, 0.45), 4: (1.0, 0.85, 0.1, 0.7)}
+
+
+def _key_slice(labels, heat, nz: int) -> int:
+    if labels is not None and (labels > 0).any():
+        return int(np.argmax((labels > 0).reshape(labels.shape[0], -1).sum(1)))
+    if heat is not None:
+        return int(np.argmax(heat.reshape(heat.shape[0], -1).sum(1)))
+    return nz // 2
+
+
+def _slices_figure(res, out_png: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    case = res.case
+    ref = case.sequences[case.reference]
+    labels = res.segmentation.labels if res.segmentation is not None else None
+    heat = res.explanations[0].heatmap if res.explanations else None
+    z = _key_slice(labels, heat, ref.array.shape[0])
+    seqs = [s for s in ("t1", "t1ce", "t2", "flair") if s in case.sequences]
+    ncol = len(seqs) + (1 if labels is not None else 0) + (1 if heat is not None else 0)
+    g = ref.geometry
+    aspect = g.spacing[1] / g.spacing[0]
+    fig, axes = plt.subplots(1, ncol, figsize=(3 * ncol, 3.3), squeeze=False)
+    axes = axes[0]
+
+    def show(ax, img, title):
+        lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0, 1)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+
+    for ax, s in zip(axes, seqs):
+        v = case.sequences[s]
+        img = v.array[z] if v.array.shape == ref.array.shape else v.array[min(z, v.array.shape[0] - 1)]
+        show(ax, img, s + (" (synthetic)" if v.synthetic else ""))
+    i = len(seqs)
+    base = ref.array[z]
+    if labels is not None:
+        show(axes[i], base, "segmentation")
+        rgba = np.zeros(base.shape + (4,))
+        for val, c in LABEL_RGBA.items():
+            rgba[labels[z] == val] = c
+        axes[i].imshow(rgba, aspect=aspect)
+        i += 1
+    if heat is not None:
+        e = res.explanations[0]
+        show(axes[i], base, f"{e.method}: {e.task}")
+        axes[i].imshow(np.ma.masked_less(heat[z], 0.05), cmap="inferno", alpha=0.55, vmin=0,
+                       vmax=1, aspect=aspect)
+    fig.suptitle(f"{res.case_id}: axial slice {z}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png.name
+
+
+def _attention_figure(res, out_png: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2.4))
+    for s, w in res.prediction.attention.items():
+        ax.plot(np.arange(len(w)), w, label=s)
+    ax.set_xlabel("axial slice")
+    ax.set_ylabel("attention")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png.name
+
+
+def _table(rows, header) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bool = True
+                      ) -> Dict[str, str]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    case = res.case
+    paths: Dict[str, str] = {}
+    parts = [f"<h1>napari-radiogen report: {html.escape(res.case_id)}</h1>",
+             "<p class=note>Research software, not a medical device. Model outputs are "
+             "probabilities from models validated by cross-validation on public cohorts "
+             "(see each model card); they do not replace histopathology or molecular "
+             "testing.</p>"]
+    if res.warnings:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(
+            f"<li>{html.escape(w)}</li>" for w in res.warnings) + "</ul>")
+    if case.kind != "slices":
+        png = _slices_figure(res, out_dir / f"{res.case_id}_key_slice.png")
+        paths["key_slice_png"] = str(out_dir / png)
+        parts.append(f"<h2>Key slice</h2><img src='{png}' alt='key slice'>")
+    if res.segmentation is not None:
+        seg = res.segmentation
+        rows = [(k, f"{v:.2f}") for k, v in seg.volumes_ml.items()]
+        parts.append(f"<h2>Segmentation ({html.escape(seg.model)})</h2>"
+                     + _table(rows, ("region / label", "volume (mL)")))
+        if seg.metrics:
+            rows = [(r, *(f"{m.get(k, float('nan')):.3f}" for k in ("dice", "hd95")))
+                    for r, m in seg.metrics.items()]
+            parts.append("<p>Against the case's reference labels:</p>"
+                         + _table(rows, ("region", "Dice", "HD95 (mm)")))
+    if res.prediction is not None:
+        pr = res.prediction
+        val = (pr.card or {}).get("validated") or {}
+        rows = []
+        for t, probs in pr.tasks.items():
+            best = max(probs, key=probs.get)
+            auc = (val.get(t) or {}).get("auc_mean")
+            ci = (val.get(t) or {}).get("auc_ci95")
+            sd = (pr.uncertainty.get(t) or {}).get("sd")
+            rows.append((t, best, f"{probs[best]:.2f}", f"{sd:.2f}" if sd is not None else "",
+                         f"{auc:.2f}" if isinstance(auc, (int, float)) else "n/a",
+                         f"{ci}" if ci else ""))
+        parts.append(f"<h2>Prediction ({html.escape(pr.model)})</h2>"
+                     + _table(rows, ("task", "predicted", "probability", "SD (ensemble)",
+                                     "validated AUC (CV)", "95% CI")))
+        if pr.risk is not None:
+            parts.append(f"<p>Overall-survival risk score (Cox head, relative): "
+                         f"{pr.risk:.2f}</p>")
+        if pr.attention:
+            png = _attention_figure(res, out_dir / f"{res.case_id}_attention.png")
+            paths["attention_png"] = str(out_dir / png)
+            parts.append(f"<h3>Slice attention</h3><img src='{png}' alt='attention'>")
+    if res.explanations:
+        rows = [(e.task, e.method, e.target_class,
+                 f"{e.localisation:.2f}" if e.localisation is not None else "n/a",
+                 e.mask_source or "") for e in res.explanations]
+        parts.append("<h2>Explanations</h2>" + _table(
+            rows, ("task", "method", "class", "mass within tumour + 5 mm", "mask")))
+        if render and case.kind != "slices":
+            try:
+                from .explain import render_explanation
+                labels = res.segmentation.labels if res.segmentation is not None else None
+                r = render_explanation(case, res.explanations[0],
+                                       out_dir / f"{res.case_id}_3d.png", None, labels=labels)
+                paths["render_png"] = r["png"]
+                parts.append(f"<img src='{Path(r['png']).name}' alt='3D rendering'>")
+            except Exception as e:  # rendering is optional (no OpenGL on some machines)
+                parts.append(f"<p>3D rendering unavailable: {html.escape(str(e))}</p>")
+    if res.synthesized:
+        parts.append("<p><b>Synthetic inputs:</b> " + ", ".join(res.synthesized)
+                     + " were generated by a model, not acquired.</p>")
+    if not deidentify and case.clinical:
+        rows = [(k, v) for k, v in case.clinical.items() if isinstance(v, (str, int, float))]
+        parts.append("<h2>Clinical</h2>" + _table(rows, ("field", "value")))
+    parts.append("<h2>Timings</h2>" + _table([(k, f"{v:.2f} s") for k, v in res.timings.items()],
+                                             ("stage", "time")))
+    parts.append(f"<p class=note>{'De-identified: no clinical fields, source paths or acquisition metadata.' if deidentify else 'Identified report (clinical fields included).'}</p>")
+    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #999;padding:3px 8px}"
+             ".note{color:#555;font-size:90%}img{max-width:100%}</style>")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(res.case_id)}" \
+           f"</title>{style}</head><body>{''.join(parts)}</body></html>"
+    p = out_dir / f"{res.case_id}_report.html"
+    p.write_text(page)
+    paths["report_html"] = str(p)
+    data = {"case_id": res.case_id, "deidentified": deidentify, "summary": res.summary(),
+            "segmentation": res.segmentation.summary() if res.segmentation is not None else None,
+            "prediction": res.prediction.to_json() if res.prediction is not None else None,
+            "explanations": [e.metadata for e in res.explanations],
+            "warnings": res.warnings, "synthetic_inputs": res.synthesized}
+    if not deidentify:
+        data["clinical"] = {k: v for k, v in case.clinical.items()
+                            if isinstance(v, (str, int, float))}
+    p = out_dir / f"{res.case_id}_report.json"
+    p.write_text(json.dumps(data, indent=2, default=float))
+    paths["report_json"] = str(p)
+    return paths

@@ -1,0 +1,341 @@
+"""Explanations in 3D: Grad-CAM / Grad-CAM++ / LayerCAM (torchcam) and MIL attention maps.
+
+:func:`explain` is a generator (``Progress`` items, then an :class:`ExplainResult`) that maps a
+heatmap for one task of a prediction model back onto the case's reference grid (float32 in
+[0, 1], same shape and geometry as the reference sequence), so it overlays the MRI in napari and
+writes as NIfTI with the case's affine.
+
+* **Slice MIL model** (``src_models.mil``): torchcam on each sequence encoder's chosen layer
+  gives one 2D map per slice; each sequence's maps are weighted by that sequence's slice
+  attention and summed over sequences ("gradcam", "gradcam++", "layercam"). Method
+  "attention" paints each slice with its attention weight (mean over sequences) inside the
+  head foreground: which slices drove the decision.
+* **3D CNN** (``src_models.cnn3d``): torchcam on a 3D layer of the ResNet trunk; the
+  (depth, h, w) map is interpolated to the slice stack the network saw.
+* Ensembles (the shipped fold ensembles): the maps of the members are averaged.
+* Back to the case grid: the slice stack is the one ``core.predict.case_to_input`` made, so the
+  inverse is exact in z (chosen reference slices, linear in between) and in-plane (the same
+  centre and sampling factors, linear).
+
+:func:`localisation_score` is the measure reported per case and in the model cards: the
+fraction of heatmap mass inside the whole-tumour mask dilated by 5 mm.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import ConfigError, RadiogenError
+from .progress import CancelToken, Progress, check
+
+METHODS = ("gradcam", "gradcam++", "layercam", "attention")
+TASKS = ("idh", "codel_1p19q", "grade")
+#: default torchcam target layers (names inside one member)
+DEFAULT_LAYER = {"mil": "net.layer2", "volume3d": "net.layer3"}
+
+
+@dataclass
+class ExplainResult:
+    case_id: str
+    task: str
+    method: str
+    model: str
+    target_class: str
+    heatmap: np.ndarray                   # (z, y, x) float32 in [0, 1], reference grid
+    geometry: Any                         # core.case.Geometry of the reference sequence
+    localisation: Optional[float] = None  # fraction of mass in WT dilated by 5 mm
+    mask_source: Optional[str] = None     # "ground truth" / "segmentation" / None
+    slice_weights: Dict[str, List[float]] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def metadata(self) -> Dict[str, Any]:
+        return {"case_id": self.case_id, "task": self.task, "method": self.method,
+                "model": self.model, "target_class": self.target_class,
+                "localisation": self.localisation, "mask_source": self.mask_source}
+
+
+def localisation_score(heatmap: np.ndarray, wt_mask: np.ndarray,
+                       spacing_zyx: Sequence[float], dilate_mm: float = 5.0) -> Optional[float]:
+    """Fraction of heatmap mass inside ``wt_mask`` dilated by ``dilate_mm`` (None if either is
+    empty)."""
+    wt = np.asarray(wt_mask, bool)
+    h = np.clip(np.asarray(heatmap, np.float64), 0, None)
+    total = h.sum()
+    if not wt.any() or total <= 0:
+        return None
+    dist = ndimage.distance_transform_edt(~wt, sampling=tuple(float(s) for s in spacing_zyx))
+    region = dist <= dilate_mm
+    return float(h[region].sum() / total)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = np.nan_to_num(np.asarray(a, np.float32))
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+# -- mapping slice space -> reference grid ---------------------------------------------------
+def slices_to_native(stack: np.ndarray, inp: Any, ref_shape: Sequence[int],
+                     head: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N, SIZE, SIZE) maps on the input slices -> (z, y, x) on the reference grid."""
+    N, H, W = stack.shape
+    nz, ny, nx = ref_shape
+    if getattr(inp, "inplane", None) is None:          # pack: 2x2 binning of (n, 128, 128)
+        planes = ndimage.zoom(stack, (1, ny / H, nx / W), order=1)
+    else:
+        cy, cx, fy, fx = inp.inplane
+        yy = (np.arange(ny) - cy) * fy + (H - 1) / 2
+        xx = (np.arange(nx) - cx) * fx + (W - 1) / 2
+        Y, X = np.meshgrid(yy, xx, indexing="ij")
+        planes = np.stack([ndimage.map_coordinates(s, [Y, X], order=1, mode="constant", cval=0.0)
+                           for s in stack])
+    out = np.zeros((nz, ny, nx), np.float32)
+    zi = np.asarray(inp.slice_index, int)
+    if len(zi) == 1:
+        out[zi[0]] = planes[0]
+    else:
+        # linear interpolation between the chosen slices, zero outside their range
+        for z in range(zi.min(), zi.max() + 1):
+            k = int(np.searchsorted(zi, z))
+            if k < len(zi) and zi[k] == z:
+                out[z] = planes[k]
+            else:
+                z0, z1 = zi[k - 1], zi[k]
+                w = (z - z0) / (z1 - z0)
+                out[z] = (1 - w) * planes[k - 1] + w * planes[k]
+    if head is not None:
+        out *= head
+    return out
+
+
+# -- CAM computation -------------------------------------------------------------------------
+def _cam_class(method: str):
+    from torchcam.methods import GradCAM, GradCAMpp, LayerCAM
+    return {"gradcam": GradCAM, "gradcam++": GradCAMpp, "layercam": LayerCAM}[method]
+
+
+class _TaskLogits:
+    """Wrap one member so torchcam sees (B, C) logits of one task."""
+
+    def __new__(cls, member, kind: str, task: str, slice_mask, seq_mask, clinical):
+        import torch.nn as nn
+
+        class Wrapped(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = member
+
+            def forward(self, x):
+                if kind == "volume3d":
+                    return self.m(x, seq_mask, clinical)["logits"][task]
+                return self.m(x, slice_mask, seq_mask, clinical)["logits"][task]
+
+        return Wrapped()
+
+
+def _members(module) -> List[Any]:
+    return list(module.members) if hasattr(module, "members") else [module]
+
+
+def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, layer, cancel):
+    """Per-sequence per-slice CAMs averaged over members: {seq: (N, h, w)} + attention (S, N)."""
+    import torch
+
+    N = x.shape[2]
+    slm = torch.ones(1, N, dtype=torch.bool)
+    cams: Dict[str, np.ndarray] = {}
+    atts = []
+    members = _members(module)
+    for m in members:
+        check(cancel)
+        w = _TaskLogits(m, "mil", task, slm, seq_mask, clinical)
+        names = [f"m.encoders.{s}.{layer}" for s in sequences]
+        ex = _cam_class(method)(w, target_layer=names)
+        try:
+            with torch.enable_grad():
+                xx = x.clone().requires_grad_(False)
+                logits = w(xx)
+                maps = ex(int(cls_idx), logits)
+        finally:
+            ex.remove_hooks()
+        for s, mp in zip(sequences, maps):
+            a = mp.detach().cpu().numpy().astype(np.float32)          # (N, h, w)
+            cams[s] = cams.get(s, 0) + a / len(members)
+        with torch.inference_mode():
+            atts.append(m(x, slm, seq_mask, clinical)["attention"][0].cpu().numpy())
+    return cams, np.mean(atts, axis=0)
+
+
+def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, cancel):
+    import torch
+
+    acc = None
+    members = _members(module)
+    for m in members:
+        check(cancel)
+        w = _TaskLogits(m, "volume3d", task, None, seq_mask, clinical)
+        ex = _cam_class(method)(w, target_layer=f"m.{layer}")
+        try:
+            with torch.enable_grad():
+                logits = w(vol)
+                mp = ex(int(cls_idx), logits)[0]
+        finally:
+            ex.remove_hooks()
+        a = mp[0].detach().cpu().numpy().astype(np.float32)            # (d, h, w)
+        acc = a / len(members) if acc is None else acc + a / len(members)
+    return acc
+
+
+def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
+            target: Optional[str] = None, layer: Optional[str] = None,
+            wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
+            cancel: Optional[CancelToken] = None
+            ) -> Iterator[Union[Progress, ExplainResult]]:
+    """Heatmap for ``task`` of a prediction model on ``case`` (see the module docstring).
+
+    ``target``: the class to explain (default: the positive class, e.g. ``mutant``);
+    ``wt_mask``: a whole-tumour mask on the reference grid for the localisation score (default:
+    the case's labels when present).
+    """
+    import torch
+
+    from . import predict as P
+    from .models import LoadedModel, default_model, load_model
+
+    t0 = time.perf_counter()
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    yield Progress("explain", 0, 4, "loading model")
+    lm = model if isinstance(model, LoadedModel) else load_model(
+        model or default_model(P.TASK, prefer=("predict_mil",)), task=P.TASK, device="cpu")
+    card = lm.card
+    kind = (card.get("input") or {}).get("kind", "mil")
+    if kind == "volume3d" and method == "attention":
+        raise ConfigError("the 3D CNN has no slice attention; use gradcam, gradcam++ or layercam")
+    classes = (card.get("classes") or P.CLASSES).get(task)
+    if classes is None:
+        raise ConfigError(f"model {lm.name} has no {task!r} head")
+    target = target or classes[-1]
+    if target not in classes:
+        raise ConfigError(f"{target!r} is not a class of {task} ({', '.join(classes)})")
+    cls_idx = classes.index(target)
+    seqs = list(card.get("sequences") or [])
+    required = list(card.get("required_sequences") or seqs)
+    missing = [s for s in required if s not in case.sequences]
+    if missing:
+        from .errors import MissingSequenceError
+        raise MissingSequenceError(missing, required, case.present)
+    check(cancel)
+    yield Progress("explain", 1, 4, "preparing slices")
+    inp = P.case_to_input(case, seqs)
+    cvec = np.zeros(2, np.float32)
+    if (card.get("clinical") or {}).get("used"):
+        cvec, _ = P.clinical_vector(case.clinical, card)
+    module = lm.module.to("cpu").eval()   # CAMs need gradients: CPU keeps memory predictable
+    sm = torch.from_numpy(inp.seq_mask[None])
+    cl = torch.from_numpy(cvec[None])
+    ref = case.sequences[case.reference]
+    ref_shape = ref.array.shape
+    head = None
+    if case.kind != "slices":
+        fg = np.zeros(ref_shape, bool)
+        for s in seqs:
+            if s in case.sequences and case.sequences[s].geometry.same_grid(ref.geometry):
+                fg |= P.foreground(case.sequences[s].array)
+        head = ndimage.binary_fill_holes(fg) if fg.any() else None
+    yield Progress("explain", 2, 4, f"{method} for {task} = {target}")
+    layer = layer or DEFAULT_LAYER[kind]
+    weights: Dict[str, List[float]] = {}
+    if kind == "volume3d":
+        vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None])
+        cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel)
+        N, H, W = inp.x.shape[1:]
+        stack = ndimage.zoom(cam, (N / cam.shape[0], H / cam.shape[1], W / cam.shape[2]), order=1)
+    else:
+        x = torch.from_numpy(inp.x[None])
+        if method == "attention":
+            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool)
+            with torch.inference_mode():
+                att = np.mean([m(x, slm, sm, cl)["attention"][0].cpu().numpy()
+                               for m in _members(module)], axis=0)          # (S, N)
+            used = att[inp.seq_mask]
+            per_slice = used.mean(0) if len(used) else np.zeros(inp.x.shape[1])
+            N, H, W = inp.x.shape[1:]
+            stack = np.repeat(per_slice[:, None, None], H, 1).repeat(W, 2).astype(np.float32)
+            # restrict to the network's field of view of the head
+            fov = (np.abs(inp.x[inp.seq_mask]).sum(0) > 0) if inp.seq_mask.any() else None
+            if fov is not None:
+                stack = stack * fov
+        else:
+            cams, att = _mil_cams(module, x, sm, cl, seqs, task, cls_idx, method, layer, cancel)
+            N, H, W = inp.x.shape[1:]
+            stack = np.zeros((N, H, W), np.float32)
+            for i, s in enumerate(seqs):
+                if not inp.seq_mask[i]:
+                    continue
+                c = cams[s]
+                c = ndimage.zoom(c, (1, H / c.shape[1], W / c.shape[2]), order=1)
+                c = c / (c.max() + 1e-8)
+                stack += att[i][:, None, None] * c
+        for i, s in enumerate(seqs):
+            if inp.seq_mask[i] and kind != "volume3d":
+                full = np.zeros(inp.n_ref_slices, np.float32)
+                full[inp.slice_index] = att[i] if method != "attention" else att[i]
+                weights[s] = [round(float(v), 6) for v in full]
+    check(cancel)
+    yield Progress("explain", 3, 4, "mapping to the case grid")
+    heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
+    heat = _minmax(heat)
+    mask_source = None
+    if wt_mask is None and case.labels is not None and case.labels.geometry.same_grid(ref.geometry):
+        wt_mask = case.labels.array > 0
+        mask_source = "ground truth"
+    elif wt_mask is not None:
+        mask_source = "segmentation"
+    loc = None
+    if wt_mask is not None:
+        g = ref.geometry
+        loc = localisation_score(heat, wt_mask, (g.spacing[2], g.spacing[1], g.spacing[0]))
+    warns = []
+    synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
+    if synth:
+        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+    yield Progress("explain", 4, 4, "done")
+    yield ExplainResult(case_id=case.case_id, task=task, method=method, model=lm.name,
+                        target_class=target, heatmap=heat.astype(np.float32),
+                        geometry=ref.geometry, localisation=loc, mask_source=mask_source,
+                        slice_weights=weights, warnings=warns,
+                        seconds=time.perf_counter() - t0)
+
+
+def render_explanation(case, result: ExplainResult, out_png, out_gif=None,
+                       labels: Optional[np.ndarray] = None, n_frames: int = 24) -> Dict[str, str]:
+    """Off-screen 3D rendering (brain translucent, tumour regions, heatmap iso-surfaces)."""
+    from .render import render_3d
+
+    ref = case.sequences[case.reference]
+    if case.kind == "slices":
+        raise RadiogenError("3D rendering needs a 3D case (this is a 2D slice pack)")
+    g = ref.geometry
+    from . import predict as P
+    brain = np.zeros(ref.array.shape, bool)
+    for v in case.sequences.values():
+        if v.geometry.same_grid(g):
+            brain |= P.foreground(v.array)
+    brain = ndimage.binary_fill_holes(ndimage.binary_opening(brain, iterations=2))
+    if labels is None and case.labels is not None and case.labels.geometry.same_grid(g):
+        labels = case.labels.array
+    title = f"{case.case_id}  {result.task} ({result.target_class})  {result.method}"
+    if result.localisation is not None:
+        title += f"  localisation {result.localisation:.2f}"
+    return render_3d(brain=brain, labels=labels, heatmap=result.heatmap,
+                     spacing_zyx=(g.spacing[2], g.spacing[1], g.spacing[0]), out_png=out_png,
+                     out_gif=out_gif, n_frames=n_frames, title=title)

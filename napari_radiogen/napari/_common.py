@@ -1,0 +1,107 @@
+"""Small pieces shared by the dock widgets: a case picker, a device picker, layer placement."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox
+
+from ..core.case import Case, Geometry, Volume
+from .layers import (case_from_layers, geometry_kwargs, image_layer_data, labels_layer_data,
+                     radiogen_meta)
+
+
+def case_ids(viewer) -> List[str]:
+    out: List[str] = []
+    for layer in viewer.layers:
+        cid = radiogen_meta(layer).get("case_id")
+        if cid and cid not in out and not radiogen_meta(layer).get("result"):
+            out.append(cid)
+    return out
+
+
+class CaseCombo(QComboBox):
+    """Lists the cases open in the viewer; keeps itself up to date."""
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.setToolTip("the case to work on (the result lands on this case)")
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        cur = self.currentText()
+        ids = case_ids(self.viewer)
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(ids)
+        if cur in ids:
+            self.setCurrentText(cur)
+        elif self.viewer.layers.selection.active is not None:
+            cid = radiogen_meta(self.viewer.layers.selection.active).get("case_id")
+            if cid in ids:
+                self.setCurrentText(cid)
+        self.blockSignals(False)
+
+    def case(self, include_labels: bool = True) -> Case:
+        from ..core.errors import RadiogenError
+
+        cid = self.currentText()
+        if not cid:
+            raise RadiogenError("no case is open: open a case with File > Open (napari-radiogen "
+                                "reader) or File > Open Sample")
+        case = case_from_layers(self.viewer.layers, cid, include_labels=include_labels)
+        kinds = {radiogen_meta(l).get("kind") for l in self.viewer.layers
+                 if radiogen_meta(l).get("case_id") == cid}
+        if "slices" in kinds or (case.source and str(case.source).endswith((".h5", ".hdf5"))):
+            case.kind = "slices"
+        return case
+
+
+def device_combo() -> QComboBox:
+    c = QComboBox()
+    c.addItems(["auto", "cpu", "cuda"])
+    c.setToolTip("auto: the GPU when there is one; a CUDA out-of-memory falls back to the CPU")
+    return c
+
+
+def reference_geometry(viewer, case_id: str) -> Optional[Geometry]:
+    for layer in viewer.layers:
+        rg = radiogen_meta(layer)
+        if rg.get("case_id") == case_id and rg.get("geometry") is not None \
+                and type(layer).__name__ == "Image" and not rg.get("result"):
+            return rg.get("geometry")
+    return None
+
+
+def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str):
+    """Add a layer, replacing an existing one of the same name (reruns replace cleanly)."""
+    name = kwargs.get("name")
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    add = getattr(viewer, f"add_{layer_type}")
+    return add(data, **kwargs)
+
+
+def add_labels_result(viewer, labels: np.ndarray, geometry: Geometry, case_id: str, name: str,
+                      **meta: Any):
+    data, kw, kind = labels_layer_data(Volume(labels, geometry), case_id=case_id, name=name,
+                                       sequence="segmentation", result=True, **meta)
+    return replace_layer(viewer, data, kw, kind)
+
+
+def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str, name: str,
+                     *, colormap: str = "inferno", opacity: float = 0.5,
+                     contrast=(0.0, 1.0), synthetic: bool = False, sequence: str = "heatmap",
+                     blending: str = "additive", **meta: Any):
+    vol = Volume(np.asarray(array, np.float32), geometry, synthetic=synthetic)
+    data, kw, kind = image_layer_data(vol, case_id=case_id, sequence=sequence, name=name,
+                                      colormap=colormap, opacity=opacity, contrast=contrast,
+                                      blending=blending, result=not synthetic, **meta)
+    return replace_layer(viewer, data, kw, kind)
+
+
+__all__ = ["CaseCombo", "device_combo", "replace_layer", "add_labels_result",
+           "add_image_result", "reference_geometry", "case_ids", "geometry_kwargs"]

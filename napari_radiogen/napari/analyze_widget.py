@@ -1,0 +1,228 @@
+"""Analyze case: the one-click job (synthesise missing -> segment -> predict -> explain).
+
+Thin: a small input dataclass, then ``core.pipeline.Analyzer.analyze`` runs through
+``workers.start_job``. Layers appear stage by stage on the case the run was started from, a
+results panel shows probabilities (with the models' validated AUCs), volumes and warnings, and
+Export writes the de-identified report and all files. Cancel removes the layers this run added.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QProgressBar, QPushButton, QTextBrowser, QVBoxLayout, QWidget)
+
+from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
+                             write_outputs)
+from ._common import CaseCombo, add_image_result, add_labels_result, device_combo
+from .workers import start_job
+
+
+@dataclass
+class AnalyzeInputs:
+    case_id: str
+    device: str = "auto"
+    explain_tasks: Tuple[str, ...] = ("idh",)
+    method: str = "gradcam"
+    synthesize_missing: bool = True
+
+
+class AnalyzeWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.analyzer: Optional[Analyzer] = None
+        self.job = None
+        self.result: Optional[AnalysisResult] = None
+        self._added: List[str] = []
+        self._inputs: Optional[AnalyzeInputs] = None
+
+        self.case_combo = CaseCombo(napari_viewer)
+        self.device = device_combo()
+        self.method = QComboBox()
+        self.method.addItems(["gradcam", "gradcam++", "layercam", "attention"])
+        self.task_boxes = {t: QCheckBox(t) for t in ("idh", "codel_1p19q", "grade")}
+        self.task_boxes["idh"].setChecked(True)
+        self.synth = QCheckBox("synthesise a missing sequence the models need")
+        self.synth.setChecked(True)
+        self.run_btn = QPushButton("Analyze")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.export_btn = QPushButton("Export report…")
+        self.export_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, len(STAGES))
+        self.stage = QLabel("")
+        self.results = QTextBrowser()
+        self.results.setMinimumHeight(220)
+
+        form = QFormLayout()
+        form.addRow("case", self.case_combo)
+        form.addRow("device", self.device)
+        row = QHBoxLayout()
+        for b in self.task_boxes.values():
+            row.addWidget(b)
+        form.addRow("explain", row)
+        form.addRow("method", self.method)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.synth)
+        btns = QHBoxLayout()
+        btns.addWidget(self.run_btn)
+        btns.addWidget(self.cancel_btn)
+        btns.addWidget(self.export_btn)
+        lay.addLayout(btns)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.stage)
+        lay.addWidget(self.results)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.export_btn.clicked.connect(self._export_dialog)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def inputs(self) -> AnalyzeInputs:
+        return AnalyzeInputs(case_id=self.case_combo.currentText(),
+                             device=self.device.currentText(),
+                             explain_tasks=tuple(t for t, b in self.task_boxes.items()
+                                                 if b.isChecked()),
+                             method=self.method.currentText(),
+                             synthesize_missing=self.synth.isChecked())
+
+    def _analyzer(self, inp: AnalyzeInputs) -> Analyzer:
+        opts = AnalysisOptions(device=inp.device, explain_tasks=inp.explain_tasks,
+                               explain_method=inp.method,
+                               synthesize_missing=inp.synthesize_missing)
+        if self.analyzer is None or vars(self.analyzer.options) != vars(opts):
+            models = self.analyzer._models if self.analyzer is not None \
+                and self.analyzer.options.device == opts.device else {}
+            self.analyzer = Analyzer(opts)
+            self.analyzer._models = models            # models are loaded once and reused
+        return self.analyzer
+
+    # -- run --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        from napari.utils.notifications import show_error
+
+        if self.job is not None and not self.job.done:
+            return
+        inp = self.inputs()
+        try:
+            case = self.case_combo.case()
+        except Exception as e:  # a RadiogenError with a clear message
+            show_error(str(e))
+            return
+        self._inputs = inp
+        self._added = []
+        self.result = None
+        analyzer = self._analyzer(inp)
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.export_btn.setEnabled(False)
+        self.bar.setValue(0)
+        self.results.setHtml("")
+        self.job = start_job(lambda tok: analyzer.analyze(case, cancel=tok),
+                             name=f"Analyze {inp.case_id}", on_progress=self._progress,
+                             on_yield=self._stage_done, on_result=self._done,
+                             on_finished=self._finished, owner=self, viewer=self.viewer)
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def _progress(self, p) -> None:
+        self.bar.setValue(min(p.done, self.bar.maximum()))
+        self.stage.setText(f"{p.stage}: {p.message}")
+
+    def _stage_done(self, item: Any) -> None:
+        if not isinstance(item, StageResult):
+            return
+        cid = self._inputs.case_id
+        v = item.value
+        if item.stage == "synthesize":
+            for s in v.synthetic_inputs():
+                vol = v.sequences[s]
+                name = f"{cid} {s} (synthetic)"
+                add_image_result(self.viewer, vol.array, vol.geometry, cid, name,
+                                 colormap="gray", opacity=1.0, contrast=None, synthetic=True,
+                                 sequence=s, blending="translucent")
+                self.viewer.layers[name].visible = False
+                self._added.append(name)
+        elif item.stage == "segment":
+            name = f"{cid} segmentation ({v.model})"
+            add_labels_result(self.viewer, v.labels, v.geometry, cid, name, model=v.model,
+                              synthetic_inputs=[w for w in v.warnings if "synthetic" in w])
+            self._added.append(name)
+        elif item.stage == "explain":
+            name = f"{cid} {v.task} {v.method}"
+            add_image_result(self.viewer, v.heatmap, v.geometry, cid, name, **{
+                "model": v.model, "task": v.task, "method": v.method,
+                "localisation": v.localisation})
+            self._added.append(name)
+
+    def _done(self, res: AnalysisResult) -> None:
+        self.result = res
+        self.export_btn.setEnabled(True)
+        self.results.setHtml(results_html(res))
+
+    def _finished(self, job) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        if job.cancelled or job.error is not None:
+            # no half-made results: remove what this run added
+            for name in self._added:
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(name)
+            self._added = []
+            self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
+        else:
+            self.bar.setValue(self.bar.maximum())
+            self.stage.setText(f"done in {job.elapsed:.1f} s")
+
+    # -- export ---------------------------------------------------------------------------------
+    def _export_dialog(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Export the report to…")
+        if d:
+            self.export(d)
+
+    def export(self, out_dir, render: bool = True) -> dict:
+        if self.result is None:
+            from napari.utils.notifications import show_error
+            show_error("nothing to export: run Analyze first")
+            return {}
+        paths = write_outputs(self.result, Path(out_dir), render=render)
+        from napari.utils.notifications import show_info
+        show_info(f"report written: {paths.get('report_html')}")
+        return paths
+
+
+def results_html(res: AnalysisResult) -> str:
+    parts = [f"<b>{html.escape(res.case_id)}</b>"]
+    if res.prediction is not None:
+        val = (res.prediction.card or {}).get("validated") or {}
+        rows = []
+        for t, probs in res.prediction.tasks.items():
+            best = max(probs, key=probs.get)
+            auc = (val.get(t) or {}).get("auc_mean")
+            sd = (res.prediction.uncertainty.get(t) or {}).get("sd")
+            rows.append(f"<tr><td>{t}</td><td>{html.escape(best)}</td>"
+                        f"<td>{probs[best]:.2f}{f' ± {sd:.2f}' if sd is not None else ''}</td>"
+                        f"<td>{f'{auc:.2f}' if isinstance(auc, (int, float)) else 'n/a'}</td></tr>")
+        parts.append("<table border=1 cellpadding=2><tr><th>task</th><th>predicted</th>"
+                     "<th>probability</th><th>validated AUC</th></tr>" + "".join(rows)
+                     + "</table>")
+    if res.segmentation is not None:
+        vols = res.segmentation.volumes_ml
+        parts.append("<p>volumes (mL): " + ", ".join(f"{k} {v:.1f}" for k, v in vols.items())
+                     + "</p>")
+    for e in res.explanations:
+        loc = f"{e.localisation:.2f}" if e.localisation is not None else "n/a"
+        parts.append(f"<p>{e.method} ({e.task}): heatmap mass in tumour + 5 mm: {loc}</p>")
+    if res.warnings:
+        parts.append("<p style='color:#d80'>" + "<br>".join(
+            "⚠ " + html.escape(w) for w in res.warnings) + "</p>")
+    parts.append("<p style='color:#888'>" + ", ".join(
+        f"{k} {v:.1f}s" for k, v in res.timings.items()) + "</p>")
+    return "".join(parts)

@@ -1,0 +1,175 @@
+"""Explain: Grad-CAM / Grad-CAM++ / LayerCAM / MIL attention heatmaps over the MRI, in 2D and 3D.
+
+The heatmap layer is named ``<case> <task> <method>``, carries its case, model, task, method and
+localisation score in its metadata, and is replaced cleanly on a rerun. A threshold slider hides
+low values; "3D view" switches napari to 3D with the tumour labels shown as surfaces; "Export
+rendering" writes an off-screen pyvista PNG + turntable GIF.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
+
+from ..core.explain import METHODS, TASKS, explain
+from ._common import CaseCombo, add_image_result
+from .workers import start_job
+
+
+@dataclass
+class ExplainInputs:
+    case_id: str
+    task: str = "idh"
+    method: str = "gradcam"
+    model: Optional[str] = None
+
+
+class ExplainWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.job = None
+        self.result = None
+        self.layer = None
+        self._case = None
+        self.case_combo = CaseCombo(napari_viewer)
+        self.model = QComboBox()
+        self._fill_models()
+        self.task = QComboBox()
+        self.task.addItems(list(TASKS))
+        self.method = QComboBox()
+        self.method.addItems(list(METHODS))
+        self.threshold = QSlider(Qt.Horizontal)
+        self.threshold.setRange(0, 95)
+        self.threshold.setValue(20)
+        self.threshold.valueChanged.connect(self._apply_threshold)
+        self.opacity = QSlider(Qt.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(50)
+        self.opacity.valueChanged.connect(self._apply_threshold)
+        self.run_btn = QPushButton("Explain")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.view3d_btn = QPushButton("3D view")
+        self.export_btn = QPushButton("Export rendering…")
+        self.export_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.score = QLabel("")
+        self.score.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("case", self.case_combo)
+        form.addRow("model", self.model)
+        form.addRow("task", self.task)
+        form.addRow("method", self.method)
+        form.addRow("threshold", self.threshold)
+        form.addRow("opacity", self.opacity)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        r = QHBoxLayout()
+        for b in (self.run_btn, self.cancel_btn, self.view3d_btn, self.export_btn):
+            r.addWidget(b)
+        lay.addLayout(r)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.score)
+        lay.addStretch(1)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(lambda: self.job and self.job.cancel())
+        self.view3d_btn.clicked.connect(self.show_3d)
+        self.export_btn.clicked.connect(self._export_dialog)
+
+    def _fill_models(self) -> None:
+        from ..core.models import list_models
+        self.model.clear()
+        for m in list_models("prediction"):
+            self.model.addItem(m["name"])
+
+    def inputs(self) -> ExplainInputs:
+        return ExplainInputs(case_id=self.case_combo.currentText(), task=self.task.currentText(),
+                             method=self.method.currentText(),
+                             model=self.model.currentText() or None)
+
+    def run(self) -> None:
+        from napari.utils.notifications import show_error
+
+        if self.job is not None and not self.job.done:
+            return
+        inp = self.inputs()
+        try:
+            case = self.case_combo.case()
+        except Exception as e:
+            show_error(str(e))
+            return
+        self._case = case
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.score.setText("")
+        self.bar.setRange(0, 4)
+        self.job = start_job(lambda tok: explain(case, inp.model, task=inp.task,
+                                                 method=inp.method, cancel=tok),
+                             name=f"Explain {inp.task}", on_result=lambda r: self._show(r, inp),
+                             on_progress=lambda p: self.bar.setValue(p.done),
+                             on_finished=self._finished, owner=self, viewer=self.viewer)
+
+    def _show(self, res, inp: ExplainInputs) -> None:
+        self.result = res
+        name = f"{inp.case_id} {res.task} {res.method}"
+        # remove an older heatmap of this case for this task (any method): rerun replaces it
+        for l in list(self.viewer.layers):
+            rg = l.metadata.get("radiogen", {}) if hasattr(l, "metadata") else {}
+            if rg.get("case_id") == inp.case_id and rg.get("task") == res.task \
+                    and rg.get("sequence") == "heatmap" and l.name != name:
+                self.viewer.layers.remove(l)
+        self.layer = add_image_result(self.viewer, res.heatmap, res.geometry, inp.case_id, name,
+                                      **res.metadata)
+        self._apply_threshold()
+        loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no mask)"
+        self.score.setText(f"{res.task} = {res.target_class} ({res.model}, {res.method}): "
+                           f"heatmap mass within tumour + 5 mm: {loc}"
+                           + (f" [{res.mask_source}]" if res.mask_source else "")
+                           + "".join(f"\n⚠ {w}" for w in res.warnings))
+        self.export_btn.setEnabled(self._case is not None and self._case.kind != "slices")
+
+    def _apply_threshold(self, *_) -> None:
+        if self.layer is None or self.layer not in self.viewer.layers:
+            return
+        self.layer.contrast_limits = (self.threshold.value() / 100.0, 1.0)
+        self.layer.opacity = self.opacity.value() / 100.0
+
+    def _finished(self, job) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.bar.setValue(self.bar.maximum() if not job.cancelled else 0)
+
+    def show_3d(self) -> None:
+        self.viewer.dims.ndisplay = 3
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.rendering = "iso"
+            self.layer.iso_threshold = max(0.3, self.threshold.value() / 100.0)
+            self.layer.blending = "translucent"
+        for l in self.viewer.layers:
+            if type(l).__name__ == "Labels":
+                l.rendering = "iso_categorical"
+
+    def _export_dialog(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Export the rendering to…")
+        if d:
+            self.export_rendering(d)
+
+    def export_rendering(self, out_dir, n_frames: int = 24):
+        """PNG + GIF rendering in a worker; returns the Job."""
+        from ..core.explain import render_explanation
+
+        res, case = self.result, self._case
+        stem = Path(out_dir) / f"{res.case_id}_{res.task}_{res.method.replace('+', 'pp')}"
+
+        def gen(tok):
+            from ..core.progress import Progress
+            yield Progress("render", 0, 1, "rendering")
+            yield render_explanation(case, res, f"{stem}.png", f"{stem}.gif", n_frames=n_frames)
+
+        return start_job(gen, name="Export rendering", owner=self, viewer=self.viewer)

@@ -1,0 +1,134 @@
+"""Explanations: heatmaps on the case grid, in [0, 1], localisation, rendering, CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_radiogen.core.explain import explain, localisation_score, slices_to_native
+from napari_radiogen.core.models import load_model
+from napari_radiogen.core.progress import run
+
+from _models import write_random_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_random_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.sample import sample_case_path
+    return load_case(sample_case_path())
+
+
+def test_localisation_score_counts_mass_near_the_mask():
+    wt = np.zeros((20, 20, 20), bool)
+    wt[8:12, 8:12, 8:12] = True
+    inside = np.zeros(wt.shape, np.float32)
+    inside[9:11, 9:11, 9:11] = 1
+    far = np.zeros(wt.shape, np.float32)
+    far[0:2, 0:2, 0:2] = 1
+    assert localisation_score(inside, wt, (1, 1, 1)) == pytest.approx(1.0)
+    assert localisation_score(far, wt, (1, 1, 1)) == pytest.approx(0.0)
+    # 3 voxels away at 1 mm is inside the 5 mm margin; at 3 mm spacing (9 mm) it is not
+    near = np.zeros(wt.shape, np.float32)
+    near[10, 10, 15] = 1
+    assert localisation_score(near, wt, (1, 1, 1)) == pytest.approx(1.0)
+    assert localisation_score(near, wt, (3, 3, 3)) == pytest.approx(0.0)
+    assert localisation_score(np.zeros(wt.shape), wt, (1, 1, 1)) is None
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "attention"])
+def test_mil_heatmap_on_case_grid(models, sample, method):
+    lm = load_model(str(models["mil"]))
+    res = run(explain(sample, lm, task="idh", method=method))
+    ref = sample.sequences[sample.reference]
+    assert res.heatmap.shape == ref.array.shape
+    assert res.geometry.same_grid(ref.geometry)
+    assert res.heatmap.dtype == np.float32
+    assert 0.0 <= res.heatmap.min() and res.heatmap.max() <= 1.0 and res.heatmap.max() > 0.5
+    assert res.localisation is not None and 0.0 <= res.localisation <= 1.0
+    assert res.mask_source == "ground truth"
+    # nothing outside the head
+    assert res.heatmap[ref.array == 0].max() == 0.0
+
+
+def test_cnn3d_gradcam_on_case_grid(models, sample):
+    if "cnn3d" not in models:
+        pytest.skip("3D CNN builder not available")
+    lm = load_model(str(models["cnn3d"]))
+    res = run(explain(sample, lm, task="grade", method="gradcam++"))
+    assert res.heatmap.shape == sample.geometry.shape
+    assert 0.0 <= res.heatmap.min() and res.heatmap.max() <= 1.0
+
+
+def test_explain_rejects_bad_requests(models, sample):
+    from napari_radiogen.core.errors import ConfigError, MissingSequenceError
+    lm = load_model(str(models["mil"]))
+    with pytest.raises(ConfigError):
+        run(explain(sample, lm, task="mgmt"))
+    with pytest.raises(ConfigError):
+        run(explain(sample, lm, task="idh", target="maybe"))
+    no_flair = sample.__class__(case_id="x", sequences={"t1": sample.sequences["t1"]})
+    with pytest.raises(MissingSequenceError, match="flair"):
+        run(explain(no_flair, lm, task="idh"))
+
+
+def test_slices_to_native_inverts_the_pack_binning():
+    class Inp:
+        inplane = None
+        slice_index = np.arange(4)
+    stack = np.zeros((4, 64, 64), np.float32)
+    stack[2, 10:20, 30:40] = 1
+    out = slices_to_native(stack, Inp, (4, 128, 128))
+    assert out.shape == (4, 128, 128)
+    ys, xs = np.where(out[2] > 0.5)
+    assert 18 <= ys.min() <= 22 and 38 <= ys.max() <= 41 and 58 <= xs.min() <= 62
+
+
+def test_render_png_without_display(models, sample, tmp_path):
+    from napari_radiogen.core.explain import render_explanation
+    lm = load_model(str(models["mil"]))
+    res = run(explain(sample, lm, task="idh", method="attention"))
+    env_display = os.environ.pop("DISPLAY", None)
+    try:
+        out = render_explanation(sample, res, tmp_path / "r.png", tmp_path / "r.gif", n_frames=3)
+    finally:
+        if env_display is not None:
+            os.environ["DISPLAY"] = env_display
+    from PIL import Image
+    img = np.asarray(Image.open(out["png"]).convert("RGB"))
+    assert img.std() > 5, "blank rendering"
+    assert Image.open(out["gif"]).n_frames == 3
+
+
+def test_cli_explain_writes_aligned_heatmap(models, tmp_path):
+    from napari_radiogen.core.sample import sample_case_path
+    case = sample_case_path()
+    r = subprocess.run([sys.executable, "-m", "napari_radiogen", "explain", str(case), "--task",
+                        "idh", "--out", str(tmp_path), "--model", str(models["mil"]),
+                        "--frames", "0"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    nii = list(tmp_path.glob("*_idh_gradcam.nii.gz"))
+    assert len(nii) == 1
+    flair = next(case.glob("*_flair.nii.gz"))
+    a, b = nib.load(str(nii[0])), nib.load(str(flair))
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+    data = a.get_fdata()
+    assert data.min() >= 0 and data.max() <= 1
+    info = json.loads(next(tmp_path.glob("*_idh_gradcam.json")).read_text())
+    assert 0 <= info["localisation"] <= 1 and os.path.exists(info["png"])
+
+
+def test_cli_explain_bad_task_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "napari_radiogen", "explain", str(tmp_path),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
