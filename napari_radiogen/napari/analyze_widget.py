@@ -28,6 +28,8 @@ class AnalyzeInputs:
     explain_tasks: Tuple[str, ...] = ("idh",)
     method: str = "gradcam"
     synthesize_missing: bool = True
+    seg_model: Optional[str] = None            # None: automatic (shipped default for the case)
+    pred_model: Optional[str] = None
 
 
 class AnalyzeWidget(QWidget):
@@ -42,6 +44,9 @@ class AnalyzeWidget(QWidget):
 
         self.case_combo = CaseCombo(napari_viewer)
         self.device = device_combo()
+        self.seg_model = QComboBox()
+        self.pred_model = QComboBox()
+        self.refresh_models()
         self.method = QComboBox()
         self.method.addItems(["gradcam", "gradcam++", "layercam", "attention"])
         self.task_boxes = {t: QCheckBox(t) for t in ("idh", "codel_1p19q", "grade")}
@@ -62,6 +67,8 @@ class AnalyzeWidget(QWidget):
         form = QFormLayout()
         form.addRow("case", self.case_combo)
         form.addRow("device", self.device)
+        form.addRow("segmentation", self.seg_model)
+        form.addRow("prediction", self.pred_model)
         row = QHBoxLayout()
         for b in self.task_boxes.values():
             row.addWidget(b)
@@ -83,21 +90,39 @@ class AnalyzeWidget(QWidget):
         self.export_btn.clicked.connect(self._export_dialog)
 
     # -- inputs ---------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        from ..core.models import list_models
+        for combo, task in ((self.seg_model, "segmentation"), (self.pred_model, "prediction")):
+            cur = combo.currentText()
+            combo.clear()
+            combo.addItem("(automatic)")
+            combo.addItems([m["name"] for m in list_models(task)])
+            if cur:
+                combo.setCurrentText(cur)
+
     def inputs(self) -> AnalyzeInputs:
+        auto = "(automatic)"
+        seg, pred = self.seg_model.currentText(), self.pred_model.currentText()
         return AnalyzeInputs(case_id=self.case_combo.currentText(),
                              device=self.device.currentText(),
                              explain_tasks=tuple(t for t, b in self.task_boxes.items()
                                                  if b.isChecked()),
                              method=self.method.currentText(),
-                             synthesize_missing=self.synth.isChecked())
+                             synthesize_missing=self.synth.isChecked(),
+                             seg_model=None if seg in ("", auto) else seg,
+                             pred_model=None if pred in ("", auto) else pred)
 
     def _analyzer(self, inp: AnalyzeInputs) -> Analyzer:
         opts = AnalysisOptions(device=inp.device, explain_tasks=inp.explain_tasks,
                                explain_method=inp.method,
-                               synthesize_missing=inp.synthesize_missing)
+                               synthesize_missing=inp.synthesize_missing,
+                               seg_model=inp.seg_model, pred_model=inp.pred_model)
         if self.analyzer is None or vars(self.analyzer.options) != vars(opts):
-            models = self.analyzer._models if self.analyzer is not None \
-                and self.analyzer.options.device == opts.device else {}
+            old = self.analyzer
+            same = old is not None and (old.options.device, old.options.seg_model,
+                                        old.options.pred_model) == (opts.device, opts.seg_model,
+                                                                    opts.pred_model)
+            models = old._models if same else {}
             self.analyzer = Analyzer(opts)
             self.analyzer._models = models            # models are loaded once and reused
         return self.analyzer

@@ -1,0 +1,177 @@
+"""``radiogen info PATH``: what a case (or a cohort folder) holds.
+
+For a case: case id, kind, each detected sequence with its file, shape, spacing, orientation,
+the labels file and its values. For a cohort folder: one line per case (header-only scan).
+Imports only the headless I/O (no torch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="case folder, volume file, DICOM folder, .h5 slice pack, "
+                                     "or a cohort folder of cases")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--sequence", action="append", default=[], metavar="FILE=SEQ",
+                        help="name a file's sequence when the file name does not tell "
+                             "(t1, t1ce, t2, flair, labels, ignore); repeatable")
+    parser.add_argument("--series", default=None, metavar="S",
+                        help="DICOM: pick the series whose description or UID contains S")
+    parser.add_argument("--reference", default=None, metavar="SEQ",
+                        help="reference sequence (default: flair > t1ce > t2 > t1)")
+
+
+def parse_overrides(items: List[str]) -> Dict[str, str]:
+    """``["a.nii.gz=flair", ...]`` -> dict; a malformed item is a user error."""
+    from ..core.errors import RadiogenError
+
+    out: Dict[str, str] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise RadiogenError(f"--sequence expects FILE=SEQ, got '{it}'")
+        k, v = it.rsplit("=", 1)
+        if not k.strip() or not v.strip():
+            raise RadiogenError(f"--sequence expects FILE=SEQ, got '{it}'")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _case_text(d: Dict[str, Any]) -> str:
+    lines = [f"case {d['case_id']}  ({d['kind']})  {d['source']}"]
+    rows = [("", "file", "shape z,y,x", "spacing x,y,z mm", "orient.", "dtype")]
+
+    def row(name: str, v: Dict[str, Any]) -> None:
+        sp = " x ".join(_fmt_num(s) for s in v["spacing_xyz_mm"])
+        if v.get("nominal_spacing"):
+            sp += " (nominal)"
+        rows.append((name, Path(v["file"] or "-").name if v["file"] else "-",
+                     "x".join(str(s) for s in v["shape_zyx"]), sp, v["orientation"], v["dtype"]))
+
+    for s, v in d["sequences"].items():
+        row(s, v)
+    if d.get("labels"):
+        row("labels", d["labels"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if d.get("labels"):
+        lab = d["labels"]
+        vals = lab.get("values")
+        extra = f"  values {', '.join(map(str, vals))}" if vals is not None else ""
+        meaning = lab.get("meaning")
+        lines.append(f"  labels: {Path(lab['file']).name if lab['file'] else '-'}{extra}"
+                     + (f"  ({meaning})" if meaning else ""))
+    else:
+        lines.append("  labels: none")
+    lines.append(f"  missing: {', '.join(d['missing']) or 'none'}    reference: "
+                 f"{d.get('reference')}    on one grid: {'yes' if d['on_one_grid'] else 'no'}")
+    meta = d.get("meta") or {}
+    if meta.get("unrecognised"):
+        lines.append(f"  not recognised (ignored): {', '.join(meta['unrecognised'])}")
+    if meta.get("unavailable"):
+        lines.append(f"  unavailable in the source (not loaded): "
+                     f"{', '.join(meta['unavailable'])}")
+    if meta.get("nominal_geometry"):
+        lines.append(f"  geometry: {meta['nominal_geometry']}")
+    clin = d.get("clinical") or {}
+    if clin:
+        keys = [k for k in ("age_at_initial_pathologic", "gender", "idh", "codel_1p19q", "grade",
+                            "os_days", "os_event") if k in clin]
+        if keys:
+            lines.append("  clinical: " + ", ".join(f"{k}={clin[k]}" for k in keys))
+    return "\n".join(lines)
+
+
+def _cohort_text(folder: Path, entries: List[Dict[str, Any]]) -> str:
+    lines = [f"cohort {folder}  ({len(entries)} case(s))"]
+    w = max([len(e["case_id"]) for e in entries] + [4])
+    for e in entries:
+        if "error" in e:
+            lines.append(f"  {e['case_id'].ljust(w)}  error: {e['error']}")
+            continue
+        seqs = e["sequences"]
+        names = list(seqs) if isinstance(seqs, list) else list(seqs.keys())
+        order = [s for s in ("t1", "t1ce", "t2", "flair") if s in names]
+        txt = f"  {e['case_id'].ljust(w)}  {e['kind']:<7} {' '.join(order) or '-'}"
+        if e["kind"] == "slices":
+            txt += f"  {e['n_slices']} slices"
+            if e.get("unavailable"):
+                txt += f"  (unavailable: {', '.join(e['unavailable'])})"
+            txt += "  mask" if e.get("has_mask") else ""
+        else:
+            txt += "  + labels" if e.get("labels") else ""
+            if e.get("unrecognised"):
+                txt += f"  (not recognised: {len(e['unrecognised'])} file(s))"
+        lines.append(txt)
+    return "\n".join(lines)
+
+
+def describe_case(case) -> Dict[str, Any]:
+    """``Case.describe()`` plus label values/meaning and the reference sequence."""
+    d = case.describe()
+    d["reference"] = case.reference
+    if case.labels is not None and d.get("labels") is not None:
+        m = case.labels.meta
+        d["labels"]["values"] = m.get("label_values")
+        if m.get("labels_meaning"):
+            d["labels"]["meaning"] = m["labels_meaning"]
+        if m.get("label_map"):
+            d["labels"]["label_map"] = m["label_map"]
+    for s, v in case.sequences.items():
+        if v.meta.get("series_description") is not None and s in d["sequences"]:
+            d["sequences"][s]["series_description"] = v.meta["series_description"]
+    return d
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.errors import RadiogenError
+    from ..core.io import list_cases, load_case, scan_case, scan_folder
+
+    path = Path(args.path)
+    overrides = parse_overrides(args.sequence)
+    try:
+        cohort = path.is_dir() and scan_folder(path).kind != "case"
+        if cohort and not overrides and not args.series:
+            try:
+                cases = list_cases(path)
+            except RadiogenError:
+                cases = []
+            if cases and not (len(cases) == 1 and cases[0] == path):
+                entries = []
+                for c in cases:
+                    try:
+                        entries.append(scan_case(c))
+                    except RadiogenError as e:
+                        entries.append({"case_id": c.name, "error": str(e)})
+                if args.json:
+                    return _emit(json.dumps({"cohort": str(path), "n_cases": len(entries),
+                                             "cases": entries}, indent=2, default=str))
+                return _emit(_cohort_text(path, entries))
+        case = load_case(path, overrides=overrides or None, series=args.series,
+                         reference=args.reference)
+        d = describe_case(case)
+    except RadiogenError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:   # defensive: stay one line
+        raise RadiogenError(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                            ) from None
+    return _emit(json.dumps(d, indent=2, default=str) if args.json else _case_text(d))
+
+
+def _emit(text: str) -> int:
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:          # `radiogen info ... | head`
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0

@@ -1,0 +1,574 @@
+"""Cases: a folder of sequence files (NIfTI/NRRD/MetaImage, DICOM series), a single volume file,
+or a TCGA-LGG HDF5 pack -> :class:`~napari_radiogen.core.case.Case`; cohorts -> case paths."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..case import SEQUENCES, Case, Geometry, Volume
+from ..errors import CaseLoadError, GeometryError
+from .detect import (DICOM_EXTENSIONS, PACK_EXTENSIONS, canonical_sequence_name, detect_sequence,
+                     strip_extension)
+from .dicom import (SeriesInfo, has_dicom, is_dicom_file, list_series, read_series,
+                    series_matches)
+from .pack import is_slice_pack, load_pack, pack_info
+from .volume import image_to_volume, load_volume, volume_extension
+
+PathLike = Union[str, Path]
+OVERRIDE_VALUES = ", ".join(SEQUENCES) + ", labels, ignore"
+
+
+class GridError(CaseLoadError, GeometryError):
+    """The sequences (or labels) of a case cannot be put on one grid."""
+
+
+# -- the items of a case folder -----------------------------------------------------------------
+@dataclass
+class Item:
+    """One candidate volume of a case: a file or a DICOM series."""
+
+    display: str                       # shown in messages: file name, "sub/ 'series'"
+    path: Path                         # file, or the DICOM folder
+    keys: Tuple[str, ...]              # what an override may name it by (lower case)
+    series: Optional[SeriesInfo] = None
+    name: Optional[str] = None         # t1 t1ce t2 flair labels ignore
+    how: str = "detected"              # detected | override
+
+
+def _is_pack(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(PACK_EXTENSIONS)
+
+
+def _file_item(p: Path, root: Path) -> Item:
+    rel = os.path.relpath(p, root)
+    keys = {p.name.lower(), strip_extension(p.name).lower(), rel.lower(), str(p).lower()}
+    name, kind = detect_sequence(p.name)
+    return Item(display=p.name, path=p, keys=tuple(keys), name=name if name else None)
+
+
+def _dicom_items(folder: Path, root: Path) -> List[Item]:
+    infos = list_series(folder)
+    rel = "" if folder == root else os.path.relpath(folder, root)
+    out = []
+    for s in infos:
+        name, _ = detect_sequence(s.description) if s.description else (None, "image")
+        if name is None and len(infos) == 1:
+            name, _ = detect_sequence(folder.name)
+        disp = (f"{rel}/ " if rel else "") + (f"series '{s.description}'" if s.description
+                                             else f"series {s.uid}")
+        keys = {s.uid.lower(), s.description.lower()} - {""}
+        if rel:
+            keys |= {rel.lower(), folder.name.lower(), str(folder).lower()}
+        out.append(Item(display=disp, path=folder, keys=tuple(keys), series=s, name=name))
+    return out
+
+
+@dataclass
+class FolderScan:
+    """What a folder holds, without reading pixel data."""
+
+    folder: Path
+    files: List[Path] = field(default_factory=list)          # volume files directly inside
+    dicom_here: bool = False                                 # DICOM files directly inside
+    dicom_subs: List[Path] = field(default_factory=list)     # subfolders with DICOM files
+    case_subs: List[Path] = field(default_factory=list)      # subfolders holding volume files
+    other_subs: List[Path] = field(default_factory=list)
+    packs: List[Path] = field(default_factory=list)
+    others: List[Path] = field(default_factory=list)         # files we do not read
+    depth: int = 0
+
+    @cached_property
+    def kind(self) -> str:
+        """``case``, ``cohort``, ``empty`` or ``none`` (nothing readable)."""
+        if self.files and self.groups:
+            return "cohort"                 # a flat folder of several patients' files
+        if self.files or self.dicom_here:
+            return "case"
+        if self.dicom_subs:
+            named = [d for d in self.dicom_subs if detect_sequence(d.name)[0] is not None]
+            if named or not (self.case_subs or self.packs):
+                # T1/ FLAIR/ ... subfolders: one case; patient folders of DICOM: a cohort
+                if named or len(self.dicom_subs) == 1:
+                    return "case"
+                return "cohort"
+        if self.case_subs or self.packs or self.other_subs and self._nested_cases():
+            return "cohort"
+        if not (self.other_subs or self.others):
+            return "empty"
+        return "none"
+
+    @cached_property
+    def groups(self) -> Dict[str, List[Path]]:
+        """A flat cohort (``P1_t1.nii.gz P1_flair.nii.gz P2_t1.nii.gz ...``): files grouped by
+        case id, when the folder's sequences clash but every group is clean; else ``{}``."""
+        return file_groups(self.files)
+
+    def _nested_cases(self) -> bool:
+        if self.depth >= 2:
+            return False
+        return any(scan_folder(s, _depth=self.depth + 1).kind in ("case", "cohort")
+                   for s in self.other_subs)
+
+
+def file_groups(files: Sequence[Path]) -> Dict[str, List[Path]]:
+    """See :attr:`FolderScan.groups`."""
+    det = {f: detect_sequence(f.name)[0] for f in files}
+    names = [n for n in det.values() if n]
+    if len(names) == len(set(names)):
+        return {}                           # no clash: one case
+    groups: Dict[str, List[Path]] = {}
+    for f in files:
+        if det[f] and not _SUFFIX_RE.match(strip_extension(f.name)):
+            return {}                       # not <id>_<sequence> naming: not a flat cohort
+        groups.setdefault(_case_id_from_file(f), []).append(f)
+    if len(groups) < 2:
+        return {}
+    for g in groups.values():
+        ns = [det[f] for f in g if det[f]]
+        if not ns or len(ns) != len(set(ns)):
+            return {}
+    return groups
+
+
+def _entries(folder: Path) -> List[Tuple[str, bool]]:
+    """(name, is_dir) of the visible entries, sorted; one directory read."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e.name, e.is_dir()) for e in it if not e.name.startswith("."))
+    except OSError as e:
+        raise CaseLoadError(f"{folder}: cannot list the folder ({e.strerror or e})") from None
+
+
+def _maybe_dicom_name(name: str) -> bool:
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix in DICOM_EXTENSIONS or suffix == "" or suffix[1:].isdigit()
+
+
+def _any_dicom(folder: Path, names: Sequence[str], limit: int = 20) -> bool:
+    cands = [n for n in names if _maybe_dicom_name(n)][:limit]
+    return any(is_dicom_file(folder / n) for n in cands)
+
+
+def _peek(folder: Path) -> str:
+    """What a subfolder holds, cheaply: ``volumes``, ``dicom``, ``packs`` or ``other``."""
+    try:
+        files = [n for n, d in _entries(folder) if not d]
+    except CaseLoadError:
+        return "other"
+    if any(volume_extension(n) for n in files):
+        return "volumes"
+    if _any_dicom(folder, files):
+        return "dicom"
+    if any(n.lower().endswith(PACK_EXTENSIONS) and is_slice_pack(folder / n) for n in files):
+        return "packs"
+    return "other"
+
+
+def scan_folder(folder: PathLike, *, _depth: int = 0) -> FolderScan:
+    """Classify what ``folder`` holds (see :attr:`FolderScan.kind`) without reading images."""
+    folder = Path(folder)
+    sc = FolderScan(folder=folder, depth=_depth)
+    for name, is_dir in _entries(folder):
+        p = folder / name
+        if is_dir:
+            what = _peek(p)
+            if what in ("volumes", "packs"):     # a case folder, or a folder of packs
+                sc.case_subs.append(p)
+            elif what == "dicom":
+                sc.dicom_subs.append(p)
+            else:
+                sc.other_subs.append(p)
+        elif volume_extension(name):
+            sc.files.append(p)
+        elif _is_pack(p) and is_slice_pack(p):
+            sc.packs.append(p)
+        else:
+            sc.others.append(p)
+    if not sc.files and sc.others and _any_dicom(folder, [q.name for q in sc.others]):
+        sc.dicom_here = True
+    return sc
+
+
+def _pictures_below(folder: Path, limit_dirs: int = 50) -> bool:
+    n = 0
+    for root, dirs, files in os.walk(folder):
+        if any(f.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"))
+               for f in files):
+            return True
+        n += 1
+        if n > limit_dirs:
+            break
+    return False
+
+
+def _not_a_case(sc: FolderScan) -> CaseLoadError:
+    f = sc.folder
+    kind = sc.kind
+    if kind == "empty":
+        return CaseLoadError(f"{f}: empty folder (no image files)")
+    if kind == "cohort":
+        cases = list_cases(f)
+        names = ", ".join(p.name for p in cases[:5]) + (", ..." if len(cases) > 5 else "")
+        return CaseLoadError(f"{f}: a cohort folder of {len(cases)} case(s) ({names}); open one "
+                             "case, or use a batch command on the folder")
+    hint = ""
+    if _pictures_below(f):
+        hint = ("; it holds 2D pictures (.png/.jpg), which are not MRI volumes (tumour-type "
+                "triage of 2D slices: radiogen classify-slices)")
+    return CaseLoadError(f"{f}: no MRI volumes found (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, "
+                         f"DICOM or .h5 slice packs){hint}")
+
+
+# -- overrides ----------------------------------------------------------------------------------
+def normalise_overrides(overrides: Optional[Mapping[str, str]]) -> List[Tuple[str, str]]:
+    """``{file: seq}`` or ``{seq: file}`` -> ``[(file_key_lower, canonical_seq)]``."""
+    out: List[Tuple[str, str]] = []
+    for k, v in (overrides or {}).items():
+        k, v = str(k).strip(), str(v).strip()
+        cv = canonical_sequence_name(v)
+        ck = canonical_sequence_name(k)
+        if cv is not None:
+            out.append((k, cv))
+        elif ck is not None:
+            out.append((v, ck))
+        else:
+            raise CaseLoadError(f"cannot read the sequence override '{k}={v}': one side must be "
+                                f"a sequence name ({OVERRIDE_VALUES})")
+    return out
+
+
+def _matches(item: Item, key: str) -> bool:
+    k = key.lower()
+    if k in item.keys:
+        return True
+    try:
+        if str(Path(key).expanduser().resolve()).lower() in {
+                str(Path(x).resolve()).lower() for x in (item.path,) if item.series is None}:
+            return True
+    except OSError:  # pragma: no cover
+        pass
+    return bool(item.series is not None and series_matches(item.series, key))
+
+
+def _apply_overrides(items: List[Item], overrides: List[Tuple[str, str]], where: Path) -> None:
+    for key, seq in overrides:
+        hits = [it for it in items if _matches(it, key)]
+        if not hits:
+            listing = ", ".join(it.display for it in items) or "none"
+            raise CaseLoadError(f"{where}: the override '{key}={seq}' names no file of the case "
+                                f"(files: {listing})")
+        if len(hits) > 1:
+            raise CaseLoadError(f"{where}: the override '{key}={seq}' matches "
+                                f"{len(hits)} files ({', '.join(h.display for h in hits)}); "
+                                "use the full file name")
+        hits[0].name = seq
+        hits[0].how = "override"
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _bbox(g: Geometry) -> np.ndarray:
+    c = g.corners_lps()
+    half = 0.5 * float(max(g.spacing))
+    return np.stack([c.min(axis=0) - half, c.max(axis=0) + half])
+
+
+def _overlap(a: Geometry, b: Geometry) -> float:
+    """Volume (ml) of the intersection of the two grids' bounding boxes (0 if disjoint)."""
+    ba, bb = _bbox(a), _bbox(b)
+    lo = np.maximum(ba[0], bb[0])
+    hi = np.minimum(ba[1], bb[1])
+    ext = np.clip(hi - lo, 0, None)
+    return float(np.prod(ext)) / 1000.0
+
+
+def _fmt_box(g: Geometry) -> str:
+    b = _bbox(g)
+    return "[" + ", ".join(f"{lo:.0f}..{hi:.0f}" for lo, hi in zip(b[0], b[1])) + "] mm"
+
+
+def check_grids(case: Case) -> None:
+    """Raise :class:`GridError` when sequences do not overlap in space or the labels grid
+    matches no sequence grid."""
+    ref = case.reference
+    g = case.sequences[ref].geometry
+    for s, v in case.sequences.items():
+        if s == ref:
+            continue
+        if _overlap(v.geometry, g) <= 0.0:
+            raise GridError(f"{case.source}: {s} ({Path(v.path or '?').name}, LPS box "
+                            f"{_fmt_box(v.geometry)}) and {ref} ({Path(case.sequences[ref].path or '?').name}, "
+                            f"{_fmt_box(g)}) do not overlap in space, so they cannot be put on "
+                            "one grid (different patients or sessions?)")
+    if case.labels is not None:
+        lg = case.labels.geometry
+        hit = next((s for s in (ref,) + tuple(case.sequences) if
+                    case.sequences[s].geometry.same_grid(lg)), None)
+        if hit is None:
+            raise GridError(f"{case.source}: the labels ({Path(case.labels.path or '?').name}, "
+                            f"shape {'x'.join(map(str, lg.shape))}, spacing "
+                            f"{'x'.join(f'{x:.3g}' for x in lg.spacing)} mm) are on no "
+                            "sequence's grid; labels must share the grid of one sequence")
+        case.meta["labels_grid"] = hit
+
+
+def _load_item(it: Item) -> Volume:
+    labels = it.name == "labels"
+    if it.series is not None:
+        warnings: List[str] = []
+        img = read_series(it.series, warnings)
+        meta: Dict[str, Any] = {"format": "dicom", "series_uid": it.series.uid,
+                                "series_description": it.series.description,
+                                "n_files": len(it.series.files)}
+        if warnings:
+            meta["reader_warnings"] = " | ".join(warnings)[:1000]
+        return image_to_volume(img, where=f"{it.path} ({it.display})", labels=labels,
+                               path=str(it.path), meta=meta)
+    return load_volume(it.path, labels=labels)
+
+
+_SUFFIX_RE = re.compile(r"^(.*?)[_\-.](t1|t1ce|t1c|t1n|t2|t2w|t2f|flair|fla|seg)$", re.I)
+
+
+def _case_id_from_file(p: Path) -> str:
+    stem = strip_extension(p.name)
+    m = _SUFFIX_RE.match(stem)
+    return m.group(1) if m and m.group(1) else stem
+
+
+def _set_reference(case: Case, reference: Optional[str]) -> None:
+    if reference is None:
+        return
+    r = canonical_sequence_name(reference)
+    if r not in case.sequences:
+        raise CaseLoadError(f"{case.source}: reference sequence '{reference}' is not in the case "
+                            f"(it has {', '.join(case.present) or 'none'})")
+    case.meta["reference"] = r
+
+
+def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[str],
+              source: Path, meta: Dict[str, Any]) -> Case:
+    by_name: Dict[str, Item] = {}
+    unknown: List[Item] = []
+    for it in items:
+        if it.name == "ignore":
+            continue
+        if it.name is None:
+            unknown.append(it)
+            continue
+        if it.name in by_name:
+            a, b = by_name[it.name], it
+            what = "labels" if it.name == "labels" else f"sequence '{it.name}'"
+            hint = ("pick one with --series S (description or UID), or name them with "
+                    "--sequence 'DESCRIPTION=SEQ'" if a.series is not None or b.series is not None
+                    else "choose with --sequence FILE=ignore (or FILE=<sequence>)")
+            raise CaseLoadError(f"{root}: two files claim the {what}: {a.display} and "
+                                f"{b.display}; {hint}")
+        by_name[it.name] = it
+    seq_items = {k: v for k, v in by_name.items() if k in SEQUENCES}
+    if not seq_items:
+        if unknown:
+            listing = ", ".join(u.display for u in unknown)
+            raise CaseLoadError(f"{root}: no recognised sequence (t1, t1ce, t2, flair) among: "
+                                f"{listing}; name them with --sequence FILE=SEQ")
+        raise CaseLoadError(f"{root}: no image sequence, only labels "
+                            f"({by_name['labels'].display})" if "labels" in by_name
+                            else f"{root}: no image sequence found")
+    sequences = {s: _load_item(seq_items[s]) for s in SEQUENCES if s in seq_items}
+    labels = _load_item(by_name["labels"]) if "labels" in by_name else None
+    meta = dict(meta)
+    meta["files"] = {s: it.display for s, it in by_name.items()}
+    overridden = [f"{it.display}={s}" for s, it in by_name.items() if it.how == "override"]
+    if overridden:
+        meta["overrides"] = overridden
+    if unknown:
+        meta["unrecognised"] = [u.display for u in unknown]
+    case = Case(case_id=case_id, sequences=sequences, labels=labels, source=str(source),
+                kind="volume", meta=meta)
+    _set_reference(case, reference)
+    check_grids(case)
+    return case
+
+
+def _folder_items(folder: Path, sc: FolderScan, series: Optional[str]) -> List[Item]:
+    items = [_file_item(p, folder) for p in sc.files]
+    dicom_folders = ([folder] if sc.dicom_here else []) + list(sc.dicom_subs)
+    dicom_items: List[Item] = []
+    for d in dicom_folders:
+        dicom_items.extend(_dicom_items(d, folder))
+    if series:
+        chosen = [it for it in dicom_items if series_matches(it.series, series)]
+        if not chosen:
+            listing = "; ".join(it.display + f" (UID {it.series.uid})" for it in dicom_items)
+            raise CaseLoadError(f"{folder}: no DICOM series matches '{series}'; series: "
+                                f"{listing or 'none'}")
+        dicom_items = chosen
+    items.extend(dicom_items)
+    return items
+
+
+def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
+              series: Optional[str] = None, reference: Optional[str] = None) -> Case:
+    """Read a case: a folder of sequence files (any supported format, DICOM series in the folder
+    or in subfolders), a single volume file, or a TCGA-LGG HDF5 slice pack.
+
+    ``overrides`` maps file name -> sequence (or sequence -> file name) where the name detection
+    is unsure (``{"scan3.nii.gz": "flair"}``; ``ignore`` drops a file). ``series`` picks DICOM
+    series by (part of) their description or UID. ``reference`` sets the reference sequence
+    (default per :attr:`Case.reference`).
+
+    Either returns a complete :class:`Case` or raises a :class:`RadiogenError` (one line):
+    empty folder, nothing recognised (the unknown files are listed), two files claiming one
+    sequence, sequences that do not overlap in space, labels on no sequence's grid, and every
+    file-level error of :func:`load_volume`.
+    """
+    p = Path(path)
+    ov = normalise_overrides(overrides)
+    if not p.exists():
+        group = _group_files(p)
+        if group is None:
+            raise CaseLoadError(f"{p}: no such file or folder")
+        items = [_file_item(f, p.parent) for f in group]
+        if ov:
+            _apply_overrides(items, ov, p)
+        return _assemble(items, p.parent, p.name, reference, p, {"format": "file-group"})
+    if p.is_file():
+        if _is_pack(p):
+            if ov:
+                raise CaseLoadError(f"{p}: sequence overrides do not apply to an HDF5 slice pack")
+            case = load_pack(p)
+            _set_reference(case, reference)
+            return case
+        if volume_extension(p) is None:
+            if has_dicom(p.parent) and p.suffix.lower() in (".dcm", ".ima", ".dicom", ""):
+                return load_case(p.parent, overrides=overrides, series=series,
+                                 reference=reference)
+            raise CaseLoadError(f"{p}: unsupported file type; expected a volume (.nii, .nii.gz, "
+                                ".nrrd, .nhdr, .mha, .mhd), a DICOM folder or an .h5 slice pack")
+        it = _file_item(p, p.parent)
+        if ov:
+            _apply_overrides([it], ov, p)
+        if it.name is None:
+            raise CaseLoadError(f"{p}: cannot tell which sequence this file is from its name; "
+                                f"name it with --sequence {p.name}=SEQ ({OVERRIDE_VALUES})")
+        if it.name == "labels":
+            raise CaseLoadError(f"{p}: a labels file on its own is not a case; open its case "
+                                "folder (or the image file) instead")
+        if it.name == "ignore":
+            raise CaseLoadError(f"{p}: the only file of the case is marked 'ignore'")
+        return _assemble([it], p.parent, _case_id_from_file(p), reference, p,
+                         {"format": "file"})
+    sc = scan_folder(p)
+    if sc.kind != "case":
+        raise _not_a_case(sc)
+    items = _folder_items(p, sc, series)
+    if not items:
+        raise _not_a_case(sc)
+    if ov:
+        _apply_overrides(items, ov, p)
+    return _assemble(items, p, p.name, reference, p, {"format": "folder"})
+
+
+def _group_files(p: Path) -> Optional[List[Path]]:
+    """``folder/P1`` names the files ``folder/P1_*`` of a flat cohort folder (see
+    :func:`list_cases`); ``None`` when it does not."""
+    if not p.parent.is_dir():
+        return None
+    try:
+        sc = scan_folder(p.parent)
+    except CaseLoadError:
+        return None
+    return sc.groups.get(p.name)
+
+
+# -- cohorts ------------------------------------------------------------------------------------
+def list_cases(folder: PathLike, *, _depth: int = 0) -> List[Path]:
+    """The cases inside ``folder`` for batch modes: case folders, HDF5 packs, single volumes.
+
+    A folder whose files are sequences is one case (``[folder]``); a folder of such folders, or
+    of ``.h5`` packs, is a cohort (nested cohort folders are walked, up to 3 levels). A flat
+    folder holding several patients' files (``P1_t1.nii.gz``, ``P1_flair.nii.gz``,
+    ``P2_t1.nii.gz`` ...) gives one path ``folder/P1`` per volume group: it does not exist on
+    disk, but :func:`load_case` and :func:`scan_case` accept it. Raises
+    :class:`CaseLoadError` when nothing is found.
+    """
+    p = Path(folder)
+    if not p.exists():
+        raise CaseLoadError(f"{p}: no such file or folder")
+    if p.is_file():
+        if _is_pack(p) or volume_extension(p):
+            return [p]
+        raise CaseLoadError(f"{p}: not a case (expected a folder, a volume file or an .h5 pack)")
+    sc = scan_folder(p)
+    kind = sc.kind
+    if kind == "case":
+        return [p]
+    out: List[Path] = [p / g for g in sc.groups]   # flat cohort: folder/<case id> per group
+    if kind == "cohort" or (kind == "none" and _depth < 3):
+        out.extend(sc.packs)
+        for sub in sorted(sc.case_subs + sc.dicom_subs + sc.other_subs):
+            if _depth >= 3:
+                break
+            try:
+                out.extend(list_cases(sub, _depth=_depth + 1))
+            except CaseLoadError:
+                continue
+    if not out and _depth == 0:
+        if kind in ("empty",):
+            raise CaseLoadError(f"{p}: empty folder (no cases)")
+        raise _not_a_case(sc) if kind == "none" else CaseLoadError(f"{p}: no cases found")
+    return sorted(out)
+
+
+def scan_case(path: PathLike) -> Dict[str, Any]:
+    """A cheap, header-free summary of one case path (for cohort listings): the detected
+    sequences and their files, without reading pixel data."""
+    p = Path(path)
+    if not p.exists():
+        group = _group_files(p)
+        if group is None:
+            raise CaseLoadError(f"{p}: no such file or folder")
+        seqs = {}
+        labels = None
+        for f in group:
+            name, kind = detect_sequence(f.name)
+            if kind == "labels":
+                labels = f.name
+            elif name:
+                seqs[name] = f.name
+        return {"case_id": p.name, "kind": "volume", "path": str(p), "sequences": seqs,
+                "labels": labels, "unrecognised": []}
+    if _is_pack(p):
+        info = pack_info(p)
+        info.update(kind="slices", path=str(p))
+        return info
+    if p.is_file():
+        name, kind = detect_sequence(p.name)
+        return {"case_id": _case_id_from_file(p), "kind": "volume", "path": str(p),
+                "sequences": {name: p.name} if name and kind == "image" else {},
+                "labels": None, "unrecognised": [] if name else [p.name]}
+    sc = scan_folder(p)
+    seqs: Dict[str, str] = {}
+    labels = None
+    unknown: List[str] = []
+    for f in sc.files:
+        name, kind = detect_sequence(f.name)
+        if kind == "labels":
+            labels = f.name
+        elif name:
+            seqs.setdefault(name, f.name)
+        else:
+            unknown.append(f.name)
+    for d in sc.dicom_subs + ([p] if sc.dicom_here else []):
+        name, _ = detect_sequence(d.name) if d != p else (None, "image")
+        if name:
+            seqs.setdefault(name, d.name + "/")
+        else:
+            unknown.append((d.name if d != p else ".") + "/ (DICOM)")
+    return {"case_id": p.name, "kind": "volume", "path": str(p), "sequences": seqs,
+            "labels": labels, "unrecognised": unknown}

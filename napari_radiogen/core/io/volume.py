@@ -1,0 +1,238 @@
+"""Read one 3D volume (NIfTI, NRRD, MetaImage or a DICOM series) into a canonical LPS
+:class:`~napari_radiogen.core.case.Volume`, with checks that turn every bad input into a
+one-line :class:`~napari_radiogen.core.errors.CaseLoadError`."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..case import Geometry, Volume, canonicalize
+from ..errors import CaseLoadError, GeometryError
+from ._util import captured_stderr, sitk_message
+from .detect import VOLUME_EXTENSIONS, detect_sequence
+from .dicom import SeriesInfo, has_dicom, is_dicom_file, list_series, pick_series, read_series
+
+PathLike = Union[str, Path]
+
+
+def volume_extension(path: PathLike) -> Optional[str]:
+    """The recognised volume extension of ``path`` (``.nii.gz`` ...) or ``None``."""
+    low = Path(path).name.lower()
+    for ext in VOLUME_EXTENSIONS:
+        if low.endswith(ext):
+            return ext
+    return None
+
+
+# -- integrity checks that ITK does not do ------------------------------------------------------
+def _check_gzip(path: Path) -> int:
+    """Stream-decompress a gzip file; return the uncompressed size. ITK silently zero-fills a
+    truncated ``.nii.gz``, so this is where truncation is caught."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    n = 0
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                n += len(d.decompress(chunk))
+                while d.unused_data and d.eof:      # concatenated gzip members
+                    rest = d.unused_data
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    n += len(d.decompress(rest))
+            n += len(d.flush())
+    except zlib.error as e:
+        raise CaseLoadError(f"{path}: corrupt gzip data ({e})") from None
+    if not d.eof:
+        raise CaseLoadError(f"{path}: truncated gzip file (ends before the end of the compressed "
+                            f"stream, {n} bytes decompressed); the download or copy is incomplete")
+    return n
+
+
+def _check_nifti(path: Path, ext: str) -> None:
+    """Header readable and enough voxel bytes present."""
+    import nibabel as nib
+
+    uncompressed = _check_gzip(path) if ext == ".nii.gz" else path.stat().st_size
+    try:
+        img = nib.load(str(path))
+        hdr = img.header
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        itemsize = np.dtype(hdr.get_data_dtype()).itemsize
+        offset = int(hdr.get("vox_offset", 352)) if hasattr(hdr, "get") else 352
+    except CaseLoadError:
+        raise
+    except Exception as e:  # nibabel raises many kinds here
+        raise CaseLoadError(f"{path}: not a valid NIfTI file ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'bad header'})") from None
+    need = offset + int(np.prod(shape, dtype=np.int64)) * itemsize
+    if uncompressed < need:
+        raise CaseLoadError(f"{path}: truncated NIfTI file ({uncompressed} of {need} bytes of "
+                            f"header + voxels for a {'x'.join(map(str, shape))} image)")
+    if np.dtype(hdr.get_data_dtype()).kind in "fc":
+        # ITK's NIfTI reader turns NaN into 0 silently: count non-finite voxels here
+        try:
+            data = np.asarray(img.dataobj)
+        except Exception as e:
+            raise CaseLoadError(f"{path}: cannot read the voxel data ({type(e).__name__})"
+                                ) from None
+        nbad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if nbad:
+            raise CaseLoadError(f"{path}: {nbad} NaN/Inf voxel(s) of {data.size} "
+                                f"({100.0 * nbad / data.size:.2g}%); fix or mask the file first")
+
+
+def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, Any]]:
+    if not path.exists():
+        raise CaseLoadError(f"{path}: no such file or folder")
+    if path.stat().st_size == 0:
+        raise CaseLoadError(f"{path}: empty file (0 bytes)")
+    ext = volume_extension(path)
+    if ext is None:
+        raise CaseLoadError(f"{path}: unsupported file type; expected one of "
+                            f"{', '.join(VOLUME_EXTENSIONS)} or a DICOM series folder")
+    if ext in (".nii", ".nii.gz"):
+        _check_nifti(path, ext)
+    elif path.name.lower().endswith(".gz"):  # pragma: no cover - other gzip'd formats
+        _check_gzip(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with captured_stderr(warnings):
+            reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise CaseLoadError(f"{path}: cannot read the image header ({sitk_message(e)})") from None
+    dim = reader.GetDimension()
+    size = tuple(int(s) for s in reader.GetSize())
+    ncomp = reader.GetNumberOfComponents()
+    shape_txt = "x".join(map(str, size))
+    if ncomp != 1:
+        raise CaseLoadError(f"{path}: {ncomp} values per voxel (RGB or vector image, size "
+                            f"{shape_txt}); expected one scalar 3D volume")
+    if dim < 3 or (dim == 3 and min(size) == 1):
+        raise CaseLoadError(f"{path}: 2D image (size {shape_txt}); a 3D volume is needed")
+    if dim > 4 or (dim == 4 and size[3] != 1):
+        n = int(np.prod(size[3:]))
+        raise CaseLoadError(f"{path}: {dim}D image with {n} volumes (size {shape_txt}); one 3D "
+                            "volume is needed (split the series, e.g. with fslsplit)")
+    if min(size[:3]) == 1:
+        raise CaseLoadError(f"{path}: 2D image (size {shape_txt}); a 3D volume is needed")
+    try:
+        with captured_stderr(warnings):
+            img = reader.Execute()
+    except RuntimeError as e:
+        raise CaseLoadError(f"{path}: cannot read the voxel data ({sitk_message(e)})") from None
+    if img.GetDimension() == 4:
+        img = sitk.Extract(img, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
+    meta = {"format": ext.lstrip("."), "source_pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID())}
+    return img, meta
+
+
+def _read_dicom(path: Path, series: Optional[str], warnings: List[str]
+                ) -> Tuple[sitk.Image, Dict[str, Any], SeriesInfo]:
+    if path.is_file():                       # one file of a series: read the whole series
+        folder = path.parent
+        infos = list_series(folder)
+        info = next((s for s in infos if str(path) in s.files
+                     or any(Path(f).name == path.name for f in s.files)), None)
+        if info is None:
+            raise CaseLoadError(f"{path}: not part of any readable DICOM series in {folder}")
+    else:
+        infos = list_series(path)
+        info = pick_series(infos, series, path)
+    img = read_series(info, warnings)
+    if img.GetDimension() != 3 or min(img.GetSize()) == 1:
+        raise CaseLoadError(f"{info.folder}: DICOM series {info.label} is not a 3D volume "
+                            f"(size {'x'.join(map(str, img.GetSize()))})")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise CaseLoadError(f"{info.folder}: DICOM series {info.label} is not a scalar image")
+    meta = {"format": "dicom", "series_uid": info.uid, "series_description": info.description,
+            "n_files": len(info.files), "modality": info.modality,
+            "source_pixel_type": img.GetPixelIDTypeAsString()}
+    return img, meta, info
+
+
+def _labels_array(arr: np.ndarray, where: str, meta: Dict[str, Any]) -> np.ndarray:
+    """Labels as uint8 with BraTS 2023's enhancing-tumour label 3 mapped to 4."""
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise CaseLoadError(f"{where}: labels contain {int(bad.sum())} NaN/Inf voxel(s)")
+        if not np.all(np.mod(arr, 1) == 0):
+            raise CaseLoadError(f"{where}: labels have non-integer values (e.g. "
+                                f"{float(arr[np.mod(arr, 1) != 0].flat[0])}); is this an image?")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise CaseLoadError(f"{where}: label values outside 0..255 (min {arr.min()}, max "
+                            f"{arr.max()}); is this an image?")
+    out = arr.astype(np.uint8)
+    values = np.unique(out)
+    if 3 in values and 4 not in values:        # BraTS 2023: ET is 3 -> project convention 4
+        out[out == 3] = 4
+        meta["label_map"] = "3->4 (BraTS 2023 enhancing tumour)"
+        values = np.unique(out)
+    meta["label_values"] = [int(v) for v in values]
+    return out
+
+
+def image_to_volume(img: sitk.Image, *, where: str, labels: bool, path: Optional[str],
+                    meta: Dict[str, Any]) -> Volume:
+    """Canonicalise to LPS, convert the voxel type, check values, wrap as a Volume."""
+    try:
+        canon, code = canonicalize(img)
+    except RuntimeError as e:
+        raise CaseLoadError(f"{where}: cannot reorient to LPS ({sitk_message(e)})") from None
+    arr = sitk.GetArrayFromImage(canon)
+    if labels:
+        arr = _labels_array(arr, where, meta)
+    else:
+        arr = arr.astype(np.float32, copy=False)
+        bad = ~np.isfinite(arr)
+        nbad = int(bad.sum())
+        if nbad:
+            raise CaseLoadError(f"{where}: {nbad} NaN/Inf voxel(s) of {arr.size} "
+                                f"({100.0 * nbad / arr.size:.2g}%); fix or mask the file first")
+    geom = Geometry.from_image(canon, source_orientation=code)
+    try:
+        return Volume(array=np.ascontiguousarray(arr), geometry=geom, path=path, meta=meta)
+    except GeometryError as e:  # pragma: no cover - shapes come from the same image
+        raise CaseLoadError(f"{where}: {e}") from None
+
+
+def load_volume(path: PathLike, *, labels: Optional[bool] = None,
+                series: Optional[str] = None) -> Volume:
+    """Read one 3D volume (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd or a DICOM series folder).
+
+    The image is reoriented to LPS (``Geometry.source_orientation`` keeps the file's own code, so
+    :func:`write_volume` can write results back on the exact source grid). Images come back as
+    float32; labels (``labels=True``, or ``None`` and a file name that says seg/label/mask) as
+    uint8 with BraTS 2023's label 3 mapped to 4. A DICOM folder with several series needs
+    ``series`` (part of the SeriesDescription or UID).
+
+    Raises :class:`CaseLoadError` (one line, naming the file) for missing, empty, corrupt or
+    truncated files, 2D or 4D images, vector images, NaN/Inf voxels and unreadable DICOM.
+    """
+    p = Path(path)
+    warnings: List[str] = []
+    if p.is_dir():
+        if not has_dicom(p):
+            raise CaseLoadError(f"{p}: a folder without DICOM files; expected a volume file or a "
+                                "DICOM series folder")
+        img, meta, info = _read_dicom(p, series, warnings)
+        where = f"{p} (series '{info.description or info.uid}')"
+    elif p.is_file() and volume_extension(p) is None and is_dicom_file(p):
+        img, meta, info = _read_dicom(p, series, warnings)
+        p = Path(info.folder)
+        where = f"{p} (series '{info.description or info.uid}')"
+    else:
+        img, meta = _read_file(p, warnings)
+        where = str(p)
+    if labels is None:
+        labels = detect_sequence(p.name)[1] == "labels"
+    if warnings:
+        meta["reader_warnings"] = " | ".join(w.replace("\n", " ")[:300] for w in warnings)[:1000]
+    return image_to_volume(img, where=where, labels=bool(labels), path=str(p), meta=meta)

@@ -1,0 +1,150 @@
+"""``radiogen info``: every shared folder exits 0; bad input exits 2 with one line, no traceback."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import ROOT, shared_path
+
+
+def info(*args, cwd=None):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "napari_radiogen", "info", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=120)
+
+
+def assert_user_error(r, match):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("radiogen: error: ") and "Traceback" not in r.stderr
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def vol(path, arr=None, **kw):
+    arr = np.ones((6, 8, 10), np.float32) if arr is None else arr
+    img = sitk.GetImageFromArray(arr)
+    for k, v in kw.items():
+        getattr(img, "Set" + k.capitalize())(v)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_info_brats_case_table_and_json(capfd):
+    case = shared_path("brats2021", "BraTS2021_00006")
+    r = run_main(capfd, case)              # the table in-process, the JSON through a subprocess
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "case BraTS2021_00006" in out
+    for s in ("t1", "t1ce", "t2", "flair"):
+        assert f"BraTS2021_00006_{s}.nii.gz" in out
+    assert "155x240x240" in out and "values 0, 1, 2, 4" in out and "on one grid: yes" in out
+    r = info(case, "--json")
+    d = json.loads(r.stdout)
+    assert d["case_id"] == "BraTS2021_00006" and d["missing"] == []
+    assert d["sequences"]["flair"]["spacing_xyz_mm"] == [1.0, 1.0, 1.0]
+    assert d["labels"]["values"] == [0, 1, 2, 4] and d["reference"] == "flair"
+
+
+def test_info_native_and_sri24():
+    r = info(shared_path("tcga-native", "TCGA-FG-6692", "native"), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d["sequences"]) == {"t1", "t1ce", "t2", "flair"} and not d["on_one_grid"]
+    for s, v in d["sequences"].items():
+        assert v["orientation"] == "LAS" and abs(v["spacing_xyz_mm"][2] - 5.5) < 1e-3
+    r = info(shared_path("tcga-native", "TCGA-FG-6692", "sri24"))
+    assert r.returncode == 0 and "fused_algorithms_seg.nii.gz" in r.stdout
+
+
+def test_info_pack_and_cohorts():
+    r = info(shared_path("tcga-lgg", "TCGA_CS_4941.h5"))
+    assert r.returncode == 0, r.stderr
+    assert "(slices)" in r.stdout and "nominal" in r.stdout and "FLAIR abnormality" in r.stdout
+    r = info(shared_path("tcga-lgg"), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["n_cases"] == len(list(shared_path("tcga-lgg").glob("*.h5")))
+    assert all(c["kind"] == "slices" for c in d["cases"])
+    r = info(shared_path("brats2021"))
+    assert r.returncode == 0 and "cohort" in r.stdout and "(8 case(s))" in r.stdout
+    assert r.stdout.count("t1 t1ce t2 flair  + labels") == 8
+    r = info(shared_path("tcga-native"))
+    assert r.returncode == 0 and "native" in r.stdout and "sri24" in r.stdout
+
+
+def test_info_4class_is_not_a_case():
+    assert_user_error(info(shared_path("brain-tumour-4class")), "no MRI volumes found")
+
+
+def test_info_bad_inputs_subprocess(tmp_path):
+    """A few bad inputs end to end: exit 2, one line on stderr, no traceback."""
+    assert_user_error(info(tmp_path / "nope"), "no such file")
+    p = vol(tmp_path / "good_flair.nii.gz", np.random.rand(20, 30, 40).astype(np.float32))
+    data = p.read_bytes()
+    (tmp_path / "cut_flair.nii.gz").write_bytes(data[: len(data) // 2])
+    assert_user_error(info(tmp_path / "cut_flair.nii.gz"), "truncated gzip")
+    (tmp_path / "trunc.mha").write_bytes(vol(tmp_path / "ok.mha").read_bytes()[:300])
+    # MetaIO prints to the C stderr on its own: that must not leak as extra lines
+    assert_user_error(info(tmp_path / "trunc.mha", "--sequence", "trunc.mha=t1"), "trunc.mha")
+    d = tmp_path / "dicomish"
+    d.mkdir()
+    (d / "IM1.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\1" * 64)
+    (d / "IM2.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\1" * 64)
+    assert_user_error(info(d), "no readable DICOM series")
+
+
+def run_main(capfd, *args):
+    from napari_radiogen.cli import main
+
+    rc = main(["info", *map(str, args)])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def test_info_bad_inputs_in_process(tmp_path, capfd):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_main(capfd, tmp_path / "empty"), "empty folder")
+    vol(tmp_path / "flat_t1.nii.gz", np.ones((20, 30), np.float32))
+    assert_user_error(run_main(capfd, tmp_path / "flat_t1.nii.gz"), "2D image")
+    import nibabel as nib
+    nib.save(nib.Nifti1Image(np.ones((10, 8, 6, 3), np.float32), np.eye(4)),
+             tmp_path / "four_t1.nii.gz")
+    assert_user_error(run_main(capfd, tmp_path / "four_t1.nii.gz"), "4D image with 3 volumes")
+    nan = np.ones((6, 8, 10), np.float32)
+    nan[0, 0, 0] = np.nan
+    vol(tmp_path / "nan_t2.nii.gz", nan)
+    assert_user_error(run_main(capfd, tmp_path / "nan_t2.nii.gz"), "1 NaN/Inf voxel")
+    u = tmp_path / "unknown"
+    u.mkdir()
+    vol(u / "scan_a.nii.gz")
+    vol(u / "scan_b.nii.gz")
+    assert_user_error(run_main(capfd, u), "scan_a.nii.gz, scan_b.nii.gz")
+    r = run_main(capfd, u, "--sequence", "scan_a.nii.gz=flair", "--sequence", "t2=scan_b.nii.gz")
+    assert r.returncode == 0, r.stderr
+    assert "flair" in r.stdout and "t2" in r.stdout
+    assert_user_error(run_main(capfd, u, "--sequence", "scan_a.nii.gz"), "FILE=SEQ")
+    assert_user_error(run_main(capfd, u, "--sequence", "scan_a.nii.gz=pd"), "one side must be")
+    assert_user_error(run_main(capfd, u, "--sequence", "scan_a.nii.gz=flair",
+                               "--sequence", "scan_b.nii.gz=flair"),
+                      "two files claim the sequence 'flair'")
+    vol(u / "scan_a.nii.gz", origin=(900.0, 0.0, 0.0))
+    assert_user_error(run_main(capfd, u, "--sequence", "scan_a.nii.gz=flair",
+                               "--sequence", "scan_b.nii.gz=t1"), "do not overlap in space")
+
+
+def test_info_does_not_import_torch():
+    code = ("import sys; from napari_radiogen.cli import main; "
+            f"rc = main(['info', {str(shared_path('tcga-lgg', 'TCGA_CS_4941.h5'))!r}]); "
+            "assert rc == 0; bad = [m for m in ('torch', 'monai', 'napari', 'PyQt6') "
+            "if m in sys.modules]; print('IMPORTED', bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr

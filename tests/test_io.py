@@ -1,0 +1,632 @@
+"""core.io: sequence detection, volume/case/pack/DICOM reading, checks on bad input, writers."""
+import csv
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from napari_radiogen.core.case import Geometry
+from napari_radiogen.core.errors import CaseLoadError, GeometryError, RadiogenError
+from napari_radiogen.core.io import (GridError, WriteError, detect_sequence, list_cases,
+                                     load_case, load_volume, scan_case, write_pack_mask,
+                                     write_volume)
+
+from conftest import shared_path
+
+# ------------------------------------------------------------------------------------------------
+# synthetic data helpers (independent of core.phantom)
+
+
+def blob(shape=(12, 20, 16), seed=0, value=100.0):
+    """A smooth ellipsoid 'head' with noise: (z, y, x) float32."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = z ** 2 + y ** 2 + x ** 2
+    return (value * (r < 0.8) + rng.normal(0, 1, shape)).astype(np.float32)
+
+
+def write_sitk(arr, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None):
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    sitk.WriteImage(img, str(path))
+    return Path(path)
+
+
+def make_case(folder, names=("t1", "t1ce", "t2", "flair"), seg=True, shape=(12, 20, 16),
+              prefix="CASE_001", sep="_", **geo):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        write_sitk(blob(shape, seed=i), folder / f"{prefix}{sep}{n}.nii.gz", **geo)
+    if seg:
+        lab = np.zeros(shape, np.uint8)
+        lab[4:8, 8:12, 6:10] = 2
+        lab[5:7, 9:11, 7:9] = 1
+        lab[6, 10, 8] = 4
+        write_sitk(lab, folder / f"{prefix}{sep}seg.nii.gz", **geo)
+    return folder
+
+
+def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spacing=(0.9, 0.9, 3.0),
+                       origin=(-10.0, -12.0, 5.0), patient="PHANTOM1", start_index=0):
+    """Write a (z, y, x) int16 array as one DICOM MR series (one file per slice)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(arr.astype(np.int16))
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    series_uid = series_uid or f"1.2.826.0.1.3680043.2.1125.{abs(hash(description)) % 10**8}.1"
+    study_uid = "1.2.826.0.1.3680043.2.1125.777.1"
+    direction = img.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    tags = [("0008|0031", "120000"), ("0008|0021", "20240101"), ("0008|0060", "MR"),
+            ("0008|0008", "DERIVED\\SECONDARY"), ("0020|000e", series_uid),
+            ("0020|000d", study_uid), ("0010|0020", patient), ("0010|0010", "Phantom^One"),
+            ("0008|103e", description), ("0018|0050", str(spacing[2])),
+            ("0020|0037", "\\".join(map(str, (direction[0], direction[3], direction[6],
+                                             direction[1], direction[4], direction[7]))))]
+    for i in range(img.GetDepth()):
+        sl = img[:, :, i]
+        for k, v in tags:
+            sl.SetMetaData(k, v)
+        sl.SetMetaData("0008|0018", f"{series_uid}.{i + 1}")
+        sl.SetMetaData("0020|0032", "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, i)))))
+        sl.SetMetaData("0020|0013", str(i + 1))
+        writer.SetFileName(str(folder / f"IM{start_index + i:04d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# detection
+
+@pytest.mark.parametrize("name,expected", [
+    ("BraTS2021_00006_t1.nii.gz", ("t1", "image")),
+    ("BraTS2021_00006_t1ce.nii.gz", ("t1ce", "image")),
+    ("BraTS2021_00006_t2.nii.gz", ("t2", "image")),
+    ("BraTS2021_00006_flair.nii.gz", ("flair", "image")),
+    ("BraTS2021_00006_seg.nii.gz", ("labels", "labels")),
+    ("BraTS-GLI-00000-000-t1n.nii.gz", ("t1", "image")),
+    ("BraTS-GLI-00000-000-t1c.nii.gz", ("t1ce", "image")),
+    ("BraTS-GLI-00000-000-t2w.nii.gz", ("t2", "image")),
+    ("BraTS-GLI-00000-000-t2f.nii.gz", ("flair", "image")),
+    ("BraTS-GLI-00000-000-seg.nii.gz", ("labels", "labels")),
+    ("MRHR_T1_AX_POST_GAD_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_T1_AX_POST_GAD_SE_13"
+     "_se2d1r_t1c.nii.gz", ("t1ce", "image")),
+    ("T1_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_T1_AX_SE_10_se2d1_t1.nii.gz",
+     ("t1", "image")),
+    ("MRHR_T2_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_T2_AX_SE_2_tse2d1_11_t2.nii.gz",
+     ("t2", "image")),
+    ("MRHR_FLAIR_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_FLAIR_AX_SE_IR_5_tir2d1_21"
+     "_fla.nii.gz", ("flair", "image")),
+    ("OtherEXampleFromTCIA_fla_bet.nii.gz", ("flair", "image")),
+    ("OtherEXampleFromTCIA_t1c_bet.nii.gz", ("t1ce", "image")),
+    ("OtherEXampleFromTCIA_t1_bet.nii.gz", ("t1", "image")),
+    ("OtherEXampleFromTCIA_t2_bet.nii.gz", ("t2", "image")),
+    ("fused_algorithms_seg.nii.gz", ("labels", "labels")),
+    ("T2_FLAIR_AX.nii.gz", ("flair", "image")),
+    ("t2-flair.nrrd", ("flair", "image")),
+    ("sub-01_ce-gadolinium_T1w.nii.gz", ("t1ce", "image")),
+    ("sub-01_T1w.nii.gz", ("t1", "image")),
+    ("sub-01_T2w.mha", ("t2", "image")),
+    ("MPRAGE_POST.nii", ("t1ce", "image")),
+    ("tumour_mask.nii.gz", ("labels", "labels")),
+    ("label_map.nrrd", ("labels", "labels")),
+    ("scan3.nii.gz", (None, "image")),
+    ("T2_star_GRE.nii.gz", (None, "image")),
+    ("DWI_b1000.nii.gz", (None, "image")),
+])
+def test_detect_sequence_names(name, expected):
+    assert detect_sequence(name) == expected
+
+
+def test_detect_sequence_on_every_shared_file(shared_data):
+    """Every sequence file under shared/data is recognised as what its folder says it is."""
+    seen = 0
+    for case in sorted((shared_data / "brats2021").iterdir()):
+        for f in case.glob("*.nii.gz"):
+            suffix = f.name[:-7].rsplit("_", 1)[1]
+            want = ("labels", "labels") if suffix == "seg" else (suffix, "image")
+            assert detect_sequence(f.name) == want, f.name
+            seen += 1
+    native = shared_data / "tcga-native" / "TCGA-FG-6692"
+    for f in sorted(native.rglob("*.nii.gz")):
+        name, kind = detect_sequence(f.name)
+        if "seg" in f.name:
+            assert kind == "labels"
+        else:
+            tail = f.name[:-7].replace("_bet", "").rsplit("_", 1)[1]
+            want = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "fla": "flair"}[tail]
+            assert (name, kind) == (want, "image"), f.name
+        seen += 1
+    assert seen >= 40 + 9
+
+
+# ------------------------------------------------------------------------------------------------
+# shared data
+
+
+@pytest.fixture(scope="module")
+def brats_case():
+    return load_case(shared_path("brats2021", "BraTS2021_00006"))
+
+
+def test_brats_case_loads(brats_case):
+    c = brats_case
+    assert c.case_id == "BraTS2021_00006" and c.kind == "volume"
+    assert c.present == ("t1", "t1ce", "t2", "flair") and c.missing == ()
+    for v in c.sequences.values():
+        assert v.array.shape == (155, 240, 240) and v.array.dtype == np.float32
+        assert v.geometry.spacing == pytest.approx((1, 1, 1))
+        assert v.geometry.source_orientation == "LPS"
+        assert v.geometry.is_axis_aligned()
+    assert c.labels.array.dtype == np.uint8
+    assert set(np.unique(c.labels.array)) == {0, 1, 2, 4}
+    assert c.on_one_grid() and c.reference == "flair"
+    assert c.meta["labels_grid"] == "flair"
+
+
+def test_brats_cohort_listing_and_scan(shared_data):
+    cases = list_cases(shared_data / "brats2021")
+    assert [p.name for p in cases] == sorted(p.name for p in (shared_data / "brats2021").iterdir()
+                                            if p.is_dir())
+    assert len(cases) == 8
+    for p in cases:
+        s = scan_case(p)
+        assert set(s["sequences"]) == {"t1", "t1ce", "t2", "flair"}
+        assert s["labels"].endswith("_seg.nii.gz") and not s["unrecognised"]
+    with pytest.raises(CaseLoadError, match="cohort folder of 8 case"):
+        load_case(shared_data / "brats2021")
+
+
+@pytest.mark.slow
+def test_every_brats_case_loads(shared_data):
+    for p in list_cases(shared_data / "brats2021"):
+        c = load_case(p)
+        assert c.present == ("t1", "t1ce", "t2", "flair") and c.on_one_grid()
+        vals = set(np.unique(c.labels.array).tolist())
+        assert vals <= {0, 1, 2, 4} and {1, 2} & vals, (p.name, vals)
+        if p.name in ("BraTS2021_01477", "BraTS2021_01480", "BraTS2021_01483"):
+            assert 4 not in vals          # documented in the data README
+
+
+def test_native_case_geometry():
+    c = load_case(shared_path("tcga-native", "TCGA-FG-6692", "native"))
+    assert c.case_id == "native" and c.present == ("t1", "t1ce", "t2", "flair")
+    assert c.labels is None and not c.on_one_grid()
+    geoms = {s: v.geometry for s, v in c.sequences.items()}
+    for s, g in geoms.items():
+        assert g.spacing == pytest.approx((0.898, 0.898, 5.5), abs=0.01), s
+        assert g.shape[0] == 26
+        assert g.source_orientation == "LAS"          # as scanned; canonical in memory is LPS
+        d = g.direction_matrix
+        assert np.all(np.diag(d) > 0.9), (s, d)       # LPS voxel order, slightly oblique
+        assert not g.is_axis_aligned()
+    distinct = []
+    for g in geoms.values():
+        if not any(g.same_grid(h) for h in distinct):
+            distinct.append(g)
+    # T1 and T1 post-Gd share one grid in this study; T2 and FLAIR each have their own
+    assert len(distinct) == 3
+    assert geoms["t1"].same_grid(geoms["t1ce"]) and not geoms["t2"].same_grid(geoms["flair"])
+
+
+def test_sri24_case_with_fused_labels():
+    c = load_case(shared_path("tcga-native", "TCGA-FG-6692", "sri24"))
+    assert c.present == ("t1", "t1ce", "t2", "flair") and c.on_one_grid()
+    assert c.labels.path.endswith("fused_algorithms_seg.nii.gz")
+    assert set(np.unique(c.labels.array)) <= {0, 1, 2, 4}
+
+
+def _pack_with_missing(folder):
+    with open(folder / "clinical.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["available_t1ce"] in ("0", "False", "false"):
+                return row["patient_id"]
+    return None
+
+
+def test_tcga_lgg_pack():
+    folder = shared_path("tcga-lgg")
+    c = load_case(folder / "TCGA_CS_4941.h5")
+    assert c.kind == "slices" and c.case_id == "TCGA_CS_4941"
+    assert c.present == ("t1", "t1ce", "flair")
+    n = c.sequences["flair"].array.shape[0]
+    assert c.sequences["flair"].array.shape == (n, 128, 128)
+    g = c.geometry
+    assert g.nominal and g.spacing == pytest.approx((1.875, 1.875, 5.0))
+    assert set(np.unique(c.labels.array)) <= {0, 1} and c.labels.array.any()
+    assert "FLAIR abnormality" in c.meta["labels_meaning"]
+    assert c.clinical["idh"] in ("mutant", "wildtype") and c.clinical["n_slices"] == n
+    with h5py.File(folder / "TCGA_CS_4941.h5") as f:
+        assert np.array_equal(c.sequences["t1ce"].array, f["image"][:, 2].astype(np.float32))
+    pid = _pack_with_missing(folder)
+    assert pid is not None
+    c2 = load_case(folder / f"{pid}.h5")
+    assert "t1ce" not in c2.sequences and "t1ce" in c2.meta["unavailable"]
+
+
+def test_tcga_lgg_cohort_and_4class_is_not_a_case(shared_data):
+    packs = list_cases(shared_data / "tcga-lgg")
+    assert len(packs) == len(list((shared_data / "tcga-lgg").glob("*.h5"))) and len(packs) > 50
+    assert all(p.suffix == ".h5" for p in packs)
+    with pytest.raises(CaseLoadError, match="no MRI volumes found"):
+        load_case(shared_data / "brain-tumour-4class")
+    with pytest.raises(CaseLoadError, match="no MRI volumes found"):
+        list_cases(shared_data / "brain-tumour-4class")
+    assert [p.name for p in list_cases(shared_data / "tcga-native")] == ["native", "sri24"]
+
+
+# ------------------------------------------------------------------------------------------------
+# round trips through the writers
+
+
+def test_roundtrip_brats_seg_nibabel(brats_case, tmp_path):
+    src = Path(brats_case.labels.path)
+    out = write_volume(brats_case.labels.array, brats_case.labels.geometry,
+                       tmp_path / "seg.nii.gz", labels=True)
+    a, b = nib.load(str(src)), nib.load(str(out))
+    assert np.allclose(a.affine, b.affine, atol=1e-5)
+    assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    assert b.get_data_dtype() == np.uint8
+
+
+def test_roundtrip_native_non_lps_nibabel(tmp_path):
+    folder = shared_path("tcga-native", "TCGA-FG-6692", "native")
+    src = next(folder.glob("*FLAIR*fla.nii.gz"))
+    v = load_volume(src)
+    assert v.geometry.source_orientation == "LAS"
+    thr = float(np.percentile(v.array, 90))
+    lab = (v.array > thr).astype(np.uint8)
+    lab[v.array > np.percentile(v.array, 99)] = 2
+    for name in ("lab.nii.gz", "lab.nii"):
+        out = write_volume(lab, v.geometry, tmp_path / name, labels=True)
+        a, b = nib.load(str(src)), nib.load(str(out))
+        assert np.allclose(a.affine, b.affine, atol=1e-5), (a.affine, b.affine)
+        data = np.asarray(a.dataobj).astype(np.float32)
+        want = (data > thr).astype(np.uint8)
+        want[data > np.percentile(v.array, 99)] = 2
+        assert np.array_equal(np.asarray(b.dataobj), want)
+    # and back through our reader: same canonical array and geometry
+    back = load_volume(tmp_path / "lab.nii.gz", labels=True)
+    assert np.array_equal(back.array, lab) and back.geometry.same_grid(v.geometry)
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".nii.gz", ".nhdr", ".mhd"])
+def test_roundtrip_formats(tmp_path, ext):
+    oblique = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.2).GetMatrix()
+    src = write_sitk(blob(), tmp_path / "src.nii.gz", spacing=(0.9, 1.1, 3.0),
+                     origin=(10.0, -20.0, 30.0), direction=oblique)
+    v = load_volume(src)
+    out = write_volume(v.array * 2, v.geometry, tmp_path / f"out{ext}")
+    w = load_volume(out)
+    assert w.geometry.same_grid(v.geometry)
+    assert np.allclose(w.array, v.array * 2)
+    r = sitk.ReadImage(str(out))
+    assert np.allclose(r.GetDirection(), oblique, atol=1e-6)
+
+
+def test_write_volume_errors(tmp_path):
+    g = Geometry(size=(4, 5, 6), spacing=(1, 1, 1), origin=(0, 0, 0))
+    with pytest.raises(GeometryError):
+        write_volume(np.zeros((3, 3, 3)), g, tmp_path / "x.nii.gz")
+    with pytest.raises(WriteError, match="file type"):
+        write_volume(np.zeros(g.shape), g, tmp_path / "x.png")
+    with pytest.raises(WriteError, match="0..255"):
+        write_volume(np.full(g.shape, 300), g, tmp_path / "x.nii.gz", labels=True)
+    assert issubclass(WriteError, RadiogenError)
+
+
+def test_pack_mask_roundtrip_and_synthetic_pack(tmp_path):
+    n = 5
+    img = np.random.default_rng(1).integers(0, 255, (n, 3, 16, 16), dtype=np.uint8)
+    mask = np.zeros((n, 16, 16), np.uint8)
+    mask[2, 4:9, 4:9] = 1
+    with h5py.File(tmp_path / "P1.h5", "w") as f:
+        f.create_dataset("image", data=img)
+        f.create_dataset("mask", data=mask)
+        f.attrs["available"] = np.array([False, True, True])
+        f.attrs["channel_names"] = np.array(["t1", "flair", "t1ce"], dtype=object)
+    with open(tmp_path / "clinical.csv", "w") as f:
+        f.write("patient_id,idh,age_at_initial_pathologic\nP1,mutant,41\nP2,wildtype,60\n")
+    c = load_case(tmp_path / "P1.h5")
+    assert c.present == ("t1ce", "flair") and c.meta["unavailable"] == ["t1"]
+    assert np.array_equal(c.sequences["flair"].array, img[:, 1].astype(np.float32))
+    assert c.clinical == {"patient_id": "P1", "idh": "mutant", "age_at_initial_pathologic": 41}
+    out = write_pack_mask(c.labels.array, tmp_path / "out" / "P1_mask.h5")
+    with h5py.File(out) as f:
+        assert np.array_equal(f["mask"][()], mask) and f["mask"].dtype == np.uint8
+    assert list_cases(tmp_path) == [tmp_path / "P1.h5"]
+    with pytest.raises(CaseLoadError, match="reference sequence 't2'"):
+        load_case(tmp_path / "P1.h5", reference="t2")
+    assert load_case(tmp_path / "P1.h5", reference="t1ce").reference == "t1ce"
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic cases: success paths
+
+
+def test_synthetic_case_brats2023_names_and_label_map(tmp_path):
+    f = make_case(tmp_path / "BraTS-GLI-00001-000", names=("t1n", "t1c", "t2w", "t2f"),
+                  seg=False, prefix="BraTS-GLI-00001-000", sep="-")
+    lab = np.zeros((12, 20, 16), np.uint8)
+    lab[4:8, 8:12, 6:10] = 2
+    lab[5:7, 9:11, 7:9] = 3                      # BraTS 2023 enhancing tumour
+    write_sitk(lab, f / "BraTS-GLI-00001-000-seg.nii.gz")
+    c = load_case(f)
+    assert c.case_id == "BraTS-GLI-00001-000" and c.present == ("t1", "t1ce", "t2", "flair")
+    assert set(np.unique(c.labels.array)) == {0, 2, 4} and "3->4" in c.labels.meta["label_map"]
+
+
+def test_single_file_case_and_overrides(tmp_path):
+    p = write_sitk(blob(), tmp_path / "BraTS2021_00099_flair.nii.gz")
+    c = load_case(p)
+    assert c.case_id == "BraTS2021_00099" and c.present == ("flair",)
+    q = write_sitk(blob(), tmp_path / "scan3.nii.gz")
+    with pytest.raises(CaseLoadError, match="--sequence scan3.nii.gz=SEQ"):
+        load_case(q)
+    assert load_case(q, overrides={"scan3.nii.gz": "t2"}).present == ("t2",)
+    assert load_case(q, overrides={"T1c": "scan3.nii.gz"}).present == ("t1ce",)   # seq -> file
+    with pytest.raises(CaseLoadError, match="one side must be a sequence"):
+        load_case(q, overrides={"scan3.nii.gz": "pd"})
+    with pytest.raises(CaseLoadError, match="labels file on its own"):
+        load_case(write_sitk(np.zeros((4, 5, 6), np.uint8), tmp_path / "x_seg.nii.gz"))
+
+
+def test_folder_overrides_and_unrecognised_files(tmp_path):
+    f = make_case(tmp_path / "c1", names=("t1", "flair"))
+    write_sitk(blob(), f / "series7.nii.gz")
+    (f / "notes.txt").write_text("hello")
+    c = load_case(f)
+    assert c.present == ("t1", "flair") and c.meta["unrecognised"] == ["series7.nii.gz"]
+    c = load_case(f, overrides={"series7": "t2"}, reference="t1")
+    assert c.present == ("t1", "t2", "flair") and c.reference == "t1"
+    assert c.meta["overrides"] == ["series7.nii.gz=t2"]
+    c = load_case(f, overrides={"CASE_001_t1.nii.gz": "ignore"})
+    assert c.present == ("flair",)
+    with pytest.raises(CaseLoadError, match="names no file"):
+        load_case(f, overrides={"nothere.nii.gz": "t2"})
+
+
+def test_list_cases_synthetic_cohort(tmp_path):
+    make_case(tmp_path / "coh" / "A")
+    make_case(tmp_path / "coh" / "B", names=("flair",), seg=False)
+    (tmp_path / "coh" / "README.txt").write_text("x")
+    assert [p.name for p in list_cases(tmp_path / "coh")] == ["A", "B"]
+    assert list_cases(tmp_path / "coh" / "A") == [tmp_path / "coh" / "A"]
+    with pytest.raises(CaseLoadError, match="cohort folder of 2"):
+        load_case(tmp_path / "coh")
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: one clear error each
+
+
+def test_missing_and_empty(tmp_path):
+    with pytest.raises(CaseLoadError, match="no such file"):
+        load_case(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaseLoadError, match="empty folder"):
+        load_case(tmp_path / "empty")
+    with pytest.raises(CaseLoadError, match="empty folder"):
+        list_cases(tmp_path / "empty")
+    (tmp_path / "x_flair.nii.gz").write_bytes(b"")
+    with pytest.raises(CaseLoadError, match=r"x_flair.nii.gz: empty file"):
+        load_volume(tmp_path / "x_flair.nii.gz")
+    (tmp_path / "pic.png").write_bytes(b"\x89PNG....")
+    with pytest.raises(CaseLoadError, match="unsupported file type"):
+        load_volume(tmp_path / "pic.png")
+
+
+def test_truncated_and_corrupt_files(tmp_path):
+    p = write_sitk(blob((20, 30, 40)), tmp_path / "ok_t1.nii.gz")
+    data = p.read_bytes()
+    (tmp_path / "trunc_t1.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CaseLoadError, match=r"trunc_t1.nii.gz: truncated gzip"):
+        load_volume(tmp_path / "trunc_t1.nii.gz")
+    raw = gzip.decompress(data)
+    (tmp_path / "trunc_t1.nii").write_bytes(raw[: len(raw) - 1000])
+    with pytest.raises(CaseLoadError, match=r"trunc_t1.nii: truncated NIfTI"):
+        load_volume(tmp_path / "trunc_t1.nii")
+    (tmp_path / "bad_t1.nii.gz").write_bytes(gzip.compress(b"this is not a nifti header" * 3))
+    with pytest.raises(CaseLoadError, match=r"bad_t1.nii.gz: not a valid NIfTI"):
+        load_volume(tmp_path / "bad_t1.nii.gz")
+    (tmp_path / "junk_t1.nii.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 200)
+    with pytest.raises(CaseLoadError, match=r"junk_t1.nii.gz: (corrupt|truncated) gzip"):
+        load_volume(tmp_path / "junk_t1.nii.gz")
+    q = write_sitk(blob(), tmp_path / "ok.mha")
+    d = q.read_bytes()
+    (tmp_path / "trunc.mha").write_bytes(d[: len(d) * 3 // 4])
+    with pytest.raises(CaseLoadError, match=r"trunc.mha: cannot read"):
+        load_volume(tmp_path / "trunc.mha")
+    # a case folder with one truncated file fails as a whole (nothing half-loaded)
+    f = make_case(tmp_path / "case", names=("t1", "flair"))
+    (f / "CASE_001_flair.nii.gz").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CaseLoadError, match="CASE_001_flair.nii.gz: truncated gzip"):
+        load_case(f)
+
+
+def test_dimensionality_errors(tmp_path):
+    write_sitk(np.zeros((20, 30), np.float32), tmp_path / "two_t1.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"two_t1.nii.gz: 2D image"):
+        load_volume(tmp_path / "two_t1.nii.gz")
+    write_sitk(np.zeros((1, 20, 30), np.float32), tmp_path / "flat_t1.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"2D image"):
+        load_volume(tmp_path / "flat_t1.nii.gz")
+    aff = np.diag([-1.0, -1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8, 3), np.float32), aff), tmp_path / "four.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"four.nii.gz: 4D image with 3 volumes"):
+        load_volume(tmp_path / "four.nii.gz")
+    arr = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8, 1)
+    nib.save(nib.Nifti1Image(arr, aff), tmp_path / "single.nii.gz")
+    v = load_volume(tmp_path / "single.nii.gz")
+    assert v.array.shape == (8, 7, 6) and v.geometry.spacing == pytest.approx((1, 1, 2))
+    assert np.array_equal(v.array, np.transpose(arr[..., 0], (2, 1, 0)))   # RAS diag(-1,-1,+) = LPS
+    rgb = sitk.Compose([sitk.Image(5, 6, 7, sitk.sitkUInt8)] * 3)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.nrrd"))
+    with pytest.raises(CaseLoadError, match="3 values per voxel"):
+        load_volume(tmp_path / "rgb.nrrd")
+
+
+def test_nan_inf_voxels(tmp_path):
+    a = blob()
+    a[0, 0, :3] = np.nan
+    a[1, 1, 1] = np.inf
+    write_sitk(a, tmp_path / "nan_t2.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"nan_t2.nii.gz: 4 NaN/Inf voxel"):
+        load_volume(tmp_path / "nan_t2.nii.gz")       # ITK alone would read NaN as 0
+    write_sitk(a, tmp_path / "nan_t2.nrrd")
+    with pytest.raises(CaseLoadError, match=r"nan_t2.nrrd: 4 NaN/Inf voxel"):
+        load_volume(tmp_path / "nan_t2.nrrd")
+    b = np.zeros((4, 5, 6), np.float32)
+    b[0, 0, 0] = 1.5
+    write_sitk(b, tmp_path / "frac_seg.nii.gz")
+    with pytest.raises(CaseLoadError, match="non-integer"):
+        load_volume(tmp_path / "frac_seg.nii.gz")
+
+
+def test_duplicate_and_unknown_sequences(tmp_path):
+    f = make_case(tmp_path / "dup", names=("t1", "flair"))
+    write_sitk(blob(), f / "other_FLAIR_AX.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"two files claim the sequence 'flair': "
+                                            r"CASE_001_flair.nii.gz and other_FLAIR_AX.nii.gz"):
+        load_case(f)
+    assert load_case(f, overrides={"other_FLAIR_AX.nii.gz": "ignore"}).present == ("t1", "flair")
+    g = tmp_path / "unk"
+    g.mkdir()
+    write_sitk(blob(), g / "scan1.nii.gz")
+    write_sitk(blob(), g / "scan2.mha")
+    with pytest.raises(CaseLoadError, match=r"no recognised sequence.*scan1.nii.gz, scan2.mha"):
+        load_case(g)
+    h = make_case(tmp_path / "twoseg", names=("t1",))
+    write_sitk(np.zeros((12, 20, 16), np.uint8), h / "mask.nii.gz")
+    with pytest.raises(CaseLoadError, match="two files claim the labels"):
+        load_case(h)
+
+
+def test_grids_that_cannot_be_combined(tmp_path):
+    f = make_case(tmp_path / "far", names=("t1",), seg=False)
+    write_sitk(blob(), f / "CASE_001_flair.nii.gz", origin=(500.0, 0.0, 0.0))
+    with pytest.raises(GridError, match="do not overlap in space") as e:
+        load_case(f)
+    assert isinstance(e.value, CaseLoadError) and isinstance(e.value, GeometryError)
+    # different but overlapping grids are fine (native scans), labels must match one of them
+    g = make_case(tmp_path / "shifted", names=("t1",), seg=False)
+    write_sitk(blob((10, 20, 16)), g / "CASE_001_flair.nii.gz", origin=(3.0, 2.0, 1.0),
+               spacing=(1.0, 1.0, 1.2))
+    c = load_case(g)
+    assert not c.on_one_grid()
+    write_sitk(np.zeros((12, 20, 17), np.uint8), g / "CASE_001_seg.nii.gz")
+    with pytest.raises(GridError, match="on no sequence's grid"):
+        load_case(g)
+
+
+# ------------------------------------------------------------------------------------------------
+# DICOM
+
+
+def test_dicom_series_roundtrip(tmp_path):
+    arr = (blob((6, 20, 16)) * 10).astype(np.int16)
+    d = write_dicom_series(arr, tmp_path / "FLAIR_AX", description="AX FLAIR")
+    v = load_volume(d)
+    assert v.array.shape == (6, 20, 16) and v.array.dtype == np.float32
+    assert np.array_equal(v.array, arr.astype(np.float32))
+    assert v.geometry.spacing == pytest.approx((0.9, 0.9, 3.0), abs=1e-4)
+    assert v.geometry.origin == pytest.approx((-10.0, -12.0, 5.0), abs=1e-4)
+    assert v.meta["series_description"] == "AX FLAIR"
+    # a single file of the series reads the whole series
+    assert load_volume(d / "IM0003.dcm").array.shape == (6, 20, 16)
+    c = load_case(d)
+    assert c.present == ("flair",) and c.case_id == "FLAIR_AX"
+
+
+def test_dicom_two_series_in_one_folder(tmp_path):
+    d = tmp_path / "study"
+    write_dicom_series(blob((5, 16, 16)), d, description="T1 AX POST GAD", start_index=0,
+                       series_uid="1.2.826.0.1.3680043.2.1125.42.1")
+    write_dicom_series(blob((5, 16, 16), seed=3), d, description="T2 FLAIR AX", start_index=100,
+                       series_uid="1.2.826.0.1.3680043.2.1125.42.2")
+    with pytest.raises(CaseLoadError, match=r"2 DICOM series.*T1 AX POST GAD.*T2 FLAIR AX"):
+        load_volume(d)
+    v = load_volume(d, series="flair")
+    assert v.meta["series_description"] == "T2 FLAIR AX" and v.array.shape == (5, 16, 16)
+    assert load_volume(d, series="42.1").meta["series_description"] == "T1 AX POST GAD"
+    with pytest.raises(CaseLoadError, match="no DICOM series matches 'dwi'"):
+        load_volume(d, series="dwi")
+    c = load_case(d)                                # descriptions name distinct sequences
+    assert c.present == ("t1ce", "flair") and c.on_one_grid()
+    c = load_case(d, series="FLAIR")
+    assert c.present == ("flair",)
+    # series in subfolders of a case folder
+    e = tmp_path / "case"
+    write_dicom_series(blob((5, 16, 16)), e / "T1", description="", series_uid="1.2.3.4.1")
+    write_dicom_series(blob((5, 16, 16)), e / "T2", description="", series_uid="1.2.3.4.2")
+    c = load_case(e)
+    assert c.present == ("t1", "t2") and c.case_id == "case"
+
+
+def test_broken_dicom(tmp_path):
+    d = tmp_path / "broken"
+    d.mkdir()
+    for i in range(3):
+        (d / f"IM{i}.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x01\x02" * 50)
+    with pytest.raises(CaseLoadError, match="no readable DICOM series"):
+        load_volume(d)
+    with pytest.raises(CaseLoadError, match="no readable DICOM series"):
+        load_case(d)
+    e = write_dicom_series(blob((5, 16, 16)), tmp_path / "cut", description="T1 AX")
+    f = sorted(e.glob("*.dcm"))[2]
+    f.write_bytes(f.read_bytes()[:400])
+    with pytest.raises(CaseLoadError, match="missing slices"):
+        load_volume(e)                 # ITK alone drops the slice and stretches the spacing
+    single = write_dicom_series(blob((1, 16, 16)), tmp_path / "one", description="T1 AX")
+    with pytest.raises(CaseLoadError, match="single slice"):
+        load_volume(single)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_io_imports_no_torch_or_qt():
+    code = ("import sys, napari_radiogen.core.io as m; "
+            "bad = [k for k in ('torch', 'napari', 'qtpy', 'PyQt6', 'magicgui') if k in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_flat_cohort_folder_of_volume_groups(tmp_path):
+    f = tmp_path / "flat"
+    make_case(f, names=("t1", "flair"), prefix="P1")
+    make_case(f, names=("t1", "flair"), seg=False, prefix="P2")
+    cases = list_cases(f)
+    assert [p.name for p in cases] == ["P1", "P2"] and all(p.parent == f for p in cases)
+    c = load_case(cases[0])
+    assert c.case_id == "P1" and c.present == ("t1", "flair") and c.labels is not None
+    assert scan_case(cases[1])["sequences"] == {"t1": "P2_t1.nii.gz", "flair": "P2_flair.nii.gz"}
+    with pytest.raises(CaseLoadError, match="cohort folder of 2"):
+        load_case(f)
+    with pytest.raises(CaseLoadError, match="no such file"):
+        load_case(f / "P3")
+
+
+def test_dicom_two_series_same_sequence_needs_a_choice(tmp_path):
+    d = tmp_path / "study"
+    write_dicom_series(blob((5, 16, 16)), d, description="T1 AX", series_uid="1.2.3.9.1")
+    write_dicom_series(blob((5, 16, 16)), d, description="T1 SAG", series_uid="1.2.3.9.2",
+                       start_index=100)
+    with pytest.raises(CaseLoadError, match=r"two files claim the sequence 't1'.*--series"):
+        load_case(d)
+    assert load_case(d, series="T1 SAG").meta["files"] == {"t1": "series 'T1 SAG'"}
+    c = load_case(d, overrides={"T1 SAG": "t1ce"})
+    assert c.present == ("t1", "t1ce")

@@ -1,0 +1,376 @@
+"""Preparation (one grid, mask, crop, normalisation) and the way back to the native grid."""
+import time
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from napari_radiogen.core.case import Case, Geometry, Volume, canonicalize
+from napari_radiogen.core.errors import (Cancelled, GeometryError, MissingSequenceError,
+                                         RadiogenError)
+from napari_radiogen.core.phantom import make_phantom
+from napari_radiogen.core.prepare import (PreparedCase, brain_mask, crop_box, denormalise,
+                                          is_skull_stripped, normalise, prepare,
+                                          resample_spacing, resample_to_reference,
+                                          resample_volume, to_native, uncrop,
+                                          working_geometry)
+from napari_radiogen.core.progress import CancelToken
+
+from conftest import shared_path
+
+SEQ = ("t1", "t1ce", "t2", "flair")
+
+
+# -- loading real data (core.io when it is there, plain SimpleITK otherwise) ---------------------
+def _read(path, dtype=None):
+    img, code = canonicalize(sitk.ReadImage(str(path)))
+    return Volume.from_image(img, path=str(path), source_orientation=code, dtype=dtype)
+
+
+def _load_case(folder):
+    try:
+        from napari_radiogen.core.io import load_case
+        return load_case(folder)
+    except Exception:   # io not written yet, or API still moving: read the files directly
+        pass
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".nii.gz"))
+    seqs, labels = {}, None
+    for p in files:
+        stem = p.name[:-7].lower()
+        if stem.endswith("_seg"):
+            labels = _read(p, np.uint8)
+            continue
+        for key, name in (("_t1ce", "t1ce"), ("_t1c", "t1ce"), ("_flair", "flair"),
+                          ("_fla", "flair"), ("_t2", "t2"), ("_t1", "t1")):
+            if stem.endswith(key):
+                seqs[name] = _read(p)
+                break
+    return Case(case_id=folder.name, sequences=seqs, labels=labels, source=str(folder))
+
+
+@pytest.fixture(scope="module")
+def brats():
+    return _load_case(shared_path("brats2021", "BraTS2021_00006"))
+
+
+@pytest.fixture(scope="module")
+def native():
+    return _load_case(shared_path("tcga-native", "TCGA-FG-6692", "native"))
+
+
+def _dice(a, b):
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+# -- phantoms (no data needed) ---------------------------------------------------------------------
+def test_prepare_phantom_stacks_channels_in_requested_order():
+    c = make_phantom(0)
+    p = prepare(c, ("flair", "t1"))
+    assert isinstance(p, PreparedCase)
+    assert p.array.dtype == np.float32 and p.array.ndim == 4 and p.array.shape[0] == 2
+    assert p.sequences == ("flair", "t1")
+    assert p.array.flags["C_CONTIGUOUS"]
+    only_t1 = prepare(c, ("t1",))
+    np.testing.assert_array_equal(p.channel("t1"), only_t1.array[0])
+    assert p.mask.shape == p.shape and p.mask.dtype == bool
+    assert p.geometry.shape == p.shape
+    assert p.mask_method == "otsu"            # the phantom has scalp + skull + noisy background
+    assert not p.resampled and p.reference == "flair"
+    for i in range(2):                          # z-score inside the mask
+        v = p.array[i][p.mask]
+        assert abs(v.mean()) < 0.05 and 0.9 < v.std() < 1.1
+        assert (p.array[i][~p.mask] == 0).all()
+
+
+def test_brain_mask_nonzero_for_skull_stripped_and_head_mask_otherwise():
+    from napari_radiogen.core.phantom import TISSUE, phantom_tissue
+    ss = make_phantom(2, skull_stripped=True)
+    m = brain_mask(ss)
+    np.testing.assert_array_equal(m, ss.sequences["flair"].array != 0)
+    np.testing.assert_array_equal(brain_mask(ss.sequences["t1"]), ss.sequences["t1"].array != 0)
+    nat = make_phantom(2)
+    t = phantom_tissue(2)
+    head = brain_mask(nat)
+    assert not is_skull_stripped(nat.sequences["flair"].array)
+    inside = np.isin(t, [TISSUE[k] for k in ("csf", "gm", "wm", "necrosis", "enhancing",
+                                             "oedema")])
+    assert head[inside].mean() > 0.99                     # the whole brain and tumour
+    assert head[t == TISSUE["background"]].mean() < 0.01  # not the noisy background
+    assert (brain_mask(nat, method="nonzero")).mean() > 0.99   # non-zero is useless here
+
+
+def test_crop_geometry_maps_voxels_to_the_same_world_points():
+    c = make_phantom(1)
+    p = prepare(c, SEQ, margin=2)
+    assert p.box != tuple(slice(0, n) for n in c.geometry.shape)      # it did crop
+    z0, y0, x0 = (b.start for b in p.box)
+    world_crop = p.geometry.affine_lps() @ np.array([0, 0, 0, 1.0])
+    world_full = c.geometry.affine_lps() @ np.array([x0, y0, z0, 1.0])
+    np.testing.assert_allclose(world_crop, world_full, atol=1e-6)
+    np.testing.assert_array_equal(p.labels, c.labels.array[p.box])
+
+
+def test_skull_stripped_phantom_round_trip_is_exact():
+    c = make_phantom(4, skull_stripped=True)
+    p = prepare(c, SEQ)
+    assert p.mask_method == "nonzero"
+    back = to_native(p, p.labels, labels=True)
+    assert back.dtype == c.labels.array.dtype
+    np.testing.assert_array_equal(back, c.labels.array)
+    # maps (C, z, y, x) come back too
+    maps = to_native(p, p.array)
+    assert maps.shape == (4,) + c.geometry.shape
+
+
+def test_resampling_uses_each_images_own_geometry():
+    """A T1 stored on another (rotated, shifted, anisotropic) grid comes back onto the
+    reference grid where it belongs."""
+    c = make_phantom(5)
+    g = c.geometry
+    ang = np.deg2rad(8.0)
+    rot = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
+    other = Geometry(size=(100, 110, 50), spacing=(1.1, 1.1, 2.2),
+                     origin=tuple(np.asarray(g.origin) + [-8.0, -6.0, -4.0]),
+                     direction=tuple(rot.ravel()))
+    moved = resample_volume(c.sequences["t1"], other)
+    assert moved.geometry.same_grid(other)
+    c2 = c.with_sequence("t1", moved)
+    assert not c2.on_one_grid()
+    r = resample_to_reference(c2)
+    assert r.on_one_grid() and r.sequences["t1"].geometry.same_grid(g)
+    orig, back = c.sequences["t1"].array, r.sequences["t1"].array
+    inner = c.labels.array >= 0
+    inner[:6], inner[-6:], inner[:, :6], inner[:, -6:], inner[:, :, :6], inner[:, :, -6:] = (
+        False,) * 6
+    corr = np.corrcoef(orig[inner], back[inner])[0, 1]
+    assert corr > 0.9
+    p = prepare(c2, SEQ)
+    assert not p.resampled and p.channel("t1").shape == p.shape
+
+
+def test_synthetic_reference_does_not_decide_the_mask():
+    """A model-made FLAIR (zero outside its mask) must not turn a native-like case into
+    'skull-stripped' with an everything-mask."""
+    c = make_phantom(2)
+    p0 = prepare(c, SEQ)
+    fl = np.where(p0.mask, p0.channel("flair") + 10.0, 0.0).astype(np.float32)
+    synth = Volume(uncrop(p0, fl), c.geometry, synthetic=True)
+    c2 = c.with_sequence("flair", synth)
+    p = prepare(c2, SEQ)
+    assert p.reference == "flair" and p.synthetic == ("flair",)
+    assert p.mask_method == "otsu"
+    assert _dice(uncrop(p, p.mask), uncrop(p0, p0.mask)) > 0.9     # a head mask from T1ce
+    assert uncrop(p, p.mask).mean() < 0.8
+    assert p.summary()["synthetic_inputs"] == ["flair"]
+
+
+def test_pack_phantom_prepares_as_slices():
+    from napari_radiogen.core.phantom import make_pack_phantom
+    c = make_pack_phantom(1, n_slices=16)
+    p = prepare(c, ("t1", "flair", "t1ce"), crop=False, norm="percentile")
+    assert p.kind == "slices" and p.array.shape == (3, 16, 128, 128)
+    assert p.array.min() >= 0 and p.array.max() <= 1
+    np.testing.assert_array_equal(p.to_native(p.labels, labels=True), c.labels.array)
+
+
+def test_resample_spacing_and_inverse_on_phantom():
+    c = make_phantom(6, skull_stripped=True)
+    r = resample_spacing(c, 3.0)
+    assert r.on_one_grid()
+    assert r.geometry.spacing == (3.0, 3.0, 3.0)
+    assert r.geometry.shape == (32, 40, 36)
+    assert set(np.unique(r.labels.array)) <= {0, 1, 2, 4}
+    # the new grid covers the same field of view (voxel edges kept)
+    g0, g1 = c.geometry, r.geometry
+    edge0 = np.asarray(g0.origin) - np.asarray(g0.spacing) / 2
+    edge1 = np.asarray(g1.origin) - np.asarray(g1.spacing) / 2
+    np.testing.assert_allclose(edge0, edge1, atol=1e-6)
+    assert working_geometry(g0, 1.5) is g0
+
+
+def test_partial_field_of_view_is_zero_and_excluded_from_the_statistics():
+    c = make_phantom(3)
+    g = c.geometry
+    t1 = c.sequences["t1"]
+    half = Volume(np.ascontiguousarray(t1.array[32:]),          # upper half of the slab only
+                  g.with_(size=(g.size[0], g.size[1], 32),
+                          origin=(g.origin[0], g.origin[1], g.origin[2] + 32 * g.spacing[2])))
+    p = prepare(c.with_sequence("t1", half), SEQ, margin=0)
+    assert any("t1 covers" in w for w in p.warnings)
+    full = prepare(c, SEQ, margin=0)
+    assert p.box == full.box
+    z0 = p.box[0].start
+    lower = slice(0, 32 - z0 - 1)
+    assert (p.channel("t1")[lower] == 0).all()
+    upper = np.zeros(p.shape, bool)
+    upper[32 - z0 + 1:] = True
+    v = p.channel("t1")[p.mask & upper]
+    assert abs(v.mean()) < 0.1 and 0.9 < v.std() < 1.1           # statistics of covered voxels
+    np.testing.assert_array_equal(p.channel("flair"), full.channel("flair"))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, bool])
+def test_to_native_keeps_label_dtype_after_resampling(dtype):
+    c = make_phantom(6, skull_stripped=True)
+    p = prepare(c, SEQ, spacing=3.0)
+    lab = p.labels.astype(dtype) if dtype is not bool else p.labels > 0
+    back = to_native(p, lab, labels=True)
+    assert back.dtype == np.dtype(dtype) and back.shape == c.geometry.shape
+    ref = c.labels.array > 0
+    assert _dice(back > 0, ref) > 0.8
+
+
+def test_non_overlapping_sequence_raises_geometry_error():
+    c = make_phantom(0)
+    t2 = c.sequences["t2"]
+    far = Volume(t2.array, t2.geometry.with_(origin=(1000.0, 1000.0, 1000.0)))
+    bad = c.with_sequence("t2", far)
+    with pytest.raises(GeometryError, match="t2"):
+        prepare(bad, SEQ)
+    with pytest.raises(GeometryError, match="t2"):
+        resample_to_reference(bad)
+
+
+def test_missing_sequence_error_names_it():
+    c = make_phantom(0, sequences=("t1", "flair"))
+    with pytest.raises(MissingSequenceError) as e:
+        prepare(c, ("t1", "t1ce", "flair"))
+    assert e.value.missing == ["t1ce"]
+    assert "t1ce" in str(e.value) and "flair" in str(e.value)
+    with pytest.raises(MissingSequenceError, match="t2"):
+        prepare(c, ("t1",), reference="t2")
+
+
+def test_nan_inf_and_2d_input_give_clear_errors():
+    c = make_phantom(0)
+    arr = c.sequences["t1"].array.copy()
+    arr[3, 4, 5] = np.nan
+    arr[6, 7, 8] = np.inf
+    bad = c.with_sequence("t1", Volume(arr, c.geometry))
+    with pytest.raises(RadiogenError, match=r"t1 contains 2 NaN or infinite"):
+        prepare(bad, SEQ)
+    flat = Volume(c.sequences["t2"].array, c.geometry)
+    flat.array = flat.array[10]                 # a 2D array slipped past the constructor
+    with pytest.raises(RadiogenError, match="3D"):
+        prepare(c.with_sequence("t2", flat), SEQ)
+    with pytest.raises(RadiogenError, match="3D"):
+        brain_mask(np.zeros((10, 10)))
+
+
+def test_prepare_cancels():
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        prepare(make_phantom(0), SEQ, cancel=tok)
+
+
+def test_normalise_methods():
+    rng = np.random.default_rng(0)
+    a = rng.normal(100, 20, size=(20, 20, 20)).astype(np.float32)
+    m = np.zeros(a.shape, bool)
+    m[2:-2, 2:-2, 2:-2] = True
+    z, prm = normalise(a, m, "zscore", return_params=True)
+    assert abs(z[m].mean()) < 1e-3 and abs(z[m].std() - 1) < 1e-3
+    assert (z[~m] == 0).all() and np.abs(z).max() <= 5.0
+    pc = normalise(a, m, "percentile")
+    assert pc.min() == 0.0 and pc.max() == 1.0
+    assert abs(np.mean(pc[m] <= 0) - 0.005) < 0.003
+    with pytest.raises(RadiogenError):
+        normalise(a, m, "bogus")
+    with pytest.raises(RadiogenError, match="empty"):
+        normalise(a, np.zeros_like(m))
+    # denormalise inverts a (non-clipped) z-score
+    c = make_phantom(0, skull_stripped=True)
+    p = prepare(c, ("flair",), clip=0)
+    back = denormalise(p, p.array[0], "flair")
+    orig = c.sequences["flair"].array[p.box]
+    np.testing.assert_allclose(back[p.mask], orig[p.mask], rtol=1e-3, atol=1e-2)
+
+
+def test_crop_box():
+    m = np.zeros((10, 20, 30), bool)
+    m[3:5, 6:9, 10:20] = True
+    assert crop_box(m, 0) == (slice(3, 5), slice(6, 9), slice(10, 20))
+    assert crop_box(m, 4) == (slice(0, 9), slice(2, 13), slice(6, 24))
+    assert crop_box(m, (1, 0, 20)) == (slice(2, 6), slice(6, 9), slice(0, 30))
+    assert crop_box(np.zeros((4, 5, 6), bool)) == (slice(0, 4), slice(0, 5), slice(0, 6))
+
+
+def test_to_native_rejects_wrong_shape():
+    p = prepare(make_phantom(0), SEQ)
+    with pytest.raises(GeometryError):
+        to_native(p, np.zeros((3, 3, 3), np.uint8), labels=True)
+    assert uncrop(p, p.mask).shape == p.working_geometry.shape
+
+
+# -- real data ----------------------------------------------------------------------------------
+def test_brats_prepare_round_trip_is_exact(brats):
+    assert brats.on_one_grid()
+    assert is_skull_stripped(brats.sequences["flair"].array)
+    prepare(brats, SEQ)                                            # warm-up
+    t0 = time.perf_counter()
+    p = prepare(brats, SEQ)
+    dt = time.perf_counter() - t0
+    assert dt < 3.0, f"prepare took {dt:.2f} s"                   # ~0.2 s unloaded
+    assert not p.resampled and p.mask_method == "nonzero"
+    assert p.array.shape[0] == 4 and p.array.shape[1:] == p.shape
+    assert np.prod(p.shape) < 0.6 * np.prod(brats.geometry.shape)  # the crop pays off
+    seg = brats.labels.array
+    back = p.to_native(p.labels, labels=True)
+    assert back.shape == seg.shape and back.dtype == seg.dtype
+    np.testing.assert_array_equal(back, seg)
+    same = prepare(brats, ("flair",), spacing=1.0)       # the native spacing: no resampling
+    assert not same.resampled
+    np.testing.assert_array_equal(same.to_native(same.labels, labels=True), seg)
+    # crop box contains the whole brain mask
+    full = brain_mask(brats)
+    assert np.count_nonzero(full) == np.count_nonzero(p.mask)
+    np.testing.assert_array_equal(uncrop(p, p.mask), full)
+
+
+def test_brats_2mm_round_trip_dice(brats):
+    p = prepare(brats, SEQ, spacing=2.0)
+    assert p.resampled and p.working_geometry.spacing == (2.0, 2.0, 2.0)
+    assert p.geometry.spacing == (2.0, 2.0, 2.0)
+    back = to_native(p, p.labels, labels=True)
+    seg = brats.labels.array
+    assert back.shape == seg.shape
+    assert _dice(back > 0, seg > 0) > 0.9
+    # a probability map comes back on the native grid too
+    maps = to_native(p, np.stack([p.mask.astype(np.float32)] * 2))
+    assert maps.shape == (2,) + seg.shape and maps.dtype == np.float32
+
+
+def test_native_scans_onto_one_grid(native):
+    assert set(native.sequences) == set(SEQ)
+    assert not native.on_one_grid()                 # four grids as acquired
+    ref = native.reference
+    r = resample_to_reference(native)
+    g = native.sequences[ref].geometry
+    assert r.on_one_grid()
+    for s, v in r.sequences.items():
+        assert v.array.shape == g.shape and v.array.dtype == np.float32
+        assert v.geometry.same_grid(g)
+        assert np.count_nonzero(v.array) > 0.5 * v.array.size, s
+    # T2 was acquired on the FLAIR grid (same geometry): resampling it is the identity
+    if native.sequences["t2"].geometry.same_grid(g):
+        np.testing.assert_allclose(r.sequences["t2"].array, native.sequences["t2"].array)
+    # the T1 moved from its own grid correlates with the T1ce moved the same way
+    a, b = r.sequences["t1"].array, r.sequences["t1ce"].array
+    both = (a > 0) & (b > 0)
+    assert np.corrcoef(a[both], b[both])[0, 1] > 0.5
+
+
+def test_native_prepare_uses_a_head_mask_and_lands_on_the_flair_grid(native):
+    assert not is_skull_stripped(native.sequences["flair"].array)
+    p = prepare(native, SEQ, spacing=2.0)
+    assert p.mask_method == "otsu" and p.resampled
+    frac = p.mask.mean()
+    assert 0.3 < frac < 0.9                          # a head, not the whole box or a speck
+    back = to_native(p, p.mask.astype(np.uint8), labels=True)
+    g = native.geometry
+    assert back.shape == g.shape
+    # the mask is the head: mean FLAIR inside much brighter than outside
+    fl = native.sequences["flair"].array.astype(float)
+    assert fl[back > 0].mean() > 4 * fl[back == 0].mean()
+    p1 = prepare(native, ("t1", "flair"))            # native grid: anisotropic, no resampling
+    assert not p1.resampled and p1.geometry.spacing == g.spacing
