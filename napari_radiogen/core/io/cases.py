@@ -190,6 +190,13 @@ def scan_folder(folder: PathLike, *, _depth: int = 0) -> FolderScan:
             sc.packs.append(p)
         else:
             sc.others.append(p)
+    # an unreadable .h5 beside real packs is a (bad) case of the cohort, not an unrelated file:
+    # listing it lets batch modes report it instead of skipping it silently
+    if sc.packs:
+        bad = [q for q in sc.others if _is_pack(q)]
+        sc.packs.extend(bad)
+        sc.packs.sort()
+        sc.others = [q for q in sc.others if q not in bad]
     if not sc.files and sc.others and _any_dicom(folder, [q.name for q in sc.others]):
         sc.dicom_here = True
     return sc
