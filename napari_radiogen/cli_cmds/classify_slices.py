@@ -1,0 +1,58 @@
+"""``radiogen classify-slices PATH --out DIR [--model NAME]``: tumour-type triage of 2D slices.
+
+PATH is an image (PNG/JPG/TIF/BMP), a folder of images (searched recursively), or a volume /
+case (NIfTI, NRRD, MHA, DICOM, HDF5, case folder): then every axial slice of the reference
+sequence (or ``--sequence``) is classified. Writes ``DIR/tumour_type.csv`` with columns
+``file`` (path relative to the folder, or ``<case_id>:<slice>``), one probability per class
+(glioma, meningioma, pituitary, notumor) and ``predicted``.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="image, folder of images, or a volume/case")
+    p.add_argument("--out", required=True, help="output folder (tumour_type.csv is written there)")
+    p.add_argument("--model", default=None,
+                   help="triage model name or .safetensors path (default: the shipped CNN; "
+                        "`radiogen models` lists them)")
+    p.add_argument("--sequence", default=None,
+                   help="for a case: the sequence whose axial slices are classified "
+                        "(default: the case's reference sequence)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..core import progress
+    from ..core import triage
+    from ..core.errors import CaseLoadError
+
+    src = Path(args.path)
+    if not src.exists():
+        raise CaseLoadError(f"{src}: no such file or folder")
+    model = triage.load_triage_model(args.model, device=args.device)
+
+    def on_progress(p):
+        if not args.quiet and p.total and (p.done == p.total or p.done == 0):
+            print(str(p), file=sys.stderr)
+
+    if triage.is_image_input(src):
+        table = progress.run(triage.classify_images(src, model), on_progress)
+    else:
+        from ..core.io import load_case
+        case = load_case(src)
+        table = progress.run(triage.classify_volume(case, model, sequence=args.sequence),
+                             on_progress)
+    out = table.write_csv(Path(args.out) / "tumour_type.csv")
+    counts = {}
+    for c in table.predicted:
+        counts[c] = counts.get(c, 0) + 1
+    summary = ", ".join(f"{c} {counts.get(c, 0)}" for c in table.classes)
+    print(f"{len(table.names)} slice(s) classified with {model.name}: {summary}")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,108 @@
+"""How well do the explanations localise? Reproduces the ``explanations`` table of the
+prediction model cards.
+
+For each case with an expert mask (the 8 BraTS 2021 cases: whole tumour = labels 1+2+4; and,
+with ``--packs N``, N TCGA-LGG packs: the manual FLAIR-abnormality mask), each task and each
+method, the heatmap of ``core.explain`` is scored with ``localisation_score``: the fraction of
+heatmap mass inside the mask dilated by 5 mm. A uniform heatmap over the head is the reference
+(its score is the dilated mask's share of the head), so the table shows what the explanation
+adds over chance.
+
+    python scripts/eval_localisation.py --model predict_mil [--packs 20] [--write-card]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    from napari_radiogen.core import predict as P
+    from napari_radiogen.core.explain import explain, localisation_score
+    from napari_radiogen.core.io import list_cases, load_case
+    from napari_radiogen.core.models import find_model, load_model, read_card, save_model, \
+        load_state_dict_file
+    from napari_radiogen.core.progress import run
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="predict_mil")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--tasks", default="idh,codel_1p19q,grade")
+    ap.add_argument("--methods", default="gradcam,layercam,attention")
+    ap.add_argument("--packs", type=int, default=0, help="also score N TCGA-LGG packs")
+    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--write-card", action="store_true",
+                    help="store the table in the model card (weights unchanged)")
+    a = ap.parse_args(argv)
+    data = Path(a.data)
+    lm = load_model(a.model, task="prediction")
+    kind = (lm.card.get("input") or {}).get("kind", "mil")
+    methods = [m for m in a.methods.split(",") if not (kind == "volume3d" and m == "attention")]
+    tasks = a.tasks.split(",")
+    cases = sorted((data / "brats2021").glob("BraTS2021_*"))
+    if a.packs:
+        cases += sorted((data / "tcga-lgg").glob("*.h5"))[: a.packs]
+    rows = []
+    for path in cases:
+        case = load_case(path)
+        if case.labels is None or not (case.labels.array > 0).any():
+            continue
+        ref = case.sequences[case.reference]
+        g = ref.geometry
+        sp = (g.spacing[2], g.spacing[1], g.spacing[0])
+        wt = case.labels.array > 0
+        head = np.zeros(wt.shape, bool)
+        for v in case.sequences.values():
+            if v.geometry.same_grid(g):
+                head |= P.foreground(v.array)
+        chance = localisation_score(head.astype(np.float32), wt, sp)
+        for task in tasks:
+            for m in methods:
+                t = time.perf_counter()
+                r = run(explain(case, lm, task=task, method=m))
+                rows.append({"case": case.case_id, "dataset": "brats2021" if case.kind != "slices"
+                             else "tcga-lgg", "task": task, "method": m,
+                             "localisation": r.localisation, "chance": chance,
+                             "seconds": round(time.perf_counter() - t, 2)})
+                print(f"{case.case_id:18s} {task:12s} {m:10s} {r.localisation:.3f} "
+                      f"(uniform {chance:.3f}) {rows[-1]['seconds']:.1f}s", flush=True)
+    summary = {}
+    for ds in sorted({r["dataset"] for r in rows}):
+        for task in tasks:
+            for m in methods:
+                v = [r["localisation"] for r in rows if r["dataset"] == ds and r["task"] == task
+                     and r["method"] == m and r["localisation"] is not None]
+                c = [r["chance"] for r in rows if r["dataset"] == ds and r["task"] == task
+                     and r["method"] == m and r["chance"] is not None]
+                if v:
+                    summary[f"{ds}/{task}/{m}"] = {"mean": round(float(np.mean(v)), 3),
+                                                   "sd": round(float(np.std(v)), 3), "n": len(v),
+                                                   "uniform_mean": round(float(np.mean(c)), 3)}
+    table = {"protocol": "fraction of heatmap mass inside the expert whole-tumour mask dilated "
+                         "by 5 mm (BraTS 2021: labels 1+2+4; TCGA-LGG: FLAIR abnormality); "
+                         "'uniform' = the same score for a heatmap uniform over the head",
+             "command": "python scripts/eval_localisation.py --model " + a.model
+                        + (f" --packs {a.packs}" if a.packs else ""),
+             "summary": summary, "per_case": rows}
+    print(json.dumps(summary, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(table, indent=1))
+    if a.write_card:
+        path = find_model(a.model)
+        card = read_card(path)
+        card["explanations"] = {k: v for k, v in table.items() if k != "per_case"}
+        save_model(path, load_state_dict_file(path), card)
+        print(f"card updated: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
