@@ -1,0 +1,377 @@
+"""IDH / 1p19q / grade prediction (and an OS risk score) for one case.
+
+:func:`predict` is a generator (``Progress`` items, then a :class:`PredictionResult`). It works
+on a TCGA-LGG slice pack (``case.kind == "slices"``) and on a 3D case (NIfTI folder etc.).
+
+Input preparation (``PREP``, the same code is used for training, see
+``core/train/tasks/prediction.py``):
+
+* **Packs**: the stored 128 x 128 axial slices (about 1.9 mm in-plane) are binned 2 x 2 to
+  64 x 64 (about 3.75 mm); all slices are kept (they are the brain slices of the source).
+* **3D cases**: every sequence is resampled (linear) onto the reference sequence's grid if
+  needed; axial slices are taken about every 4 mm (nearest stored slice, no interpolation
+  across slices) among slices that contain head/brain (>= 2 % foreground); each slice is
+  resampled in-plane to 3.75 mm (Gaussian anti-aliasing + linear) and cropped/padded to 64 x 64
+  around the centre of the foreground.
+* **Normalisation** per sequence per case: foreground = voxels > 10 % of the 99th percentile;
+  z-score with the foreground mean/SD; clipped to [-5, 5].
+* Sequences: the model's card lists ``sequences`` (channel order) and
+  ``required_sequences``. A missing required sequence raises
+  :class:`~napari_radiogen.core.errors.MissingSequenceError`; a missing optional one (or one a
+  pack marks unavailable) is masked (its pooled embedding is zero and flagged) and reported in
+  ``warnings``. A sequence the model was not trained with (e.g. T2 for the TCGA-LGG models) is
+  ignored, with a note.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import ConfigError, MissingSequenceError
+from .progress import CancelToken, Progress, check
+
+TASK = "prediction"
+SIZE = 64
+SPACING_MM = 3.75            # in-plane spacing of the network input
+SLICE_STEP_MM = 4.0          # axial sampling for 3D cases
+MIN_FG_FRACTION = 0.02
+#: label encodings: class index -> name (index 1 is the "positive" class for AUCs)
+CLASSES: Dict[str, List[str]] = {"idh": ["wildtype", "mutant"],
+                                 "codel_1p19q": ["non-codel", "codel"],
+                                 "grade": ["2", "3"]}
+PREP = {"version": "slices-v1", "size": SIZE, "spacing_mm": SPACING_MM,
+        "pack": "2x2 block mean of the stored 128x128 slices (~1.9 mm) -> 64x64 (~3.75 mm)",
+        "volume": "axial slices every ~4 mm with >= 2% foreground; in-plane linear resampling "
+                  "to 3.75 mm (Gaussian anti-aliasing), crop/pad 64x64 around the foreground "
+                  "centre; sequences resampled onto the reference grid first",
+        "normalisation": "per sequence per case: z-score over foreground (> 0.1 * p99), "
+                         "clipped to [-5, 5]"}
+
+
+# -- input preparation ---------------------------------------------------------------------
+def normalise(arr: np.ndarray) -> np.ndarray:
+    v = np.asarray(arr, dtype=np.float32)
+    p99 = float(np.percentile(v, 99)) if v.size else 0.0
+    fg = v > 0.1 * p99
+    if p99 <= 0 or fg.sum() < 10:
+        return np.zeros_like(v)
+    m, s = float(v[fg].mean()), float(v[fg].std()) + 1e-6
+    return np.clip((v - m) / s, -5, 5).astype(np.float32)
+
+
+def foreground(arr: np.ndarray) -> np.ndarray:
+    v = np.asarray(arr, dtype=np.float32)
+    p99 = float(np.percentile(v, 99)) if v.size else 0.0
+    return v > 0.1 * p99 if p99 > 0 else np.zeros(v.shape, bool)
+
+
+def bin2(arr: np.ndarray) -> np.ndarray:
+    """(n, 2h, 2w) -> (n, h, w) block mean."""
+    n, h, w = arr.shape
+    a = arr[:, : h // 2 * 2, : w // 2 * 2].astype(np.float32)
+    return a.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+
+@dataclass
+class SliceInput:
+    x: np.ndarray                      # (S, N, SIZE, SIZE) float32, zeros for masked sequences
+    seq_mask: np.ndarray               # (S,) bool
+    slice_index: np.ndarray            # (N,) index of each slice on the case's reference z axis
+    n_ref_slices: int                  # number of slices of the reference volume
+    sequences: List[str]
+    warnings: List[str] = field(default_factory=list)
+    #: in-plane sampling of 3D cases: (cy, cx, fy, fx) = centre (reference voxel rows/cols) and
+    #: factors (reference spacing / input spacing); None for packs (2x2 binning)
+    inplane: Optional[tuple] = None
+
+
+def pack_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
+                         available: Optional[Dict[str, bool]] = None) -> SliceInput:
+    """Pack slices (n, 128, 128) per sequence -> network input. Sequences absent from
+    ``arrays`` or marked unavailable are masked."""
+    available = available or {}
+    n = next(iter(arrays.values())).shape[0]
+    x = np.zeros((len(sequences), n, SIZE, SIZE), np.float32)
+    mask = np.zeros(len(sequences), bool)
+    for i, s in enumerate(sequences):
+        if s in arrays and available.get(s, True):
+            a = np.asarray(arrays[s])
+            if a.shape[1] != 2 * SIZE or a.shape[2] != 2 * SIZE:
+                a = _resize_stack(a.astype(np.float32), (2 * SIZE, 2 * SIZE))
+            x[i] = normalise(bin2(a))
+            mask[i] = True
+    return SliceInput(x=x, seq_mask=mask, slice_index=np.arange(n), n_ref_slices=n,
+                      sequences=list(sequences))
+
+
+def _resize_stack(a: np.ndarray, hw) -> np.ndarray:
+    from scipy import ndimage
+    f = (1.0, hw[0] / a.shape[1], hw[1] / a.shape[2])
+    return ndimage.zoom(a, f, order=1)
+
+
+def _on_reference_grid(case, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    import SimpleITK as sitk
+    ref = case.sequences[case.reference]
+    out = {}
+    for s in names:
+        v = case.sequences[s]
+        if v.geometry.same_grid(ref.geometry):
+            out[s] = np.asarray(v.array, dtype=np.float32)
+        else:
+            img = sitk.Resample(sitk.Cast(v.to_image(), sitk.sitkFloat32), ref.to_image(),
+                                sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            out[s] = sitk.GetArrayFromImage(img)
+    return out
+
+
+def volume_case_to_input(case, sequences: Sequence[str]) -> SliceInput:
+    """A 3D case -> network input (see the module docstring)."""
+    from scipy import ndimage
+    use = [s for s in sequences if s in case.sequences]
+    arrays = _on_reference_grid(case, use)
+    g = case.sequences[case.reference].geometry
+    sx, sy, sz = g.spacing
+    ref_arr = arrays.get("flair", next(iter(arrays.values())))
+    nz = ref_arr.shape[0]
+    fg = np.zeros(ref_arr.shape, bool)
+    for a in arrays.values():
+        fg |= foreground(a)
+    frac = fg.reshape(nz, -1).mean(1) * (ref_arr.shape[1] * sy * ref_arr.shape[2] * sx) / (
+        (SIZE * SPACING_MM) ** 2)
+    cand = np.where(frac >= MIN_FG_FRACTION)[0]
+    if cand.size == 0:
+        cand = np.arange(nz)
+    step = max(1, int(round(SLICE_STEP_MM / max(sz, 1e-3))))
+    sel = cand[::step] if cand.size > step else cand
+    # in-plane: centre of the foreground, crop/pad to SIZE at SPACING_MM
+    yy, xx = np.where(fg[sel].any(0))
+    cy = (yy.min() + yy.max()) / 2 if yy.size else ref_arr.shape[1] / 2
+    cx = (xx.min() + xx.max()) / 2 if xx.size else ref_arr.shape[2] / 2
+    fy, fx = sy / SPACING_MM, sx / SPACING_MM
+    x = np.zeros((len(sequences), len(sel), SIZE, SIZE), np.float32)
+    mask = np.zeros(len(sequences), bool)
+    for i, s in enumerate(sequences):
+        if s not in arrays:
+            continue
+        a = arrays[s][sel].astype(np.float32)
+        sig = (0, max(0.0, 0.5 / fy - 0.5), max(0.0, 0.5 / fx - 0.5))
+        if sig[1] > 0 or sig[2] > 0:
+            a = ndimage.gaussian_filter(a, sig)
+        # sample a SIZE x SIZE grid centred on (cy, cx) with spacing SPACING_MM
+        ys = cy + (np.arange(SIZE) - (SIZE - 1) / 2) / fy
+        xs = cx + (np.arange(SIZE) - (SIZE - 1) / 2) / fx
+        Y, X = np.meshgrid(ys, xs, indexing="ij")
+        out = np.empty((len(sel), SIZE, SIZE), np.float32)
+        for k in range(len(sel)):
+            out[k] = ndimage.map_coordinates(a[k], [Y, X], order=1, mode="constant", cval=0.0)
+        x[i] = normalise(out)
+        mask[i] = True
+    return SliceInput(x=x, seq_mask=mask, slice_index=sel.astype(int), n_ref_slices=int(nz),
+                      sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx))
+
+
+def case_to_input(case, sequences: Sequence[str]) -> SliceInput:
+    if case.kind == "slices":
+        arrays = {s: case.sequences[s].array for s in sequences if s in case.sequences}
+        if not arrays:
+            raise MissingSequenceError(list(sequences), list(sequences), case.present)
+        avail = {s: bool(case.sequences[s].meta.get("available", True)) for s in arrays}
+        return pack_arrays_to_input(arrays, sequences, avail)
+    return volume_case_to_input(case, sequences)
+
+
+def to_volume3d(inp: SliceInput, depth: int) -> np.ndarray:
+    """(S, N, H, W) slice stack -> (S, depth, H, W) by linear interpolation along z."""
+    from scipy import ndimage
+    S, N, H, W = inp.x.shape
+    if N == depth:
+        return inp.x.copy()
+    return ndimage.zoom(inp.x, (1, depth / N, 1, 1), order=1).astype(np.float32)
+
+
+# -- clinical ------------------------------------------------------------------------------
+def clinical_vector(clinical: Optional[Dict[str, Any]], card: Dict[str, Any]
+                    ) -> (np.ndarray, List[str]):
+    """``[age_z, sex]`` as the model was trained (card ``clinical``); missing values -> the
+    training mean (0) with a warning."""
+    spec = card.get("clinical") or {}
+    warns: List[str] = []
+    vec = np.zeros(2, np.float32)
+    clinical = clinical or {}
+    age = clinical.get("age", clinical.get("age_at_initial_pathologic"))
+    try:
+        age = float(age) if age is not None and str(age) != "" else None
+    except (TypeError, ValueError):
+        age = None
+    if age is None or not np.isfinite(age):
+        warns.append("age unknown: the training mean was used")
+    else:
+        vec[0] = (age - float(spec.get("age_mean", 45.0))) / float(spec.get("age_sd", 14.0))
+    sex = clinical.get("sex", clinical.get("gender"))
+    code = _sex_code(sex)
+    if code is None:
+        vec[1] = float(spec.get("sex_mean", 0.5))
+        warns.append("sex unknown: the training proportion was used")
+    else:
+        vec[1] = code
+    return vec, warns
+
+
+def _sex_code(sex: Any) -> Optional[float]:
+    """1.0 for male, 0.0 for female (TCGA ``gender`` code 2 -> male, 1 -> female, see card)."""
+    if sex is None:
+        return None
+    s = str(sex).strip().lower()
+    if s in ("m", "male", "2", "2.0"):
+        return 1.0
+    if s in ("f", "female", "1", "1.0"):
+        return 0.0
+    return None
+
+
+# -- result ----------------------------------------------------------------------------------
+@dataclass
+class PredictionResult:
+    case_id: str
+    model: str
+    card: Dict[str, Any]
+    tasks: Dict[str, Dict[str, float]]
+    uncertainty: Dict[str, Any]
+    attention: Dict[str, List[float]]
+    slice_index: List[int]
+    risk: Optional[float] = None
+    synthetic_inputs: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"case_id": self.case_id, "model": self.model, "card": self.card,
+                "tasks": self.tasks, "uncertainty": self.uncertainty,
+                "risk": self.risk, "attention": self.attention,
+                "attention_slices": self.slice_index,
+                "synthetic_inputs": self.synthetic_inputs, "warnings": self.warnings,
+                "seconds": round(self.seconds, 3)}
+
+
+def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
+    m = card.get("metrics") or {}
+    auc = {t: {k: m.get(t, {}).get(k) for k in ("auc_mean", "auc_ci95", "brier")}
+           for t in CLASSES if isinstance(m.get(t), dict)}
+    return {"name": card.get("name"), "task": card.get("task"),
+            "architecture": (card.get("architecture") or {}).get("builder"),
+            "sequences": card.get("sequences"),
+            "required_sequences": card.get("required_sequences"),
+            "uses_clinical": bool((card.get("clinical") or {}).get("used")),
+            "validated": auc, "c_index": (m.get("survival") or {}).get("c_index_mean"),
+            "protocol": m.get("protocol"), "date": card.get("date")}
+
+
+def _load(model) :
+    from .models import LoadedModel, default_model, load_model
+    if isinstance(model, LoadedModel):
+        return model
+    name = model or default_model(TASK, prefer=("predict_mil",))
+    return load_model(name, task=TASK)
+
+
+def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
+            device: str = "auto", cancel: Optional[CancelToken] = None
+            ) -> Iterator[Union[Progress, PredictionResult]]:
+    """Predict IDH, 1p/19q and grade (+ OS risk) for ``case`` with ``model`` (a name, a path, a
+    LoadedModel, or None for the default shipped model)."""
+    import time
+    import torch
+    from .models import resolve_device
+
+    t0 = time.perf_counter()
+    yield Progress("predict", 0, 3, "loading model")
+    lm = _load(model)
+    card = lm.card
+    dev = resolve_device(device)
+    if str(next(lm.module.parameters()).device) != dev:
+        lm.module.to(dev)
+    check(cancel)
+    seqs = list(card.get("sequences") or [])
+    required = list(card.get("required_sequences") or seqs)
+    present = set(case.sequences)
+    miss_req = [s for s in required if s not in present
+                or not case.sequences[s].meta.get("available", True)]
+    if miss_req:
+        raise MissingSequenceError(miss_req, required, case.present)
+    warns: List[str] = []
+    extra = sorted(present - set(seqs))
+    if extra:
+        warns.append(f"{', '.join(extra)} ignored: the model was trained on {', '.join(seqs)}")
+    yield Progress("predict", 1, 3, "preparing slices")
+    inp = case_to_input(case, seqs)
+    masked = [s for s, m in zip(seqs, inp.seq_mask) if not m]
+    if masked:
+        warns.append(f"{', '.join(masked)} missing: masked (the model was trained with missing "
+                     f"sequences masked, expect lower accuracy)")
+    synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
+    if synth:
+        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+    clin_used = bool((card.get("clinical") or {}).get("used"))
+    cvec = np.zeros(2, np.float32)
+    if clin_used:
+        src = dict(case.clinical or {})
+        src.update({k: v for k, v in (clinical or {}).items() if v is not None})
+        cvec, cw = clinical_vector(src, card)
+        warns.extend(cw)
+    check(cancel)
+    yield Progress("predict", 2, 3, "running the network")
+    kind = (card.get("input") or {}).get("kind", "mil")
+    with torch.inference_mode():
+        sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
+        cl = torch.from_numpy(cvec[None]).to(dev)
+        if kind == "volume3d":
+            vol = to_volume3d(inp, int(card["input"]["depth"]))
+            out = lm.module(torch.from_numpy(vol[None]).to(dev), sm, cl)
+            att = None
+        else:
+            x = torch.from_numpy(inp.x[None]).to(dev)
+            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
+            out = lm.module(x, slm, sm, cl)
+            att = (out["attention"][:, 0].mean(0).cpu().numpy()         # (S, N)
+                   if "probs" in out else True)
+    if "probs" not in out:       # a single network (e.g. trained by the engine): one member
+        att = None if att is None else out["attention"][0].cpu().numpy()
+        out = {"probs": {t: torch.softmax(v, -1)[None] for t, v in out["logits"].items()},
+               **({"risk": out["risk"][None]} if "risk" in out else {})}
+    tasks, unc = {}, {}
+    for t, probs in out["probs"].items():
+        p = probs[:, 0].cpu().numpy()                                     # (members, C)
+        mean = p.mean(0)
+        names = card.get("classes", CLASSES).get(t, [str(i) for i in range(len(mean))])
+        tasks[t] = {names[i]: float(mean[i]) for i in range(len(mean))}
+        pos = p[:, -1]
+        unc[t] = {"sd": float(pos.std()), "min": float(pos.min()), "max": float(pos.max()),
+                  "members": [float(v) for v in pos],
+                  "method": ("fold-ensemble spread (SD of the members' probabilities)"
+                             if len(pos) > 1 else "none (a single network)")}
+    risk = None
+    if "risk" in out:
+        r = out["risk"][:, 0].cpu().numpy()
+        risk = float(r.mean())
+        unc["risk"] = {"sd": float(r.std()), "members": [float(v) for v in r]}
+    attention: Dict[str, List[float]] = {}
+    if att is not None:
+        for i, s in enumerate(seqs):
+            if not inp.seq_mask[i]:
+                continue
+            full = np.zeros(inp.n_ref_slices, np.float32)
+            full[inp.slice_index] = att[i]
+            attention[s] = [round(float(v), 6) for v in full]
+    yield Progress("predict", 3, 3, "done")
+    yield PredictionResult(case_id=case.case_id, model=lm.name, card=card_summary(card),
+                           tasks=tasks, uncertainty=unc, attention=attention,
+                           slice_index=[int(i) for i in inp.slice_index], risk=risk,
+                           synthetic_inputs=synth, warnings=warns,
+                           seconds=time.perf_counter() - t0)
+
+
+__all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
+           "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError"]

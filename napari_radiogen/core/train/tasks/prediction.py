@@ -1,0 +1,642 @@
+"""Prediction training: MMDLM-style MIL (``prediction-mil``) and a 3D CNN (``prediction-cnn3d``)
+on TCGA-LGG slice packs; multi-task (IDH, 1p/19q, grade) with missing labels masked, age/sex
+fusion and a Cox risk head (``os_days``, ``os_event``).
+
+Two ways to train:
+
+* The CPU protocol used for the shipped models and their CV table (``scripts/cv_prediction.py``,
+  functions :func:`mil_fold` and :func:`cnn3d_fold` here): stage 1 trains the per-sequence slice
+  encoders with slice-level labels (each slice inherits its patient's labels, as MMDLM does) on
+  the inner-training patients; their slice features are cached; stage 2 trains the per-sequence
+  gated attention, fusion and heads on the cached features, with early stopping on the inner
+  validation patients. The test fold is never used for any choice.
+* The engine (``radiogen train configs/prediction_mil.yaml``): the TrainTask classes below train
+  the same networks end to end on patient bags (suited to a GPU).
+
+Channels a pack marks unavailable (copies of FLAIR) are masked, never used as data.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ...errors import ConfigError
+from ...predict import CLASSES, pack_arrays_to_input, to_volume3d, SliceInput
+from ..base import PatientRecord, TrainTask, register_task
+
+SEQS = ["t1", "flair", "t1ce"]
+TASKS = ["idh", "codel_1p19q", "grade"]
+_MAP = {"idh": {"wildtype": 0, "mutant": 1}, "codel_1p19q": {"non-codel": 0, "codel": 1},
+        "grade": {"2": 0, "3": 1, "2.0": 0, "3.0": 1}}
+
+
+# -- data -----------------------------------------------------------------------------------
+def _label(task: str, v: Any) -> int:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return -1
+    return _MAP[task].get(str(v).strip(), -1)
+
+
+def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequence[str]] = None
+                ) -> List[Dict[str, Any]]:
+    """Read TCGA-LGG packs + clinical.csv into memory: one dict per patient with ``x``
+    (S, N, 64, 64) float32 normalised, ``seq_mask`` (S,), labels (-1 = missing), age, sex, OS."""
+    import h5py
+    import pandas as pd
+    d = Path(data_dir)
+    csv = d / "clinical.csv"
+    if not csv.exists():
+        raise ConfigError(f"{csv} not found: the prediction tasks need a TCGA-LGG style folder")
+    tab = pd.read_csv(csv)
+    rows = tab.to_dict("records")
+    if ids is not None:
+        keep = set(ids)
+        rows = [r for r in rows if r["patient_id"] in keep]
+    if limit:
+        rows = rows[:limit]
+    out = []
+    for r in rows:
+        f = d / f"{r['patient_id']}.h5"
+        if not f.exists():
+            continue
+        with h5py.File(f, "r") as h:
+            img = h["image"][:]
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in h.attrs.get("channel_names", ["t1", "flair", "t1ce"])]
+            avail = [bool(a) for a in h.attrs.get("available", [True] * len(names))]
+        arrays = {n: img[:, i] for i, n in enumerate(names)}
+        inp = pack_arrays_to_input(arrays, SEQS, dict(zip(names, avail)))
+        age = r.get("age_at_initial_pathologic")
+        g = r.get("gender")
+        out.append({"id": r["patient_id"], "x": inp.x, "seq_mask": inp.seq_mask,
+                    "y": np.array([_label(t, r.get(t)) for t in TASKS], np.int64),
+                    "age": float(age) if age == age and age is not None else np.nan,
+                    "sex": (1.0 if g == 2 else 0.0) if g == g and g is not None else np.nan,
+                    "os_days": float(r.get("os_days", np.nan)),
+                    "os_event": float(r.get("os_event", np.nan)),
+                    "strata": str(r.get("idh_codel_subtype")) + "|" + str(r.get("grade"))})
+    if not out:
+        raise ConfigError(f"no patient packs found in {d}")
+    return out
+
+
+#: fixed clinical normalisation (constants, so no fold's statistics leak into another; the
+#: cohort's age is 44.9 +- 14.1 years)
+AGE_MEAN, AGE_SD, SEX_UNKNOWN = 45.0, 15.0, 0.5
+
+
+def clinical_stats(cohort: Sequence[Dict[str, Any]] = ()) -> Dict[str, float]:
+    return {"age_mean": AGE_MEAN, "age_sd": AGE_SD, "sex_mean": SEX_UNKNOWN}
+
+
+def clinical_matrix(cohort, stats) -> np.ndarray:
+    c = np.zeros((len(cohort), 2), np.float32)
+    for i, p in enumerate(cohort):
+        c[i, 0] = 0.0 if np.isnan(p["age"]) else (p["age"] - stats["age_mean"]) / stats["age_sd"]
+        c[i, 1] = stats["sex_mean"] if np.isnan(p["sex"]) else p["sex"]
+    return c
+
+
+def records(cohort) -> List[PatientRecord]:
+    return [PatientRecord(patient_id=p["id"], strata=p["strata"]) for p in cohort]
+
+
+# -- metrics --------------------------------------------------------------------------------
+def auc(y, p) -> float:
+    from sklearn.metrics import roc_auc_score
+    y, p = np.asarray(y), np.asarray(p)
+    k = y >= 0
+    if len(np.unique(y[k])) < 2:
+        return float("nan")
+    return float(roc_auc_score(y[k], p[k]))
+
+
+def cindex(time_, event, risk) -> float:
+    from lifelines.utils import concordance_index
+    t, e, r = map(np.asarray, (time_, event, risk))
+    k = np.isfinite(t) & np.isfinite(e) & np.isfinite(r)
+    if e[k].sum() < 1:
+        return float("nan")
+    try:
+        return float(concordance_index(t[k], -r[k], e[k]))
+    except ZeroDivisionError:          # no admissible pair
+        return float("nan")
+
+
+def val_score(preds: Dict[str, np.ndarray], y: np.ndarray, risk=None, os_=None) -> float:
+    s = [auc(y[:, j], preds[t]) for j, t in enumerate(TASKS)]
+    if risk is not None and os_ is not None:
+        s.append(cindex(os_[:, 0], os_[:, 1], risk))
+    s = [v for v in s if v == v]
+    return float(np.mean(s)) if s else 0.0
+
+
+def _set_threads():
+    import torch
+    torch.set_num_threads(1)
+
+
+# -- stage 1: slice encoders --------------------------------------------------------------------
+def _slice_table(cohort, idx):
+    rows = []
+    for i in idx:
+        n = cohort[i]["x"].shape[1]
+        rows += [(i, k) for k in range(n)]
+    return rows
+
+
+def _augment_slices(x, rng):
+    """x (B, S, H, W) torch: random flips, intensity scale/shift per sequence."""
+    import torch
+    if rng.random() < 0.5:
+        x = torch.flip(x, dims=[-1])
+    if rng.random() < 0.3:
+        x = torch.flip(x, dims=[-2])
+    B, S = x.shape[:2]
+    g = torch.from_numpy(rng.normal(1.0, 0.1, (B, S, 1, 1)).astype(np.float32))
+    b = torch.from_numpy(rng.normal(0.0, 0.1, (B, S, 1, 1)).astype(np.float32))
+    return x * g + b
+
+
+def train_encoders(cohort, train_idx, arch: Dict[str, Any], *, epochs=6, batch=64, lr=2e-3,
+                   seed=0, log=print, max_seconds=None):
+    import torch
+    from src_models.mil import SliceAuxModel, masked_ce
+    _set_threads()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = SliceAuxModel(**arch)
+    rows = _slice_table(cohort, train_idx)
+    Y = np.stack([cohort[i]["y"] for i in train_idx])
+    weights = {}
+    for j, t in enumerate(TASKS):
+        yy = Y[:, j][Y[:, j] >= 0]
+        cnt = np.bincount(yy, minlength=2).astype(float)
+        weights[t] = torch.tensor(cnt.sum() / np.maximum(cnt, 1) / 2, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(rows) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
+    t0 = time.time()
+    for ep in range(epochs):
+        model.train()
+        perm = rng.permutation(len(rows))
+        tot = 0.0
+        for b0 in range(0, len(perm), batch):
+            sel = [rows[k] for k in perm[b0:b0 + batch]]
+            x = torch.from_numpy(np.stack([cohort[i]["x"][:, k] for i, k in sel]))
+            sm = np.stack([cohort[i]["seq_mask"] for i, _ in sel])
+            y = torch.from_numpy(np.stack([cohort[i]["y"] for i, _ in sel]))
+            x = _augment_slices(x, rng)
+            out = model(x)
+            loss = 0.0
+            for si, s in enumerate(model.sequences):
+                keep = torch.from_numpy(sm[:, si])
+                for j, t in enumerate(TASKS):
+                    tgt = torch.where(keep, y[:, j], torch.full_like(y[:, j], -1))
+                    loss = loss + masked_ce(out[s][t], tgt, weights[t])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(sel)
+        log(f"  encoders epoch {ep + 1}/{epochs} loss {tot / len(rows):.3f} ({time.time() - t0:.0f} s)")
+        if max_seconds and time.time() - t0 > max_seconds:
+            log("  encoders: time budget reached")
+            break
+    model.eval()
+    return model
+
+
+def cache_features(model, cohort, batch=256) -> List[np.ndarray]:
+    """(S, N, D) features per patient from frozen encoders."""
+    import torch
+    feats = []
+    with torch.inference_mode():
+        for p in cohort:
+            x = torch.from_numpy(p["x"])         # (S, N, H, W)
+            f = [model.encoders[s](x[i].unsqueeze(1)).numpy() for i, s in enumerate(model.sequences)]
+            feats.append(np.stack(f))
+    return feats
+
+
+# -- stage 2: attention MIL on cached features ----------------------------------------------
+def _pad_bags(feats, idx):
+    n = max(feats[i].shape[1] for i in idx)
+    S, _, D = feats[idx[0]].shape
+    F = np.zeros((len(idx), S, n, D), np.float32)
+    M = np.zeros((len(idx), n), bool)
+    for b, i in enumerate(idx):
+        k = feats[i].shape[1]
+        F[b, :, :k] = feats[i]
+        M[b, :k] = True
+    return F, M
+
+
+def _mil_outputs(model, feats, idx, cohort, clin):
+    import torch
+    F, M = _pad_bags(feats, idx)
+    sm = np.stack([cohort[i]["seq_mask"] for i in idx])
+    model.eval()
+    with torch.inference_mode():
+        o = model.forward_features(torch.from_numpy(F), torch.from_numpy(M), torch.from_numpy(sm),
+                                   torch.from_numpy(clin[idx]))
+    probs = {t: torch.softmax(o["logits"][t], -1)[:, 1].numpy() for t in TASKS}
+    risk = o["risk"].numpy() if "risk" in o else None
+    att = [o["attention"][b, :, :feats[i].shape[1]].numpy() for b, i in enumerate(idx)]
+    return probs, risk, att
+
+
+def train_mil_head(model, feats, cohort, clin, tr_idx, va_idx, *, epochs=150, lr=2e-3,
+                   cox_weight=0.5, seed=0, eval_every=5, patience=40, seq_drop=0.15,
+                   slice_drop=0.2, log=print):
+    """Train attention + fusion + heads of ``model`` (encoders frozen) on cached features."""
+    import torch
+    from src_models.mil import masked_ce
+    from ..losses import cox_ph_loss
+    _set_threads()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    for p in model.encoders.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
+    F, M = _pad_bags(feats, tr_idx)
+    F, M = torch.from_numpy(F), torch.from_numpy(M)
+    SM = torch.from_numpy(np.stack([cohort[i]["seq_mask"] for i in tr_idx]))
+    C = torch.from_numpy(clin[tr_idx])
+    Y = torch.from_numpy(np.stack([cohort[i]["y"] for i in tr_idx]))
+    OS = torch.tensor([[cohort[i]["os_days"], cohort[i]["os_event"]] for i in tr_idx],
+                      dtype=torch.float32)
+    yv = np.stack([cohort[i]["y"] for i in va_idx]) if va_idx else None
+    osv = np.array([[cohort[i]["os_days"], cohort[i]["os_event"]] for i in va_idx]) if va_idx else None
+    best, best_state, best_ep, since = -1.0, copy.deepcopy(model.state_dict()), 0, 0
+    for ep in range(1, epochs + 1):
+        model.train()
+        for m in model.encoders.modules():
+            m.eval()
+        sm = SM.clone()
+        drop = torch.from_numpy(rng.random(sm.shape) < seq_drop)
+        sm = sm & ~drop
+        sm[sm.sum(1) == 0] = SM[sm.sum(1) == 0]          # keep at least one sequence
+        msk = M & torch.from_numpy(rng.random(M.shape) >= slice_drop)
+        msk[msk.sum(1) == 0] = M[msk.sum(1) == 0]
+        Fa = F + 0.05 * torch.randn_like(F)
+        o = model.forward_features(Fa, msk, sm, C + 0.05 * torch.randn_like(C))
+        loss = sum(masked_ce(o["logits"][t], Y[:, j]) for j, t in enumerate(TASKS))
+        if "risk" in o and cox_weight > 0:
+            ok = torch.isfinite(OS[:, 0]) & torch.isfinite(OS[:, 1])
+            loss = loss + cox_weight * cox_ph_loss(o["risk"][ok], OS[ok, 0], OS[ok, 1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if va_idx and (ep % eval_every == 0 or ep == epochs):
+            pr, rk, _ = _mil_outputs(model, feats, va_idx, cohort, clin)
+            sc = val_score(pr, yv, rk, osv)
+            if sc > best:
+                best, best_state, best_ep, since = sc, copy.deepcopy(model.state_dict()), ep, 0
+            else:
+                since += eval_every
+                if since >= patience:
+                    break
+    if va_idx:
+        model.load_state_dict(best_state)
+    else:
+        best_ep = epochs
+    log(f"  MIL head: best inner-val score {best:.3f} at epoch {best_ep}")
+    model.eval()
+    return model, {"inner_val_score": best, "best_epoch": best_ep}
+
+
+def inner_split(cohort, tr_idx, seed) -> Tuple[List[int], List[int]]:
+    from ..splits import holdout
+    recs = [PatientRecord(patient_id=str(i), strata=cohort[i]["strata"].split("|")[0]) for i in tr_idx]
+    a, b = holdout(recs, 0.2, seed=seed)
+    return [int(i) for i in a], [int(i) for i in b]
+
+
+def mil_fold(cohort, tr_idx, te_idx, cfg: Dict[str, Any], seed: int, log=print):
+    """One outer fold of the two-stage MIL protocol. Returns (test predictions, state_dict)."""
+    import torch
+    from src_models.mil import MILPredictor, copy_encoders
+    arch = dict(cfg["arch"])
+    inner_tr, inner_va = inner_split(cohort, tr_idx, seed)
+    enc = train_encoders(cohort, inner_tr, arch, epochs=cfg.get("enc_epochs", 6),
+                         batch=cfg.get("enc_batch", 64), lr=cfg.get("enc_lr", 2e-3), seed=seed,
+                         log=log, max_seconds=cfg.get("enc_max_seconds"))
+    feats = cache_features(enc, cohort)
+    stats = clinical_stats([cohort[i] for i in inner_tr])
+    clin = clinical_matrix(cohort, stats)
+    torch.manual_seed(seed)
+    mil = MILPredictor(**arch)
+    copy_encoders(enc, mil)
+    mil, info = train_mil_head(mil, feats, cohort, clin, inner_tr, inner_va,
+                               epochs=cfg.get("mil_epochs", 150), lr=cfg.get("mil_lr", 2e-3),
+                               cox_weight=cfg.get("cox_weight", 0.5), seed=seed, log=log)
+    probs, risk, att = _mil_outputs(mil, feats, te_idx, cohort, clin)
+    return {"probs": probs, "risk": risk, "attention": att, "info": info,
+            "clinical_stats": stats}, mil.state_dict()
+
+
+# -- 3D CNN ---------------------------------------------------------------------------------
+def cnn3d_fold(cohort, tr_idx, te_idx, cfg: Dict[str, Any], seed: int, log=print):
+    import torch
+    from src_models.cnn3d import CNN3DPredictor, freeze_stages, train_mode
+    from ..losses import FocalLoss, cox_ph_loss
+    _set_threads()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    arch = dict(cfg["arch"])
+    depth = int(arch.get("depth", 32))
+    vols = {}
+    for i in list(tr_idx) + list(te_idx):
+        p = cohort[i]
+        vols[i] = to_volume3d(SliceInput(p["x"], p["seq_mask"], np.arange(p["x"].shape[1]),
+                                         p["x"].shape[1], SEQS), depth)
+    inner_tr, inner_va = inner_split(cohort, tr_idx, seed)
+    stats = clinical_stats([cohort[i] for i in inner_tr])
+    clin = clinical_matrix(cohort, stats)
+    model = CNN3DPredictor(**arch)
+    if cfg.get("freeze_stages"):
+        freeze_stages(model, int(cfg["freeze_stages"]))
+    focal = FocalLoss(gamma=float(cfg.get("focal_gamma", 2.0)), ignore_index=-1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                            lr=cfg.get("lr", 1e-3), weight_decay=1e-4)
+    # weighted sampler over the IDH/1p19q subtype strata
+    strata = [cohort[i]["strata"].split("|")[0] for i in inner_tr]
+    cnt = {s: strata.count(s) for s in set(strata)}
+    w = np.array([1.0 / cnt[s] for s in strata])
+    w = w / w.sum()
+    epochs, batch = int(cfg.get("epochs", 30)), int(cfg.get("batch", 8))
+    per_epoch = len(inner_tr)
+
+    def run(idx):
+        model.eval()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack([vols[i] for i in idx]))
+            sm = torch.from_numpy(np.stack([cohort[i]["seq_mask"] for i in idx]))
+            o = model(x, sm, torch.from_numpy(clin[idx]))
+        return ({t: torch.softmax(o["logits"][t], -1)[:, 1].numpy() for t in TASKS},
+                o["risk"].numpy() if "risk" in o else None)
+
+    yv = np.stack([cohort[i]["y"] for i in inner_va])
+    osv = np.array([[cohort[i]["os_days"], cohort[i]["os_event"]] for i in inner_va])
+    best, best_state, best_ep = -1.0, copy.deepcopy(model.state_dict()), 0
+    t0 = time.time()
+    for ep in range(1, epochs + 1):
+        train_mode(model)
+        draws = rng.choice(len(inner_tr), size=per_epoch, replace=True, p=w)
+        for b0 in range(0, per_epoch, batch):
+            idx = [inner_tr[k] for k in draws[b0:b0 + batch]]
+            if len(idx) < 2:
+                continue
+            x = torch.from_numpy(np.stack([vols[i] for i in idx]))
+            if rng.random() < 0.5:
+                x = torch.flip(x, dims=[-1])
+            x = x * torch.from_numpy(rng.normal(1, 0.1, (len(idx), x.shape[1], 1, 1, 1)).astype(np.float32))
+            sm = torch.from_numpy(np.stack([cohort[i]["seq_mask"] for i in idx]))
+            y = torch.from_numpy(np.stack([cohort[i]["y"] for i in idx]))
+            o = model(x, sm, torch.from_numpy(clin[idx]))
+            loss = sum(focal(o["logits"][t], y[:, j]) if bool((y[:, j] >= 0).any())
+                       else o["logits"][t].sum() * 0 for j, t in enumerate(TASKS))
+            if "risk" in o:
+                os_ = torch.tensor([[cohort[i]["os_days"], cohort[i]["os_event"]] for i in idx])
+                loss = loss + cfg.get("cox_weight", 0.5) * cox_ph_loss(o["risk"], os_[:, 0], os_[:, 1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if ep % 2 == 0 or ep == epochs:
+            pr, rk = run(inner_va)
+            sc = val_score(pr, yv, rk, osv)
+            if sc > best:
+                best, best_state, best_ep = sc, copy.deepcopy(model.state_dict()), ep
+        if cfg.get("max_seconds") and time.time() - t0 > cfg["max_seconds"]:
+            log("  cnn3d: time budget reached")
+            break
+    model.load_state_dict(best_state)
+    log(f"  cnn3d: best inner-val score {best:.3f} at epoch {best_ep} ({time.time() - t0:.0f} s)")
+    probs, risk = run(list(te_idx))
+    return {"probs": probs, "risk": risk, "info": {"inner_val_score": best, "best_epoch": best_ep},
+            "clinical_stats": stats}, model.state_dict()
+
+
+# -- baselines on the same folds --------------------------------------------------------------
+def intensity_features(p) -> np.ndarray:
+    """Simple whole-head intensity statistics per sequence (NaN where a sequence is masked)."""
+    if "_intensity" not in p:
+        p["_intensity"] = _intensity_features(p)
+    return p["_intensity"]
+
+
+def _intensity_features(p) -> np.ndarray:
+    from scipy import stats as st
+    f = []
+    for i in range(len(SEQS)):
+        if not p["seq_mask"][i]:
+            f += [np.nan] * 7
+            continue
+        v = p["x"][i]
+        v = v[v > -1.5]
+        f += [float(np.percentile(v, q)) for q in (10, 50, 90, 99)]
+        f += [float(st.skew(v)), float((v > 2).mean()), float((v > 3).mean())]
+    return np.array(f, np.float32)
+
+
+def baseline_fold(cohort, tr_idx, te_idx, kind: str) -> Dict[str, Any]:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    stats = clinical_stats([cohort[i] for i in tr_idx])
+    clin = clinical_matrix(cohort, stats)
+    if kind == "age_sex":
+        X = clin
+    else:
+        X = np.concatenate([clin, np.stack([intensity_features(p) for p in cohort])], 1)
+    probs = {}
+    for j, t in enumerate(TASKS):
+        tr = [i for i in tr_idx if cohort[i]["y"][j] >= 0]
+        y = np.array([cohort[i]["y"][j] for i in tr])
+        m = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+                          LogisticRegression(C=0.3 if kind != "age_sex" else 1.0, max_iter=2000))
+        m.fit(X[tr], y)
+        probs[t] = m.predict_proba(X[list(te_idx)])[:, 1]
+    risk = clin[list(te_idx), 0] if kind == "age_sex" else None     # age alone
+    return {"probs": probs, "risk": risk}
+
+
+# -- engine integration (end-to-end training on patient bags) --------------------------------
+class _BagDataset:
+    def __init__(self, cohort, clin):
+        self.cohort, self.clin = cohort, clin
+
+    def __len__(self):
+        return len(self.cohort)
+
+    def __getitem__(self, i):
+        p = self.cohort[i]
+        return {"x": p["x"], "seq_mask": p["seq_mask"], "y": p["y"], "clinical": self.clin[i],
+                "os": np.array([p["os_days"], p["os_event"]], np.float32), "id": p["id"]}
+
+
+def collate_bags(items):
+    import torch
+    n = max(it["x"].shape[1] for it in items)
+    S, _, H, W = items[0]["x"].shape
+    x = np.zeros((len(items), S, n, H, W), np.float32)
+    m = np.zeros((len(items), n), bool)
+    for b, it in enumerate(items):
+        k = it["x"].shape[1]
+        x[b, :, :k] = it["x"]
+        m[b, :k] = True
+    return {"x": torch.from_numpy(x), "slice_mask": torch.from_numpy(m),
+            "seq_mask": torch.from_numpy(np.stack([it["seq_mask"] for it in items])),
+            "y": torch.from_numpy(np.stack([it["y"] for it in items])),
+            "clinical": torch.from_numpy(np.stack([it["clinical"] for it in items])),
+            "os": torch.from_numpy(np.stack([it["os"] for it in items])),
+            "id": [it["id"] for it in items]}
+
+
+class _PredictionTaskBase(TrainTask):
+    model_task = "prediction"
+    kind = "mil"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._cohort = None
+        self._stats = None
+
+    @property
+    def cohort(self):
+        if self._cohort is None:
+            self._cohort = load_cohort(self.cfg["data"], limit=self.cfg.get("limit"))
+        return self._cohort
+
+    def patients(self) -> List[PatientRecord]:
+        return records(self.cohort)
+
+    def _subset(self, ids):
+        keep = set(ids)
+        return [p for p in self.cohort if p["id"] in keep]
+
+    def make_datasets(self, train_ids, val_ids):
+        tr = self._subset(train_ids)
+        self._stats = clinical_stats(tr)
+        return (self._dataset(tr), self._dataset(self._subset(val_ids)))
+
+    def _dataset(self, cohort):
+        return _BagDataset(cohort, clinical_matrix(cohort, self._stats or clinical_stats(cohort)))
+
+    def sample_weights(self, ds):
+        strata = [p["strata"].split("|")[0] for p in ds.cohort]
+        return [1.0 / strata.count(s) for s in strata]
+
+    def collate_fn(self):
+        return collate_bags
+
+    def _loss(self, out, batch):
+        from src_models.mil import masked_ce
+        from ..losses import cox_ph_loss, make_loss
+        spec = dict(self.cfg.get("train", {}).get("loss") or {"name": "ce"})
+        y = batch["y"]
+        if spec.get("name", "ce") == "focal":
+            crit = make_loss(spec)
+            crit.ignore_index = -1
+            loss = sum(crit(out["logits"][t], y[:, j]) for j, t in enumerate(TASKS))
+        else:
+            loss = sum(masked_ce(out["logits"][t], y[:, j]) for j, t in enumerate(TASKS))
+        if "risk" in out:
+            loss = loss + float(self.cfg.get("model", {}).get("cox_weight", 0.5)) * cox_ph_loss(
+                out["risk"], batch["os"][:, 0], batch["os"][:, 1])
+        return loss
+
+    def training_step(self, model, batch, device):
+        out = self._forward(model, batch, device)
+        loss = self._loss(out, {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()})
+        return loss, {"loss": float(loss)}
+
+    def evaluate(self, model, dataset, device):
+        import torch
+        if len(dataset) == 0:
+            return {"score": 0.0}
+        model.eval()
+        preds = []
+        with torch.inference_mode():
+            for i in range(len(dataset)):
+                b = collate_bags([dataset[i]])
+                o = self._forward(model, b, device)
+                preds.append({t: float(torch.softmax(o["logits"][t], -1)[0, 1]) for t in TASKS}
+                             | {"risk": float(o["risk"][0]) if "risk" in o else None,
+                                "patient_id": b["id"][0]})
+        y = np.stack([dataset[i]["y"] for i in range(len(dataset))])
+        os_ = np.stack([dataset[i]["os"] for i in range(len(dataset))])
+        pr = {t: np.array([p[t] for p in preds]) for t in TASKS}
+        rk = np.array([p["risk"] for p in preds]) if preds[0]["risk"] is not None else None
+        res = {"score": val_score(pr, y, rk, os_)}
+        for j, t in enumerate(TASKS):
+            res[f"auc_{t}"] = auc(y[:, j], pr[t])
+        if rk is not None:
+            res["c_index"] = cindex(os_[:, 0], os_[:, 1], rk)
+        for p, yy, o in zip(preds, y, os_):
+            p.update({f"y_{t}": int(yy[j]) for j, t in enumerate(TASKS)})
+            p.update({"os_days": float(o[0]), "os_event": float(o[1])})
+        res["predictions"] = preds
+        return res
+
+    def card_fields(self):
+        from ...predict import PREP
+        m = self.cfg.get("model", {})
+        return {"sequences": SEQS, "required_sequences": ["flair"],
+                "classes": CLASSES, "tasks": {t: CLASSES[t] for t in TASKS},
+                "spacing_mm": [3.75, 3.75], "input_size": [64, 64], "normalisation": PREP,
+                "input": {"kind": self.kind, "depth": int(m.get("depth", 32))},
+                "clinical": dict(self._stats or {}, used=bool(m.get("clinical", True)),
+                                 features=["age_z", "sex (1 = TCGA gender code 2)"])}
+
+
+@register_task("prediction-mil")
+class MILPredictionTask(_PredictionTaskBase):
+    """End-to-end MIL on patient bags (all slices of the three sequences)."""
+
+    kind = "mil"
+
+    def architecture(self):
+        m = {k: v for k, v in self.cfg.get("model", {}).items() if k not in ("cox_weight", "arch")}
+        return {"builder": "src_models.mil:build_mil", "kwargs": m}
+
+    def _forward(self, model, batch, device):
+        return model(batch["x"].to(device), batch["slice_mask"].to(device),
+                     batch["seq_mask"].to(device), batch["clinical"].to(device))
+
+
+@register_task("prediction-cnn3d")
+class CNN3DPredictionTask(_PredictionTaskBase):
+    """3D CNN on the slice stack resampled to a fixed depth."""
+
+    kind = "volume3d"
+
+    def architecture(self):
+        m = {k: v for k, v in self.cfg.get("model", {}).items() if k not in ("cox_weight", "arch")}
+        return {"builder": "src_models.cnn3d:build_cnn3d", "kwargs": m}
+
+    def freeze(self, model, spec):
+        from src_models.cnn3d import freeze_stages
+        ints = [s for s in spec if isinstance(s, int) or str(s).isdigit()]
+        if ints:
+            freeze_stages(model, int(ints[0]))
+        super().freeze(model, [s for s in spec if s not in ints])
+
+    def _forward(self, model, batch, device):
+        import torch
+        depth = int(self.cfg.get("model", {}).get("depth", 32))
+        x = batch["x"].numpy()
+        vols = []
+        for b in range(x.shape[0]):
+            k = int(batch["slice_mask"][b].sum())
+            vols.append(to_volume3d(SliceInput(x[b][:, :k], None, np.arange(k), k, SEQS), depth))
+        return model(torch.from_numpy(np.stack(vols)).to(device), batch["seq_mask"].to(device),
+                     batch["clinical"].to(device))

@@ -1,0 +1,238 @@
+"""IDH / 1p19q / grade prediction dock widget.
+
+Thin: picks a case and a model, optional age/sex (used when the model fuses them), runs
+:func:`napari_radiogen.core.predict.predict` through :func:`workers.start_job`, then shows each
+task's probability with its uncertainty (fold-ensemble spread) and the model card's validated
+AUC, and a plot of the per-slice attention along the slice axis. Clicking the plot moves the
+viewer to that slice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
+                            QPushButton, QVBoxLayout, QWidget)
+
+from ..core.predict import CLASSES
+from ._common import CaseCombo, device_combo
+from .workers import start_job
+
+TASK_LABELS = {"idh": ("IDH mutant", "mutant"), "codel_1p19q": ("1p/19q co-deleted", "codel"),
+               "grade": ("WHO grade 3", "3")}
+
+
+@dataclass
+class PredictInputs:
+    case_id: str
+    model: str
+    age: Optional[float]
+    sex: Optional[str]
+    device: str = "auto"
+
+
+class PredictionWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._job = None
+        self._models: Dict[str, Any] = {}
+        self.result = None
+        self.result_case_id: Optional[str] = None
+        self._ref_layer_name: Optional[str] = None
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.case_combo = CaseCombo(napari_viewer)
+        self.model_combo = QComboBox()
+        self.age_spin = QDoubleSpinBox()
+        self.age_spin.setRange(0, 120)
+        self.age_spin.setDecimals(0)
+        self.age_spin.setSpecialValueText("unknown")       # 0 = unknown
+        self.sex_combo = QComboBox()
+        self.sex_combo.addItems(["unknown", "F", "M"])
+        self.device = device_combo()
+        form.addRow("Case", self.case_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Age", self.age_spin)
+        form.addRow("Sex", self.sex_combo)
+        form.addRow("Device", self.device)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.task_labels: Dict[str, QLabel] = {}
+        res = QFormLayout()
+        for t, (title, _) in TASK_LABELS.items():
+            lab = QLabel("-")
+            lab.setWordWrap(True)
+            res.addRow(title, lab)
+            self.task_labels[t] = lab
+        self.risk_label = QLabel("-")
+        res.addRow("OS risk score", self.risk_label)
+        lay.addLayout(res)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        self.figure = Figure(figsize=(4, 2.4))
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        self.ax.set_xlabel("slice")
+        self.ax.set_ylabel("attention")
+        self.canvas.mpl_connect("button_press_event", self._on_click)
+        lay.addWidget(self.canvas)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.model_combo.currentIndexChanged.connect(self._on_model)
+        self.refresh_models()
+
+    # -- models --------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        from ..core.models import list_models
+        from ..core.predict import TASK
+        ms = list_models(TASK)
+        self._cards = {m["name"]: m["card"] for m in ms}
+        names = sorted(self._cards, key=lambda n: (n != "predict_mil", n))
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        self.model_combo.blockSignals(False)
+        self._on_model()
+        if not names:
+            self.status.setText("No prediction model installed.")
+
+    def _on_model(self, *_: Any) -> None:
+        card = self._cards.get(self.model_combo.currentText(), {})
+        used = bool((card.get("clinical") or {}).get("used"))
+        self.age_spin.setEnabled(used)
+        self.sex_combo.setEnabled(used)
+        tip = "used by this model" if used else "this model does not use clinical data"
+        self.age_spin.setToolTip(tip)
+        self.sex_combo.setToolTip(tip)
+
+    # -- run -----------------------------------------------------------------------------------
+    def inputs(self) -> PredictInputs:
+        age = self.age_spin.value() or None
+        sex = self.sex_combo.currentText()
+        return PredictInputs(case_id=self.case_combo.currentText(),
+                             model=self.model_combo.currentText(), age=age,
+                             sex=None if sex == "unknown" else sex,
+                             device=self.device.currentText())
+
+    def _load_model(self, name: str):
+        from ..core.models import load_model
+        from ..core.predict import TASK
+        if name not in self._models:
+            self._models[name] = load_model(name, task=TASK)
+        return self._models[name]
+
+    def run(self):
+        from ..core.predict import predict
+        inp = self.inputs()
+        case = self.case_combo.case(include_labels=False)
+        if case.kind == "slices" and case.source and not case.clinical:
+            try:
+                from ..core.io.pack import clinical_row
+                from pathlib import Path
+                case.clinical = clinical_row(Path(case.source).parent / "clinical.csv",
+                                             case.case_id)
+            except Exception:
+                pass
+        clinical = {k: v for k, v in (("age", inp.age), ("sex", inp.sex)) if v is not None}
+        layers = [ly for ly in self.viewer.layers
+                  if (ly.metadata or {}).get("radiogen", {}).get("case_id") == case.case_id
+                  and (ly.metadata or {}).get("radiogen", {}).get("sequence") == case.reference]
+        self._ref_layer_name = layers[0].name if layers else None
+        self.status.setText(f"predicting {case.case_id} ...")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        cid = case.case_id
+        model_name = inp.model
+
+        def factory(token):
+            return predict(case, self._load_model(model_name) if model_name else None,
+                           clinical=clinical or None, device=inp.device, cancel=token)
+
+        self._job = start_job(factory, name="predict", viewer=self.viewer, owner=self,
+                              on_result=lambda r: self.show_result(r, cid),
+                              on_error=lambda e: self.status.setText(f"error: {e}"),
+                              on_finished=self._finished)
+        return self._job
+
+    def cancel(self):
+        if self._job is not None:
+            self._job.cancel()
+
+    def _finished(self, job) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if job.cancelled:
+            self.status.setText("cancelled")
+
+    # -- display -------------------------------------------------------------------------------
+    def show_result(self, res, case_id: Optional[str] = None) -> None:
+        self.result = res
+        self.result_case_id = case_id or res.case_id
+        val = (res.card or {}).get("validated") or {}
+        for t, (title, pos) in TASK_LABELS.items():
+            if t not in res.tasks:
+                self.task_labels[t].setText("-")
+                continue
+            p = res.tasks[t].get(pos, list(res.tasks[t].values())[-1])
+            sd = res.uncertainty.get(t, {}).get("sd", 0.0)
+            v = val.get(t) or {}
+            auc = (f"; CV AUC {v['auc_mean']:.2f}"
+                   + (f" [{v['auc_ci95'][0]:.2f}-{v['auc_ci95'][1]:.2f}]" if v.get("auc_ci95") else "")
+                   if v.get("auc_mean") is not None else "")
+            self.task_labels[t].setText(f"{p:.2f} \u00b1 {sd:.2f}{auc}")
+        if res.risk is not None:
+            c = (res.card or {}).get("c_index")
+            self.risk_label.setText(f"{res.risk:+.2f}" + (f" (CV C-index {c:.2f})" if c else ""))
+        self.plot_attention(res)
+        msg = f"{res.case_id}: done in {res.seconds:.1f} s with {res.model}"
+        if res.warnings:
+            msg += "\n" + "\n".join(f"warning: {w}" for w in res.warnings)
+        self.status.setText(msg)
+
+    def plot_attention(self, res) -> None:
+        self.ax.clear()
+        for s, w in (res.attention or {}).items():
+            self.ax.plot(np.arange(len(w)), w, label=s, lw=1.2)
+        if res.attention:
+            self.ax.legend(fontsize=7, loc="upper right")
+        self.ax.set_xlabel("slice (click to go there)")
+        self.ax.set_ylabel("attention")
+        self.figure.tight_layout()
+        self.canvas.draw_idle()
+
+    def _on_click(self, event) -> None:
+        if event.inaxes is not self.ax or event.xdata is None:
+            return
+        self.go_to_slice(int(round(event.xdata)))
+
+    def go_to_slice(self, index: int) -> None:
+        """Move the viewer to slice ``index`` of the predicted case's reference volume."""
+        layer = None
+        if self._ref_layer_name and self._ref_layer_name in self.viewer.layers:
+            layer = self.viewer.layers[self._ref_layer_name]
+        if layer is None:
+            for ly in self.viewer.layers:
+                if (ly.metadata or {}).get("radiogen", {}).get("case_id") == self.result_case_id:
+                    layer = ly
+                    break
+        if layer is None:
+            return
+        n = layer.data.shape[0]
+        index = int(np.clip(index, 0, n - 1))
+        centre = [index] + [s // 2 for s in layer.data.shape[1:]]
+        world = np.asarray(layer.data_to_world(centre), dtype=float)
+        axis = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(axis, float(world[0]))

@@ -1,0 +1,53 @@
+"""Helpers for the prediction tests: a tiny random-weight model in the user's model folder and
+HDF5 packs written from phantoms (no trained weights needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+TINY = "predict_tiny_test"
+
+
+def make_tiny_model(name: str = TINY, clinical: bool = True,
+                    sequences=("t1", "flair", "t1ce")) -> Path:
+    """Save a 2-member MIL ensemble with random weights under ``$RADIOGEN_MODELS_DIR``."""
+    import torch
+    from napari_radiogen.core.models import new_card, save_model, user_models_dir
+    from napari_radiogen.core.predict import CLASSES, PREP
+    from src_models.mil import build_mil_ensemble
+
+    path = user_models_dir() / f"{name}.safetensors"
+    if path.exists():
+        return path
+    kw = {"n_members": 2, "sequences": list(sequences), "widths": [4, 8, 8, 8],
+          "layers": [1, 1, 1, 1], "attn_hidden": 8, "embed_dim": 8, "fusion_hidden": 8,
+          "clinical": clinical, "survival": True}
+    torch.manual_seed(0)
+    m = build_mil_ensemble(**kw)
+    card = new_card(name, "prediction", {"builder": "src_models.mil:build_mil_ensemble",
+                                         "kwargs": kw},
+                    sequences=kw["sequences"], required_sequences=["flair"], classes=CLASSES,
+                    normalisation=PREP, input={"kind": "mil"},
+                    clinical={"used": clinical, "age_mean": 45.0, "age_sd": 15.0,
+                              "sex_mean": 0.5},
+                    metrics={"idh": {"auc_mean": 0.5, "auc_ci95": [0.4, 0.6]}})
+    save_model(path, m.state_dict(), card)
+    return path
+
+
+def write_pack(path: Path, case, available=(True, True, True)) -> Path:
+    """Write a phantom pack case to a TCGA-LGG style .h5 (channels t1, flair, t1ce)."""
+    import h5py
+    names = ["t1", "flair", "t1ce"]
+    img = np.stack([np.clip(case.sequences[n].array, 0, 255).astype(np.uint8) if n in case.sequences
+                    else np.clip(case.sequences["flair"].array, 0, 255).astype(np.uint8)
+                    for n in names], axis=1)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=img)
+        if case.labels is not None:
+            f.create_dataset("mask", data=case.labels.array.astype(np.uint8))
+        f.attrs["channel_names"] = np.array(names, dtype=object)
+        f.attrs["available"] = np.array(available, dtype=bool)
+    return path

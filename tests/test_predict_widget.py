@@ -1,0 +1,75 @@
+"""PredictionWidget: probabilities with uncertainty, the attention plot, click -> slice, the
+missing-sequence message."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from predict_helpers import TINY, make_tiny_model
+
+
+@pytest.fixture
+def widget_and_viewer(make_napari_viewer):
+    make_tiny_model()
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.napari.layers import case_to_layer_data
+    from napari_radiogen.napari.predict_widget import PredictionWidget
+    viewer = make_napari_viewer()
+    case = make_pack_phantom(seed=0, n_slices=14, case_id="PH0")
+    for data, kw, kind in case_to_layer_data(case, source="PH0.h5"):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    w = PredictionWidget(viewer)
+    w.model_combo.setCurrentText(TINY)
+    return w, viewer
+
+
+def _run(w, qtbot):
+    job = w.run()
+    qtbot.waitUntil(lambda: job.done, timeout=60000)
+    return job
+
+
+def test_widget_shows_probabilities_and_attention_plot(widget_and_viewer, qtbot):
+    w, viewer = widget_and_viewer
+    assert w.case_combo.currentText() == "PH0"
+    assert w.age_spin.isEnabled()            # the tiny model fuses age/sex
+    w.age_spin.setValue(55)
+    w.sex_combo.setCurrentText("F")
+    _run(w, qtbot)
+    assert w.result is not None and w.result_case_id == "PH0"
+    p = w.result.tasks["idh"]["mutant"]
+    assert w.task_labels["idh"].text().startswith(f"{p:.2f} \u00b1")
+    assert "CV AUC 0.50" in w.task_labels["idh"].text()     # from the card
+    assert all(w.task_labels[t].text() != "-" for t in ("codel_1p19q", "grade"))
+    lines = w.ax.get_lines()
+    assert len(lines) == 3 and len(lines[0].get_xdata()) == 14
+    assert "done" in w.status.text()
+
+
+def test_click_on_plot_moves_viewer_slice(widget_and_viewer, qtbot):
+    from matplotlib.backend_bases import MouseEvent
+    w, viewer = widget_and_viewer
+    _run(w, qtbot)
+    layer = viewer.layers["PH0 flair"] if "PH0 flair" in viewer.layers else [
+        ly for ly in viewer.layers if ly.metadata["radiogen"].get("sequence") == "flair"][0]
+    w.canvas.draw()
+    x, y = w.ax.transData.transform((9, 0.0))
+    ev = MouseEvent("button_press_event", w.canvas, x, y, button=1)
+    if ev.inaxes is None:          # an unshown canvas may not resolve the axes: set them
+        ev.inaxes, ev.xdata, ev.ydata = w.ax, 9.2, 0.0
+    assert ev.inaxes is w.ax and abs(ev.xdata - 9) < 0.5
+    w._on_click(ev)
+    z = layer.world_to_data(viewer.dims.point)[0]
+    assert int(round(z)) == 9
+    w.go_to_slice(3)
+    assert int(round(layer.world_to_data(viewer.dims.point)[0])) == 3
+
+
+def test_widget_missing_sequence_message(widget_and_viewer, qtbot):
+    w, viewer = widget_and_viewer
+    for ly in list(viewer.layers):
+        if ly.metadata.get("radiogen", {}).get("sequence") == "flair":
+            viewer.layers.remove(ly)
+    _run(w, qtbot)
+    assert w.result is None
+    assert "missing sequence(s): flair" in w.status.text()
