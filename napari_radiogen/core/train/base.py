@@ -85,13 +85,34 @@ class TrainTask(ABC):
     # -- optimisation --------------------------------------------------------------------------
     @abstractmethod
     def training_step(self, model, batch, device) -> Tuple[Any, Dict[str, float]]:
-        """Return (loss tensor, logs) for one batch; the engine does backward/step/AMP."""
+        """Return (loss tensor, logs) for one batch; the engine does backward/step/AMP.
+
+        Under torchrun ``model`` is a ``DistributedDataParallel`` wrapper: call it
+        (``model(x)``); for attributes use ``getattr(model, "module", model)``. ``logs`` values
+        (floats) are averaged over the epoch and logged as ``train_<key>``."""
 
     @abstractmethod
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
         """Validation metrics on a dataset. Must include ``"score"`` (higher is better) used for
         early stopping and checkpoint selection, and may include ``"predictions"`` (a list of
-        per-patient dicts) that the report turns into ROC / KM / Dice figures."""
+        per-patient dicts) that the report turns into ROC / KM / Dice figures.
+
+        Prediction dicts the report understands (``core/evaluate/report.py``), one per patient
+        (and per target for multi-task models):
+        classification ``{"patient_id", "target": "idh", "y_true": 1, "y_prob": 0.83,
+        "classes": ["wildtype", "mutant"]}`` (binary: ``y_prob`` = P(classes[1]); multi-class:
+        a list of probabilities); segmentation ``{"patient_id", "dice": {"WT": .9, ...},
+        "hd95": {"WT": 3.2, ...}}``; survival ``{"patient_id", "time", "event", "risk"}``.
+        Flat rows work too: ``{"idh": 0.8, "y_idh": 1}`` (one target per ``y_<t>``),
+        ``{"dice_WT": .., "hd95_WT": ..}``, ``{"risk", "os_days", "os_event"}``; other numeric
+        keys (e.g. ``psnr_db``) are summarised per ``target``."""
+
+    def baseline(self, train_ids: Sequence[str], test_ids: Sequence[str]
+                 ) -> Optional[Dict[str, float]]:
+        """Optional: metrics of a simple baseline (e.g. logistic regression on age + sex, a
+        threshold segmentation) fitted on ``train_ids`` and scored on ``test_ids``, the same
+        keys as :meth:`evaluate`. The engine puts it in the card beside the model (same folds)."""
+        return None
 
     # -- card ----------------------------------------------------------------------------------
     def card_fields(self) -> Dict[str, Any]:

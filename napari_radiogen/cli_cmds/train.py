@@ -1,0 +1,114 @@
+"""``radiogen train CONFIG --out RUN_DIR`` (also under ``torchrun ... -m napari_radiogen train``)."""
+from __future__ import annotations
+
+import sys
+
+
+EPILOG = """\
+configs: `radiogen train --list` shows the shipped ones (napari_radiogen/configs/*.yaml); the keys
+are documented in napari_radiogen/core/train/config.py.
+
+your own cohort: point `data:` at a folder of case folders or HDF5 packs and `labels:` at a CSV
+with one row per patient: a `patient_id` column, one column per label the task needs (e.g.
+`idh` = mutant/wildtype, `codel_1p19q`, `grade`, `os_days` + `os_event`), and optionally a `path`
+column with each patient's case folder (relative to the CSV). Unknown patients, missing labels
+(unless `missing_labels: drop`), a label with one class only, an empty split and sequences the
+data lack are refused before training starts.
+
+splits are patient-level (stratified, grouped, seeded); `--folds K` reports the metrics of each
+held-out fold (mean and 95% CI); the shipped model is the best fold model by inner validation
+(`final: best_fold`) or a retrain on all patients (`final: retrain`). Under
+`torchrun --nproc_per_node=G -m napari_radiogen train CONFIG --out DIR` it trains with DDP.
+"""
+
+
+def add_arguments(p) -> None:
+    import argparse
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("config", nargs="?", help="a YAML config file or the name of a shipped one "
+                   "(see --list)")
+    p.add_argument("--out", help="run folder (checkpoint, log, model, card, report)")
+    p.add_argument("--data", help="override the config's data folder (your cohort)")
+    p.add_argument("--labels", help="override the config's labels CSV (see below)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    p.add_argument("--limit", type=int, help="use only N patients (quick smoke run)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--folds", type=int, help="K-fold patient-level CV (0/1 = one held-out split)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget for the training")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--install", dest="install", action="store_true", default=None,
+                   help="copy the final model into the user models folder (default unless "
+                        "--limit is given)")
+    g.add_argument("--no-install", dest="install", action="store_false")
+    p.add_argument("--list", action="store_true", help="list the shipped example configs")
+    p.add_argument("--quiet", action="store_true", help="print epoch lines only")
+
+
+def _fmt_eta(s) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def run(args) -> int:
+    from ..core.errors import Cancelled, ConfigError
+
+    if args.list:
+        from ..core.train.config import list_configs
+        from ..core.train import tasks
+        for c in list_configs():
+            print(f"{c['name']:<28} task={c['task']!s:<24} {c['description']}")
+        for m, e in tasks.IMPORT_ERRORS.items():
+            print(f"warning: training family tasks/{m}.py failed to import: {e}",
+                  file=sys.stderr)
+        return 0
+    if not args.config or not args.out:
+        raise ConfigError("radiogen train needs CONFIG and --out RUN_DIR (or --list)")
+    import torch
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from ..core.train.engine import TrainProgress, TrainResult, train
+    from ..core.train.ddp import env_world
+
+    rank = env_world().rank
+    install = args.install if args.install is not None else not args.limit
+    from ..core.train.config import load_config
+    cfg = load_config(args.config, data=args.data, labels=args.labels)
+    gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
+                resume=args.resume, folds=args.folds, install=install and rank == 0,
+                max_minutes=args.max_minutes)
+    result = None
+    tty = sys.stderr.isatty()
+    try:
+        for item in gen:
+            if isinstance(item, TrainResult):
+                result = item
+            elif isinstance(item, TrainProgress) and rank == 0:
+                if item.epoch_end or item.phase in ("prepare", "test", "report"):
+                    eta = f" (left {_fmt_eta(item.eta_s)})" if item.eta_s is not None else ""
+                    print(f"{item.message}{eta}", file=sys.stderr, flush=True)
+                elif tty and not args.quiet:
+                    print(f"\r{item}   ", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        gen.close()
+        print(f"radiogen: interrupted; the last good checkpoint is in {args.out} "
+              "(continue with --resume)", file=sys.stderr)
+        return 130
+    except Cancelled:
+        print(f"radiogen: cancelled; resume with --resume", file=sys.stderr)
+        return 130
+    if result is None or rank != 0:
+        return 0
+    print(f"model:  {result.model_path}")
+    print(f"card:   {result.card_path}")
+    print(f"report: {result.report_path}")
+    if result.installed_path:
+        print(f"installed: {result.installed_path}")
+    for k, v in result.cv_summary.items():
+        if v.get("mean") is not None:
+            lo, hi = v["ci95"]
+            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+            print(f"  {k:<18} {v['mean']:.3f}{ci} (n={v['n']} fold(s))")
+    return 0

@@ -1,0 +1,336 @@
+"""Training / evaluation reports: ``report.html`` with PNG figures and ``report.json``.
+
+Figures (matplotlib, Agg): loss and metric curves per fold, ROC per target with AUC and a
+bootstrap 95% CI over the pooled held-out predictions, confusion matrix; Dice/HD95 box plots for
+segmentation; Kaplan-Meier by predicted risk group with log-rank p, Cox HR and C-index for
+survival predictions. The prediction dicts are described in ``TrainTask.evaluate``.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..models import atomic_write_text
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False) if matplotlib.get_backend().lower() != "agg" else None
+    from matplotlib.figure import Figure
+    return Figure
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.{nd}f}"
+    return html.escape(str(v))
+
+
+def _ci(c) -> str:
+    if not c or c[0] is None:
+        return ""
+    return f" [{_fmt(c[0])}, {_fmt(c[1])}]"
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path.name
+
+
+def curves_figure(history: List[Dict[str, Any]], path: Path) -> Optional[str]:
+    if not history:
+        return None
+    Figure = _plt()
+    keys = sorted({k for h in history for k in h
+                   if k.startswith("val_") and isinstance(h.get(k), (int, float))})
+    ncol = 1 + min(len(keys), 3)
+    fig = Figure(figsize=(4.2 * ncol, 3.2))
+    folds = sorted({h.get("fold", 1) for h in history})
+    ax = fig.add_subplot(1, ncol, 1)
+    for f in folds:
+        hs = [h for h in history if h.get("fold", 1) == f]
+        ax.plot([h["epoch"] for h in hs], [h["train_loss"] for h in hs], marker=".",
+                label=f"fold {f}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7)
+    for i, k in enumerate(keys[:3], 2):
+        ax = fig.add_subplot(1, ncol, i)
+        for f in folds:
+            hs = [h for h in history if h.get("fold", 1) == f and k in h]
+            ax.plot([h["epoch"] for h in hs], [h[k] for h in hs], marker=".", label=f"fold {f}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(k)
+    return _save(fig, path)
+
+
+def _group_predictions(preds: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for p in preds:
+        out.setdefault(str(p.get("target", "label")), []).append(p)
+    return out
+
+
+def classification_section(preds: List[Dict[str, Any]], fig_dir: Path
+                           ) -> Tuple[Dict[str, Any], List[str]]:
+    from .metrics import classification_metrics
+    Figure = _plt()
+    res: Dict[str, Any] = {}
+    parts: List[str] = []
+    for target, ps in _group_predictions(preds).items():
+        ps = [p for p in ps if p.get("y_true") is not None and p.get("y_prob") is not None]
+        if not ps:
+            continue
+        y = np.asarray([int(p["y_true"]) for p in ps])
+        prob = np.asarray([p["y_prob"] for p in ps], dtype=float)
+        classes = ps[0].get("classes")
+        m = classification_metrics(y, prob, classes=classes)
+        res[target] = m
+        fig = Figure(figsize=(8.4, 3.6))
+        ax = fig.add_subplot(1, 2, 1)
+        if prob.ndim == 1 and len(np.unique(y)) == 2:
+            from sklearn.metrics import roc_curve
+            fpr, tpr, _ = roc_curve(y, prob)
+            ax.plot(fpr, tpr, label=f"AUC {_fmt(m['auc'])}{_ci(m.get('auc_ci95'))}")
+            ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"ROC: {target} (pooled held-out, n={len(y)})", fontsize=9)
+        ax2 = fig.add_subplot(1, 2, 2)
+        cm = np.asarray(m["confusion"])
+        ax2.imshow(cm, cmap="Blues")
+        names = m["classes"]
+        ax2.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax2.set_yticks(range(len(names)), names, fontsize=8)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax2.text(j, i, str(cm[i, j]), ha="center", va="center")
+        ax2.set_xlabel("predicted")
+        ax2.set_ylabel("true")
+        ax2.set_title("confusion matrix", fontsize=9)
+        name = _save(fig, fig_dir / f"roc_{_safe(target)}.png")
+        rows = "".join(f"<tr><td>{k}</td><td>{_fmt(m.get(k))}"
+                       f"{_ci(m.get('auc_ci95')) if k == 'auc' else ''}</td></tr>"
+                       for k in ("n", "auc", "accuracy", "balanced_accuracy", "f1", "precision",
+                                 "recall"))
+        parts.append(f"<h3>{html.escape(target)}</h3><table>{rows}</table>"
+                     f"<img src='figures/{name}'>")
+    return res, parts
+
+
+def segmentation_section(preds: List[Dict[str, Any]], fig_dir: Path
+                         ) -> Tuple[Dict[str, Any], List[str]]:
+    from .metrics import mean_ci
+    Figure = _plt()
+    ps = [p for p in preds if isinstance(p.get("dice"), (dict, float, int))]
+    if not ps:
+        return {}, []
+    def as_dict(v):
+        return v if isinstance(v, dict) else {"tumour": v}
+    regions = list(dict.fromkeys(r for p in ps for r in as_dict(p["dice"])))
+    res: Dict[str, Any] = {}
+    for r in regions:
+        d = [as_dict(p["dice"]).get(r) for p in ps]
+        h = [as_dict(p.get("hd95") or {}).get(r) for p in ps]
+        res[r] = {"dice": mean_ci([x for x in d if x is not None]),
+                  "hd95": mean_ci([x for x in h if x is not None])}
+    fig = Figure(figsize=(8, 3.4))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.boxplot([[as_dict(p["dice"]).get(r) for p in ps if as_dict(p["dice"]).get(r) is not None]
+                for r in regions], tick_labels=regions)
+    ax.set_ylabel("Dice")
+    ax2 = fig.add_subplot(1, 2, 2)
+    ax2.boxplot([[as_dict(p.get("hd95") or {}).get(r) for p in ps
+                  if as_dict(p.get("hd95") or {}).get(r) is not None] or [np.nan]
+                 for r in regions], tick_labels=regions)
+    ax2.set_ylabel("HD95 (mm)")
+    name = _save(fig, fig_dir / "segmentation.png")
+    rows = "".join(f"<tr><td>{html.escape(r)}</td><td>{_fmt(v['dice']['mean'])}"
+                   f"{_ci(v['dice']['ci95'])}</td><td>{_fmt(v['hd95']['mean'])}"
+                   f"{_ci(v['hd95']['ci95'])}</td></tr>" for r, v in res.items())
+    return res, [f"<table><tr><th>region</th><th>Dice (95% CI)</th><th>HD95 mm (95% CI)</th>"
+                 f"</tr>{rows}</table><img src='figures/{name}'>"]
+
+
+def survival_section(preds: List[Dict[str, Any]], fig_dir: Path
+                     ) -> Tuple[Dict[str, Any], List[str]]:
+    ps = [p for p in preds if p.get("time") is not None and p.get("event") is not None
+          and p.get("risk") is not None]
+    if len(ps) < 4:
+        return {}, []
+    from . import survival as sv
+    t = np.asarray([float(p["time"]) for p in ps])
+    e = np.asarray([int(p["event"]) for p in ps])
+    r = np.asarray([float(p["risk"]) for p in ps])
+    res = sv.risk_summary(t, e, r)
+    Figure = _plt()
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    groups = np.where(r > np.median(r), "high risk", "low risk")
+    sv.plot_km(ax, t, e, groups)
+    ax.set_title(f"KM by predicted risk (log-rank p={_fmt(res.get('logrank_p'))})", fontsize=9)
+    name = _save(fig, fig_dir / "km.png")
+    flat = {k: v for k, v in res.items() if not isinstance(v, dict)}
+    if res.get("td_auc"):
+        flat["time-dependent AUC (IPCW, mean over " + ", ".join(
+            f"{t:g}" for t in res["td_auc"]["times"]) + ")"] = res["td_auc"]["mean_auc"]
+    if res.get("brier"):
+        flat["integrated Brier score"] = res["brier"].get("integrated")
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>"
+                   f"{_fmt(v) if not isinstance(v, list) else _ci(v)}</td></tr>"
+                   for k, v in flat.items())
+    return res, [f"<table>{rows}</table><img src='figures/{name}'>"]
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def normalise_predictions(preds: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """Split per-patient prediction dicts into classification / segmentation / survival /
+    other rows. Besides the documented form (``TrainTask.evaluate``) it understands the flat
+    forms the families use: ``{"idh": p, "y_idh": 0/1, ...}`` (one target per ``y_<t>`` key),
+    ``{"dice_WT": .., "hd95_WT": ..}``, ``{"risk": r, "os_days": t, "os_event": e}``."""
+    cls, seg, surv, other = [], [], [], []
+    for p in preds:
+        used = {"patient_id", "fold", "target", "classes", "kind"}
+        if p.get("y_true") is not None and p.get("y_prob") is not None:
+            cls.append(p)
+            used |= {"y_true", "y_prob"}
+        for k, v in p.items():
+            if k.startswith("y_") and k not in ("y_true", "y_prob") and _num(v) \
+                    and _num(p.get(k[2:])):
+                cls.append({"patient_id": p.get("patient_id"), "target": k[2:],
+                            "y_true": int(v), "y_prob": float(p[k[2:]]), "fold": p.get("fold")})
+                used |= {k, k[2:]}
+        if isinstance(p.get("dice"), (dict, int, float)):
+            seg.append(p)
+            used |= {"dice", "hd95"}
+        else:
+            d = {k[5:]: v for k, v in p.items() if k.startswith("dice_") and _num(v)}
+            if d:
+                h = {k[5:]: v for k, v in p.items() if k.startswith("hd95_") and _num(v)}
+                seg.append({"patient_id": p.get("patient_id"), "dice": d, "hd95": h})
+                used |= {f"dice_{k}" for k in d} | {f"hd95_{k}" for k in h}
+        t = p.get("time", p.get("os_days"))
+        e = p.get("event", p.get("os_event"))
+        if _num(p.get("risk")) and _num(t) and _num(e):
+            surv.append({"patient_id": p.get("patient_id"), "time": float(t), "event": int(e),
+                         "risk": float(p["risk"])})
+            used |= {"risk", "time", "event", "os_days", "os_event"}
+        rest = {k: float(v) for k, v in p.items() if k not in used and _num(v)}
+        if rest:
+            other.append({"group": str(p.get("target", "all")), **rest})
+    return {"classification": cls, "segmentation": seg, "survival": surv, "other": other}
+
+
+def other_section(rows: List[Dict[str, Any]], fig_dir: Path) -> Tuple[Dict[str, Any], List[str]]:
+    """Per-patient scalar metrics (e.g. PSNR/SSIM per synthesised target): mean [95% CI]."""
+    from .metrics import mean_ci
+    if not rows:
+        return {}, []
+    res: Dict[str, Any] = {}
+    for g in sorted({r["group"] for r in rows}):
+        rs = [r for r in rows if r["group"] == g]
+        keys = sorted({k for r in rs for k in r if k != "group"})
+        res[g] = {k: mean_ci([r[k] for r in rs if k in r]) for k in keys}
+    body = []
+    for g, d in res.items():
+        tr = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['mean'])}{_ci(v['ci95'])}</td>"
+                     f"<td>{v['n']}</td></tr>" for k, v in d.items())
+        body.append(f"<h3>{html.escape(g)}</h3><table><tr><th>metric</th><th>mean [95% CI]"
+                    f"</th><th>n</th></tr>{tr}</table>")
+    return res, body
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+
+
+def _cv_table(summary: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -> str:
+    if not summary:
+        return "<p>No held-out metrics (no test split).</p>"
+    rows = []
+    for k, v in summary.items():
+        b = (baseline or {}).get(k)
+        pf = ", ".join(_fmt(x) for x in v.get("per_fold", []))
+        rows.append(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['mean'])}{_ci(v['ci95'])}</td>"
+                    f"<td>{_fmt(v.get('sd'))}</td><td>{pf}</td>"
+                    f"<td>{_fmt(b['mean']) + _ci(b['ci95']) if b else '-'}</td></tr>")
+    return ("<table><tr><th>metric</th><th>mean [95% CI]</th><th>SD</th><th>per fold</th>"
+            "<th>baseline (same folds)</th></tr>" + "".join(rows) + "</table>")
+
+
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
+       "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+       "img{max-width:100%}")
+
+
+def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]] = None,
+                 folds: Optional[List[Dict[str, Any]]] = None,
+                 summary: Optional[Dict[str, Any]] = None,
+                 baseline: Optional[Dict[str, Any]] = None,
+                 card: Optional[Dict[str, Any]] = None,
+                 predictions: Optional[List[Dict[str, Any]]] = None) -> Tuple[Path, Path]:
+    """Write ``out_dir/report.html`` + ``report.json`` + ``figures/*.png``; return both paths."""
+    out = Path(out_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    folds = folds or []
+    preds = list(predictions or [])
+    for f in folds:
+        preds.extend(f.get("predictions") or [])
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if card:
+        body.append(f"<p>task <b>{html.escape(str(card.get('task')))}</b>, date "
+                    f"{html.escape(str(card.get('date')))}, code {html.escape(str(card.get('code_version')))}"
+                    f"<br>protocol: {html.escape(str((card.get('metrics') or {}).get('protocol', '')))}"
+                    f"<br>shipped model: {html.escape(json.dumps(card.get('final_model')))}</p>")
+    body.append("<h2>Held-out metrics</h2>" + _cv_table(summary or {}, baseline))
+    data: Dict[str, Any] = {"title": title, "summary": summary, "baseline": baseline,
+                            "folds": [{k: v for k, v in f.items() if k != "predictions"}
+                                      for f in folds],
+                            "history": history or [], "predictions": preds}
+    cur = curves_figure(history or [], fig_dir / "curves.png")
+    if cur:
+        body.append(f"<h2>Training curves</h2><img src='figures/{cur}'>")
+    split = normalise_predictions(preds)
+    for key, fn, head in (("classification", classification_section, "Classification"),
+                          ("segmentation", segmentation_section, "Segmentation"),
+                          ("survival", survival_section, "Survival"),
+                          ("other", other_section, "Per-patient metrics")):
+        try:
+            res, parts = fn(split[key], fig_dir)
+        except Exception as e:  # a figure must never lose the run's report
+            res, parts = {"error": f"{type(e).__name__}: {e}"}, [
+                f"<p>{head}: could not be computed ({html.escape(str(e))})</p>"]
+        if res:
+            data[key] = res
+        if parts:
+            body.append(f"<h2>{head} (pooled held-out predictions)</h2>" + "".join(parts))
+    html_path = out / "report.html"
+    json_path = out / "report.json"
+    atomic_write_text(html_path, f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                                 f"{html.escape(title)}</title><style>{CSS}</style></head><body>"
+                                 + "\n".join(body) + "</body></html>")
+    atomic_write_text(json_path, json.dumps(data, indent=1, default=_json_default))
+    return html_path, json_path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,181 @@
+"""Training configs: YAML files (or dicts), defaults, path resolution and validation.
+
+A config (see ``napari_radiogen/configs/*.yaml``; ``radiogen train --list`` shows them)::
+
+    name: my-idh-model          # name of the produced model file (default: the task name)
+    description: one line shown by --list
+    task: prediction-mil        # a registered TrainTask (see core/train/tasks/)
+    data: ../shared/data/tcga-lgg   # relative paths resolve against the config file, then CWD
+    labels: labels.csv          # optional user-cohort table (see below)
+    model: {...}                # task-specific
+    train:
+      epochs: 20
+      batch_size: 16
+      lr: 1.0e-3                # max LR of OneCycleLR (scheduler: onecycle | none)
+      weight_decay: 1.0e-4      # AdamW
+      amp: true                 # autocast on CUDA (bf16 where supported, else fp16 + GradScaler)
+      patience: 5               # early stopping on the validation score (0 = off)
+      val_fraction: 0.2         # validation patients carved from each training part
+      freeze: []                # parameter-name prefixes to freeze (fine-tuning)
+      grad_clip: 1.0            # max gradient norm (null = off)
+      sampler: null             # "weighted" = WeightedRandomSampler from task.sample_weights
+      loss: {name: ce}          # task-specific: ce | focal (gamma, class_weights) | dicece | cox
+      augment: true             # the task builds its MONAI transforms when true
+      num_workers: 0
+    folds: 5                    # K-fold patient-level CV; 0 or 1 = one held-out test split
+    test_fraction: 0.2          # with folds <= 1: share of patients held out for the report
+    final: best_fold            # shipped model: best_fold (by inner validation) | retrain
+    seed: 0
+
+User cohorts (CSV convention): a table with a ``patient_id`` column, one column per label the
+task needs (e.g. ``idh`` with values ``mutant``/``wildtype``), and optionally a ``path`` column
+pointing at each patient's case folder (relative paths resolve against the CSV's folder).
+Rows naming patients that the data folder lacks, missing labels (unless the config says
+``missing_labels: drop``), and label columns with a single class are refused before training.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from ..case import SEQUENCES
+from ..errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "epochs": 10, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
+    "patience": 0, "val_fraction": 0.2, "freeze": [], "grad_clip": None, "sampler": None,
+    "loss": {"name": "ce"}, "augment": True, "num_workers": 0, "scheduler": "onecycle",
+    "max_minutes": None,
+}
+TOP_DEFAULTS: Dict[str, Any] = {"folds": 0, "test_fraction": 0.2, "final": "best_fold", "seed": 0,
+                                "model": {}}
+PATH_KEYS = ("data", "labels")
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_path(value: str, base: Optional[Path]) -> str:
+    p = Path(os.path.expanduser(str(value)))
+    if p.is_absolute():
+        return str(p)
+    if base is not None and (base / p).exists():
+        return str((base / p).resolve())
+    if p.exists():
+        return str(p.resolve())
+    # the package's configs name ../shared/data relative to the repository root
+    root = CONFIG_DIR.parent.parent
+    if (root / p).exists():
+        return str((root / p).resolve())
+    return str((base / p) if base is not None else p)
+
+
+def find_config(name_or_path: Union[str, os.PathLike]) -> Path:
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    for cand in (CONFIG_DIR / f"{name_or_path}", CONFIG_DIR / f"{name_or_path}.yaml"):
+        if cand.exists():
+            return cand
+    known = ", ".join(c["name"] for c in list_configs()) or "none"
+    raise ConfigError(f"config {str(name_or_path)!r} not found (shipped configs: {known})")
+
+
+def load_config(src: Union[str, os.PathLike, Dict[str, Any]], **overrides: Any) -> Dict[str, Any]:
+    """Read a YAML file (or take a dict), apply defaults and ``overrides`` (dotted keys allowed,
+    e.g. ``{"train.epochs": 2}``), resolve paths and validate the generic parts."""
+    import yaml
+
+    base: Optional[Path] = None
+    if isinstance(src, dict):
+        raw = copy.deepcopy(src)
+        base = Path(raw.pop("_base_dir")) if raw.get("_base_dir") else None
+    else:
+        path = find_config(src)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+        base = path.resolve().parent
+        raw.setdefault("_source", str(path.resolve()))
+    cfg = _merge(TOP_DEFAULTS, raw)
+    cfg["train"] = _merge(TRAIN_DEFAULTS, raw.get("train") or {})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        d = cfg
+        parts = k.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = v
+    for k in PATH_KEYS:
+        if isinstance(cfg.get(k), str) and cfg[k] not in ("phantom", "synthetic"):
+            cfg[k] = resolve_path(cfg[k], base)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Dict[str, Any]) -> None:
+    from . import tasks as _tasks  # noqa: F401  (registers the task families)
+    from .base import TASKS
+
+    task = cfg.get("task")
+    if not task:
+        raise ConfigError("the config names no task (e.g. `task: phantom-demo`)")
+    if task not in TASKS:
+        broken = "; ".join(f"tasks/{m}.py failed to import: {e}"
+                           for m, e in _tasks.IMPORT_ERRORS.items())
+        raise ConfigError(f"unknown task {task!r} (registered: {', '.join(sorted(TASKS)) or 'none'})"
+                          + (f" [{broken}]" if broken else ""))
+    t = cfg["train"]
+    for key, typ in (("epochs", int), ("batch_size", int)):
+        if not isinstance(t.get(key), int) or t[key] < 1:
+            raise ConfigError(f"train.{key} must be a positive integer (got {t.get(key)!r})")
+    if not isinstance(cfg.get("folds"), int) or cfg["folds"] < 0:
+        raise ConfigError(f"folds must be an integer >= 0 (got {cfg.get('folds')!r})")
+    if cfg.get("final") not in ("best_fold", "retrain"):
+        raise ConfigError(f"final must be best_fold or retrain (got {cfg.get('final')!r})")
+    if not 0 <= float(t.get("val_fraction", 0)) < 1:
+        raise ConfigError("train.val_fraction must be in [0, 1)")
+    if not 0 <= float(cfg.get("test_fraction", 0)) < 1:
+        raise ConfigError("test_fraction must be in [0, 1)")
+    seqs = cfg.get("sequences") or (cfg.get("model") or {}).get("sequences")
+    if seqs is not None:
+        if isinstance(seqs, str):
+            seqs = [seqs]
+        bad = [s for s in seqs if s not in SEQUENCES]
+        if bad:
+            raise ConfigError(f"unknown sequence(s) {', '.join(map(str, bad))} in the config "
+                              f"(known: {', '.join(SEQUENCES)})")
+    if t.get("sampler") not in (None, "weighted", "uniform", "none"):
+        raise ConfigError(f"train.sampler must be weighted or null (got {t.get('sampler')!r})")
+    if not isinstance(t.get("freeze") or [], list):
+        raise ConfigError("train.freeze must be a list of parameter-name prefixes")
+
+
+def list_configs() -> List[Dict[str, Any]]:
+    """The example configs shipped in ``napari_radiogen/configs/``."""
+    import yaml
+
+    out = []
+    for f in sorted(CONFIG_DIR.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(f.read_text()) or {}
+        except Exception:
+            raw = {}
+        out.append({"name": f.stem, "path": str(f), "task": raw.get("task"),
+                    "description": raw.get("description", ""), "data": raw.get("data")})
+    return out

@@ -1,0 +1,770 @@
+"""The training engine: one loop for every model family (see :mod:`.base` for the contract).
+
+``train(cfg, out_dir, ...)`` is a core generator: it yields :class:`TrainProgress` (a
+:class:`~napari_radiogen.core.progress.Progress` with fold/epoch/step, loss, metrics, time left
+and the best validation score so far) and finally a :class:`TrainResult`.
+
+Protocol
+--------
+* Patients are split at patient level (stratified by ``PatientRecord.strata``, grouped by
+  ``.group``, seeded). With ``folds: K >= 2`` each fold trains a model on K-1 parts and is
+  tested on the held-out part; with ``folds`` 0/1 one ``test_fraction`` of the patients is held
+  out. Inside every training part a validation split (``train.val_fraction``) is carved for
+  early stopping and best-epoch selection. **The held-out (test) part is used for nothing but
+  the reported metrics.**
+* The CV table = the task's metrics on each held-out fold, with mean, SD and a 95% t-interval
+  over folds (and pooled-prediction bootstrap CIs in the report).
+* Shipped model (``final``): ``best_fold`` (default) = the fold model with the best *inner
+  validation* score; ``retrain`` = a model retrained on all patients for the median of the folds'
+  best epochs (chosen by inner validation). Neither looks at test folds.
+* AdamW + OneCycleLR (``train.scheduler: onecycle|none``), gradient clipping, layer freezing,
+  weighted sampler, mixed precision on CUDA (bf16 autocast where supported, else fp16 autocast +
+  GradScaler), early stopping (``train.patience``), a wall-clock budget (``train.max_minutes``).
+* Checkpoint after every epoch (atomic, see :mod:`.checkpoint`); ``resume=True`` continues from
+  ``out_dir/checkpoint.safetensors`` (same config and splits); a cancel (``CancelToken``) or a
+  kill keeps the last good checkpoint.
+* Under ``torchrun`` (``WORLD_SIZE > 1``) it runs DDP (see :mod:`.ddp`); only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from .. import progress as _progress
+from ..errors import ConfigError
+from ..progress import CancelToken, Progress
+from . import checkpoint as ckpt
+from . import ddp
+from . import splits as sp
+from .base import TASKS, PatientRecord, TrainTask
+from .config import load_config
+
+
+@dataclass
+class TrainProgress(Progress):
+    """Progress of a training run (``done/total`` = optimisation steps over the whole run).
+
+    ``stage`` is ``prepare``, ``train`` (one item per step), ``epoch`` (one item closing each
+    epoch, with ``epoch_end=True`` and the epoch's metrics), ``test`` or ``report``: a change of
+    stage always gets through the widgets' progress throttling."""
+    phase: str = "train"                  # train | validate | test | final | report
+    fold: int = 0                         # 0-based; == n_folds for the final retrain
+    n_folds: int = 1
+    epoch: int = 0                        # 1-based epoch within the fold (0 = before)
+    epochs: int = 0
+    step: int = 0                         # step within the epoch
+    steps: int = 0
+    loss: Optional[float] = None          # running mean training loss of the epoch
+    metrics: Dict[str, Any] = field(default_factory=dict)   # latest epoch metrics (val_*)
+    eta_s: Optional[float] = None         # estimated seconds left
+    best: Optional[float] = None          # best validation score so far (this fold)
+    epoch_end: bool = False               # True on the one progress item that closes an epoch
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Optional[Path]
+    card_path: Optional[Path]
+    report_path: Optional[Path]
+    report_json: Optional[Path]
+    fold_metrics: List[Dict[str, Any]]
+    cv_summary: Dict[str, Any]
+    final: str
+    installed_path: Optional[Path] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    samples_per_epoch: List[int] = field(default_factory=list)
+    card: Dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+def _batch_len(batch: Any) -> int:
+    import torch
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        for v in batch.values():
+            n = _batch_len(v)
+            if n:
+                return n
+        return 0
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_len(batch[0]) if not isinstance(batch[0], (int, float, str)) else len(batch)
+    return 0
+
+
+def _scalars(d: Dict[str, Any]) -> Dict[str, float]:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            out[k] = float(v.item())
+    return out
+
+
+def _amp_setup(cfg_amp: Any, device: str):
+    """(autocast dtype or None, GradScaler)."""
+    import torch
+    use = bool(cfg_amp) and device.startswith("cuda")
+    dtype = None
+    if use:
+        if cfg_amp == "fp16":
+            dtype = torch.float16
+        elif cfg_amp == "bf16" or torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=(dtype == torch.float16))
+    return dtype, scaler
+
+
+def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any]) -> str:
+    key = json.dumps({"plan": [{k: p[k] for k in ("train", "val", "test")} for p in plan],
+                      "task": cfg["task"], "model": cfg.get("model"),
+                      "batch": cfg["train"]["batch_size"], "epochs": cfg["train"]["epochs"],
+                      "final": cfg.get("final")}, sort_keys=True, default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def make_plan(task: TrainTask, records: List[PatientRecord], cfg: Dict[str, Any],
+              lenient: bool = False) -> List[Dict[str, Any]]:
+    """The folds: ``[{"fold", "train", "val", "test"}]`` of patient ids (validated)."""
+    seed = int(cfg.get("seed", 0))
+    k = int(cfg.get("folds") or 0)
+    vf = float(cfg["train"].get("val_fraction", 0.2))
+    sp.check_unique(records)
+    strata = {r.strata for r in records}
+    if all(s is not None for s in strata) and len(strata) < 2:
+        raise ConfigError(f"all {len(records)} patients have the same label "
+                          f"({next(iter(strata))!r}); a classifier needs two classes at least")
+    if k >= 2:
+        outer = sp.kfold(records, k, seed)
+    else:
+        outer = [sp.holdout(records, float(cfg.get("test_fraction", 0.2)), seed)]
+    plan = []
+    for i, (tr, te) in enumerate(outer):
+        sub = sp.subset(records, tr)
+        if vf > 0:
+            tr2, va = sp.holdout(sub, vf, seed + 1 + i)
+        else:
+            tr2, va = list(tr), []
+        sp.check_split(f"training (fold {i + 1})", records, tr2, need_classes=not lenient)
+        if k >= 2:
+            sp.check_split(f"test (fold {i + 1})", records, te, need_classes=False)
+        plan.append({"fold": i, "train": tr2, "val": va, "test": te})
+    return plan
+
+
+class _Run:
+    """State shared by the stages of one ``train`` call."""
+
+    def __init__(self, cfg, task, out_dir, device, dist, cancel):
+        self.cfg, self.task, self.out, self.device, self.dist = cfg, task, out_dir, device, dist
+        self.cancel = cancel
+        self.t0 = time.monotonic()
+        self.steps_done = 0
+        self.steps_total = 1
+        self.step_time = None            # EMA seconds per step
+        self.history: List[Dict[str, Any]] = []
+        self.samples_per_epoch: List[int] = []
+        self.log_path = out_dir / "train.log"
+
+    def log(self, msg: str) -> None:
+        if self.dist.is_main:
+            with open(self.log_path, "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
+    items_per_patient: float = 1.0
+    stages: List[Dict[str, Any]] = []
+    stage_index: int = 0
+
+    def rest_steps(self) -> int:
+        """Estimated steps of the stages after the current one."""
+        bs = int(self.cfg["train"]["batch_size"])
+        ep = int(self.cfg["train"]["epochs"])
+        tot = 0
+        for s in self.stages[self.stage_index + 1:]:
+            n = len(s["train"]) * self.items_per_patient / self.dist.world_size
+            tot += int(math.ceil(n / bs)) * int(s.get("epochs") or ep)
+        return tot
+
+    def eta(self) -> Optional[float]:
+        if self.step_time is None:
+            return None
+        return max(0.0, (self.steps_total - self.steps_done) * self.step_time)
+
+
+def _make_loader(run: _Run, ds, shuffle: bool, epoch_seed: int, weights=None):
+    import torch
+    tcfg = run.cfg["train"]
+    sampler = ddp.ShardSampler(len(ds), rank=run.dist.rank, world_size=run.dist.world_size,
+                               shuffle=shuffle, weights=weights, seed=epoch_seed)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=int(tcfg["batch_size"]), sampler=sampler,
+        num_workers=int(tcfg.get("num_workers") or 0), collate_fn=run.task.collate_fn(),
+        pin_memory=run.device.startswith("cuda"), drop_last=False)
+    return loader, sampler
+
+
+def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=None
+                 ) -> Iterator[TrainProgress]:
+    """Train one model on ``stage['train']`` with early stopping on ``stage['val']``.
+    Returns (via StopIteration) ``(model, info)`` with the best (or last) weights loaded."""
+    import torch
+
+    cfg, task, dist = run.cfg, run.task, run.dist
+    tcfg = cfg["train"]
+    fold = stage["fold"]
+    epochs = int(stage.get("epochs") or tcfg["epochs"])
+    seed = int(cfg.get("seed", 0)) + 1000 * fold
+    torch.manual_seed(seed)
+    train_ds, val_ds = task.make_datasets(stage["train"], stage["val"])
+    if len(train_ds) == 0:
+        raise ConfigError(f"fold {fold + 1}: the training dataset is empty")
+    weights = task.sample_weights(train_ds) if tcfg.get("sampler") == "weighted" else None
+    loader, sampler = _make_loader(run, train_ds, True, seed, weights)
+    model = task.build_model()
+    if tcfg.get("freeze"):
+        task.freeze(model, list(tcfg["freeze"]))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("train.freeze froze every parameter; nothing left to train")
+    model.to(run.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(tcfg["lr"]),
+                            weight_decay=float(tcfg.get("weight_decay", 0.0)))
+    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / dist.world_size)
+                                / int(tcfg["batch_size"]))
+    # now the items per patient are known: refine the run's step total (progress bar, ETA)
+    run.items_per_patient = len(train_ds) / max(1, len(stage["train"]))
+    run.steps_total = max(run.steps_done + 1, run.steps_done + steps_per_epoch * max(
+        0, epochs - (int(resume_state[1]["epoch"]) if resume_state else 0)) + run.rest_steps())
+    sched = None
+    if tcfg.get("scheduler", "onecycle") == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=float(tcfg["lr"]), total_steps=max(1, epochs * steps_per_epoch + 1),
+            pct_start=float(tcfg.get("pct_start", 0.3)))
+    amp_dtype, scaler = _amp_setup(tcfg.get("amp", True), run.device)
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[torch.device(run.device).index]
+                  if run.device.startswith("cuda") else None,
+                  find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)))
+
+    start_epoch = 1
+    best = {"score": None, "epoch": 0}
+    bad = 0
+    best_path = run.out / "folds" / f"fold{fold + 1}_best.safetensors"
+    if resume_state is not None:
+        tensors, state = resume_state
+        ckpt.load_into(tensors, state, model, opt, sched, scaler)
+        start_epoch = int(state["epoch"]) + 1
+        best = state.get("best") or best
+        bad = int(state.get("bad_epochs", 0))
+    has_val = len(val_ds) > 0 if val_ds is not None else False
+    patience = int(tcfg.get("patience") or 0)
+    budget_s = (float(tcfg["max_minutes"]) * 60.0 / max(1, n_folds)
+                if tcfg.get("max_minutes") else None)
+    t_stage = time.monotonic()
+    clip = tcfg.get("grad_clip")
+
+    for epoch in range(start_epoch, epochs + 1):
+        sampler.set_epoch(epoch)
+        net.train()
+        tot_loss, n_seen, n_steps = 0.0, 0, 0
+        logs_acc: Dict[str, float] = {}
+        join = net.join() if dist.enabled else _nullctx()
+        t_epoch = time.monotonic()
+        with join:
+            for step, batch in enumerate(loader, 1):
+                _progress.check(run.cancel)
+                ts = time.monotonic()
+                opt.zero_grad(set_to_none=True)
+                if amp_dtype is not None:
+                    with torch.autocast("cuda", dtype=amp_dtype):
+                        loss, logs = task.training_step(net, batch, run.device)
+                else:
+                    loss, logs = task.training_step(net, batch, run.device)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"the loss became {loss.item()} at fold {fold + 1} epoch "
+                                      f"{epoch} step {step}; lower train.lr")
+                scaler.scale(loss).backward()
+                if clip:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, float(clip))
+                scaler.step(opt)
+                scaler.update()
+                if sched is not None:
+                    sched.step()
+                bs = _batch_len(batch)
+                n_seen += bs
+                n_steps += 1
+                tot_loss += float(loss.detach().item()) * bs
+                for k, v in _scalars(logs).items():
+                    logs_acc[k] = logs_acc.get(k, 0.0) + v * bs
+                dt = time.monotonic() - ts
+                run.step_time = dt if run.step_time is None else 0.9 * run.step_time + 0.1 * dt
+                run.steps_done += 1
+                yield TrainProgress(stage="train", done=run.steps_done, total=run.steps_total,
+                                    message=f"fold {fold + 1}/{n_folds} epoch {epoch}/{epochs} "
+                                            f"step {step}/{steps_per_epoch}",
+                                    phase="train", fold=fold, n_folds=n_folds, epoch=epoch,
+                                    epochs=epochs, step=step, steps=steps_per_epoch,
+                                    loss=tot_loss / max(1, n_seen), eta_s=run.eta(),
+                                    best=best["score"])
+        # sum over ranks: the samples seen this epoch by the whole job
+        total_seen = int(round(ddp.all_sum(n_seen, dist)))
+        sum_loss = ddp.all_sum(tot_loss, dist)
+        epoch_loss = sum_loss / max(1, total_seen)
+        _progress.check(run.cancel)
+        # validation on rank 0, decisions broadcast
+        decision = None
+        if dist.is_main:
+            rec = {"fold": fold + 1, "epoch": epoch, "train_loss": epoch_loss,
+                   "samples": total_seen, "lr": opt.param_groups[0]["lr"],
+                   "time_s": round(time.monotonic() - run.t0, 2)}
+            rec.update({f"train_{k}": v / max(1, n_seen) for k, v in logs_acc.items()})
+            improved = False
+            if has_val:
+                model.eval()
+                with torch.no_grad():
+                    vm = task.evaluate(model, val_ds, run.device)
+                if "score" not in vm:
+                    raise ConfigError(f"task {task.name}: evaluate() returned no 'score'")
+                rec.update({f"val_{k}": v for k, v in _scalars(vm).items()})
+                score = float(vm["score"])
+                if not math.isfinite(score):
+                    score = -math.inf
+                if best["score"] is None or score > best["score"]:
+                    best = {"score": score, "epoch": epoch}
+                    improved = True
+            else:
+                best = {"score": None, "epoch": epoch}
+                improved = True
+            if improved:
+                _save_fold_model(run, model, best_path, stage, best)
+            bad = 0 if improved else bad + 1
+            stop = bool(patience and has_val and bad >= patience)
+            over = bool(budget_s and time.monotonic() - t_stage > budget_s)
+            rec["best_score"] = best["score"]
+            run.history.append(rec)
+            run.samples_per_epoch.append(total_seen)
+            state = {"fold": fold, "epoch": epoch, "best": best, "bad_epochs": bad,
+                     "stopped": stop or over}
+            run.save_state(model, opt, sched, scaler, state)
+            run.log(json.dumps(rec, default=str))
+            decision = {"best": best, "bad": bad, "stop": stop or over, "rec": rec,
+                        "samples": total_seen}
+        decision = ddp.broadcast_object(decision, dist)
+        best, bad = decision["best"], decision["bad"]
+        if not dist.is_main:
+            run.samples_per_epoch.append(decision["samples"])
+            run.history.append(decision["rec"])
+        rec = decision["rec"]
+        # seconds per step including validation and checkpointing, for the ETA
+        run.step_time = (time.monotonic() - t_epoch) / max(1, n_steps)
+        yield TrainProgress(stage="epoch", done=run.steps_done, total=run.steps_total,
+                            message=f"fold {fold + 1}/{n_folds} epoch {epoch}/{epochs} "
+                                    f"loss {epoch_loss:.4f}"
+                                    + (f" best {best['score']:.4f}" if best["score"] is not None
+                                       else ""),
+                            phase="validate", fold=fold, n_folds=n_folds, epoch=epoch,
+                            epochs=epochs, step=steps_per_epoch, steps=steps_per_epoch,
+                            loss=epoch_loss,
+                            metrics={k: v for k, v in rec.items()
+                                     if k.startswith(("val_", "train_")) and
+                                     isinstance(v, (int, float))},
+                            eta_s=run.eta(), best=best["score"], epoch_end=True)
+        if decision["stop"]:
+            run.steps_done += (epochs - epoch) * steps_per_epoch   # skipped work
+            break
+    # reload the best weights (early-stopping selection on the validation split only)
+    ddp.barrier(dist)
+    if best_path.exists():
+        from ..models import load_state_dict_file
+        model.load_state_dict(load_state_dict_file(best_path))
+    del opt, sched, net
+    return model, {"best_score": best["score"], "best_epoch": best["epoch"],
+                   "best_path": str(best_path), "n_train": len(stage["train"]),
+                   "n_val": len(stage["val"])}
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _save_fold_model(run: _Run, model, path: Path, stage, best) -> None:
+    from ..models import new_card, save_model
+    card = new_card(f"{run.cfg.get('name') or run.task.name}-fold{stage['fold'] + 1}",
+                    run.task.model_task, run.task.architecture(), **run.task.card_fields(),
+                    training_data={"patients": list(stage["train"]),
+                                   "validation": list(stage["val"])},
+                    fold=stage["fold"] + 1, best=best)
+    save_model(path, model.state_dict(), card)
+
+
+def _evaluate_test(run: _Run, model, ids: List[str]) -> Dict[str, Any]:
+    import torch
+    if not ids:
+        return {}
+    _, ds = run.task.make_datasets([], ids)
+    model.eval()
+    with torch.no_grad():
+        return run.task.evaluate(model, ds, run.device)
+
+
+def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
+          device: str = "auto", epochs: Optional[int] = None, limit: Optional[int] = None,
+          resume: bool = False, folds: Optional[int] = None,
+          cancel: Optional[CancelToken] = None, install: bool = False,
+          max_minutes: Optional[float] = None) -> Iterator[Union[TrainProgress, TrainResult]]:
+    """Train (with CV) the task named by ``cfg``; yield progress, then a :class:`TrainResult`.
+
+    ``install=True`` copies the final model into the user models folder (then it appears in
+    ``core.models.list_models()`` and the widgets' model lists).
+    """
+    import torch
+    from ..models import resolve_device
+
+    overrides = {"train.epochs": epochs, "folds": folds, "train.max_minutes": max_minutes}
+    cfg = load_config(cfg, **overrides)
+    if limit:
+        cfg["_limit"] = int(limit)
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    dist = ddp.setup(dev)
+    dev = ddp.device_for(dev, dist)
+    yield TrainProgress(stage="prepare", message=f"preparing {cfg['task']} on {dev}"
+                        + (f" (DDP {dist.world_size} processes)" if dist.enabled else ""),
+                        phase="prepare")
+    task: TrainTask = TASKS[cfg["task"]](cfg)
+    records = task.patients()
+    if not records:
+        raise ConfigError(f"task {cfg['task']}: no patients found in {cfg.get('data')}")
+    records = sp.limit_records(records, limit, int(cfg.get("seed", 0)))
+    if limit and int(cfg.get("folds") or 0) > max(2, len(records) // 2):
+        # a smoke run on a handful of patients: fewer folds rather than an error
+        k_new = max(2, len(records) // 2)
+        yield TrainProgress(stage="prepare", phase="prepare",
+                            message=f"--limit {limit}: {cfg['folds']}-fold CV reduced to "
+                                    f"{k_new} folds")
+        cfg["folds"] = k_new
+    plan = make_plan(task, records, cfg, lenient=bool(limit))
+    phash = _plan_hash(plan, cfg)
+    state_prev = None
+    if out.exists() and (out / ckpt.CHECKPOINT).exists() and not resume:
+        raise ConfigError(f"{out} already holds a run; use --resume to continue it or choose "
+                          "another --out folder")
+    if resume:
+        state_prev = ckpt.read_checkpoint(out)
+        if state_prev is None:
+            raise ConfigError(f"nothing to resume in {out} (no {ckpt.CHECKPOINT})")
+        if state_prev[1].get("plan_hash") != phash:
+            raise ConfigError(f"{out}: the checkpoint was made with another config, data or "
+                              "--limit/--folds; resume with the same options or start a new run")
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "folds").mkdir(exist_ok=True)
+        from ..models import atomic_write_text
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
+        atomic_write_text(out / "splits.json", json.dumps(plan, indent=1))
+    ddp.barrier(dist)
+
+    run = _Run(cfg, task, out, dev, dist, cancel)
+    n_folds = len(plan)
+    ep = int(cfg["train"]["epochs"])
+    bs = int(cfg["train"]["batch_size"])
+    # estimated total steps (training patients -> items is task specific: use the first fold)
+    completed: List[Dict[str, Any]] = []
+    start_fold, resume_tensors = 0, None
+    if state_prev is not None:
+        tensors, st = state_prev
+        completed = st.get("completed", [])
+        run.history = st.get("history", [])
+        run.samples_per_epoch = st.get("samples_per_epoch", [])
+        start_fold = int(st["fold"])
+        if st.get("stage_done"):
+            start_fold += 1
+        elif int(st.get("epoch", 0)) >= 1 and not st.get("stopped"):
+            resume_tensors = (tensors, st)
+        elif st.get("stopped"):
+            resume_tensors = (tensors, dict(st, epoch=10 ** 9))   # stage finished training
+    stages = list(plan)
+    final_mode = cfg.get("final", "best_fold")
+    if final_mode == "retrain" and n_folds >= 1:
+        stages.append({"fold": n_folds, "train": [r.patient_id for r in records], "val": [],
+                       "test": [], "final": True})
+
+    def save_state(model, opt, sched, scaler, stage_state):
+        if not dist.is_main:
+            return
+        st = {"plan_hash": phash, "completed": completed, "history": run.history,
+              "samples_per_epoch": run.samples_per_epoch, "task": cfg["task"],
+              "n_folds": n_folds}
+        st.update(stage_state)
+        ckpt.save_checkpoint(out, model, opt, state=st, scheduler=sched, scaler=scaler)
+    run.save_state = save_state
+
+    model = None
+    try:
+        for si, stage in enumerate(stages):
+            if si < start_fold:
+                continue
+            _progress.check(cancel)
+            if stage.get("final"):
+                best_epochs = [c["best_epoch"] for c in completed if c.get("best_epoch")]
+                stage["epochs"] = max(1, int(statistics.median(best_epochs))) if best_epochs else ep
+            # rough total steps for the progress bar / ETA (refined once the data are built)
+            run.stages, run.stage_index = stages, si
+            run.steps_total = max(run.steps_done + 1, _estimate_steps(run, stages, si, bs, ep))
+            rs = resume_tensors if si == start_fold else None
+            if rs is not None and int(rs[1].get("epoch", 0)) >= int(stage.get("epochs") or ep):
+                rs = (rs[0], dict(rs[1], epoch=int(stage.get("epochs") or ep)))
+            model, info = yield from _train_stage(run, stage, n_folds, rs)
+            _progress.check(cancel)
+            rec: Dict[str, Any] = {"fold": stage["fold"] + 1, **info,
+                                   "final": bool(stage.get("final"))}
+            if dist.is_main and stage["test"]:
+                yield TrainProgress(stage="test", done=run.steps_done, total=run.steps_total,
+                                    message=f"testing fold {stage['fold'] + 1} on "
+                                            f"{len(stage['test'])} held-out patients",
+                                    phase="test", fold=stage["fold"], n_folds=n_folds,
+                                    eta_s=run.eta())
+                tm = _evaluate_test(run, model, stage["test"])
+                rec["test"] = {k: v for k, v in _scalars(tm).items()}
+                preds = tm.get("predictions") or []
+                for p in preds:
+                    p.setdefault("fold", stage["fold"] + 1)
+                rec["predictions"] = preds
+                rec["n_test"] = len(stage["test"])
+                base = task.baseline(stage["train"] + stage["val"], stage["test"]) \
+                    if hasattr(task, "baseline") else None
+                if base:
+                    rec["baseline"] = _scalars(base)
+            completed.append(rec)
+            save_state(model, None, None, None, {"fold": si, "epoch": 0, "stage_done": True})
+            ddp.barrier(dist)
+            if si < len(stages) - 1:
+                del model
+                model = None
+                _release(dev)
+        yield TrainProgress(stage="report", done=run.steps_done, total=run.steps_done,
+                            message="writing the model, card and report", phase="report")
+        result = _finish(run, records, plan, completed, model, install)
+        result.rank = dist.rank
+        yield result
+    finally:
+        model = None
+        _release(dev)
+        ddp.teardown(dist)
+
+
+def _release(device: str) -> None:
+    """Give GPU memory back. (No gc.collect() on CPU: a full collection in a worker thread holds
+    the GIL for a long time inside a GUI process and would freeze its event loop.)"""
+    if str(device).startswith("cuda"):
+        import torch
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _estimate_steps(run: _Run, stages, si: int, bs: int, ep: int) -> int:
+    # items per patient: what the task says, else what the last stage measured
+    per = float(getattr(run.task, "items_per_patient", 0) or run.items_per_patient or 1)
+    tot = run.steps_done
+    for s in stages[si:]:
+        n = len(s["train"]) * per / run.dist.world_size
+        tot += int(math.ceil(n / bs)) * int(s.get("epochs") or ep)
+    return tot
+
+
+def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainResult:
+    from ..evaluate.metrics import cv_summary
+    from ..models import load_state_dict_file, new_card, save_model, user_models_dir
+
+    cfg, task, out = run.cfg, run.task, run.out
+    fold_recs = [c for c in completed if not c.get("final")]
+    summary = cv_summary([c.get("test", {}) for c in fold_recs if c.get("test")])
+    base_summary = cv_summary([c["baseline"] for c in fold_recs if c.get("baseline")])
+    final_mode = cfg.get("final", "best_fold")
+    if final_mode == "retrain" and any(c.get("final") for c in completed):
+        src = next(c for c in completed if c.get("final"))
+        chosen = {"mode": "retrain", "epochs": src["best_epoch"],
+                  "note": "retrained on all patients for the median best epoch of the folds "
+                          "(chosen by inner validation)"}
+    else:
+        scored = [c for c in fold_recs if c.get("best_score") is not None]
+        src = max(scored, key=lambda c: c["best_score"]) if scored else fold_recs[0]
+        chosen = {"mode": "best_fold", "fold": src["fold"],
+                  "note": "the fold model with the best inner-validation score (test folds are "
+                          "never used for selection)"}
+    if chosen["mode"] == "retrain":
+        trained_ids = [r.patient_id for r in records]
+    else:
+        st = next((p for p in plan if p["fold"] + 1 == src["fold"]), None)
+        trained_ids = list(st["train"]) + list(st["val"]) if st else \
+            [r.patient_id for r in records]
+    if not run.dist.is_main:
+        return TrainResult(run_dir=out, model_path=None, card_path=None, report_path=None,
+                           report_json=None, fold_metrics=fold_recs, cv_summary=summary,
+                           final=final_mode, history=run.history,
+                           samples_per_epoch=run.samples_per_epoch)
+    state = load_state_dict_file(src["best_path"])
+    name = str(cfg.get("name") or task.name)
+    k = int(cfg.get("folds") or 0)
+    protocol = (f"patient-level {k}-fold cross-validation (stratified, grouped, seed "
+                f"{cfg.get('seed', 0)}), metrics on each held-out fold; mean, SD and 95% "
+                f"t-interval over folds" if k >= 2 else
+                f"one patient-level held-out split ({cfg.get('test_fraction')} of patients, "
+                f"seed {cfg.get('seed', 0)})")
+    if cfg.get("_limit"):
+        protocol += f"; smoke run limited to {cfg['_limit']} patients"
+    cfg_clean = {kk: v for kk, v in cfg.items() if not kk.startswith("_")}
+    fields = dict(task.card_fields())
+    card = new_card(
+        name, task.model_task, task.architecture(), **fields,
+        training_data={"datasets": fields.get("datasets") or cfg.get("data"),
+                       # the patients whose data trained (or selected) the shipped weights
+                       "patients": trained_ids,
+                       "n_patients": len(trained_ids),
+                       # every patient of the run (the CV cohort)
+                       "cohort": [r.patient_id for r in records],
+                       "n_cohort": len(records)},
+        config=cfg_clean,
+        metrics={"cv": summary, "protocol": protocol,
+                 "per_fold": [{"fold": c["fold"], **c.get("test", {}),
+                               "best_epoch": c.get("best_epoch"),
+                               "val_score": c.get("best_score"), "n_test": c.get("n_test")}
+                              for c in fold_recs]},
+        baseline=base_summary or None, final_model=chosen, train_task=task.name)
+    model_path = save_model(out / f"{name}.safetensors", state, card)
+    card_path = model_path.with_suffix(".card.json")
+    report_html = report_json = None
+    try:
+        from ..evaluate.report import write_report
+        report_html, report_json = write_report(
+            out / "report", title=f"{name} ({task.name})", history=run.history,
+            folds=fold_recs, summary=summary, baseline=base_summary, card=card)
+    except ImportError:  # pragma: no cover
+        pass
+    installed = None
+    if install:
+        d = user_models_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        installed = d / model_path.name
+        shutil.copy2(model_path, installed.with_suffix(".safetensors.tmp"))
+        import os
+        os.replace(installed.with_suffix(".safetensors.tmp"), installed)
+        shutil.copy2(card_path, d / card_path.name)
+    run.log(f"finished: {model_path}; cv {json.dumps(summary, default=str)}")
+    return TrainResult(run_dir=out, model_path=model_path, card_path=card_path,
+                       report_path=report_html, report_json=report_json, fold_metrics=fold_recs,
+                       cv_summary=summary, final=final_mode, installed_path=installed,
+                       history=run.history, samples_per_epoch=run.samples_per_epoch, card=card)
+
+
+def warm_up() -> None:
+    """Import the heavy modules a training run needs (torch's optimizer machinery, MONAI
+    transforms, sklearn, scipy, safetensors, matplotlib). Call it once in a GUI's main thread
+    before starting a run: imports in the worker thread hold the GIL through C-extension
+    initialisation and would freeze the event loop for a second or more."""
+    import importlib
+    for m in ("torch", "torch._dynamo", "torch.utils.data", "safetensors.torch", "h5py",
+              "monai.transforms", "monai.losses", "sklearn.model_selection", "sklearn.metrics",
+              "scipy.stats", "pandas", "yaml", "matplotlib.figure",
+              "matplotlib.backends.backend_agg", "lifelines"):
+        try:
+            importlib.import_module(m)
+        except Exception:  # optional pieces; a real problem shows up in the run itself
+            pass
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    report_path: Path
+    report_json: Path
+    metrics: Dict[str, Any]
+    n_patients: int
+    model: str
+
+
+def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path], *,
+                   device: str = "auto", labels: Optional[str] = None,
+                   limit: Optional[int] = None, config: Optional[Dict[str, Any]] = None,
+                   cancel: Optional[CancelToken] = None
+                   ) -> Iterator[Union[Progress, EvalResult]]:
+    """Evaluate an installed model (name or path) on every patient of ``data`` with its training
+    task's ``evaluate`` and write a report. ``data`` is a folder (or a labels CSV, taken as the
+    ``labels`` table of its folder); the model's card names the task and config."""
+    import torch
+    from ..models import load_model, read_card, find_model, resolve_device
+    from ..evaluate.report import write_report
+
+    path = find_model(model)
+    card = read_card(path)
+    tcfg = dict(card.get("config") or {})
+    task_name = card.get("train_task") or tcfg.get("task")
+    if not task_name:
+        raise ConfigError(f"{path.name}: its card names no training task, so it cannot be "
+                          "evaluated by the engine")
+    data = Path(data)
+    if data.suffix.lower() == ".csv":
+        labels = labels or str(data)
+        data = data.parent
+    cfg_in = {**tcfg, **(config or {}), "task": task_name, "data": str(data)}
+    if labels:
+        cfg_in["labels"] = labels
+    cfg_in.pop("_source", None)
+    cfg = load_config(cfg_in)
+    dev = resolve_device(device)
+    yield Progress(stage="evaluate", message=f"loading {path.name}")
+    lm = load_model(str(path), task=card.get("task"), device=dev)
+    task: TrainTask = TASKS[task_name](cfg)
+    records = sp.limit_records(task.patients(), limit, int(cfg.get("seed", 0)))
+    ids = [r.patient_id for r in records]
+    if not ids:
+        raise ConfigError(f"no patients found in {data}")
+    trained_on = set(((card.get("training_data") or {}).get("patients")) or [])
+    overlap = sorted(set(ids) & trained_on)
+    _progress.check(cancel)
+    yield Progress(stage="evaluate", done=0, total=1,
+                   message=f"evaluating on {len(ids)} patients")
+    _, ds = task.make_datasets([], ids)
+    with torch.no_grad():
+        m = task.evaluate(lm.module, ds, dev)
+    _progress.check(cancel)
+    scal = _scalars(m)
+    note = (f"{len(overlap)} of the {len(ids)} patients were in the model's training data: "
+            "these metrics are not independent" if overlap else
+            "none of these patients was in the model's training data")
+    out = Path(out_dir)
+    summary = {k: {"mean": v, "sd": None, "ci95": [None, None], "n": 1, "per_fold": [v]}
+               for k, v in scal.items()}
+    html_p, json_p = write_report(out, title=f"{path.stem} on {data.name}",
+                                  summary=summary, predictions=m.get("predictions") or [],
+                                  card={**card, "metrics": {"protocol": f"evaluation of a "
+                                        f"trained model on {len(ids)} patients; {note}"}})
+    del lm
+    _release(dev)
+    yield Progress(stage="evaluate", done=1, total=1, message="done")
+    yield EvalResult(out_dir=out, report_path=html_p, report_json=json_p,
+                     metrics={**scal, "n_patients": len(ids), "in_training_data": len(overlap),
+                              "note": note},
+                     n_patients=len(ids), model=path.stem)

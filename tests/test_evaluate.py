@@ -1,0 +1,126 @@
+"""Metrics, reports, `radiogen evaluate`, `radiogen models`, `radiogen bench`."""
+import json
+
+import numpy as np
+import pytest
+
+from napari_radiogen.core.evaluate import metrics as M
+from napari_radiogen.core.evaluate.report import write_report
+
+
+def test_auc_matches_sklearn_and_bootstrap_ci():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    s = np.round(y * 0.6 + rng.random(80), 1)          # ties on purpose
+    assert abs(M.roc_auc(y, s) - roc_auc_score(y, s)) < 1e-12
+    assert M.roc_auc([1, 1], [0.2, 0.3]) is None
+    a = M.auc_with_ci(y, s, n_boot=300)
+    assert a["ci95"][0] < a["auc"] < a["ci95"][1]
+
+
+def test_classification_metrics_and_cv_summary():
+    m = M.classification_metrics([0, 0, 1, 1, 1], [0.1, 0.6, 0.7, 0.8, 0.4],
+                                 classes=["wt", "mut"])
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["confusion"] == [[1, 1], [1, 2]]
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    mc = M.classification_metrics([0, 1, 2], np.eye(3))
+    assert mc["accuracy"] == 1 and mc["auc"] == 1
+    s = M.cv_summary([{"auc": 0.7}, {"auc": 0.8}, {"auc": 0.9}])["auc"]
+    assert s["mean"] == pytest.approx(0.8) and s["sd"] == pytest.approx(0.1)
+    from scipy import stats
+    h = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert s["ci95"] == pytest.approx([0.8 - h, 0.8 + h])
+
+
+def test_dice_hd95():
+    a = np.zeros((20, 20, 20), np.uint8)
+    a[5:15, 5:15, 5:15] = 2
+    b = np.zeros_like(a)
+    b[5:15, 5:15, 7:17] = 2
+    r = M.dice_hd95(a, b)
+    assert r["dice"]["WT"] == pytest.approx(0.8)
+    assert r["hd95"]["WT"] == pytest.approx(2.0)
+    assert r["dice"]["ET"] == 1.0                      # absent in both
+
+
+def test_report_sections(tmp_path):
+    rng = np.random.default_rng(1)
+    preds = [{"patient_id": f"p{i}", "target": "idh", "y_true": int(i % 2),
+              "y_prob": float(0.3 + 0.4 * (i % 2) + 0.1 * rng.random()),
+              "classes": ["wildtype", "mutant"], "time": float(rng.exponential(500)),
+              "event": int(rng.random() < 0.6), "risk": float(rng.normal()),
+              "dice": {"WT": float(rng.uniform(0.6, 0.9))}, "hd95": {"WT": float(rng.uniform(2, 9))}}
+             for i in range(30)]
+    hist = [{"fold": 1, "epoch": e, "train_loss": 1 / e, "val_auc": 0.5 + e / 10}
+            for e in (1, 2, 3)]
+    html, js = write_report(tmp_path / "rep", title="t", history=hist,
+                            folds=[{"fold": 1, "predictions": preds}],
+                            summary=M.cv_summary([{"auc": 0.8}, {"auc": 0.9}]))
+    data = json.loads(js.read_text())
+    assert data["classification"]["idh"]["auc"] == 1.0
+    assert data["segmentation"]["WT"]["dice"]["n"] == 30
+    assert "c_index" in data["survival"] and "logrank_p" in data["survival"]
+    figs = {p.name for p in (tmp_path / "rep" / "figures").iterdir()}
+    assert {"curves.png", "roc_idh.png", "segmentation.png", "km.png"} <= figs
+    text = html.read_text()
+    assert "roc_idh.png" in text and "km.png" in text
+
+
+@pytest.fixture
+def phantom_model(tmp_path_factory):
+    import torch
+    from napari_radiogen.core.progress import run
+    from napari_radiogen.core.train.engine import train
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    res = run(train({"name": "phantom-eval", "task": "phantom-demo", "data": "phantom",
+                     "phantom": {"n": 8, "slices": 2, "size": 16},
+                     "model": {"width": 4, "depth": 2},
+                     "train": {"epochs": 1, "batch_size": 4}, "test_fraction": 0.25},
+                    out / "r", device="cpu", install=True))
+    return res
+
+
+def test_cli_evaluate_and_models(phantom_model, tmp_path, capsys):
+    from napari_radiogen.cli import main
+    assert main(["evaluate", str(phantom_model.model_path), "phantom", "--out",
+                 str(tmp_path / "ev"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    card = json.loads(phantom_model.card_path.read_text())
+    assert out["n_patients"] == 8
+    assert out["in_training_data"] == len(card["training_data"]["patients"]) < 8
+    assert (tmp_path / "ev" / "report.html").exists()
+    assert main(["models", "--task", "demo-classification", "--json"]) == 0
+    ms = json.loads(capsys.readouterr().out)
+    assert "phantom-eval" in [m["name"] for m in ms]
+    assert main(["models"]) == 0
+    assert "phantom-eval" in capsys.readouterr().out
+    assert main(["evaluate", "no-such-model", "phantom", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_bench_subset(capsys):
+    from napari_radiogen.cli import main
+    assert main(["bench", "--json", "--stages", "load,train_step"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    st = {s["stage"]: s for s in out["stages"]}
+    assert st["train_step"]["status"] == "ok" and st["train_step"]["seconds"] > 0
+    assert st["load"]["status"] in ("ok", "failed")     # the sample case may be absent
+    assert out["peak_rss_mb"] > 50
+    assert main(["bench", "--stages", "nope"]) == 2
+
+
+def test_report_understands_the_families_flat_prediction_rows():
+    from napari_radiogen.core.evaluate.report import normalise_predictions
+    rows = [{"patient_id": "a", "idh": 0.8, "y_idh": 1, "grade": 0.3, "y_grade": 0,
+             "risk": 0.2, "os_days": 300.0, "os_event": 1.0, "fold": 1},
+            {"patient_id": "b", "dice_WT": 0.7, "hd95_WT": 4.0, "dice_TC": 0.5},
+            {"patient_id": "c", "target": "t1", "psnr_db": 14.0, "ssim_brain": 0.5}]
+    s = normalise_predictions(rows)
+    assert {(c["target"], c["y_true"], c["y_prob"]) for c in s["classification"]} == \
+        {("idh", 1, 0.8), ("grade", 0, 0.3)}
+    assert s["survival"] == [{"patient_id": "a", "time": 300.0, "event": 1, "risk": 0.2}]
+    assert s["segmentation"][0]["dice"] == {"WT": 0.7, "TC": 0.5}
+    assert s["segmentation"][0]["hd95"] == {"WT": 4.0}
+    assert s["other"] == [{"group": "t1", "psnr_db": 14.0, "ssim_brain": 0.5}]

@@ -1,0 +1,380 @@
+"""The training engine on CPU: phantom runs, checkpoints/resume/cancel, config errors, safety."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_radiogen.core.errors import Cancelled, ConfigError, ModelFileError  # noqa: E402
+from napari_radiogen.core.progress import CancelToken  # noqa: E402
+from napari_radiogen.core.train import engine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_cfg(**over):
+    cfg = {"name": "phantom-test", "task": "phantom-demo", "data": "phantom",
+           "phantom": {"n": 12, "slices": 2, "size": 16, "seed": 0},
+           "model": {"width": 4, "depth": 2},
+           "train": {"epochs": 2, "batch_size": 4, "lr": 1e-2, "val_fraction": 0.25,
+                     "sampler": "weighted", "loss": {"name": "focal"}, "grad_clip": 1.0},
+           "folds": 0, "test_fraction": 0.25, "seed": 0}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def drive(gen, on_progress=None):
+    result, items = None, []
+    for it in gen:
+        if isinstance(it, engine.TrainResult):
+            result = it
+        else:
+            items.append(it)
+            if on_progress:
+                on_progress(it)
+    return result, items
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_two_epoch_phantom_run_writes_checkpoint_card_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    res, items = drive(engine.train(tiny_cfg(), tmp_path / "run", device="cpu", install=True))
+    assert res is not None
+    run = tmp_path / "run"
+    assert (run / "checkpoint.safetensors").exists() and (run / "state.json").exists()
+    assert res.model_path.exists() and res.card_path.exists()
+    assert res.report_path.exists() and res.report_json.exists()
+    assert (run / "report" / "figures" / "curves.png").exists()
+    card = json.loads(res.card_path.read_text())
+    assert card["task"] == "demo-classification"
+    assert card["config"]["train"]["epochs"] == 2
+    assert set(card["training_data"]["cohort"]) == {f"phantom-{i:03d}" for i in range(12)}
+    splits0 = json.loads((tmp_path / "run" / "splits.json").read_text())[0]
+    assert set(card["training_data"]["patients"]) == set(splits0["train"]) | set(splits0["val"])
+    assert "cv" in card["metrics"] and "auc" in card["metrics"]["cv"]
+    assert card["final_model"]["mode"] == "best_fold"
+    # two epoch-end progress items with losses and metrics, and a time-left estimate
+    ends = [p for p in items if getattr(p, "epoch_end", False)]
+    assert [p.epoch for p in ends] == [1, 2]
+    assert all(p.loss is not None and "val_auc" in p.metrics for p in ends)
+    assert any(p.eta_s is not None for p in items)
+    # the held-out patients never trained the model, and are disjoint from validation
+    splits = json.loads((run / "splits.json").read_text())[0]
+    assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
+    # installed into the user models folder, loadable, and the task check works
+    from napari_radiogen.core import models
+    names = [m["name"] for m in models.list_models("demo-classification")]
+    assert "phantom-test" in names
+    lm = models.load_model("phantom-test", task="demo-classification")
+    assert lm.module(torch.zeros(1, 1, 16, 16)).shape == (1, 2)
+    with pytest.raises(ModelFileError):
+        models.load_model("phantom-test", task="segmentation")
+    report = json.loads(res.report_json.read_text())
+    assert report["classification"]["blob"]["n"] == len(splits["test"])
+
+
+def test_cv_folds_and_retrain(tmp_path):
+    cfg = tiny_cfg(folds=3, final="retrain", train={"epochs": 1})
+    res, _ = drive(engine.train(cfg, tmp_path / "cv", device="cpu"))
+    assert len(res.fold_metrics) == 3
+    tests = [set(json.loads((tmp_path / "cv" / "splits.json").read_text())[i]["test"])
+             for i in range(3)]
+    assert set().union(*tests) == {f"phantom-{i:03d}" for i in range(12)}
+    assert sum(len(t) for t in tests) == 12
+    s = res.cv_summary["auc"]
+    assert s["n"] == 3 and len(s["per_fold"]) == 3
+    assert res.card["final_model"]["mode"] == "retrain"
+    # 3 fold stages + the retrain on all 12 patients
+    assert {h["fold"] for h in res.history} == {1, 2, 3, 4}
+    assert res.history[-1]["samples"] == 12 * 2
+
+
+def test_cancel_mid_epoch_keeps_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(train={"epochs": 3})
+    tok = CancelToken()
+
+    def on_p(p):
+        if p.phase == "train" and p.epoch == 2 and p.step == 1:
+            tok.cancel()
+    with pytest.raises(Cancelled):
+        drive(engine.train(cfg, run, device="cpu", cancel=tok), on_p)
+    st = json.loads((run / "state.json").read_text())
+    assert st["epoch"] == 1 and st["fold"] == 0
+    before = (run / "checkpoint.safetensors").read_bytes()
+    # a fresh run into the same folder is refused; a resume with other options too
+    with pytest.raises(ConfigError):
+        drive(engine.train(cfg, run, device="cpu"))
+    with pytest.raises(ConfigError):
+        drive(engine.train(tiny_cfg(train={"epochs": 3, "batch_size": 2}), run, device="cpu",
+                           resume=True))
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+    res, items = drive(engine.train(cfg, run, device="cpu", resume=True))
+    epochs = [h["epoch"] for h in res.history]
+    assert epochs == [1, 2, 3]
+    assert [p.epoch for p in items if getattr(p, "epoch_end", False)] == [2, 3]
+    assert res.model_path.exists()
+
+
+def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
+    """A kill during the write of a checkpoint never corrupts the previous one."""
+    from napari_radiogen.core import models
+    from napari_radiogen.core.train import checkpoint as ck
+    run = tmp_path / "run"
+    cfg = tiny_cfg(train={"epochs": 2})
+    real = models._atomic_write_bytes
+    calls = {"n": 0}
+
+    def dying(path, data):
+        if Path(path).name == "checkpoint.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 2:          # the second epoch's checkpoint dies half-written
+                with open(Path(path).parent / ".partial.tmp", "wb") as f:
+                    f.write(data[: len(data) // 2])
+                raise KeyboardInterrupt
+        return real(path, data)
+    monkeypatch.setattr(ck, "_atomic_write_bytes", dying)
+    with pytest.raises(KeyboardInterrupt):
+        drive(engine.train(cfg, run, device="cpu"))
+    tensors, state = ck.read_checkpoint(run)
+    assert state["epoch"] == 1
+    monkeypatch.setattr(ck, "_atomic_write_bytes", real)
+    res, _ = drive(engine.train(cfg, run, device="cpu", resume=True))
+    assert [h["epoch"] for h in res.history] == [1, 2]
+
+
+def test_checkpoint_roundtrip_restores_optimizer(tmp_path):
+    from napari_radiogen.core.train import checkpoint as ck
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(m.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    for _ in range(3):
+        opt.zero_grad()
+        m(torch.randn(4, 3)).sum().backward()
+        opt.step()
+        sched.step()
+    ck.save_checkpoint(tmp_path, m, opt, state={"epoch": 3}, scheduler=sched)
+    m2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.OneCycleLR(opt2, max_lr=0.1, total_steps=10)
+    tensors, state = ck.read_checkpoint(tmp_path)
+    ck.load_into(tensors, state, m2, opt2, sched2)
+    assert state["epoch"] == 3
+    assert torch.equal(m.weight, m2.weight)
+    a, b = opt.state_dict(), opt2.state_dict()
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
+    assert sched.get_last_lr() == sched2.get_last_lr()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickled_checkpoint_with_code_is_refused(tmp_path):
+    from napari_radiogen.core.models import load_state_dict_file
+    p = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _Evil()}, p)
+    with pytest.raises(ModelFileError, match="refused"):
+        load_state_dict_file(p)
+    # a custom class (not just a reduce to os.system) is refused too
+    p2 = tmp_path / "custom.pt"
+    torch.save({"w": torch.nn.Linear(2, 2)}, p2)
+    with pytest.raises(ModelFileError):
+        load_state_dict_file(p2)
+    # plain tensors load
+    p3 = tmp_path / "ok.pt"
+    torch.save({"w": torch.ones(2)}, p3)
+    assert torch.equal(load_state_dict_file(p3)["w"], torch.ones(2))
+
+
+# ---- bad input, refused before training ------------------------------------------------------
+def test_unknown_task_and_sequence_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown task"):
+        drive(engine.train(tiny_cfg(task="no-such-task"), tmp_path / "a", device="cpu"))
+    with pytest.raises(ConfigError, match="unknown sequence"):
+        drive(engine.train(tiny_cfg(sequences=["dwi"]), tmp_path / "b", device="cpu"))
+    with pytest.raises(ConfigError, match="epochs"):
+        drive(engine.train(tiny_cfg(train={"epochs": 0}), tmp_path / "c", device="cpu"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_empty_split_is_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        drive(engine.train(tiny_cfg(phantom={"n": 3}, folds=5), tmp_path / "a", device="cpu"))
+    assert not (tmp_path / "a").exists()
+
+
+def _lgg_like(tmp_path, rows, header="patient_id,idh\n"):
+    import h5py
+    import numpy as np
+    d = tmp_path / "packs"
+    d.mkdir(exist_ok=True)
+    for pid in ("P1", "P2", "P3", "P4"):
+        with h5py.File(d / f"{pid}.h5", "w") as f:
+            f["image"] = np.zeros((2, 3, 128, 128), np.uint8)
+            f["mask"] = np.zeros((2, 128, 128), np.uint8)
+    (d / "labels.csv").write_text(header + "".join(rows))
+    return {"task": "lgg-idh-slices", "data": str(d), "labels": str(d / "labels.csv"),
+            "train": {"epochs": 1}}
+
+
+@pytest.mark.parametrize("rows,match", [
+    (["P1,mutant\n", "P2,wildtype\n", "P9,mutant\n"], "no images"),
+    (["P1,mutant\n", "P2,\n", "P3,wildtype\n"], "lack the label"),
+    (["P1,mutant\n", "P2,mutant\n", "P3,mutant\n"], "class"),
+    (["P1,mutant\n", "P2,banana\n", "P3,wildtype\n"], "unexpected value"),
+])
+def test_bad_label_tables_are_config_errors(tmp_path, rows, match):
+    cfg = _lgg_like(tmp_path, rows)
+    with pytest.raises(ConfigError, match=match):
+        drive(engine.train(cfg, tmp_path / "run", device="cpu"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_sequence_in_packs_is_config_error(tmp_path):
+    cfg = _lgg_like(tmp_path, ["P1,mutant\n", "P2,wildtype\n"])
+    cfg["sequences"] = ["flair", "t2"]
+    with pytest.raises(ConfigError, match="t2"):
+        drive(engine.train(cfg, tmp_path / "run", device="cpu"))
+
+
+def test_losses():
+    from napari_radiogen.core.train.losses import FocalLoss, cox_ph_loss, make_loss
+    logits = torch.randn(8, 3)
+    y = torch.randint(0, 3, (8,))
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(FocalLoss(gamma=0)(logits, y), ce, atol=1e-6)
+    assert FocalLoss(gamma=2)(logits, y) < ce
+    assert isinstance(make_loss({"name": "dicece"}), torch.nn.Module)
+    with pytest.raises(ConfigError):
+        make_loss({"name": "focal", "class_weights": [1, 2]}, n_classes=3)
+    # Cox partial likelihood against a direct computation (no ties)
+    risk = torch.tensor([0.5, -0.2, 1.0, 0.1])
+    t = torch.tensor([5.0, 3.0, 1.0, 8.0])
+    e = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    ll = 0.0
+    for i in range(4):
+        if e[i]:
+            ll += risk[i] - torch.log(torch.exp(risk[t >= t[i]]).sum())
+    assert torch.allclose(cox_ph_loss(risk, t, e), -ll / 3, atol=1e-6)
+
+
+def test_cli_train_list_and_errors(tmp_path):
+    from napari_radiogen.cli import main
+    assert main(["train", "--list"]) == 0
+    assert main(["train", "no-such-config", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_limit4_real_lgg_patients(tmp_path, shared_data):
+    cfg = {"name": "lgg-smoke", "task": "lgg-idh-slices", "data": str(shared_data / "tcga-lgg"),
+           "missing_labels": "drop", "model": {"slices": 2, "size": 32, "width": 4, "depth": 2},
+           "train": {"epochs": 2, "batch_size": 4, "val_fraction": 0.25}, "folds": 0,
+           "test_fraction": 0.25}
+    res, items = drive(engine.train(cfg, tmp_path / "lgg", device="cpu", limit=4))
+    assert res.model_path.exists() and res.card_path.exists() and res.report_path.exists()
+    card = json.loads(res.card_path.read_text())
+    assert len(card["training_data"]["cohort"]) == 4
+    assert all(p.startswith("TCGA_") for p in card["training_data"]["cohort"])
+    assert "smoke run limited to 4" in card["metrics"]["protocol"]
+    assert [h["epoch"] for h in res.history] == [1, 2]
+
+
+@pytest.mark.slow
+def test_cli_limit4_real_lgg_with_the_prediction_family(tmp_path, shared_data, monkeypatch):
+    """`radiogen train <prediction config> --limit 4 --epochs 2` on real TCGA-LGG patients."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import CONFIG_DIR
+    cfgs = [c for c in ("prediction_mil", "prediction_cnn3d") if (CONFIG_DIR / f"{c}.yaml").exists()]
+    if "prediction-mil" not in TASKS or not cfgs:
+        pytest.skip("the prediction family is not registered")
+    from napari_radiogen.cli import main
+    out = tmp_path / "run"
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    assert main(["train", cfgs[0], "--out", str(out), "--limit", "4", "--epochs", "2",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert (out / "checkpoint.safetensors").exists()
+    models = [p for p in out.glob("*.safetensors") if p.name != "checkpoint.safetensors"]
+    assert len(models) == 1
+    card = json.loads(models[0].with_suffix(".card.json").read_text())
+    assert len(card["training_data"]["cohort"]) == 4
+    assert (out / "report" / "report.html").exists()
+    assert not (tmp_path / "models").exists()          # --limit runs are not installed
+    st = json.loads((out / "state.json").read_text())
+    assert {h["epoch"] for h in st["history"]} == {1, 2}
+
+
+def test_freeze_and_early_stopping(tmp_path):
+    from napari_radiogen.core.models import load_state_dict_file
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    # frozen prefixes keep their initial weights (same seed -> same init)
+    cfg = tiny_cfg(train={"epochs": 2, "freeze": ["features.0."]})
+    res, _ = drive(engine.train(cfg, tmp_path / "f", device="cpu"))
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    init = TASKS["phantom-demo"](load_config(cfg)).build_model().state_dict()
+    final = load_state_dict_file(res.model_path)
+    assert torch.equal(final["features.0.weight"], init["features.0.weight"])
+    assert not torch.equal(final["head.weight"], init["head.weight"])
+    with pytest.raises(ConfigError, match="froze every"):
+        drive(engine.train(tiny_cfg(train={"freeze": [""]}), tmp_path / "g", device="cpu"))
+    # early stopping: with lr 0 the validation score never improves after epoch 1
+    res, _ = drive(engine.train(tiny_cfg(train={"epochs": 6, "patience": 2, "lr": 0.0}),
+                                tmp_path / "e", device="cpu"))
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert res.fold_metrics[0]["best_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(tmp_path):
+    """A real `kill -9` of `radiogen train` leaves a readable checkpoint; --resume finishes."""
+    import signal
+    import time
+    import yaml
+    from napari_radiogen.core.train import checkpoint as ck
+    cfg = tiny_cfg(train={"epochs": 10}, phantom={"n": 12, "slices": 8, "size": 16})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "napari_radiogen", "train", str(path), "--out", str(out),
+           "--device", "cpu", "--no-install", "--quiet"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.time() + 180
+        while time.time() < end:
+            st = out / "state.json"
+            if st.exists() and json.loads(st.read_text()).get("epoch", 0) >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run did not reach epoch 2")
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    _, state = ck.read_checkpoint(out)               # never corrupt
+    assert state["epoch"] >= 2
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hist = json.loads((out / "state.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == list(range(1, 11))
