@@ -1,0 +1,333 @@
+"""Cases <-> napari layer data, in one place.
+
+Every layer made from a case carries ``metadata={"radiogen": {...}}`` with ``case_id``,
+``geometry`` (:class:`~napari_radiogen.core.case.Geometry`, canonical LPS), ``sequence``
+(``t1 t1ce t2 flair``, ``"labels"`` or a result name), ``source`` (path read from) and
+``synthetic`` (plus ``case_source``, the folder/file the case was read from, and
+``case_kind``; labels layers also ``label_names``). World coordinates are physical LPS millimetres in (z, y, x) order: ``scale`` is
+the voxel spacing, ``translate`` the origin, and ``rotate`` the direction cosines when the grid
+is oblique (scanner-native scans), so sequences on different grids overlay physically.
+
+This module needs no Qt and no viewer: it builds plain ``(data, kwargs, layer_type)`` tuples
+(napari's *LayerData*) and reads back from layers or their ``as_layer_data_tuple()`` meta.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..core.case import LABEL_NAMES, SEQUENCES, Case, Geometry, Volume
+from ..core.errors import GeometryError
+
+LayerData = Tuple[Any, Dict[str, Any], str]
+
+#: BraTS-viewer style colours (ITK-SNAP defaults used by the BraTS viewers): RGBA 0..1
+LABEL_COLORS: Dict[int, Tuple[float, float, float, float]] = {
+    1: (0.90, 0.10, 0.10, 1.0),   # necrotic / non-enhancing core: red
+    2: (0.10, 0.80, 0.20, 1.0),   # oedema: green
+    3: (0.20, 0.40, 1.00, 1.0),   # (unused in BraTS 2021; blue as in ITK-SNAP)
+    4: (1.00, 0.85, 0.00, 1.0),   # enhancing tumour: yellow
+}
+#: label names of the 2D TCGA-LGG slice packs (their masks are not BraTS labels)
+PACK_LABEL_NAMES: Dict[int, str] = {0: "background", 1: "FLAIR abnormality"}
+_PACK_COLORS = {1: (1.0, 0.55, 0.0, 1.0)}       # orange
+_UNKNOWN_COLOR = (1.0, 0.0, 1.0, 1.0)           # magenta: any label without a name
+_PERM = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=float)   # x,y,z <-> z,y,x
+
+
+# -- geometry <-> napari transforms --------------------------------------------------------------
+def geometry_kwargs(geometry: Geometry) -> Dict[str, Any]:
+    """``scale``/``translate`` (and ``rotate`` for oblique grids) placing a (z, y, x) array at
+    its physical LPS position in napari's (z, y, x) world."""
+    kw: Dict[str, Any] = {"scale": tuple(float(s) for s in geometry.napari_scale),
+                          "translate": tuple(float(t) for t in geometry.napari_translate)}
+    if not geometry.is_axis_aligned(tol=1e-6):
+        rot = _PERM @ geometry.direction_matrix @ _PERM
+        if np.linalg.det(rot) > 0:
+            kw["rotate"] = rot
+        else:   # a reflection cannot be a napari rotation: use the full affine instead
+            kw = {"affine": geometry.napari_affine()}
+    return kw
+
+
+def _zyx_matrix(meta: Mapping[str, Any], ndim: int) -> np.ndarray:
+    """The 4x4 data(z, y, x) -> world(z, y, x) matrix of layer kwargs (last 3 dims)."""
+    from_last3 = slice(ndim - 3, ndim)
+
+    def vec(key: str, default: float) -> np.ndarray:
+        v = meta.get(key)
+        if v is None:
+            return np.full(3, default)
+        return np.asarray(v, dtype=float).ravel()[-3:]
+
+    scale, translate = vec("scale", 1.0), vec("translate", 0.0)
+    rot = np.eye(3)
+    r = meta.get("rotate")
+    if r is not None:
+        r = np.asarray(r, dtype=float)
+        if r.ndim == 2:
+            rot = r[from_last3, from_last3] if r.shape[0] == ndim else r[-3:, -3:]
+    m = np.eye(4)
+    m[:3, :3] = rot @ np.diag(scale)
+    m[:3, 3] = translate
+    aff = meta.get("affine")
+    if aff is not None:
+        a = np.asarray(getattr(aff, "affine_matrix", aff), dtype=float)
+        a4 = np.eye(4)
+        a4[:3, :3] = a[-4:-1, -4:-1]
+        a4[:3, 3] = a[-4:-1, -1]
+        m = a4 @ m
+    return m
+
+
+def geometry_from_transform(meta: Mapping[str, Any], shape_zyx: Sequence[int]) -> Geometry:
+    """Geometry from a layer's ``scale``/``translate``/``rotate``/``affine`` (as in
+    ``layer.as_layer_data_tuple()[1]``) for an array of shape ``shape_zyx``."""
+    if len(shape_zyx) != 3:
+        raise GeometryError(f"a volume must be 3D (z, y, x), got shape {tuple(shape_zyx)}")
+    m = _zyx_matrix(meta, len(shape_zyx))
+    lin = _PERM @ m[:3, :3] @ _PERM            # x,y,z index -> x,y,z LPS
+    spacing = np.linalg.norm(lin, axis=0)
+    if np.any(spacing <= 0):
+        raise GeometryError("the layer's transform has a zero scale")
+    direction = lin / spacing
+    origin = _PERM @ m[:3, 3]
+    nz, ny, nx = (int(s) for s in shape_zyx)
+    return Geometry(size=(nx, ny, nz), spacing=tuple(spacing.tolist()),
+                    origin=tuple(origin.tolist()), direction=tuple(direction.ravel().tolist()))
+
+
+def _as_geometry(g: Any) -> Optional[Geometry]:
+    if isinstance(g, Geometry):
+        return g
+    if isinstance(g, Mapping):            # e.g. dataclasses.asdict(...) after a round trip
+        names = {f.name for f in fields(Geometry)}
+        kw = {k: (tuple(v) if isinstance(v, (list, np.ndarray)) else v)
+              for k, v in g.items() if k in names}
+        try:
+            return Geometry(**kw)
+        except TypeError:
+            return None
+    return None
+
+
+def radiogen_meta(layer_or_meta: Any) -> Dict[str, Any]:
+    """The ``radiogen`` metadata of a layer, or of a layer-data ``meta`` dict ({} if none)."""
+    if isinstance(layer_or_meta, Mapping):
+        md = layer_or_meta.get("metadata") or {}
+    else:
+        md = getattr(layer_or_meta, "metadata", None) or {}
+    rg = md.get("radiogen") if isinstance(md, Mapping) else None
+    return dict(rg) if isinstance(rg, Mapping) else {}
+
+
+def geometry_from_meta(meta: Mapping[str, Any], shape_zyx: Sequence[int]) -> Geometry:
+    """The geometry of layer data: ``meta["metadata"]["radiogen"]["geometry"]`` when it fits
+    ``shape_zyx``, else the layer's scale/translate/rotate/affine."""
+    g = _as_geometry(radiogen_meta(meta).get("geometry"))
+    if g is not None and tuple(g.shape) == tuple(int(s) for s in shape_zyx):
+        return g
+    return geometry_from_transform(meta, shape_zyx)
+
+
+def layer_geometry(layer: Any) -> Geometry:
+    """Geometry of a napari layer (radiogen metadata first, then its transform)."""
+    g = _as_geometry(radiogen_meta(layer).get("geometry"))
+    shape = tuple(np.shape(layer.data))
+    if g is not None and tuple(g.shape) == shape:
+        return g
+    meta = {"scale": layer.scale, "translate": layer.translate,
+            "rotate": getattr(layer, "rotate", None),
+            "affine": getattr(layer, "affine", None)}
+    return geometry_from_transform(meta, shape)
+
+
+# -- display defaults ------------------------------------------------------------------------------
+def contrast_limits(array: np.ndarray, lo: float = 0.5, hi: float = 99.5,
+                    max_samples: int = 2_000_000) -> Tuple[float, float]:
+    """Percentile contrast limits over the non-zero voxels (the brain, for skull-stripped
+    scans), on a strided subsample for speed."""
+    a = np.asarray(array)
+    flat = a.reshape(-1)
+    step = max(1, flat.size // max_samples)
+    s = flat[::step]
+    s = s[np.isfinite(s)] if s.dtype.kind == "f" else s
+    nz = s[s != 0]
+    if nz.size >= 100:
+        s = nz
+    if s.size == 0:
+        return (0.0, 1.0)
+    vmin, vmax = (float(v) for v in np.percentile(s, [lo, hi]))
+    if not vmax > vmin:
+        vmin, vmax = float(s.min()), float(s.max())
+        if not vmax > vmin:
+            vmax = vmin + 1.0
+    return (vmin, vmax)
+
+
+def label_names_for(case: Optional[Case] = None, kind: str = "volume") -> Dict[int, str]:
+    if case is not None:
+        names = case.meta.get("label_names") if isinstance(case.meta, Mapping) else None
+        if isinstance(names, Mapping) and names:
+            return {int(k): str(v) for k, v in names.items()}
+        kind = case.kind
+    return dict(PACK_LABEL_NAMES if kind == "slices" else LABEL_NAMES)
+
+
+def label_colormap(label_names: Mapping[int, str]) -> Dict[Any, Tuple[float, ...]]:
+    """A direct label colormap (dict) for napari: BraTS colours, background transparent,
+    unnamed labels magenta."""
+    pack_like = set(label_names) <= {0, 1} and label_names.get(1) == PACK_LABEL_NAMES[1]
+    colors = _PACK_COLORS if pack_like else LABEL_COLORS
+    cmap: Dict[Any, Tuple[float, ...]] = {None: _UNKNOWN_COLOR, 0: (0.0, 0.0, 0.0, 0.0)}
+    for v in label_names:
+        if v != 0:
+            cmap[int(v)] = colors.get(int(v), _UNKNOWN_COLOR)
+    return cmap
+
+
+def label_features(label_names: Mapping[int, str]) -> Dict[str, List[Any]]:
+    """napari ``features`` table for a labels layer: one row per label value (``index``)."""
+    items = sorted((int(k), str(v)) for k, v in label_names.items())
+    if not items or items[0][0] != 0:
+        items.insert(0, (0, "background"))
+    return {"index": [k for k, _ in items], "name": [v for _, v in items]}
+
+
+# -- layer data -----------------------------------------------------------------------------------
+def _metadata(case_id: str, geometry: Geometry, sequence: str, source: Optional[str],
+              synthetic: bool, **extra: Any) -> Dict[str, Any]:
+    rg = {"case_id": case_id, "geometry": geometry, "sequence": sequence,
+          "source": None if source is None else str(source), "synthetic": bool(synthetic)}
+    rg.update(extra)
+    return {"radiogen": rg}
+
+
+def image_layer_data(vol: Volume, *, case_id: str, sequence: str, source: Optional[str] = None,
+                     name: Optional[str] = None, visible: bool = True, colormap: str = "gray",
+                     blending: str = "additive", opacity: float = 1.0,
+                     contrast: Optional[Tuple[float, float]] = None,
+                     **extra_meta: Any) -> LayerData:
+    """One image layer for ``vol`` at its physical position."""
+    kw: Dict[str, Any] = {
+        "name": name or f"{case_id} {sequence}",
+        **geometry_kwargs(vol.geometry),
+        "contrast_limits": contrast or contrast_limits(vol.array),
+        "colormap": colormap,
+        "blending": blending,
+        "opacity": float(opacity),
+        "visible": bool(visible),
+        "metadata": _metadata(case_id, vol.geometry, sequence, source or vol.path,
+                              vol.synthetic, **extra_meta),
+    }
+    return (vol.array, kw, "image")
+
+
+def labels_layer_data(vol: Volume, *, case_id: str, source: Optional[str] = None,
+                      name: Optional[str] = None,
+                      label_names: Optional[Mapping[int, str]] = None,
+                      sequence: str = "labels", opacity: float = 0.6, visible: bool = True,
+                      **extra_meta: Any) -> LayerData:
+    """A labels layer with named classes (``features``) and BraTS colours."""
+    names = dict(label_names) if label_names is not None else dict(LABEL_NAMES)
+    for v in np.unique(vol.array):
+        if int(v) not in names:
+            names[int(v)] = f"label {int(v)}"
+    data = vol.array
+    if data.dtype.kind not in "iu":
+        data = data.astype(np.uint8 if data.size == 0 or data.max() <= 255 else np.int32)
+    kw: Dict[str, Any] = {
+        "name": name or f"{case_id} segmentation",
+        **geometry_kwargs(vol.geometry),
+        "features": label_features(names),
+        "colormap": label_colormap(names),
+        "opacity": float(opacity),
+        "blending": "translucent",
+        "visible": bool(visible),
+        "metadata": _metadata(case_id, vol.geometry, sequence, source or vol.path,
+                              vol.synthetic, label_names={int(k): v for k, v in names.items()},
+                              **extra_meta),
+    }
+    return (data, kw, "labels")
+
+
+def case_to_layer_data(case: Case, *, source: Optional[str] = None,
+                       only_reference_visible: bool = True) -> List[LayerData]:
+    """All sequences of ``case`` (canonical order) as image layers, then its labels.
+
+    Each sequence keeps its own grid and is placed physically; only the reference sequence
+    (FLAIR > T1ce > T2 > T1) is visible at first, the others are one click away.
+    """
+    src = source if source is not None else case.source
+    ref = case.reference if case.sequences else None
+    order = [s for s in SEQUENCES if s in case.sequences]
+    order += [s for s in case.sequences if s not in order]
+    out: List[LayerData] = []
+    for seq in order:
+        vol = case.sequences[seq]
+        out.append(image_layer_data(vol, case_id=case.case_id, sequence=seq,
+                                    source=vol.path or src,
+                                    visible=(seq == ref) or not only_reference_visible,
+                                    case_source=src, case_kind=case.kind))
+    if case.labels is not None:
+        out.append(labels_layer_data(case.labels, case_id=case.case_id,
+                                     source=case.labels.path or src,
+                                     label_names=label_names_for(case),
+                                     case_source=src, case_kind=case.kind))
+    return out
+
+
+# -- layers -> case --------------------------------------------------------------------------------
+def _layer_type(layer: Any) -> str:
+    return type(layer).__name__.lower()
+
+
+def case_layers(layers: Iterable[Any], case_id: Optional[str] = None) -> Dict[str, Any]:
+    """``{sequence: layer}`` of the radiogen layers of one case (the first case found when
+    ``case_id`` is None). Labels are under ``"labels"``."""
+    out: Dict[str, Any] = {}
+    for layer in layers:
+        rg = radiogen_meta(layer)
+        if not rg:
+            continue
+        if case_id is None:
+            case_id = rg.get("case_id")
+        if rg.get("case_id") != case_id:
+            continue
+        seq = rg.get("sequence")
+        kind = _layer_type(layer)
+        if kind == "labels" and seq == "labels":
+            out.setdefault("labels", layer)
+        elif kind == "image" and seq in SEQUENCES:
+            out.setdefault(seq, layer)
+    return out
+
+
+def case_from_layers(layers: Iterable[Any], case_id: Optional[str] = None, *,
+                     include_labels: bool = True) -> Case:
+    """Rebuild a :class:`Case` from the image (and labels) layers of one case in a viewer.
+
+    Uses each layer's current data, so edits (e.g. painted labels) are included.
+    """
+    found = case_layers(list(layers), case_id)
+    seqs = {k: v for k, v in found.items() if k != "labels"}
+    if not seqs:
+        raise GeometryError("no image layers of a case found (open a case with the "
+                            "napari-radiogen reader first)")
+    first = radiogen_meta(next(iter(seqs.values())))
+    cid = case_id or first.get("case_id") or "case"
+    vols: Dict[str, Volume] = {}
+    for seq, layer in seqs.items():
+        rg = radiogen_meta(layer)
+        vols[seq] = Volume(array=np.asarray(layer.data), geometry=layer_geometry(layer),
+                           path=rg.get("source"), synthetic=bool(rg.get("synthetic", False)))
+    labels = None
+    if include_labels and "labels" in found:
+        layer = found["labels"]
+        labels = Volume(array=np.asarray(layer.data), geometry=layer_geometry(layer),
+                        path=radiogen_meta(layer).get("source"))
+    return Case(case_id=str(cid), sequences=vols, labels=labels,
+                source=first.get("case_source") or first.get("source"),
+                kind=str(first.get("case_kind") or "volume"))

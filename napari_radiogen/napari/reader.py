@@ -1,0 +1,133 @@
+"""npe2 reader: case folders, single volumes, DICOM series, TCGA-LGG HDF5 slice packs.
+
+``get_reader(path)`` answers quickly (no pixel data read) with a reader function, or ``None``
+for paths this plugin cannot handle, so napari can try another reader. The reader function
+loads through :mod:`napari_radiogen.core.io` and returns one image layer per sequence (each at
+its physical position, see :mod:`.layers`) and a labels layer with named classes.
+
+Errors: a file that looks like ours but cannot be read raises the core's
+:class:`~napari_radiogen.core.errors.RadiogenError` with its one-line message. napari wraps
+reader exceptions in ``ReaderPluginError`` ("Tried opening with napari-radiogen, but
+failed. ... Original error from plugin "napari-radiogen": CaseLoadError: <message>") and, in
+the GUI, shows that as an error notification; ``viewer.open`` in a script raises it with the
+original error as ``original_error`` / ``__cause__``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Union
+
+from .layers import LayerData, case_to_layer_data, image_layer_data, labels_layer_data
+
+PathOrPaths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+PACK_SUFFIXES = (".h5", ".hdf5")
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+
+
+def _suffix(p: Path, options: Sequence[str]) -> Optional[str]:
+    low = p.name.lower()
+    return next((s for s in options if low.endswith(s)), None)
+
+
+def classify(path: Union[str, os.PathLike]) -> Optional[str]:
+    """``"case"`` (folder of volumes), ``"dicom"`` (DICOM file or folder), ``"pack"``
+    (HDF5), ``"volume"`` (one image file) or ``None`` (not for this plugin). Cheap: looks at
+    names and, for extension-less files, the DICOM preamble only."""
+    p = Path(path)
+    if p.is_dir():
+        try:
+            entries = sorted(p.iterdir())
+        except OSError:
+            return None
+        files = [e for e in entries if e.is_file() and not e.name.startswith(".")]
+        if any(_suffix(e, VOLUME_SUFFIXES) for e in files):
+            return "case"
+        if any(_suffix(e, PACK_SUFFIXES) for e in files) and len(files) == 1:
+            return "pack"
+        from ..core.io.dicom import has_dicom
+        if has_dicom(p):
+            return "dicom"
+        # a study folder whose sub-folders hold DICOM series; several sub-folders of volume
+        # files are a cohort (radiogen's cohort browser), not one case
+        with_volumes = 0
+        for sub in (e for e in entries if e.is_dir() and not e.name.startswith(".")):
+            try:
+                inner = [f for f in sub.iterdir() if f.is_file()]
+            except OSError:
+                continue
+            if any(_suffix(f, VOLUME_SUFFIXES) for f in inner):
+                with_volumes += 1
+            elif has_dicom(sub):
+                return "dicom"
+        return "case" if with_volumes == 1 else None
+    if not p.is_file():
+        return None
+    if _suffix(p, VOLUME_SUFFIXES):
+        return "volume"
+    if _suffix(p, PACK_SUFFIXES):
+        return "pack"
+    if _suffix(p, DICOM_SUFFIXES):
+        return "dicom"
+    from ..core.io.dicom import is_dicom_file
+    return "dicom" if is_dicom_file(p) else None
+
+
+def get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], List[LayerData]]]:
+    """npe2 ``get_reader``: a reader function for paths this plugin reads, else ``None``."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None            # stacks of files are not cases
+        path = path[0]
+    if classify(path) is None:
+        return None
+    return read_path
+
+
+def _case_id_from_file(p: Path, sequence: Optional[str]) -> str:
+    from ..core.io.detect import strip_extension
+
+    stem = strip_extension(p.name)
+    if sequence:
+        # BraTS2021_00006_flair -> BraTS2021_00006; BraTS-GLI-00000-000-t2f -> ...-000
+        for sep in ("_", "-", "."):
+            head, s, tail = stem.rpartition(sep)
+            if s and head and tail.lower() in {"t1", "t1ce", "t1c", "t1n", "t2", "t2w", "t2f",
+                                                 "flair", "fla", "seg", "labels", "label",
+                                                 "mask", "t1w"}:
+                return head
+    return stem
+
+
+def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
+    """One volume file as one layer: labels when the name says seg/label/mask, else an image
+    named ``<case> <sequence>`` (the sequence guessed from the file name)."""
+    from ..core.io import load_volume
+    from ..core.io.detect import detect_sequence
+    from .layers import label_names_for
+
+    p = Path(path)
+    seq, kind = detect_sequence(p.name)
+    case_id = _case_id_from_file(p, seq)
+    vol = load_volume(p)
+    if kind == "labels":
+        return [labels_layer_data(vol, case_id=case_id, source=str(p),
+                                  label_names=label_names_for(None))]
+    return [image_layer_data(vol, case_id=case_id, sequence=seq or "image", source=str(p),
+                             name=f"{case_id} {seq}" if seq else case_id)]
+
+
+def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
+    """Read ``path`` (case folder, volume, DICOM, HDF5 pack) into napari layer data."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    p = Path(path)
+    kind = classify(p)
+    if kind == "volume":
+        return read_volume_file(p)
+    from ..core.io import load_case
+
+    case = load_case(p)
+    return case_to_layer_data(case, source=str(p))

@@ -1,0 +1,44 @@
+"""npe2 single-layer writers: labels and images back to NIfTI / NRRD / MHA on the source grid.
+
+The geometry comes from ``meta["metadata"]["radiogen"]["geometry"]`` (set by the reader, so
+the file lands on the exact grid, voxel order and affine of the file it was read from); for
+layers without it, from the layer's ``scale``/``translate``/``rotate``/``affine`` (LPS mm,
+z/y/x). Writing goes through :func:`napari_radiogen.core.io.write_volume`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..core.errors import RadiogenError
+from .layers import geometry_from_meta
+
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def _write(path: str, data: Any, meta: Dict[str, Any], *, labels: bool) -> List[str]:
+    from ..core.io import write_volume
+
+    path = os.fspath(path)
+    if not any(path.lower().endswith(s) for s in WRITE_SUFFIXES + (".nhdr", ".mhd")):
+        raise RadiogenError(f"{path}: choose a file name ending in "
+                            f"{', '.join(WRITE_SUFFIXES)}")
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise RadiogenError(f"{path}: only 3D (z, y, x) layers can be written as volumes "
+                            f"(this one has shape {arr.shape})")
+    geometry = geometry_from_meta(meta or {}, arr.shape)
+    written = write_volume(arr, geometry, path, labels=labels)
+    return [os.fspath(written)]
+
+
+def write_labels(path: str, data: Any, meta: Dict[str, Any]) -> List[str]:
+    """Write a labels layer (uint8) with its case geometry; returns ``[path]``."""
+    return _write(path, data, meta, labels=True)
+
+
+def write_image(path: str, data: Any, meta: Dict[str, Any]) -> List[str]:
+    """Write an image layer (float32) with its case geometry; returns ``[path]``."""
+    return _write(path, data, meta, labels=False)
