@@ -124,8 +124,9 @@ class ExplainWidget(QWidget):
             if rg.get("case_id") == inp.case_id and rg.get("task") == res.task \
                     and rg.get("sequence") == "heatmap" and l.name != name:
                 self.viewer.layers.remove(l)
+        meta = {k: v for k, v in res.metadata.items() if k != "case_id"}
         self.layer = add_image_result(self.viewer, res.heatmap, res.geometry, inp.case_id, name,
-                                      **res.metadata)
+                                      **meta)
         self._apply_threshold()
         loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no mask)"
         self.score.setText(f"{res.task} = {res.target_class} ({res.model}, {res.method}): "

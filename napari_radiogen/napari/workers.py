@@ -53,6 +53,7 @@ class Job:
         self._pbar = None
         self._last_progress = 0.0
         self._last_stage: Optional[str] = None
+        self.orphaned = False          # the owner widget is gone: its callbacks are dropped
 
     # -- control ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -120,6 +121,20 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     """
     token = CancelToken()
     job = Job(name, token)
+
+    def _guard(cb):
+        # a widget deleted mid-run must not receive callbacks (its Qt objects are gone)
+        if cb is None:
+            return None
+
+        def call(*a):
+            if not job.orphaned:
+                cb(*a)
+        return call
+
+    on_result, on_progress, on_yield, on_error, on_finished = (
+        _guard(on_result), _guard(on_progress), _guard(on_yield), _guard(on_error),
+        _guard(on_finished))
     job._viewer = weakref.ref(viewer) if viewer is not None else None  # type: ignore[attr-defined]
 
     def _work():
@@ -199,7 +214,10 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     worker.finished.connect(_finished)
     job.worker = worker
     if owner is not None and hasattr(owner, "destroyed"):
-        owner.destroyed.connect(lambda *_: job.cancel())
+        def _owner_gone(*_):
+            job.orphaned = True
+            job.cancel()
+        owner.destroyed.connect(_owner_gone)
     _ACTIVE.add(job)
     _KEEP.append(job)
     _connect_quit()

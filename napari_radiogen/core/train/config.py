@@ -74,7 +74,16 @@ def resolve_path(value: str, base: Optional[Path]) -> str:
         return str((base / p).resolve())
     if p.exists():
         return str(p.resolve())
-    # the package's configs name ../shared/data relative to the repository root
+    # the package's configs name ../shared/data (beside the repository); $RADIOGEN_SHARED_DATA
+    # says where that folder is when the repository is elsewhere (CI, an installed package)
+    shared = os.environ.get("RADIOGEN_SHARED_DATA")
+    parts = p.parts
+    if shared and "shared" in parts:
+        i = parts.index("shared")
+        if i + 1 < len(parts) and parts[i + 1] == "data":
+            cand = Path(shared).joinpath(*parts[i + 2:])
+            if cand.exists():
+                return str(cand.resolve())
     root = CONFIG_DIR.parent.parent
     if (root / p).exists():
         return str((root / p).resolve())
