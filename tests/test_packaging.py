@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: The lead flips this to True once every widget module exists: then a missing widget module
 #: fails instead of skipping.
-STRICT_WIDGETS = False
+STRICT_WIDGETS = True
 
 npe2 = pytest.importorskip("npe2")
 

@@ -63,15 +63,23 @@ class ExplainResult:
 def localisation_score(heatmap: np.ndarray, wt_mask: np.ndarray,
                        spacing_zyx: Sequence[float], dilate_mm: float = 5.0) -> Optional[float]:
     """Fraction of heatmap mass inside ``wt_mask`` dilated by ``dilate_mm`` (None if either is
-    empty)."""
+    empty). The distance transform runs on the mask's bounding box plus the margin only."""
     wt = np.asarray(wt_mask, bool)
     h = np.clip(np.asarray(heatmap, np.float64), 0, None)
     total = h.sum()
     if not wt.any() or total <= 0:
         return None
-    dist = ndimage.distance_transform_edt(~wt, sampling=tuple(float(s) for s in spacing_zyx))
-    region = dist <= dilate_mm
-    return float(h[region].sum() / total)
+    sp = tuple(float(s) for s in spacing_zyx)
+    idx = np.nonzero(wt)
+    box = tuple(slice(max(0, int(i.min()) - int(np.ceil(dilate_mm / s)) - 1),
+                      int(i.max()) + int(np.ceil(dilate_mm / s)) + 2) for i, s in zip(idx, sp))
+    dist = ndimage.distance_transform_edt(~wt[box], sampling=sp)
+    return float(h[box][dist <= dilate_mm].sum() / total)
+
+
+def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Slice-wise hole filling (short C calls: the GIL is not held for seconds)."""
+    return np.stack([ndimage.binary_fill_holes(m) if m.any() else m for m in mask])
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -250,7 +258,7 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
         for s in seqs:
             if s in case.sequences and case.sequences[s].geometry.same_grid(ref.geometry):
                 fg |= P.foreground(case.sequences[s].array)
-        head = ndimage.binary_fill_holes(fg) if fg.any() else None
+        head = _fill_holes_2d(fg) if fg.any() else None
     yield Progress("explain", 2, 4, f"{method} for {task} = {target}")
     layer = layer or DEFAULT_LAYER[kind]
     weights: Dict[str, List[float]] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+from qtpy.QtWidgets import (QSizePolicy, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QTextBrowser, QVBoxLayout, QWidget)
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
@@ -61,6 +61,9 @@ class AnalyzeWidget(QWidget):
         self.bar = QProgressBar()
         self.bar.setRange(0, len(STAGES))
         self.stage = QLabel("")
+        # a label whose text changes must not re-lay out the dock on every progress update
+        self.stage.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.stage.setFixedHeight(self.stage.fontMetrics().height() + 4)
         self.results = QTextBrowser()
         self.results.setMinimumHeight(220)
 
@@ -88,6 +91,8 @@ class AnalyzeWidget(QWidget):
         self.run_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_btn.clicked.connect(self._export_dialog)
+        _warm_imports()
+
 
     # -- inputs ---------------------------------------------------------------------------------
     def refresh_models(self) -> None:
@@ -151,15 +156,20 @@ class AnalyzeWidget(QWidget):
         self.job = start_job(lambda tok: analyzer.analyze(case, cancel=tok),
                              name=f"Analyze {inp.case_id}", on_progress=self._progress,
                              on_yield=self._stage_done, on_result=self._done,
-                             on_finished=self._finished, owner=self, viewer=self.viewer)
+                             on_finished=self._finished, owner=self, viewer=self.viewer,
+                             progress_bar=False)   # the dock's own bar names each stage
 
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
 
     def _progress(self, p) -> None:
-        self.bar.setValue(min(p.done, self.bar.maximum()))
-        self.stage.setText(f"{p.stage}: {p.message}")
+        v = min(p.done, self.bar.maximum())
+        if self.bar.value() != v:
+            self.bar.setValue(v)
+        text = f"{p.stage}: {p.message}"[:90]
+        if self.stage.text() != text:
+            self.stage.setText(text)
 
     def _stage_done(self, item: Any) -> None:
         if not isinstance(item, StageResult):
@@ -251,3 +261,13 @@ def results_html(res: AnalysisResult) -> str:
     parts.append("<p style='color:#888'>" + ", ".join(
         f"{k} {v:.1f}s" for k, v in res.timings.items()) + "</p>")
     return "".join(parts)
+
+
+def _warm_imports() -> None:
+    """Import the model stack when the dock opens, not in the middle of a run (a first import
+    in the worker holds the interpreter for hundreds of ms and would stall the viewer)."""
+    import monai.inferers  # noqa: F401
+    import torch  # noqa: F401
+    import torchcam.methods  # noqa: F401
+
+    from ..core import explain, predict, segment, synthesize  # noqa: F401

@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...case import SEQUENCES
 from ...errors import ConfigError
 from ..base import PatientRecord, TrainTask, register_task
 
