@@ -1,0 +1,146 @@
+"""The one orchestration: analyze a case and a cohort (with a corrupt case), outputs, cache,
+cancel at every stage. Random-weight test models exercise the mechanics; the shipped models are
+checked in test_pipeline_shipped below when installed."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_radiogen.core.errors import Cancelled
+from napari_radiogen.core.pipeline import (AnalysisOptions, AnalysisResult, Analyzer,
+                                           StageResult, analyze_cohort, write_outputs)
+from napari_radiogen.core.progress import CancelToken, Progress, run
+
+from _models import write_random_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_random_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def sample_path():
+    from napari_radiogen.core.sample import sample_case_path
+    return sample_case_path()
+
+
+def _opts(models, **kw):
+    return AnalysisOptions(seg_model=str(models["seg"]), pred_model=str(models["mil"]),
+                           device="cpu", **kw)
+
+
+def test_analyze_case_all_stages_and_outputs(models, sample_path, tmp_path):
+    an = Analyzer(_opts(models))
+    stages, progress = [], []
+    res = None
+    for item in an.analyze(sample_path):
+        if isinstance(item, StageResult):
+            stages.append(item.stage)
+        elif isinstance(item, Progress):
+            progress.append(item.stage)
+        elif isinstance(item, AnalysisResult):
+            res = item
+    assert stages == ["load", "segment", "predict", "explain"]
+    assert {"load", "segment", "predict", "explain"} <= set(progress)
+    assert res.segmentation is not None and res.prediction is not None
+    assert len(res.explanations) == 1 and res.errors == {}
+    paths = write_outputs(res, tmp_path, render=False)
+    seg = nib.load(paths["segmentation"])
+    flair = nib.load(str(next(sample_path.glob("*_flair.nii.gz"))))
+    assert seg.shape == flair.shape
+    np.testing.assert_allclose(seg.affine, flair.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+    pred = json.loads(open(paths["predictions"]).read())
+    assert set(pred["tasks"]) == {"idh", "codel_1p19q", "grade"}
+    assert abs(sum(pred["tasks"]["idh"].values()) - 1) < 1e-5
+    heat = nib.load(paths["heatmap_idh"])
+    np.testing.assert_allclose(heat.affine, flair.affine, atol=1e-5)
+    html = open(paths["report_html"]).read()
+    for needle in ("Segmentation", "Prediction", "Explanations", "validated AUC",
+                   "De-identified", "key_slice.png"):
+        assert needle in html
+    assert str(sample_path) not in html          # de-identified: no source paths
+    # the models are loaded once and reused for the next case
+    ids = {k: id(v) for k, v in an._models.items()}
+    run(an.analyze(sample_path))
+    assert {k: id(v) for k, v in an._models.items()} == ids
+
+
+def test_missing_sequence_is_synthesised_or_reported(models, sample_path):
+    from napari_radiogen.core.io import load_case
+    case = load_case(sample_path)
+    del case.sequences["t1ce"]
+    res = run(Analyzer(_opts(models)).analyze(case))
+    from napari_radiogen.core.models import list_models
+    if list_models("synthesis"):
+        assert res.synthesized == ["t1ce"]
+        assert res.case.sequences["t1ce"].synthetic
+        assert any("synthetic" in w for w in res.warnings)
+        assert res.segmentation is not None
+    else:
+        assert "segment" in res.errors and "t1ce" in res.errors["segment"]
+
+
+@pytest.mark.parametrize("stage", ["load", "segment", "predict", "explain"])
+def test_cancel_at_each_stage(models, sample_path, stage):
+    tok = CancelToken()
+    an = Analyzer(_opts(models))
+    seen = []
+    with pytest.raises(Cancelled):
+        for item in an.analyze(sample_path, cancel=tok):
+            if isinstance(item, Progress):
+                seen.append(item.stage)
+                if item.stage == stage:
+                    tok.cancel()
+    assert "done" not in seen
+
+
+def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, tmp_path):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(sample_path, cohort / "BraTS2021_00006")
+    bad = cohort / "BraTS2021_99999"
+    bad.mkdir()
+    for s in ("t1", "t1ce", "t2", "flair"):
+        (bad / f"BraTS2021_99999_{s}.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    from napari_radiogen.core.io import list_cases
+    cases = list_cases(cohort)
+    assert len(cases) == 2
+    out = tmp_path / "out"
+    an = Analyzer(_opts(models, explain_tasks=()))
+    items = run(analyze_cohort(cases, out, analyzer=an, render=False))
+    st = {i.case_id or i.path: i.status for i in items}
+    assert sorted(st.values()) == ["done", "failed"]
+    failed = next(i for i in items if i.status == "failed")
+    assert "99999" in failed.path and failed.message
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done", "failed"}
+    assert float(next(r for r in rows if r["status"] == "done")["volume_WT_ml"]) >= 0
+    # second run: unchanged case comes from the cache
+    items2 = run(analyze_cohort(cases, out, analyzer=an, render=False))
+    assert sorted(i.status for i in items2) == ["cached", "failed"]
+
+
+def test_cli_analyze_sample(models, sample_path, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "napari_radiogen", "analyze", str(sample_path),
+                        "--out", str(tmp_path), "--seg-model", str(models["seg"]),
+                        "--pred-model", str(models["mil"]), "--no-render", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "idh:" in r.stdout and "report:" in r.stdout
+    d = tmp_path / "BraTS2021_00006"
+    for f in ("BraTS2021_00006_seg.nii.gz", "BraTS2021_00006_predictions.json",
+              "BraTS2021_00006_report.html", "analysis.json"):
+        assert (d / f).exists(), f
+
+
+def test_cli_analyze_missing_path_is_clean(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "napari_radiogen", "analyze",
+                        str(tmp_path / "nope"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
