@@ -1,0 +1,152 @@
+"""``radiogen segment CASE --out DIR``: tumour segmentation of a case or a folder of cases.
+
+Writes, per case, on the reference sequence's native grid and geometry:
+
+* 3D cases: ``DIR/<case_id>_seg.nii.gz`` (uint8 labels 0/1/2/4, the source file's affine and
+  voxel order) and ``DIR/<case_id>_seg.json`` (region volumes in mL, model, timings, warnings,
+  Dice/HD95 against the case's own labels when it has them);
+* TCGA-LGG slice packs: ``DIR/<case_id>_seg.h5`` with dataset ``mask`` (the pack's mask shape,
+  1 = FLAIR abnormality) and the JSON;
+* ``DIR/volumes.csv``: one row per case (volumes in mL, status).
+
+A folder of cases is processed one by one (one progress line each); a case that fails is
+reported and skipped, and the exit status is 1 if any failed.
+"""
+from __future__ import annotations
+
+import sys
+
+DEFAULT_3D = "seg_brats_attunet"      # the better of the two 3D models in CV (see cards)
+DEFAULT_2D = "seg_lgg_segresnet2d"
+CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_ml",
+               "label_2_ml", "label_4_ml", "seconds", "status", "message"]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
+                   "folder of cases")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", help="model name or .safetensors path (default: "
+                   f"{DEFAULT_3D} for 3D cases, {DEFAULT_2D} for slice packs)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run the network (default auto)")
+    p.add_argument("--csv", help="volume table path (default OUT/volumes.csv)")
+
+
+def write_outputs(res, case, out_dir) -> dict:
+    """Write labels (NIfTI on the source grid, or the pack mask) and the JSON summary."""
+    import json
+    from pathlib import Path
+
+    from ..core.io import write_pack_mask, write_volume
+    from ..core.models import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if res.kind == "slices":
+        p = write_pack_mask(res.labels, out / f"{res.case_id}_seg.h5",
+                            attrs={"model": res.model, "meaning": "1 = FLAIR abnormality"})
+    else:
+        p = write_volume(res.labels, res.geometry, out / f"{res.case_id}_seg.nii.gz", labels=True)
+    files["labels"] = str(p)
+    j = out / f"{res.case_id}_seg.json"
+    summary = res.summary()
+    summary["files"] = {"labels": str(p)}
+    summary["source"] = case.source
+    atomic_write_text(j, json.dumps(summary, indent=2, default=_json_default))
+    files["json"] = str(j)
+    return files
+
+
+def _json_default(o):
+    import math
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    try:
+        return float(o)
+    except Exception:
+        return str(o)
+
+
+def csv_row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
+    row = {c: "" for c in CSV_COLUMNS}
+    row.update(case_id=case_id, status=status, message=message, seconds=f"{seconds:.2f}")
+    if res is not None:
+        row.update(case_id=res.case_id, model=res.model, kind=res.kind)
+        for k, v in res.volumes_ml.items():
+            key = f"{k}_ml"
+            if key in row:
+                row[key] = f"{v:.3f}"
+    return row
+
+
+def write_csv(rows, path) -> None:
+    import csv
+    from pathlib import Path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from ..core.errors import RadiogenError
+    from ..core.io import list_cases, load_case
+    from ..core.models import load_model, resolve_device
+    from ..core.progress import run as drive
+    from ..core.segment import TASK, segment
+
+    device = resolve_device(args.device)
+    paths = list_cases(args.case)
+    batch = len(paths) > 1 or Path(args.case).resolve() != Path(paths[0]).resolve()
+    out = Path(args.out)
+    models = {}
+
+    def get_model(case):
+        name = args.model or (DEFAULT_2D if case.kind == "slices" else DEFAULT_3D)
+        if name not in models:
+            models[name] = load_model(name, task=TASK, device=device)
+        return models[name]
+
+    rows, failed = [], []
+    for i, p in enumerate(paths, 1):
+        t0 = time.perf_counter()
+        cid = Path(p).name
+        try:
+            case = load_case(p)
+            cid = case.case_id
+            res = drive(segment(case, get_model(case), device=device))
+            files = write_outputs(res, case, out)
+            dt = time.perf_counter() - t0
+            v = res.volumes_ml
+            vol = (f"WT {v['WT']:.1f} mL" + (f", TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
+                                              if res.kind == "volume" else ""))
+            dsc = ""
+            if res.metrics:
+                dsc = "; Dice " + ", ".join(f"{r} {m['dice']:.3f}" for r, m in res.metrics.items())
+            print(f"[{i}/{len(paths)}] {cid}: {vol}{dsc} ({dt:.1f} s) -> {files['labels']}",
+                  flush=True)
+            for w in res.warnings:
+                print(f"    warning: {w}", flush=True)
+            rows.append(csv_row(res, seconds=dt))
+        except RadiogenError as e:
+            if not batch:
+                raise
+            dt = time.perf_counter() - t0
+            failed.append((cid, str(e)))
+            print(f"[{i}/{len(paths)}] {cid}: FAILED: {e}", file=sys.stderr, flush=True)
+            rows.append(csv_row(case_id=cid, status="failed", message=str(e), seconds=dt))
+    csv_path = Path(args.csv) if args.csv else out / "volumes.csv"
+    write_csv(rows, csv_path)
+    print(f"volume table: {csv_path}")
+    if failed:
+        print(f"radiogen: {len(failed)} of {len(paths)} case(s) failed: "
+              + ", ".join(c for c, _ in failed), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,578 @@
+"""Tumour segmentation: inference, volumes, and agreement with a ground truth.
+
+Two kinds of model (card ``task: segmentation``):
+
+* ``dims: 3`` sub-region models for 4-sequence volumes: the case is put on one grid, cropped to
+  the brain, resampled to the card's ``spacing_mm`` and z-scored (:mod:`core.prepare`); the net
+  predicts 3 sigmoid channels (WT, TC, ET, the nested BraTS regions); the probabilities go back
+  to the reference sequence's native grid (linear interpolation) and are thresholded at 0.5 into
+  BraTS labels 1 (necrotic / non-enhancing core), 2 (oedema), 4 (enhancing tumour).
+* ``dims: 2`` whole-tumour models for the TCGA-LGG 2D slice packs: each 128 x 128 slice gets
+  FLAIR (required), T1 and T1ce (optional; a missing one is zeros plus an availability channel of
+  zeros, never a copy of FLAIR); one sigmoid channel, label 1 = FLAIR abnormality.
+
+:func:`segment` is a generator (progress, then a :class:`SegResult`); drive it with
+``core.progress.run``. The input-building helpers here are shared with the training tasks
+(``core/train/tasks/segmentation.py``), so training and inference see identical tensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .case import REGIONS, Case, Geometry
+from .errors import CaseLoadError, GeometryError, MissingSequenceError, RadiogenError
+from .progress import CancelToken, Progress, check
+
+TASK = "segmentation"
+REGION_ORDER: Tuple[str, ...] = ("WT", "TC", "ET")
+#: channel order of the 2D slice models (FLAIR first: the one they need)
+SLICE_SEQUENCES: Tuple[str, ...] = ("flair", "t1", "t1ce")
+#: a volume thinner than this (mm) in any axis, or with fewer slices, is treated as 2D input
+MIN_EXTENT_MM = 60.0
+MIN_SLICES = 8
+
+
+# ------------------------------------------------------------------------------------------
+# labels <-> regions, metrics
+# ------------------------------------------------------------------------------------------
+
+def labels_to_regions(labels: np.ndarray) -> np.ndarray:
+    """BraTS labels (0/1/2/4; 3 is read as 4) -> bool (3, ...) regions WT, TC, ET."""
+    lab = np.asarray(labels)
+    et = (lab == 4) | (lab == 3)
+    tc = et | (lab == 1)
+    wt = tc | (lab == 2)
+    return np.stack([wt, tc, et])
+
+
+def regions_to_labels(regions: np.ndarray) -> np.ndarray:
+    """bool/prob (3, ...) WT, TC, ET -> uint8 BraTS labels; nesting enforced (ET in TC in WT)."""
+    r = np.asarray(regions)
+    if r.dtype != bool:
+        r = r >= 0.5
+    wt, tc, et = r[0], r[1] & r[0], r[2] & r[1] & r[0]
+    out = np.zeros(wt.shape, dtype=np.uint8)
+    out[wt] = 2
+    out[tc] = 1
+    out[et] = 4
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty (BraTS convention)."""
+    a = np.asarray(a, bool)
+    b = np.asarray(b, bool)
+    s = int(a.sum()) + int(b.sum())
+    if s == 0:
+        return 1.0
+    return float(2.0 * np.logical_and(a, b).sum() / s)
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1, 1, 1)) -> float:
+    """95th percentile symmetric Hausdorff distance (mm) between two masks' surfaces.
+
+    0 when both are empty; ``nan`` when exactly one is empty (undefined)."""
+    from scipy import ndimage
+
+    a = np.asarray(a, bool)
+    b = np.asarray(b, bool)
+    if not a.any() and not b.any():
+        return 0.0
+    if not a.any() or not b.any():
+        return float("nan")
+    # crop to the union's bounding box (+1) for speed
+    idx = np.argwhere(a | b)
+    lo = np.maximum(idx.min(0) - 2, 0)
+    hi = idx.max(0) + 3
+    sl = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+    a, b = a[sl], b[sl]
+    sa = a & ~ndimage.binary_erosion(a)
+    sb = b & ~ndimage.binary_erosion(b)
+    da = ndimage.distance_transform_edt(~sb, sampling=spacing_zyx)[sa]
+    db = ndimage.distance_transform_edt(~sa, sampling=spacing_zyx)[sb]
+    return float(np.percentile(np.concatenate([da, db]), 95))
+
+
+def compare_to_truth(labels: np.ndarray, truth: np.ndarray, geometry: Optional[Geometry] = None,
+                     *, regions: Sequence[str] = REGION_ORDER, with_hd95: bool = True
+                     ) -> Dict[str, Dict[str, float]]:
+    """Dice (and HD95 in mm) per region of a predicted label map against a ground truth.
+
+    Both are label maps on the same grid. For whole-tumour masks (values 0/1) use
+    ``regions=("WT",)``: any non-zero label is tumour."""
+    if labels.shape != truth.shape:
+        raise GeometryError(f"prediction {labels.shape} and ground truth {truth.shape} are not "
+                            "on the same grid")
+    sp = geometry.napari_scale if geometry is not None else (1.0, 1.0, 1.0)
+    pr = labels_to_regions(labels)
+    gt = labels_to_regions(truth)
+    if tuple(regions) == ("WT",):
+        pr = (np.asarray(labels) > 0)[None]
+        gt = (np.asarray(truth) > 0)[None]
+    out: Dict[str, Dict[str, float]] = {}
+    for i, r in enumerate(regions):
+        m = {"dice": dice(pr[i], gt[i])}
+        if with_hd95:
+            m["hd95_mm"] = hd95(pr[i], gt[i], sp)
+        out[r] = m
+    return out
+
+
+def region_volumes_ml(labels: np.ndarray, geometry: Geometry) -> Dict[str, float]:
+    """Volumes (mL) of WT/TC/ET and of each label present in the BraTS label set."""
+    vox = geometry.voxel_volume_ml
+    lab = np.asarray(labels)
+    out = {r: float(np.isin(lab, v).sum() * vox) for r, v in REGIONS.items()}
+    for v in (1, 2, 4):
+        out[f"label_{v}"] = float((lab == v).sum() * vox)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# inputs (shared with training)
+# ------------------------------------------------------------------------------------------
+
+def zscore_stack(x: np.ndarray) -> np.ndarray:
+    """z-score a (n, H, W) stack over its non-zero pixels (the head); zeros stay 0."""
+    x = np.asarray(x, dtype=np.float32)
+    fg = x > 0
+    if fg.sum() < 16:
+        return np.zeros_like(x)
+    v = x[fg]
+    mu, sd = float(v.mean()), float(v.std())
+    out = (x - mu) / max(sd, 1e-6)
+    out[~fg] = 0.0
+    return out.astype(np.float32)
+
+
+def slices_input(channels: Dict[str, Optional[np.ndarray]],
+                 order: Sequence[str] = SLICE_SEQUENCES) -> np.ndarray:
+    """(n, 2C, H, W) float32 input of the 2D models: C z-scored sequences (zeros where missing)
+    then C availability channels (1 = present)."""
+    ref = next(v for v in channels.values() if v is not None)
+    n, h, w = ref.shape
+    out = np.zeros((n, 2 * len(order), h, w), dtype=np.float32)
+    for i, s in enumerate(order):
+        a = channels.get(s)
+        if a is not None:
+            out[:, i] = zscore_stack(a)
+            out[:, len(order) + i] = 1.0
+    return out
+
+
+def pack_channels(case: Case) -> Dict[str, Optional[np.ndarray]]:
+    """The sequences of a slice pack that are really available (a channel the source filled
+    with a copy of FLAIR is marked unavailable by the reader)."""
+    avail = case.meta.get("available") or {}
+    out: Dict[str, Optional[np.ndarray]] = {}
+    for s in SLICE_SEQUENCES:
+        v = case.sequences.get(s)
+        ok = v is not None and bool(avail.get(s, True)) and bool(v.meta.get("available", True))
+        out[s] = np.asarray(v.array) if ok else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# the result
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class SegResult:
+    case_id: str
+    labels: np.ndarray                     # (z, y, x) uint8 on the reference native grid
+    geometry: Geometry
+    volumes_ml: Dict[str, float]
+    model: str
+    kind: str = "volume"                   # "volume" (labels 0/1/2/4) or "slices" (0/1)
+    reference: str = "flair"
+    warnings: List[str] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    metrics: Optional[Dict[str, Dict[str, float]]] = None   # vs the case's labels, if any
+
+    def summary(self) -> Dict[str, Any]:
+        return {"case_id": self.case_id, "model": self.model, "kind": self.kind,
+                "reference_sequence": self.reference, "device": self.device,
+                "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
+                "metrics_vs_labels": self.metrics, "warnings": list(self.warnings),
+                "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+                "shape_zyx": list(self.labels.shape),
+                "spacing_xyz_mm": list(self.geometry.spacing)}
+
+
+# ------------------------------------------------------------------------------------------
+# model running
+# ------------------------------------------------------------------------------------------
+
+def _predict_probs(module, x: np.ndarray, *, roi: Sequence[int], device: str,
+                   overlap: float = 0.25, sw_batch_size: int = 1) -> np.ndarray:
+    """Sigmoid probabilities of a (C, *spatial) input, float32 (K, *spatial), on ``device``."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    t = torch.from_numpy(np.ascontiguousarray(x))[None].to(device)
+    roi = tuple(int(min(r, s)) if s >= r else int(r) for r, s in zip(roi, x.shape[1:]))
+    with torch.inference_mode():
+        ctx = (torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda")
+               else _nullcontext())
+        with ctx:
+            if all(r >= s for r, s in zip(roi, x.shape[1:])):
+                y = _run_whole(module, t)
+            else:
+                y = sliding_window_inference(t, roi, sw_batch_size, module, overlap=overlap,
+                                             mode="gaussian")
+        return torch.sigmoid(y.float())[0].cpu().numpy()
+
+
+def _run_whole(module, t):
+    """One forward pass of the whole input, padded to a multiple of 16 per axis."""
+    import torch.nn.functional as F
+
+    sp = t.shape[2:]
+    tgt = [int(np.ceil(s / 16) * 16) for s in sp]
+    pad: List[int] = []
+    for s, g in reversed(list(zip(sp, tgt))):
+        pad += [(g - s) // 2, g - s - (g - s) // 2]
+    y = module(F.pad(t, pad))
+    sl = [slice(None), slice(None)]
+    for s, g in zip(sp, tgt):
+        lo = (g - s) // 2
+        sl.append(slice(lo, lo + s))
+    return y[tuple(sl)]
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _with_oom_fallback(fn, model, device: str, warn: List[str]):
+    """Run ``fn(device)``; on CUDA out-of-memory, move the model to the CPU and retry."""
+    try:
+        return fn(device), device
+    except RuntimeError as e:
+        if not device.startswith("cuda") or "out of memory" not in str(e).lower():
+            raise
+        import torch
+        torch.cuda.empty_cache()
+        model.module.to("cpu")
+        model.device = "cpu"
+        warn.append("the GPU ran out of memory; this case was segmented on the CPU")
+        return fn("cpu"), "cpu"
+
+
+# ------------------------------------------------------------------------------------------
+# input checks
+# ------------------------------------------------------------------------------------------
+
+def check_case(case: Case, card: Dict[str, Any]) -> None:
+    """Clear errors for inputs the model cannot handle (wrong kind, 2D, non-brain, missing
+    sequence)."""
+    dims = int(card.get("dims", 3))
+    needed = list(card.get("required_sequences") or card.get("sequences") or [])
+    missing = [s for s in needed if s not in case.sequences]
+    if dims == 3:
+        if case.kind == "slices":
+            raise CaseLoadError(
+                f"{case.case_id} is a 2D slice pack; the model {card.get('name')} segments 3D "
+                "volumes (choose a whole-tumour slice model, e.g. seg_lgg_segresnet2d)")
+        if missing:
+            raise MissingSequenceError(missing, needed, case.present)
+        g = case.geometry
+        ext = [n * s for n, s in zip(g.size, g.spacing)]
+        if min(g.size) < MIN_SLICES or min(ext) < MIN_EXTENT_MM:
+            raise CaseLoadError(
+                f"{case.case_id} looks 2D or too thin for a 3D brain model (grid "
+                f"{'x'.join(map(str, g.size))}, extent {'x'.join(f'{e:.0f}' for e in ext)} mm); "
+                "the model needs a 3D brain MRI volume")
+        if max(ext) > 400:
+            raise CaseLoadError(
+                f"{case.case_id} covers {max(ext):.0f} mm: not a brain MRI volume (the model "
+                "segments brain tumours in head MRI)")
+    else:
+        if case.kind != "slices":
+            raise CaseLoadError(
+                f"{case.case_id} is a 3D volume; the model {card.get('name')} segments 2D slice "
+                "packs (TCGA-LGG style). Choose a 3D model, e.g. seg_brats_segresnet")
+        if missing:
+            raise MissingSequenceError(missing, needed, case.present)
+
+
+def _brain_check(arr: np.ndarray, case_id: str) -> None:
+    """After cropping: a brain MRI has a compact, sizeable foreground."""
+    fg = np.abs(arr).sum(0) > 0
+    if fg.sum() < 1000:
+        raise CaseLoadError(f"{case_id}: the images are (almost) empty after cropping to the "
+                            "head; is this a brain MRI?")
+
+
+# ------------------------------------------------------------------------------------------
+# the generator
+# ------------------------------------------------------------------------------------------
+
+def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToken] = None,
+            *, compare: bool = True) -> Iterator[Any]:
+    """Segment ``case`` with a loaded segmentation model (``core.models.LoadedModel``) or a model
+    name. Yields :class:`Progress`, then a :class:`SegResult` (labels on the reference
+    sequence's native grid). ``compare``: score against ``case.labels`` when it has them."""
+    from .models import load_model, resolve_device
+
+    t0 = time.perf_counter()
+    timings: Dict[str, float] = {}
+    yield Progress("segment", 0, 4, "loading the model")
+    dev = resolve_device(device)
+    if isinstance(model, str):
+        model = load_model(model, task=TASK, device=dev)
+    elif model.device != dev:
+        model.module.to(dev)
+        model.device = dev
+    card = model.card
+    if card.get("task") != TASK:
+        raise RadiogenError(f"{model.name} is a {card.get('task')!r} model, not a segmentation "
+                            "model")
+    check_case(case, card)
+    timings["load"] = time.perf_counter() - t0
+    check(cancel)
+    warn: List[str] = []
+    syn = [s for s in case.synthetic_inputs() if s in (card.get("sequences") or [])]
+    if syn:
+        warn.append(f"synthetic input(s) used: {', '.join(syn)} (generated, not acquired); "
+                    "interpret the segmentation with care")
+    if int(card.get("dims", 3)) == 3:
+        gen = _segment_volume(case, model, dev, cancel, timings, warn)
+    else:
+        gen = _segment_slices(case, model, dev, cancel, timings, warn)
+    labels = geom = None
+    for item in gen:
+        if isinstance(item, Progress):
+            yield item
+        else:
+            labels, geom, dev = item
+    check(cancel)
+    kind = "slices" if int(card.get("dims", 3)) == 2 else "volume"
+    vols = (region_volumes_ml(labels, geom) if kind == "volume"
+            else {"WT": float((labels > 0).sum() * geom.voxel_volume_ml)})
+    res = SegResult(case_id=case.case_id, labels=labels, geometry=geom,
+                    volumes_ml=vols, model=model.name, kind=kind,
+                    reference=case.reference, warnings=warn, timings=timings, device=dev)
+    if compare and case.labels is not None and case.labels.array.shape == labels.shape:
+        t = time.perf_counter()
+        res.metrics = compare_to_truth(labels, case.labels.array, geom,
+                                       regions=("WT",) if kind == "slices" else REGION_ORDER)
+        timings["compare"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    yield Progress("segment", 4, 4, "done")
+    yield res
+
+
+def prepare_volume(case: Case, card: Dict[str, Any]):
+    """The case on the model's grid (crop to brain, spacing, z-score): a PreparedCase."""
+    from .prepare import prepare
+
+    sp = card.get("spacing_mm") or 2.0
+    return prepare(case, list(card["sequences"]), spacing=sp, crop=True,
+                   norm=card.get("normalisation") or "zscore")
+
+
+def volume_probs(model_module, prepared_array: np.ndarray, card: Dict[str, Any], device: str
+                 ) -> np.ndarray:
+    roi = card.get("roi_size") or card.get("input_size") or [96, 112, 96]
+    return _predict_probs(model_module, prepared_array.astype(np.float32), roi=roi,
+                          device=device, overlap=float(card.get("overlap", 0.25)))
+
+
+def probs_to_native_labels(prepared, probs: np.ndarray) -> np.ndarray:
+    """Sigmoid region probabilities on the prepared grid -> BraTS labels on the native grid."""
+    from .prepare import to_native
+
+    native = np.stack([np.asarray(to_native(prepared, p.astype(np.float32), labels=False),
+                                  dtype=np.float32) for p in probs])
+    return regions_to_labels(native >= 0.5)
+
+
+def _segment_volume(case, model, dev, cancel, timings, warn):
+    t = time.perf_counter()
+    yield Progress("segment", 1, 4, "preparing (crop to brain, resample, normalise)")
+    prepared = prepare_volume(case, model.card)
+    arr = np.asarray(prepared.array, dtype=np.float32)
+    _brain_check(arr, case.case_id)
+    timings["prepare"] = time.perf_counter() - t
+    check(cancel)
+    yield Progress("segment", 2, 4, f"running the network on {'x'.join(map(str, arr.shape[1:]))}")
+    t = time.perf_counter()
+    probs, dev = _with_oom_fallback(lambda d: volume_probs(model.module, arr, model.card, d),
+                                    model, dev, warn)
+    timings["network"] = time.perf_counter() - t
+    check(cancel)
+    yield Progress("segment", 3, 4, "back to the native grid")
+    t = time.perf_counter()
+    labels = probs_to_native_labels(prepared, probs)
+    timings["to_native"] = time.perf_counter() - t
+    yield labels, case.geometry, dev
+
+
+def slices_probs(model_module, x: np.ndarray, device: str, batch: int = 16,
+                 cancel: Optional[CancelToken] = None) -> np.ndarray:
+    """(n, 2C, H, W) -> (n, H, W) sigmoid probabilities, in batches."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            check(cancel)
+            t = torch.from_numpy(x[i:i + batch]).to(device)
+            ctx = (torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda")
+                   else _nullcontext())
+            with ctx:
+                y = _run_whole(model_module, t)
+            out.append(torch.sigmoid(y.float())[:, 0].cpu().numpy())
+    return np.concatenate(out, 0)
+
+
+def _segment_slices(case, model, dev, cancel, timings, warn):
+    t = time.perf_counter()
+    yield Progress("segment", 1, 4, "normalising slices")
+    ch = pack_channels(case)
+    if ch.get("flair") is None:
+        raise MissingSequenceError(["flair"], ["flair"], case.present)
+    absent = [s for s in SLICE_SEQUENCES if ch.get(s) is None]
+    if absent:
+        warn.append(f"sequence(s) not available: {', '.join(absent)}; the model ran without "
+                    "them (its availability channels say so)")
+    x = slices_input(ch)
+    timings["prepare"] = time.perf_counter() - t
+    yield Progress("segment", 2, 4, f"running the network on {len(x)} slices")
+    t = time.perf_counter()
+    probs, dev = _with_oom_fallback(lambda d: slices_probs(model.module, x, d, cancel=cancel),
+                                    model, dev, warn)
+    timings["network"] = time.perf_counter() - t
+    labels = (probs >= 0.5).astype(np.uint8)
+    yield labels, case.geometry, dev
+
+
+# ------------------------------------------------------------------------------------------
+# classical baselines (BASELINES.md), reported beside the models on the same folds
+# ------------------------------------------------------------------------------------------
+
+def _largest_component(m: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+    lab, n = ndimage.label(m)
+    if n <= 1:
+        return m
+    counts = np.bincount(lab.ravel())
+    counts[0] = 0
+    return lab == int(np.argmax(counts))
+
+
+def threshold_baseline(flair: np.ndarray, region: np.ndarray, k: float) -> np.ndarray:
+    """Whole-tumour floor: FLAIR > mean + k SD inside ``region`` (brain or head mask), largest
+    3D connected component."""
+    f = np.asarray(flair, dtype=np.float32)
+    v = f[region]
+    if v.size == 0:
+        return np.zeros(f.shape, bool)
+    m = (f > v.mean() + k * v.std()) & region
+    return _largest_component(m) if m.any() else m
+
+
+def brats_baseline_wt(flair: np.ndarray) -> np.ndarray:
+    """BraTS WT floor: FLAIR > brain mean + 1.6 SD (brain = non-zero), largest component."""
+    return threshold_baseline(flair, np.asarray(flair) != 0, 1.6)
+
+
+def pack_baseline_wt(flair: np.ndarray, spacing_xyz=(1.875, 1.875, 1.0),
+                     erode_mm: float = 10.0) -> np.ndarray:
+    """TCGA-LGG floor: FLAIR > head mean + 1.1 SD inside an Otsu head mask eroded in-plane by
+    ``erode_mm`` (about the scalp + skull thickness: the packs are not skull-stripped, and the
+    bright scalp would otherwise win), largest 3D component."""
+    from scipy import ndimage
+
+    from .prepare import otsu_head_mask
+    head = otsu_head_mask(np.asarray(flair, dtype=np.float32), spacing_xyz)
+    r = max(1, int(round(erode_mm / spacing_xyz[0])))
+    yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
+    disk = (yy ** 2 + xx ** 2 <= r * r)[None]
+    head = ndimage.binary_erosion(head, disk)
+    return threshold_baseline(flair, head, 1.1)
+
+
+# ------------------------------------------------------------------------------------------
+# benchmark: the fast path against the naive MONAI run of the same net
+# ------------------------------------------------------------------------------------------
+
+def naive_labels(case: Case, model, *, device: str = "cpu", overlap: float = 0.5,
+                 roi: Optional[Sequence[int]] = None, native_spacing: bool = False
+                 ) -> np.ndarray:
+    """The naive run of the same net, as a MONAI tutorial does it: the whole uncropped volume
+    on the model's grid (no brain crop), ``sliding_window_inference`` with the *training patch*
+    as window, overlap 0.5, gaussian blending, ``torch.no_grad`` (not inference mode), then the
+    probabilities back to the native grid. Same weights, same spacing, same threshold.
+
+    ``native_spacing=True``: the net on the native (1 mm) grid instead, the textbook full-volume
+    run (timing reference only: a net trained on a coarser grid sees the wrong scale there)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from .prepare import prepare, to_native
+
+    card = model.card
+    prepared = prepare(case, list(card["sequences"]),
+                       spacing=None if native_spacing else card.get("spacing_mm"), crop=False,
+                       norm=card.get("normalisation") or "zscore")
+    roi = tuple(roi or (card.get("config") or {}).get("model", {}).get("patch_size")
+                or [64, 64, 64])
+    module = model.module.to(device)
+    with torch.no_grad():
+        t = torch.from_numpy(np.asarray(prepared.array, np.float32))[None].to(device)
+        y = sliding_window_inference(t, roi, 1, module, overlap=overlap, mode="gaussian")
+        probs = torch.sigmoid(y)[0].cpu().numpy()
+    native = np.stack([np.asarray(to_native(prepared, p, labels=False), np.float32)
+                       for p in probs])
+    return regions_to_labels(native >= 0.5)
+
+
+def benchmark_naive(case: Case, model, *, device: str = "cpu", repeats: int = 1,
+                    native_1mm: bool = False) -> Dict[str, Any]:
+    """Time :func:`segment` (fast path) and :func:`naive_labels` on ``case`` with the same
+    net; Dice of both against the case's labels when it has them. ``native_1mm`` adds the
+    textbook 1 mm full-volume run (roi 128, overlap 0.25). Returns a dict."""
+    import resource
+    from .progress import run as drive
+
+    out: Dict[str, Any] = {"case_id": case.case_id, "model": model.name, "device": device}
+    fast_t = []
+    res = None
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        res = drive(segment(case, model, device=device, compare=False))
+        fast_t.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    naive = naive_labels(case, model, device=device)
+    naive_t = time.perf_counter() - t
+    out.update(fast_s=min(fast_t), naive_s=naive_t, speedup=naive_t / max(min(fast_t), 1e-9),
+               fast_timings=res.timings,
+               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+    n1 = None
+    if native_1mm:
+        t = time.perf_counter()
+        n1 = naive_labels(case, model, device=device, overlap=0.25, roi=(128, 128, 128),
+                          native_spacing=True)
+        out["naive_1mm_s"] = time.perf_counter() - t
+        out["speedup_vs_naive_1mm"] = out["naive_1mm_s"] / max(min(fast_t), 1e-9)
+    if case.labels is not None:
+        gt = case.labels.array
+        if n1 is not None:
+            out["dice_naive_1mm"] = {r: m["dice"] for r, m in
+                                     compare_to_truth(n1, gt, with_hd95=False).items()}
+        out["dice_fast"] = {r: m["dice"] for r, m in
+                            compare_to_truth(res.labels, gt, with_hd95=False).items()}
+        out["dice_naive"] = {r: m["dice"] for r, m in
+                             compare_to_truth(naive, gt, with_hd95=False).items()}
+    return out

@@ -1,0 +1,306 @@
+"""Tumour segmentation dock widget.
+
+Thin: pick a case, a segmentation model (shipped + user, ``core.models.list_models``) and a
+device; Run starts :func:`napari_radiogen.core.segment.segment` through
+:func:`workers.start_job`. The labels layer lands on the case the run was started from (its id
+is captured at Run), placed with that case's geometry and named ``<case_id> segmentation``.
+Shows the volumes (mL) of WT / TC / ET and of each label, Dice / HD95 per region when the case
+has a ground-truth labels layer, a 3D surfaces toggle, and exports of the labels (with the case
+geometry, via ``core.io``) and of the volume table (CSV).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
+                            QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                            QWidget)
+
+from ._common import CaseCombo, add_labels_result, device_combo
+from .workers import start_job
+
+VOLUME_ROWS = [("WT", "whole tumour (1+2+4)"), ("TC", "tumour core (1+4)"),
+               ("ET", "enhancing tumour (4)"), ("label_1", "label 1 necrotic/non-enh. core"),
+               ("label_2", "label 2 oedema"), ("label_4", "label 4 enhancing")]
+
+
+@dataclass
+class SegmentInputs:
+    case_id: str
+    model: str
+    device: str = "auto"
+
+
+class SegmentationWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._job = None
+        self._models: Dict[str, Any] = {}
+        self._cards: Dict[str, Dict[str, Any]] = {}
+        self.result = None
+        self.result_case_id: Optional[str] = None
+        self.result_layer = None
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.case_combo = CaseCombo(napari_viewer)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("3D models segment 4-sequence volumes into labels 1/2/4; "
+                                    "2D models segment slice packs (FLAIR abnormality)")
+        self.device = device_combo()
+        form.addRow("Case", self.case_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)
+        lay.addWidget(self.progress_label)
+
+        self.volume_table = QTableWidget(len(VOLUME_ROWS), 2)
+        self.volume_table.setHorizontalHeaderLabels(["region / label", "volume (mL)"])
+        for i, (_, title) in enumerate(VOLUME_ROWS):
+            self.volume_table.setItem(i, 0, QTableWidgetItem(title))
+            self.volume_table.setItem(i, 1, QTableWidgetItem("-"))
+        self.volume_table.verticalHeader().setVisible(False)
+        lay.addWidget(self.volume_table)
+        self.metrics_table = QTableWidget(0, 3)
+        self.metrics_table.setHorizontalHeaderLabels(["region", "Dice", "HD95 (mm)"])
+        self.metrics_table.verticalHeader().setVisible(False)
+        self.metrics_table.setToolTip("agreement with the case's ground-truth labels layer")
+        self.metrics_table.setVisible(False)
+        lay.addWidget(self.metrics_table)
+
+        self.surface_check = QCheckBox("3D surfaces")
+        self.surface_check.setToolTip("show the segmentation as iso-surfaces in the 3D view")
+        self.surface_check.toggled.connect(self.set_3d)
+        lay.addWidget(self.surface_check)
+        row2 = QHBoxLayout()
+        self.export_labels_button = QPushButton("Export labels...")
+        self.export_csv_button = QPushButton("Export volumes CSV...")
+        self.export_labels_button.clicked.connect(self._export_labels_dialog)
+        self.export_csv_button.clicked.connect(self._export_csv_dialog)
+        self.export_labels_button.setEnabled(False)
+        self.export_csv_button.setEnabled(False)
+        row2.addWidget(self.export_labels_button)
+        row2.addWidget(self.export_csv_button)
+        lay.addLayout(row2)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.refresh_models()
+        self.case_combo.currentIndexChanged.connect(self._pick_model_for_case)
+
+    # -- models --------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        from ..core.models import list_models
+        from ..core.segment import TASK
+        ms = list_models(TASK)
+        self._cards = {m["name"]: m["card"] for m in ms}
+        preferred = ("seg_brats_attunet", "seg_lgg_segresnet2d", "seg_brats_segresnet")
+        names = sorted((m["name"] for m in ms),
+                       key=lambda n: (n not in preferred, preferred.index(n)
+                                      if n in preferred else 0, n))
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        self._pick_model_for_case()
+        if not names:
+            self.status.setText("No segmentation model installed.")
+
+    def _pick_model_for_case(self, *_: Any) -> None:
+        """Preselect a model of the right kind (3D for volumes, 2D for slice packs)."""
+        from .layers import radiogen_meta
+        cid = self.case_combo.currentText()
+        kinds = {radiogen_meta(l).get("kind") for l in self.viewer.layers
+                 if radiogen_meta(l).get("case_id") == cid}
+        want = 2 if "slices" in kinds else 3
+        cur = self._cards.get(self.model_combo.currentText(), {})
+        if int(cur.get("dims", 3)) == want:
+            return
+        for i in range(self.model_combo.count()):
+            if int(self._cards.get(self.model_combo.itemText(i), {}).get("dims", 3)) == want:
+                self.model_combo.setCurrentIndex(i)
+                return
+
+    def _load_model(self, name: str, device: str):
+        from ..core.models import load_model
+        from ..core.segment import TASK
+        key = (name, device)
+        if key not in self._models:
+            self._models[key] = load_model(name, task=TASK, device=device)
+        return self._models[key]
+
+    # -- run -----------------------------------------------------------------------------------
+    def inputs(self) -> SegmentInputs:
+        return SegmentInputs(case_id=self.case_combo.currentText(),
+                             model=self.model_combo.currentText(),
+                             device=self.device.currentText())
+
+    def run(self):
+        from ..core.errors import RadiogenError
+        from ..core.models import resolve_device
+        from ..core.segment import segment
+
+        if self._job is not None and not self._job.done:
+            return self._job
+        inp = self.inputs()
+        if not inp.model:
+            raise RadiogenError("no segmentation model installed")
+        case = self.case_combo.case(include_labels=True)
+        case_id = case.case_id          # captured now: the result lands on this case
+        dev = resolve_device(inp.device)
+
+        def factory(token):
+            model = self._load_model(inp.model, dev)
+            return segment(case, model, device=dev, cancel=token)
+
+        self.status.setText(f"segmenting {case_id} with {inp.model} ...")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._job = start_job(factory, name=f"Segmentation of {case_id}",
+                              on_result=lambda r: self._on_result(r, case_id),
+                              on_progress=self._on_progress, on_finished=self._on_finished,
+                              on_error=self._on_error, viewer=self.viewer, owner=self)
+        return self._job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def _on_progress(self, p) -> None:
+        self.progress_label.setText(str(p))
+
+    def _on_error(self, exc) -> None:
+        self.status.setText(f"{type(exc).__name__}: {exc}")
+
+    def _on_finished(self, job) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if job.cancelled:
+            self.status.setText("cancelled")
+            self.progress_label.setText("")
+
+    def _on_result(self, res, case_id: str) -> None:
+        if res is None:
+            return
+        self.result = res
+        self.result_case_id = case_id
+        names = ({0: "background", 1: "FLAIR abnormality"} if res.kind == "slices" else None)
+        meta = {"model": res.model, "kind": res.kind}
+        if names is not None:
+            meta["label_names"] = names
+        self.result_layer = add_labels_result(self.viewer, res.labels, res.geometry, case_id,
+                                              f"{case_id} segmentation", **meta)
+        self._fill_tables(res)
+        self.export_labels_button.setEnabled(True)
+        self.export_csv_button.setEnabled(True)
+        if self.surface_check.isChecked():
+            self.set_3d(True)
+        msg = f"{case_id}: done in {res.timings.get('total', 0):.1f} s on {res.device}"
+        if res.warnings:
+            msg += "; " + "; ".join(res.warnings)
+        self.status.setText(msg)
+
+    def _fill_tables(self, res) -> None:
+        for i, (key, title) in enumerate(VOLUME_ROWS):
+            v = res.volumes_ml.get(key)
+            if res.kind == "slices" and key != "WT":
+                v = None
+            if res.kind == "slices" and key == "WT":
+                self.volume_table.item(i, 0).setText("FLAIR abnormality (nominal spacing)")
+            else:
+                self.volume_table.item(i, 0).setText(title)
+            self.volume_table.item(i, 1).setText("-" if v is None else f"{v:.2f}")
+        m = res.metrics or {}
+        self.metrics_table.setRowCount(len(m))
+        for i, (r, d) in enumerate(m.items()):
+            hd = d.get("hd95_mm")
+            self.metrics_table.setItem(i, 0, QTableWidgetItem(r))
+            self.metrics_table.setItem(i, 1, QTableWidgetItem(f"{d['dice']:.3f}"))
+            self.metrics_table.setItem(i, 2, QTableWidgetItem(
+                "-" if hd is None or not np.isfinite(hd) else f"{hd:.1f}"))
+        self.metrics_table.setVisible(bool(m))
+
+    # -- 3D ------------------------------------------------------------------------------------
+    def set_3d(self, on: bool) -> None:
+        layer = self.result_layer
+        if on:
+            self.viewer.dims.ndisplay = 3
+            if layer is not None and layer in self.viewer.layers:
+                try:
+                    layer.rendering = "iso_categorical"
+                except Exception:  # older napari
+                    pass
+        else:
+            self.viewer.dims.ndisplay = 2
+
+    # -- export --------------------------------------------------------------------------------
+    def volume_rows(self) -> List[Dict[str, Any]]:
+        res = self.result
+        if res is None:
+            return []
+        row: Dict[str, Any] = {"case_id": self.result_case_id, "model": res.model,
+                               "kind": res.kind}
+        for k, v in res.volumes_ml.items():
+            row[f"{k}_ml"] = round(float(v), 4)
+        for r, d in (res.metrics or {}).items():
+            row[f"dice_{r}"] = round(float(d["dice"]), 4)
+            if d.get("hd95_mm") is not None:
+                row[f"hd95_{r}_mm"] = d["hd95_mm"]
+        return [row]
+
+    def export_csv(self, path) -> Path:
+        from ..core.errors import RadiogenError
+        rows = self.volume_rows()
+        if not rows:
+            raise RadiogenError("nothing to export: run a segmentation first")
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return p
+
+    def export_labels(self, path) -> Path:
+        """Write the (possibly edited) labels layer with the case geometry."""
+        from ..core.errors import RadiogenError
+        from ..core.io import write_pack_mask, write_volume
+        res = self.result
+        if res is None:
+            raise RadiogenError("nothing to export: run a segmentation first")
+        data = np.asarray(self.result_layer.data if self.result_layer is not None
+                          and self.result_layer in self.viewer.layers else res.labels)
+        p = Path(path)
+        if p.suffix in (".h5", ".hdf5"):
+            return write_pack_mask(data, p, attrs={"model": res.model})
+        return write_volume(data, res.geometry, p, labels=True)
+
+    def _export_labels_dialog(self) -> None:
+        default = f"{self.result_case_id}_seg" + (".h5" if self.result and
+                                                  self.result.kind == "slices" else ".nii.gz")
+        path, _ = QFileDialog.getSaveFileName(self, "Export labels", default,
+                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;"
+                                              "MetaImage (*.mha);;HDF5 pack mask (*.h5)")
+        if path:
+            self.status.setText(f"labels written to {self.export_labels(path)}")
+
+    def _export_csv_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export volume table",
+                                              f"{self.result_case_id}_volumes.csv", "CSV (*.csv)")
+        if path:
+            self.status.setText(f"volume table written to {self.export_csv(path)}")

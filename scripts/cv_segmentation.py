@@ -1,0 +1,291 @@
+#!/usr/bin/env python
+"""Cross-validate, finalise and ship the segmentation models (reproduces the model cards).
+
+    # 1. train (CV + shipped model) with the project's engine, one run per config:
+    OMP_NUM_THREADS=1 radiogen train segmentation_brats         --out runs/seg/brats_segresnet --no-install
+    OMP_NUM_THREADS=1 radiogen train segmentation_brats_attunet --out runs/seg/brats_attunet   --no-install
+    OMP_NUM_THREADS=1 radiogen train segmentation_lgg           --out runs/seg/lgg_segresnet   --no-install
+    # (or: python scripts/cv_segmentation.py --train --runs runs/seg)
+    # 2. finalise: re-score every fold model on its held-out patients through the inference path
+    #    (core.segment.segment, native grid, Dice + HD95), per-patient means with bootstrap CIs,
+    #    the threshold baselines on the same folds, the architecture comparison, the sample-case
+    #    Dice and the speed benchmark; write napari_radiogen/weights/<name>.safetensors + card:
+    python scripts/cv_segmentation.py --runs runs/seg --ship
+
+Nothing here selects or tunes anything on the held-out folds: the configs are fixed, the fold
+models are the engine's (last epoch, no inner validation), and the scores are only reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUNS = {"brats_segresnet": "segmentation_brats", "brats_attunet": "segmentation_brats_attunet",
+        "lgg_segresnet": "segmentation_lgg"}
+TARGETS = {"brats": {"WT": 0.88, "TC": 0.80, "ET": 0.75}, "lgg": {"WT": 0.85}}
+
+
+def bootstrap_ci(x, n=5000, seed=0):
+    x = np.asarray([v for v in x if v is not None and np.isfinite(v)], float)
+    if x.size == 0:
+        return [None, None]
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, (n, x.size))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def t_ci(x):
+    from scipy import stats
+    x = np.asarray(x, float)
+    if x.size < 2:
+        return [None, None]
+    h = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return [float(x.mean() - h), float(x.mean() + h)]
+
+
+def summarise(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    folds = sorted({r["fold"] for r in rows})
+    per_fold = [float(np.mean([r[key] for r in rows if r["fold"] == f and r.get(key) is not None
+                               and np.isfinite(r[key])] or [np.nan])) for f in folds]
+    return {"mean_over_folds": float(np.nanmean(per_fold)), "ci95_t_over_folds": t_ci(per_fold),
+            "per_fold": per_fold, "mean_per_patient": float(np.mean(vals)) if vals else None,
+            "sd_per_patient": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "ci95_bootstrap_patients": bootstrap_ci(vals), "n_patients": len(vals)}
+
+
+def train_all(runs_dir: Path, which):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for run in which:
+        out = runs_dir / run
+        cmd = [sys.executable, "-m", "napari_radiogen", "train", RUNS[run], "--out", str(out),
+               "--no-install"]
+        if (out / "checkpoint.safetensors").exists():
+            cmd.append("--resume")
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+# ------------------------------------------------------------------------------------------
+def rescore_brats(run_dir: Path):
+    """Every fold model on its held-out patients through core.segment (native grid)."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.progress import run as drive
+    from napari_radiogen.core.segment import brats_baseline_wt, dice, segment
+
+    plan = json.loads((run_dir / "splits.json").read_text())
+    cfg = json.loads((run_dir / "config.json").read_text())
+    rows = []
+    for st in plan:
+        k = st["fold"] + 1
+        m = load_model(str(run_dir / "folds" / f"fold{k}_best.safetensors"), task="segmentation")
+        for pid in st["test"]:
+            case = load_case(Path(cfg["data"]) / pid)
+            res = drive(segment(case, m, device="cpu"))
+            row = {"patient_id": pid, "fold": k, "seconds": res.timings.get("total")}
+            for r, d in res.metrics.items():
+                row[f"dice_{r}"] = d["dice"]
+                row[f"hd95_{r}"] = d["hd95_mm"]
+            row["baseline_dice_WT"] = dice(brats_baseline_wt(case.sequences["flair"].array),
+                                           case.labels.array > 0)
+            rows.append(row)
+            print(f"  fold {k} {pid}: " + ", ".join(f"{r} {row[f'dice_{r}']:.3f}"
+                                                    for r in ("WT", "TC", "ET"))
+                  + f" (baseline WT {row['baseline_dice_WT']:.3f})", flush=True)
+    return rows
+
+
+def lgg_rows(run_dir: Path):
+    from napari_radiogen.core.segment import dice, pack_baseline_wt
+    from napari_radiogen.core.train.tasks.segmentation import read_pack_for_training
+
+    rep = json.loads((run_dir / "report" / "report.json").read_text())
+    cfg = json.loads((run_dir / "config.json").read_text())
+    rows = []
+    for p in rep["predictions"]:
+        it = read_pack_for_training(str(Path(cfg["data"]) / f"{p['patient_id']}.h5"))
+        p = dict(p)
+        p["baseline_dice_WT"] = dice(pack_baseline_wt(it["img"][:, 0]), it["mask"] > 0)
+        rows.append(p)
+    return rows
+
+
+def sample_case_dice(model):
+    from napari_radiogen.core.progress import run as drive
+    from napari_radiogen.core.sample import SAMPLE_CASE_ID, load_sample_case
+    from napari_radiogen.core.segment import segment
+    res = drive(segment(load_sample_case(), model, device="cpu"))
+    trained = SAMPLE_CASE_ID in ((model.card.get("training_data") or {}).get("fold_train") or [])
+    return {"case": SAMPLE_CASE_ID + " (bundled, brain-cropped)",
+            "dice": {r: round(d["dice"], 4) for r, d in res.metrics.items()},
+            "hd95_mm": {r: d["hd95_mm"] for r, d in res.metrics.items()},
+            "volumes_ml": {k: round(v, 3) for k, v in res.volumes_ml.items()},
+            "in_training_set_of_shipped_model": trained,
+            "note": "reproducibility check used by tests/test_segment.py (within 0.02); "
+                    + ("the sample case is a TRAINING case of the shipped model, so this is "
+                       "not a validation number" if trained else "not a training case")}
+
+
+def speed(model, threads: int = 2):
+    import torch
+    from napari_radiogen.core.sample import load_sample_case
+    from napari_radiogen.core.segment import benchmark_naive
+    from napari_radiogen.core.io import load_case
+    torch.set_num_threads(threads)
+    out = {"threads": threads, "device": "cpu",
+           "note": "measured on a shared 2-core machine under heavy load from other jobs; "
+                   "idle timings are lower. Naive = same net, same weights and spacing, whole "
+                   "uncropped volume, MONAI sliding_window_inference with the training patch "
+                   "as window, overlap 0.5, gaussian blending, torch.no_grad."}
+    b = benchmark_naive(load_sample_case(), model, device="cpu")
+    out["sample_case"] = b
+    full = ROOT.parent / "shared" / "data" / "brats2021" / "BraTS2021_00006"
+    if full.exists():
+        out["full_brats_case_240x240x155"] = benchmark_naive(load_case(full), model, device="cpu",
+                                                             native_1mm=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
+    from napari_radiogen.core.models import (SHIPPED_DIR, load_model, load_state_dict_file,
+                                             read_card, save_model)
+    results = {}
+    for run in ("brats_segresnet", "brats_attunet"):
+        if run not in which and not any(w.startswith("brats") for w in which):
+            continue
+        d = runs_dir / run
+        if not (d / "report" / "report.json").exists():
+            print(f"skip {run}: not finished", flush=True)
+            continue
+        print(f"re-scoring {run}", flush=True)
+        rows = rescore_brats(d)
+        summ = {r: summarise(rows, f"dice_{r}") for r in ("WT", "TC", "ET")}
+        hd = {r: summarise(rows, f"hd95_{r}") for r in ("WT", "TC", "ET")}
+        base = summarise(rows, "baseline_dice_WT")
+        results[run] = {"rows": rows, "dice": summ, "hd95": hd, "baseline_WT": base}
+    d = runs_dir / "lgg_segresnet"
+    if "lgg_segresnet" in which and (d / "report" / "report.json").exists():
+        rows = lgg_rows(d)
+        results["lgg_segresnet"] = {"rows": rows, "dice": {"WT": summarise(rows, "dice_WT")},
+                                    "dice_flair_only": summarise(rows, "dice_WT_flair_only"),
+                                    "baseline_WT": summarise(rows, "baseline_dice_WT")}
+    (runs_dir / f"segmentation_cv_summary_{'_'.join(which)}.json").write_text(json.dumps(results, indent=1,
+                                                                       default=str))
+    comparison = {run: {r: {k: v[k] for k in ("mean_over_folds", "ci95_t_over_folds",
+                                              "mean_per_patient", "ci95_bootstrap_patients")}
+                        for r, v in results[run]["dice"].items()}
+                  for run in ("brats_segresnet", "brats_attunet") if run in results}
+    for run, res in results.items():
+        if run not in which:
+            continue
+        d = runs_dir / run
+        cfg = json.loads((d / "config.json").read_text())
+        name = cfg["name"]
+        src = d / f"{name}.safetensors"
+        card = read_card(src)
+        kind = "lgg" if run.startswith("lgg") else "brats"
+        plan = json.loads((d / "splits.json").read_text())
+        fold1_train = plan[0]["train"] + plan[0]["val"]
+        from napari_radiogen.core.train.tasks.segmentation import DATASET_BRATS, DATASET_LGG
+        card["training_data"] = dict(card.get("training_data") or {}, fold_train=fold1_train,
+                                     shipped_model_trained_on=fold1_train,
+                                     datasets=DATASET_LGG if kind == "lgg" else DATASET_BRATS)
+        card["metrics"]["protocol"] = (
+            card["metrics"].get("protocol", "") + ". Fixed schedule (no inner validation, last "
+            "epoch), no checkpoint selection or tuning on held-out folds. "
+            + ("Re-scored by scripts/cv_segmentation.py through the inference path "
+               "(core.segment.segment, native 1 mm grid). " if kind == "brats" else
+               "Per-patient Dice over the whole slice stack from the engine's held-out-fold "
+               "evaluation (the same slices_input / slices_probs functions as core.segment). ")
+            + "95% CIs: t-interval over fold means and bootstrap over patients.")
+        card["metrics"]["dice"] = res["dice"]
+        if "hd95" in res:
+            card["metrics"]["hd95_mm"] = res["hd95"]
+        if "dice_flair_only" in res:
+            card["metrics"]["dice_flair_only_inputs"] = res["dice_flair_only"]
+        card["metrics"]["per_patient"] = res["rows"]
+        card["metrics"]["targets"] = TARGETS[kind]
+        card["metrics"]["targets_met"] = {r: bool(res["dice"][r]["mean_over_folds"] >= t)
+                                          for r, t in TARGETS[kind].items()}
+        card["baseline"] = {
+            "method": ("FLAIR > brain mean + 1.6 SD, largest 3D component (WT only)"
+                       if kind == "brats" else
+                       "FLAIR > head mean + 1.1 SD inside an Otsu head mask eroded in-plane by "
+                       "10 mm, largest 3D component"),
+            "dice_WT": res["baseline_WT"], "same_folds": True}
+        if kind == "brats":
+            card["architecture_comparison"] = {
+                "note": "same data, folds, preprocessing, schedule and budget; Dice per region. "
+                        "The CLI / widget default 3D model (seg_brats_attunet) was chosen as "
+                        "the better of the two by this CV, so its CV estimate is slightly "
+                        "optimistic (selection between 2 candidates).",
+                **comparison}
+            m = load_model(str(src), task="segmentation")
+            m.card = card
+            print(f"sample case {run}", flush=True)
+            card["sample_case"] = sample_case_dice(m)
+            if bench:
+                print(f"benchmark {run}", flush=True)
+                card["speed"] = speed(m)
+        else:
+            card["architecture_comparison"] = {
+                "note": "the 2D attention U-Net is selectable (model.arch: attention_unet in "
+                        "configs/segmentation_lgg.yaml) but was not cross-validated on TCGA-LGG "
+                        "within the CPU budget; SegResNet vs attention U-Net is compared on the "
+                        "3D BraTS task (same folds and schedule)", **comparison}
+        card["reproduce"] = (f"OMP_NUM_THREADS=1 radiogen train {RUNS[run]} --out runs/seg/{run} "
+                             "--no-install && python scripts/cv_segmentation.py --runs runs/seg "
+                             "--ship")
+        card["limitations"] = (
+            "Trained on a 2-core shared CPU within a ~45-minute budget for all segmentation "
+            "runs: small nets, coarse grid, few optimisation steps. "
+            + ("8 BraTS 2021 cases only (6 per training fold); the shipped model is the fold-1 "
+               "model (6 training cases). " if kind == "brats" else
+               "TCGA-LGG 2D packs at 128 x 128 (binned 2x2), 3-fold CV; shipped = fold-1 model. ")
+            + "Targets from the issue (BraTS WT 0.88 / TC 0.80 / ET 0.75; LGG 0.85) are NOT "
+              "reached where targets_met is false: these are honest CV numbers.")
+        results[run]["card"] = card
+        if ship:
+            state = load_state_dict_file(src)
+            out = save_model(SHIPPED_DIR / f"{name}.safetensors", state, card)
+            print(f"shipped {out} ({out.stat().st_size / 1e6:.2f} MB)", flush=True)
+    for run, res in results.items():
+        if run not in which:
+            continue
+        print(run, {r: round(v["mean_over_folds"], 3) for r, v in res["dice"].items()},
+              "baseline WT", round(res["baseline_WT"]["mean_over_folds"], 3), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/seg", help="folder of the training runs")
+    ap.add_argument("--train", action="store_true", help="run the trainings first")
+    ap.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--ship", action="store_true",
+                    help="write the models + cards into napari_radiogen/weights/")
+    ap.add_argument("--no-bench", action="store_true", help="skip the speed benchmark")
+    a = ap.parse_args()
+    import torch
+    torch.set_num_threads(1)
+    runs = Path(a.runs)
+    if a.train:
+        train_all(runs, a.only)
+    t = time.time()
+    finalise(runs, a.ship, not a.no_bench, tuple(a.only))
+    print(f"done in {time.time() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

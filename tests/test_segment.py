@@ -1,0 +1,276 @@
+"""Segmentation: metrics, inference on phantoms (tiny random nets), error messages, CLI outputs,
+and the shipped models on real data (sample case Dice vs the card; BraTS geometry)."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_radiogen.core import segment as seg
+from napari_radiogen.core.errors import CaseLoadError, MissingSequenceError
+from napari_radiogen.core.phantom import make_pack_phantom, make_phantom
+from napari_radiogen.core.progress import CancelToken, run
+
+from conftest import shared_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _save_tiny(name: str, dims: int, tmp_dir: Path):
+    """A tiny random segmentation model in the user models folder."""
+    from napari_radiogen.core.models import new_card, save_model, user_models_dir
+    from napari_radiogen.core.models import build_from_card
+
+    if dims == 3:
+        arch = {"builder": "src_models.segmentation:segresnet_3d",
+                "kwargs": {"in_channels": 4, "out_channels": 3, "init_filters": 8}}
+        fields = dict(sequences=["t1", "t1ce", "t2", "flair"],
+                      required_sequences=["t1", "t1ce", "t2", "flair"], dims=3, spacing_mm=3.0,
+                      roi_size=[64, 80, 64], normalisation="zscore")
+    else:
+        arch = {"builder": "src_models.segmentation:segresnet_2d",
+                "kwargs": {"in_channels": 6, "out_channels": 1, "init_filters": 8,
+                           "input_downsample": 2}}
+        fields = dict(sequences=["flair", "t1", "t1ce"], required_sequences=["flair"], dims=2)
+    card = new_card(name, "segmentation", arch, **fields)
+    net = build_from_card(card)
+    d = user_models_dir()
+    return save_model(d / f"{name}.safetensors", net.state_dict(), card)
+
+
+@pytest.fixture(scope="module")
+def tiny3d(tmp_path_factory):
+    from napari_radiogen.core.models import load_model
+    p = _save_tiny("tiny_seg3d_test", 3, tmp_path_factory.mktemp("m"))
+    return load_model(str(p), task="segmentation")
+
+
+@pytest.fixture(scope="module")
+def tiny2d(tmp_path_factory):
+    from napari_radiogen.core.models import load_model
+    p = _save_tiny("tiny_seg2d_test", 2, tmp_path_factory.mktemp("m"))
+    return load_model(str(p), task="segmentation")
+
+
+# -- metrics and label algebra ------------------------------------------------------------------
+
+def test_regions_roundtrip_and_nesting():
+    lab = np.array([0, 1, 2, 4, 3], dtype=np.uint8)
+    r = seg.labels_to_regions(lab)
+    assert r.tolist() == [[False, True, True, True, True], [False, True, False, True, True],
+                          [False, False, False, True, True]]
+    back = seg.regions_to_labels(r)
+    assert back.tolist() == [0, 1, 2, 4, 4]
+    # ET outside TC/WT is dropped (nesting enforced)
+    odd = np.array([[0], [0], [1]], dtype=bool)
+    assert seg.regions_to_labels(odd).tolist() == [0]
+
+
+def test_dice_and_hd95_known_values():
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros_like(a)
+    assert seg.dice(a, b) == 1.0 and seg.hd95(a, b) == 0.0
+    a[2:6, 2:6, 2:6] = True
+    assert seg.dice(a, b) == 0.0 and np.isnan(seg.hd95(a, b))
+    b[2:6, 2:6, 3:7] = True          # shifted by one voxel along x
+    assert seg.dice(a, b) == pytest.approx(2 * 48 / 128)
+    assert seg.hd95(a, b, (1, 1, 2.0)) == pytest.approx(2.0)
+
+
+def test_volumes_ml():
+    from napari_radiogen.core.case import Geometry
+    g = Geometry(size=(10, 10, 10), spacing=(2.0, 2.0, 2.0), origin=(0, 0, 0))
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[0, 0, :5] = 1
+    lab[1, 0, :3] = 2
+    lab[2, 0, :2] = 4
+    v = seg.region_volumes_ml(lab, g)
+    assert v["WT"] == pytest.approx(10 * 0.008) and v["TC"] == pytest.approx(7 * 0.008)
+    assert v["ET"] == pytest.approx(2 * 0.008) and v["label_2"] == pytest.approx(3 * 0.008)
+
+
+def test_slices_input_missing_channel_is_zero_not_flair():
+    fl = np.random.default_rng(0).integers(1, 255, (3, 16, 16)).astype(np.uint8)
+    x = seg.slices_input({"flair": fl, "t1": None, "t1ce": fl})
+    assert x.shape == (3, 6, 16, 16)
+    assert np.all(x[:, 1] == 0) and np.all(x[:, 4] == 0)        # t1 missing: zeros, flag 0
+    assert np.all(x[:, 3] == 1) and np.all(x[:, 5] == 1)
+    assert abs(float(x[:, 0].mean())) < 1e-3
+
+
+# -- inference on phantoms ----------------------------------------------------------------------
+
+def test_segment_phantom_volume(tiny3d):
+    case = make_phantom(1)
+    items = list(seg.segment(case, tiny3d, device="cpu"))
+    res = items[-1]
+    assert isinstance(res, seg.SegResult)
+    assert res.labels.shape == case.geometry.shape and res.labels.dtype == np.uint8
+    assert set(np.unique(res.labels)) <= {0, 1, 2, 4}
+    assert res.geometry.same_grid(case.geometry)
+    assert set(res.volumes_ml) >= {"WT", "TC", "ET", "label_1", "label_2", "label_4"}
+    assert res.metrics is not None and set(res.metrics) == {"WT", "TC", "ET"}
+    assert res.timings["total"] > 0 and res.kind == "volume"
+    assert any(isinstance(i, seg.Progress) for i in items)
+
+
+def test_segment_cancel(tiny3d):
+    tok = CancelToken()
+    tok.cancel()
+    from napari_radiogen.core.errors import Cancelled
+    with pytest.raises(Cancelled):
+        run(seg.segment(make_phantom(2), tiny3d, device="cpu", cancel=tok))
+
+
+def test_missing_sequence_names_it(tiny3d):
+    case = make_phantom(3, sequences=("t1", "t2", "flair"))
+    with pytest.raises(MissingSequenceError) as e:
+        run(seg.segment(case, tiny3d, device="cpu"))
+    msg = str(e.value)
+    assert "t1ce" in msg and "needs t1, t1ce, t2, flair" in msg
+
+
+def test_2d_and_wrong_kind_inputs_get_clear_messages(tiny3d, tiny2d):
+    with pytest.raises(CaseLoadError, match="2D slice pack"):
+        run(seg.segment(make_pack_phantom(0, n_slices=6), tiny3d, device="cpu"))
+    thin = make_phantom(4, shape=(3, 64, 64))
+    with pytest.raises(CaseLoadError, match="2D or too thin"):
+        run(seg.segment(thin, tiny3d, device="cpu"))
+    with pytest.raises(CaseLoadError, match="3D volume"):
+        run(seg.segment(make_phantom(5), tiny2d, device="cpu"))
+
+
+def test_segment_pack_phantom(tiny2d):
+    case = make_pack_phantom(0, n_slices=6)
+    res = run(seg.segment(case, tiny2d, device="cpu"))
+    assert res.kind == "slices" and res.labels.shape == case.labels.array.shape
+    assert set(np.unique(res.labels)) <= {0, 1}
+    assert set(res.volumes_ml) == {"WT"}
+    # FLAIR-only pack: runs, says so
+    only = make_pack_phantom(1, n_slices=6)
+    for s in ("t1", "t1ce"):
+        only.sequences.pop(s)
+    res2 = run(seg.segment(only, tiny2d, device="cpu"))
+    assert any("t1" in w for w in res2.warnings)
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+def _write_pack(path: Path, case) -> None:
+    import h5py
+    img = np.stack([case.sequences[s].array for s in ("t1", "flair", "t1ce")], 1)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=img.astype(np.uint8))
+        f.create_dataset("mask", data=case.labels.array.astype(np.uint8))
+        f.attrs["channel_names"] = ["t1", "flair", "t1ce"]
+        f.attrs["available"] = [True, True, True]
+
+
+def test_cli_pack_and_batch_with_bad_case(tiny2d, tmp_path, capsys):
+    import h5py
+    from napari_radiogen.cli import main
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    case = make_pack_phantom(0, n_slices=5)
+    _write_pack(cohort / "P1.h5", case)
+    # a bad case: a 3D volume, which the 2D slice model must refuse (batch goes on)
+    from napari_radiogen.core.io import write_volume
+    vol = make_phantom(0).sequences["flair"]
+    (cohort / "P2").mkdir()
+    write_volume(vol.array, vol.geometry, cohort / "P2" / "P2_flair.nii.gz")
+    out = tmp_path / "out"
+    rc = main(["segment", str(cohort), "--out", str(out), "--model", "tiny_seg2d_test",
+               "--device", "cpu"])
+    assert rc == 1                                           # one case failed, batch went on
+    with h5py.File(out / "P1_seg.h5") as f:
+        assert f["mask"].shape == case.labels.array.shape
+    js = json.loads((out / "P1_seg.json").read_text())
+    assert "WT" in js["volumes_ml"]
+    import csv
+    rows = list(csv.DictReader(open(out / "volumes.csv")))
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    err = capsys.readouterr().err
+    assert "P2" in err and "failed" in err
+
+
+def test_cli_missing_sequence_exit2(tiny3d, tmp_path, capsys):
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.io import write_volume
+
+    case = make_phantom(6, sequences=("t1", "t2", "flair"))
+    d = tmp_path / "C1"
+    d.mkdir()
+    for s, v in case.sequences.items():
+        write_volume(v.array, v.geometry, d / f"C1_{s}.nii.gz")
+    rc = main(["segment", str(d), "--out", str(tmp_path / "o"), "--model", "tiny_seg3d_test"])
+    assert rc == 2
+    assert "t1ce" in capsys.readouterr().err
+
+
+# -- shipped models on real data -------------------------------------------------------------------
+
+def _shipped(name):
+    from napari_radiogen.core.models import SHIPPED_DIR
+    p = SHIPPED_DIR / f"{name}.safetensors"
+    if not p.exists():
+        pytest.skip(f"shipped model {name} not present")
+    return p
+
+
+@pytest.mark.parametrize("name", ["seg_brats_attunet", "seg_brats_segresnet"])
+def test_sample_case_reproduces_card_dice(name):
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.sample import load_sample_case
+
+    _shipped(name)
+    m = load_model(name, task="segmentation")
+    ref = (m.card.get("sample_case") or {}).get("dice")
+    assert ref, "the card must store the shipped model's Dice on the bundled sample case"
+    res = run(seg.segment(load_sample_case(), m, device="cpu"))
+    for r in ("WT", "TC", "ET"):
+        assert abs(res.metrics[r]["dice"] - ref[r]) <= 0.02, (r, res.metrics[r], ref[r])
+
+
+@pytest.mark.slow
+def test_cli_brats_case_aligned_with_flair(tmp_path):
+    import nibabel as nib
+    from napari_radiogen.cli import main
+
+    _shipped("seg_brats_attunet")                    # the CLI's default 3D model
+    case_dir = shared_path("brats2021", "BraTS2021_01476")
+    rc = main(["segment", str(case_dir), "--out", str(tmp_path), "--device", "cpu"])
+    assert rc == 0
+    out = nib.load(str(tmp_path / "BraTS2021_01476_seg.nii.gz"))
+    flair = nib.load(str(case_dir / "BraTS2021_01476_flair.nii.gz"))
+    assert out.shape == (240, 240, 155) == flair.shape
+    assert np.allclose(out.affine, flair.affine, atol=1e-4)
+    lab = np.asarray(out.dataobj)
+    assert set(np.unique(lab)) <= {0, 1, 2, 4}
+    gt = np.asarray(nib.load(str(case_dir / "BraTS2021_01476_seg.nii.gz")).dataobj)
+    assert seg.dice(lab > 0, gt > 0) > 0.3          # aligned: overlaps the expert WT
+    js = json.loads((tmp_path / "BraTS2021_01476_seg.json").read_text())
+    assert js["volumes_ml"]["WT"] > 0
+    assert (tmp_path / "volumes.csv").exists()
+
+
+def test_shipped_pack_model_on_real_pack(tmp_path):
+    import h5py
+    from napari_radiogen.cli import main
+
+    _shipped("seg_lgg_segresnet2d")
+    pack = shared_path("tcga-lgg", "TCGA_CS_4941.h5")
+    rc = main(["segment", str(pack), "--out", str(tmp_path), "--device", "cpu"])
+    assert rc == 0
+    with h5py.File(tmp_path / "TCGA_CS_4941_seg.h5") as f, h5py.File(pack) as g:
+        assert f["mask"].shape == g["mask"].shape
+
+
+def test_configs_load_and_tasks_register():
+    from napari_radiogen.core.train.config import load_config
+    for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg"):
+        cfg = load_config(name)
+        assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
