@@ -175,6 +175,8 @@ class CohortWidget(QWidget):
             self.job.cancel()
 
     def _progress(self, p) -> None:
+        if self.job is None or self.job.done:      # a late update must not hide the summary
+            return
         self.bar.setValue(p.done)
         self.info.setText(p.message)
 
