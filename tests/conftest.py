@@ -1,6 +1,8 @@
 """Shared fixtures. Tests that need the real data in ../shared/data skip with a reason when it is
 absent (a fresh clone); CI has it."""
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ SHARED = Path(os.environ.get("RADIOGEN_SHARED_DATA", ROOT.parent / "shared" / "d
 
 # napari/matplotlib write settings and caches under HOME: keep tests hermetic.
 _tmp = tempfile.mkdtemp(prefix="radiogen-test-home-")
+atexit.register(shutil.rmtree, _tmp, True)
 for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
     os.environ.setdefault(var, os.path.join(_tmp, var.lower()))
 os.environ.setdefault("RADIOGEN_MODELS_DIR", os.path.join(_tmp, "user-models"))
