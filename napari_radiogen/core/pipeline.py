@@ -165,6 +165,15 @@ class Analyzer:
             res.errors[stage] = str(e)
             res.warnings.append(f"{stage} skipped: {e}")
 
+        # -- models (loaded once per Analyzer, reused across cases) ---------------------------
+        t = time.perf_counter()
+        for getter in (lambda: self.seg_model(case), self.pred_model):
+            try:
+                getter()
+            except ModelFileError:
+                pass                  # reported by the stage that needs it
+        res.timings["models"] = time.perf_counter() - t
+
         # -- synthesise what the models need --------------------------------------------------
         if "synthesize" in stages:
             t = time.perf_counter()
