@@ -60,8 +60,6 @@ def test_mil_heatmap_on_case_grid(models, sample, method):
 
 
 def test_cnn3d_gradcam_on_case_grid(models, sample):
-    if "cnn3d" not in models:
-        pytest.skip("3D CNN builder not available")
     lm = load_model(str(models["cnn3d"]))
     res = run(explain(sample, lm, task="grade", method="gradcam++"))
     assert res.heatmap.shape == sample.geometry.shape

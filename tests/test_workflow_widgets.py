@@ -151,14 +151,16 @@ def test_cancel_leaves_no_layers_and_no_threads(make_napari_viewer, qtbot, test_
     viewer = make_napari_viewer(show=True)
     w = _analyze_widget(viewer, sample_path)
     names_before = [l.name for l in viewer.layers]
+    cancelled = 0
     for stage in ("segment", "predict", "explain"):
         w.run()
         qtbot.waitUntil(lambda: stage in w.stage.text() or w.job.done, timeout=600_000)
         w.cancel()
         qtbot.waitUntil(lambda: w.job.done, timeout=60_000)
-        assert w.job.cancelled or w.job.done
         if w.job.cancelled:
+            cancelled += 1
             assert [l.name for l in viewer.layers] == names_before, stage
+    assert cancelled >= 1, "no run was actually cancelled"
     assert not active_jobs()
 
 
@@ -187,9 +189,11 @@ def test_cohort_widget_two_cases_one_corrupt(make_napari_viewer, qtbot, test_mod
     w = CohortWidget(viewer)
     w.out.setText(str(tmp_path / "out"))
     assert len(w.load_folder(str(cohort))) == 2
-    w.step(+1)                                   # opens the first case
+    job = w.step(+1)                             # opens the first case (in a worker)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
     assert any(l.name == "BraTS2021_00006 flair" for l in viewer.layers)
-    w.step(+1)                                   # the corrupt one: an error, current stays
+    job = w.step(+1)                             # the corrupt one: an error, current stays
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
     assert any(l.name == "BraTS2021_00006 flair" for l in viewer.layers)
     w.analyzer = None
     from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer

@@ -128,23 +128,21 @@ def _cam_class(method: str):
     return {"gradcam": GradCAM, "gradcam++": GradCAMpp, "layercam": LayerCAM}[method]
 
 
-class _TaskLogits:
-    """Wrap one member so torchcam sees (B, C) logits of one task."""
+def _task_logits(member, kind: str, task: str, slice_mask, seq_mask, clinical):
+    """Wrap one member so torchcam sees the (B, C) logits of one task."""
+    import torch.nn as nn
 
-    def __new__(cls, member, kind: str, task: str, slice_mask, seq_mask, clinical):
-        import torch.nn as nn
+    class TaskLogits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = member
 
-        class Wrapped(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.m = member
+        def forward(self, x):
+            if kind == "volume3d":
+                return self.m(x, seq_mask, clinical)["logits"][task]
+            return self.m(x, slice_mask, seq_mask, clinical)["logits"][task]
 
-            def forward(self, x):
-                if kind == "volume3d":
-                    return self.m(x, seq_mask, clinical)["logits"][task]
-                return self.m(x, slice_mask, seq_mask, clinical)["logits"][task]
-
-        return Wrapped()
+    return TaskLogits()
 
 
 def _members(module) -> List[Any]:
@@ -162,7 +160,7 @@ def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, l
     members = _members(module)
     for m in members:
         check(cancel)
-        w = _TaskLogits(m, "mil", task, slm, seq_mask, clinical)
+        w = _task_logits(m, "mil", task, slm, seq_mask, clinical)
         names = [f"m.encoders.{s}.{layer}" for s in sequences]
         ex = _cam_class(method)(w, target_layer=names)
         try:
@@ -187,7 +185,7 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
     members = _members(module)
     for m in members:
         check(cancel)
-        w = _TaskLogits(m, "volume3d", task, None, seq_mask, clinical)
+        w = _task_logits(m, "volume3d", task, None, seq_mask, clinical)
         ex = _cam_class(method)(w, target_layer=f"m.{layer}")
         try:
             with torch.enable_grad():
@@ -296,7 +294,7 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
         for i, s in enumerate(seqs):
             if inp.seq_mask[i] and kind != "volume3d":
                 full = np.zeros(inp.n_ref_slices, np.float32)
-                full[inp.slice_index] = att[i] if method != "attention" else att[i]
+                full[inp.slice_index] = att[i]
                 weights[s] = [round(float(v), 6) for v in full]
     check(cancel)
     yield Progress("explain", 3, 4, "mapping to the case grid")

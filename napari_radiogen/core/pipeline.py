@@ -85,12 +85,30 @@ class AnalysisResult:
         return row
 
 
+def _relay(gen, stage: str, k: int, n: int):
+    """Re-yield a core step's progress under a pipeline stage; return the step's result."""
+    result = None
+    for item in gen:
+        if isinstance(item, Progress):
+            yield Progress(stage, k, n, item.message)
+        else:
+            result = item
+    return result
+
+
 class Analyzer:
     """Holds the loaded models (once) and analyses cases with them."""
 
     def __init__(self, options: Optional[AnalysisOptions] = None):
         self.options = options or AnalysisOptions()
         self._models: Dict[str, Any] = {}
+
+    def reconfigure(self, options: AnalysisOptions) -> None:
+        """New options; the loaded models are kept unless the device or a model choice changed."""
+        keep = ("device", "seg_model", "pred_model", "synth_model")
+        if any(getattr(options, a) != getattr(self.options, a) for a in keep):
+            self._models.clear()
+        self.options = options
 
     # -- models ---------------------------------------------------------------------------------
     def _model(self, key: str, task: str, name: Optional[str], prefer: Sequence[str] = (),
@@ -194,13 +212,9 @@ class Analyzer:
                 elif missing and opts.synthesize_missing:
                     from .synthesize import fill_missing
                     sm = self.synth_model()
-                    for item in fill_missing(case, sm, needed=missing, device=opts.device,
-                                             cancel=cancel):
-                        if isinstance(item, Progress):
-                            yield Progress("synthesize", stages.index("synthesize"), n,
-                                           item.message)
-                        else:
-                            case = item
+                    case = yield from _relay(
+                        fill_missing(case, sm, needed=missing, device=opts.device,
+                                     cancel=cancel), "synthesize", stages.index("synthesize"), n)
                     res.synthesized = list(missing)
                     res.warnings.append(f"synthetic input(s): {', '.join(missing)} generated "
                                         f"by {sm.name}; results that use them say so")
@@ -220,11 +234,8 @@ class Analyzer:
             try:
                 lm = self.seg_model(case)
                 res.models["segmentation"] = lm.name
-                for item in S.segment(case, lm, device=opts.device, cancel=cancel):
-                    if isinstance(item, Progress):
-                        yield Progress("segment", k, n, item.message)
-                    else:
-                        res.segmentation = item
+                res.segmentation = yield from _relay(
+                    S.segment(case, lm, device=opts.device, cancel=cancel), "segment", k, n)
                 res.warnings.extend(w for w in res.segmentation.warnings if w not in res.warnings)
                 wt_mask = res.segmentation.labels > 0
                 yield StageResult("segment", case.case_id, res.segmentation,
@@ -242,11 +253,8 @@ class Analyzer:
             try:
                 lm = self.pred_model()
                 res.models["prediction"] = lm.name
-                for item in P.predict(case, lm, device=opts.device, cancel=cancel):
-                    if isinstance(item, Progress):
-                        yield Progress("predict", k, n, item.message)
-                    else:
-                        res.prediction = item
+                res.prediction = yield from _relay(
+                    P.predict(case, lm, device=opts.device, cancel=cancel), "predict", k, n)
                 for w in res.prediction.warnings:
                     if w not in res.warnings:
                         res.warnings.append(w)
@@ -270,11 +278,9 @@ class Analyzer:
             for task in opts.explain_tasks:
                 yield Progress("explain", k, n, f"{opts.explain_method} for {task}")
                 try:
-                    ex = None
-                    for item in E.explain(case, lm, task=task, method=opts.explain_method,
-                                          wt_mask=None if gt else wt_mask, cancel=cancel):
-                        if not isinstance(item, Progress):
-                            ex = item
+                    ex = yield from _relay(
+                        E.explain(case, lm, task=task, method=opts.explain_method,
+                                  wt_mask=None if gt else wt_mask, cancel=cancel), "explain", k, n)
                     res.explanations.append(ex)
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
                 except RadiogenError as e:

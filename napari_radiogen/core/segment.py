@@ -462,13 +462,8 @@ def _segment_slices(case, model, dev, cancel, timings, warn):
 # ------------------------------------------------------------------------------------------
 
 def _largest_component(m: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-    lab, n = ndimage.label(m)
-    if n <= 1:
-        return m
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
-    return lab == int(np.argmax(counts))
+    from .prepare import _largest_component as largest
+    return largest(m)
 
 
 def threshold_baseline(flair: np.ndarray, region: np.ndarray, k: float) -> np.ndarray:

@@ -122,14 +122,10 @@ class AnalyzeWidget(QWidget):
                                explain_method=inp.method,
                                synthesize_missing=inp.synthesize_missing,
                                seg_model=inp.seg_model, pred_model=inp.pred_model)
-        if self.analyzer is None or vars(self.analyzer.options) != vars(opts):
-            old = self.analyzer
-            same = old is not None and (old.options.device, old.options.seg_model,
-                                        old.options.pred_model) == (opts.device, opts.seg_model,
-                                                                    opts.pred_model)
-            models = old._models if same else {}
+        if self.analyzer is None:
             self.analyzer = Analyzer(opts)
-            self.analyzer._models = models            # models are loaded once and reused
+        else:
+            self.analyzer.reconfigure(opts)        # models are loaded once and reused
         return self.analyzer
 
     # -- run --------------------------------------------------------------------------------------

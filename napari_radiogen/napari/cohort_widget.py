@@ -38,6 +38,8 @@ class CohortWidget(QWidget):
         self.job = None
         self.items: List[CohortItem] = []
         self.analyzer: Optional[Analyzer] = None
+        self.open_job = None
+        self._pending: Optional[int] = None           # the case being opened (or last tried)
 
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder of cases (case folders or .h5 packs)")
@@ -105,6 +107,7 @@ class CohortWidget(QWidget):
             self.cases = []
         self.status = {str(c): "pending" for c in self.cases}
         self.current = -1
+        self._pending = None
         self._refresh()
         self.info.setText(f"{len(self.cases)} case(s)")
         return self.cases
@@ -122,33 +125,47 @@ class CohortWidget(QWidget):
             self.list.addItem(it)
 
     # -- browsing -------------------------------------------------------------------------------
-    def step(self, d: int) -> None:
+    def step(self, d: int):
         if not self.cases:
-            return
-        self.open_case((self.current + d) % len(self.cases))
+            return None
+        if self.open_job is not None and not self.open_job.done:
+            return self.open_job                     # one case opens at a time
+        target = self.current if self._pending is None else self._pending
+        self._pending = (target + d) % len(self.cases)
+        job = self.open_case(self._pending)
+        return job
 
-    def open_case(self, i: int) -> None:
-        """Open case ``i`` in the viewer, replacing the previously opened cohort case."""
-        from napari.utils.notifications import show_error
+    def open_case(self, i: int):
+        """Open case ``i`` in the viewer, replacing the previously opened cohort case. The case
+        is read in a worker; the layers are swapped in when it has loaded (a bad case keeps the
+        current one open). Returns the Job."""
+        from ..core.io import load_case
+        from ..core.progress import Progress
+        from .layers import case_to_layer_data
 
         path = self.cases[i]
-        old = [l for l in self.viewer.layers if radiogen_meta(l).get("cohort")]
-        try:
-            from ..core.io import load_case
-            from .layers import case_to_layer_data
-            case = load_case(path)
-        except Exception as e:  # a RadiogenError: keep the current case open
-            show_error(f"{path.name}: {e}")
+
+        def gen(tok):
+            yield Progress("open", 0, 1, path.name)
+            yield case_to_layer_data(load_case(path))
+
+        def show(layer_data):
+            for l in [l for l in self.viewer.layers if radiogen_meta(l).get("cohort")]:
+                self.viewer.layers.remove(l)
+            for data, kw, kind in layer_data:
+                kw["metadata"]["radiogen"]["cohort"] = True
+                getattr(self.viewer, f"add_{kind}")(data, **kw)
+            self.current = i
+            self._refresh()
+
+        def failed(_exc):
             self.status[str(path)] = "failed"
             self._refresh()
-            return
-        for l in old:
-            self.viewer.layers.remove(l)
-        for data, kw, kind in case_to_layer_data(case):
-            kw["metadata"]["radiogen"]["cohort"] = True
-            getattr(self.viewer, f"add_{kind}")(data, **kw)
-        self.current = i
-        self._refresh()
+
+        self.open_job = start_job(gen, name=f"Open {path.name}", on_result=show,
+                                  on_error=failed, owner=self, viewer=self.viewer,
+                                  progress_bar=False)
+        return self.open_job
 
     # -- batch ------------------------------------------------------------------------------------
     def analyze_all(self, use_cache: bool = True):
