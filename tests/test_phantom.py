@@ -1,5 +1,4 @@
 """Synthetic cases: deterministic, plausible labels and contrasts, fast."""
-import time
 
 import numpy as np
 import pytest
@@ -88,15 +87,6 @@ def test_skull_stripped_phantom_has_zero_background():
         assert (v.array[t == TISSUE["background"]] == 0).all()
         assert is_skull_stripped(v.array)
     assert (c.labels.array[t == TISSUE["background"]] == 0).all()
-
-
-def test_phantom_is_fast():
-    make_phantom(0)
-    t0 = time.perf_counter()
-    make_phantom(11)
-    make_pack_phantom(11)
-    # the target is < 0.5 s each; generous bound because the test machine is shared
-    assert time.perf_counter() - t0 < 3.0
 
 
 def test_pack_phantom_mimics_tcga_lgg_pack():

@@ -1,5 +1,4 @@
 """Preparation (one grid, mask, crop, normalisation) and the way back to the native grid."""
-import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -306,11 +305,7 @@ def test_to_native_rejects_wrong_shape():
 def test_brats_prepare_round_trip_is_exact(brats):
     assert brats.on_one_grid()
     assert is_skull_stripped(brats.sequences["flair"].array)
-    prepare(brats, SEQ)                                            # warm-up
-    t0 = time.perf_counter()
     p = prepare(brats, SEQ)
-    dt = time.perf_counter() - t0
-    assert dt < 3.0, f"prepare took {dt:.2f} s"                   # ~0.2 s unloaded
     assert not p.resampled and p.mask_method == "nonzero"
     assert p.array.shape[0] == 4 and p.array.shape[1:] == p.shape
     assert np.prod(p.shape) < 0.6 * np.prod(brats.geometry.shape)  # the crop pays off
