@@ -43,7 +43,7 @@ def test_cumulative_dynamic_auc_matches_brute_force_without_censoring():
 def test_brier_score_bounds_and_perfect_prediction():
     t, e, r = _synthetic(80, seed=2)
     taus = np.quantile(t[e > 0], [0.3, 0.6])
-    S = sv.breslow_survival(t, e, r, r, taus)
+    S = sv.cox_survival(t, e, r, r, taus)
     b = sv.brier_score(t, e, t, e, S, taus)
     assert all(0 <= x <= 0.3 for x in b["brier"]) and b["integrated"] is not None
     oracle = np.stack([(t > tau).astype(float) for tau in taus], 1)

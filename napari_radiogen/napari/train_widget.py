@@ -375,12 +375,12 @@ class TrainingWidget(QWidget):
 
     def _on_error(self, exc) -> None:
         from ..core.errors import Cancelled
-        if isinstance(exc, Cancelled):
-            self.status.setText(f"cancelled; the last good checkpoint is in {self.out_dir.text()}"
-                                " (Resume continues)")
-        else:
+        if not isinstance(exc, Cancelled):     # a cancellation is reported when the job ends
             self.status.setText(f"error: {exc}")
 
     def _on_finished(self, job) -> None:
+        if job.cancelled:   # also when the run ended by itself just as the user cancelled
+            self.status.setText(f"cancelled; the last good checkpoint is in {self.out_dir.text()}"
+                                " (Resume continues)")
         self._set_running(False)
         self.curves.draw(force=True)

@@ -3,12 +3,12 @@
 * Kaplan-Meier curves (lifelines ``KaplanMeierFitter``), log-rank test between groups
   (``multivariate_logrank_test``), Cox proportional hazards HR with 95% CI (``CoxPHFitter``),
   Harrell's C-index (``lifelines.utils.concordance_index``).
-* Time-dependent (cumulative/dynamic) AUC and the Brier score: neither lifelines 0.30 nor
-  anything installed provides them (scikit-survival is not installed), so they are implemented
-  here with inverse-probability-of-censoring weights (IPCW) exactly as defined by Uno et al.
-  2007 / Hung & Chiang 2010 (the definition of ``sksurv.metrics.cumulative_dynamic_auc``; tied
-  risk scores count 1/2) and Graf et al. 1999 (``sksurv.metrics.brier_score``). The censoring
-  distribution G is the Kaplan-Meier estimate of the censoring times of the training data.
+* Time-dependent (cumulative/dynamic) AUC and the IPCW Brier score: scikit-survival's
+  ``sksurv.metrics.cumulative_dynamic_auc`` (Uno et al. 2007, Hung & Chiang 2010) and
+  ``sksurv.metrics.brier_score`` / ``integrated_brier_score`` (Graf et al. 1999); the censoring
+  distribution is the Kaplan-Meier estimate of the training data's censoring times.
+* Survival curves for the Brier score: a one-covariate Cox model on the risk score (lifelines
+  ``CoxPHFitter.predict_survival_function``, Breslow baseline hazard).
 """
 from __future__ import annotations
 
@@ -75,76 +75,68 @@ def cox_hr(time, event, covariates: Dict[str, Sequence[float]], penalizer: float
                 "p": float(s.loc[k, "p"])} for k in s.index}
 
 
-def _censor_km(t_train, e_train):
-    from lifelines import KaplanMeierFitter
-    km = KaplanMeierFitter().fit(t_train, 1 - e_train)
+def _surv_struct(t, e):
+    from sksurv.util import Surv
+    return Surv.from_arrays(event=np.asarray(e) > 0, time=np.asarray(t, float))
 
-    def G(x):
-        v = km.survival_function_at_times(np.asarray(x, dtype=float)).to_numpy()
-        return np.clip(v, 1e-8, None)
-    return G
+
+def _usable_times(t_train, t_test, times) -> np.ndarray:
+    """sksurv needs each time inside the test follow-up and before the training data's last
+    time (where the censoring KM estimate is still positive)."""
+    times = np.atleast_1d(np.asarray(times, float))
+    return times[(times >= np.min(t_test)) & (times < np.max(t_test))
+                 & (times < np.max(t_train))]
 
 
 def cumulative_dynamic_auc(t_train, e_train, t_test, e_test, risk, times
                            ) -> Dict[str, Any]:
-    """IPCW cumulative/dynamic AUC(t) for each t in ``times`` and its mean weighted by the
-    KM event-density (as sksurv's ``mean_auc``, here a plain mean over ``times``)."""
+    """IPCW cumulative/dynamic AUC(t) at each usable t in ``times`` (tied risks count 1/2) and
+    sksurv's ``mean_auc`` (weighted by the Kaplan-Meier event density)."""
+    from sksurv.metrics import cumulative_dynamic_auc as cd_auc
     t_train, e_train, ok = _arrays(t_train, e_train)
     t_train, e_train = t_train[ok], e_train[ok]
     t, e, ok = _arrays(t_test, e_test)
     r = np.asarray(risk, dtype=float)
     ok &= np.isfinite(r)
     t, e, r = t[ok], e[ok], r[ok]
-    G = _censor_km(t_train, e_train)
-    w = np.where(e > 0, 1.0 / G(t), 0.0)
-    out = []
-    for tau in np.atleast_1d(times):
-        cases = (t <= tau) & (e > 0)
-        controls = t > tau
-        if not cases.any() or not controls.any():
-            out.append(None)
-            continue
-        rc, rn = r[cases][:, None], r[controls][None, :]
-        conc = (rc > rn) + 0.5 * (rc == rn)
-        num = (w[cases][:, None] * conc).sum()
-        den = w[cases].sum() * controls.sum()
-        out.append(float(num / den))
-    vals = [v for v in out if v is not None]
-    return {"times": [float(x) for x in np.atleast_1d(times)], "auc": out,
-            "mean_auc": float(np.mean(vals)) if vals else None}
+    times = _usable_times(t_train, t, times)
+    if not len(times) or not e.any():
+        return {"times": [], "auc": [], "mean_auc": None}
+    auc, mean_auc = cd_auc(_surv_struct(t_train, e_train), _surv_struct(t, e), r, times)
+    return {"times": times.tolist(), "auc": [float(a) for a in np.atleast_1d(auc)],
+            "mean_auc": float(mean_auc)}
 
 
-def breslow_survival(t_train, e_train, risk_train, risk, times) -> np.ndarray:
-    """S(t | x) = S0(t) ** exp(risk) with the Breslow baseline from training data;
-    shape (n, len(times))."""
-    t, e = np.asarray(t_train, float), np.asarray(e_train, float)
+def cox_survival(t_train, e_train, risk_train, risk, times) -> np.ndarray:
+    """S(t | risk) at ``times`` from a one-covariate Cox model of the risk score fitted on the
+    training patients (lifelines, Breslow baseline); shape (n, len(times))."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
     rt = np.asarray(risk_train, float)
-    ev = np.unique(t[e > 0])
-    h0 = np.array([e[t == s].sum() / np.exp(rt[t >= s]).sum() for s in ev])
-    H0 = np.array([h0[ev <= tau].sum() for tau in np.atleast_1d(times)])
-    return np.exp(-np.exp(np.asarray(risk, float))[:, None] * H0[None, :])
+    mu, sd = float(np.mean(rt)), float(np.std(rt)) or 1.0
+    df = pd.DataFrame({"T": np.asarray(t_train, float), "E": np.asarray(e_train, float),
+                       "r": (rt - mu) / sd})
+    cph = CoxPHFitter(penalizer=1e-4).fit(df, "T", "E")
+    x = pd.DataFrame({"r": (np.asarray(risk, float) - mu) / sd})
+    return cph.predict_survival_function(x, times=np.atleast_1d(times)).to_numpy().T
 
 
 def brier_score(t_train, e_train, t_test, e_test, surv_prob, times) -> Dict[str, Any]:
-    """IPCW Brier score at each t (Graf et al. 1999); ``surv_prob``: (n, len(times)) predicted
-    S(t|x). Also the integrated Brier score (trapezoid over ``times``) when len(times) > 1."""
+    """IPCW Brier score at each t (Graf et al. 1999; sksurv); ``surv_prob``: (n, len(times))
+    predicted S(t|x). Also the integrated Brier score when len(times) > 1."""
+    from sksurv.metrics import brier_score as bs, integrated_brier_score
     t_train, e_train, _ = _arrays(t_train, e_train)
     t, e, _ = _arrays(t_test, e_test)
     S = np.asarray(surv_prob, dtype=float)
     times = np.atleast_1d(np.asarray(times, float))
-    G = _censor_km(t_train, e_train)
-    gt = G(t)
-    scores = []
-    for k, tau in enumerate(times):
-        died = (t <= tau) & (e > 0)
-        alive = t > tau
-        b = np.where(died, S[:, k] ** 2 / gt, 0.0) + np.where(alive, (1 - S[:, k]) ** 2
-                                                               / G([tau])[0], 0.0)
-        scores.append(float(b.mean()))
-    ibs = None
-    if len(times) > 1:
-        ibs = float(np.trapezoid(scores, times) / (times[-1] - times[0]))
-    return {"times": times.tolist(), "brier": scores, "integrated": ibs}
+    keep = np.isin(times, _usable_times(t_train, t, times))
+    times, S = times[keep], S[:, keep]
+    if not len(times):
+        return {"times": [], "brier": [], "integrated": None}
+    y_tr, y_te = _surv_struct(t_train, e_train), _surv_struct(t, e)
+    _, scores = bs(y_tr, y_te, S, times)
+    ibs = float(integrated_brier_score(y_tr, y_te, S, times)) if len(times) > 1 else None
+    return {"times": times.tolist(), "brier": [float(x) for x in scores], "integrated": ibs}
 
 
 def risk_summary(time, event, risk, *, t_train=None, e_train=None, risk_train=None,
@@ -175,16 +167,11 @@ def risk_summary(time, event, risk, *, t_train=None, e_train=None, risk_train=No
         times = times[times < t.max()]
         if len(times):
             out["td_auc"] = cumulative_dynamic_auc(tt, et, t, e, r, times)
-            # calibrate the risk score to a log hazard ratio (one-covariate Cox fit on the
-            # training patients) before the Breslow survival curves the Brier score needs
-            mu, sd = float(np.mean(rt)), float(np.std(rt)) or 1.0
             try:
-                beta = cox_hr(tt, et, {"r": (rt - mu) / sd})["r"]["hr"]
-                beta = float(np.log(beta))
-            except Exception:
-                beta = 1.0
-            S = breslow_survival(tt, et, beta * (rt - mu) / sd, beta * (r - mu) / sd, times)
-            out["brier"] = brier_score(tt, et, t, e, S, times)
+                S = cox_survival(tt, et, rt, r, times)
+                out["brier"] = brier_score(tt, et, t, e, S, times)
+            except Exception:  # convergence problems on tiny data
+                pass
             out["td_metrics_apparent"] = bool(same)
     return out
 
