@@ -19,35 +19,6 @@ import sys
 import time
 
 
-class StallMeter:
-    """Samples the Qt event loop with a 10 ms timer; records each gap with its time span."""
-
-    def __init__(self):
-        from qtpy.QtCore import QTimer
-        self.gaps = []
-        self.last = None
-        self.timer = QTimer()
-        self.timer.timeout.connect(self._tick)
-
-    def _tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.gaps.append((now - self.last, self.last, now))
-        self.last = now
-
-    def start(self):
-        self.gaps, self.last = [], None
-        self.timer.start(10)
-
-    def stop(self):
-        self.timer.stop()
-        return max((g for g, _, _ in self.gaps), default=0.0)
-
-    def worst_outside(self, spans):
-        free = [g for g, a, b in self.gaps if not any(a < e and s < b for s, e in spans)]
-        return max(free, default=0.0)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -60,6 +31,7 @@ def main(argv=None) -> int:
 
     from napari_radiogen.core.progress import run
     from napari_radiogen.core.sample import sample_case_path
+    from napari_radiogen.napari.diagnostics import EventLoopMeter
     from napari_radiogen.napari.analyze_widget import AnalyzeWidget
 
     viewer = napari.Viewer(show=True)
@@ -81,8 +53,7 @@ def main(argv=None) -> int:
     rows = []
     for i in range(args.runs):
         spans.clear()
-        meter = StallMeter()
-        meter.start()
+        meter = EventLoopMeter().start()
         t0 = time.perf_counter()
         w.run()
         while not w.job.done:

@@ -13,6 +13,8 @@ import pytest
 
 from _models import write_random_models
 
+from napari_radiogen.napari.diagnostics import EventLoopMeter
+
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("widget-models")
@@ -30,36 +32,6 @@ def test_models(models_dir, monkeypatch):
 def sample_path():
     from napari_radiogen.core.sample import sample_case_path
     return sample_case_path()
-
-
-class StallMeter:
-    """Samples the Qt event loop with a 10 ms timer; records each gap with its time span."""
-
-    def __init__(self):
-        from qtpy.QtCore import QTimer
-        self.gaps = []                 # (gap seconds, start, end)
-        self.last = None
-        self.timer = QTimer()
-        self.timer.timeout.connect(self._tick)
-
-    def _tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.gaps.append((now - self.last, self.last, now))
-        self.last = now
-
-    def start(self):
-        self.last = None
-        self.timer.start(10)
-
-    def stop(self):
-        self.timer.stop()
-        return max((g for g, _, _ in self.gaps), default=0.0)
-
-    def worst_outside(self, spans):
-        """Longest gap that does not overlap any of ``spans`` [(start, end)]."""
-        free = [g for g, a, b in self.gaps if not any(a < e and s < b for s, e in spans)]
-        return max(free, default=0.0)
 
 
 def _analyze_widget(viewer, sample_path):
@@ -101,8 +73,7 @@ def test_analyze_widget_full_run_keeps_the_ui_alive(make_napari_viewer, qtbot, t
     w._stage_done = timed
     for _ in range(2):                       # first run: new layers; rerun: in-place updates
         spans.clear()
-        meter = StallMeter()
-        meter.start()
+        meter = EventLoopMeter().start()
         t0 = time.perf_counter()
         w.run()
         qtbot.waitUntil(lambda: w.job.done, timeout=600_000)

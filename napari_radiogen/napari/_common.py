@@ -1,10 +1,10 @@
 """Small pieces shared by the dock widgets: a case picker, a device picker, layer placement."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton
 
 from ..core.case import Case, Geometry, Volume
 from .layers import (case_from_layers, geometry_kwargs, image_layer_data, labels_layer_data,
@@ -67,6 +67,19 @@ def device_combo() -> QComboBox:
     return c
 
 
+def run_cancel_row(layout, on_run, on_cancel) -> Tuple[QPushButton, QPushButton]:
+    """A Run / Cancel button row added to ``layout`` (Cancel disabled until a job runs)."""
+    row = QHBoxLayout()
+    run_btn, cancel_btn = QPushButton("Run"), QPushButton("Cancel")
+    cancel_btn.setEnabled(False)
+    run_btn.clicked.connect(on_run)
+    cancel_btn.clicked.connect(on_cancel)
+    row.addWidget(run_btn)
+    row.addWidget(cancel_btn)
+    layout.addLayout(row)
+    return run_btn, cancel_btn
+
+
 def reference_geometry(viewer, case_id: str) -> Optional[Geometry]:
     for layer in viewer.layers:
         rg = radiogen_meta(layer)
@@ -114,5 +127,5 @@ def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str
     return replace_layer(viewer, data, kw, kind)
 
 
-__all__ = ["CaseCombo", "device_combo", "replace_layer", "add_labels_result",
+__all__ = ["CaseCombo", "device_combo", "run_cancel_row", "replace_layer", "add_labels_result",
            "add_image_result", "reference_geometry", "case_ids", "geometry_kwargs"]

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
-                            QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..core.predict import CLASSES
-from ._common import CaseCombo, device_combo
+from ._common import CaseCombo, device_combo, run_cancel_row
 from .workers import start_job
 
 TASK_LABELS = {"idh": ("IDH mutant", "mutant"), "codel_1p19q": ("1p/19q co-deleted", "codel"),
@@ -59,15 +58,7 @@ class PredictionWidget(QWidget):
         form.addRow("Sex", self.sex_combo)
         form.addRow("Device", self.device)
         lay.addLayout(form)
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        lay.addLayout(row)
+        self.run_button, self.cancel_button = run_cancel_row(lay, self.run, self.cancel)
         self.task_labels: Dict[str, QLabel] = {}
         res = QFormLayout()
         for t, (title, _) in TASK_LABELS.items():

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import CaseCombo, add_labels_result, device_combo
+from ._common import CaseCombo, add_labels_result, device_combo, run_cancel_row
 from .workers import start_job
 
 VOLUME_ROWS = [("WT", "whole tumour (1+2+4)"), ("TC", "tumour core (1+4)"),
@@ -57,15 +57,7 @@ class SegmentationWidget(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device)
         lay.addLayout(form)
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        lay.addLayout(row)
+        self.run_button, self.cancel_button = run_cancel_row(lay, self.run, self.cancel)
         self.progress_label = QLabel("")
         self.progress_label.setWordWrap(True)
         lay.addWidget(self.progress_label)
