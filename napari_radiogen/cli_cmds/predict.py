@@ -14,8 +14,6 @@ A folder (cohort) also gets ``DIR/summary.csv`` (one row per case). Age and sex 
 """
 from __future__ import annotations
 
-import sys
-
 CSV_COLUMNS = ["case_id", "model", "p_idh_mutant", "p_codel", "p_grade3", "sd_idh", "sd_codel",
                "sd_grade", "risk", "seconds", "status", "message"]
 
@@ -45,20 +43,15 @@ def _row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
 
 
 def run(args) -> int:
-    import csv
     import json
-    import time
     from pathlib import Path
 
-    from ..core.errors import RadiogenError
-    from ..core.io import list_cases, load_case
     from ..core.models import atomic_write_text, default_model, load_model, resolve_device
     from ..core.predict import TASK, predict
     from ..core.progress import run as drive
+    from ._batch import run_batch
 
     device = resolve_device(args.device)
-    paths = list_cases(args.case)
-    batch = len(paths) > 1 or Path(args.case).resolve() != Path(paths[0]).resolve()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model or default_model(TASK, prefer=("predict_mil",)), task=TASK,
@@ -68,39 +61,13 @@ def run(args) -> int:
         clinical["age"] = args.age
     if args.sex:
         clinical["sex"] = args.sex.upper()
-    rows, failed = [], []
-    for i, p in enumerate(paths, 1):
-        t0 = time.perf_counter()
-        cid = Path(p).name
-        try:
-            case = load_case(p)
-            cid = case.case_id
-            res = drive(predict(case, model, clinical=clinical or None, device=device))
-            j = out / f"{res.case_id}_predictions.json"
-            atomic_write_text(j, json.dumps(res.to_json(), indent=2))
-            dt = time.perf_counter() - t0
-            t = res.tasks
-            print(f"[{i}/{len(paths)}] {cid}: IDH-mutant {t['idh']['mutant']:.2f}, "
-                  f"1p/19q-codel {t['codel_1p19q']['codel']:.2f}, grade 3 {t['grade']['3']:.2f}"
-                  f" ({dt:.1f} s) -> {j}", flush=True)
-            for w in res.warnings:
-                print(f"    warning: {w}", flush=True)
-            rows.append(_row(res, seconds=dt))
-        except RadiogenError as e:
-            if not batch:
-                raise
-            failed.append(cid)
-            print(f"[{i}/{len(paths)}] {cid}: FAILED: {e}", file=sys.stderr, flush=True)
-            rows.append(_row(case_id=cid, status="failed", message=str(e),
-                             seconds=time.perf_counter() - t0))
-    if batch:
-        with open(out / "summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        print(f"summary: {out / 'summary.csv'}")
-    if failed:
-        print(f"radiogen: {len(failed)} of {len(paths)} case(s) failed: {', '.join(failed)}",
-              file=sys.stderr)
-        return 1
-    return 0
+
+    def one(case):
+        res = drive(predict(case, model, clinical=clinical or None, device=device))
+        j = out / f"{res.case_id}_predictions.json"
+        atomic_write_text(j, json.dumps(res.to_json(), indent=2))
+        t = res.tasks
+        return res, (f"IDH-mutant {t['idh']['mutant']:.2f}, 1p/19q-codel "
+                     f"{t['codel_1p19q']['codel']:.2f}, grade 3 {t['grade']['3']:.2f}"), j
+
+    return run_batch(args.case, one, _row, CSV_COLUMNS, out / "summary.csv")

@@ -14,8 +14,6 @@ reported and skipped, and the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
-import sys
-
 DEFAULT_3D = "seg_brats_attunet"      # the better of the two 3D models in CV (see cards)
 DEFAULT_2D = "seg_lgg_segresnet2d"
 CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_ml",
@@ -81,30 +79,15 @@ def csv_row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
     return row
 
 
-def write_csv(rows, path) -> None:
-    import csv
-    from pathlib import Path
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-
-
 def run(args) -> int:
-    import time
     from pathlib import Path
 
-    from ..core.errors import RadiogenError
-    from ..core.io import list_cases, load_case
     from ..core.models import load_model, resolve_device
     from ..core.progress import run as drive
     from ..core.segment import TASK, segment
+    from ._batch import run_batch
 
     device = resolve_device(args.device)
-    paths = list_cases(args.case)
-    batch = len(paths) > 1 or Path(args.case).resolve() != Path(paths[0]).resolve()
     out = Path(args.out)
     models = {}
 
@@ -114,39 +97,16 @@ def run(args) -> int:
             models[name] = load_model(name, task=TASK, device=device)
         return models[name]
 
-    rows, failed = [], []
-    for i, p in enumerate(paths, 1):
-        t0 = time.perf_counter()
-        cid = Path(p).name
-        try:
-            case = load_case(p)
-            cid = case.case_id
-            res = drive(segment(case, get_model(case), device=device))
-            files = write_outputs(res, case, out)
-            dt = time.perf_counter() - t0
-            v = res.volumes_ml
-            vol = (f"WT {v['WT']:.1f} mL" + (f", TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
-                                              if res.kind == "volume" else ""))
-            dsc = ""
-            if res.metrics:
-                dsc = "; Dice " + ", ".join(f"{r} {m['dice']:.3f}" for r, m in res.metrics.items())
-            print(f"[{i}/{len(paths)}] {cid}: {vol}{dsc} ({dt:.1f} s) -> {files['labels']}",
-                  flush=True)
-            for w in res.warnings:
-                print(f"    warning: {w}", flush=True)
-            rows.append(csv_row(res, seconds=dt))
-        except RadiogenError as e:
-            if not batch:
-                raise
-            dt = time.perf_counter() - t0
-            failed.append((cid, str(e)))
-            print(f"[{i}/{len(paths)}] {cid}: FAILED: {e}", file=sys.stderr, flush=True)
-            rows.append(csv_row(case_id=cid, status="failed", message=str(e), seconds=dt))
+    def one(case):
+        res = drive(segment(case, get_model(case), device=device))
+        files = write_outputs(res, case, out)
+        v = res.volumes_ml
+        text = (f"WT {v['WT']:.1f} mL" + (f", TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
+                                           if res.kind == "volume" else ""))
+        if res.metrics:
+            text += "; Dice " + ", ".join(f"{r} {m['dice']:.3f}" for r, m in res.metrics.items())
+        return res, text, files["labels"]
+
     csv_path = Path(args.csv) if args.csv else out / "volumes.csv"
-    write_csv(rows, csv_path)
-    print(f"volume table: {csv_path}")
-    if failed:
-        print(f"radiogen: {len(failed)} of {len(paths)} case(s) failed: "
-              + ", ".join(c for c, _ in failed), file=sys.stderr)
-        return 1
-    return 0
+    return run_batch(args.case, one, csv_row, CSV_COLUMNS, csv_path, csv_always=True,
+                     csv_name="volume table")
