@@ -15,8 +15,10 @@ runs ``radiogen train napari_radiogen/configs/triage_resnet.yaml`` and ``triage_
 (the project's training engine; each config carries its ``train.max_minutes`` budget), prints
 the table, and with ``--ship`` writes ``napari_radiogen/weights/triage_{resnet,vit}.safetensors``
 (the best-inner-validation fold model of each run) with cards extended by the pooled confusion
-matrix, per-class recall, the architecture comparison and CPU timings. ``--summarise-only``
-rebuilds from finished runs in ``--out``.
+matrix, per-class recall, the architecture comparison, CPU timings, a fingerprint of the test
+folds (``folds_sha1``) and ``previous_model``: the paired per-fold comparison with the card it
+replaces (when the folds are the same). ``--summarise-only`` rebuilds from finished runs in
+``--out``.
 """
 from __future__ import annotations
 
@@ -88,6 +90,38 @@ def sample_case_check(model) -> dict:
 def mean_ci(v):
     from napari_radiogen.core.evaluate.metrics import mean_ci as mc
     return mc([float(x) for x in v])
+
+
+def folds_sha1(splits) -> str:
+    """Fingerprint of the test folds (sorted ids per fold): equal fingerprints = same folds."""
+    import hashlib
+    key = json.dumps([sorted(s["test"]) for s in splits])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def previous_comparison(old: dict, new_cv: dict, splits) -> dict:
+    """Paired per-fold comparison of a new run with the card it replaces. The folds are the
+    same when the old card's fold fingerprint matches, or (older cards without one) when the
+    old shipped fold model's training ids equal the training part of that fold here."""
+    same = None
+    if old.get("folds_sha1"):
+        same = old["folds_sha1"] == folds_sha1(splits)
+    else:
+        fold = (old.get("final_model") or {}).get("fold")
+        pats = (old.get("training_data") or {}).get("patients")
+        if fold and pats:
+            s = splits[int(fold) - 1]
+            same = sorted(pats) == sorted(list(s["train"]) + list(s["val"]))
+    ocv = old["metrics"]["cv"]
+    out = {"date": old.get("date"), "model": (old.get("config") or {}).get("model"),
+           "epochs": ((old.get("config") or {}).get("train") or {}).get("epochs"),
+           "same_folds": same}
+    for k in ("macro_f1", "accuracy"):
+        out[k] = {"mean": ocv[k]["mean"], "per_fold": ocv[k]["per_fold"]}
+        if same and len(ocv[k]["per_fold"]) == len(new_cv[k]["per_fold"]):
+            d = np.subtract(new_cv[k]["per_fold"], ocv[k]["per_fold"])
+            out[f"new_minus_previous_{k}"] = {"per_fold": d.tolist(), **mean_ci(d)}
+    return out
 
 
 def fmt(s):
@@ -192,6 +226,21 @@ def main(argv=None) -> int:
                                  "--out /tmp/triage/runs --ship")
             card["training_data"] = dict(card.get("training_data") or {})
             card["training_data"]["datasets"] = card.get("datasets")
+            card["folds_sha1"] = folds_sha1(r["splits"])
+            old_path = SHIPPED_DIR / f"{name}.card.json"
+            if old_path.exists():
+                old = json.loads(old_path.read_text())
+                if old.get("date") == card.get("date"):      # re-shipping the same run
+                    if old.get("previous_model"):
+                        card["previous_model"] = old["previous_model"]
+                else:
+                    card["previous_model"] = previous_comparison(old, card["metrics"]["cv"],
+                                                                 r["splits"])
+                pm = card.get("previous_model")
+                if pm and "new_minus_previous_macro_f1" in pm:
+                    d = pm["new_minus_previous_macro_f1"]
+                    print(f"{name}: macro-F1 vs the model it replaces ({pm['date']}), same "
+                          f"folds: {np.round(d['per_fold'], 4).tolist()} mean {d['mean']:+.4f}")
             path = save_model(SHIPPED_DIR / f"{name}.safetensors", state, card)
             if not args.no_bench:
                 model = triage.load_triage_model(str(path))
