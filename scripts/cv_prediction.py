@@ -10,6 +10,14 @@ baselines (age + sex logistic regression; whole-head intensity statistics + age 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/cv_prediction.py \
         --data ../shared/data/tcga-lgg --out /tmp/cv_pred --seeds 0 1 --max-minutes 120 --ship
 
+The MIL model is trained with auxiliary tumour-mask supervision by default (``--mil-aux on``,
+``MIL_AUX``: the expert FLAIR-abnormality masks of the training packs supervise stage-1
+tumour-presence and in-plane tumour heads, down-weight the inherited labels of tumour-free
+slices and pull the stage-2 attention towards the per-slice tumour area; the shipped network
+never sees a mask). ``--mil-aux off`` is the earlier model (no mask); ``--mil-aux pool`` also
+pools each slice feature with the encoder's own predicted tumour map (tried, not shipped: see
+the card's ``alternatives``).
+
 ``--ship`` writes the seed-0 fold models as fold ensembles to ``napari_radiogen/weights/
 predict_mil.safetensors`` and ``predict_cnn3d.safetensors`` with their cards (metrics from this
 run). ``--summarise-only`` rebuilds the table (and weights) from a finished ``--out`` folder.
@@ -34,6 +42,11 @@ MIL_CFG = {"arch": {"sequences": ["t1", "flair", "t1ce"], "widths": [8, 16, 32, 
                     "input_size": 64},
            "enc_epochs": 8, "enc_batch": 64, "enc_lr": 2e-3, "mil_epochs": 150, "mil_lr": 2e-3,
            "cox_weight": 0.5}
+#: auxiliary tumour supervision of the MIL model (``--mil-aux on``): stage-1 tumour-presence and
+#: coarse in-plane tumour heads on the expert FLAIR-abnormality masks of the training packs,
+#: tumour-free slices' inherited labels down-weighted, stage-2 attention pulled towards the
+#: per-slice tumour area (KL); training only, inference stays segmentation-free
+MIL_AUX = {"tumour_weight": 1.0, "label_bg_weight": 0.1, "att_weight": 0.5, "tumour_layer": "layer2"}
 CNN_CFG = {"arch": {"sequences": ["t1", "flair", "t1ce"], "widths": [8, 16, 32, 48],
                     "layers": [1, 1, 1, 1], "clinical": True, "survival": True, "dropout": 0.3,
                     "depth": 32, "input_size": 64},
@@ -70,6 +83,10 @@ def run_cv(args):
     ids = [p["id"] for p in cohort]
     mil_cfg, cnn_cfg = dict(MIL_CFG), dict(CNN_CFG)
     mil_cfg["enc_epochs"] = args.enc_epochs
+    if args.mil_aux in ("on", "pool"):
+        mil_cfg["aux"] = dict(MIL_AUX)
+    if args.mil_aux == "pool":
+        mil_cfg["arch"] = dict(mil_cfg["arch"], tumour_pool=True)
     cnn_cfg["epochs"] = args.cnn_epochs
     deadline = t0 + args.max_minutes * 60
     for seed in args.seeds:
@@ -288,7 +305,11 @@ def ship(args, summary):
             {"builder": builder, "kwargs": dict(arch, n_members=len(files))},
             description=("MMDLM-style MIL: per-sequence 2D ResNet slice encoders (MONAI, reduced widths, "
                          "from scratch), gated attention per sequence, fusion with age/sex, heads for IDH, "
-                         "1p/19q, grade and a Cox OS risk head" if model == "mil" else
+                         "1p/19q, grade and a Cox OS risk head" + (
+                             "; trained with auxiliary tumour-mask supervision (stage-1 tumour presence + "
+                             "coarse in-plane tumour heads, stage-2 attention towards the per-slice tumour "
+                             "area); segmentation-free at inference" if cfg[model].get("aux") else "")
+                         if model == "mil" else
                          "3D CNN (MONAI ResNet 3D, reduced widths, from scratch) on the slice stack "
                          "resampled to depth 32, focal loss, weighted sampler, age/sex fusion, Cox head"),
             sequences=arch["sequences"], required_sequences=["flair"],
@@ -305,7 +326,17 @@ def ship(args, summary):
             ensemble={"members": len(files), "what": f"the {len(files)} fold models of CV seed {s0}",
                       "uncertainty": "SD of the members' probabilities"},
             training_data={"datasets": ["TCGA-LGG (Buda et al. 2019 slice packs, 88 patients)"],
-                           "patients": ids, "labels": "Ceccarelli 2016 (IDH, 1p/19q, grade), TCGA-CDR OS"},
+                           "patients": ids, "labels": "Ceccarelli 2016 (IDH, 1p/19q, grade), TCGA-CDR OS",
+                           **({"auxiliary_supervision": (
+                               "expert manual FLAIR-abnormality masks of the same packs (Buda et al. 2019), "
+                               "training patients of each fold only, binned 2x2 like the images: stage 1 "
+                               "tumour-presence and 8x8 in-plane tumour-map heads (BCE + Dice, weight "
+                               f"{cfg[model]['aux']['tumour_weight']}), inherited patient labels of tumour-free "
+                               f"slices weighted {cfg[model]['aux']['label_bg_weight']}; stage 2 KL of each "
+                               "sequence's slice attention towards the normalised per-slice tumour area "
+                               f"(weight {cfg[model]['aux']['att_weight']}). The auxiliary heads are discarded: "
+                               "the shipped network sees no mask (segmentation-free inference)")}
+                              if model == "mil" and cfg[model].get("aux") else {})},
             config=cfg[model],
             metrics={**{t: summary[model][t] for t in P.TASKS},
                      "survival": dict(summary[model].get("survival") or {},
@@ -336,7 +367,9 @@ def ship(args, summary):
             ],
             citations=CITATIONS,
             reproduce="OMP_NUM_THREADS=1 .venv/bin/python scripts/cv_prediction.py --data ../shared/data/tcga-lgg "
-                      f"--out /tmp/cv_pred --seeds {' '.join(map(str, args.seeds))} --max-minutes 120 --ship")
+                      f"--out /tmp/cv_pred --seeds {' '.join(map(str, args.seeds))} --max-minutes 120 --ship"
+                      + ((" --mil-aux pool" if cfg[model]["arch"].get("tumour_pool") else " --mil-aux on")
+                         if cfg[model].get("aux") else ""))
         from src_models import mil as _m  # noqa: F401  (check the builder imports)
         path = Path(args.weights_dir) / f"predict_{model}.safetensors"
         save_model(path, state, card)
@@ -351,6 +384,10 @@ def main(argv=None):
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["age_sex", "intensity", "mil", "cnn3d"])
     ap.add_argument("--enc-epochs", type=int, default=MIL_CFG["enc_epochs"])
+    ap.add_argument("--mil-aux", choices=["on", "pool", "off"], default="on",
+                    help="auxiliary tumour-mask supervision of the MIL model in training (MIL_AUX); "
+                         "'pool': also append to each slice feature the features pooled by the "
+                         "encoder's own predicted tumour map (SliceEncoder tumour_pool)")
     ap.add_argument("--cnn-epochs", type=int, default=CNN_CFG["epochs"])
     ap.add_argument("--limit", type=int, default=None, help="first N patients (smoke runs)")
     ap.add_argument("--max-minutes", type=float, default=120.0)

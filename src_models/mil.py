@@ -33,21 +33,61 @@ class SliceEncoder(nn.Module):
 
     ``widths=[64, 128, 256, 512]`` with ``layers=[2, 2, 2, 2]`` is ResNet-18 (512-d features,
     ``[3, 4, 6, 3]`` is ResNet-34); the shipped CPU model uses reduced widths.
+
+    ``tumour_pool=True``: the encoder also predicts a coarse in-plane tumour map from its
+    ``layer2`` features (8 x 8 for a 64 px input; trained with the expert masks as auxiliary
+    supervision, see :class:`SliceAuxModel`) and appends to the global feature the ``layer3``
+    features pooled with that map as weights, plus the map's mean: the slice feature looks at
+    the tumour the network itself finds (no mask is needed at inference).
     """
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), layers: Sequence[int] = (1, 1, 1, 1),
-                 feat_dim: Optional[int] = None, conv1_stride: int = 2):
+                 feat_dim: Optional[int] = None, conv1_stride: int = 2, tumour_pool: bool = False):
         super().__init__()
         from monai.networks.nets import ResNet
         self.net = ResNet(block="basic", layers=list(layers), block_inplanes=list(widths),
                           spatial_dims=2, n_input_channels=1, conv1_t_size=7,
                           conv1_t_stride=conv1_stride, feed_forward=False)
         out = int(widths[-1])
+        self.tumour_pool = bool(tumour_pool)
+        if self.tumour_pool:
+            c2 = int(widths[1])
+            self.tumour_map = nn.Sequential(nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(), nn.Conv2d(c2, 1, 1))
+            out = out + int(widths[2]) + 1
         self.proj = nn.Linear(out, feat_dim) if feat_dim and feat_dim != out else nn.Identity()
         self.out_dim = int(feat_dim or out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.net(x))
+        if not self.tumour_pool:
+            return self.proj(self.net(x))
+        return self.forward_maps(x)[0]
+
+    def forward_maps(self, x: torch.Tensor, layer: str = "layer2"):
+        """Like :meth:`forward` (same result) and also the feature map after ``layer``
+        (``layer1`` .. ``layer4``): ``(features (n, D), map (n, C, h, w))``; with
+        ``tumour_pool`` also the tumour-map logits (n, 1, h2, w2) as a third item."""
+        n = self.net
+        h = n.act(n.bn1(n.conv1(x)))
+        if not n.no_max_pool:
+            h = n.maxpool(h)
+        fmap, maps = None, {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(n, name)(h)
+            maps[name] = h
+            if name == layer:
+                fmap = h
+        h = n.avgpool(h).flatten(1)
+        if n.fc is not None:
+            h = n.fc(h)
+        if not self.tumour_pool:
+            return self.proj(h), fmap
+        logits = self.tumour_map(maps["layer2"])
+        prob = torch.sigmoid(logits)
+        f3 = maps["layer3"]
+        w = F.adaptive_avg_pool2d(prob, f3.shape[-2:])
+        pooled = (f3 * w).sum((-2, -1)) / (w.sum((-2, -1)) + 1e-3)
+        feat = torch.cat([h, pooled, prob.mean((-2, -1))], dim=1)
+        return self.proj(feat), fmap, logits
 
 
 class GatedAttention(nn.Module):
@@ -74,13 +114,14 @@ class MILPredictor(nn.Module):
                  widths: Sequence[int] = (16, 32, 64, 128), layers: Sequence[int] = (1, 1, 1, 1),
                  feat_dim: Optional[int] = None, attn_hidden: int = 64, embed_dim: int = 64,
                  fusion_hidden: int = 64, clinical: bool = True, survival: bool = True,
-                 dropout: float = 0.25, input_size: int = 64):
+                 dropout: float = 0.25, input_size: int = 64, tumour_pool: bool = False):
         super().__init__()
         self.sequences = list(sequences)
         self.tasks = dict(tasks or DEFAULT_TASKS)
         self.use_clinical = bool(clinical)
         self.input_size = int(input_size)
-        self.encoders = nn.ModuleDict({s: SliceEncoder(widths, layers, feat_dim) for s in self.sequences})
+        self.encoders = nn.ModuleDict({s: SliceEncoder(widths, layers, feat_dim, tumour_pool=tumour_pool)
+                                       for s in self.sequences})
         d = self.encoders[self.sequences[0]].out_dim
         self.feat_dim = d
         # per sequence: a small embedding then its own gated attention
@@ -158,27 +199,55 @@ class MILEnsemble(nn.Module):
 
 class SliceAuxModel(nn.Module):
     """Stage 1 of the two-stage training: the per-sequence encoders with slice-level heads
-    (each slice inherits its patient's labels, as MMDLM does)."""
+    (each slice inherits its patient's labels, as MMDLM does).
+
+    ``tumour_heads=True`` adds, per sequence, two auxiliary TRAINING-ONLY heads supervised with
+    the expert tumour masks of the training packs: a slice-level tumour-presence logit on the
+    pooled feature (key ``"tumour"``, (n,)) and a coarse in-plane tumour map from the feature
+    map after ``tumour_layer`` (key ``"tumour_map"``, (n, 1, h, w) logits; 8 x 8 for a 64 px
+    input after ``layer2``). Only the encoders go into the :class:`MILPredictor`, so inference
+    stays segmentation-free and the shipped architecture is unchanged."""
 
     def __init__(self, sequences: Sequence[str] = ("t1", "flair", "t1ce"),
                  tasks: Optional[Dict[str, int]] = None,
                  widths: Sequence[int] = (16, 32, 64, 128), layers: Sequence[int] = (1, 1, 1, 1),
-                 feat_dim: Optional[int] = None, dropout: float = 0.25, **_ignored):
+                 feat_dim: Optional[int] = None, dropout: float = 0.25,
+                 tumour_heads: bool = False, tumour_layer: str = "layer2", tumour_pool: bool = False,
+                 **_ignored):
         super().__init__()
         self.sequences = list(sequences)
         self.tasks = dict(tasks or DEFAULT_TASKS)
-        self.encoders = nn.ModuleDict({s: SliceEncoder(widths, layers, feat_dim) for s in self.sequences})
+        self.encoders = nn.ModuleDict({s: SliceEncoder(widths, layers, feat_dim, tumour_pool=tumour_pool)
+                                       for s in self.sequences})
+        self.tumour_pool = bool(tumour_pool)
         d = self.encoders[self.sequences[0]].out_dim
         self.drop = nn.Dropout(dropout)
         self.heads = nn.ModuleDict({s: nn.ModuleDict({t: nn.Linear(d, int(c)) for t, c in self.tasks.items()})
                                     for s in self.sequences})
+        self.tumour_heads = bool(tumour_heads)
+        self.tumour_layer = str(tumour_layer)
+        if self.tumour_heads:
+            c = int(widths[int(self.tumour_layer[-1]) - 1])
+            self.presence = nn.ModuleDict({s: nn.Linear(d, 1) for s in self.sequences})
+            if not self.tumour_pool:      # else the encoders' own tumour map is supervised
+                self.tumour_map = nn.ModuleDict({s: nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                                                  nn.Conv2d(c, 1, 1))
+                                                 for s in self.sequences})
 
     def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
-        """x (n, S, H, W) -> {seq: {task: logits (n, C)}}."""
+        """x (n, S, H, W) -> {seq: {task: logits (n, C)}} (+ ``tumour``, ``tumour_map``)."""
         out = {}
         for i, s in enumerate(self.sequences):
-            f = self.drop(self.encoders[s](x[:, i:i + 1]))
-            out[s] = {t: h(f) for t, h in self.heads[s].items()}
+            if self.tumour_heads:
+                r = self.encoders[s].forward_maps(x[:, i:i + 1], self.tumour_layer)
+                f = r[0]
+            else:
+                f = self.encoders[s](x[:, i:i + 1])
+            fd = self.drop(f)
+            out[s] = {t: h(fd) for t, h in self.heads[s].items()}
+            if self.tumour_heads:
+                out[s]["tumour"] = self.presence[s](fd).squeeze(-1)
+                out[s]["tumour_map"] = r[2] if self.tumour_pool else self.tumour_map[s](r[1])
         return out
 
 
@@ -189,6 +258,69 @@ def masked_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch
     if not bool(keep.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits[keep], target[keep], weight=weight)
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                sample_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`masked_ce` with a per-sample weight (e.g. down-weighting tumour-free slices that
+    inherit their patient's label); 0 when nothing is labelled or all weights are 0."""
+    if sample_weight is None:
+        return masked_ce(logits, target, weight)
+    keep = (target >= 0) & (sample_weight > 0)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    t = target[keep]
+    ce = F.cross_entropy(logits[keep], t, weight=weight, reduction="none")
+    w = sample_weight[keep].to(ce.dtype)
+    if weight is not None:
+        w = w * weight.to(ce.dtype)[t]
+    return (ce * sample_weight[keep].to(ce.dtype)).sum() / w.sum().clamp_min(1e-8)
+
+
+def tumour_aux_loss(presence_logit: torch.Tensor, map_logit: torch.Tensor, mask: torch.Tensor,
+                    keep: Optional[torch.Tensor] = None, pos_weight: float = 3.0) -> torch.Tensor:
+    """Auxiliary tumour supervision of a slice encoder.
+
+    ``presence_logit`` (n,), ``map_logit`` (n, 1, h, w), ``mask`` (n, H, W) tumour fraction in
+    [0, 1] on the input grid (the expert mask), ``keep`` (n,) bool (False: the sequence is
+    missing for that slice, no loss). Loss = BCE(presence, any tumour) + BCE(map, mask
+    area-downsampled to h x w, positives weighted ``pos_weight``) + soft Dice of the map over
+    the batch."""
+    if keep is not None:
+        if not bool(keep.any()):
+            return presence_logit.sum() * 0.0 + map_logit.sum() * 0.0
+        presence_logit, map_logit, mask = presence_logit[keep], map_logit[keep], mask[keep]
+    mask = mask.to(map_logit.dtype)
+    present = (mask.flatten(1).amax(1) > 0).to(presence_logit.dtype)
+    l_pres = F.binary_cross_entropy_with_logits(presence_logit, present)
+    tgt = F.adaptive_avg_pool2d(mask.unsqueeze(1), map_logit.shape[-2:])
+    l_map = F.binary_cross_entropy_with_logits(
+        map_logit, tgt, pos_weight=torch.tensor(float(pos_weight), dtype=map_logit.dtype))
+    p = torch.sigmoid(map_logit)
+    dice = 1.0 - (2 * (p * tgt).sum() + 1.0) / (p.sum() + tgt.sum() + 1.0)
+    return l_pres + l_map + dice
+
+
+def attention_kl(attention: torch.Tensor, tumour_area: torch.Tensor, slice_mask: torch.Tensor,
+                 seq_mask: Optional[torch.Tensor] = None, smooth: float = 0.1) -> torch.Tensor:
+    """KL(q || attention) pulling each sequence's slice attention towards the normalised
+    per-slice tumour area ``q`` (mixed with ``smooth`` of a uniform distribution over the real
+    slices). ``attention`` (B, S, N), ``tumour_area`` (B, N) >= 0, ``slice_mask`` (B, N) bool,
+    ``seq_mask`` (B, S) bool. Bags without tumour or sequences masked out give no loss."""
+    B, S, N = attention.shape
+    m = slice_mask.to(attention.dtype)
+    area = tumour_area.to(attention.dtype) * m
+    tot = area.sum(1, keepdim=True)
+    has = tot.squeeze(1) > 0
+    uni = m / m.sum(1, keepdim=True).clamp_min(1)
+    q = (1 - smooth) * area / tot.clamp_min(1e-8) + smooth * uni                   # (B, N)
+    logq = torch.log(q.clamp_min(1e-12))
+    loga = torch.log(attention.clamp_min(1e-8))
+    kl = (q.unsqueeze(1) * (logq.unsqueeze(1) - loga) * m.unsqueeze(1)).sum(-1)       # (B, S)
+    w = has.unsqueeze(1).to(attention.dtype).expand(B, S)
+    if seq_mask is not None:
+        w = w * seq_mask.to(attention.dtype)
+    return (kl * w).sum() / w.sum().clamp_min(1.0)
 
 
 # -- builders (JSON-able kwargs) -------------------------------------------------------------

@@ -66,6 +66,27 @@ def test_cnn3d_gradcam_on_case_grid(models, sample):
     assert 0.0 <= res.heatmap.min() and res.heatmap.max() <= 1.0
 
 
+def test_pack_heatmap_stays_in_the_head(models):
+    """On a 2D pack (mostly background around the head) the heatmap is restricted to the head,
+    as on 3D cases: the localisation score is not diluted by background mass."""
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.predict import foreground
+    case = make_pack_phantom(seed=1, n_slices=10)
+    for v in case.sequences.values():       # a dark border around the head, like a real pack
+        v.array[:, :12] = 0
+        v.array[:, :, :12] = 0
+    res = run(explain(case, load_model(str(models["mil"])), task="idh", method="attention"))
+    from scipy import ndimage
+    head = np.zeros(res.heatmap.shape, bool)
+    for v in case.sequences.values():
+        head |= foreground(v.array)
+    head = np.stack([ndimage.binary_fill_holes(h) for h in head])       # the head, holes filled
+    assert res.heatmap.shape == case.sequences["flair"].array.shape
+    assert res.heatmap[:, :12].sum() == 0 and res.heatmap[:, :, :12].sum() == 0
+    assert res.heatmap[~head].sum() <= 0.02 * res.heatmap.sum()
+    assert res.localisation is not None
+
+
 def test_explain_rejects_bad_requests(models, sample):
     from napari_radiogen.core.errors import ConfigError, MissingSequenceError
     lm = load_model(str(models["mil"]))

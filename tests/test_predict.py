@@ -261,3 +261,93 @@ def test_shipped_mil_on_real_pack_and_brats(shared_data):
     assert time.process_time() - t0 < 5.0
     assert any("t2 ignored" in w for w in res.warnings)
     assert 0 <= res.tasks["idh"]["mutant"] <= 1
+
+
+# -- auxiliary tumour-mask supervision (training only) ------------------------------------------
+def _phantom_cohort(tmp_path, n=4, n_slices=10):
+    """Phantom packs (with masks) + a clinical.csv, read by the training loader."""
+    from napari_radiogen.core.train.tasks import prediction as P
+    rows = []
+    for k in range(n):
+        case = _pack(seed=k, n=n_slices)
+        write_pack(tmp_path / f"PH_{k}.h5", case)
+        rows.append(f"PH_{k},{['mutant', 'wildtype'][k % 2]},{['codel', 'non-codel'][k % 2]},"
+                    f"{2 + k % 2},{40 + k},{1 + k % 2},{300 + 50 * k},{k % 2},x|{2 + k % 2}")
+    (tmp_path / "clinical.csv").write_text(
+        "patient_id,idh,codel_1p19q,grade,age_at_initial_pathologic,gender,os_days,os_event,"
+        "idh_codel_subtype\n" + "\n".join(rows) + "\n")
+    return P.load_cohort(str(tmp_path))
+
+
+def test_tumour_targets_follow_the_pack_mask(tmp_path):
+    cohort = _phantom_cohort(tmp_path, n=1, n_slices=12)
+    p = cohort[0]
+    case = _pack(seed=0, n=12)
+    m = case.labels.array > 0
+    assert p["tmask"].shape == p["x"].shape[1:]                    # (N, 64, 64) like the input
+    assert np.allclose(p["tarea"], m.reshape(12, -1).mean(1), atol=1e-3)
+    assert ((p["tarea"] > 0) == m.any((1, 2))).all()
+    assert (p["tarea"] > 0).any() and (p["tarea"] == 0).any()      # the phantom has both kinds
+
+
+def test_aux_tumour_loss_and_attention_kl():
+    import torch
+    from src_models.mil import SliceAuxModel, attention_kl, tumour_aux_loss
+    mask = torch.zeros(4, 64, 64)
+    mask[0, 8:24, 8:24] = 1
+    mask[1, 40:56, 30:50] = 1                                        # slices 2, 3: no tumour
+    tgt = torch.nn.functional.adaptive_avg_pool2d(mask.unsqueeze(1), (8, 8))
+    good_map, bad_map = 8 * (tgt - 0.5), 8 * (0.5 - tgt)
+    good_pres, bad_pres = torch.tensor([4., 4, -4, -4]), -torch.tensor([4., 4, -4, -4])
+    assert tumour_aux_loss(good_pres, good_map, mask) < 0.5 * tumour_aux_loss(bad_pres, bad_map, mask)
+    keep = torch.tensor([False] * 4)
+    assert float(tumour_aux_loss(bad_pres, bad_map, mask, keep)) == 0.0  # missing sequence: no loss
+    # heads: shapes, and the encoders are the MIL model's (the shipped architecture is unchanged)
+    aux = SliceAuxModel(widths=[4, 8, 8, 8], tumour_heads=True)
+    o = aux(torch.randn(4, 3, 64, 64))["flair"]
+    assert o["tumour"].shape == (4,) and o["tumour_map"].shape == (4, 1, 8, 8)
+    # attention supervision: low when attention follows the tumour area, high when it avoids it
+    area = torch.tensor([[0.0, 0.02, 0.05, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    sl = torch.ones(2, 5, dtype=torch.bool)
+    on = torch.softmax(torch.log(area[0] + 1e-3), 0)
+    off = torch.softmax(-torch.log(area[0] + 1e-3), 0)
+    att_on = torch.stack([on.expand(3, 5), torch.full((3, 5), 0.2)])
+    att_off = torch.stack([off.expand(3, 5), torch.full((3, 5), 0.2)])
+    assert attention_kl(att_on, area, sl) < 0.2 * attention_kl(att_off, area, sl)
+    # a bag without tumour and masked sequences add nothing
+    sm = torch.tensor([[False, False, False], [True, True, True]])
+    assert float(attention_kl(att_off, area, sl, sm)) == 0.0
+
+
+def test_mil_fold_with_aux_supervision_is_segmentation_free(tmp_path):
+    """One tiny fold of the protocol with mask supervision: the aux heads train, the MIL model
+    that comes out has exactly the inference architecture and predicts without any mask."""
+    import torch
+    from napari_radiogen.core.train.tasks import prediction as P
+    from src_models.mil import build_mil_ensemble
+    cohort = _phantom_cohort(tmp_path, n=6, n_slices=8)
+    arch = {"sequences": ["t1", "flair", "t1ce"], "widths": [4, 8, 8, 8], "layers": [1, 1, 1, 1],
+            "attn_hidden": 8, "embed_dim": 8, "fusion_hidden": 8, "tumour_pool": True}
+    cfg = {"arch": arch, "enc_epochs": 1, "enc_batch": 16, "mil_epochs": 3,
+           "aux": {"tumour_weight": 1.0, "label_bg_weight": 0.1, "att_weight": 0.5}}
+    res, state = P.mil_fold(cohort, [0, 1, 2, 3, 4], [5], cfg, seed=0, log=lambda *_: None)
+    assert 0 <= res["probs"]["idh"][0] <= 1 and np.isfinite(res["risk"]).all()
+    ens = build_mil_ensemble(n_members=1, **arch)
+    ens.members[0].load_state_dict(state, strict=True)       # no extra (aux) keys, none missing
+    assert not any(k.startswith(("presence", "tumour_map")) for k in state)
+    # the encoders' own tumour map (trained on the masks) feeds the slice feature at inference
+    enc = ens.members[0].encoders["flair"].eval()
+    xs = torch.from_numpy(cohort[5]["x"][1][:, None])
+    with torch.no_grad():
+        f, fmap, tlogits = enc.forward_maps(xs)
+        assert torch.allclose(f, enc(xs), atol=1e-6) and tlogits.shape == (xs.shape[0], 1, 8, 8)
+        assert f.shape[1] == enc.out_dim == 8 + 8 + 1
+    for p in cohort:
+        p["tmask"] = p["tarea"] = None                  # no mask anywhere: inference still works
+    ens.eval()
+    x = torch.from_numpy(cohort[5]["x"][None])
+    with torch.no_grad():
+        out = ens(x, torch.ones(1, x.shape[2], dtype=torch.bool))
+    assert out["probs"]["idh"].shape == (1, 1, 2)
+    with pytest.raises(Exception, match="mask"):
+        P.train_encoders(cohort, [0, 1], arch, epochs=1, aux={})

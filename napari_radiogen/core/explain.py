@@ -250,13 +250,13 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
     cl = torch.from_numpy(cvec[None])
     ref = case.sequences[case.reference]
     ref_shape = ref.array.shape
-    head = None
-    if case.kind != "slices":
-        fg = np.zeros(ref_shape, bool)
-        for s in seqs:
-            if s in case.sequences and case.sequences[s].geometry.same_grid(ref.geometry):
-                fg |= P.foreground(case.sequences[s].array)
-        head = _fill_holes_2d(fg) if fg.any() else None
+    # the heatmap is restricted to the head (3D cases and 2D packs alike: a pack's slices are
+    # mostly background, which would otherwise hold most of the heatmap's mass)
+    fg = np.zeros(ref_shape, bool)
+    for s in seqs:
+        if s in case.sequences and case.sequences[s].geometry.same_grid(ref.geometry):
+            fg |= P.foreground(case.sequences[s].array)
+    head = _fill_holes_2d(fg) if fg.any() else None
     yield Progress("explain", 2, 4, f"{method} for {task} = {target}")
     layer = layer or DEFAULT_LAYER[kind]
     weights: Dict[str, List[float]] = {}

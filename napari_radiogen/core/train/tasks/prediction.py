@@ -13,6 +13,12 @@ Two ways to train:
 * The engine (``radiogen train configs/prediction_mil.yaml``): the TrainTask classes below train
   the same networks end to end on patient bags (suited to a GPU).
 
+Auxiliary mask supervision (``cfg["aux"]``, :data:`AUX_DEFAULTS`; the shipped protocol): the
+expert FLAIR-abnormality masks of the inner-training packs supervise stage-1 tumour-presence and
+coarse in-plane tumour heads, down-weight the inherited labels of tumour-free slices, and pull
+the stage-2 slice attention towards the per-slice tumour area. Only the encoders and the MIL
+stage are kept: the model never sees a mask at inference (segmentation-free).
+
 Channels a pack marks unavailable (copies of FLAIR) are masked, never used as data.
 """
 from __future__ import annotations
@@ -69,8 +75,10 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
             names = [n.decode() if isinstance(n, bytes) else str(n)
                      for n in h.attrs.get("channel_names", ["t1", "flair", "t1ce"])]
             avail = [bool(a) for a in h.attrs.get("available", [True] * len(names))]
+            tmask = h["mask"][:] if "mask" in h else None
         arrays = {n: img[:, i] for i, n in enumerate(names)}
         inp = pack_arrays_to_input(arrays, SEQS, dict(zip(names, avail)))
+        tum = tumour_targets(tmask, inp.x.shape[-2:]) if tmask is not None else None
         age = r.get("age_at_initial_pathologic")
         g = r.get("gender")
         out.append({"id": r["patient_id"], "x": inp.x, "seq_mask": inp.seq_mask,
@@ -79,10 +87,27 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
                     "sex": (1.0 if g == 2 else 0.0) if g == g and g is not None else np.nan,
                     "os_days": float(r.get("os_days", np.nan)),
                     "os_event": float(r.get("os_event", np.nan)),
-                    "strata": str(r.get("idh_codel_subtype")) + "|" + str(r.get("grade"))})
+                    "strata": str(r.get("idh_codel_subtype")) + "|" + str(r.get("grade")),
+                    # expert FLAIR-abnormality mask on the network grid (fraction per pixel,
+                    # float16) and per-slice area fraction: auxiliary TRAINING supervision only
+                    "tmask": None if tum is None else tum[0],
+                    "tarea": None if tum is None else tum[1]})
     if not out:
         raise ConfigError(f"no patient packs found in {d}")
     return out
+
+
+def tumour_targets(mask: np.ndarray, hw) -> Tuple[np.ndarray, np.ndarray]:
+    """A pack's (n, 128, 128) tumour mask -> ((n, 64, 64) float16 tumour fraction per input
+    pixel, binned like the images; (n,) float32 tumour area fraction per slice)."""
+    from ...predict import bin2
+    m = (np.asarray(mask) > 0).astype(np.float32)
+    H, W = int(hw[0]), int(hw[1])
+    if m.shape[1] != 2 * H or m.shape[2] != 2 * W:
+        from scipy import ndimage
+        m = ndimage.zoom(m, (1, 2 * H / m.shape[1], 2 * W / m.shape[2]), order=1)
+    b = np.clip(bin2(m), 0, 1)
+    return b.astype(np.float16), b.reshape(len(b), -1).mean(1).astype(np.float32)
 
 
 #: fixed clinical normalisation (constants, so no fold's statistics leak into another; the
@@ -150,27 +175,49 @@ def _slice_table(cohort, idx):
     return rows
 
 
-def _augment_slices(x, rng):
-    """x (B, S, H, W) torch: random flips, intensity scale/shift per sequence."""
+def _augment_slices(x, rng, mask=None):
+    """x (B, S, H, W) torch: random flips, intensity scale/shift per sequence. With ``mask``
+    (B, H, W), the same flips are applied to it and ``(x, mask)`` is returned."""
     import torch
     if rng.random() < 0.5:
         x = torch.flip(x, dims=[-1])
+        mask = None if mask is None else torch.flip(mask, dims=[-1])
     if rng.random() < 0.3:
         x = torch.flip(x, dims=[-2])
+        mask = None if mask is None else torch.flip(mask, dims=[-2])
     B, S = x.shape[:2]
     g = torch.from_numpy(rng.normal(1.0, 0.1, (B, S, 1, 1)).astype(np.float32))
     b = torch.from_numpy(rng.normal(0.0, 0.1, (B, S, 1, 1)).astype(np.float32))
-    return x * g + b
+    return x * g + b if mask is None else (x * g + b, mask)
+
+
+#: auxiliary tumour supervision (``cfg["aux"]`` of the MIL protocol), from the expert masks of
+#: the TRAINING packs only; the model at inference never sees a mask
+AUX_DEFAULTS = {"tumour_weight": 1.0, "label_bg_weight": 0.1, "att_weight": 0.5,
+                "tumour_layer": "layer2"}
+
+
+def _has_masks(cohort, idx) -> bool:
+    return all(cohort[i].get("tmask") is not None for i in idx)
 
 
 def train_encoders(cohort, train_idx, arch: Dict[str, Any], *, epochs=6, batch=64, lr=2e-3,
-                   seed=0, log=print, max_seconds=None):
+                   seed=0, log=print, max_seconds=None, aux: Optional[Dict[str, Any]] = None):
+    """Stage 1. ``aux`` (see :data:`AUX_DEFAULTS`): also train tumour-presence and coarse
+    in-plane tumour heads on the expert masks (weight ``tumour_weight``) and weight the
+    inherited patient labels of tumour-free slices by ``label_bg_weight``."""
     import torch
-    from src_models.mil import SliceAuxModel, masked_ce
+    from src_models.mil import SliceAuxModel, masked_ce, tumour_aux_loss, weighted_ce
     _set_threads()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = SliceAuxModel(**arch)
+    if aux is not None:
+        aux = dict(AUX_DEFAULTS, **aux)
+        if not _has_masks(cohort, train_idx):
+            raise ConfigError("auxiliary tumour supervision needs the packs' 'mask' datasets")
+        model = SliceAuxModel(**dict(arch, tumour_heads=True, tumour_layer=aux["tumour_layer"]))
+    else:
+        model = SliceAuxModel(**arch)
     rows = _slice_table(cohort, train_idx)
     Y = np.stack([cohort[i]["y"] for i in train_idx])
     weights = {}
@@ -191,14 +238,28 @@ def train_encoders(cohort, train_idx, arch: Dict[str, Any], *, epochs=6, batch=6
             x = torch.from_numpy(np.stack([cohort[i]["x"][:, k] for i, k in sel]))
             sm = np.stack([cohort[i]["seq_mask"] for i, _ in sel])
             y = torch.from_numpy(np.stack([cohort[i]["y"] for i, _ in sel]))
-            x = _augment_slices(x, rng)
+            sw = tm = None
+            if aux is not None:
+                tm = torch.from_numpy(np.stack([cohort[i]["tmask"][k] for i, k in sel]).astype(np.float32))
+                x, tm = _augment_slices(x, rng, tm)
+                has = tm.flatten(1).amax(1) > 0
+                sw = torch.where(has, torch.ones(len(sel)),
+                                 torch.full((len(sel),), float(aux["label_bg_weight"])))
+            else:
+                x = _augment_slices(x, rng)
             out = model(x)
             loss = 0.0
             for si, s in enumerate(model.sequences):
                 keep = torch.from_numpy(sm[:, si])
                 for j, t in enumerate(TASKS):
                     tgt = torch.where(keep, y[:, j], torch.full_like(y[:, j], -1))
-                    loss = loss + masked_ce(out[s][t], tgt, weights[t])
+                    if sw is None:
+                        loss = loss + masked_ce(out[s][t], tgt, weights[t])
+                    else:
+                        loss = loss + weighted_ce(out[s][t], tgt, weights[t], sw)
+                if aux is not None and aux["tumour_weight"] > 0:
+                    loss = loss + aux["tumour_weight"] * tumour_aux_loss(
+                        out[s]["tumour"], out[s]["tumour_map"], tm, keep)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -253,10 +314,12 @@ def _mil_outputs(model, feats, idx, cohort, clin):
 
 def train_mil_head(model, feats, cohort, clin, tr_idx, va_idx, *, epochs=150, lr=2e-3,
                    cox_weight=0.5, seed=0, eval_every=5, patience=40, seq_drop=0.15,
-                   slice_drop=0.2, log=print):
-    """Train attention + fusion + heads of ``model`` (encoders frozen) on cached features."""
+                   slice_drop=0.2, att_weight=0.0, log=print):
+    """Train attention + fusion + heads of ``model`` (encoders frozen) on cached features.
+    ``att_weight`` > 0: also pull each sequence's slice attention towards the normalised
+    expert tumour area per slice (KL, training patients only; inference needs no mask)."""
     import torch
-    from src_models.mil import masked_ce
+    from src_models.mil import attention_kl, masked_ce
     from ..losses import cox_ph_loss
     _set_threads()
     torch.manual_seed(seed)
@@ -272,6 +335,13 @@ def train_mil_head(model, feats, cohort, clin, tr_idx, va_idx, *, epochs=150, lr
     Y = torch.from_numpy(np.stack([cohort[i]["y"] for i in tr_idx]))
     OS = torch.tensor([[cohort[i]["os_days"], cohort[i]["os_event"]] for i in tr_idx],
                       dtype=torch.float32)
+    A = None
+    if att_weight > 0:
+        if not _has_masks(cohort, tr_idx):
+            raise ConfigError("attention supervision needs the packs' 'mask' datasets")
+        A = torch.zeros(M.shape, dtype=torch.float32)
+        for b, i in enumerate(tr_idx):
+            A[b, :len(cohort[i]["tarea"])] = torch.from_numpy(cohort[i]["tarea"])
     yv = np.stack([cohort[i]["y"] for i in va_idx]) if va_idx else None
     osv = np.array([[cohort[i]["os_days"], cohort[i]["os_event"]] for i in va_idx]) if va_idx else None
     best, best_state, best_ep, since = -1.0, copy.deepcopy(model.state_dict()), 0, 0
@@ -291,6 +361,8 @@ def train_mil_head(model, feats, cohort, clin, tr_idx, va_idx, *, epochs=150, lr
         if "risk" in o and cox_weight > 0:
             ok = torch.isfinite(OS[:, 0]) & torch.isfinite(OS[:, 1])
             loss = loss + cox_weight * cox_ph_loss(o["risk"][ok], OS[ok, 0], OS[ok, 1])
+        if A is not None:
+            loss = loss + att_weight * attention_kl(o["attention"], A, msk, sm)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -324,10 +396,11 @@ def mil_fold(cohort, tr_idx, te_idx, cfg: Dict[str, Any], seed: int, log=print):
     import torch
     from src_models.mil import MILPredictor, copy_encoders
     arch = dict(cfg["arch"])
+    aux = cfg.get("aux")
     inner_tr, inner_va = inner_split(cohort, tr_idx, seed)
     enc = train_encoders(cohort, inner_tr, arch, epochs=cfg.get("enc_epochs", 6),
                          batch=cfg.get("enc_batch", 64), lr=cfg.get("enc_lr", 2e-3), seed=seed,
-                         log=log, max_seconds=cfg.get("enc_max_seconds"))
+                         log=log, max_seconds=cfg.get("enc_max_seconds"), aux=aux)
     feats = cache_features(enc, cohort)
     stats = clinical_stats([cohort[i] for i in inner_tr])
     clin = clinical_matrix(cohort, stats)
@@ -336,7 +409,9 @@ def mil_fold(cohort, tr_idx, te_idx, cfg: Dict[str, Any], seed: int, log=print):
     copy_encoders(enc, mil)
     mil, info = train_mil_head(mil, feats, cohort, clin, inner_tr, inner_va,
                                epochs=cfg.get("mil_epochs", 150), lr=cfg.get("mil_lr", 2e-3),
-                               cox_weight=cfg.get("cox_weight", 0.5), seed=seed, log=log)
+                               cox_weight=cfg.get("cox_weight", 0.5), seed=seed,
+                               att_weight=float(dict(AUX_DEFAULTS, **aux)["att_weight"]) if aux else 0.0,
+                               log=log)
     probs, risk, att = _mil_outputs(mil, feats, te_idx, cohort, clin)
     return {"probs": probs, "risk": risk, "attention": att, "info": info,
             "clinical_stats": stats}, mil.state_dict()
