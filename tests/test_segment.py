@@ -221,7 +221,8 @@ def _shipped(name):
     return p
 
 
-@pytest.mark.parametrize("name", ["seg_brats_attunet", "seg_brats_segresnet"])
+@pytest.mark.parametrize("name", ["seg_brats_attunet", "seg_brats_segresnet",
+                                  "seg_brats_attunet2mm"])
 def test_sample_case_reproduces_card_dice(name):
     from napari_radiogen.core.models import load_model
     from napari_radiogen.core.sample import load_sample_case
@@ -240,7 +241,7 @@ def test_cli_brats_case_aligned_with_flair(tmp_path):
     import nibabel as nib
     from napari_radiogen.cli import main
 
-    _shipped("seg_brats_attunet")                    # the CLI's default 3D model
+    _shipped("seg_brats_attunet2mm")                 # the CLI's default 3D model
     case_dir = shared_path("brats2021", "BraTS2021_01476")
     rc = main(["segment", str(case_dir), "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 0
@@ -271,6 +272,7 @@ def test_shipped_pack_model_on_real_pack(tmp_path):
 
 def test_configs_load_and_tasks_register():
     from napari_radiogen.core.train.config import load_config
-    for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg"):
+    for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg",
+                 "segmentation_brats_attunet2mm"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")

@@ -14,7 +14,7 @@ reported and skipped, and the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
-DEFAULT_3D = "seg_brats_attunet"      # the better of the two 3D models in CV (see cards)
+DEFAULT_3D = "seg_brats_attunet2mm"   # the best 3D model in CV on the same folds (see cards)
 DEFAULT_2D = "seg_lgg_segresnet2d"
 CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_ml",
                "label_2_ml", "label_4_ml", "seconds", "status", "message"]

@@ -132,7 +132,8 @@ class Analyzer:
     def seg_model(self, case: Case):
         dims = 2 if case.kind == "slices" else 3
         return self._model(f"seg{dims}", "segmentation", self.options.seg_model,
-                           prefer=("seg_brats_attunet", "seg_brats_segresnet", "seg_lgg_segresnet2d"),
+                           prefer=("seg_brats_attunet2mm", "seg_brats_attunet",
+                                   "seg_brats_segresnet", "seg_lgg_segresnet2d"),
                            select=lambda c: int(c.get("dims", 3)) == dims)
 
     def pred_model(self):

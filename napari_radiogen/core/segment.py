@@ -397,6 +397,47 @@ def probs_to_native_labels(prepared, probs: np.ndarray) -> np.ndarray:
     return regions_to_labels(native >= 0.5)
 
 
+def postprocess_labels(labels: np.ndarray, geometry: Optional[Geometry],
+                       spec: Optional[Dict[str, Any]]) -> np.ndarray:
+    """Card-driven cleanup of a BraTS label map (0/1/2/4) on its native grid.
+
+    ``spec`` (a model card's ``postprocess``; empty/None = no change):
+
+    * ``wt_min_component_fraction`` f: whole-tumour connected components (26-connectivity)
+      smaller than f x the largest one are removed (f = 1: largest component only);
+    * ``et_min_component_ml``: enhancing-tumour components below this volume become label 1
+      (necrotic / non-enhancing core, so the tumour core is unchanged);
+    * ``et_min_total_ml``: if the remaining enhancing tumour is below this volume in total, all
+      of it becomes label 1 (BraTS convention: an empty ET scores 1 when the truth is empty).
+    """
+    if not spec:
+        return labels
+    from scipy import ndimage
+
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    vox_ml = geometry.voxel_volume_ml if geometry is not None else 1e-3
+    conn = np.ones((3, 3, 3), bool)
+    f = spec.get("wt_min_component_fraction")
+    if f is not None and (out > 0).any():
+        lab, n = ndimage.label(out > 0, structure=conn)
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            keep = np.flatnonzero(sizes >= float(f) * sizes.max()) + 1
+            out[~np.isin(lab, keep) & (lab > 0)] = 0
+    et = out == 4
+    cmin = spec.get("et_min_component_ml")
+    if cmin and et.any():
+        lab, n = ndimage.label(et, structure=conn)
+        sizes = np.bincount(lab.ravel())[1:] * vox_ml
+        small = np.flatnonzero(sizes < float(cmin)) + 1
+        out[np.isin(lab, small) & et] = 1
+        et = out == 4
+    tmin = spec.get("et_min_total_ml")
+    if tmin and et.any() and et.sum() * vox_ml < float(tmin):
+        out[et] = 1
+    return out
+
+
 def _segment_volume(case, model, dev, cancel, timings, warn):
     t = time.perf_counter()
     yield Progress("segment", 1, 4, "preparing (crop to brain, resample, normalise)")
@@ -414,6 +455,8 @@ def _segment_volume(case, model, dev, cancel, timings, warn):
     yield Progress("segment", 3, 4, "back to the native grid")
     t = time.perf_counter()
     labels = probs_to_native_labels(prepared, probs)
+    if model.card.get("postprocess"):
+        labels = postprocess_labels(labels, case.geometry, model.card["postprocess"])
     timings["to_native"] = time.perf_counter() - t
     yield labels, case.geometry, dev
 

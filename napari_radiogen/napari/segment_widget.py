@@ -103,7 +103,8 @@ class SegmentationWidget(QWidget):
         from ..core.segment import TASK
         ms = list_models(TASK)
         self._cards = {m["name"]: m["card"] for m in ms}
-        preferred = ("seg_brats_attunet", "seg_lgg_segresnet2d", "seg_brats_segresnet")
+        preferred = ("seg_brats_attunet2mm", "seg_brats_attunet", "seg_lgg_segresnet2d",
+                     "seg_brats_segresnet")
         names = sorted((m["name"] for m in ms),
                        key=lambda n: (n not in preferred, preferred.index(n)
                                       if n in preferred else 0, n))

@@ -256,7 +256,8 @@ class SegmentationBrats(TrainTask):
         return self._loss(model(x), y)
 
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
-        from ...segment import REGION_ORDER, compare_to_truth, probs_to_native_labels, volume_probs
+        from ...segment import (REGION_ORDER, compare_to_truth, postprocess_labels,
+                                probs_to_native_labels, volume_probs)
         was = model.training
         model.eval()
         preds = []
@@ -264,9 +265,15 @@ class SegmentationBrats(TrainTask):
         for it in dataset:
             probs = volume_probs(model, it["x"], card, str(device))
             lab = probs_to_native_labels(it["prepared"], probs)
+            row = {"patient_id": it["id"]}
+            pp = self._m().get("postprocess")
+            if pp:      # score what inference returns (core.segment applies the card's rule)
+                raw = compare_to_truth(lab, it["truth"], with_hd95=False)
+                for r in REGION_ORDER:
+                    row[f"dice_{r}_raw"] = raw[r]["dice"]
+                lab = postprocess_labels(lab, it["prepared"].native_geometry, pp)
             m = compare_to_truth(lab, it["truth"], it["prepared"].native_geometry,
                                  with_hd95=bool(self._m().get("eval_hd95", True)))
-            row = {"patient_id": it["id"]}
             for r in REGION_ORDER:
                 row[f"dice_{r}"] = m[r]["dice"]
                 if "hd95_mm" in m[r]:
@@ -277,6 +284,8 @@ class SegmentationBrats(TrainTask):
         for r in REGION_ORDER:
             vals = [p[f"dice_{r}"] for p in preds]
             out[f"dice_{r}"] = float(np.mean(vals)) if vals else float("nan")
+            if preds and f"dice_{r}_raw" in preds[0]:
+                out[f"dice_{r}_raw"] = float(np.mean([p[f"dice_{r}_raw"] for p in preds]))
         out["score"] = float(np.mean([out[f"dice_{r}"] for r in REGION_ORDER])) if preds else 0.0
         return out
 
@@ -303,7 +312,9 @@ class SegmentationBrats(TrainTask):
                 "classes": {"0": "background", "1": "necrotic/non-enhancing core",
                             "2": "oedema", "4": "enhancing tumour"},
                 "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]},
-                "datasets": DATASET_BRATS, "citations": CITE_BRATS}
+                "datasets": DATASET_BRATS, "citations": CITE_BRATS,
+                **({"postprocess": dict(self._m()["postprocess"])}
+                   if self._m().get("postprocess") else {})}
 
 
 # ==========================================================================================
