@@ -186,6 +186,20 @@ def phase_ship(out: Path, cache: str, dst: Path = None, sample_id: str = SAMPLE_
     fold_card = read_card(src)
     cfg = _cfg(out, cache)
     cfg_clean = {kk: v for kk, v in cfg.items() if not kk.startswith("_") and kk != "cache_dir"}
+    tcfg, scfg, mcfg = cfg["train"], cfg.get("synthesis") or {}, cfg.get("model") or {}
+    crop = int(scfg.get("crop", 96))
+    minutes = round(float(tcfg.get("max_minutes") or 0) / max(1, int(cfg.get("folds", 4))))
+    schedule = (f"fixed {tcfg['epochs']} epochs x {scfg.get('samples_per_epoch')} samples "
+                f"(batch {tcfg['batch_size']}, {crop} px crops) or until the wall-clock cap of "
+                f"{minutes} min per fold (metrics.epochs_run_per_fold)")
+    residual = mcfg.get("linear", "mlp") == "table"
+    ba, la = res["brats_native"]["all"], res["lgg"]["all"]
+    arch_note = ("residual over a per-voxel linear regression: one weight vector + offset per "
+                 "(target, source subset), initialised with the least-squares fit on the fold's "
+                 "training patients (the baseline's fit) and fine-tuned, plus a conditional U-Net "
+                 "(FiLM on the target code and the source subset) that adds the residual; the net "
+                 "starts as the baseline" if residual else
+                 "conditional U-Net (FiLM on the target code) + a conditional linear path")
     engine_card = {}
     eng = out / "engine" / "synth_seq2seq2d.card.json"
     if eng.exists():
@@ -223,7 +237,7 @@ def phase_ship(out: Path, cache: str, dst: Path = None, sample_id: str = SAMPLE_
         "synth_seq2seq2d", "synthesis", fold_card["architecture"],
         sequences=list(SEQ), targets=list(SEQ), spacing_mm=[2.0, 2.0, None],
         input_size="2D axial slices at 2 mm in-plane (any size, padded to a multiple of 8); "
-                   "trained on 96 x 96 crops of 128 x 128 slices",
+                   f"trained on {crop} x {crop} crops of 128 x 128 slices",
         normalisation="per volume: clip(x / p99.5 inside the brain mask, 0, 1); output in the "
                       "same units",
         training_data={
@@ -237,8 +251,8 @@ def phase_ship(out: Path, cache: str, dst: Path = None, sample_id: str = SAMPLE_
         config=cfg_clean,
         metrics={
             "protocol": PROTOCOL + "; 4-fold patient-level CV (seed 0, stratified by dataset: 2 "
-                        "BraTS cases and ~22 TCGA-LGG packs per test fold), fixed 8 epochs x 1024 "
-                        "samples, no checkpoint selection; BraTS: each target from the other "
+                        "BraTS cases and ~22 TCGA-LGG packs per test fold), " + schedule +
+                        ", no checkpoint selection; BraTS: each target from the other "
                         "three at the native 1 mm grid; mean, SD and 95% t-interval over the 4 "
                         "fold means; TCGA-LGG: each available target from the other available "
                         "ones, at the packs' grid (~1.9 mm), every brain slice, head mask (not "
@@ -253,7 +267,9 @@ def phase_ship(out: Path, cache: str, dst: Path = None, sample_id: str = SAMPLE_
                                               >= 0.86)},
             "reference": "Seq2Seq reports 27.8 dB / SSIM 0.872 on BraTS 2021 with 830 training "
                          "cases at full resolution on GPU; this CPU model trains on 6 BraTS + "
-                         "66 TCGA-LGG patients per fold for ~10 minutes on one CPU thread"},
+                         f"66 TCGA-LGG patients per fold for at most ~{minutes} minutes on one "
+                         "(shared) CPU thread",
+            "architecture_note": arch_note},
         baseline={"name": "per-voxel linear regression of the target from the other sequences "
                           "(with intercept), fitted on the same fold's training patients",
                   "brats_cv": {t: {"psnr_db": v["baseline_psnr_db"],
@@ -275,20 +291,28 @@ def phase_ship(out: Path, cache: str, dst: Path = None, sample_id: str = SAMPLE_
                      "models (results then say they used a synthetic input), and rank how much "
                      "unique information each sequence carries. Synthetic volumes are not "
                      "acquired images and must not be read diagnostically.",
-        limitations=["trained on CPU for ~10 minutes per fold on 6 BraTS + ~66 TCGA-LGG patients; "
-                     "far below the issue's targets (27 dB / SSIM 0.86) and close to the linear "
-                     "per-voxel regression baseline (better on some targets and cases, worse on "
-                     "others; see metrics and baseline)",
+        limitations=[f"trained on CPU for at most ~{minutes} minutes per fold on 6 BraTS + ~66 "
+                     "TCGA-LGG patients; far below the issue's targets (27 dB / SSIM 0.86)",
+                     "against the linear per-voxel regression baseline on the same folds: BraTS "
+                     f"PSNR {ba['psnr_db']['mean']:.2f} vs {ba['baseline_psnr_db']['mean']:.2f} dB, "
+                     f"SSIM {ba['ssim_brain']['mean']:.3f} vs "
+                     f"{ba['baseline_ssim_brain']['mean']:.3f}; TCGA-LGG PSNR "
+                     f"{la['psnr_db']['mean']:.2f} vs {la['baseline_psnr_db']['mean']:.2f} dB, SSIM "
+                     f"{la['ssim_brain']['mean']:.3f} vs {la['baseline_ssim_brain']['mean']:.3f} "
+                     "(better on some targets and cases, worse on others: see metrics and "
+                     "baseline)",
                      "2D axial, 2 mm in-plane: finer detail comes only from the sources' high-pass "
                      "through the linear path; slice-to-slice consistency is not enforced",
                      "t2 is learned from BraTS only (TCGA-LGG packs have no T2): weakest target",
                      "intensities are normalised units (0..1 = 0..the 99.5th brain percentile), "
                      "not scanner units"],
-        speed="one 240x240x155 T1ce from the other three (load + synthesis, no metrics): 5.3 s "
-              "wall / 2.9 s CPU with 1 torch thread on the 2-core machine at load average ~5; "
-              "with 2 threads on the shared cores 14.8 s (oversubscribed: use --threads 1 there). "
-              "metrics.brats_per_case[*].seconds_synthesis are wall times measured during the CV "
-              "at load average ~12",
+        speed=(f"one 240x240x155 target from the other three (model + synthesis, no metrics), "
+               f"1 torch thread on the shared 2-core machine: median "
+               f"{np.median([r['seconds_synthesis'] for r in res['brats_per_case']]):.1f} s wall "
+               "during the CV eval (metrics.brats_per_case[*].seconds_synthesis); the bundled "
+               "brain-cropped sample: " + ", ".join(
+                   f"{t} {v['seconds_synthesis']:.1f} s" for t, v in bundled.items())
+               + " (sample_case.bundled). Use --threads 1 on oversubscribed cores"),
         fold=k, train_task="synthesis",
         citations=["Han L, Tan T, Zhang T, et al. Synthesis-based imaging-differentiation "
                    "representation learning for multi-sequence 3D/4D MRI. Med Image Anal "
@@ -299,6 +323,31 @@ def phase_ship(out: Path, cache: str, dst: Path = None, sample_id: str = SAMPLE_
                    "Buda M, Saha A, Mazurowski MA. Comput Biol Med 2019;109:218-225",
                    "UCSF-PDGM (TCIA, CC BY 4.0) for BraTS2021_00006"])
     dst = dst or ROOT / "napari_radiogen" / "weights" / "synth_seq2seq2d.safetensors"
+    # epochs each fold actually ran (the wall-clock cap train.max_minutes can end a fold early)
+    state = out / "engine" / "state.json"
+    if state.exists():
+        hist = json.loads(state.read_text()).get("history", [])
+        card["metrics"]["epochs_run_per_fold"] = {
+            str(f): max(h["epoch"] for h in hist if h["fold"] == f)
+            for f in sorted({h["fold"] for h in hist})}
+    # the model this one replaces, scored on the same folds and protocol (kept across re-ships)
+    prev = None
+    if dst.exists():
+        try:
+            old = read_card(dst)
+            if old.get("config") != card["config"]:
+                prev = {"architecture": old.get("architecture"), "date": old.get("date"),
+                        "config": old.get("config"),
+                        "brats_cv": {t: {"psnr_db": v["psnr_db"], "ssim_brain": v["ssim_brain"]}
+                                     for t, v in old["metrics"]["brats_cv"].items()},
+                        "tcga_lgg_cv": {t: {"psnr_db": v["psnr_db"], "ssim_brain": v["ssim_brain"]}
+                                        for t, v in old["metrics"]["tcga_lgg_cv"].items()}}
+            else:
+                prev = old.get("metrics", {}).get("previous_model")
+        except Exception as e:  # an unreadable old card is not worth failing the ship for
+            print("previous card not read:", e)
+    if prev:
+        card["metrics"]["previous_model"] = prev
     save_model(dst, load_state_dict_file(src), card)
     print("wrote", dst, os.path.getsize(dst) // 1024, "KiB")
     return dst

@@ -6,9 +6,18 @@ One network generates any target sequence from any non-empty subset of the other
   zeroed, plus the 4-d availability mask (which sources are given), broadcast as 4 more planes;
 * a small U-Net encoder; the **decoder is conditioned** on the target code (one-hot, 4-d) and the
   availability mask through FiLM (per-channel scale and shift after each decoder block);
-* a conditional linear path (coefficients of the given sources predicted from the condition)
-  plus the U-Net's residual, so the net starts from a per-target regression and learns the
-  non-linear, spatial part on top (this trains far faster on a CPU budget);
+* a conditional linear path plus the U-Net's residual, so the net starts from a per-target
+  regression and learns the non-linear, spatial part on top (this trains far faster on a CPU
+  budget). Two kinds of linear path (``linear=``):
+
+  - ``"mlp"`` (the first shipped model): the source weights and offset are predicted from the
+    condition by a small MLP, initialised at zero;
+  - ``"table"``: one weight vector + offset per (target, source subset), stored in the model
+    (buffer ``lin_init``, filled by the training task with the least-squares fit on the training
+    patients, plus a learnable correction ``lin_scale * lin_delta``, zero at the start). With
+    the residual head also zero at the start, the network **starts as the per-voxel linear
+    regression baseline** and learns only what it adds; the linear prediction is also given to
+    the U-Net as one more input plane;
 * output: one channel, the target in normalised intensity units ([0, 1] = 0 .. the volume's
   99.5th brain percentile).
 
@@ -72,14 +81,19 @@ class Seq2SeqUNet2D(nn.Module):
     H and W must be divisible by ``2 ** depth``.
     """
 
-    def __init__(self, base: int = 16, depth: int = 3, n_seq: int = N_SEQ, cond_hidden: int = 64):
+    def __init__(self, base: int = 16, depth: int = 3, n_seq: int = N_SEQ, cond_hidden: int = 64,
+                 linear: str = "mlp", lin_scale: float = 0.05):
         super().__init__()
+        if linear not in ("mlp", "table"):
+            raise ValueError(f"linear must be 'mlp' or 'table', not {linear!r}")
         self.n_seq = n_seq
         self.depth = depth
+        self.linear_kind = linear
+        self.lin_scale = float(lin_scale)
         chans: List[int] = [base * 2 ** i for i in range(depth + 1)]
         cond_dim = 2 * n_seq
         self.enc = nn.ModuleList()
-        cin = 2 * n_seq
+        cin = 2 * n_seq + (1 if linear == "table" else 0)
         for c in chans[:-1]:
             self.enc.append(ConvBlock(cin, c))
             cin = c
@@ -91,12 +105,17 @@ class Seq2SeqUNet2D(nn.Module):
             self.dec.append(FiLMBlock(2 * chans[i], chans[i], cond_dim, cond_hidden))
         self.head = nn.Conv2d(chans[0], 1, 1)
         # conditional linear path: per-pixel linear combination of the given sources with
-        # coefficients from the condition (a learned, target- and subset-specific regression);
-        # the U-Net adds a residual to it. Both start at zero.
-        self.linear = nn.Sequential(nn.Linear(cond_dim, cond_hidden), nn.SiLU(),
-                                    nn.Linear(cond_hidden, n_seq + 1))
-        nn.init.zeros_(self.linear[-1].weight)
-        nn.init.zeros_(self.linear[-1].bias)
+        # coefficients per target and source subset; the U-Net adds a residual to it.
+        if linear == "mlp":      # coefficients predicted from the condition; start at zero
+            self.linear = nn.Sequential(nn.Linear(cond_dim, cond_hidden), nn.SiLU(),
+                                        nn.Linear(cond_hidden, n_seq + 1))
+            nn.init.zeros_(self.linear[-1].weight)
+            nn.init.zeros_(self.linear[-1].bias)
+        else:                    # a table (target, subset code) -> weights + offset
+            shape = (n_seq, 2 ** n_seq, n_seq + 1)
+            self.register_buffer("lin_init", torch.zeros(shape))
+            self.lin_delta = nn.Parameter(torch.zeros(shape))
+            self.register_buffer("_pow2", 2 ** torch.arange(n_seq), persistent=False)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -106,8 +125,13 @@ class Seq2SeqUNet2D(nn.Module):
         avail = avail.to(x.dtype) * (1 - target)          # never let the target leak in
         x = x * avail[:, :, None, None]
         planes = avail[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        h = torch.cat([x, planes], dim=1)
         cond = torch.cat([target, avail], dim=1)
+        coef = self._coefficients(cond)                            # (B, n_seq + 1)
+        lin = (x * coef[:, :-1, None, None]).sum(1, keepdim=True) + coef[:, -1, None, None, None]
+        if self.linear_kind == "table":
+            h = torch.cat([x, planes, lin], dim=1)
+        else:
+            h = torch.cat([x, planes], dim=1)
         skips = []
         for blk in self.enc:
             h = blk(h)
@@ -117,9 +141,40 @@ class Seq2SeqUNet2D(nn.Module):
         for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
             h = up(h)
             h = dec(torch.cat([h, skip], dim=1), cond)
-        coef = self.linear(cond)                                   # (B, n_seq + 1)
-        lin = (x * coef[:, :-1, None, None]).sum(1, keepdim=True) + coef[:, -1, None, None, None]
         return lin + self.head(h)
+
+    # -- the linear path ---------------------------------------------------------------------
+    def _coefficients(self, cond: torch.Tensor) -> torch.Tensor:
+        if self.linear_kind == "mlp":
+            return self.linear(cond)
+        n = self.n_seq
+        tidx = cond[:, :n].argmax(1)
+        code = (cond[:, n:].round().long() * self._pow2).sum(1)
+        table = self.lin_init + self.lin_scale * self.lin_delta
+        return table[tidx, code]
+
+    def linear_coefficients(self, avail: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, n_seq + 1): the linear path's weights of each source and its offset."""
+        return self._coefficients(_cond(self, avail, target))
+
+    @torch.no_grad()
+    def set_linear_init(self, target: int, sources: Sequence[int], weights: Sequence[float]
+                        ) -> None:
+        """Table models: the starting regression of ``target`` from ``sources`` (weights in the
+        order of ``sources``, then the offset)."""
+        if self.linear_kind != "table":
+            raise ValueError("set_linear_init needs linear='table'")
+        code = sum(2 ** int(c) for c in sources)
+        row = torch.zeros(self.n_seq + 1)
+        for c, w in zip(sources, weights):
+            row[int(c)] = float(w)
+        row[-1] = float(weights[len(sources)])
+        self.lin_init[int(target), code] = row.to(self.lin_init)
+
+
+def subset_code(sources: Sequence[int]) -> int:
+    """Index of a source subset in a table model's linear path."""
+    return sum(2 ** int(c) for c in sources)
 
 
 def _cond(model: "Seq2SeqUNet2D", avail: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -130,21 +185,22 @@ def _cond(model: "Seq2SeqUNet2D", avail: torch.Tensor, target: torch.Tensor) -> 
 
 def linear_coefficients(model: "Seq2SeqUNet2D", avail: torch.Tensor, target: torch.Tensor
                         ) -> torch.Tensor:
-    """(B, n_seq + 1): the conditional linear path's weights of each source and its offset."""
-    return model.linear(_cond(model, avail, target))
-
-
-Seq2SeqUNet2D.linear_coefficients = linear_coefficients
+    """(B, n_seq + 1): the linear path's weights of each source and its offset."""
+    return model.linear_coefficients(avail, target)
 
 
 def seq2seq_unet2d(base: int = 16, depth: int = 3, n_seq: int = N_SEQ,
-                   cond_hidden: int = 64) -> Seq2SeqUNet2D:
-    """Builder named in model cards: ``src_models.seq2seq:seq2seq_unet2d``."""
-    return Seq2SeqUNet2D(base=base, depth=depth, n_seq=n_seq, cond_hidden=cond_hidden)
+                   cond_hidden: int = 64, linear: str = "mlp",
+                   lin_scale: float = 0.05) -> Seq2SeqUNet2D:
+    """Builder named in model cards: ``src_models.seq2seq:seq2seq_unet2d``. ``linear="table"``:
+    the residual-over-regression variant (see the module docstring); the default ``"mlp"``
+    rebuilds the first shipped model."""
+    return Seq2SeqUNet2D(base=base, depth=depth, n_seq=n_seq, cond_hidden=cond_hidden,
+                         linear=linear, lin_scale=lin_scale)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__: Sequence[str] = ("Seq2SeqUNet2D", "seq2seq_unet2d", "count_parameters")
+__all__: Sequence[str] = ("Seq2SeqUNet2D", "seq2seq_unet2d", "subset_code", "count_parameters")

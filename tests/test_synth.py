@@ -54,6 +54,48 @@ def test_generator_is_conditioned_on_the_target_and_ignores_the_target_channel()
                               m(x, av3, torch.tensor([1, 1])))
 
 
+def test_residual_table_net_starts_as_the_least_squares_regression_of_each_source_subset():
+    """``linear="table"``: the task's least-squares fit per (target, source subset) goes into the
+    net, which then reproduces that regression exactly before training (so training only has to
+    learn what it adds); the table travels in the state dict, and the native-grid detail path
+    reads the same coefficients."""
+    import torch
+    from napari_radiogen.core.train.tasks.synthesis import apply_linear, fit_linear_table
+    from src_models.seq2seq import seq2seq_unet2d
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 4, 16, 16)).astype(np.float32)
+    x[:, 2] = np.clip(0.6 * x[:, 0] - 0.3 * x[:, 3] + 0.4, 0, 1)         # t2 from t1 and flair
+    pats = {"a": {"x": x.astype(np.float16), "mask": np.ones((6, 16, 16), bool),
+                  "avail": np.ones(4, np.float32)},
+            "b": {"x": x[::-1].astype(np.float16), "mask": np.ones((6, 16, 16), bool),
+                  "avail": np.array([1, 1, 0, 1], np.float32)}}          # no t2 in "b"
+    fits = fit_linear_table(pats, fit_step=1)
+    assert len(fits) == 4 * 7                                             # every non-empty subset
+    w = fits[(2, (0, 3))]                                                 # only "a" has t2
+    assert np.allclose(w, [0.6, -0.3, 0.4], atol=0.02)
+    m = seq2seq_unet2d(base=4, cond_hidden=8, linear="table")
+    for (t, src), ww in fits.items():
+        m.set_linear_init(t, src, ww)
+    m.eval()
+    xt = torch.from_numpy(x)
+    for t, src in ((2, (0, 3)), (1, (0, 2, 3)), (0, (1,))):
+        av = torch.zeros(6, 4)
+        av[:, list(src)] = 1
+        with torch.no_grad():
+            y = m(xt, av, torch.full((6,), t))[:, 0].clamp(0, 1).numpy()
+            coef = m.linear_coefficients(av[:1], torch.tensor([t]))[0].numpy()
+        ref = apply_linear(fits[(t, src)], np.moveaxis(x[:, list(src)], 1, 0))
+        assert np.allclose(y, ref, atol=1e-5)
+        assert np.allclose(coef[list(src)], fits[(t, src)][:-1], atol=1e-6)
+        assert np.allclose(np.delete(coef[:-1], list(src)), 0)
+    m2 = seq2seq_unet2d(base=4, cond_hidden=8, linear="table")
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2.lin_init, m.lin_init)
+    # the first shipped kind (an MLP linear path) still builds with the same state-dict keys
+    keys = set(seq2seq_unet2d(base=4, cond_hidden=8).state_dict())
+    assert "linear.2.weight" in keys and not any(k.startswith("lin_") for k in keys)
+
+
 def test_contribution_scores_follow_the_pair_metrics():
     # t1ce generates nothing well and is hard to generate: lowest as source, highest as target
     q = {("t1", "t2"): 24, ("t2", "t1"): 24, ("t1", "t1ce"): 15, ("t2", "t1ce"): 15,

@@ -15,7 +15,12 @@ TCGA-LGG packs (about 1.9 mm) are used at their size.
 Training samples: a random brain slice (BraTS with probability ``brats_fraction``), a random
 available target, as sources all the other available sequences (probability ``p_all_sources``)
 or a random non-empty subset of them; a random ``crop`` x ``crop`` window and a left-right flip.
-Loss: L1 over the window + L1 over the brain pixels.
+Loss: L1 over the brain pixels + ``loss_window`` x L1 over the whole window.
+
+Model ``linear: table`` (the residual-over-regression net, see ``src_models.seq2seq``): before
+training, the least-squares regression of every target from every source subset is fitted on the
+fold's training patients (:func:`fit_linear_table`, the same fit as the linear baseline) and
+written into the net, which then starts as that baseline and learns the residual.
 """
 from __future__ import annotations
 
@@ -323,6 +328,31 @@ def linear_baseline(train: Dict[str, Dict[str, Any]], test: Dict[str, Dict[str, 
     return res
 
 
+def fit_linear_table(train: Dict[str, Dict[str, Any]], fit_step: int = 2
+                     ) -> Dict[Tuple[int, Tuple[int, ...]], np.ndarray]:
+    """Least-squares regression of every target from every non-empty subset of the other
+    sequences, over the brain pixels of every ``fit_step``-th brain slice of the training
+    patients that have them all (each patient subsampled alike, as :func:`linear_baseline`):
+    ``{(target, sources): (len(sources) + 1,) weights}``."""
+    from itertools import combinations
+    fits: Dict[Tuple[int, Tuple[int, ...]], np.ndarray] = {}
+    n = len(SEQUENCES)
+    for t in range(n):
+        others = [c for c in range(n) if c != t]
+        for k in range(1, n):
+            for src in combinations(others, k):
+                xs, ys = [], []
+                for q in train.values():
+                    if all(q["avail"][c] for c in src + (t,)):
+                        m = q["mask"][::fit_step]
+                        qx = q["x"][::fit_step]
+                        xs.append(np.stack([qx[:, c][m] for c in src], 1))
+                        ys.append(qx[:, t][m])
+                if xs:
+                    fits[(t, tuple(src))] = fit_linear(xs, ys)
+    return fits
+
+
 # ------------------------------------------------------------------------------------------------
 # the task
 # ------------------------------------------------------------------------------------------------
@@ -345,6 +375,7 @@ class SynthesisTask(TrainTask):
         self.scfg = dict(cfg.get("synthesis") or {})
         self._found = None
         self._cache: Dict[str, Dict[str, Any]] = {}
+        self._lin_fits: Dict[Tuple[int, Tuple[int, ...]], np.ndarray] = {}
 
     # data -------------------------------------------------------------------------------------
     def _discover(self):
@@ -378,6 +409,8 @@ class SynthesisTask(TrainTask):
         if not train_ids:                       # the engine's test-only call
             return [], SynthEvalSet(self.load(val_ids),
                                     slice_step=self.scfg.get("eval_slice_step", 4))
+        if self.mcfg.get("linear", "mlp") == "table":
+            self._lin_fits = fit_linear_table(self.load(train_ids))
         train = SynthTrainSet(self.load(train_ids), samples=self.scfg.get("samples_per_epoch", 2048),
                               crop=self.scfg.get("crop", 96),
                               brats_fraction=self.scfg.get("brats_fraction", 0.5),
@@ -391,7 +424,20 @@ class SynthesisTask(TrainTask):
     def architecture(self) -> Dict[str, Any]:
         kw = {"base": int(self.mcfg.get("base", 16)), "depth": int(self.mcfg.get("depth", 3)),
               "n_seq": 4, "cond_hidden": int(self.mcfg.get("cond_hidden", 64))}
+        if self.mcfg.get("linear", "mlp") != "mlp":
+            kw["linear"] = str(self.mcfg["linear"])
+            kw["lin_scale"] = float(self.mcfg.get("lin_scale", 0.05))
         return {"builder": "src_models.seq2seq:seq2seq_unet2d", "kwargs": kw}
+
+    def build_model(self):
+        """The net; a ``linear: table`` net starts from the least-squares regression of every
+        (target, source subset) fitted on the training patients of the last
+        :meth:`make_datasets` call (the engine calls it just before building the model)."""
+        model = super().build_model()
+        if getattr(model, "linear_kind", "mlp") == "table" and self._lin_fits:
+            for (t, src), w in self._lin_fits.items():
+                model.set_linear_init(t, src, w)
+        return model
 
     def training_step(self, model, batch, device):
         import torch
@@ -402,7 +448,9 @@ class SynthesisTask(TrainTask):
         err = (pred - y).abs()
         l_all = err.mean()
         l_brain = (err * m).sum() / m.sum().clamp_min(1.0)
-        loss = l_all + l_brain
+        # synthesis.loss_window: weight of the L1 over the whole window (1.0 = the first
+        # shipped model's loss; the metrics only look at brain pixels)
+        loss = float(self.scfg.get("loss_window", 1.0)) * l_all + l_brain
         return loss, {"l1": float(l_all.detach()), "l1_brain": float(l_brain.detach())}
 
     def evaluate(self, model, dataset, device):
