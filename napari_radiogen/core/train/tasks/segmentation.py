@@ -184,12 +184,43 @@ class _BratsEval:
         return self.items[i]
 
 
-@register_task("segmentation-brats")
-class SegmentationBrats(TrainTask):
+class _SegmentationTask(TrainTask):
+    """What the BraTS (3D, regions) and LGG (2D, FLAIR abnormality) tasks share: the model
+    section, the MONAI architecture choice and a loss step."""
     model_task = "segmentation"
+    ARCHS: Dict[str, str] = {}
+    DEFAULT_CHANNELS: List[int] = []
 
     def _m(self) -> Dict[str, Any]:
         return self.cfg.get("model") or {}
+
+    def _architecture(self, in_channels: int, out_channels: int) -> Dict[str, Any]:
+        m = self._m()
+        arch = str(m.get("arch", "segresnet"))
+        if arch not in self.ARCHS:
+            raise ConfigError(f"model.arch must be one of {', '.join(self.ARCHS)} (got {arch!r})")
+        kw: Dict[str, Any] = {"in_channels": in_channels, "out_channels": out_channels}
+        if int(m.get("input_downsample", 1)) > 1:
+            kw["input_downsample"] = int(m["input_downsample"])
+        if arch == "segresnet":
+            kw["init_filters"] = int(m.get("init_filters", 8))
+        else:
+            kw["channels"] = list(m.get("channels", self.DEFAULT_CHANNELS))
+            kw["strides"] = list(m.get("strides", [2] * (len(kw["channels"]) - 1)))
+        return {"builder": self.ARCHS[arch], "kwargs": kw}
+
+    def training_step(self, model, batch, device):
+        x, y = batch
+        x, y = x.to(device), y.to(device)
+        if not hasattr(self, "_loss"):
+            self._loss = _loss_fn((self.cfg.get("train") or {}).get("loss"))
+        return self._loss(model(x), y)
+
+
+@register_task("segmentation-brats")
+class SegmentationBrats(_SegmentationTask):
+    ARCHS = ARCH_3D
+    DEFAULT_CHANNELS = [8, 16, 32, 64]
 
     def _data(self) -> Path:
         d = self.cfg.get("data")
@@ -234,26 +265,7 @@ class SegmentationBrats(TrainTask):
         return train, _BratsEval(self._items(val_ids))
 
     def architecture(self) -> Dict[str, Any]:
-        m = self._m()
-        arch = str(m.get("arch", "segresnet"))
-        if arch not in ARCH_3D:
-            raise ConfigError(f"model.arch must be one of {', '.join(ARCH_3D)} (got {arch!r})")
-        kw: Dict[str, Any] = {"in_channels": len(self.sequences()), "out_channels": 3}
-        if int(m.get("input_downsample", 1)) > 1:
-            kw["input_downsample"] = int(m["input_downsample"])
-        if arch == "segresnet":
-            kw["init_filters"] = int(m.get("init_filters", 8))
-        else:
-            kw["channels"] = list(m.get("channels", [8, 16, 32, 64]))
-            kw["strides"] = list(m.get("strides", [2] * (len(kw["channels"]) - 1)))
-        return {"builder": ARCH_3D[arch], "kwargs": kw}
-
-    def training_step(self, model, batch, device):
-        x, y = batch
-        x, y = x.to(device), y.to(device)
-        if not hasattr(self, "_loss"):
-            self._loss = _loss_fn((self.cfg.get("train") or {}).get("loss"))
-        return self._loss(model(x), y)
+        return self._architecture(len(self.sequences()), 3)
 
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
         from ...segment import (REGION_ORDER, compare_to_truth, postprocess_labels,
@@ -448,11 +460,9 @@ def lgg_patient_dice(model, item, device, batch: int = 32, flair_only: bool = Fa
 
 
 @register_task("segmentation-lgg")
-class SegmentationLGG(TrainTask):
-    model_task = "segmentation"
-
-    def _m(self) -> Dict[str, Any]:
-        return self.cfg.get("model") or {}
+class SegmentationLGG(_SegmentationTask):
+    ARCHS = ARCH_2D
+    DEFAULT_CHANNELS = [8, 16, 32, 64, 128]
 
     def _files(self) -> Dict[str, str]:
         d = self.cfg.get("data")
@@ -480,26 +490,7 @@ class SegmentationLGG(TrainTask):
         return train, _LggEval(va)
 
     def architecture(self) -> Dict[str, Any]:
-        m = self._m()
-        arch = str(m.get("arch", "segresnet"))
-        if arch not in ARCH_2D:
-            raise ConfigError(f"model.arch must be one of {', '.join(ARCH_2D)} (got {arch!r})")
-        kw: Dict[str, Any] = {"in_channels": 6, "out_channels": 1}
-        if int(m.get("input_downsample", 1)) > 1:
-            kw["input_downsample"] = int(m["input_downsample"])
-        if arch == "segresnet":
-            kw["init_filters"] = int(m.get("init_filters", 8))
-        else:
-            kw["channels"] = list(m.get("channels", [8, 16, 32, 64, 128]))
-            kw["strides"] = list(m.get("strides", [2] * (len(kw["channels"]) - 1)))
-        return {"builder": ARCH_2D[arch], "kwargs": kw}
-
-    def training_step(self, model, batch, device):
-        x, y = batch
-        x, y = x.to(device), y.to(device)
-        if not hasattr(self, "_loss"):
-            self._loss = _loss_fn((self.cfg.get("train") or {}).get("loss"))
-        return self._loss(model(x), y)
+        return self._architecture(6, 1)
 
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
         was = model.training
