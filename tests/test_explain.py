@@ -44,6 +44,23 @@ def test_localisation_score_counts_mass_near_the_mask():
     assert localisation_score(np.zeros(wt.shape), wt, (1, 1, 1)) is None
 
 
+def test_explain_reuses_the_prediction_slice_stack(models, sample, monkeypatch):
+    """Explaining right after predicting uses the slices the prediction made (the analysis
+    does this) and gives the same heatmap as rebuilding them."""
+    from napari_radiogen.core import predict as P
+    lm = load_model(str(models["mil"]))
+    pred = run(P.predict(sample, lm, device="cpu"))
+    assert pred.inputs is not None and "inputs" not in pred.to_json()
+    fresh = run(explain(sample, lm, task="idh", method="gradcam"))
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("case_to_input called again")
+
+    monkeypatch.setattr(P, "case_to_input", no_rebuild)
+    reused = run(explain(sample, lm, task="idh", method="gradcam", inputs=pred.inputs))
+    np.testing.assert_allclose(reused.heatmap, fresh.heatmap, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "attention"])
 def test_mil_heatmap_on_case_grid(models, sample, method):
     lm = load_model(str(models["mil"]))

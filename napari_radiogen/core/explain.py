@@ -201,13 +201,14 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
 def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
             target: Optional[str] = None, layer: Optional[str] = None,
             wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
-            cancel: Optional[CancelToken] = None
+            inputs=None, cancel: Optional[CancelToken] = None
             ) -> Iterator[Union[Progress, ExplainResult]]:
     """Heatmap for ``task`` of a prediction model on ``case`` (see the module docstring).
 
     ``target``: the class to explain (default: the positive class, e.g. ``mutant``);
     ``wt_mask``: a whole-tumour mask on the reference grid for the localisation score (default:
-    the case's labels when present).
+    the case's labels when present); ``inputs``: the ``SliceInput`` a prediction of this model
+    on this same case already made (``PredictionResult.inputs``), to skip rebuilding it.
     """
     import torch
 
@@ -241,7 +242,7 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
         raise MissingSequenceError(missing, required, case.present)
     check(cancel)
     yield Progress("explain", 1, 4, "preparing slices")
-    inp = P.case_to_input(case, seqs)
+    inp = inputs if inputs is not None else P.case_to_input(case, seqs)
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):
         cvec, _ = P.clinical_vector(case.clinical, card)

@@ -281,7 +281,8 @@ class Analyzer:
                 try:
                     ex = yield from _relay(
                         E.explain(case, lm, task=task, method=opts.explain_method,
-                                  wt_mask=None if gt else wt_mask, cancel=cancel), "explain", k, n)
+                                  wt_mask=None if gt else wt_mask,
+                                  inputs=res.prediction.inputs, cancel=cancel), "explain", k, n)
                     res.explanations.append(ex)
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
                 except RadiogenError as e:

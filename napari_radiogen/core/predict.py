@@ -246,6 +246,8 @@ class PredictionResult:
     synthetic_inputs: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    # the slice stack the model saw (not serialised): ``explain`` reuses it for the same case
+    inputs: Optional[SliceInput] = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "model": self.model, "card": self.card,
@@ -370,7 +372,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                            tasks=tasks, uncertainty=unc, attention=attention,
                            slice_index=[int(i) for i in inp.slice_index], risk=risk,
                            synthetic_inputs=synth, warnings=warns,
-                           seconds=time.perf_counter() - t0)
+                           seconds=time.perf_counter() - t0, inputs=inp)
 
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
