@@ -197,3 +197,20 @@ def test_explain_widget_3d_screenshot(make_napari_viewer, qtbot, test_models, sa
     assert viewer.dims.ndisplay == 3
     shot = viewer.screenshot(canvas_only=True)
     assert shot.std() > 5, "blank 3D screenshot"
+
+
+@pytest.mark.parametrize("widget", ["analyze", "explain"])
+def test_run_without_a_case_says_why_and_starts_nothing(make_napari_viewer, test_models,
+                                                        monkeypatch, widget):
+    import napari.utils.notifications as notes
+    shown = []
+    monkeypatch.setattr(notes, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    if widget == "analyze":
+        from napari_radiogen.napari.analyze_widget import AnalyzeWidget as W
+    else:
+        from napari_radiogen.napari.explain_widget import ExplainWidget as W
+    w = W(viewer)
+    w.run()
+    assert w.job is None
+    assert shown and "no case is open" in shown[0]

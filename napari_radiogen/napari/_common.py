@@ -59,6 +59,15 @@ class CaseCombo(QComboBox):
             case.kind = "slices"
         return case
 
+    def case_or_notify(self, include_labels: bool = True) -> Optional[Case]:
+        """The current case, or None after showing the reason (no case, unreadable layers)."""
+        from napari.utils.notifications import show_error
+        try:
+            return self.case(include_labels)
+        except Exception as e:  # a RadiogenError with a clear message
+            show_error(str(e))
+            return None
+
 
 def device_combo() -> QComboBox:
     c = QComboBox()

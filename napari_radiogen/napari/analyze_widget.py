@@ -130,15 +130,11 @@ class AnalyzeWidget(QWidget):
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> None:
-        from napari.utils.notifications import show_error
-
         if self.job is not None and not self.job.done:
             return
         inp = self.inputs()
-        try:
-            case = self.case_combo.case()
-        except Exception as e:  # a RadiogenError with a clear message
-            show_error(str(e))
+        case = self.case_combo.case_or_notify()
+        if case is None:
             return
         self._inputs = inp
         self._added = []

@@ -94,15 +94,11 @@ class ExplainWidget(QWidget):
                              model=self.model.currentText() or None)
 
     def run(self) -> None:
-        from napari.utils.notifications import show_error
-
         if self.job is not None and not self.job.done:
             return
         inp = self.inputs()
-        try:
-            case = self.case_combo.case()
-        except Exception as e:
-            show_error(str(e))
+        case = self.case_combo.case_or_notify()
+        if case is None:
             return
         self._case = case
         self.run_btn.setEnabled(False)
