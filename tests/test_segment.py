@@ -273,6 +273,18 @@ def test_shipped_pack_model_on_real_pack(tmp_path):
 def test_configs_load_and_tasks_register():
     from napari_radiogen.core.train.config import load_config
     for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg",
-                 "segmentation_brats_attunet2mm"):
+                 "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
+
+
+def test_2mm_long_config_changes_only_the_step_count():
+    """The shipped seg_brats_attunet2mm run (600 steps) keeps the 300-step protocol otherwise."""
+    from napari_radiogen.core.train.config import load_config
+    a = load_config("segmentation_brats_attunet2mm")
+    b = load_config("segmentation_brats_attunet2mm_long")
+    assert b["train"]["epochs"] == 2 * a["train"]["epochs"]
+    for c in (a, b):
+        c["train"].pop("epochs")
+        c.pop("_source", None)
+    assert a == b
