@@ -140,6 +140,57 @@ def _boot_auc(y, p, rng, n=1000):
     return vals
 
 
+def attention_on_tumour_slices(out_dir, data, model: str = "mil"):
+    """Share of the FLAIR slice attention that falls on slices with expert tumour (pack masks),
+    over the test patients of every fold (out of fold), mean over patient records; ``uniform``
+    is the share of tumour slices (what a uniform attention would give)."""
+    import h5py
+    recs = [json.loads(f.read_text()) for f in sorted((Path(out_dir) / "folds").glob(f"{model}_s*_f*.json"))]
+    share, uniform, tumour = [], [], {}
+    for r in recs:
+        for pid, att in zip(r["test_ids"], r.get("attention_flair") or []):
+            if pid not in tumour:
+                with h5py.File(Path(data) / f"{pid}.h5", "r") as h:
+                    m = h["mask"][:]
+                tumour[pid] = m.reshape(len(m), -1).any(1)
+            t, a = tumour[pid], np.asarray(att, float)
+            if len(a) != len(t) or not t.any() or a.sum() <= 0:
+                continue
+            share.append(float(a[t].sum() / a.sum()))
+            uniform.append(float(t.mean()))
+    if not share:
+        return None
+    return {"mean": round(float(np.mean(share)), 3), "uniform": round(float(np.mean(uniform)), 3),
+            "n": len(share)}
+
+
+def run_variant(out_dir) -> str:
+    """The ``--mil-aux`` variant a run folder was trained with (from its config.json)."""
+    cfg = json.loads((Path(out_dir) / "config.json").read_text()).get("mil") or {}
+    if not cfg.get("aux"):
+        return "--mil-aux off: no mask supervision"
+    if (cfg.get("arch") or {}).get("tumour_pool"):
+        return ("--mil-aux pool: mask supervision, and each slice feature also pools with the "
+                "encoder's own predicted tumour map")
+    return "--mil-aux on: mask supervision (masks in training only)"
+
+
+def run_digest(out_dir, data):
+    """Headline numbers of a finished CV run folder (for same-fold comparisons in the card)."""
+    from napari_radiogen.core.train.tasks import prediction as P
+    d = Path(out_dir)
+    s = json.loads((d / "summary.json").read_text())["mil"]
+    out = {t: round(s[t]["auc_mean"], 4) for t in P.TASKS}
+    out["mean_auc"] = round(float(np.mean([out[t] for t in P.TASKS])), 4)
+    out["c_index"] = round(s["survival"]["c_index_mean"], 4)
+    v = [json.loads(f.read_text())["info"].get("inner_val_score")
+         for f in sorted((d / "folds").glob("mil_s*_f*.json"))]
+    v = [x for x in v if x is not None]
+    out["inner_val_score_mean"] = round(float(np.mean(v)), 4) if v else None
+    out["attention_on_tumour_slices"] = attention_on_tumour_slices(d, data)
+    return out
+
+
 def summarise(args):
     from napari_radiogen.core.train.tasks import prediction as P
     import pandas as pd
@@ -211,6 +262,8 @@ def summarise(args):
             m["survival"] = {"c_index_mean": float(np.mean(cis)), "c_index_sd_folds": float(np.std(cis, ddof=1)),
                              "c_index_pooled": float(np.mean(pooled)),
                              "note": "per-fold risks are on different scales; the fold mean is the headline"}
+        if any(r.get("attention_flair") for r in rr):
+            m["attention_on_tumour_slices"] = attention_on_tumour_slices(out, args.data, model)
         summary[model] = m
     summary["protocol"] = (f"patient-level stratified {args.folds}-fold CV (strata: IDH/1p19q subtype x grade), "
                            f"seeds {sorted({r['seed'] for r in recs})}; inner validation = 20% of each training "
@@ -287,6 +340,29 @@ def ship(args, summary):
              if "intensity" in summary else {})
     recs = [json.loads(f.read_text()) for f in sorted((out / "folds").glob("*.json"))]
     km = json.loads((out / "km_logrank.json").read_text()) if (out / "km_logrank.json").exists() else {}
+    compare = {}
+    if getattr(args, "previous_run", None) and "mil" in summary:
+        new, old = run_digest(out, args.data), run_digest(args.previous_run, args.data)
+        T = (*P.TASKS, "mean_auc", "c_index")
+        compare["previous_model"] = {
+            "what": f"the predict_mil shipped before ({run_variant(args.previous_run)}): same "
+                    f"protocol, folds and seeds (run {args.previous_run})", "metrics": old,
+            "change": {k: round(new[k] - old[k], 4) for k in T}}
+        compare["explanations"] = {"slice_attention_on_test_patients": {
+            "what": "share of the FLAIR slice attention on slices with expert tumour, test patients of "
+                    "every CV fold (out of fold), mean over patients; 'uniform' = share of tumour slices",
+            "this_model": (new["attention_on_tumour_slices"] or {}).get("mean"),
+            "previous_model": (old["attention_on_tumour_slices"] or {}).get("mean"),
+            "uniform": (new["attention_on_tumour_slices"] or {}).get("uniform")}}
+    if getattr(args, "alternative_run", None) and "mil" in summary:
+        alt = run_digest(args.alternative_run, args.data)
+        compare["alternatives"] = [{
+            "what": f"{run_variant(args.alternative_run)} (run {args.alternative_run}; same folds "
+                    "and seeds)", "metrics": alt,
+            "selection": "chosen between this model and the alternative by the mean inner-validation "
+                         f"score over the folds (never the test folds): "
+                         f"{run_digest(out, args.data)['inner_val_score_mean']} (shipped) vs "
+                         f"{alt['inner_val_score_mean']}"}]
     for model, builder, kind in (("mil", "src_models.mil:build_mil_ensemble", "mil"),
                                  ("cnn3d", "src_models.cnn3d:build_cnn3d_ensemble", "volume3d")):
         files = sorted((out / "folds").glob(f"{model}_s{s0}_f*.safetensors"))
@@ -347,7 +423,9 @@ def ship(args, summary):
                      "targets": {"idh_auc": 0.90, "codel_1p19q_auc": 0.85, "grade_auc": 0.80, "c_index": 0.70},
                      "compared_with": {other: {t: summary.get(other, {}).get(t, {}).get("auc_mean")
                                                for t in P.TASKS} | {"c_index": summary.get(other, {}).get(
-                                                   "survival", {}).get("c_index_mean")}}},
+                                                   "survival", {}).get("c_index_mean")}},
+                     **({k: v for k, v in compare.items() if k != "explanations"}
+                        if model == "mil" else {})},
             baseline={"age_sex_logistic": base, "intensity_logistic": inten,
                       "note": "computed on the same folds; intensity = whole-head intensity percentiles/skew "
                               "per sequence + age + sex, logistic regression (C=0.3)"},
@@ -366,10 +444,15 @@ def ship(args, summary):
                     if (summary[model].get("survival") or {}).get("c_index_mean", 1) < 0.70 else ""),
             ],
             citations=CITATIONS,
+            **({"explanations": compare["explanations"]}
+               if model == "mil" and "explanations" in compare else {}),
             reproduce="OMP_NUM_THREADS=1 .venv/bin/python scripts/cv_prediction.py --data ../shared/data/tcga-lgg "
                       f"--out /tmp/cv_pred --seeds {' '.join(map(str, args.seeds))} --max-minutes 120 --ship"
                       + ((" --mil-aux pool" if cfg[model]["arch"].get("tumour_pool") else " --mil-aux on")
-                         if cfg[model].get("aux") else ""))
+                         if cfg[model].get("aux") else "")
+                      + (f" --previous-run {args.previous_run}" if model == "mil" and args.previous_run else "")
+                      + (f" --alternative-run {args.alternative_run}"
+                         if model == "mil" and args.alternative_run else ""))
         from src_models import mil as _m  # noqa: F401  (check the builder imports)
         path = Path(args.weights_dir) / f"predict_{model}.safetensors"
         save_model(path, state, card)
@@ -393,6 +476,10 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=120.0)
     ap.add_argument("--summarise-only", action="store_true")
     ap.add_argument("--ship", action="store_true")
+    ap.add_argument("--previous-run", help="a finished run folder of the model being replaced "
+                    "(same folds and seeds): --ship records the paired comparison in the card")
+    ap.add_argument("--alternative-run", help="a finished run folder of a variant that was not "
+                    "chosen: --ship records it and the inner-validation choice in the card")
     ap.add_argument("--weights-dir", default=str(ROOT / "napari_radiogen" / "weights"),
                     help="where --ship writes the models (default: the package's weights)")
     args = ap.parse_args(argv)

@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     if a.write_card:
         path = find_model(a.model)
         card = read_card(path)
-        card["explanations"] = {k: v for k, v in table.items() if k != "per_case"}
+        card["explanations"] = {**(card.get("explanations") or {}),     # keeps cv_prediction's
+                                **{k: v for k, v in table.items() if k != "per_case"}}
         save_model(path, load_state_dict_file(path), card)
         print(f"card updated: {path}")
     return 0
