@@ -349,13 +349,6 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                         "because its CV mean of WT/TC/ET Dice beats seg_brats_attunet's on these "
                         "folds (a selection between 2 candidates: slightly optimistic).",
                 **comparison}
-            m = load_model(str(src), task="segmentation")
-            m.card = card
-            print(f"sample case {run}", flush=True)
-            card["sample_case"] = sample_case_dice(m)
-            if bench:
-                print(f"benchmark {run}", flush=True)
-                card["speed"] = speed(m)
         elif kind == "brats":
             card["architecture_comparison"] = {
                 "note": "same data, folds, preprocessing, schedule and budget; Dice per region. "
@@ -363,6 +356,13 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                         "the better of the two by this CV, so its CV estimate is slightly "
                         "optimistic (selection between 2 candidates).",
                 **comparison}
+        else:
+            card["architecture_comparison"] = {
+                "note": "the 2D attention U-Net is selectable (model.arch: attention_unet in "
+                        "configs/segmentation_lgg.yaml) but was not cross-validated on TCGA-LGG "
+                        "within the CPU budget; SegResNet vs attention U-Net is compared on the "
+                        "3D BraTS task (same folds and schedule)", **comparison}
+        if kind == "brats":                  # 3D models: the sample case and the speed
             m = load_model(str(src), task="segmentation")
             m.card = card
             print(f"sample case {run}", flush=True)
@@ -370,12 +370,6 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
             if bench:
                 print(f"benchmark {run}", flush=True)
                 card["speed"] = speed(m)
-        else:
-            card["architecture_comparison"] = {
-                "note": "the 2D attention U-Net is selectable (model.arch: attention_unet in "
-                        "configs/segmentation_lgg.yaml) but was not cross-validated on TCGA-LGG "
-                        "within the CPU budget; SegResNet vs attention U-Net is compared on the "
-                        "3D BraTS task (same folds and schedule)", **comparison}
         card["reproduce"] = (f"OMP_NUM_THREADS=1 radiogen train {RUNS[run]} --out runs/seg/{run} "
                              "--no-install && python scripts/cv_segmentation.py --runs runs/seg "
                              "--ship")

@@ -209,24 +209,10 @@ class TrainingWidget(QWidget):
         self.config.addItem("Browse for a YAML config...", "__browse__")
         self.config.activated.connect(self._config_chosen)
         form.addRow("config / task", self.config)
-        self.data = QLineEdit()
-        self.data.setPlaceholderText("from the config (folder of cases + labels CSV, or packs)")
-        b = QPushButton("...")
-        b.setMaximumWidth(30)
-        b.clicked.connect(self._browse_data)
-        row = QHBoxLayout()
-        row.addWidget(self.data)
-        row.addWidget(b)
-        form.addRow("data folder", row)
-        self.labels = QLineEdit()
-        self.labels.setPlaceholderText("from the config (patient_id + label columns [+ path])")
-        b2 = QPushButton("...")
-        b2.setMaximumWidth(30)
-        b2.clicked.connect(self._browse_labels)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.labels)
-        row2.addWidget(b2)
-        form.addRow("labels CSV", row2)
+        self.data = self._path_row(form, "data folder", self._browse_data,
+                                   "from the config (folder of cases + labels CSV, or packs)")
+        self.labels = self._path_row(form, "labels CSV", self._browse_labels,
+                                     "from the config (patient_id + label columns [+ path])")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         form.addRow("device", self.device)
@@ -284,6 +270,20 @@ class TrainingWidget(QWidget):
             if path:
                 self.config.insertItem(0, Path(path).name, path)
                 self.config.setCurrentIndex(0)
+
+    @staticmethod
+    def _path_row(form, label: str, browse, placeholder: str) -> QLineEdit:
+        """A path field with a '...' browse button, added to ``form``."""
+        edit = QLineEdit()
+        edit.setPlaceholderText(placeholder)
+        b = QPushButton("...")
+        b.setMaximumWidth(30)
+        b.clicked.connect(browse)
+        row = QHBoxLayout()
+        row.addWidget(edit)
+        row.addWidget(b)
+        form.addRow(label, row)
+        return edit
 
     def _browse_data(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Data folder")

@@ -217,6 +217,19 @@ class SynthEvalSet:
         return pid, self.p[pid]
 
 
+def summarise_scores(preds: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Mean PSNR / brain SSIM over ``preds`` (non-empty), overall and per target; score = PSNR."""
+    res: Dict[str, Any] = {"psnr_db": float(np.mean([p["psnr_db"] for p in preds])),
+                           "ssim_brain": float(np.mean([p["ssim_brain"] for p in preds]))}
+    for t in SEQUENCES:
+        v = [p for p in preds if p["target"] == t]
+        if v:
+            res[f"psnr_{t}"] = float(np.mean([p["psnr_db"] for p in v]))
+            res[f"ssim_{t}"] = float(np.mean([p["ssim_brain"] for p in v]))
+    res["score"] = res["psnr_db"]
+    return res
+
+
 def evaluate_patients(model, dataset: SynthEvalSet, device="cpu", batch: int = 32
                       ) -> Dict[str, Any]:
     import torch
@@ -248,16 +261,7 @@ def evaluate_patients(model, dataset: SynthEvalSet, device="cpu", batch: int = 3
     model.train()
     if not preds:
         return {"score": float("nan"), "predictions": []}
-    res: Dict[str, Any] = {"psnr_db": float(np.mean([p["psnr_db"] for p in preds])),
-                           "ssim_brain": float(np.mean([p["ssim_brain"] for p in preds]))}
-    for t in SEQUENCES:
-        v = [p for p in preds if p["target"] == t]
-        if v:
-            res[f"psnr_{t}"] = float(np.mean([p["psnr_db"] for p in v]))
-            res[f"ssim_{t}"] = float(np.mean([p["ssim_brain"] for p in v]))
-    res["score"] = res["psnr_db"]
-    res["predictions"] = preds
-    return res
+    return dict(summarise_scores(preds), predictions=preds)
 
 
 def fit_linear(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], max_pixels: int = 400_000,
@@ -315,17 +319,7 @@ def linear_baseline(train: Dict[str, Dict[str, Any]], test: Dict[str, Dict[str, 
             real = x[:, int(t)]
             preds.append({"target": SEQUENCES[int(t)], "psnr_db": psnr(pred, real, m),
                           "ssim_brain": ssim_brain(pred, real, m)})
-    if not preds:
-        return {}
-    res = {"psnr_db": float(np.mean([p["psnr_db"] for p in preds])),
-           "ssim_brain": float(np.mean([p["ssim_brain"] for p in preds]))}
-    for t in SEQUENCES:
-        v = [p for p in preds if p["target"] == t]
-        if v:
-            res[f"psnr_{t}"] = float(np.mean([p["psnr_db"] for p in v]))
-            res[f"ssim_{t}"] = float(np.mean([p["ssim_brain"] for p in v]))
-    res["score"] = res["psnr_db"]
-    return res
+    return summarise_scores(preds) if preds else {}
 
 
 def fit_linear_table(train: Dict[str, Dict[str, Any]], fit_step: int = 2
