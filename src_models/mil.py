@@ -296,8 +296,8 @@ def tumour_aux_loss(presence_logit: torch.Tensor, map_logit: torch.Tensor, mask:
     tgt = F.adaptive_avg_pool2d(mask.unsqueeze(1), map_logit.shape[-2:])
     l_map = F.binary_cross_entropy_with_logits(
         map_logit, tgt, pos_weight=torch.tensor(float(pos_weight), dtype=map_logit.dtype))
-    p = torch.sigmoid(map_logit)
-    dice = 1.0 - (2 * (p * tgt).sum() + 1.0) / (p.sum() + tgt.sum() + 1.0)
+    from monai.losses import DiceLoss
+    dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)(map_logit, tgt)
     return l_pres + l_map + dice
 
 
