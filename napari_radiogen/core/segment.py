@@ -5,8 +5,10 @@ Two kinds of model (card ``task: segmentation``):
 * ``dims: 3`` sub-region models for 4-sequence volumes: the case is put on one grid, cropped to
   the brain, resampled to the card's ``spacing_mm`` and z-scored (:mod:`core.prepare`); the net
   predicts 3 sigmoid channels (WT, TC, ET, the nested BraTS regions); the probabilities go back
-  to the reference sequence's native grid (linear interpolation) and are thresholded at 0.5 into
-  BraTS labels 1 (necrotic / non-enhancing core), 2 (oedema), 4 (enhancing tumour).
+  to the reference sequence's native grid (linear interpolation) and are thresholded (0.5, or the
+  card's ``postprocess.thresholds``; the card may also take ET from T1ce enhancement inside the
+  predicted core, ``postprocess.enhancement``) into BraTS labels 1 (necrotic / non-enhancing
+  core), 2 (oedema), 4 (enhancing tumour).
 * ``dims: 2`` whole-tumour models for the TCGA-LGG 2D slice packs: each 128 x 128 slice gets
   FLAIR (required), T1 and T1ce (optional; a missing one is zeros plus an availability channel of
   zeros, never a copy of FLAIR); one sigmoid channel, label 1 = FLAIR abnormality.
@@ -388,20 +390,101 @@ def volume_probs(model_module, prepared_array: np.ndarray, card: Dict[str, Any],
                           device=device, overlap=float(card.get("overlap", 0.25)))
 
 
-def probs_to_native_labels(prepared, probs: np.ndarray) -> np.ndarray:
-    """Sigmoid region probabilities on the prepared grid -> BraTS labels on the native grid."""
+def probs_to_native(prepared, probs: np.ndarray) -> np.ndarray:
+    """Sigmoid region probabilities on the prepared grid -> (3, z, y, x) float32 on the native
+    grid (linear interpolation)."""
     from .prepare import to_native
 
-    native = np.stack([np.asarray(to_native(prepared, p.astype(np.float32), labels=False),
-                                  dtype=np.float32) for p in probs])
-    return regions_to_labels(native >= 0.5)
+    return np.stack([np.asarray(to_native(prepared, p.astype(np.float32), labels=False),
+                                dtype=np.float32) for p in probs])
+
+
+def probs_to_native_labels(prepared, probs: np.ndarray,
+                           spec: Optional[Dict[str, Any]] = None, case: Optional[Case] = None
+                           ) -> np.ndarray:
+    """Sigmoid region probabilities on the prepared grid -> BraTS labels on the native grid
+    (threshold 0.5, or the card's ``postprocess`` label-assembly options: see
+    :func:`assemble_labels`)."""
+    native = probs_to_native(prepared, probs)
+    enh = None
+    if spec and spec.get("enhancement"):
+        if case is None:
+            raise RadiogenError("the model's ET rule needs the case's images (enhancement)")
+        enh = enhancement_z(case, prepared, spec["enhancement"].get("sequence", "t1ce"))
+    return assemble_labels(native, spec, enh)
+
+
+def region_thresholds(spec: Optional[Dict[str, Any]]) -> Tuple[float, float, float]:
+    """Decision thresholds (WT, TC, ET) on the sigmoid probabilities: 0.5 unless the card's
+    ``postprocess.thresholds`` sets a region (e.g. ``{"TC": 0.7}``)."""
+    th = dict((spec or {}).get("thresholds") or {})
+    bad = set(th) - set(REGION_ORDER)
+    if bad:
+        raise RadiogenError(f"unknown region(s) in postprocess.thresholds: {sorted(bad)}; "
+                            f"use {', '.join(REGION_ORDER)}")
+    out = tuple(float(th.get(r, 0.5)) for r in REGION_ORDER)
+    if not all(0.0 < t < 1.0 for t in out):
+        raise RadiogenError(f"postprocess.thresholds must lie in (0, 1), got {th}")
+    return out  # type: ignore[return-value]
+
+
+def enhancement_z(case: Case, prepared, sequence: str = "t1ce") -> np.ndarray:
+    """``sequence`` (T1ce) on the reference native grid as a z-score with the case's own
+    normalisation parameters (brain mean / SD, as the network input), not clipped."""
+    from .case import Volume
+    from .prepare import resample_volume
+
+    v = case.sequences.get(sequence)
+    if v is None:
+        raise MissingSequenceError([sequence], [sequence], case.present)
+    native = prepared.native_geometry
+    if not v.geometry.same_grid(native):
+        v = resample_volume(Volume(v.array, v.geometry), native, interpolator="linear",
+                            name=f"sequence {sequence}")
+    a = np.asarray(v.array, dtype=np.float32)
+    p = (prepared.norm_params or {}).get(sequence) or {}
+    if p.get("method") == "zscore":
+        mu, sd = float(p["mean"]), float(p["std"])
+    else:                                   # other normalisations: z-score over the non-zeros
+        fg = a[a != 0]
+        mu, sd = (float(fg.mean()), float(fg.std())) if fg.size else (0.0, 1.0)
+    return (a - np.float32(mu)) / np.float32(max(sd, 1e-6))
+
+
+def assemble_labels(native_probs: np.ndarray, spec: Optional[Dict[str, Any]] = None,
+                    enhancement: Optional[np.ndarray] = None) -> np.ndarray:
+    """(3, ...) WT/TC/ET probabilities on the native grid -> BraTS labels 0/1/2/4.
+
+    Card-driven options (a model card's ``postprocess``; none of them = threshold 0.5, the
+    nesting ET in TC in WT of :func:`regions_to_labels`):
+
+    * ``thresholds``: ``{"WT": t, "TC": t, "ET": t}`` decision thresholds per region (missing
+      regions: 0.5);
+    * ``enhancement``: ``{"sequence": "t1ce", "min_z": k}``: the enhancing tumour is not read
+      from the ET channel but taken as the voxels of the predicted tumour core whose T1ce
+      z-score (``enhancement``, see :func:`enhancement_z`) is >= k (the radiological
+      definition of enhancement); the tumour core and the whole tumour are unchanged.
+    """
+    tw, tt, te = region_thresholds(spec)
+    p = np.asarray(native_probs)
+    reg = np.stack([p[0] >= tw, p[1] >= tt, p[2] >= te])
+    rule = (spec or {}).get("enhancement")
+    if rule:
+        if enhancement is None:
+            raise RadiogenError("postprocess.enhancement needs the T1ce z-score map")
+        if enhancement.shape != reg.shape[1:]:
+            raise GeometryError(f"enhancement map {enhancement.shape} and probabilities "
+                                f"{reg.shape[1:]} are not on the same grid")
+        reg[2] = np.asarray(enhancement) >= float(rule["min_z"])
+    return regions_to_labels(reg)
 
 
 def postprocess_labels(labels: np.ndarray, geometry: Optional[Geometry],
                        spec: Optional[Dict[str, Any]]) -> np.ndarray:
     """Card-driven cleanup of a BraTS label map (0/1/2/4) on its native grid.
 
-    ``spec`` (a model card's ``postprocess``; empty/None = no change):
+    ``spec`` (a model card's ``postprocess``; empty/None = no change; its label-assembly keys
+    ``thresholds`` / ``enhancement`` act before, in :func:`assemble_labels`):
 
     * ``wt_min_component_fraction`` f: whole-tumour connected components (26-connectivity)
       smaller than f x the largest one are removed (f = 1: largest component only);
@@ -454,7 +537,7 @@ def _segment_volume(case, model, dev, cancel, timings, warn):
     check(cancel)
     yield Progress("segment", 3, 4, "back to the native grid")
     t = time.perf_counter()
-    labels = probs_to_native_labels(prepared, probs)
+    labels = probs_to_native_labels(prepared, probs, model.card.get("postprocess"), case)
     if model.card.get("postprocess"):
         labels = postprocess_labels(labels, case.geometry, model.card["postprocess"])
     timings["to_native"] = time.perf_counter() - t
@@ -551,10 +634,28 @@ def naive_labels(case: Case, model, *, device: str = "cpu", overlap: float = 0.5
     """The naive run of the same net, as a MONAI tutorial does it: the whole uncropped volume
     on the model's grid (no brain crop), ``sliding_window_inference`` with the *training patch*
     as window, overlap 0.5, gaussian blending, ``torch.no_grad`` (not inference mode), then the
-    probabilities back to the native grid. Same weights, same spacing, same threshold.
+    probabilities back to the native grid. Same weights, same spacing, same label assembly
+    (thresholds / enhancement rule of the card, :func:`assemble_labels`; no postprocessing).
 
     ``native_spacing=True``: the net on the native (1 mm) grid instead, the textbook full-volume
     run (timing reference only: a net trained on a coarser grid sees the wrong scale there)."""
+    native, prepared = _naive_native(case, model, device=device, overlap=overlap, roi=roi,
+                                     native_spacing=native_spacing)
+    return _assemble_for_card(native, model.card, case, prepared)
+
+
+def _assemble_for_card(native: np.ndarray, card: Dict[str, Any], case: Case, prepared
+                       ) -> np.ndarray:
+    spec = card.get("postprocess")
+    enh = (enhancement_z(case, prepared, spec["enhancement"].get("sequence", "t1ce"))
+           if spec and spec.get("enhancement") else None)
+    return assemble_labels(native, spec, enh)
+
+
+def _naive_native(case: Case, model, *, device: str, overlap: float,
+                  roi: Optional[Sequence[int]], native_spacing: bool):
+    """Native-grid probabilities of the naive run (see :func:`naive_labels`) and its
+    PreparedCase."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -573,15 +674,30 @@ def naive_labels(case: Case, model, *, device: str = "cpu", overlap: float = 0.5
         probs = torch.sigmoid(y)[0].cpu().numpy()
     native = np.stack([np.asarray(to_native(prepared, p, labels=False), np.float32)
                        for p in probs])
-    return regions_to_labels(native >= 0.5)
+    return native, prepared
+
+
+def _peak_rss_gib() -> float:
+    """Peak resident memory of this process image (GiB): VmHWM from /proc (reset by exec, unlike
+    ``ru_maxrss``, which a spawned child inherits from its parent), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
 def benchmark_naive(case: Case, model, *, device: str = "cpu", repeats: int = 1,
                     native_1mm: bool = False) -> Dict[str, Any]:
     """Time :func:`segment` (fast path) and :func:`naive_labels` on ``case`` with the same
     net; Dice of both against the case's labels when it has them. ``native_1mm`` adds the
-    textbook 1 mm full-volume run (roi 128, overlap 0.25). Returns a dict."""
-    import resource
+    textbook 1 mm full-volume run (roi 128, overlap 0.25). Returns a dict; ``dice_naive*``
+    use the card's label assembly, ``dice_naive*_default_assembly`` threshold 0.5 and the ET
+    channel (the same probabilities, not timed)."""
     from .progress import run as drive
 
     out: Dict[str, Any] = {"case_id": case.case_id, "model": model.name, "device": device}
@@ -592,17 +708,23 @@ def benchmark_naive(case: Case, model, *, device: str = "cpu", repeats: int = 1,
         res = drive(segment(case, model, device=device, compare=False))
         fast_t.append(time.perf_counter() - t)
     t = time.perf_counter()
-    naive = naive_labels(case, model, device=device)
+    nat, prep = _naive_native(case, model, device=device, overlap=0.5, roi=None,
+                              native_spacing=False)
+    naive = _assemble_for_card(nat, model.card, case, prep)
     naive_t = time.perf_counter() - t
+    naive0 = regions_to_labels(nat >= 0.5)
+    del nat, prep
     out.update(fast_s=min(fast_t), naive_s=naive_t, speedup=naive_t / max(min(fast_t), 1e-9),
-               fast_timings=res.timings,
-               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+               fast_timings=res.timings, peak_rss_gib=_peak_rss_gib())
     n1 = None
     if native_1mm:
         t = time.perf_counter()
-        n1 = naive_labels(case, model, device=device, overlap=0.25, roi=(128, 128, 128),
-                          native_spacing=True)
+        nat, prep = _naive_native(case, model, device=device, overlap=0.25, roi=(128, 128, 128),
+                                  native_spacing=True)
+        n1 = _assemble_for_card(nat, model.card, case, prep)
         out["naive_1mm_s"] = time.perf_counter() - t
+        n10 = regions_to_labels(nat >= 0.5)
+        del nat, prep
         out["speedup_vs_naive_1mm"] = out["naive_1mm_s"] / max(min(fast_t), 1e-9)
     if case.labels is not None:
         gt = case.labels.array
@@ -613,4 +735,10 @@ def benchmark_naive(case: Case, model, *, device: str = "cpu", repeats: int = 1,
                             compare_to_truth(res.labels, gt, with_hd95=False).items()}
         out["dice_naive"] = {r: m["dice"] for r, m in
                              compare_to_truth(naive, gt, with_hd95=False).items()}
+        if (model.card.get("postprocess") or {}).keys() & {"thresholds", "enhancement"}:
+            out["dice_naive_default_assembly"] = {
+                r: m["dice"] for r, m in compare_to_truth(naive0, gt, with_hd95=False).items()}
+            if n1 is not None:
+                out["dice_naive_1mm_default_assembly"] = {
+                    r: m["dice"] for r, m in compare_to_truth(n10, gt, with_hd95=False).items()}
     return out
