@@ -168,3 +168,71 @@ def test_cli_explain_bad_task_is_one_line(tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_upsample_cam_is_cell_centred():
+    """A strided feature map's cell k covers input pixels [k*s, (k+1)*s): the upsampled peak
+    sits in the middle of that block (corner alignment would shift it by half a cell)."""
+    from napari_radiogen.core.explain import upsample_cam
+    cam = np.zeros((1, 4, 4), np.float32)
+    cam[0, 1, 2] = 1.0
+    up = upsample_cam(cam, (1, 64, 64))
+    y, x = np.unravel_index(np.argmax(up[0]), (64, 64))
+    assert 22 <= y <= 25 and 38 <= x <= 41          # block rows 16..31, cols 32..47
+    legacy = upsample_cam(cam, (1, 64, 64), centred=False)
+    y0, _ = np.unravel_index(np.argmax(legacy[0]), (64, 64))
+    assert y0 != y                                  # the legacy zoom is shifted
+
+
+def _blob_evidence_cams(case):
+    """Fake per-slice CAM ingredients on a phantom pack: strong evidence on the tumour cells of
+    the tumour slices, faint uniform evidence (plus noise) on every other slice."""
+    lab = case.labels.array > 0                                      # (N, 128, 128)
+    N = lab.shape[0]
+    cells = lab.reshape(N, 16, 8, 16, 8).mean((2, 4)) > 0.25         # (N, 16, 16)
+    rng = np.random.default_rng(0)
+
+    def fake(module, x, seq_mask, clinical, sequences, task, cls_idx, method, layer, cancel,
+             normalized=False):
+        ev = 0.02 + 0.01 * rng.random((N, 16, 16)).astype(np.float32)
+        ev[cells] = 1.0
+        if normalized:                      # what torchcam's default does: per-slice min-max
+            lo = ev.min((1, 2), keepdims=True)
+            ev = (ev - lo) / (ev.max((1, 2), keepdims=True) - lo + 1e-8)
+        return {s: ev.copy() for s in sequences}, np.full((len(sequences), N), 1.0 / N)
+    return fake, cells
+
+
+def test_heatmap_background_near_zero_and_evidence_localises(models, monkeypatch):
+    """Slices without evidence stay (near) 0 and the between-slice weighting comes from the
+    evidence and attention: the heatmap's background is near 0 and its mass is on the blob.
+    The legacy fusion (per-slice min-max) lifts every slice to full strength: mass everywhere."""
+    from napari_radiogen.core import explain as E
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.predict import foreground
+    from scipy import ndimage
+    case = make_pack_phantom(seed=3, n_slices=12)
+    fake, cells = _blob_evidence_cams(case)
+    assert cells.any() and not cells.all(1).all(1).any()
+    monkeypatch.setattr(E, "_mil_cams", fake)
+    lm = load_model(str(models["mil"]))
+    new = run(explain(case, lm, task="idh", method="gradcam"))
+    old = run(explain(case, lm, task="idh", method="gradcam", fusion="legacy"))
+    wt = case.labels.array > 0
+    sp = (5.0, 1.875, 1.875)
+    head = np.stack([ndimage.binary_fill_holes(foreground(a)) for a in case.sequences["flair"].array])
+    away = head & (ndimage.distance_transform_edt(~wt, sampling=sp) > 10)
+    assert np.median(new.heatmap[away]) < 0.05
+    assert new.heatmap.max() == pytest.approx(1.0)
+    free = ~wt.any((1, 2))                           # tumour-free slices: faint evidence only
+    assert free.any()
+    assert new.heatmap[free][head[free]].mean() < 0.05
+    assert old.heatmap[free][head[free]].mean() > 0.15       # the floor the legacy maps had
+    assert new.localisation > 0.6
+    assert new.localisation > old.localisation + 0.2
+
+
+def test_explain_rejects_unknown_fusion(models, sample):
+    from napari_radiogen.core.errors import ConfigError
+    with pytest.raises(ConfigError, match="fusion"):
+        run(explain(sample, load_model(str(models["mil"])), task="idh", fusion="minmax"))

@@ -6,16 +6,24 @@ heatmap for one task of a prediction model back onto the case's reference grid (
 writes as NIfTI with the case's affine.
 
 * **Slice MIL model** (``src_models.mil``): torchcam on each sequence encoder's chosen layer
-  gives one 2D map per slice; each sequence's maps are weighted by that sequence's slice
-  attention and summed over sequences ("gradcam", "gradcam++", "layercam"). Method
-  "attention" paints each slice with its attention weight (mean over sequences) inside the
-  head foreground: which slices drove the decision.
+  gives one 2D map per slice (ReLU of the class evidence, *not* normalised per slice: the
+  gradients already carry how much each slice mattered); each sequence's maps are weighted by
+  that sequence's slice attention and summed over sequences ("gradcam", "gradcam++",
+  "layercam"). Method "attention" paints each slice with its attention weight (mean over
+  sequences) inside the head foreground: which slices drove the decision.
 * **3D CNN** (``src_models.cnn3d``): torchcam on a 3D layer of the ResNet trunk; the
   (depth, h, w) map is interpolated to the slice stack the network saw.
-* Ensembles (the shipped fold ensembles): the maps of the members are averaged.
-* Back to the case grid: the slice stack is the one ``core.predict.case_to_input`` made, so the
-  inverse is exact in z (chosen reference slices, linear in between) and in-plane (the same
-  centre and sampling factors, linear).
+* Ensembles (the shipped fold ensembles): the (unnormalised) maps of the members are averaged.
+* Coarse CAM cells are upsampled cell-centre aligned (``align_corners=False``), then back to the
+  case grid: the slice stack is the one ``core.predict.case_to_input`` made, so the inverse is
+  exact in z (chosen reference slices, linear in between) and in-plane (the same centre and
+  sampling factors, linear).
+* The volume is scaled to [0, 1] by its maximum only (after the ReLU its minimum is 0): zero
+  evidence stays 0, no floor offset spreads mass over the head.
+
+The defaults (layer per model kind, the fusion) were selected on the 88 TCGA-LGG packs with
+``scripts/eval_localisation.py`` (BraTS 2021 held out); ``fusion="legacy"`` reproduces the
+previous maps (per-slice min-max normalised CAMs, corner-aligned upsampling).
 
 :func:`localisation_score` is the measure reported per case and in the model cards: the
 fraction of heatmap mass inside the whole-tumour mask dilated by 5 mm.
@@ -34,8 +42,13 @@ from .progress import CancelToken, Progress, check
 
 METHODS = ("gradcam", "gradcam++", "layercam", "attention")
 TASKS = ("idh", "codel_1p19q", "grade")
-#: default torchcam target layers (names inside one member)
-DEFAULT_LAYER = {"mil": "net.layer2", "volume3d": "net.layer3"}
+#: default torchcam target layers (names inside one member), selected on the TCGA-LGG packs
+DEFAULT_LAYER = {"mil": "net.layer3", "volume3d": "net.layer2"}
+#: "raw": unnormalised ReLU maps, attention-weighted (MIL), cell-centred upsampling (default);
+#: "legacy": per-slice / per-member min-max normalised maps, corner-aligned upsampling
+FUSIONS = ("raw", "legacy")
+#: the layers of the legacy maps (``fusion="legacy"`` without an explicit ``layer``)
+LEGACY_LAYER = {"mil": "net.layer2", "volume3d": "net.layer3"}
 
 
 @dataclass
@@ -86,6 +99,33 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     a = np.nan_to_num(np.asarray(a, np.float32))
     lo, hi = float(a.min()), float(a.max())
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _scale_max(a: np.ndarray) -> np.ndarray:
+    """[0, 1] by the maximum only: a map >= 0 keeps its zeros (no floor offset)."""
+    a = np.clip(np.nan_to_num(np.asarray(a, np.float32)), 0, None)
+    hi = float(a.max()) if a.size else 0.0
+    return a / hi if hi > 0 else np.zeros_like(a)
+
+
+def upsample_cam(cam: np.ndarray, shape: Sequence[int], centred: bool = True) -> np.ndarray:
+    """(d, h, w) CAM -> ``shape`` by (tri)linear interpolation. ``centred``: cell centres map to
+    cell centres (``align_corners=False``, the geometry of a strided feature map); else corners
+    to corners (``scipy.ndimage.zoom``'s default, the legacy behaviour)."""
+    cam = np.asarray(cam, np.float32)
+    if not centred:
+        return ndimage.zoom(cam, [t / s for t, s in zip(shape, cam.shape)], order=1)
+    import torch
+    import torch.nn.functional as F
+    t = torch.from_numpy(np.ascontiguousarray(cam))
+    with torch.no_grad():
+        if cam.shape[0] == shape[0]:              # in-plane only (MIL slices)
+            out = F.interpolate(t[:, None], size=tuple(shape[1:]), mode="bilinear",
+                                align_corners=False)[:, 0]
+        else:
+            out = F.interpolate(t[None, None], size=tuple(shape), mode="trilinear",
+                                align_corners=False)[0, 0]
+    return out.numpy()
 
 
 # -- mapping slice space -> reference grid ---------------------------------------------------
@@ -149,8 +189,11 @@ def _members(module) -> List[Any]:
     return list(module.members) if hasattr(module, "members") else [module]
 
 
-def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, layer, cancel):
-    """Per-sequence per-slice CAMs averaged over members: {seq: (N, h, w)} + attention (S, N)."""
+def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, layer, cancel,
+              normalized=False):
+    """Per-sequence per-slice CAMs averaged over members: {seq: (N, h, w)} + attention (S, N).
+    ``normalized=False``: the ReLU'd class evidence as is (torchcam would otherwise min-max
+    normalise every slice on its own, making all slices equally strong)."""
     import torch
 
     N = x.shape[2]
@@ -167,7 +210,7 @@ def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, l
             with torch.enable_grad():
                 xx = x.clone().requires_grad_(False)
                 logits = w(xx)
-                maps = ex(int(cls_idx), logits)
+                maps = ex(int(cls_idx), logits, normalized=normalized)
         finally:
             ex.remove_hooks()
         for s, mp in zip(sequences, maps):
@@ -178,7 +221,8 @@ def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, l
     return cams, np.mean(atts, axis=0)
 
 
-def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, cancel):
+def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, cancel,
+             normalized=False):
     import torch
 
     acc = None
@@ -190,7 +234,7 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
         try:
             with torch.enable_grad():
                 logits = w(vol)
-                mp = ex(int(cls_idx), logits)[0]
+                mp = ex(int(cls_idx), logits, normalized=normalized)[0]
         finally:
             ex.remove_hooks()
         a = mp[0].detach().cpu().numpy().astype(np.float32)            # (d, h, w)
@@ -201,9 +245,12 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
 def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
             target: Optional[str] = None, layer: Optional[str] = None,
             wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
-            inputs=None, cancel: Optional[CancelToken] = None
+            inputs=None, fusion: str = "raw", cancel: Optional[CancelToken] = None
             ) -> Iterator[Union[Progress, ExplainResult]]:
     """Heatmap for ``task`` of a prediction model on ``case`` (see the module docstring).
+
+    ``layer``: the torchcam target layer inside one member (default :data:`DEFAULT_LAYER`);
+    ``fusion``: ``"raw"`` (default) or ``"legacy"`` (see the module docstring).
 
     ``target``: the class to explain (default: the positive class, e.g. ``mutant``);
     ``wt_mask``: a whole-tumour mask on the reference grid for the localisation score (default:
@@ -220,6 +267,9 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if fusion not in FUSIONS:
+        raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    legacy = fusion == "legacy"
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
         model or default_model(P.TASK, prefer=("predict_mil",)), task=P.TASK, device="cpu")
@@ -259,13 +309,14 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
             fg |= P.foreground(case.sequences[s].array)
     head = _fill_holes_2d(fg) if fg.any() else None
     yield Progress("explain", 2, 4, f"{method} for {task} = {target}")
-    layer = layer or DEFAULT_LAYER[kind]
+    layer = layer or (LEGACY_LAYER if legacy else DEFAULT_LAYER)[kind]
     weights: Dict[str, List[float]] = {}
     if kind == "volume3d":
         vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None])
-        cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel)
+        cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel,
+                       normalized=legacy)
         N, H, W = inp.x.shape[1:]
-        stack = ndimage.zoom(cam, (N / cam.shape[0], H / cam.shape[1], W / cam.shape[2]), order=1)
+        stack = upsample_cam(cam, (N, H, W), centred=not legacy)
     else:
         x = torch.from_numpy(inp.x[None])
         if method == "attention":
@@ -282,16 +333,18 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
             if fov is not None:
                 stack = stack * fov
         else:
-            cams, att = _mil_cams(module, x, sm, cl, seqs, task, cls_idx, method, layer, cancel)
+            cams, att = _mil_cams(module, x, sm, cl, seqs, task, cls_idx, method, layer, cancel,
+                                  normalized=legacy)
             N, H, W = inp.x.shape[1:]
             stack = np.zeros((N, H, W), np.float32)
             for i, s in enumerate(seqs):
                 if not inp.seq_mask[i]:
                     continue
-                c = cams[s]
-                c = ndimage.zoom(c, (1, H / c.shape[1], W / c.shape[2]), order=1)
-                c = c / (c.max() + 1e-8)
-                stack += att[i][:, None, None] * c
+                c = upsample_cam(cams[s], (N, H, W), centred=not legacy)
+                if legacy:
+                    c = c / (c.max() + 1e-8)
+                # the attention carries the between-slice weighting (not a per-slice norm)
+                stack += att[i][:, None, None] * np.clip(c, 0, None)
         for i, s in enumerate(seqs):
             if inp.seq_mask[i] and kind != "volume3d":
                 full = np.zeros(inp.n_ref_slices, np.float32)
@@ -300,7 +353,7 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
     check(cancel)
     yield Progress("explain", 3, 4, "mapping to the case grid")
     heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
-    heat = _minmax(heat)
+    heat = _minmax(heat) if legacy else _scale_max(heat)
     mask_source = None
     if wt_mask is None and case.labels is not None and case.labels.geometry.same_grid(ref.geometry):
         wt_mask = case.labels.array > 0
