@@ -161,6 +161,22 @@ def main(argv=None) -> int:
     # identical test folds for every architecture
     tests = {a: [sorted(s["test"]) for s in r["splits"]] for a, r in runs.items()}
     same = len({json.dumps(t) for t in tests.values()}) == 1
+    # architectures not retrained this time: compared from their shipped cards, when those
+    # cards were made on the same test folds (fold fingerprint)
+    from napari_radiogen.core.models import SHIPPED_DIR
+    sha = folds_sha1(next(iter(runs.values()))["splits"])
+    shipped_only = {}
+    for arch in ARCHS:
+        p = SHIPPED_DIR / f"{ARCHS[arch]}.card.json"
+        if arch not in runs and p.exists():
+            c = json.loads(p.read_text())
+            if c.get("folds_sha1") == sha:
+                shipped_only[arch] = c
+                print(f"{ARCHS[arch]}: not retrained; compared from its shipped card "
+                      f"({c.get('date')}, same folds)")
+            else:
+                print(f"{ARCHS[arch]}: not retrained and its shipped card used other folds; "
+                      "left out of the comparison")
     print(f"\nfolds identical across architectures: {same}")
     if not same:
         print("WARNING: the runs used different folds; the comparison is not paired")
@@ -169,8 +185,8 @@ def main(argv=None) -> int:
     base = next(iter(runs.values()))["card"].get("baseline") or {}
     rows = []
     hdr = ["model", "accuracy", "macro-F1"] + [f"recall {c}" for c in CLASSES]
-    for arch, r in runs.items():
-        cv = r["card"]["metrics"]["cv"]
+    for arch, cv in [(a, r["card"]["metrics"]["cv"]) for a, r in runs.items()] + [
+            (a, c["metrics"]["cv"]) for a, c in shipped_only.items()]:
         rows.append([ARCHS[arch], fmt(cv["accuracy"]), fmt(cv["macro_f1"])]
                     + [fmt(cv[f"recall_{c}"]) for c in CLASSES])
     if base:
@@ -197,9 +213,14 @@ def main(argv=None) -> int:
             r["per_fold"][f]["macro_f1"] for f in sorted(r["per_fold"])]
         comparison.setdefault("per_fold_accuracy", {})[ARCHS[arch]] = [
             r["per_fold"][f]["accuracy"] for f in sorted(r["per_fold"])]
+    for arch, c in shipped_only.items():
+        for k in ("macro_f1", "accuracy"):
+            comparison.setdefault(f"per_fold_{k}", {})[ARCHS[arch]] = \
+                c["metrics"]["cv"][k]["per_fold"]
+        comparison.setdefault("from_shipped_cards", []).append(ARCHS[arch])
     if base:
         comparison["per_fold_macro_f1"]["baseline"] = base["macro_f1"]["per_fold"]
-    if "resnet" in runs and "vit" in runs and same:
+    if {"resnet", "vit"} <= set(runs) | set(shipped_only) and same:
         d = np.subtract(comparison["per_fold_macro_f1"]["triage_resnet"],
                         comparison["per_fold_macro_f1"]["triage_vit"])
         comparison["resnet_minus_vit_macro_f1"] = {"per_fold": d.tolist(), **mean_ci(d)}
@@ -260,6 +281,10 @@ def main(argv=None) -> int:
                       f"{b['volume_slices']}-slice volume {b['volume_s']:.2f} s, "
                       f"Grad-CAM {1000 * b['gradcam_s']:.0f} ms ({b['threads']} thread(s))")
             print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        for arch, c in shipped_only.items():       # same weights; the comparison refreshed
+            path = SHIPPED_DIR / f"{ARCHS[arch]}.safetensors"
+            save_model(path, load_state_dict_file(path), {**c, "comparison": comparison})
+            print(f"{ARCHS[arch]}: comparison in its card refreshed (weights unchanged)")
     return 0
 
 
