@@ -1,12 +1,20 @@
 """Benchmark the Analyze widget inside napari: main-thread stalls and napari overhead.
 
-Opens the bundled sample case in a napari viewer, runs the Analyze widget twice (first run adds
-the result layers, the rerun updates them in place) with the installed default models, and
-samples the Qt event loop with a 10 ms timer. Reports, per run:
+Opens the bundled sample case in a napari viewer, runs the Analyze widget ``--runs`` times (the
+first run adds the result layers, the reruns update them in place) with the installed default
+models, and samples the Qt event loop with a 10 ms timer. The script waits for each job the way
+the application does: in a running Qt event loop (``QEventLoop.exec`` until the job's
+``finished`` signal), not by polling. The headless analysis (the same ``Analyzer``, models
+loaded, in the viewer's main thread while the viewer waits) is interleaved with the reruns, so
+both see the same machine load; the same analysis is also timed first in a separate plain
+Python process (no napari, no Qt: what ``radiogen analyze`` runs). Reports, per run:
 
 - the worst event-loop gap outside result deliveries (target < 50 ms: the models run on a worker);
-- the worst gap overall, and the longest delivery (napari building a layer in the main thread);
-- the wall time, beside the same analysis run headless (target: napari <= 1.1x headless).
+- the worst gap overall, and the longest delivery (napari building or updating a layer in the
+  main thread);
+- the main thread's CPU time during the run, and the wall time; the median rerun against the
+  median headless run, in the viewer's process and in the plain process (target: napari <=
+  1.1x headless).
 
 Speed is measured here, not in the test suite (the suite checks behaviour only). Run it under a
 display, e.g. ``xvfb-run -a python scripts/bench_viewer.py [--json] [--device cpu]``.
@@ -15,31 +23,70 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import time
+
+
+_HEADLESS = """
+import sys, time
+from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
+from napari_radiogen.core.progress import run
+from napari_radiogen.core.io import load_case
+from napari_radiogen.core.sample import sample_case_path
+case = load_case(sample_case_path())
+an = Analyzer(AnalysisOptions(device=sys.argv[1]))
+run(an.analyze(case))                                  # models loaded, as in the reruns
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter(); run(an.analyze(case)); print(time.perf_counter() - t)
+"""
+
+
+def headless_process(device: str, env: dict, runs: int = 3) -> list:
+    """The analysis timed in a plain Python process (no napari, no Qt: what ``radiogen
+    analyze`` runs, less start-up and file output), models loaded, ``runs`` times."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", _HEADLESS, device, str(runs)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        print(f"headless process failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return []
+    return [float(x) for x in out.stdout.split()]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3,
+                    help="napari runs: the first adds the layers, the others rerun in place")
+    ap.add_argument("--no-process-baseline", action="store_true",
+                    help="skip the headless analysis in a separate, plain Python process")
     args = ap.parse_args(argv)
+    env = dict(os.environ)            # before napari_radiogen.napari sets OMP_WAIT_POLICY
+    process_headless = [] if args.no_process_baseline else headless_process(args.device, env)
 
     import napari
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_radiogen.core.progress import run
     from napari_radiogen.core.sample import sample_case_path
-    from napari_radiogen.napari.diagnostics import EventLoopMeter
     from napari_radiogen.napari.analyze_widget import AnalyzeWidget
+    from napari_radiogen.napari.diagnostics import EventLoopMeter
+
+    def idle(seconds: float) -> None:
+        """Let the event loop run (draws, deferred work) for a while."""
+        loop = QEventLoop()
+        QTimer.singleShot(int(1000 * seconds), loop.quit)
+        loop.exec()
 
     viewer = napari.Viewer(show=True)
     viewer.open(str(sample_case_path()), plugin="napari-radiogen")
     w = AnalyzeWidget(viewer)
     w.device.setCurrentText(args.device)
     viewer.window.add_dock_widget(w, name="Analyze")
-    app = QApplication.instance()
+    idle(1.0)
 
     spans = []
     orig = w._stage_done
@@ -50,42 +97,76 @@ def main(argv=None) -> int:
         spans.append((t, time.perf_counter() + 0.1))   # the repaint follows in the next ticks
 
     w._stage_done = timed
-    rows = []
-    for i in range(args.runs):
+
+    def napari_run(label: str) -> dict:
         spans.clear()
+        idle(0.3)
         meter = EventLoopMeter().start()
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         w.run()
-        while not w.job.done:
-            app.processEvents()
-            time.sleep(0.002)
+        if not w.job.done:
+            loop = QEventLoop()
+            w.job.worker.finished.connect(loop.quit)
+            loop.exec()
         elapsed = time.perf_counter() - t0
+        main_cpu = time.thread_time() - c0
         worst = meter.stop()
-        rows.append({"run": "new layers" if i == 0 else "in-place rerun",
-                     "worst_gap_outside_delivery_ms": 1000 * meter.worst_outside(spans),
-                     "worst_gap_ms": 1000 * worst,
-                     "longest_delivery_ms": 1000 * max((e - 0.1 - s for s, e in spans),
-                                                       default=0.0),
-                     "seconds": elapsed})
         if w.job.error is not None:
-            print(f"analysis failed: {w.job.error}", file=sys.stderr)
-            return 1
-    t1 = time.perf_counter()
-    run(w.analyzer.analyze(w.case_combo.case()))
-    headless = time.perf_counter() - t1
-    out = {"device": args.device, "runs": rows, "headless_seconds": headless,
-           "napari_over_headless": rows[-1]["seconds"] / headless}
-    viewer.close()
+            raise RuntimeError(f"analysis failed: {w.job.error}")
+        return {"run": label,
+                "worst_gap_outside_delivery_ms": 1000 * meter.worst_outside(spans),
+                "worst_gap_ms": 1000 * worst,
+                "longest_delivery_ms": 1000 * max((e - 0.1 - s for s, e in spans),
+                                                  default=0.0),
+                "main_thread_cpu_s": main_cpu, "seconds": elapsed}
+
+    def headless_run() -> float:
+        idle(0.3)
+        t = time.perf_counter()
+        run(w.analyzer.analyze(w.case_combo.case()))
+        return time.perf_counter() - t
+
+    rows, headless = [], []
+    try:
+        rows.append(napari_run("new layers"))
+        for _ in range(args.runs - 1):
+            headless.append(headless_run())
+            rows.append(napari_run("in-place rerun"))
+        if not headless:
+            headless.append(headless_run())
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    finally:
+        load = os.getloadavg()
+        viewer.close()
+    reruns = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
+    import torch
+    out = {"device": args.device, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "load_average_1_5_15": [round(x, 2) for x in load],
+           "runs": rows, "headless_seconds": headless,
+           "napari_over_headless": statistics.median(reruns) / statistics.median(headless),
+           "headless_process_seconds": process_headless,
+           "napari_over_headless_process": (statistics.median(reruns)
+                                            / statistics.median(process_headless)
+                                            if process_headless else None)}
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         print(f"{'run':16s} {'gap outside ms':>14s} {'worst gap ms':>12s} "
-              f"{'delivery ms':>11s} {'seconds':>8s}")
+              f"{'delivery ms':>11s} {'main CPU s':>10s} {'seconds':>8s}")
         for r in rows:
             print(f"{r['run']:16s} {r['worst_gap_outside_delivery_ms']:14.0f} "
                   f"{r['worst_gap_ms']:12.0f} {r['longest_delivery_ms']:11.0f} "
-                  f"{r['seconds']:8.2f}")
-        print(f"headless {headless:.2f} s; napari / headless = {out['napari_over_headless']:.2f}")
+                  f"{r['main_thread_cpu_s']:10.2f} {r['seconds']:8.2f}")
+        print(f"headless {', '.join(f'{h:.2f}' for h in headless)} s; median rerun / median "
+              f"headless = {out['napari_over_headless']:.2f} "
+              f"({out['cpus']} CPUs, torch {out['torch_threads']} threads, load average "
+              f"{load[0]:.2f} before the viewer closed)")
+        if process_headless:
+            print(f"headless in a plain Python process "
+                  f"{', '.join(f'{h:.2f}' for h in process_headless)} s; median rerun / median "
+                  f"= {out['napari_over_headless_process']:.2f}")
     return 0
 
 

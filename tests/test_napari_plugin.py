@@ -322,3 +322,28 @@ def test_geometry_kwargs_round_trip_for_oblique_grids():
     kw = geometry_kwargs(mirrored)
     assert set(kw) == {"affine"}
     assert geometry_from_transform(kw, mirrored.shape).same_grid(mirrored)
+
+
+def test_label_values_and_compact_labels_layer_data():
+    """The fast label histogram agrees with np.unique; result labels are stored as uint8 when
+    they fit (napari draws them without conversion) and keep a wider type when they do not."""
+    from napari_radiogen.core.case import Geometry, Volume
+    from napari_radiogen.napari.layers import label_values, labels_layer_data
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(0, 5, (4, 5, 6)).astype(np.int64), np.array([3, 1], np.uint64),
+              np.array([True, False]), np.array([-1, 5]), np.array([0.5, 2.0]),
+              np.zeros(0, np.uint8), np.array([70000, 1], np.int32)):
+        np.testing.assert_array_equal(label_values(a), np.unique(a))
+    g = Geometry(size=(6, 5, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    lab = rng.integers(0, 5, (4, 5, 6)).astype(np.int64)
+    data, kw, kind = labels_layer_data(Volume(lab, g), case_id="c", compact=True)
+    assert kind == "labels" and data.dtype == np.uint8
+    np.testing.assert_array_equal(data, lab)
+    assert set(kw["features"]["index"]) >= set(np.unique(lab).tolist())
+    wide = lab.copy()
+    wide[0, 0, 0] = 300
+    data, _, _ = labels_layer_data(Volume(wide, g), case_id="c", compact=True)
+    assert data.dtype == np.int64 and data[0, 0, 0] == 300
+    data, _, _ = labels_layer_data(Volume(lab, g), case_id="c")      # default: dtype kept
+    assert data.dtype == np.int64

@@ -61,3 +61,62 @@ def test_errors_are_reported_not_raised(qtbot, exc):
     qtbot.waitUntil(lambda: job.done, timeout=5000)
     assert errors and errors[0] is exc and results == []
     assert job.error is exc
+
+
+def _burst_then_compute(token):
+    yield Progress("work", 1, 10, "loading")
+    yield Progress("work", 2, 10, "preparing")     # right after: held back by the throttle
+    for _ in range(40):                             # then a long step with no progress
+        check(token)
+        time.sleep(0.01)
+    yield {"answer": 42}
+
+
+def test_throttled_progress_is_shown_late_not_lost(qtbot):
+    """A step that reports "preparing" right after "loading" and then computes for a while
+    must show "preparing" while it computes (the throttle delays it, it does not drop it)."""
+    from napari_radiogen.napari.workers import start_job
+
+    seen = []
+    job = start_job(_burst_then_compute, name="burst", progress_bar=False,
+                    on_progress=lambda p: seen.append((p.message, job.done)))
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    assert [m for m, _ in seen] == ["loading", "preparing"]
+    assert not seen[-1][1], "the held-back update arrived only after the job ended"
+
+
+def test_throttled_progress_does_not_outlive_the_job(qtbot):
+    """An update still held back when the job ends is dropped, not shown afterwards."""
+    from napari_radiogen.napari.workers import start_job
+
+    def quick(token):
+        yield Progress("work", 1, 10, "a")
+        yield Progress("work", 2, 10, "b")
+        yield "result"
+
+    seen = []
+    job = start_job(quick, name="quick", progress_bar=False,
+                    on_progress=lambda p: seen.append(p.message))
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    n = len(seen)
+    qtbot.wait(200)
+    assert len(seen) == n and seen[0] == "a"
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_openmp_threads_wait_passively_unless_the_user_chose(preset):
+    """torch's OpenMP threads must not busy-wait beside the GUI (it slowed the analysis in a
+    worker thread many times over on a busy machine): importing the worker bridge before torch
+    selects passive waiting, and leaves a user's own setting alone."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import os, sys; import napari_radiogen.napari.workers as w; "
+            "assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == (preset or "PASSIVE")

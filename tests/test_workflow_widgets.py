@@ -122,10 +122,16 @@ def test_cancel_leaves_no_layers_and_no_threads(make_napari_viewer, qtbot, test_
     viewer = make_napari_viewer(show=True)
     w = _analyze_widget(viewer, sample_path)
     names_before = [l.name for l in viewer.layers]
+    # the stages as the job delivers them (the dock's status text shows them coalesced, up to
+    # PROGRESS_INTERVAL late, by which time a fast stage may be over)
+    seen = []
+    show = w._progress
+    w._progress = lambda p: (seen.append(p.stage), show(p))
     cancelled = 0
     for stage in ("segment", "predict", "explain"):
+        seen.clear()
         w.run()
-        qtbot.waitUntil(lambda: stage in w.stage.text() or w.job.done, timeout=600_000)
+        qtbot.waitUntil(lambda: stage in seen or w.job.done, timeout=600_000)
         w.cancel()
         qtbot.waitUntil(lambda: w.job.done, timeout=60_000)
         if w.job.cancelled:
@@ -214,3 +220,60 @@ def test_run_without_a_case_says_why_and_starts_nothing(make_napari_viewer, test
     w.run()
     assert w.job is None
     assert shown and "no case is open" in shown[0]
+
+
+def test_result_layers_are_built_in_the_worker_and_keep_the_selection(
+        make_napari_viewer, qtbot, test_models, sample_path):
+    """The stage results reach the main thread with their layer data ready (built in the
+    worker), and adding the result layers leaves the user's layer selection alone."""
+    from napari_radiogen.napari.analyze_widget import PreparedStage
+    viewer = make_napari_viewer(show=True)
+    w = _analyze_widget(viewer, sample_path)
+    flair = viewer.layers["BraTS2021_00006 flair"]
+    viewer.layers.selection.active = flair
+    main_thread = threading.get_ident()
+    built_in = set()
+    import napari_radiogen.napari.analyze_widget as aw
+    stage_layers = aw.stage_layers
+
+    def spy(item, cid):
+        built_in.add(threading.get_ident())
+        return stage_layers(item, cid)
+
+    delivered = []
+    orig = w._stage_done
+    w._stage_done = lambda item: (delivered.append(item), orig(item))
+    aw.stage_layers = spy
+    try:
+        w.run()
+        qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
+    finally:
+        aw.stage_layers = stage_layers
+    assert w.job.error is None
+    assert built_in and main_thread not in built_in
+    prepared = [d for d in delivered if isinstance(d, PreparedStage)]
+    assert {p.stage for p in prepared} >= {"segment", "explain"}
+    seg = next(l for l in viewer.layers if "segmentation (test_seg3d)" in l.name)
+    assert seg.data.dtype == np.uint8
+    assert viewer.layers.selection.active is flair
+    assert list(viewer.layers.selection) == [flair]
+
+
+def test_analyze_progress_is_coalesced_not_lost(make_napari_viewer, qtbot, test_models,
+                                                sample_path):
+    """A burst of progress updates repaints the dock once at once and once more with the
+    newest update a moment later; the ones in between are skipped, the last is never lost."""
+    from napari_radiogen.core.progress import Progress
+    viewer = make_napari_viewer()
+    w = _analyze_widget(viewer, sample_path)
+    shown = []
+    orig = w.stage.setText
+    w.stage.setText = lambda t: (shown.append(t), orig(t))
+    w._progress(Progress("segment", 2, 5, "loading model"))
+    w._progress(Progress("segment", 2, 5, "preparing"))
+    w._progress(Progress("predict", 3, 5, "running the network"))
+    assert shown == ["segment: loading model"]
+    qtbot.waitUntil(lambda: len(shown) == 2, timeout=5000)
+    assert shown[-1] == "predict: running the network" and w.bar.value() == 3
+    qtbot.wait(300)
+    assert len(shown) == 2

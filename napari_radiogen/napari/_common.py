@@ -1,14 +1,16 @@
 """Small pieces shared by the dock widgets: a case picker, a device picker, layer placement."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ..core.case import Case, Geometry, Volume
-from .layers import (case_from_layers, geometry_kwargs, image_layer_data, labels_layer_data,
-                     radiogen_meta)
+from .layers import (LayerData, case_from_layers, geometry_kwargs, image_layer_data,
+                     labels_layer_data, radiogen_meta)
 
 
 def case_ids(viewer) -> List[str]:
@@ -34,6 +36,8 @@ class CaseCombo(QComboBox):
     def refresh(self, *_: Any) -> None:
         cur = self.currentText()
         ids = case_ids(self.viewer)
+        if ids == [self.itemText(i) for i in range(self.count())]:
+            return       # e.g. a result layer came or went: rebuilding would re-lay out the dock
         self.blockSignals(True)
         self.clear()
         self.addItems(ids)
@@ -69,6 +73,35 @@ class CaseCombo(QComboBox):
             return None
 
 
+class StatusLine(QWidget):
+    """A one-line status text (e.g. the current stage of a job) that is cheap to update.
+
+    A QLabel in a layout asks the whole window to re-lay out on every new text, and with
+    napari's OpenGL canvas in the window each extra repaint is composited by OpenGL (by the
+    CPU under software rendering): about twice the cost of the repaint itself. Here the label
+    has no layout around it (its container has a fixed height and places it by hand), so a new
+    text repaints just the line."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(parent)
+        self._label = QLabel(text, self)
+        self._label.setTextInteractionFlags(Qt.TextInteractionFlag.NoTextInteraction)
+        self.setFixedHeight(self._label.fontMetrics().height() + 4)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setMinimumWidth(10)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self._label.setGeometry(0, 0, self.width(), self.height())
+        super().resizeEvent(event)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (QLabel's name)
+        self._label.setText(text)
+        self.setToolTip(text)
+
+    def text(self) -> str:
+        return self._label.text()
+
+
 def device_combo() -> QComboBox:
     c = QComboBox()
     c.addItems(["auto", "cpu", "cuda"])
@@ -98,8 +131,31 @@ def reference_geometry(viewer, case_id: str) -> Optional[Geometry]:
     return None
 
 
-def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str):
-    """Add a layer, replacing an existing one of the same name (reruns replace cleanly)."""
+@contextmanager
+def _keep_selection(viewer, keep: bool = True) -> Iterator[None]:
+    """Insert layers without making them the selected (active) layer.
+
+    napari selects every inserted layer, which swaps the layer-controls panel in the main
+    thread (about a fifth of the cost of adding a layer) and takes the user's selection away
+    while they work; results arriving from a background job should do neither."""
+    layers = viewer.layers
+    prev = getattr(layers, "_activate_on_insert", None)
+    if not keep or prev is None:
+        yield
+        return
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = prev
+
+
+def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
+                  select: bool = True):
+    """Add a layer, replacing an existing one of the same name (reruns replace cleanly).
+
+    ``select=False`` leaves the viewer's layer selection as it is (for results delivered by a
+    background job)."""
     name = kwargs.get("name")
     if name in viewer.layers:
         old = viewer.layers[name]
@@ -113,15 +169,44 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str):
                 old.contrast_limits = kwargs["contrast_limits"]
             old.data = data
             return old
-        viewer.layers.remove(name)
+        with _keep_selection(viewer, not select):
+            viewer.layers.remove(name)
     add = getattr(viewer, f"add_{layer_type}")
-    return add(data, **kwargs)
+    with _keep_selection(viewer, not select):
+        return add(data, **kwargs)
+
+
+def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False):
+    """Add (or update in place) one ``(data, kwargs, layer_type)`` tuple, e.g. one built in a
+    worker thread by :func:`labels_result_data` / :func:`image_result_data`; by default the
+    user's layer selection is left alone."""
+    data, kw, kind = layer_data
+    return replace_layer(viewer, data, kw, kind, select=select)
+
+
+def labels_result_data(labels: np.ndarray, geometry: Geometry, case_id: str, name: str,
+                       **meta: Any) -> LayerData:
+    """The layer data of a segmentation result (no viewer needed: safe in a worker thread)."""
+    return labels_layer_data(Volume(labels, geometry), case_id=case_id, name=name,
+                             sequence="segmentation", result=True, compact=True, **meta)
+
+
+def image_result_data(array: np.ndarray, geometry: Geometry, case_id: str, name: str,
+                      *, colormap: str = "inferno", opacity: float = 0.5,
+                      contrast=(0.0, 1.0), synthetic: bool = False, sequence: str = "heatmap",
+                      blending: str = "additive", visible: bool = True,
+                      **meta: Any) -> LayerData:
+    """The layer data of an image result (float32, contrast limits computed here when
+    ``contrast`` is None); no viewer needed, so it can be built in a worker thread."""
+    vol = Volume(np.asarray(array, np.float32), geometry, synthetic=synthetic)
+    return image_layer_data(vol, case_id=case_id, sequence=sequence, name=name,
+                            colormap=colormap, opacity=opacity, contrast=contrast,
+                            blending=blending, visible=visible, result=not synthetic, **meta)
 
 
 def add_labels_result(viewer, labels: np.ndarray, geometry: Geometry, case_id: str, name: str,
                       **meta: Any):
-    data, kw, kind = labels_layer_data(Volume(labels, geometry), case_id=case_id, name=name,
-                                       sequence="segmentation", result=True, **meta)
+    data, kw, kind = labels_result_data(labels, geometry, case_id, name, **meta)
     return replace_layer(viewer, data, kw, kind)
 
 
@@ -129,12 +214,12 @@ def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str
                      *, colormap: str = "inferno", opacity: float = 0.5,
                      contrast=(0.0, 1.0), synthetic: bool = False, sequence: str = "heatmap",
                      blending: str = "additive", **meta: Any):
-    vol = Volume(np.asarray(array, np.float32), geometry, synthetic=synthetic)
-    data, kw, kind = image_layer_data(vol, case_id=case_id, sequence=sequence, name=name,
-                                      colormap=colormap, opacity=opacity, contrast=contrast,
-                                      blending=blending, result=not synthetic, **meta)
+    data, kw, kind = image_result_data(array, geometry, case_id, name, colormap=colormap,
+                                       opacity=opacity, contrast=contrast, synthetic=synthetic,
+                                       sequence=sequence, blending=blending, **meta)
     return replace_layer(viewer, data, kw, kind)
 
 
-__all__ = ["CaseCombo", "device_combo", "run_cancel_row", "replace_layer", "add_labels_result",
-           "add_image_result", "reference_geometry", "case_ids", "geometry_kwargs"]
+__all__ = ["CaseCombo", "StatusLine", "device_combo", "run_cancel_row", "replace_layer", "add_labels_result",
+           "add_image_result", "add_layer_data", "labels_result_data", "image_result_data",
+           "reference_geometry", "case_ids", "geometry_kwargs"]

@@ -8,17 +8,26 @@ Export writes the de-identified report and all files. Cancel removes the layers 
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from qtpy.QtWidgets import (QSizePolicy, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QProgressBar, QPushButton, QTextBrowser, QVBoxLayout, QWidget)
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
-from ._common import CaseCombo, add_image_result, add_labels_result, device_combo
+from ._common import (CaseCombo, StatusLine, add_layer_data, device_combo,
+                      image_result_data, labels_result_data)
+from .layers import LayerData
 from .workers import start_job
+
+
+#: least seconds between two progress updates of the dock (each one repaints the window: with a
+#: software-rendered canvas that is ~15 ms of CPU taken from the models)
+PROGRESS_INTERVAL = 0.25
 
 
 @dataclass
@@ -60,12 +69,17 @@ class AnalyzeWidget(QWidget):
         self.export_btn.setEnabled(False)
         self.bar = QProgressBar()
         self.bar.setRange(0, len(STAGES))
-        self.stage = QLabel("")
-        # a label whose text changes must not re-lay out the dock on every progress update
-        self.stage.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.stage.setFixedHeight(self.stage.fontMetrics().height() + 4)
+        # a status text whose changes do not re-lay out the window on every progress update
+        self.stage = StatusLine("")
         self.results = QTextBrowser()
         self.results.setMinimumHeight(220)
+        # progress repaints the dock, and every repaint of the window goes through the
+        # canvas's OpenGL compositor: coalesce the updates (see _progress)
+        self._pending_progress = None
+        self._progress_shown = 0.0
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.timeout.connect(self._show_progress)
 
         form = QFormLayout()
         form.addRow("case", self.case_combo)
@@ -143,51 +157,68 @@ class AnalyzeWidget(QWidget):
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.export_btn.setEnabled(False)
-        self.bar.setValue(0)
+        self._set_bar(0)
         self.results.setHtml("")
-        self.job = start_job(lambda tok: analyzer.analyze(case, cancel=tok),
-                             name=f"Analyze {inp.case_id}", on_progress=self._progress,
+        cid = inp.case_id
+
+        def job(tok):
+            # the result layers' data (dtype, label table, contrast limits, kwargs) are built
+            # here, in the worker: the main thread only hands them to napari
+            for item in analyzer.analyze(case, cancel=tok):
+                if isinstance(item, StageResult):
+                    item = PreparedStage(item, stage_layers(item, cid))
+                yield item
+
+        self.job = start_job(job, name=f"Analyze {inp.case_id}", on_progress=self._progress,
                              on_yield=self._stage_done, on_result=self._done,
                              on_finished=self._finished, owner=self, viewer=self.viewer,
-                             progress_bar=False)   # the dock's own bar names each stage
+                             progress_bar=False,   # the dock's own bar names each stage
+                             progress_interval=PROGRESS_INTERVAL)
 
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
 
     def _progress(self, p) -> None:
+        """Show progress at most every PROGRESS_INTERVAL, stage changes included: the newest
+        update waits for the interval (never dropped), the first one shows at once."""
+        self._pending_progress = p
+        if self._progress_timer.isActive():
+            return
+        wait = PROGRESS_INTERVAL - (time.monotonic() - self._progress_shown)
+        if wait <= 0:
+            self._show_progress()
+        else:
+            self._progress_timer.start(int(1000 * wait) + 1)
+
+    def _show_progress(self) -> None:
+        p, self._pending_progress = self._pending_progress, None
+        if p is None:
+            return
+        self._progress_shown = time.monotonic()
         v = min(p.done, self.bar.maximum())
-        if self.bar.value() != v:
-            self.bar.setValue(v)
+        self._set_bar(v)
         text = f"{p.stage}: {p.message}"[:90]
         if self.stage.text() != text:
             self.stage.setText(text)
 
+    def _set_bar(self, value: int) -> None:
+        """QProgressBar.setValue repaints at once (a window flush of its own): fold it into
+        the next regular repaint, with the status text's."""
+        if self.bar.value() != value:
+            self.bar.setUpdatesEnabled(False)
+            self.bar.setValue(value)
+            self.bar.setUpdatesEnabled(True)
+
     def _stage_done(self, item: Any) -> None:
-        if not isinstance(item, StageResult):
+        if isinstance(item, StageResult):          # not prepared in the worker: build here
+            item = PreparedStage(item, stage_layers(item, self._inputs.case_id))
+        if not isinstance(item, PreparedStage):
             return
-        cid = self._inputs.case_id
-        v = item.value
-        if item.stage == "synthesize":
-            for s in v.synthetic_inputs():
-                vol = v.sequences[s]
-                name = f"{cid} {s} (synthetic)"
-                add_image_result(self.viewer, vol.array, vol.geometry, cid, name,
-                                 colormap="gray", opacity=1.0, contrast=None, synthetic=True,
-                                 sequence=s, blending="translucent")
-                self.viewer.layers[name].visible = False
-                self._added.append(name)
-        elif item.stage == "segment":
-            name = f"{cid} segmentation ({v.model})"
-            add_labels_result(self.viewer, v.labels, v.geometry, cid, name, model=v.model,
-                              synthetic_inputs=[w for w in v.warnings if "synthetic" in w])
-            self._added.append(name)
-        elif item.stage == "explain":
-            name = f"{cid} {v.task} {v.method}"
-            add_image_result(self.viewer, v.heatmap, v.geometry, cid, name, **{
-                "model": v.model, "task": v.task, "method": v.method,
-                "localisation": v.localisation})
-            self._added.append(name)
+        for layer_data in item.layers:
+            # new layers do not take the user's selection (nor swap the layer controls)
+            add_layer_data(self.viewer, layer_data, select=False)
+            self._added.append(layer_data[1]["name"])
 
     def _done(self, res: AnalysisResult) -> None:
         self.result = res
@@ -195,6 +226,8 @@ class AnalyzeWidget(QWidget):
         self.results.setHtml(results_html(res))
 
     def _finished(self, job) -> None:
+        self._progress_timer.stop()
+        self._pending_progress = None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         if job.cancelled or job.error is not None:
@@ -205,7 +238,7 @@ class AnalyzeWidget(QWidget):
             self._added = []
             self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
         else:
-            self.bar.setValue(self.bar.maximum())
+            self._set_bar(self.bar.maximum())
             self.stage.setText(f"done in {job.elapsed:.1f} s")
 
     # -- export ---------------------------------------------------------------------------------
@@ -223,6 +256,41 @@ class AnalyzeWidget(QWidget):
         from napari.utils.notifications import show_info
         show_info(f"report written: {paths.get('report_html')}")
         return paths
+
+
+@dataclass
+class PreparedStage:
+    """A pipeline stage's result with its layers' data, built in the worker thread."""
+    result: StageResult
+    layers: List[LayerData] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        return self.result.stage
+
+
+def stage_layers(item: StageResult, cid: str) -> List[LayerData]:
+    """The layer data (``(data, kwargs, layer_type)``) a stage's result shows as, on case
+    ``cid`` (captured when the run started). Pure numpy: runs in the worker thread."""
+    v = item.value
+    out: List[LayerData] = []
+    if item.stage == "synthesize":
+        for s in v.synthetic_inputs():
+            vol = v.sequences[s]
+            out.append(image_result_data(vol.array, vol.geometry, cid, f"{cid} {s} (synthetic)",
+                                         colormap="gray", opacity=1.0, contrast=None,
+                                         synthetic=True, sequence=s, blending="translucent",
+                                         visible=False))
+    elif item.stage == "segment":
+        out.append(labels_result_data(v.labels, v.geometry, cid,
+                                      f"{cid} segmentation ({v.model})", model=v.model,
+                                      synthetic_inputs=[w for w in v.warnings
+                                                        if "synthetic" in w]))
+    elif item.stage == "explain":
+        out.append(image_result_data(v.heatmap, v.geometry, cid, f"{cid} {v.task} {v.method}",
+                                     model=v.model, task=v.task, method=v.method,
+                                     localisation=v.localisation))
+    return out
 
 
 def results_html(res: AnalysisResult) -> str:

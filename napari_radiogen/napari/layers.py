@@ -167,6 +167,22 @@ def contrast_limits(array: np.ndarray, lo: float = 0.5, hi: float = 99.5,
     return (vmin, vmax)
 
 
+def label_values(array: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a label array; a histogram (``bincount``) for the usual
+    small non-negative integer labels, which is several times faster than ``np.unique``."""
+    a = np.asarray(array)
+    if a.size and a.dtype.kind in "biu":
+        flat = a.reshape(-1)
+        if a.dtype.kind == "b":
+            flat = flat.view(np.uint8)
+        elif a.dtype.kind == "u" and a.dtype.itemsize >= 8:
+            flat = flat.astype(np.int64)      # bincount does not take uint64
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo >= 0 and hi < 65536:
+            return np.flatnonzero(np.bincount(flat, minlength=hi + 1)).astype(a.dtype)
+    return np.unique(a)
+
+
 def label_names_for(case: Optional[Case] = None, kind: str = "volume") -> Dict[int, str]:
     if case is not None:
         names = case.meta.get("label_names") if isinstance(case.meta, Mapping) else None
@@ -229,15 +245,21 @@ def labels_layer_data(vol: Volume, *, case_id: str, source: Optional[str] = None
                       name: Optional[str] = None,
                       label_names: Optional[Mapping[int, str]] = None,
                       sequence: str = "labels", opacity: float = 0.6, visible: bool = True,
-                      **extra_meta: Any) -> LayerData:
-    """A labels layer with named classes (``features``) and BraTS colours."""
+                      compact: bool = False, **extra_meta: Any) -> LayerData:
+    """A labels layer with named classes (``features``) and BraTS colours.
+
+    ``compact``: store integer labels whose values fit as ``uint8`` (what napari draws
+    fastest; result layers use it, they are built in the worker thread)."""
     names = dict(label_names) if label_names is not None else dict(LABEL_NAMES)
-    for v in np.unique(vol.array):
+    values = label_values(vol.array)
+    for v in values:
         if int(v) not in names:
             names[int(v)] = f"label {int(v)}"
     data = vol.array
-    if data.dtype.kind not in "iu":
-        data = data.astype(np.uint8 if data.size == 0 or data.max() <= 255 else np.int32)
+    if data.dtype.kind not in "iu" or (compact and data.dtype != np.uint8):
+        fits = data.size == 0 or (values.size and values.min() >= 0 and values.max() <= 255)
+        if fits or data.dtype.kind not in "iu":
+            data = data.astype(np.uint8 if fits else np.int32)
     kw: Dict[str, Any] = {
         "name": name or f"{case_id} segmentation",
         **geometry_kwargs(vol.geometry),

@@ -6,8 +6,10 @@ while it works and result objects when it has them (the last one is *the* result
 
 * runs the generator on a background thread (``napari.qt.threading.create_worker``),
 * shows a ``napari.utils.progress`` bar named after the job and its current stage,
-* delivers progress (throttled, so the Qt main thread never drowns in updates) and every
-  non-progress item to the widget's callbacks in the main thread,
+* delivers progress (throttled to one update per ``PROGRESS_INTERVAL``, so the Qt main thread
+  never drowns in updates; stage changes and the final step always pass, and the newest
+  held-back update follows when the interval is over, so the shown step is never stale) and
+  every non-progress item to the widget's callbacks in the main thread,
 * turns :class:`RadiogenError` into an error notification, :class:`Cancelled` into an info
   notification, anything else into an error notification with the exception type,
 * cancels cooperatively (token + ``worker.quit()``), and ends every running job cleanly when
@@ -16,12 +18,15 @@ while it works and result objects when it has them (the last one is *the* result
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import traceback
 import weakref
 from typing import Any, Callable, Iterator, List, Optional
 
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
@@ -32,6 +37,39 @@ log = logging.getLogger(__name__)
 
 #: minimum seconds between two progress callbacks of one job (stage changes always pass)
 PROGRESS_INTERVAL = 0.05
+
+# -- OpenMP threads beside a GUI -----------------------------------------------------------------
+# torch's CPU kernels run on an OpenMP (libgomp) thread team per calling thread. When the first
+# team is the worker thread's, libgomp lets its threads busy-wait between parallel regions
+# (their number does not exceed the CPUs), and beside the Qt main thread, the OpenGL renderer
+# and any other process those spinning threads take the CPUs the job itself needs: the sample
+# case's analysis took 21 s in a worker thread instead of 1.8 s with one other busy process on
+# 2 cores (on an idle machine napari's runs were ~20% slower). Passive waiting fixes it;
+# libgomp reads the setting once, when torch loads it, which in napari happens after this
+# module is imported (a setting the user made wins).
+_OMP_PRIMED = ("OMP_WAIT_POLICY" in os.environ      # the user chose: leave it alone
+               or "torch" not in sys.modules)       # in time: passive waiting takes effect
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def prime_openmp() -> None:
+    """If torch was imported before ``OMP_WAIT_POLICY`` could take effect (another plugin, a
+    script), run one parallel torch op in the main thread: with a main-thread team as well as
+    the worker's, libgomp counts more threads than CPUs and throttles the busy-waiting (the
+    10x loss under load closes as with passive waiting; on an idle machine the sample case took
+    1.95-2.0 s this way, 1.7-2.0 s with passive waiting). Cheap (a millisecond), once per
+    process; call from the main thread."""
+    global _OMP_PRIMED
+    if _OMP_PRIMED:
+        return
+    _OMP_PRIMED = True
+    try:
+        import torch
+        if torch.get_num_threads() > 1:
+            torch.zeros(1 << 18).add_(1.0)
+    except Exception:  # pragma: no cover - an optimisation only
+        log.debug("could not prime the OpenMP threads", exc_info=True)
+
 
 _ACTIVE: "weakref.WeakSet[Job]" = weakref.WeakSet()
 _KEEP: List["Job"] = []          # strong refs while running
@@ -53,6 +91,8 @@ class Job:
         self._pbar = None
         self._last_progress = 0.0
         self._last_stage: Optional[str] = None
+        self._pending: Optional[Progress] = None   # newest progress held back by the throttle
+        self._flush_timer = None
         self.orphaned = False          # the owner widget is gone: its callbacks are dropped
 
     # -- control ------------------------------------------------------------------------------
@@ -111,14 +151,19 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
               on_error: Optional[Callable[[BaseException], None]] = None,
               on_finished: Optional[Callable[["Job"], None]] = None,
               viewer: Any = None, owner: Any = None, progress_bar: bool = True,
-              notify: bool = True) -> Job:
+              notify: bool = True, progress_interval: Optional[float] = None) -> Job:
     """Run ``gen_factory(token)`` on a worker thread; callbacks run in the main thread.
 
     ``on_yield`` receives every non-Progress item as it arrives (e.g. a pipeline stage's
     result, so layers can appear stage by stage); ``on_result`` receives the last one when the
     job ends successfully. ``owner`` (a QObject, usually the widget) cancels the job when it is
     destroyed. ``viewer`` is accepted for symmetry and kept only as a weak reference.
+    ``progress_interval`` (seconds, default :data:`PROGRESS_INTERVAL`) is the least time
+    between two progress updates within a stage: every update repaints widgets, which under a
+    software OpenGL canvas costs milliseconds of CPU taken from the job.
     """
+    interval = PROGRESS_INTERVAL if progress_interval is None else float(progress_interval)
+    prime_openmp()
     token = CancelToken()
     job = Job(name, token)
 
@@ -153,19 +198,39 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
                 close()
         return last
 
+    def _deliver_progress(item: Progress) -> None:
+        job._last_progress = time.monotonic()
+        job._last_stage = item.stage
+        job._pending = None
+        if progress_bar:
+            job._update_bar(item)
+        if on_progress is not None:
+            on_progress(item)
+
+    def _flush_progress() -> None:
+        item = job._pending
+        if item is not None and not job.done:
+            _deliver_progress(item)
+
+    flush_timer = QTimer()
+    flush_timer.setSingleShot(True)
+    flush_timer.timeout.connect(_flush_progress)
+    job._flush_timer = flush_timer
+
     def _yielded(item: Any) -> None:
         if isinstance(item, Progress):
             now = time.monotonic()
             stage_changed = item.stage != job._last_stage
             final = bool(item.total) and item.done >= item.total
-            if not (stage_changed or final or now - job._last_progress >= PROGRESS_INTERVAL):
+            waited = now - job._last_progress
+            if not (stage_changed or final or waited >= interval):
+                # held back, not lost: the newest one is shown when the interval is over
+                # (a step that yields "preparing" and then computes for seconds shows it)
+                job._pending = item
+                if not flush_timer.isActive():
+                    flush_timer.start(max(1, int(1000 * (interval - waited)) + 1))
                 return
-            job._last_progress = now
-            job._last_stage = item.stage
-            if progress_bar:
-                job._update_bar(item)
-            if on_progress is not None:
-                on_progress(item)
+            _deliver_progress(item)
         else:
             job.result = item
             if on_yield is not None:
@@ -199,6 +264,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     def _finished() -> None:
         job.done = True
         job.finished_at = time.monotonic()
+        job._pending = None
+        flush_timer.stop()
         job._close_bar()
         if job.cancelled and job.error is None and notify:
             show_info(f"{name}: cancelled")
