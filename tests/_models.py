@@ -35,3 +35,27 @@ def write_random_models(folder: Path) -> dict:
     out["seg"] = save_model(folder / "test_seg3d.safetensors",
                             build_from_card(card).state_dict(), card)
     return out
+
+
+#: a tiny 3D attention U-Net with the fields of a 2 mm BraTS sub-region card
+TINY_BRATS_ARCH = {"builder": "src_models.segmentation:attention_unet_3d",
+                   "kwargs": {"in_channels": 4, "out_channels": 3, "channels": [4, 8, 16, 32, 64],
+                              "strides": [2, 2, 2, 2]}}
+TINY_BRATS_FIELDS = dict(sequences=["t1", "t1ce", "t2", "flair"],
+                         required_sequences=["t1", "t1ce", "t2", "flair"], dims=3,
+                         spacing_mm=2.0, roi_size=[80, 112, 96], normalisation="zscore")
+
+
+def constant_brats_net(name: str, bias, zero_weights: bool = False):
+    """The tiny net with its last convolution's bias set to ``bias`` (WT, TC, ET logits) and,
+    with ``zero_weights``, constant outputs; returns (net, arch, fields) for cards."""
+    import torch
+
+    torch.manual_seed(0)
+    net = build_from_card(new_card(name, "segmentation", TINY_BRATS_ARCH, **TINY_BRATS_FIELDS))
+    with torch.no_grad():
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+        if zero_weights:
+            last.weight.zero_()
+        last.bias.copy_(torch.as_tensor(bias, dtype=last.bias.dtype).expand_as(last.bias))
+    return net, TINY_BRATS_ARCH, dict(TINY_BRATS_FIELDS)

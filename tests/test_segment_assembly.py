@@ -78,21 +78,11 @@ def test_segment_applies_card_thresholds_and_enhancement(tmp_path):
     """core.segment reads the options from the card: a net whose ET channel is a constant 0.27
     gives no ET by default, ET in the whole core with an ET threshold of 0.25, and ET only where
     T1ce enhances with the enhancement rule."""
-    import torch
-    from napari_radiogen.core.models import build_from_card, load_model, new_card, save_model
+    from napari_radiogen.core.models import load_model, new_card, save_model
+    from _models import constant_brats_net
 
-    arch = {"builder": "src_models.segmentation:attention_unet_3d",
-            "kwargs": {"in_channels": 4, "out_channels": 3, "channels": [4, 8, 16, 32, 64],
-                       "strides": [2, 2, 2, 2]}}
-    fields = dict(sequences=["t1", "t1ce", "t2", "flair"],
-                  required_sequences=["t1", "t1ce", "t2", "flair"], dims=3, spacing_mm=2.0,
-                  roi_size=[80, 112, 96], normalisation="zscore")
-    torch.manual_seed(0)
-    net = build_from_card(new_card("as_a", "segmentation", arch, **fields))
-    with torch.no_grad():      # constant logits: WT/TC certain everywhere, ET sigmoid(-1) = 0.27
-        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)][-1]
-        last.weight.zero_()
-        last.bias.copy_(torch.tensor([5.0, 5.0, -1.0]))
+    # constant logits: WT/TC certain everywhere, ET sigmoid(-1) = 0.27
+    net, arch, fields = constant_brats_net("as_a", [5.0, 5.0, -1.0], zero_weights=True)
     sd = net.state_dict()
     specs = {"default": None, "et025": {"thresholds": {"ET": 0.25}},
              "enh": {"enhancement": {"sequence": "t1ce", "min_z": 1.5}}}

@@ -62,20 +62,11 @@ def test_voxel_volume_respected():
 
 def test_segment_applies_card_postprocess(tmp_path):
     """core.segment runs the card's rule: the same net with and without it."""
-    from napari_radiogen.core.models import build_from_card, load_model, new_card, save_model
-    import torch
+    from napari_radiogen.core.models import load_model, new_card, save_model
+    from _models import constant_brats_net
 
-    arch = {"builder": "src_models.segmentation:attention_unet_3d",
-            "kwargs": {"in_channels": 4, "out_channels": 3, "channels": [4, 8, 16, 32, 64],
-                       "strides": [2, 2, 2, 2]}}
-    fields = dict(sequences=["t1", "t1ce", "t2", "flair"],
-                  required_sequences=["t1", "t1ce", "t2", "flair"], dims=3, spacing_mm=2.0,
-                  roi_size=[80, 112, 96], normalisation="zscore")
-    torch.manual_seed(0)
-    net = build_from_card(new_card("pp_a", "segmentation", arch, **fields))
-    with torch.no_grad():      # bias the output so the net predicts every region everywhere
-        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)][-1]
-        last.bias.fill_(5.0)
+    # bias the output so the net predicts every region everywhere
+    net, arch, fields = constant_brats_net("pp_a", 5.0)
     pa = save_model(tmp_path / "pp_a.safetensors", net.state_dict(),
                     new_card("pp_a", "segmentation", arch, **fields))
     pb = save_model(tmp_path / "pp_b.safetensors", net.state_dict(),
