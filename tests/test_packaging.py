@@ -84,7 +84,7 @@ def test_bundled_sample_case_is_shipped_small_and_attributed():
                                              for p in ("t1", "t1ce", "t2", "flair", "seg"))
     total = sum(f.stat().st_size for f in files)
     assert total < 6e6, f"sample case is {total / 1e6:.1f} MB"
-    readme = (folder / "README.md").read_text()
+    readme = (folder / "README.md").read_text(encoding="utf-8")
     for must in ("UCSF-PDGM", "CC BY 4.0", "TCIA", "2107.02314"):
         assert must in readme
 
@@ -99,7 +99,7 @@ def test_readme_quick_start_matches_the_install_and_test_blocks():
     readme = ROOT / "README.md"
     if not readme.exists():
         pytest.skip("README.md not beside the tests")
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     install = _readme_block(text, "install")
     test = _readme_block(text, "test")
     apt = _readme_block(text, "apt")
