@@ -119,27 +119,22 @@ def summarise(rows, key):
 
 
 def cv_block(rows):
-    """metrics.cv in the training engine's format (mean / SD / t-CI over fold means, per fold)
-    from re-scored per-patient rows: Dice per region, raw (no postprocessing) Dice, and the
-    score = mean of WT/TC/ET Dice."""
-    folds = sorted({r["fold"] for r in rows})
+    """metrics.cv in the training engine's format (``core.evaluate.metrics.cv_summary``: mean /
+    SD / t-CI over fold means, per fold) from re-scored per-patient rows: Dice per region, raw
+    (no postprocessing) Dice, and the score = mean of WT/TC/ET Dice."""
+    from napari_radiogen.core.evaluate.metrics import cv_summary
 
-    def entry(per_fold):
-        x = np.asarray(per_fold, float)
-        return {"mean": float(x.mean()), "sd": float(x.std(ddof=1)) if x.size > 1 else None,
-                "ci95": t_ci(x), "n": int(x.size), "per_fold": [float(v) for v in x]}
-
-    def fold_mean(key, f):
-        return float(np.mean([r[key] for r in rows if r["fold"] == f]))
-
-    out = {}
-    for r in REGIONS3:
-        out[f"dice_{r}"] = entry([fold_mean(f"dice_{r}", f) for f in folds])
-        if f"dice_{r}_no_postprocess" in rows[0]:
-            out[f"dice_{r}_raw"] = entry([fold_mean(f"dice_{r}_no_postprocess", f)
-                                          for f in folds])
-    out["score"] = entry([np.mean([fold_mean(f"dice_{r}", f) for r in REGIONS3])
-                          for f in folds])
+    per_fold = []
+    for f in sorted({r["fold"] for r in rows}):
+        fr = [r for r in rows if r["fold"] == f]
+        m = {}
+        for r in REGIONS3:
+            m[f"dice_{r}"] = float(np.mean([x[f"dice_{r}"] for x in fr]))
+            if f"dice_{r}_no_postprocess" in rows[0]:
+                m[f"dice_{r}_raw"] = float(np.mean([x[f"dice_{r}_no_postprocess"] for x in fr]))
+        m["score"] = float(np.mean([m[f"dice_{r}"] for r in REGIONS3]))
+        per_fold.append(m)
+    out = cv_summary(per_fold)
     out["source"] = ("re-scored by scripts/cv_segmentation.py through core.segment with the "
                      "card's label assembly and postprocessing (held-out cases of each fold)")
     return out

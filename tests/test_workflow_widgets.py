@@ -260,20 +260,32 @@ def test_result_layers_are_built_in_the_worker_and_keep_the_selection(
 
 
 def test_analyze_progress_is_coalesced_not_lost(make_napari_viewer, qtbot, test_models,
-                                                sample_path):
-    """A burst of progress updates repaints the dock once at once and once more with the
-    newest update a moment later; the ones in between are skipped, the last is never lost."""
-    from napari_radiogen.core.progress import Progress
+                                                sample_path, monkeypatch):
+    """The dock's progress goes through the job's throttle with stage changes coalesced too
+    (each update repaints the window): a burst across stages shows the first update at once
+    and the newest one a moment later; the ones in between are skipped, the last is never
+    lost."""
+    from napari_radiogen.core.progress import Progress, check
+    import napari_radiogen.napari.analyze_widget as aw
     viewer = make_napari_viewer()
     w = _analyze_widget(viewer, sample_path)
     shown = []
     orig = w.stage.setText
     w.stage.setText = lambda t: (shown.append(t), orig(t))
-    w._progress(Progress("segment", 2, 5, "loading model"))
-    w._progress(Progress("segment", 2, 5, "preparing"))
-    w._progress(Progress("predict", 3, 5, "running the network"))
-    assert shown == ["segment: loading model"]
-    qtbot.waitUntil(lambda: len(shown) == 2, timeout=5000)
-    assert shown[-1] == "predict: running the network" and w.bar.value() == 3
-    qtbot.wait(300)
-    assert len(shown) == 2
+
+    def burst(case, cancel=None):
+        yield Progress("segment", 2, 5, "loading model")
+        yield Progress("segment", 2, 5, "preparing")
+        yield Progress("predict", 3, 5, "running the network")
+        for _ in range(60):                       # then a long step with no progress
+            check(cancel)
+            time.sleep(0.01)
+
+    monkeypatch.setattr(aw.Analyzer, "analyze", lambda self, case, cancel=None:
+                        burst(case, cancel))
+    w.run()
+    qtbot.waitUntil(lambda: len(shown) >= 2 or w.job.done, timeout=5000)
+    assert shown[:2] == ["segment: loading model", "predict: running the network"]
+    assert w.bar.value() == 3
+    w.cancel()
+    qtbot.waitUntil(lambda: w.job.done, timeout=5000)

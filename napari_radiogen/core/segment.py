@@ -405,7 +405,13 @@ def probs_to_native_labels(prepared, probs: np.ndarray,
     """Sigmoid region probabilities on the prepared grid -> BraTS labels on the native grid
     (threshold 0.5, or the card's ``postprocess`` label-assembly options: see
     :func:`assemble_labels`)."""
-    native = probs_to_native(prepared, probs)
+    return native_labels(probs_to_native(prepared, probs), spec, case, prepared)
+
+
+def native_labels(native: np.ndarray, spec: Optional[Dict[str, Any]], case: Optional[Case],
+                  prepared) -> np.ndarray:
+    """Native-grid WT/TC/ET probabilities -> BraTS labels with the card's ``postprocess``
+    label assembly (:func:`assemble_labels`; the enhancement rule reads the case's T1ce)."""
     enh = None
     if spec and spec.get("enhancement"):
         if case is None:
@@ -641,15 +647,7 @@ def naive_labels(case: Case, model, *, device: str = "cpu", overlap: float = 0.5
     run (timing reference only: a net trained on a coarser grid sees the wrong scale there)."""
     native, prepared = _naive_native(case, model, device=device, overlap=overlap, roi=roi,
                                      native_spacing=native_spacing)
-    return _assemble_for_card(native, model.card, case, prepared)
-
-
-def _assemble_for_card(native: np.ndarray, card: Dict[str, Any], case: Case, prepared
-                       ) -> np.ndarray:
-    spec = card.get("postprocess")
-    enh = (enhancement_z(case, prepared, spec["enhancement"].get("sequence", "t1ce"))
-           if spec and spec.get("enhancement") else None)
-    return assemble_labels(native, spec, enh)
+    return native_labels(native, model.card.get("postprocess"), case, prepared)
 
 
 def _naive_native(case: Case, model, *, device: str, overlap: float,
@@ -710,7 +708,7 @@ def benchmark_naive(case: Case, model, *, device: str = "cpu", repeats: int = 1,
     t = time.perf_counter()
     nat, prep = _naive_native(case, model, device=device, overlap=0.5, roi=None,
                               native_spacing=False)
-    naive = _assemble_for_card(nat, model.card, case, prep)
+    naive = native_labels(nat, model.card.get("postprocess"), case, prep)
     naive_t = time.perf_counter() - t
     naive0 = regions_to_labels(nat >= 0.5)
     del nat, prep
@@ -721,7 +719,7 @@ def benchmark_naive(case: Case, model, *, device: str = "cpu", repeats: int = 1,
         t = time.perf_counter()
         nat, prep = _naive_native(case, model, device=device, overlap=0.25, roi=(128, 128, 128),
                                   native_spacing=True)
-        n1 = _assemble_for_card(nat, model.card, case, prep)
+        n1 = native_labels(nat, model.card.get("postprocess"), case, prep)
         out["naive_1mm_s"] = time.perf_counter() - t
         n10 = regions_to_labels(nat >= 0.5)
         del nat, prep

@@ -220,6 +220,6 @@ def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str
     return replace_layer(viewer, data, kw, kind)
 
 
-__all__ = ["CaseCombo", "StatusLine", "device_combo", "run_cancel_row", "replace_layer", "add_labels_result",
-           "add_image_result", "add_layer_data", "labels_result_data", "image_result_data",
-           "reference_geometry", "case_ids", "geometry_kwargs"]
+__all__ = ["CaseCombo", "StatusLine", "device_combo", "run_cancel_row", "replace_layer",
+           "add_labels_result", "add_image_result", "add_layer_data", "labels_result_data",
+           "image_result_data", "reference_geometry", "case_ids", "geometry_kwargs"]

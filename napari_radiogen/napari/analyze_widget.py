@@ -8,12 +8,10 @@ Export writes the de-identified report and all files. Cancel removes the layers 
 from __future__ import annotations
 
 import html
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QProgressBar, QPushButton, QTextBrowser, QVBoxLayout, QWidget)
 
@@ -73,13 +71,6 @@ class AnalyzeWidget(QWidget):
         self.stage = StatusLine("")
         self.results = QTextBrowser()
         self.results.setMinimumHeight(220)
-        # progress repaints the dock, and every repaint of the window goes through the
-        # canvas's OpenGL compositor: coalesce the updates (see _progress)
-        self._pending_progress = None
-        self._progress_shown = 0.0
-        self._progress_timer = QTimer(self)
-        self._progress_timer.setSingleShot(True)
-        self._progress_timer.timeout.connect(self._show_progress)
 
         form = QFormLayout()
         form.addRow("case", self.case_combo)
@@ -173,29 +164,15 @@ class AnalyzeWidget(QWidget):
                              on_yield=self._stage_done, on_result=self._done,
                              on_finished=self._finished, owner=self, viewer=self.viewer,
                              progress_bar=False,   # the dock's own bar names each stage
-                             progress_interval=PROGRESS_INTERVAL)
+                             # every update repaints the window through the canvas's OpenGL
+                             # compositor: at most one per interval, stage changes included
+                             progress_interval=PROGRESS_INTERVAL, coalesce_stages=True)
 
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
 
     def _progress(self, p) -> None:
-        """Show progress at most every PROGRESS_INTERVAL, stage changes included: the newest
-        update waits for the interval (never dropped), the first one shows at once."""
-        self._pending_progress = p
-        if self._progress_timer.isActive():
-            return
-        wait = PROGRESS_INTERVAL - (time.monotonic() - self._progress_shown)
-        if wait <= 0:
-            self._show_progress()
-        else:
-            self._progress_timer.start(int(1000 * wait) + 1)
-
-    def _show_progress(self) -> None:
-        p, self._pending_progress = self._pending_progress, None
-        if p is None:
-            return
-        self._progress_shown = time.monotonic()
         v = min(p.done, self.bar.maximum())
         self._set_bar(v)
         text = f"{p.stage}: {p.message}"[:90]
@@ -211,8 +188,6 @@ class AnalyzeWidget(QWidget):
             self.bar.setUpdatesEnabled(True)
 
     def _stage_done(self, item: Any) -> None:
-        if isinstance(item, StageResult):          # not prepared in the worker: build here
-            item = PreparedStage(item, stage_layers(item, self._inputs.case_id))
         if not isinstance(item, PreparedStage):
             return
         for layer_data in item.layers:
@@ -226,8 +201,6 @@ class AnalyzeWidget(QWidget):
         self.results.setHtml(results_html(res))
 
     def _finished(self, job) -> None:
-        self._progress_timer.stop()
-        self._pending_progress = None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         if job.cancelled or job.error is not None:

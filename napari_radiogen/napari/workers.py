@@ -151,7 +151,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
               on_error: Optional[Callable[[BaseException], None]] = None,
               on_finished: Optional[Callable[["Job"], None]] = None,
               viewer: Any = None, owner: Any = None, progress_bar: bool = True,
-              notify: bool = True, progress_interval: Optional[float] = None) -> Job:
+              notify: bool = True, progress_interval: Optional[float] = None,
+              coalesce_stages: bool = False) -> Job:
     """Run ``gen_factory(token)`` on a worker thread; callbacks run in the main thread.
 
     ``on_yield`` receives every non-Progress item as it arrives (e.g. a pipeline stage's
@@ -161,6 +162,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     ``progress_interval`` (seconds, default :data:`PROGRESS_INTERVAL`) is the least time
     between two progress updates within a stage: every update repaints widgets, which under a
     software OpenGL canvas costs milliseconds of CPU taken from the job.
+    ``coalesce_stages``: a stage change waits for the interval too (by default it is shown at
+    once), for docks whose every update repaints much; the newest update is still never lost.
     """
     interval = PROGRESS_INTERVAL if progress_interval is None else float(progress_interval)
     prime_openmp()
@@ -220,7 +223,7 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     def _yielded(item: Any) -> None:
         if isinstance(item, Progress):
             now = time.monotonic()
-            stage_changed = item.stage != job._last_stage
+            stage_changed = item.stage != job._last_stage and not coalesce_stages
             final = bool(item.total) and item.done >= item.total
             waited = now - job._last_progress
             if not (stage_changed or final or waited >= interval):
