@@ -141,6 +141,42 @@ def test_cancel_leaves_no_layers_and_no_threads(make_napari_viewer, qtbot, test_
     assert not active_jobs()
 
 
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_stage_delivered_around_cancel_leaves_no_layer(make_napari_viewer, test_models,
+                                                        sample_path, monkeypatch, when):
+    """A stage result that reaches the dock after Cancel adds nothing, and one whose job ends
+    (cancelled) while napari is still building its layer (napari processes queued events while
+    it builds layer controls) is taken back: CI once saw a heatmap outlive a cancelled run."""
+    from types import SimpleNamespace
+
+    import napari_radiogen.napari.analyze_widget as aw
+    from napari_radiogen.core.pipeline import StageResult
+    viewer = make_napari_viewer(show=True)
+    w = _analyze_widget(viewer, sample_path)
+    names_before = [l.name for l in viewer.layers]
+    from napari_radiogen.core.io.cases import load_case
+    case = load_case(sample_path)
+    vol = case.sequences["flair"]
+    heat = SimpleNamespace(heatmap=np.zeros(vol.array.shape, np.float32), geometry=vol.geometry,
+                           task="idh", method="gradcam", model="test_mil", localisation=None)
+    res = StageResult("explain", case.case_id, heat)
+    item = aw.PreparedStage(res, aw.stage_layers(res, case.case_id))
+    assert item.layers                          # the stage does carry a layer
+    job = SimpleNamespace(cancelled=when == "before", error=None, done=when == "before")
+    w.job = job
+    real_add = aw.add_layer_data
+
+    def add_while_the_job_ends(*a, **k):
+        job.cancelled = job.done = True       # Cancel, then the job's end, handled re-entrantly
+        w._finished(job)
+        return real_add(*a, **k)
+
+    monkeypatch.setattr(aw, "add_layer_data", add_while_the_job_ends)
+    w._stage_done(item)
+    assert [l.name for l in viewer.layers] == names_before
+    assert w._added == []
+
+
 def test_closing_the_widget_cancels_the_job(make_napari_viewer, qtbot, test_models, sample_path):
     viewer = make_napari_viewer(show=True)
     w = _analyze_widget(viewer, sample_path)

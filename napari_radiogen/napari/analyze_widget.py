@@ -190,10 +190,25 @@ class AnalyzeWidget(QWidget):
     def _stage_done(self, item: Any) -> None:
         if not isinstance(item, PreparedStage):
             return
+        job = self.job
         for layer_data in item.layers:
+            if job is not None and (job.cancelled or job.error is not None):
+                return            # a stage delivered after Cancel adds nothing
             # new layers do not take the user's selection (nor swap the layer controls)
             add_layer_data(self.viewer, layer_data, select=False)
             self._added.append(layer_data[1]["name"])
+            if job is not None and job.done and (job.cancelled or job.error is not None):
+                # napari may process queued events while it builds a layer (its controls do):
+                # the job can end, cancelled, inside add_layer_data, after _finished already
+                # cleaned up; take this layer back too
+                self._remove_added()
+                return
+
+    def _remove_added(self) -> None:
+        for name in self._added:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self._added = []
 
     def _done(self, res: AnalysisResult) -> None:
         self.result = res
@@ -205,10 +220,7 @@ class AnalyzeWidget(QWidget):
         self.cancel_btn.setEnabled(False)
         if job.cancelled or job.error is not None:
             # no half-made results: remove what this run added
-            for name in self._added:
-                if name in self.viewer.layers:
-                    self.viewer.layers.remove(name)
-            self._added = []
+            self._remove_added()
             self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
         else:
             self._set_bar(self.bar.maximum())
