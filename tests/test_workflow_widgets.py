@@ -118,10 +118,12 @@ def test_results_land_on_the_started_case(make_napari_viewer, qtbot, test_models
 
 def test_cancel_leaves_no_layers_and_no_threads(make_napari_viewer, qtbot, test_models,
                                                 sample_path):
+    """A cancelled run leaves the layers as they were before it: on a fresh case no result
+    layer, after a finished run that run's results, untouched (a rerun updates result layers
+    in place; its cancel puts the previous data back)."""
     from napari_radiogen.napari.workers import active_jobs
     viewer = make_napari_viewer(show=True)
     w = _analyze_widget(viewer, sample_path)
-    names_before = [l.name for l in viewer.layers]
     # the stages as the job delivers them (the dock's status text shows them coalesced, up to
     # PROGRESS_INTERVAL late, by which time a fast stage may be over)
     seen = []
@@ -130,15 +132,49 @@ def test_cancel_leaves_no_layers_and_no_threads(make_napari_viewer, qtbot, test_
     cancelled = 0
     for stage in ("segment", "predict", "explain"):
         seen.clear()
+        before = [(l.name, l.data, dict(l.metadata)) for l in viewer.layers]
         w.run()
         qtbot.waitUntil(lambda: stage in seen or w.job.done, timeout=600_000)
         w.cancel()
         qtbot.waitUntil(lambda: w.job.done, timeout=60_000)
         if w.job.cancelled:
             cancelled += 1
-            assert [l.name for l in viewer.layers] == names_before, stage
+            after = [(l.name, l.data, dict(l.metadata)) for l in viewer.layers]
+            assert [a[0] for a in after] == [b[0] for b in before], stage
+            for (name, data, meta), (_, data0, meta0) in zip(after, before):
+                assert data is data0 and meta == meta0, (stage, name)
     assert cancelled >= 1, "no run was actually cancelled"
     assert not active_jobs()
+
+
+def test_cancelled_rerun_keeps_the_previous_results(make_napari_viewer, qtbot, test_models,
+                                                    sample_path):
+    viewer = make_napari_viewer(show=True)
+    w = _analyze_widget(viewer, sample_path)
+    w.run()
+    qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
+    assert not w.job.cancelled and w.job.error is None
+    results = {l.name: (l, l.data) for l in viewer.layers
+               if l.metadata.get("radiogen", {}).get("result")}
+    assert any("segmentation (" in n for n in results) and any("gradcam" in n for n in results)
+    stage_done = w._stage_done
+
+    def cancel_after_the_segmentation(item):
+        stage_done(item)
+        if getattr(item, "stage", None) == "segment":
+            # the rerun has just replaced the segmentation's data
+            assert viewer.layers[seg_name].data is not results[seg_name][1]
+            w.cancel()
+
+    seg_name = next(n for n in results if "segmentation (" in n)
+    w._stage_done = cancel_after_the_segmentation
+    w.run()
+    qtbot.waitUntil(lambda: w.job.done, timeout=60_000)
+    if not w.job.cancelled:
+        pytest.skip("the rerun finished before Cancel reached it")
+    for name, (layer, data) in results.items():
+        assert name in viewer.layers and viewer.layers[name] is layer
+        assert layer.data is data, name
 
 
 @pytest.mark.parametrize("when", ["before", "during"])
@@ -164,17 +200,18 @@ def test_a_stage_delivered_around_cancel_leaves_no_layer(make_napari_viewer, tes
     assert item.layers                          # the stage does carry a layer
     job = SimpleNamespace(cancelled=when == "before", error=None, done=when == "before")
     w.job = job
-    real_add = aw.add_layer_data
+    import napari_radiogen.napari._common as common
+    real_add = common.add_layer_data
 
     def add_while_the_job_ends(*a, **k):
         job.cancelled = job.done = True       # Cancel, then the job's end, handled re-entrantly
         w._finished(job)
         return real_add(*a, **k)
 
-    monkeypatch.setattr(aw, "add_layer_data", add_while_the_job_ends)
+    monkeypatch.setattr(common, "add_layer_data", add_while_the_job_ends)
     w._stage_done(item)
     assert [l.name for l in viewer.layers] == names_before
-    assert w._added == []
+    assert w._added.names == []
 
 
 def test_closing_the_widget_cancels_the_job(make_napari_viewer, qtbot, test_models, sample_path):

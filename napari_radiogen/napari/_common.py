@@ -184,6 +184,65 @@ def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False):
     return replace_layer(viewer, data, kw, kind, select=select)
 
 
+class ResultLayers:
+    """The layers one background run adds or replaces, so that a cancelled or failed run can
+    leave the viewer as it found it: layers it added are removed, layers it replaced (a
+    previous run's results) get their data, metadata and contrast back, and a previous result
+    that was swapped for a layer of another shape is put back where it was."""
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self._before: Dict[str, Optional[Tuple[Any, Any, Dict[str, Any], Any, int]]] = {}
+        self.names: List[str] = []
+
+    def add(self, layer_data: LayerData, *, select: bool = False):
+        name = layer_data[1]["name"]
+        if name not in self._before:
+            layers = self.viewer.layers
+            if name in layers:
+                old = layers[name]
+                self._before[name] = (old, old.data, dict(old.metadata),
+                                      getattr(old, "contrast_limits", None), layers.index(old))
+            else:
+                self._before[name] = None
+            self.names.append(name)
+        entry = self._before[name]
+        layer = add_layer_data(self.viewer, layer_data, select=select)
+        if name not in self._before:
+            # rolled back while napari built the layer (queued events run in there): keep
+            # what it replaced, so that the caller's next rollback takes this one back too
+            self._before[name] = entry
+            self.names.append(name)
+        return layer
+
+    def rollback(self) -> None:
+        layers = self.viewer.layers
+        for name in reversed(self.names):
+            prev = self._before[name]
+            cur = layers[name] if name in layers else None
+            if prev is None:
+                if cur is not None:
+                    with _keep_selection(self.viewer):
+                        layers.remove(cur)
+                continue
+            old, data, meta, clim, index = prev
+            if cur is not None and cur is not old:
+                with _keep_selection(self.viewer):
+                    layers.remove(cur)
+            if old not in layers:
+                with _keep_selection(self.viewer):
+                    layers.insert(min(index, len(layers)), old)
+            old.data = data
+            old.metadata = meta
+            if clim is not None:
+                old.contrast_limits = clim
+        self.clear()
+
+    def clear(self) -> None:
+        self._before = {}
+        self.names = []
+
+
 def labels_result_data(labels: np.ndarray, geometry: Geometry, case_id: str, name: str,
                        **meta: Any) -> LayerData:
     """The layer data of a segmentation result (no viewer needed: safe in a worker thread)."""

@@ -3,7 +3,8 @@
 Thin: a small input dataclass, then ``core.pipeline.Analyzer.analyze`` runs through
 ``workers.start_job``. Layers appear stage by stage on the case the run was started from, a
 results panel shows probabilities (with the models' validated AUCs), volumes and warnings, and
-Export writes the de-identified report and all files. Cancel removes the layers this run added.
+Export writes the de-identified report and all files. Cancel leaves the layers as they were
+before the run (added ones removed, a previous run's results put back).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
-from ._common import (CaseCombo, StatusLine, add_layer_data, device_combo,
+from ._common import (CaseCombo, ResultLayers, StatusLine, device_combo,
                       image_result_data, labels_result_data)
 from .layers import LayerData
 from .workers import start_job
@@ -46,7 +47,7 @@ class AnalyzeWidget(QWidget):
         self.analyzer: Optional[Analyzer] = None
         self.job = None
         self.result: Optional[AnalysisResult] = None
-        self._added: List[str] = []
+        self._added = ResultLayers(napari_viewer)   # what the current run added/replaced
         self._inputs: Optional[AnalyzeInputs] = None
 
         self.case_combo = CaseCombo(napari_viewer)
@@ -142,7 +143,7 @@ class AnalyzeWidget(QWidget):
         if case is None:
             return
         self._inputs = inp
-        self._added = []
+        self._added.clear()
         self.result = None
         analyzer = self._analyzer(inp)
         self.run_btn.setEnabled(False)
@@ -195,20 +196,12 @@ class AnalyzeWidget(QWidget):
             if job is not None and (job.cancelled or job.error is not None):
                 return            # a stage delivered after Cancel adds nothing
             # new layers do not take the user's selection (nor swap the layer controls)
-            add_layer_data(self.viewer, layer_data, select=False)
-            self._added.append(layer_data[1]["name"])
+            self._added.add(layer_data, select=False)
             if job is not None and job.done and (job.cancelled or job.error is not None):
-                # napari may process queued events while it builds a layer (its controls do):
-                # the job can end, cancelled, inside add_layer_data, after _finished already
-                # cleaned up; take this layer back too
-                self._remove_added()
+                # should the job end (cancelled) while napari builds the layer (were queued
+                # events processed in there), _finished has already rolled back: do it again
+                self._added.rollback()
                 return
-
-    def _remove_added(self) -> None:
-        for name in self._added:
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-        self._added = []
 
     def _done(self, res: AnalysisResult) -> None:
         self.result = res
@@ -219,10 +212,11 @@ class AnalyzeWidget(QWidget):
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         if job.cancelled or job.error is not None:
-            # no half-made results: remove what this run added
-            self._remove_added()
+            # no half-made results: the layers are as they were before this run
+            self._added.rollback()
             self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
         else:
+            self._added.clear()
             self._set_bar(self.bar.maximum())
             self.stage.setText(f"done in {job.elapsed:.1f} s")
 
