@@ -273,7 +273,8 @@ def test_shipped_pack_model_on_real_pack(tmp_path):
 def test_configs_load_and_tasks_register():
     from napari_radiogen.core.train.config import load_config
     for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg",
-                 "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long"):
+                 "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
+                 "segmentation_brats_attunet2mm_et"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -288,3 +289,45 @@ def test_2mm_long_config_changes_only_the_step_count():
         c["train"].pop("epochs")
         c.pop("_source", None)
     assert a == b
+
+
+def test_et_config_changes_only_the_et_sampling_and_the_batch_dice():
+    """segmentation_brats_attunet2mm_et is the _long protocol with ET-centred patches (the
+    tumour-centred share unchanged) and batch Dice, nothing else."""
+    from napari_radiogen.core.train.config import load_config
+    a = load_config("segmentation_brats_attunet2mm_long")
+    b = load_config("segmentation_brats_attunet2mm_et")
+    assert b["model"]["pos_fraction"] + b["model"]["et_fraction"] == pytest.approx(
+        a["model"]["pos_fraction"], abs=1e-9)
+    assert b["train"]["loss"].pop("batch") is True
+    for c in (a, b):
+        for k in ("pos_fraction", "et_fraction"):
+            c["model"].pop(k, None)
+        c.pop("_source", None)
+        c.pop("description")
+    assert a == b
+
+
+def test_et_centred_patches_and_batch_dice():
+    """With et_fraction 1 every patch of a case with enhancing tumour contains ET at its
+    centre; the batch Dice loss of a patch pair where only one patch holds the region is
+    lower when the region is found than when the channel stays empty."""
+    import torch
+    from napari_radiogen.core.train.tasks.segmentation import _BratsTrain, _loss_fn
+    y = np.zeros((3, 40, 40, 40), np.float32)
+    y[0, 5:30, 5:30, 5:30] = 1
+    y[1, 10:25, 10:25, 10:25] = 1
+    y[2, 12:16, 12:16, 12:16] = 1
+    x = np.random.default_rng(0).normal(size=(4, 40, 40, 40)).astype(np.float32)
+    ds = _BratsTrain([{"x": x, "y": y}], n=20, patch=(16, 16, 16), pos_fraction=0.0,
+                     augment=False, seed=0, et_fraction=1.0)
+    for i in range(20):
+        _, ys = ds[i]
+        assert ys[2].sum() > 0
+    loss = _loss_fn({"batch": True})
+    tgt = torch.zeros(2, 3, 8, 8, 8)
+    tgt[0, 2, 2:4, 2:4, 2:4] = 1
+    found = torch.full_like(tgt, -8.0)
+    found[tgt > 0] = 8.0
+    empty = torch.full_like(tgt, -8.0)
+    assert loss(found, tgt)[0] < loss(empty, tgt)[0]

@@ -71,13 +71,28 @@ def _rng_for(seed: int, i: int) -> np.random.Generator:
 
 
 def _loss_fn(spec: Optional[Dict[str, Any]]):
-    """Dice + BCE on sigmoid channels (soft targets allowed)."""
+    """Dice + BCE on sigmoid channels (soft targets allowed).
+
+    ``batch: true`` computes each channel's Dice over the whole batch (MONAI ``DiceLoss(batch=
+    True)``) instead of per patch: with per-patch Dice (and its +1 smoothing) a patch without
+    enhancing tumour rewards an empty ET channel as much as a patch with ET rewards finding it,
+    so a rare small region can learn to stay empty."""
     torch = _torch()
     import torch.nn.functional as F
 
     spec = dict(spec or {})
     w_dice = float(spec.get("dice_weight", 1.0))
     w_bce = float(spec.get("bce_weight", 1.0))
+    if spec.get("batch"):
+        from monai.losses import DiceLoss
+        dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+        def batch_loss(logits, target):
+            d = dice(logits.float(), target)
+            bce = F.binary_cross_entropy_with_logits(logits.float(), target)
+            return w_dice * d + w_bce * bce, {"dice_loss": float(d.detach()),
+                                              "bce": float(bce.detach())}
+        return batch_loss
 
     def loss(logits, target):
         p = torch.sigmoid(logits.float())
@@ -129,9 +144,10 @@ def prepare_brats_case(folder: str, card_like: Dict[str, Any]) -> Dict[str, Any]
 
 class _BratsTrain:
     def __init__(self, items: List[Dict[str, Any]], n: int, patch: Sequence[int],
-                 pos_fraction: float, augment: bool, seed: int):
+                 pos_fraction: float, augment: bool, seed: int, et_fraction: float = 0.0):
         self.items, self.n, self.patch = items, int(n), tuple(int(p) for p in patch)
         self.pos, self.augment, self.seed = float(pos_fraction), bool(augment), int(seed)
+        self.et = float(et_fraction)     # share of patches centred on an enhancing voxel
         self.epoch = 0
         self._calls = 0
 
@@ -146,8 +162,12 @@ class _BratsTrain:
         x, y = it["x"], it["y"]
         shp = np.array(x.shape[1:])
         ps = np.array(self.patch)
-        # centre: a tumour voxel or random
-        if rng.random() < self.pos and (y[0] > 0.5).any():
+        # centre: an enhancing voxel (when the case has one), a tumour voxel, or random
+        u = rng.random()
+        if u < self.et and (y[2] > 0.5).any():
+            pts = np.argwhere(y[2] > 0.5)
+            c = pts[int(rng.integers(len(pts)))]
+        elif u < self.et + self.pos and (y[0] > 0.5).any():
             pts = np.argwhere(y[0] > 0.5)
             c = pts[int(rng.integers(len(pts)))]
         else:
@@ -261,7 +281,8 @@ class SegmentationBrats(_SegmentationTask):
         train = _BratsTrain(self._items(train_ids), n=int(m.get("samples_per_epoch", 24)),
                             patch=m.get("patch_size", [64, 64, 64]),
                             pos_fraction=float(m.get("pos_fraction", 0.6)),
-                            augment=bool(t.get("augment", True)), seed=int(self.cfg.get("seed", 0)))
+                            augment=bool(t.get("augment", True)), seed=int(self.cfg.get("seed", 0)),
+                            et_fraction=float(m.get("et_fraction", 0.0)))
         return train, _BratsEval(self._items(val_ids))
 
     def architecture(self) -> Dict[str, Any]:
