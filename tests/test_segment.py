@@ -258,6 +258,21 @@ def test_cli_brats_case_aligned_with_flair(tmp_path):
     assert (tmp_path / "volumes.csv").exists()
 
 
+def test_shipped_pack_model_reproduces_card_dice():
+    """The shipped 2D model's Dice on the pack its card names is what the card says."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import load_model
+
+    _shipped("seg_lgg_segresnet2d")
+    m = load_model("seg_lgg_segresnet2d", task="segmentation")
+    ref = m.card.get("sample_pack")
+    if not ref:
+        pytest.skip("this card stores no sample-pack Dice (older model)")
+    res = run(seg.segment(load_case(shared_path("tcga-lgg", f"{ref['patient_id']}.h5")), m,
+                          device="cpu"))
+    assert abs(res.metrics["WT"]["dice"] - ref["dice_WT"]) <= 0.02
+
+
 def test_shipped_pack_model_on_real_pack(tmp_path):
     import h5py
     from napari_radiogen.cli import main
