@@ -289,7 +289,8 @@ def test_configs_load_and_tasks_register():
     from napari_radiogen.core.train.config import load_config
     for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg",
                  "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
-                 "segmentation_brats_attunet2mm_et"):
+                 "segmentation_brats_attunet2mm_et", "segmentation_lgg_full",
+                 "segmentation_lgg_attunet_full"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -346,3 +347,18 @@ def test_et_centred_patches_and_batch_dice():
     found[tgt > 0] = 8.0
     empty = torch.full_like(tgt, -8.0)
     assert loss(found, tgt)[0] < loss(empty, tgt)[0]
+
+
+def test_lgg_attunet_config_changes_only_the_network():
+    """The 2D architecture comparison: segmentation_lgg_attunet_full is segmentation_lgg_full
+    with the attention U-Net instead of SegResNet, nothing else."""
+    from napari_radiogen.core.train.config import load_config
+    a = load_config("segmentation_lgg_full")
+    b = load_config("segmentation_lgg_attunet_full")
+    assert (a["model"]["arch"], b["model"]["arch"]) == ("segresnet", "attention_unet")
+    for c in (a, b):
+        for k in ("arch", "init_filters", "channels", "strides"):
+            c["model"].pop(k, None)
+        for k in ("_source", "description", "name"):
+            c.pop(k, None)
+    assert a == b
