@@ -126,6 +126,31 @@ def test_metrics_protocol():
     assert S.psnr(far, real, mask) == float("inf")
 
 
+def test_reference_protocol_scores():
+    """The Seq2Seq reference's evaluation: whole-volume normalisation (so any intensity scale
+    scores the same), central 128 slices x 192 x 192, background included (a matching
+    background raises the score well above the brain-only protocol's)."""
+    rng = np.random.default_rng(0)
+    real = np.zeros((155, 240, 240), np.float32)
+    real[30:125, 60:180, 70:170] = rng.uniform(100, 1000, (95, 120, 100))
+    ps, ss = S.reference_scores(real * 7.0, real)       # another scale: the same image
+    assert ps > 100 and ss == pytest.approx(1.0)
+    noisy = np.where(real > 0, real + rng.normal(0, 100, real.shape), 0).astype(np.float32)
+    ps_n, ss_n = S.reference_scores(noisy, real)
+    assert 20 < ps_n < 60 and 0.5 < ss_n < 1.0
+    # the same noise scored only inside the brain, peak 1: far lower
+    mask = real > 0
+    a = S.normalise(noisy, mask)[0]
+    b = S.normalise(real, mask)[0]
+    assert S.psnr(a, b, mask) < ps_n - 5
+    # outside the central 128 slices nothing counts
+    far = real.copy()
+    far[:5, :40, :40] = rng.uniform(0, 1000, (5, 40, 40))   # too few to move the percentile
+    assert S.reference_scores(far, real)[0] > 60
+    with pytest.raises(Exception):
+        S.reference_scores(real[0], real[0])
+
+
 # -- synthesis on a case ---------------------------------------------------------------------
 def test_synthesize_lands_on_the_reference_grid(sample_slab, tiny):
     case = without(sample_slab, "t1ce")

@@ -83,6 +83,47 @@ def normalise(array: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, float]:
 # ------------------------------------------------------------------------------------------------
 # metrics
 # ------------------------------------------------------------------------------------------------
+#: the Seq2Seq reference's evaluation, re-implemented to compare with its published figures
+#: (fiy2W/mri_seq2seq: dataloader/brats.py normalisation, test_brats_seq2seq_2d_metrics.py and
+#: the publication config's valid_size); reported beside PROTOCOL, never instead of it
+REFERENCE_PROTOCOL = (
+    "Seq2Seq reference protocol (as in its public code): each volume on its own mapped to "
+    "[-1, 1] by clip(x, 0, 2 x its 99th percentile over the WHOLE volume, background "
+    "included); the central 128 axial slices, the central 192 x 192 pixels of each; PSNR with "
+    "data range 2 over that stack, background included; SSIM: 2D Gaussian-window SSIM (sigma "
+    "1.5 px, data range 2) averaged over every pixel of those slices. Far more lenient than "
+    "PROTOCOL: the exactly-matching background and the doubled range add many dB")
+
+
+def _reference_norm(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    amax = 2.0 * float(np.percentile(a, 99))
+    if not np.isfinite(amax) or amax <= 0:
+        amax = float(a.max()) if a.max() > 0 else 1.0
+    return np.clip(a, 0, amax) / amax * 2.0 - 1.0
+
+
+def _reference_crop(a: np.ndarray, n_slices: int = 128, size: int = 192) -> np.ndarray:
+    d, h, w = a.shape
+    rd = (d - n_slices) // 2 if d > n_slices else 0
+    rh = (h - size) // 2 if h > size else 0
+    rw = (w - size) // 2 if w > size else 0
+    return a[rd:rd + n_slices, rh:rh + size, rw:rw + size]
+
+
+def reference_scores(pred: np.ndarray, real: np.ndarray) -> Tuple[float, float]:
+    """(PSNR dB, SSIM) of a synthetic 3D volume against the real one under
+    :data:`REFERENCE_PROTOCOL` (both (z, y, x) on the same grid, any intensity units)."""
+    if np.ndim(pred) != 3 or np.shape(pred) != np.shape(real):
+        raise GeometryError("the reference protocol needs two 3D volumes on the same grid")
+    x = _reference_crop(_reference_norm(pred))
+    y = _reference_crop(_reference_norm(real))
+    mse = float(np.mean((x - y) ** 2))
+    ps = float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+    ss = float(np.mean(ssim_map(x, y, data_range=2.0)))
+    return ps, ss
+
+
 def psnr(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (peak 1) over the voxels in ``mask``."""
     d = (np.asarray(pred, np.float64) - np.asarray(real, np.float64))[mask]
@@ -90,8 +131,9 @@ def psnr(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
-def ssim_map(pred: np.ndarray, real: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    """2D SSIM map per axial slice (Gaussian window), data range 1."""
+def ssim_map(pred: np.ndarray, real: np.ndarray, sigma: float = 1.5,
+             data_range: float = 1.0) -> np.ndarray:
+    """2D SSIM map per axial slice (Gaussian window), data range 1 unless given."""
     from scipy.ndimage import gaussian_filter
 
     x = np.asarray(pred, np.float64)
@@ -102,7 +144,7 @@ def ssim_map(pred: np.ndarray, real: np.ndarray, sigma: float = 1.5) -> np.ndarr
     vx = f(x * x) - mx * mx
     vy = f(y * y) - my * my
     cxy = f(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
