@@ -211,7 +211,7 @@ def test_a_stage_delivered_around_cancel_leaves_no_layer(make_napari_viewer, tes
     monkeypatch.setattr(common, "add_layer_data", add_while_the_job_ends)
     w._stage_done(item)
     assert [l.name for l in viewer.layers] == names_before
-    assert w._added.names == []
+    assert w._run_layers.names == []
 
 
 def test_closing_the_widget_cancels_the_job(make_napari_viewer, qtbot, test_models, sample_path):

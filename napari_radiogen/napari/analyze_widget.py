@@ -47,7 +47,7 @@ class AnalyzeWidget(QWidget):
         self.analyzer: Optional[Analyzer] = None
         self.job = None
         self.result: Optional[AnalysisResult] = None
-        self._added = ResultLayers(napari_viewer)   # what the current run added/replaced
+        self._run_layers = ResultLayers(napari_viewer)   # what the current run added/replaced
         self._inputs: Optional[AnalyzeInputs] = None
 
         self.case_combo = CaseCombo(napari_viewer)
@@ -143,7 +143,7 @@ class AnalyzeWidget(QWidget):
         if case is None:
             return
         self._inputs = inp
-        self._added.clear()
+        self._run_layers.clear()
         self.result = None
         analyzer = self._analyzer(inp)
         self.run_btn.setEnabled(False)
@@ -196,11 +196,11 @@ class AnalyzeWidget(QWidget):
             if job is not None and (job.cancelled or job.error is not None):
                 return            # a stage delivered after Cancel adds nothing
             # new layers do not take the user's selection (nor swap the layer controls)
-            self._added.add(layer_data, select=False)
+            self._run_layers.add(layer_data, select=False)
             if job is not None and job.done and (job.cancelled or job.error is not None):
                 # should the job end (cancelled) while napari builds the layer (were queued
                 # events processed in there), _finished has already rolled back: do it again
-                self._added.rollback()
+                self._run_layers.rollback()
                 return
 
     def _done(self, res: AnalysisResult) -> None:
@@ -213,10 +213,10 @@ class AnalyzeWidget(QWidget):
         self.cancel_btn.setEnabled(False)
         if job.cancelled or job.error is not None:
             # no half-made results: the layers are as they were before this run
-            self._added.rollback()
+            self._run_layers.rollback()
             self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
         else:
-            self._added.clear()
+            self._run_layers.clear()
             self._set_bar(self.bar.maximum())
             self.stage.setText(f"done in {job.elapsed:.1f} s")
 
