@@ -89,9 +89,7 @@ def previous_run_entry(shipped_card: dict, steps: int):
         dm = (shipped_card.get("metrics") or {}).get("dice") or {}
         if dm:
             return (f"brats_attunet2mm_{prev_steps}steps",
-                    {**{r: {k: v.get(k) for k in ("mean_over_folds", "ci95_t_over_folds",
-                                                  "mean_per_patient", "ci95_bootstrap_patients",
-                                                  "per_fold")} for r, v in dm.items()},
+                    {**cv_entry(dm),
                      "source": f"the previously shipped {shipped_card.get('name')} "
                                f"({prev_steps} optimiser steps per model, same folds, dated "
                                f"{shipped_card.get('date')})"})
@@ -99,6 +97,16 @@ def previous_run_entry(shipped_card: dict, steps: int):
         if k.startswith("brats_attunet2mm_") and k.endswith("steps"):
             return k, v                     # carried over from an earlier re-ship
     return None
+
+
+#: the fields of a region's CV block that the model cards' comparisons carry
+CV_KEYS = ("mean_over_folds", "ci95_t_over_folds", "mean_per_patient", "ci95_bootstrap_patients",
+           "per_fold")
+
+
+def cv_entry(dice: dict, keys=CV_KEYS) -> dict:
+    """{region: CV block} -> {region: the comparison fields of that block}."""
+    return {r: {k: v.get(k) for k in keys} for r, v in dice.items()}
 
 
 def shipped_cv_mean(card: dict):
@@ -458,9 +466,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                             "baseline_WT": summarise(rows, "baseline_dice_WT")}
     (runs_dir / f"segmentation_cv_summary_{'_'.join(which)}.json").write_text(json.dumps(results, indent=1,
                                                                        default=str))
-    comparison = {run: {r: {k: v[k] for k in ("mean_over_folds", "ci95_t_over_folds",
-                                              "mean_per_patient", "ci95_bootstrap_patients")}
-                        for r, v in results[run]["dice"].items()}
+    comparison = {run: cv_entry(results[run]["dice"], CV_KEYS[:4])
                   for run in BRATS_RUNS if run in results}
     for run in BRATS_RUNS:        # not re-scored here: the numbers stored in its shipped card
         if run in comparison:
@@ -469,9 +475,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
         if cp.exists():
             dm = (json.loads(cp.read_text()).get("metrics") or {}).get("dice") or {}
             if dm:
-                comparison[run] = {r: {k: v.get(k) for k in (
-                    "mean_over_folds", "ci95_t_over_folds", "mean_per_patient",
-                    "ci95_bootstrap_patients", "per_fold")} for r, v in dm.items()}
+                comparison[run] = cv_entry(dm)
                 comparison[run]["source"] = f"{cp.name} (same folds)"
     for run, res in results.items():
         if run not in which:
@@ -626,10 +630,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
             asm = card["metrics"].get("assembly")
             if asm and asm.get("adopted"):
                 comparison[f"{run}_default_assembly"] = {
-                    **{r: {k: v.get(k) for k in ("mean_over_folds", "ci95_t_over_folds",
-                                                 "mean_per_patient", "ci95_bootstrap_patients",
-                                                 "per_fold")}
-                       for r, v in res["dice_default_assembly"].items()},
+                    **cv_entry(res["dice_default_assembly"]),
                     "source": f"the same fold models as {run} with threshold 0.5 and "
                               "the ET channel (the rule of every other entry here)"}
                 card["notes"] = (card.get("notes", "") + (" " if card.get("notes") else "") +
@@ -673,17 +674,13 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
             old_mean = old_dice.get("mean_over_folds")
             new_mean = res["dice"]["WT"]["mean_over_folds"]
             res["beats_shipped"] = bool(old_mean is None or (same_folds and new_mean > old_mean))
-            this_entry = {"WT": {k: res["dice"]["WT"].get(k) for k in (
-                "mean_over_folds", "ci95_t_over_folds", "mean_per_patient",
-                "ci95_bootstrap_patients", "per_fold")},
-                "source": f"config {RUNS[run]} ({cfg['model'].get('arch')}), "
+            this_entry = {**cv_entry({"WT": res["dice"]["WT"]}),
+                          "source": f"config {RUNS[run]} ({cfg['model'].get('arch')}), "
                           f"{'same' if same_folds else 'DIFFERENT'} folds"}
             old_txt = old_mean if old_mean is None else round(old_mean, 3)
             if run == "lgg_segresnet_full":
-                prev_entry = {"WT": {k: old_dice.get(k) for k in (
-                    "mean_over_folds", "ci95_t_over_folds", "mean_per_patient",
-                    "ci95_bootstrap_patients", "per_fold")},
-                    "source": f"the previously shipped {shipped_card.get('name')} (config "
+                prev_entry = {**cv_entry({"WT": old_dice}),
+                              "source": f"the previously shipped {shipped_card.get('name')} (config "
                               "segmentation_lgg: net at 64 x 64, 300 optimiser steps, fold-1 "
                               f"model shipped), {'same' if same_folds else 'DIFFERENT'} folds"}
                 card["architecture_comparison"] = {
@@ -736,30 +733,12 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                 card["speed"] = speed_in_fresh_process(src, card)
             else:                  # same architecture and grid: the shipped card's figures
                 cp = SHIPPED_DIR / f"{SHIPPED_NAME[run]}.card.json"
-                if cp.exists() and "speed" in json.loads(cp.read_text()):
-                    card["speed"] = json.loads(cp.read_text())["speed"]
+                shipped_speed = json.loads(cp.read_text()).get("speed") if cp.exists() else None
+                if shipped_speed:
+                    card["speed"] = shipped_speed
         card["reproduce"] = (f"OMP_NUM_THREADS=1 radiogen train {RUNS[run]} --out runs/seg/{run} "
                              "--no-install && python scripts/cv_segmentation.py --runs runs/seg "
                              "--ship")
-        card["limitations"] = (
-            (f"Trained on a shared 2-core CPU (1 thread per run): small net, {steps} optimiser "
-             f"steps ({steps * int(cfg['train']['batch_size'])} patches of 96 mm) per model, "
-             "about 12-25 minutes each depending on the load. 8 BraTS 2021 cases only (6 per "
-             "training fold); the shipped model is "
-             "retrained on all 8 with the same schedule, so the sample case is one of its "
-             "training cases. " if run in DEFAULT_3D_RUNS else
-             "Trained on a shared 2-core CPU (1 thread) within ~100 minutes for CV + final "
-             "model. 8 BraTS 2021 cases only (6 per training fold; the shipped model: all 8, so "
-             "the sample case is a training case). "
-             if retrain else
-             "Trained on a 2-core shared CPU within a ~45-minute budget for all segmentation "
-             "runs: small nets, coarse grid, few optimisation steps. ")
-            + ("" if retrain or run in DEFAULT_3D_RUNS else
-               "8 BraTS 2021 cases only (6 per training fold); the shipped model is the fold-1 "
-               "model (6 training cases). " if kind == "brats" else
-               "TCGA-LGG 2D packs at 128 x 128 (binned 2x2), 3-fold CV; shipped = fold-1 model. ")
-            + "Targets from the issue (BraTS WT 0.88 / TC 0.80 / ET 0.75; LGG 0.85) are NOT "
-              "reached where targets_met is false: these are honest CV numbers.")
         if run in LGG_FULL_RUNS:
             card["limitations"] = (
                 f"Trained on a shared 2-core CPU (1 thread): small 2D net, {steps} "
@@ -768,15 +747,32 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                 f"patient CV; the shipped model is retrained on all {len(all_ids)} patients. "
                 "Target from the issue (LGG 0.85) NOT reached where targets_met is false: "
                 "these are honest CV numbers.")
+        else:
+            card["limitations"] = (
+                (f"Trained on a shared 2-core CPU (1 thread per run): small net, {steps} optimiser "
+                 f"steps ({steps * int(cfg['train']['batch_size'])} patches of 96 mm) per model, "
+                 "about 12-25 minutes each depending on the load. 8 BraTS 2021 cases only (6 per "
+                 "training fold); the shipped model is "
+                 "retrained on all 8 with the same schedule, so the sample case is one of its "
+                 "training cases. " if run in DEFAULT_3D_RUNS else
+                 "Trained on a shared 2-core CPU (1 thread) within ~100 minutes for CV + final "
+                 "model. 8 BraTS 2021 cases only (6 per training fold; the shipped model: all 8, so "
+                 "the sample case is a training case). "
+                 if retrain else
+                 "Trained on a 2-core shared CPU within a ~45-minute budget for all segmentation "
+                 "runs: small nets, coarse grid, few optimisation steps. ")
+                + ("" if retrain or run in DEFAULT_3D_RUNS else
+                   "8 BraTS 2021 cases only (6 per training fold); the shipped model is the fold-1 "
+                   "model (6 training cases). " if kind == "brats" else
+                   "TCGA-LGG 2D packs at 128 x 128 (binned 2x2), 3-fold CV; shipped = fold-1 model. ")
+                + "Targets from the issue (BraTS WT 0.88 / TC 0.80 / ET 0.75; LGG 0.85) are NOT "
+                  "reached where targets_met is false: these are honest CV numbers.")
         results[run]["card"] = card
         if ship and not res.get("beats_shipped", True):
             # not better: the shipped weights stay; its card records this run on the same folds
             cp = SHIPPED_DIR / f"{SHIPPED_NAME[run]}.safetensors"
             old_card = read_card(cp)
-            entry = {**{r: {k: v.get(k) for k in ("mean_over_folds", "ci95_t_over_folds",
-                                                   "mean_per_patient", "ci95_bootstrap_patients",
-                                                   "per_fold")}
-                        for r, v in res["dice"].items()},
+            entry = {**cv_entry(res["dice"]),
                      "assembly": (card["metrics"].get("assembly") or {}).get("per_fold_chosen"),
                      "source": f"config {RUNS[run]}, same folds"
                                + (", its own label assembly chosen on training cases"
@@ -800,6 +796,19 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
               "baseline WT", round(res["baseline_WT"]["mean_over_folds"], 3), flush=True)
 
 
+def et_census(config: str = "segmentation_brats_attunet2mm_et") -> dict:
+    """Enhancing-tumour voxels (> 0.5 after resampling the expert ET mask) per BraTS case on
+    the config's model grid, the way training sees them (core.train.tasks.segmentation
+    .prepare_brats_case), and each case's share of them."""
+    from napari_radiogen.core.train.config import load_config
+    from napari_radiogen.core.train.tasks.segmentation import SegmentationBrats
+    task = SegmentationBrats(load_config(config))
+    ids = [r.patient_id for r in task.patients()]
+    counts = {pid: int((it["y"][2] > 0.5).sum()) for pid, it in zip(ids, task._items(ids))}
+    total = max(1, sum(counts.values()))
+    return {pid: {"voxels": n, "share": round(n / total, 3)} for pid, n in counts.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/seg", help="folder of the training runs")
@@ -808,9 +817,15 @@ def main():
     ap.add_argument("--ship", action="store_true",
                     help="write the models + cards into napari_radiogen/weights/")
     ap.add_argument("--no-bench", action="store_true", help="skip the speed benchmark")
+    ap.add_argument("--et-census", action="store_true",
+                    help="print the enhancing-tumour voxels per BraTS case on the 2 mm model "
+                         "grid (the figure the seg_brats_attunet2mm notes quote) and stop")
     a = ap.parse_args()
     import torch
     torch.set_num_threads(1)
+    if a.et_census:
+        print(json.dumps(et_census(), indent=1))
+        return
     runs = Path(a.runs)
     if a.train:
         train_all(runs, a.only)

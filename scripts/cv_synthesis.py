@@ -179,7 +179,7 @@ def summarise(per_case, lgg_rows, plan) -> dict:
                     "baseline_psnr_db": _ci(fold_means("baseline_psnr_db")),
                     "baseline_ssim_brain": _ci(fold_means("baseline_ssim_brain")),
                     "per_case_psnr_mean": float(np.mean([r["psnr_db"] for r in rows])),
-                    **({f"{kk}": _ci(fold_means(kk)) for kk in (
+                    **({kk: _ci(fold_means(kk)) for kk in (
                         "psnr_db_reference_protocol", "ssim_reference_protocol",
                         "baseline_psnr_db_reference_protocol",
                         "baseline_ssim_reference_protocol")}

@@ -180,9 +180,9 @@ def test_cancelled_rerun_keeps_the_previous_results(make_napari_viewer, qtbot, t
 @pytest.mark.parametrize("when", ["before", "during"])
 def test_a_stage_delivered_around_cancel_leaves_no_layer(make_napari_viewer, test_models,
                                                         sample_path, monkeypatch, when):
-    """A stage result that reaches the dock after Cancel adds nothing, and one whose job ends
-    (cancelled) while napari is still building its layer (napari processes queued events while
-    it builds layer controls) is taken back: CI once saw a heatmap outlive a cancelled run."""
+    """A stage result that reaches the dock after Cancel (queued before it) adds nothing, and
+    one whose job ends, cancelled, while its layer is being built (were Qt events processed in
+    there) is taken back."""
     from types import SimpleNamespace
 
     import napari_radiogen.napari.analyze_widget as aw

@@ -657,7 +657,7 @@ def _naive_native(case: Case, model, *, device: str, overlap: float,
     import torch
     from monai.inferers import sliding_window_inference
 
-    from .prepare import prepare, to_native
+    from .prepare import prepare
 
     card = model.card
     prepared = prepare(case, list(card["sequences"]),
@@ -670,9 +670,7 @@ def _naive_native(case: Case, model, *, device: str, overlap: float,
         t = torch.from_numpy(np.asarray(prepared.array, np.float32))[None].to(device)
         y = sliding_window_inference(t, roi, 1, module, overlap=overlap, mode="gaussian")
         probs = torch.sigmoid(y)[0].cpu().numpy()
-    native = np.stack([np.asarray(to_native(prepared, p, labels=False), np.float32)
-                       for p in probs])
-    return native, prepared
+    return probs_to_native(prepared, probs), prepared
 
 
 def _peak_rss_gib() -> float:

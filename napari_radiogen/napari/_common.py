@@ -209,33 +209,30 @@ class ResultLayers:
         entry = self._before[name]
         layer = add_layer_data(self.viewer, layer_data, select=select)
         if name not in self._before:
-            # rolled back while napari built the layer (queued events run in there): keep
-            # what it replaced, so that the caller's next rollback takes this one back too
+            # rolled back while the layer was being built (only if something processed Qt
+            # events in there): keep what it replaced, so that the caller's next rollback
+            # takes this one back too
             self._before[name] = entry
             self.names.append(name)
         return layer
 
     def rollback(self) -> None:
         layers = self.viewer.layers
-        for name in reversed(self.names):
-            prev = self._before[name]
-            cur = layers[name] if name in layers else None
-            if prev is None:
-                if cur is not None:
-                    with _keep_selection(self.viewer):
-                        layers.remove(cur)
-                continue
-            old, data, meta, clim, index = prev
-            if cur is not None and cur is not old:
-                with _keep_selection(self.viewer):
-                    layers.remove(cur)
-            if old not in layers:
-                with _keep_selection(self.viewer):
+        with _keep_selection(self.viewer):
+            for name in reversed(self.names):
+                prev = self._before[name]
+                cur = layers[name] if name in layers else None
+                if cur is not None and (prev is None or cur is not prev[0]):
+                    layers.remove(cur)              # added by the run, or a swapped-in layer
+                if prev is None:
+                    continue
+                old, data, meta, clim, index = prev
+                if old not in layers:
                     layers.insert(min(index, len(layers)), old)
-            old.data = data
-            old.metadata = meta
-            if clim is not None:
-                old.contrast_limits = clim
+                old.data = data
+                old.metadata = meta
+                if clim is not None:
+                    old.contrast_limits = clim
         self.clear()
 
     def clear(self) -> None:

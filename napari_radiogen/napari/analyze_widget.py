@@ -198,8 +198,9 @@ class AnalyzeWidget(QWidget):
             # new layers do not take the user's selection (nor swap the layer controls)
             self._run_layers.add(layer_data, select=False)
             if job is not None and job.done and (job.cancelled or job.error is not None):
-                # should the job end (cancelled) while napari builds the layer (were queued
-                # events processed in there), _finished has already rolled back: do it again
+                # defensive: had Qt events been processed while the layer was built (napari's
+                # layer creation does not do so today), the job may have ended, cancelled, and
+                # _finished rolled back already; roll back again
                 self._run_layers.rollback()
                 return
 
