@@ -18,6 +18,12 @@ never sees a mask). ``--mil-aux off`` is the earlier model (no mask); ``--mil-au
 pools each slice feature with the encoder's own predicted tumour map (tried, not shipped: see
 the card's ``alternatives``).
 
+``--models radiomics --seg-run RUN`` adds the segment-then-classify model (``predict_radiomics``):
+hand-crafted features inside each patient's *out-of-fold* predicted whole-tumour mask (the fold
+models of the 2D segmentation CV run RUN), one random forest per task (``RADIOMICS_CFG``, fixed
+beforehand) and a Cox risk on age + the out-of-bag IDH logit; same folds as the others when run
+into the same ``--out``. ``--ship`` refits it on all patients.
+
 ``--ship`` writes the seed-0 fold models as fold ensembles to ``napari_radiogen/weights/
 predict_mil.safetensors`` and ``predict_cnn3d.safetensors`` with their cards (metrics from this
 run). ``--summarise-only`` rebuilds the table (and weights) from a finished ``--out`` folder.
@@ -89,6 +95,7 @@ def run_cv(args):
         mil_cfg["arch"] = dict(mil_cfg["arch"], tumour_pool=True)
     cnn_cfg["epochs"] = args.cnn_epochs
     deadline = t0 + args.max_minutes * 60
+    table = radiomics_features(args, cohort, log) if "radiomics" in args.models else None
     for seed in args.seeds:
         folds = kfold(recs, args.folds, seed=seed)
         for k, (tr_ids, te_ids) in enumerate(folds):
@@ -110,6 +117,10 @@ def run_cv(args):
                     res, state = P.cnn3d_fold(cohort, tr, te, cnn_cfg, seed * 100 + k, log=log)
                 elif model in ("age_sex", "intensity"):
                     res = P.baseline_fold(cohort, tr, te, model)
+                elif model == "radiomics":
+                    res, state = P.radiomics_fold(cohort, tr, te, table, P.RADIOMICS_CFG,
+                                                  seed * 100 + k)
+                    state = None                 # refitted on all patients by --ship
                 else:
                     raise SystemExit(f"unknown model {model}")
                 rec = {"model": model, "seed": seed, "fold": k, "test_ids": te_ids,
@@ -127,6 +138,29 @@ def run_cv(args):
                 log(f"  done in {time.time() - ts:.0f} s")
     json.dump({"mil": mil_cfg, "cnn3d": cnn_cfg, "folds": args.folds, "seeds": args.seeds,
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
+
+
+def radiomics_features(args, cohort, log=log):
+    """The radiomics feature table of the cohort (out-of-fold predicted masks of the
+    segmentation CV run ``--seg-run``), cached in ``OUT/radiomics_features.csv``."""
+    import pandas as pd
+    from napari_radiogen.core.train.tasks import prediction as P
+    ids = [p["id"] for p in cohort]
+    f = Path(args.out) / "radiomics_features.csv"
+    if f.exists():
+        tab = pd.read_csv(f, index_col=0)
+        if set(ids) <= set(tab.index):
+            return tab.loc[ids]
+    if not args.seg_run:
+        raise SystemExit("--models radiomics needs --seg-run (a finished 2D segmentation CV run)")
+    log(f"radiomics features from the out-of-fold masks of {args.seg_run}")
+    tab, dice = P.radiomics_table(args.data, args.seg_run, ids, log=log)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    tab.to_csv(f)
+    (Path(args.out) / "radiomics_masks.json").write_text(json.dumps(
+        {"seg_run": str(args.seg_run), "dice_wt": dice,
+         "mean_dice_wt": float(np.mean([v for v in dice.values() if v is not None]))}, indent=1))
+    return tab
 
 
 def _boot_auc(y, p, rng, n=1000):
@@ -270,7 +304,8 @@ def summarise(args):
                            "part (early stopping, checkpoint choice); test folds never used for choices; "
                            "auc_mean = mean of test-fold AUCs over all seeds and folds")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    km_figure(out, recs, tab, [m for m in ("mil", "cnn3d", "age_sex") if m in summary])
+    km_figure(out, recs, tab, [m for m in ("mil", "cnn3d", "radiomics", "age_sex")
+                          if m in summary])
     print_table(summary)
     return summary
 
@@ -365,6 +400,8 @@ def ship(args, summary):
                          f"{alt['inner_val_score_mean']}"}]
     for model, builder, kind in (("mil", "src_models.mil:build_mil_ensemble", "mil"),
                                  ("cnn3d", "src_models.cnn3d:build_cnn3d_ensemble", "volume3d")):
+        if model not in args.models:
+            continue
         files = sorted((out / "folds").glob(f"{model}_s{s0}_f*.safetensors"))
         if len(files) < args.folds or model not in summary:
             print(f"not shipping {model}: {len(files)} fold models")
@@ -459,6 +496,105 @@ def ship(args, summary):
         print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
+def ship_radiomics(args, summary):
+    """Refit the radiomics forests on every patient (features inside their out-of-fold masks, as
+    in CV) and ship ``predict_radiomics`` with the CV table of this run."""
+    from napari_radiogen.core.models import new_card, save_model
+    from napari_radiogen.core.predict import CLASSES
+    from napari_radiogen.core.radiomics import FEATURES, RING_MM, GLCM_LEVELS
+    from napari_radiogen.core.train.tasks import prediction as P
+    if "radiomics" not in summary:
+        print("not shipping radiomics: no CV records")
+        return
+    cohort = P.load_cohort(args.data)
+    table = radiomics_features(args, cohort)
+    X = table.to_numpy(np.float64)
+    Y = np.stack([p["y"] for p in cohort])
+    age = np.array([p["age"] for p in cohort])
+    os_ = np.array([[p["os_days"], p["os_event"]] for p in cohort])
+    module, info = P.fit_radiomics(X, Y, age, os_, P.RADIOMICS_CFG, seed=0)
+    masks = json.loads((Path(args.out) / "radiomics_masks.json").read_text())
+    km = json.loads((Path(args.out) / "km_logrank.json").read_text())
+    m = summary["radiomics"]
+    others = {k: {**{t: summary[k][t]["auc_mean"] for t in P.TASKS},
+                  "c_index": (summary[k].get("survival") or {}).get("c_index_mean")}
+              for k in ("mil", "cnn3d", "age_sex", "intensity") if k in summary}
+    card = new_card(
+        "predict_radiomics", "prediction",
+        {"builder": "src_models.forest:radiomics_forests",
+         "kwargs": {"n_features": len(FEATURES),
+                    "tasks": {t: {"n_trees": f.left.shape[0], "max_nodes": f.left.shape[1],
+                                  "n_classes": f.value.shape[2], "max_depth": f.max_depth}
+                              for t, f in module.forests.items()},
+                    "age_index": FEATURES.index("age"), "risk_task": "idh"}},
+        description="Segment, then classify: the case is segmented by the shipped whole-tumour model "
+                    "(never an expert mask), hand-crafted features are computed inside the predicted "
+                    "mask (core.radiomics), and one random forest per task (500 trees, scikit-learn, "
+                    "stored as tensors) gives IDH, 1p/19q and grade with age and sex; an OS risk is a "
+                    "Cox model on age and the out-of-bag IDH logit. No slice attention.",
+        sequences=["flair", "t1", "t1ce"], required_sequences=["flair"],
+        optional_sequences=["t1", "t1ce"],
+        missing_sequences="a missing T1 / T1ce leaves its features NaN; the forests see the training "
+                          "medians (13 training packs lack one of them)",
+        classes=CLASSES, tasks={t: CLASSES[t] for t in P.TASKS},
+        input={"kind": "radiomics", "features": FEATURES,
+               "segmentation": {"slices": "seg_lgg_segresnet2d", "volume": "default 3D model "
+                                "(whole tumour = labels 1+2+4)"}},
+        normalisation=f"intensities as ratios to the median of the sequence's head foreground "
+                      f"(> 10 % of its 99th percentile); ring {RING_MM} mm in-plane; GLCM "
+                      f"{GLCM_LEVELS} levels on the largest tumour slice",
+        clinical={"used": True, "features": ["age (years)", "sex_male (TCGA gender code 2)"],
+                  "missing": "training median"},
+        training_data={"datasets": ["TCGA-LGG (Buda et al. 2019 slice packs, 88 patients)"],
+                       "patients": list(table.index),
+                       "labels": "Ceccarelli 2016 (IDH, 1p/19q, grade), TCGA-CDR OS",
+                       "masks": (f"out-of-fold predictions of the 2D segmentation CV run "
+                                 f"{masks['seg_run']} (each patient segmented by the fold model that "
+                                 f"did not train on it; mean Dice {masks['mean_dice_wt']:.3f}), so "
+                                 "training features carry the same segmentation errors as at inference"),
+                       "out_of_bag": info},
+        config=P.RADIOMICS_CFG,
+        metrics={**{t: m[t] for t in P.TASKS},
+                 "survival": dict(m.get("survival") or {}, km_logrank_p=km.get("radiomics"),
+                                  km="Kaplan-Meier of predicted groups (median risk split within "
+                                     "each test fold, seed 0): km_predicted_groups.png of the run"),
+                 "protocol": summary["protocol"].replace(
+                     "inner validation = 20% of each training part (early stopping, checkpoint "
+                     "choice)", "no inner choices for this model (configuration fixed beforehand)"),
+                 "targets": {"idh_auc": 0.90, "codel_1p19q_auc": 0.85, "grade_auc": 0.80,
+                             "c_index": 0.70},
+                 "compared_with": others},
+        baseline={"age_sex_logistic": others.get("age_sex"),
+                  "note": "same folds and seeds (cv_prediction.py records of the same --out)"},
+        caveats=[
+            "segmentation enters the features: a failed segmentation (check the overlay) means an "
+            "unreliable prediction; the model card of seg_lgg_segresnet2d gives its Dice",
+            "the segmentation fold models that made the training masks were trained on some of the "
+            "patients that are test patients of the prediction folds (segmentation labels only, never "
+            "molecular labels)",
+            "3D cases (e.g. skull-stripped BraTS volumes, segmented by the 3D model) differ from the "
+            "training packs: intensity ratios to the head median change when the skull is removed; "
+            "outside the validated domain",
+            "the forests were refitted on all 88 patients: predictions on them are in-sample",
+            "targets not reached (CV mean): " + ", ".join(
+                f"{t} {m[t]['auc_mean']:.2f} < {thr}" for t, thr in
+                (("idh", 0.90), ("codel_1p19q", 0.85), ("grade", 0.80)) if m[t]["auc_mean"] < thr)],
+        citations=CITATIONS[:3] + [
+            "Breiman L. Random forests. Machine Learning 2001",
+            "Haralick RM, Shanmugam K, Dinstein I. Textural features for image classification. "
+            "IEEE Trans SMC 1973 (GLCM)"],
+        reproduce="OMP_NUM_THREADS=1 radiogen train segmentation_lgg_full --out "
+                  "runs/seg/lgg_segresnet_full --no-install (the segmentation CV run whose fold "
+                  "models make the out-of-fold masks), then, in the --out folder of predict_mil's "
+                  "run (same folds and seeds for the comparison): OMP_NUM_THREADS=1 python "
+                  "scripts/cv_prediction.py --data ../shared/data/tcga-lgg --out /tmp/cv_pred "
+                  f"--seeds {' '.join(map(str, args.seeds))} --models radiomics --seg-run "
+                  "runs/seg/lgg_segresnet_full --ship")
+    path = Path(args.weights_dir) / "predict_radiomics.safetensors"
+    save_model(path, module.state_dict(), card)
+    print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tcga-lgg"))
@@ -475,11 +611,15 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="first N patients (smoke runs)")
     ap.add_argument("--max-minutes", type=float, default=120.0)
     ap.add_argument("--summarise-only", action="store_true")
-    ap.add_argument("--ship", action="store_true")
+    ap.add_argument("--ship", action="store_true",
+                    help="write the shipped models of --models (mil, cnn3d, radiomics)")
     ap.add_argument("--previous-run", help="a finished run folder of the model being replaced "
                     "(same folds and seeds): --ship records the paired comparison in the card")
     ap.add_argument("--alternative-run", help="a finished run folder of a variant that was not "
                     "chosen: --ship records it and the inner-validation choice in the card")
+    ap.add_argument("--seg-run", help="finished 2D segmentation CV run (cv_segmentation.py "
+                    "lgg_segresnet_full: splits.json + folds/): out-of-fold masks for the "
+                    "radiomics model's features")
     ap.add_argument("--weights-dir", default=str(ROOT / "napari_radiogen" / "weights"),
                     help="where --ship writes the models (default: the package's weights)")
     args = ap.parse_args(argv)
@@ -489,6 +629,8 @@ def main(argv=None):
     summary = summarise(args)
     if args.ship:
         ship(args, summary)
+        if "radiomics" in args.models:
+            ship_radiomics(args, summary)
     return 0
 
 

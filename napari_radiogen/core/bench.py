@@ -18,8 +18,8 @@ from .errors import ModelFileError, RadiogenError
 from .progress import CancelToken, Progress, check
 from .progress import run as _run
 
-ALL_STAGES = ("load", "prepare", "segment", "predict", "synthesize", "explain", "triage",
-              "train_step")
+ALL_STAGES = ("load", "prepare", "segment", "predict", "predict_radiomics", "synthesize",
+              "explain", "triage", "train_step")
 
 
 def peak_rss_mb() -> float:
@@ -51,10 +51,11 @@ class BenchResult:
                             "peak_rss_mb": round(r.peak_rss_mb, 1)} for r in self.rows]}
 
     def table(self) -> str:
-        lines = [f"{'stage':<12} {'seconds':>9} {'peak RSS MB':>12}  status / note"]
+        w = max([12] + [len(r.stage) for r in self.rows])
+        lines = [f"{'stage':<{w}} {'seconds':>9} {'peak RSS MB':>12}  status / note"]
         for r in self.rows:
             s = "-" if r.seconds is None else f"{r.seconds:.2f}"
-            lines.append(f"{r.stage:<12} {s:>9} {r.peak_rss_mb:>12.0f}  {r.status}"
+            lines.append(f"{r.stage:<{w}} {s:>9} {r.peak_rss_mb:>12.0f}  {r.status}"
                          + (f": {r.note}" if r.note else ""))
         lines.append(f"device {self.device}; peak RSS {self.peak_rss_mb:.0f} MB")
         return "\n".join(lines)
@@ -145,6 +146,10 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
                                            cancel=cancel)), "")[1]),
         "predict": fam("predict", "predict",
                        lambda f: (_drain(f(need_case(), None, device=dev, cancel=cancel)), "")[1]),
+        "predict_radiomics": fam(
+            "predict", "predict",
+            lambda f: (_drain(f(need_case(), "predict_radiomics", device=dev, cancel=cancel)),
+                       "segment-then-classify, its own 3D segmentation included")[1]),
         "synthesize": fam("synthesize", "synthesize",
                           lambda f: (_drain(f(need_case(), None, "t1ce", device=dev,
                                               cancel=cancel)), "target t1ce")[1]),

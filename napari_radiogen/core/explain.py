@@ -275,6 +275,9 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
         model or default_model(P.TASK, prefer=("predict_mil",)), task=P.TASK, device="cpu")
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
+    if kind not in ("mil", "volume3d"):
+        raise ConfigError(f"{lm.name} is a {kind} model with no image network to explain; "
+                          "explain predict_mil (slice attention, Grad-CAM) or predict_cnn3d")
     if kind == "volume3d" and method == "attention":
         raise ConfigError("the 3D CNN has no slice attention; use gradcam, gradcam++ or layercam")
     classes = (card.get("classes") or P.CLASSES).get(task)

@@ -140,6 +140,16 @@ class Analyzer:
         return self._model("pred", "prediction", self.options.pred_model,
                            prefer=("predict_mil",))
 
+    def explain_model(self):
+        """The prediction model whose network the heatmaps explain: the prediction model itself,
+        or the default slice model when that one has no image network (radiomics)."""
+        lm = self.pred_model()
+        if not _uses_segmentation(lm):
+            return lm
+        return self._model("explain", "prediction", None, prefer=("predict_mil",),
+                           select=lambda c: (c.get("input") or {}).get("kind", "mil")
+                           in ("mil", "volume3d"))
+
     def synth_model(self):
         return self._model("synth", "synthesis", self.options.synth_model)
 
@@ -254,8 +264,13 @@ class Analyzer:
             try:
                 lm = self.pred_model()
                 res.models["prediction"] = lm.name
+                seg = (res.segmentation.labels if res.segmentation is not None
+                       and _uses_segmentation(lm) else None)
                 res.prediction = yield from _relay(
-                    P.predict(case, lm, device=opts.device, cancel=cancel), "predict", k, n)
+                    P.predict(case, lm, device=opts.device, cancel=cancel, segmentation=seg,
+                              segmentation_source="of this analysis ("
+                              f"{res.models.get('segmentation')})"),
+                    "predict", k, n)
                 for w in res.prediction.warnings:
                     if w not in res.warnings:
                         res.warnings.append(w)
@@ -274,7 +289,7 @@ class Analyzer:
         if "explain" in stages and res.prediction is not None:
             t = time.perf_counter()
             k = stages.index("explain")
-            lm = self.pred_model()
+            lm = self.explain_model()
             gt = case.labels is not None and case.labels.array.shape == case.geometry.shape
             for task in opts.explain_tasks:
                 yield Progress("explain", k, n, f"{opts.explain_method} for {task}")
@@ -292,6 +307,11 @@ class Analyzer:
         res.case = case
         yield Progress("done", n, n, f"{case.case_id} analysed")
         yield res
+
+
+def _uses_segmentation(lm) -> bool:
+    """A segment-then-classify predictor (``predict_radiomics``) rather than an image network."""
+    return (lm.card.get("input") or {}).get("kind") == "radiomics"
 
 
 # -- outputs ----------------------------------------------------------------------------------

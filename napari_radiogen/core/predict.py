@@ -248,14 +248,19 @@ class PredictionResult:
     seconds: float = 0.0
     # the slice stack the model saw (not serialised): ``explain`` reuses it for the same case
     inputs: Optional[SliceInput] = field(default=None, repr=False, compare=False)
+    #: segmentation-based models: the tumour features the model saw, and where the mask came from
+    features: Optional[Dict[str, Optional[float]]] = None
+    features_source: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
+        extra = ({"features": self.features, "features_source": self.features_source}
+                 if self.features is not None else {})
         return {"case_id": self.case_id, "model": self.model, "card": self.card,
                 "tasks": self.tasks, "uncertainty": self.uncertainty,
                 "risk": self.risk, "attention": self.attention,
                 "attention_slices": self.slice_index,
                 "synthetic_inputs": self.synthetic_inputs, "warnings": self.warnings,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), **extra}
 
 
 def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
@@ -280,10 +285,14 @@ def _load(model) :
 
 
 def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
-            device: str = "auto", cancel: Optional[CancelToken] = None
+            device: str = "auto", cancel: Optional[CancelToken] = None,
+            segmentation: Optional[np.ndarray] = None,
+            segmentation_source: str = "supplied by the caller"
             ) -> Iterator[Union[Progress, PredictionResult]]:
     """Predict IDH, 1p/19q and grade (+ OS risk) for ``case`` with ``model`` (a name, a path, a
-    LoadedModel, or None for the default shipped model)."""
+    LoadedModel, or None for the default shipped model). ``segmentation``: labels on the case's
+    reference grid that a segmentation-based model (``predict_radiomics``) uses instead of
+    segmenting the case itself (``segmentation_source`` says where it came from)."""
     import time
     import torch
     from .models import resolve_device
@@ -293,7 +302,9 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     lm = _load(model)
     card = lm.card
     dev = resolve_device(device)
-    if str(next(lm.module.parameters()).device) != dev:
+    tensors = list(lm.module.parameters()) or list(lm.module.buffers())
+    if (card.get("input") or {}).get("kind") != "radiomics" and tensors \
+            and str(tensors[0].device) != dev:
         lm.module.to(dev)
     check(cancel)
     seqs = list(card.get("sequences") or [])
@@ -307,6 +318,10 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     extra = sorted(present - set(seqs))
     if extra:
         warns.append(f"{', '.join(extra)} ignored: the model was trained on {', '.join(seqs)}")
+    if (card.get("input") or {}).get("kind") == "radiomics":
+        yield from _predict_radiomics(case, lm, card, dev, clinical, segmentation,
+                                      segmentation_source, warns, cancel, t0)
+        return
     yield Progress("predict", 1, 3, "preparing slices")
     inp = case_to_input(case, seqs)
     masked = [s for s, m in zip(seqs, inp.seq_mask) if not m]
@@ -373,6 +388,92 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                            slice_index=[int(i) for i in inp.slice_index], risk=risk,
                            synthetic_inputs=synth, warnings=warns,
                            seconds=time.perf_counter() - t0, inputs=inp)
+
+
+def _segment_for(case, card, dev, cancel):
+    """Whole-tumour labels for a segmentation-based predictor: the 2D model its card names for
+    slice packs, the default 3D model for volumes (relayed progress, then the labels)."""
+    from .models import default_model, list_models, load_model
+    from .segment import segment
+    spec = (card.get("input") or {}).get("segmentation") or {}
+    if case.kind == "slices":
+        name = spec.get("slices", "seg_lgg_segresnet2d")
+    else:
+        threed = [m["name"] for m in list_models("segmentation")
+                  if int(m["card"].get("dims", 3)) == 3]
+        if not threed:
+            raise ConfigError("no 3D segmentation model is installed")
+        name = default_model("segmentation", prefer=("seg_brats_attunet2mm",) + tuple(threed))
+    seg = load_model(name, task="segmentation", device=dev)
+    res = None
+    for item in segment(case, seg, device=dev, cancel=cancel, compare=False):
+        if isinstance(item, Progress):
+            yield Progress("predict", 1, 3, f"segmenting ({name}): {item.message}")
+        else:
+            res = item
+    return res.labels, name, res.warnings
+
+
+def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation_source,
+                       warns, cancel, t0):
+    import time
+    import torch
+    from .radiomics import FEATURES, case_features, vector
+
+    if segmentation is None:
+        labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel)
+        warns.extend(w for w in seg_warns if w not in warns)
+        source = f"segmented by {seg_name}"
+    else:
+        labels = np.asarray(segmentation)
+        ref = case.sequences[case.reference].geometry
+        if labels.shape != tuple(ref.shape):
+            raise ConfigError(f"the segmentation has shape {labels.shape}, the case's reference "
+                              f"grid {tuple(ref.shape)}: not one grid")
+        source = f"segmentation {segmentation_source}"
+    check(cancel)
+    yield Progress("predict", 2, 3, "tumour features")
+    wt = labels > 0
+    if not wt.any():
+        warns.append("no tumour was segmented: the features describe an empty mask and the "
+                     "prediction is not meaningful")
+    if case.kind != "slices":
+        warns.append("3D volume: the radiomics model was trained on TCGA-LGG slice packs (not "
+                     "skull-stripped); this input is outside its validated domain")
+    feats = card["input"].get("features", FEATURES)
+    if list(feats) != list(FEATURES):
+        raise ConfigError(f"{lm.name} was made with another feature set than this version "
+                          "computes; retrain it (scripts/cv_prediction.py --models radiomics)")
+    f = case_features(case, wt, clinical)
+    for k in ("age", "sex_male"):
+        if not np.isfinite(f[k]):
+            warns.append(f"{'age' if k == 'age' else 'sex'} unknown: the training median was "
+                         "used")
+    synth = [s for s in ("flair", "t1", "t1ce") if s in case.sequences
+             and case.sequences[s].synthetic]
+    if synth:
+        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+    with torch.inference_mode():
+        out = lm.module(torch.from_numpy(vector(f)[None]))
+    tasks, unc = {}, {}
+    for t, probs in out["probs"].items():
+        mean = probs[0, 0].cpu().numpy()
+        names = card.get("classes", CLASSES).get(t, [str(i) for i in range(len(mean))])
+        tasks[t] = {names[i]: float(mean[i]) for i in range(len(mean))}
+        per_tree = out["tree_probs"][t][:, 0, -1].cpu().numpy()
+        unc[t] = {"sd": float(per_tree.std()), "min": float(per_tree.min()),
+                  "max": float(per_tree.max()),
+                  "method": f"SD of the {len(per_tree)} trees' probabilities"}
+    risk = float(out["risk"][0]) if "risk" in out else None
+    yield Progress("predict", 3, 3, "done")
+    res = PredictionResult(case_id=case.case_id, model=lm.name, card=card_summary(card),
+                           tasks=tasks, uncertainty=unc, attention={}, slice_index=[],
+                           risk=risk, synthetic_inputs=synth, warnings=warns,
+                           seconds=time.perf_counter() - t0, inputs=None,
+                           features={k: (round(float(v), 6) if np.isfinite(v) else None)
+                                     for k, v in f.items()},
+                           features_source=source)
+    yield res
 
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",

@@ -86,7 +86,8 @@ class ExplainWidget(QWidget):
         from ..core.models import list_models
         self.model.clear()
         for m in list_models("prediction"):
-            self.model.addItem(m["name"])
+            if (m["card"].get("input") or {}).get("kind", "mil") in ("mil", "volume3d"):
+                self.model.addItem(m["name"])      # models with an image network to explain
 
     def inputs(self) -> ExplainInputs:
         return ExplainInputs(case_id=self.case_combo.currentText(), task=self.task.currentText(),

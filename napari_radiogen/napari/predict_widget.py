@@ -199,6 +199,10 @@ class PredictionWidget(QWidget):
             self.ax.plot(np.arange(len(w)), w, label=s, lw=1.2)
         if res.attention:
             self.ax.legend(fontsize=7, loc="upper right")
+        else:
+            self.ax.text(0.5, 0.5, f"{res.model} has no slice attention"
+                         + (f"\n(features {res.features_source})" if res.features_source else ""),
+                         ha="center", va="center", fontsize=8, transform=self.ax.transAxes)
         self.ax.set_xlabel("slice (click to go there)")
         self.ax.set_ylabel("attention")
         self.figure.tight_layout()

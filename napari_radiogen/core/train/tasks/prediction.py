@@ -715,3 +715,124 @@ class CNN3DPredictionTask(_PredictionTaskBase):
             vols.append(to_volume3d(SliceInput(x[b][:, :k], None, np.arange(k), k, SEQS), depth))
         return model(torch.from_numpy(np.stack(vols)).to(device), batch["seq_mask"].to(device),
                      batch["clinical"].to(device))
+
+
+# -- radiomics on the model's own segmentation (``predict_radiomics``) --------------------------
+#: fixed before any fold was scored: the forest of ``../shared/BASELINES.md`` (500 trees, which
+#: beat logistic regression there on every task with expert masks), leaves of >= 3 patients
+RADIOMICS_CFG = {"n_estimators": 500, "min_samples_leaf": 3, "max_features": "sqrt",
+                 "cox_penalizer": 0.1,
+                 "cox_covariates": ["age", "logit P(IDH mutant), out-of-bag on training patients"]}
+
+
+def radiomics_table(data_dir, seg_run, ids: Sequence[str], log=print):
+    """Features (``core.radiomics.FEATURES``) of each pack inside its *out-of-fold* predicted
+    whole-tumour mask: ``seg_run`` is a finished 2D segmentation CV run (``splits.json`` +
+    ``folds/fold{k}_best.safetensors``, e.g. ``cv_segmentation.py``'s ``lgg_segresnet_full``);
+    each patient is segmented by the fold model that did not train on it. Returns a DataFrame
+    (patients x features) plus the per-patient Dice of those masks."""
+    import json as _json
+    import pandas as pd
+    from ...io.pack import load_pack
+    from ...models import load_model
+    from ...radiomics import FEATURES, case_features
+    from ...segment import segment
+
+    seg_run = Path(seg_run)
+    splits = _json.loads((seg_run / "splits.json").read_text())
+    fold_of = {pid: k for k, sp in enumerate(splits, 1) for pid in sp["test"]}
+    missing = [i for i in ids if i not in fold_of]
+    if missing:
+        raise ConfigError(f"{len(missing)} patients are in no test fold of {seg_run} "
+                          f"(e.g. {missing[0]}): the masks would not be out of fold")
+    rows, dice = {}, {}
+    for k in sorted(set(fold_of[i] for i in ids)):
+        m = load_model(str(seg_run / "folds" / f"fold{k}_best.safetensors"), task="segmentation")
+        for pid in [i for i in ids if fold_of[i] == k]:
+            case = load_pack(Path(data_dir) / f"{pid}.h5")
+            res = [r for r in segment(case, m, device="cpu")][-1]
+            rows[pid] = case_features(case, res.labels)
+            dice[pid] = (res.metrics or {}).get("WT", {}).get("dice")
+        log(f"  radiomics features: segmentation fold {k} done")
+    tab = pd.DataFrame.from_dict(rows, orient="index")[FEATURES].loc[list(ids)]
+    return tab, dice
+
+
+def fit_radiomics(X: np.ndarray, Y: np.ndarray, age: np.ndarray, os_: Optional[np.ndarray],
+                  cfg: Dict[str, Any], seed: int):
+    """One random forest per task (patients with that label), training medians for missing
+    features, and a Cox model on age + the out-of-bag IDH logit -> ``(module, info)`` where
+    ``module`` is a ``src_models.forest.RadiomicsForests`` holding everything."""
+    import torch
+    from sklearn.ensemble import RandomForestClassifier
+    from src_models.forest import TreeEnsemble, radiomics_forests
+
+    med = np.nanmedian(X, axis=0)
+    med = np.where(np.isfinite(med), med, 0.0)
+    Xi = np.where(np.isnan(X), med, X)
+    forests, oob = {}, {}
+    for j, t in enumerate(TASKS):
+        k = Y[:, j] >= 0
+        rf = RandomForestClassifier(n_estimators=cfg["n_estimators"],
+                                    min_samples_leaf=cfg["min_samples_leaf"],
+                                    max_features=cfg["max_features"], oob_score=True,
+                                    random_state=seed, n_jobs=1)
+        rf.fit(Xi[k], Y[k, j])
+        forests[t] = rf
+        o = np.full(len(X), np.nan)
+        o[k] = rf.oob_decision_function_[:, 1]
+        oob[t] = o
+    from ...radiomics import FEATURES
+    module = radiomics_forests(X.shape[1], {t: TreeEnsemble.shape_of(rf)
+                                            for t, rf in forests.items()},
+                               age_index=FEATURES.index("age"), risk_task="idh")
+    with torch.no_grad():
+        module.medians.copy_(torch.from_numpy(med.astype(np.float64)))
+        for t, rf in forests.items():
+            module.forests[t].load_sklearn(rf)
+    info: Dict[str, Any] = {"oob_auc": {t: auc(Y[:, j], np.nan_to_num(oob[t], nan=0.5))
+                                        for j, t in enumerate(TASKS)}}
+    if os_ is not None:
+        beta, mean = _fit_cox(np.stack([age, _logit(oob["idh"])], 1), os_,
+                              cfg["cox_penalizer"])
+        if beta is not None:
+            module.set_cox(beta, mean)
+            info["cox"] = {"beta": beta.tolist(), "mean": mean.tolist()}
+    return module, info
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
+
+
+def _fit_cox(Z: np.ndarray, os_: np.ndarray, penalizer: float):
+    import pandas as pd
+    from lifelines import CoxPHFitter
+    mean = np.nanmean(Z, axis=0)
+    Zi = np.where(np.isnan(Z), mean, Z)
+    ok = np.isfinite(os_).all(1) & (os_[:, 0] > 0)
+    if ok.sum() < 10 or os_[ok, 1].sum() < 3:
+        return None, None
+    df = pd.DataFrame(Zi[ok] - mean, columns=[f"z{i}" for i in range(Z.shape[1])])
+    df["T"], df["E"] = os_[ok, 0], os_[ok, 1]
+    cph = CoxPHFitter(penalizer=penalizer).fit(df, "T", "E")
+    return cph.params_.values.astype(np.float64), mean.astype(np.float64)
+
+
+def radiomics_fold(cohort, tr_idx, te_idx, table, cfg: Dict[str, Any], seed: int
+                   ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Fit on the training patients' features, predict the test patients (``table`` rows are
+    the cohort's patients, in order)."""
+    import torch
+    X = table.to_numpy(np.float64)
+    Y = np.stack([p["y"] for p in cohort])
+    age = np.array([p["age"] for p in cohort], np.float64)
+    os_ = np.array([[p["os_days"], p["os_event"]] for p in cohort], np.float64)
+    tr, te = list(tr_idx), list(te_idx)
+    module, info = fit_radiomics(X[tr], Y[tr], age[tr], os_[tr], cfg, seed)
+    with torch.no_grad():
+        out = module(torch.from_numpy(X[te]))
+    probs = {t: out["probs"][t][0, :, 1].numpy() for t in TASKS}
+    risk = out["risk"].numpy() if "risk" in out else None
+    return {"probs": probs, "risk": risk, "info": info}, module.state_dict()
