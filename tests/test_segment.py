@@ -290,7 +290,7 @@ def test_configs_load_and_tasks_register():
     for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg",
                  "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
                  "segmentation_brats_attunet2mm_et", "segmentation_lgg_full",
-                 "segmentation_lgg_attunet_full"):
+                 "segmentation_lgg_attunet_full", "segmentation_lgg_long"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -347,6 +347,19 @@ def test_et_centred_patches_and_batch_dice():
     found[tgt > 0] = 8.0
     empty = torch.full_like(tgt, -8.0)
     assert loss(found, tgt)[0] < loss(empty, tgt)[0]
+
+
+def test_lgg_long_config_changes_only_the_step_count():
+    """segmentation_lgg_long is segmentation_lgg_full with 18 epochs (1800 optimiser steps)
+    instead of 12, nothing else."""
+    from napari_radiogen.core.train.config import load_config
+    a = load_config("segmentation_lgg_full")
+    b = load_config("segmentation_lgg_long")
+    assert (a["train"].pop("epochs"), b["train"].pop("epochs")) == (12, 18)
+    for c in (a, b):
+        for k in ("_source", "description"):
+            c.pop(k, None)
+    assert a == b
 
 
 def test_lgg_attunet_config_changes_only_the_network():
