@@ -95,7 +95,8 @@ def run_cv(args):
         mil_cfg["arch"] = dict(mil_cfg["arch"], tumour_pool=True)
     cnn_cfg["epochs"] = args.cnn_epochs
     deadline = t0 + args.max_minutes * 60
-    table = radiomics_features(args, cohort, log) if "radiomics" in args.models else None
+    tables = {m: radiomics_features(args, cohort, log, expert=m == "radiomics_expert_mask")
+              for m in ("radiomics", "radiomics_expert_mask") if m in args.models}
     for seed in args.seeds:
         folds = kfold(recs, args.folds, seed=seed)
         for k, (tr_ids, te_ids) in enumerate(folds):
@@ -117,9 +118,9 @@ def run_cv(args):
                     res, state = P.cnn3d_fold(cohort, tr, te, cnn_cfg, seed * 100 + k, log=log)
                 elif model in ("age_sex", "intensity"):
                     res = P.baseline_fold(cohort, tr, te, model)
-                elif model == "radiomics":
-                    res, state = P.radiomics_fold(cohort, tr, te, table, P.RADIOMICS_CFG,
-                                                  seed * 100 + k)
+                elif model in ("radiomics", "radiomics_expert_mask"):
+                    res, state = P.radiomics_fold(cohort, tr, te, tables[model],
+                                                  P.RADIOMICS_CFG, seed * 100 + k)
                     state = None                 # refitted on all patients by --ship
                 else:
                     raise SystemExit(f"unknown model {model}")
@@ -140,27 +141,31 @@ def run_cv(args):
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
 
 
-def radiomics_features(args, cohort, log=log):
+def radiomics_features(args, cohort, log=log, expert: bool = False):
     """The radiomics feature table of the cohort (out-of-fold predicted masks of the
-    segmentation CV run ``--seg-run``), cached in ``OUT/radiomics_features.csv``."""
+    segmentation CV run ``--seg-run``; ``expert``: inside the expert masks instead, the upper
+    bound reported as ``radiomics_expert_mask``), cached in ``OUT/radiomics_features*.csv``."""
     import pandas as pd
     from napari_radiogen.core.train.tasks import prediction as P
     ids = [p["id"] for p in cohort]
     f = Path(args.out) / "radiomics_features.csv"
-    if f.exists():
-        tab = pd.read_csv(f, index_col=0)
+    fe = Path(args.out) / "radiomics_features_expert_mask.csv"
+    want = fe if expert else f
+    if want.exists():
+        tab = pd.read_csv(want, index_col=0)
         if set(ids) <= set(tab.index):
             return tab.loc[ids]
     if not args.seg_run:
         raise SystemExit("--models radiomics needs --seg-run (a finished 2D segmentation CV run)")
     log(f"radiomics features from the out-of-fold masks of {args.seg_run}")
-    tab, dice = P.radiomics_table(args.data, args.seg_run, ids, log=log)
+    tab, dice, tab_expert = P.radiomics_table(args.data, args.seg_run, ids, log=log)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     tab.to_csv(f)
+    tab_expert.to_csv(fe)
     (Path(args.out) / "radiomics_masks.json").write_text(json.dumps(
         {"seg_run": str(args.seg_run), "dice_wt": dice,
          "mean_dice_wt": float(np.mean([v for v in dice.values() if v is not None]))}, indent=1))
-    return tab
+    return tab_expert if expert else tab
 
 
 def _boot_auc(y, p, rng, n=1000):
@@ -345,7 +350,7 @@ def km_figure(out, recs, tab, models):
 
 
 def print_table(summary):
-    print("\nmodel       " + "  ".join(f"{t:>24s}" for t in ("idh", "codel_1p19q", "grade")) + "   C-index")
+    print("\nmodel                 " + "  ".join(f"{t:>24s}" for t in ("idh", "codel_1p19q", "grade")) + "   C-index")
     for model, m in summary.items():
         if model == "protocol":
             continue
@@ -354,7 +359,7 @@ def print_table(summary):
             a = m[t]
             cells.append(f"{a['auc_mean']:.3f} [{a['auc_ci95'][0]:.2f},{a['auc_ci95'][1]:.2f}]".rjust(24))
         c = m.get("survival", {}).get("c_index_mean")
-        print(f"{model:10s}  " + "  ".join(cells) + (f"   {c:.3f}" if c is not None else "   -"))
+        print(f"{model:21s}  " + "  ".join(cells) + (f"   {c:.3f}" if c is not None else "   -"))
 
 
 def ship(args, summary):
@@ -518,7 +523,8 @@ def ship_radiomics(args, summary):
     m = summary["radiomics"]
     others = {k: {**{t: summary[k][t]["auc_mean"] for t in P.TASKS},
                   "c_index": (summary[k].get("survival") or {}).get("c_index_mean")}
-              for k in ("mil", "cnn3d", "age_sex", "intensity") if k in summary}
+              for k in ("mil", "cnn3d", "age_sex", "intensity", "radiomics_expert_mask")
+              if k in summary}
     card = new_card(
         "predict_radiomics", "prediction",
         {"builder": "src_models.forest:radiomics_forests",
@@ -563,7 +569,10 @@ def ship_radiomics(args, summary):
                      "choice)", "no inner choices for this model (configuration fixed beforehand)"),
                  "targets": {"idh_auc": 0.90, "codel_1p19q_auc": 0.85, "grade_auc": 0.80,
                              "c_index": 0.70},
-                 "compared_with": others},
+                 "compared_with": dict(others, note=(
+                     "same folds and seeds; radiomics_expert_mask = the same features and forests "
+                     "inside the expert masks, an upper bound no user has at inference (the cost "
+                     "of automatic segmentation), never shipped"))},
         baseline={"age_sex_logistic": others.get("age_sex"),
                   "note": "same folds and seeds (cv_prediction.py records of the same --out)"},
         caveats=[

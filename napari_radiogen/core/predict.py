@@ -453,8 +453,9 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
              and case.sequences[s].synthetic]
     if synth:
         warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+    where = next(iter(lm.module.buffers())).device       # wherever the loader put the trees
     with torch.inference_mode():
-        out = lm.module(torch.from_numpy(vector(f)[None]))
+        out = lm.module(torch.from_numpy(vector(f)[None]).to(where))
     tasks, unc = {}, {}
     for t, probs in out["probs"].items():
         mean = probs[0, 0].cpu().numpy()

@@ -730,7 +730,8 @@ def radiomics_table(data_dir, seg_run, ids: Sequence[str], log=print):
     whole-tumour mask: ``seg_run`` is a finished 2D segmentation CV run (``splits.json`` +
     ``folds/fold{k}_best.safetensors``, e.g. ``cv_segmentation.py``'s ``lgg_segresnet_full``);
     each patient is segmented by the fold model that did not train on it. Returns a DataFrame
-    (patients x features) plus the per-patient Dice of those masks."""
+    (patients x features), the per-patient Dice of those masks, and the same features inside
+    the expert masks (an upper bound that no user has at inference: reported, never shipped)."""
     import json as _json
     import pandas as pd
     from ...io.pack import load_pack
@@ -745,17 +746,21 @@ def radiomics_table(data_dir, seg_run, ids: Sequence[str], log=print):
     if missing:
         raise ConfigError(f"{len(missing)} patients are in no test fold of {seg_run} "
                           f"(e.g. {missing[0]}): the masks would not be out of fold")
-    rows, dice = {}, {}
+    rows, expert, dice = {}, {}, {}
     for k in sorted(set(fold_of[i] for i in ids)):
         m = load_model(str(seg_run / "folds" / f"fold{k}_best.safetensors"), task="segmentation")
         for pid in [i for i in ids if fold_of[i] == k]:
             case = load_pack(Path(data_dir) / f"{pid}.h5")
             res = [r for r in segment(case, m, device="cpu")][-1]
             rows[pid] = case_features(case, res.labels)
+            if case.labels is not None:
+                expert[pid] = case_features(case, case.labels.array)
             dice[pid] = (res.metrics or {}).get("WT", {}).get("dice")
         log(f"  radiomics features: segmentation fold {k} done")
-    tab = pd.DataFrame.from_dict(rows, orient="index")[FEATURES].loc[list(ids)]
-    return tab, dice
+
+    def frame(d):
+        return pd.DataFrame.from_dict(d, orient="index")[FEATURES].reindex(list(ids))
+    return frame(rows), dice, frame(expert)
 
 
 def fit_radiomics(X: np.ndarray, Y: np.ndarray, age: np.ndarray, os_: Optional[np.ndarray],
