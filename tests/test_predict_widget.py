@@ -73,3 +73,21 @@ def test_widget_missing_sequence_message(widget_and_viewer, qtbot):
     _run(w, qtbot)
     assert w.result is None
     assert "missing sequence(s): flair" in w.status.text()
+
+
+def test_widget_runs_the_segment_then_classify_model(widget_and_viewer, qtbot):
+    """predict_radiomics: probabilities with the card's CV AUC, the clinical inputs used, and the
+    plot says there is no slice attention instead of staying empty."""
+    w, viewer = widget_and_viewer
+    w.model_combo.setCurrentText("predict_radiomics")
+    assert w.model_combo.currentText() == "predict_radiomics"
+    assert w.age_spin.isEnabled()
+    w.age_spin.setValue(61)
+    _run(w, qtbot)
+    assert w.result is not None and w.result.model == "predict_radiomics"
+    assert w.result.features["age"] == 61
+    auc = w.result.card["validated"]["idh"]["auc_mean"]
+    assert f"CV AUC {auc:.2f}" in w.task_labels["idh"].text()
+    assert not w.ax.get_lines()
+    assert any("no slice attention" in t.get_text() for t in w.ax.texts)
+    assert "seg_lgg_segresnet2d" in "".join(t.get_text() for t in w.ax.texts)
