@@ -124,3 +124,42 @@ def test_report_understands_the_families_flat_prediction_rows():
     assert s["segmentation"][0]["dice"] == {"WT": 0.7, "TC": 0.5}
     assert s["segmentation"][0]["hd95"] == {"WT": 4.0}
     assert s["other"] == [{"group": "t1", "psnr_db": 14.0, "ssim_brain": 0.5}]
+
+
+def test_evaluate_a_prediction_model_through_the_inference_path(tmp_path):
+    """`radiogen evaluate` on a model with no engine task (the shipped prediction models): every
+    case goes through core.predict, labels come from clinical.csv, a corrupt case is counted and
+    skipped, and the report holds AUCs and the C-index."""
+    import csv
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.train.engine import EvalResult, evaluate_model
+    from napari_radiogen.core.progress import run as drive
+    from predict_helpers import TINY, make_tiny_model, write_pack
+    make_tiny_model()
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    rows = []
+    for i in range(6):
+        write_pack(cohort / f"PH_{i:02d}.h5", make_pack_phantom(seed=i, n_slices=10))
+        rows.append({"patient_id": f"PH_{i:02d}", "idh": ["mutant", "wildtype"][i % 2],
+                     "codel_1p19q": "non-codel", "grade": [2, 3][i // 3],
+                     "os_days": 300 + 100 * i, "os_event": i % 2})
+    (cohort / "PH_99.h5").write_bytes(b"not hdf5")
+    with open(cohort / "clinical.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = drive(evaluate_model(TINY, cohort, tmp_path / "rep", device="cpu"))
+    assert isinstance(res, EvalResult)
+    assert res.n_patients == 6 and res.metrics["failed"] == 1
+    assert 0.0 <= res.metrics["auc_idh"] <= 1.0 and 0.0 <= res.metrics["auc_grade"] <= 1.0
+    assert "auc_codel_1p19q" not in res.metrics           # one class only: no AUC
+    assert 0.0 <= res.metrics["c_index"] <= 1.0
+    rep = json.loads(res.report_json.read_text())
+    assert {r["patient_id"] for r in rep["predictions"]} == {f"PH_{i:02d}" for i in range(6)}
+    assert rep["classification"]["idh"]["n"] == 6
+    assert rep["classification"]["codel_1p19q"]["auc"] is None     # all non-codel
+    assert "PH_99.h5" in res.report_path.read_text()     # the failed case is named
+    assert main(["evaluate", TINY, str(cohort), "--out", str(tmp_path / "rep2"),
+                 "--device", "cpu", "--limit", "3"]) == 0

@@ -721,6 +721,12 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
     card = read_card(path)
     tcfg = dict(card.get("config") or {})
     task_name = card.get("train_task") or tcfg.get("task")
+    if not task_name and card.get("task") == "prediction":
+        # made by the CPU protocol (scripts/cv_prediction.py): through the inference path
+        from ..evaluate.cases import evaluate_prediction_cases
+        yield from evaluate_prediction_cases(path, data, out_dir, device=device, labels=labels,
+                                             limit=limit, cancel=cancel)
+        return
     if not task_name:
         raise ConfigError(f"{path.name}: its card names no training task, so it cannot be "
                           "evaluated by the engine")
