@@ -521,6 +521,24 @@ def ship_radiomics(args, summary):
     masks = json.loads((Path(args.out) / "radiomics_masks.json").read_text())
     km = json.loads((Path(args.out) / "km_logrank.json").read_text())
     m = summary["radiomics"]
+    alternatives = []
+    if getattr(args, "radiomics_alternative", None):
+        alt_dir = Path(args.radiomics_alternative)
+        alt = json.loads((alt_dir / "summary.json").read_text())["radiomics"]
+        alt_masks = json.loads((alt_dir / "radiomics_masks.json").read_text())
+        alt_mean = float(np.mean([alt[t]["auc_mean"] for t in P.TASKS]))
+        this_mean = float(np.mean([m[t]["auc_mean"] for t in P.TASKS]))
+        alternatives.append({
+            "what": f"the same model with the out-of-fold masks of {alt_masks['seg_run']} (mean "
+                    f"Dice {alt_masks['mean_dice_wt']:.3f}); same folds and seeds (run {alt_dir})",
+            "metrics": {**{t: alt[t]["auc_mean"] for t in P.TASKS},
+                        "c_index": (alt.get("survival") or {}).get("c_index_mean"),
+                        "mean_auc": alt_mean},
+            "this_model_mean_auc": this_mean,
+            "decision": (f"mean AUC {alt_mean:.3f} vs {this_mean:.3f} for the shipped forests "
+                         "(the AUC SD over folds is ~0.1); not chosen: this --ship keeps the "
+                         "forests of its own --out run, a choice made with these numbers in "
+                         "view")})
     others = {k: {**{t: summary[k][t]["auc_mean"] for t in P.TASKS},
                   "c_index": (summary[k].get("survival") or {}).get("c_index_mean")}
               for k in ("mil", "cnn3d", "age_sex", "intensity", "radiomics_expert_mask")
@@ -573,6 +591,7 @@ def ship_radiomics(args, summary):
                      "same folds and seeds; radiomics_expert_mask = the same features and forests "
                      "inside the expert masks, an upper bound no user has at inference (the cost "
                      "of automatic segmentation), never shipped"))},
+        **({"alternatives": alternatives} if alternatives else {}),
         baseline={"age_sex_logistic": others.get("age_sex"),
                   "note": "same folds and seeds (cv_prediction.py records of the same --out)"},
         caveats=[
@@ -585,6 +604,9 @@ def ship_radiomics(args, summary):
             "training packs: intensity ratios to the head median change when the skull is removed; "
             "outside the validated domain",
             "the forests were refitted on all 88 patients: predictions on them are in-sample",
+            f"the training masks are the out-of-fold masks of {masks['seg_run']}; at inference "
+            "the shipped seg_lgg_segresnet2d (a later, better run may have replaced it: see its "
+            "card and this card's alternatives) segments the case",
             "targets not reached (CV mean): " + ", ".join(
                 f"{t} {m[t]['auc_mean']:.2f} < {thr}" for t, thr in
                 (("idh", 0.90), ("codel_1p19q", 0.85), ("grade", 0.80)) if m[t]["auc_mean"] < thr)],
@@ -629,6 +651,8 @@ def main(argv=None):
     ap.add_argument("--seg-run", help="finished 2D segmentation CV run (cv_segmentation.py "
                     "lgg_segresnet_full: splits.json + folds/): out-of-fold masks for the "
                     "radiomics model's features")
+    ap.add_argument("--radiomics-alternative", help="a finished --models radiomics run with "
+                    "another --seg-run (same folds): --ship records it in predict_radiomics's card")
     ap.add_argument("--weights-dir", default=str(ROOT / "napari_radiogen" / "weights"),
                     help="where --ship writes the models (default: the package's weights)")
     args = ap.parse_args(argv)
