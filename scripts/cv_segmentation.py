@@ -9,10 +9,11 @@
     # shipped model uses the 600-step config segmentation_brats_attunet2mm_long, the same protocol
     # as segmentation_brats_attunet2mm with twice its 300 optimiser steps):
     OMP_NUM_THREADS=1 radiogen train segmentation_brats_attunet2mm_long --out runs/seg/brats_attunet2mm --no-install
-    # the 2D TCGA-LGG model: the full-grid protocol, then the same with 1800 optimiser steps
+    # the 2D TCGA-LGG model: the full-grid protocol, then the same with 1800 and 2400 steps
     # (a run replaces the shipped 2D model only if its CV Dice on the same folds is higher):
     OMP_NUM_THREADS=1 radiogen train segmentation_lgg_full --out runs/seg/lgg_segresnet_full --no-install
     OMP_NUM_THREADS=2 radiogen train segmentation_lgg_long --out runs/seg/lgg_segresnet_long --no-install
+    OMP_NUM_THREADS=2 radiogen train segmentation_lgg_xlong --out runs/seg/lgg_segresnet_xlong --no-install
     # (or: python scripts/cv_segmentation.py --train --runs runs/seg)
     # 2. finalise: re-score every fold model on its held-out patients through the inference path
     #    (core.segment.segment, native grid, Dice + HD95), per-patient means with bootstrap CIs,
@@ -58,10 +59,14 @@ RUNS = {"brats_segresnet": "segmentation_brats", "brats_attunet": "segmentation_
         "brats_attunet2mm_et": "segmentation_brats_attunet2mm_et",
         "lgg_segresnet_full": "segmentation_lgg_full",
         "lgg_attunet_full": "segmentation_lgg_attunet_full",
-        "lgg_segresnet_long": "segmentation_lgg_long"}
-LGG_RUNS = ("lgg_segresnet", "lgg_segresnet_full", "lgg_attunet_full", "lgg_segresnet_long")
+        "lgg_segresnet_long": "segmentation_lgg_long",
+        "lgg_segresnet_xlong": "segmentation_lgg_xlong"}
+LGG_RUNS = ("lgg_segresnet", "lgg_segresnet_full", "lgg_attunet_full", "lgg_segresnet_long",
+            "lgg_segresnet_xlong")
+#: longer schedules of the shipped 2D protocol (segmentation_lgg_full)
+LGG_SCHEDULE_RUNS = ("lgg_segresnet_long", "lgg_segresnet_xlong")
 #: the 2D runs compared with the shipped 2D model (SHIPPED_NAME) on the same folds
-LGG_FULL_RUNS = ("lgg_segresnet_full", "lgg_attunet_full", "lgg_segresnet_long")
+LGG_FULL_RUNS = ("lgg_segresnet_full", "lgg_attunet_full") + LGG_SCHEDULE_RUNS
 BRATS_RUNS = ("brats_segresnet", "brats_attunet", "brats_attunet2mm", "brats_attunet2mm_et")
 #: the runs of the 3D default model (same name, same folds): a later one replaces the shipped
 #: model only if its CV mean of WT/TC/ET Dice (with its own label assembly) is higher
@@ -71,7 +76,8 @@ SHIPPED_NAME = {"brats_segresnet": "seg_brats_segresnet", "brats_attunet": "seg_
                 "brats_attunet2mm": "seg_brats_attunet2mm",
                 "brats_attunet2mm_et": "seg_brats_attunet2mm",
                 "lgg_segresnet": "seg_lgg_segresnet2d", "lgg_segresnet_full": "seg_lgg_segresnet2d",
-                "lgg_attunet_full": "seg_lgg_segresnet2d", "lgg_segresnet_long": "seg_lgg_segresnet2d"}
+                "lgg_attunet_full": "seg_lgg_segresnet2d", "lgg_segresnet_long": "seg_lgg_segresnet2d",
+                "lgg_segresnet_xlong": "seg_lgg_segresnet2d"}
 TARGETS = {"brats": {"WT": 0.88, "TC": 0.80, "ET": 0.75}, "lgg": {"WT": 0.85}}
 REGIONS3 = ("WT", "TC", "ET")
 
@@ -107,6 +113,20 @@ def previous_run_entry(shipped_card: dict, steps: int):
 #: the fields of a region's CV block that the model cards' comparisons carry
 CV_KEYS = ("mean_over_folds", "ci95_t_over_folds", "mean_per_patient", "ci95_bootstrap_patients",
            "per_fold")
+
+
+def run_of_card(card: dict) -> str:
+    """The run name (RUNS key) whose config made a shipped card: the config whose description
+    the card's config carries (each config describes itself differently)."""
+    from napari_radiogen.core.train.config import load_config
+    desc = (card.get("config") or {}).get("description")
+    for r, c in RUNS.items():
+        try:
+            if desc and load_config(c).get("description") == desc:
+                return r
+        except Exception:  # a config of an older version: not this one
+            continue
+    return "previous"
 
 
 def cv_entry(dice: dict, keys=CV_KEYS) -> dict:
@@ -702,29 +722,32 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                     f"trained. CV Dice {new_mean:.3f} here vs {old_txt} for the previous run on "
                     "the same folds; shipped only because it is higher (a choice between 2 "
                     "runs: slightly optimistic).")
-            elif run == "lgg_segresnet_long":     # the shipped protocol, a longer schedule
+            elif run in LGG_SCHEDULE_RUNS:      # the shipped protocol, a longer schedule
                 comp = dict(shipped_card.get("architecture_comparison") or {})
-                comp["lgg_segresnet_full"] = {
+                prev_run = run_of_card(shipped_card)
+                prev_steps = optimiser_steps(shipped_card.get("config") or {})
+                comp[prev_run] = {
                     **cv_entry({"WT": old_dice}),
                     "source": f"the previously shipped {shipped_card.get('name')} (config "
-                              f"segmentation_lgg_full, {optimiser_steps(shipped_card.get('config') or {})} "
-                              f"optimiser steps), {'same' if same_folds else 'DIFFERENT'} folds"}
+                              f"{RUNS.get(prev_run, prev_run)}, {prev_steps} optimiser steps), "
+                              f"{'same' if same_folds else 'DIFFERENT'} folds"}
                 comp[run] = this_entry
                 comp["note"] = (
                     "same 88 patients and 3 patient-level folds (seed 0); per-patient Dice over "
                     "each held-out patient's slice stack. lgg_segresnet_full (MONAI SegResNet, 8 "
                     "filters) and lgg_attunet_full (MONAI AttentionUnet) share the protocol of "
                     "config segmentation_lgg_full (full 128 x 128 grid, 1200 optimiser steps); "
-                    f"lgg_segresnet_long is that protocol with {steps} optimiser steps; "
-                    "lgg_segresnet is the earlier 64 x 64, 300-step model.")
+                    "lgg_segresnet_long / lgg_segresnet_xlong are that protocol with 1800 / 2400 "
+                    "optimiser steps; lgg_segresnet is the earlier 64 x 64, 300-step model.")
                 card["architecture_comparison"] = comp
                 card["notes"] = (
                     f"Config {RUNS[run]}: the protocol of segmentation_lgg_full with {steps} "
                     "optimiser steps instead of 1200, fixed before any fold was trained (the "
-                    "1200-step models were still under-fitted: training Dice loss ~0.21 at the "
-                    f"end). CV Dice {new_mean:.3f} here vs {old_txt} for the previously shipped "
-                    "model on the same folds; shipped only because it is higher (the third run "
-                    "of this model on these folds: slightly optimistic).")
+                    "shorter schedules were still under-fitted: training Dice loss still falling "
+                    f"at the end). CV Dice {new_mean:.3f} here vs {old_txt} for the previously "
+                    f"shipped model ({prev_steps} steps) on the same folds; shipped only because it "
+                    "is higher (one of several schedules of this model run on these folds: "
+                    "slightly optimistic).")
             else:        # another architecture under the shipped protocol
                 comp = dict(shipped_card.get("architecture_comparison") or {})
                 comp[run] = this_entry

@@ -290,7 +290,8 @@ def test_configs_load_and_tasks_register():
     for name in ("segmentation_brats", "segmentation_brats_attunet", "segmentation_lgg",
                  "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
                  "segmentation_brats_attunet2mm_et", "segmentation_lgg_full",
-                 "segmentation_lgg_attunet_full", "segmentation_lgg_long"):
+                 "segmentation_lgg_attunet_full", "segmentation_lgg_long",
+                 "segmentation_lgg_xlong"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -349,16 +350,19 @@ def test_et_centred_patches_and_batch_dice():
     assert loss(found, tgt)[0] < loss(empty, tgt)[0]
 
 
-def test_lgg_long_config_changes_only_the_step_count():
-    """segmentation_lgg_long is segmentation_lgg_full with 18 epochs (1800 optimiser steps)
-    instead of 12, nothing else."""
+@pytest.mark.parametrize("name,epochs", [("segmentation_lgg_long", 18),
+                                         ("segmentation_lgg_xlong", 24)])
+def test_lgg_schedule_configs_change_only_the_step_count(name, epochs):
+    """segmentation_lgg_long / _xlong are segmentation_lgg_full with 18 / 24 epochs (1800 /
+    2400 optimiser steps) instead of 12, nothing else; their descriptions differ (the ship
+    script tells the shipped run by its description)."""
     from napari_radiogen.core.train.config import load_config
     a = load_config("segmentation_lgg_full")
-    b = load_config("segmentation_lgg_long")
-    assert (a["train"].pop("epochs"), b["train"].pop("epochs")) == (12, 18)
+    b = load_config(name)
+    assert (a["train"].pop("epochs"), b["train"].pop("epochs")) == (12, epochs)
+    assert a.pop("description") != b.pop("description")
     for c in (a, b):
-        for k in ("_source", "description"):
-            c.pop(k, None)
+        c.pop("_source", None)
     assert a == b
 
 
