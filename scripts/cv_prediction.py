@@ -119,9 +119,9 @@ def run_cv(args):
                 elif model in ("age_sex", "intensity"):
                     res = P.baseline_fold(cohort, tr, te, model)
                 elif model in ("radiomics", "radiomics_expert_mask"):
-                    res, state = P.radiomics_fold(cohort, tr, te, tables[model],
-                                                  P.RADIOMICS_CFG, seed * 100 + k)
-                    state = None                 # refitted on all patients by --ship
+                    # no fold weights kept: --ship refits on all patients
+                    res = P.radiomics_fold(cohort, tr, te, tables[model], P.RADIOMICS_CFG,
+                                           seed * 100 + k)
                 else:
                     raise SystemExit(f"unknown model {model}")
                 rec = {"model": model, "seed": seed, "fold": k, "test_ids": te_ids,
@@ -619,8 +619,10 @@ def ship_radiomics(args, summary):
                   "models make the out-of-fold masks), then, in the --out folder of predict_mil's "
                   "run (same folds and seeds for the comparison): OMP_NUM_THREADS=1 python "
                   "scripts/cv_prediction.py --data ../shared/data/tcga-lgg --out /tmp/cv_pred "
-                  f"--seeds {' '.join(map(str, args.seeds))} --models radiomics --seg-run "
-                  "runs/seg/lgg_segresnet_full --ship")
+                  f"--seeds {' '.join(map(str, args.seeds))} --models radiomics "
+                  "radiomics_expert_mask --seg-run runs/seg/lgg_segresnet_full --ship"
+                  + (" --radiomics-alternative DIR (DIR: the same command into another --out "
+                     f"with --seg-run {alt_masks['seg_run']})" if alternatives else ""))
     path = Path(args.weights_dir) / "predict_radiomics.safetensors"
     save_model(path, module.state_dict(), card)
     print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")

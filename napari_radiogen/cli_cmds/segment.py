@@ -14,8 +14,6 @@ reported and skipped, and the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
-DEFAULT_3D = "seg_brats_attunet2mm"   # the best 3D model in CV on the same folds (see cards)
-DEFAULT_2D = "seg_lgg_segresnet2d"
 CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_ml",
                "label_2_ml", "label_4_ml", "seconds", "status", "message"]
 
@@ -24,8 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="model name or .safetensors path (default: "
-                   f"{DEFAULT_3D} for 3D cases, {DEFAULT_2D} for slice packs)")
+    p.add_argument("--model", help="model name or .safetensors path (default: the first "
+                   "installed model of core.segment.PREFERRED_MODELS that fits the case: "
+                   "seg_brats_attunet2mm for 3D cases, seg_lgg_segresnet2d for slice packs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run the network (default auto)")
     p.add_argument("--csv", help="volume table path (default OUT/volumes.csv)")
@@ -84,7 +83,7 @@ def run(args) -> int:
 
     from ..core.models import load_model, resolve_device
     from ..core.progress import run as drive
-    from ..core.segment import TASK, segment
+    from ..core.segment import TASK, default_model_name, segment
     from ._batch import run_batch
 
     device = resolve_device(args.device)
@@ -92,7 +91,7 @@ def run(args) -> int:
     models = {}
 
     def get_model(case):
-        name = args.model or (DEFAULT_2D if case.kind == "slices" else DEFAULT_3D)
+        name = args.model or default_model_name(case)
         if name not in models:
             models[name] = load_model(name, task=TASK, device=device)
         return models[name]

@@ -130,11 +130,10 @@ class Analyzer:
         return lm
 
     def seg_model(self, case: Case):
+        from .segment import PREFERRED_MODELS, fits_case
         dims = 2 if case.kind == "slices" else 3
         return self._model(f"seg{dims}", "segmentation", self.options.seg_model,
-                           prefer=("seg_brats_attunet2mm", "seg_brats_attunet",
-                                   "seg_brats_segresnet", "seg_lgg_segresnet2d"),
-                           select=lambda c: int(c.get("dims", 3)) == dims)
+                           prefer=PREFERRED_MODELS, select=lambda c: fits_case(c, case))
 
     def pred_model(self):
         return self._model("pred", "prediction", self.options.pred_model,

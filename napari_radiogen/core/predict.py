@@ -201,12 +201,8 @@ def clinical_vector(clinical: Optional[Dict[str, Any]], card: Dict[str, Any]
     warns: List[str] = []
     vec = np.zeros(2, np.float32)
     clinical = clinical or {}
-    age = clinical.get("age", clinical.get("age_at_initial_pathologic"))
-    try:
-        age = float(age) if age is not None and str(age) != "" else None
-    except (TypeError, ValueError):
-        age = None
-    if age is None or not np.isfinite(age):
+    age = age_years(clinical)
+    if age is None:
         warns.append("age unknown: the training mean was used")
     else:
         vec[0] = (age - float(spec.get("age_mean", 45.0))) / float(spec.get("age_sd", 14.0))
@@ -218,6 +214,17 @@ def clinical_vector(clinical: Optional[Dict[str, Any]], card: Dict[str, Any]
     else:
         vec[1] = code
     return vec, warns
+
+
+def age_years(clinical: Dict[str, Any]) -> Optional[float]:
+    """Age in years from a clinical row (``age`` or TCGA ``age_at_initial_pathologic``), or
+    None when absent or unreadable."""
+    age = clinical.get("age", clinical.get("age_at_initial_pathologic"))
+    try:
+        age = float(age) if age is not None and str(age) != "" else None
+    except (TypeError, ValueError):
+        return None
+    return age if age is not None and np.isfinite(age) else None
 
 
 def _sex_code(sex: Any) -> Optional[float]:
@@ -302,9 +309,8 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     lm = _load(model)
     card = lm.card
     dev = resolve_device(device)
-    tensors = list(lm.module.parameters()) or list(lm.module.buffers())
-    if (card.get("input") or {}).get("kind") != "radiomics" and tensors \
-            and str(tensors[0].device) != dev:
+    tensors = [*lm.module.parameters(), *lm.module.buffers()]   # a forest has buffers only
+    if tensors and str(tensors[0].device) != dev:
         lm.module.to(dev)
     check(cancel)
     seqs = list(card.get("sequences") or [])
@@ -393,17 +399,10 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
 def _segment_for(case, card, dev, cancel):
     """Whole-tumour labels for a segmentation-based predictor: the 2D model its card names for
     slice packs, the default 3D model for volumes (relayed progress, then the labels)."""
-    from .models import default_model, list_models, load_model
-    from .segment import segment
+    from .models import load_model
+    from .segment import default_model_name, segment
     spec = (card.get("input") or {}).get("segmentation") or {}
-    if case.kind == "slices":
-        name = spec.get("slices", "seg_lgg_segresnet2d")
-    else:
-        threed = [m["name"] for m in list_models("segmentation")
-                  if int(m["card"].get("dims", 3)) == 3]
-        if not threed:
-            raise ConfigError("no 3D segmentation model is installed")
-        name = default_model("segmentation", prefer=("seg_brats_attunet2mm",) + tuple(threed))
+    name = (spec.get("slices") if case.kind == "slices" else None) or default_model_name(case)
     seg = load_model(name, task="segmentation", device=dev)
     res = None
     for item in segment(case, seg, device=dev, cancel=cancel, compare=False):
@@ -453,9 +452,8 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
              and case.sequences[s].synthetic]
     if synth:
         warns.append(f"synthetic input(s) used: {', '.join(synth)}")
-    where = next(iter(lm.module.buffers())).device       # wherever the loader put the trees
     with torch.inference_mode():
-        out = lm.module(torch.from_numpy(vector(f)[None]).to(where))
+        out = lm.module(torch.from_numpy(vector(f)[None]).to(dev))
     tasks, unc = {}, {}
     for t, probs in out["probs"].items():
         mean = probs[0, 0].cpu().numpy()

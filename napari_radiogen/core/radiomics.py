@@ -5,8 +5,9 @@ segmentation models, never the expert mask at inference), features are computed 
 predicted whole-tumour mask, and one random forest per task (``src_models.forest``) turns them,
 with age and sex, into IDH / 1p19q / grade probabilities. The feature set follows
 ``../shared/BASELINES.md``'s classical baseline (volume, extent, position, shape, intensity
-statistics normalised by the head median, channel ratios, GLCM texture), computed here without
-PyRadiomics (its wheels do not install on this stack) from scipy and scikit-image.
+statistics normalised by the head median, channel ratios, GLCM texture), computed here with
+scipy and scikit-image: PyRadiomics publishes source archives only, and their build fails in
+this project's environment.
 
 Everything is in physical units where the grid matters (mL, mm, per mm), so a pack (nominal
 1.875 mm x 5 mm) and a 1 mm NIfTI volume give comparable numbers; intensities are ratios to the
@@ -141,15 +142,12 @@ def image_features(arrays: Mapping[str, Optional[np.ndarray]], mask: np.ndarray,
 
 def clinical_features(clinical: Optional[Mapping]) -> Dict[str, float]:
     """``age`` (years) and ``sex_male`` (1/0) from a clinical row; NaN when unknown."""
-    from .predict import _sex_code
+    from .predict import _sex_code, age_years
     clinical = clinical or {}
-    age = clinical.get("age", clinical.get("age_at_initial_pathologic"))
-    try:
-        age = float(age) if age is not None and str(age) != "" else np.nan
-    except (TypeError, ValueError):
-        age = np.nan
+    age = age_years(clinical)
     sex = _sex_code(clinical.get("sex", clinical.get("gender")))
-    return {"age": age, "sex_male": np.nan if sex is None else float(sex)}
+    return {"age": np.nan if age is None else age,
+            "sex_male": np.nan if sex is None else float(sex)}
 
 
 def case_arrays(case) -> Dict[str, Optional[np.ndarray]]:

@@ -26,10 +26,32 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .case import REGIONS, Case, Geometry
-from .errors import CaseLoadError, GeometryError, MissingSequenceError, RadiogenError
+from .errors import (CaseLoadError, GeometryError, MissingSequenceError, ModelFileError,
+                     RadiogenError)
 from .progress import CancelToken, Progress, check
 
 TASK = "segmentation"
+#: shipped models in order of preference (the CV comparisons in their cards); the first one
+#: installed that fits the case's kind (2D slice pack / 3D volume) is the default
+PREFERRED_MODELS: Tuple[str, ...] = ("seg_brats_attunet2mm", "seg_brats_attunet",
+                                     "seg_brats_segresnet", "seg_lgg_segresnet2d")
+
+
+def fits_case(card: Dict[str, Any], case) -> bool:
+    """A 2D model for slice packs, a 3D model for volumes."""
+    return (int(card.get("dims", 3)) == 2) == (case.kind == "slices")
+
+
+def default_model_name(case) -> str:
+    """The installed segmentation model used for ``case`` when none is named."""
+    from .models import list_models
+    names = [m["name"] for m in list_models(TASK) if fits_case(m["card"], case)]
+    pick = next((p for p in PREFERRED_MODELS if p in names), names[0] if names else None)
+    if pick is None:
+        raise ModelFileError("no segmentation model for "
+                             + ("2D slice packs" if case.kind == "slices" else "3D volumes")
+                             + " is installed")
+    return pick
 REGION_ORDER: Tuple[str, ...] = ("WT", "TC", "ET")
 #: channel order of the 2D slice models (FLAIR first: the one they need)
 SLICE_SEQUENCES: Tuple[str, ...] = ("flair", "t1", "t1ce")

@@ -41,7 +41,7 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     from ..models import find_model, load_model, resolve_device
     from ..predict import CLASSES, predict
     from ..train.engine import EvalResult
-    from ..train.tasks.prediction import TASKS, _label, auc, cindex
+    from ..train.tasks.prediction import TASKS, _label, cindex
     from .metrics import auc_with_ci
     from .report import write_report
 
@@ -105,7 +105,7 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
         a = auc_with_ci(ys, ps)
         summary[f"auc_{t}"] = {"mean": a["auc"], "sd": None, "ci95": a["ci95"], "n": a["n"],
                                "per_fold": [a["auc"]]}
-        metrics[f"auc_{t}"] = float(auc(ys, ps))
+        metrics[f"auc_{t}"] = float(a["auc"])
         metrics[f"brier_{t}"] = float(np.mean((ps - ys) ** 2))
     surv = [r for r in rows if "risk" in r and "os_days" in r and "os_event" in r]
     if len(surv) >= 3:

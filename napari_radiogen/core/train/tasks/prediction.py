@@ -826,7 +826,7 @@ def _fit_cox(Z: np.ndarray, os_: np.ndarray, penalizer: float):
 
 
 def radiomics_fold(cohort, tr_idx, te_idx, table, cfg: Dict[str, Any], seed: int
-                   ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                   ) -> Dict[str, Any]:
     """Fit on the training patients' features, predict the test patients (``table`` rows are
     the cohort's patients, in order)."""
     import torch
@@ -840,4 +840,4 @@ def radiomics_fold(cohort, tr_idx, te_idx, table, cfg: Dict[str, Any], seed: int
         out = module(torch.from_numpy(X[te]))
     probs = {t: out["probs"][t][0, :, 1].numpy() for t in TASKS}
     risk = out["risk"].numpy() if "risk" in out else None
-    return {"probs": probs, "risk": risk, "info": info}, module.state_dict()
+    return {"probs": probs, "risk": risk, "info": info}
