@@ -120,3 +120,41 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(preset):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == (preset or "PASSIVE")
+
+
+def _threads_seen(token, seen):
+    import torch
+    seen.append(torch.get_num_threads())
+    yield "ok"
+
+
+def test_model_jobs_leave_a_core_to_the_viewer_and_training_keeps_all(qtbot, monkeypatch):
+    """An inference job runs torch on one thread fewer than the CPUs (the other draws the
+    viewer), a training job (leave_core=False) on torch's own count; neither changes the
+    count that the main thread and later threads start from."""
+    import os
+
+    import torch
+
+    from napari_radiogen.napari import workers
+
+    monkeypatch.delenv("RADIOGEN_VIEWER_THREADS", raising=False)
+    default = workers.torch_default_threads()
+    cpus = len(os.sched_getaffinity(0))
+    assert workers.viewer_threads() == max(1, min(default, cpus - 1))
+    for leave_core, want in ((True, workers.viewer_threads()), (False, default),
+                             (True, workers.viewer_threads())):
+        seen = []
+        job = workers.start_job(lambda tok: _threads_seen(tok, seen), name="t",
+                                progress_bar=False, leave_core=leave_core)
+        qtbot.waitUntil(lambda: job.done, timeout=10000)
+        assert job.error is None and seen == [want]
+    assert torch.get_num_threads() == default
+    monkeypatch.setenv("RADIOGEN_VIEWER_THREADS", "3")
+    assert workers.viewer_threads() == 3
+    seen = []
+    job = workers.start_job(lambda tok: _threads_seen(tok, seen), name="t", progress_bar=False)
+    qtbot.waitUntil(lambda: job.done, timeout=10000)
+    assert seen == [3]
+    monkeypatch.setenv("RADIOGEN_VIEWER_THREADS", "many")
+    assert workers.viewer_threads() == max(1, min(default, cpus - 1))   # ignored, with a warning

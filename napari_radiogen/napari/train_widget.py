@@ -346,7 +346,8 @@ class TrainingWidget(QWidget):
         self._set_running(True)
         self.job = start_job(factory, name="Training", on_progress=self._on_progress,
                              on_result=self._on_result, on_error=self._on_error,
-                             on_finished=self._on_finished, viewer=self.viewer, owner=self)
+                             on_finished=self._on_finished, viewer=self.viewer, owner=self,
+                             leave_core=False)
         return self.job
 
     def cancel(self) -> None:
