@@ -9,11 +9,12 @@
     # shipped model uses the 600-step config segmentation_brats_attunet2mm_long, the same protocol
     # as segmentation_brats_attunet2mm with twice its 300 optimiser steps):
     OMP_NUM_THREADS=1 radiogen train segmentation_brats_attunet2mm_long --out runs/seg/brats_attunet2mm --no-install
-    # the 2D TCGA-LGG model: the full-grid protocol, then the same with 1800 and 2400 steps
+    # the 2D TCGA-LGG model: the full-grid protocol, then the same with 1800, 2400 and 3000 steps
     # (a run replaces the shipped 2D model only if its CV Dice on the same folds is higher):
     OMP_NUM_THREADS=1 radiogen train segmentation_lgg_full --out runs/seg/lgg_segresnet_full --no-install
     OMP_NUM_THREADS=2 radiogen train segmentation_lgg_long --out runs/seg/lgg_segresnet_long --no-install
     OMP_NUM_THREADS=2 radiogen train segmentation_lgg_xlong --out runs/seg/lgg_segresnet_xlong --no-install
+    OMP_NUM_THREADS=2 radiogen train segmentation_lgg_xxlong --out runs/seg/lgg_segresnet_xxlong --no-install
     # (or: python scripts/cv_segmentation.py --train --runs runs/seg)
     # 2. finalise: re-score every fold model on its held-out patients through the inference path
     #    (core.segment.segment, native grid, Dice + HD95), per-patient means with bootstrap CIs,
@@ -60,11 +61,12 @@ RUNS = {"brats_segresnet": "segmentation_brats", "brats_attunet": "segmentation_
         "lgg_segresnet_full": "segmentation_lgg_full",
         "lgg_attunet_full": "segmentation_lgg_attunet_full",
         "lgg_segresnet_long": "segmentation_lgg_long",
-        "lgg_segresnet_xlong": "segmentation_lgg_xlong"}
+        "lgg_segresnet_xlong": "segmentation_lgg_xlong",
+        "lgg_segresnet_xxlong": "segmentation_lgg_xxlong"}
 LGG_RUNS = ("lgg_segresnet", "lgg_segresnet_full", "lgg_attunet_full", "lgg_segresnet_long",
-            "lgg_segresnet_xlong")
+            "lgg_segresnet_xlong", "lgg_segresnet_xxlong")
 #: longer schedules of the shipped 2D protocol (segmentation_lgg_full)
-LGG_SCHEDULE_RUNS = ("lgg_segresnet_long", "lgg_segresnet_xlong")
+LGG_SCHEDULE_RUNS = ("lgg_segresnet_long", "lgg_segresnet_xlong", "lgg_segresnet_xxlong")
 #: the 2D runs compared with the shipped 2D model (SHIPPED_NAME) on the same folds
 LGG_FULL_RUNS = ("lgg_segresnet_full", "lgg_attunet_full") + LGG_SCHEDULE_RUNS
 BRATS_RUNS = ("brats_segresnet", "brats_attunet", "brats_attunet2mm", "brats_attunet2mm_et")
@@ -77,7 +79,8 @@ SHIPPED_NAME = {"brats_segresnet": "seg_brats_segresnet", "brats_attunet": "seg_
                 "brats_attunet2mm_et": "seg_brats_attunet2mm",
                 "lgg_segresnet": "seg_lgg_segresnet2d", "lgg_segresnet_full": "seg_lgg_segresnet2d",
                 "lgg_attunet_full": "seg_lgg_segresnet2d", "lgg_segresnet_long": "seg_lgg_segresnet2d",
-                "lgg_segresnet_xlong": "seg_lgg_segresnet2d"}
+                "lgg_segresnet_xlong": "seg_lgg_segresnet2d",
+                "lgg_segresnet_xxlong": "seg_lgg_segresnet2d"}
 TARGETS = {"brats": {"WT": 0.88, "TC": 0.80, "ET": 0.75}, "lgg": {"WT": 0.85}}
 REGIONS3 = ("WT", "TC", "ET")
 
@@ -737,7 +740,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                     "each held-out patient's slice stack. lgg_segresnet_full (MONAI SegResNet, 8 "
                     "filters) and lgg_attunet_full (MONAI AttentionUnet) share the protocol of "
                     "config segmentation_lgg_full (full 128 x 128 grid, 1200 optimiser steps); "
-                    "lgg_segresnet_long / lgg_segresnet_xlong are that protocol with 1800 / 2400 "
+                    "lgg_segresnet_long / _xlong / _xxlong are that protocol with 1800 / 2400 / 3000 "
                     "optimiser steps; lgg_segresnet is the earlier 64 x 64, 300-step model.")
                 card["architecture_comparison"] = comp
                 card["notes"] = (

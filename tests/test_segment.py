@@ -291,7 +291,7 @@ def test_configs_load_and_tasks_register():
                  "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
                  "segmentation_brats_attunet2mm_et", "segmentation_lgg_full",
                  "segmentation_lgg_attunet_full", "segmentation_lgg_long",
-                 "segmentation_lgg_xlong"):
+                 "segmentation_lgg_xlong", "segmentation_lgg_xxlong"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -351,10 +351,11 @@ def test_et_centred_patches_and_batch_dice():
 
 
 @pytest.mark.parametrize("name,epochs", [("segmentation_lgg_long", 18),
-                                         ("segmentation_lgg_xlong", 24)])
+                                         ("segmentation_lgg_xlong", 24),
+                                         ("segmentation_lgg_xxlong", 30)])
 def test_lgg_schedule_configs_change_only_the_step_count(name, epochs):
-    """segmentation_lgg_long / _xlong are segmentation_lgg_full with 18 / 24 epochs (1800 /
-    2400 optimiser steps) instead of 12, nothing else; their descriptions differ (the ship
+    """segmentation_lgg_long / _xlong / _xxlong are segmentation_lgg_full with 18 / 24 / 30
+    epochs (1800 / 2400 / 3000 optimiser steps) instead of 12, nothing else; their descriptions differ (the ship
     script tells the shipped run by its description)."""
     from napari_radiogen.core.train.config import load_config
     a = load_config("segmentation_lgg_full")
