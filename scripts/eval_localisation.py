@@ -10,6 +10,15 @@ adds over chance.
 
     python scripts/eval_localisation.py --model predict_mil [--packs 88] [--write-card]
     python scripts/eval_localisation.py --model predict_mil --fusion legacy --write-card
+    python scripts/eval_localisation.py --model predict_radiomics --packs 88 --no-brats \
+        --seg-run runs/seg/lgg_segresnet_xxlong --write-card
+
+``predict_radiomics`` has no image network: its map is occlusion over its own segmented tumour
+(``core.radiomics.occlusion_map``), so it lies inside that segmentation by construction and the
+score measures how much of the segmented, evidence-weighted region is tumour. ``--seg-run``
+(a finished 2D segmentation CV run) segments each pack with the fold model that did not train
+on it; without it the shipped segmentation model, trained on these very cases, would make the
+score look better than a new patient's.
 
 ``--fusion legacy`` scores the previous maps (per-slice min-max normalised CAMs, legacy layers)
 and stores them in the card under ``explanations.legacy_heatmaps`` (the default maps go to
@@ -37,11 +46,35 @@ def _background(heat, out):
     return round(float(np.median(h[out]) / h.max()), 4)
 
 
+class _OutOfFold:
+    """Each pack's whole-tumour labels from the fold model of a 2D segmentation CV run that
+    did not train on that patient."""
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        splits = json.loads((self.run_dir / "splits.json").read_text())
+        self.fold_of = {pid: k for k, sp in enumerate(splits, 1) for pid in sp["test"]}
+        self.models = {}
+
+    def labels(self, case):
+        from napari_radiogen.core.models import load_model
+        from napari_radiogen.core.progress import run
+        from napari_radiogen.core.segment import segment
+        k = self.fold_of.get(case.case_id)
+        if k is None:
+            raise SystemExit(f"{case.case_id} is in no test fold of {self.run_dir}")
+        if k not in self.models:
+            self.models[k] = load_model(str(self.run_dir / "folds" / f"fold{k}_best.safetensors"),
+                                        task="segmentation")
+        res = run(segment(case, self.models[k], device="cpu", compare=False))
+        return res.labels, f"out-of-fold: fold {k} of {self.run_dir.name}"
+
+
 def main(argv=None) -> int:
     from napari_radiogen.core import predict as P
-    from napari_radiogen.core.explain import DEFAULT_LAYER, LEGACY_LAYER, explain, \
-        localisation_score
-    from napari_radiogen.core.io import list_cases, load_case
+    from napari_radiogen.core.explain import DEFAULT_LAYER, KIND_METHODS, LEGACY_LAYER, \
+        explain, localisation_score
+    from napari_radiogen.core.io import load_case
     from napari_radiogen.core.models import find_model, load_model, read_card, save_model, \
         load_state_dict_file
     from napari_radiogen.core.progress import run
@@ -55,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-brats", action="store_true", help="skip the BraTS cases")
     ap.add_argument("--fusion", default="raw", choices=["raw", "legacy"],
                     help="heatmap fusion of core.explain (default raw)")
+    ap.add_argument("--seg-run", default=None,
+                    help="(predict_radiomics) 2D segmentation CV run: each pack is segmented by "
+                         "the fold model that did not train on it (out-of-fold masks)")
     ap.add_argument("--note", default=None, help="note stored with the table in the card")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--write-card", action="store_true",
@@ -63,7 +99,9 @@ def main(argv=None) -> int:
     data = Path(a.data)
     lm = load_model(a.model, task="prediction")
     kind = (lm.card.get("input") or {}).get("kind", "mil")
-    methods = [m for m in a.methods.split(",") if not (kind == "volume3d" and m == "attention")]
+    methods = ([m for m in a.methods.split(",") if m in KIND_METHODS[kind]]
+               or list(KIND_METHODS[kind]))
+    oof = _OutOfFold(a.seg_run) if a.seg_run else None
     tasks = a.tasks.split(",")
     cases = [] if a.no_brats else sorted((data / "brats2021").glob("BraTS2021_*"))
     if a.packs:
@@ -84,16 +122,23 @@ def main(argv=None) -> int:
         chance = localisation_score(head.astype(np.float32), wt, sp)
         from scipy import ndimage
         away = head & (ndimage.distance_transform_edt(~wt, sampling=sp) > 5.0)
+        seg, seg_source = None, None
+        if kind == "radiomics":
+            seg, seg_source = (oof.labels(case) if oof is not None and case.kind == "slices"
+                               else (None, "the shipped segmentation model (trained on the "
+                                           "training cases: in-sample)"))
         for task in tasks:
             for m in methods:
                 t = time.perf_counter()
-                r = run(explain(case, lm, task=task, method=m, fusion=a.fusion))
+                r = run(explain(case, lm, task=task, method=m, fusion=a.fusion,
+                                segmentation=seg))
                 rows.append({"case": case.case_id, "dataset": "brats2021" if case.kind != "slices"
                              else "tcga-lgg", "task": task, "method": m,
                              "localisation": r.localisation, "chance": chance,
                              # background: median heat (max = 1) in the head outside the
                              # dilated mask (a floor offset would put mass everywhere)
                              "background": _background(r.heatmap, away),
+                             **({"segmentation": seg_source} if seg_source else {}),
                              "seconds": round(time.perf_counter() - t, 2)})
                 print(f"{case.case_id:18s} {task:12s} {m:10s} {r.localisation:.3f} "
                       f"(uniform {chance:.3f}) {rows[-1]['seconds']:.1f}s", flush=True)
@@ -122,9 +167,12 @@ def main(argv=None) -> int:
              "command": "python scripts/eval_localisation.py --model " + a.model
                         + (f" --packs {a.packs}" if a.packs else "")
                         + (" --no-brats" if a.no_brats else "")
-                        + (f" --fusion {a.fusion}" if a.fusion != "raw" else ""),
-             "settings": {"fusion": a.fusion, "layer": layers[kind],
-                          "target": "the positive class (e.g. mutant)"},
+                        + (f" --fusion {a.fusion}" if a.fusion != "raw" else "")
+                        + (f" --seg-run {a.seg_run}" if a.seg_run else ""),
+             "settings": ({"fusion": a.fusion, "layer": layers[kind]} if kind in layers else
+                          {"method": "occlusion", "segmentation": sorted({
+                              r["segmentation"] for r in rows if r.get("segmentation")})})
+                         | {"target": "the positive class (e.g. mutant)"},
              "summary": summary, "per_case": rows}
     print(json.dumps(summary, indent=1))
     if a.out:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -249,16 +248,12 @@ def test_shipped_mil_on_real_pack_and_brats(shared_data):
     _shipped("predict_mil")
     lm = load_model("predict_mil", task="prediction", device="cpu")
     case = load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5")
-    t0 = time.process_time()      # CPU time: wall time on a shared CI box is meaningless
-    res = drive(predict(case, lm, device="cpu"))
-    assert time.process_time() - t0 < 5.0
+    res = drive(predict(case, lm, device="cpu"))       # speed: radiogen bench, not a test
     assert len(res.attention["flair"]) == case.sequences["flair"].array.shape[0]
     assert not any("age unknown" in w for w in res.warnings)   # clinical.csv beside the pack
     brats = sorted((shared_data / "brats2021").glob("BraTS2021_*"))[0]
     case = load_case(brats)
-    t0 = time.process_time()      # CPU time: wall time on a shared CI box is meaningless
-    res = drive(predict(case, lm, device="cpu"))
-    assert time.process_time() - t0 < 5.0
+    res = drive(predict(case, lm, device="cpu"))       # speed: radiogen bench, not a test
     assert any("t2 ignored" in w for w in res.warnings)
     assert 0 <= res.tasks["idh"]["mutant"] <= 1
 

@@ -151,15 +151,111 @@ def test_predict_radiomics_on_a_pack_segments_it_first(radiomics_model):
         drive(predict(case, radiomics_model, segmentation=np.zeros((3, 4, 5), np.uint8)))
 
 
-def test_explain_refuses_a_model_without_an_image_network(radiomics_model):
+def test_explain_radiomics_is_an_occlusion_map_inside_its_mask(radiomics_model):
+    """The radiomics model has no image network: its explanation is occlusion (the default for
+    it, the only method), zero outside the mask its features come from, in [0, 1] on the case
+    grid; the networks' methods are refused for it and occlusion for the networks."""
     from napari_radiogen.core.explain import explain
     from napari_radiogen.core.phantom import make_pack_phantom
+    case = make_pack_phantom(seed=1, n_slices=12)
+    seg = (case.labels.array > 0).astype(np.uint8)
+    res = drive(explain(case, radiomics_model, task="idh", segmentation=seg))
+    assert res.method == "occlusion" and res.target_class == "mutant"
+    h = res.heatmap
+    assert h.shape == seg.shape and h.dtype == np.float32
+    assert h.min() >= 0 and h.max() <= 1
+    assert h[seg == 0].sum() == 0
+    assert res.details["blocks"] >= 2 and res.details["mask"] == "segmentation supplied"
+    if h.max() > 0:
+        assert res.localisation == pytest.approx(1.0)       # the phantom's own mask
+    else:
+        assert any("unchanged" in w for w in res.warnings)
+    empty = drive(explain(case, radiomics_model, task="grade",
+                          segmentation=np.zeros_like(seg)))
+    assert empty.heatmap.max() == 0 and any("no tumour" in w for w in empty.warnings)
     with pytest.raises(ConfigError, match="no image network"):
-        drive(explain(make_pack_phantom(seed=1, n_slices=12), radiomics_model, task="idh"))
+        drive(explain(case, radiomics_model, task="idh", method="gradcam"))
+    with pytest.raises(ConfigError, match="not one grid"):
+        drive(explain(case, radiomics_model, segmentation=np.zeros((3, 4, 5), np.uint8)))
+
+
+def test_occlusion_blocks_tile_the_mask_within_the_budget():
+    from napari_radiogen.core.radiomics import occlusion_blocks
+    m = np.zeros((20, 64, 64), bool)
+    m[2:18, 10:50, 10:50] = True
+    ids, n, edge = occlusion_blocks(m, (1.0, 1.0, 5.0), block_mm=10.0, max_blocks=1000)
+    assert ((ids > 0) == m).all() and set(np.unique(ids[m])) == set(range(1, n + 1))
+    assert edge == 10.0 and n == 8 * 4 * 4          # 16 slices of 5 mm, 40 x 40 mm in-plane
+    ids2, n2, edge2 = occlusion_blocks(m, (1.0, 1.0, 5.0), block_mm=10.0, max_blocks=40)
+    assert n2 <= 40 and edge2 > 10.0 and ((ids2 > 0) == m).all()
+
+
+def test_occlusion_finds_the_block_that_carries_the_evidence():
+    """A probability driven by the tumour's mean FLAIR: removing the bright corner of the
+    tumour changes it most, so the map peaks there."""
+    from napari_radiogen.core.progress import Progress
+    from napari_radiogen.core.radiomics import FEATURES, occlusion_map
+    head = np.zeros((16, 64, 64), np.float32)
+    head[:, 4:60, 4:60] = 100.0
+    m = np.zeros(head.shape, bool)
+    m[4:12, 16:48, 16:48] = True
+    flair = head.copy()
+    flair[m] = 150.0
+    flair[8:12, 16:24, 16:24] = 600.0            # the evidence: one bright corner
+    i = FEATURES.index("flair_mean")
+    gen = occlusion_map({"flair": flair}, m, (2.0, 2.0, 5.0), {"age": 50.0, "sex_male": 1.0},
+                        lambda x: 1 / (1 + np.exp(-(x[:, i] - 2.0))))
+    seen = []
+    try:
+        while True:
+            seen.append(next(gen))
+    except StopIteration as stop:
+        heat, info = stop.value
+    assert seen and all(isinstance(p, Progress) for p in seen)
+    assert heat[~m].sum() == 0
+    zc, yc, xc = np.unravel_index(np.argmax(heat), heat.shape)
+    assert 8 <= zc < 12 and 16 <= yc < 24 and 16 <= xc < 24
+    assert info["max_change"] > 0 and info["blocks"] > 1
+
+
+def test_cropped_features_match_the_whole_grid():
+    """The mask's features run on its bounding box: the same numbers as a whole-grid
+    computation (written out here), also for a tumour against the grid's edge."""
+    from scipy import ndimage
+    from napari_radiogen.core.radiomics import (RING_MM, FeatureContext, _inplane, head_mask,
+                                                image_features)
+    rng = np.random.default_rng(0)
+    head = np.zeros((12, 48, 48), np.float32)
+    head[:, 2:46, :] = 100.0 + rng.normal(0, 5, (12, 44, 48)).astype(np.float32)
+    flair = head * (1 + rng.random(head.shape).astype(np.float32))
+    sp = (1.5, 1.5, 5.0)
+    for box in ((slice(3, 9), slice(10, 30), slice(12, 26)),     # inside
+                (slice(0, 5), slice(30, 48), slice(0, 9))):      # against the edges
+        m = np.zeros(head.shape, bool)
+        m[box] = rng.random(m[box].shape) > 0.2
+        f = image_features({"flair": flair}, m, sp)
+        assert f == image_features({"flair": flair}, m, sp, FeatureContext({"flair": flair},
+                                                                           m.shape))
+        hm = head_mask(flair)
+        it = max(1, int(round(RING_MM / 1.5)))
+        ring = ndimage.binary_dilation(m, structure=_inplane(), iterations=it) & ~m & hm
+        hmed = float(np.median(flair[hm]))
+        ratio = (flair[m] / hmed).mean() / (flair[ring].mean() / hmed + 1e-6)
+        edge = m & ~ndimage.binary_erosion(m, structure=_inplane())
+        hz, hy, hx = np.nonzero(hm)
+        z, y, x = np.nonzero(m)
+        assert f["flair_ring_ratio"] == pytest.approx(ratio, rel=1e-6)
+        assert f["surface_per_mm"] == pytest.approx(edge.sum() / m.sum() / 1.5, rel=1e-9)
+        assert f["centroid_ap_mm"] == pytest.approx((y.mean() - hy.mean()) * 1.5, rel=1e-9)
+        assert f["centroid_z_rel"] == pytest.approx((z.mean() - hz.min())
+                                                    / (hz.max() - hz.min()), rel=1e-9)
+        assert f["n_components"] == ndimage.label(m)[1]
+        assert f["flair_bright_fraction"] == pytest.approx(
+            (flair[m] > np.percentile(flair[hm], 95)).mean(), rel=1e-9)
 
 
 @pytest.mark.slow
-def test_analysis_feeds_its_segmentation_and_explains_with_the_slice_model(tmp_path):
+def test_analysis_feeds_its_segmentation_to_the_prediction_and_the_occlusion_map(tmp_path):
     from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
     from napari_radiogen.core.sample import sample_case_path
     an = Analyzer(AnalysisOptions(pred_model="predict_radiomics", device="cpu",
@@ -172,7 +268,25 @@ def test_analysis_feeds_its_segmentation_and_explains_with_the_slice_model(tmp_p
     wt_ml = float((res.segmentation.labels > 0).sum() * res.segmentation.geometry.voxel_volume_ml)
     assert res.prediction.features["volume_ml"] == pytest.approx(wt_ml, rel=1e-4)
     assert len(res.explanations) == 1
-    assert an._models["explain"].card["input"]["kind"] in ("mil", "volume3d")
+    ex = res.explanations[0]
+    assert ex.model == "predict_radiomics" and ex.method == "occlusion"   # not Grad-CAM
+    assert ex.details["mask"] == "segmentation supplied"
+    assert ex.heatmap[res.segmentation.labels == 0].sum() == 0           # the analysis's mask
+
+
+def test_cli_explain_with_the_radiomics_model(tmp_path):
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from predict_helpers import write_pack
+    pack = write_pack(tmp_path / "PH_0005.h5", make_pack_phantom(seed=5, n_slices=12))
+    assert main(["explain", str(pack), "--out", str(tmp_path / "o"),
+                 "--model", "predict_radiomics", "--task", "codel_1p19q"]) == 0
+    js = json.loads((tmp_path / "o" / "PH_0005_codel_1p19q_occlusion.json").read_text())
+    assert js["method"] == "occlusion" and js["model"] == "predict_radiomics"
+    assert js["details"]["mask"].startswith("segmented by seg_lgg_segresnet2d")
+    assert (tmp_path / "o" / "PH_0005_codel_1p19q_occlusion.h5").exists()
+    assert main(["explain", str(pack), "--out", str(tmp_path / "o"), "--model",
+                 "predict_radiomics", "--method", "attention"]) != 0
 
 
 def test_cli_predict_with_the_radiomics_model(tmp_path):

@@ -278,6 +278,32 @@ def test_explain_widget_3d_screenshot(make_napari_viewer, qtbot, test_models, sa
     assert shot.std() > 5, "blank 3D screenshot"
 
 
+def test_explain_widget_offers_each_model_its_methods(make_napari_viewer, qtbot, test_models,
+                                                     tmp_path):
+    """The radiomics model (no image network) is explained by occlusion only; the slice model
+    keeps its four methods; the occlusion map lands on the pack it was started from."""
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.napari.explain_widget import ExplainWidget
+    from predict_helpers import write_pack
+    viewer = make_napari_viewer()
+    pack = write_pack(tmp_path / "PH_0004.h5", make_pack_phantom(seed=4, n_slices=12))
+    viewer.open(str(pack), plugin="napari-radiogen")
+    w = ExplainWidget(viewer)
+    w.model.setCurrentText("test_mil")
+    assert [w.method.itemText(i) for i in range(w.method.count())] == [
+        "gradcam", "gradcam++", "layercam", "attention"]
+    w.method.setCurrentText("attention")
+    w.model.setCurrentText("predict_radiomics")
+    assert [w.method.itemText(i) for i in range(w.method.count())] == ["occlusion"]
+    w.run()
+    qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
+    assert w.job.error is None
+    layer = viewer.layers["PH_0004 idh occlusion"]
+    meta = layer.metadata["radiogen"]
+    assert meta["model"] == "predict_radiomics" and meta["method"] == "occlusion"
+    assert layer.data.shape == viewer.layers["PH_0004 flair"].data.shape
+
+
 @pytest.mark.parametrize("widget", ["analyze", "explain"])
 def test_run_without_a_case_says_why_and_starts_nothing(make_napari_viewer, test_models,
                                                         monkeypatch, widget):

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain", default="idh",
                         help="comma-separated tasks to explain (idh,codel_1p19q,grade) or 'none'")
     parser.add_argument("--method", default="gradcam",
-                        choices=["gradcam", "gradcam++", "layercam", "attention"])
+                        choices=["gradcam", "gradcam++", "layercam", "attention"],
+                        help="heatmap method of the networks (predict_radiomics is always "
+                             "explained by occlusion over its segmented tumour)")
     parser.add_argument("--no-synthesis", action="store_true",
                         help="do not synthesise missing sequences")
     parser.add_argument("--no-render", action="store_true", help="no 3D rendering in reports")

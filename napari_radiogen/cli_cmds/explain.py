@@ -15,8 +15,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("case", help="case folder, volume, or TCGA-LGG .h5 pack")
     parser.add_argument("--task", default="idh", choices=["idh", "codel_1p19q", "grade"])
-    parser.add_argument("--method", default="gradcam",
-                        choices=["gradcam", "gradcam++", "layercam", "attention"])
+    parser.add_argument("--method", default=None,
+                        choices=["gradcam", "gradcam++", "layercam", "attention", "occlusion"],
+                        help="default: gradcam for the networks (predict_mil, predict_cnn3d), "
+                             "occlusion for predict_radiomics (its only method)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--model", default=None, help="prediction model name or file")
     parser.add_argument("--target", default=None,
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     res = drive(explain(case, args.model, task=args.task, method=args.method,
                         target=args.target, layer=args.layer, device=args.device), show)
     print(file=sys.stderr)
-    stem = f"{case.case_id}_{args.task}_{args.method.replace('+', 'pp')}"
+    stem = f"{case.case_id}_{args.task}_{res.method.replace('+', 'pp')}"
     info = dict(res.metadata)
     info["seconds"] = round(res.seconds, 2)
     info["warnings"] = res.warnings
@@ -63,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
             info.update(r)
     (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
     loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no tumour mask)"
-    print(f"{case.case_id}: {args.task} {res.target_class} {args.method}: localisation {loc}; "
+    print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation {loc}; "
           f"wrote {path}")
     return 0

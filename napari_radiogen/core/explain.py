@@ -40,7 +40,11 @@ from scipy import ndimage
 from .errors import ConfigError, RadiogenError
 from .progress import CancelToken, Progress, check
 
-METHODS = ("gradcam", "gradcam++", "layercam", "attention")
+METHODS = ("gradcam", "gradcam++", "layercam", "attention", "occlusion")
+#: the methods of each model kind (the first is the default)
+KIND_METHODS = {"mil": ("gradcam", "gradcam++", "layercam", "attention"),
+                "volume3d": ("gradcam", "gradcam++", "layercam"),
+                "radiomics": ("occlusion",)}
 TASKS = ("idh", "codel_1p19q", "grade")
 #: default torchcam target layers (names inside one member), selected on the TCGA-LGG packs
 DEFAULT_LAYER = {"mil": "net.layer3", "volume3d": "net.layer2"}
@@ -65,12 +69,14 @@ class ExplainResult:
     slice_weights: Dict[str, List[float]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    details: Dict[str, Any] = field(default_factory=dict)   # method-specific (occlusion blocks)
 
     @property
     def metadata(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "task": self.task, "method": self.method,
                 "model": self.model, "target_class": self.target_class,
-                "localisation": self.localisation, "mask_source": self.mask_source}
+                "localisation": self.localisation, "mask_source": self.mask_source,
+                **({"details": self.details} if self.details else {})}
 
 
 def localisation_score(heatmap: np.ndarray, wt_mask: np.ndarray,
@@ -242,20 +248,25 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
     return acc
 
 
-def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
+def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None,
             target: Optional[str] = None, layer: Optional[str] = None,
             wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
-            inputs=None, fusion: str = "raw", cancel: Optional[CancelToken] = None
+            inputs=None, fusion: str = "raw", segmentation: Optional[np.ndarray] = None,
+            cancel: Optional[CancelToken] = None
             ) -> Iterator[Union[Progress, ExplainResult]]:
     """Heatmap for ``task`` of a prediction model on ``case`` (see the module docstring).
 
+    ``method``: one of the model kind's :data:`KIND_METHODS` (default: its first, Grad-CAM for
+    the networks, occlusion for ``predict_radiomics``, which has no image network);
     ``layer``: the torchcam target layer inside one member (default :data:`DEFAULT_LAYER`);
     ``fusion``: ``"raw"`` (default) or ``"legacy"`` (see the module docstring).
 
     ``target``: the class to explain (default: the positive class, e.g. ``mutant``);
     ``wt_mask``: a whole-tumour mask on the reference grid for the localisation score (default:
     the case's labels when present); ``inputs``: the ``SliceInput`` a prediction of this model
-    on this same case already made (``PredictionResult.inputs``), to skip rebuilding it.
+    on this same case already made (``PredictionResult.inputs``), to skip rebuilding it;
+    ``segmentation``: labels on the reference grid for a segmentation-based model (default: it
+    segments the case as its prediction does).
     """
     import torch
 
@@ -265,7 +276,7 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
     t0 = time.perf_counter()
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if fusion not in FUSIONS:
         raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
@@ -275,11 +286,15 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
         model or default_model(P.TASK, prefer=("predict_mil",)), task=P.TASK, device="cpu")
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
-    if kind not in ("mil", "volume3d"):
-        raise ConfigError(f"{lm.name} is a {kind} model with no image network to explain; "
-                          "explain predict_mil (slice attention, Grad-CAM) or predict_cnn3d")
-    if kind == "volume3d" and method == "attention":
-        raise ConfigError("the 3D CNN has no slice attention; use gradcam, gradcam++ or layercam")
+    if kind not in KIND_METHODS:
+        raise ConfigError(f"{lm.name} is a {kind} model that cannot be explained here")
+    method = method or KIND_METHODS[kind][0]
+    if method not in KIND_METHODS[kind]:
+        what = {"mil": "the slice model", "volume3d": "the 3D CNN",
+                "radiomics": f"{lm.name} (no image network: its features come from the "
+                             "segmented tumour)"}[kind]
+        raise ConfigError(f"{method} does not apply to {what}; use "
+                          + " or ".join(KIND_METHODS[kind]))
     classes = (card.get("classes") or P.CLASSES).get(task)
     if classes is None:
         raise ConfigError(f"model {lm.name} has no {task!r} head")
@@ -287,6 +302,10 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
     if target not in classes:
         raise ConfigError(f"{target!r} is not a class of {task} ({', '.join(classes)})")
     cls_idx = classes.index(target)
+    if kind == "radiomics":
+        yield from _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation,
+                                      cancel, t0)
+        return
     seqs = list(card.get("sequences") or [])
     required = list(card.get("required_sequences") or seqs)
     missing = [s for s in required if s not in case.sequences]
@@ -357,12 +376,7 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
     yield Progress("explain", 3, 4, "mapping to the case grid")
     heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
     heat = _minmax(heat) if legacy else _scale_max(heat)
-    mask_source = None
-    if wt_mask is None and case.labels is not None and case.labels.geometry.same_grid(ref.geometry):
-        wt_mask = case.labels.array > 0
-        mask_source = "ground truth"
-    elif wt_mask is not None:
-        mask_source = "segmentation"
+    wt_mask, mask_source = _ground_truth_or(case, wt_mask)
     loc = None
     if wt_mask is not None:
         g = ref.geometry
@@ -377,6 +391,96 @@ def explain(case, model=None, *, task: str = "idh", method: str = "gradcam",
                         geometry=ref.geometry, localisation=loc, mask_source=mask_source,
                         slice_weights=weights, warnings=warns,
                         seconds=time.perf_counter() - t0)
+
+
+def _ground_truth_or(case, wt_mask):
+    """The localisation mask: ``wt_mask`` when given, else the case's labels on its reference
+    grid; with its source ("segmentation" / "ground truth" / None)."""
+    ref = case.sequences[case.reference]
+    if wt_mask is not None:
+        return wt_mask, "segmentation"
+    if case.labels is not None and case.labels.geometry.same_grid(ref.geometry):
+        return case.labels.array > 0, "ground truth"
+    return None, None
+
+
+def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, cancel, t0):
+    """Occlusion map of a segment-then-classify model (``predict_radiomics``): which blocks of
+    the segmented tumour the probability of ``target`` rests on (core.radiomics.occlusion_map).
+    The map is zero outside the model's own mask: its features see nothing else (but the head
+    medians that normalise the intensities)."""
+    import torch
+
+    from . import predict as P
+    from .radiomics import FEATURES, case_arrays, clinical_features, occlusion_map
+
+    card = lm.card
+    if list(card["input"].get("features", FEATURES)) != list(FEATURES):
+        raise ConfigError(f"{lm.name} was made with another feature set than this version "
+                          "computes; retrain it (scripts/cv_prediction.py --models radiomics)")
+    required = list(card.get("required_sequences") or [])
+    missing = [s for s in required if s not in case.sequences]
+    if missing:
+        from .errors import MissingSequenceError
+        raise MissingSequenceError(missing, required, case.present)
+    ref = case.sequences[case.reference]
+    warns: List[str] = []
+    if segmentation is None:
+        gen = P._segment_for(case, card, "cpu", cancel)
+        try:
+            item = next(gen)
+            while True:
+                if isinstance(item, Progress):
+                    yield Progress("explain", 1, 4, item.message)
+                item = gen.send(None)
+        except StopIteration as stop:
+            labels, seg_name, seg_warns = stop.value
+        warns.extend(seg_warns)
+        source = f"segmented by {seg_name}"
+    else:
+        labels = np.asarray(segmentation)
+        if labels.shape != tuple(ref.array.shape):
+            raise ConfigError(f"the segmentation has shape {labels.shape}, the case's reference "
+                              f"grid {tuple(ref.array.shape)}: not one grid")
+        source = "segmentation supplied"
+    check(cancel)
+    mask = labels > 0
+    if not mask.any():
+        warns.append("no tumour was segmented: nothing to explain (the heatmap is empty)")
+    module = lm.module.to("cpu").eval()
+
+    def probability(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x))
+        return out["probs"][task][0, :, cls_idx].cpu().numpy()      # (1, B, C) -> (B,)
+
+    yield Progress("explain", 2, 4, f"occlusion for {task} = {target}")
+    heat, info = yield from occlusion_map(case_arrays(case), mask, ref.geometry.spacing,
+                                          clinical_features(case.clinical), probability,
+                                          cancel=cancel)
+    if mask.any() and info["max_change"] == 0:
+        warns.append(f"removing any one block of the tumour ({info['block_mm']:.0f} mm) leaves "
+                     f"the {target} probability unchanged: the heatmap is empty")
+    if case.kind != "slices":
+        warns.append("3D volume: the radiomics model was trained on TCGA-LGG slice packs; this "
+                     "input is outside its validated domain")
+    synth = [s for s in ("flair", "t1", "t1ce") if s in case.sequences
+             and case.sequences[s].synthetic]
+    if synth:
+        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+    yield Progress("explain", 3, 4, "scoring")
+    heat = _scale_max(heat)
+    gt, mask_source = _ground_truth_or(case, wt_mask)
+    loc = None
+    if gt is not None:
+        g = ref.geometry
+        loc = localisation_score(heat, gt, (g.spacing[2], g.spacing[1], g.spacing[0]))
+    yield Progress("explain", 4, 4, "done")
+    yield ExplainResult(case_id=case.case_id, task=task, method="occlusion", model=lm.name,
+                        target_class=target, heatmap=heat, geometry=ref.geometry,
+                        localisation=loc, mask_source=mask_source, warnings=warns,
+                        seconds=time.perf_counter() - t0,
+                        details={**info, "mask": source})
 
 
 def render_explanation(case, result: ExplainResult, out_png, out_gif=None,

@@ -113,7 +113,7 @@ class Analyzer:
     # -- models ---------------------------------------------------------------------------------
     def _model(self, key: str, task: str, name: Optional[str], prefer: Sequence[str] = (),
                select=None):
-        from .models import default_model, list_models, load_model, resolve_device
+        from .models import list_models, load_model, resolve_device
 
         if key in self._models:
             return self._models[key]
@@ -140,14 +140,9 @@ class Analyzer:
                            prefer=("predict_mil",))
 
     def explain_model(self):
-        """The prediction model whose network the heatmaps explain: the prediction model itself,
-        or the default slice model when that one has no image network (radiomics)."""
-        lm = self.pred_model()
-        if not _uses_segmentation(lm):
-            return lm
-        return self._model("explain", "prediction", None, prefer=("predict_mil",),
-                           select=lambda c: (c.get("input") or {}).get("kind", "mil")
-                           in ("mil", "volume3d"))
+        """The prediction model whose heatmaps are computed: the prediction model itself (the
+        radiomics model is explained by occlusion, the networks by the chosen CAM method)."""
+        return self.pred_model()
 
     def synth_model(self):
         return self._model("synth", "synthesis", self.options.synth_model)
@@ -290,12 +285,18 @@ class Analyzer:
             k = stages.index("explain")
             lm = self.explain_model()
             gt = case.labels is not None and case.labels.array.shape == case.geometry.shape
+            kind = (lm.card.get("input") or {}).get("kind", "mil")
+            methods = E.KIND_METHODS.get(kind, ())
+            # a method the model does not have (Grad-CAM for the radiomics model): its own
+            method = opts.explain_method if opts.explain_method in methods else None
+            seg = (res.segmentation.labels if res.segmentation is not None
+                   and _uses_segmentation(lm) else None)
             for task in opts.explain_tasks:
-                yield Progress("explain", k, n, f"{opts.explain_method} for {task}")
+                yield Progress("explain", k, n, f"{method or methods[0]} for {task}")
                 try:
                     ex = yield from _relay(
-                        E.explain(case, lm, task=task, method=opts.explain_method,
-                                  wt_mask=None if gt else wt_mask,
+                        E.explain(case, lm, task=task, method=method,
+                                  wt_mask=None if gt else wt_mask, segmentation=seg,
                                   inputs=res.prediction.inputs, cancel=cancel), "explain", k, n)
                     res.explanations.append(ex)
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)

@@ -70,73 +70,106 @@ def glcm_features(img: np.ndarray, m: np.ndarray, levels: int = GLCM_LEVELS) -> 
             for p in ("contrast", "homogeneity", "energy", "correlation")]
 
 
+class FeatureContext:
+    """What the features need from a case that does not depend on the mask (per sequence: the
+    head foreground's median and 95th percentile; the reference sequence's head mask and its
+    extent), computed once so that many masks of one case (occlusion maps) cost little."""
+
+    def __init__(self, arrays: Mapping[str, Optional[np.ndarray]], shape: Sequence[int]):
+        self.present = {s: np.asarray(a, np.float32) for s, a in arrays.items()
+                        if a is not None and s in CHANNELS}
+        if not self.present:
+            raise RadiogenError("radiomics needs at least one of " + ", ".join(CHANNELS))
+        for s, a in self.present.items():
+            if a.shape != tuple(shape):
+                raise RadiogenError(f"{s} has shape {a.shape}, the mask {tuple(shape)}: "
+                                    "not one grid")
+        self.hmed: Dict[str, float] = {}
+        self.p95: Dict[str, float] = {}
+        for s, a in self.present.items():
+            hs = head_mask(a)
+            if hs.any():
+                v = a[hs]
+                self.hmed[s] = float(np.median(v)) or 1.0
+                self.p95[s] = float(np.percentile(v, 95))
+        ref = self.present.get("flair", next(iter(self.present.values())))
+        self.head = head_mask(ref)
+        self.head_extent = None
+        if self.head.any():
+            hz, hy, hx = np.nonzero(self.head)
+            self.head_extent = (hz.min(), hz.max(), hy.mean(), hx.mean())
+
+
 def image_features(arrays: Mapping[str, Optional[np.ndarray]], mask: np.ndarray,
-                   spacing_xyz: Sequence[float]) -> Dict[str, float]:
-    """Features of ``IMAGE_FEATURES`` for (z, y, x) ``arrays`` on the grid of ``mask``."""
+                   spacing_xyz: Sequence[float],
+                   context: Optional[FeatureContext] = None) -> Dict[str, float]:
+    """Features of ``IMAGE_FEATURES`` for (z, y, x) ``arrays`` on the grid of ``mask``.
+    ``context``: the case's :class:`FeatureContext` (made here when not given). The mask's
+    computations run on its bounding box (plus the ring's margin in-plane): the same numbers
+    as on the whole grid, at a cost that follows the tumour's size."""
     from scipy import ndimage
 
     m = np.asarray(mask) > 0
     if m.ndim != 3:
         raise RadiogenError(f"radiomics needs a 3D mask (slices, y, x), got shape {m.shape}")
+    ctx = context if context is not None else FeatureContext(arrays, m.shape)
     sx, sy, sz = (float(v) for v in spacing_xyz)
     f: Dict[str, float] = {k: np.nan for k in IMAGE_FEATURES}
-    present = {s: np.asarray(a, np.float32) for s, a in arrays.items()
-               if a is not None and s in CHANNELS}
-    if not present:
-        raise RadiogenError("radiomics needs at least one of " + ", ".join(CHANNELS))
-    for s, a in present.items():
-        if a.shape != m.shape:
-            raise RadiogenError(f"{s} has shape {a.shape}, the mask {m.shape}: not one grid")
     nv = int(m.sum())
     f["volume_ml"] = nv * sx * sy * sz / 1000.0
     f["log_volume"] = float(np.log1p(f["volume_ml"]))
     if nv == 0:
         return f
-    n = m.shape[0]
-    per_slice = m.reshape(n, -1).sum(1)
-    z, y, x = np.nonzero(m)
+    ring_it = max(1, int(round(RING_MM / np.sqrt(sx * sy))))
+    # bounding box: all of the mask in z (in-plane structures never grow it), the ring's margin
+    # in y and x
+    zz, yy, xx = (np.nonzero(m.any(axis=ax))[0] for ax in ((1, 2), (0, 2), (0, 1)))
+    pad = ring_it + 1
+    box = (slice(zz[0], zz[-1] + 1), slice(max(0, yy[0] - pad), yy[-1] + 1 + pad),
+           slice(max(0, xx[0] - pad), xx[-1] + 1 + pad))
+    off = np.array([b.start for b in box])
+    mb = m[box]
+    per_slice = mb.reshape(mb.shape[0], -1).sum(1)
+    z, y, x = np.nonzero(mb)
     f["extent_z_mm"] = float((z.max() - z.min() + 1) * sz)
     f["max_area_cm2"] = float(per_slice.max() * sx * sy / 100.0)
-    ref = present.get("flair", next(iter(present.values())))
-    hm = head_mask(ref)
-    if hm.any():
-        hz, hy, hx = np.nonzero(hm)
-        z0, z1 = hz.min(), hz.max()
-        f["centroid_z_rel"] = float((z.mean() - z0) / max(z1 - z0, 1))
-        f["centroid_ap_mm"] = float((y.mean() - hy.mean()) * sy)
-        f["centroid_lr_abs_mm"] = float(abs(x.mean() - hx.mean()) * sx)
-    edge = m & ~ndimage.binary_erosion(m, structure=_inplane())
+    if ctx.head_extent is not None:
+        z0, z1, hy_mean, hx_mean = ctx.head_extent
+        f["centroid_z_rel"] = float((z.mean() + off[0] - z0) / max(z1 - z0, 1))
+        f["centroid_ap_mm"] = float((y.mean() + off[1] - hy_mean) * sy)
+        f["centroid_lr_abs_mm"] = float(abs(x.mean() + off[2] - hx_mean) * sx)
+    edge = mb & ~ndimage.binary_erosion(mb, structure=_inplane())
     f["surface_per_mm"] = float(edge.sum()) / nv / np.sqrt(sx * sy)
-    lab, k = ndimage.label(m)
-    sizes = ndimage.sum(m, lab, range(1, k + 1))
+    lab, k = ndimage.label(mb)
+    sizes = ndimage.sum(mb, lab, range(1, k + 1))
     f["n_components"] = float(k)
     f["largest_fraction"] = float(sizes.max() / nv)
     bz, by, bx = z.max() - z.min() + 1, y.max() - y.min() + 1, x.max() - x.min() + 1
     f["bbox_fill"] = nv / float(bz * by * bx)
     ey, ex = by * sy, bx * sx
     f["elongation"] = float(max(ey, ex) / max(min(ey, ex), 1e-6))
-    ring_it = max(1, int(round(RING_MM / np.sqrt(sx * sy))))
-    ring = ndimage.binary_dilation(m, structure=_inplane(), iterations=ring_it) & ~m & hm
+    ring = (ndimage.binary_dilation(mb, structure=_inplane(), iterations=ring_it) & ~mb
+            & ctx.head[box])
     big = int(np.argmax(per_slice))
-    for s, a in present.items():
-        hs = head_mask(a)
-        if nv < 10 or not hs.any():
+    for s, a in ctx.present.items():
+        if nv < 10 or s not in ctx.hmed:
             continue
-        hmed = float(np.median(a[hs])) or 1.0
-        v = a[m] / hmed
+        hmed = ctx.hmed[s]
+        ab = a[box]
+        v = ab[mb] / hmed
         f[f"{s}_mean"], f[f"{s}_sd"] = float(v.mean()), float(v.std())
         f[f"{s}_p10"], f[f"{s}_p50"], f[f"{s}_p90"] = (float(q) for q in
                                                        np.percentile(v, [10, 50, 90]))
         if ring.any():
-            f[f"{s}_ring_ratio"] = float(v.mean() / (a[ring].mean() / hmed + 1e-6))
+            f[f"{s}_ring_ratio"] = float(v.mean() / (ab[ring].mean() / hmed + 1e-6))
         f[f"{s}_cv"] = float(v.std() / (abs(v.mean()) + 1e-6))
-        f[f"{s}_bright_fraction"] = float((a[m] > np.percentile(a[hs], 95)).mean())
+        f[f"{s}_bright_fraction"] = float((ab[mb] > ctx.p95[s]).mean())
         (f[f"{s}_glcm_contrast"], f[f"{s}_glcm_homogeneity"], f[f"{s}_glcm_energy"],
-         f[f"{s}_glcm_correlation"]) = glcm_features(a[big], m[big])
+         f[f"{s}_glcm_correlation"]) = glcm_features(a[off[0] + big], m[off[0] + big])
     for a_, b_ in _RATIOS:
-        ma, mb = f[f"{a_}_mean"], f[f"{b_}_mean"]
-        if np.isfinite(ma) and np.isfinite(mb) and mb != 0:
-            f[f"ratio_{a_}_{b_}"] = float(ma / mb)
+        ma, mb_ = f[f"{a_}_mean"], f[f"{b_}_mean"]
+        if np.isfinite(ma) and np.isfinite(mb_) and mb_ != 0:
+            f[f"ratio_{a_}_{b_}"] = float(ma / mb_)
     return f
 
 
@@ -176,6 +209,67 @@ def case_features(case, wt_mask: np.ndarray,
 def vector(feats: Mapping[str, float], names: Sequence[str] = FEATURES) -> np.ndarray:
     return np.array([float(feats.get(k, np.nan)) for k in names], np.float64)
 
+#: occlusion maps: edge of the cubic blocks removed from the mask one at a time (mm), grown by
+#: 25 % steps until the mask has at most OCCLUSION_MAX_BLOCKS of them
+OCCLUSION_BLOCK_MM = 10.0
+OCCLUSION_MAX_BLOCKS = 64
+
+
+def occlusion_blocks(mask: np.ndarray, spacing_xyz: Sequence[float],
+                     block_mm: float = OCCLUSION_BLOCK_MM,
+                     max_blocks: int = OCCLUSION_MAX_BLOCKS):
+    """Cut ``mask`` by a grid of ``block_mm`` cubes (in mm; at least one voxel per side):
+    (int32 block id per voxel, 0 outside the mask, ids 1..n; n; the edge used in mm)."""
+    m = np.asarray(mask) > 0
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    idx = np.nonzero(m)
+    edge = float(block_mm)
+    while True:
+        cells = [np.floor(i * sp / edge).astype(np.int64) if sp < edge else i.astype(np.int64)
+                 for i, sp in zip(idx, (sz, sy, sx))]
+        key = (cells[0] * (1 << 20) + cells[1]) * (1 << 20) + cells[2]
+        uniq, inv = np.unique(key, return_inverse=True)
+        if len(uniq) <= max_blocks or not len(uniq):
+            break
+        edge *= 1.25
+    ids = np.zeros(m.shape, np.int32)
+    ids[idx] = inv.reshape(-1).astype(np.int32) + 1
+    return ids, int(len(uniq)), edge
+
+
+def occlusion_map(arrays: Mapping[str, Optional[np.ndarray]], mask: np.ndarray,
+                  spacing_xyz: Sequence[float], clinical: Mapping[str, float],
+                  probability, *, block_mm: float = OCCLUSION_BLOCK_MM,
+                  max_blocks: int = OCCLUSION_MAX_BLOCKS, cancel=None):
+    """Which parts of the tumour mask the prediction rests on, by occlusion: each block of
+    :func:`occlusion_blocks` is removed from the mask in turn, the features are recomputed
+    and ``probability`` ((B, F) feature vectors -> (B,) probabilities of the explained class)
+    is asked again; a block's value is the absolute change of the probability. A generator:
+    ``Progress`` items, then returns ``(heat, info)`` with ``heat`` float32 on the mask's grid
+    (0 outside the mask, not normalised) and ``info`` (blocks, edge in mm, base probability,
+    the largest change)."""
+    from .progress import Progress, check
+
+    m = np.asarray(mask) > 0
+    ctx = FeatureContext(arrays, m.shape)
+    clin = dict(clinical)
+    ids, n, edge = occlusion_blocks(m, spacing_xyz, block_mm, max_blocks)
+    rows = [vector({**image_features(arrays, m, spacing_xyz, ctx), **clin})]
+    for b in range(1, n + 1):
+        if b % 8 == 1:
+            check(cancel)
+            yield Progress("explain", b - 1, n, f"occlusion block {b}/{n}")
+        rows.append(vector({**image_features(arrays, m & (ids != b), spacing_xyz, ctx),
+                            **clin}))
+    p = np.asarray(probability(np.stack(rows)), np.float64).reshape(-1)
+    change = np.abs(p[1:] - p[0])
+    heat = np.zeros(m.shape, np.float32)
+    if n:
+        heat[ids > 0] = change[ids[ids > 0] - 1]
+    return heat, {"blocks": n, "block_mm": round(edge, 2), "probability": float(p[0]),
+                  "max_change": float(change.max()) if n else 0.0}
+
 
 __all__ = ["FEATURES", "IMAGE_FEATURES", "CLINICAL_FEATURES", "image_features",
+           "FeatureContext", "occlusion_blocks", "occlusion_map",
            "clinical_features", "case_features", "case_arrays", "glcm_features", "vector"]

@@ -1,4 +1,5 @@
-"""Explain: Grad-CAM / Grad-CAM++ / LayerCAM / MIL attention heatmaps over the MRI, in 2D and 3D.
+"""Explain: Grad-CAM / Grad-CAM++ / LayerCAM / MIL attention heatmaps over the MRI, in 2D and 3D
+(and the occlusion map of the radiomics model, which has no image network).
 
 The heatmap layer is named ``<case> <task> <method>``, carries its case, model, task, method and
 localisation score in its metadata, and is replaced cleanly on a rerun. A threshold slider hides
@@ -15,7 +16,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
 
-from ..core.explain import METHODS, TASKS, explain
+from ..core.explain import KIND_METHODS, TASKS, explain
 from ._common import CaseCombo, add_image_result
 from .workers import start_job
 
@@ -38,11 +39,13 @@ class ExplainWidget(QWidget):
         self._case = None
         self.case_combo = CaseCombo(napari_viewer)
         self.model = QComboBox()
+        self.method = QComboBox()
+        self._kinds = {}
         self._fill_models()
+        self.model.currentTextChanged.connect(self._fill_methods)
+        self._fill_methods()
         self.task = QComboBox()
         self.task.addItems(list(TASKS))
-        self.method = QComboBox()
-        self.method.addItems(list(METHODS))
         self.threshold = QSlider(Qt.Horizontal)
         self.threshold.setRange(0, 95)
         self.threshold.setValue(20)
@@ -85,9 +88,21 @@ class ExplainWidget(QWidget):
     def _fill_models(self) -> None:
         from ..core.models import list_models
         self.model.clear()
+        self._kinds = {}
         for m in list_models("prediction"):
-            if (m["card"].get("input") or {}).get("kind", "mil") in ("mil", "volume3d"):
-                self.model.addItem(m["name"])      # models with an image network to explain
+            kind = (m["card"].get("input") or {}).get("kind", "mil")
+            if kind in KIND_METHODS:
+                self._kinds[m["name"]] = kind
+                self.model.addItem(m["name"])
+
+    def _fill_methods(self, *_) -> None:
+        """The methods of the chosen model's kind (occlusion only for the radiomics model)."""
+        kind = self._kinds.get(self.model.currentText(), "mil")
+        keep = self.method.currentText()
+        self.method.clear()
+        self.method.addItems(list(KIND_METHODS[kind]))
+        if keep in KIND_METHODS[kind]:
+            self.method.setCurrentText(keep)
 
     def inputs(self) -> ExplainInputs:
         return ExplainInputs(case_id=self.case_combo.currentText(), task=self.task.currentText(),
@@ -109,8 +124,12 @@ class ExplainWidget(QWidget):
         self.job = start_job(lambda tok: explain(case, inp.model, task=inp.task,
                                                  method=inp.method, cancel=tok),
                              name=f"Explain {inp.task}", on_result=lambda r: self._show(r, inp),
-                             on_progress=lambda p: self.bar.setValue(p.done),
+                             on_progress=self._progress,
                              on_finished=self._finished, owner=self, viewer=self.viewer)
+
+    def _progress(self, p) -> None:
+        self.bar.setRange(0, max(p.total, 1))
+        self.bar.setValue(min(p.done, max(p.total, 1)))
 
     def _show(self, res, inp: ExplainInputs) -> None:
         self.result = res
