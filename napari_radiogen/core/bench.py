@@ -19,7 +19,7 @@ from .progress import CancelToken, Progress, check
 from .progress import run as _run
 
 ALL_STAGES = ("load", "prepare", "segment", "predict", "predict_radiomics", "synthesize",
-              "explain", "triage", "train_step")
+              "explain", "explain_radiomics", "triage", "train_step")
 
 
 def peak_rss_mb() -> float:
@@ -156,6 +156,11 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
         "explain": fam("explain", "explain",
                        lambda f: (_drain(f(need_case(), None, device=dev, cancel=cancel)),
                                   "Grad-CAM, IDH")[1]),
+        "explain_radiomics": fam(
+            "explain", "explain",
+            lambda f: (lambda r: f"occlusion, IDH, {r.details.get('blocks')} blocks, its own 3D "
+                                 "segmentation included")(
+                _drain(f(need_case(), "predict_radiomics", cancel=cancel)))),
         "triage": fam("triage", "classify_volume", triage_call),
         "train_step": lambda: ("ok", _train_step(dev)),
     }
