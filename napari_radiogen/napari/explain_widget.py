@@ -40,7 +40,6 @@ class ExplainWidget(QWidget):
         self.case_combo = CaseCombo(napari_viewer)
         self.model = QComboBox()
         self.method = QComboBox()
-        self._kinds = {}
         self._fill_models()
         self.model.currentTextChanged.connect(self._fill_methods)
         self._fill_methods()
