@@ -272,6 +272,7 @@ def test_analysis_feeds_its_segmentation_to_the_prediction_and_the_occlusion_map
     assert ex.model == "predict_radiomics" and ex.method == "occlusion"   # not Grad-CAM
     assert ex.details["mask"] == "segmentation supplied"
     assert ex.heatmap[res.segmentation.labels == 0].sum() == 0           # the analysis's mask
+    assert any("no gradcam heatmap: explained by occlusion" in w for w in res.warnings)
 
 
 def test_cli_explain_with_the_radiomics_model(tmp_path):

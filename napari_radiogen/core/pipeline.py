@@ -289,10 +289,14 @@ class Analyzer:
             methods = E.KIND_METHODS.get(kind, ())
             # a method the model does not have (Grad-CAM for the radiomics model): its own
             method = opts.explain_method if opts.explain_method in methods else None
+            if method is None and methods:
+                res.warnings.append(f"{lm.name} has no {opts.explain_method} heatmap: explained "
+                                    f"by {methods[0]}")
             seg = (res.segmentation.labels if res.segmentation is not None
                    and _uses_segmentation(lm) else None)
             for task in opts.explain_tasks:
-                yield Progress("explain", k, n, f"{method or methods[0]} for {task}")
+                yield Progress("explain", k, n,
+                               f"{method or (methods[:1] or [opts.explain_method])[0]} for {task}")
                 try:
                     ex = yield from _relay(
                         E.explain(case, lm, task=task, method=method,
