@@ -501,6 +501,39 @@ def ship(args, summary):
         print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
+def radiomics_alternative(alt_dir, shipped_metrics, decision: str) -> dict:
+    """The card entry of a finished ``--models radiomics`` run with another ``--seg-run`` (same
+    folds and seeds), against the shipped forests' CV metrics."""
+    from napari_radiogen.core.train.tasks.prediction import TASKS
+    alt_dir = Path(alt_dir)
+    alt = json.loads((alt_dir / "summary.json").read_text())["radiomics"]
+    alt_masks = json.loads((alt_dir / "radiomics_masks.json").read_text())
+    alt_mean = float(np.mean([alt[t]["auc_mean"] for t in TASKS]))
+    this_mean = float(np.mean([shipped_metrics[t]["auc_mean"] for t in TASKS]))
+    return {"what": f"the same model with the out-of-fold masks of {alt_masks['seg_run']} (mean "
+                    f"Dice {alt_masks['mean_dice_wt']:.3f}); same folds and seeds (run {alt_dir})",
+            "metrics": {**{t: alt[t]["auc_mean"] for t in TASKS},
+                        "c_index": (alt.get("survival") or {}).get("c_index_mean"),
+                        "mean_auc": alt_mean},
+            "this_model_mean_auc": this_mean,
+            "decision": (f"mean AUC {alt_mean:.3f} vs {this_mean:.3f} for the shipped forests "
+                         f"(the AUC SD over folds is ~0.1); {decision}")}
+
+
+def record_radiomics_alternative(alt_dir, weights_dir) -> None:
+    """Add (or refresh) a finished run's entry in the shipped predict_radiomics card's
+    ``alternatives``; the weights are unchanged."""
+    from napari_radiogen.core.models import load_state_dict_file, read_card, save_model
+    path = Path(weights_dir) / "predict_radiomics.safetensors"
+    card = read_card(path)
+    entry = radiomics_alternative(alt_dir, card["metrics"], "recorded after shipping: the "
+                                  "shipped forests are kept (weights unchanged)")
+    card["alternatives"] = [a for a in card.get("alternatives") or []
+                            if not a["what"].endswith(f"(run {Path(alt_dir)})")] + [entry]
+    save_model(path, load_state_dict_file(path), card)
+    print(f"recorded {alt_dir} in {path.name}: {entry['decision']}")
+
+
 def ship_radiomics(args, summary):
     """Refit the radiomics forests on every patient (features inside their out-of-fold masks, as
     in CV) and ship ``predict_radiomics`` with the CV table of this run."""
@@ -523,22 +556,10 @@ def ship_radiomics(args, summary):
     m = summary["radiomics"]
     alternatives = []
     if getattr(args, "radiomics_alternative", None):
-        alt_dir = Path(args.radiomics_alternative)
-        alt = json.loads((alt_dir / "summary.json").read_text())["radiomics"]
-        alt_masks = json.loads((alt_dir / "radiomics_masks.json").read_text())
-        alt_mean = float(np.mean([alt[t]["auc_mean"] for t in P.TASKS]))
-        this_mean = float(np.mean([m[t]["auc_mean"] for t in P.TASKS]))
-        alternatives.append({
-            "what": f"the same model with the out-of-fold masks of {alt_masks['seg_run']} (mean "
-                    f"Dice {alt_masks['mean_dice_wt']:.3f}); same folds and seeds (run {alt_dir})",
-            "metrics": {**{t: alt[t]["auc_mean"] for t in P.TASKS},
-                        "c_index": (alt.get("survival") or {}).get("c_index_mean"),
-                        "mean_auc": alt_mean},
-            "this_model_mean_auc": this_mean,
-            "decision": (f"mean AUC {alt_mean:.3f} vs {this_mean:.3f} for the shipped forests "
-                         "(the AUC SD over folds is ~0.1); not chosen: this --ship keeps the "
-                         "forests of its own --out run, a choice made with these numbers in "
-                         "view")})
+        alternatives.append(radiomics_alternative(
+            args.radiomics_alternative, m,
+            "not chosen: this --ship keeps the forests of its own --out run, a choice made with "
+            "these numbers in view"))
     others = {k: {**{t: summary[k][t]["auc_mean"] for t in P.TASKS},
                   "c_index": (summary[k].get("survival") or {}).get("c_index_mean")}
               for k in ("mil", "cnn3d", "age_sex", "intensity", "radiomics_expert_mask")
@@ -622,7 +643,8 @@ def ship_radiomics(args, summary):
                   f"--seeds {' '.join(map(str, args.seeds))} --models radiomics "
                   "radiomics_expert_mask --seg-run runs/seg/lgg_segresnet_full --ship"
                   + (" --radiomics-alternative DIR (DIR: the same command into another --out "
-                     f"with --seg-run {alt_masks['seg_run']})" if alternatives else ""))
+                     "with another --seg-run)" if alternatives else "")
+                  + "; later runs with other masks: --record-radiomics-alternative DIR")
     path = Path(args.weights_dir) / "predict_radiomics.safetensors"
     save_model(path, module.state_dict(), card)
     print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -655,10 +677,16 @@ def main(argv=None):
                     "radiomics model's features")
     ap.add_argument("--radiomics-alternative", help="a finished --models radiomics run with "
                     "another --seg-run (same folds): --ship records it in predict_radiomics's card")
+    ap.add_argument("--record-radiomics-alternative", metavar="DIR",
+                    help="only record a finished --models radiomics run (another --seg-run, same "
+                         "folds) in the shipped predict_radiomics card; weights unchanged")
     ap.add_argument("--weights-dir", default=str(ROOT / "napari_radiogen" / "weights"),
                     help="where --ship writes the models (default: the package's weights)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.record_radiomics_alternative:
+        record_radiomics_alternative(args.record_radiomics_alternative, args.weights_dir)
+        return 0
     if not args.summarise_only:
         run_cv(args)
     summary = summarise(args)

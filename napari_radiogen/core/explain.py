@@ -426,15 +426,8 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
     ref = case.sequences[case.reference]
     warns: List[str] = []
     if segmentation is None:
-        gen = P._segment_for(case, card, "cpu", cancel)
-        try:
-            item = next(gen)
-            while True:
-                if isinstance(item, Progress):
-                    yield Progress("explain", 1, 4, item.message)
-                item = gen.send(None)
-        except StopIteration as stop:
-            labels, seg_name, seg_warns = stop.value
+        labels, seg_name, seg_warns = yield from P._segment_for(case, card, "cpu", cancel,
+                                                                stage=("explain", 1, 4))
         warns.extend(seg_warns)
         source = f"segmented by {seg_name}"
     else:

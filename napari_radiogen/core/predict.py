@@ -25,7 +25,7 @@ Input preparation (``PREP``, the same code is used for training, see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -396,9 +396,10 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                            seconds=time.perf_counter() - t0, inputs=inp)
 
 
-def _segment_for(case, card, dev, cancel):
+def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predict", 1, 3)):
     """Whole-tumour labels for a segmentation-based predictor: the 2D model its card names for
-    slice packs, the default 3D model for volumes (relayed progress, then the labels)."""
+    slice packs, the default 3D model for volumes (progress relayed as ``stage`` = (name, done,
+    total); returns the labels, the model's name and its warnings)."""
     from .models import load_model
     from .segment import default_model_name, segment
     spec = (card.get("input") or {}).get("segmentation") or {}
@@ -407,7 +408,7 @@ def _segment_for(case, card, dev, cancel):
     res = None
     for item in segment(case, seg, device=dev, cancel=cancel, compare=False):
         if isinstance(item, Progress):
-            yield Progress("predict", 1, 3, f"segmenting ({name}): {item.message}")
+            yield Progress(*stage, f"segmenting ({name}): {item.message}")
         else:
             res = item
     return res.labels, name, res.warnings

@@ -76,9 +76,8 @@ def prime_openmp() -> None:
 # (never fewer than one, never more than torch's own default): the remaining core draws the
 # canvas and builds layers, so the job is not slowed by the viewer nor the viewer by the job.
 # On 2 cores this is also faster outright: the models' many small kernels lose more to waking a
-# passive second OpenMP thread than they gain from it (the sample case's analysis took 1.43 s on
-# one thread against 1.62 s on two, both with passive waiting, and 1.35 s on two busy-waiting
-# threads in a plain process). ``RADIOGEN_VIEWER_THREADS`` overrides the count.
+# passive second OpenMP thread than they gain from it (``scripts/bench_threads.py`` times the
+# settings; figures in the README). ``RADIOGEN_VIEWER_THREADS`` overrides the count.
 _TORCH_DEFAULT_THREADS: Optional[int] = None
 
 
