@@ -39,3 +39,49 @@ def test_clear_keeps_the_run_results(make_napari_viewer):
     run.clear()                                      # the run finished: nothing to undo
     run.rollback()
     assert "heat" in viewer.layers
+
+
+def test_result_labels_are_rewritten_in_place_without_a_data_event(make_napari_viewer):
+    """A rerun writes a result labels layer's new values into the layer's own array (napari
+    rebuilds the labels colormap shader on every ``data`` event: a GL relink in the main
+    thread); the slice on screen follows, the result the values came from is not aliased, and
+    a rollback puts the previous values back."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.napari._common import ResultLayers, add_layer_data, labels_result_data
+    viewer = make_napari_viewer()
+    geom = Geometry(size=(10, 8, 6), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    first = np.zeros((6, 8, 10), np.uint8)
+    first[2:4, 2:5, 3:7] = 2
+    layer = add_layer_data(viewer, labels_result_data(first, geom, "c1", "c1 seg"))
+    assert layer.data is not first                    # the layer owns its array
+    viewer.dims.set_point(0, 3)
+
+    events = []
+    layer.events.data.connect(lambda e: events.append(e))
+    second = np.zeros_like(first)
+    second[3, 1:7, 1:9] = 4
+    run = ResultLayers(viewer)
+    out = run.add(labels_result_data(second, geom, "c1", "c1 seg"))
+    assert out is layer and viewer.layers["c1 seg"] is layer
+    np.testing.assert_array_equal(layer.data, second)
+    assert events == []                               # no colormap rebuild
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), second[3])
+    assert first[2:4, 2:5, 3:7].min() == 2 and second.max() == 4   # inputs untouched
+
+    layer.data[0, 0, 0] = 1                           # (the user may paint on it)
+    run.rollback()
+    np.testing.assert_array_equal(layer.data, first)
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), first[3])
+
+
+def test_a_case_labels_layer_is_replaced_not_written_into(make_napari_viewer):
+    """Only result layers are written into: a case's own labels (ground truth read from disk)
+    keep their array, the update goes through ``data``."""
+    from napari_radiogen.napari._common import add_layer_data
+    viewer = make_napari_viewer()
+    truth = np.ones((3, 4, 5), np.uint8)
+    layer = add_layer_data(viewer, (truth, {"name": "gt", "metadata": {}}, "labels"))
+    new = np.full((3, 4, 5), 2, np.uint8)
+    add_layer_data(viewer, (new, {"name": "gt", "metadata": {}}, "labels"))
+    assert viewer.layers["gt"] is layer and layer.data is new
+    assert truth.max() == 1

@@ -158,15 +158,19 @@ def test_cancelled_rerun_keeps_the_previous_results(make_napari_viewer, qtbot, t
                if l.metadata.get("radiogen", {}).get("result")}
     assert any("segmentation (" in n for n in results) and any("gradcam" in n for n in results)
     stage_done = w._stage_done
+    seg_name = next(n for n in results if "segmentation (" in n)
+    seg = viewer.layers[seg_name]
+    computed = np.array(seg.data)
+    seg.data[0, 0, 0] = 2 if computed[0, 0, 0] != 2 else 1      # the user edits the result
+    edited = np.array(seg.data)
 
     def cancel_after_the_segmentation(item):
         stage_done(item)
         if getattr(item, "stage", None) == "segment":
-            # the rerun has just replaced the segmentation's data
-            assert viewer.layers[seg_name].data is not results[seg_name][1]
+            # the rerun has just written its segmentation into the layer (in place)
+            np.testing.assert_array_equal(viewer.layers[seg_name].data, computed)
             w.cancel()
 
-    seg_name = next(n for n in results if "segmentation (" in n)
     w._stage_done = cancel_after_the_segmentation
     w.run()
     qtbot.waitUntil(lambda: w.job.done, timeout=60_000)
@@ -175,6 +179,7 @@ def test_cancelled_rerun_keeps_the_previous_results(make_napari_viewer, qtbot, t
     for name, (layer, data) in results.items():
         assert name in viewer.layers and viewer.layers[name] is layer
         assert layer.data is data, name
+    np.testing.assert_array_equal(seg.data, edited)           # the user's edit is back
 
 
 @pytest.mark.parametrize("when", ["before", "during"])

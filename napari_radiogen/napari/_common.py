@@ -167,13 +167,42 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
             old.metadata = kwargs.get("metadata", old.metadata)
             if layer_type == "image" and "contrast_limits" in kwargs:
                 old.contrast_limits = kwargs["contrast_limits"]
-            old.data = data
+            set_layer_data(old, data)
             return old
         with _keep_selection(viewer, not select):
             viewer.layers.remove(name)
     add = getattr(viewer, f"add_{layer_type}")
     with _keep_selection(viewer, not select):
         return add(data, **kwargs)
+
+
+def set_layer_data(layer, data) -> None:
+    """Give ``layer`` new data of the same shape.
+
+    A result labels layer gets the values written into its own array and a refresh: setting
+    ``Labels.data`` makes napari rebuild the layer's colormap shader, a GL program relink of
+    20-60 ms of main thread on a software (Mesa) renderer, although the colormap did not
+    change. Only result layers (``radiogen.result``) are written into: their arrays are the
+    layer's own (:func:`labels_result_data` copies), never a case's or a result's."""
+    cur = layer.data
+    new = np.asarray(data)
+    if type(layer).__name__ == "Labels" and radiogen_meta(layer).get("result") \
+            and isinstance(cur, np.ndarray) and cur is not new and cur.flags.writeable \
+            and cur.shape == new.shape and cur.dtype == new.dtype:
+        np.copyto(cur, new)
+        layer.refresh()
+        return
+    layer.data = data
+
+
+def layer_data_snapshot(layer):
+    """What :func:`set_layer_data` needs to put ``layer``'s data back later: a copy where the
+    layer's array may be written into, else the array itself."""
+    data = layer.data
+    if type(layer).__name__ == "Labels" and radiogen_meta(layer).get("result") \
+            and isinstance(data, np.ndarray):
+        return data.copy()
+    return data
 
 
 def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False):
@@ -201,7 +230,7 @@ class ResultLayers:
             layers = self.viewer.layers
             if name in layers:
                 old = layers[name]
-                self._before[name] = (old, old.data, dict(old.metadata),
+                self._before[name] = (old, layer_data_snapshot(old), dict(old.metadata),
                                       getattr(old, "contrast_limits", None), layers.index(old))
             else:
                 self._before[name] = None
@@ -229,8 +258,8 @@ class ResultLayers:
                 old, data, meta, clim, index = prev
                 if old not in layers:
                     layers.insert(min(index, len(layers)), old)
-                old.data = data
                 old.metadata = meta
+                set_layer_data(old, data)
                 if clim is not None:
                     old.contrast_limits = clim
         self.clear()
@@ -242,8 +271,9 @@ class ResultLayers:
 
 def labels_result_data(labels: np.ndarray, geometry: Geometry, case_id: str, name: str,
                        **meta: Any) -> LayerData:
-    """The layer data of a segmentation result (no viewer needed: safe in a worker thread)."""
-    return labels_layer_data(Volume(labels, geometry), case_id=case_id, name=name,
+    """The layer data of a segmentation result (no viewer needed: safe in a worker thread).
+    The array is a copy: the layer owns it (:func:`set_layer_data` writes into it)."""
+    return labels_layer_data(Volume(np.array(labels), geometry), case_id=case_id, name=name,
                              sequence="segmentation", result=True, compact=True, **meta)
 
 
