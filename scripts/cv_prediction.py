@@ -363,7 +363,6 @@ def print_table(summary):
 
 
 def ship(args, summary):
-    import torch
     from safetensors.torch import load_file
     from napari_radiogen.core.models import new_card, save_model
     from napari_radiogen.core.predict import CLASSES, PREP

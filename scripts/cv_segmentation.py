@@ -554,7 +554,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
         if "assembly" in res:
             base_pp = {k: v for k, v in (card.get("postprocess") or {}).items()
                        if k not in ("thresholds", "enhancement")}
-            print(f"choosing the shipped model's assembly on its training cases", flush=True)
+            print("choosing the shipped model's assembly on its training cases", flush=True)
             from napari_radiogen.core.io import load_case
             fm = load_model(str(src), task="segmentation")
             ids_final = all_ids if retrain else fold1_train
@@ -795,7 +795,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                              "--ship")
         if run in LGG_FULL_RUNS:
             card["limitations"] = (
-                f"Trained on a shared 2-core CPU (1 thread): small 2D net, {steps} "
+                f"Trained on a shared 2-core CPU (1-2 threads): small 2D net, {steps} "
                 f"optimiser steps ({steps * int(cfg['train']['batch_size'])} slices) per model. "
                 "TCGA-LGG 2D packs at 128 x 128 (the source slices binned 2x2), 3-fold "
                 f"patient CV; the shipped model is retrained on all {len(all_ids)} patients. "

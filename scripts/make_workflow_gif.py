@@ -15,7 +15,6 @@ from pathlib import Path
 
 def main(out: str = "docs/workflow.gif") -> int:
     import napari
-    import numpy as np
     from PIL import Image
     from qtpy.QtWidgets import QApplication
 

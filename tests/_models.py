@@ -1,7 +1,6 @@
 """Small random-weight models written into a temporary user models folder, so the orchestration
 (explain, pipeline, widgets) is tested without depending on what is shipped. Behaviour of the
 shipped weights is tested separately where they exist."""
-import os
 from pathlib import Path
 
 from napari_radiogen.core import predict as P

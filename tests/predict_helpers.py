@@ -2,7 +2,6 @@
 HDF5 packs written from phantoms (no trained weights needed)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -2,7 +2,6 @@
 missing-sequence message."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from predict_helpers import TINY, make_tiny_model

@@ -1,7 +1,6 @@
 """Segmentation: metrics, inference on phantoms (tiny random nets), error messages, CLI outputs,
 and the shipped models on real data (sample case Dice vs the card; BraTS geometry)."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Card-driven postprocessing of BraTS label maps (core.segment.postprocess_labels) and the
 2 mm attention U-Net config that uses it."""
 import numpy as np
-import pytest
 
 from napari_radiogen.core import segment as seg
 from napari_radiogen.core.case import Geometry

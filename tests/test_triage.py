@@ -194,7 +194,6 @@ def test_folds_deduplicated_and_stratified(tmp_path):
     x, y = ds[0]
     assert tuple(x.shape) == (1, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
     # baseline and evaluate speak the engine's language (scalar metrics + score)
-    import torch
     m = task.build_model()
     ev = task.evaluate(m, task.dataset([r.patient_id for r in recs]), "cpu")
     assert {"score", "accuracy", "macro_f1", "recall_glioma"} <= set(ev)

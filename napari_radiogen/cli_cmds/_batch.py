@@ -3,7 +3,7 @@ folder of cases; in a folder a bad case is reported and the rest go on; one CSV 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 
 def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:

@@ -97,7 +97,7 @@ def run(args) -> int:
               "(continue with --resume)", file=sys.stderr)
         return 130
     except Cancelled:
-        print(f"radiogen: cancelled; resume with --resume", file=sys.stderr)
+        print("radiogen: cancelled; resume with --resume", file=sys.stderr)
         return 130
     if result is None or rank != 0:
         return 0

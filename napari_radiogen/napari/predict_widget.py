@@ -14,7 +14,6 @@ from typing import Any, Dict, Optional
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
-from ..core.predict import CLASSES
 from ._common import CaseCombo, device_combo, run_cancel_row
 from .workers import start_job
 

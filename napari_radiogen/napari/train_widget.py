@@ -4,7 +4,7 @@ score so far. The run itself is ``core.train.engine.train`` driven by ``workers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 

@@ -43,8 +43,9 @@ PROGRESS_INTERVAL = 0.05
 # team is the worker thread's, libgomp lets its threads busy-wait between parallel regions
 # (their number does not exceed the CPUs), and beside the Qt main thread, the OpenGL renderer
 # and any other process those spinning threads take the CPUs the job itself needs: the sample
-# case's analysis took 21 s in a worker thread instead of 1.8 s with one other busy process on
-# 2 cores (on an idle machine napari's runs were ~20% slower). Passive waiting fixes it;
+# case's analysis in a worker thread took a median 6.3 s (4-12 s) instead of 1.8 s with one
+# other busy process on 2 cores (scripts/bench_threads.py --busy; idle, passive waiting costs
+# about 10 %). Passive waiting fixes it;
 # libgomp reads the setting once, when torch loads it, which in napari happens after this
 # module is imported (a setting the user made wins).
 _OMP_PRIMED = ("OMP_WAIT_POLICY" in os.environ      # the user chose: leave it alone

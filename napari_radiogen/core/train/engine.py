@@ -439,7 +439,6 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     ``install=True`` copies the final model into the user models folder (then it appears in
     ``core.models.list_models()`` and the widgets' model lists).
     """
-    import torch
     from ..models import resolve_device
 
     overrides = {"train.epochs": epochs, "folds": folds, "train.max_minutes": max_minutes}

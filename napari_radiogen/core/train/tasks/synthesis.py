@@ -25,10 +25,9 @@ written into the net, which then starts as that baseline and learns the residual
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -434,7 +433,6 @@ class SynthesisTask(TrainTask):
         return model
 
     def training_step(self, model, batch, device):
-        import torch
         x = batch["x"].to(device)
         y = batch["y"].to(device)
         m = batch["mask"].to(device)
