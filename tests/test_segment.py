@@ -116,6 +116,25 @@ def test_segment_phantom_volume(tiny3d):
     assert any(isinstance(i, seg.Progress) for i in items)
 
 
+def test_native_and_thick_slice_inputs_are_flagged_for_3d_models(tiny3d):
+    """A 3D model (trained on skull-stripped 1 mm BraTS volumes) on a scan with scalp and skull,
+    or with thick slices, says so; a skull-stripped 1.5 mm case gets no such warning."""
+    def warnings(case):
+        return run(seg.segment(case, tiny3d, device="cpu")).warnings
+    stripped = warnings(make_phantom(1, skull_stripped=True))
+    assert not any("skull-stripped" in w or "thick slices" in w for w in stripped)
+    native = warnings(make_phantom(1))                        # scalp, skull, noisy background
+    assert any("not skull-stripped" in w for w in native)
+    assert not any("thick slices" in w for w in native)
+    thick = warnings(make_phantom(1, shape=(16, 80, 72), spacing=(1.5, 1.5, 5.5),
+                                  skull_stripped=True))
+    assert any("5.5 mm (thick slices)" in w for w in thick)
+    assert not any("skull-stripped" in w for w in thick)
+    # a card may say its model was trained on non-stripped volumes
+    assert seg.domain_warnings(make_phantom(1), {"dims": 3, "skull_stripped_input": False},
+                               "otsu") == []
+
+
 def test_segment_cancel(tiny3d):
     tok = CancelToken()
     tok.cancel()

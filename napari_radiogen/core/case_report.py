@@ -25,6 +25,27 @@ def _key_slice(labels, heat, nz: int) -> int:
     return nz // 2
 
 
+def sequence_panels(case, z: int) -> Dict[str, np.ndarray]:
+    """Axial slice ``z`` of the reference grid for every sequence, in canonical order.
+
+    Every panel shows the same physical slice: a sequence on its own grid (native scans, each
+    series with its own field of view and slice positions) is resampled onto the reference
+    grid first, never shown at the same array index. A sequence that does not overlap the
+    reference grid gives an empty panel."""
+    from .errors import GeometryError
+    from .prepare import resample_volume
+    g = case.sequences[case.reference].geometry
+    out: Dict[str, np.ndarray] = {}
+    for s in ("t1", "t1ce", "t2", "flair"):
+        if s not in case.sequences:
+            continue
+        try:
+            out[s] = np.asarray(resample_volume(case.sequences[s], g, name=s).array[z])
+        except GeometryError:
+            out[s] = np.zeros(g.shape[1:], np.float32)
+    return out
+
+
 def _slices_figure(res, out_png: Path) -> str:
     import matplotlib
     matplotlib.use("Agg")
@@ -48,10 +69,8 @@ def _slices_figure(res, out_png: Path) -> str:
         ax.set_title(title, fontsize=9)
         ax.axis("off")
 
-    for ax, s in zip(axes, seqs):
-        v = case.sequences[s]
-        img = v.array[z] if v.array.shape == ref.array.shape else v.array[min(z, v.array.shape[0] - 1)]
-        show(ax, img, s + (" (synthetic)" if v.synthetic else ""))
+    for ax, (s, img) in zip(axes, sequence_panels(case, z).items()):
+        show(ax, img, s + (" (synthetic)" if case.sequences[s].synthetic else ""))
     i = len(seqs)
     base = ref.array[z]
     if labels is not None:

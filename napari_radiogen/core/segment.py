@@ -549,12 +549,36 @@ def postprocess_labels(labels: np.ndarray, geometry: Optional[Geometry],
     return out
 
 
+THICK_SLICE_MM = 3.0
+
+
+def domain_warnings(case: Case, card: Dict[str, Any], mask_method: str) -> List[str]:
+    """Where a 3D case lies outside what a 3D model was trained on, said plainly.
+
+    The 3D models here were trained on skull-stripped BraTS volumes (1 mm isotropic sources;
+    a card may say otherwise with ``skull_stripped_input: false``). On a native scan with scalp
+    and skull (detected as no exact-zero background: the head mask was used) they can label
+    scalp, orbits or neck and miss the tumour: seen on the native TCGA-FG-6692 scan."""
+    out: List[str] = []
+    if card.get("skull_stripped_input", int(card.get("dims", 3)) == 3) and mask_method != "nonzero":
+        out.append("the input is not skull-stripped (its background is not exactly zero): this "
+                   "model was trained on skull-stripped BraTS volumes and can label scalp, "
+                   "orbits or neck and miss the tumour; skull-strip the case first for a "
+                   "reliable result")
+    thick = max(case.geometry.spacing)
+    if thick > THICK_SLICE_MM:
+        out.append(f"voxels of up to {thick:.1f} mm (thick slices): this model was trained on "
+                   "1 mm volumes; small or thin regions are unreliable")
+    return out
+
+
 def _segment_volume(case, model, dev, cancel, timings, warn):
     t = time.perf_counter()
     yield Progress("segment", 1, 4, "preparing (crop to brain, resample, normalise)")
     prepared = prepare_volume(case, model.card)
     arr = np.asarray(prepared.array, dtype=np.float32)
     _brain_check(arr, case.case_id)
+    warn.extend(domain_warnings(case, model.card, prepared.mask_method))
     timings["prepare"] = time.perf_counter() - t
     check(cancel)
     yield Progress("segment", 2, 4, f"running the network on {'x'.join(map(str, arr.shape[1:]))}")
