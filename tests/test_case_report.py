@@ -30,3 +30,12 @@ def test_panels_of_sequences_on_their_own_grids_show_the_reference_slice():
     assert _corr(panels["t1"], t1.array[z]) > 0.9
     naive = case.sequences["t1"].array[z]         # the series' own slice 16: 63 mm up
     assert naive.any() and _corr(naive, t1.array[z]) < 0.8
+
+
+def test_report_cells_format_numbers_and_say_what_is_missing():
+    from napari_radiogen.core.case_report import _interval, _num
+    assert _num(2.449, 1) == "2.4" and _num(0.81234, 3) == "0.812"
+    assert _num(float("inf"), 1) == "n/a (empty mask)"
+    assert _num(float("nan"), 1) == "n/a" and _num(None, 1) == "n/a"
+    assert _interval([0.40192962352405076, 0.7747484520123838]) == "[0.40, 0.77]"
+    assert _interval(None) == "" and _interval("x") == ""

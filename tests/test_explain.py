@@ -76,6 +76,31 @@ def test_mil_heatmap_on_case_grid(models, sample, method):
     assert res.heatmap[ref.array == 0].sum() <= 0.02 * res.heatmap.sum()
 
 
+def test_without_ground_truth_the_segmentation_localises_and_missing_inputs_are_said(
+        models, sample):
+    """No expert mask: the localisation is scored against the default segmentation model's
+    whole tumour (and says so); a sequence the model runs without is named in the warnings;
+    ``localise=False`` (the analysis, which passes its own segmentation) segments nothing."""
+    import copy
+    lm = load_model(str(models["mil"]))
+    case = copy.copy(sample)
+    case.labels = None
+    res = run(explain(case, lm, task="idh", method="gradcam"))
+    assert res.mask_source is not None and res.mask_source.startswith("segmentation (seg_")
+    assert res.localisation is not None and 0.0 <= res.localisation <= 1.0
+    assert not any("missing" in w for w in res.warnings)
+    quiet = run(explain(case, lm, task="idh", method="gradcam", localise=False))
+    assert quiet.localisation is None and quiet.mask_source is None
+
+    no_t1 = copy.copy(case)
+    no_t1.sequences = {k: v for k, v in case.sequences.items() if k != "t1"}
+    res = run(explain(no_t1, lm, task="idh", method="gradcam"))
+    assert any(w.startswith("t1 missing: masked") for w in res.warnings)
+    # the 3D segmentation model needs all four sequences: no score, and the reason
+    assert res.localisation is None
+    assert any("could not be segmented" in w and "t1" in w for w in res.warnings)
+
+
 def test_cnn3d_gradcam_on_case_grid(models, sample):
     lm = load_model(str(models["cnn3d"]))
     res = run(explain(sample, lm, task="grade", method="gradcam++"))

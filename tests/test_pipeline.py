@@ -66,6 +66,7 @@ def test_analyze_case_all_stages_and_outputs(models, sample_path, tmp_path):
                    "De-identified", "key_slice.png"):
         assert needle in html
     assert str(sample_path) not in html          # de-identified: no source paths
+    assert "HD95 (mm)" in html and "nan" not in html.lower().replace("nanmean", "")
     # the models are loaded once and reused for the next case
     ids = {k: id(v) for k, v in an._models.items()}
     run(an.analyze(sample_path))

@@ -109,6 +109,24 @@ def _attention_figure(res, out_png: Path) -> str:
     return out_png.name
 
 
+def _num(v, digits: int) -> str:
+    """A number for a table cell; missing or non-finite values are said, not printed as nan
+    (HD95 is infinite when one of the two masks is empty)."""
+    if not isinstance(v, (int, float)):
+        return "n/a"
+    if not np.isfinite(v):
+        return "n/a (empty mask)" if np.isinf(v) else "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _interval(ci) -> str:
+    try:
+        lo, hi = (float(x) for x in ci)
+    except (TypeError, ValueError):
+        return ""
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
 def _table(rows, header) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
@@ -140,7 +158,7 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         parts.append(f"<h2>Segmentation ({html.escape(seg.model)})</h2>"
                      + _table(rows, ("region / label", "volume (mL)")))
         if seg.metrics:
-            rows = [(r, *(f"{m.get(k, float('nan')):.3f}" for k in ("dice", "hd95")))
+            rows = [(r, _num(m.get("dice"), 3), _num(m.get("hd95_mm"), 1))
                     for r, m in seg.metrics.items()]
             parts.append("<p>Against the case's reference labels:</p>"
                          + _table(rows, ("region", "Dice", "HD95 (mm)")))
@@ -155,7 +173,7 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
             sd = (pr.uncertainty.get(t) or {}).get("sd")
             rows.append((t, best, f"{probs[best]:.2f}", f"{sd:.2f}" if sd is not None else "",
                          f"{auc:.2f}" if isinstance(auc, (int, float)) else "n/a",
-                         f"{ci}" if ci else ""))
+                         _interval(ci)))
         parts.append(f"<h2>Prediction ({html.escape(pr.model)})</h2>"
                      + _table(rows, ("task", "predicted", "probability", "SD (ensemble)",
                                      "validated AUC (CV)", "95% CI")))

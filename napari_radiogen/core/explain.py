@@ -252,7 +252,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
             target: Optional[str] = None, layer: Optional[str] = None,
             wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
             inputs=None, fusion: str = "raw", segmentation: Optional[np.ndarray] = None,
-            cancel: Optional[CancelToken] = None
+            localise: bool = True, cancel: Optional[CancelToken] = None
             ) -> Iterator[Union[Progress, ExplainResult]]:
     """Heatmap for ``task`` of a prediction model on ``case`` (see the module docstring).
 
@@ -266,7 +266,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     the case's labels when present); ``inputs``: the ``SliceInput`` a prediction of this model
     on this same case already made (``PredictionResult.inputs``), to skip rebuilding it;
     ``segmentation``: labels on the reference grid for a segmentation-based model (default: it
-    segments the case as its prediction does).
+    segments the case as its prediction does); ``localise``: with no ``wt_mask`` and no ground
+    truth, segment the case (default segmentation model) for the localisation score.
     """
     import torch
 
@@ -315,6 +316,11 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     check(cancel)
     yield Progress("explain", 1, 4, "preparing slices")
     inp = inputs if inputs is not None else P.case_to_input(case, seqs)
+    warns: List[str] = []
+    masked = [s for s, m in zip(seqs, inp.seq_mask) if not m]
+    if masked:
+        warns.append(f"{', '.join(masked)} missing: masked (the model ran without them, as in "
+                     "its prediction; the heatmap shows what it used)")
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):
         cvec, _ = P.clinical_vector(case.clinical, card)
@@ -377,11 +383,12 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
     heat = _minmax(heat) if legacy else _scale_max(heat)
     wt_mask, mask_source = _ground_truth_or(case, wt_mask)
+    if wt_mask is None and localise:
+        wt_mask, mask_source = yield from _segmentation_mask(case, card, cancel, warns)
     loc = None
     if wt_mask is not None:
         g = ref.geometry
         loc = localisation_score(heat, wt_mask, (g.spacing[2], g.spacing[1], g.spacing[0]))
-    warns = []
     synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
     if synth:
         warns.append(f"synthetic input(s) used: {', '.join(synth)}")
@@ -391,6 +398,20 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                         geometry=ref.geometry, localisation=loc, mask_source=mask_source,
                         slice_weights=weights, warnings=warns,
                         seconds=time.perf_counter() - t0)
+
+
+def _segmentation_mask(case, card, cancel, warns: List[str]):
+    """No tumour mask given and no ground truth: the whole tumour as the default segmentation
+    model for the case's kind segments it (the issue's "else the segmentation"), with its
+    source; ``(None, None)`` and a warning when it cannot be segmented."""
+    from . import predict as P
+    try:
+        labels, name, _ = yield from P._segment_for(case, card, "cpu", cancel,
+                                                    stage=("explain", 3, 4))
+    except RadiogenError as e:
+        warns.append(f"no localisation score: the case could not be segmented ({e})")
+        return None, None
+    return labels > 0, f"segmentation ({name})"
 
 
 def _ground_truth_or(case, wt_mask):

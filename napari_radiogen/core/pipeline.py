@@ -301,7 +301,8 @@ class Analyzer:
                     ex = yield from _relay(
                         E.explain(case, lm, task=task, method=method,
                                   wt_mask=None if gt else wt_mask, segmentation=seg,
-                                  inputs=res.prediction.inputs, cancel=cancel), "explain", k, n)
+                                  inputs=res.prediction.inputs, localise=False,
+                                  cancel=cancel), "explain", k, n)
                     res.explanations.append(ex)
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
                 except RadiogenError as e:
