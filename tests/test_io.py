@@ -630,3 +630,24 @@ def test_dicom_two_series_same_sequence_needs_a_choice(tmp_path):
     assert load_case(d, series="T1 SAG").meta["files"] == {"t1": "series 'T1 SAG'"}
     c = load_case(d, overrides={"T1 SAG": "t1ce"})
     assert c.present == ("t1", "t1ce")
+
+
+def test_a_blank_sequence_is_refused_by_name(tmp_path):
+    """An all-zero (or constant) sequence is not read as a featureless scan: the load names
+    the file and the sequence; labels that are all zero (no tumour) stay valid."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.phantom import make_phantom
+    case = make_phantom(2, shape=(24, 32, 28))
+    folder = tmp_path / "C1"
+    folder.mkdir()
+    for s, v in case.sequences.items():
+        arr = np.zeros_like(v.array) if s == "flair" else v.array
+        write_volume(arr, v.geometry, folder / f"C1_{s}.nii.gz")
+    write_volume(np.zeros(case.geometry.shape, np.uint8), case.geometry, folder / "C1_seg.nii.gz",
+                 labels=True)
+    with pytest.raises(CaseLoadError, match=r"C1_flair\.nii\.gz: the flair image is blank"):
+        load_case(folder)
+    write_volume(case.sequences["flair"].array, case.geometry, folder / "C1_flair.nii.gz")
+    loaded = load_case(folder)
+    assert set(loaded.sequences) == {"t1", "t1ce", "t2", "flair"}
+    assert loaded.labels is not None and not loaded.labels.array.any()

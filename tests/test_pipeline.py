@@ -127,6 +127,24 @@ def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, 
     assert sorted(i.status for i in items2) == ["cached", "failed"]
 
 
+def test_cohort_case_whose_every_model_stage_fails_is_failed_not_done(models, tmp_path):
+    """A volume that loads but is no brain MRI (a small noise cube): segmentation and
+    prediction refuse it, so the case is reported failed with their reasons (and not cached
+    as done)."""
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    cube = make_phantom(0, shape=(12, 12, 12), spacing=(1.0, 1.0, 1.0))
+    folder = tmp_path / "cohort" / "CUBE"
+    folder.mkdir(parents=True)
+    for s, v in cube.sequences.items():
+        write_volume(v.array, v.geometry, folder / f"CUBE_{s}.nii.gz")
+    an = Analyzer(_opts(models, explain_tasks=()))
+    for _ in range(2):
+        items = run(analyze_cohort([folder], tmp_path / "out", analyzer=an, render=False))
+        assert [i.status for i in items] == ["failed"]
+        assert "segment:" in items[0].message and "2D or too thin" in items[0].message
+
+
 def test_cli_analyze_sample(models, sample_path, tmp_path):
     r = subprocess.run([sys.executable, "-m", "napari_radiogen", "analyze", str(sample_path),
                         "--out", str(tmp_path), "--seg-model", str(models["seg"]),

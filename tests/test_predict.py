@@ -78,6 +78,20 @@ def test_missing_required_sequence_clear_message(tiny):
         drive(predict(case, tiny, device="cpu"))
 
 
+def test_non_brain_volumes_are_refused_not_predicted(tiny):
+    """A volume too small or too thin to hold a head gets the segmentation's clear message
+    from predict and explain too, not probabilities about noise."""
+    from napari_radiogen.core.errors import CaseLoadError
+    from napari_radiogen.core.explain import explain
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import predict
+    cube = make_phantom(0, shape=(12, 12, 12), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(CaseLoadError, match="2D or too thin for a 3D brain model"):
+        drive(predict(cube, tiny, device="cpu"))
+    with pytest.raises(CaseLoadError, match="2D or too thin for a 3D brain model"):
+        drive(explain(cube, tiny))
+
+
 def test_predict_nifti_case_folder_t2_ignored(tiny, tmp_path):
     from napari_radiogen.core.io import load_case, write_volume
     from napari_radiogen.core.phantom import make_phantom

@@ -64,6 +64,12 @@ class AnalysisResult:
     timings: Dict[str, float] = field(default_factory=dict)
     models: Dict[str, str] = field(default_factory=dict)
 
+    @property
+    def failed(self) -> bool:
+        """Every model stage that ran failed: no segmentation, no prediction, only errors (e.g.
+        an input that is not a brain MRI)."""
+        return bool(self.errors) and self.segmentation is None and self.prediction is None
+
     def summary(self) -> Dict[str, Any]:
         row: Dict[str, Any] = {"case_id": self.case_id}
         if self.segmentation is not None:
@@ -432,12 +438,17 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
                     yield x
             item.case_id = res.case_id
             write_outputs(res, out, report=report, render=render, deidentify=deidentify)
-            a = out / res.case_id / "analysis.json"
-            data = json.loads(a.read_text())
-            data["fingerprint"] = fp
-            data["source"] = str(Path(path).resolve())
-            a.write_text(json.dumps(data, indent=2, default=float))
-            item.status, item.summary = "done", res.summary()
+            item.summary = res.summary()
+            if res.failed:            # reported, and not cached: the next run tries again
+                item.status = "failed"
+                item.message = "; ".join(f"{k}: {v}" for k, v in res.errors.items())
+            else:
+                a = out / res.case_id / "analysis.json"
+                data = json.loads(a.read_text())
+                data["fingerprint"] = fp
+                data["source"] = str(Path(path).resolve())
+                a.write_text(json.dumps(data, indent=2, default=float))
+                item.status = "done"
         except Cancelled:
             item.status, item.message = "cancelled", "cancelled by the user"
             items.append(item)

@@ -309,17 +309,7 @@ def check_case(case: Case, card: Dict[str, Any]) -> None:
                 "volumes (choose a whole-tumour slice model, e.g. seg_lgg_segresnet2d)")
         if missing:
             raise MissingSequenceError(missing, needed, case.present)
-        g = case.geometry
-        ext = [n * s for n, s in zip(g.size, g.spacing)]
-        if min(g.size) < MIN_SLICES or min(ext) < MIN_EXTENT_MM:
-            raise CaseLoadError(
-                f"{case.case_id} looks 2D or too thin for a 3D brain model (grid "
-                f"{'x'.join(map(str, g.size))}, extent {'x'.join(f'{e:.0f}' for e in ext)} mm); "
-                "the model needs a 3D brain MRI volume")
-        if max(ext) > 400:
-            raise CaseLoadError(
-                f"{case.case_id} covers {max(ext):.0f} mm: not a brain MRI volume (the model "
-                "segments brain tumours in head MRI)")
+        check_brain_volume(case)
     else:
         if case.kind != "slices":
             raise CaseLoadError(
@@ -327,6 +317,22 @@ def check_case(case: Case, card: Dict[str, Any]) -> None:
                 "packs (TCGA-LGG style). Choose a 3D model, e.g. seg_brats_segresnet")
         if missing:
             raise MissingSequenceError(missing, needed, case.present)
+
+
+def check_brain_volume(case: Case) -> None:
+    """A 3D volume's grid must be able to hold a head: not 2D or a few slices thin, not
+    metres wide (clear errors instead of an answer about noise)."""
+    g = case.geometry
+    ext = [n * s for n, s in zip(g.size, g.spacing)]
+    if min(g.size) < MIN_SLICES or min(ext) < MIN_EXTENT_MM:
+        raise CaseLoadError(
+            f"{case.case_id} looks 2D or too thin for a 3D brain model (grid "
+            f"{'x'.join(map(str, g.size))}, extent {'x'.join(f'{e:.0f}' for e in ext)} mm); "
+            "the model needs a 3D brain MRI volume")
+    if max(ext) > 400:
+        raise CaseLoadError(
+            f"{case.case_id} covers {max(ext):.0f} mm: not a brain MRI volume (the model "
+            "segments brain tumours in head MRI)")
 
 
 def _brain_check(arr: np.ndarray, case_id: str) -> None:

@@ -358,6 +358,17 @@ def _set_reference(case: Case, reference: Optional[str]) -> None:
     case.meta["reference"] = r
 
 
+def _check_not_blank(vol: Volume, name: str, display: str) -> None:
+    """A sequence whose voxels all hold one value carries no image: refuse it by name (the
+    models would otherwise read it as a real, featureless scan and answer without a word)."""
+    a = vol.array
+    lo, hi = float(a.min()), float(a.max())
+    if lo == hi:
+        raise CaseLoadError(f"{display}: the {name} image is blank (every voxel is {lo:g}); "
+                            "remove it from the case (a missing sequence can be synthesised) "
+                            "or replace the file")
+
+
 def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[str],
               source: Path, meta: Dict[str, Any]) -> Case:
     by_name: Dict[str, Item] = {}
@@ -387,6 +398,8 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
                             f"({by_name['labels'].display})" if "labels" in by_name
                             else f"{root}: no image sequence found")
     sequences = {s: _load_item(seq_items[s]) for s in SEQUENCES if s in seq_items}
+    for s, v in sequences.items():
+        _check_not_blank(v, s, seq_items[s].display)
     labels = _load_item(by_name["labels"]) if "labels" in by_name else None
     meta = dict(meta)
     meta["files"] = {s: it.display for s, it in by_name.items()}
