@@ -51,6 +51,16 @@ class StageResult:
     seconds: float = 0.0
 
 
+def _add_warnings(res: "AnalysisResult", warnings) -> None:
+    """A stage's warnings, once each; a stage's own "synthetic input(s) used" note is left out
+    when the analysis synthesised the inputs (its own warning names them already)."""
+    for w in warnings:
+        if res.synthesized and w.startswith("synthetic input(s) used"):
+            continue
+        if w not in res.warnings:
+            res.warnings.append(w)
+
+
 @dataclass
 class AnalysisResult:
     case_id: str
@@ -247,7 +257,7 @@ class Analyzer:
                 res.models["segmentation"] = lm.name
                 res.segmentation = yield from _relay(
                     S.segment(case, lm, device=opts.device, cancel=cancel), "segment", k, n)
-                res.warnings.extend(w for w in res.segmentation.warnings if w not in res.warnings)
+                _add_warnings(res, res.segmentation.warnings)
                 wt_mask = res.segmentation.labels > 0
                 yield StageResult("segment", case.case_id, res.segmentation,
                                   time.perf_counter() - t)
@@ -271,9 +281,7 @@ class Analyzer:
                               segmentation_source="of this analysis ("
                               f"{res.models.get('segmentation')})"),
                     "predict", k, n)
-                for w in res.prediction.warnings:
-                    if w not in res.warnings:
-                        res.warnings.append(w)
+                _add_warnings(res, res.prediction.warnings)
                 for task, probs in res.prediction.tasks.items():
                     if max(probs.values()) < LOW_CONFIDENCE:
                         res.warnings.append(f"low confidence for {task} "
