@@ -256,6 +256,27 @@ def test_tcga_lgg_pack():
     assert "t1ce" not in c2.sequences and "t1ce" in c2.meta["unavailable"]
 
 
+def test_pack_through_a_symlink_finds_its_clinical_table(tmp_path):
+    """A pack linked into another folder (a user's own cohort of links) still reads the
+    clinical table beside the real file."""
+    folder = shared_path("tcga-lgg")
+    link = tmp_path / "TCGA_CS_4941.h5"
+    link.symlink_to(folder / "TCGA_CS_4941.h5")
+    c = load_case(link)
+    assert c.clinical and c.clinical == load_case(folder / "TCGA_CS_4941.h5").clinical
+
+
+def test_unknown_model_lists_the_models_of_its_task():
+    from napari_radiogen.core.errors import ModelFileError
+    from napari_radiogen.core.models import list_models, load_model
+    with pytest.raises(ModelFileError) as e:
+        load_model("nosuchmodel", task="segmentation")
+    msg = str(e.value)
+    assert "segmentation models:" in msg
+    for m in list_models():
+        assert (m["name"] in msg) == (m.get("task") == "segmentation"), m["name"]
+
+
 def test_tcga_lgg_cohort_and_4class_is_not_a_case(shared_data):
     packs = list_cases(shared_data / "tcga-lgg")
     assert len(packs) == len(list((shared_data / "tcga-lgg").glob("*.h5"))) and len(packs) > 50

@@ -185,7 +185,7 @@ def resolve_device(device: str = "auto") -> str:
 def load_model(name_or_path: str, *, task: Optional[str] = None, device: str = "cpu"
                ) -> LoadedModel:
     """Load a model by registry name or file path; check its card matches ``task``."""
-    path = find_model(name_or_path)
+    path = find_model(name_or_path, task=task)
     card = read_card(path)
     if task is not None and card.get("task") != task:
         raise ModelFileError(f"{path.name} is a {card.get('task')!r} model, not a {task!r} model")
@@ -206,7 +206,9 @@ def _dirs() -> List[Path]:
     return [user_models_dir(), SHIPPED_DIR]
 
 
-def find_model(name_or_path: str) -> Path:
+def find_model(name_or_path: str, task: Optional[str] = None) -> Path:
+    """The file of a model name or path; an unknown name lists the known ones (of ``task``
+    when given)."""
     p = Path(name_or_path)
     if p.suffix and p.exists():
         return p
@@ -214,8 +216,9 @@ def find_model(name_or_path: str) -> Path:
         cand = d / f"{name_or_path}.safetensors"
         if cand.exists():
             return cand
-    known = ", ".join(m["name"] for m in list_models()) or "none"
-    raise ModelFileError(f"no model named {name_or_path!r} (known: {known})")
+    known = ", ".join(m["name"] for m in list_models(task)) or "none"
+    what = f"{task} models" if task else "known"
+    raise ModelFileError(f"no model named {name_or_path!r} ({what}: {known})")
 
 
 def list_models(task: Optional[str] = None) -> List[Dict[str, Any]]:

@@ -183,8 +183,11 @@ def load_pack(path: PathLike, *, reference: Optional[str] = None) -> Case:
                                 attrs.get("source_slice_numbers", []), dtype=int).ravel()]}
     if reference is not None:
         meta["reference"] = reference
-    clinical = clinical_row(p.parent / "clinical.csv", case_id)
-    if not clinical and attrs.get("patient_id"):
-        clinical = clinical_row(p.parent / "clinical.csv", str(attrs["patient_id"]))
+    clinical: Dict[str, Any] = {}
+    # the table beside the pack, or beside the file a symbolic link points to
+    for table in dict.fromkeys([p.parent / "clinical.csv", p.resolve().parent / "clinical.csv"]):
+        for pid in dict.fromkeys([case_id, str(attrs.get("patient_id") or "")]):
+            if pid and not clinical:
+                clinical = clinical_row(table, pid)
     return Case(case_id=case_id, sequences=sequences, labels=labels, clinical=clinical,
                 source=str(p), kind="slices", meta=meta)
