@@ -3,6 +3,7 @@ cancel at every stage. Random-weight test models exercise the mechanics; the shi
 checked in test_pipeline_shipped below when installed."""
 import csv
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def test_analyze_case_all_stages_and_outputs(models, sample_path, tmp_path):
         assert needle in html
     assert str(sample_path) not in html          # de-identified: no source paths
     assert "HD95 (mm)" in html and "nan" not in html.lower().replace("nanmean", "")
+    for key in ("segmentation", "predictions", "heatmap_idh"):     # the outputs are linked
+        assert f"href='{Path(paths[key]).name}'" in html
     # the models are loaded once and reused for the next case
     ids = {k: id(v) for k, v in an._models.items()}
     run(an.analyze(sample_path))

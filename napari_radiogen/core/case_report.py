@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -134,8 +134,10 @@ def _table(rows, header) -> str:
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
-def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bool = True
-                      ) -> Dict[str, str]:
+def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bool = True,
+                      files: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """``files``: the case's other outputs (name -> path), linked from the report when they
+    sit in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     case = res.case
@@ -208,6 +210,12 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         parts.append("<h2>Clinical</h2>" + _table(rows, ("field", "value")))
     parts.append("<h2>Timings</h2>" + _table([(k, f"{v:.2f} s") for k, v in res.timings.items()],
                                              ("stage", "time")))
+    links = [(k, Path(v).name) for k, v in (files or {}).items()
+             if Path(v).parent.resolve() == out_dir.resolve()]
+    links.append(("report data", f"{res.case_id}_report.json"))
+    parts.append("<h2>Files</h2><ul>" + "".join(
+        f"<li>{html.escape(k.replace('_', ' '))}: <a href='{html.escape(n)}'>{html.escape(n)}</a>"
+        "</li>" for k, n in links) + "</ul>")
     parts.append(f"<p class=note>{'De-identified: no clinical fields, source paths or acquisition metadata.' if deidentify else 'Identified report (clinical fields included).'}</p>")
     style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #999;padding:3px 8px}"

@@ -79,6 +79,11 @@ class ExplainResult:
                 **({"details": self.details} if self.details else {})}
 
 
+def method_slug(method: str) -> str:
+    """The method's name in file names: ``gradcam++`` -> ``gradcampp``."""
+    return method.replace("+", "p")
+
+
 def localisation_score(heatmap: np.ndarray, wt_mask: np.ndarray,
                        spacing_zyx: Sequence[float], dilate_mm: float = 5.0) -> Optional[float]:
     """Fraction of heatmap mass inside ``wt_mask`` dilated by ``dilate_mm`` (None if either is

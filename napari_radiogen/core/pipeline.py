@@ -337,6 +337,7 @@ def _uses_segmentation(lm) -> bool:
 def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = True,
                   render: bool = True, deidentify: bool = True) -> Dict[str, str]:
     """Write every result of one case under ``out_dir/<case_id>/`` and return the paths."""
+    from .explain import method_slug
     from .io import write_pack_mask, write_volume
 
     case = res.case
@@ -360,7 +361,7 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
         p.write_text(json.dumps(res.prediction.to_json(), indent=2, default=float))
         paths["predictions"] = str(p)
     for e in res.explanations:
-        stem = f"{res.case_id}_{e.task}_{e.method.replace('+', 'pp')}"
+        stem = f"{res.case_id}_{e.task}_{method_slug(e.method)}"
         if case is not None and case.kind == "slices":
             import h5py
             p = d / f"{stem}.h5"
@@ -378,7 +379,8 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
             paths[f"synthetic_{s}"] = str(p)
     if report and case is not None:
         from .case_report import write_case_report
-        paths.update(write_case_report(res, d, render=render, deidentify=deidentify))
+        paths.update(write_case_report(res, d, render=render, deidentify=deidentify,
+                                       files=paths))
     summary = {"case_id": res.case_id, "summary": res.summary(), "files": paths,
                "models": res.models, "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
                "warnings": res.warnings, "errors": res.errors,
