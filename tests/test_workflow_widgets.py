@@ -283,6 +283,34 @@ def test_explain_widget_3d_screenshot(make_napari_viewer, qtbot, test_models, sa
     assert shot.std() > 5, "blank 3D screenshot"
 
 
+def test_explain_widget_scores_against_the_case_segmentation_layer(make_napari_viewer, qtbot,
+                                                                   test_models, sample_path):
+    """A case without expert labels: the localisation is scored against the segmentation
+    result layer of that case in the viewer (not re-segmented)."""
+    import copy
+
+    from napari_radiogen.napari._common import add_layer_data, labels_result_data
+    from napari_radiogen.napari.explain_widget import ExplainWidget
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_path), plugin="napari-radiogen")
+    w = ExplainWidget(viewer)
+    case = copy.copy(w.case_combo.case())
+    truth = case.labels.array
+    case.labels = None                                   # as if no expert mask came with it
+    assert w._segmentation_mask(case.case_id, case) is None
+    add_layer_data(viewer, labels_result_data(truth, case.geometry, case.case_id,
+                                              f"{case.case_id} segmentation (test)"))
+    np.testing.assert_array_equal(w._segmentation_mask(case.case_id, case), truth > 0)
+    w.case_combo.case_or_notify = lambda: case
+    w.model.setCurrentText("test_mil")
+    w.method.setCurrentText("attention")
+    w.run()
+    qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
+    assert w.job.error is None
+    meta = viewer.layers[f"{case.case_id} idh attention"].metadata["radiogen"]
+    assert meta["mask_source"] == "segmentation" and meta["localisation"] is not None
+
+
 def test_explain_widget_offers_each_model_its_methods(make_napari_viewer, qtbot, test_models,
                                                      tmp_path):
     """The radiomics model (no image network) is explained by occlusion only; the slice model

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
@@ -120,11 +121,25 @@ class ExplainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         self.score.setText("")
         self.bar.setRange(0, 4)
+        wt = None if case.labels is not None else self._segmentation_mask(inp.case_id, case)
         self.job = start_job(lambda tok: explain(case, inp.model, task=inp.task,
-                                                 method=inp.method, cancel=tok),
+                                                 method=inp.method, wt_mask=wt, cancel=tok),
                              name=f"Explain {inp.task}", on_result=lambda r: self._show(r, inp),
                              on_progress=self._progress,
                              on_finished=self._finished, owner=self, viewer=self.viewer)
+
+    def _segmentation_mask(self, case_id: str, case):
+        """The whole tumour of a segmentation result layer of this case on its reference grid
+        (the localisation score's mask when the case has no expert labels; without one the
+        core segments the case itself)."""
+        shape = case.sequences[case.reference].array.shape
+        for layer in self.viewer.layers:
+            rg = layer.metadata.get("radiogen", {}) if hasattr(layer, "metadata") else {}
+            if type(layer).__name__ == "Labels" and rg.get("case_id") == case_id \
+                    and rg.get("result") and rg.get("sequence") == "segmentation" \
+                    and layer.data.shape == shape:
+                return np.asarray(layer.data) > 0
+        return None
 
     def _progress(self, p) -> None:
         self.bar.setRange(0, max(p.total, 1))
