@@ -125,8 +125,10 @@ def test_info_bad_inputs_in_process(tmp_path, capfd):
     assert_user_error(run_main(capfd, tmp_path / "nan_t2.nii.gz"), "1 NaN/Inf voxel")
     u = tmp_path / "unknown"
     u.mkdir()
-    vol(u / "scan_a.nii.gz")
-    vol(u / "scan_b.nii.gz")
+    # not constant: a blank (constant) sequence is refused at load by name
+    rnd = np.random.default_rng(0).random((6, 8, 10)).astype(np.float32)
+    vol(u / "scan_a.nii.gz", rnd)
+    vol(u / "scan_b.nii.gz", rnd)
     assert_user_error(run_main(capfd, u), "scan_a.nii.gz, scan_b.nii.gz")
     r = run_main(capfd, u, "--sequence", "scan_a.nii.gz=flair", "--sequence", "t2=scan_b.nii.gz")
     assert r.returncode == 0, r.stderr
@@ -136,7 +138,7 @@ def test_info_bad_inputs_in_process(tmp_path, capfd):
     assert_user_error(run_main(capfd, u, "--sequence", "scan_a.nii.gz=flair",
                                "--sequence", "scan_b.nii.gz=flair"),
                       "two files claim the sequence 'flair'")
-    vol(u / "scan_a.nii.gz", origin=(900.0, 0.0, 0.0))
+    vol(u / "scan_a.nii.gz", rnd, origin=(900.0, 0.0, 0.0))
     assert_user_error(run_main(capfd, u, "--sequence", "scan_a.nii.gz=flair",
                                "--sequence", "scan_b.nii.gz=t1"), "do not overlap in space")
 

@@ -120,7 +120,7 @@ def test_four_sequence_model_uses_t2(tmp_path):
     from napari_radiogen.core.predict import predict
     make_tiny_model("predict_tiny4_test", sequences=("t1", "t1ce", "t2", "flair"))
     lm = load_model("predict_tiny4_test", task="prediction")
-    ph = make_phantom(seed=5, shape=(30, 56, 56), skull_stripped=True)
+    ph = make_phantom(seed=5, shape=(30, 56, 56), spacing=(2.0, 2.0, 2.5), skull_stripped=True)
     res = drive(predict(ph, lm, device="cpu"))
     assert set(res.attention) == {"t1", "t1ce", "t2", "flair"}
     assert not any("ignored" in w for w in res.warnings)

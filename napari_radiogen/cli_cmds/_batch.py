@@ -1,5 +1,6 @@
 """The batch loop shared by the per-case commands (``segment``, ``predict``): one case or a
-folder of cases; in a folder a bad case is reported and the rest go on; one CSV row per case."""
+folder of cases; in a folder a bad case (any error, not only a RadiogenError) is reported and
+the rest go on; one CSV row per case."""
 from __future__ import annotations
 
 import sys
@@ -9,11 +10,18 @@ from typing import Any, Callable, List, Sequence, Tuple
 def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:
     import csv
     from pathlib import Path
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        w.writerows(rows)
+
+    from ..core.errors import RadiogenError
+    from ._common import ensure_out_dir
+
+    ensure_out_dir(Path(path).parent)
+    try:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns))
+            w.writeheader()
+            w.writerows(rows)
+    except OSError as e:
+        raise RadiogenError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
@@ -22,13 +30,14 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     """Run ``process(case) -> (result, summary text, written path)`` on every case of
     ``case_arg``; ``row(result, seconds=...)`` / ``row(case_id=, status=, message=, seconds=)``
     make the CSV rows. A single case's error propagates (the CLI prints it, exit 2); in a
-    batch the case is marked failed and the exit code is 1. The CSV is written for a batch
-    (always when ``csv_always``)."""
+    batch any error of a case (a RadiogenError, or another exception, reported as
+    ``<ExceptionType>: <message>``) marks that case failed, the others go on, and the exit code
+    is 1. The CSV is written for a batch (always when ``csv_always``)."""
     import time
     from pathlib import Path
 
-    from ..core.errors import RadiogenError
     from ..core.io import list_cases, load_case
+    from ._common import case_id_of, error_text
 
     paths = list_cases(case_arg)
     batch = len(paths) > 1 or Path(case_arg).resolve() != Path(paths[0]).resolve()
@@ -36,7 +45,7 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     failed: List[str] = []
     for i, p in enumerate(paths, 1):
         t0 = time.perf_counter()
-        cid = Path(p).name
+        cid = case_id_of(p)
         try:
             case = load_case(p)
             cid = case.case_id
@@ -46,12 +55,13 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             for w in getattr(res, "warnings", None) or []:
                 print(f"    warning: {w}", flush=True)
             rows.append(row(res, seconds=dt))
-        except RadiogenError as e:
+        except Exception as e:        # KeyboardInterrupt is not an Exception: it still stops
             if not batch:
                 raise
+            msg = error_text(e)
             failed.append(cid)
-            print(f"[{i}/{len(paths)}] {cid}: FAILED: {e}", file=sys.stderr, flush=True)
-            rows.append(row(case_id=cid, status="failed", message=str(e),
+            print(f"[{i}/{len(paths)}] {cid}: FAILED: {msg}", file=sys.stderr, flush=True)
+            rows.append(row(case_id=cid, status="failed", message=msg,
                             seconds=time.perf_counter() - t0))
     if batch or csv_always:
         write_csv(rows, csv_path, columns)

@@ -9,7 +9,6 @@ writes ``DIR/summary.csv``; unchanged cases are not recomputed (``--no-cache`` f
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -41,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.pipeline import (AnalysisOptions, AnalysisResult, Analyzer, CohortItem,
                                  analyze_cohort, write_outputs)
     from ..core.progress import Progress
+    from ._common import ProgressLine, check_out_dir
 
     tasks = [] if args.explain.strip().lower() == "none" else \
         [t.strip() for t in args.explain.split(",") if t.strip()]
@@ -51,39 +51,38 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise RadiogenError(f"{path} does not exist")
+    out = check_out_dir(args.out)
     try:
         cases = list_cases(path) if path.is_dir() else []
     except RadiogenError:
         cases = []
     is_cohort = path.is_dir() and len(cases) > 1 or (len(cases) == 1 and cases[0] != path)
 
-    def show(p: Progress) -> None:
-        print(f"\r{str(p)[:110]:<110}", end="", file=sys.stderr, flush=True)
-
     if not is_cohort:
         res = None
-        for item in analyzer.analyze(path):
-            if isinstance(item, Progress):
-                show(item)
-            elif isinstance(item, AnalysisResult):
-                res = item
-        print(file=sys.stderr)
-        paths = write_outputs(res, args.out, report=not args.no_report,
+        with ProgressLine() as show:
+            for item in analyzer.analyze(path):
+                if isinstance(item, Progress):
+                    show(item)
+                elif isinstance(item, AnalysisResult):
+                    res = item
+        paths = write_outputs(res, out, report=not args.no_report,
                               render=not args.no_render, deidentify=not args.identified)
         _print_result(res, paths)
         return 0
     failed = 0
-    for item in analyze_cohort(cases, args.out, analyzer=analyzer, use_cache=not args.no_cache,
-                               report=not args.no_report, render=not args.no_render,
-                               deidentify=not args.identified):
-        if isinstance(item, Progress):
-            show(item)
-        elif isinstance(item, CohortItem):
-            print(file=sys.stderr)
-            msg = f" ({item.message})" if item.message else ""
-            print(f"{item.case_id or Path(item.path).name}: {item.status}{msg}")
-            failed += item.status == "failed"
-    print(f"summary: {Path(args.out) / 'summary.csv'} ({len(cases)} cases, {failed} failed)")
+    with ProgressLine() as show:
+        for item in analyze_cohort(cases, out, analyzer=analyzer, use_cache=not args.no_cache,
+                                   report=not args.no_report, render=not args.no_render,
+                                   deidentify=not args.identified):
+            if isinstance(item, Progress):
+                show(item)
+            elif isinstance(item, CohortItem):
+                show.reset()
+                msg = f" ({item.message})" if item.message else ""
+                print(f"{item.case_id}: {item.status}{msg}", flush=True)
+                failed += item.status == "failed"
+    print(f"summary: {out / 'summary.csv'} ({len(cases)} cases, {failed} failed)")
     return 1 if failed else 0
 
 

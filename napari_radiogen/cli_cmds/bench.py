@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def add_arguments(p) -> None:
@@ -14,15 +13,16 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..core.bench import BenchResult, bench
+    from ._common import ProgressLine
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     res = None
-    for item in bench(device=args.device, stages=stages):
-        if isinstance(item, BenchResult):
-            res = item
-        elif not args.json:
-            print(f"\r{item}   ", end="", file=sys.stderr, flush=True)
+    with ProgressLine(enabled=not args.json, key=lambda p: p.message) as show:
+        for item in bench(device=args.device, stages=stages):
+            if isinstance(item, BenchResult):
+                res = item
+            else:
+                show(item)
     if not args.json:
-        print("", file=sys.stderr)
         print(res.table())
     else:
         print(json.dumps(res.as_dict(), indent=1))

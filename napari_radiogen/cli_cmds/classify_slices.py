@@ -32,9 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from ..core import triage
     from ..core.errors import CaseLoadError
 
+    from ._common import check_out_dir, ensure_out_dir
+
     src = Path(args.path)
     if not src.exists():
         raise CaseLoadError(f"{src}: no such file or folder")
+    check_out_dir(args.out)
     model = triage.load_triage_model(args.model, device=args.device)
 
     def on_progress(p):
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         case = load_case(src)
         table = progress.run(triage.classify_volume(case, model, sequence=args.sequence),
                              on_progress)
-    out = table.write_csv(Path(args.out) / "tumour_type.csv")
+    out = table.write_csv(ensure_out_dir(args.out) / "tumour_type.csv")
     counts = {}
     for c in table.predicted:
         counts[c] = counts.get(c, 0) + 1

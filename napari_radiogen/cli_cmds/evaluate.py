@@ -17,6 +17,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..core.train.engine import EvalResult, evaluate_model
+    from ._common import check_out_dir
+    check_out_dir(args.out)
     res = None
     for item in evaluate_model(args.model, args.data, args.out, device=args.device,
                                labels=args.labels, limit=args.limit):

@@ -2,14 +2,18 @@
 
 Writes ``DIR/<case_id>_<task>_<method>.nii.gz`` (float32 in [0, 1] on the case's reference
 grid, with its affine), a still PNG and a turntable GIF of the 3D rendering (off-screen), and
-``DIR/<case_id>_<task>_<method>.json`` with the localisation score and provenance.
+``DIR/<case_id>_<task>_<method>.json`` with the localisation score and provenance. ``<method>``
+is the method name with ``+`` spelled ``p`` (``gradcam++`` -> ``gradcampp``).
+
+For a TCGA-LGG slice pack the NIfTI lies on the pack's nominal grid (as the outputs of
+``synthesize`` and ``rank-sequences``), the same heatmap is also written as
+``<stem>.h5`` (dataset ``heatmap``), and the PNG shows the key slices with the heatmap (a pack
+has no 3D rendering, so there is no GIF).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,36 +33,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (CAMs run on the CPU)")
 
 
+def pack_png(case, res, path, n_slices: int = 6) -> str:
+    """A still PNG for a 2D slice pack (no 3D rendering there): the ``n_slices`` slices that
+    hold the most heatmap mass, the reference sequence in grey, the heatmap in colour and the
+    pack's tumour mask as a contour."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    ref = case.sequences[case.reference]
+    img, heat = np.asarray(ref.array, np.float32), np.asarray(res.heatmap, np.float32)
+    n = heat.shape[0]
+    mass = heat.reshape(n, -1).sum(1)
+    idx = sorted(np.argsort(-mass, kind="stable")[: max(1, min(n_slices, n))].tolist())
+    labels = None
+    if case.labels is not None and case.labels.array.shape == heat.shape:
+        labels = np.asarray(case.labels.array) > 0
+    fig = Figure(figsize=(2.2 * len(idx), 2.7))
+    axes = fig.subplots(1, len(idx), squeeze=False)[0]
+    for ax, z in zip(axes, idx):
+        sl = img[z]
+        lo, hi = np.percentile(sl, [1, 99]) if sl.size else (0.0, 1.0)
+        ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        ax.imshow(np.ma.masked_less(heat[z], 0.05), cmap="jet", vmin=0, vmax=1, alpha=0.45)
+        if labels is not None and labels[z].any():
+            ax.contour(labels[z], levels=[0.5], colors="lime", linewidths=0.8)
+        ax.set_title(f"slice {z}", fontsize=8)
+        ax.axis("off")
+    title = f"{case.case_id}  {res.task} ({res.target_class})  {res.method}"
+    if res.localisation is not None:
+        title += f"  localisation {res.localisation:.2f}"
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(str(path), dpi=90, bbox_inches="tight")
+    return str(path)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..core.explain import explain, render_explanation
+    from ..core.explain import explain, method_slug, render_explanation
     from ..core.io import load_case, write_volume
     from ..core.progress import run as drive
+    from ._common import ProgressLine, check_out_dir, ensure_out_dir
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out)
     case = load_case(args.case)
-
-    def show(p):
-        print(f"\r{p}", end="", file=sys.stderr, flush=True)
-
-    res = drive(explain(case, args.model, task=args.task, method=args.method,
-                        target=args.target, layer=args.layer, device=args.device), show)
-    print(file=sys.stderr)
-    stem = f"{case.case_id}_{args.task}_{res.method.replace('+', 'pp')}"
+    with ProgressLine() as show:
+        res = drive(explain(case, args.model, task=args.task, method=args.method,
+                            target=args.target, layer=args.layer, device=args.device), show)
+    stem = f"{case.case_id}_{args.task}_{method_slug(res.method)}"
     info = dict(res.metadata)
     info["seconds"] = round(res.seconds, 2)
-    info["warnings"] = res.warnings
+    info["warnings"] = list(res.warnings)
+    ensure_out_dir(out)
+    # the heatmap as NIfTI on the case's grid (a pack's nominal grid, as synthesize and
+    # rank-sequences write them), for packs also the .h5 beside it
+    path = out / f"{stem}.nii.gz"
+    write_volume(res.heatmap.astype("float32"), res.geometry, path)
+    info["heatmap"] = str(path)
     if case.kind == "slices":
         import h5py
-        path = out / f"{stem}.h5"
-        with h5py.File(path, "w") as f:
+        h5 = out / f"{stem}.h5"
+        with h5py.File(h5, "w") as f:
             f.create_dataset("heatmap", data=res.heatmap, compression="gzip")
-        info["heatmap"] = str(path)
-    else:
-        path = out / f"{stem}.nii.gz"
-        write_volume(res.heatmap.astype("float32"), res.geometry, path)
-        info["heatmap"] = str(path)
-        if not args.no_render:
+        info["heatmap_h5"] = str(h5)
+    if not args.no_render:
+        if case.kind == "slices":
+            info["png"] = pack_png(case, res, out / f"{stem}.png")
+            info["gif"] = None
+            info["warnings"].append("a 2D slice pack has no 3D rendering: the PNG shows the "
+                                    "key slices, and no GIF is written")
+        else:
             r = render_explanation(case, res, out / f"{stem}.png",
                                    out / f"{stem}.gif" if args.frames > 0 else None,
                                    n_frames=max(args.frames, 1))

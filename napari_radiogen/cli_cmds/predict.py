@@ -44,16 +44,15 @@ def _row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
     from ..core.models import atomic_write_text, default_model, load_model, resolve_device
     from ..core.predict import TASK, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
+    from ._common import check_out_dir, ensure_out_dir
 
+    out = check_out_dir(args.out)   # created only when a case has a result to write
     device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model or default_model(TASK, prefer=("predict_mil",)), task=TASK,
                        device=device)
     clinical = {}
@@ -64,7 +63,7 @@ def run(args) -> int:
 
     def one(case):
         res = drive(predict(case, model, clinical=clinical or None, device=device))
-        j = out / f"{res.case_id}_predictions.json"
+        j = ensure_out_dir(out) / f"{res.case_id}_predictions.json"
         atomic_write_text(j, json.dumps(res.to_json(), indent=2))
         t = res.tasks
         return res, (f"IDH-mutant {t['idh']['mutant']:.2f}, 1p/19q-codel "

@@ -6,6 +6,11 @@ contribution scores (how well a sequence generates the others, how hard it is to
 them). Writes ``DIR/ranking.json``, ``DIR/ranking.png`` (bar chart) and, per case and target,
 the imaging-differentiation map ``DIR/<case_id>_<target>_diffmap.nii.gz`` (per-voxel mean
 absolute error of generating the target from each source, on the case's grid).
+
+In a cohort each case is ranked on its own and the pair metrics are averaged over the cases; a
+case that cannot be loaded or ranked is reported on stderr, listed under ``"failed"`` in
+``ranking.json`` (``{"case", "message"}``) and skipped: the exit status is then 1 (2 when no
+case could be ranked).
 """
 from __future__ import annotations
 
@@ -41,27 +46,62 @@ def run(args) -> int:
     import torch
 
     from ..core import progress
-    from ..core.errors import CaseLoadError
+    from ..core.errors import CaseLoadError, RadiogenError
     from ..core.io import list_cases, load_case, write_volume
-    from ..core.synthesize import rank_sequences
+    from ..core.synthesize import _resolve_model, combine_rankings, rank_sequences
+    from ._common import ProgressLine, case_id_of, check_out_dir, ensure_out_dir, error_text
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
+    out = check_out_dir(args.out)
     p = Path(args.path)
+    failed = []                                  # cohort: [{"case", "message"}] of skipped cases
+
+    def skip(case_id, e):
+        msg = error_text(e)
+        failed.append({"case": case_id, "message": msg})
+        print(f"{case_id}: FAILED, skipped: {msg}", file=sys.stderr, flush=True)
+
+    show = ProgressLine()
     try:
         cases = [load_case(p)]
+        cohort = False
     except CaseLoadError:
         paths = list_cases(p) if p.is_dir() else []
-        if not paths:
-            raise
-        cases = [load_case(c) for c in paths[: args.limit or None]]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res = progress.run(rank_sequences(cases, args.model, device=args.device,
-                                      maps=not args.no_maps),
-                       lambda pr: print(f"\r{pr}", end="", file=sys.stderr)
-                       if sys.stderr.isatty() else None)
+        if not paths or (len(paths) == 1 and Path(paths[0]).resolve() == p.resolve()):
+            raise                                # one case that cannot be read: exit 2
+        cohort = True
+        paths = paths[: args.limit or None]
+        cases = []
+        for c in paths:
+            try:
+                cases.append(load_case(c))
+            except Exception as e:               # a bad case is reported; the rest go on
+                skip(case_id_of(c), e)
+    with show:
+        if not cohort:
+            res = progress.run(rank_sequences(cases, args.model, device=args.device,
+                                              maps=not args.no_maps), show)
+        else:
+            model = _resolve_model(args.model, args.device) if cases else None
+            ranked = []
+            for c in cases:
+                show.reset()
+                try:
+                    r = progress.run(rank_sequences(c, model, device=args.device,
+                                                    maps=not args.no_maps), show)
+                    ranked.extend(r.cases)
+                except Exception as e:
+                    show.end()
+                    skip(c.case_id, e)
+            n = len(ranked) + len(failed)
+            if not ranked:
+                raise RadiogenError(f"{p}: none of the {n} case(s) could be ranked (every one "
+                                    "failed; see the messages above)")
+            res = combine_rankings(ranked, model.name)
     js = res.to_json()
+    js["failed"] = failed
+    ensure_out_dir(out)
     for c, cj in zip(res.cases, js["cases"]):
         files = {}
         for t, vol in c.maps.items():
@@ -72,8 +112,12 @@ def run(args) -> int:
     scores = res.cohort_scores if len(res.cases) > 1 else res.cases[0].scores
     bar_chart(scores, out / "ranking.png",
               f"{len(res.cases)} cases" if len(res.cases) > 1 else res.cases[0].case_id)
-    print(("\n" if sys.stderr.isatty() else "") + f"wrote {out / 'ranking.json'}")
+    print(f"wrote {out / 'ranking.json'}")
     for s, v in sorted(scores.items(), key=lambda kv: -kv[1]["contribution"]):
         print(f"  {s:<6} contribution {v['contribution']:+.2f}  (as source {v['as_source']:+.2f},"
               f" as target {v['as_target']:+.2f})")
+    if failed:
+        print(f"radiogen: {len(failed)} of {len(res.cases) + len(failed)} case(s) failed: "
+              f"{', '.join(f['case'] for f in failed)}", file=sys.stderr)
+        return 1
     return 0

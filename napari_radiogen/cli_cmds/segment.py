@@ -33,13 +33,12 @@ def add_arguments(p) -> None:
 def write_outputs(res, case, out_dir) -> dict:
     """Write labels (NIfTI on the source grid, or the pack mask) and the JSON summary."""
     import json
-    from pathlib import Path
 
     from ..core.io import write_pack_mask, write_volume
     from ..core.models import atomic_write_text
+    from ._common import ensure_out_dir
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(out_dir)
     files = {}
     if res.kind == "slices":
         p = write_pack_mask(res.labels, out / f"{res.case_id}_seg.h5",
@@ -85,9 +84,12 @@ def run(args) -> int:
     from ..core.progress import run as drive
     from ..core.segment import TASK, default_model_name, segment
     from ._batch import run_batch
+    from ._common import check_out_dir
 
+    out = check_out_dir(args.out)         # an unusable --out fails now, not after the work
+    if args.csv:
+        check_out_dir(Path(args.csv).parent)
     device = resolve_device(args.device)
-    out = Path(args.out)
     models = {}
 
     def get_model(case):

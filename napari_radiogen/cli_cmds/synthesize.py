@@ -26,8 +26,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import json
-    import sys
-    from pathlib import Path
 
     import torch
 
@@ -35,9 +33,11 @@ def run(args) -> int:
     from ..core.errors import RadiogenError
     from ..core.io import load_case, write_volume
     from ..core.synthesize import _resolve_model, synthesize
+    from ._common import ProgressLine, check_out_dir, ensure_out_dir
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
+    out = check_out_dir(args.out)
     case = load_case(args.case)
     if args.target == "missing":
         targets = list(case.missing)
@@ -47,13 +47,13 @@ def run(args) -> int:
     else:
         targets = [args.target]
     model = _resolve_model(args.model, args.device)
-    out = Path(args.out)
     for t in targets:
         if args.sources is None and not [s for s in case.present if s != t]:
             raise RadiogenError(f"{case.case_id} has no sequence to synthesise {t} from")
-        res = progress.run(synthesize(case, model, t, sources=args.sources, device=args.device),
-                           lambda p: print(f"\r{p}", end="", file=sys.stderr)
-                           if sys.stderr.isatty() else None)
+        with ProgressLine() as show:
+            res = progress.run(synthesize(case, model, t, sources=args.sources,
+                                          device=args.device), show)
+        ensure_out_dir(out)
         path = write_volume(res.volume.array, res.volume.geometry,
                             out / f"{case.case_id}_{t}_synth.nii.gz")
         info = res.to_json()
@@ -63,5 +63,5 @@ def run(args) -> int:
         msg = f"{path}  ({t} from {'+'.join(res.sources)}, {res.seconds:.1f} s"
         if res.psnr is not None:
             msg += f", PSNR {res.psnr:.2f} dB, SSIM {res.ssim:.3f} vs the real {t}"
-        print(("\n" if sys.stderr.isatty() else "") + msg + ")")
+        print(msg + ")")
     return 0

@@ -67,6 +67,8 @@ def run(args) -> int:
         return 0
     if not args.config or not args.out:
         raise ConfigError("radiogen train needs CONFIG and --out RUN_DIR (or --list)")
+    from ._common import check_out_dir
+    check_out_dir(args.out)
     import torch
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from ..core.train.engine import TrainProgress, TrainResult, train

@@ -312,15 +312,15 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
         yield from _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation,
                                       cancel, t0)
         return
-    if case.kind != "slices":
-        from .segment import check_brain_volume
-        check_brain_volume(case)
     seqs = list(card.get("sequences") or [])
     required = list(card.get("required_sequences") or seqs)
     missing = [s for s in required if s not in case.sequences]
     if missing:
         from .errors import MissingSequenceError
         raise MissingSequenceError(missing, required, case.present)
+    if case.kind != "slices":
+        from .segment import check_brain_volume
+        check_brain_volume(case)
     check(cancel)
     yield Progress("explain", 1, 4, "preparing slices")
     inp = inputs if inputs is not None else P.case_to_input(case, seqs)

@@ -362,15 +362,17 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
         paths["predictions"] = str(p)
     for e in res.explanations:
         stem = f"{res.case_id}_{e.task}_{method_slug(e.method)}"
+        # NIfTI on the case's grid (a pack's nominal grid, as `radiogen explain` writes it);
+        # for a pack also the .h5 beside it
+        p = d / f"{stem}.nii.gz"
+        write_volume(e.heatmap.astype(np.float32), e.geometry, p)
+        paths[f"heatmap_{e.task}"] = str(p)
         if case is not None and case.kind == "slices":
             import h5py
             p = d / f"{stem}.h5"
             with h5py.File(p, "w") as f:
                 f.create_dataset("heatmap", data=e.heatmap, compression="gzip")
-        else:
-            p = d / f"{stem}.nii.gz"
-            write_volume(e.heatmap.astype(np.float32), e.geometry, p)
-        paths[f"heatmap_{e.task}"] = str(p)
+            paths[f"heatmap_{e.task}_h5"] = str(p)
     for s in res.synthesized:
         if case is not None and s in case.sequences and case.kind != "slices":
             p = d / f"{res.case_id}_{s}_synth.nii.gz"
@@ -466,6 +468,12 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
             raise
         except RadiogenError as e:
             item.status, item.message = "failed", str(e)
+        except Exception as e:          # any other error of one case fails that case only
+            msg = " ".join(str(e).split())
+            item.status, item.message = "failed", f"{type(e).__name__}: {msg}".rstrip(": ")
+        if not item.case_id:
+            from .io import strip_extension
+            item.case_id = strip_extension(Path(path).name) or Path(path).name
         items.append(item)
         yield item
     _write_summary(out, items)

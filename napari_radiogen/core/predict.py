@@ -313,9 +313,6 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     if tensors and str(tensors[0].device) != dev:
         lm.module.to(dev)
     check(cancel)
-    if case.kind != "slices":
-        from .segment import check_brain_volume
-        check_brain_volume(case)
     seqs = list(card.get("sequences") or [])
     required = list(card.get("required_sequences") or seqs)
     present = set(case.sequences)
@@ -323,6 +320,9 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                 or not case.sequences[s].meta.get("available", True)]
     if miss_req:
         raise MissingSequenceError(miss_req, required, case.present)
+    if case.kind != "slices":
+        from .segment import check_brain_volume
+        check_brain_volume(case)
     warns: List[str] = []
     extra = sorted(present - set(seqs))
     if extra:

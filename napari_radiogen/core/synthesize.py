@@ -572,7 +572,13 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
                                     "sources": [s for s in seqs if s != t], "model": lm.name})
         results.append(CaseRanking(case_id=c.case_id, sequences=seqs, pairs=pairs,
                                    scores=contribution_scores(pairs), maps=m))
-    # cohort: average each pair's metrics over the cases that have it
+    yield Progress("rank", total, total, "done")
+    yield combine_rankings(results, lm.name)
+
+
+def combine_rankings(results: Sequence[CaseRanking], model_name: str) -> RankResult:
+    """The cohort ranking of cases ranked one by one: each pair's metrics averaged over the
+    cases that have it, then z-scored into contribution scores."""
     acc: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for r in results:
         for d in r.pairs:
@@ -582,9 +588,8 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
                      "ssim_brain": float(np.mean([d["ssim_brain"] for d in v])),
                      "mae": float(np.mean([d["mae"] for d in v]))}
                     for (s, t), v in sorted(acc.items())]
-    yield Progress("rank", total, total, "done")
-    yield RankResult(cases=results, cohort_scores=contribution_scores(cohort_pairs),
-                     cohort_pairs=cohort_pairs, model=lm.name)
+    return RankResult(cases=list(results), cohort_scores=contribution_scores(cohort_pairs),
+                      cohort_pairs=cohort_pairs, model=model_name)
 
 
 def synthetic_provenance(case: Case) -> Dict[str, Any]:

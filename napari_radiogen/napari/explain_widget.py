@@ -17,7 +17,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
 
-from ..core.explain import KIND_METHODS, TASKS, explain
+from ..core.explain import KIND_METHODS, TASKS, explain, method_slug
 from ._common import CaseCombo, add_image_result
 from .workers import start_job
 
@@ -196,7 +196,7 @@ class ExplainWidget(QWidget):
         from ..core.explain import render_explanation
 
         res, case = self.result, self._case
-        stem = Path(out_dir) / f"{res.case_id}_{res.task}_{res.method.replace('+', 'pp')}"
+        stem = Path(out_dir) / f"{res.case_id}_{res.task}_{method_slug(res.method)}"
 
         def gen(tok):
             from ..core.progress import Progress

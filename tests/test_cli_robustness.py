@@ -1,0 +1,320 @@
+"""CLI robustness: an unusable --out, a case that raises something else than a RadiogenError in a
+batch, failed rows' case ids, explain file names and slice-pack outputs, rank-sequences cohorts
+with bad cases, and progress on stderr when it is not a terminal. Small phantoms and random
+test models only (CPU, a few seconds)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_radiogen.core.phantom import make_pack_phantom
+from napari_radiogen.core.progress import Progress
+
+from _models import write_random_models
+from _synth_helpers import tiny_model
+from predict_helpers import TINY, make_tiny_model, write_pack
+
+
+def main(*args) -> int:
+    from napari_radiogen.cli import main as cli_main
+    return cli_main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_random_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def tiny_pred():
+    make_tiny_model()
+    return TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    return str(tiny_model(tmp_path_factory.mktemp("synth") / "tiny_synth.safetensors"))
+
+
+def _pack(path: Path, seed: int = 0, n: int = 6, **kw) -> Path:
+    return write_pack(path, make_pack_phantom(seed, n_slices=n), **kw)
+
+
+def _corrupt(path: Path) -> Path:
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)       # an HDF5 signature, then nothing
+    return path
+
+
+@pytest.fixture
+def pack(tmp_path) -> Path:
+    return _pack(tmp_path / "PACK0.h5")
+
+
+# -- 1. --out is a file ------------------------------------------------------------------------
+def _out_args(command, case, models, tiny_synth):
+    return {"segment": ["segment", case, "--device", "cpu"],
+            "predict": ["predict", case, "--device", "cpu"],
+            "synthesize": ["synthesize", case, "--target", "t1ce", "--model", tiny_synth,
+                           "--device", "cpu"],
+            "rank-sequences": ["rank-sequences", case, "--model", tiny_synth, "--device", "cpu",
+                               "--no-maps"],
+            "explain": ["explain", case, "--model", models["mil"], "--no-render"],
+            "analyze": ["analyze", case, "--seg-model", models["seg"], "--pred-model",
+                        models["mil"], "--device", "cpu", "--no-render", "--no-report"],
+            }[command]
+
+
+@pytest.mark.parametrize("command", ["segment", "predict", "synthesize", "rank-sequences",
+                                     "explain", "analyze"])
+def test_out_is_a_file_is_one_clear_line(command, pack, models, tiny_synth, tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder")
+    args = _out_args(command, pack, models, tiny_synth)
+    assert main(*args, "--out", afile) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith(f"radiogen: error: {afile}: cannot create the output folder")
+    assert err.strip().count("\n") == 0
+    # a folder below a file: the same, naming the file on the way
+    assert main(*args, "--out", afile / "sub") == 2
+    err = capsys.readouterr().err
+    assert f"{afile / 'sub'}: cannot create the output folder ({afile} is a file)" in err
+    assert afile.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "rank-sequences"])
+def test_bad_input_leaves_no_output_folder(command, models, tiny_pred, tiny_synth, tmp_path,
+                                           capsys):
+    png = tmp_path / "slice.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(png)
+    out = tmp_path / "out"
+    args = {"predict": ["predict", png, "--model", tiny_pred, "--device", "cpu"],
+            "explain": ["explain", png, "--model", models["mil"]],
+            "rank-sequences": ["rank-sequences", png, "--model", tiny_synth]}[command]
+    assert main(*args, "--out", out) == 2
+    assert "radiogen: error:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# -- 2. batch: any exception of one case -------------------------------------------------------
+def test_batch_goes_on_past_any_exception_and_ids_failed_rows(tiny_pred, tmp_path, capsys,
+                                                               monkeypatch):
+    from napari_radiogen.core import predict as P
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(2):
+        _pack(coh / f"PACK{i}.h5", seed=i)
+    _corrupt(coh / "PACK9.h5")
+    real = P.predict
+
+    def flaky(case, *a, **k):
+        if case.case_id == "PACK1":
+            raise ValueError("boom from a library\nsecond line")
+        return real(case, *a, **k)
+
+    monkeypatch.setattr(P, "predict", flaky)
+    out = tmp_path / "out"
+    assert main("predict", coh, "--out", out, "--model", tiny_pred, "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "PACK1: FAILED: ValueError: boom from a library second line" in err
+    assert "PACK9: FAILED: " in err and "PACK9.h5:" in err
+    assert (out / "PACK0_predictions.json").exists()
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [(r["case_id"], r["status"]) for r in rows] == [
+        ("PACK0", "ok"), ("PACK1", "failed"), ("PACK9", "failed")]
+    assert rows[1]["message"] == "ValueError: boom from a library second line"
+
+
+def test_batch_still_stops_on_keyboard_interrupt(tiny_pred, tmp_path, capsys, monkeypatch):
+    from napari_radiogen.core import predict as P
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(2):
+        _pack(coh / f"PACK{i}.h5", seed=i)
+
+    def interrupted(case, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "predict", interrupted)
+    assert main("predict", coh, "--out", tmp_path / "out", "--model", tiny_pred,
+                "--device", "cpu") == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_analyze_cohort_goes_on_past_any_exception(models, tmp_path, capsys, monkeypatch):
+    from napari_radiogen.core import pipeline
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(2):
+        _pack(coh / f"PACK{i}.h5", seed=i)
+    real = pipeline.Analyzer.analyze
+
+    def flaky(self, case_or_path, **k):
+        if Path(str(case_or_path)).name == "PACK1.h5":
+            raise OSError("disk on fire")
+        return real(self, case_or_path, **k)
+
+    monkeypatch.setattr(pipeline.Analyzer, "analyze", flaky)
+    out = tmp_path / "out"
+    rc = main("analyze", coh, "--out", out, "--seg-model", models["seg"], "--pred-model",
+              models["mil"], "--device", "cpu", "--explain", "none", "--no-render", "--no-report")
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "Traceback" not in captured.err
+    assert "PACK1: failed (OSError: disk on fire)" in captured.out
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert sorted(r["status"] for r in rows) == ["done", "failed"]
+    bad = next(r for r in rows if r["status"] == "failed")
+    assert bad["message"] == "OSError: disk on fire" and bad["path"].endswith("PACK1.h5")
+    assert bad["case_id"] == "PACK1"
+    assert (out / "PACK0" / "analysis.json").exists()
+
+
+# -- 3. / 5. explain: file names, slice packs -----------------------------------------------------
+def test_explain_gradcampp_file_names(models, pack, tmp_path):
+    out = tmp_path / "out"
+    assert main("explain", pack, "--task", "grade", "--method", "gradcam++", "--model",
+                models["mil"], "--out", out, "--no-render") == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "PACK0_grade_gradcampp.nii.gz" in names and "PACK0_grade_gradcampp.json" in names
+    assert not any("gradcampppp" in n for n in names)
+
+
+def test_explain_pack_writes_nifti_on_the_pack_grid_and_png(models, pack, tmp_path):
+    from napari_radiogen.core.io import load_case, load_volume
+    out = tmp_path / "out"
+    assert main("explain", pack, "--task", "idh", "--model", models["mil"], "--out", out) == 0
+    nii = out / "PACK0_idh_gradcam.nii.gz"
+    vol = load_volume(nii)
+    case = load_case(pack)
+    assert vol.geometry.same_grid(case.geometry)        # the pack's nominal grid
+    assert vol.array.shape == case.sequences[case.reference].array.shape
+    assert vol.array.dtype == np.float32
+    assert vol.array.min() >= 0 and vol.array.max() <= 1 and vol.array.max() > 0
+    import nibabel as nib
+    assert nib.load(str(nii)).get_data_dtype() == np.float32
+    info = json.loads((out / "PACK0_idh_gradcam.json").read_text())
+    assert info["heatmap"] == str(nii)
+    import h5py
+    with h5py.File(info["heatmap_h5"]) as f:                  # the .h5 stays, as an extra
+        np.testing.assert_allclose(f["heatmap"][()], vol.array, atol=1e-6)
+    from PIL import Image
+    png = Image.open(info["png"])
+    assert Path(info["png"]) == out / "PACK0_idh_gradcam.png"
+    assert np.asarray(png.convert("L")).std() > 5           # not blank
+    assert not list(out.glob("*.gif"))
+
+
+# -- 4. rank-sequences cohort with bad cases ------------------------------------------------------
+def test_rank_cohort_skips_bad_cases(tiny_synth, tmp_path, capsys):
+    from napari_radiogen.core import progress
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.synthesize import rank_sequences
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    good = [_pack(coh / f"PACK{i}.h5", seed=i, n=4) for i in range(2)]
+    _corrupt(coh / "PACK7.h5")                                     # cannot be loaded
+    _pack(coh / "PACK8.h5", seed=8, n=4, available=(False, True, False))   # FLAIR only
+    out = tmp_path / "out"
+    assert main("rank-sequences", coh, "--out", out, "--model", tiny_synth,
+                "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "PACK7" in err and "PACK8" in err
+    js = json.loads((out / "ranking.json").read_text())
+    assert [c["case_id"] for c in js["cases"]] == ["PACK0", "PACK1"]
+    assert js["cohort"]["n_cases"] == 2
+    failed = {f["case"]: f["message"] for f in js["failed"]}
+    assert set(failed) == {"PACK7", "PACK8"}
+    assert "PACK7.h5" in failed["PACK7"] and "at least 2" in failed["PACK8"]
+    assert (out / "PACK0_flair_diffmap.nii.gz").exists() and (out / "ranking.png").exists()
+    # the cohort scores are those of ranking the good cases together
+    ref = progress.run(rank_sequences([load_case(p) for p in good], tiny_synth, device="cpu",
+                                      maps=False))
+    for s, v in ref.cohort_scores.items():
+        for k, x in v.items():
+            assert js["cohort"]["scores"][s][k] == pytest.approx(x, abs=1e-6)
+
+
+def test_rank_cohort_all_failed_is_exit_2(tiny_synth, tmp_path, capsys):
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    _pack(coh / "A.h5", n=4, available=(False, True, False))       # FLAIR only: unrankable
+    _corrupt(coh / "B.h5")
+    out = tmp_path / "out"
+    assert main("rank-sequences", coh, "--out", out, "--model", tiny_synth) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "none of the 2 case(s) could be ranked" in err.splitlines()[-1]
+    assert not out.exists()
+
+
+def test_rank_single_bad_case_is_still_exit_2(tiny_synth, tmp_path, capsys):
+    p = _pack(tmp_path / "ONE.h5", n=4, available=(False, True, False))
+    assert main("rank-sequences", p, "--out", tmp_path / "o", "--model", tiny_synth) == 2
+    assert "at least 2" in capsys.readouterr().err
+
+
+# -- 6. progress on stderr ------------------------------------------------------------------------
+class _TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_plain_lines_off_a_terminal():
+    from napari_radiogen.cli_cmds._common import ProgressLine
+    s = io.StringIO()
+    with ProgressLine(s) as show:
+        for i in range(5):
+            show(Progress("segment", i, 5, f"step {i}"))
+        show(Progress("predict", 0, 2))
+        show(Progress("predict", 1, 2))
+    text = s.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    assert [ln.split("]")[0] for ln in text.splitlines()] == ["[segment", "[predict"]
+
+
+def test_progress_line_on_a_terminal_ends_its_line():
+    from napari_radiogen.cli_cmds._common import ProgressLine
+    s = _TTY()
+    with pytest.raises(RuntimeError):
+        with ProgressLine(s) as show:
+            show(Progress("segment", 1, 5))
+            raise RuntimeError
+    assert s.getvalue().startswith("\r[segment]") and s.getvalue().endswith("\n")
+
+
+def _failing_explain(*a, **k):
+    from napari_radiogen.core.errors import RadiogenError
+    yield Progress("explain", 0, 4, "loading model")
+    yield Progress("explain", 1, 4, "preparing slices")
+    raise RadiogenError("the model refused this case")
+
+
+def test_explain_progress_off_a_terminal_and_error_on_its_own_line(pack, tmp_path, capsys,
+                                                                     monkeypatch):
+    from napari_radiogen.core import explain as E
+    monkeypatch.setattr(E, "explain", _failing_explain)
+    assert main("explain", pack, "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == ["[explain]   0.0% (0/4) loading model",
+                                "radiogen: error: the model refused this case"]
+
+
+def test_explain_progress_on_a_terminal_then_error_on_its_own_line(pack, tmp_path, monkeypatch):
+    from napari_radiogen.core import explain as E
+    monkeypatch.setattr(E, "explain", _failing_explain)
+    tty = _TTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert main("explain", pack, "--out", tmp_path / "o") == 2
+    err = tty.getvalue()
+    assert err.startswith("\r[explain]")
+    assert "\nradiogen: error: the model refused this case\n" in err
