@@ -672,3 +672,13 @@ def test_a_blank_sequence_is_refused_by_name(tmp_path):
     loaded = load_case(folder)
     assert set(loaded.sequences) == {"t1", "t1ce", "t2", "flair"}
     assert loaded.labels is not None and not loaded.labels.array.any()
+
+
+def test_a_2d_picture_is_said_to_be_2d(tmp_path):
+    """A PNG given as a case is named as a 2D picture, whichever entry point reads it."""
+    from napari_radiogen.core.io import load_case
+    png = tmp_path / "slice.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    for fn in (load_case, list_cases):
+        with pytest.raises(CaseLoadError, match=r"a 2D picture \(PNG\) is not an MRI case"):
+            fn(png)

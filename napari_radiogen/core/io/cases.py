@@ -358,6 +358,19 @@ def _set_reference(case: Case, reference: Optional[str]) -> None:
     case.meta["reference"] = r
 
 
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def _not_a_volume(p: Path) -> str:
+    """Why a file is not a case, said for a 2D picture in so many words."""
+    expected = ("a 3D volume (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), a DICOM series folder "
+                "or a TCGA-LGG .h5 slice pack")
+    if p.suffix.lower() in PICTURE_EXTENSIONS:
+        return (f"a 2D picture ({p.suffix.lower()[1:].upper()}) is not an MRI case; the models "
+                f"need {expected} (a folder of 2D slices is for `radiogen classify-slices`)")
+    return f"unsupported file type; expected {expected}"
+
+
 def _check_not_blank(vol: Volume, name: str, display: str) -> None:
     """A sequence whose voxels all hold one value carries no image: refuse it by name (the
     models would otherwise read it as a real, featureless scan and answer without a word)."""
@@ -468,8 +481,7 @@ def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
             if has_dicom(p.parent) and p.suffix.lower() in (".dcm", ".ima", ".dicom", ""):
                 return load_case(p.parent, overrides=overrides, series=series,
                                  reference=reference)
-            raise CaseLoadError(f"{p}: unsupported file type; expected a volume (.nii, .nii.gz, "
-                                ".nrrd, .nhdr, .mha, .mhd), a DICOM folder or an .h5 slice pack")
+            raise CaseLoadError(f"{p}: {_not_a_volume(p)}")
         it = _file_item(p, p.parent)
         if ov:
             _apply_overrides([it], ov, p)
@@ -523,7 +535,7 @@ def list_cases(folder: PathLike, *, _depth: int = 0) -> List[Path]:
     if p.is_file():
         if _is_pack(p) or volume_extension(p):
             return [p]
-        raise CaseLoadError(f"{p}: not a case (expected a folder, a volume file or an .h5 pack)")
+        raise CaseLoadError(f"{p}: {_not_a_volume(p)}")
     sc = scan_folder(p)
     kind = sc.kind
     if kind == "case":
