@@ -47,9 +47,14 @@ def test_widget_run_cancel_rerun(make_napari_viewer, tiny_model, tmp_path, qtbot
     _open_case(viewer, 1, "CASE_B")
     assert job.wait(120)
     assert job.error is None, job.error
-    name = "CASE_A segmentation"
+    name = f"CASE_A segmentation ({tiny_model})"
     assert name in viewer.layers
     layer = viewer.layers[name]
+    # the case's expert labels layer is left as it was, beside the result
+    truth = viewer.layers["CASE_A segmentation"]
+    assert truth is not layer and not truth.metadata["radiogen"].get("result")
+    np.testing.assert_array_equal(truth.data, case_a.labels.array)
+    assert layer.metadata["radiogen"]["synthetic_inputs"] == []
     assert layer.data.shape == case_a.geometry.shape
     assert np.allclose(layer.scale, case_a.geometry.napari_scale)
     assert np.allclose(layer.translate, case_a.geometry.napari_translate)
@@ -86,3 +91,31 @@ def test_widget_run_cancel_rerun(make_napari_viewer, tiny_model, tmp_path, qtbot
     assert viewer.dims.ndisplay == 3
     w.surface_check.setChecked(False)
     assert viewer.dims.ndisplay == 2
+
+
+def test_widget_preselects_the_2d_model_for_a_pack_and_clears_old_results(
+        make_napari_viewer, tiny_model, tmp_path, monkeypatch):
+    """A slice pack gets a 2D model preselected; a run with no case says why (no exception);
+    a new run clears the previous run's tables and exports."""
+    import napari.utils.notifications as notes
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.napari.layers import case_to_layer_data
+    from napari_radiogen.napari.segment_widget import SegmentationWidget
+    shown = []
+    monkeypatch.setattr(notes, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    w = SegmentationWidget(viewer)
+    assert w.run() is None and shown                     # no case open: a message, no job
+    pack = make_pack_phantom(seed=1, n_slices=10)
+    for data, kw, kind in case_to_layer_data(pack):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    w.refresh_models()
+    w.case_combo.setCurrentText(pack.case_id)
+    assert w.case_combo.currentText() == pack.case_id
+    w._pick_model_for_case()
+    assert int(w._cards[w.model_combo.currentText()].get("dims", 3)) == 2
+    w.export_labels_button.setEnabled(True)              # as after an earlier result
+    w.volume_table.item(0, 1).setText("12.00")
+    w._clear_results()
+    assert not w.export_labels_button.isEnabled()
+    assert w.volume_table.item(0, 1).text() == "-" and w.result is None

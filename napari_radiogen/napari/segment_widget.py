@@ -45,6 +45,7 @@ class SegmentationWidget(QWidget):
         self.result = None
         self.result_case_id: Optional[str] = None
         self.result_layer = None
+        self._synthetic_inputs: list = []
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -118,7 +119,7 @@ class SegmentationWidget(QWidget):
         """Preselect a model of the right kind (3D for volumes, 2D for slice packs)."""
         from .layers import radiogen_meta
         cid = self.case_combo.currentText()
-        kinds = {radiogen_meta(l).get("kind") for l in self.viewer.layers
+        kinds = {radiogen_meta(l).get("case_kind") for l in self.viewer.layers
                  if radiogen_meta(l).get("case_id") == cid}
         want = 2 if "slices" in kinds else 3
         cur = self._cards.get(self.model_combo.currentText(), {})
@@ -153,13 +154,19 @@ class SegmentationWidget(QWidget):
         inp = self.inputs()
         if not inp.model:
             raise RadiogenError("no segmentation model installed")
-        case = self.case_combo.case(include_labels=True)
+        case = self.case_combo.case_or_notify(include_labels=True)
+        if case is None:
+            return None
         case_id = case.case_id          # captured now: the result lands on this case
+        self._clear_results()           # nothing of an earlier run stays shown or exportable
         dev = resolve_device(inp.device)
 
         def factory(token):
             model = self._load_model(inp.model, dev)
             return segment(case, model, device=dev, cancel=token)
+
+        used = set(self._cards.get(inp.model, {}).get("sequences") or case.sequences)
+        self._synthetic_inputs = [s for s in case.synthetic_inputs() if s in used]
 
         self.status.setText(f"segmenting {case_id} with {inp.model} ...")
         self.run_button.setEnabled(False)
@@ -173,6 +180,18 @@ class SegmentationWidget(QWidget):
     def cancel(self) -> None:
         if self._job is not None:
             self._job.cancel()
+
+    def _clear_results(self) -> None:
+        self.result = None
+        self.result_layer = None
+        self.export_labels_button.setEnabled(False)
+        self.export_csv_button.setEnabled(False)
+        for i in range(self.volume_table.rowCount()):
+            item = self.volume_table.item(i, 1)
+            if item is not None:
+                item.setText("-")
+        self.metrics_table.setRowCount(0)
+        self.metrics_table.setVisible(False)
 
     def _on_progress(self, p) -> None:
         self.progress_label.setText(str(p))
@@ -193,11 +212,13 @@ class SegmentationWidget(QWidget):
         self.result = res
         self.result_case_id = case_id
         names = ({0: "background", 1: "FLAIR abnormality"} if res.kind == "slices" else None)
-        meta = {"model": res.model, "kind": res.kind}
+        meta = {"model": res.model, "kind": res.kind,
+                "synthetic_inputs": list(self._synthetic_inputs)}
         if names is not None:
             meta["label_names"] = names
+        # named after the model: never the name of the case's own (expert) labels layer
         self.result_layer = add_labels_result(self.viewer, res.labels, res.geometry, case_id,
-                                              f"{case_id} segmentation", **meta)
+                                              f"{case_id} segmentation ({res.model})", **meta)
         self._fill_tables(res)
         self.export_labels_button.setEnabled(True)
         self.export_csv_button.setEnabled(True)
