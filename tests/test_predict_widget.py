@@ -90,3 +90,36 @@ def test_widget_runs_the_segment_then_classify_model(widget_and_viewer, qtbot):
     assert not w.ax.get_lines()
     assert any("no slice attention" in t.get_text() for t in w.ax.texts)
     assert "seg_lgg_segresnet2d" in "".join(t.get_text() for t in w.ax.texts)
+
+
+def test_plot_has_only_the_scored_slices_and_a_rerun_clears_old_results(widget_and_viewer, qtbot,
+                                                                        monkeypatch):
+    """The attention plot draws the slices the model scored (not zeros in between); a new run
+    starts from empty labels (a failed run shows no earlier probabilities); no case: a
+    message, no job."""
+    import numpy as np
+    w, viewer = widget_and_viewer
+    _run(w, qtbot)
+    res = w.result
+    res.slice_index = [1, 4, 7, 10]                  # as for a volume subsampled in z
+    res.attention = {s: [0.0] * 14 for s in res.attention}
+    for s in res.attention:
+        for i in res.slice_index:
+            res.attention[s][i] = 0.25
+    w.plot_attention(res)
+    xs = w.ax.get_lines()[0].get_xdata()
+    assert list(xs) == [1, 4, 7, 10] and np.all(w.ax.get_lines()[0].get_ydata() == 0.25)
+
+    for ly in list(viewer.layers):                   # the next run fails (no FLAIR)
+        if ly.metadata.get("radiogen", {}).get("sequence") == "flair":
+            viewer.layers.remove(ly)
+    _run(w, qtbot)
+    assert w.result is None and all(lab.text() == "-" for lab in w.task_labels.values())
+    assert w.risk_label.text() == "-"
+
+    import napari.utils.notifications as notes
+    shown = []
+    monkeypatch.setattr(notes, "show_error", shown.append)
+    for ly in list(viewer.layers):
+        viewer.layers.remove(ly)
+    assert w.run() is None and shown

@@ -127,7 +127,10 @@ class PredictionWidget(QWidget):
     def run(self):
         from ..core.predict import predict
         inp = self.inputs()
-        case = self.case_combo.case(include_labels=False)
+        case = self.case_combo.case_or_notify(include_labels=False)
+        if case is None:
+            return None
+        self._clear_results()           # nothing of an earlier run stays shown
         if case.kind == "slices" and case.source and not case.clinical:
             try:
                 from ..core.io.pack import clinical_row
@@ -161,6 +164,14 @@ class PredictionWidget(QWidget):
         if self._job is not None:
             self._job.cancel()
 
+    def _clear_results(self) -> None:
+        self.result = None
+        for lab in self.task_labels.values():
+            lab.setText("-")
+        self.risk_label.setText("-")
+        self.ax.clear()
+        self.canvas.draw_idle()
+
     def _finished(self, job) -> None:
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
@@ -186,6 +197,8 @@ class PredictionWidget(QWidget):
         if res.risk is not None:
             c = (res.card or {}).get("c_index")
             self.risk_label.setText(f"{res.risk:+.2f}" + (f" (CV C-index {c:.2f})" if c else ""))
+        else:
+            self.risk_label.setText("-")
         self.plot_attention(res)
         msg = f"{res.case_id}: done in {res.seconds:.1f} s with {res.model}"
         if res.warnings:
@@ -194,8 +207,13 @@ class PredictionWidget(QWidget):
 
     def plot_attention(self, res) -> None:
         self.ax.clear()
+        # only the slices the model scored (a volume's slices are subsampled to the training
+        # spacing: the others have no attention, and a line through zeros would be a comb)
+        idx = np.asarray(res.slice_index or [], dtype=int)
         for s, w in (res.attention or {}).items():
-            self.ax.plot(np.arange(len(w)), w, label=s, lw=1.2)
+            w = np.asarray(w, dtype=float)
+            x = idx if idx.size and idx.max() < len(w) else np.arange(len(w))
+            self.ax.plot(x, w[x], label=s, lw=1.2, marker="." if len(x) < 60 else None)
         if res.attention:
             self.ax.legend(fontsize=7, loc="upper right")
         else:
