@@ -262,6 +262,25 @@ def test_cohort_widget_two_cases_one_corrupt(make_napari_viewer, qtbot, test_mod
     assert "1 failed" in w.info.text()
 
 
+def test_cohort_widget_writes_beside_the_folder_and_needs_a_folder(make_napari_viewer,
+                                                                   monkeypatch, tmp_path):
+    """The default output folder is beside the cohort (inside, its results would be listed
+    as cases next time); an empty folder field is a message, not the working directory."""
+    import napari.utils.notifications as notes
+
+    from napari_radiogen.napari.cohort_widget import CohortWidget
+    shown = []
+    monkeypatch.setattr(notes, "show_error", shown.append)
+    monkeypatch.chdir(tmp_path)
+    viewer = make_napari_viewer()
+    w = CohortWidget(viewer)
+    w.folder.setText(str(tmp_path / "cohort"))
+    assert w.inputs().out_dir == str(tmp_path / "cohort-radiogen")
+    w.folder.setText("")
+    assert w.analyze_all() is None and shown == ["choose a cohort folder first"]
+    assert list(tmp_path.iterdir()) == []               # nothing written where we stand
+
+
 def test_explain_widget_3d_screenshot(make_napari_viewer, qtbot, test_models, sample_path):
     from napari_radiogen.napari.explain_widget import ExplainWidget
     viewer = make_napari_viewer(show=True)

@@ -28,6 +28,13 @@ class CohortInputs:
     use_cache: bool = True
 
 
+def default_out_dir(folder: str) -> str:
+    """Beside the cohort folder, never inside it (results inside would be listed as cases on
+    the next visit)."""
+    p = Path(folder).expanduser().resolve()
+    return str(p.parent / f"{p.name}-radiogen")
+
+
 class CohortWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -46,7 +53,7 @@ class CohortWidget(QWidget):
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         self.out = QLineEdit()
-        self.out.setPlaceholderText("output folder (default: <folder>/radiogen-results)")
+        self.out.setPlaceholderText("output folder (default: <folder>-radiogen beside it)")
         load = QPushButton("List cases")
         load.clicked.connect(lambda: self.load_folder(self.folder.text()))
         self.list = QListWidget()
@@ -91,8 +98,8 @@ class CohortWidget(QWidget):
 
     def inputs(self) -> CohortInputs:
         folder = self.folder.text().strip()
-        out = self.out.text().strip() or str(Path(folder) / "radiogen-results")
-        return CohortInputs(folder=folder, out_dir=out)
+        return CohortInputs(folder=folder, out_dir=self.out.text().strip()
+                            or default_out_dir(folder))
 
     def load_folder(self, folder: str) -> List[Path]:
         from napari.utils.notifications import show_error
@@ -100,6 +107,10 @@ class CohortWidget(QWidget):
         from ..core.errors import RadiogenError
         from ..core.io import list_cases
         self.folder.setText(str(folder))
+        if not str(folder).strip():          # not the working directory by accident
+            show_error("choose a cohort folder first")
+            self.cases = []
+            return self.cases
         try:
             self.cases = list_cases(folder)
         except RadiogenError as e:
@@ -180,6 +191,7 @@ class CohortWidget(QWidget):
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         cases, analyzer = list(self.cases), self.analyzer
+        self._out_dir = inp.out_dir          # where this job writes (the field may change)
         self.job = start_job(
             lambda tok: analyze_cohort(cases, inp.out_dir, analyzer=analyzer,
                                        use_cache=use_cache, render=False, cancel=tok),
@@ -207,7 +219,7 @@ class CohortWidget(QWidget):
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         n_fail = sum(i.status == "failed" for i in self.items)
-        out = self.inputs().out_dir
+        out = getattr(self, "_out_dir", None) or self.inputs().out_dir
         if job.cancelled:
             self.info.setText("cancelled")
         else:
