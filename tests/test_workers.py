@@ -103,6 +103,52 @@ def test_throttled_progress_does_not_outlive_the_job(qtbot):
     assert len(seen) == n and seen[0] == "a"
 
 
+def test_a_job_that_ends_while_its_progress_bar_is_made_shows_nothing_after(qtbot,
+                                                                          monkeypatch):
+    """napari's progress bar processes Qt events while it is made: a job that fails right
+    away ends in there. Its bar is closed all the same and no progress reaches the widget
+    after the job's end (a stuck 0 % bar and a status line overwritten by a late update)."""
+    from qtpy.QtWidgets import QApplication
+
+    import napari_radiogen.napari.workers as workers
+    bars = []
+
+    class Bar:
+        total, n = 1, 0
+
+        def __init__(self, total, desc):
+            for _ in range(50):                      # the job ends meanwhile
+                QApplication.processEvents()
+                time.sleep(0.005)
+            self.closed = False
+            bars.append(self)
+
+        def set_description(self, d):
+            pass
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(workers, "napari_progress", Bar)
+
+    def fail_at_once(token):
+        yield Progress("segment", 0, 4, "loading the model")
+        raise CaseLoadError("missing sequence(s): t1ce")
+
+    events = []
+    job = workers.start_job(fail_at_once, name="failing", notify=False,
+                            on_progress=lambda p: events.append("progress"),
+                            on_error=lambda e: events.append("error"),
+                            on_finished=lambda j: events.append("finished"))
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    qtbot.wait(100)
+    assert bars and all(b.closed for b in bars)
+    assert events[-1] == "finished" and "progress" not in events[events.index("finished"):]
+
+
 @pytest.mark.parametrize("preset", [None, "ACTIVE"])
 def test_openmp_threads_wait_passively_unless_the_user_chose(preset):
     """torch's OpenMP threads must not busy-wait beside the GUI (it slowed the analysis in a

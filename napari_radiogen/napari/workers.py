@@ -245,11 +245,18 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
         return last
 
     def _deliver_progress(item: Progress) -> None:
+        if job.done:
+            return                    # nothing of a job is shown after its end
         job._last_progress = time.monotonic()
         job._last_stage = item.stage
         job._pending = None
         if progress_bar:
             job._update_bar(item)
+            if job.done:
+                # creating napari's progress bar processes Qt events, in which the job can
+                # end (error, finished) before the bar was stored: close it now, show no more
+                job._close_bar()
+                return
         if on_progress is not None:
             on_progress(item)
 
