@@ -47,6 +47,7 @@ def test_widget_synthesises_an_aligned_labelled_layer(viewer_with_case, tiny, qt
     layer = viewer.layers[name]
     ref = viewer.layers[f"{case.case_id} flair"]
     assert layer.metadata["radiogen"]["synthetic"] is True
+    assert layer.blending == "translucent"        # shown as itself, not added onto the FLAIR
     assert layer.metadata["radiogen"]["sequence"] == "t1ce"
     assert layer.metadata["radiogen"]["case_id"] == case.case_id
     np.testing.assert_allclose(layer.scale, ref.scale)

@@ -181,9 +181,11 @@ class SynthesisWidget(QWidget):
                               on_finished=self._on_finished)
 
     def _add_synthetic(self, case_id: str, vol, target: str, info: Dict[str, Any]):
+        # translucent: shown as itself on top (added to the visible sequence below, additive
+        # blending washed the brain out to white)
         data, kw, kind = image_layer_data(vol, case_id=case_id, sequence=target,
                                           name=f"{case_id} {target} (synthetic)",
-                                          contrast=(0.0, 1.0), **info)
+                                          contrast=(0.0, 1.0), blending="translucent", **info)
         kw["metadata"]["radiogen"]["synthetic"] = True
         layer = replace_layer(self.viewer, data, kw, kind)
         self.result_layers.append(layer)
