@@ -4,6 +4,7 @@ leaves no half-made layers), the Cohort browser (two cases, one corrupt), and Ex
 
 How long the main thread stalls and how much napari adds to the headless run are speed targets:
 they are measured by ``scripts/bench_viewer.py``, not asserted here."""
+import os
 import shutil
 import threading
 import time
@@ -300,6 +301,14 @@ def test_explain_widget_3d_screenshot(make_napari_viewer, qtbot, test_models, sa
     assert viewer.dims.ndisplay == 3
     shot = viewer.screenshot(canvas_only=True)
     assert shot.std() > 5, "blank 3D screenshot"
+    # the rendering export says where it wrote (it ran silently in the background)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        job = w.export_rendering(d, n_frames=2)
+        qtbot.waitUntil(lambda: job.done, timeout=600_000)
+        assert job.error is None, job.error
+        assert "rendering written to" in w.score.text() and ".png" in w.score.text()
+        assert any(f.endswith(".png") for f in os.listdir(d))
 
 
 def test_explain_widget_scores_against_the_case_segmentation_layer(make_napari_viewer, qtbot,

@@ -203,4 +203,12 @@ class ExplainWidget(QWidget):
             yield Progress("render", 0, 1, "rendering")
             yield render_explanation(case, res, f"{stem}.png", f"{stem}.gif", n_frames=n_frames)
 
-        return start_job(gen, name="Export rendering", owner=self, viewer=self.viewer)
+        def done(r) -> None:
+            from napari.utils.notifications import show_info
+            files = [Path(p).name for p in (r or {}).values() if isinstance(p, str)]
+            msg = f"rendering written to {Path(out_dir)}: {', '.join(files)}"
+            self.score.setText(msg)
+            show_info(msg)
+
+        return start_job(gen, name="Export rendering", owner=self, viewer=self.viewer,
+                         on_result=done)
