@@ -120,9 +120,11 @@ def test_cancel_mid_epoch_keeps_checkpoint_and_resume_finishes(tmp_path):
     # a fresh run into the same folder is refused; a resume with other options too
     with pytest.raises(ConfigError):
         drive(engine.train(cfg, run, device="cpu"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"changed: train\.batch_size: \d+ -> 2"):
         drive(engine.train(tiny_cfg(train={"epochs": 3, "batch_size": 2}), run, device="cpu",
                            resume=True))
+    with pytest.raises(ConfigError, match=r"train\.epochs: 3 -> 5.*the number of epochs"):
+        drive(engine.train(tiny_cfg(train={"epochs": 5}), run, device="cpu", resume=True))
     assert (run / "checkpoint.safetensors").read_bytes() == before
     res, items = drive(engine.train(cfg, run, device="cpu", resume=True))
     epochs = [h["epoch"] for h in res.history]

@@ -130,6 +130,27 @@ def _amp_setup(cfg_amp: Any, device: str):
     return dtype, scaler
 
 
+def config_changes(saved: Path, cfg: Dict[str, Any]) -> List[str]:
+    """The dotted keys whose values differ between the run's saved ``config.json`` and
+    ``cfg`` (for the resume error), e.g. ``["train.epochs: 30 -> 40"]``."""
+    try:
+        old = json.loads(Path(saved).read_text())
+    except (OSError, ValueError):
+        return []
+
+    def flat(d: Any, prefix: str = "") -> Dict[str, str]:
+        if not isinstance(d, dict):
+            return {prefix: json.dumps(d, default=str, sort_keys=True)}
+        out: Dict[str, str] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    a, b = flat(old), flat(json.loads(json.dumps(cfg, default=str)))
+    return [f"{k}: {a.get(k, '-')} -> {b.get(k, '-')}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
 def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any]) -> str:
     key = json.dumps({"plan": [{k: p[k] for k in ("train", "val", "test")} for p in plan],
                       "task": cfg["task"], "model": cfg.get("model"),
@@ -475,8 +496,12 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         if state_prev is None:
             raise ConfigError(f"nothing to resume in {out} (no {ckpt.CHECKPOINT})")
         if state_prev[1].get("plan_hash") != phash:
+            changed = config_changes(out / "config.json", cfg)
+            what = f" (changed: {', '.join(changed[:6])})" if changed else ""
             raise ConfigError(f"{out}: the checkpoint was made with another config, data or "
-                              "--limit/--folds; resume with the same options or start a new run")
+                              f"--limit/--folds{what}; resume with the same options (the "
+                              "number of epochs included: it fixes the learning-rate "
+                              "schedule) or start a new run")
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "folds").mkdir(exist_ok=True)
