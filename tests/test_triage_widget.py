@@ -103,3 +103,16 @@ def test_widget_all_slices_plot_and_gradcam(make_napari_viewer, qtbot, tiny_mode
     assert float(cam.data[vol[7] == 0].max(initial=0)) == 0.0
     w.cam_box.setChecked(False)
     assert cam not in viewer.layers
+
+
+def test_widget_defaults_to_the_visible_sequence(make_napari_viewer):
+    """A case opens with only its reference sequence visible: the tumour-type widget starts on
+    that one, not on the first (hidden) layer of the list."""
+    from napari_radiogen.core.sample import sample_case_path
+    from napari_radiogen.napari.triage_widget import TumourTypeWidget
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_case_path()), plugin="napari-radiogen")
+    viewer.layers.selection.active = None
+    w = TumourTypeWidget(viewer)
+    assert w.layer_combo.currentText() == "BraTS2021_00006 flair"
+    assert viewer.layers[w.layer_combo.currentText()].visible

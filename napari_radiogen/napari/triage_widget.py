@@ -135,8 +135,10 @@ class TumourTypeWidget(QWidget):
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
         active = self.viewer.layers.selection.active
+        visible = [ly.name for ly in reversed(self._image_layers()) if ly.visible]
         pick = current if current in names else (
-            active.name if active is not None and active.name in names else None)
+            active.name if active is not None and active.name in names else
+            (visible[0] if visible else None))      # the topmost visible image, not the first
         if pick:
             self.layer_combo.setCurrentText(pick)
         self.layer_combo.blockSignals(False)
