@@ -29,7 +29,8 @@ def _guess(cols, keys):
                 return c
     for k in keys:
         for c, lc in zip(cols, low):
-            if k in lc:
+            # a substring match, but never a model output (os_risk is no survival time)
+            if k in lc and "risk" not in lc and not lc.startswith("p_"):
                 return c
     return None
 
@@ -65,6 +66,7 @@ class SurvivalWidget(QWidget):
         from matplotlib.figure import Figure
         self.figure = Figure(figsize=(4, 3), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(240)      # docked beside another widget it collapsed
         self.ax = self.figure.add_subplot(1, 1, 1)
         lay.addWidget(self.canvas)
         self.stats = QLabel("")
