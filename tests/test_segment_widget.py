@@ -86,11 +86,14 @@ def test_widget_run_cancel_rerun(make_napari_viewer, tiny_model, tmp_path, qtbot
     rows = list(csv.DictReader(open(c)))
     assert rows[0]["case_id"] == "CASE_A" and float(rows[0]["WT_ml"]) >= 0
 
-    # 3D toggle
+    # 3D toggle: the visible image volume is dimmed under the surfaces, then restored
+    flair = viewer.layers["CASE_A flair"]
+    assert flair.visible and flair.opacity == 1.0
     w.surface_check.setChecked(True)
     assert viewer.dims.ndisplay == 3
+    assert flair.opacity == w.SURFACE_BACKDROP_OPACITY
     w.surface_check.setChecked(False)
-    assert viewer.dims.ndisplay == 2
+    assert viewer.dims.ndisplay == 2 and flair.opacity == 1.0
 
 
 def test_widget_preselects_the_2d_model_for_a_pack_and_clears_old_results(

@@ -250,8 +250,17 @@ class SegmentationWidget(QWidget):
         self.metrics_table.setVisible(bool(m))
 
     # -- 3D ------------------------------------------------------------------------------------
+    SURFACE_BACKDROP_OPACITY = 0.25
+
     def set_3d(self, on: bool) -> None:
+        """Tumour regions as surfaces in napari's 3D view. The case's visible image volumes
+        are dimmed meanwhile (their additive MIP over the surfaces washed them out to white)
+        and get their opacity back when the view returns to 2D."""
+        from napari.layers import Image
+
+        from .layers import radiogen_meta
         layer = self.result_layer
+        dimmed = getattr(self, "_dimmed", {})
         if on:
             self.viewer.dims.ndisplay = 3
             if layer is not None and layer in self.viewer.layers:
@@ -259,8 +268,20 @@ class SegmentationWidget(QWidget):
                     layer.rendering = "iso_categorical"
                 except Exception:  # older napari
                     pass
+                cid = radiogen_meta(layer).get("case_id")
+                for ly in self.viewer.layers:
+                    if isinstance(ly, Image) and ly.visible and ly not in dimmed \
+                            and radiogen_meta(ly).get("case_id") == cid \
+                            and ly.opacity > self.SURFACE_BACKDROP_OPACITY:
+                        dimmed[ly] = ly.opacity
+                        ly.opacity = self.SURFACE_BACKDROP_OPACITY
         else:
             self.viewer.dims.ndisplay = 2
+            for ly, opacity in dimmed.items():
+                if ly in self.viewer.layers and ly.opacity == self.SURFACE_BACKDROP_OPACITY:
+                    ly.opacity = opacity             # unless the user changed it meanwhile
+            dimmed = {}
+        self._dimmed = dimmed
 
     # -- export --------------------------------------------------------------------------------
     def volume_rows(self) -> List[Dict[str, Any]]:
