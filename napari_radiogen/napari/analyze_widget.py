@@ -282,11 +282,12 @@ def results_html(res: AnalysisResult) -> str:
             best = max(probs, key=probs.get)
             auc = (val.get(t) or {}).get("auc_mean")
             sd = (res.prediction.uncertainty.get(t) or {}).get("sd")
-            rows.append(f"<tr><td>{t}</td><td>{html.escape(best)}</td>"
+            rows.append(f"<tr><td nowrap>{t}</td><td>{html.escape(best)}</td>"
                         f"<td>{probs[best]:.2f}{f' ± {sd:.2f}' if sd is not None else ''}</td>"
                         f"<td>{f'{auc:.2f}' if isinstance(auc, (int, float)) else 'n/a'}</td></tr>")
-        parts.append("<table border=1 cellpadding=2><tr><th>task</th><th>predicted</th>"
-                     "<th>probability</th><th>validated AUC</th></tr>" + "".join(rows)
+        parts.append("<table border=1 cellpadding=2><tr><th nowrap>task</th>"
+                     "<th nowrap>predicted</th><th nowrap>probability</th>"
+                     "<th nowrap>validated AUC</th></tr>" + "".join(rows)
                      + "</table>")
     if res.segmentation is not None:
         vols = res.segmentation.volumes_ml

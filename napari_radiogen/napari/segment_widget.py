@@ -35,6 +35,18 @@ class SegmentInputs:
     device: str = "auto"
 
 
+def _fit_table(table) -> None:
+    """Columns share the dock's width (the first takes the rest) and every row is shown: no
+    cut-off labels, no scrollbars for six rows."""
+    from qtpy.QtWidgets import QAbstractScrollArea, QHeaderView
+    h = table.horizontalHeader()
+    h.setSectionResizeMode(0, QHeaderView.Stretch)
+    for c in range(1, table.columnCount()):
+        h.setSectionResizeMode(c, QHeaderView.ResizeToContents)
+    table.setSizeAdjustPolicy(QAbstractScrollArea.AdjustToContents)
+    table.setWordWrap(True)
+
+
 class SegmentationWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
@@ -69,12 +81,14 @@ class SegmentationWidget(QWidget):
             self.volume_table.setItem(i, 0, QTableWidgetItem(title))
             self.volume_table.setItem(i, 1, QTableWidgetItem("-"))
         self.volume_table.verticalHeader().setVisible(False)
+        _fit_table(self.volume_table)
         lay.addWidget(self.volume_table)
         self.metrics_table = QTableWidget(0, 3)
         self.metrics_table.setHorizontalHeaderLabels(["region", "Dice", "HD95 (mm)"])
         self.metrics_table.verticalHeader().setVisible(False)
         self.metrics_table.setToolTip("agreement with the case's ground-truth labels layer")
         self.metrics_table.setVisible(False)
+        _fit_table(self.metrics_table)
         lay.addWidget(self.metrics_table)
 
         self.surface_check = QCheckBox("3D surfaces")
@@ -202,9 +216,9 @@ class SegmentationWidget(QWidget):
     def _on_finished(self, job) -> None:
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        self.progress_label.setText("")      # the status line says how it ended
         if job.cancelled:
             self.status.setText("cancelled")
-            self.progress_label.setText("")
 
     def _on_result(self, res, case_id: str) -> None:
         if res is None:
