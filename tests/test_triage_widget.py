@@ -97,10 +97,14 @@ def test_widget_all_slices_plot_and_gradcam(make_napari_viewer, qtbot, tiny_mode
     qtbot.waitUntil(lambda: w._cam_layer is not None and w.last_result[0].index == (7,)
                     and w.last_result[0].cam, timeout=15000)
     cam = w._cam_layer
-    assert cam.data.shape == vol.shape[1:] and cam.metadata["radiogen"]["triage_cam"]
+    # one slice of the volume, placed at slice 7 (not a 2D layer drawn over every slice)
+    assert cam.data.shape == (1,) + vol.shape[1:] and cam.metadata["radiogen"]["triage_cam"]
+    np.testing.assert_allclose(cam.scale, layer.scale)
+    assert cam.translate[0] == pytest.approx(layer.translate[0] + 7 * layer.scale[0])
+    np.testing.assert_allclose(cam.translate[1:], layer.translate[1:])
     assert cam.metadata["radiogen"]["case_id"] == "demo"
     assert w.layer_combo.currentText() == "flair"          # the CAM layer is not a target
-    assert float(cam.data[vol[7] == 0].max(initial=0)) == 0.0
+    assert float(cam.data[0][vol[7] == 0].max(initial=0)) == 0.0
     w.cam_box.setChecked(False)
     assert cam not in viewer.layers
 

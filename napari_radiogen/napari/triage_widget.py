@@ -235,6 +235,7 @@ class TumourTypeWidget(QWidget):
         self._pending = False
         get_slice = self._slicer(layer, req.index)
         disp_scale, disp_translate = self._plane_transform(layer)
+        self._placement = self._slice_placement(layer, req.index)
         meta = dict((layer.metadata or {}).get("radiogen") or {})
 
         def factory(token):
@@ -249,6 +250,21 @@ class TumourTypeWidget(QWidget):
 
         self._job = start_job(factory, name="Tumour type", on_result=self._on_result,
                               on_finished=self._on_finished, owner=self, progress_bar=False)
+
+    def _slice_placement(self, layer, index):
+        """For a slice of an n-D image: where the one-slice CAM goes (full scale, translate at
+        the slice, the non-displayed axes, whether the slice was transposed); None for a 2D
+        or RGB image (the CAM is a 2D layer there)."""
+        data = _layer_array(layer)
+        if getattr(layer, "rgb", False) or data.ndim <= 2:
+            return None
+        disp = self._displayed_axes(layer)
+        others = [a for a in range(data.ndim) if a not in disp]
+        scale = np.asarray(layer.scale, dtype=float)
+        translate = np.asarray(layer.translate, dtype=float).copy()
+        for a, i in zip(others, index):
+            translate[a] += float(i) * scale[a]
+        return tuple(scale), tuple(translate), tuple(others), disp[0] > disp[1]
 
     def _plane_transform(self, layer):
         disp = self._displayed_axes(layer)
@@ -276,6 +292,11 @@ class TumourTypeWidget(QWidget):
                            "source": meta.get("source"), "synthetic": False,
                            "triage_cam": True, "of_layer": req.layer_name,
                            "slice_index": list(req.index)}}
+        place = getattr(self, "_placement", None)
+        if place is not None:
+            # one slice of the volume, at its place: not drawn over every other slice
+            scale, translate, others, transposed = place
+            heat = np.expand_dims(heat.T if transposed else heat, others)
         ly = self._cam_layer
         if ly is not None and ly in self.viewer.layers and ly.data.shape == heat.shape:
             ly.data = heat
