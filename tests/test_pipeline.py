@@ -166,3 +166,21 @@ def test_cli_analyze_missing_path_is_clean(tmp_path):
                         str(tmp_path / "nope"), "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_pack_report_has_key_slices_and_nifti_heatmap(models, tmp_path):
+    """A slice pack has no 3D rendering: its report shows the key slices (expert mask,
+    segmentation, heatmap), and its heatmap is written as NIfTI (plus the .h5)."""
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from predict_helpers import write_pack
+    pack = write_pack(tmp_path / "PK_0001.h5", make_pack_phantom(seed=1, n_slices=12))
+    res = run(Analyzer(AnalysisOptions(pred_model=str(models["mil"]), device="cpu"))
+              .analyze(pack))
+    assert res.segmentation is not None and res.explanations
+    paths = write_outputs(res, tmp_path / "out", render=False)
+    png = Path(paths["key_slice_png"])
+    assert png.name == "PK_0001_key_slices.png" and png.stat().st_size > 5000
+    assert "PK_0001_key_slices.png" in open(paths["report_html"]).read()
+    heat = nib.load(paths["heatmap_idh"])
+    assert paths["heatmap_idh"].endswith(".nii.gz") and Path(paths["heatmap_idh_h5"]).exists()
+    assert heat.shape == (128, 128, 12)

@@ -33,40 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (CAMs run on the CPU)")
 
 
-def pack_png(case, res, path, n_slices: int = 6) -> str:
-    """A still PNG for a 2D slice pack (no 3D rendering there): the ``n_slices`` slices that
-    hold the most heatmap mass, the reference sequence in grey, the heatmap in colour and the
-    pack's tumour mask as a contour."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    ref = case.sequences[case.reference]
-    img, heat = np.asarray(ref.array, np.float32), np.asarray(res.heatmap, np.float32)
-    n = heat.shape[0]
-    mass = heat.reshape(n, -1).sum(1)
-    idx = sorted(np.argsort(-mass, kind="stable")[: max(1, min(n_slices, n))].tolist())
-    labels = None
-    if case.labels is not None and case.labels.array.shape == heat.shape:
-        labels = np.asarray(case.labels.array) > 0
-    fig = Figure(figsize=(2.2 * len(idx), 2.7))
-    axes = fig.subplots(1, len(idx), squeeze=False)[0]
-    for ax, z in zip(axes, idx):
-        sl = img[z]
-        lo, hi = np.percentile(sl, [1, 99]) if sl.size else (0.0, 1.0)
-        ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-        ax.imshow(np.ma.masked_less(heat[z], 0.05), cmap="jet", vmin=0, vmax=1, alpha=0.45)
-        if labels is not None and labels[z].any():
-            ax.contour(labels[z], levels=[0.5], colors="lime", linewidths=0.8)
-        ax.set_title(f"slice {z}", fontsize=8)
-        ax.axis("off")
-    title = f"{case.case_id}  {res.task} ({res.target_class})  {res.method}"
-    if res.localisation is not None:
-        title += f"  localisation {res.localisation:.2f}"
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(str(path), dpi=90, bbox_inches="tight")
-    return str(path)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..core.explain import explain, method_slug, render_explanation
     from ..core.io import load_case, write_volume
@@ -96,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         info["heatmap_h5"] = str(h5)
     if not args.no_render:
         if case.kind == "slices":
-            info["png"] = pack_png(case, res, out / f"{stem}.png")
+            from ..core.case_report import pack_slices_figure
+            title = f"{case.case_id}  {res.task} ({res.target_class})  {res.method}"
+            if res.localisation is not None:
+                title += f"  localisation {res.localisation:.2f}"
+            pack_slices_figure(case, out / f"{stem}.png", heat=res.heatmap, title=title)
+            info["png"] = str(out / f"{stem}.png")
             info["gif"] = None
             info["warnings"].append("a 2D slice pack has no 3D rendering: the PNG shows the "
                                     "key slices, and no GIF is written")

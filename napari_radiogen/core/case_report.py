@@ -46,6 +46,48 @@ def sequence_panels(case, z: int) -> Dict[str, np.ndarray]:
     return out
 
 
+def pack_slices_figure(case, out_png: Path, *, heat=None, segmentation=None,
+                       title: str = "", n_slices: int = 6) -> str:
+    """Key slices of a 2D slice pack (which has no 3D rendering): the ``n_slices`` slices with
+    the most heatmap mass (else the most segmented area, else the middle ones), the reference
+    sequence in grey, the heatmap in colour, the pack's expert mask outlined in green and the
+    model's segmentation in red. Returns the file name."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    img = np.asarray(case.sequences[case.reference].array, np.float32)
+    n = img.shape[0]
+    if heat is not None and np.asarray(heat).any():
+        weight = np.asarray(heat, np.float32).reshape(n, -1).sum(1)
+    elif segmentation is not None and np.asarray(segmentation).any():
+        weight = (np.asarray(segmentation) > 0).reshape(n, -1).sum(1).astype(float)
+    else:
+        weight = -np.abs(np.arange(n) - n / 2.0)
+    idx = sorted(np.argsort(-weight, kind="stable")[: max(1, min(n_slices, n))].tolist())
+    truth = (np.asarray(case.labels.array) > 0 if case.labels is not None
+             and case.labels.array.shape == img.shape else None)
+    seg = (np.asarray(segmentation) > 0 if segmentation is not None
+           and np.shape(segmentation) == img.shape else None)
+    fig = Figure(figsize=(2.2 * len(idx), 2.7))
+    axes = fig.subplots(1, len(idx), squeeze=False)[0]
+    for ax, z in zip(axes, idx):
+        sl = img[z]
+        lo, hi = np.percentile(sl, [1, 99]) if sl.any() else (0.0, 1.0)
+        ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        if heat is not None:
+            ax.imshow(np.ma.masked_less(np.asarray(heat)[z], 0.05), cmap="inferno", vmin=0,
+                      vmax=1, alpha=0.5)
+        for m, colour in ((truth, "lime"), (seg, "red")):
+            if m is not None and m[z].any():
+                ax.contour(m[z], levels=[0.5], colors=colour, linewidths=0.8)
+        ax.set_title(f"slice {z}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title or case.case_id, fontsize=9)
+    fig.savefig(str(out_png), dpi=90, bbox_inches="tight")
+    return Path(out_png).name
+
+
 def _slices_figure(res, out_png: Path) -> str:
     import matplotlib
     matplotlib.use("Agg")
@@ -154,6 +196,16 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         png = _slices_figure(res, out_dir / f"{res.case_id}_key_slice.png")
         paths["key_slice_png"] = str(out_dir / png)
         parts.append(f"<h2>Key slice</h2><img src='{png}' alt='key slice'>")
+    else:
+        png = pack_slices_figure(
+            case, out_dir / f"{res.case_id}_key_slices.png",
+            heat=res.explanations[0].heatmap if res.explanations else None,
+            segmentation=res.segmentation.labels if res.segmentation is not None else None,
+            title=f"{res.case_id}: expert mask green, segmentation red"
+                  + (f", {res.explanations[0].method} ({res.explanations[0].task})"
+                     if res.explanations else ""))
+        paths["key_slice_png"] = str(out_dir / png)
+        parts.append(f"<h2>Key slices</h2><img src='{png}' alt='key slices'>")
     if res.segmentation is not None:
         seg = res.segmentation
         rows = [(k, f"{v:.2f}") for k, v in seg.volumes_ml.items()]
