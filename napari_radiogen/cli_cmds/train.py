@@ -83,6 +83,14 @@ def run(args) -> int:
                 max_minutes=args.max_minutes)
     result = None
     tty = sys.stderr.isatty()
+    open_line = False                  # an in-place (\r) step line is on the terminal
+
+    def end_line() -> None:
+        nonlocal open_line
+        if open_line:
+            print(file=sys.stderr, flush=True)
+            open_line = False
+
     try:
         for item in gen:
             if isinstance(item, TrainResult):
@@ -90,17 +98,23 @@ def run(args) -> int:
             elif isinstance(item, TrainProgress) and rank == 0:
                 if item.epoch_end or item.phase in ("prepare", "test", "report"):
                     eta = f" (left {_fmt_eta(item.eta_s)})" if item.eta_s is not None else ""
+                    end_line()
                     print(f"{item.message}{eta}", file=sys.stderr, flush=True)
                 elif tty and not args.quiet:
                     print(f"\r{item}   ", end="", file=sys.stderr, flush=True)
+                    open_line = True
     except KeyboardInterrupt:
+        end_line()
         gen.close()
         print(f"radiogen: interrupted; the last good checkpoint is in {args.out} "
               "(continue with --resume)", file=sys.stderr)
         return 130
     except Cancelled:
+        end_line()
         print("radiogen: cancelled; resume with --resume", file=sys.stderr)
         return 130
+    finally:
+        end_line()                     # an error message printed by the caller starts afresh
     if result is None or rank != 0:
         return 0
     print(f"model:  {result.model_path}")
