@@ -107,6 +107,9 @@ def test_widget_all_slices_plot_and_gradcam(make_napari_viewer, qtbot, tiny_mode
     assert float(cam.data[0][vol[7] == 0].max(initial=0)) == 0.0
     w.cam_box.setChecked(False)
     assert cam not in viewer.layers
+    assert w.prediction_label.text()
+    viewer.layers.clear()                                # nothing left to classify
+    assert w.prediction_label.text() == "" and all(b.value() == 0 for b in w.bars.values())
 
 
 def test_widget_defaults_to_the_visible_sequence(make_napari_viewer):

@@ -142,6 +142,11 @@ class TumourTypeWidget(QWidget):
         if pick:
             self.layer_combo.setCurrentText(pick)
         self.layer_combo.blockSignals(False)
+        if not names:                      # the image went away: so does what was said of it
+            self.last_result = None
+            self.prediction_label.setText("")
+            for b in self.bars.values():
+                b.setValue(0)
         self.request_current()
 
     def _on_active(self, event=None) -> None:
