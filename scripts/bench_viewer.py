@@ -12,6 +12,8 @@ Python process (no napari, no Qt: what ``radiogen analyze`` runs). Reports, per 
 - the worst event-loop gap outside result deliveries (target < 50 ms: the models run on a worker);
 - the worst gap overall, and the longest delivery (napari building or updating a layer in the
   main thread);
+- the CPU time of each of the process's threads during a rerun (by thread name, from /proc:
+  the model job's worker, the Qt main thread, Mesa's render threads);
 - the main thread's CPU time during the run, and the wall time; the median rerun against the
   median headless run, in the viewer's process and in the plain process (target: napari <=
   1.1x headless).
@@ -41,6 +43,34 @@ run(an.analyze(case))                                  # models loaded, as in th
 for _ in range(int(sys.argv[2])):
     t = time.perf_counter(); run(an.analyze(case)); print(time.perf_counter() - t)
 """
+
+
+def cpu_by_thread() -> dict:
+    """CPU seconds of this process's threads by name from /proc (Linux), numbered names
+    grouped (``llvmpipe-0``, ``llvmpipe-1`` -> ``llvmpipe``); {} elsewhere."""
+    import re
+    out: dict = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            st = open(f"/proc/self/task/{tid}/stat").read()
+        except OSError:
+            continue
+        name = re.sub(r"[-_ ]?\d+$", "", st[st.index("(") + 1:st.rindex(")")])
+        f = st[st.rindex(")") + 2:].split()
+        out[(tid, name)] = (int(f[11]) + int(f[12])) / tick
+    return out
+
+
+def thread_cpu_delta(before: dict, after: dict) -> dict:
+    acc: dict = {}
+    for key, v in after.items():
+        acc[key[1]] = acc.get(key[1], 0.0) + v - before.get(key, 0.0)
+    return {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1]) if v > 0.005}
 
 
 def headless_process(device: str, env: dict, runs: int = 3) -> list:
@@ -102,6 +132,7 @@ def main(argv=None) -> int:
         spans.clear()
         idle(0.3)
         meter = EventLoopMeter().start()
+        threads0 = cpu_by_thread()
         c0, t0 = time.thread_time(), time.perf_counter()
         w.run()
         if not w.job.done:
@@ -110,6 +141,7 @@ def main(argv=None) -> int:
             loop.exec()
         elapsed = time.perf_counter() - t0
         main_cpu = time.thread_time() - c0
+        thread_cpu = thread_cpu_delta(threads0, cpu_by_thread())
         worst = meter.stop()
         if w.job.error is not None:
             raise RuntimeError(f"analysis failed: {w.job.error}")
@@ -118,7 +150,8 @@ def main(argv=None) -> int:
                 "worst_gap_ms": 1000 * worst,
                 "longest_delivery_ms": 1000 * max((e - 0.1 - s for s, e in spans),
                                                   default=0.0),
-                "main_thread_cpu_s": main_cpu, "seconds": elapsed}
+                "main_thread_cpu_s": main_cpu, "seconds": elapsed,
+                "cpu_s_by_thread": thread_cpu}
 
     def headless_run() -> float:
         idle(0.3)
@@ -163,6 +196,13 @@ def main(argv=None) -> int:
               f"headless = {out['napari_over_headless']:.2f} "
               f"({out['cpus']} CPUs, torch {out['torch_threads']} threads, load average "
               f"{load[0]:.2f} before the viewer closed)")
+        reruns_cpu = [r["cpu_s_by_thread"] for r in rows[1:]] or [rows[0]["cpu_s_by_thread"]]
+        names = sorted({k for d in reruns_cpu for k in d},
+                       key=lambda k: -statistics.median(d.get(k, 0.0) for d in reruns_cpu))
+        if names:
+            print("CPU seconds by thread in a rerun (median): " + ", ".join(
+                f"{k} {statistics.median(d.get(k, 0.0) for d in reruns_cpu):.2f}"
+                for k in names))
         if process_headless:
             print(f"headless in a plain Python process "
                   f"{', '.join(f'{h:.2f}' for h in process_headless)} s; median rerun / median "

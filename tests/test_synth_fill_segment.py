@@ -44,3 +44,4 @@ def test_fill_missing_t1ce_then_segment():
     assert res.labels.shape == case.geometry.shape
     assert any("synthetic" in w and "t1ce" in w for w in res.warnings)
     assert "synthetic" in " ".join(res.summary()["warnings"])
+    assert res.synthetic_inputs == ["t1ce"] and res.summary()["synthetic_inputs"] == ["t1ce"]

@@ -325,10 +325,10 @@ def test_explain_widget_scores_against_the_case_segmentation_layer(make_napari_v
     case = copy.copy(w.case_combo.case())
     truth = case.labels.array
     case.labels = None                                   # as if no expert mask came with it
-    assert w._segmentation_mask(case.case_id, case) is None
+    assert w._segmentation_labels(case.case_id, case) is None
     add_layer_data(viewer, labels_result_data(truth, case.geometry, case.case_id,
                                               f"{case.case_id} segmentation (test)"))
-    np.testing.assert_array_equal(w._segmentation_mask(case.case_id, case), truth > 0)
+    np.testing.assert_array_equal(w._segmentation_labels(case.case_id, case) > 0, truth > 0)
     w.case_combo.case_or_notify = lambda: case
     w.model.setCurrentText("test_mil")
     w.method.setCurrentText("attention")

@@ -37,7 +37,8 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     from pathlib import Path
 
     from ..core.io import list_cases, load_case
-    from ._common import case_id_of, error_text
+    from ..core.errors import error_text
+    from ..core.io import case_id_of
 
     paths = list_cases(case_arg)
     batch = len(paths) > 1 or Path(case_arg).resolve() != Path(paths[0]).resolve()

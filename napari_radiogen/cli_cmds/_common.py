@@ -1,4 +1,4 @@
-"""Helpers shared by the commands: output folders, error text of a failed case, and progress
+"""Helpers shared by the commands: output folders, and progress
 on stderr (one line rewritten in place on a terminal, plain lines in a log)."""
 from __future__ import annotations
 
@@ -53,25 +53,6 @@ def ensure_out_dir(path: PathLike) -> Path:
     except OSError as e:
         raise _error(f"{p}: cannot create the output folder ({e.strerror or e})") from None
     return p
-
-
-# -- errors of one case in a batch ---------------------------------------------------------------
-def error_text(e: BaseException) -> str:
-    """One line for a case that failed: the message of a RadiogenError (a problem with the
-    input, worded for the user), ``<ExceptionType>: <message>`` for anything else."""
-    from ..core.errors import RadiogenError
-    msg = " ".join(str(e).split())
-    if isinstance(e, RadiogenError):
-        return msg or type(e).__name__
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
-def case_id_of(path: PathLike) -> str:
-    """The case id a path stands for before it is loaded (``TCGA_CS_4943.h5`` ->
-    ``TCGA_CS_4943``, ``P1_flair.nii.gz`` -> ``P1_flair``, a folder -> its name)."""
-    from ..core.io import strip_extension
-    name = Path(path).name
-    return strip_extension(name) or name
 
 
 # -- progress ----------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ def run(args) -> int:
     from ..core.errors import CaseLoadError, RadiogenError
     from ..core.io import list_cases, load_case, write_volume
     from ..core.synthesize import _resolve_model, combine_rankings, rank_sequences
-    from ._common import ProgressLine, case_id_of, check_out_dir, ensure_out_dir, error_text
+    from ..core.errors import error_text
+    from ..core.io import case_id_of
+    from ._common import ProgressLine, check_out_dir, ensure_out_dir
 
     if args.threads:
         torch.set_num_threads(int(args.threads))

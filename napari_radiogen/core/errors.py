@@ -44,3 +44,12 @@ class ConfigError(RadiogenError):
 
 class Cancelled(RadiogenError):
     """The user cancelled a running job."""
+
+
+def error_text(e: BaseException) -> str:
+    """One line for a case that failed in a batch: the message of a RadiogenError (a problem
+    with the input, worded for the user), ``<ExceptionType>: <message>`` for anything else."""
+    msg = " ".join(str(e).split())
+    if isinstance(e, RadiogenError):
+        return msg or type(e).__name__
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

@@ -324,11 +324,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     check(cancel)
     yield Progress("explain", 1, 4, "preparing slices")
     inp = inputs if inputs is not None else P.case_to_input(case, seqs)
-    warns: List[str] = []
-    masked = [s for s, m in zip(seqs, inp.seq_mask) if not m]
-    if masked:
-        warns.append(f"{', '.join(masked)} missing: masked (the model ran without them, as in "
-                     "its prediction; the heatmap shows what it used)")
+    warns: List[str] = P.masked_warnings(seqs, inp)
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):
         cvec, _ = P.clinical_vector(case.clinical, card)

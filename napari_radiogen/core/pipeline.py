@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from .case import Case
-from .errors import Cancelled, ModelFileError, RadiogenError
+from .errors import Cancelled, ModelFileError, RadiogenError, error_text
 from .progress import CancelToken, Progress, check
 
 STAGES = ("load", "synthesize", "segment", "predict", "explain")
@@ -469,11 +469,10 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
         except RadiogenError as e:
             item.status, item.message = "failed", str(e)
         except Exception as e:          # any other error of one case fails that case only
-            msg = " ".join(str(e).split())
-            item.status, item.message = "failed", f"{type(e).__name__}: {msg}".rstrip(": ")
+            item.status, item.message = "failed", error_text(e)
         if not item.case_id:
-            from .io import strip_extension
-            item.case_id = strip_extension(Path(path).name) or Path(path).name
+            from .io import case_id_of
+            item.case_id = case_id_of(path)
         items.append(item)
         yield item
     _write_summary(out, items)

@@ -333,10 +333,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         return
     yield Progress("predict", 1, 3, "preparing slices")
     inp = case_to_input(case, seqs)
-    masked = [s for s, m in zip(seqs, inp.seq_mask) if not m]
-    if masked:
-        warns.append(f"{', '.join(masked)} missing: masked (the model was trained with missing "
-                     f"sequences masked, expect lower accuracy)")
+    warns.extend(masked_warnings(seqs, inp))
     synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
     if synth:
         warns.append(f"synthetic input(s) used: {', '.join(synth)}")
@@ -397,6 +394,14 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                            slice_index=[int(i) for i in inp.slice_index], risk=risk,
                            synthetic_inputs=synth, warnings=warns,
                            seconds=time.perf_counter() - t0, inputs=inp)
+
+
+def masked_warnings(seqs: Sequence[str], inp: "SliceInput") -> List[str]:
+    """The warning for the model's sequences the case lacks (masked, as in training); shared by
+    the prediction and its explanation."""
+    masked = [s for s, m in zip(seqs, inp.seq_mask) if not m]
+    return ([f"{', '.join(masked)} missing: masked (the model was trained with missing "
+             "sequences masked, expect lower accuracy)"] if masked else [])
 
 
 def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predict", 1, 3)):

@@ -217,12 +217,14 @@ class SegResult:
     timings: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     metrics: Optional[Dict[str, Dict[str, float]]] = None   # vs the case's labels, if any
+    synthetic_inputs: List[str] = field(default_factory=list)  # generated, not acquired
 
     def summary(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "model": self.model, "kind": self.kind,
                 "reference_sequence": self.reference, "device": self.device,
                 "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
                 "metrics_vs_labels": self.metrics, "warnings": list(self.warnings),
+                "synthetic_inputs": list(self.synthetic_inputs),
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
                 "shape_zyx": list(self.labels.shape),
                 "spacing_xyz_mm": list(self.geometry.spacing)}
@@ -391,7 +393,8 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
             else {"WT": float((labels > 0).sum() * geom.voxel_volume_ml)})
     res = SegResult(case_id=case.case_id, labels=labels, geometry=geom,
                     volumes_ml=vols, model=model.name, kind=kind,
-                    reference=case.reference, warnings=warn, timings=timings, device=dev)
+                    reference=case.reference, warnings=warn, timings=timings, device=dev,
+                    synthetic_inputs=syn)
     if compare and case.labels is not None and case.labels.array.shape == labels.shape:
         t = time.perf_counter()
         res.metrics = compare_to_truth(labels, case.labels.array, geom,

@@ -176,6 +176,12 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
         return add(data, **kwargs)
 
 
+def _owns_result_labels(layer) -> bool:
+    """A result labels layer holding its own numpy array (see :func:`set_layer_data`)."""
+    return (type(layer).__name__ == "Labels" and bool(radiogen_meta(layer).get("result"))
+            and isinstance(layer.data, np.ndarray))
+
+
 def set_layer_data(layer, data) -> None:
     """Give ``layer`` new data of the same shape.
 
@@ -186,8 +192,7 @@ def set_layer_data(layer, data) -> None:
     layer's own (:func:`labels_result_data` copies), never a case's or a result's."""
     cur = layer.data
     new = np.asarray(data)
-    if type(layer).__name__ == "Labels" and radiogen_meta(layer).get("result") \
-            and isinstance(cur, np.ndarray) and cur is not new and cur.flags.writeable \
+    if _owns_result_labels(layer) and cur is not new and cur.flags.writeable \
             and cur.shape == new.shape and cur.dtype == new.dtype:
         np.copyto(cur, new)
         layer.refresh()
@@ -198,11 +203,7 @@ def set_layer_data(layer, data) -> None:
 def layer_data_snapshot(layer):
     """What :func:`set_layer_data` needs to put ``layer``'s data back later: a copy where the
     layer's array may be written into, else the array itself."""
-    data = layer.data
-    if type(layer).__name__ == "Labels" and radiogen_meta(layer).get("result") \
-            and isinstance(data, np.ndarray):
-        return data.copy()
-    return data
+    return layer.data.copy() if _owns_result_labels(layer) else layer.data
 
 
 def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False):

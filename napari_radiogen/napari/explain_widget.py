@@ -121,24 +121,26 @@ class ExplainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         self.score.setText("")
         self.bar.setRange(0, 4)
-        wt = None if case.labels is not None else self._segmentation_mask(inp.case_id, case)
+        seg = None if case.labels is not None else self._segmentation_labels(inp.case_id, case)
+        # the mask is made in the worker (a full-volume comparison off the main thread)
         self.job = start_job(lambda tok: explain(case, inp.model, task=inp.task,
-                                                 method=inp.method, wt_mask=wt, cancel=tok),
+                                                 method=inp.method, cancel=tok,
+                                                 wt_mask=None if seg is None else seg > 0),
                              name=f"Explain {inp.task}", on_result=lambda r: self._show(r, inp),
                              on_progress=self._progress,
                              on_finished=self._finished, owner=self, viewer=self.viewer)
 
-    def _segmentation_mask(self, case_id: str, case):
-        """The whole tumour of a segmentation result layer of this case on its reference grid
-        (the localisation score's mask when the case has no expert labels; without one the
-        core segments the case itself)."""
+    def _segmentation_labels(self, case_id: str, case):
+        """The labels of a segmentation result layer of this case on its reference grid (their
+        whole tumour is the localisation score's mask when the case has no expert labels;
+        without one the core segments the case itself)."""
         shape = case.sequences[case.reference].array.shape
         for layer in self.viewer.layers:
             rg = layer.metadata.get("radiogen", {}) if hasattr(layer, "metadata") else {}
             if type(layer).__name__ == "Labels" and rg.get("case_id") == case_id \
                     and rg.get("result") and rg.get("sequence") == "segmentation" \
                     and layer.data.shape == shape:
-                return np.asarray(layer.data) > 0
+                return np.asarray(layer.data)
         return None
 
     def _progress(self, p) -> None:

@@ -57,7 +57,6 @@ class SegmentationWidget(QWidget):
         self.result = None
         self.result_case_id: Optional[str] = None
         self.result_layer = None
-        self._synthetic_inputs: list = []
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -179,9 +178,6 @@ class SegmentationWidget(QWidget):
             model = self._load_model(inp.model, dev)
             return segment(case, model, device=dev, cancel=token)
 
-        used = set(self._cards.get(inp.model, {}).get("sequences") or case.sequences)
-        self._synthetic_inputs = [s for s in case.synthetic_inputs() if s in used]
-
         self.status.setText(f"segmenting {case_id} with {inp.model} ...")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -227,7 +223,7 @@ class SegmentationWidget(QWidget):
         self.result_case_id = case_id
         names = ({0: "background", 1: "FLAIR abnormality"} if res.kind == "slices" else None)
         meta = {"model": res.model, "kind": res.kind,
-                "synthetic_inputs": list(self._synthetic_inputs)}
+                "synthetic_inputs": list(res.synthetic_inputs)}
         if names is not None:
             meta["label_names"] = names
         # named after the model: never the name of the case's own (expert) labels layer

@@ -239,8 +239,7 @@ class TumourTypeWidget(QWidget):
     def _start(self, req: SliceRequest, layer) -> None:
         self._pending = False
         get_slice = self._slicer(layer, req.index)
-        disp_scale, disp_translate = self._plane_transform(layer)
-        self._placement = self._slice_placement(layer, req.index)
+        place = self._cam_placement(layer, req.index)
         meta = dict((layer.metadata or {}).get("radiogen") or {})
 
         def factory(token):
@@ -249,38 +248,32 @@ class TumourTypeWidget(QWidget):
             arr = get_slice()
             if req.cam:
                 cam = core_triage.gradcam_slice(arr, model)
-                yield (req, cam.triage, cam.heatmap, disp_scale, disp_translate, meta)
+                yield (req, cam.triage, cam.heatmap, place, meta)
             else:
-                yield (req, core_triage.classify_slice(arr, model), None, None, None, meta)
+                yield (req, core_triage.classify_slice(arr, model), None, None, meta)
 
         self._job = start_job(factory, name="Tumour type", on_result=self._on_result,
                               on_finished=self._on_finished, owner=self, progress_bar=False)
 
-    def _slice_placement(self, layer, index):
-        """For a slice of an n-D image: where the one-slice CAM goes (full scale, translate at
-        the slice, the non-displayed axes, whether the slice was transposed); None for a 2D
-        or RGB image (the CAM is a 2D layer there)."""
-        data = _layer_array(layer)
-        if getattr(layer, "rgb", False) or data.ndim <= 2:
-            return None
+    def _cam_placement(self, layer, index):
+        """Where the CAM of slice ``index`` goes: (scale, translate, axes to add, transposed).
+        For a slice of an n-D image, a one-slice layer at that slice (added axes = the
+        non-displayed ones; not a 2D layer drawn over every slice); for a 2D or RGB image, a 2D
+        layer with the displayed axes' scale and translate."""
         disp = self._displayed_axes(layer)
-        others = [a for a in range(data.ndim) if a not in disp]
         scale = np.asarray(layer.scale, dtype=float)
         translate = np.asarray(layer.translate, dtype=float).copy()
+        if getattr(layer, "rgb", False) or _layer_array(layer).ndim <= 2:
+            return tuple(scale[list(disp)]), tuple(translate[list(disp)]), (), False
+        others = [a for a in range(layer.ndim) if a not in disp]
         for a, i in zip(others, index):
             translate[a] += float(i) * scale[a]
         return tuple(scale), tuple(translate), tuple(others), disp[0] > disp[1]
 
-    def _plane_transform(self, layer):
-        disp = self._displayed_axes(layer)
-        scale = np.asarray(layer.scale, dtype=float)
-        translate = np.asarray(layer.translate, dtype=float)
-        return tuple(scale[list(disp)]), tuple(translate[list(disp)])
-
     def _on_result(self, item) -> None:
         if not item:
             return
-        req, tri, heat, scale, translate, meta = item
+        req, tri, heat, place, meta = item
         self.last_result = (req, tri)
         self.prediction_label.setText(
             f"{core_triage.CLASS_NAMES[tri.predicted]} ({100 * tri.confidence:.0f}%)"
@@ -289,18 +282,16 @@ class TumourTypeWidget(QWidget):
         for c, b in self.bars.items():
             b.setValue(int(round(1000 * tri.probs.get(c, 0.0))))
         if heat is not None:
-            self._show_cam(req, heat, scale, translate, meta)
+            self._show_cam(req, heat, place, meta)
 
-    def _show_cam(self, req, heat, scale, translate, meta) -> None:
+    def _show_cam(self, req, heat, place, meta) -> None:
         name = f"Grad-CAM ({req.layer_name})"
         md = {"radiogen": {"case_id": meta.get("case_id"), "sequence": "triage-gradcam",
                            "source": meta.get("source"), "synthetic": False,
                            "triage_cam": True, "of_layer": req.layer_name,
                            "slice_index": list(req.index)}}
-        place = getattr(self, "_placement", None)
-        if place is not None:
-            # one slice of the volume, at its place: not drawn over every other slice
-            scale, translate, others, transposed = place
+        scale, translate, others, transposed = place
+        if others:      # one slice of the volume, at its place (see _cam_placement)
             heat = np.expand_dims(heat.T if transposed else heat, others)
         ly = self._cam_layer
         if ly is not None and ly in self.viewer.layers and ly.data.shape == heat.shape:

@@ -3,8 +3,8 @@ HDF5 slice packs, sequence-name detection, and writers that put results back on 
 
 Headless: SimpleITK, nibabel, h5py only (no Qt, napari or torch).
 """
-from .cases import (GridError, list_cases, load_case, normalise_overrides, scan_case,  # noqa: F401
-                    scan_folder)
+from .cases import (GridError, case_id_of, list_cases, load_case,  # noqa: F401
+                    normalise_overrides, scan_case, scan_folder)
 from .detect import (VOLUME_EXTENSIONS, canonical_sequence_name, detect_sequence,  # noqa: F401
                      strip_extension)
 from .dicom import SeriesInfo, list_series  # noqa: F401
@@ -16,5 +16,5 @@ __all__ = [
     "load_volume", "load_case", "list_cases", "detect_sequence", "write_volume",
     "write_pack_mask", "load_pack", "scan_case", "scan_folder", "list_series", "SeriesInfo",
     "GridError", "WriteError", "canonical_sequence_name", "normalise_overrides",
-    "strip_extension", "volume_extension", "pack_info", "VOLUME_EXTENSIONS",
+    "strip_extension", "volume_extension", "pack_info", "VOLUME_EXTENSIONS", "case_id_of",
 ]

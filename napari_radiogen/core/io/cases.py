@@ -342,6 +342,13 @@ def _load_item(it: Item) -> Volume:
 _SUFFIX_RE = re.compile(r"^(.*?)[_\-.](t1|t1ce|t1c|t1n|t2|t2w|t2f|flair|fla|seg)$", re.I)
 
 
+def case_id_of(path: PathLike) -> str:
+    """The case id a path stands for before it is loaded (``TCGA_CS_4943.h5`` ->
+    ``TCGA_CS_4943``, ``P1_flair.nii.gz`` -> ``P1_flair``, a folder -> its name)."""
+    name = Path(path).name
+    return strip_extension(name) or name
+
+
 def _case_id_from_file(p: Path) -> str:
     stem = strip_extension(p.name)
     m = _SUFFIX_RE.match(stem)
