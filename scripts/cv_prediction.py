@@ -95,6 +95,10 @@ def run_cv(args):
         mil_cfg["arch"] = dict(mil_cfg["arch"], tumour_pool=True)
     cnn_cfg["epochs"] = args.cnn_epochs
     deadline = t0 + args.max_minutes * 60
+    roi_cohort = (P.load_cohort(args.data, limit=args.limit, roi=True, roi_jitter=args.roi_jitter)
+                  if "mil_roi" in args.models else None)
+    if roi_cohort is not None and [p["id"] for p in roi_cohort] != ids:
+        raise SystemExit("the tumour-centred cohort lists other patients than the main one")
     tables = {m: radiomics_features(args, cohort, log, expert=m == "radiomics_expert_mask")
               for m in ("radiomics", "radiomics_expert_mask") if m in args.models}
     for seed in args.seeds:
@@ -114,6 +118,8 @@ def run_cv(args):
                 state = None
                 if model == "mil":
                     res, state = P.mil_fold(cohort, tr, te, mil_cfg, seed * 100 + k, log=log)
+                elif model == "mil_roi":
+                    res, state = P.mil_fold(roi_cohort, tr, te, mil_cfg, seed * 100 + k, log=log)
                 elif model == "cnn3d":
                     res, state = P.cnn3d_fold(cohort, tr, te, cnn_cfg, seed * 100 + k, log=log)
                 elif model in ("age_sex", "intensity"):
@@ -137,7 +143,8 @@ def run_cv(args):
                               str(out / "folds" / f"{model}_s{seed}_f{k}.safetensors"))
                 f.write_text(json.dumps(rec))
                 log(f"  done in {time.time() - ts:.0f} s")
-    json.dump({"mil": mil_cfg, "cnn3d": cnn_cfg, "folds": args.folds, "seeds": args.seeds,
+    json.dump({"mil": mil_cfg, "mil_roi": dict(mil_cfg, roi_jitter=args.roi_jitter),
+               "cnn3d": cnn_cfg, "folds": args.folds, "seeds": args.seeds,
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
 
 
@@ -309,7 +316,7 @@ def summarise(args):
                            "part (early stopping, checkpoint choice); test folds never used for choices; "
                            "auc_mean = mean of test-fold AUCs over all seeds and folds")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    km_figure(out, recs, tab, [m for m in ("mil", "cnn3d", "radiomics", "age_sex")
+    km_figure(out, recs, tab, [m for m in ("mil", "mil_roi", "cnn3d", "radiomics", "age_sex")
                           if m in summary])
     print_table(summary)
     return summary
@@ -362,10 +369,118 @@ def print_table(summary):
         print(f"{model:21s}  " + "  ".join(cells) + (f"   {c:.3f}" if c is not None else "   -"))
 
 
+def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
+    """The tumour-centred model's CV test predictions again, with each test patient's window
+    placed on ``seg_model``'s segmentation instead of the expert mask (the fold models saved
+    in ``--out``; what a user gets). The shipped segmentation model was trained on these
+    packs, so its masks are better than a new patient's: a lower bound on the shift. Writes
+    ``window_from_segmentation.json`` (mean test-fold AUC per task, beside the expert-window
+    AUC of the same fold models)."""
+    import torch
+    from safetensors.torch import load_file
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.predict import roi_case_to_input
+    from napari_radiogen.core.segment import segment
+    from napari_radiogen.core.train.tasks import prediction as P
+    from src_models.mil import MILPredictor
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    cfg = json.loads((out / "config.json").read_text())["mil_roi"]
+    recs = [json.loads(f.read_text()) for f in sorted((out / "folds").glob("mil_roi_s*_f*.json"))]
+    recs = [r for r in recs if (out / "folds" / f"mil_roi_s{r['seed']}_f{r['fold']}.safetensors").exists()]
+    cohort = {p["id"]: p for p in P.load_cohort(args.data)}
+    seg = load_model(seg_model, task="segmentation", device="cpu")
+    inputs, dice = {}, []
+    for pid in sorted({i for r in recs for i in r["test_ids"]}):
+        case = load_case(Path(args.data) / f"{pid}.h5")
+        res = [x for x in segment(case, seg, device="cpu", compare=False)][-1]
+        m, g = res.labels > 0, case.labels.array > 0
+        dice.append(2 * (m & g).sum() / max(1, m.sum() + g.sum()))
+        try:
+            inputs[pid] = roi_case_to_input(case, P.SEQS, m)
+        except Exception as e:                     # nothing segmented: no window
+            log(f"  {pid}: {e}")
+    stats = P.clinical_stats()
+    aucs = {t: [] for t in P.TASKS}
+    ref = {t: [] for t in P.TASKS}
+    missed = 0
+    for r in recs:
+        net = MILPredictor(**cfg["arch"])
+        net.load_state_dict(load_file(str(out / "folds" / f"mil_roi_s{r['seed']}_f{r['fold']}.safetensors")))
+        net.eval()
+        probs = {t: [] for t in P.TASKS}
+        for k, pid in enumerate(r["test_ids"]):
+            inp = inputs.get(pid)
+            if inp is None:                        # no window: the expert-window prediction
+                missed += 1
+                for t in P.TASKS:
+                    probs[t].append(r["probs"][t][k])
+                continue
+            cl = torch.from_numpy(P.clinical_matrix([cohort[pid]], stats))
+            with torch.inference_mode():
+                o = net(torch.from_numpy(inp.x[None]), torch.ones(1, inp.x.shape[1], dtype=torch.bool),
+                        torch.from_numpy(inp.seq_mask[None]), cl)
+            for t in P.TASKS:
+                probs[t].append(float(torch.softmax(o["logits"][t], -1)[0, -1]))
+        for t in P.TASKS:
+            j = P.TASKS.index(t)
+            y = np.array([cohort[i]["y"][j] for i in r["test_ids"]])
+            a, b = P.auc(y, np.array(probs[t])), P.auc(y, np.array(r["probs"][t]))
+            if a == a and b == b:
+                aucs[t].append(a)
+                ref[t].append(b)
+    res = {"segmentation_model": seg_model,
+           "segmentation_dice_mean": round(float(np.mean(dice)), 3),
+           "folds": len(recs), "patients_without_window": missed,
+           "auc_mean": {t: round(float(np.mean(aucs[t])), 4) for t in P.TASKS},
+           "auc_mean_expert_window": {t: round(float(np.mean(ref[t])), 4) for t in P.TASKS},
+           "note": "same fold models and test folds; the segmentation model was trained on these packs "
+                   "(in-sample masks), so a new patient's window may move more"}
+    (out / "window_from_segmentation.json").write_text(json.dumps(res, indent=1))
+    log(json.dumps(res))
+    return res
+
+
+def roi_alternatives(out_dir, alt_dirs) -> dict:
+    """Variants of the tumour-centred model run on the same folds and seeds (their own
+    ``--out`` folders), beside the shipped configuration, for the card."""
+    def digest(d):
+        d = Path(d)
+        s = json.loads((d / "summary.json").read_text())["mil_roi"]
+        cfg = json.loads((d / "config.json").read_text())["mil_roi"]
+        v = [json.loads(f.read_text())["info"].get("inner_val_score")
+             for f in sorted((d / "folds").glob("mil_roi_s*_f*.json"))]
+        v = [x for x in v if x is not None]
+        w = d / "window_from_segmentation.json"
+        return {"run": str(d),
+                "settings": {"enc_epochs": cfg.get("enc_epochs"), "aux": bool(cfg.get("aux")),
+                             "roi_jitter": cfg.get("roi_jitter", 0)},
+                "auc_mean": {t: round(s[t]["auc_mean"], 4) for t in ("idh", "codel_1p19q", "grade")},
+                "c_index": round((s.get("survival") or {}).get("c_index_mean", float("nan")), 4),
+                "inner_val_score_mean": round(float(np.mean(v)), 4) if v else None,
+                "inner_val_score_sd": round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else None,
+                "window_from_segmentation": {k: json.loads(w.read_text())[k]
+                                             for k in ("auc_mean", "folds")} if w.exists() else None}
+    shipped = digest(out_dir)
+    alts = [digest(d) for d in alt_dirs]
+    best = max([shipped] + alts, key=lambda r: r["inner_val_score_mean"] or -1)
+    return {"shipped": shipped, "variants": alts,
+            "selection": "the shipped configuration is the whole-brain MIL protocol unchanged "
+                         "(only the input differs), fixed before the variants were run. By mean "
+                         f"inner-validation score the best is {best['run']} "
+                         f"({best['inner_val_score_mean']}, shipped "
+                         f"{shipped['inner_val_score_mean']}; SD over folds "
+                         f"{shipped['inner_val_score_sd']}): a difference far inside the fold "
+                         "noise, so none replaced it. Test folds were not used to choose. A "
+                         "variant run keeps the fold models of its first seed only, so its "
+                         "window_from_segmentation covers those folds"}
+
+
 def ship(args, summary):
     from safetensors.torch import load_file
     from napari_radiogen.core.models import new_card, save_model
-    from napari_radiogen.core.predict import CLASSES, PREP
+    from napari_radiogen.core.predict import CLASSES, PREP, PREP_ROI
     from napari_radiogen.core.train.tasks import prediction as P
     out = Path(args.out)
     cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {
@@ -403,8 +518,9 @@ def ship(args, summary):
                          f"{run_digest(out, args.data)['inner_val_score_mean']} (shipped) vs "
                          f"{alt['inner_val_score_mean']}"}]
     for model, builder, kind in (("mil", "src_models.mil:build_mil_ensemble", "mil"),
+                                 ("mil_roi", "src_models.mil:build_mil_ensemble", "mil_roi"),
                                  ("cnn3d", "src_models.cnn3d:build_cnn3d_ensemble", "volume3d")):
-        if model not in args.models:
+        if model not in args.models or (args.ship_only and model not in args.ship_only):
             continue
         files = sorted((out / "folds").glob(f"{model}_s{s0}_f*.safetensors"))
         if len(files) < args.folds or model not in summary:
@@ -417,6 +533,7 @@ def ship(args, summary):
         arch = dict(cfg[model]["arch"])
         ids = sorted({i for r in recs if r["model"] == model and r["seed"] == s0 for i in r["test_ids"]})
         other = "cnn3d" if model == "mil" else "mil"
+        roi = model == "mil_roi"
         card = new_card(
             f"predict_{model}", "prediction",
             {"builder": builder, "kwargs": dict(arch, n_members=len(files))},
@@ -427,6 +544,13 @@ def ship(args, summary):
                              "coarse in-plane tumour heads, stage-2 attention towards the per-slice tumour "
                              "area); segmentation-free at inference" if cfg[model].get("aux") else "")
                          if model == "mil" else
+                         "tumour-centred MIL: the slice model above on a 64 x 64 window at 1.875 mm "
+                         "(120 mm) centred on the segmented whole tumour, over the tumour's slices "
+                         "and one slice either side; trained on the expert masks of the packs with "
+                         "auxiliary tumour supervision (stage-1 tumour presence + coarse in-plane "
+                         "tumour map, stage-2 attention towards the per-slice tumour area); at "
+                         "inference the window is placed on the model's own segmentation"
+                         if roi else
                          "3D CNN (MONAI ResNet 3D, reduced widths, from scratch) on the slice stack "
                          "resampled to depth 32, focal loss, weighted sampler, age/sex fusion, Cox head"),
             sequences=arch["sequences"], required_sequences=["flair"],
@@ -435,8 +559,12 @@ def ship(args, summary):
                               "(trained with the 13 TCGA-LGG packs lacking T1 or T1ce, and sequence dropout); "
                               "T2 is not used (TCGA-LGG packs have none) and is ignored when present",
             classes=CLASSES, tasks={t: CLASSES[t] for t in P.TASKS},
-            spacing_mm=[3.75, 3.75], input_size=[64, 64], normalisation=PREP,
-            input={"kind": kind, "depth": int(arch.get("depth", 32))},
+            spacing_mm=[1.875, 1.875] if roi else [3.75, 3.75], input_size=[64, 64],
+            normalisation=PREP_ROI if roi else PREP,
+            input={"kind": kind, "depth": int(arch.get("depth", 32)),
+                   **({"segmentation": {"slices": "seg_lgg_segresnet2d",
+                                        "volume": "default 3D model (whole tumour = labels "
+                                                  "1+2+4)"}} if roi else {})},
             clinical={**P.clinical_stats(), "used": True,
                       "features": ["age_z = (age - 45) / 15", "sex: 1 = TCGA gender code 2 (assumed male), "
                                    "0 = code 1; unknown -> 0.5"]},
@@ -453,7 +581,12 @@ def ship(args, summary):
                                "sequence's slice attention towards the normalised per-slice tumour area "
                                f"(weight {cfg[model]['aux']['att_weight']}). The auxiliary heads are discarded: "
                                "the shipped network sees no mask (segmentation-free inference)")}
-                              if model == "mil" and cfg[model].get("aux") else {})},
+                              if model == "mil" and cfg[model].get("aux") else {}),
+                           **({"tumour_windows": (
+                               "training and CV test patients alike: the window is placed on the "
+                               "pack's expert FLAIR-abnormality mask (Buda et al. 2019); the same "
+                               "masks supervise the auxiliary heads of the training patients")}
+                              if roi else {})},
             config=cfg[model],
             metrics={**{t: summary[model][t] for t in P.TASKS},
                      "survival": dict(summary[model].get("survival") or {},
@@ -466,7 +599,12 @@ def ship(args, summary):
                                                for t in P.TASKS} | {"c_index": summary.get(other, {}).get(
                                                    "survival", {}).get("c_index_mean")}},
                      **({k: v for k, v in compare.items() if k != "explanations"}
-                        if model == "mil" else {})},
+                        if model == "mil" else {}),
+                     **({"window_from_segmentation": json.loads(
+                         (out / "window_from_segmentation.json").read_text())}
+                        if roi and (out / "window_from_segmentation.json").exists() else {}),
+                     **({"alternatives": roi_alternatives(out, args.roi_alternatives)}
+                        if roi and args.roi_alternatives else {})},
             baseline={"age_sex_logistic": base, "intensity_logistic": inten,
                       "note": "computed on the same folds; intensity = whole-head intensity percentiles/skew "
                               "per sequence + age + sex, logistic regression (C=0.3)"},
@@ -477,6 +615,14 @@ def ship(args, summary):
                 "3D cases (e.g. skull-stripped BraTS volumes) differ from the training packs (2D slices, "
                 "not skull-stripped, ~1.9 mm in-plane): outside the validated domain",
                 "TCGA `gender` codes 1/2 are not documented in the source table; code 2 is assumed male",
+                *(["the CV windows were placed on the expert masks; a user's window comes from the "
+                   "segmentation model, so its errors move the window (see metrics.window_from_"
+                   "segmentation when present)",
+                   "the heatmaps lie inside the 120 mm window by construction: their localisation "
+                   "score is reported beside the score of a map uniform over the window",
+                   "no tumour segmented, no window: the model refuses the case (predict_mil, the "
+                   "whole-brain model, still predicts)"]
+                  if roi else []),
                 "targets not reached (CV mean): " + ", ".join(
                     f"{t} {summary[model][t]['auc_mean']:.2f} < {thr}" for t, thr in
                     (("idh", 0.90), ("codel_1p19q", 0.85), ("grade", 0.80))
@@ -489,6 +635,10 @@ def ship(args, summary):
                if model == "mil" and "explanations" in compare else {}),
             reproduce="OMP_NUM_THREADS=1 .venv/bin/python scripts/cv_prediction.py --data ../shared/data/tcga-lgg "
                       f"--out /tmp/cv_pred --seeds {' '.join(map(str, args.seeds))} --max-minutes 120 --ship"
+                      + (" --models " + " ".join(args.models) if roi else "")
+                      + (" --ship-only " + " ".join(args.ship_only) if args.ship_only else "")
+                      + (" --roi-alternatives " + " ".join(args.roi_alternatives)
+                         if roi and args.roi_alternatives else "")
                       + ((" --mil-aux pool" if cfg[model]["arch"].get("tumour_pool") else " --mil-aux on")
                          if cfg[model].get("aux") else "")
                       + (f" --previous-run {args.previous_run}" if model == "mil" and args.previous_run else "")
@@ -661,12 +811,22 @@ def main(argv=None):
                     help="auxiliary tumour-mask supervision of the MIL model in training (MIL_AUX); "
                          "'pool': also append to each slice feature the features pooled by the "
                          "encoder's own predicted tumour map (SliceEncoder tumour_pool)")
+    ap.add_argument("--roi-jitter", type=int, default=0,
+                    help="mil_roi: store windows this many pixels wider on each side and train on "
+                         "random 64 x 64 crops of them (window-placement jitter; tests use the "
+                         "centre)")
     ap.add_argument("--cnn-epochs", type=int, default=CNN_CFG["epochs"])
     ap.add_argument("--limit", type=int, default=None, help="first N patients (smoke runs)")
     ap.add_argument("--max-minutes", type=float, default=120.0)
     ap.add_argument("--summarise-only", action="store_true")
     ap.add_argument("--ship", action="store_true",
                     help="write the shipped models of --models (mil, cnn3d, radiomics)")
+    ap.add_argument("--roi-alternatives", nargs="+", default=None,
+                    help="finished --models mil_roi runs of variants (same folds and seeds): "
+                         "--ship records them in predict_mil_roi's card")
+    ap.add_argument("--ship-only", nargs="+", default=None,
+                    help="with --ship: write only these models (e.g. mil_roi); the others of "
+                         "--models are trained and scored for the comparison only")
     ap.add_argument("--previous-run", help="a finished run folder of the model being replaced "
                     "(same folds and seeds): --ship records the paired comparison in the card")
     ap.add_argument("--alternative-run", help="a finished run folder of a variant that was not "
@@ -689,6 +849,8 @@ def main(argv=None):
     if not args.summarise_only:
         run_cv(args)
     summary = summarise(args)
+    if "mil_roi" in args.models and (args.ship or args.summarise_only):
+        window_from_segmentation(args)
     if args.ship:
         ship(args, summary)
         if "radiomics" in args.models:

@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seg-run", default=None,
                     help="(predict_radiomics) 2D segmentation CV run: each pack is segmented by "
                          "the fold model that did not train on it (out-of-fold masks)")
+    ap.add_argument("--layer", default=None,
+                    help="torchcam target layer inside one member (default: core.explain's)")
     ap.add_argument("--note", default=None, help="note stored with the table in the card")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--write-card", action="store_true",
@@ -122,7 +124,22 @@ def main(argv=None) -> int:
         chance = localisation_score(head.astype(np.float32), wt, sp)
         from scipy import ndimage
         away = head & (ndimage.distance_transform_edt(~wt, sampling=sp) > 5.0)
-        seg, seg_source = None, None
+        seg, seg_source, window = None, None, None
+        if kind == "mil_roi":
+            # the window the tumour-centred model sees, placed on the shipped segmentation
+            # model's mask (as a user gets it); a map uniform over it is this model's chance
+            from napari_radiogen.core.explain import slices_to_native
+            gen = P._segment_for(case, lm.card, "cpu", None)
+            try:
+                while True:
+                    next(gen)
+            except StopIteration as stop:
+                labels, seg_name, _ = stop.value
+            seg = labels
+            seg_source = f"{seg_name} (the shipped model; in-sample on its training cases)"
+            inp = P.roi_case_to_input(case, lm.card["sequences"], labels > 0)
+            fov = slices_to_native(np.ones(inp.x.shape[1:], np.float32), inp, wt.shape, head)
+            window = localisation_score(fov, wt, sp)
         if kind == "radiomics":
             seg, seg_source = (oof.labels(case) if oof is not None and case.kind == "slices"
                                else (None, "the shipped segmentation model (trained on the "
@@ -131,17 +148,19 @@ def main(argv=None) -> int:
             for m in methods:
                 t = time.perf_counter()
                 r = run(explain(case, lm, task=task, method=m, fusion=a.fusion,
-                                segmentation=seg))
+                                segmentation=seg, layer=a.layer))
                 rows.append({"case": case.case_id, "dataset": "brats2021" if case.kind != "slices"
                              else "tcga-lgg", "task": task, "method": m,
                              "localisation": r.localisation, "chance": chance,
+                             **({"chance_window": window} if window is not None else {}),
                              # background: median heat (max = 1) in the head outside the
                              # dilated mask (a floor offset would put mass everywhere)
                              "background": _background(r.heatmap, away),
                              **({"segmentation": seg_source} if seg_source else {}),
                              "seconds": round(time.perf_counter() - t, 2)})
                 print(f"{case.case_id:18s} {task:12s} {m:10s} {r.localisation:.3f} "
-                      f"(uniform {chance:.3f}) {rows[-1]['seconds']:.1f}s", flush=True)
+                      f"(uniform {chance:.3f}" + (f", window {window:.3f}" if window is not None else "")
+                      + f") {rows[-1]['seconds']:.1f}s", flush=True)
     summary = {}
     for ds in sorted({r["dataset"] for r in rows}):
         for task in tasks:
@@ -152,24 +171,35 @@ def main(argv=None) -> int:
                      and r["method"] == m and r["chance"] is not None]
                 b = [r["background"] for r in rows if r["dataset"] == ds and r["task"] == task
                      and r["method"] == m and r["background"] is not None]
+                w = [r["chance_window"] for r in rows if r["dataset"] == ds and r["task"] == task
+                     and r["method"] == m and r.get("chance_window") is not None]
                 if v:
                     summary[f"{ds}/{task}/{m}"] = {"mean": round(float(np.mean(v)), 3),
                                                    "sd": round(float(np.std(v)), 3), "n": len(v),
                                                    "uniform_mean": round(float(np.mean(c)), 3),
                                                    "background_median": round(float(np.mean(b)), 3)
-                                                   if b else None}
+                                                   if b else None,
+                                                   **({"uniform_window_mean":
+                                                       round(float(np.mean(w)), 3)} if w else {})}
     layers = LEGACY_LAYER if a.fusion == "legacy" else DEFAULT_LAYER
     table = {"protocol": "fraction of heatmap mass inside the expert whole-tumour mask dilated "
                          "by 5 mm (BraTS 2021: labels 1+2+4; TCGA-LGG: FLAIR abnormality); "
                          "'uniform' = the same score for a heatmap uniform over the head; "
+                         + ("'uniform_window' = the same for a heatmap uniform over the model's "
+                            "tumour-centred window (its maps lie inside it by construction); "
+                            if kind == "mil_roi" else "") +
                          "'background_median' = median heatmap value (max 1) in the head outside "
                          "the dilated mask; heatmaps restricted to the head foreground",
              "command": "python scripts/eval_localisation.py --model " + a.model
                         + (f" --packs {a.packs}" if a.packs else "")
                         + (" --no-brats" if a.no_brats else "")
                         + (f" --fusion {a.fusion}" if a.fusion != "raw" else "")
+                        + (f" --layer {a.layer}" if a.layer else "")
                         + (f" --seg-run {a.seg_run}" if a.seg_run else ""),
-             "settings": ({"fusion": a.fusion, "layer": layers[kind]} if kind in layers else
+             "settings": ({"fusion": a.fusion, "layer": a.layer or layers[kind],
+                           **({"window_segmentation": sorted({
+                               r["segmentation"] for r in rows if r.get("segmentation")})}
+                              if kind == "mil_roi" else {})} if kind in layers else
                           {"method": "occlusion", "segmentation": sorted({
                               r["segmentation"] for r in rows if r.get("segmentation")})})
                          | {"target": "the positive class (e.g. mutant)"},

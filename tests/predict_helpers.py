@@ -10,11 +10,12 @@ TINY = "predict_tiny_test"
 
 
 def make_tiny_model(name: str = TINY, clinical: bool = True,
-                    sequences=("t1", "flair", "t1ce")) -> Path:
-    """Save a 2-member MIL ensemble with random weights under ``$RADIOGEN_MODELS_DIR``."""
+                    sequences=("t1", "flair", "t1ce"), kind: str = "mil") -> Path:
+    """Save a 2-member MIL ensemble with random weights under ``$RADIOGEN_MODELS_DIR``
+    (``kind="mil_roi"``: the tumour-centred variant, which needs the case's segmentation)."""
     import torch
     from napari_radiogen.core.models import new_card, save_model, user_models_dir
-    from napari_radiogen.core.predict import CLASSES, PREP
+    from napari_radiogen.core.predict import CLASSES, PREP, PREP_ROI
     from src_models.mil import build_mil_ensemble
 
     path = user_models_dir() / f"{name}.safetensors"
@@ -28,7 +29,9 @@ def make_tiny_model(name: str = TINY, clinical: bool = True,
     card = new_card(name, "prediction", {"builder": "src_models.mil:build_mil_ensemble",
                                          "kwargs": kw},
                     sequences=kw["sequences"], required_sequences=["flair"], classes=CLASSES,
-                    normalisation=PREP, input={"kind": "mil"},
+                    normalisation=PREP_ROI if kind == "mil_roi" else PREP,
+                    input={"kind": kind, **({"segmentation": {"slices": "seg_lgg_segresnet2d"}}
+                                            if kind == "mil_roi" else {})},
                     clinical={"used": clinical, "age_mean": 45.0, "age_sd": 15.0,
                               "sex_mean": 0.5},
                     metrics={"idh": {"auc_mean": 0.5, "auc_ci95": [0.4, 0.6]}})

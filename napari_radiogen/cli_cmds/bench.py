@@ -8,7 +8,8 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--stages", help="comma-separated subset of: load, prepare, segment, "
-                   "predict, predict_radiomics, synthesize, explain, triage, train_step")
+                   "predict, predict_radiomics, synthesize, explain, explain_radiomics, triage, "
+                   "train_step")
 
 
 def run(args) -> int:

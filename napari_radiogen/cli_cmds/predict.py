@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="model name or .safetensors path (default: predict_mil)")
+    p.add_argument("--model", help="model name or .safetensors path (default: predict_mil_roi, else predict_mil)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--age", type=float, help="age in years (used when the model fuses clinical data)")
     p.add_argument("--sex", choices=["M", "F", "m", "f"], help="sex (used when the model fuses it)")
@@ -46,14 +46,14 @@ def run(args) -> int:
     import json
 
     from ..core.models import atomic_write_text, default_model, load_model, resolve_device
-    from ..core.predict import TASK, predict
+    from ..core.predict import DEFAULT_MODELS, TASK, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
     from ._common import check_out_dir, ensure_out_dir
 
     out = check_out_dir(args.out)   # created only when a case has a result to write
     device = resolve_device(args.device)
-    model = load_model(args.model or default_model(TASK, prefer=("predict_mil",)), task=TASK,
+    model = load_model(args.model or default_model(TASK, prefer=DEFAULT_MODELS), task=TASK,
                        device=device)
     clinical = {}
     if args.age is not None:

@@ -145,7 +145,8 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
                        lambda f: (_drain(f(need_case(), _default("segmentation"), device=dev,
                                            cancel=cancel)), "")[1]),
         "predict": fam("predict", "predict",
-                       lambda f: (_drain(f(need_case(), None, device=dev, cancel=cancel)), "")[1]),
+                       lambda f: (_drain(f(need_case(), None, device=dev, cancel=cancel)),
+                                  _pred_note())[1]),
         "predict_radiomics": fam(
             "predict", "predict",
             lambda f: (_drain(f(need_case(), "predict_radiomics", device=dev, cancel=cancel)),
@@ -155,7 +156,7 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
                                               cancel=cancel)), "target t1ce")[1]),
         "explain": fam("explain", "explain",
                        lambda f: (_drain(f(need_case(), None, device=dev, cancel=cancel)),
-                                  "Grad-CAM, IDH")[1]),
+                                  "Grad-CAM, IDH, " + _pred_note())[1]),
         "explain_radiomics": fam(
             "explain", "explain",
             lambda f: (lambda r: f"occlusion, IDH, {r.details.get('blocks')} blocks, its own 3D "
@@ -186,6 +187,15 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
     yield BenchResult(rows=rows, device=dev, peak_rss_mb=peak_rss_mb(),
                       info={"python": platform.python_version(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "machine": platform.machine()})
+
+
+def _pred_note() -> str:
+    """The default prediction model, and whether its time includes a segmentation."""
+    from .models import default_model, read_card, find_model
+    from .predict import DEFAULT_MODELS, TASK, uses_segmentation
+    name = default_model(TASK, prefer=DEFAULT_MODELS)
+    seg = uses_segmentation(read_card(find_model(name)))
+    return name + (" (its own 3D segmentation included)" if seg else "")
 
 
 def _default(task: str) -> str:

@@ -43,16 +43,17 @@ from .progress import CancelToken, Progress, check
 METHODS = ("gradcam", "gradcam++", "layercam", "attention", "occlusion")
 #: the methods of each model kind (the first is the default)
 KIND_METHODS = {"mil": ("gradcam", "gradcam++", "layercam", "attention"),
+                "mil_roi": ("gradcam", "gradcam++", "layercam", "attention"),
                 "volume3d": ("gradcam", "gradcam++", "layercam"),
                 "radiomics": ("occlusion",)}
 TASKS = ("idh", "codel_1p19q", "grade")
 #: default torchcam target layers (names inside one member), selected on the TCGA-LGG packs
-DEFAULT_LAYER = {"mil": "net.layer3", "volume3d": "net.layer2"}
+DEFAULT_LAYER = {"mil": "net.layer3", "mil_roi": "net.layer3", "volume3d": "net.layer2"}
 #: "raw": unnormalised ReLU maps, attention-weighted (MIL), cell-centred upsampling (default);
 #: "legacy": per-slice / per-member min-max normalised maps, corner-aligned upsampling
 FUSIONS = ("raw", "legacy")
 #: the layers of the legacy maps (``fusion="legacy"`` without an explicit ``layer``)
-LEGACY_LAYER = {"mil": "net.layer2", "volume3d": "net.layer3"}
+LEGACY_LAYER = {"mil": "net.layer2", "mil_roi": "net.layer2", "volume3d": "net.layer3"}
 
 
 @dataclass
@@ -289,14 +290,15 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     legacy = fusion == "legacy"
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
-        model or default_model(P.TASK, prefer=("predict_mil",)), task=P.TASK, device="cpu")
+        model or default_model(P.TASK, prefer=P.DEFAULT_MODELS), task=P.TASK, device="cpu")
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
     if kind not in KIND_METHODS:
         raise ConfigError(f"{lm.name} is a {kind} model that cannot be explained here")
     method = method or KIND_METHODS[kind][0]
     if method not in KIND_METHODS[kind]:
-        what = {"mil": "the slice model", "volume3d": "the 3D CNN",
+        what = {"mil": "the slice model", "mil_roi": "the tumour-centred slice model",
+                "volume3d": "the 3D CNN",
                 "radiomics": f"{lm.name} (no image network: its features come from the "
                              "segmented tumour)"}[kind]
         raise ConfigError(f"{method} does not apply to {what}; use "
@@ -322,9 +324,22 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
         from .segment import check_brain_volume
         check_brain_volume(case)
     check(cancel)
+    roi_mask = None
+    warns: List[str] = []
+    if kind == "mil_roi" and inputs is None:
+        # the tumour the prediction centres on: the caller's segmentation or the case segmented
+        labels, _ = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
+                                               "supplied by the caller", warns,
+                                               stage=("explain", 1, 4))
+        roi_mask = labels > 0
     yield Progress("explain", 1, 4, "preparing slices")
-    inp = inputs if inputs is not None else P.case_to_input(case, seqs)
-    warns: List[str] = P.masked_warnings(seqs, inp)
+    if inputs is not None:
+        inp = inputs
+    elif kind == "mil_roi":
+        inp = P.roi_case_to_input(case, seqs, roi_mask)
+    else:
+        inp = P.case_to_input(case, seqs)
+    warns.extend(P.masked_warnings(seqs, inp))
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):
         cvec, _ = P.clinical_vector(case.clinical, card)
@@ -387,6 +402,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
     heat = _minmax(heat) if legacy else _scale_max(heat)
     wt_mask, mask_source = _ground_truth_or(case, wt_mask)
+    if wt_mask is None and roi_mask is not None:
+        wt_mask, mask_source = roi_mask, "segmentation"
     if wt_mask is None and localise:
         wt_mask, mask_source = yield from _segmentation_mask(case, card, cancel, warns)
     loc = None

@@ -152,8 +152,9 @@ class Analyzer:
                            prefer=PREFERRED_MODELS, select=lambda c: fits_case(c, case))
 
     def pred_model(self):
+        from .predict import DEFAULT_MODELS
         return self._model("pred", "prediction", self.options.pred_model,
-                           prefer=("predict_mil",))
+                           prefer=DEFAULT_MODELS)
 
     def explain_model(self):
         """The prediction model whose heatmaps are computed: the prediction model itself (the
@@ -330,7 +331,8 @@ class Analyzer:
 
 def _uses_segmentation(lm) -> bool:
     """A segment-then-classify predictor (``predict_radiomics``) rather than an image network."""
-    return (lm.card.get("input") or {}).get("kind") == "radiomics"
+    from .predict import uses_segmentation
+    return uses_segmentation(lm.card)
 
 
 # -- outputs ----------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from .errors import ConfigError, MissingSequenceError
 from .progress import CancelToken, Progress, check
 
 TASK = "prediction"
+#: the default prediction models, first installed wins: the tumour-centred slice model, then
+#: the whole-brain one (same protocol and folds; see the README's model table)
+DEFAULT_MODELS = ("predict_mil_roi", "predict_mil")
 SIZE = 64
 SPACING_MM = 3.75            # in-plane spacing of the network input
 SLICE_STEP_MM = 4.0          # axial sampling for 3D cases
@@ -85,6 +88,8 @@ class SliceInput:
     #: in-plane sampling of 3D cases: (cy, cx, fy, fx) = centre (reference voxel rows/cols) and
     #: factors (reference spacing / input spacing); None for packs (2x2 binning)
     inplane: Optional[tuple] = None
+    #: tumour-centred inputs: the whole-tumour mask sampled like the images, (N, SIZE, SIZE)
+    tumour: Optional[np.ndarray] = field(default=None, repr=False)
 
 
 def pack_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
@@ -173,6 +178,110 @@ def volume_case_to_input(case, sequences: Sequence[str]) -> SliceInput:
                       sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx))
 
 
+# -- tumour-centred input (``input.kind == "mil_roi"``) ---------------------------------------
+ROI_SIZE = 64
+ROI_SPACING_MM = 1.875       # the packs' stored in-plane spacing: no resampling of packs
+ROI_MARGIN_SLICES = 1        # slices kept above and below the tumour
+PREP_ROI = {"version": "roi-v1", "size": ROI_SIZE, "spacing_mm": ROI_SPACING_MM,
+            "slices": "every slice from one below to one above the whole tumour (axial sampling "
+                      f"about every {SLICE_STEP_MM:g} mm for thinner slices)",
+            "inplane": f"{ROI_SIZE} x {ROI_SIZE} at {ROI_SPACING_MM} mm "
+                       f"({ROI_SIZE * ROI_SPACING_MM:g} mm field of view) centred on the whole "
+                       "tumour's bounding box; packs are not resampled (1.875 mm), 3D cases are "
+                       "resampled in-plane (Gaussian anti-aliasing + linear) on the reference grid",
+            "tumour": "the whole tumour (labels > 0) of the case's segmentation: the model's own "
+                      "segmentation at inference, the expert mask in training",
+            "normalisation": "per sequence per case: z-score over the foreground (> 0.1 * p99) "
+                             "of the whole volume, clipped to [-5, 5]"}
+
+
+def _norm_stats(arr: np.ndarray) -> Optional[Tuple[float, float]]:
+    v = np.asarray(arr, dtype=np.float32)
+    p99 = float(np.percentile(v, 99)) if v.size else 0.0
+    fg = v > 0.1 * p99
+    if p99 <= 0 or fg.sum() < 10:
+        return None
+    return float(v[fg].mean()), float(v[fg].std()) + 1e-6
+
+
+def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
+                        tumour: np.ndarray, spacing_xyz: Sequence[float],
+                        available: Optional[Dict[str, bool]] = None,
+                        size: int = ROI_SIZE) -> SliceInput:
+    """Arrays (z, y, x) on one grid (``spacing_xyz`` in mm) and a whole-tumour mask on the same
+    grid -> the tumour-centred slice stack of ``PREP_ROI``. Sequences absent from ``arrays`` or
+    marked unavailable are masked. ``size`` > ``ROI_SIZE`` gives a wider window with the same
+    centre (training crops it at random: window-placement jitter)."""
+    from scipy import ndimage
+
+    from .errors import RadiogenError
+    available = available or {}
+    tumour = np.asarray(tumour) > 0
+    if not tumour.any():
+        raise RadiogenError("no tumour was segmented: the tumour-centred model has nothing to "
+                            "look at (check the segmentation, or use a whole-brain model such "
+                            "as predict_mil)")
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    nz = tumour.shape[0]
+    zs = np.where(tumour.reshape(nz, -1).any(1))[0]
+    z0, z1 = max(0, zs.min() - ROI_MARGIN_SLICES), min(nz - 1, zs.max() + ROI_MARGIN_SLICES)
+    step = max(1, int(round(SLICE_STEP_MM / max(sz, 1e-3))))
+    sel = np.arange(z0, z1 + 1)[::step] if step > 1 else np.arange(z0, z1 + 1)
+    yy, xx = np.where(tumour.any(0))
+    cy, cx = (yy.min() + yy.max()) / 2, (xx.min() + xx.max()) / 2
+    fy, fx = sy / ROI_SPACING_MM, sx / ROI_SPACING_MM
+    if abs(fy - 1) < 1e-3 and abs(fx - 1) < 1e-3:      # same spacing: whole-pixel crop, no blur
+        cy, cx = np.floor(cy) + 0.5, np.floor(cx) + 0.5
+    ys = cy + (np.arange(size) - (size - 1) / 2) / fy
+    xs = cx + (np.arange(size) - (size - 1) / 2) / fx
+    Y, X = np.meshgrid(ys, xs, indexing="ij")
+    sig = (0, max(0.0, 0.5 / fy - 0.5), max(0.0, 0.5 / fx - 0.5))
+
+    def sample(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a[sel], np.float32)
+        if sig[1] > 0 or sig[2] > 0:
+            a = ndimage.gaussian_filter(a, sig)
+        return np.stack([ndimage.map_coordinates(a[k], [Y, X], order=1, mode="constant",
+                                                 cval=0.0) for k in range(len(sel))])
+
+    x = np.zeros((len(sequences), len(sel), size, size), np.float32)
+    mask = np.zeros(len(sequences), bool)
+    for i, s in enumerate(sequences):
+        if s not in arrays or not available.get(s, True):
+            continue
+        st = _norm_stats(arrays[s])
+        if st is None:
+            continue
+        x[i] = np.clip((sample(arrays[s]) - st[0]) / st[1], -5, 5)
+        mask[i] = True
+    # outside the image (a tumour near the edge) is background: the normalised value of 0
+    inside = sample(np.ones(tumour.shape, np.float32)) > 0.5
+    if mask.any():
+        bg = {i: (0 - st[0]) / st[1] for i, s in enumerate(sequences) if mask[i]
+              for st in [_norm_stats(arrays[s])]}
+        for i, v in bg.items():
+            x[i][~inside] = np.clip(v, -5, 5)
+    return SliceInput(x=x, seq_mask=mask, slice_index=sel.astype(int), n_ref_slices=int(nz),
+                      sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx),
+                      tumour=sample(tumour.astype(np.float32)))
+
+
+def roi_case_to_input(case, sequences: Sequence[str], tumour: np.ndarray) -> SliceInput:
+    """A case (pack or 3D) and its whole-tumour mask on the reference grid -> the
+    tumour-centred input (``PREP_ROI``)."""
+    use = [s for s in sequences if s in case.sequences]
+    if not use:
+        raise MissingSequenceError(list(sequences), list(sequences), case.present)
+    arrays = _on_reference_grid(case, use)
+    avail = {s: bool(case.sequences[s].meta.get("available", True)) for s in use}
+    g = case.sequences[case.reference].geometry
+    tumour = np.asarray(tumour)
+    if tumour.shape != tuple(g.shape):
+        raise ConfigError(f"the segmentation has shape {tumour.shape}, the case's reference grid "
+                          f"{tuple(g.shape)}: not one grid")
+    return roi_arrays_to_input(arrays, sequences, tumour, g.spacing, avail)
+
+
 def case_to_input(case, sequences: Sequence[str]) -> SliceInput:
     if case.kind == "slices":
         arrays = {s: case.sequences[s].array for s in sequences if s in case.sequences}
@@ -257,11 +366,13 @@ class PredictionResult:
     inputs: Optional[SliceInput] = field(default=None, repr=False, compare=False)
     #: segmentation-based models: the tumour features the model saw, and where the mask came from
     features: Optional[Dict[str, Optional[float]]] = None
+    #: segmentation-based models (radiomics, tumour-centred networks): where the mask came from
     features_source: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
-        extra = ({"features": self.features, "features_source": self.features_source}
-                 if self.features is not None else {})
+        extra = ({"features": self.features} if self.features is not None else {})
+        if self.features_source is not None:
+            extra["features_source"] = self.features_source
         return {"case_id": self.case_id, "model": self.model, "card": self.card,
                 "tasks": self.tasks, "uncertainty": self.uncertainty,
                 "risk": self.risk, "attention": self.attention,
@@ -287,7 +398,7 @@ def _load(model) :
     from .models import LoadedModel, default_model, load_model
     if isinstance(model, LoadedModel):
         return model
-    name = model or default_model(TASK, prefer=("predict_mil",))
+    name = model or default_model(TASK, prefer=DEFAULT_MODELS)
     return load_model(name, task=TASK)
 
 
@@ -331,8 +442,20 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         yield from _predict_radiomics(case, lm, card, dev, clinical, segmentation,
                                       segmentation_source, warns, cancel, t0)
         return
-    yield Progress("predict", 1, 3, "preparing slices")
-    inp = case_to_input(case, seqs)
+    kind = (card.get("input") or {}).get("kind", "mil")
+    source = None
+    if kind == "mil_roi":
+        labels, source = yield from tumour_labels(case, card, dev, cancel, segmentation,
+                                                  segmentation_source, warns)
+        yield Progress("predict", 1, 3, "preparing tumour-centred slices")
+        inp = roi_case_to_input(case, seqs, labels > 0)
+        if case.kind != "slices":
+            warns.append("3D volume: the tumour-centred model was trained on TCGA-LGG slice "
+                         "packs (not skull-stripped); this input is outside its validated "
+                         "domain")
+    else:
+        yield Progress("predict", 1, 3, "preparing slices")
+        inp = case_to_input(case, seqs)
     warns.extend(masked_warnings(seqs, inp))
     synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
     if synth:
@@ -346,7 +469,6 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         warns.extend(cw)
     check(cancel)
     yield Progress("predict", 2, 3, "running the network")
-    kind = (card.get("input") or {}).get("kind", "mil")
     with torch.inference_mode():
         sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
         cl = torch.from_numpy(cvec[None]).to(dev)
@@ -393,7 +515,8 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                            tasks=tasks, uncertainty=unc, attention=attention,
                            slice_index=[int(i) for i in inp.slice_index], risk=risk,
                            synthetic_inputs=synth, warnings=warns,
-                           seconds=time.perf_counter() - t0, inputs=inp)
+                           seconds=time.perf_counter() - t0, inputs=inp,
+                           features_source=source)
 
 
 def masked_warnings(seqs: Sequence[str], inp: "SliceInput") -> List[str]:
@@ -422,23 +545,37 @@ def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predic
     return res.labels, name, res.warnings
 
 
+def uses_segmentation(card: Dict[str, Any]) -> bool:
+    """A predictor that needs the case's tumour segmentation: the segment-then-classify
+    ``predict_radiomics`` and the tumour-centred networks (``input.kind`` ``mil_roi``)."""
+    return (card.get("input") or {}).get("kind") in ("radiomics", "mil_roi")
+
+
+def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, warns,
+                  stage: Tuple[str, int, int] = ("predict", 1, 3)):
+    """The labels a segmentation-based predictor uses: ``segmentation`` when the caller has
+    one (checked to be on the reference grid), else the case segmented by the model the card
+    names; returns ``(labels, source)`` and adds the segmentation's warnings to ``warns``."""
+    if segmentation is None:
+        labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel, stage)
+        warns.extend(w for w in seg_warns if w not in warns)
+        return labels, f"segmented by {seg_name}"
+    labels = np.asarray(segmentation)
+    ref = case.sequences[case.reference].geometry
+    if labels.shape != tuple(ref.shape):
+        raise ConfigError(f"the segmentation has shape {labels.shape}, the case's reference "
+                          f"grid {tuple(ref.shape)}: not one grid")
+    return labels, f"segmentation {segmentation_source}"
+
+
 def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation_source,
                        warns, cancel, t0):
     import time
     import torch
     from .radiomics import FEATURES, case_features, vector
 
-    if segmentation is None:
-        labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel)
-        warns.extend(w for w in seg_warns if w not in warns)
-        source = f"segmented by {seg_name}"
-    else:
-        labels = np.asarray(segmentation)
-        ref = case.sequences[case.reference].geometry
-        if labels.shape != tuple(ref.shape):
-            raise ConfigError(f"the segmentation has shape {labels.shape}, the case's reference "
-                              f"grid {tuple(ref.shape)}: not one grid")
-        source = f"segmentation {segmentation_source}"
+    labels, source = yield from tumour_labels(case, card, dev, cancel, segmentation,
+                                              segmentation_source, warns)
     check(cancel)
     yield Progress("predict", 2, 3, "tumour features")
     wt = labels > 0
@@ -485,4 +622,6 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
 
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
-           "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError"]
+           "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError",
+           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "DEFAULT_MODELS", "uses_segmentation",
+           "tumour_labels"]

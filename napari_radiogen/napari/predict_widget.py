@@ -90,7 +90,9 @@ class PredictionWidget(QWidget):
         from ..core.predict import TASK
         ms = list_models(TASK)
         self._cards = {m["name"]: m["card"] for m in ms}
-        names = sorted(self._cards, key=lambda n: (n != "predict_mil", n))
+        from ..core.predict import DEFAULT_MODELS
+        first = next((m for m in DEFAULT_MODELS if m in self._cards), None)
+        names = sorted(self._cards, key=lambda n: (n != first, n))
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItems(names)

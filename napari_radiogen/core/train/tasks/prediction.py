@@ -48,10 +48,14 @@ def _label(task: str, v: Any) -> int:
     return _MAP[task].get(str(v).strip(), -1)
 
 
-def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequence[str]] = None
-                ) -> List[Dict[str, Any]]:
+def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequence[str]] = None,
+                roi: bool = False, roi_jitter: int = 0) -> List[Dict[str, Any]]:
     """Read TCGA-LGG packs + clinical.csv into memory: one dict per patient with ``x``
-    (S, N, 64, 64) float32 normalised, ``seq_mask`` (S,), labels (-1 = missing), age, sex, OS."""
+    (S, N, 64, 64) float32 normalised, ``seq_mask`` (S,), labels (-1 = missing), age, sex, OS.
+    ``roi``: the tumour-centred input of ``predict.PREP_ROI`` around the pack's expert mask
+    (``input.kind == "mil_roi"``) instead of the whole binned slices; ``roi_jitter`` > 0 keeps
+    that many more pixels on each side, for random window crops in training (the network
+    input stays the centre 64 x 64, see :func:`train_encoders`)."""
     import h5py
     import pandas as pd
     d = Path(data_dir)
@@ -77,8 +81,21 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
             avail = [bool(a) for a in h.attrs.get("available", [True] * len(names))]
             tmask = h["mask"][:] if "mask" in h else None
         arrays = {n: img[:, i] for i, n in enumerate(names)}
-        inp = pack_arrays_to_input(arrays, SEQS, dict(zip(names, avail)))
-        tum = tumour_targets(tmask, inp.x.shape[-2:]) if tmask is not None else None
+        if roi:
+            from ...predict import roi_arrays_to_input
+            if tmask is None:
+                raise ConfigError(f"{f.name} has no tumour mask: the tumour-centred model "
+                                  "needs the packs' 'mask' datasets")
+            from ...io.pack import NOMINAL_INPLANE_MM, NOMINAL_SLICE_MM
+            from ...predict import ROI_SIZE
+            inp = roi_arrays_to_input(
+                arrays, SEQS, tmask, (NOMINAL_INPLANE_MM, NOMINAL_INPLANE_MM, NOMINAL_SLICE_MM),
+                dict(zip(names, avail)), size=ROI_SIZE + 2 * int(roi_jitter))
+            t = np.clip(inp.tumour, 0, 1)
+            tum = (t.astype(np.float16), t.reshape(len(t), -1).mean(1).astype(np.float32))
+        else:
+            inp = pack_arrays_to_input(arrays, SEQS, dict(zip(names, avail)))
+            tum = tumour_targets(tmask, inp.x.shape[-2:]) if tmask is not None else None
         age = r.get("age_at_initial_pathologic")
         g = r.get("gender")
         out.append({"id": r["patient_id"], "x": inp.x, "seq_mask": inp.seq_mask,
@@ -219,6 +236,7 @@ def train_encoders(cohort, train_idx, arch: Dict[str, Any], *, epochs=6, batch=6
     else:
         model = SliceAuxModel(**arch)
     rows = _slice_table(cohort, train_idx)
+    size = int(arch.get("input_size", 64))
     Y = np.stack([cohort[i]["y"] for i in train_idx])
     weights = {}
     for j, t in enumerate(TASKS):
@@ -241,6 +259,9 @@ def train_encoders(cohort, train_idx, arch: Dict[str, Any], *, epochs=6, batch=6
             sw = tm = None
             if aux is not None:
                 tm = torch.from_numpy(np.stack([cohort[i]["tmask"][k] for i, k in sel]).astype(np.float32))
+            if x.shape[-1] > size:                 # a wider stored window: random placement
+                x, tm = _random_crop(x, tm, size, rng)
+            if aux is not None:
                 x, tm = _augment_slices(x, rng, tm)
                 has = tm.flatten(1).amax(1) > 0
                 sw = torch.where(has, torch.ones(len(sel)),
@@ -273,13 +294,37 @@ def train_encoders(cohort, train_idx, arch: Dict[str, Any], *, epochs=6, batch=6
     return model
 
 
+def _random_crop(x, tm, size: int, rng):
+    """(B, S, H, W) images and (B, H, W) masks (or None) -> a random ``size`` x ``size`` window
+    per sample, the same for its images and mask."""
+    H, W = x.shape[-2:]
+    oy = rng.integers(0, H - size + 1, len(x))
+    ox = rng.integers(0, W - size + 1, len(x))
+    x = np.stack([x[b, :, oy[b]:oy[b] + size, ox[b]:ox[b] + size].numpy() for b in range(len(x))])
+    import torch
+    x = torch.from_numpy(x)
+    if tm is not None:
+        tm = torch.from_numpy(np.stack([tm[b, oy[b]:oy[b] + size, ox[b]:ox[b] + size].numpy()
+                                        for b in range(len(tm))]))
+    return x, tm
+
+
+def centre_crop(a: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` of the last two axes (no-op when already that size)."""
+    H, W = a.shape[-2:]
+    oy, ox = (H - size) // 2, (W - size) // 2
+    return a[..., oy:oy + size, ox:ox + size]
+
+
 def cache_features(model, cohort, batch=256) -> List[np.ndarray]:
-    """(S, N, D) features per patient from frozen encoders."""
+    """(S, N, D) features per patient from frozen encoders (the centre window of a wider
+    stored one)."""
     import torch
     feats = []
+    size = int(getattr(model, "input_size", 64))
     with torch.inference_mode():
         for p in cohort:
-            x = torch.from_numpy(p["x"])         # (S, N, H, W)
+            x = torch.from_numpy(np.ascontiguousarray(centre_crop(p["x"], size)))   # (S, N, H, W)
             f = [model.encoders[s](x[i].unsqueeze(1)).numpy() for i, s in enumerate(model.sequences)]
             feats.append(np.stack(f))
     return feats

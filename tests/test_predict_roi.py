@@ -1,0 +1,181 @@
+"""The tumour-centred slice model (``input.kind == "mil_roi"``): its window, its use of the
+case's segmentation in prediction and explanation, and its training loader."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_radiogen.core.errors import ConfigError, RadiogenError
+from napari_radiogen.core.progress import run as drive
+
+from predict_helpers import make_tiny_model, write_pack
+
+ROI = "predict_tiny_roi_test"
+
+
+@pytest.fixture(scope="module")
+def roi_model():
+    make_tiny_model(ROI, kind="mil_roi")
+    from napari_radiogen.core.models import load_model
+    return load_model(ROI, task="prediction")
+
+
+def _pack(seed=0, n=14):
+    from napari_radiogen.core.phantom import make_pack_phantom
+    return make_pack_phantom(seed=seed, n_slices=n)
+
+
+def test_window_is_centred_on_the_tumour_and_spans_its_slices():
+    from napari_radiogen.core.predict import ROI_SIZE, roi_case_to_input
+    case = _pack()
+    wt = case.labels.array > 0
+    inp = roi_case_to_input(case, ["t1", "flair", "t1ce"], wt)
+    zs = np.where(wt.any((1, 2)))[0]
+    # the tumour's slices and one either side (packs: 5 mm slices, every slice kept)
+    assert list(inp.slice_index) == list(range(max(0, zs.min() - 1),
+                                               min(wt.shape[0], zs.max() + 2)))
+    assert inp.x.shape == (3, len(inp.slice_index), ROI_SIZE, ROI_SIZE)
+    assert inp.seq_mask.all() and np.isfinite(inp.x).all()
+    # packs are cropped, not resampled: the window's tumour is the mask's tumour, centred
+    assert inp.inplane[2:] == (1.0, 1.0)
+    t = inp.tumour
+    assert abs(t.sum() - wt[inp.slice_index].sum()) < 1e-3
+    yy, xx = np.nonzero(t.sum(0))
+    assert abs((yy.min() + yy.max()) / 2 - (ROI_SIZE - 1) / 2) <= 1
+    assert abs((xx.min() + xx.max()) / 2 - (ROI_SIZE - 1) / 2) <= 1
+    # the window's images are the case's pixels (z-scored over the whole volume)
+    cy, cx = inp.inplane[:2]
+    y0, x0 = int(cy - (ROI_SIZE - 1) / 2), int(cx - (ROI_SIZE - 1) / 2)
+    k = inp.slice_index[len(inp.slice_index) // 2]
+    raw = case.sequences["flair"].array[k, max(y0, 0):y0 + ROI_SIZE, max(x0, 0):x0 + ROI_SIZE]
+    win = inp.x[1, len(inp.slice_index) // 2][max(-y0, 0):, max(-x0, 0):][:raw.shape[0], :raw.shape[1]]
+    assert np.corrcoef(raw.ravel(), win.ravel())[0, 1] > 0.999
+
+
+def test_window_resamples_a_volume_to_the_window_spacing():
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import ROI_SPACING_MM, roi_case_to_input
+    case = make_phantom(seed=1, spacing=(1.0, 1.0, 1.0))
+    wt = case.labels.array > 0
+    inp = roi_case_to_input(case, ["t1", "flair", "t1ce"], wt)
+    assert inp.inplane[2] == pytest.approx(1.0 / ROI_SPACING_MM)
+    # 1 mm slices are sampled about every 4 mm over the tumour (+ one slice either side)
+    assert np.all(np.diff(inp.slice_index) == 4)
+    zs = np.where(wt.any((1, 2)))[0]
+    assert inp.slice_index.min() >= zs.min() - 1 and inp.slice_index.max() <= zs.max() + 1
+    # the tumour's in-plane area is preserved by the resampling (mm^2)
+    k = int(np.argmax(wt[inp.slice_index].sum((1, 2))))
+    area_case = wt[inp.slice_index[k]].sum() * 1.0
+    area_win = inp.tumour[k].sum() * ROI_SPACING_MM ** 2
+    assert area_win == pytest.approx(area_case, rel=0.15)
+
+
+def test_no_tumour_and_a_foreign_grid_are_clear_errors():
+    from napari_radiogen.core.predict import roi_case_to_input
+    case = _pack()
+    with pytest.raises(RadiogenError, match="no tumour"):
+        roi_case_to_input(case, ["t1", "flair", "t1ce"], np.zeros(case.labels.array.shape, bool))
+    with pytest.raises(ConfigError, match="not one grid"):
+        roi_case_to_input(case, ["t1", "flair", "t1ce"], np.ones((3, 4, 5), bool))
+
+
+def test_prediction_uses_the_given_segmentation_and_says_so(roi_model):
+    from napari_radiogen.core.predict import predict
+    case = _pack()
+    wt = case.labels.array > 0
+    res = drive(predict(case, roi_model, device="cpu", segmentation=case.labels.array,
+                        segmentation_source="from the test"))
+    assert res.features_source == "segmentation from the test"
+    assert res.to_json()["features_source"] == "segmentation from the test"
+    zs = np.where(wt.any((1, 2)))[0]
+    assert res.slice_index[0] == zs.min() - 1 and res.slice_index[-1] == zs.max() + 1
+    # attention over the window's slices only, zero elsewhere
+    w = np.asarray(res.attention["flair"])
+    assert len(w) == wt.shape[0] and abs(w.sum() - 1) < 1e-3
+    assert (w[: zs.min() - 1] == 0).all()
+    # a different tumour moves the window and changes the inputs the network saw
+    moved = np.zeros_like(case.labels.array)
+    moved[2:5, 10:30, 10:30] = 1
+    res2 = drive(predict(case, roi_model, device="cpu", segmentation=moved))
+    assert res2.slice_index == [1, 2, 3, 4, 5]
+    assert not np.allclose(res.inputs.inplane[:2], res2.inputs.inplane[:2])
+    with pytest.raises(RadiogenError, match="no tumour"):
+        drive(predict(case, roi_model, device="cpu",
+                      segmentation=np.zeros_like(case.labels.array)))
+
+
+def test_prediction_without_a_segmentation_segments_the_case(roi_model):
+    """No segmentation given: the 2D model the card names segments the pack first."""
+    from napari_radiogen.core.predict import predict
+    case = _pack(seed=2)
+    items = list(predict(case, roi_model, device="cpu"))
+    assert any(getattr(i, "message", "").startswith("segmenting (seg_lgg_segresnet2d)")
+               for i in items)
+    res = items[-1]
+    assert res.features_source == "segmented by seg_lgg_segresnet2d"
+    assert abs(sum(res.tasks["idh"].values()) - 1) < 1e-5
+
+
+def test_explanation_lies_in_the_window_on_the_case_grid(roi_model):
+    from napari_radiogen.core.explain import explain, slices_to_native
+    from napari_radiogen.core.predict import roi_case_to_input
+    case = _pack()
+    res = drive(explain(case, roi_model, task="idh", method="gradcam",
+                        segmentation=case.labels.array))
+    assert res.heatmap.shape == case.labels.array.shape
+    assert res.heatmap.min() >= 0 and res.heatmap.max() <= 1 and res.heatmap.max() > 0
+    assert res.localisation is not None and res.mask_source == "ground truth"
+    inp = roi_case_to_input(case, ["t1", "flair", "t1ce"], case.labels.array > 0)
+    fov = slices_to_native(np.ones(inp.x.shape[1:], np.float32), inp, case.labels.array.shape)
+    assert res.heatmap[fov <= 0].max() == 0          # nothing outside the model's window
+    att = drive(explain(case, roi_model, task="grade", method="attention",
+                        segmentation=case.labels.array))
+    assert set(att.slice_weights) == {"t1", "flair", "t1ce"}
+
+
+def test_explanation_without_ground_truth_localises_on_the_window_segmentation(roi_model):
+    from napari_radiogen.core.explain import explain
+    case = _pack()
+    seg = case.labels.array.copy()
+    case.labels = None
+    res = drive(explain(case, roi_model, task="idh", segmentation=seg))
+    assert res.mask_source == "segmentation" and res.localisation is not None
+
+
+def test_training_loader_windows_each_pack_on_its_expert_mask(tmp_path):
+    from napari_radiogen.core.predict import ROI_SIZE
+    from napari_radiogen.core.train.tasks import prediction as P
+    case = _pack(seed=3, n=12)
+    write_pack(tmp_path / "PH_0.h5", case)
+    (tmp_path / "clinical.csv").write_text(
+        "patient_id,idh,codel_1p19q,grade,age_at_initial_pathologic,gender,os_days,os_event,"
+        "idh_codel_subtype\nPH_0,mutant,codel,2,40,1,300,0,x|2\n")
+    p = P.load_cohort(str(tmp_path), roi=True)[0]
+    q = P.load_cohort(str(tmp_path), roi=True, roi_jitter=4)[0]
+    wt = case.labels.array > 0
+    zs = np.where(wt.any((1, 2)))[0]
+    assert p["x"].shape[1] == zs.max() - zs.min() + 3
+    assert p["x"].shape[-2:] == (ROI_SIZE, ROI_SIZE) and q["x"].shape[-1] == ROI_SIZE + 8
+    # the wider stored window has the same centre: its centre crop is the plain window
+    assert np.allclose(P.centre_crop(q["x"], ROI_SIZE), p["x"], atol=1e-5)
+    assert np.allclose(p["tarea"], p["tmask"].astype(np.float32).reshape(len(p["tarea"]), -1).mean(1),
+                       atol=1e-3)
+    assert (p["tarea"][1:-1] > 0).all()              # the tumour's slices all hold tumour
+
+
+@pytest.mark.shared
+def test_shipped_roi_model_on_a_real_pack(shared_data):
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import list_models, load_model
+    from napari_radiogen.core.predict import predict
+    if "predict_mil_roi" not in {m["name"] for m in list_models("prediction")}:
+        pytest.skip("predict_mil_roi is not installed")
+    lm = load_model("predict_mil_roi", task="prediction", device="cpu")
+    case = load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5")
+    res = drive(predict(case, lm, device="cpu"))
+    assert res.features_source == "segmented by seg_lgg_segresnet2d"
+    wt = case.labels.array > 0
+    zs = np.where(wt.any((1, 2)))[0]
+    # the window found from the model's own segmentation covers the expert tumour's slices
+    assert min(res.slice_index) <= zs.min() and max(res.slice_index) >= zs.max()
+    assert 0 <= res.tasks["idh"]["mutant"] <= 1
