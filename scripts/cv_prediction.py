@@ -95,7 +95,9 @@ def run_cv(args):
         mil_cfg["arch"] = dict(mil_cfg["arch"], tumour_pool=True)
     cnn_cfg["epochs"] = args.cnn_epochs
     deadline = t0 + args.max_minutes * 60
-    roi_cohort = (P.load_cohort(args.data, limit=args.limit, roi=True, roi_jitter=args.roi_jitter)
+    roi_window = json.loads(args.roi_window) if args.roi_window else None
+    roi_cohort = (P.load_cohort(args.data, limit=args.limit, roi=True, roi_jitter=args.roi_jitter,
+                                roi_window=roi_window)
                   if "mil_roi" in args.models else None)
     if roi_cohort is not None and [p["id"] for p in roi_cohort] != ids:
         raise SystemExit("the tumour-centred cohort lists other patients than the main one")
@@ -143,7 +145,8 @@ def run_cv(args):
                               str(out / "folds" / f"{model}_s{seed}_f{k}.safetensors"))
                 f.write_text(json.dumps(rec))
                 log(f"  done in {time.time() - ts:.0f} s")
-    json.dump({"mil": mil_cfg, "mil_roi": dict(mil_cfg, roi_jitter=args.roi_jitter),
+    json.dump({"mil": mil_cfg, "mil_roi": dict(mil_cfg, roi_jitter=args.roi_jitter,
+                                                   roi_window=args.roi_window and json.loads(args.roi_window)),
                "cnn3d": cnn_cfg, "folds": args.folds, "seeds": args.seeds,
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
 
@@ -398,7 +401,7 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
         m, g = res.labels > 0, case.labels.array > 0
         dice.append(2 * (m & g).sum() / max(1, m.sum() + g.sum()))
         try:
-            inputs[pid] = roi_case_to_input(case, P.SEQS, m)
+            inputs[pid] = roi_case_to_input(case, P.SEQS, m, cfg.get("roi_window"))
         except Exception as e:                     # nothing segmented: no window
             log(f"  {pid}: {e}")
     stats = P.clinical_stats()
@@ -564,7 +567,9 @@ def ship(args, summary):
             input={"kind": kind, "depth": int(arch.get("depth", 32)),
                    **({"segmentation": {"slices": "seg_lgg_segresnet2d",
                                         "volume": "default 3D model (whole tumour = labels "
-                                                  "1+2+4)"}} if roi else {})},
+                                                  "1+2+4)"},
+                        **({"window": cfg[model]["roi_window"]}
+                           if cfg[model].get("roi_window") else {})} if roi else {})},
             clinical={**P.clinical_stats(), "used": True,
                       "features": ["age_z = (age - 45) / 15", "sex: 1 = TCGA gender code 2 (assumed male), "
                                    "0 = code 1; unknown -> 0.5"]},
@@ -636,6 +641,8 @@ def ship(args, summary):
             reproduce="OMP_NUM_THREADS=1 .venv/bin/python scripts/cv_prediction.py --data ../shared/data/tcga-lgg "
                       f"--out /tmp/cv_pred --seeds {' '.join(map(str, args.seeds))} --max-minutes 120 --ship"
                       + (" --models " + " ".join(args.models) if roi else "")
+                      + (f" --roi-window '{args.roi_window}'" if roi and args.roi_window else "")
+                      + (f" --roi-jitter {args.roi_jitter}" if roi and args.roi_jitter else "")
                       + (" --ship-only " + " ".join(args.ship_only) if args.ship_only else "")
                       + (" --roi-alternatives " + " ".join(args.roi_alternatives)
                          if roi and args.roi_alternatives else "")
@@ -815,6 +822,9 @@ def main(argv=None):
                     help="mil_roi: store windows this many pixels wider on each side and train on "
                          "random 64 x 64 crops of them (window-placement jitter; tests use the "
                          "centre)")
+    ap.add_argument("--roi-window", default=None,
+                    help='mil_roi: the window as JSON, e.g. \'{"mode": "fit", "margin_mm": 15, '
+                         '"min_mm": 60, "max_mm": 180}\' (default: the fixed 120 mm window)')
     ap.add_argument("--cnn-epochs", type=int, default=CNN_CFG["epochs"])
     ap.add_argument("--limit", type=int, default=None, help="first N patients (smoke runs)")
     ap.add_argument("--max-minutes", type=float, default=120.0)

@@ -137,7 +137,8 @@ def main(argv=None) -> int:
                 labels, seg_name, _ = stop.value
             seg = labels
             seg_source = f"{seg_name} (the shipped model; in-sample on its training cases)"
-            inp = P.roi_case_to_input(case, lm.card["sequences"], labels > 0)
+            inp = P.roi_case_to_input(case, lm.card["sequences"], labels > 0,
+                                      lm.card["input"].get("window"))
             fov = slices_to_native(np.ones(inp.x.shape[1:], np.float32), inp, wt.shape, head)
             window = localisation_score(fov, wt, sp)
         if kind == "radiomics":

@@ -179,3 +179,25 @@ def test_shipped_roi_model_on_a_real_pack(shared_data):
     # the window found from the model's own segmentation covers the expert tumour's slices
     assert min(res.slice_index) <= zs.min() and max(res.slice_index) >= zs.max()
     assert 0 <= res.tasks["idh"]["mutant"] <= 1
+
+
+def test_fit_window_scales_with_the_tumour():
+    """``{"mode": "fit"}``: the window is the tumour's extent + margins, clipped, in 64 px."""
+    from napari_radiogen.core.errors import ConfigError as CE
+    from napari_radiogen.core.predict import ROI_SIZE, roi_case_to_input, window_spacing
+    fit = {"mode": "fit", "margin_mm": 15, "min_mm": 60, "max_mm": 180}
+    assert window_spacing(None, 10, 10) == window_spacing({"mode": "fixed"}, 300, 300)
+    assert window_spacing(fit, 50, 30) * ROI_SIZE == pytest.approx(80)
+    assert window_spacing(fit, 10, 10) * ROI_SIZE == pytest.approx(60)
+    assert window_spacing(fit, 400, 10) * ROI_SIZE == pytest.approx(180)
+    with pytest.raises(CE, match="window mode"):
+        window_spacing({"mode": "auto"}, 1, 1)
+    case = _pack()
+    wt = case.labels.array > 0
+    fixed = roi_case_to_input(case, ["t1", "flair", "t1ce"], wt)
+    fitted = roi_case_to_input(case, ["t1", "flair", "t1ce"], wt, fit)
+    # this tumour is smaller than 120 mm - 2 margins: its window is finer, and the tumour
+    # covers fy^2 times more window pixels
+    fy = fitted.inplane[2]
+    assert fy > 1.0 and fitted.inplane[3] == fy
+    assert fitted.tumour.sum() == pytest.approx(fixed.tumour.sum() * fy ** 2, rel=0.1)

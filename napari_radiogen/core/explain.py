@@ -336,7 +336,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if inputs is not None:
         inp = inputs
     elif kind == "mil_roi":
-        inp = P.roi_case_to_input(case, seqs, roi_mask)
+        inp = P.roi_case_to_input(case, seqs, roi_mask, card["input"].get("window"))
     else:
         inp = P.case_to_input(case, seqs)
     warns.extend(P.masked_warnings(seqs, inp))

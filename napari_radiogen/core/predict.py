@@ -207,11 +207,16 @@ def _norm_stats(arr: np.ndarray) -> Optional[Tuple[float, float]]:
 def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
                         tumour: np.ndarray, spacing_xyz: Sequence[float],
                         available: Optional[Dict[str, bool]] = None,
-                        size: int = ROI_SIZE) -> SliceInput:
+                        size: int = ROI_SIZE, window: Optional[Dict[str, Any]] = None
+                        ) -> SliceInput:
     """Arrays (z, y, x) on one grid (``spacing_xyz`` in mm) and a whole-tumour mask on the same
     grid -> the tumour-centred slice stack of ``PREP_ROI``. Sequences absent from ``arrays`` or
     marked unavailable are masked. ``size`` > ``ROI_SIZE`` gives a wider window with the same
-    centre (training crops it at random: window-placement jitter)."""
+    centre (training crops it at random: window-placement jitter). ``window`` (a card's
+    ``input.window``): ``None`` or ``{"mode": "fixed"}`` for the fixed 120 mm window;
+    ``{"mode": "fit", "margin_mm": m, "min_mm": a, "max_mm": b}`` for a square window of the
+    tumour's largest in-plane extent + 2 m, clipped to [a, b] mm, still ``ROI_SIZE`` pixels
+    (the tumour fills a similar share of every window; its absolute size is not seen)."""
     from scipy import ndimage
 
     from .errors import RadiogenError
@@ -229,7 +234,9 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
     sel = np.arange(z0, z1 + 1)[::step] if step > 1 else np.arange(z0, z1 + 1)
     yy, xx = np.where(tumour.any(0))
     cy, cx = (yy.min() + yy.max()) / 2, (xx.min() + xx.max()) / 2
-    fy, fx = sy / ROI_SPACING_MM, sx / ROI_SPACING_MM
+    spacing_mm = window_spacing(window, (yy.max() - yy.min() + 1) * sy,
+                                (xx.max() - xx.min() + 1) * sx)
+    fy, fx = sy / spacing_mm, sx / spacing_mm
     if abs(fy - 1) < 1e-3 and abs(fx - 1) < 1e-3:      # same spacing: whole-pixel crop, no blur
         cy, cx = np.floor(cy) + 0.5, np.floor(cx) + 0.5
     ys = cy + (np.arange(size) - (size - 1) / 2) / fy
@@ -266,7 +273,22 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
                       tumour=sample(tumour.astype(np.float32)))
 
 
-def roi_case_to_input(case, sequences: Sequence[str], tumour: np.ndarray) -> SliceInput:
+def window_spacing(window: Optional[Dict[str, Any]], extent_y_mm: float,
+                   extent_x_mm: float) -> float:
+    """The in-plane spacing (mm) of the tumour-centred window (see
+    :func:`roi_arrays_to_input`)."""
+    mode = (window or {}).get("mode", "fixed")
+    if mode == "fixed":
+        return ROI_SPACING_MM
+    if mode != "fit":
+        raise ConfigError(f"unknown window mode {mode!r} in the model card (fixed or fit)")
+    side = max(extent_y_mm, extent_x_mm) + 2 * float(window.get("margin_mm", 15.0))
+    side = min(max(side, float(window.get("min_mm", 60.0))), float(window.get("max_mm", 180.0)))
+    return side / ROI_SIZE
+
+
+def roi_case_to_input(case, sequences: Sequence[str], tumour: np.ndarray,
+                      window: Optional[Dict[str, Any]] = None) -> SliceInput:
     """A case (pack or 3D) and its whole-tumour mask on the reference grid -> the
     tumour-centred input (``PREP_ROI``)."""
     use = [s for s in sequences if s in case.sequences]
@@ -279,7 +301,7 @@ def roi_case_to_input(case, sequences: Sequence[str], tumour: np.ndarray) -> Sli
     if tumour.shape != tuple(g.shape):
         raise ConfigError(f"the segmentation has shape {tumour.shape}, the case's reference grid "
                           f"{tuple(g.shape)}: not one grid")
-    return roi_arrays_to_input(arrays, sequences, tumour, g.spacing, avail)
+    return roi_arrays_to_input(arrays, sequences, tumour, g.spacing, avail, window=window)
 
 
 def case_to_input(case, sequences: Sequence[str]) -> SliceInput:
@@ -448,7 +470,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         labels, source = yield from tumour_labels(case, card, dev, cancel, segmentation,
                                                   segmentation_source, warns)
         yield Progress("predict", 1, 3, "preparing tumour-centred slices")
-        inp = roi_case_to_input(case, seqs, labels > 0)
+        inp = roi_case_to_input(case, seqs, labels > 0, card["input"].get("window"))
         if case.kind != "slices":
             warns.append("3D volume: the tumour-centred model was trained on TCGA-LGG slice "
                          "packs (not skull-stripped); this input is outside its validated "

@@ -49,7 +49,8 @@ def _label(task: str, v: Any) -> int:
 
 
 def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequence[str]] = None,
-                roi: bool = False, roi_jitter: int = 0) -> List[Dict[str, Any]]:
+                roi: bool = False, roi_jitter: int = 0,
+                roi_window: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Read TCGA-LGG packs + clinical.csv into memory: one dict per patient with ``x``
     (S, N, 64, 64) float32 normalised, ``seq_mask`` (S,), labels (-1 = missing), age, sex, OS.
     ``roi``: the tumour-centred input of ``predict.PREP_ROI`` around the pack's expert mask
@@ -90,7 +91,7 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
             from ...predict import ROI_SIZE
             inp = roi_arrays_to_input(
                 arrays, SEQS, tmask, (NOMINAL_INPLANE_MM, NOMINAL_INPLANE_MM, NOMINAL_SLICE_MM),
-                dict(zip(names, avail)), size=ROI_SIZE + 2 * int(roi_jitter))
+                dict(zip(names, avail)), size=ROI_SIZE + 2 * int(roi_jitter), window=roi_window)
             t = np.clip(inp.tumour, 0, 1)
             tum = (t.astype(np.float16), t.reshape(len(t), -1).mean(1).astype(np.float32))
         else:
