@@ -458,7 +458,8 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
         w = d / "window_from_segmentation.json"
         return {"run": str(d),
                 "settings": {"enc_epochs": cfg.get("enc_epochs"), "aux": bool(cfg.get("aux")),
-                             "roi_jitter": cfg.get("roi_jitter", 0)},
+                             "roi_jitter": cfg.get("roi_jitter", 0),
+                             "roi_window": cfg.get("roi_window") or {"mode": "fixed"}},
                 "auc_mean": {t: round(s[t]["auc_mean"], 4) for t in ("idh", "codel_1p19q", "grade")},
                 "c_index": round((s.get("survival") or {}).get("c_index_mean", float("nan")), 4),
                 "inner_val_score_mean": round(float(np.mean(v)), 4) if v else None,
