@@ -76,6 +76,7 @@ def log(msg):
 def run_cv(args):
     import torch
     torch.set_num_threads(1)
+    from napari_radiogen.core.predict import PREP_ROI
     from napari_radiogen.core.train.splits import kfold
     from napari_radiogen.core.train.tasks import prediction as P
 
@@ -145,7 +146,7 @@ def run_cv(args):
                               str(out / "folds" / f"{model}_s{seed}_f{k}.safetensors"))
                 f.write_text(json.dumps(rec))
                 log(f"  done in {time.time() - ts:.0f} s")
-    json.dump({"mil": mil_cfg, "mil_roi": dict(mil_cfg, roi_jitter=args.roi_jitter,
+    json.dump({"mil": mil_cfg, "mil_roi": dict(mil_cfg, roi_jitter=args.roi_jitter, roi_placement=PREP_ROI["version"],
                                                    roi_window=args.roi_window and json.loads(args.roi_window)),
                "cnn3d": cnn_cfg, "folds": args.folds, "seeds": args.seeds,
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
@@ -459,7 +460,11 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
         return {"run": str(d),
                 "settings": {"enc_epochs": cfg.get("enc_epochs"), "aux": bool(cfg.get("aux")),
                              "roi_jitter": cfg.get("roi_jitter", 0),
-                             "roi_window": cfg.get("roi_window") or {"mode": "fixed"}},
+                             "roi_window": cfg.get("roi_window") or {"mode": "fixed"},
+                             "roi_placement": cfg.get("roi_placement", "roi-v1") + (
+                                 ": bounding box of the whole mask" if cfg.get(
+                                     "roi_placement", "roi-v1") == "roi-v1"
+                                 else ": its largest connected component")},
                 "auc_mean": {t: round(s[t]["auc_mean"], 4) for t in ("idh", "codel_1p19q", "grade")},
                 "c_index": round((s.get("survival") or {}).get("c_index_mean", float("nan")), 4),
                 "inner_val_score_mean": round(float(np.mean(v)), 4) if v else None,
@@ -478,7 +483,14 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
                          f"{shipped['inner_val_score_sd']}): a difference far inside the fold "
                          "noise, so none replaced it. Test folds were not used to choose. A "
                          "variant run keeps the fold models of its first seed only, so its "
-                         "window_from_segmentation covers those folds"}
+                         "window_from_segmentation covers those folds"
+                         + ("; the window placement changed between runs (roi-v1: bounding box "
+                            "of the whole mask; roi-v2: of its largest connected component, "
+                            "after stray segmentation specks were found to pull windows off "
+                            "the tumour): the shipped model matches the placement of this "
+                            "version's code" if any(a["settings"]["roi_placement"] !=
+                                                    shipped["settings"]["roi_placement"]
+                                                    for a in alts) else "")}
 
 
 def ship(args, summary):

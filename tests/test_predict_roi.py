@@ -201,3 +201,48 @@ def test_fit_window_scales_with_the_tumour():
     fy = fitted.inplane[2]
     assert fy > 1.0 and fitted.inplane[3] == fy
     assert fitted.tumour.sum() == pytest.approx(fixed.tumour.sum() * fy ** 2, rel=0.1)
+
+
+def test_stray_specks_do_not_move_the_window():
+    """The window is placed on the largest connected part of the segmentation."""
+    from napari_radiogen.core.predict import roi_case_to_input
+    case = _pack()
+    wt = case.labels.array > 0
+    clean = roi_case_to_input(case, ["t1", "flair", "t1ce"], wt)
+    specks = wt.copy()
+    specks[0, 2:4, 2:4] = True                     # far corner, another slice
+    specks[-1, 120:122, 120:122] = True
+    noisy = roi_case_to_input(case, ["t1", "flair", "t1ce"], specks)
+    assert noisy.inplane == clean.inplane
+    assert list(noisy.slice_index) == list(clean.slice_index)
+
+
+def test_a_tiny_segmented_tumour_is_warned_about(roi_model):
+    from napari_radiogen.core.predict import predict
+    case = _pack()
+    tiny = np.zeros_like(case.labels.array)
+    tiny[6, 60:63, 60:63] = 1                       # 9 px x 1.875^2 x 5 mm = 0.16 mL
+    res = drive(predict(case, roi_model, device="cpu", segmentation=tiny))
+    assert any("only 0.2 mL" in w and "false positive" in w for w in res.warnings)
+    res = drive(predict(case, roi_model, device="cpu", segmentation=case.labels.array))
+    assert not any("false positive" in w for w in res.warnings)
+
+
+def test_without_the_segmentation_sequences_the_default_gives_way_and_a_named_model_says_why(
+        roi_model):
+    """A 3D case lacking T2 cannot be segmented by the BraTS models: the default tumour-centred
+    model falls back to predict_mil with a warning; naming the model gives a clear error."""
+    from napari_radiogen.core.errors import MissingSequenceError
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import predict, window_or_fallback
+    case = make_phantom(seed=3, sequences=("t1", "t1ce", "flair"), skull_stripped=True)
+    lm, why = window_or_fallback(case, roi_model, explicit=False)
+    assert lm.name == "predict_mil"
+    assert "lacks t2" in why and "predicted with predict_mil" in why
+    with pytest.raises(MissingSequenceError, match="centres its window on the tumour "
+                                                   "segmentation.*lacks t2.*choose predict_mil"):
+        drive(predict(case, roi_model, device="cpu"))
+    # with a segmentation given there is nothing to segment: no fallback, no error
+    same, none = window_or_fallback(case, roi_model, explicit=True,
+                                    segmentation=case.labels.array)
+    assert same is roi_model and none is None

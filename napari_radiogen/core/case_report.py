@@ -140,8 +140,13 @@ def _attention_figure(res, out_png: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 2.4))
+    # only the slices the model scored (a volume is subsampled, a tumour-centred model sees
+    # the tumour's slices): elsewhere there is no attention, not an attention of zero
+    idx = np.asarray(res.prediction.slice_index or [], dtype=int)
     for s, w in res.prediction.attention.items():
-        ax.plot(np.arange(len(w)), w, label=s)
+        w = np.asarray(w, dtype=float)
+        x = idx if idx.size and idx.max() < len(w) else np.arange(len(w))
+        ax.plot(x, w[x], label=s, marker="." if len(x) < 60 else None)
     ax.set_xlabel("axial slice")
     ax.set_ylabel("attention")
     ax.legend(fontsize=8)

@@ -291,6 +291,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
         model or default_model(P.TASK, prefer=P.DEFAULT_MODELS), task=P.TASK, device="cpu")
+    lm, fallback = P.window_or_fallback(case, lm, explicit=model is not None,
+                                        segmentation=segmentation if inputs is None else 0)
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
     if kind not in KIND_METHODS:
@@ -325,13 +327,16 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
         check_brain_volume(case)
     check(cancel)
     roi_mask = None
-    warns: List[str] = []
+    details: Dict[str, Any] = {}
+    warns: List[str] = [fallback] if fallback else []
     if kind == "mil_roi" and inputs is None:
         # the tumour the prediction centres on: the caller's segmentation or the case segmented
-        labels, _ = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
-                                               "supplied by the caller", warns,
-                                               stage=("explain", 1, 4))
+        labels, source = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
+                                                    "supplied by the caller", warns,
+                                                    stage=("explain", 1, 4))
         roi_mask = labels > 0
+        warns.extend(P.window_warnings(case, labels))
+        details = {"window_source": f"the tumour {source}"}
     yield Progress("explain", 1, 4, "preparing slices")
     if inputs is not None:
         inp = inputs
@@ -418,7 +423,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                         target_class=target, heatmap=heat.astype(np.float32),
                         geometry=ref.geometry, localisation=loc, mask_source=mask_source,
                         slice_weights=weights, warnings=warns,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, details=details)
 
 
 def _segmentation_mask(case, card, cancel, warns: List[str]):

@@ -182,13 +182,15 @@ def volume_case_to_input(case, sequences: Sequence[str]) -> SliceInput:
 ROI_SIZE = 64
 ROI_SPACING_MM = 1.875       # the packs' stored in-plane spacing: no resampling of packs
 ROI_MARGIN_SLICES = 1        # slices kept above and below the tumour
-PREP_ROI = {"version": "roi-v1", "size": ROI_SIZE, "spacing_mm": ROI_SPACING_MM,
-            "slices": "every slice from one below to one above the whole tumour (axial sampling "
+PREP_ROI = {"version": "roi-v2", "size": ROI_SIZE, "spacing_mm": ROI_SPACING_MM,
+            "slices": "every slice from one below to one above the whole tumour's largest "
+                      "connected component (axial sampling "
                       f"about every {SLICE_STEP_MM:g} mm for thinner slices)",
             "inplane": f"{ROI_SIZE} x {ROI_SIZE} at {ROI_SPACING_MM} mm "
-                       f"({ROI_SIZE * ROI_SPACING_MM:g} mm field of view) centred on the whole "
-                       "tumour's bounding box; packs are not resampled (1.875 mm), 3D cases are "
-                       "resampled in-plane (Gaussian anti-aliasing + linear) on the reference grid",
+                       f"({ROI_SIZE * ROI_SPACING_MM:g} mm field of view) centred on the "
+                       "bounding box of the whole tumour's largest connected component; packs "
+                       "are not resampled (1.875 mm), 3D cases are resampled in-plane "
+                       "(Gaussian anti-aliasing + linear) on the reference grid",
             "tumour": "the whole tumour (labels > 0) of the case's segmentation: the model's own "
                       "segmentation at inference, the expert mask in training",
             "normalisation": "per sequence per case: z-score over the foreground (> 0.1 * p99) "
@@ -228,11 +230,12 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
                             "as predict_mil)")
     sx, sy, sz = (float(v) for v in spacing_xyz)
     nz = tumour.shape[0]
-    zs = np.where(tumour.reshape(nz, -1).any(1))[0]
+    place = main_component(tumour)     # stray specks of a segmentation do not move the window
+    zs = np.where(place.reshape(nz, -1).any(1))[0]
     z0, z1 = max(0, zs.min() - ROI_MARGIN_SLICES), min(nz - 1, zs.max() + ROI_MARGIN_SLICES)
     step = max(1, int(round(SLICE_STEP_MM / max(sz, 1e-3))))
     sel = np.arange(z0, z1 + 1)[::step] if step > 1 else np.arange(z0, z1 + 1)
-    yy, xx = np.where(tumour.any(0))
+    yy, xx = np.where(place.any(0))
     cy, cx = (yy.min() + yy.max()) / 2, (xx.min() + xx.max()) / 2
     spacing_mm = window_spacing(window, (yy.max() - yy.min() + 1) * sy,
                                 (xx.max() - xx.min() + 1) * sx)
@@ -271,6 +274,18 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
     return SliceInput(x=x, seq_mask=mask, slice_index=sel.astype(int), n_ref_slices=int(nz),
                       sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx),
                       tumour=sample(tumour.astype(np.float32)))
+
+
+def main_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 3D connected component of a mask (26-connectivity): where the window is
+    placed, in training (expert masks) and inference (segmentations) alike."""
+    from scipy import ndimage
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return np.asarray(mask, bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
 
 
 def window_spacing(window: Optional[Dict[str, Any]], extent_y_mm: float,
@@ -440,6 +455,8 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     t0 = time.perf_counter()
     yield Progress("predict", 0, 3, "loading model")
     lm = _load(model)
+    lm, fallback = window_or_fallback(case, lm, explicit=model is not None,
+                                      segmentation=segmentation)
     card = lm.card
     dev = resolve_device(device)
     tensors = [*lm.module.parameters(), *lm.module.buffers()]   # a forest has buffers only
@@ -456,7 +473,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     if case.kind != "slices":
         from .segment import check_brain_volume
         check_brain_volume(case)
-    warns: List[str] = []
+    warns: List[str] = [fallback] if fallback else []
     extra = sorted(present - set(seqs))
     if extra:
         warns.append(f"{', '.join(extra)} ignored: the model was trained on {', '.join(seqs)}")
@@ -471,10 +488,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                                                   segmentation_source, warns)
         yield Progress("predict", 1, 3, "preparing tumour-centred slices")
         inp = roi_case_to_input(case, seqs, labels > 0, card["input"].get("window"))
-        if case.kind != "slices":
-            warns.append("3D volume: the tumour-centred model was trained on TCGA-LGG slice "
-                         "packs (not skull-stripped); this input is outside its validated "
-                         "domain")
+        warns.extend(window_warnings(case, labels))
     else:
         yield Progress("predict", 1, 3, "preparing slices")
         inp = case_to_input(case, seqs)
@@ -554,9 +568,8 @@ def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predic
     slice packs, the default 3D model for volumes (progress relayed as ``stage`` = (name, done,
     total); returns the labels, the model's name and its warnings)."""
     from .models import load_model
-    from .segment import default_model_name, segment
-    spec = (card.get("input") or {}).get("segmentation") or {}
-    name = (spec.get("slices") if case.kind == "slices" else None) or default_model_name(case)
+    from .segment import segment
+    name = _window_segmenter(case, card)
     seg = load_model(name, task="segmentation", device=dev)
     res = None
     for item in segment(case, seg, device=dev, cancel=cancel, compare=False):
@@ -565,6 +578,60 @@ def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predic
         else:
             res = item
     return res.labels, name, res.warnings
+
+
+def _window_segmenter(case, card) -> str:
+    """The segmentation model that places a segmentation-based predictor's tumour window."""
+    from .segment import default_model_name
+    spec = (card.get("input") or {}).get("segmentation") or {}
+    return (spec.get("slices") if case.kind == "slices" else None) or default_model_name(case)
+
+
+def window_or_fallback(case, lm, *, explicit: bool, segmentation=None):
+    """A tumour-centred model needs the case segmented; when the segmentation model lacks a
+    sequence the case does not have: the default model gives way to the whole-brain
+    ``predict_mil`` (returns it and a warning), a model the user named raises a clear error.
+    Returns ``(model, warning or None)``."""
+    from .models import find_model, list_models, load_model, read_card
+    if (lm.card.get("input") or {}).get("kind") != "mil_roi" or segmentation is not None:
+        return lm, None
+    seg_name = _window_segmenter(case, lm.card)
+    seg_card = read_card(find_model(seg_name))
+    needed = list(seg_card.get("required_sequences") or seg_card.get("sequences") or [])
+    missing = [s for s in needed if s not in case.sequences
+               or not case.sequences[s].meta.get("available", True)]
+    if not missing:
+        return lm, None
+    why = (f"{lm.name} centres its window on the tumour segmentation, and the segmentation "
+           f"model {seg_name} needs {', '.join(needed)}: the case lacks {', '.join(missing)}")
+    if not explicit and "predict_mil" in {m["name"] for m in list_models(TASK)}:
+        return (load_model("predict_mil", task=TASK),
+                f"{why}; predicted with predict_mil, the whole-brain model, instead")
+    err = MissingSequenceError(missing, needed, case.present)
+    err.args = (f"{why} (synthesise {', '.join(missing)} first, or choose predict_mil, "
+                "which needs FLAIR only)",)
+    raise err
+
+
+#: a segmented tumour smaller than this (mL) may be a false positive of the segmentation
+MIN_WINDOW_TUMOUR_ML = 2.0
+
+
+def window_warnings(case, labels: np.ndarray) -> List[str]:
+    """What a user should know about a tumour-centred prediction's window (shared by the
+    prediction and its explanation): a tiny segmented tumour, and 3D input outside the
+    training domain."""
+    out = []
+    g = case.sequences[case.reference].geometry
+    ml = float(main_component(labels > 0).sum()) * float(np.prod(g.spacing)) / 1000.0
+    if ml < MIN_WINDOW_TUMOUR_ML:
+        out.append(f"the segmented tumour the window is centred on is only {ml:.1f} mL: it may "
+                   "be a false positive of the segmentation, and the prediction then describes "
+                   "normal tissue")
+    if case.kind != "slices":
+        out.append("3D volume: the tumour-centred model was trained on TCGA-LGG slice packs "
+                   "(not skull-stripped); this input is outside its validated domain")
+    return out
 
 
 def uses_segmentation(card: Dict[str, Any]) -> bool:
@@ -580,7 +647,8 @@ def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, wa
     names; returns ``(labels, source)`` and adds the segmentation's warnings to ``warns``."""
     if segmentation is None:
         labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel, stage)
-        warns.extend(w for w in seg_warns if w not in warns)
+        warns.extend(f"segmentation ({seg_name}): {w}" for w in seg_warns
+                     if f"segmentation ({seg_name}): {w}" not in warns)
         return labels, f"segmented by {seg_name}"
     labels = np.asarray(segmentation)
     ref = case.sequences[case.reference].geometry
