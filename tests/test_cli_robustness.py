@@ -131,6 +131,8 @@ def test_batch_goes_on_past_any_exception_and_ids_failed_rows(tiny_pred, tmp_pat
     assert [(r["case_id"], r["status"]) for r in rows] == [
         ("PACK0", "ok"), ("PACK1", "failed"), ("PACK9", "failed")]
     assert rows[1]["message"] == "ValueError: boom from a library second line"
+    # a failed row still says which model was asked for
+    assert {r["model"] for r in rows} == {rows[0]["model"]} and rows[0]["model"]
 
 
 def test_batch_still_stops_on_keyboard_interrupt(tiny_pred, tmp_path, capsys, monkeypatch):

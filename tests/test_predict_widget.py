@@ -123,3 +123,20 @@ def test_plot_has_only_the_scored_slices_and_a_rerun_clears_old_results(widget_a
     for ly in list(viewer.layers):
         viewer.layers.remove(ly)
     assert w.run() is None and shown
+
+
+def test_every_widget_case_of_a_pack_carries_its_clinical_row(make_napari_viewer, tmp_path):
+    """A pack's age/sex come from the clinical.csv beside it for any widget's case (the
+    Explain widget used the training mean age where the Predict widget read the table)."""
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.napari._common import CaseCombo
+    from napari_radiogen.napari.layers import case_to_layer_data
+    viewer = make_napari_viewer()
+    case = make_pack_phantom(seed=0, n_slices=8, case_id="PH7")
+    (tmp_path / "clinical.csv").write_text("patient_id,age_at_initial_pathologic,gender\n"
+                                           "PH1,30,1\nPH7,63,2\n")
+    for data, kw, kind in case_to_layer_data(case, source=str(tmp_path / "PH7.h5")):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    c = CaseCombo(viewer).case()
+    assert c.kind == "slices"
+    assert c.clinical["age_at_initial_pathologic"] == 63 and c.clinical["gender"] == 2

@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="model name or .safetensors path (default: predict_mil_roi, else predict_mil)")
+    p.add_argument("--model", help="model name or .safetensors path (default: "
+                   "predict_mil_roi, else predict_mil)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--age", type=float, help="age in years (used when the model fuses clinical data)")
     p.add_argument("--sex", choices=["M", "F", "m", "f"], help="sex (used when the model fuses it)")
@@ -69,4 +70,10 @@ def run(args) -> int:
         return res, (f"IDH-mutant {t['idh']['mutant']:.2f}, 1p/19q-codel "
                      f"{t['codel_1p19q']['codel']:.2f}, grade 3 {t['grade']['3']:.2f}"), j
 
-    return run_batch(args.case, one, _row, CSV_COLUMNS, out / "summary.csv")
+    def row(res=None, **kw) -> dict:
+        r = _row(res, **kw)
+        if res is None:                 # a failed case: the model that was asked for
+            r["model"] = model.name
+        return r
+
+    return run_batch(args.case, one, row, CSV_COLUMNS, out / "summary.csv")

@@ -61,6 +61,13 @@ class CaseCombo(QComboBox):
                  if radiogen_meta(l).get("case_id") == cid}
         if "slices" in kinds or (case.source and str(case.source).endswith((".h5", ".hdf5"))):
             case.kind = "slices"
+        if case.kind == "slices" and case.source and not case.clinical:
+            # a TCGA-LGG pack's age/sex live in the clinical.csv beside it (as on loading)
+            from pathlib import Path
+
+            from ..core.io.pack import clinical_row
+            case.clinical = clinical_row(Path(case.source).parent / "clinical.csv",
+                                         case.case_id)
         return case
 
     def case_or_notify(self, include_labels: bool = True) -> Optional[Case]:

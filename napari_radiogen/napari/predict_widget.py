@@ -133,14 +133,6 @@ class PredictionWidget(QWidget):
         if case is None:
             return None
         self._clear_results()           # nothing of an earlier run stays shown
-        if case.kind == "slices" and case.source and not case.clinical:
-            try:
-                from ..core.io.pack import clinical_row
-                from pathlib import Path
-                case.clinical = clinical_row(Path(case.source).parent / "clinical.csv",
-                                             case.case_id)
-            except Exception:
-                pass
         clinical = {k: v for k, v in (("age", inp.age), ("sex", inp.sex)) if v is not None}
         layers = [ly for ly in self.viewer.layers
                   if (ly.metadata or {}).get("radiogen", {}).get("case_id") == case.case_id
