@@ -225,19 +225,22 @@ def run_variant(out_dir) -> str:
     return "--mil-aux on: mask supervision (masks in training only)"
 
 
-def run_digest(out_dir, data):
-    """Headline numbers of a finished CV run folder (for same-fold comparisons in the card)."""
+def run_digest(out_dir, data, model: str = "mil"):
+    """Headline numbers of a finished CV run folder (for same-fold comparisons in the card);
+    ``data=None`` leaves out the attention share (it needs the packs' masks)."""
     from napari_radiogen.core.train.tasks import prediction as P
     d = Path(out_dir)
-    s = json.loads((d / "summary.json").read_text())["mil"]
+    s = json.loads((d / "summary.json").read_text())[model]
     out = {t: round(s[t]["auc_mean"], 4) for t in P.TASKS}
     out["mean_auc"] = round(float(np.mean([out[t] for t in P.TASKS])), 4)
     out["c_index"] = round(s["survival"]["c_index_mean"], 4)
     v = [json.loads(f.read_text())["info"].get("inner_val_score")
-         for f in sorted((d / "folds").glob("mil_s*_f*.json"))]
+         for f in sorted((d / "folds").glob(f"{model}_s*_f*.json"))]
     v = [x for x in v if x is not None]
     out["inner_val_score_mean"] = round(float(np.mean(v)), 4) if v else None
-    out["attention_on_tumour_slices"] = attention_on_tumour_slices(d, data)
+    out["inner_val_score_sd"] = round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else None
+    if data is not None:
+        out["attention_on_tumour_slices"] = attention_on_tumour_slices(d, data, model)
     return out
 
 
@@ -451,11 +454,7 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
     ``--out`` folders), beside the shipped configuration, for the card."""
     def digest(d):
         d = Path(d)
-        s = json.loads((d / "summary.json").read_text())["mil_roi"]
         cfg = json.loads((d / "config.json").read_text())["mil_roi"]
-        v = [json.loads(f.read_text())["info"].get("inner_val_score")
-             for f in sorted((d / "folds").glob("mil_roi_s*_f*.json"))]
-        v = [x for x in v if x is not None]
         w = d / "window_from_segmentation.json"
         return {"run": str(d),
                 "settings": {"enc_epochs": cfg.get("enc_epochs"), "aux": bool(cfg.get("aux")),
@@ -465,10 +464,7 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
                                  ": bounding box of the whole mask" if cfg.get(
                                      "roi_placement", "roi-v1") == "roi-v1"
                                  else ": its largest connected component")},
-                "auc_mean": {t: round(s[t]["auc_mean"], 4) for t in ("idh", "codel_1p19q", "grade")},
-                "c_index": round((s.get("survival") or {}).get("c_index_mean", float("nan")), 4),
-                "inner_val_score_mean": round(float(np.mean(v)), 4) if v else None,
-                "inner_val_score_sd": round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else None,
+                **run_digest(d, None, "mil_roi"),
                 "window_from_segmentation": {k: json.loads(w.read_text())[k]
                                              for k in ("auc_mean", "folds")} if w.exists() else None}
     shipped = digest(out_dir)

@@ -124,21 +124,16 @@ def main(argv=None) -> int:
         chance = localisation_score(head.astype(np.float32), wt, sp)
         from scipy import ndimage
         away = head & (ndimage.distance_transform_edt(~wt, sampling=sp) > 5.0)
-        seg, seg_source, window = None, None, None
+        seg, seg_source, window, window_inp = None, None, None, None
         if kind == "mil_roi":
             # the window the tumour-centred model sees, placed on the shipped segmentation
             # model's mask (as a user gets it); a map uniform over it is this model's chance
             from napari_radiogen.core.explain import slices_to_native
-            gen = P._segment_for(case, lm.card, "cpu", None)
-            try:
-                while True:
-                    next(gen)
-            except StopIteration as stop:
-                labels, seg_name, _ = stop.value
-            seg = labels
-            seg_source = f"{seg_name} (the shipped model; in-sample on its training cases)"
-            inp = P.roi_case_to_input(case, lm.card["sequences"], labels > 0,
-                                      lm.card["input"].get("window"))
+            labels, source = run(P.tumour_labels(case, lm.card, "cpu", None, None, "", []))
+            seg_source = f"{source} (the shipped model; in-sample on its training cases)"
+            # the windowed input is made once per case and reused by every task and method
+            window_inp = inp = P.roi_case_to_input(case, lm.card["sequences"], labels > 0,
+                                                   lm.card["input"].get("window"))
             fov = slices_to_native(np.ones(inp.x.shape[1:], np.float32), inp, wt.shape, head)
             window = localisation_score(fov, wt, sp)
         if kind == "radiomics":
@@ -149,7 +144,7 @@ def main(argv=None) -> int:
             for m in methods:
                 t = time.perf_counter()
                 r = run(explain(case, lm, task=task, method=m, fusion=a.fusion,
-                                segmentation=seg, layer=a.layer))
+                                segmentation=seg, layer=a.layer, inputs=window_inp))
                 rows.append({"case": case.case_id, "dataset": "brats2021" if case.kind != "slices"
                              else "tcga-lgg", "task": task, "method": m,
                              "localisation": r.localisation, "chance": chance,

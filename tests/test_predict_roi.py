@@ -138,7 +138,8 @@ def test_explanation_without_ground_truth_localises_on_the_window_segmentation(r
     case = _pack()
     seg = case.labels.array.copy()
     case.labels = None
-    res = drive(explain(case, roi_model, task="idh", segmentation=seg))
+    # localise=False: no second segmentation for the score, the window's tumour is used
+    res = drive(explain(case, roi_model, task="idh", segmentation=seg, localise=False))
     assert res.mask_source == "segmentation" and res.localisation is not None
 
 
@@ -243,6 +244,18 @@ def test_without_the_segmentation_sequences_the_default_gives_way_and_a_named_mo
                                                    "segmentation.*lacks t2.*choose predict_mil"):
         drive(predict(case, roi_model, device="cpu"))
     # with a segmentation given there is nothing to segment: no fallback, no error
-    same, none = window_or_fallback(case, roi_model, explicit=True,
-                                    segmentation=case.labels.array)
+    same, none = window_or_fallback(case, roi_model, explicit=True, segmenting=False)
     assert same is roi_model and none is None
+
+
+def test_run_returns_what_a_core_step_returns_with_its_progress_relayed(roi_model):
+    """``core.progress.run`` drives a step such as ``tumour_labels`` (progress yielded, result
+    returned) as well as a job (result yielded)."""
+    from napari_radiogen.core.predict import tumour_labels
+    case = _pack()
+    seen, warns = [], []
+    labels, source = drive(tumour_labels(case, roi_model.card, "cpu", None, None, "", warns),
+                           on_progress=seen.append)
+    assert source == "segmented by seg_lgg_segresnet2d"
+    assert labels.shape == case.labels.array.shape and (labels > 0).any()
+    assert seen and all("segmenting (seg_lgg_segresnet2d)" in p.message for p in seen)

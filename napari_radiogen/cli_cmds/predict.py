@@ -46,15 +46,15 @@ def _row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
 def run(args) -> int:
     import json
 
-    from ..core.models import atomic_write_text, default_model, load_model, resolve_device
-    from ..core.predict import DEFAULT_MODELS, TASK, predict
+    from ..core.models import atomic_write_text, load_model, resolve_device
+    from ..core.predict import TASK, default_model_name, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
     from ._common import check_out_dir, ensure_out_dir
 
     out = check_out_dir(args.out)   # created only when a case has a result to write
     device = resolve_device(args.device)
-    model = load_model(args.model or default_model(TASK, prefer=DEFAULT_MODELS), task=TASK,
+    model = load_model(args.model or default_model_name(), task=TASK,
                        device=device)
     clinical = {}
     if args.age is not None:

@@ -191,9 +191,9 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
 
 def _pred_note() -> str:
     """The default prediction model, and whether its time includes a segmentation."""
-    from .models import default_model, read_card, find_model
-    from .predict import DEFAULT_MODELS, TASK, uses_segmentation
-    name = default_model(TASK, prefer=DEFAULT_MODELS)
+    from .models import find_model, read_card
+    from .predict import default_model_name, uses_segmentation
+    name = default_model_name()
     seg = uses_segmentation(read_card(find_model(name)))
     return name + (" (its own 3D segmentation included)" if seg else "")
 

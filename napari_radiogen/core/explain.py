@@ -278,7 +278,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     import torch
 
     from . import predict as P
-    from .models import LoadedModel, default_model, load_model
+    from .models import LoadedModel, load_model
 
     t0 = time.perf_counter()
     if task not in TASKS:
@@ -290,9 +290,9 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     legacy = fusion == "legacy"
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
-        model or default_model(P.TASK, prefer=P.DEFAULT_MODELS), task=P.TASK, device="cpu")
+        model or P.default_model_name(), task=P.TASK, device="cpu")
     lm, fallback = P.window_or_fallback(case, lm, explicit=model is not None,
-                                        segmentation=segmentation if inputs is None else 0)
+                                        segmenting=segmentation is None and inputs is None)
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
     if kind not in KIND_METHODS:

@@ -56,12 +56,21 @@ PREP = {"version": "slices-v1", "size": SIZE, "spacing_mm": SPACING_MM,
 # -- input preparation ---------------------------------------------------------------------
 def normalise(arr: np.ndarray) -> np.ndarray:
     v = np.asarray(arr, dtype=np.float32)
+    st = _norm_stats(v)
+    if st is None:
+        return np.zeros_like(v)
+    return np.clip((v - st[0]) / st[1], -5, 5).astype(np.float32)
+
+
+def _norm_stats(arr: np.ndarray) -> Optional[Tuple[float, float]]:
+    """(mean, SD) over the foreground (> 10 % of the 99th percentile), or None when there is
+    too little of it."""
+    v = np.asarray(arr, dtype=np.float32)
     p99 = float(np.percentile(v, 99)) if v.size else 0.0
     fg = v > 0.1 * p99
     if p99 <= 0 or fg.sum() < 10:
-        return np.zeros_like(v)
-    m, s = float(v[fg].mean()), float(v[fg].std()) + 1e-6
-    return np.clip((v - m) / s, -5, 5).astype(np.float32)
+        return None
+    return float(v[fg].mean()), float(v[fg].std()) + 1e-6
 
 
 def foreground(arr: np.ndarray) -> np.ndarray:
@@ -197,15 +206,6 @@ PREP_ROI = {"version": "roi-v2", "size": ROI_SIZE, "spacing_mm": ROI_SPACING_MM,
                              "of the whole volume, clipped to [-5, 5]"}
 
 
-def _norm_stats(arr: np.ndarray) -> Optional[Tuple[float, float]]:
-    v = np.asarray(arr, dtype=np.float32)
-    p99 = float(np.percentile(v, 99)) if v.size else 0.0
-    fg = v > 0.1 * p99
-    if p99 <= 0 or fg.sum() < 10:
-        return None
-    return float(v[fg].mean()), float(v[fg].std()) + 1e-6
-
-
 def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
                         tumour: np.ndarray, spacing_xyz: Sequence[float],
                         available: Optional[Dict[str, bool]] = None,
@@ -247,15 +247,19 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
     Y, X = np.meshgrid(ys, xs, indexing="ij")
     sig = (0, max(0.0, 0.5 / fy - 0.5), max(0.0, 0.5 / fx - 0.5))
 
-    def sample(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a[sel], np.float32)
+    def sample(a: np.ndarray, slices=sel) -> np.ndarray:
+        a = np.asarray(a[slices], np.float32)
         if sig[1] > 0 or sig[2] > 0:
             a = ndimage.gaussian_filter(a, sig)
         return np.stack([ndimage.map_coordinates(a[k], [Y, X], order=1, mode="constant",
-                                                 cval=0.0) for k in range(len(sel))])
+                                                 cval=0.0) for k in range(len(a))])
 
     x = np.zeros((len(sequences), len(sel), size, size), np.float32)
     mask = np.zeros(len(sequences), bool)
+    # outside the image (a tumour near the edge) is background: the normalised value of 0
+    # (every slice is sampled alike: one plane tells)
+    plane = np.ones((1,) + tumour.shape[1:], np.float32)
+    outside = ~(sample(plane, slices=[0])[0] > 0.5)
     for i, s in enumerate(sequences):
         if s not in arrays or not available.get(s, True):
             continue
@@ -263,14 +267,8 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
         if st is None:
             continue
         x[i] = np.clip((sample(arrays[s]) - st[0]) / st[1], -5, 5)
+        x[i][:, outside] = np.clip(-st[0] / st[1], -5, 5)
         mask[i] = True
-    # outside the image (a tumour near the edge) is background: the normalised value of 0
-    inside = sample(np.ones(tumour.shape, np.float32)) > 0.5
-    if mask.any():
-        bg = {i: (0 - st[0]) / st[1] for i, s in enumerate(sequences) if mask[i]
-              for st in [_norm_stats(arrays[s])]}
-        for i, v in bg.items():
-            x[i][~inside] = np.clip(v, -5, 5)
     return SliceInput(x=x, seq_mask=mask, slice_index=sel.astype(int), n_ref_slices=int(nz),
                       sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx),
                       tumour=sample(tumour.astype(np.float32)))
@@ -279,13 +277,8 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
 def main_component(mask: np.ndarray) -> np.ndarray:
     """The largest 3D connected component of a mask (26-connectivity): where the window is
     placed, in training (expert masks) and inference (segmentations) alike."""
-    from scipy import ndimage
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return np.asarray(mask, bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
+    from .prepare import _largest_component
+    return _largest_component(np.asarray(mask, bool), np.ones((3, 3, 3), bool))
 
 
 def window_spacing(window: Optional[Dict[str, Any]], extent_y_mm: float,
@@ -312,10 +305,7 @@ def roi_case_to_input(case, sequences: Sequence[str], tumour: np.ndarray,
     arrays = _on_reference_grid(case, use)
     avail = {s: bool(case.sequences[s].meta.get("available", True)) for s in use}
     g = case.sequences[case.reference].geometry
-    tumour = np.asarray(tumour)
-    if tumour.shape != tuple(g.shape):
-        raise ConfigError(f"the segmentation has shape {tumour.shape}, the case's reference grid "
-                          f"{tuple(g.shape)}: not one grid")
+    tumour = _on_reference_labels(case, tumour)
     return roi_arrays_to_input(arrays, sequences, tumour, g.spacing, avail, window=window)
 
 
@@ -431,12 +421,18 @@ def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
             "protocol": m.get("protocol"), "date": card.get("date")}
 
 
+def default_model_name() -> str:
+    """The prediction model used when none is named: the first installed of
+    :data:`DEFAULT_MODELS` (else the first listed)."""
+    from .models import default_model
+    return default_model(TASK, prefer=DEFAULT_MODELS)
+
+
 def _load(model) :
-    from .models import LoadedModel, default_model, load_model
+    from .models import LoadedModel, load_model
     if isinstance(model, LoadedModel):
         return model
-    name = model or default_model(TASK, prefer=DEFAULT_MODELS)
-    return load_model(name, task=TASK)
+    return load_model(model or default_model_name(), task=TASK)
 
 
 def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
@@ -456,7 +452,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     yield Progress("predict", 0, 3, "loading model")
     lm = _load(model)
     lm, fallback = window_or_fallback(case, lm, explicit=model is not None,
-                                      segmentation=segmentation)
+                                      segmenting=segmentation is None)
     card = lm.card
     dev = resolve_device(device)
     tensors = [*lm.module.parameters(), *lm.module.buffers()]   # a forest has buffers only
@@ -587,13 +583,14 @@ def _window_segmenter(case, card) -> str:
     return (spec.get("slices") if case.kind == "slices" else None) or default_model_name(case)
 
 
-def window_or_fallback(case, lm, *, explicit: bool, segmentation=None):
-    """A tumour-centred model needs the case segmented; when the segmentation model lacks a
-    sequence the case does not have: the default model gives way to the whole-brain
-    ``predict_mil`` (returns it and a warning), a model the user named raises a clear error.
-    Returns ``(model, warning or None)``."""
+def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
+    """A tumour-centred model needs the case segmented (``segmenting``: no segmentation or
+    prepared input was given); when the segmentation model lacks a sequence the case does not
+    have: the default model gives way to the whole-brain ``predict_mil`` (returns it and a
+    warning), a model the user named raises a clear error. Returns ``(model, warning or
+    None)``."""
     from .models import find_model, list_models, load_model, read_card
-    if (lm.card.get("input") or {}).get("kind") != "mil_roi" or segmentation is not None:
+    if (lm.card.get("input") or {}).get("kind") != "mil_roi" or not segmenting:
         return lm, None
     seg_name = _window_segmenter(case, lm.card)
     seg_card = read_card(find_model(seg_name))
@@ -650,12 +647,17 @@ def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, wa
         warns.extend(f"segmentation ({seg_name}): {w}" for w in seg_warns
                      if f"segmentation ({seg_name}): {w}" not in warns)
         return labels, f"segmented by {seg_name}"
-    labels = np.asarray(segmentation)
+    return _on_reference_labels(case, segmentation), f"segmentation {segmentation_source}"
+
+
+def _on_reference_labels(case, labels) -> np.ndarray:
+    """``labels`` as an array, checked to lie on the case's reference grid."""
+    labels = np.asarray(labels)
     ref = case.sequences[case.reference].geometry
     if labels.shape != tuple(ref.shape):
         raise ConfigError(f"the segmentation has shape {labels.shape}, the case's reference "
                           f"grid {tuple(ref.shape)}: not one grid")
-    return labels, f"segmentation {segmentation_source}"
+    return labels
 
 
 def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation_source,
@@ -713,5 +715,5 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
            "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError",
-           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "DEFAULT_MODELS", "uses_segmentation",
-           "tumour_labels"]
+           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "DEFAULT_MODELS",
+           "default_model_name", "uses_segmentation", "tumour_labels"]

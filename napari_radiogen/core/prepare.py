@@ -291,8 +291,9 @@ def _structure(spacing_xyz: Sequence[float], radius_mm: float) -> np.ndarray:
     return d <= 1.0
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
+def _largest_component(mask: np.ndarray, structure: Optional[np.ndarray] = None) -> np.ndarray:
+    """The largest connected component (``structure``: scipy's connectivity, default faces)."""
+    lab, n = ndimage.label(mask, structure=structure)
     if n <= 1:
         return mask
     counts = np.bincount(lab.ravel())

@@ -59,12 +59,16 @@ def check(token: Optional[CancelToken]) -> None:
 
 
 def run(gen: Iterator[Any], on_progress: Optional[Callable[[Progress], None]] = None) -> Any:
-    """Drive a core generator to the end; return the last non-Progress item it yielded."""
+    """Drive a core generator to the end; return the value it returns, else the last
+    non-Progress item it yielded."""
     result = None
-    for item in gen:
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value if stop.value is not None else result
         if isinstance(item, Progress):
             if on_progress is not None:
                 on_progress(item)
         else:
             result = item
-    return result

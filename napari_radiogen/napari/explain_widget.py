@@ -89,16 +89,15 @@ class ExplainWidget(QWidget):
         from ..core.models import list_models
         self.model.clear()
         self._kinds = {}
-        from ..core.predict import DEFAULT_MODELS
+        from ..core.predict import default_model_name
         for m in list_models("prediction"):
             kind = (m["card"].get("input") or {}).get("kind", "mil")
             if kind in KIND_METHODS:
                 self._kinds[m["name"]] = kind
                 self.model.addItem(m["name"])
         # the prediction widget's and the command line's default comes first
-        first = next((n for n in DEFAULT_MODELS if n in self._kinds), None)
-        if first is not None:
-            self.model.setCurrentText(first)
+        if self._kinds and default_model_name() in self._kinds:
+            self.model.setCurrentText(default_model_name())
 
     def _fill_methods(self, *_) -> None:
         """The methods of the chosen model's kind (occlusion only for the radiomics model)."""

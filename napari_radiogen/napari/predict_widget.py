@@ -90,8 +90,8 @@ class PredictionWidget(QWidget):
         from ..core.predict import TASK
         ms = list_models(TASK)
         self._cards = {m["name"]: m["card"] for m in ms}
-        from ..core.predict import DEFAULT_MODELS
-        first = next((m for m in DEFAULT_MODELS if m in self._cards), None)
+        from ..core.predict import default_model_name
+        first = default_model_name() if self._cards else None
         names = sorted(self._cards, key=lambda n: (n != first, n))
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
