@@ -492,7 +492,7 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
 def ship(args, summary):
     from safetensors.torch import load_file
     from napari_radiogen.core.models import new_card, save_model
-    from napari_radiogen.core.predict import CLASSES, PREP, PREP_ROI
+    from napari_radiogen.core.predict import CLASSES, PREP, PREP_ROI, ROI_SEGMENTATION
     from napari_radiogen.core.train.tasks import prediction as P
     out = Path(args.out)
     cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {
@@ -574,9 +574,7 @@ def ship(args, summary):
             spacing_mm=[1.875, 1.875] if roi else [3.75, 3.75], input_size=[64, 64],
             normalisation=PREP_ROI if roi else PREP,
             input={"kind": kind, "depth": int(arch.get("depth", 32)),
-                   **({"segmentation": {"slices": "seg_lgg_segresnet2d",
-                                        "volume": "default 3D model (whole tumour = labels "
-                                                  "1+2+4)"},
+                   **({"segmentation": dict(ROI_SEGMENTATION),
                         **({"window": cfg[model]["roi_window"]}
                            if cfg[model].get("roi_window") else {})} if roi else {})},
             clinical={**P.clinical_stats(), "used": True,

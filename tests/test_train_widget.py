@@ -89,3 +89,41 @@ def test_widget_resume_finishes_and_installs(make_napari_viewer, qtbot, tmp_path
     # bad input is reported at once, before any job starts
     bad = TrainInputs(config=dict(cfg, task="nope"), out_dir=str(tmp_path / "bad"))
     assert w.start(inputs=bad) is None and "unknown task" in w.status.text()
+
+
+def test_widget_fine_tunes_an_installed_model_of_the_same_kind(make_napari_viewer, qtbot,
+                                                               tmp_path, monkeypatch):
+    """'start from' lists the models the selected task trains (a user's installed model
+    included, none of another kind); the run starts from the chosen one and its card says so."""
+    import json
+
+    from napari_radiogen.core.train import engine
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    torch.set_num_threads(1)
+    small = dict(CFG, name="phantom-base", train=dict(CFG["train"], epochs=1))
+    for it in engine.train(small, tmp_path / "base", device="cpu", install=True):
+        pass
+    viewer = make_napari_viewer()
+    w = TrainingWidget(viewer)
+    qtbot.addWidget(w)
+    # a shipped fine-tuning config: its own init first, scratch as an alternative
+    i = next(k for k in range(w.config.count())
+             if str(w.config.itemData(k)).endswith("prediction_mil_roi_finetune.yaml"))
+    w.config.setCurrentIndex(i)
+    assert "predict_mil_roi" in w.init.itemText(0) and w.init.itemData(0) is None
+    datas = [w.init.itemData(k) for k in range(w.init.count())]
+    assert "" in datas and "predict_mil_roi" in datas and "seg_lgg_segresnet2d" not in datas
+    # the phantom config: the installed phantom model is offered
+    w.set_config(dict(small, name="phantom-ft"), "phantom")
+    datas = [w.init.itemData(k) for k in range(w.init.count())]
+    assert "phantom-base" in datas and "predict_mil_roi" not in datas
+    w.init.setCurrentIndex(datas.index("phantom-base"))
+    w.device.setCurrentText("cpu")
+    w.install.setChecked(False)
+    w.out_dir.setText(str(tmp_path / "ft"))
+    assert w.inputs().init == "phantom-base"
+    job = w.start()
+    qtbot.waitUntil(lambda: job.done, timeout=120_000)
+    assert w.result is not None, w.status.text()
+    card = json.loads(w.result.card_path.read_text())
+    assert card["fine_tuned_from"]["name"] == "phantom-base"

@@ -17,7 +17,13 @@ data lack are refused before training starts.
 
 splits are patient-level (stratified, grouped, seeded); `--folds K` reports the metrics of each
 held-out fold (mean and 95% CI); the shipped model is the best fold model by inner validation
-(`final: best_fold`) or a retrain on all patients (`final: retrain`). Under
+(`final: best_fold`) or a retrain on all patients (`final: retrain`).
+
+fine-tuning: `--init MODEL` (or `init:` in the config) starts from a trained model's
+architecture and weights; the engine refuses a model whose input (sequences, grid,
+normalisation, input kind) differs from what the config's task builds. `train.freeze` keeps
+layers fixed (`members.*.encoders`: every ensemble member's slice encoders). The card records
+the starting model and which test patients it had trained on. Under
 `torchrun --nproc_per_node=G -m napari_radiogen train CONFIG --out DIR` it trains with DDP.
 """
 
@@ -32,6 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="override the config's data folder (your cohort)")
     p.add_argument("--labels", help="override the config's labels CSV (see below)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from this model (a name from `radiogen models` or a "
+                        ".safetensors file); overrides the config's init")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     p.add_argument("--limit", type=int, help="use only N patients (quick smoke run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -77,7 +86,7 @@ def run(args) -> int:
     rank = env_world().rank
     install = args.install if args.install is not None else not args.limit
     from ..core.train.config import load_config
-    cfg = load_config(args.config, data=args.data, labels=args.labels)
+    cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init)
     gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
                 resume=args.resume, folds=args.folds, install=install and rank == 0,
                 max_minutes=args.max_minutes)

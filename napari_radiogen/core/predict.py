@@ -191,6 +191,9 @@ def volume_case_to_input(case, sequences: Sequence[str]) -> SliceInput:
 ROI_SIZE = 64
 ROI_SPACING_MM = 1.875       # the packs' stored in-plane spacing: no resampling of packs
 ROI_MARGIN_SLICES = 1        # slices kept above and below the tumour
+#: the card's ``input.segmentation`` of a tumour-centred model: the models placing its window
+ROI_SEGMENTATION = {"slices": "seg_lgg_segresnet2d",
+                    "volume": "default 3D model (whole tumour = labels 1+2+4)"}
 PREP_ROI = {"version": "roi-v2", "size": ROI_SIZE, "spacing_mm": ROI_SPACING_MM,
             "slices": "every slice from one below to one above the whole tumour's largest "
                       "connected component (axial sampling "
@@ -715,5 +718,5 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
            "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError",
-           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "DEFAULT_MODELS",
+           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "ROI_SEGMENTATION", "DEFAULT_MODELS",
            "default_model_name", "uses_segmentation", "tumour_labels"]

@@ -1,4 +1,5 @@
-"""Training dock widget: pick a config (or a task), data, device, epochs, validation scheme;
+"""Training dock widget: pick a config (or a task), a model to fine-tune (or none), data, device,
+epochs, validation scheme;
 Start / Cancel / Resume; live loss and metric curves, progress with time left and the best
 score so far. The run itself is ``core.train.engine.train`` driven by ``workers.start_job``."""
 from __future__ import annotations
@@ -27,6 +28,9 @@ class TrainInputs:
     limit: Optional[int] = None
     resume: bool = False
     install: bool = True
+    #: fine-tuning: a model name or file to start from; None = the config's ``init`` (if any),
+    #: "" = from scratch even when the config names one
+    init: Optional[str] = None
 
     def factory(self):
         from ..core.train.config import load_config
@@ -36,7 +40,11 @@ class TrainInputs:
             over["data"] = self.data
         if self.labels:
             over["labels"] = self.labels
+        if self.init:
+            over["init"] = self.init
         cfg = load_config(self.config, **over)
+        if self.init == "":
+            cfg.pop("init", None)
 
         def gen(token):
             return train(cfg, self.out_dir, device=self.device, epochs=self.epochs,
@@ -209,6 +217,12 @@ class TrainingWidget(QWidget):
         self.config.addItem("Browse for a YAML config...", "__browse__")
         self.config.activated.connect(self._config_chosen)
         form.addRow("config / task", self.config)
+        self.init = QComboBox()
+        self.init.setToolTip("fine-tune: start from a trained model of the same kind (its "
+                             "architecture and weights); the input it expects is checked "
+                             "before training")
+        form.addRow("start from", self.init)
+        self.config.currentIndexChanged.connect(lambda *_: self._fill_init())
         self.data = self._path_row(form, "data folder", self._browse_data,
                                    "from the config (folder of cases + labels CSV, or packs)")
         self.labels = self._path_row(form, "labels CSV", self._browse_labels,
@@ -257,6 +271,7 @@ class TrainingWidget(QWidget):
         self.curves = _Curves(self)
         lay.addWidget(self.curves.label)
         self.destroyed.connect(lambda *_: self.curves.close())
+        self._fill_init()
         self._set_running(False)
         # import torch/MONAI/sklearn... now, in the main thread: imported later by the run's
         # worker thread they would hold the GIL and freeze the viewer for seconds
@@ -270,6 +285,46 @@ class TrainingWidget(QWidget):
             if path:
                 self.config.insertItem(0, Path(path).name, path)
                 self.config.setCurrentIndex(0)
+
+    def _config_task(self) -> Optional[str]:
+        """The training task of the selected config (None when it cannot be read)."""
+        cfg = self.config.currentData()
+        if isinstance(cfg, dict):
+            return cfg.get("task")
+        if not cfg or cfg == "__browse__":
+            return None
+        try:
+            import yaml
+            from ..core.train.config import find_config
+            return (yaml.safe_load(find_config(cfg).read_text()) or {}).get("task")
+        except Exception:
+            return None
+
+    def _config_init(self) -> Optional[str]:
+        cfg = self.config.currentData()
+        if isinstance(cfg, dict):
+            return cfg.get("init")
+        try:
+            import yaml
+            from ..core.train.config import find_config
+            return (yaml.safe_load(find_config(cfg).read_text()) or {}).get("init")
+        except Exception:
+            return None
+
+    def _fill_init(self) -> None:
+        """'start from': the config's choice, scratch, or a model the selected task trains."""
+        from ..core.models import list_models
+        from ..core.train.base import TASKS
+        task = TASKS.get(self._config_task() or "")
+        own = self._config_init()
+        self.init.clear()
+        self.init.addItem(f"as the config says ({own or 'from scratch'})", None)
+        if own:
+            self.init.addItem("from scratch", "")
+        if task is None:
+            return
+        for m in list_models(task.model_task):
+            self.init.addItem(f"fine-tune {m['name']} ({m['origin']})", m["name"])
 
     @staticmethod
     def _path_row(form, label: str, browse, placeholder: str) -> QLineEdit:
@@ -315,7 +370,7 @@ class TrainingWidget(QWidget):
                            device=self.device.currentText(),
                            epochs=self.epochs.value() or None, folds=self.folds.currentData(),
                            limit=self.limit.value() or None, resume=resume,
-                           install=self.install.isChecked())
+                           install=self.install.isChecked(), init=self.init.currentData())
 
     # -- run ------------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:

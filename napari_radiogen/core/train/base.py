@@ -13,7 +13,14 @@ train: {epochs: 50, batch_size: 2, lr: 3e-3, weight_decay: 1e-4, amp: true, pati
         freeze: [], sampler: weighted, loss: {name: dicece}}
 folds: 5                          # K-fold CV (patient level); 0/1 = one train/val split
 seed: 0
+init: predict_mil_roi             # optional: fine-tune from a model (name or .safetensors path)
 ```
+
+Fine-tuning: with ``init`` (``radiogen train --init``, the Training widget's "start from") the
+network is the init model's own architecture (from its card) with its weights, checked against
+what the task would feed it (:meth:`TrainTask.init_mismatches`) before any training; the card of
+the result records where it started (``fine_tuned_from``) and which CV test patients the init
+model had already trained on.
 """
 from __future__ import annotations
 
@@ -30,6 +37,24 @@ def register_task(name: str) -> Callable[[Type["TrainTask"]], Type["TrainTask"]]
         TASKS[name] = cls
         return cls
     return deco
+
+
+def _dig(d: Dict[str, Any], dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _jsonable(v: Any) -> Any:
+    import json
+    return json.loads(json.dumps(v, default=str))
+
+
+def _short(v: Any) -> str:
+    t = str(v)
+    return t if len(t) <= 60 else t[:57] + "..."
 
 
 @dataclass
@@ -76,10 +101,80 @@ class TrainTask(ABC):
         from ..models import build_from_card
         return build_from_card({"architecture": self.architecture()})
 
+    # -- fine-tuning -----------------------------------------------------------------------------
+    #: card fields that must agree between an ``init`` model and this task's own card: they fix
+    #: what the network is fed (channel order, grid, intensity normalisation, input kind)
+    INIT_KEYS = ("sequences", "spacing_mm", "input_size", "normalisation", "input.kind",
+                 "input.window", "input.depth")
+
+    def init_model(self) -> Optional[Tuple[Any, Dict[str, Any]]]:
+        """``(path, card)`` of the config's ``init`` model, checked (None without ``init``)."""
+        spec = self.cfg.get("init")
+        if not spec:
+            return None
+        if getattr(self, "_init", None) is None:
+            from ..errors import ConfigError, ModelFileError
+            from ..models import find_model, read_card
+            try:
+                path = find_model(str(spec))
+                card = read_card(path)
+            except ModelFileError as e:
+                raise ConfigError(f"init: {e}") from None
+            if card.get("task") != self.model_task:
+                raise ConfigError(
+                    f"init: {path.stem} is a {card.get('task')!r} model; task {self.name} "
+                    f"trains {self.model_task!r} models")
+            bad = self.init_mismatches(card)
+            if bad:
+                raise ConfigError(
+                    f"init: {path.stem} was trained on other inputs than task {self.name} "
+                    f"builds ({'; '.join(bad)}); pick a config of the same input kind")
+            self._init = (path, card)
+        return self._init
+
+    def init_mismatches(self, card: Dict[str, Any]) -> List[str]:
+        """Differences between ``card`` and this task's own card on :attr:`INIT_KEYS` (keys
+        absent from either side are not compared)."""
+        mine = self.card_fields()
+        out = []
+        for key in self.INIT_KEYS:
+            a, b = _dig(card, key), _dig(mine, key)
+            if a is None or b is None:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict) and "version" in a and "version" in b:
+                a, b = a["version"], b["version"]
+            if _jsonable(a) != _jsonable(b):
+                out.append(f"{key}: {_short(a)} in the model, {_short(b)} here")
+        return out
+
+    def model_architecture(self) -> Dict[str, Any]:
+        """The architecture trained: the ``init`` model's (from its card), else the task's."""
+        init = self.init_model()
+        return dict(init[1]["architecture"]) if init else self.architecture()
+
+    def make_model(self):
+        """The network to train: :meth:`build_model`, or the ``init`` model with its weights."""
+        init = self.init_model()
+        if init is None:
+            return self.build_model()
+        from ..errors import ConfigError, ModelFileError
+        from ..models import build_from_card, load_state_dict_file
+        path, card = init
+        model = build_from_card(card)
+        try:
+            model.load_state_dict(load_state_dict_file(path), strict=True)
+        except (RuntimeError, ModelFileError) as e:
+            raise ConfigError(f"init: {path.name}: weights do not fit the architecture in its "
+                              f"card ({str(e).splitlines()[0]})") from None
+        return model.float()
+
     def freeze(self, model, spec: Sequence[str]) -> None:
-        """Freeze parameters whose names start with any prefix in ``spec`` (override if needed)."""
+        """Freeze parameters whose names start with any prefix in ``spec``; a prefix may hold
+        ``*`` wildcards (``members.*.encoders``: the slice encoders of every ensemble member).
+        Override if needed."""
+        from fnmatch import fnmatchcase
         for n, p in model.named_parameters():
-            if any(n.startswith(s) for s in spec):
+            if any(n.startswith(s) or ("*" in s and fnmatchcase(n, s + "*")) for s in spec):
                 p.requires_grad_(False)
 
     # -- optimisation --------------------------------------------------------------------------

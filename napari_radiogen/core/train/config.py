@@ -16,7 +16,7 @@ A config (see ``napari_radiogen/configs/*.yaml``; ``radiogen train --list`` show
       amp: true                 # autocast on CUDA (bf16 where supported, else fp16 + GradScaler)
       patience: 5               # early stopping on the validation score (0 = off)
       val_fraction: 0.2         # validation patients carved from each training part
-      freeze: []                # parameter-name prefixes to freeze (fine-tuning)
+      freeze: []                # parameter-name prefixes to freeze (fine-tuning; * = any)
       grad_clip: 1.0            # max gradient norm (null = off)
       sampler: null             # "weighted" = WeightedRandomSampler from task.sample_weights
       loss: {name: ce}          # task-specific: ce | focal (gamma, class_weights) | dicece | cox
@@ -26,6 +26,7 @@ A config (see ``napari_radiogen/configs/*.yaml``; ``radiogen train --list`` show
     test_fraction: 0.2          # with folds <= 1: share of patients held out for the report
     final: best_fold            # shipped model: best_fold (by inner validation) | retrain
     seed: 0
+    init: null                  # fine-tune: start from this model (name or .safetensors path)
 
 User cohorts (CSV convention): a table with a ``patient_id`` column, one column per label the
 task needs (e.g. ``idh`` with values ``mutant``/``wildtype``), and optionally a ``path`` column
@@ -133,6 +134,11 @@ def load_config(src: Union[str, os.PathLike, Dict[str, Any]], **overrides: Any) 
     for k in PATH_KEYS:
         if isinstance(cfg.get(k), str) and cfg[k] not in ("phantom", "synthetic"):
             cfg[k] = resolve_path(cfg[k], base)
+    init = cfg.get("init")
+    if init is not None and (not isinstance(init, str) or not init.strip()):
+        raise ConfigError(f"init must name a model or a .safetensors file (got {init!r})")
+    if isinstance(init, str) and init.endswith(".safetensors"):
+        cfg["init"] = resolve_path(init, base)
     validate(cfg)
     return cfg
 

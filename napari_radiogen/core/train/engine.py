@@ -256,7 +256,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
         raise ConfigError(f"fold {fold + 1}: the training dataset is empty")
     weights = task.sample_weights(train_ds) if tcfg.get("sampler") == "weighted" else None
     loader, sampler = _make_loader(run, train_ds, True, seed, weights)
-    model = task.build_model()
+    model = task.make_model()
     if tcfg.get("freeze"):
         task.freeze(model, list(tcfg["freeze"]))
         if not any(p.requires_grad for p in model.parameters()):
@@ -303,7 +303,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
 
     for epoch in range(start_epoch, epochs + 1):
         sampler.set_epoch(epoch)
-        net.train()
+        _train_mode(net)
         tot_loss, n_seen, n_steps = 0.0, 0, 0
         logs_acc: Dict[str, float] = {}
         join = net.join() if dist.enabled else _nullctx()
@@ -422,6 +422,19 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                    "n_val": len(stage["val"])}
 
 
+def _train_mode(net) -> None:
+    """``net.train()``, but normalisation layers whose parameters are all frozen stay in eval
+    mode: a frozen (fine-tuned) block keeps the running statistics it was trained with, and
+    normalises with them as it will at inference."""
+    import torch
+    net.train()
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            ps = list(m.parameters(recurse=False))
+            if ps and not any(p.requires_grad for p in ps):
+                m.eval()
+
+
 class _nullctx:
     def __enter__(self):
         return self
@@ -433,7 +446,7 @@ class _nullctx:
 def _save_fold_model(run: _Run, model, path: Path, stage, best) -> None:
     from ..models import new_card, save_model
     card = new_card(f"{run.cfg.get('name') or run.task.name}-fold{stage['fold'] + 1}",
-                    run.task.model_task, run.task.architecture(), **run.task.card_fields(),
+                    run.task.model_task, run.task.model_architecture(), **run.task.card_fields(),
                     training_data={"patients": list(stage["train"]),
                                    "validation": list(stage["val"])},
                     fold=stage["fold"] + 1, best=best)
@@ -486,6 +499,13 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                                     f"{k_new} folds")
         cfg["folds"] = k_new
     plan = make_plan(task, records, cfg, lenient=bool(limit))
+    origin = fine_tune_origin(task, [i for p in plan for i in p["test"]])
+    if origin:
+        seen = origin["test_patients_seen"]
+        yield TrainProgress(stage="prepare", phase="prepare", message=(
+            f"fine-tuning from {origin['name']}" + (
+                f"; warning: it had trained on {len(seen)} of the test patients, so the CV "
+                "metrics will not be held-out estimates" if seen else "")))
     phash = _plan_hash(plan, cfg)
     state_prev = None
     if out.exists() and (out / ckpt.CHECKPOINT).exists() and not resume:
@@ -618,6 +638,20 @@ def _estimate_steps(run: _Run, stages, si: int, bs: int, ep: int) -> int:
     return tot
 
 
+def fine_tune_origin(task: TrainTask, test_ids: List[str]) -> Optional[Dict[str, Any]]:
+    """The card's ``fine_tuned_from``: the ``init`` model and the CV test patients it had
+    trained on (their metrics are then not held-out estimates). None without ``init``."""
+    init = task.init_model()
+    if init is None:
+        return None
+    path, card = init
+    td = card.get("training_data") or {}
+    seen = set(td.get("patients") or []) | set(td.get("cohort") or [])
+    return {"name": card.get("name", path.stem), "file": path.name,
+            "code_version": card.get("code_version"), "date": card.get("date"),
+            "test_patients_seen": sorted(seen & set(test_ids))}
+
+
 def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainResult:
     from ..evaluate.metrics import cv_summary
     from ..models import load_state_dict_file, new_card, save_model, user_models_dir
@@ -659,10 +693,16 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
                 f"seed {cfg.get('seed', 0)})")
     if cfg.get("_limit"):
         protocol += f"; smoke run limited to {cfg['_limit']} patients"
+    tested = [i for p in plan for i in p["test"]]
+    origin = fine_tune_origin(task, tested)
+    if origin and origin["test_patients_seen"]:
+        protocol += (f"; fine-tuned from {origin['name']}, which had trained on "
+                     f"{len(origin['test_patients_seen'])} of the {len(set(tested))} test "
+                     "patients: these metrics are not held-out estimates")
     cfg_clean = {kk: v for kk, v in cfg.items() if not kk.startswith("_")}
     fields = dict(task.card_fields())
     card = new_card(
-        name, task.model_task, task.architecture(), **fields,
+        name, task.model_task, task.model_architecture(), **fields,
         training_data={"datasets": fields.get("datasets") or cfg.get("data"),
                        # the patients whose data trained (or selected) the shipped weights
                        "patients": trained_ids,
@@ -676,7 +716,8 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
                                "best_epoch": c.get("best_epoch"),
                                "val_score": c.get("best_score"), "n_test": c.get("n_test")}
                               for c in fold_recs]},
-        baseline=base_summary or None, final_model=chosen, train_task=task.name)
+        baseline=base_summary or None, final_model=chosen, train_task=task.name,
+        **({"fine_tuned_from": origin} if origin else {}))
     model_path = save_model(out / f"{name}.safetensors", state, card)
     card_path = model_path.with_suffix(".card.json")
     report_html = report_json = None

@@ -634,8 +634,12 @@ class _PredictionTaskBase(TrainTask):
     @property
     def cohort(self):
         if self._cohort is None:
-            self._cohort = load_cohort(self.cfg["data"], limit=self.cfg.get("limit"))
+            self._cohort = load_cohort(self.cfg["data"], limit=self.cfg.get("limit"),
+                                       **self.cohort_kwargs())
         return self._cohort
+
+    def cohort_kwargs(self) -> Dict[str, Any]:
+        return {}
 
     def patients(self) -> List[PatientRecord]:
         return records(self.cohort)
@@ -678,7 +682,7 @@ class _PredictionTaskBase(TrainTask):
     def training_step(self, model, batch, device):
         out = self._forward(model, batch, device)
         loss = self._loss(out, {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()})
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": float(loss.detach())}
 
     def evaluate(self, model, dataset, device):
         import torch
@@ -726,12 +730,51 @@ class MILPredictionTask(_PredictionTaskBase):
     kind = "mil"
 
     def architecture(self):
-        m = {k: v for k, v in self.cfg.get("model", {}).items() if k not in ("cox_weight", "arch")}
+        m = {k: v for k, v in self.cfg.get("model", {}).items()
+             if k not in ("cox_weight", "arch", "window")}
         return {"builder": "src_models.mil:build_mil", "kwargs": m}
 
     def _forward(self, model, batch, device):
-        return model(batch["x"].to(device), batch["slice_mask"].to(device),
-                     batch["seq_mask"].to(device), batch["clinical"].to(device))
+        out = model(batch["x"].to(device), batch["slice_mask"].to(device),
+                    batch["seq_mask"].to(device), batch["clinical"].to(device))
+        return ensemble_as_one(out)
+
+
+def ensemble_as_one(out: Dict[str, Any]) -> Dict[str, Any]:
+    """A fold ensemble's outputs (``MILEnsemble``: per-member probabilities, risks) as one
+    network's: logits = log of the members' mean probability (what ``core.predict`` reports,
+    so fine-tuning an ensemble trains the probability it shows), risk = the members' mean."""
+    if "logits" in out:
+        return out
+    import torch
+    res = {"logits": {t: torch.log(p.mean(0).clamp_min(1e-7)) for t, p in out["probs"].items()},
+           "attention": out["attention"].mean(0)}
+    if "risk" in out:
+        res["risk"] = out["risk"].mean(0)
+    return res
+
+
+@register_task("prediction-mil-roi")
+class MILROIPredictionTask(MILPredictionTask):
+    """The tumour-centred MIL of ``predict_mil_roi`` trained end to end on patient bags: each
+    pack's window (``predict.PREP_ROI``) is placed on its expert mask, as in
+    ``scripts/cv_prediction.py``; a user's packs need their ``mask`` datasets. ``init:
+    predict_mil_roi`` fine-tunes the shipped fold ensemble."""
+
+    kind = "mil_roi"
+
+    def cohort_kwargs(self) -> Dict[str, Any]:
+        return {"roi": True, "roi_window": self.cfg.get("model", {}).get("window")}
+
+    def card_fields(self):
+        from ...predict import PREP_ROI, ROI_SEGMENTATION, ROI_SIZE, ROI_SPACING_MM
+        f = super().card_fields()
+        window = self.cfg.get("model", {}).get("window")
+        f.update(spacing_mm=[ROI_SPACING_MM, ROI_SPACING_MM], input_size=[ROI_SIZE, ROI_SIZE],
+                 normalisation=PREP_ROI,
+                 input=dict(f["input"], kind=self.kind, segmentation=dict(ROI_SEGMENTATION),
+                            **({"window": window} if window else {})))
+        return f
 
 
 @register_task("prediction-cnn3d")

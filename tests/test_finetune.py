@@ -1,0 +1,161 @@
+"""Fine-tuning: ``init`` (config), ``radiogen train --init``; the starting weights, the input
+checks, the card's provenance, and the shipped tumour-centred MIL fine-tuned on real packs."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_radiogen.core.errors import ConfigError  # noqa: E402
+from napari_radiogen.core.models import load_state_dict_file  # noqa: E402
+from napari_radiogen.core.train import engine  # noqa: E402
+
+from test_train_engine import drive, tiny_cfg  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """A phantom model trained from scratch (the model fine-tuned below)."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    res, _ = drive(engine.train(tiny_cfg(name="phantom-base"), out, device="cpu"))
+    return res.model_path
+
+
+def _first_and_last(state):
+    names = [n for n in state if n.endswith("weight")]
+    return names[0], names[-1]
+
+
+def test_fine_tuning_starts_from_the_init_weights_and_records_where_it_started(tmp_path,
+                                                                               base_model):
+    start = load_state_dict_file(base_model)
+    first, last = _first_and_last(start)
+    prefix = first.rsplit(".", 1)[0]
+    cfg = tiny_cfg(name="phantom-ft", init=str(base_model),
+                   train={"epochs": 1, "lr": 5e-2, "freeze": [prefix]})
+    res, items = drive(engine.train(cfg, tmp_path / "ft", device="cpu"))
+    assert any("fine-tuning from phantom-base" in it.message for it in items)
+    tuned = load_state_dict_file(res.model_path)
+    # the frozen layer is the init model's, bit for bit; the rest moved away from it
+    assert torch.equal(tuned[first], start[first])
+    assert not torch.equal(tuned[last], start[last])
+    card = json.loads(res.card_path.read_text())
+    origin = card["fine_tuned_from"]
+    assert origin["name"] == "phantom-base" and origin["file"] == base_model.name
+    # the base model's cohort is this run's cohort: its test patients were seen in training
+    assert origin["test_patients_seen"]
+    assert "not held-out estimates" in card["metrics"]["protocol"]
+    assert card["architecture"] == json.loads(base_model.with_suffix(".card.json")
+                                              .read_text())["architecture"]
+
+
+def test_a_model_from_scratch_has_no_fine_tuning_record(tmp_path):
+    res, items = drive(engine.train(tiny_cfg(train={"epochs": 1}), tmp_path / "r",
+                                    device="cpu"))
+    card = json.loads(res.card_path.read_text())
+    assert "fine_tuned_from" not in card
+    assert "not held-out" not in card["metrics"]["protocol"]
+    assert not any("fine-tuning" in it.message for it in items)
+
+
+def test_an_init_model_fed_other_inputs_is_refused_before_training(tmp_path, base_model):
+    # the phantom grid differs (16 -> 24 pixels): the network would see another input size
+    cfg = tiny_cfg(init=str(base_model), phantom={"size": 24})
+    with pytest.raises(ConfigError, match="input_size"):
+        drive(engine.train(cfg, tmp_path / "r", device="cpu"))
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("init,match", [
+    ("seg_lgg_segresnet2d", "is a 'segmentation' model"),
+    ("no_such_model", "init: no model named 'no_such_model'"),
+])
+def test_wrong_or_unknown_init_models_are_config_errors(tmp_path, init, match):
+    with pytest.raises(ConfigError, match=match):
+        drive(engine.train(tiny_cfg(init=init), tmp_path / "r", device="cpu"))
+
+
+def test_whole_brain_task_refuses_the_tumour_centred_model():
+    """prediction-mil builds whole-brain 3.75 mm slices: predict_mil_roi's weights expect the
+    1.875 mm tumour window, and the engine says which input fields differ."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config("prediction_mil", init="predict_mil_roi")
+    with pytest.raises(ConfigError) as e:
+        TASKS[cfg["task"]](cfg).init_model()
+    msg = str(e.value)
+    assert "spacing_mm" in msg and "input.kind" in msg and "normalisation" in msg
+    # ... while the tumour-centred task accepts it (same card input fields)
+    cfg = load_config("prediction_mil_roi_finetune")
+    path, card = TASKS[cfg["task"]](cfg).init_model()
+    assert path.stem == "predict_mil_roi" and card["input"]["kind"] == "mil_roi"
+
+
+def test_freeze_patterns_reach_every_ensemble_member():
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config("prediction_mil_roi_finetune")
+    task = TASKS[cfg["task"]](cfg)
+    model = task.make_model()
+    task.freeze(model, ["members.*.encoders"])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".encoders." in n for n in frozen)
+    assert {n.split(".")[1] for n in frozen} == {str(k) for k in range(len(model.members))}
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".encoders." not in n)
+
+
+def test_cli_init_overrides_the_config(tmp_path, base_model, monkeypatch):
+    from napari_radiogen.cli import main
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    cfg = tmp_path / "c.json"
+    # a YAML config is JSON-compatible
+    cfg.write_text(json.dumps(tiny_cfg(name="phantom-cli", train={"epochs": 1})))
+    cfg = cfg.rename(tmp_path / "c.yaml")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--init", str(base_model),
+                 "--device", "cpu", "--quiet", "--no-install"]) == 0
+    card = json.loads((tmp_path / "r" / "phantom-cli.card.json").read_text())
+    assert card["fine_tuned_from"]["name"] == "phantom-base"
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r2"), "--init", "nope",
+                 "--device", "cpu", "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_shipped_tumour_centred_model_fine_tuned_on_real_packs(tmp_path, shared_data):
+    """`radiogen train prediction_mil_roi_finetune` on 6 real packs: the encoders stay the
+    shipped ones, the heads move, and the result predicts a pack like the shipped model does."""
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.io.cases import load_case
+    from napari_radiogen.core.models import find_model, load_model
+    from napari_radiogen.core.progress import run
+    from napari_radiogen.core.predict import predict
+    out = tmp_path / "ft"
+    assert main(["train", "prediction_mil_roi_finetune", "--out", str(out), "--limit", "6",
+                 "--epochs", "1", "--device", "cpu", "--quiet"]) == 0
+    model = out / "predict_mil_roi_finetuned.safetensors"
+    shipped = load_state_dict_file(find_model("predict_mil_roi"))
+    tuned = load_state_dict_file(model)
+    assert shipped.keys() == tuned.keys()
+    enc = [n for n in shipped if ".encoders." in n and shipped[n].is_floating_point()]
+    head = [n for n in shipped if ".heads." in n]
+    assert all(torch.equal(tuned[n].float(), shipped[n].float()) for n in enc)
+    assert any(not torch.equal(tuned[n].float(), shipped[n].float()) for n in head)
+    card = json.loads(model.with_suffix(".card.json").read_text())
+    assert card["input"]["kind"] == "mil_roi" and card["fine_tuned_from"]["name"] == \
+        "predict_mil_roi"
+    assert load_model(str(model)).card["normalisation"]["version"] == \
+        load_model("predict_mil_roi").card["normalisation"]["version"]
+    case = load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5")
+    res = run(predict(case, str(model)))
+    p = res.tasks["idh"]
+    assert abs(sum(p.values()) - 1) < 1e-5 and all(0 <= v <= 1 for v in p.values())
+    assert res.features_source      # the window was placed on the model's own segmentation
+    assert np.isfinite(res.risk if res.risk is not None else 0.0)
