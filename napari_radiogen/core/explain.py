@@ -335,13 +335,13 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                                                     "supplied by the caller", warns,
                                                     stage=("explain", 1, 4))
         roi_mask = labels > 0
-        warns.extend(P.window_warnings(case, labels))
         details = {"window_source": f"the tumour {source}"}
     yield Progress("explain", 1, 4, "preparing slices")
     if inputs is not None:
         inp = inputs
     elif kind == "mil_roi":
         inp = P.roi_case_to_input(case, seqs, roi_mask, card["input"].get("window"))
+        warns.extend(P.window_warnings(case, inp))
     else:
         inp = P.case_to_input(case, seqs)
     warns.extend(P.masked_warnings(seqs, inp))

@@ -99,6 +99,8 @@ class SliceInput:
     inplane: Optional[tuple] = None
     #: tumour-centred inputs: the whole-tumour mask sampled like the images, (N, SIZE, SIZE)
     tumour: Optional[np.ndarray] = field(default=None, repr=False)
+    #: tumour-centred inputs: voxels of the tumour part the window is placed on (reference grid)
+    window_voxels: Optional[int] = None
 
 
 def pack_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
@@ -274,7 +276,8 @@ def roi_arrays_to_input(arrays: Dict[str, np.ndarray], sequences: Sequence[str],
         mask[i] = True
     return SliceInput(x=x, seq_mask=mask, slice_index=sel.astype(int), n_ref_slices=int(nz),
                       sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx),
-                      tumour=sample(tumour.astype(np.float32)))
+                      tumour=sample(tumour.astype(np.float32)),
+                      window_voxels=int(place.sum()))
 
 
 def main_component(mask: np.ndarray) -> np.ndarray:
@@ -487,7 +490,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                                                   segmentation_source, warns)
         yield Progress("predict", 1, 3, "preparing tumour-centred slices")
         inp = roi_case_to_input(case, seqs, labels > 0, card["input"].get("window"))
-        warns.extend(window_warnings(case, labels))
+        warns.extend(window_warnings(case, inp))
     else:
         yield Progress("predict", 1, 3, "preparing slices")
         inp = case_to_input(case, seqs)
@@ -617,13 +620,13 @@ def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
 MIN_WINDOW_TUMOUR_ML = 2.0
 
 
-def window_warnings(case, labels: np.ndarray) -> List[str]:
-    """What a user should know about a tumour-centred prediction's window (shared by the
-    prediction and its explanation): a tiny segmented tumour, and 3D input outside the
+def window_warnings(case, inp: SliceInput) -> List[str]:
+    """What a user should know about a tumour-centred input ``inp`` of ``case`` (shared by
+    the prediction and its explanation): a tiny segmented tumour, and 3D input outside the
     training domain."""
     out = []
     g = case.sequences[case.reference].geometry
-    ml = float(main_component(labels > 0).sum()) * float(np.prod(g.spacing)) / 1000.0
+    ml = float(inp.window_voxels or 0) * float(np.prod(g.spacing)) / 1000.0
     if ml < MIN_WINDOW_TUMOUR_ML:
         out.append(f"the segmented tumour the window is centred on is only {ml:.1f} mL: it may "
                    "be a false positive of the segmentation, and the prediction then describes "
