@@ -159,3 +159,17 @@ def test_shipped_tumour_centred_model_fine_tuned_on_real_packs(tmp_path, shared_
     assert abs(sum(p.values()) - 1) < 1e-5 and all(0 <= v <= 1 for v in p.values())
     assert res.features_source      # the window was placed on the model's own segmentation
     assert np.isfinite(res.risk if res.risk is not None else 0.0)
+
+
+def test_cnn3d_stage_freezing_reaches_every_member_of_the_shipped_ensemble():
+    """`train.freeze: [3]` (conv1, bn1, layer1) on `--init predict_cnn3d`, a fold ensemble."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config("prediction_cnn3d", init="predict_cnn3d")
+    task = TASKS[cfg["task"]](cfg)
+    model = task.make_model()
+    task.freeze(model, [3])
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert {n.split(".")[1] for n in frozen} == {str(k) for k in range(len(model.members))}
+    assert all(n.split(".")[3] in ("conv1", "bn1", "layer1") for n in frozen)
+    assert any(p.requires_grad for n, p in model.named_parameters() if ".layer2." in n)

@@ -747,8 +747,9 @@ def ensemble_as_one(out: Dict[str, Any]) -> Dict[str, Any]:
     if "logits" in out:
         return out
     import torch
-    res = {"logits": {t: torch.log(p.mean(0).clamp_min(1e-7)) for t, p in out["probs"].items()},
-           "attention": out["attention"].mean(0)}
+    res = {"logits": {t: torch.log(p.mean(0).clamp_min(1e-7)) for t, p in out["probs"].items()}}
+    if "attention" in out:
+        res["attention"] = out["attention"].mean(0)
     if "risk" in out:
         res["risk"] = out["risk"].mean(0)
     return res
@@ -790,8 +791,9 @@ class CNN3DPredictionTask(_PredictionTaskBase):
     def freeze(self, model, spec):
         from src_models.cnn3d import freeze_stages
         ints = [s for s in spec if isinstance(s, int) or str(s).isdigit()]
-        if ints:
-            freeze_stages(model, int(ints[0]))
+        if ints:     # the first stages of the trunk (of every member of a fold ensemble)
+            for m in getattr(model, "members", [model]):
+                freeze_stages(m, int(ints[0]))
         super().freeze(model, [s for s in spec if s not in ints])
 
     def _forward(self, model, batch, device):
@@ -802,8 +804,8 @@ class CNN3DPredictionTask(_PredictionTaskBase):
         for b in range(x.shape[0]):
             k = int(batch["slice_mask"][b].sum())
             vols.append(to_volume3d(SliceInput(x[b][:, :k], None, np.arange(k), k, SEQS), depth))
-        return model(torch.from_numpy(np.stack(vols)).to(device), batch["seq_mask"].to(device),
-                     batch["clinical"].to(device))
+        return ensemble_as_one(model(torch.from_numpy(np.stack(vols)).to(device),
+                                     batch["seq_mask"].to(device), batch["clinical"].to(device)))
 
 
 # -- radiomics on the model's own segmentation (``predict_radiomics``) --------------------------
