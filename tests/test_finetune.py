@@ -173,3 +173,21 @@ def test_cnn3d_stage_freezing_reaches_every_member_of_the_shipped_ensemble():
     assert {n.split(".")[1] for n in frozen} == {str(k) for k in range(len(model.members))}
     assert all(n.split(".")[3] in ("conv1", "bn1", "layer1") for n in frozen)
     assert any(p.requires_grad for n, p in model.named_parameters() if ".layer2." in n)
+
+
+def test_prediction_tasks_report_the_age_sex_baseline_on_the_same_folds(shared_data):
+    """The engine's prediction runs put the age/sex logistic baseline beside the model."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config("prediction_mil_roi", data=str(shared_data / "tcga-lgg"))
+    cfg["limit"] = 40
+    task = TASKS[cfg["task"]](cfg)
+    ids = [p["id"] for p in task.cohort]
+    test = ids[::3]
+    b = task.baseline([i for i in ids if i not in test], test)
+    assert set(b) == {"auc_idh", "auc_codel_1p19q", "auc_grade", "c_index"}
+    assert all(0.0 <= b[k] <= 1.0 for k in b if b[k] == b[k])
+    assert b["auc_idh"] == b["auc_idh"] and b["c_index"] == b["c_index"]
+    # a training part holding one class of a task: no baseline rather than a crash
+    one = [i for i, p in zip(ids, task.cohort) if p["y"][0] == 1][:3]
+    assert task.baseline(one, test) is None

@@ -712,6 +712,24 @@ class _PredictionTaskBase(TrainTask):
         res["predictions"] = preds
         return res
 
+    def baseline(self, train_ids, test_ids):
+        """Logistic regression on age + sex per task, age alone as the OS risk (the
+        ``age_sex`` baseline of ``scripts/cv_prediction.py``), fitted on ``train_ids``."""
+        pos = {p["id"]: i for i, p in enumerate(self.cohort)}
+        tr = [pos[i] for i in train_ids if i in pos]
+        te = [pos[i] for i in test_ids if i in pos]
+        if not tr or not te:
+            return None
+        try:
+            b = baseline_fold(self.cohort, tr, te, "age_sex")
+        except ValueError:          # a training part with one class of a task (tiny runs)
+            return None
+        y = np.stack([self.cohort[i]["y"] for i in te])
+        res = {f"auc_{t}": auc(y[:, j], b["probs"][t]) for j, t in enumerate(TASKS)}
+        os_ = np.array([[self.cohort[i]["os_days"], self.cohort[i]["os_event"]] for i in te])
+        res["c_index"] = cindex(os_[:, 0], os_[:, 1], b["risk"])
+        return res
+
     def card_fields(self):
         from ...predict import PREP
         m = self.cfg.get("model", {})
