@@ -93,14 +93,22 @@ def main(argv=None) -> int:
                          "the fold model that did not train on it (out-of-fold masks)")
     ap.add_argument("--layer", default=None,
                     help="torchcam target layer inside one member (default: core.explain's)")
+    ap.add_argument("--select-layers", nargs="+", default=None, metavar="LAYER",
+                    help="score each of these target layers on the TCGA-LGG packs only (needs "
+                         "--no-brats: the BraTS cases stay held out) and, with --write-card, "
+                         "store the comparison as explanations.layer_selection")
     ap.add_argument("--note", default=None, help="note stored with the table in the card")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--write-card", action="store_true",
                     help="store the table in the model card (weights unchanged)")
     a = ap.parse_args(argv)
+    if a.select_layers and not (a.no_brats and a.packs):
+        ap.error("--select-layers selects on the packs: give --packs N and --no-brats")
     data = Path(a.data)
     lm = load_model(a.model, task="prediction")
     kind = (lm.card.get("input") or {}).get("kind", "mil")
+    default_layer = (LEGACY_LAYER if a.fusion == "legacy" else DEFAULT_LAYER).get(kind)
+    try_layers = a.select_layers or [a.layer or default_layer]
     methods = ([m for m in a.methods.split(",") if m in KIND_METHODS[kind]]
                or list(KIND_METHODS[kind]))
     oof = _OutOfFold(a.seg_run) if a.seg_run else None
@@ -140,23 +148,45 @@ def main(argv=None) -> int:
             seg, seg_source = (oof.labels(case) if oof is not None and case.kind == "slices"
                                else (None, "the shipped segmentation model (trained on the "
                                            "training cases: in-sample)"))
-        for task in tasks:
-            for m in methods:
-                t = time.perf_counter()
-                r = run(explain(case, lm, task=task, method=m, fusion=a.fusion,
-                                segmentation=seg, layer=a.layer, inputs=window_inp))
-                rows.append({"case": case.case_id, "dataset": "brats2021" if case.kind != "slices"
-                             else "tcga-lgg", "task": task, "method": m,
-                             "localisation": r.localisation, "chance": chance,
-                             **({"chance_window": window} if window is not None else {}),
-                             # background: median heat (max = 1) in the head outside the
-                             # dilated mask (a floor offset would put mass everywhere)
-                             "background": _background(r.heatmap, away),
-                             **({"segmentation": seg_source} if seg_source else {}),
-                             "seconds": round(time.perf_counter() - t, 2)})
-                print(f"{case.case_id:18s} {task:12s} {m:10s} {r.localisation:.3f} "
-                      f"(uniform {chance:.3f}" + (f", window {window:.3f}" if window is not None else "")
-                      + f") {rows[-1]['seconds']:.1f}s", flush=True)
+        for task, m, layer in ((t_, m_, l_) for t_ in tasks for m_ in methods
+                               for l_ in try_layers):
+            t = time.perf_counter()
+            r = run(explain(case, lm, task=task, method=m, fusion=a.fusion,
+                            segmentation=seg, layer=layer, inputs=window_inp))
+            rows.append({"case": case.case_id, "dataset": "brats2021" if case.kind != "slices"
+                         else "tcga-lgg", "task": task, "method": m, "layer": layer,
+                         "localisation": r.localisation, "chance": chance,
+                         **({"chance_window": window} if window is not None else {}),
+                         # background: median heat (max = 1) in the head outside the
+                         # dilated mask (a floor offset would put mass everywhere)
+                         "background": _background(r.heatmap, away),
+                         **({"segmentation": seg_source} if seg_source else {}),
+                         "seconds": round(time.perf_counter() - t, 2)})
+            print(f"{case.case_id:18s} {task:12s} {m:10s} {layer or '':11s} "
+                  f"{r.localisation:.3f} "
+                  f"(uniform {chance:.3f}" + (f", window {window:.3f}" if window is not None else "")
+                  + f") {rows[-1]['seconds']:.1f}s", flush=True)
+    selection = None
+    if a.select_layers:
+        per = {lay: [r["localisation"] for r in rows if r["layer"] == lay
+                     and r["localisation"] is not None] for lay in try_layers}
+        selection = {
+            "what": "target layer of the Grad-CAM family, selected on the TCGA-LGG packs (mean "
+                    f"localisation over tasks {', '.join(tasks)} and methods "
+                    f"{', '.join(methods)}); the BraTS cases were not used",
+            "command": f"python scripts/eval_localisation.py --model {a.model} --packs "
+                       f"{a.packs} --no-brats --tasks {a.tasks} --methods {','.join(methods)} "
+                       f"--select-layers {' '.join(try_layers)}",
+            "mean": {lay: round(float(np.mean(v)), 3) for lay, v in per.items() if v},
+            "by_task_method": {f"{t}/{m}/{lay}": round(float(np.mean(
+                [r["localisation"] for r in rows if r["layer"] == lay and r["task"] == t
+                 and r["method"] == m and r["localisation"] is not None])), 3)
+                for t in tasks for m in methods for lay in try_layers},
+            "in_use": default_layer}
+        selection["best"] = max(selection["mean"], key=selection["mean"].get)
+        print(json.dumps(selection, indent=1))
+        selection["per_case"] = rows
+        rows = [r for r in rows if r["layer"] == default_layer]
     summary = {}
     for ds in sorted({r["dataset"] for r in rows}):
         for task in tasks:
@@ -200,9 +230,19 @@ def main(argv=None) -> int:
                               r["segmentation"] for r in rows if r.get("segmentation")})})
                          | {"target": "the positive class (e.g. mutant)"},
              "summary": summary, "per_case": rows}
+    if selection is not None:
+        table["layer_selection"] = selection
     print(json.dumps(summary, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps(table, indent=1))
+    if a.write_card and selection is not None:
+        path = find_model(a.model)
+        card = read_card(path)
+        card["explanations"] = {**(card.get("explanations") or {}), "layer_selection": {
+            k: v for k, v in selection.items() if k != "per_case"}}
+        save_model(path, load_state_dict_file(path), card)
+        print(f"card updated (layer_selection): {path}")
+        return 0
     if a.write_card:
         path = find_model(a.model)
         card = read_card(path)
