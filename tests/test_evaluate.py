@@ -163,3 +163,19 @@ def test_evaluate_a_prediction_model_through_the_inference_path(tmp_path):
     assert "PH_99.h5" in res.report_path.read_text()     # the failed case is named
     assert main(["evaluate", TINY, str(cohort), "--out", str(tmp_path / "rep2"),
                  "--device", "cpu", "--limit", "3"]) == 0
+
+
+def test_report_skips_missing_labels_of_multi_task_rows(tmp_path):
+    """Flat multi-task rows mark a missing label -1: the ROC of that task uses the others."""
+    rng = np.random.default_rng(1)
+    preds = []
+    for i in range(20):
+        y = int(i % 2)
+        preds.append({"patient_id": f"p{i}", "idh": float(0.3 + 0.4 * y + 0.1 * rng.random()),
+                      "y_idh": y if i != 3 else -1})
+    html, js = write_report(tmp_path / "rep", title="t", folds=[{"fold": 1,
+                                                                  "predictions": preds}])
+    data = json.loads(js.read_text())
+    assert data["classification"]["idh"]["auc"] == 1.0
+    assert data["classification"]["idh"]["n"] == 19
+    assert "could not be computed" not in html.read_text()

@@ -7,7 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_radiogen.core.errors import ConfigError  # noqa: E402
+from napari_radiogen.core.errors import Cancelled, ConfigError  # noqa: E402
+from napari_radiogen.core.progress import CancelToken  # noqa: E402
 from napari_radiogen.core.models import load_state_dict_file  # noqa: E402
 from napari_radiogen.core.train import engine  # noqa: E402
 
@@ -40,7 +41,8 @@ def test_fine_tuning_starts_from_the_init_weights_and_records_where_it_started(t
     start = load_state_dict_file(base_model)
     first, last = _first_and_last(start)
     prefix = first.rsplit(".", 1)[0]
-    cfg = tiny_cfg(name="phantom-ft", init=str(base_model),
+    # another seed: other test patients, some of which trained the base model
+    cfg = tiny_cfg(name="phantom-ft", init=str(base_model), seed=1,
                    train={"epochs": 1, "lr": 5e-2, "freeze": [prefix]})
     res, items = drive(engine.train(cfg, tmp_path / "ft", device="cpu"))
     assert any("fine-tuning from phantom-base" in it.message for it in items)
@@ -50,10 +52,24 @@ def test_fine_tuning_starts_from_the_init_weights_and_records_where_it_started(t
     assert not torch.equal(tuned[last], start[last])
     card = json.loads(res.card_path.read_text())
     origin = card["fine_tuned_from"]
-    assert origin["name"] == "phantom-base" and origin["file"] == base_model.name
-    # the base model's cohort is this run's cohort: its test patients were seen in training
-    assert origin["test_patients_seen"]
+    import hashlib
+    assert origin["name"] == "phantom-base" and origin["file"] == str(base_model)
+    assert origin["sha256"] == hashlib.sha256(base_model.read_bytes()).hexdigest()
+    # the base model trained on patients of this run's test parts: seen, so not held out
+    base_card = json.loads(base_model.with_suffix(".card.json").read_text())
+    base_ids = set(base_card["training_data"]["patients"])
+    tested = {i for f in json.loads((tmp_path / "ft" / "splits.json").read_text())
+              for i in f["test"]}
+    assert origin["test_patients_seen"] == sorted(base_ids & tested) != []
     assert "not held-out estimates" in card["metrics"]["protocol"]
+    assert "not held-out" in (tmp_path / "ft" / "train.log").read_text()
+    assert "NOT held-out" in (tmp_path / "ft" / "report" / "report.html").read_text()
+    # the weights carry what the base model learnt: its patients count as trained on
+    td = card["training_data"]
+    assert base_ids <= set(td["patients"]) and set(td["fine_tuning_patients"]) <= \
+        set(td["patients"])
+    fold_card = json.loads(next((tmp_path / "ft" / "folds").glob("*.card.json")).read_text())
+    assert fold_card["fine_tuned_from"]["sha256"] == origin["sha256"]
     assert card["architecture"] == json.loads(base_model.with_suffix(".card.json")
                                               .read_text())["architecture"]
 
@@ -191,3 +207,96 @@ def test_prediction_tasks_report_the_age_sex_baseline_on_the_same_folds(shared_d
     # a training part holding one class of a task: no baseline rather than a crash
     one = [i for i, p in zip(ids, task.cohort) if p["y"][0] == 1][:3]
     assert task.baseline(one, test) is None
+
+
+def test_resume_refuses_another_init_model(tmp_path, base_model):
+    other = tmp_path / "other"
+    res, _ = drive(engine.train(tiny_cfg(name="phantom-other", train={"epochs": 1}), other,
+                                device="cpu"))
+    cfg = tiny_cfg(name="ft", init=str(base_model), train={"epochs": 2})
+    tok = CancelToken()
+    gen = engine.train(cfg, tmp_path / "run", device="cpu", cancel=tok)
+    with pytest.raises(Cancelled):
+        for it in gen:
+            if getattr(it, "epoch_end", False):
+                tok.cancel()
+    with pytest.raises(ConfigError, match="another config"):
+        drive(engine.train(dict(cfg, init=str(res.model_path)), tmp_path / "run",
+                           device="cpu", resume=True))
+    r2, _ = drive(engine.train(cfg, tmp_path / "run", device="cpu", resume=True))
+    assert json.loads(r2.card_path.read_text())["fine_tuned_from"]["name"] == "phantom-base"
+
+
+def test_a_config_describing_another_network_than_the_init_is_refused(tmp_path, base_model):
+    cfg = tiny_cfg(init=str(base_model), model={"width": 8})       # the base has width 4
+    with pytest.raises(ConfigError, match="width: 4 in the model, 8 here"):
+        drive(engine.train(cfg, tmp_path / "r", device="cpu"))
+
+
+def test_a_fine_tuned_model_may_not_replace_its_init_or_hide_a_shipped_model(
+        tmp_path, base_model, monkeypatch):
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    for name, what in (("phantom-base", "replace the model it starts from"),
+                       ("predict_mil_roi", "hide the shipped model")):
+        cfg = tiny_cfg(name=name, init=str(base_model), train={"epochs": 1})
+        with pytest.raises(ConfigError, match=what):
+            drive(engine.train(cfg, tmp_path / name, device="cpu", install=True))
+        assert not (tmp_path / name / "checkpoint.safetensors").exists()
+    # not installed: the run may keep the name
+    res, _ = drive(engine.train(tiny_cfg(name="phantom-base", init=str(base_model),
+                                         train={"epochs": 1}), tmp_path / "ok", device="cpu"))
+    assert res.installed_path is None
+
+
+def test_a_freeze_pattern_that_names_nothing_is_refused(tmp_path, base_model):
+    cfg = tiny_cfg(init=str(base_model), train={"epochs": 1, "freeze": ["members.*.encoders"]})
+    with pytest.raises(ConfigError, match="names no parameter"):
+        drive(engine.train(cfg, tmp_path / "r", device="cpu"))
+
+
+def test_a_missing_init_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="model file not found"):
+        drive(engine.train(tiny_cfg(init=str(tmp_path / "nope.safetensors")), tmp_path / "r",
+                           device="cpu"))
+
+
+@pytest.mark.parametrize("config,model", [
+    ("segmentation_lgg_xxlong", "seg_lgg_segresnet2d"), ("synthesis", "synth_seq2seq2d"),
+    ("triage_resnet", "triage_resnet"), ("triage_vit", "triage_vit"),
+    ("segmentation_brats", "seg_brats_segresnet"),
+    ("segmentation_brats_attunet", "seg_brats_attunet"),
+    ("segmentation_brats_attunet2mm", "seg_brats_attunet2mm"),
+    ("prediction_cnn3d", "predict_cnn3d"), ("prediction_mil", "predict_mil"),
+    ("prediction_mil_roi", "predict_mil_roi")])
+def test_every_shipped_model_is_accepted_by_the_config_family_that_made_it(config, model):
+    """No false refusal: the input and network checks pass for each shipped model with its
+    own config (free-text descriptions worded differently are not a mismatch)."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config(config, init=model)
+    path, card = TASKS[cfg["task"]](cfg).init_model()
+    assert path.stem == model
+
+
+def test_a_config_of_another_network_family_is_refused():
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config("segmentation_brats_attunet", init="seg_brats_segresnet")
+    with pytest.raises(ConfigError, match="segresnet_3d in the model, .*attention_unet_3d here"):
+        TASKS[cfg["task"]](cfg).init_model()
+
+
+def test_engine_cards_show_their_cv_auc_and_whether_it_is_held_out(capsys):
+    """The prediction JSON / widgets read an engine card's CV table (``metrics.cv``), and a
+    fine-tuned model whose init saw test patients is marked, also by `radiogen models`."""
+    from napari_radiogen.cli_cmds.models import _headline
+    from napari_radiogen.core.predict import card_summary
+    cv = {"auc_idh": {"mean": 0.81, "ci95": [0.7, 0.9]}, "c_index": {"mean": 0.66},
+          "auc": {"mean": 0.81, "ci95": [0.7, 0.9]}}
+    card = {"name": "m", "task": "prediction", "metrics": {"cv": cv, "protocol": "p"}}
+    s = card_summary(card)
+    assert s["validated"]["idh"]["auc_mean"] == 0.81 and s["c_index"] == 0.66
+    assert s["held_out"] is True and "not held-out" not in _headline(card)
+    card["fine_tuned_from"] = {"name": "predict_mil_roi", "test_patients_seen": ["a"]}
+    assert card_summary(card)["held_out"] is False
+    assert "not held-out: fine-tuned from predict_mil_roi" in _headline(card)

@@ -113,6 +113,8 @@ def test_widget_fine_tunes_an_installed_model_of_the_same_kind(make_napari_viewe
     assert "predict_mil_roi" in w.init.itemText(0) and w.init.itemData(0) is None
     datas = [w.init.itemData(k) for k in range(w.init.count())]
     assert "" in datas and "predict_mil_roi" in datas and "seg_lgg_segresnet2d" not in datas
+    # prediction models fed other inputs (whole-brain slices, volumes) are not offered
+    assert "predict_mil" not in datas and "predict_cnn3d" not in datas
     # the phantom config: the installed phantom model is offered
     w.set_config(dict(small, name="phantom-ft"), "phantom")
     datas = [w.init.itemData(k) for k in range(w.init.count())]
@@ -127,3 +129,6 @@ def test_widget_fine_tunes_an_installed_model_of_the_same_kind(make_napari_viewe
     assert w.result is not None, w.status.text()
     card = json.loads(w.result.card_path.read_text())
     assert card["fine_tuned_from"]["name"] == "phantom-base"
+    # same seed and patients as the base run: its test patients were held out from it too
+    assert not card["fine_tuned_from"]["test_patients_seen"]
+    assert "not held-out" not in w.status.text()

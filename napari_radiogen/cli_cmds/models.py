@@ -10,6 +10,13 @@ def add_arguments(p) -> None:
 
 
 def _headline(card) -> str:
+    seen = (card.get("fine_tuned_from") or {}).get("test_patients_seen")
+    h = _metric(card)
+    return f"{h} (not held-out: fine-tuned from {card['fine_tuned_from'].get('name')})" \
+        if h and seen else h
+
+
+def _metric(card) -> str:
     cv = ((card.get("metrics") or {}).get("cv")) or {}
     for k in ("auc", "dice", "c_index", "psnr", "accuracy", "score"):
         v = cv.get(k)

@@ -38,6 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="override the config's data folder (your cohort)")
     p.add_argument("--labels", help="override the config's labels CSV (see below)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--name", help="name of the produced model (overrides the config's name; "
+                   "the installed model appears under it)")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model (a name from `radiogen models` or a "
                         ".safetensors file); overrides the config's init")
@@ -86,7 +88,7 @@ def run(args) -> int:
     rank = env_world().rank
     install = args.install if args.install is not None else not args.limit
     from ..core.train.config import load_config
-    cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init)
+    cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init, name=args.name)
     gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
                 resume=args.resume, folds=args.folds, install=install and rank == 0,
                 max_minutes=args.max_minutes)
@@ -131,6 +133,11 @@ def run(args) -> int:
     print(f"report: {result.report_path}")
     if result.installed_path:
         print(f"installed: {result.installed_path}")
+    origin = (result.card or {}).get("fine_tuned_from") or {}
+    if origin.get("test_patients_seen"):
+        print(f"note: fine-tuned from {origin['name']}, which had trained on "
+              f"{len(origin['test_patients_seen'])} of the test patients: the metrics below "
+              "are not held-out estimates")
     for k, v in result.cv_summary.items():
         if v.get("mean") is not None:
             lo, hi = v["ci95"]

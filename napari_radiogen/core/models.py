@@ -212,6 +212,8 @@ def find_model(name_or_path: str, task: Optional[str] = None) -> Path:
     p = Path(name_or_path)
     if p.suffix and p.exists():
         return p
+    if p.suffix in (".safetensors", ".pt", ".pth") or len(p.parts) > 1:
+        raise ModelFileError(f"{name_or_path}: model file not found")
     for d in _dirs():
         cand = d / f"{name_or_path}.safetensors"
         if cand.exists():

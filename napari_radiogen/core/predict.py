@@ -418,12 +418,21 @@ def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
     m = card.get("metrics") or {}
     auc = {t: {k: m.get(t, {}).get(k) for k in ("auc_mean", "auc_ci95", "brier")}
            for t in CLASSES if isinstance(m.get(t), dict)}
+    cv = m.get("cv") or {}          # cards written by the training engine
+    for t in CLASSES:
+        v = cv.get(f"auc_{t}")
+        if t not in auc and isinstance(v, dict) and v.get("mean") is not None:
+            auc[t] = {"auc_mean": v["mean"], "auc_ci95": v.get("ci95"), "brier": None}
+    c_index = (m.get("survival") or {}).get("c_index_mean")
+    if c_index is None and isinstance(cv.get("c_index"), dict):
+        c_index = cv["c_index"].get("mean")
+    seen = ((card.get("fine_tuned_from") or {}).get("test_patients_seen") or [])
     return {"name": card.get("name"), "task": card.get("task"),
             "architecture": (card.get("architecture") or {}).get("builder"),
             "sequences": card.get("sequences"),
             "required_sequences": card.get("required_sequences"),
             "uses_clinical": bool((card.get("clinical") or {}).get("used")),
-            "validated": auc, "c_index": (m.get("survival") or {}).get("c_index_mean"),
+            "validated": auc, "c_index": c_index, "held_out": not seen,
             "protocol": m.get("protocol"), "date": card.get("date")}
 
 

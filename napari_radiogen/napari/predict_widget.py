@@ -184,8 +184,10 @@ class PredictionWidget(QWidget):
             p = res.tasks[t].get(pos, list(res.tasks[t].values())[-1])
             sd = res.uncertainty.get(t, {}).get("sd", 0.0)
             v = val.get(t) or {}
+            held = (res.card or {}).get("held_out", True)
             auc = (f"; CV AUC {v['auc_mean']:.2f}"
                    + (f" [{v['auc_ci95'][0]:.2f}-{v['auc_ci95'][1]:.2f}]" if v.get("auc_ci95") else "")
+                   + ("" if held else " (not held-out)")
                    if v.get("auc_mean") is not None else "")
             self.task_labels[t].setText(f"{p:.2f} \u00b1 {sd:.2f}{auc}")
         if res.risk is not None:

@@ -31,6 +31,7 @@ class TrainInputs:
     #: fine-tuning: a model name or file to start from; None = the config's ``init`` (if any),
     #: "" = from scratch even when the config names one
     init: Optional[str] = None
+    name: Optional[str] = None       # overrides the config's model name
 
     def factory(self):
         from ..core.train.config import load_config
@@ -42,6 +43,8 @@ class TrainInputs:
             over["labels"] = self.labels
         if self.init:
             over["init"] = self.init
+        if self.name:
+            over["name"] = self.name
         cfg = load_config(self.config, **over)
         if self.init == "":
             cfg.pop("init", None)
@@ -244,6 +247,10 @@ class TrainingWidget(QWidget):
         self.limit.setRange(0, 100000)
         self.limit.setSpecialValueText("all patients")
         form.addRow("limit patients", self.limit)
+        self.model_name = QLineEdit()
+        self.model_name.setPlaceholderText("from the config")
+        self.model_name.setToolTip("name of the produced (and installed) model")
+        form.addRow("model name", self.model_name)
         self.out_dir = QLineEdit()
         self.out_dir.setPlaceholderText("new folder under the user runs folder")
         form.addRow("run folder", self.out_dir)
@@ -323,8 +330,31 @@ class TrainingWidget(QWidget):
             self.init.addItem("from scratch", "")
         if task is None:
             return
+        probe = self._probe_task(task)
         for m in list_models(task.model_task):
+            if probe is not None and not self._compatible(probe, m["card"]):
+                continue
             self.init.addItem(f"fine-tune {m['name']} ({m['origin']})", m["name"])
+
+    def _probe_task(self, task_cls):
+        """The selected config's task object (for the input checks; None if unreadable)."""
+        try:
+            from ..core.train.config import load_config
+            cfg = self.config.currentData()
+            cfg = load_config(dict(cfg) if isinstance(cfg, dict) else cfg)
+            cfg.pop("init", None)
+            return task_cls(cfg)
+        except Exception:
+            return None
+
+    @staticmethod
+    def _compatible(task, card) -> bool:
+        """A model the engine would accept as ``init`` for ``task`` (same input, same
+        network): the list offers no model that is always refused."""
+        try:
+            return not task.init_mismatches(card) and not task.architecture_conflicts(card)
+        except Exception:
+            return True
 
     @staticmethod
     def _path_row(form, label: str, browse, placeholder: str) -> QLineEdit:
@@ -370,7 +400,8 @@ class TrainingWidget(QWidget):
                            device=self.device.currentText(),
                            epochs=self.epochs.value() or None, folds=self.folds.currentData(),
                            limit=self.limit.value() or None, resume=resume,
-                           install=self.install.isChecked(), init=self.init.currentData())
+                           install=self.install.isChecked(), init=self.init.currentData(),
+                           name=self.model_name.text().strip() or None)
 
     # -- run ------------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
@@ -427,7 +458,13 @@ class TrainingWidget(QWidget):
         summ = ", ".join(f"{k} {v['mean']:.3f}" for k, v in (res.cv_summary or {}).items()
                          if v.get("mean") is not None and k != "score")
         inst = f"; installed as {res.installed_path.stem}" if res.installed_path else ""
-        self.status.setText(f"done: {res.model_path}{inst}\nreport: {res.report_path}\n{summ}")
+        origin = (res.card or {}).get("fine_tuned_from") or {}
+        caveat = (f"\nnot held-out: {origin['name']} had trained on "
+                  f"{len(origin['test_patients_seen'])} of the test patients"
+                  if origin.get("test_patients_seen") else "")
+        self.status.setText(f"done: {res.model_path}{inst}\nreport: {res.report_path}\n{summ}"
+                            f"{caveat}")
+        self._fill_init()           # a model the run installed can be fine-tuned next
 
     def _on_error(self, exc) -> None:
         from ..core.errors import Cancelled

@@ -88,7 +88,9 @@ def classification_section(preds: List[Dict[str, Any]], fig_dir: Path
     res: Dict[str, Any] = {}
     parts: List[str] = []
     for target, ps in _group_predictions(preds).items():
-        ps = [p for p in ps if p.get("y_true") is not None and p.get("y_prob") is not None]
+        # a missing label (None, or -1 in the flat rows of the multi-task models) is no class
+        ps = [p for p in ps if p.get("y_true") is not None and p.get("y_prob") is not None
+              and int(p["y_true"]) >= 0]
         if not ps:
             continue
         y = np.asarray([int(p["y_true"]) for p in ps])
@@ -297,7 +299,15 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
                     f"{html.escape(str(card.get('date')))}, code {html.escape(str(card.get('code_version')))}"
                     f"<br>protocol: {html.escape(str((card.get('metrics') or {}).get('protocol', '')))}"
                     f"<br>shipped model: {html.escape(json.dumps(card.get('final_model')))}</p>")
-    body.append("<h2>Held-out metrics</h2>" + _cv_table(summary or {}, baseline))
+    origin = (card or {}).get("fine_tuned_from") or {}
+    if origin:
+        seen = origin.get("test_patients_seen") or []
+        body.append(f"<p>fine-tuned from <b>{html.escape(str(origin.get('name')))}</b> "
+                    f"(sha256 {html.escape(str(origin.get('sha256', ''))[:12])}), which had "
+                    f"trained on {len(seen)} of the test patients</p>")
+    heading = ("Cross-validation metrics (NOT held-out: the starting model had trained on "
+               "test patients)" if origin.get("test_patients_seen") else "Held-out metrics")
+    body.append(f"<h2>{heading}</h2>" + _cv_table(summary or {}, baseline))
     data: Dict[str, Any] = {"title": title, "summary": summary, "baseline": baseline,
                             "folds": [{k: v for k, v in f.items() if k != "predictions"}
                                       for f in folds],

@@ -54,7 +54,7 @@ def _jsonable(v: Any) -> Any:
 
 def _short(v: Any) -> str:
     t = str(v)
-    return t if len(t) <= 60 else t[:57] + "..."
+    return t if len(t) <= 100 else t[:97] + "..."
 
 
 @dataclass
@@ -106,6 +106,8 @@ class TrainTask(ABC):
     #: what the network is fed (channel order, grid, intensity normalisation, input kind)
     INIT_KEYS = ("sequences", "spacing_mm", "input_size", "normalisation", "input.kind",
                  "input.window", "input.depth")
+    #: of those, the ones some cards give as prose (compared only when structured)
+    FREE_TEXT_KEYS = ("input_size", "normalisation")
 
     def init_model(self) -> Optional[Tuple[Any, Dict[str, Any]]]:
         """``(path, card)`` of the config's ``init`` model, checked (None without ``init``)."""
@@ -129,17 +131,58 @@ class TrainTask(ABC):
                 raise ConfigError(
                     f"init: {path.stem} was trained on other inputs than task {self.name} "
                     f"builds ({'; '.join(bad)}); pick a config of the same input kind")
+            bad = self.architecture_conflicts(card)
+            if bad:
+                raise ConfigError(
+                    f"init: the config's model section describes another network than "
+                    f"{path.stem} ({'; '.join(bad)}); fine-tuning keeps the init model's "
+                    "architecture: remove those model keys or make them match")
             self._init = (path, card)
         return self._init
 
+    def architecture_conflicts(self, card: Dict[str, Any]) -> List[str]:
+        """Where the config's own architecture contradicts the ``init`` model's (builder, and
+        keyword arguments both give): the card would otherwise describe a network that was
+        not trained (e.g. ``clinical: false`` on a network fed age and sex). A fold ensemble
+        (``build_x_ensemble``) of the config's network (``build_x``) is the same network."""
+        try:
+            mine = self.architecture()
+        except Exception:       # a task that cannot describe its network without data
+            return []
+        theirs = card.get("architecture") or {}
+        b1 = str(mine.get("builder", "")).replace("_ensemble", "")
+        b2 = str(theirs.get("builder", "")).replace("_ensemble", "")
+        if b1 != b2:
+            return [f"builder {theirs.get('builder')} in the model, {mine.get('builder')} here"]
+        k1, k2 = mine.get("kwargs") or {}, theirs.get("kwargs") or {}
+        return [f"{k}: {_short(k2[k])} in the model, {_short(k1[k])} here"
+                for k in sorted(set(k1) & set(k2)) if _jsonable(k1[k]) != _jsonable(k2[k])]
+
+    def init_digest(self) -> Optional[str]:
+        """SHA-256 of the ``init`` model file (None without ``init``): what a run started
+        from, in its card and in the resume check."""
+        init = self.init_model()
+        if init is None:
+            return None
+        if getattr(self, "_init_sha", None) is None:
+            import hashlib
+            h = hashlib.sha256()
+            with open(init[0], "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            self._init_sha = h.hexdigest()
+        return self._init_sha
+
     def init_mismatches(self, card: Dict[str, Any]) -> List[str]:
         """Differences between ``card`` and this task's own card on :attr:`INIT_KEYS` (keys
-        absent from either side are not compared)."""
+        absent from either side are not compared, nor free-text descriptions: two wordings
+        of one normalisation are not a mismatch; structured values and versions are)."""
         mine = self.card_fields()
         out = []
         for key in self.INIT_KEYS:
             a, b = _dig(card, key), _dig(mine, key)
-            if a is None or b is None:
+            if a is None or b is None or (key in self.FREE_TEXT_KEYS and isinstance(a, str)
+                                          and isinstance(b, str)):
                 continue
             if isinstance(a, dict) and isinstance(b, dict) and "version" in a and "version" in b:
                 a, b = a["version"], b["version"]

@@ -151,9 +151,11 @@ def config_changes(saved: Path, cfg: Dict[str, Any]) -> List[str]:
             if a.get(k) != b.get(k)]
 
 
-def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any]) -> str:
+def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any],
+               init_sha: Optional[str] = None) -> str:
     key = json.dumps({"plan": [{k: p[k] for k in ("train", "val", "test")} for p in plan],
                       "task": cfg["task"], "model": cfg.get("model"),
+                      **({"init": init_sha} if init_sha else {}),
                       "batch": cfg["train"]["batch_size"], "epochs": cfg["train"]["epochs"],
                       "final": cfg.get("final")}, sort_keys=True, default=str)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -200,6 +202,7 @@ class _Run:
         self.step_time = None            # EMA seconds per step
         self.history: List[Dict[str, Any]] = []
         self.samples_per_epoch: List[int] = []
+        self.origin: Optional[Dict[str, Any]] = None     # fine_tuned_from (with ``init``)
         self.log_path = out_dir / "train.log"
 
     def log(self, msg: str) -> None:
@@ -258,6 +261,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
     loader, sampler = _make_loader(run, train_ds, True, seed, weights)
     model = task.make_model()
     if tcfg.get("freeze"):
+        _check_freeze_patterns(model, list(tcfg["freeze"]))
         task.freeze(model, list(tcfg["freeze"]))
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("train.freeze froze every parameter; nothing left to train")
@@ -422,6 +426,21 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                    "n_val": len(stage["val"])}
 
 
+def _check_freeze_patterns(model, spec) -> None:
+    """Every ``train.freeze`` prefix / pattern must name some parameter (a stage number is
+    the task's business): a typo, or a single network given an ensemble's pattern, would
+    otherwise train what the config says is frozen."""
+    from fnmatch import fnmatchcase
+    names = [n for n, _ in model.named_parameters()]
+    for s in spec:
+        if isinstance(s, int) or str(s).isdigit():
+            continue
+        if not any(n.startswith(s) or ("*" in s and fnmatchcase(n, s + "*")) for n in names):
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})[:8]
+            raise ConfigError(f"train.freeze: {s!r} names no parameter of this network "
+                              f"(its parameters start with e.g. {', '.join(tops)})")
+
+
 def _train_mode(net) -> None:
     """``net.train()``, but normalisation layers whose parameters are all frozen stay in eval
     mode: a frozen (fine-tuned) block keeps the running statistics it was trained with, and
@@ -449,7 +468,8 @@ def _save_fold_model(run: _Run, model, path: Path, stage, best) -> None:
                     run.task.model_task, run.task.model_architecture(), **run.task.card_fields(),
                     training_data={"patients": list(stage["train"]),
                                    "validation": list(stage["val"])},
-                    fold=stage["fold"] + 1, best=best)
+                    fold=stage["fold"] + 1, best=best,
+                    **({"fine_tuned_from": run.origin} if run.origin else {}))
     save_model(path, model.state_dict(), card)
 
 
@@ -487,6 +507,9 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                         + (f" (DDP {dist.world_size} processes)" if dist.enabled else ""),
                         phase="prepare")
     task: TrainTask = TASKS[cfg["task"]](cfg)
+    task.init_model()                # a bad init is refused before any data is read
+    if install and task.init_model() is not None:
+        _check_install_name(task, cfg)
     records = task.patients()
     if not records:
         raise ConfigError(f"task {cfg['task']}: no patients found in {cfg.get('data')}")
@@ -506,7 +529,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
             f"fine-tuning from {origin['name']}" + (
                 f"; warning: it had trained on {len(seen)} of the test patients, so the CV "
                 "metrics will not be held-out estimates" if seen else "")))
-    phash = _plan_hash(plan, cfg)
+    phash = _plan_hash(plan, cfg, task.init_digest())
     state_prev = None
     if out.exists() and (out / ckpt.CHECKPOINT).exists() and not resume:
         raise ConfigError(f"{out} already holds a run; use --resume to continue it or choose "
@@ -531,6 +554,12 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     ddp.barrier(dist)
 
     run = _Run(cfg, task, out, dev, dist, cancel)
+    run.origin = origin
+    if origin and dist.is_main:
+        run.log(f"fine-tuning from {origin['name']} (sha256 {origin['sha256'][:12]}); it had "
+                f"trained on {len(origin['test_patients_seen'])} of the test patients"
+                + (": the CV metrics are not held-out estimates"
+                   if origin["test_patients_seen"] else ""))
     n_folds = len(plan)
     ep = int(cfg["train"]["epochs"])
     bs = int(cfg["train"]["batch_size"])
@@ -645,11 +674,37 @@ def fine_tune_origin(task: TrainTask, test_ids: List[str]) -> Optional[Dict[str,
     if init is None:
         return None
     path, card = init
-    td = card.get("training_data") or {}
-    seen = set(td.get("patients") or []) | set(td.get("cohort") or [])
-    return {"name": card.get("name", path.stem), "file": path.name,
-            "code_version": card.get("code_version"), "date": card.get("date"),
+    seen = set(init_patients(task))
+    return {"name": card.get("name", path.stem), "file": str(path),
+            "sha256": task.init_digest(), "code_version": card.get("code_version"),
+            "date": card.get("date"), "n_patients_trained": len(seen),
             "test_patients_seen": sorted(seen & set(test_ids))}
+
+
+def _check_install_name(task: TrainTask, cfg: Dict[str, Any]) -> None:
+    """A fine-tuned model is installed under the run's name: it may not replace the model it
+    starts from, nor hide a shipped model of the same name."""
+    from ..models import SHIPPED_DIR
+    name = str(cfg.get("name") or task.name)
+    path, card = task.init_model()
+    what = None
+    if name in (path.stem, card.get("name")):
+        what = f"would replace the model it starts from ({path.stem})"
+    elif (SHIPPED_DIR / f"{name}.safetensors").exists():
+        what = f"would hide the shipped model {name}"
+    if what:
+        raise ConfigError(f"installing the fine-tuned model as {name!r} {what}: give the run "
+                          "its own name (`name:` in the config, `radiogen train --name`, or "
+                          "the Training widget's model name), or do not install it")
+
+
+def init_patients(task: TrainTask) -> List[str]:
+    """The patients whose data trained (or selected) the ``init`` model's weights, from its
+    card (a fine-tuned card already includes those of its own init)."""
+    init = task.init_model()
+    if init is None:
+        return []
+    return list((init[1].get("training_data") or {}).get("patients") or [])
 
 
 def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainResult:
@@ -695,6 +750,9 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
         protocol += f"; smoke run limited to {cfg['_limit']} patients"
     tested = [i for p in plan for i in p["test"]]
     origin = fine_tune_origin(task, tested)
+    # the weights carry what the init model learnt: its patients count as trained on
+    all_trained = list(trained_ids) + ([i for i in init_patients(task) if i not in
+                                        set(trained_ids)] if origin else [])
     if origin and origin["test_patients_seen"]:
         protocol += (f"; fine-tuned from {origin['name']}, which had trained on "
                      f"{len(origin['test_patients_seen'])} of the {len(set(tested))} test "
@@ -705,8 +763,12 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
         name, task.model_task, task.model_architecture(), **fields,
         training_data={"datasets": fields.get("datasets") or cfg.get("data"),
                        # the patients whose data trained (or selected) the shipped weights
-                       "patients": trained_ids,
-                       "n_patients": len(trained_ids),
+                       "patients": all_trained,
+                       "n_patients": len(all_trained),
+                       **({"fine_tuning_patients": trained_ids,
+                           "init_patients": "the patients of the init model's card "
+                                            "(fine_tuned_from) are included in 'patients'"}
+                          if origin else {}),
                        # every patient of the run (the CV cohort)
                        "cohort": [r.patient_id for r in records],
                        "n_cohort": len(records)},
