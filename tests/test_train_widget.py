@@ -110,6 +110,8 @@ def test_widget_fine_tunes_an_installed_model_of_the_same_kind(make_napari_viewe
     i = next(k for k in range(w.config.count())
              if str(w.config.itemData(k)).endswith("prediction_mil_roi_finetune.yaml"))
     w.config.setCurrentIndex(i)
+    # the models are checked off the main thread, then listed
+    qtbot.waitUntil(lambda: w.init_listed_gen == w._init_gen, timeout=30_000)
     assert "predict_mil_roi" in w.init.itemText(0) and w.init.itemData(0) is None
     datas = [w.init.itemData(k) for k in range(w.init.count())]
     assert "" in datas and "predict_mil_roi" in datas and "seg_lgg_segresnet2d" not in datas
@@ -117,6 +119,7 @@ def test_widget_fine_tunes_an_installed_model_of_the_same_kind(make_napari_viewe
     assert "predict_mil" not in datas and "predict_cnn3d" not in datas
     # the phantom config: the installed phantom model is offered
     w.set_config(dict(small, name="phantom-ft"), "phantom")
+    qtbot.waitUntil(lambda: w.init_listed_gen == w._init_gen, timeout=30_000)
     datas = [w.init.itemData(k) for k in range(w.init.count())]
     assert "phantom-base" in datas and "predict_mil_roi" not in datas
     w.init.setCurrentIndex(datas.index("phantom-base"))

@@ -63,6 +63,11 @@ def _fmt_s(s: Optional[float]) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+class _InitLister(QObject):
+    """Carries the 'start from' model list from its worker thread to the widget."""
+    listed = Signal(int, object)
+
+
 class _Curves(QObject):
     """Loss (left) and validation score (right) per epoch, drawn by matplotlib.
 
@@ -221,6 +226,10 @@ class TrainingWidget(QWidget):
         self.config.activated.connect(self._config_chosen)
         form.addRow("config / task", self.config)
         self.init = QComboBox()
+        self._init_gen = 0
+        self.init_listed_gen = 0          # the last listing shown (tests wait on it)
+        self._lister = _InitLister(self)
+        self._lister.listed.connect(self._init_listed)
         self.init.setToolTip("fine-tune: start from a trained model of the same kind (its "
                              "architecture and weights); the input it expects is checked "
                              "before training")
@@ -328,19 +337,37 @@ class TrainingWidget(QWidget):
         self.init.addItem(f"as the config says ({own or 'from scratch'})", None)
         if own:
             self.init.addItem("from scratch", "")
+        self._init_gen += 1
         if task is None:
             return
-        probe = self._probe_task(task)
-        for m in list_models(task.model_task):
-            if probe is not None and not self._compatible(probe, m["card"]):
-                continue
-            self.init.addItem(f"fine-tune {m['name']} ({m['origin']})", m["name"])
+        gen, cfg = self._init_gen, self.config.currentData()
 
-    def _probe_task(self, task_cls):
-        """The selected config's task object (for the input checks; None if unreadable)."""
+        def work():          # off the main thread: some tasks read their data for the check
+            items = []
+            try:
+                probe = self._probe_task(task, cfg)
+                for m in list_models(task.model_task):
+                    if probe is None or self._compatible(probe, m["card"]):
+                        items.append((f"fine-tune {m['name']} ({m['origin']})", m["name"]))
+            finally:
+                try:
+                    self._lister.listed.emit(gen, items)
+                except RuntimeError:          # the widget was closed meanwhile
+                    pass
+        threading.Thread(target=work, daemon=True, name="radiogen-init-models").start()
+
+    def _init_listed(self, gen: int, items) -> None:
+        if gen != self._init_gen:             # the config changed meanwhile
+            return
+        for label, name in items:
+            self.init.addItem(label, name)
+        self.init_listed_gen = gen
+
+    @staticmethod
+    def _probe_task(task_cls, cfg):
+        """The config's task object (for the input checks; None if unreadable)."""
         try:
             from ..core.train.config import load_config
-            cfg = self.config.currentData()
             cfg = load_config(dict(cfg) if isinstance(cfg, dict) else cfg)
             cfg.pop("init", None)
             return task_cls(cfg)
