@@ -152,6 +152,39 @@ def run_cv(args):
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
 
 
+def ensemble_records(out, a: str, b: str) -> int:
+    """Late fusion of two finished models of the same ``--out`` (same folds and seeds): for
+    each (seed, fold) both scored, the mean of their probabilities per task and the mean of
+    their within-fold standardised risks; written as model ``ens_A+B``. Equal weights, fixed
+    before any ensemble was scored (no weight is fitted, so no test fold is used for a
+    choice). Returns the number of fold records written."""
+    out = Path(out)
+    recs = {(r["model"], r["seed"], r["fold"]): r for r in
+            (json.loads(f.read_text()) for f in (out / "folds").glob("*.json"))}
+    name, n = f"ens_{a}+{b}", 0
+    for (m, seed, fold), ra in sorted(recs.items()):
+        rb = recs.get((b, seed, fold))
+        if m != a or rb is None:
+            continue
+        if ra["test_ids"] != rb["test_ids"]:
+            raise SystemExit(f"{a} and {b} have other test patients in seed {seed} fold {fold}")
+
+        def z(v):
+            v = np.asarray(v, float)
+            return (v - v.mean()) / (v.std() + 1e-9)
+        rec = {"model": name, "seed": seed, "fold": fold, "test_ids": ra["test_ids"],
+               "train_ids": ra["train_ids"], "seconds": 0.0,
+               "probs": {t: [float(v) for v in (np.asarray(ra["probs"][t])
+                                                + np.asarray(rb["probs"][t])) / 2]
+                         for t in ra["probs"]},
+               "risk": (None if ra.get("risk") is None or rb.get("risk") is None else
+                        [float(v) for v in (z(ra["risk"]) + z(rb["risk"])) / 2]),
+               "info": {"members": [a, b], "fusion": "mean probability; mean z-scored risk"}}
+        (out / "folds" / f"{name}_s{seed}_f{fold}.json").write_text(json.dumps(rec))
+        n += 1
+    return n
+
+
 def radiomics_features(args, cohort, log=log, expert: bool = False):
     """The radiomics feature table of the cohort (out-of-fold predicted masks of the
     segmentation CV run ``--seg-run``; ``expert``: inside the expert masks instead, the upper
@@ -856,6 +889,9 @@ def main(argv=None):
     ap.add_argument("--record-radiomics-alternative", metavar="DIR",
                     help="only record a finished --models radiomics run (another --seg-run, same "
                          "folds) in the shipped predict_radiomics card; weights unchanged")
+    ap.add_argument("--ensemble", nargs=2, metavar=("A", "B"), default=None,
+                    help="score the equal-weight late fusion of two finished models of --out "
+                         "(mean probability, mean z-scored risk) as model ens_A+B")
     ap.add_argument("--weights-dir", default=str(ROOT / "napari_radiogen" / "weights"),
                     help="where --ship writes the models (default: the package's weights)")
     args = ap.parse_args(argv)
@@ -865,6 +901,9 @@ def main(argv=None):
         return 0
     if not args.summarise_only:
         run_cv(args)
+    if args.ensemble:
+        print(f"ensemble {'+'.join(args.ensemble)}: "
+              f"{ensemble_records(args.out, *args.ensemble)} fold records")
     summary = summarise(args)
     if "mil_roi" in args.models and (args.ship or args.summarise_only):
         window_from_segmentation(args)
