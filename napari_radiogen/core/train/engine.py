@@ -290,6 +290,9 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
 
     start_epoch = 1
     best = {"score": None, "epoch": 0}
+    # progress label: the final retrain on all patients is not one of the CV folds
+    where = ("final model (all patients)" if stage.get("final")
+             else f"fold {fold + 1}/{n_folds}")
     bad = 0
     best_path = run.out / "folds" / f"fold{fold + 1}_best.safetensors"
     if resume_state is not None:
@@ -343,7 +346,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                 run.step_time = dt if run.step_time is None else 0.9 * run.step_time + 0.1 * dt
                 run.steps_done += 1
                 yield TrainProgress(stage="train", done=run.steps_done, total=run.steps_total,
-                                    message=f"fold {fold + 1}/{n_folds} epoch {epoch}/{epochs} "
+                                    message=f"{where} epoch {epoch}/{epochs} "
                                             f"step {step}/{steps_per_epoch}",
                                     phase="train", fold=fold, n_folds=n_folds, epoch=epoch,
                                     epochs=epochs, step=step, steps=steps_per_epoch,
@@ -401,7 +404,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
         # seconds per step including validation and checkpointing, for the ETA
         run.step_time = (time.monotonic() - t_epoch) / max(1, n_steps)
         yield TrainProgress(stage="epoch", done=run.steps_done, total=run.steps_total,
-                            message=f"fold {fold + 1}/{n_folds} epoch {epoch}/{epochs} "
+                            message=f"{where} epoch {epoch}/{epochs} "
                                     f"loss {epoch_loss:.4f}"
                                     + (f" best {best['score']:.4f}" if best["score"] is not None
                                        else ""),
