@@ -12,15 +12,7 @@ from napari_radiogen.core.progress import CancelToken  # noqa: E402
 from napari_radiogen.core.models import load_state_dict_file  # noqa: E402
 from napari_radiogen.core.train import engine  # noqa: E402
 
-from test_train_engine import drive, tiny_cfg  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_train_engine import _threads, drive, tiny_cfg  # noqa: E402,F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

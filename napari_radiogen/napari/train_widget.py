@@ -302,28 +302,18 @@ class TrainingWidget(QWidget):
                 self.config.insertItem(0, Path(path).name, path)
                 self.config.setCurrentIndex(0)
 
-    def _config_task(self) -> Optional[str]:
-        """The training task of the selected config (None when it cannot be read)."""
+    def _config_key(self, key: str) -> Optional[str]:
+        """A top-level key (``task``, ``init``) of the selected config, read without
+        loading it (None when it cannot be read)."""
         cfg = self.config.currentData()
         if isinstance(cfg, dict):
-            return cfg.get("task")
+            return cfg.get(key)
         if not cfg or cfg == "__browse__":
             return None
         try:
             import yaml
             from ..core.train.config import find_config
-            return (yaml.safe_load(find_config(cfg).read_text()) or {}).get("task")
-        except Exception:
-            return None
-
-    def _config_init(self) -> Optional[str]:
-        cfg = self.config.currentData()
-        if isinstance(cfg, dict):
-            return cfg.get("init")
-        try:
-            import yaml
-            from ..core.train.config import find_config
-            return (yaml.safe_load(find_config(cfg).read_text()) or {}).get("init")
+            return (yaml.safe_load(find_config(cfg).read_text()) or {}).get(key)
         except Exception:
             return None
 
@@ -331,8 +321,8 @@ class TrainingWidget(QWidget):
         """'start from': the config's choice, scratch, or a model the selected task trains."""
         from ..core.models import list_models
         from ..core.train.base import TASKS
-        task = TASKS.get(self._config_task() or "")
-        own = self._config_init()
+        task = TASKS.get(self._config_key("task") or "")
+        own = self._config_key("init")
         self.init.clear()
         self.init.addItem(f"as the config says ({own or 'from scratch'})", None)
         if own:
