@@ -697,6 +697,103 @@ def ship(args, summary):
         print(f"shipped {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
+SHIPPED_NAME = {"mil": "predict_mil", "mil_roi": "predict_mil_roi", "cnn3d": "predict_cnn3d",
+                "radiomics": "predict_radiomics"}
+
+
+def member_risk_scale(members, data, log=log):
+    """Mean and SD of each shipped member's OS risk over the packs (the members' training
+    patients): the scale on which :class:`src_models.fusion.LateFusion` averages them. Each
+    pack is segmented once (the members' shared segmentation)."""
+    from napari_radiogen.core import predict as Pr
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.progress import run
+    lms = [load_model(m, task=Pr.TASK) for m in members]
+    seg_card = next((lm.card for lm in lms if Pr.uses_segmentation(lm.card)), None)
+    risks = {m: [] for m in members}
+    for f in sorted(Path(data).glob("*.h5")):
+        case = load_case(f)
+        seg = None
+        if seg_card is not None:
+            seg, _ = run(Pr.tumour_labels(case, seg_card, "cpu", None, None, "", []))
+        for m, lm in zip(members, lms):
+            r = run(Pr.predict(case, lm, device="cpu", segmentation=seg))
+            risks[m].append(r.risk)
+    log(f"member risks over {len(risks[members[0]])} packs")
+    return ([float(np.mean(risks[m])) for m in members],
+            [float(np.std(risks[m])) for m in members])
+
+
+def ship_ensemble(args, summary):
+    """Ship ``predict_ensemble``: the late fusion of ``--ensemble A B`` (shipped models
+    predict_A and predict_B), with the CV table of ``ens_A+B`` from this run."""
+    from napari_radiogen.core.models import new_card, read_card, find_model, save_model
+    from napari_radiogen.core.predict import CLASSES
+    from napari_radiogen.core.train.tasks import prediction as P
+    from src_models.fusion import LateFusion
+    a, b = args.ensemble
+    key = f"ens_{a}+{b}"
+    if key not in summary:
+        print(f"not shipping the ensemble: no CV records of {key}")
+        return
+    members = [SHIPPED_NAME[a], SHIPPED_NAME[b]]
+    cards = [read_card(find_model(m)) for m in members]
+    mean, sd = member_risk_scale(members, args.data)
+    module = LateFusion(members, mean, sd)
+    T = P.TASKS
+    metrics = {t: summary[key][t] for t in T}
+    metrics["survival"] = summary[key].get("survival")
+    metrics["protocol"] = summary["protocol"]
+    same = {m: {**{t: round(summary[m][t]["auc_mean"], 4) for t in T},
+                "c_index": (summary[m].get("survival") or {}).get("c_index_mean")}
+            for m in (a, b) if m in summary}
+    seqs = [s for s in ("t1", "flair", "t1ce") if any(s in (c.get("sequences") or [])
+                                                       for c in cards)]
+    patients = sorted({p for c in cards for p in (c.get("training_data") or {}).get(
+        "patients", [])})
+    card = new_card(
+        "predict_ensemble", "prediction",
+        {"builder": "src_models.fusion:late_fusion",
+         "kwargs": {"members": members, "risk_mean": mean, "risk_sd": sd}},
+        description=(f"late fusion of {members[0]} and {members[1]}: the mean of their class "
+                     "probabilities and of their standardised OS risks; one tumour "
+                     "segmentation serves both members"),
+        sequences=seqs, required_sequences=["flair"],
+        optional_sequences=[s for s in seqs if s != "flair"],
+        missing_sequences="as each member handles it (see their cards)",
+        classes=CLASSES, tasks={t: CLASSES[t] for t in T},
+        input={"kind": "ensemble", "members": members,
+               "fusion": "equal weights: mean probability per class; mean of the members' "
+                         "risks standardised by risk_mean / risk_sd"},
+        normalisation="each member's own (see their cards)",
+        clinical={"used": True, "features": ["age and sex, as each member uses them"]},
+        training_data={"datasets": ["TCGA-LGG (Buda et al. 2019 slice packs, 88 patients)"],
+                       "patients": patients,
+                       "risk_scale": "risk_mean / risk_sd: each member's risk over these "
+                                     "patients (in-sample; a scale only, no fitted weight)"},
+        metrics=metrics,
+        members_same_folds=same,
+        baseline={"age_sex_logistic": {**{t: summary["age_sex"][t]["auc_mean"] for t in T},
+                                       "c_index": (summary["age_sex"].get("survival") or {})
+                                       .get("c_index_mean")}} if "age_sex" in summary else None,
+        caveats=[
+            "the CV table is that of the fusion of the members' out-of-fold predictions on the "
+            "same folds and seeds (equal weights fixed beforehand, nothing fitted); the choice "
+            "to ship the fusion was made on those same folds, a mild optimism",
+            "in CV the members' risks were standardised within each test fold; the shipped "
+            "model standardises them with their spread over the training patients",
+            "the members' own caveats apply (domain: TCGA-LGG slice packs)"],
+        citations=CITATIONS[:3],
+        reproduce=(f"the members' runs in one --out (same folds and seeds), then: "
+                   f"python scripts/cv_prediction.py --out DIR --seeds {' '.join(map(str, args.seeds))} "
+                   f"--models age_sex {a} {b} --summarise-only --ensemble {a} {b} --ship "
+                   f"--ship-only ensemble"))
+    path = Path(args.weights_dir) / "predict_ensemble.safetensors"
+    save_model(path, module.state_dict(), card)
+    print(f"shipped {path}")
+
+
 def radiomics_alternative(alt_dir, shipped_metrics, decision: str) -> dict:
     """The card entry of a finished ``--models radiomics`` run with another ``--seg-run`` (same
     folds and seeds), against the shipped forests' CV metrics."""
@@ -909,8 +1006,10 @@ def main(argv=None):
         window_from_segmentation(args)
     if args.ship:
         ship(args, summary)
-        if "radiomics" in args.models:
+        if "radiomics" in args.models and (not args.ship_only or "radiomics" in args.ship_only):
             ship_radiomics(args, summary)
+        if args.ensemble and (not args.ship_only or "ensemble" in args.ship_only):
+            ship_ensemble(args, summary)
     return 0
 
 

@@ -53,3 +53,22 @@ def write_pack(path: Path, case, available=(True, True, True)) -> Path:
         f.attrs["channel_names"] = np.array(names, dtype=object)
         f.attrs["available"] = np.array(available, dtype=bool)
     return path
+
+
+def make_ensemble(name: str, members, risk_mean=None, risk_sd=None) -> Path:
+    """Save a late-fusion model (``src_models.fusion``) of installed/shipped ``members``."""
+    from napari_radiogen.core.models import new_card, save_model, user_models_dir
+    from napari_radiogen.core.predict import CLASSES
+    from src_models.fusion import LateFusion
+    members = list(members)
+    risk_mean = list(risk_mean or [0.0] * len(members))
+    risk_sd = list(risk_sd or [1.0] * len(members))
+    path = user_models_dir() / f"{name}.safetensors"
+    card = new_card(name, "prediction",
+                    {"builder": "src_models.fusion:late_fusion",
+                     "kwargs": {"members": members, "risk_mean": risk_mean, "risk_sd": risk_sd}},
+                    sequences=["t1", "flair", "t1ce"], required_sequences=["flair"],
+                    classes=CLASSES, input={"kind": "ensemble", "members": members},
+                    clinical={"used": True})
+    save_model(path, LateFusion(members, risk_mean, risk_sd).state_dict(), card)
+    return path

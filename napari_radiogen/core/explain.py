@@ -254,6 +254,17 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
     return acc
 
 
+def explained_kind(card: Dict[str, Any]) -> str:
+    """The input kind whose heatmap methods apply to a model: its own, or for a late-fusion
+    ensemble that of its image network (see :func:`explain`)."""
+    from .predict import member_cards
+    kind = (card.get("input") or {}).get("kind", "mil")
+    if kind == "ensemble":
+        return next((k for k in ((c.get("input") or {}).get("kind") for c in member_cards(card))
+                     if k in ("mil", "mil_roi", "volume3d")), kind)
+    return kind
+
+
 def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None,
             target: Optional[str] = None, layer: Optional[str] = None,
             wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
@@ -295,6 +306,22 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                                         segmenting=segmentation is None and inputs is None)
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
+    if kind == "ensemble":
+        # a late fusion has no image of its own: its image network is what a heatmap explains
+        names = list(card["input"].get("members", []))
+        nets = [n for n, c in zip(names, P.member_cards(card))
+                if (c.get("input") or {}).get("kind") in ("mil", "mil_roi", "volume3d")]
+        if not nets:
+            raise ConfigError(f"{lm.name} has no image network whose heatmap could be shown")
+        others = [n for n in names if n != nets[0]]
+        note = (f"{lm.name} is a late fusion of {', '.join(names)}: the heatmap explains its "
+                f"image network {nets[0]}" + (f"; the other member(s) ({', '.join(others)}) "
+                                               "contribute through their own inputs"
+                                               if others else ""))
+        lm = load_model(nets[0], task=P.TASK, device="cpu")
+        card = lm.card
+        kind = (card.get("input") or {}).get("kind", "mil")
+        fallback = "; ".join(v for v in (fallback, note) if v)
     if kind not in KIND_METHODS:
         raise ConfigError(f"{lm.name} is a {kind} model that cannot be explained here")
     method = method or KIND_METHODS[kind][0]

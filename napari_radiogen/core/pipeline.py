@@ -300,8 +300,7 @@ class Analyzer:
             k = stages.index("explain")
             lm = self.explain_model()
             gt = case.labels is not None and case.labels.array.shape == case.geometry.shape
-            kind = (lm.card.get("input") or {}).get("kind", "mil")
-            methods = E.KIND_METHODS.get(kind, ())
+            methods = E.KIND_METHODS.get(E.explained_kind(lm.card), ())
             # a method the model does not have (Grad-CAM for the radiomics model): its own
             method = opts.explain_method if opts.explain_method in methods else None
             if method is None and methods:

@@ -492,6 +492,10 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         yield from _predict_radiomics(case, lm, card, dev, clinical, segmentation,
                                       segmentation_source, warns, cancel, t0)
         return
+    if (card.get("input") or {}).get("kind") == "ensemble":
+        yield from _predict_ensemble(case, lm, card, dev, clinical, segmentation,
+                                     segmentation_source, warns, cancel, t0)
+        return
     kind = (card.get("input") or {}).get("kind", "mil")
     source = None
     if kind == "mil_roi":
@@ -566,6 +570,71 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
                            features_source=source)
 
 
+def member_cards(card: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The cards of an ensemble's member models (``input.members``), in order."""
+    from .models import find_model, read_card
+    return [read_card(find_model(n)) for n in (card.get("input") or {}).get("members", [])]
+
+
+def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_source,
+                      warns, cancel, t0):
+    """Late fusion (``input.kind == "ensemble"``): each member model predicts the case (one
+    tumour segmentation serves every member that needs one), then ``lm.module`` averages
+    their probabilities and their standardised risks."""
+    import time
+    import torch
+
+    names = list(card["input"]["members"])
+    cards = member_cards(card)
+    seg_card = next((c for c in cards if uses_segmentation(c)), None)
+    source = None
+    if seg_card is not None:
+        segmentation, source = yield from tumour_labels(
+            case, seg_card, dev, cancel, segmentation, segmentation_source, warns,
+            stage=("predict", 0, len(names) + 1))
+    results: List[PredictionResult] = []
+    for k, name in enumerate(names):
+        for item in predict(case, name, clinical=clinical, device=dev, cancel=cancel,
+                            segmentation=segmentation,
+                            segmentation_source=f"shared by the ensemble ({source})"):
+            if isinstance(item, PredictionResult):
+                results.append(item)
+            else:
+                yield Progress("predict", k + 1, len(names) + 1, f"{name}: {item.message}")
+    for r in results:
+        warns.extend(f"{r.model}: {w}" for w in r.warnings if f"{r.model}: {w}" not in warns)
+    check(cancel)
+    probs, unc = {}, {}
+    for t, classes in (card.get("classes") or CLASSES).items():
+        if all(t in r.tasks for r in results):
+            probs[t] = torch.tensor([[r.tasks[t][c] for c in classes] for r in results])
+    risks = [r.risk for r in results]
+    with torch.inference_mode():
+        out = lm.module(probs, torch.tensor(risks, dtype=torch.float32)
+                        if all(v is not None for v in risks) else None)
+    tasks = {}
+    for t, p in out["probs"].items():
+        classes = (card.get("classes") or CLASSES)[t]
+        tasks[t] = {c: float(p[i]) for i, c in enumerate(classes)}
+        pos = probs[t][:, -1].numpy()
+        unc[t] = {"sd": float(pos.std()), "min": float(pos.min()), "max": float(pos.max()),
+                  "members": [float(v) for v in pos], "member_models": names,
+                  "method": "spread of the member models' probabilities (each member's own "
+                            "spread under member_uncertainty)",
+                  "member_uncertainty": {r.model: r.uncertainty.get(t) for r in results}}
+    net = next((r for r in results if r.attention), None)
+    feats = next((r for r in results if r.features is not None), None)
+    yield Progress("predict", len(names) + 1, len(names) + 1, "done")
+    yield PredictionResult(
+        case_id=case.case_id, model=lm.name, card=card_summary(card), tasks=tasks,
+        uncertainty=unc, attention=net.attention if net else {},
+        slice_index=net.slice_index if net else [],
+        risk=float(out["risk"]) if "risk" in out else None,
+        synthetic_inputs=sorted({s for r in results for s in r.synthetic_inputs}),
+        warnings=warns, seconds=time.perf_counter() - t0, inputs=net.inputs if net else None,
+        features=feats.features if feats else None, features_source=source)
+
+
 def masked_warnings(seqs: Sequence[str], inp: "SliceInput") -> List[str]:
     """The warning for the model's sequences the case lacks (masked, as in training); shared by
     the prediction and its explanation."""
@@ -605,9 +674,15 @@ def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
     warning), a model the user named raises a clear error. Returns ``(model, warning or
     None)``."""
     from .models import find_model, list_models, load_model, read_card
-    if (lm.card.get("input") or {}).get("kind") != "mil_roi" or not segmenting:
+    kind = (lm.card.get("input") or {}).get("kind")
+    if kind not in ("mil_roi", "ensemble") or not segmenting:
         return lm, None
-    seg_name = _window_segmenter(case, lm.card)
+    placing = lm.card if kind == "mil_roi" else next(
+        (c for c in member_cards(lm.card) if (c.get("input") or {}).get("kind") == "mil_roi"),
+        None)
+    if placing is None:
+        return lm, None
+    seg_name = _window_segmenter(case, placing)
     seg_card = read_card(find_model(seg_name))
     needed = list(seg_card.get("required_sequences") or seg_card.get("sequences") or [])
     missing = [s for s in needed if s not in case.sequences
@@ -649,7 +724,10 @@ def window_warnings(case, inp: SliceInput) -> List[str]:
 def uses_segmentation(card: Dict[str, Any]) -> bool:
     """A predictor that needs the case's tumour segmentation: the segment-then-classify
     ``predict_radiomics`` and the tumour-centred networks (``input.kind`` ``mil_roi``)."""
-    return (card.get("input") or {}).get("kind") in ("radiomics", "mil_roi")
+    kind = (card.get("input") or {}).get("kind")
+    if kind == "ensemble":
+        return any(uses_segmentation(c) for c in member_cards(card))
+    return kind in ("radiomics", "mil_roi")
 
 
 def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, warns,

@@ -17,7 +17,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
 
-from ..core.explain import KIND_METHODS, TASKS, explain, method_slug
+from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
 from ._common import CaseCombo, add_image_result
 from .workers import start_job
 
@@ -91,7 +91,7 @@ class ExplainWidget(QWidget):
         self._kinds = {}
         from ..core.predict import default_model_name
         for m in list_models("prediction"):
-            kind = (m["card"].get("input") or {}).get("kind", "mil")
+            kind = explained_kind(m["card"])        # an ensemble: its image network's
             if kind in KIND_METHODS:
                 self._kinds[m["name"]] = kind
                 self.model.addItem(m["name"])

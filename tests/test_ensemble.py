@@ -1,0 +1,84 @@
+"""Late fusion of prediction models (``input.kind == "ensemble"``, ``src_models.fusion``): the
+mean of the members' probabilities on one shared segmentation, the standardised risk, the
+explanation of its image network, and the fallback when the case cannot be segmented."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_radiogen.core.progress import run as drive  # noqa: E402
+
+from predict_helpers import make_ensemble  # noqa: E402
+
+MEMBERS = ["predict_mil_roi", "predict_radiomics"]
+MEAN, SD = [0.5, -1.0], [2.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def ens():
+    from napari_radiogen.core.models import load_model
+    make_ensemble("predict_ens_test", MEMBERS, MEAN, SD)
+    return load_model("predict_ens_test", task="prediction")
+
+
+def _pack(seed=0):
+    from napari_radiogen.core.phantom import make_pack_phantom
+    return make_pack_phantom(seed=seed, n_slices=14)
+
+
+def test_late_fusion_averages_probabilities_and_standardised_risks():
+    from src_models.fusion import LateFusion
+    m = LateFusion(["a", "b"], [1.0, 10.0], [2.0, 5.0])
+    out = m({"idh": torch.tensor([[0.2, 0.8], [0.6, 0.4]])}, torch.tensor([3.0, 0.0]))
+    assert torch.allclose(out["probs"]["idh"], torch.tensor([0.4, 0.6]))
+    assert float(out["risk"]) == pytest.approx(((3 - 1) / 2 + (0 - 10) / 5) / 2)
+    assert "risk" not in m({"idh": torch.tensor([[0.5, 0.5]])})
+
+
+def test_ensemble_is_the_mean_of_its_members_on_one_segmentation(ens, monkeypatch):
+    from napari_radiogen.core import predict as P
+    case = _pack()
+    calls = []
+    seg_for = P._segment_for
+
+    def counting(*a, **k):
+        calls.append(1)
+        return (yield from seg_for(*a, **k))
+    monkeypatch.setattr(P, "_segment_for", counting)
+    res = drive(P.predict(case, ens, device="cpu"))
+    assert len(calls) == 1                        # one segmentation served both members
+    assert res.features_source.startswith("segmented by")
+    labels, _ = drive(P.tumour_labels(case, P.member_cards(ens.card)[0], "cpu", None, None,
+                                      "", []))
+    members = [drive(P.predict(case, m, device="cpu", segmentation=labels)) for m in MEMBERS]
+    for t, probs in res.tasks.items():
+        for c, p in probs.items():
+            assert p == pytest.approx(np.mean([r.tasks[t][c] for r in members]), abs=1e-6)
+        assert res.uncertainty[t]["member_models"] == MEMBERS
+    want = np.mean([(r.risk - m) / s for r, m, s in zip(members, MEAN, SD)])
+    assert res.risk == pytest.approx(want, abs=1e-5)
+    # the image network's attention and input travel with the result (explain reuses them)
+    assert res.attention == members[0].attention and res.inputs is not None
+    assert res.features is not None                  # the radiomics member's tumour features
+
+
+def test_ensemble_explanation_explains_its_image_network(ens):
+    from napari_radiogen.core.explain import explain, explained_kind
+    assert explained_kind(ens.card) == "mil_roi"
+    ex = drive(explain(_pack(), ens, task="idh"))
+    assert ex.method == "gradcam"
+    assert any("late fusion" in w and "image network predict_mil_roi" in w
+               for w in ex.warnings)
+
+
+def test_ensemble_without_the_segmentation_sequences_falls_back_like_its_window_member(ens):
+    from napari_radiogen.core.errors import MissingSequenceError
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import predict, window_or_fallback
+    case = make_phantom(seed=3, sequences=("t1", "t1ce", "flair"), skull_stripped=True)
+    lm, why = window_or_fallback(case, ens, explicit=False)
+    assert lm.name == "predict_mil" and "lacks t2" in why
+    with pytest.raises(MissingSequenceError, match="lacks t2"):
+        drive(predict(case, ens, device="cpu"))
