@@ -721,6 +721,8 @@ def member_risk_scale(members, data, log=log):
             r = run(Pr.predict(case, lm, device="cpu", segmentation=seg))
             risks[m].append(r.risk)
     log(f"member risks over {len(risks[members[0]])} packs")
+    if any(v is None for m in members for v in risks[m]):
+        return None, None                  # a member without a risk head: no fused risk
     return ([float(np.mean(risks[m])) for m in members],
             [float(np.std(risks[m])) for m in members])
 
@@ -734,6 +736,9 @@ def ship_ensemble(args, summary):
     from src_models.fusion import LateFusion
     a, b = args.ensemble
     key = f"ens_{a}+{b}"
+    if a not in SHIPPED_NAME or b not in SHIPPED_NAME:
+        raise SystemExit(f"--ensemble {a} {b}: only shipped models can be fused for shipping "
+                         f"({', '.join(SHIPPED_NAME)})")
     if key not in summary:
         print(f"not shipping the ensemble: no CV records of {key}")
         return

@@ -104,11 +104,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.select_layers and not (a.no_brats and a.packs):
         ap.error("--select-layers selects on the packs: give --packs N and --no-brats")
+    if a.select_layers and a.layer:
+        ap.error("--select-layers compares layers: --layer does not apply")
     data = Path(a.data)
     lm = load_model(a.model, task="prediction")
     kind = (lm.card.get("input") or {}).get("kind", "mil")
     default_layer = (LEGACY_LAYER if a.fusion == "legacy" else DEFAULT_LAYER).get(kind)
     try_layers = a.select_layers or [a.layer or default_layer]
+    if a.select_layers and default_layer not in try_layers:
+        ap.error(f"--select-layers must include the layer in use ({default_layer}), the "
+                 "reference of the comparison")
     methods = ([m for m in a.methods.split(",") if m in KIND_METHODS[kind]]
                or list(KIND_METHODS[kind]))
     oof = _OutOfFold(a.seg_run) if a.seg_run else None
@@ -176,12 +181,15 @@ def main(argv=None) -> int:
                     f"{', '.join(methods)}); the BraTS cases were not used",
             "command": f"python scripts/eval_localisation.py --model {a.model} --packs "
                        f"{a.packs} --no-brats --tasks {a.tasks} --methods {','.join(methods)} "
-                       f"--select-layers {' '.join(try_layers)}",
+                       f"--select-layers {' '.join(try_layers)}"
+                       + (f" --fusion {a.fusion}" if a.fusion != "raw" else "")
+                       + (f" --seg-run {a.seg_run}" if a.seg_run else ""),
             "mean": {lay: round(float(np.mean(v)), 3) for lay, v in per.items() if v},
-            "by_task_method": {f"{t}/{m}/{lay}": round(float(np.mean(
-                [r["localisation"] for r in rows if r["layer"] == lay and r["task"] == t
-                 and r["method"] == m and r["localisation"] is not None])), 3)
-                for t in tasks for m in methods for lay in try_layers},
+            "by_task_method": {f"{t}/{m}/{lay}": round(float(np.mean(v)), 3)
+                               for t in tasks for m in methods for lay in try_layers
+                               for v in [[r["localisation"] for r in rows if r["layer"] == lay
+                                          and r["task"] == t and r["method"] == m
+                                          and r["localisation"] is not None]] if v},
             "in_use": default_layer}
         selection["best"] = max(selection["mean"], key=selection["mean"].get)
         print(json.dumps(selection, indent=1))

@@ -33,15 +33,19 @@ def test_fine_tuning_starts_from_the_init_weights_and_records_where_it_started(t
     start = load_state_dict_file(base_model)
     first, last = _first_and_last(start)
     prefix = first.rsplit(".", 1)[0]
+    bn = next(n for n in start if n.endswith("running_mean")).rsplit(".", 1)[0]
     # another seed: other test patients, some of which trained the base model
     cfg = tiny_cfg(name="phantom-ft", init=str(base_model), seed=1,
-                   train={"epochs": 1, "lr": 5e-2, "freeze": [prefix]})
+                   train={"epochs": 1, "lr": 5e-2, "freeze": [prefix, bn]})
     res, items = drive(engine.train(cfg, tmp_path / "ft", device="cpu"))
     assert any("fine-tuning from phantom-base" in it.message for it in items)
     tuned = load_state_dict_file(res.model_path)
     # the frozen layer is the init model's, bit for bit; the rest moved away from it
     assert torch.equal(tuned[first], start[first])
     assert not torch.equal(tuned[last], start[last])
+    # a frozen normalisation layer keeps the statistics it was trained with (eval mode)
+    assert torch.equal(tuned[f"{bn}.running_mean"], start[f"{bn}.running_mean"])
+    assert torch.equal(tuned[f"{bn}.running_var"], start[f"{bn}.running_var"])
     card = json.loads(res.card_path.read_text())
     origin = card["fine_tuned_from"]
     import hashlib
@@ -212,11 +216,54 @@ def test_resume_refuses_another_init_model(tmp_path, base_model):
         for it in gen:
             if getattr(it, "epoch_end", False):
                 tok.cancel()
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match="another init model file"):
         drive(engine.train(dict(cfg, init=str(res.model_path)), tmp_path / "run",
                            device="cpu", resume=True))
     r2, _ = drive(engine.train(cfg, tmp_path / "run", device="cpu", resume=True))
     assert json.loads(r2.card_path.read_text())["fine_tuned_from"]["name"] == "phantom-base"
+
+
+def test_resume_refuses_the_same_init_path_with_other_content(tmp_path, base_model):
+    import shutil
+    init = tmp_path / "init.safetensors"
+    shutil.copy(base_model, init)
+    cfg = tiny_cfg(name="ft", init=str(init), train={"epochs": 2})
+    tok = CancelToken()
+    with pytest.raises(Cancelled):
+        for it in engine.train(cfg, tmp_path / "run", device="cpu", cancel=tok):
+            if getattr(it, "epoch_end", False):
+                tok.cancel()
+    other, _ = drive(engine.train(tiny_cfg(name="o", train={"epochs": 1}), tmp_path / "o",
+                                  device="cpu"))
+    shutil.copy(other.model_path, init)              # same path, other weights
+    with pytest.raises(ConfigError, match="another init model file"):
+        drive(engine.train(cfg, tmp_path / "run", device="cpu", resume=True))
+
+
+def test_ensembles_train_on_their_mean_probability():
+    from napari_radiogen.core.train.tasks.prediction import ensemble_as_one
+    probs = torch.tensor([[[0.2, 0.8]], [[0.6, 0.4]]])        # (members, batch, classes)
+    out = ensemble_as_one({"probs": {"idh": probs}, "risk": torch.tensor([[1.0], [3.0]])})
+    assert torch.allclose(torch.softmax(out["logits"]["idh"], -1), probs.mean(0))
+    assert torch.allclose(out["risk"], torch.tensor([2.0]))
+    single = {"logits": {"idh": torch.zeros(1, 2)}}
+    assert ensemble_as_one(single) is single
+
+
+def test_stage_numbers_are_refused_where_the_task_has_no_stages(tmp_path, base_model):
+    with pytest.raises(ConfigError, match="stage number"):
+        drive(engine.train(tiny_cfg(train={"freeze": [3]}), tmp_path / "r", device="cpu"))
+
+
+def test_a_window_other_than_the_init_models_is_refused():
+    """predict_mil_roi's card has no input.window (the fixed window): a config fitting the
+    window to the tumour feeds other inputs."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    cfg = load_config("prediction_mil_roi_finetune")
+    cfg["model"]["window"] = {"mode": "fit", "margin_mm": 15}
+    with pytest.raises(ConfigError, match="input.window"):
+        TASKS[cfg["task"]](cfg).init_model()
 
 
 def test_a_config_describing_another_network_than_the_init_is_refused(tmp_path, base_model):
@@ -234,6 +281,10 @@ def test_a_fine_tuned_model_may_not_replace_its_init_or_hide_a_shipped_model(
         with pytest.raises(ConfigError, match=what):
             drive(engine.train(cfg, tmp_path / name, device="cpu", install=True))
         assert not (tmp_path / name / "checkpoint.safetensors").exists()
+    # a model trained from scratch may not hide a shipped one either
+    with pytest.raises(ConfigError, match="hide the shipped model"):
+        drive(engine.train(tiny_cfg(name="predict_mil_roi", train={"epochs": 1}),
+                           tmp_path / "scratch", device="cpu", install=True))
     # not installed: the run may keep the name
     res, _ = drive(engine.train(tiny_cfg(name="phantom-base", init=str(base_model),
                                          train={"epochs": 1}), tmp_path / "ok", device="cpu"))

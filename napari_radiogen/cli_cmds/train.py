@@ -90,7 +90,7 @@ def run(args) -> int:
     from ..core.train.config import load_config
     cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init, name=args.name)
     gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
-                resume=args.resume, folds=args.folds, install=install and rank == 0,
+                resume=args.resume, folds=args.folds, install=install,
                 max_minutes=args.max_minutes)
     result = None
     tty = sys.stderr.isatty()

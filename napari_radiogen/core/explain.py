@@ -254,14 +254,23 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
     return acc
 
 
+def image_member(card: Dict[str, Any]) -> Optional[str]:
+    """The first member of a late-fusion ensemble with an image network (its heatmap is the
+    ensemble's), or None."""
+    from .predict import member_cards
+    names = list((card.get("input") or {}).get("members", []))
+    return next((n for n, c in zip(names, member_cards(card))
+                 if (c.get("input") or {}).get("kind") in ("mil", "mil_roi", "volume3d")), None)
+
+
 def explained_kind(card: Dict[str, Any]) -> str:
     """The input kind whose heatmap methods apply to a model: its own, or for a late-fusion
     ensemble that of its image network (see :func:`explain`)."""
-    from .predict import member_cards
+    from .models import find_model, read_card
     kind = (card.get("input") or {}).get("kind", "mil")
     if kind == "ensemble":
-        return next((k for k in ((c.get("input") or {}).get("kind") for c in member_cards(card))
-                     if k in ("mil", "mil_roi", "volume3d")), kind)
+        net = image_member(card)
+        return (read_card(find_model(net)).get("input") or {}).get("kind", "mil") if net else kind
     return kind
 
 
@@ -309,16 +318,15 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if kind == "ensemble":
         # a late fusion has no image of its own: its image network is what a heatmap explains
         names = list(card["input"].get("members", []))
-        nets = [n for n, c in zip(names, P.member_cards(card))
-                if (c.get("input") or {}).get("kind") in ("mil", "mil_roi", "volume3d")]
-        if not nets:
+        net = image_member(card)
+        if net is None:
             raise ConfigError(f"{lm.name} has no image network whose heatmap could be shown")
-        others = [n for n in names if n != nets[0]]
+        others = [n for n in names if n != net]
         note = (f"{lm.name} is a late fusion of {', '.join(names)}: the heatmap explains its "
-                f"image network {nets[0]}" + (f"; the other member(s) ({', '.join(others)}) "
-                                               "contribute through their own inputs"
-                                               if others else ""))
-        lm = load_model(nets[0], task=P.TASK, device="cpu")
+                f"image network {net}" + (f"; the other member(s) ({', '.join(others)}) "
+                                          "contribute through their own inputs"
+                                          if others else ""))
+        lm = load_model(net, task=P.TASK, device="cpu")
         card = lm.card
         kind = (card.get("input") or {}).get("kind", "mil")
         fallback = "; ".join(v for v in (fallback, note) if v)

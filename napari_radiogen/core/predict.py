@@ -710,8 +710,9 @@ def window_warnings(case, inp: SliceInput) -> List[str]:
     training domain."""
     out = []
     g = case.sequences[case.reference].geometry
-    ml = float(inp.window_voxels or 0) * float(np.prod(g.spacing)) / 1000.0
-    if ml < MIN_WINDOW_TUMOUR_ML:
+    ml = (float(inp.window_voxels) * float(np.prod(g.spacing)) / 1000.0
+          if inp.window_voxels is not None else None)
+    if ml is not None and ml < MIN_WINDOW_TUMOUR_ML:
         out.append(f"the segmented tumour the window is centred on is only {ml:.1f} mL: it may "
                    "be a false positive of the segmentation, and the prediction then describes "
                    "normal tissue")

@@ -367,7 +367,8 @@ class TrainingWidget(QWidget):
     @staticmethod
     def _compatible(task, card) -> bool:
         """A model the engine would accept as ``init`` for ``task`` (same input, same
-        network): the list offers no model that is always refused."""
+        network). When the check itself fails (an unreadable card), the model is listed and
+        the engine's own check speaks at Start."""
         try:
             return not task.init_mismatches(card) and not task.architecture_conflicts(card)
         except Exception:

@@ -13,7 +13,8 @@ train: {epochs: 50, batch_size: 2, lr: 3e-3, weight_decay: 1e-4, amp: true, pati
         freeze: [], sampler: weighted, loss: {name: dicece}}
 folds: 5                          # K-fold CV (patient level); 0/1 = one train/val split
 seed: 0
-init: predict_mil_roi             # optional: fine-tune from a model (name or .safetensors path)
+init: seg_brats_segresnet         # optional: fine-tune from a model of the same network and
+                                  # input (a name or a .safetensors path)
 ```
 
 Fine-tuning: with ``init`` (``radiogen train --init``, the Training widget's "start from") the
@@ -37,6 +38,14 @@ def register_task(name: str) -> Callable[[Type["TrainTask"]], Type["TrainTask"]]
         TASKS[name] = cls
         return cls
     return deco
+
+
+def freeze_match(name: str, spec: Any) -> bool:
+    """A parameter name matched by a ``train.freeze`` entry: a prefix, or a pattern with
+    ``*`` wildcards (``members.*.encoders``). Stage numbers are not names (see the task)."""
+    from fnmatch import fnmatchcase
+    s = str(spec)
+    return name.startswith(s) or ("*" in s and fnmatchcase(name, s + "*"))
 
 
 def _dig(d: Dict[str, Any], dotted: str) -> Any:
@@ -108,6 +117,11 @@ class TrainTask(ABC):
                  "input.window", "input.depth")
     #: of those, the ones some cards give as prose (compared only when structured)
     FREE_TEXT_KEYS = ("input_size", "normalisation")
+    #: what a missing key means (a tumour-centred card without ``input.window`` has the fixed
+    #: window), so a card that omits it is still compared
+    INIT_DEFAULTS = {"input.window": {"mode": "fixed"}}
+    #: ``train.freeze`` may name trunk stages by number (the 3D CNN); others refuse numbers
+    STAGE_FREEZE = False
 
     def init_model(self) -> Optional[Tuple[Any, Dict[str, Any]]]:
         """``(path, card)`` of the config's ``init`` model, checked (None without ``init``)."""
@@ -143,8 +157,9 @@ class TrainTask(ABC):
     def architecture_conflicts(self, card: Dict[str, Any]) -> List[str]:
         """Where the config's own architecture contradicts the ``init`` model's (builder, and
         keyword arguments both give): the card would otherwise describe a network that was
-        not trained (e.g. ``clinical: false`` on a network fed age and sex). A fold ensemble
-        (``build_x_ensemble``) of the config's network (``build_x``) is the same network."""
+        not trained (e.g. a config saying ``clinical: false`` for a network fed age and sex).
+        A fold ensemble (``build_x_ensemble``) of the config's network (``build_x``) is the
+        same network. Keys the config leaves out are the init model's."""
         try:
             mine = self.architecture()
         except Exception:       # a task that cannot describe its network without data
@@ -181,6 +196,9 @@ class TrainTask(ABC):
         out = []
         for key in self.INIT_KEYS:
             a, b = _dig(card, key), _dig(mine, key)
+            if key in self.INIT_DEFAULTS and _dig(card, "input.kind") == _dig(mine, "input.kind"):
+                a = self.INIT_DEFAULTS[key] if a is None else a
+                b = self.INIT_DEFAULTS[key] if b is None else b
             if a is None or b is None or (key in self.FREE_TEXT_KEYS and isinstance(a, str)
                                           and isinstance(b, str)):
                 continue
@@ -215,9 +233,8 @@ class TrainTask(ABC):
         """Freeze parameters whose names start with any prefix in ``spec``; a prefix may hold
         ``*`` wildcards (``members.*.encoders``: the slice encoders of every ensemble member).
         Override if needed."""
-        from fnmatch import fnmatchcase
         for n, p in model.named_parameters():
-            if any(n.startswith(s) or ("*" in s and fnmatchcase(n, s + "*")) for s in spec):
+            if any(freeze_match(n, s) for s in spec):
                 p.requires_grad_(False)
 
     # -- optimisation --------------------------------------------------------------------------

@@ -261,7 +261,6 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
     loader, sampler = _make_loader(run, train_ds, True, seed, weights)
     model = task.make_model()
     if tcfg.get("freeze"):
-        _check_freeze_patterns(model, list(tcfg["freeze"]))
         task.freeze(model, list(tcfg["freeze"]))
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("train.freeze froze every parameter; nothing left to train")
@@ -429,16 +428,19 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                    "n_val": len(stage["val"])}
 
 
-def _check_freeze_patterns(model, spec) -> None:
-    """Every ``train.freeze`` prefix / pattern must name some parameter (a stage number is
-    the task's business): a typo, or a single network given an ensemble's pattern, would
-    otherwise train what the config says is frozen."""
-    from fnmatch import fnmatchcase
-    names = [n for n, _ in model.named_parameters()]
+def _check_freeze_patterns(task: TrainTask, spec) -> None:
+    """Every ``train.freeze`` prefix / pattern must name some parameter of the network to be
+    trained, and a stage number needs a task that freezes stages: a typo, or a single network
+    given an ensemble's pattern, would otherwise train what the config says is frozen."""
+    from .base import freeze_match
+    names = [n for n, _ in task.make_model().named_parameters()]
     for s in spec:
         if isinstance(s, int) or str(s).isdigit():
+            if not task.STAGE_FREEZE:
+                raise ConfigError(f"train.freeze: {s!r} is a stage number, which task "
+                                  f"{task.name} does not use; give parameter-name prefixes")
             continue
-        if not any(n.startswith(s) or ("*" in s and fnmatchcase(n, s + "*")) for n in names):
+        if not any(freeze_match(n, s) for n in names):
             tops = sorted({".".join(n.split(".")[:2]) for n in names})[:8]
             raise ConfigError(f"train.freeze: {s!r} names no parameter of this network "
                               f"(its parameters start with e.g. {', '.join(tops)})")
@@ -469,7 +471,10 @@ def _save_fold_model(run: _Run, model, path: Path, stage, best) -> None:
     from ..models import new_card, save_model
     card = new_card(f"{run.cfg.get('name') or run.task.name}-fold{stage['fold'] + 1}",
                     run.task.model_task, run.task.model_architecture(), **run.task.card_fields(),
-                    training_data={"patients": list(stage["train"]),
+                    # the patients whose data trained or selected these weights (an init
+                    # model's included): what a later fine-tune checks its test parts against
+                    training_data={"patients": trained_on(run.task, list(stage["train"])
+                                                          + list(stage["val"])),
                                    "validation": list(stage["val"])},
                     fold=stage["fold"] + 1, best=best,
                     **({"fine_tuned_from": run.origin} if run.origin else {}))
@@ -510,8 +515,10 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                         + (f" (DDP {dist.world_size} processes)" if dist.enabled else ""),
                         phase="prepare")
     task: TrainTask = TASKS[cfg["task"]](cfg)
-    task.init_model()                # a bad init is refused before any data is read
-    if install and task.init_model() is not None:
+    task.init_model()                # a bad init or freeze is refused before any data is read
+    if cfg["train"].get("freeze"):
+        _check_freeze_patterns(task, list(cfg["train"]["freeze"]))
+    if install:
         _check_install_name(task, cfg)
     records = task.patients()
     if not records:
@@ -541,6 +548,10 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         state_prev = ckpt.read_checkpoint(out)
         if state_prev is None:
             raise ConfigError(f"nothing to resume in {out} (no {ckpt.CHECKPOINT})")
+        if state_prev[1].get("init_sha256") != task.init_digest():
+            raise ConfigError(f"{out}: the run started from another init model file (its "
+                              "SHA-256 differs: another file, or the same file changed); "
+                              "resume with the same --init file or start a new run")
         if state_prev[1].get("plan_hash") != phash:
             changed = config_changes(out / "config.json", cfg)
             what = f" (changed: {', '.join(changed[:6])})" if changed else ""
@@ -590,7 +601,8 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     def save_state(model, opt, sched, scaler, stage_state):
         if not dist.is_main:
             return
-        st = {"plan_hash": phash, "completed": completed, "history": run.history,
+        st = {"plan_hash": phash, "init_sha256": task.init_digest(),
+              "completed": completed, "history": run.history,
               "samples_per_epoch": run.samples_per_epoch, "task": cfg["task"],
               "n_folds": n_folds}
         st.update(stage_state)
@@ -685,20 +697,25 @@ def fine_tune_origin(task: TrainTask, test_ids: List[str]) -> Optional[Dict[str,
 
 
 def _check_install_name(task: TrainTask, cfg: Dict[str, Any]) -> None:
-    """A fine-tuned model is installed under the run's name: it may not replace the model it
-    starts from, nor hide a shipped model of the same name."""
+    """A model is installed under the run's name: it may not hide a shipped model of the same
+    name, nor (fine-tuning) replace the model it starts from."""
     from ..models import SHIPPED_DIR
     name = str(cfg.get("name") or task.name)
-    path, card = task.init_model()
+    init = task.init_model()
     what = None
-    if name in (path.stem, card.get("name")):
-        what = f"would replace the model it starts from ({path.stem})"
+    if init is not None and name in (init[0].stem, init[1].get("name")):
+        what = f"would replace the model it starts from ({init[0].stem})"
     elif (SHIPPED_DIR / f"{name}.safetensors").exists():
         what = f"would hide the shipped model {name}"
     if what:
-        raise ConfigError(f"installing the fine-tuned model as {name!r} {what}: give the run "
+        raise ConfigError(f"installing the model as {name!r} {what}: give the run "
                           "its own name (`name:` in the config, `radiogen train --name`, or "
                           "the Training widget's model name), or do not install it")
+
+
+def trained_on(task: TrainTask, ids: List[str]) -> List[str]:
+    """``ids`` and, when fine-tuning, the patients the ``init`` model's weights carry."""
+    return list(ids) + [i for i in init_patients(task) if i not in set(ids)]
 
 
 def init_patients(task: TrainTask) -> List[str]:
@@ -752,10 +769,9 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
     if cfg.get("_limit"):
         protocol += f"; smoke run limited to {cfg['_limit']} patients"
     tested = [i for p in plan for i in p["test"]]
-    origin = fine_tune_origin(task, tested)
+    origin = run.origin
     # the weights carry what the init model learnt: its patients count as trained on
-    all_trained = list(trained_ids) + ([i for i in init_patients(task) if i not in
-                                        set(trained_ids)] if origin else [])
+    all_trained = trained_on(task, trained_ids)
     if origin and origin["test_patients_seen"]:
         protocol += (f"; fine-tuned from {origin['name']}, which had trained on "
                      f"{len(origin['test_patients_seen'])} of the {len(set(tested))} test "

@@ -737,7 +737,10 @@ class _PredictionTaskBase(TrainTask):
                 "classes": CLASSES, "tasks": {t: CLASSES[t] for t in TASKS},
                 "spacing_mm": [3.75, 3.75], "input_size": [64, 64], "normalisation": PREP,
                 "input": {"kind": self.kind, "depth": int(m.get("depth", 32))},
-                "clinical": dict(self._stats or {}, used=bool(m.get("clinical", True)),
+                # the trained network's (an init model's architecture once it is checked)
+                "clinical": dict(self._stats or {}, used=bool(
+                    ((getattr(self, "_init", None) or (None, {}))[1].get("architecture", {})
+                     .get("kwargs") or {}).get("clinical", m.get("clinical", True))),
                                  features=["age_z", "sex (1 = TCGA gender code 2)"])}
 
 
@@ -801,6 +804,7 @@ class CNN3DPredictionTask(_PredictionTaskBase):
     """3D CNN on the slice stack resampled to a fixed depth."""
 
     kind = "volume3d"
+    STAGE_FREEZE = True          # train.freeze: [3] = conv1, bn1, layer1 (of every member)
 
     def architecture(self):
         m = {k: v for k, v in self.cfg.get("model", {}).items() if k not in ("cox_weight", "arch")}
