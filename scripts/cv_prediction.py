@@ -450,12 +450,14 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
         net.load_state_dict(load_file(str(out / "folds" / f"mil_roi_s{r['seed']}_f{r['fold']}.safetensors")))
         net.eval()
         probs = {t: [] for t in P.TASKS}
+        risk = []
         for k, pid in enumerate(r["test_ids"]):
             inp = inputs.get(pid)
             if inp is None:                        # no window: the expert-window prediction
                 missed += 1
                 for t in P.TASKS:
                     probs[t].append(r["probs"][t][k])
+                risk.append(r["risk"][k] if r.get("risk") else None)
                 continue
             cl = torch.from_numpy(P.clinical_matrix([cohort[pid]], stats))
             with torch.inference_mode():
@@ -463,6 +465,14 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
                         torch.from_numpy(inp.seq_mask[None]), cl)
             for t in P.TASKS:
                 probs[t].append(float(torch.softmax(o["logits"][t], -1)[0, -1]))
+            risk.append(float(o["risk"][0]) if "risk" in o else None)
+        # the fold's test predictions as a user gets them (window on the segmentation): model
+        # ``mil_roi_segwin`` of the summary, and a member for --ensemble
+        (out / "folds" / f"mil_roi_segwin_s{r['seed']}_f{r['fold']}.json").write_text(json.dumps(
+            {**{k: r[k] for k in ("seed", "fold", "test_ids", "train_ids")},
+             "model": "mil_roi_segwin", "seconds": 0.0, "probs": probs,
+             "risk": risk if all(v is not None for v in risk) else None,
+             "info": {"window": f"placed on {seg_model}'s segmentation (in-sample masks)"}}))
         for t in P.TASKS:
             j = P.TASKS.index(t)
             y = np.array([cohort[i]["y"][j] for i in r["test_ids"]])
@@ -752,7 +762,15 @@ def ship_ensemble(args, summary):
     metrics["protocol"] = summary["protocol"]
     same = {m: {**{t: round(summary[m][t]["auc_mean"], 4) for t in T},
                 "c_index": (summary[m].get("survival") or {}).get("c_index_mean")}
-            for m in (a, b) if m in summary}
+            for m in (a, b, f"{a}_segwin") if m in summary}
+    seg_key = f"ens_{a}_segwin+{b}"          # the tumour window placed as for a user
+    as_user = ({**{t: round(summary[seg_key][t]["auc_mean"], 4) for t in T},
+                "c_index": (summary[seg_key].get("survival") or {}).get("c_index_mean"),
+                "what": f"the same fusion with {a}'s test windows placed on the shipped "
+                        "segmentation model's masks (in-sample masks, Dice 0.86) instead of the "
+                        "expert masks: how the shipped model places them (records "
+                        f"{a}_segwin of window_from_segmentation)"}
+               if seg_key in summary else None)
     seqs = [s for s in ("t1", "flair", "t1ce") if any(s in (c.get("sequences") or [])
                                                        for c in cards)]
     patients = sorted({p for c in cards for p in (c.get("training_data") or {}).get(
@@ -779,6 +797,7 @@ def ship_ensemble(args, summary):
                                      "patients (in-sample; a scale only, no fitted weight)"},
         metrics=metrics,
         members_same_folds=same,
+        **({"metrics_segmented_windows": as_user} if as_user else {}),
         baseline={"age_sex_logistic": {**{t: summary["age_sex"][t]["auc_mean"] for t in T},
                                        "c_index": (summary["age_sex"].get("survival") or {})
                                        .get("c_index_mean")}} if "age_sex" in summary else None,
@@ -788,12 +807,19 @@ def ship_ensemble(args, summary):
             "to ship the fusion was made on those same folds, a mild optimism",
             "in CV the members' risks were standardised within each test fold; the shipped "
             "model standardises them with their spread over the training patients",
-            "the members' own caveats apply (domain: TCGA-LGG slice packs)"],
+            "the members' own caveats apply (domain: TCGA-LGG slice packs)",
+            "the decision rule, fixed before the fusion was scored: ship it (and make it the "
+            "default) only if its mean AUC over IDH, 1p/19q and grade exceeds each member's on "
+            "the same folds; per task a member stays better (radiomics on IDH and grade, the "
+            "tumour-centred MIL on 1p/19q)"],
         citations=CITATIONS[:3],
-        reproduce=(f"the members' runs in one --out (same folds and seeds), then: "
-                   f"python scripts/cv_prediction.py --out DIR --seeds {' '.join(map(str, args.seeds))} "
-                   f"--models age_sex {a} {b} --summarise-only --ensemble {a} {b} --ship "
-                   f"--ship-only ensemble"))
+        reproduce=(f"the members' runs in one --out DIR (same folds and seeds: the {a} run, "
+                   f"then --models {b} --seg-run RUN into it), then "
+                   f"`python scripts/cv_prediction.py --out DIR --seeds "
+                   f"{' '.join(map(str, args.seeds))} --models age_sex {a} {b} --summarise-only` "
+                   f"(writes the {a}_segwin records), `... --summarise-only --ensemble "
+                   f"{a}_segwin {b}`, and `... --summarise-only --ensemble {a} {b} --ship "
+                   f"--ship-only ensemble`"))
     path = Path(args.weights_dir) / "predict_ensemble.safetensors"
     save_model(path, module.state_dict(), card)
     print(f"shipped {path}")

@@ -82,3 +82,22 @@ def test_ensemble_without_the_segmentation_sequences_falls_back_like_its_window_
     assert lm.name == "predict_mil" and "lacks t2" in why
     with pytest.raises(MissingSequenceError, match="lacks t2"):
         drive(predict(case, ens, device="cpu"))
+
+
+def test_shipped_ensemble_is_the_default_by_its_rule_and_predicts_a_real_pack(shared_data):
+    """predict_ensemble is the default because its CV mean AUC over the three tasks exceeds
+    each member's on the same folds (the card's rule); on a real pack it fuses both members."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.predict import default_model_name, predict
+    lm = load_model("predict_ensemble", task="prediction")
+    assert default_model_name() == "predict_ensemble"
+    card = lm.card
+    tasks = ("idh", "codel_1p19q", "grade")
+    mean = np.mean([card["metrics"][t]["auc_mean"] for t in tasks])
+    for member, m in card["members_same_folds"].items():
+        if member in ("mil_roi", "radiomics"):
+            assert mean > np.mean([m[t] for t in tasks])
+    res = drive(predict(load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5"), lm))
+    assert res.uncertainty["idh"]["member_models"] == card["input"]["members"]
+    assert abs(sum(res.tasks["idh"].values()) - 1) < 1e-5 and res.risk is not None

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None,
                         choices=["gradcam", "gradcam++", "layercam", "attention", "occlusion"],
                         help="default: gradcam for the networks (predict_mil_roi, predict_mil, "
-                             "predict_cnn3d), "
-                             "occlusion for predict_radiomics (its only method)")
+                             "predict_cnn3d, and predict_ensemble, whose image network is "
+                             "explained), occlusion for predict_radiomics (its only method)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--model", default=None, help="prediction model name or file")
     parser.add_argument("--target", default=None,

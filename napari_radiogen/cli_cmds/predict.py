@@ -19,11 +19,12 @@ CSV_COLUMNS = ["case_id", "model", "p_idh_mutant", "p_codel", "p_grade3", "sd_id
 
 
 def add_arguments(p) -> None:
+    from ..core.predict import DEFAULT_MODELS
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="model name or .safetensors path (default: "
-                   "predict_mil_roi, else predict_mil)")
+    p.add_argument("--model", help="model name or .safetensors path (default: the first "
+                   "installed of " + ", ".join(DEFAULT_MODELS) + ")")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--age", type=float, help="age in years (used when the model fuses clinical data)")
     p.add_argument("--sex", choices=["M", "F", "m", "f"], help="sex (used when the model fuses it)")

@@ -35,7 +35,7 @@ from .progress import CancelToken, Progress, check
 TASK = "prediction"
 #: the default prediction models, first installed wins: the tumour-centred slice model, then
 #: the whole-brain one (same protocol and folds; see the README's model table)
-DEFAULT_MODELS = ("predict_mil_roi", "predict_mil")
+DEFAULT_MODELS = ("predict_ensemble", "predict_mil_roi", "predict_mil")
 SIZE = 64
 SPACING_MM = 3.75            # in-plane spacing of the network input
 SLICE_STEP_MM = 4.0          # axial sampling for 3D cases
@@ -601,8 +601,10 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
                 results.append(item)
             else:
                 yield Progress("predict", k + 1, len(names) + 1, f"{name}: {item.message}")
+    own = {w.split(":")[0] for w in warns}       # said once for the ensemble (t2 ignored...)
     for r in results:
-        warns.extend(f"{r.model}: {w}" for w in r.warnings if f"{r.model}: {w}" not in warns)
+        warns.extend(f"{r.model}: {w}" for w in r.warnings
+                     if f"{r.model}: {w}" not in warns and w.split(":")[0] not in own)
     check(cancel)
     probs, unc = {}, {}
     for t, classes in (card.get("classes") or CLASSES).items():
