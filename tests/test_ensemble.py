@@ -101,3 +101,21 @@ def test_shipped_ensemble_is_the_default_by_its_rule_and_predicts_a_real_pack(sh
     res = drive(predict(load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5"), lm))
     assert res.uncertainty["idh"]["member_models"] == card["input"]["members"]
     assert abs(sum(res.tasks["idh"].values()) - 1) < 1e-5 and res.risk is not None
+
+
+def test_a_loaded_ensemble_loads_its_members_once(ens, monkeypatch):
+    """Reruns in the viewer reuse the loaded members (loading the forest again in each run
+    held the event loop); its explanation reuses them too."""
+    from napari_radiogen.core import models
+    from napari_radiogen.core.explain import explain
+    from napari_radiogen.core.predict import predict
+    case = _pack(1)
+    drive(predict(case, ens, device="cpu"))
+    loads = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    drive(predict(case, ens, device="cpu"))
+    drive(explain(case, ens, task="idh"))
+    # (the segmentation model is the segmentation step's business: an analysis passes its own)
+    assert [a for a in loads if a[0] in MEMBERS] == []
+    assert set(ens.extras["members"]) == set(MEMBERS)

@@ -592,9 +592,13 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
         segmentation, source = yield from tumour_labels(
             case, seg_card, dev, cancel, segmentation, segmentation_source, warns,
             stage=("predict", 0, len(names) + 1))
+    from .models import load_model
+    loaded = lm.extras.setdefault("members", {})      # loaded once per loaded ensemble
     results: List[PredictionResult] = []
     for k, name in enumerate(names):
-        for item in predict(case, name, clinical=clinical, device=dev, cancel=cancel,
+        if name not in loaded:
+            loaded[name] = load_model(name, task=TASK)
+        for item in predict(case, loaded[name], clinical=clinical, device=dev, cancel=cancel,
                             segmentation=segmentation,
                             segmentation_source=f"shared by the ensemble ({source})"):
             if isinstance(item, PredictionResult):
