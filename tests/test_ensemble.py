@@ -119,3 +119,34 @@ def test_a_loaded_ensemble_loads_its_members_once(ens, monkeypatch):
     # (the segmentation model is the segmentation step's business: an analysis passes its own)
     assert [a for a in loads if a[0] in MEMBERS] == []
     assert set(ens.extras["members"]) == set(MEMBERS)
+
+
+def test_a_default_loaded_by_a_front_end_gives_way_like_no_model_at_all():
+    """The CLI and the Predict widget load the default themselves: marked ``as_default``, it
+    falls back to predict_mil on a 3D case without T2 (before, only explain did)."""
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import named, predict
+    lm = load_model("predict_ensemble", task="prediction")
+    assert named(lm) and not named(None)
+    lm.extras["as_default"] = True
+    assert not named(lm)
+    case = make_phantom(seed=3, sequences=("t1", "t1ce", "flair"), skull_stripped=True)
+    res = drive(predict(case, lm, device="cpu"))
+    assert res.model == "predict_mil"
+    assert any("its member predict_mil_roi" in w and "predicted with predict_mil" in w
+               for w in res.warnings)
+
+
+def test_cli_explain_prints_its_warnings_and_analysis_keeps_them(tmp_path, capsys):
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from predict_helpers import write_pack
+    pack = write_pack(tmp_path / "P1.h5", make_pack_phantom(seed=0, n_slices=14))
+    assert main(["explain", str(pack), "--out", str(tmp_path / "ex")]) == 0
+    assert "warning: predict_ensemble is a late fusion" in capsys.readouterr().out
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
+    res = drive(Analyzer(AnalysisOptions(device="cpu")).analyze(load_case(pack)))
+    assert any(w.startswith("explanation (gradcam, idh): predict_ensemble is a late fusion")
+               for w in res.warnings)

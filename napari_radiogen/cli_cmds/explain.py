@@ -81,4 +81,6 @@ def run(args: argparse.Namespace) -> int:
     loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no tumour mask)"
     print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation {loc}; "
           f"wrote {path}")
+    for w in info["warnings"]:
+        print(f"    warning: {w}")
     return 0

@@ -17,7 +17,14 @@ def _headline(card) -> str:
 
 
 def _metric(card) -> str:
-    cv = ((card.get("metrics") or {}).get("cv")) or {}
+    m = card.get("metrics") or {}
+    if isinstance(m.get("idh"), dict) and m["idh"].get("auc_mean") is not None:
+        # the prediction cards of scripts/cv_prediction.py: AUC per task, C-index
+        aucs = " / ".join(f"{m[t]['auc_mean']:.2f}" for t in ("idh", "codel_1p19q", "grade")
+                          if isinstance(m.get(t), dict))
+        c = (m.get("survival") or {}).get("c_index_mean")
+        return f"AUC IDH/1p19q/grade {aucs}" + (f", C-index {c:.2f}" if c is not None else "")
+    cv = m.get("cv") or {}
     for k in ("auc", "dice", "c_index", "psnr", "accuracy", "score"):
         v = cv.get(k)
         if isinstance(v, dict) and v.get("mean") is not None:
@@ -36,9 +43,18 @@ def run(args) -> int:
     if not ms:
         print("no models installed" + (f" for task {args.task!r}" if args.task else ""))
         return 0
+    from ..core.errors import ModelFileError
+    from ..core.predict import default_model_name
+    try:
+        defaults = {default_model_name()}
+    except ModelFileError:           # no prediction model installed
+        defaults = set()
     print(f"{'name':<32} {'task':<20} {'origin':<8} {'date':<20} metrics")
     for m in ms:
         c = m["card"]
-        print(f"{m['name']:<32} {str(m['task']):<20} {m['origin']:<8} "
+        name = m["name"] + (" *" if m["name"] in defaults else "")
+        print(f"{name:<32} {str(m['task']):<20} {m['origin']:<8} "
               f"{str(c.get('date', ''))[:19]:<20} {_headline(c)}")
+    if defaults & {m["name"] for m in ms}:
+        print("* the default prediction model")
     return 0

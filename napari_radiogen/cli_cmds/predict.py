@@ -57,6 +57,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model or default_model_name(), task=TASK,
                        device=device)
+    model.extras["as_default"] = not args.model        # the default may give way (no T2...)
     clinical = {}
     if args.age is not None:
         clinical["age"] = args.age

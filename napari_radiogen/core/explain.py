@@ -311,10 +311,11 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
         model or P.default_model_name(), task=P.TASK, device="cpu")
-    lm, fallback = P.window_or_fallback(case, lm, explicit=model is not None,
+    lm, fallback = P.window_or_fallback(case, lm, explicit=P.named(model),
                                         segmenting=segmentation is None and inputs is None)
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
+    ensemble = lm.name if kind == "ensemble" else None
     if kind == "ensemble":
         # a late fusion has no image of its own: its image network is what a heatmap explains
         names = list(card["input"].get("members", []))
@@ -341,6 +342,10 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                 "volume3d": "the 3D CNN",
                 "radiomics": f"{lm.name} (no image network: its features come from the "
                              "segmented tumour)"}[kind]
+        if ensemble is not None:
+            what = f"{ensemble}'s image network {lm.name}"
+            if method in KIND_METHODS["radiomics"]:
+                what += " (occlusion maps belong to predict_radiomics: --model predict_radiomics)"
         raise ConfigError(f"{method} does not apply to {what}; use "
                           + " or ".join(KIND_METHODS[kind]))
     classes = (card.get("classes") or P.CLASSES).get(task)

@@ -318,6 +318,10 @@ class Analyzer:
                                   inputs=res.prediction.inputs, localise=False,
                                   cancel=cancel), "explain", k, n)
                     res.explanations.append(ex)
+                    # e.g. an ensemble's heatmap is its image member's: the report says so
+                    _add_warnings(res, [f"explanation ({ex.method}, {task}): {w}"
+                                        for w in ex.warnings if w not in res.warnings
+                                        and not w.startswith("synthetic input(s) used")])
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
                 except RadiogenError as e:
                     stage_error(f"explain {task}", e)

@@ -443,6 +443,15 @@ def default_model_name() -> str:
     return default_model(TASK, prefer=DEFAULT_MODELS)
 
 
+def named(model) -> bool:
+    """Did the user name this model? (None, or a model loaded as the default, means no: the
+    default may give way where it cannot predict, see :func:`window_or_fallback`.)"""
+    from .models import LoadedModel
+    if model is None:
+        return False
+    return not (isinstance(model, LoadedModel) and model.extras.get("as_default"))
+
+
 def _load(model) :
     from .models import LoadedModel, load_model
     if isinstance(model, LoadedModel):
@@ -466,7 +475,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     t0 = time.perf_counter()
     yield Progress("predict", 0, 3, "loading model")
     lm = _load(model)
-    lm, fallback = window_or_fallback(case, lm, explicit=model is not None,
+    lm, fallback = window_or_fallback(case, lm, explicit=named(model),
                                       segmenting=segmentation is None)
     card = lm.card
     dev = resolve_device(device)
@@ -695,7 +704,8 @@ def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
                or not case.sequences[s].meta.get("available", True)]
     if not missing:
         return lm, None
-    why = (f"{lm.name} centres its window on the tumour segmentation, and the segmentation "
+    who = lm.name if kind == "mil_roi" else f"{lm.name} (its member {placing.get('name')})"
+    why = (f"{who} centres its window on the tumour segmentation, and the segmentation "
            f"model {seg_name} needs {', '.join(needed)}: the case lacks {', '.join(missing)}")
     if not explicit and "predict_mil" in {m["name"] for m in list_models(TASK)}:
         return (load_model("predict_mil", task=TASK),

@@ -121,9 +121,12 @@ class PredictionWidget(QWidget):
 
     def _load_model(self, name: str):
         from ..core.models import load_model
-        from ..core.predict import TASK
+        from ..core.predict import TASK, default_model_name
         if name not in self._models:
             self._models[name] = load_model(name, task=TASK)
+            # the preselected default may give way where it cannot predict (a 3D case
+            # without T2: predict_mil instead, with a warning), as on the command line
+            self._models[name].extras["as_default"] = name == default_model_name()
         return self._models[name]
 
     def run(self):
