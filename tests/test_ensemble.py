@@ -150,3 +150,10 @@ def test_cli_explain_prints_its_warnings_and_analysis_keeps_them(tmp_path, capsy
     res = drive(Analyzer(AnalysisOptions(device="cpu")).analyze(load_case(pack)))
     assert any(w.startswith("explanation (gradcam, idh): predict_ensemble is a late fusion")
                for w in res.warnings)
+    # the case report speaks of a fusion: the members' probabilities, their risk, attention
+    from napari_radiogen.core.case_report import write_case_report
+    paths = write_case_report(res, tmp_path / "rep", render=False)
+    html = open(paths["report_html"]).read()
+    assert "SD of the member models" in html and "predict_radiomics 0." in html
+    assert "mean of the members' standardised risks" in html and "Cox head" not in html
+    assert res.prediction.uncertainty["risk"]["member_models"] == MEMBERS

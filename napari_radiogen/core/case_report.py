@@ -225,24 +225,37 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         pr = res.prediction
         val = (pr.card or {}).get("validated") or {}
         rows = []
+        # a late fusion (predict_ensemble): the spread is that of its member models, whose
+        # probabilities are shown; the attention is its image member's
+        fused = any((u or {}).get("member_models") for u in pr.uncertainty.values())
         for t, probs in pr.tasks.items():
             best = max(probs, key=probs.get)
             auc = (val.get(t) or {}).get("auc_mean")
             ci = (val.get(t) or {}).get("auc_ci95")
-            sd = (pr.uncertainty.get(t) or {}).get("sd")
-            rows.append((t, best, f"{probs[best]:.2f}", f"{sd:.2f}" if sd is not None else "",
+            u = pr.uncertainty.get(t) or {}
+            sd = u.get("sd")
+            spread = f"{sd:.2f}" if sd is not None else ""
+            if fused and u.get("member_models"):
+                spread += " (" + ", ".join(f"{m} {p:.2f}" for m, p in zip(
+                    u["member_models"], u.get("members", []))) + ")"
+            rows.append((t, best, f"{probs[best]:.2f}", spread,
                          f"{auc:.2f}" if isinstance(auc, (int, float)) else "n/a",
                          _interval(ci)))
         parts.append(f"<h2>Prediction ({html.escape(pr.model)})</h2>"
-                     + _table(rows, ("task", "predicted", "probability", "SD (ensemble)",
+                     + _table(rows, ("task", "predicted", "probability",
+                                     "SD of the member models (their P(positive class))"
+                                     if fused else "SD (fold ensemble)",
                                      "validated AUC (CV)", "95% CI")))
         if pr.risk is not None:
-            parts.append(f"<p>Overall-survival risk score (Cox head, relative): "
-                         f"{pr.risk:.2f}</p>")
+            parts.append("<p>Overall-survival risk score ("
+                         + ("mean of the members' standardised risks" if fused
+                            else "Cox head") + f", relative): {pr.risk:.2f}</p>")
         if pr.attention:
             png = _attention_figure(res, out_dir / f"{res.case_id}_attention.png")
             paths["attention_png"] = str(out_dir / png)
-            parts.append(f"<h3>Slice attention</h3><img src='{png}' alt='attention'>")
+            parts.append("<h3>Slice attention" + (" (of the fusion's image network)"
+                                                   if fused else "")
+                         + f"</h3><img src='{png}' alt='attention'>")
     if res.explanations:
         rows = [(e.task, e.method, e.target_class,
                  f"{e.localisation:.2f}" if e.localisation is not None else "n/a",

@@ -637,6 +637,10 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
                   "method": "spread of the member models' probabilities (each member's own "
                             "spread under member_uncertainty)",
                   "member_uncertainty": {r.model: r.uncertainty.get(t) for r in results}}
+    if "risk" in out:
+        unc["risk"] = {"members": [float(v) for v in risks], "member_models": names,
+                       "method": "the members' own risks (their scales differ: the fused risk "
+                                 "is the mean after standardising each)"}
     net = next((r for r in results if r.attention), None)
     feats = next((r for r in results if r.features is not None), None)
     yield Progress("predict", len(names) + 1, len(names) + 1, "done")
