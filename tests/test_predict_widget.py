@@ -32,6 +32,9 @@ def test_widget_shows_probabilities_and_attention_plot(widget_and_viewer, qtbot)
     w, viewer = widget_and_viewer
     assert w.case_combo.currentText() == "PH0"
     assert w.age_spin.isEnabled()            # the tiny model fuses age/sex
+    # nothing entered: the case's own clinical table decides (said as such, not "unknown")
+    assert w.inputs().age is None and w.inputs().sex is None
+    assert w.age_spin.specialValueText() == w.sex_combo.currentText() == "from the case"
     w.age_spin.setValue(55)
     w.sex_combo.setCurrentText("F")
     _run(w, qtbot)

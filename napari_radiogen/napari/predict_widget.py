@@ -47,9 +47,11 @@ class PredictionWidget(QWidget):
         self.age_spin = QDoubleSpinBox()
         self.age_spin.setRange(0, 120)
         self.age_spin.setDecimals(0)
-        self.age_spin.setSpecialValueText("unknown")       # 0 = unknown
+        # 0 = not given here: the case's own clinical table (a pack's clinical.csv) if it has
+        # one, else unknown (the prediction then warns that it used the training value)
+        self.age_spin.setSpecialValueText("from the case")
         self.sex_combo = QComboBox()
-        self.sex_combo.addItems(["unknown", "F", "M"])
+        self.sex_combo.addItems(["from the case", "F", "M"])
         self.device = device_combo()
         form.addRow("Case", self.case_combo)
         form.addRow("Model", self.model_combo)
@@ -106,7 +108,9 @@ class PredictionWidget(QWidget):
         used = bool((card.get("clinical") or {}).get("used"))
         self.age_spin.setEnabled(used)
         self.sex_combo.setEnabled(used)
-        tip = "used by this model" if used else "this model does not use clinical data"
+        tip = ("used by this model; 'from the case' takes the case's clinical table (a pack's "
+               "clinical.csv) when it has one" if used
+               else "this model does not use clinical data")
         self.age_spin.setToolTip(tip)
         self.sex_combo.setToolTip(tip)
 
@@ -116,7 +120,7 @@ class PredictionWidget(QWidget):
         sex = self.sex_combo.currentText()
         return PredictInputs(case_id=self.case_combo.currentText(),
                              model=self.model_combo.currentText(), age=age,
-                             sex=None if sex == "unknown" else sex,
+                             sex=None if sex == "from the case" else sex,
                              device=self.device.currentText())
 
     def _load_model(self, name: str):
