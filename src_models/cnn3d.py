@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .freeze import train_mode  # noqa: F401  (re-exported: frozen stages' BatchNorm)
+
 DEFAULT_TASKS = {"idh": 2, "codel_1p19q": 2, "grade": 2}
 #: freezing stages, in order, of the MONAI ResNet trunk
 STAGES = ("net.conv1", "net.bn1", "net.layer1", "net.layer2", "net.layer3", "net.layer4")
@@ -75,25 +77,14 @@ class CNN3DEnsemble(nn.Module):
 def freeze_stages(model: nn.Module, n_stages: int) -> List[str]:
     """Freeze the first ``n_stages`` stages of the trunk (conv1, bn1, layer1, ...); return the
     frozen parameter names. Frozen BatchNorm layers also stop updating running stats when the
-    model is put in train mode through :func:`train_mode`."""
+    model is put in train mode through :func:`train_mode` (``src_models.freeze``)."""
     prefixes = STAGES[:max(0, int(n_stages))]
     frozen = []
     for n, p in model.named_parameters():
         if any(n.startswith(s) for s in prefixes):
             p.requires_grad_(False)
             frozen.append(n)
-    model._frozen_prefixes = prefixes  # type: ignore[attr-defined]
     return frozen
-
-
-def train_mode(model: nn.Module) -> nn.Module:
-    """``model.train()`` but keep the BatchNorm layers of frozen stages in eval mode."""
-    model.train()
-    prefixes = getattr(model, "_frozen_prefixes", ())
-    for n, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(n.startswith(s) for s in prefixes):
-            m.eval()
-    return model
 
 
 def trainable_fraction(model: nn.Module) -> float:

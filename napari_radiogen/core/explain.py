@@ -327,10 +327,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                 f"image network {net}" + (f"; the other member(s) ({', '.join(others)}) "
                                           "contribute through their own inputs"
                                           if others else ""))
-        loaded = lm.extras.setdefault("members", {})   # shared with its predictions
-        if net not in loaded:
-            loaded[net] = load_model(net, task=P.TASK, device="cpu")
-        lm = loaded[net]
+        lm = P.ensemble_members(lm)[net]             # shared with its predictions
         card = lm.card
         kind = (card.get("input") or {}).get("kind", "mil")
         fallback = "; ".join(v for v in (fallback, note) if v)

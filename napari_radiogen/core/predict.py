@@ -585,6 +585,17 @@ def member_cards(card: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [read_card(find_model(n)) for n in (card.get("input") or {}).get("members", [])]
 
 
+def ensemble_members(lm) -> Dict[str, Any]:
+    """A loaded ensemble's member models (name -> LoadedModel), loaded on first use and kept
+    with it: predictions and explanations of later runs reuse them."""
+    from .models import load_model
+    loaded = lm.extras.setdefault("members", {})
+    for name in (lm.card.get("input") or {}).get("members", []):
+        if name not in loaded:
+            loaded[name] = load_model(name, task=TASK)
+    return loaded
+
+
 def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_source,
                       warns, cancel, t0):
     """Late fusion (``input.kind == "ensemble"``): each member model predicts the case (one
@@ -594,19 +605,15 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
     import torch
 
     names = list(card["input"]["members"])
-    cards = member_cards(card)
-    seg_card = next((c for c in cards if uses_segmentation(c)), None)
+    loaded = ensemble_members(lm)
+    seg_card = next((loaded[n].card for n in names if uses_segmentation(loaded[n].card)), None)
     source = None
     if seg_card is not None:
         segmentation, source = yield from tumour_labels(
             case, seg_card, dev, cancel, segmentation, segmentation_source, warns,
             stage=("predict", 0, len(names) + 1))
-    from .models import load_model
-    loaded = lm.extras.setdefault("members", {})      # loaded once per loaded ensemble
     results: List[PredictionResult] = []
     for k, name in enumerate(names):
-        if name not in loaded:
-            loaded[name] = load_model(name, task=TASK)
         for item in predict(case, loaded[name], clinical=clinical, device=dev, cancel=cancel,
                             segmentation=segmentation,
                             segmentation_source=f"shared by the ensemble ({source})"):

@@ -151,11 +151,9 @@ def config_changes(saved: Path, cfg: Dict[str, Any]) -> List[str]:
             if a.get(k) != b.get(k)]
 
 
-def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any],
-               init_sha: Optional[str] = None) -> str:
+def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any]) -> str:
     key = json.dumps({"plan": [{k: p[k] for k in ("train", "val", "test")} for p in plan],
                       "task": cfg["task"], "model": cfg.get("model"),
-                      **({"init": init_sha} if init_sha else {}),
                       "batch": cfg["train"]["batch_size"], "epochs": cfg["train"]["epochs"],
                       "final": cfg.get("final")}, sort_keys=True, default=str)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -259,6 +257,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
         raise ConfigError(f"fold {fold + 1}: the training dataset is empty")
     weights = task.sample_weights(train_ds) if tcfg.get("sampler") == "weighted" else None
     loader, sampler = _make_loader(run, train_ds, True, seed, weights)
+    from src_models.freeze import train_mode
     model = task.make_model()
     if tcfg.get("freeze"):
         task.freeze(model, list(tcfg["freeze"]))
@@ -309,7 +308,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
 
     for epoch in range(start_epoch, epochs + 1):
         sampler.set_epoch(epoch)
-        _train_mode(net)
+        train_mode(net)          # frozen BatchNorm layers keep their statistics
         tot_loss, n_seen, n_steps = 0.0, 0, 0
         logs_acc: Dict[str, float] = {}
         join = net.join() if dist.enabled else _nullctx()
@@ -446,19 +445,6 @@ def _check_freeze_patterns(task: TrainTask, spec) -> None:
                               f"(its parameters start with e.g. {', '.join(tops)})")
 
 
-def _train_mode(net) -> None:
-    """``net.train()``, but normalisation layers whose parameters are all frozen stay in eval
-    mode: a frozen (fine-tuned) block keeps the running statistics it was trained with, and
-    normalises with them as it will at inference."""
-    import torch
-    net.train()
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            ps = list(m.parameters(recurse=False))
-            if ps and not any(p.requires_grad for p in ps):
-                m.eval()
-
-
 class _nullctx:
     def __enter__(self):
         return self
@@ -539,7 +525,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
             f"fine-tuning from {origin['name']}" + (
                 f"; warning: it had trained on {len(seen)} of the test patients, so the CV "
                 "metrics will not be held-out estimates" if seen else "")))
-    phash = _plan_hash(plan, cfg, task.init_digest())
+    phash = _plan_hash(plan, cfg)
     state_prev = None
     if out.exists() and (out / ckpt.CHECKPOINT).exists() and not resume:
         raise ConfigError(f"{out} already holds a run; use --resume to continue it or choose "
