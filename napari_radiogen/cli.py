@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     import importlib.util  # noqa: F401
+    from .core.allocator import tune_allocator
     from .core.errors import RadiogenError
 
+    tune_allocator()                  # freed tensor memory is reused, not faulted in again
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

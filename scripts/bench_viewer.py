@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -33,6 +34,8 @@ import time
 
 _HEADLESS = """
 import sys, time
+from napari_radiogen.core.allocator import tune_allocator
+tune_allocator()                                       # as the radiogen command does
 from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
 from napari_radiogen.core.progress import run
 from napari_radiogen.core.io import load_case
@@ -133,6 +136,7 @@ def main(argv=None) -> int:
         idle(0.3)
         meter = EventLoopMeter().start()
         threads0 = cpu_by_thread()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         c0, t0 = time.thread_time(), time.perf_counter()
         w.run()
         if not w.job.done:
@@ -141,6 +145,7 @@ def main(argv=None) -> int:
             loop.exec()
         elapsed = time.perf_counter() - t0
         main_cpu = time.thread_time() - c0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         thread_cpu = thread_cpu_delta(threads0, cpu_by_thread())
         worst = meter.stop()
         if w.job.error is not None:
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
                 "worst_gap_ms": 1000 * worst,
                 "longest_delivery_ms": 1000 * max((e - 0.1 - s for s, e in spans),
                                                   default=0.0),
-                "main_thread_cpu_s": main_cpu, "seconds": elapsed,
+                "main_thread_cpu_s": main_cpu, "seconds": elapsed, "page_faults": faults,
                 "cpu_s_by_thread": thread_cpu}
 
     def headless_run() -> float:
@@ -187,11 +192,11 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=1))
     else:
         print(f"{'run':16s} {'gap outside ms':>14s} {'worst gap ms':>12s} "
-              f"{'delivery ms':>11s} {'main CPU s':>10s} {'seconds':>8s}")
+              f"{'delivery ms':>11s} {'main CPU s':>10s} {'seconds':>8s} {'faults':>7s}")
         for r in rows:
             print(f"{r['run']:16s} {r['worst_gap_outside_delivery_ms']:14.0f} "
                   f"{r['worst_gap_ms']:12.0f} {r['longest_delivery_ms']:11.0f} "
-                  f"{r['main_thread_cpu_s']:10.2f} {r['seconds']:8.2f}")
+                  f"{r['main_thread_cpu_s']:10.2f} {r['seconds']:8.2f} {r['page_faults']:7d}")
         print(f"headless {', '.join(f'{h:.2f}' for h in headless)} s; median rerun / median "
               f"headless = {out['napari_over_headless']:.2f} "
               f"({out['cpus']} CPUs, torch {out['torch_threads']} threads, load average "

@@ -57,7 +57,9 @@ class BenchResult:
             s = "-" if r.seconds is None else f"{r.seconds:.2f}"
             lines.append(f"{r.stage:<{w}} {s:>9} {r.peak_rss_mb:>12.0f}  {r.status}"
                          + (f": {r.note}" if r.note else ""))
-        lines.append(f"device {self.device}; peak RSS {self.peak_rss_mb:.0f} MB")
+        lines.append(f"device {self.device}; peak RSS {self.peak_rss_mb:.0f} MB"
+                     + (f"; allocator {self.info['allocator']}" if "allocator" in self.info
+                        else ""))
         return "\n".join(lines)
 
 
@@ -183,10 +185,13 @@ def bench(*, device: str = "cpu", stages: Optional[Sequence[str]] = None,
         rows.append(BenchRow(name, dt if status == "ok" else None, status, str(note)[:200],
                              peak_rss_mb()))
     import torch
+
+    from .allocator import allocator_state
     yield Progress(stage="bench", done=len(stages), total=len(stages), message="done")
     yield BenchResult(rows=rows, device=dev, peak_rss_mb=peak_rss_mb(),
                       info={"python": platform.python_version(), "torch": torch.__version__,
-                            "threads": torch.get_num_threads(), "machine": platform.machine()})
+                            "threads": torch.get_num_threads(), "machine": platform.machine(),
+                            "allocator": allocator_state()})
 
 
 def _pred_note() -> str:

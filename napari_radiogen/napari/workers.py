@@ -30,6 +30,7 @@ from qtpy.QtCore import QTimer
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
+from ..core.allocator import tune_allocator
 from ..core.errors import Cancelled, RadiogenError
 from ..core.progress import CancelToken, Progress
 
@@ -51,6 +52,9 @@ PROGRESS_INTERVAL = 0.05
 _OMP_PRIMED = ("OMP_WAIT_POLICY" in os.environ      # the user chose: leave it alone
                or "torch" not in sys.modules)       # in time: passive waiting takes effect
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# -- freed memory reused, as in the radiogen command (core/allocator.py) --------------------------
+tune_allocator()
 
 
 def prime_openmp() -> None:
