@@ -85,3 +85,41 @@ def test_a_case_labels_layer_is_replaced_not_written_into(make_napari_viewer):
     add_layer_data(viewer, (new, {"name": "gt", "metadata": {}}, "labels"))
     assert viewer.layers["gt"] is layer and layer.data is new
     assert truth.max() == 1
+
+
+def test_a_layer_built_in_a_worker_is_inserted_and_its_tools_come_on_demand(make_napari_viewer):
+    """build_layer makes the layer object off the main thread; the main thread inserts that
+    object; a labels layer's polygon and brush overlays are created when a drawing tool is
+    first picked, not on insertion; an update in place ignores the prebuilt object."""
+    import threading
+
+    from napari_radiogen.napari._common import TOOL_OVERLAYS, ResultLayers, build_layer
+    viewer = make_napari_viewer(show=True)
+    canvas = viewer.window._qt_viewer.canvas
+    seg = (np.zeros((4, 5, 6), np.uint8), {"name": "seg", "metadata": {"run": 1}}, "labels")
+    built = {}
+    t = threading.Thread(target=lambda: built.update(layer=build_layer(seg)))
+    t.start()
+    t.join()
+    layer = built["layer"]
+    assert all(not layer._overlays[k].visible for k in TOOL_OVERLAYS)
+
+    run = ResultLayers(viewer)
+    assert run.add(seg, built=layer) is layer and viewer.layers["seg"] is layer
+    made = canvas._layer_overlay_to_visual[layer]
+    assert not any(o in made for o in (layer._overlays[k] for k in TOOL_OVERLAYS))
+
+    layer.mode = "pan_zoom"                          # not a drawing tool: still deferred
+    assert all(not layer._overlays[k].visible for k in TOOL_OVERLAYS)
+    layer.mode = "paint"
+    assert all(layer._overlays[k].visible for k in TOOL_OVERLAYS)
+    assert all(layer._overlays[k] in made for k in TOOL_OVERLAYS)   # napari built the visuals
+    layer.mode = "pan_zoom"
+    assert all(layer._overlays[k].visible for k in TOOL_OVERLAYS)   # once made, they stay
+
+    # a rerun with the same shape writes into the existing layer: a new object is not used
+    again = build_layer((np.ones((4, 5, 6), np.uint8), seg[1], "labels"))
+    assert run.add((again.data, seg[1], "labels"), built=again) is layer
+    assert viewer.layers["seg"] is layer and int(layer.data.max()) == 1
+    run.rollback()
+    assert "seg" not in viewer.layers

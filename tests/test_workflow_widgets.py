@@ -415,6 +415,11 @@ def test_result_layers_are_built_in_the_worker_and_keep_the_selection(
     assert {p.stage for p in prepared} >= {"segment", "explain"}
     seg = next(l for l in viewer.layers if "segmentation (test_seg3d)" in l.name)
     assert seg.data.dtype == np.uint8
+    # the new layers are the objects the worker built (the main thread only inserted them)
+    built = {b.name: b for p in prepared for b in p.built if b is not None}
+    assert built[seg.name] is seg
+    heat = next(p for p in prepared if p.stage == "explain").built[0]
+    assert heat is not None and viewer.layers[heat.name] is heat
     assert viewer.layers.selection.active is flair
     assert list(viewer.layers.selection) == [flair]
 

@@ -158,11 +158,13 @@ def _keep_selection(viewer, keep: bool = True) -> Iterator[None]:
 
 
 def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
-                  select: bool = True):
+                  select: bool = True, built: Any = None):
     """Add a layer, replacing an existing one of the same name (reruns replace cleanly).
 
     ``select=False`` leaves the viewer's layer selection as it is (for results delivered by a
-    background job)."""
+    background job). ``built``: the layer object made from the same data by
+    :func:`build_layer` in a worker thread; it is added when the layer is new (an update in
+    place uses ``data``)."""
     name = kwargs.get("name")
     if name in viewer.layers:
         old = viewer.layers[name]
@@ -178,9 +180,57 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
             return old
         with _keep_selection(viewer, not select):
             viewer.layers.remove(name)
-    add = getattr(viewer, f"add_{layer_type}")
     with _keep_selection(viewer, not select):
-        return add(data, **kwargs)
+        if built is not None and built.name == name:
+            viewer.layers.append(built)
+            return built
+        return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+#: a labels layer's drawing-tool overlays (napari's names); see :func:`defer_tool_overlays`
+TOOL_OVERLAYS = ("polygon", "brush_stroke")
+
+
+def defer_tool_overlays(layer) -> None:
+    """Create a labels layer's polygon and brush overlays when the user first picks a tool
+    other than pan/zoom, not when the layer is added.
+
+    napari builds the vispy visuals of a layer's visible overlays in the main thread as the
+    layer is inserted: for a labels layer's polygon and brush-stroke overlays that is 25-50 ms
+    of the 60-100 ms the insertion takes (scripts/bench_viewer.py), spent on tools a result
+    layer may never be edited with. Overlays that are not visible are created by napari when
+    they become visible, which this arranges on the first change to a drawing mode."""
+    overlays = getattr(layer, "_overlays", None)
+    if overlays is None or getattr(layer, "events", None) is None \
+            or not hasattr(layer.events, "mode"):
+        return
+    deferred = [overlays[k] for k in TOOL_OVERLAYS if k in overlays and overlays[k].visible]
+    if not deferred:
+        return
+    for o in deferred:
+        o.visible = False
+
+    def on_mode(event=None) -> None:
+        if str(layer.mode) in ("pan_zoom", "transform"):
+            return
+        layer.events.mode.disconnect(on_mode)
+        for o in deferred:
+            o.visible = True
+
+    layer.events.mode.connect(on_mode)
+
+
+def build_layer(layer_data: LayerData):
+    """The napari layer object of one ``(data, kwargs, layer_type)`` tuple, built where it is
+    called (a worker thread: constructing the layer, with its label table and colormap, is
+    10-30 ms that the main thread then does not spend); labels layers get their drawing-tool
+    overlays on demand (:func:`defer_tool_overlays`). The main thread only inserts it."""
+    from napari.layers import Layer
+    data, kw, kind = layer_data
+    layer = Layer.create(data, dict(kw), kind)
+    if kind == "labels":
+        defer_tool_overlays(layer)
+    return layer
 
 
 def _owns_result_labels(layer) -> bool:
@@ -213,12 +263,13 @@ def layer_data_snapshot(layer):
     return layer.data.copy() if _owns_result_labels(layer) else layer.data
 
 
-def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False):
+def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False, built: Any = None):
     """Add (or update in place) one ``(data, kwargs, layer_type)`` tuple, e.g. one built in a
-    worker thread by :func:`labels_result_data` / :func:`image_result_data`; by default the
-    user's layer selection is left alone."""
+    worker thread by :func:`labels_result_data` / :func:`image_result_data` (``built``: its
+    layer object from :func:`build_layer`); by default the user's layer selection is left
+    alone."""
     data, kw, kind = layer_data
-    return replace_layer(viewer, data, kw, kind, select=select)
+    return replace_layer(viewer, data, kw, kind, select=select, built=built)
 
 
 class ResultLayers:
@@ -232,7 +283,7 @@ class ResultLayers:
         self._before: Dict[str, Optional[Tuple[Any, Any, Dict[str, Any], Any, int]]] = {}
         self.names: List[str] = []
 
-    def add(self, layer_data: LayerData, *, select: bool = False):
+    def add(self, layer_data: LayerData, *, select: bool = False, built: Any = None):
         name = layer_data[1]["name"]
         if name not in self._before:
             layers = self.viewer.layers
@@ -244,7 +295,7 @@ class ResultLayers:
                 self._before[name] = None
             self.names.append(name)
         entry = self._before[name]
-        layer = add_layer_data(self.viewer, layer_data, select=select)
+        layer = add_layer_data(self.viewer, layer_data, select=select, built=built)
         if name not in self._before:
             # rolled back while the layer was being built (only if something processed Qt
             # events in there): keep what it replaced, so that the caller's next rollback

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
-from ._common import (CaseCombo, ResultLayers, StatusLine, device_combo,
+from ._common import (CaseCombo, ResultLayers, StatusLine, build_layer, device_combo,
                       image_result_data, labels_result_data)
 from .layers import LayerData
 from .workers import start_job
@@ -152,13 +152,18 @@ class AnalyzeWidget(QWidget):
         self._set_bar(0)
         self.results.setHtml("")
         cid = inp.case_id
+        viewer = self.viewer
 
         def job(tok):
-            # the result layers' data (dtype, label table, contrast limits, kwargs) are built
-            # here, in the worker: the main thread only hands them to napari
+            # the result layers' data (dtype, label table, contrast limits, kwargs) and, for a
+            # layer the viewer does not have yet, the layer object are built here, in the
+            # worker: the main thread only hands them to napari
             for item in analyzer.analyze(case, cancel=tok):
                 if isinstance(item, StageResult):
-                    item = PreparedStage(item, stage_layers(item, cid))
+                    layers = stage_layers(item, cid)
+                    item = PreparedStage(item, layers, [
+                        None if ld[1]["name"] in viewer.layers else build_layer(ld)
+                        for ld in layers])
                 yield item
 
         self.job = start_job(job, name=f"Analyze {inp.case_id}", on_progress=self._progress,
@@ -192,11 +197,12 @@ class AnalyzeWidget(QWidget):
         if not isinstance(item, PreparedStage):
             return
         job = self.job
-        for layer_data in item.layers:
+        built = item.built or [None] * len(item.layers)
+        for layer_data, layer in zip(item.layers, built):
             if job is not None and (job.cancelled or job.error is not None):
                 return            # a stage delivered after Cancel adds nothing
             # new layers do not take the user's selection (nor swap the layer controls)
-            self._run_layers.add(layer_data, select=False)
+            self._run_layers.add(layer_data, select=False, built=layer)
             if job is not None and job.done and (job.cancelled or job.error is not None):
                 # defensive: had Qt events been processed while the layer was built (napari's
                 # layer creation does not do so today), the job may have ended, cancelled, and
@@ -243,6 +249,8 @@ class PreparedStage:
     """A pipeline stage's result with its layers' data, built in the worker thread."""
     result: StageResult
     layers: List[LayerData] = field(default_factory=list)
+    #: per layer, its napari layer object when the worker built one (a new layer), else None
+    built: List[Any] = field(default_factory=list)
 
     @property
     def stage(self) -> str:
