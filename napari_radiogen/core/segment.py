@@ -623,6 +623,40 @@ def slices_probs(model_module, x: np.ndarray, device: str, batch: int = 16,
     return np.concatenate(out, 0)
 
 
+#: the postprocess keys a 2D slice model's card may carry (see :func:`slices_labels`)
+SLICE_POSTPROCESS_KEYS = ("flip_tta", "wt_min_component_fraction")
+
+
+def slices_labels(model_module, x: np.ndarray, device: str, spec: Optional[Dict[str, Any]] = None,
+                  batch: int = 16, cancel: Optional[CancelToken] = None
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """A slice stack's FLAIR-abnormality mask (n, H, W) uint8 and the probabilities it was cut
+    from, as the card's ``postprocess`` says (none: the network's probability >= 0.5):
+
+    * ``flip_tta``: the mean of the probabilities of the slices and of their left-right mirror
+      images (the network runs twice);
+    * ``wt_min_component_fraction`` f: connected components of the mask over the stack
+      (26-connectivity) smaller than f x the largest are removed (f = 1: the largest only).
+
+    The training engine scores held-out patients with this function, so the card's metrics are
+    those of what inference returns."""
+    spec = dict(spec or {})
+    unknown = set(spec) - set(SLICE_POSTPROCESS_KEYS)
+    if unknown:
+        raise RadiogenError(f"unknown postprocess key(s) for a 2D slice model: {sorted(unknown)}; "
+                            f"known: {list(SLICE_POSTPROCESS_KEYS)}")
+    probs = slices_probs(model_module, x, device, batch=batch, cancel=cancel)
+    if spec.get("flip_tta"):
+        mirrored = slices_probs(model_module, np.ascontiguousarray(x[..., ::-1]), device,
+                                batch=batch, cancel=cancel)
+        probs = 0.5 * (probs + mirrored[..., ::-1])
+    labels = (probs >= 0.5).astype(np.uint8)
+    if spec.get("wt_min_component_fraction") is not None:
+        labels = postprocess_labels(labels, None, {"wt_min_component_fraction":
+                                                   spec["wt_min_component_fraction"]})
+    return labels, probs
+
+
 def _segment_slices(case, model, dev, cancel, timings, warn):
     t = time.perf_counter()
     yield Progress("segment", 1, 4, "normalising slices")
@@ -637,10 +671,10 @@ def _segment_slices(case, model, dev, cancel, timings, warn):
     timings["prepare"] = time.perf_counter() - t
     yield Progress("segment", 2, 4, f"running the network on {len(x)} slices")
     t = time.perf_counter()
-    probs, dev = _with_oom_fallback(lambda d: slices_probs(model.module, x, d, cancel=cancel),
-                                    model, dev, warn)
+    spec = model.card.get("postprocess")
+    (labels, _), dev = _with_oom_fallback(
+        lambda d: slices_labels(model.module, x, d, spec, cancel=cancel), model, dev, warn)
     timings["network"] = time.perf_counter() - t
-    labels = (probs >= 0.5).astype(np.uint8)
     yield labels, case.geometry, dev
 
 

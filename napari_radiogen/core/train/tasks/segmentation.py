@@ -468,15 +468,16 @@ class _LggEval:
         return self.items[i]
 
 
-def lgg_patient_dice(model, item, device, batch: int = 32, flair_only: bool = False
-                     ) -> Tuple[float, np.ndarray]:
-    from ...segment import dice, slices_probs
+def lgg_patient_dice(model, item, device, batch: int = 32, flair_only: bool = False,
+                     postprocess: Optional[Dict[str, Any]] = None) -> Tuple[float, np.ndarray]:
+    """Dice of one pack's mask as inference makes it (``core.segment.slices_labels`` with the
+    card's ``postprocess``), and the mask."""
+    from ...segment import dice, slices_labels
     av = item["avail"].copy()
     if flair_only:
         av[1:] = False
     x = pack_input(item, slice(None), av)
-    probs = slices_probs(model, x, str(device), batch=batch)
-    pred = probs >= 0.5
+    pred = slices_labels(model, x, str(device), postprocess, batch=batch)[0] > 0
     return dice(pred, item["mask"] > 0), pred
 
 
@@ -511,25 +512,36 @@ class SegmentationLGG(_SegmentationTask):
         return train, _LggEval(va)
 
     def architecture(self) -> Dict[str, Any]:
+        from ...segment import SLICE_POSTPROCESS_KEYS
+        bad = set(self._m().get("postprocess") or {}) - set(SLICE_POSTPROCESS_KEYS)
+        if bad:                          # refused before any data is read, not at evaluation
+            raise ConfigError(f"model.postprocess: unknown key(s) {sorted(bad)} for a 2D slice "
+                              f"model; known: {list(SLICE_POSTPROCESS_KEYS)}")
         return self._architecture(6, 1)
 
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
         was = model.training
         model.eval()
         preds = []
+        pp = self._m().get("postprocess")
         for it in dataset:
-            d, _ = lgg_patient_dice(model, it, device)
+            # score what inference returns (the card's postprocess), and the raw network
+            d, _ = lgg_patient_dice(model, it, device, postprocess=pp)
             row = {"patient_id": it["id"], "dice_WT": d}
+            if pp:
+                row["dice_WT_raw"] = lgg_patient_dice(model, it, device)[0]
             if self._m().get("eval_flair_only", False):
-                row["dice_WT_flair_only"] = lgg_patient_dice(model, it, device, flair_only=True)[0]
+                row["dice_WT_flair_only"] = lgg_patient_dice(model, it, device, flair_only=True,
+                                                             postprocess=pp)[0]
             preds.append(row)
         model.train(was)
         vals = [p["dice_WT"] for p in preds]
         out: Dict[str, Any] = {"predictions": preds,
                                "dice_WT": float(np.mean(vals)) if vals else float("nan"),
                                "score": float(np.mean(vals)) if vals else 0.0}
-        if preds and "dice_WT_flair_only" in preds[0]:
-            out["dice_WT_flair_only"] = float(np.mean([p["dice_WT_flair_only"] for p in preds]))
+        for k in ("dice_WT_raw", "dice_WT_flair_only"):
+            if preds and k in preds[0]:
+                out[k] = float(np.mean([p[k] for p in preds]))
         return out
 
     def baseline(self, train_ids, test_ids) -> Dict[str, float]:
@@ -551,4 +563,6 @@ class SegmentationLGG(_SegmentationTask):
                 "inputs": "6 channels: flair, t1, t1ce (z-scored) + 3 availability flags",
                 "outputs": "1 sigmoid channel: FLAIR abnormality (threshold 0.5)",
                 "classes": {"0": "background", "1": "FLAIR abnormality"},
-                "regions": {"WT": [1]}, "datasets": DATASET_LGG, "citations": CITE_LGG}
+                "regions": {"WT": [1]}, "datasets": DATASET_LGG, "citations": CITE_LGG,
+                **({"postprocess": dict(self._m()["postprocess"])}
+                   if self._m().get("postprocess") else {})}
