@@ -94,3 +94,95 @@ def test_2mm_config_card_fields():
     arch = task.architecture()
     assert arch["kwargs"]["channels"] == [8, 16, 32, 64, 128]
     assert all(r % 16 == 0 for r in f["roi_size"])   # 4 stride-2 levels
+
+
+# -- 2D slice models: slices_labels (inference and the engine's held-out scoring) -------------
+
+class _RampNet:
+    """A stand-in network: logits = FLAIR channel + a left-to-right ramp (not mirror-symmetric)."""
+
+    def __init__(self, slope=0.0):
+        import torch
+        self.torch, self.slope = torch, slope
+
+    def __call__(self, x):
+        w = x.shape[-1]
+        ramp = self.slope * (self.torch.arange(w, dtype=x.dtype) - (w - 1) / 2)
+        return x[:, :1] + ramp
+
+    def eval(self):
+        return self
+
+
+def _stack():
+    x = np.full((4, 6, 16, 16), -5.0, np.float32)   # (n, 6 channels, H, W): FLAIR is channel 0
+    x[1:3, 0, 2:8, 2:8] = 5.0                        # a big blob over two slices (72 px)
+    x[0, 0, 12:14, 12:14] = 5.0                      # a small one elsewhere (4 px)
+    return x
+
+
+def test_slices_labels_without_spec_is_the_thresholded_network():
+    x = _stack()
+    lab, probs = seg.slices_labels(_RampNet(), x, "cpu")
+    assert lab.dtype == np.uint8 and lab.shape == (4, 16, 16)
+    assert np.array_equal(lab, (probs >= 0.5).astype(np.uint8))
+    assert lab.sum() == 72 + 4
+
+
+def test_slices_labels_largest_component_over_the_stack():
+    lab, _ = seg.slices_labels(_RampNet(), _stack(), "cpu", {"wt_min_component_fraction": 1.0})
+    assert lab.sum() == 72 and lab[0].sum() == 0          # the 4-pixel blob is gone
+    kept, _ = seg.slices_labels(_RampNet(), _stack(), "cpu", {"wt_min_component_fraction": 0.01})
+    assert kept.sum() == 76                               # 4 >= 0.01 x 72: kept
+
+
+def test_slices_labels_mirror_mean():
+    x = np.zeros((1, 6, 4, 8), np.float32)
+    net = _RampNet(slope=2.0)
+    raw = seg.slices_labels(net, x, "cpu")[1]
+    tta = seg.slices_labels(net, x, "cpu", {"flip_tta": True})[1]
+    assert not np.allclose(raw, raw[..., ::-1])           # the net alone is lopsided
+    expect = 0.5 * (raw + raw[..., ::-1])
+    assert np.allclose(tta, expect, atol=1e-6)
+    assert np.allclose(tta, tta[..., ::-1], atol=1e-6)
+
+
+def test_slices_labels_refuses_unknown_keys():
+    import pytest
+
+    from napari_radiogen.core.errors import RadiogenError
+    with pytest.raises(RadiogenError, match="unknown postprocess key"):
+        seg.slices_labels(_RampNet(), _stack(), "cpu", {"et_min_total_ml": 1})
+
+
+def test_lgg_engine_scores_with_the_rule_and_refuses_bad_keys_before_data():
+    import pytest
+
+    from napari_radiogen.core.errors import ConfigError
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    from napari_radiogen.core.train.tasks.segmentation import lgg_patient_dice
+
+    cfg = load_config("segmentation_lgg_pp")
+    assert cfg["model"]["postprocess"] == {"flip_tta": True, "wt_min_component_fraction": 1.0}
+    task = TASKS[cfg["task"]](cfg)
+    assert task.card_fields()["postprocess"] == cfg["model"]["postprocess"]
+    bad = load_config({**cfg, "data": "/nonexistent",
+                       "model": {**cfg["model"], "postprocess": {"threshold": 0.4}}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        TASKS[bad["task"]](bad).architecture()
+
+    # one pack: the engine's Dice is that of slices_labels' mask with the same rule
+    x = _stack()
+    item = {"avail": np.ones(3, bool), "mask": (x[:, 0] > 0)[:, :, :].astype(np.uint8)}
+    import napari_radiogen.core.train.tasks.segmentation as ts
+    orig = ts.pack_input
+    ts.pack_input = lambda it, sl, av: x
+    try:
+        d_raw, _ = lgg_patient_dice(_RampNet(), item, "cpu")
+        d_pp, pred = lgg_patient_dice(_RampNet(), item, "cpu",
+                                      postprocess={"wt_min_component_fraction": 1.0})
+    finally:
+        ts.pack_input = orig
+    assert d_raw == pytest.approx(1.0) and pred.sum() == 72
+    assert d_pp == pytest.approx(2 * 72 / (72 + 76))
