@@ -157,3 +157,46 @@ def test_cli_explain_prints_its_warnings_and_analysis_keeps_them(tmp_path, capsy
     assert "SD of the member models" in html and "predict_radiomics 0." in html
     assert "mean of the members' standardised risks" in html and "Cox head" not in html
     assert res.prediction.uncertainty["risk"]["member_models"] == MEMBERS
+
+
+def test_a_warning_both_members_give_is_said_once_naming_them(ens):
+    """Age/sex unknown (each member imputes with its own statistic) and the 3D out-of-domain
+    warning (each member's own words) are said once, after both members' names, with each
+    member's differing words kept; a warning of one member keeps its prefix."""
+    from napari_radiogen.core.phantom import make_pack_phantom, make_phantom
+    from napari_radiogen.core.predict import predict
+    pack = make_pack_phantom(seed=0, n_slices=14)
+    pack.clinical = {}
+    res = drive(predict(pack, ens, device="cpu"))
+    both = "predict_mil_roi, predict_radiomics: "
+    age = [w for w in res.warnings if "age unknown" in w]
+    sex = [w for w in res.warnings if "sex unknown" in w]
+    assert age == [both + "age unknown: the training mean (predict_mil_roi) / median "
+                   "(predict_radiomics) was used"], res.warnings
+    assert sex == [both + "sex unknown: the training proportion (predict_mil_roi) / median "
+                   "(predict_radiomics) was used"], res.warnings
+
+    case = make_phantom(seed=3, skull_stripped=True)
+    labels = np.zeros(case.labels.array.shape, np.uint8)
+    z, y, x = np.argwhere(case.labels.array > 0)[0]
+    labels[z, y:y + 2, x:x + 2] = 2                 # a tiny tumour: the window member warns
+    res = drive(predict(case, ens, device="cpu", segmentation=labels))
+    dom = [w for w in res.warnings if "validated domain" in w]
+    assert len(dom) == 1 and dom[0].startswith(both + "3D volume: the tumour-centred "
+                                               "(predict_mil_roi) / radiomics "
+                                               "(predict_radiomics) model was trained"), dom
+    assert [w for w in res.warnings if "mL" in w][0].startswith(
+        "predict_mil_roi: the segmented tumour the window is centred on is only")
+    assert sum("t2 ignored" in w for w in res.warnings) == 1      # the ensemble's own, once
+    assert not any("age unknown" in w for w in res.warnings)      # the phantom has an age
+
+
+def test_merge_member_warnings_groups_by_kind_and_keeps_every_word():
+    from napari_radiogen.core.predict import Note, merge_member_warnings
+    out = merge_member_warnings(
+        [("a", ["t1ce missing: masked", Note("x: one two", "k"), "only a"]),
+         ("b", ["t1ce missing: masked", Note("x: one", "k"), Note("t2 ignored: b", "t2 ign")])],
+        said=[Note("t2 ignored: ensemble", "t2 ign")])
+    assert out == ["a, b: t1ce missing: masked",                  # the same words: once
+                   "a, b: x: one two (a); x: one (b)",            # no shared middle: in full
+                   "a: only a"]                                   # one member: its prefix

@@ -334,6 +334,75 @@ def to_volume3d(inp: SliceInput, depth: int) -> np.ndarray:
     return ndimage.zoom(inp.x, (1, depth / N, 1, 1), order=1).astype(np.float32)
 
 
+# -- warnings ------------------------------------------------------------------------------
+class Note(str):
+    """A warning (its text, a plain ``str`` for JSON and comparisons) with a stable ``key`` for
+    its kind, set where it is made: the members of an ensemble give some warnings in their own
+    words (a missing age imputed with the training mean or median), and the ensemble says each
+    kind once (:func:`merge_member_warnings`) by the key, not by comparing sentences."""
+    key: str
+
+    def __new__(cls, text: str, key: str = "") -> "Note":
+        note = super().__new__(cls, text)
+        note.key = key or text
+        return note
+
+
+#: keys of the warnings that models of more than one kind give, each in its own words
+AGE_UNKNOWN, SEX_UNKNOWN = "age unknown", "sex unknown"
+OUTSIDE_DOMAIN_3D = "3D volume outside the validated domain"
+SYNTHETIC_USED = "synthetic inputs used"
+
+
+def warning_key(w: str) -> str:
+    """The kind of warning ``w``: its :class:`Note` key, else its text."""
+    return getattr(w, "key", None) or str(w)
+
+
+def merge_member_warnings(members: Sequence[Tuple[str, Sequence[str]]],
+                          said: Sequence[str] = ()) -> List[str]:
+    """An ensemble's warnings from its members' ``(model, warnings)``: each kind
+    (:func:`warning_key`) once, after the names of the members that gave it
+    (``"predict_mil_roi, predict_radiomics: age unknown: ..."``), so the user does not read it
+    twice; where the members' words differ, each member's words are kept with its name. A
+    kind the ensemble has already ``said`` itself (t2 ignored...) is left out."""
+    own = {warning_key(w) for w in said}
+    groups: Dict[str, List[Tuple[str, str]]] = {}
+    for model, warns in members:
+        for w in warns:
+            k = warning_key(w)
+            if k in own:
+                continue
+            group = groups.setdefault(k, [])
+            if (model, str(w)) not in group:
+                group.append((model, str(w)))
+    return [f"{', '.join(dict.fromkeys(m for m, _ in g))}: {_merge_texts(g)}"
+            for g in groups.values()]
+
+
+def _merge_texts(said: List[Tuple[str, str]]) -> str:
+    """One text for a warning the members give in different words: the words they share once,
+    where they differ each member's words with its name ("the training mean (a) / median (b)
+    was used"); nothing any member said is dropped."""
+    texts = list(dict.fromkeys(t for _, t in said))
+    if len(texts) == 1:
+        return texts[0]
+    who = {t: ", ".join(m for m, u in said if u == t) for t in texts}
+    words = [t.split(" ") for t in texts]
+    n = min(len(w) for w in words)
+    pre = 0
+    while pre < n and all(w[pre] == words[0][pre] for w in words):
+        pre += 1
+    suf = 0
+    while suf < n - pre and all(w[-1 - suf] == words[0][-1 - suf] for w in words):
+        suf += 1
+    mids = [" ".join(w[pre:len(w) - suf]) for w in words]
+    if not all(mids):             # one text is the other with words added: each in full
+        return "; ".join(f"{t} ({who[t]})" for t in texts)
+    mid = " / ".join(f"{m} ({who[t]})" for m, t in zip(mids, texts))
+    return " ".join([*words[0][:pre], mid, *words[0][len(words[0]) - suf:]])
+
+
 # -- clinical ------------------------------------------------------------------------------
 def clinical_vector(clinical: Optional[Dict[str, Any]], card: Dict[str, Any]
                     ) -> (np.ndarray, List[str]):
@@ -345,14 +414,14 @@ def clinical_vector(clinical: Optional[Dict[str, Any]], card: Dict[str, Any]
     clinical = clinical or {}
     age = age_years(clinical)
     if age is None:
-        warns.append("age unknown: the training mean was used")
+        warns.append(Note("age unknown: the training mean was used", AGE_UNKNOWN))
     else:
         vec[0] = (age - float(spec.get("age_mean", 45.0))) / float(spec.get("age_sd", 14.0))
     sex = clinical.get("sex", clinical.get("gender"))
     code = _sex_code(sex)
     if code is None:
         vec[1] = float(spec.get("sex_mean", 0.5))
-        warns.append("sex unknown: the training proportion was used")
+        warns.append(Note("sex unknown: the training proportion was used", SEX_UNKNOWN))
     else:
         vec[1] = code
     return vec, warns
@@ -496,7 +565,8 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     warns: List[str] = [fallback] if fallback else []
     extra = sorted(present - set(seqs))
     if extra:
-        warns.append(f"{', '.join(extra)} ignored: the model was trained on {', '.join(seqs)}")
+        warns.append(Note(f"{', '.join(extra)} ignored: the model was trained on "
+                          f"{', '.join(seqs)}", f"{', '.join(extra)} ignored"))
     if (card.get("input") or {}).get("kind") == "radiomics":
         yield from _predict_radiomics(case, lm, card, dev, clinical, segmentation,
                                       segmentation_source, warns, cancel, t0)
@@ -519,7 +589,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     warns.extend(masked_warnings(seqs, inp))
     synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
     if synth:
-        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+        warns.append(Note(f"synthetic input(s) used: {', '.join(synth)}", SYNTHETIC_USED))
     clin_used = bool((card.get("clinical") or {}).get("used"))
     cvec = np.zeros(2, np.float32)
     if clin_used:
@@ -621,10 +691,7 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
                 results.append(item)
             else:
                 yield Progress("predict", k + 1, len(names) + 1, f"{name}: {item.message}")
-    own = {w.split(":")[0] for w in warns}       # said once for the ensemble (t2 ignored...)
-    for r in results:
-        warns.extend(f"{r.model}: {w}" for w in r.warnings
-                     if f"{r.model}: {w}" not in warns and w.split(":")[0] not in own)
+    warns.extend(merge_member_warnings([(r.model, r.warnings) for r in results], said=warns))
     check(cancel)
     probs, unc = {}, {}
     for t, classes in (card.get("classes") or CLASSES).items():
@@ -744,8 +811,9 @@ def window_warnings(case, inp: SliceInput) -> List[str]:
                    "be a false positive of the segmentation, and the prediction then describes "
                    "normal tissue")
     if case.kind != "slices":
-        out.append("3D volume: the tumour-centred model was trained on TCGA-LGG slice packs "
-                   "(not skull-stripped); this input is outside its validated domain")
+        out.append(Note("3D volume: the tumour-centred model was trained on TCGA-LGG slice "
+                        "packs (not skull-stripped); this input is outside its validated "
+                        "domain", OUTSIDE_DOMAIN_3D))
     return out
 
 
@@ -796,8 +864,9 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
         warns.append("no tumour was segmented: the features describe an empty mask and the "
                      "prediction is not meaningful")
     if case.kind != "slices":
-        warns.append("3D volume: the radiomics model was trained on TCGA-LGG slice packs (not "
-                     "skull-stripped); this input is outside its validated domain")
+        warns.append(Note("3D volume: the radiomics model was trained on TCGA-LGG slice packs "
+                          "(not skull-stripped); this input is outside its validated domain",
+                          OUTSIDE_DOMAIN_3D))
     feats = card["input"].get("features", FEATURES)
     if list(feats) != list(FEATURES):
         raise ConfigError(f"{lm.name} was made with another feature set than this version "
@@ -805,12 +874,12 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
     f = case_features(case, wt, clinical)
     for k in ("age", "sex_male"):
         if not np.isfinite(f[k]):
-            warns.append(f"{'age' if k == 'age' else 'sex'} unknown: the training median was "
-                         "used")
+            warns.append(Note(f"{'age' if k == 'age' else 'sex'} unknown: the training median "
+                              "was used", AGE_UNKNOWN if k == "age" else SEX_UNKNOWN))
     synth = [s for s in ("flair", "t1", "t1ce") if s in case.sequences
              and case.sequences[s].synthetic]
     if synth:
-        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+        warns.append(Note(f"synthetic input(s) used: {', '.join(synth)}", SYNTHETIC_USED))
     with torch.inference_mode():
         out = lm.module(torch.from_numpy(vector(f)[None]).to(dev))
     tasks, unc = {}, {}
