@@ -91,6 +91,41 @@ def test_missing_sequence_is_synthesised_or_reported(models, sample_path):
         assert "segment" in res.errors and "t1ce" in res.errors["segment"]
 
 
+def test_prediction_lists_the_synthetic_input_of_its_segmentation(models, sample_path,
+                                                                  monkeypatch, tmp_path):
+    """A T2 synthesised for the segmentation model (no prediction model reads T2) goes into a
+    segmentation-based prediction through the tumour mask: the ensemble's result and a single
+    model's list it (in the predictions JSON too) and say so; so does a prediction that
+    segments the case itself."""
+    from napari_radiogen.core import predict as P
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import list_models
+    if not list_models("synthesis"):
+        pytest.skip("no synthesis model installed")
+    case = load_case(sample_path)
+    del case.sequences["t2"]
+    opts = dict(seg_model=str(models["seg"]), device="cpu", explain_tasks=())
+    res = run(Analyzer(AnalysisOptions(pred_model="predict_ensemble", **opts)).analyze(case))
+    assert res.synthesized == ["t2"] and res.segmentation.synthetic_inputs == ["t2"]
+    assert res.prediction.model == "predict_ensemble"
+    assert res.prediction.synthetic_inputs == ["t2"]
+    said = [w for w in res.prediction.warnings if "t2, through the tumour segmentation" in w]
+    assert len(said) == 1 and said[0].startswith("synthetic input(s) used"), said
+    pred = json.loads(open(write_outputs(res, tmp_path, report=False)["predictions"]).read())
+    assert pred["synthetic_inputs"] == ["t2"]
+    # a single segmentation-based model, on the case with its synthetic T2
+    res = run(Analyzer(AnalysisOptions(pred_model="predict_radiomics", **opts))
+              .analyze(res.case))
+    assert res.prediction.model == "predict_radiomics"
+    assert res.prediction.synthetic_inputs == ["t2"]
+    # no segmentation given: the prediction's own segmentation used the synthetic T2
+    monkeypatch.setattr(P, "_window_segmenter", lambda case, card: str(models["seg"]))
+    own = run(P.predict(res.case, "predict_mil_roi", device="cpu"))
+    assert own.synthetic_inputs == ["t2"]
+    assert any(w.startswith("segmentation (") and "synthetic input(s) used: t2" in w
+               for w in own.warnings), own.warnings
+
+
 @pytest.mark.parametrize("stage", ["load", "segment", "predict", "explain"])
 def test_cancel_at_each_stage(models, sample_path, stage):
     tok = CancelToken()

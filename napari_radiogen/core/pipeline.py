@@ -280,7 +280,9 @@ class Analyzer:
                 res.prediction = yield from _relay(
                     P.predict(case, lm, device=opts.device, cancel=cancel, segmentation=seg,
                               segmentation_source="of this analysis ("
-                              f"{res.models.get('segmentation')})"),
+                              f"{res.models.get('segmentation')})",
+                              segmentation_synthetic=(res.segmentation.synthetic_inputs
+                                                      if seg is not None else ())),
                     "predict", k, n)
                 _add_warnings(res, res.prediction.warnings)
                 for task, probs in res.prediction.tasks.items():

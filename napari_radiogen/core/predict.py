@@ -352,6 +352,7 @@ class Note(str):
 AGE_UNKNOWN, SEX_UNKNOWN = "age unknown", "sex unknown"
 OUTSIDE_DOMAIN_3D = "3D volume outside the validated domain"
 SYNTHETIC_USED = "synthetic inputs used"
+SYNTHETIC_SEGMENTATION = "synthetic inputs of the tumour segmentation"
 
 
 def warning_key(w: str) -> str:
@@ -531,12 +532,15 @@ def _load(model) :
 def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
             device: str = "auto", cancel: Optional[CancelToken] = None,
             segmentation: Optional[np.ndarray] = None,
-            segmentation_source: str = "supplied by the caller"
+            segmentation_source: str = "supplied by the caller",
+            segmentation_synthetic: Sequence[str] = ()
             ) -> Iterator[Union[Progress, PredictionResult]]:
     """Predict IDH, 1p/19q and grade (+ OS risk) for ``case`` with ``model`` (a name, a path, a
     LoadedModel, or None for the default shipped model). ``segmentation``: labels on the case's
     reference grid that a segmentation-based model (``predict_radiomics``) uses instead of
-    segmenting the case itself (``segmentation_source`` says where it came from)."""
+    segmenting the case itself (``segmentation_source`` says where it came from,
+    ``segmentation_synthetic`` which synthetic sequences it was made from: they went into the
+    prediction too, and the result lists them)."""
     import time
     import torch
     from .models import resolve_device
@@ -567,19 +571,23 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     if extra:
         warns.append(Note(f"{', '.join(extra)} ignored: the model was trained on "
                           f"{', '.join(seqs)}", f"{', '.join(extra)} ignored"))
+    # the synthetic sequences the tumour segmentation was made from: the caller's for its
+    # segmentation; tumour_labels adds those of the segmentation it makes
+    seg_synth = list(segmentation_synthetic) if segmentation is not None else []
     if (card.get("input") or {}).get("kind") == "radiomics":
         yield from _predict_radiomics(case, lm, card, dev, clinical, segmentation,
-                                      segmentation_source, warns, cancel, t0)
+                                      segmentation_source, warns, cancel, t0, seg_synth)
         return
     if (card.get("input") or {}).get("kind") == "ensemble":
         yield from _predict_ensemble(case, lm, card, dev, clinical, segmentation,
-                                     segmentation_source, warns, cancel, t0)
+                                     segmentation_source, warns, cancel, t0, seg_synth)
         return
     kind = (card.get("input") or {}).get("kind", "mil")
     source = None
     if kind == "mil_roi":
         labels, source = yield from tumour_labels(case, card, dev, cancel, segmentation,
-                                                  segmentation_source, warns)
+                                                  segmentation_source, warns,
+                                                  synthetic=seg_synth)
         yield Progress("predict", 1, 3, "preparing tumour-centred slices")
         inp = roi_case_to_input(case, seqs, labels > 0, card["input"].get("window"))
         warns.extend(window_warnings(case, inp))
@@ -587,9 +595,8 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         yield Progress("predict", 1, 3, "preparing slices")
         inp = case_to_input(case, seqs)
     warns.extend(masked_warnings(seqs, inp))
-    synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
-    if synth:
-        warns.append(Note(f"synthetic input(s) used: {', '.join(synth)}", SYNTHETIC_USED))
+    synth = synthetic_used(case, seqs, seg_synth if kind == "mil_roi" else [], warns,
+                           source if segmentation is not None else None)
     clin_used = bool((card.get("clinical") or {}).get("used"))
     cvec = np.zeros(2, np.float32)
     if clin_used:
@@ -667,21 +674,24 @@ def ensemble_members(lm) -> Dict[str, Any]:
 
 
 def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_source,
-                      warns, cancel, t0):
+                      warns, cancel, t0, seg_synth: List[str]):
     """Late fusion (``input.kind == "ensemble"``): each member model predicts the case (one
     tumour segmentation serves every member that needs one), then ``lm.module`` averages
-    their probabilities and their standardised risks."""
+    their probabilities and their standardised risks. The synthetic inputs of the shared
+    segmentation are the ensemble's to list and say (once, not by each member)."""
     import time
     import torch
 
     names = list(card["input"]["members"])
     loaded = ensemble_members(lm)
     seg_card = next((loaded[n].card for n in names if uses_segmentation(loaded[n].card)), None)
-    source = None
+    source, supplied = None, segmentation is not None
     if seg_card is not None:
         segmentation, source = yield from tumour_labels(
             case, seg_card, dev, cancel, segmentation, segmentation_source, warns,
-            stage=("predict", 0, len(names) + 1))
+            stage=("predict", 0, len(names) + 1), synthetic=seg_synth)
+    synth = synthetic_used(case, (), seg_synth if seg_card is not None else [], warns,
+                           source if supplied else None)
     results: List[PredictionResult] = []
     for k, name in enumerate(names):
         for item in predict(case, loaded[name], clinical=clinical, device=dev, cancel=cancel,
@@ -723,7 +733,7 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
         uncertainty=unc, attention=net.attention if net else {},
         slice_index=net.slice_index if net else [],
         risk=float(out["risk"]) if "risk" in out else None,
-        synthetic_inputs=sorted({s for r in results for s in r.synthetic_inputs}),
+        synthetic_inputs=sorted({*synth, *(s for r in results for s in r.synthetic_inputs)}),
         warnings=warns, seconds=time.perf_counter() - t0, inputs=net.inputs if net else None,
         features=feats.features if feats else None, features_source=source)
 
@@ -736,10 +746,12 @@ def masked_warnings(seqs: Sequence[str], inp: "SliceInput") -> List[str]:
              "sequences masked, expect lower accuracy)"] if masked else [])
 
 
-def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predict", 1, 3)):
+def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predict", 1, 3),
+                 synthetic: Optional[List[str]] = None):
     """Whole-tumour labels for a segmentation-based predictor: the 2D model its card names for
     slice packs, the default 3D model for volumes (progress relayed as ``stage`` = (name, done,
-    total); returns the labels, the model's name and its warnings)."""
+    total); returns the labels, the model's name and its warnings; the synthetic sequences it
+    used are added to ``synthetic``)."""
     from .models import load_model
     from .segment import segment
     name = _window_segmenter(case, card)
@@ -750,6 +762,8 @@ def _segment_for(case, card, dev, cancel, stage: Tuple[str, int, int] = ("predic
             yield Progress(*stage, f"segmenting ({name}): {item.message}")
         else:
             res = item
+    if synthetic is not None:
+        synthetic.extend(s for s in res.synthetic_inputs if s not in synthetic)
     return res.labels, name, res.warnings
 
 
@@ -817,6 +831,24 @@ def window_warnings(case, inp: SliceInput) -> List[str]:
     return out
 
 
+def synthetic_used(case, seqs: Sequence[str], via_segmentation: Sequence[str],
+                   warns: List[str], supplied_source: Optional[str] = None) -> List[str]:
+    """Every synthetic input a prediction rests on: the model's own sequences ``seqs`` that
+    are synthetic, then those its tumour segmentation was made from (a T2 synthesised for the
+    segmentation model only still shapes the tumour window and features). The direct ones are
+    said in ``warns``; those of a segmentation the caller supplied (``supplied_source``, as
+    :func:`tumour_labels` names it) too, while a segmentation this prediction made has said
+    its own in its warnings."""
+    direct = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
+    if direct:
+        warns.append(Note(f"synthetic input(s) used: {', '.join(direct)}", SYNTHETIC_USED))
+    via = [s for s in dict.fromkeys(via_segmentation) if s not in direct]
+    if via and supplied_source is not None:
+        warns.append(Note(f"synthetic input(s) used: {', '.join(via)}, through the tumour "
+                          f"{supplied_source}", SYNTHETIC_SEGMENTATION))
+    return direct + via
+
+
 def uses_segmentation(card: Dict[str, Any]) -> bool:
     """A predictor that needs the case's tumour segmentation: the segment-then-classify
     ``predict_radiomics`` and the tumour-centred networks (``input.kind`` ``mil_roi``)."""
@@ -827,12 +859,16 @@ def uses_segmentation(card: Dict[str, Any]) -> bool:
 
 
 def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, warns,
-                  stage: Tuple[str, int, int] = ("predict", 1, 3)):
+                  stage: Tuple[str, int, int] = ("predict", 1, 3),
+                  synthetic: Optional[List[str]] = None):
     """The labels a segmentation-based predictor uses: ``segmentation`` when the caller has
     one (checked to be on the reference grid), else the case segmented by the model the card
-    names; returns ``(labels, source)`` and adds the segmentation's warnings to ``warns``."""
+    names; returns ``(labels, source)`` and adds the segmentation's warnings to ``warns`` and
+    the synthetic sequences it was made from to ``synthetic`` (those of the caller's
+    segmentation are the caller's to give)."""
     if segmentation is None:
-        labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel, stage)
+        labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel, stage,
+                                                              synthetic)
         warns.extend(f"segmentation ({seg_name}): {w}" for w in seg_warns
                      if f"segmentation ({seg_name}): {w}" not in warns)
         return labels, f"segmented by {seg_name}"
@@ -850,13 +886,14 @@ def _on_reference_labels(case, labels) -> np.ndarray:
 
 
 def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation_source,
-                       warns, cancel, t0):
+                       warns, cancel, t0, seg_synth: List[str]):
     import time
     import torch
     from .radiomics import FEATURES, case_features, vector
 
+    supplied = segmentation is not None
     labels, source = yield from tumour_labels(case, card, dev, cancel, segmentation,
-                                              segmentation_source, warns)
+                                              segmentation_source, warns, synthetic=seg_synth)
     check(cancel)
     yield Progress("predict", 2, 3, "tumour features")
     wt = labels > 0
@@ -876,10 +913,8 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
         if not np.isfinite(f[k]):
             warns.append(Note(f"{'age' if k == 'age' else 'sex'} unknown: the training median "
                               "was used", AGE_UNKNOWN if k == "age" else SEX_UNKNOWN))
-    synth = [s for s in ("flair", "t1", "t1ce") if s in case.sequences
-             and case.sequences[s].synthetic]
-    if synth:
-        warns.append(Note(f"synthetic input(s) used: {', '.join(synth)}", SYNTHETIC_USED))
+    synth = synthetic_used(case, ("flair", "t1", "t1ce"), seg_synth, warns,
+                           source if supplied else None)
     with torch.inference_mode():
         out = lm.module(torch.from_numpy(vector(f)[None]).to(dev))
     tasks, unc = {}, {}
