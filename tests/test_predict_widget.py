@@ -143,3 +143,23 @@ def test_every_widget_case_of_a_pack_carries_its_clinical_row(make_napari_viewer
     c = CaseCombo(viewer).case()
     assert c.kind == "slices"
     assert c.clinical["age_at_initial_pathologic"] == 63 and c.clinical["gender"] == 2
+
+
+def test_an_ensembles_attention_plot_names_its_image_member(widget_and_viewer, qtbot):
+    """A late fusion has no slice attention of its own: the plot shows its image member's and
+    its title says whose; a plain MIL model's plot keeps its label (no title)."""
+    from predict_helpers import make_ensemble
+    w, viewer = widget_and_viewer
+    make_ensemble("predict_ens_widget", ["predict_mil_roi", "predict_radiomics"])
+    w.refresh_models()
+    w.model_combo.setCurrentText("predict_ens_widget")
+    assert w.model_combo.currentText() == "predict_ens_widget"
+    _run(w, qtbot)
+    assert w.result is not None and w.result.model == "predict_ens_widget"
+    assert w.ax.get_lines() and w.ax.get_title() == (
+        "slice attention (predict_mil_roi, image member of predict_ens_widget)")
+    assert w.result.attention_model == "predict_mil_roi"      # in the predictions JSON too
+    w.model_combo.setCurrentText(TINY)
+    _run(w, qtbot)
+    assert w.result is not None and w.result.model == TINY and w.ax.get_lines()
+    assert w.ax.get_title() == "" and w.ax.get_ylabel() == "attention"

@@ -471,11 +471,16 @@ class PredictionResult:
     features: Optional[Dict[str, Optional[float]]] = None
     #: segmentation-based models (radiomics, tumour-centred networks): where the mask came from
     features_source: Optional[str] = None
+    #: the model whose slice attention ``attention`` is when it is not ``model`` itself: an
+    #: ensemble has none of its own and shows its image member's
+    attention_model: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         extra = ({"features": self.features} if self.features is not None else {})
         if self.features_source is not None:
             extra["features_source"] = self.features_source
+        if self.attention_model is not None:
+            extra["attention_model"] = self.attention_model
         return {"case_id": self.case_id, "model": self.model, "card": self.card,
                 "tasks": self.tasks, "uncertainty": self.uncertainty,
                 "risk": self.risk, "attention": self.attention,
@@ -731,7 +736,7 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
     yield PredictionResult(
         case_id=case.case_id, model=lm.name, card=card_summary(card), tasks=tasks,
         uncertainty=unc, attention=net.attention if net else {},
-        slice_index=net.slice_index if net else [],
+        slice_index=net.slice_index if net else [], attention_model=net.model if net else None,
         risk=float(out["risk"]) if "risk" in out else None,
         synthetic_inputs=sorted({*synth, *(s for r in results for s in r.synthetic_inputs)}),
         warnings=warns, seconds=time.perf_counter() - t0, inputs=net.inputs if net else None,

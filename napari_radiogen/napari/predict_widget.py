@@ -3,8 +3,8 @@
 Thin: picks a case and a model, optional age/sex (used when the model fuses them), runs
 :func:`napari_radiogen.core.predict.predict` through :func:`workers.start_job`, then shows each
 task's probability with its uncertainty (fold-ensemble spread) and the model card's validated
-AUC, and a plot of the per-slice attention along the slice axis. Clicking the plot moves the
-viewer to that slice.
+AUC, and a plot of the per-slice attention along the slice axis (an ensemble's is its image
+member's, named in the title). Clicking the plot moves the viewer to that slice.
 """
 from __future__ import annotations
 
@@ -219,6 +219,10 @@ class PredictionWidget(QWidget):
             self.ax.plot(x, w[x], label=s, lw=1.2, marker="." if len(x) < 60 else None)
         if res.attention:
             self.ax.legend(fontsize=7, loc="upper right")
+            member = res.attention_model
+            if member and member != res.model:    # an ensemble shows its image member's
+                self.ax.set_title(f"slice attention ({member}, image member of {res.model})",
+                                  fontsize=8)
         else:
             self.ax.text(0.5, 0.5, f"{res.model} has no slice attention"
                          + (f"\n(features {res.features_source})" if res.features_source else ""),
