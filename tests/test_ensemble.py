@@ -156,6 +156,7 @@ def test_cli_explain_prints_its_warnings_and_analysis_keeps_them(tmp_path, capsy
     html = open(paths["report_html"]).read()
     assert "SD of the member models" in html and "predict_radiomics 0." in html
     assert "mean of the members' standardised risks" in html and "Cox head" not in html
+    assert "Slice attention (predict_mil_roi, the image member of predict_ensemble)" in html
     assert res.prediction.uncertainty["risk"]["member_models"] == MEMBERS
 
 

@@ -253,9 +253,11 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         if pr.attention:
             png = _attention_figure(res, out_dir / f"{res.case_id}_attention.png")
             paths["attention_png"] = str(out_dir / png)
-            parts.append("<h3>Slice attention" + (" (of the fusion's image network)"
-                                                   if fused else "")
-                         + f"</h3><img src='{png}' alt='attention'>")
+            who = getattr(pr, "attention_model", None)
+            parts.append("<h3>Slice attention" + (
+                f" ({html.escape(who)}, the image member of {html.escape(pr.model)})" if who
+                else " (of the fusion's image network)" if fused else "")
+                + f"</h3><img src='{png}' alt='attention'>")
     if res.explanations:
         rows = [(e.task, e.method, e.target_class,
                  f"{e.localisation:.2f}" if e.localisation is not None else "n/a",
