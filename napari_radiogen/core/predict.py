@@ -574,8 +574,10 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     warns: List[str] = [fallback] if fallback else []
     extra = sorted(present - set(seqs))
     if extra:
-        warns.append(Note(f"{', '.join(extra)} ignored: the model was trained on "
-                          f"{', '.join(seqs)}", f"{', '.join(extra)} ignored"))
+        # "by the predictor": a tumour segmentation (the predictor's window, an analysis's)
+        # may still read it, and says so in its own warnings
+        warns.append(Note(f"{', '.join(extra)} ignored by the predictor: the model was trained "
+                          f"on {', '.join(seqs)}", f"{', '.join(extra)} ignored"))
     # the synthetic sequences the tumour segmentation was made from: the caller's for its
     # segmentation; tumour_labels adds those of the segmentation it makes
     seg_synth = list(segmentation_synthetic) if segmentation is not None else []
