@@ -44,6 +44,8 @@ def job():                              # in a worker thread, as in the viewer
 th = threading.Thread(target=job); th.start(); th.join()
 print(" ".join(f"{t:.3f}" for t in times))
 print(" ".join(str(f) for f in faults))
+from napari_radiogen.core.allocator import allocator_state
+print(allocator_state())
 """
 SETTINGS = {"default": ({}, 0),
             "default, malloc defaults": ({"RADIOGEN_MALLOC_TUNING": "0"}, 0),
@@ -68,12 +70,13 @@ def main(argv=None) -> int:
                 print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 return 1
             lines = out.stdout.strip().splitlines()
-            ts = [float(x) for x in lines[-2].split()]
-            faults = [int(x) for x in lines[-1].split()]
+            ts = [float(x) for x in lines[-3].split()]
+            faults = [int(x) for x in lines[-2].split()]
             print(f"{name:26s} median {statistics.median(ts):.2f} s, "
                   f"{statistics.median(faults):.0f} page faults per run  "
                   f"({', '.join(f'{t:.2f}' for t in ts)})" + ("  [busy process beside]"
-                                                              if busy else ""), flush=True)
+                                                              if busy else "")
+                  + f"  [allocator {lines[-1]}]", flush=True)
     finally:
         if busy is not None:
             busy.kill()

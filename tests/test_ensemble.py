@@ -201,3 +201,22 @@ def test_merge_member_warnings_groups_by_kind_and_keeps_every_word():
     assert out == ["a, b: t1ce missing: masked",                  # the same words: once
                    "a, b: x: one two (a); x: one (b)",            # no shared middle: in full
                    "a: only a"]                                   # one member: its prefix
+
+
+def test_merged_warnings_keep_lists_whole_and_their_kind():
+    """Two members listing inputs in different words: never cut inside the list; the merged
+    warning keeps its kind, so an analysis that synthesised the inputs can leave it out."""
+    from napari_radiogen.core.pipeline import AnalysisResult, _add_warnings
+    from napari_radiogen.core.predict import (SYNTHETIC_USED, Note, merge_member_warnings,
+                                              warning_key)
+
+    def note(t):
+        return Note("synthetic input(s) used: " + t, SYNTHETIC_USED)
+    out = merge_member_warnings([("a", [note("flair, t1ce")]), ("b", [note("t1, t1ce")])])
+    assert out == ["a, b: synthetic input(s) used: flair, t1ce (a); "
+                   "synthetic input(s) used: t1, t1ce (b)"]
+    assert warning_key(out[0]) == SYNTHETIC_USED
+    res = AnalysisResult(case_id="c")
+    res.synthesized = ["t1"]
+    _add_warnings(res, out + ["something else"])
+    assert res.warnings == ["something else"]

@@ -157,8 +157,8 @@ def test_an_ensembles_attention_plot_names_its_image_member(widget_and_viewer, q
     _run(w, qtbot)
     assert w.result is not None and w.result.model == "predict_ens_widget"
     assert w.ax.get_lines() and w.ax.get_title() == (
-        "slice attention (predict_mil_roi, image member of predict_ens_widget)")
-    assert w.result.attention_model == "predict_mil_roi"      # in the predictions JSON too
+        "slice attention (predict_mil_roi, the image member of predict_ens_widget)")
+    assert w.result.to_json()["attention_model"] == "predict_mil_roi"   # in the JSON too
     w.model_combo.setCurrentText(TINY)
     _run(w, qtbot)
     assert w.result is not None and w.result.model == TINY and w.ax.get_lines()

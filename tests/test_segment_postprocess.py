@@ -110,7 +110,12 @@ class _RampNet:
         ramp = self.slope * (self.torch.arange(w, dtype=x.dtype) - (w - 1) / 2)
         return x[:, :1] + ramp
 
+    training = False
+
     def eval(self):
+        return self
+
+    def train(self, mode=True):
         return self
 
 
@@ -155,34 +160,32 @@ def test_slices_labels_refuses_unknown_keys():
         seg.slices_labels(_RampNet(), _stack(), "cpu", {"et_min_total_ml": 1})
 
 
-def test_lgg_engine_scores_with_the_rule_and_refuses_bad_keys_before_data():
+def test_lgg_engine_scores_with_the_rule_and_refuses_bad_keys_before_data(monkeypatch):
     import pytest
 
+    import napari_radiogen.core.train.tasks.segmentation as ts
     from napari_radiogen.core.errors import ConfigError
     from napari_radiogen.core.train.base import TASKS
     from napari_radiogen.core.train.config import load_config
-    from napari_radiogen.core.train.tasks.segmentation import lgg_patient_dice
 
     cfg = load_config("segmentation_lgg_pp")
     assert cfg["model"]["postprocess"] == {"flip_tta": True, "wt_min_component_fraction": 1.0}
     task = TASKS[cfg["task"]](cfg)
     assert task.card_fields()["postprocess"] == cfg["model"]["postprocess"]
-    bad = load_config({**cfg, "data": "/nonexistent",
-                       "model": {**cfg["model"], "postprocess": {"threshold": 0.4}}})
-    with pytest.raises(ConfigError, match="unknown key"):
-        TASKS[bad["task"]](bad).architecture()
+    # a bad rule is refused when the task is made (before the engine reads any data)
+    for bad_rule in ({"threshold": 0.4}, {"wt_min_component_fraction": 2}):
+        bad = load_config({**cfg, "data": "/nonexistent",
+                           "model": {**cfg["model"], "postprocess": bad_rule}})
+        with pytest.raises(ConfigError, match="postprocess"):
+            TASKS[bad["task"]](bad)
 
-    # one pack: the engine's Dice is that of slices_labels' mask with the same rule
+    # the engine's held-out scoring: Dice of what inference returns (the rule) and the raw net
     x = _stack()
-    item = {"avail": np.ones(3, bool), "mask": (x[:, 0] > 0)[:, :, :].astype(np.uint8)}
-    import napari_radiogen.core.train.tasks.segmentation as ts
-    orig = ts.pack_input
-    ts.pack_input = lambda it, sl, av: x
-    try:
-        d_raw, _ = lgg_patient_dice(_RampNet(), item, "cpu")
-        d_pp, pred = lgg_patient_dice(_RampNet(), item, "cpu",
-                                      postprocess={"wt_min_component_fraction": 1.0})
-    finally:
-        ts.pack_input = orig
-    assert d_raw == pytest.approx(1.0) and pred.sum() == 72
-    assert d_pp == pytest.approx(2 * 72 / (72 + 76))
+    monkeypatch.setattr(ts, "pack_input", lambda it, sl, av: x)
+    item = {"id": "P1", "avail": np.ones(3, bool), "mask": (x[:, 0] > 0).astype(np.uint8)}
+    out = task.evaluate(_RampNet(), [item], "cpu")
+    row = out["predictions"][0]
+    assert row["dice_WT_raw"] == pytest.approx(1.0)            # the net's mask is the truth
+    assert row["dice_WT"] == pytest.approx(2 * 72 / (72 + 76))  # the rule drops the 4-px blob
+    assert out["dice_WT"] == row["dice_WT"] and out["dice_WT_raw"] == row["dice_WT_raw"]
+    assert out["score"] == out["dice_WT"] and "dice_WT_flair_only" in out

@@ -4,16 +4,17 @@ torch's CPU tensors come from ``malloc``. glibc hands a freed block of more than
 threshold* back to the operating system, and trims the heap's free top above its *trim
 threshold*; both start low (128 KiB) and only creep up as blocks are freed. A model run
 allocates and frees hundreds of MB of activations, so with the defaults every run pays for
-the same memory again in page faults (the kernel zeroes each fresh 4 KiB page): about 100 000
-minor faults per analysis of the sample case, and more in a worker thread, whose malloc arena
-starts empty. Raising the thresholds lets freed memory be reused instead; the process's peak
-memory does not change, but after a job it keeps up to ``TRIM_THRESHOLD`` of freed memory for
-the next one.
+the same memory again in page faults (the kernel zeroes each fresh 4 KiB page): about 140 000
+minor faults per analysis of the sample case in a worker thread, about 10 000 with the settings
+below (``scripts/bench_threads.py`` prints both). Raising the thresholds lets freed memory be
+reused instead. The peak memory barely moves (a BraTS case's ``radiogen analyze``: 0.99 ->
+1.06 GB), but after a job each malloc arena that served it (the main thread's, a worker
+thread's) may keep up to ``TRIM_THRESHOLD`` of freed memory for the next one.
 
 :func:`tune_allocator` is called by the ``radiogen`` command and by the napari plugin (once per
-process). It leaves the allocator alone where the user set any ``MALLOC_*`` variable, where
-``RADIOGEN_MALLOC_TUNING=0``, and off glibc. ``scripts/bench_threads.py`` measures the effect
-(README, *Speed*).
+process; in napari it applies to the whole viewer process). It leaves the allocator alone where
+the user set a ``MALLOC_*`` variable or a malloc tunable in ``GLIBC_TUNABLES``, where
+``RADIOGEN_MALLOC_TUNING=0``, and off glibc.
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def _skip_reason() -> Optional[str]:
     if os.environ.get("RADIOGEN_MALLOC_TUNING", "").strip().lower() in ("0", "false", "no",
                                                                           "off"):
         return "RADIOGEN_MALLOC_TUNING=0"
-    user = sorted(k for k in os.environ if k.startswith("MALLOC_") or k.startswith("GLIBC_TUN"))
+    user = sorted(k for k in os.environ if k.startswith("MALLOC_"))
+    if "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        user.insert(0, "GLIBC_TUNABLES")
     if user:
         return f"the user's {user[0]} is left to rule"
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
@@ -62,10 +65,12 @@ def tune_allocator() -> bool:
         try:
             mallopt = ctypes.CDLL(None).mallopt
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            ok = all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                                                     (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                                                     (_M_TOP_PAD, TOP_PAD)))
-            reason = None if ok else "mallopt refused a setting"
+            # each one tried (a refusal of one leaves the others in force, and says so)
+            refused = [name for name, p, v in (("mmap", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                                               ("trim", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+                                               ("top pad", _M_TOP_PAD, TOP_PAD))
+                       if mallopt(p, v) != 1]
+            reason = f"mallopt refused the {', '.join(refused)} setting" if refused else None
         except (OSError, AttributeError) as e:  # pragma: no cover - no mallopt
             reason = f"mallopt unavailable ({e})"
     _STATE["tuned"] = reason is None

@@ -14,6 +14,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .predict import attention_title
+
 LABEL_RGBA = {1: (0.95, 0.25, 0.25, 0.6), 2: (0.3, 0.85, 0.3, 0.45), 4: (1.0, 0.85, 0.1, 0.7)}
 
 
@@ -253,11 +255,9 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         if pr.attention:
             png = _attention_figure(res, out_dir / f"{res.case_id}_attention.png")
             paths["attention_png"] = str(out_dir / png)
-            who = getattr(pr, "attention_model", None)
-            parts.append("<h3>Slice attention" + (
-                f" ({html.escape(who)}, the image member of {html.escape(pr.model)})" if who
-                else " (of the fusion's image network)" if fused else "")
-                + f"</h3><img src='{png}' alt='attention'>")
+            title = attention_title(pr) or "slice attention"
+            parts.append(f"<h3>{html.escape(title[0].upper() + title[1:])}</h3>"
+                         f"<img src='{png}' alt='attention'>")
     if res.explanations:
         rows = [(e.task, e.method, e.target_class,
                  f"{e.localisation:.2f}" if e.localisation is not None else "n/a",

@@ -54,8 +54,10 @@ class StageResult:
 def _add_warnings(res: "AnalysisResult", warnings) -> None:
     """A stage's warnings, once each; a stage's own "synthetic input(s) used" note is left out
     when the analysis synthesised the inputs (its own warning names them already)."""
+    from .predict import SYNTHETIC_KEYS, warning_key
     for w in warnings:
-        if res.synthesized and w.startswith("synthetic input(s) used"):
+        if res.synthesized and (warning_key(w) in SYNTHETIC_KEYS
+                                or w.startswith("synthetic input(s) used")):
             continue
         if w not in res.warnings:
             res.warnings.append(w)

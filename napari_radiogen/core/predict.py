@@ -353,6 +353,8 @@ AGE_UNKNOWN, SEX_UNKNOWN = "age unknown", "sex unknown"
 OUTSIDE_DOMAIN_3D = "3D volume outside the validated domain"
 SYNTHETIC_USED = "synthetic inputs used"
 SYNTHETIC_SEGMENTATION = "synthetic inputs of the tumour segmentation"
+#: the kinds an analysis that synthesised the inputs says itself (core.pipeline)
+SYNTHETIC_KEYS = (SYNTHETIC_USED, SYNTHETIC_SEGMENTATION)
 
 
 def warning_key(w: str) -> str:
@@ -377,8 +379,8 @@ def merge_member_warnings(members: Sequence[Tuple[str, Sequence[str]]],
             group = groups.setdefault(k, [])
             if (model, str(w)) not in group:
                 group.append((model, str(w)))
-    return [f"{', '.join(dict.fromkeys(m for m, _ in g))}: {_merge_texts(g)}"
-            for g in groups.values()]
+    return [Note(f"{', '.join(dict.fromkeys(m for m, _ in g))}: {_merge_texts(g)}", k)
+            for k, g in groups.items()]
 
 
 def _merge_texts(said: List[Tuple[str, str]]) -> str:
@@ -398,7 +400,9 @@ def _merge_texts(said: List[Tuple[str, str]]) -> str:
     while suf < n - pre and all(w[-1 - suf] == words[0][-1 - suf] for w in words):
         suf += 1
     mids = [" ".join(w[pre:len(w) - suf]) for w in words]
-    if not all(mids):             # one text is the other with words added: each in full
+    if not all(mids) or any("," in m for m in mids):
+        # one text is the other with words added, or they differ inside a list (cutting it
+        # at words would garble it): each in full
         return "; ".join(f"{t} ({who[t]})" for t in texts)
     mid = " / ".join(f"{m} ({who[t]})" for m, t in zip(mids, texts))
     return " ".join([*words[0][:pre], mid, *words[0][len(words[0]) - suf:]])
@@ -838,6 +842,15 @@ def window_warnings(case, inp: SliceInput) -> List[str]:
     return out
 
 
+def attention_title(res: "PredictionResult") -> Optional[str]:
+    """What a slice-attention plot of ``res`` shows when it is not ``res.model``'s own: an
+    ensemble has none and shows its image member's (the Predict widget and the case report
+    title their plots with this)."""
+    if res.attention_model and res.attention_model != res.model:
+        return f"slice attention ({res.attention_model}, the image member of {res.model})"
+    return None
+
+
 def synthetic_used(case, seqs: Sequence[str], via_segmentation: Sequence[str],
                    warns: List[str], supplied_source: Optional[str] = None) -> List[str]:
     """Every synthetic input a prediction rests on: the model's own sequences ``seqs`` that
@@ -846,10 +859,11 @@ def synthetic_used(case, seqs: Sequence[str], via_segmentation: Sequence[str],
     said in ``warns``; those of a segmentation the caller supplied (``supplied_source``, as
     :func:`tumour_labels` names it) too, while a segmentation this prediction made has said
     its own in its warnings."""
-    direct = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
+    # in one order whatever the model's channel order: two members' notes then read the same
+    direct = sorted(s for s in seqs if s in case.sequences and case.sequences[s].synthetic)
     if direct:
         warns.append(Note(f"synthetic input(s) used: {', '.join(direct)}", SYNTHETIC_USED))
-    via = [s for s in dict.fromkeys(via_segmentation) if s not in direct]
+    via = sorted(s for s in set(via_segmentation) if s not in direct)
     if via and supplied_source is not None:
         warns.append(Note(f"synthetic input(s) used: {', '.join(via)}, through the tumour "
                           f"{supplied_source}", SYNTHETIC_SEGMENTATION))

@@ -627,6 +627,21 @@ def slices_probs(model_module, x: np.ndarray, device: str, batch: int = 16,
 SLICE_POSTPROCESS_KEYS = ("flip_tta", "wt_min_component_fraction")
 
 
+def slice_postprocess_problems(spec: Optional[Dict[str, Any]]) -> List[str]:
+    """What is wrong with a 2D slice model's ``postprocess`` (empty: nothing); checked by
+    :func:`slices_labels` on a card and by the training engine on a config."""
+    spec = dict(spec or {})
+    out = []
+    unknown = sorted(set(spec) - set(SLICE_POSTPROCESS_KEYS))
+    if unknown:
+        out.append(f"unknown postprocess key(s) for a 2D slice model: {unknown}; "
+                   f"known: {list(SLICE_POSTPROCESS_KEYS)}")
+    f = spec.get("wt_min_component_fraction")
+    if f is not None and not (isinstance(f, (int, float)) and 0 < float(f) <= 1):
+        out.append(f"postprocess.wt_min_component_fraction must lie in (0, 1], got {f!r}")
+    return out
+
+
 def slices_labels(model_module, x: np.ndarray, device: str, spec: Optional[Dict[str, Any]] = None,
                   batch: int = 16, cancel: Optional[CancelToken] = None
                   ) -> Tuple[np.ndarray, np.ndarray]:
@@ -641,10 +656,9 @@ def slices_labels(model_module, x: np.ndarray, device: str, spec: Optional[Dict[
     The training engine scores held-out patients with this function, so the card's metrics are
     those of what inference returns."""
     spec = dict(spec or {})
-    unknown = set(spec) - set(SLICE_POSTPROCESS_KEYS)
-    if unknown:
-        raise RadiogenError(f"unknown postprocess key(s) for a 2D slice model: {sorted(unknown)}; "
-                            f"known: {list(SLICE_POSTPROCESS_KEYS)}")
+    problems = slice_postprocess_problems(spec)
+    if problems:
+        raise RadiogenError("; ".join(problems))
     probs = slices_probs(model_module, x, device, batch=batch, cancel=cancel)
     if spec.get("flip_tta"):
         mirrored = slices_probs(model_module, np.ascontiguousarray(x[..., ::-1]), device,

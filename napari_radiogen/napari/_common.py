@@ -196,10 +196,12 @@ def defer_tool_overlays(layer) -> None:
     other than pan/zoom, not when the layer is added.
 
     napari builds the vispy visuals of a layer's visible overlays in the main thread as the
-    layer is inserted: for a labels layer's polygon and brush-stroke overlays that is 25-50 ms
-    of the 60-100 ms the insertion takes (scripts/bench_viewer.py), spent on tools a result
-    layer may never be edited with. Overlays that are not visible are created by napari when
-    they become visible, which this arranges on the first change to a drawing mode."""
+    layer is inserted: for a labels layer's polygon and brush-stroke overlays that was 25-50 ms
+    of the 60-100 ms an insertion took here (napari 0.9.2, Mesa software rendering; timed by
+    wrapping napari's insertion steps, not a figure scripts/bench_viewer.py prints), spent on
+    tools a result layer may never be edited with. Overlays that are not visible are created
+    by napari when they become visible, which this arranges on the first change to any mode
+    but pan/zoom and transform (pick and fill included)."""
     overlays = getattr(layer, "_overlays", None)
     if overlays is None or getattr(layer, "events", None) is None \
             or not hasattr(layer.events, "mode"):
@@ -222,8 +224,8 @@ def defer_tool_overlays(layer) -> None:
 
 def build_layer(layer_data: LayerData):
     """The napari layer object of one ``(data, kwargs, layer_type)`` tuple, built where it is
-    called (a worker thread: constructing the layer, with its label table and colormap, is
-    10-30 ms that the main thread then does not spend); labels layers get their drawing-tool
+    called (a worker thread: constructing the layer, with its label table and colormap, took
+    10-30 ms here that the main thread then does not spend); labels layers get their tool
     overlays on demand (:func:`defer_tool_overlays`). The main thread only inserts it."""
     from napari.layers import Layer
     data, kw, kind = layer_data

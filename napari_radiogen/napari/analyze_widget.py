@@ -152,17 +152,20 @@ class AnalyzeWidget(QWidget):
         self._set_bar(0)
         self.results.setHtml("")
         cid = inp.case_id
-        viewer = self.viewer
+        # the layer names as the run starts (read here, in the main thread): a result whose
+        # layer exists is written into it in place, so only the others need a layer object
+        existing = {layer.name for layer in self.viewer.layers}
 
         def job(tok):
             # the result layers' data (dtype, label table, contrast limits, kwargs) and, for a
-            # layer the viewer does not have yet, the layer object are built here, in the
-            # worker: the main thread only hands them to napari
+            # new layer, the layer object are built here, in the worker: the main thread only
+            # hands them to napari (which adds the object, or updates a layer of that name
+            # that exists by then)
             for item in analyzer.analyze(case, cancel=tok):
                 if isinstance(item, StageResult):
                     layers = stage_layers(item, cid)
                     item = PreparedStage(item, layers, [
-                        None if ld[1]["name"] in viewer.layers else build_layer(ld)
+                        None if ld[1]["name"] in existing else build_layer(ld)
                         for ld in layers])
                 yield item
 

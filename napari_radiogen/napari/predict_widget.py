@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
+from ..core.predict import attention_title
 from ._common import CaseCombo, device_combo, run_cancel_row
 from .workers import start_job
 
@@ -219,10 +220,9 @@ class PredictionWidget(QWidget):
             self.ax.plot(x, w[x], label=s, lw=1.2, marker="." if len(x) < 60 else None)
         if res.attention:
             self.ax.legend(fontsize=7, loc="upper right")
-            member = res.attention_model
-            if member and member != res.model:    # an ensemble shows its image member's
-                self.ax.set_title(f"slice attention ({member}, image member of {res.model})",
-                                  fontsize=8)
+            title = attention_title(res)          # an ensemble shows its image member's
+            if title:
+                self.ax.set_title(title, fontsize=8)
         else:
             self.ax.text(0.5, 0.5, f"{res.model} has no slice attention"
                          + (f"\n(features {res.features_source})" if res.features_source else ""),

@@ -511,12 +511,14 @@ class SegmentationLGG(_SegmentationTask):
                           seed=int(self.cfg.get("seed", 0)))
         return train, _LggEval(va)
 
+    def __init__(self, cfg: Dict[str, Any]):
+        super().__init__(cfg)
+        from ...segment import slice_postprocess_problems
+        problems = slice_postprocess_problems(self._m().get("postprocess"))
+        if problems:             # refused when the task is made, before any data is read
+            raise ConfigError("model." + "; ".join(problems))
+
     def architecture(self) -> Dict[str, Any]:
-        from ...segment import SLICE_POSTPROCESS_KEYS
-        bad = set(self._m().get("postprocess") or {}) - set(SLICE_POSTPROCESS_KEYS)
-        if bad:                          # refused before any data is read, not at evaluation
-            raise ConfigError(f"model.postprocess: unknown key(s) {sorted(bad)} for a 2D slice "
-                              f"model; known: {list(SLICE_POSTPROCESS_KEYS)}")
         return self._architecture(6, 1)
 
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
