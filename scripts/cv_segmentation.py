@@ -900,10 +900,14 @@ def lgg_rule_variants(run_dir: Path) -> dict:
     return out
 
 
-def ship_lgg_rule(run_dir: Path, ship: bool) -> dict:
-    """Score the 2D model's postprocess rule (config segmentation_lgg_pp) from its CV run and,
-    if the same fold models score higher with it than without it (paired, on the same held-out
-    patients), write the rule and the run's metrics into the shipped model's card. The weights
+def ship_lgg_rule(run_dir: Path, ship: bool, adopt: bool = False) -> dict:
+    """Score the 2D model's postprocess rule (config segmentation_lgg_pp) from its CV run;
+    ``ship``: record the result in the shipped card as ``postprocess_candidate`` (the card's
+    own rule and metrics unchanged); ``ship`` and ``adopt``: if the same fold models score
+    higher with it than without it (paired, on the same held-out patients), make it the card's
+    ``postprocess`` with the run's metrics. Adopting changes the masks that the segmentation-
+    based predictors (predict_radiomics, through its features; the ensemble) were validated on:
+    revalidate them on rule masks first (scripts/cv_prediction.py). The weights
     do not change: the rule acts after the network, and segmentation_lgg_pp trains as
     segmentation_lgg_xxlong, whose retrain on all 88 patients is the shipped network. CPU
     training is not bitwise reproducible (multithreaded reductions), so the run's fold models
@@ -948,6 +952,26 @@ def ship_lgg_rule(run_dir: Path, ship: bool) -> dict:
            "paired_per_patient": paired,
            "adopt": new["mean_over_folds"] > raw["mean_over_folds"]}
     print(json.dumps(out, indent=1))
+    if ship and not adopt:
+        card["postprocess_candidate"] = {
+            "rule": rule, "config": LGG_RULE_CONFIG,
+            "cv_dice_with_rule": new, "cv_dice_without_rule": raw,
+            "paired_per_patient": dict(paired, note=(
+                "per patient, Dice with the rule minus without it, the same fold models of one "
+                "CV run; Wilcoxon signed-rank test")),
+            "status": (
+                "measured, not adopted: the rule would change the masks whose features "
+                "predict_radiomics (and through it predict_ensemble) was validated on: on the "
+                "88 packs, segmented by this model in-sample, the radiomics probabilities moved "
+                "by 0.02-0.03 on average (at most 0.28); adopt it after revalidating those "
+                "models on rule masks"),
+            "reproduce": (f"OMP_NUM_THREADS=2 radiogen train {LGG_RULE_CONFIG} --out "
+                          "runs/seg/lgg_segresnet_pp --no-install && python "
+                          "scripts/cv_segmentation.py --lgg-rule runs/seg/lgg_segresnet_pp "
+                          "--ship (the CV run may set final: best_fold)")}
+        save_model(shipped, m.module.state_dict(), card)
+        print(f"recorded the candidate in {shipped}")
+        return out
     if not (ship and out["adopt"]):
         return out
     run_card = json.loads((run_dir / f"{LGG_MODEL}.card.json").read_text())
@@ -1019,8 +1043,11 @@ def main():
                          "grid (the figure the seg_brats_attunet2mm notes quote) and stop")
     ap.add_argument("--lgg-rule", metavar="RUN",
                     help="score the 2D model's postprocess rule from its CV run (config "
-                         "segmentation_lgg_pp); with --ship, write it into the shipped card if it "
-                         "beats the card's CV Dice, and stop")
+                         "segmentation_lgg_pp); with --ship, record it in the shipped card as a "
+                         "candidate (--adopt: make it the card's rule), and stop")
+    ap.add_argument("--adopt", action="store_true",
+                    help="with --lgg-rule and --ship: make the rule the card's postprocess "
+                         "(revalidate the segmentation-based predictors on rule masks first)")
     ap.add_argument("--lgg-rule-variants", metavar="RUN",
                     help="held-out Dice of the candidate 2D postprocess rules with a CV run's "
                          "fold models (the table segmentation_lgg_pp's rule was fixed on), "
@@ -1032,7 +1059,7 @@ def main():
         lgg_rule_variants(Path(a.lgg_rule_variants))
         return
     if a.lgg_rule:
-        ship_lgg_rule(Path(a.lgg_rule), a.ship)
+        ship_lgg_rule(Path(a.lgg_rule), a.ship, a.adopt)
         return
     if a.et_census:
         print(json.dumps(et_census(), indent=1))
