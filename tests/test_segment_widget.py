@@ -59,6 +59,12 @@ def test_widget_run_cancel_rerun(make_napari_viewer, tiny_model, tmp_path, qtbot
     assert np.allclose(layer.scale, case_a.geometry.napari_scale)
     assert np.allclose(layer.translate, case_a.geometry.napari_translate)
     assert layer.metadata["radiogen"]["case_id"] == "CASE_A"
+    # a new layer: its napari object came built from the worker (build_layer: the drawing
+    # tools' overlays wait for a drawing mode) and is the widget's result layer
+    assert w.result_layer is layer and not layer._overlays["polygon"].visible
+    layer.mode = "paint"
+    assert layer._overlays["polygon"].visible and layer._overlays["brush_stroke"].visible
+    layer.mode = "pan_zoom"
     assert w.volume_table.item(0, 1).text() != "-"
     assert w.metrics_table.isVisible() or w.metrics_table.rowCount() == 3   # GT present
     assert w.metrics_table.rowCount() == 3
@@ -75,7 +81,12 @@ def test_widget_run_cancel_rerun(make_napari_viewer, tiny_model, tmp_path, qtbot
     # rerun
     job3 = w.run()
     assert job3.wait(120) and job3.error is None and not job3.cancelled
-    assert name in viewer.layers
+    assert name in viewer.layers and w.result_layer is viewer.layers[name]
+    # a rerun onto the existing layer updates it in place (no new object)
+    before = viewer.layers[name]
+    job4 = w.run()
+    assert job4.wait(120) and job4.error is None
+    assert viewer.layers[name] is before and w.result_layer is before
 
     # exports
     import nibabel as nib

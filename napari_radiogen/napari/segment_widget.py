@@ -20,7 +20,9 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import CaseCombo, add_labels_result, device_combo, run_cancel_row
+from ._common import (CaseCombo, add_layer_data, build_layer, device_combo, labels_result_data,
+                      run_cancel_row)
+from .layers import LayerData
 from .workers import start_job
 
 VOLUME_ROWS = [("WT", "whole tumour (1+2+4)"), ("TC", "tumour core (1+4)"),
@@ -174,9 +176,13 @@ class SegmentationWidget(QWidget):
         self._clear_results()           # nothing of an earlier run stays shown or exportable
         dev = resolve_device(inp.device)
 
+        # layer names as the run starts (main thread): a new result layer is built, napari
+        # object included, in the worker; an existing one is updated in place
+        existing = {layer.name for layer in self.viewer.layers}
+
         def factory(token):
             model = self._load_model(inp.model, dev)
-            return segment(case, model, device=dev, cancel=token)
+            return _prepared(segment(case, model, device=dev, cancel=token), case_id, existing)
 
         self.status.setText(f"segmenting {case_id} with {inp.model} ...")
         self.run_button.setEnabled(False)
@@ -216,19 +222,16 @@ class SegmentationWidget(QWidget):
         if job.cancelled:
             self.status.setText("cancelled")
 
-    def _on_result(self, res, case_id: str) -> None:
-        if res is None:
+    def _on_result(self, prepared, case_id: str) -> None:
+        if prepared is None:
             return
+        if not isinstance(prepared, PreparedSegmentation):     # a bare result: build it here
+            prepared = PreparedSegmentation(prepared, result_layer_data(prepared, case_id))
+        res = prepared.result
         self.result = res
         self.result_case_id = case_id
-        names = ({0: "background", 1: "FLAIR abnormality"} if res.kind == "slices" else None)
-        meta = {"model": res.model, "kind": res.kind,
-                "synthetic_inputs": list(res.synthetic_inputs)}
-        if names is not None:
-            meta["label_names"] = names
-        # named after the model: never the name of the case's own (expert) labels layer
-        self.result_layer = add_labels_result(self.viewer, res.labels, res.geometry, case_id,
-                                              f"{case_id} segmentation ({res.model})", **meta)
+        self.result_layer = add_layer_data(self.viewer, prepared.layer_data, select=True,
+                                           built=prepared.built)
         self._fill_tables(res)
         self.export_labels_button.setEnabled(True)
         self.export_csv_button.setEnabled(True)
@@ -349,3 +352,33 @@ class SegmentationWidget(QWidget):
                                               f"{self.result_case_id}_volumes.csv", "CSV (*.csv)")
         if path:
             self.status.setText(f"volume table written to {self.export_csv(path)}")
+
+
+@dataclass
+class PreparedSegmentation:
+    """A segmentation result with its layer data and, for a new layer, its napari object, both
+    made in the worker thread (the main thread only adds them)."""
+    result: Any
+    layer_data: LayerData
+    built: Any = None
+
+
+def result_layer_data(res, case_id: str) -> LayerData:
+    """The labels layer of a segmentation result, named after the model (never the name of the
+    case's own expert labels layer). Pure numpy: runs in the worker."""
+    meta = {"model": res.model, "kind": res.kind, "synthetic_inputs": list(res.synthetic_inputs)}
+    if res.kind == "slices":
+        meta["label_names"] = {0: "background", 1: "FLAIR abnormality"}
+    return labels_result_data(res.labels, res.geometry, case_id,
+                              f"{case_id} segmentation ({res.model})", **meta)
+
+
+def _prepared(gen, case_id: str, existing):
+    """Relay a segmentation job's items; its result goes out as a PreparedSegmentation."""
+    from ..core.progress import Progress
+    for item in gen:
+        if not isinstance(item, Progress) and item is not None:
+            ld = result_layer_data(item, case_id)
+            item = PreparedSegmentation(item, ld,
+                                        None if ld[1]["name"] in existing else build_layer(ld))
+        yield item
