@@ -294,9 +294,14 @@ def test_explain_widget_3d_screenshot(make_napari_viewer, qtbot, test_models, sa
     layer = viewer.layers["BraTS2021_00006 idh attention"]
     assert layer.metadata["radiogen"]["model"] == "test_mil"
     assert "localisation" in layer.metadata["radiogen"]
-    w.run()                                      # rerun replaces the layer
+    # the heatmap layer came built from the worker: the job's result carried the same object
+    from napari_radiogen.napari._common import PreparedResult
+    assert isinstance(w.job.result, PreparedResult) and w.job.result.built is layer
+    w.run()                                      # rerun updates the layer in place
     qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
     assert sum("idh attention" in l.name for l in viewer.layers) == 1
+    assert viewer.layers["BraTS2021_00006 idh attention"] is layer
+    assert w.job.result.built is None
     w.show_3d()
     assert viewer.dims.ndisplay == 3
     shot = viewer.screenshot(canvas_only=True)

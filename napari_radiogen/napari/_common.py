@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -263,6 +264,29 @@ def layer_data_snapshot(layer):
     """What :func:`set_layer_data` needs to put ``layer``'s data back later: a copy where the
     layer's array may be written into, else the array itself."""
     return layer.data.copy() if _owns_result_labels(layer) else layer.data
+
+
+@dataclass
+class PreparedResult:
+    """A job's result with its layer's data and, for a new layer, its napari object, both made
+    in the worker thread by :func:`prepared_results` (the main thread only adds them)."""
+    result: Any
+    layer_data: LayerData
+    built: Any = None
+
+
+def prepared_results(gen, layer_data_of: Callable[[Any], LayerData], existing) -> Iterator[Any]:
+    """Relay a job's items (run it in the worker); each result (a non-Progress item) goes out
+    as a :class:`PreparedResult` with ``layer_data_of(result)`` and, when its layer name is not
+    in ``existing`` (the viewer's layer names read in the main thread when the job started),
+    the layer object from :func:`build_layer`; an existing layer is updated in place."""
+    from ..core.progress import Progress
+    for item in gen:
+        if item is not None and not isinstance(item, Progress):
+            ld = layer_data_of(item)
+            item = PreparedResult(item, ld, None if ld[1]["name"] in existing
+                                  else build_layer(ld))
+        yield item
 
 
 def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False, built: Any = None):

@@ -18,7 +18,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
 
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import CaseCombo, add_image_result
+from ._common import (CaseCombo, PreparedResult, add_layer_data, image_result_data,
+                      prepared_results)
 from .workers import start_job
 
 
@@ -126,10 +127,13 @@ class ExplainWidget(QWidget):
         self.score.setText("")
         self.bar.setRange(0, 4)
         seg = None if case.labels is not None else self._segmentation_labels(inp.case_id, case)
-        # the mask is made in the worker (a full-volume comparison off the main thread)
-        self.job = start_job(lambda tok: explain(case, inp.model, task=inp.task,
-                                                 method=inp.method, cancel=tok,
-                                                 wt_mask=None if seg is None else seg > 0),
+        existing = {layer.name for layer in self.viewer.layers}
+        # the mask is made in the worker (a full-volume comparison off the main thread), and so
+        # are the heatmap layer's data and, for a new layer, its napari object
+        self.job = start_job(lambda tok: prepared_results(
+                                 explain(case, inp.model, task=inp.task, method=inp.method,
+                                         cancel=tok, wt_mask=None if seg is None else seg > 0),
+                                 lambda res: heatmap_layer_data(res, inp.case_id), existing),
                              name=f"Explain {inp.task}", on_result=lambda r: self._show(r, inp),
                              on_progress=self._progress,
                              on_finished=self._finished, owner=self, viewer=self.viewer)
@@ -151,18 +155,20 @@ class ExplainWidget(QWidget):
         self.bar.setRange(0, max(p.total, 1))
         self.bar.setValue(min(p.done, max(p.total, 1)))
 
-    def _show(self, res, inp: ExplainInputs) -> None:
+    def _show(self, prepared, inp: ExplainInputs) -> None:
+        if not isinstance(prepared, PreparedResult):           # a bare result: build it here
+            prepared = PreparedResult(prepared, heatmap_layer_data(prepared, inp.case_id))
+        res = prepared.result
         self.result = res
-        name = f"{inp.case_id} {res.task} {res.method}"
+        name = prepared.layer_data[1]["name"]
         # remove an older heatmap of this case for this task (any method): rerun replaces it
         for l in list(self.viewer.layers):
             rg = l.metadata.get("radiogen", {}) if hasattr(l, "metadata") else {}
             if rg.get("case_id") == inp.case_id and rg.get("task") == res.task \
                     and rg.get("sequence") == "heatmap" and l.name != name:
                 self.viewer.layers.remove(l)
-        meta = {k: v for k, v in res.metadata.items() if k != "case_id"}
-        self.layer = add_image_result(self.viewer, res.heatmap, res.geometry, inp.case_id, name,
-                                      **meta)
+        self.layer = add_layer_data(self.viewer, prepared.layer_data, select=True,
+                                    built=prepared.built)
         self._apply_threshold()
         loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no mask)"
         self.score.setText(f"{res.task} = {res.target_class} ({res.model}, {res.method}): "
@@ -218,3 +224,10 @@ class ExplainWidget(QWidget):
 
         return start_job(gen, name="Export rendering", owner=self, viewer=self.viewer,
                          on_result=done)
+
+
+def heatmap_layer_data(res, case_id: str):
+    """The image layer of an explanation (``<case> <task> <method>``); runs in the worker."""
+    meta = {k: v for k, v in res.metadata.items() if k != "case_id"}
+    return image_result_data(res.heatmap, res.geometry, case_id,
+                             f"{case_id} {res.task} {res.method}", **meta)

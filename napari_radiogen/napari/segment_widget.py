@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import (CaseCombo, add_layer_data, build_layer, device_combo, labels_result_data,
-                      run_cancel_row)
+from ._common import (CaseCombo, PreparedResult, add_layer_data, device_combo,
+                      labels_result_data, prepared_results, run_cancel_row)
 from .layers import LayerData
 from .workers import start_job
 
@@ -182,7 +182,8 @@ class SegmentationWidget(QWidget):
 
         def factory(token):
             model = self._load_model(inp.model, dev)
-            return _prepared(segment(case, model, device=dev, cancel=token), case_id, existing)
+            return prepared_results(segment(case, model, device=dev, cancel=token),
+                                    lambda res: result_layer_data(res, case_id), existing)
 
         self.status.setText(f"segmenting {case_id} with {inp.model} ...")
         self.run_button.setEnabled(False)
@@ -225,8 +226,8 @@ class SegmentationWidget(QWidget):
     def _on_result(self, prepared, case_id: str) -> None:
         if prepared is None:
             return
-        if not isinstance(prepared, PreparedSegmentation):     # a bare result: build it here
-            prepared = PreparedSegmentation(prepared, result_layer_data(prepared, case_id))
+        if not isinstance(prepared, PreparedResult):           # a bare result: build it here
+            prepared = PreparedResult(prepared, result_layer_data(prepared, case_id))
         res = prepared.result
         self.result = res
         self.result_case_id = case_id
@@ -354,15 +355,6 @@ class SegmentationWidget(QWidget):
             self.status.setText(f"volume table written to {self.export_csv(path)}")
 
 
-@dataclass
-class PreparedSegmentation:
-    """A segmentation result with its layer data and, for a new layer, its napari object, both
-    made in the worker thread (the main thread only adds them)."""
-    result: Any
-    layer_data: LayerData
-    built: Any = None
-
-
 def result_layer_data(res, case_id: str) -> LayerData:
     """The labels layer of a segmentation result, named after the model (never the name of the
     case's own expert labels layer). Pure numpy: runs in the worker."""
@@ -372,13 +364,3 @@ def result_layer_data(res, case_id: str) -> LayerData:
     return labels_result_data(res.labels, res.geometry, case_id,
                               f"{case_id} segmentation ({res.model})", **meta)
 
-
-def _prepared(gen, case_id: str, existing):
-    """Relay a segmentation job's items; its result goes out as a PreparedSegmentation."""
-    from ..core.progress import Progress
-    for item in gen:
-        if not isinstance(item, Progress) and item is not None:
-            ld = result_layer_data(item, case_id)
-            item = PreparedSegmentation(item, ld,
-                                        None if ld[1]["name"] in existing else build_layer(ld))
-        yield item
