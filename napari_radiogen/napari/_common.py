@@ -284,9 +284,15 @@ def prepared_results(gen, layer_data_of: Callable[[Any], LayerData], existing) -
     for item in gen:
         if item is not None and not isinstance(item, Progress):
             ld = layer_data_of(item)
-            item = PreparedResult(item, ld, None if ld[1]["name"] in existing
-                                  else build_layer(ld))
+            item = PreparedResult(item, ld, build_if_new(ld, existing))
         yield item
+
+
+def build_if_new(layer_data: LayerData, existing) -> Any:
+    """:func:`build_layer` for a layer whose name is not in ``existing`` (the viewer's layer
+    names read in the main thread when the job started); None for one that exists, which the
+    main thread updates in place."""
+    return None if layer_data[1]["name"] in existing else build_layer(layer_data)
 
 
 def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False, built: Any = None):

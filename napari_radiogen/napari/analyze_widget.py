@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
-from ._common import (CaseCombo, ResultLayers, StatusLine, build_layer, device_combo,
+from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, device_combo,
                       image_result_data, labels_result_data)
 from .layers import LayerData
 from .workers import start_job
@@ -164,9 +164,8 @@ class AnalyzeWidget(QWidget):
             for item in analyzer.analyze(case, cancel=tok):
                 if isinstance(item, StageResult):
                     layers = stage_layers(item, cid)
-                    item = PreparedStage(item, layers, [
-                        None if ld[1]["name"] in existing else build_layer(ld)
-                        for ld in layers])
+                    item = PreparedStage(item, layers,
+                                         [build_if_new(ld, existing) for ld in layers])
                 yield item
 
         self.job = start_job(job, name=f"Analyze {inp.case_id}", on_progress=self._progress,
