@@ -24,7 +24,7 @@ import sys
 
 _TIMED = """
 import resource, sys, time, threading, torch
-from napari_radiogen.core.allocator import tune_allocator
+from napari_radiogen.core.allocator import allocator_state, tune_allocator
 tune_allocator()                        # as the radiogen command and the plugin do
 from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
 from napari_radiogen.core.progress import run
@@ -44,7 +44,6 @@ def job():                              # in a worker thread, as in the viewer
 th = threading.Thread(target=job); th.start(); th.join()
 print(" ".join(f"{t:.3f}" for t in times))
 print(" ".join(str(f) for f in faults))
-from napari_radiogen.core.allocator import allocator_state
 print(allocator_state())
 """
 SETTINGS = {"default": ({}, 0),

@@ -900,6 +900,27 @@ def lgg_rule_variants(run_dir: Path) -> dict:
     return out
 
 
+def lgg_rule_copy(run_dir: Path, out: Path) -> Path:
+    """A copy of a 2D CV run whose fold models carry the candidate rule (segmentation_lgg_pp's
+    postprocess) in their cards: ``cv_prediction.py --models radiomics --seg-run OUT`` then
+    makes predict_radiomics's training and test masks with the rule (same fold models, same
+    patients), the revalidation the rule needs before it can be adopted."""
+    import shutil
+
+    from napari_radiogen.core.models import load_model, save_model
+    from napari_radiogen.core.train.config import load_config
+
+    rule = dict(load_config(LGG_RULE_CONFIG)["model"]["postprocess"])
+    if out.exists():
+        raise SystemExit(f"{out} exists")
+    shutil.copytree(run_dir, out)
+    for p in sorted((out / "folds").glob("fold*_best.safetensors")):
+        m = load_model(str(p), task="segmentation")
+        save_model(p, m.module.state_dict(), dict(m.card, postprocess=rule))
+    print(f"wrote {out} (fold models with postprocess {rule})")
+    return out
+
+
 def ship_lgg_rule(run_dir: Path, ship: bool, adopt: bool = False) -> dict:
     """Score the 2D model's postprocess rule (config segmentation_lgg_pp) from its CV run;
     ``ship``: record the result in the shipped card as ``postprocess_candidate`` (the card's
@@ -960,11 +981,12 @@ def ship_lgg_rule(run_dir: Path, ship: bool, adopt: bool = False) -> dict:
                 "per patient, Dice with the rule minus without it, the same fold models of one "
                 "CV run; Wilcoxon signed-rank test")),
             "status": (
-                "measured, not adopted: the rule would change the masks whose features "
-                "predict_radiomics (and through it predict_ensemble) was validated on: on the "
-                "88 packs, segmented by this model in-sample, the radiomics probabilities moved "
-                "by 0.02-0.03 on average (at most 0.28); adopt it after revalidating those "
-                "models on rule masks"),
+                "measured, not adopted: the rule changes the masks whose features "
+                "predict_radiomics (and through it predict_ensemble) was validated on, and "
+                "predict_radiomics retrained and tested on rule masks scored lower (README, "
+                "model table; --lgg-rule-copy, then cv_prediction.py --models radiomics "
+                "--seg-run on the copy); adopt it only with predictors validated on rule "
+                "masks"),
             "reproduce": (f"OMP_NUM_THREADS=2 radiogen train {LGG_RULE_CONFIG} --out "
                           "runs/seg/lgg_segresnet_pp --no-install && python "
                           "scripts/cv_segmentation.py --lgg-rule runs/seg/lgg_segresnet_pp "
@@ -1048,6 +1070,9 @@ def main():
     ap.add_argument("--adopt", action="store_true",
                     help="with --lgg-rule and --ship: make the rule the card's postprocess "
                          "(revalidate the segmentation-based predictors on rule masks first)")
+    ap.add_argument("--lgg-rule-copy", nargs=2, metavar=("RUN", "OUT"),
+                    help="copy a 2D CV run with the candidate rule in its fold models' cards "
+                         "(for cv_prediction.py --seg-run OUT), and stop")
     ap.add_argument("--lgg-rule-variants", metavar="RUN",
                     help="held-out Dice of the candidate 2D postprocess rules with a CV run's "
                          "fold models (the table segmentation_lgg_pp's rule was fixed on), "
@@ -1055,6 +1080,9 @@ def main():
     a = ap.parse_args()
     import torch
     torch.set_num_threads(1)
+    if a.lgg_rule_copy:
+        lgg_rule_copy(Path(a.lgg_rule_copy[0]), Path(a.lgg_rule_copy[1]))
+        return
     if a.lgg_rule_variants:
         lgg_rule_variants(Path(a.lgg_rule_variants))
         return

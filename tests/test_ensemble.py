@@ -193,7 +193,8 @@ def test_a_warning_both_members_give_is_said_once_naming_them(ens):
 
 
 def test_merge_member_warnings_groups_by_kind_and_keeps_every_word():
-    from napari_radiogen.core.predict import Note, merge_member_warnings
+    from napari_radiogen.core.notes import Note
+    from napari_radiogen.core.predict import merge_member_warnings
     out = merge_member_warnings(
         [("a", ["t1ce missing: masked", Note("x: one two", "k"), "only a"]),
          ("b", ["t1ce missing: masked", Note("x: one", "k"), Note("t2 ignored: b", "t2 ign")])],
@@ -207,8 +208,8 @@ def test_merged_warnings_keep_lists_whole_and_their_kind():
     """Two members listing inputs in different words: never cut inside the list; the merged
     warning keeps its kind, so an analysis that synthesised the inputs can leave it out."""
     from napari_radiogen.core.pipeline import AnalysisResult, _add_warnings
-    from napari_radiogen.core.predict import (SYNTHETIC_USED, Note, merge_member_warnings,
-                                              warning_key)
+    from napari_radiogen.core.notes import SYNTHETIC_USED, Note, warning_key
+    from napari_radiogen.core.predict import merge_member_warnings
 
     def note(t):
         return Note("synthetic input(s) used: " + t, SYNTHETIC_USED)

@@ -37,7 +37,8 @@ TOP_PAD = 64 * MIB
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
-_STATE: Dict[str, object] = {"done": False, "tuned": False, "reason": "not called"}
+#: ``reason``: why the allocator was left alone, None once the settings are in force
+_STATE: Dict[str, object] = {"done": False, "reason": "not called"}
 
 
 def _skip_reason() -> Optional[str]:
@@ -58,7 +59,7 @@ def tune_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (once); True when they are set.
     Never raises: an allocator setting is an optimisation only."""
     if _STATE["done"]:
-        return bool(_STATE["tuned"])
+        return _STATE["reason"] is None
     _STATE["done"] = True
     reason = _skip_reason()
     if reason is None:
@@ -73,14 +74,15 @@ def tune_allocator() -> bool:
             reason = f"mallopt refused the {', '.join(refused)} setting" if refused else None
         except (OSError, AttributeError) as e:  # pragma: no cover - no mallopt
             reason = f"mallopt unavailable ({e})"
-    _STATE["tuned"] = reason is None
-    _STATE["reason"] = reason or (f"glibc: mmap threshold {MMAP_THRESHOLD // MIB} MiB, "
-                                  f"trim threshold {TRIM_THRESHOLD // MIB} MiB")
+    _STATE["reason"] = reason
     if reason:
         log.debug("allocator left as it is: %s", reason)
-    return bool(_STATE["tuned"])
+    return reason is None
 
 
 def allocator_state() -> str:
     """One line for reports and benchmarks: the settings in force, or why there are none."""
-    return ("tuned, " if _STATE["tuned"] else "default, ") + str(_STATE["reason"])
+    if _STATE["reason"] is None:
+        return (f"tuned, glibc: mmap threshold {MMAP_THRESHOLD // MIB} MiB, "
+                f"trim threshold {TRIM_THRESHOLD // MIB} MiB")
+    return f"default, {_STATE['reason']}"

@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError, RadiogenError
+from .notes import synthetic_note
 from .progress import CancelToken, Progress, check
 
 METHODS = ("gradcam", "gradcam++", "layercam", "attention", "occlusion")
@@ -457,7 +458,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
         loc = localisation_score(heat, wt_mask, (g.spacing[2], g.spacing[1], g.spacing[0]))
     synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
     if synth:
-        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+        warns.append(synthetic_note(synth))
     yield Progress("explain", 4, 4, "done")
     yield ExplainResult(case_id=case.case_id, task=task, method=method, model=lm.name,
                         target_class=target, heatmap=heat.astype(np.float32),
@@ -547,7 +548,7 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
     synth = [s for s in ("flair", "t1", "t1ce") if s in case.sequences
              and case.sequences[s].synthetic]
     if synth:
-        warns.append(f"synthetic input(s) used: {', '.join(synth)}")
+        warns.append(synthetic_note(synth))
     yield Progress("explain", 3, 4, "scoring")
     heat = _scale_max(heat)
     gt, mask_source = _ground_truth_or(case, wt_mask)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .case import Case
 from .errors import Cancelled, ModelFileError, RadiogenError, error_text
+from .notes import SYNTHETIC_KEYS, warning_key
 from .progress import CancelToken, Progress, check
 
 STAGES = ("load", "synthesize", "segment", "predict", "explain")
@@ -54,10 +55,8 @@ class StageResult:
 def _add_warnings(res: "AnalysisResult", warnings) -> None:
     """A stage's warnings, once each; a stage's own "synthetic input(s) used" note is left out
     when the analysis synthesised the inputs (its own warning names them already)."""
-    from .predict import SYNTHETIC_KEYS, warning_key
     for w in warnings:
-        if res.synthesized and (warning_key(w) in SYNTHETIC_KEYS
-                                or w.startswith("synthetic input(s) used")):
+        if res.synthesized and warning_key(w) in SYNTHETIC_KEYS:
             continue
         if w not in res.warnings:
             res.warnings.append(w)
@@ -325,7 +324,7 @@ class Analyzer:
                     # e.g. an ensemble's heatmap is its image member's: the report says so
                     _add_warnings(res, [f"explanation ({ex.method}, {task}): {w}"
                                         for w in ex.warnings if w not in res.warnings
-                                        and not w.startswith("synthetic input(s) used")])
+                                        and warning_key(w) not in SYNTHETIC_KEYS])
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
                 except RadiogenError as e:
                     stage_error(f"explain {task}", e)

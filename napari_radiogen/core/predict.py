@@ -30,6 +30,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ConfigError, MissingSequenceError
+from .notes import (AGE_UNKNOWN, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_SEGMENTATION, Note,
+                    synthetic_note, warning_key)
 from .progress import CancelToken, Progress, check
 
 TASK = "prediction"
@@ -334,34 +336,7 @@ def to_volume3d(inp: SliceInput, depth: int) -> np.ndarray:
     return ndimage.zoom(inp.x, (1, depth / N, 1, 1), order=1).astype(np.float32)
 
 
-# -- warnings ------------------------------------------------------------------------------
-class Note(str):
-    """A warning (its text, a plain ``str`` for JSON and comparisons) with a stable ``key`` for
-    its kind, set where it is made: the members of an ensemble give some warnings in their own
-    words (a missing age imputed with the training mean or median), and the ensemble says each
-    kind once (:func:`merge_member_warnings`) by the key, not by comparing sentences."""
-    key: str
-
-    def __new__(cls, text: str, key: str = "") -> "Note":
-        note = super().__new__(cls, text)
-        note.key = key or text
-        return note
-
-
-#: keys of the warnings that models of more than one kind give, each in its own words
-AGE_UNKNOWN, SEX_UNKNOWN = "age unknown", "sex unknown"
-OUTSIDE_DOMAIN_3D = "3D volume outside the validated domain"
-SYNTHETIC_USED = "synthetic inputs used"
-SYNTHETIC_SEGMENTATION = "synthetic inputs of the tumour segmentation"
-#: the kinds an analysis that synthesised the inputs says itself (core.pipeline)
-SYNTHETIC_KEYS = (SYNTHETIC_USED, SYNTHETIC_SEGMENTATION)
-
-
-def warning_key(w: str) -> str:
-    """The kind of warning ``w``: its :class:`Note` key, else its text."""
-    return getattr(w, "key", None) or str(w)
-
-
+# -- warnings (kinds: core.notes) ----------------------------------------------------------
 def merge_member_warnings(members: Sequence[Tuple[str, Sequence[str]]],
                           said: Sequence[str] = ()) -> List[str]:
     """An ensemble's warnings from its members' ``(model, warnings)``: each kind
@@ -862,11 +837,11 @@ def synthetic_used(case, seqs: Sequence[str], via_segmentation: Sequence[str],
     # in one order whatever the model's channel order: two members' notes then read the same
     direct = sorted(s for s in seqs if s in case.sequences and case.sequences[s].synthetic)
     if direct:
-        warns.append(Note(f"synthetic input(s) used: {', '.join(direct)}", SYNTHETIC_USED))
+        warns.append(synthetic_note(direct))
     via = sorted(s for s in set(via_segmentation) if s not in direct)
     if via and supplied_source is not None:
-        warns.append(Note(f"synthetic input(s) used: {', '.join(via)}, through the tumour "
-                          f"{supplied_source}", SYNTHETIC_SEGMENTATION))
+        warns.append(synthetic_note(via, f", through the tumour {supplied_source}",
+                                    SYNTHETIC_SEGMENTATION))
     return direct + via
 
 

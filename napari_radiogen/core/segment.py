@@ -28,6 +28,7 @@ import numpy as np
 from .case import REGIONS, Case, Geometry
 from .errors import (CaseLoadError, GeometryError, MissingSequenceError, ModelFileError,
                      RadiogenError)
+from .notes import synthetic_note
 from .progress import CancelToken, Progress, check
 
 TASK = "segmentation"
@@ -375,8 +376,8 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
     warn: List[str] = []
     syn = [s for s in case.synthetic_inputs() if s in (card.get("sequences") or [])]
     if syn:
-        warn.append(f"synthetic input(s) used: {', '.join(syn)} (generated, not acquired); "
-                    "interpret the segmentation with care")
+        warn.append(synthetic_note(syn, " (generated, not acquired); interpret the "
+                                        "segmentation with care"))
     if int(card.get("dims", 3)) == 3:
         gen = _segment_volume(case, model, dev, cancel, timings, warn)
     else:

@@ -197,10 +197,9 @@ def defer_tool_overlays(layer) -> None:
     other than pan/zoom, not when the layer is added.
 
     napari builds the vispy visuals of a layer's visible overlays in the main thread as the
-    layer is inserted: for a labels layer's polygon and brush-stroke overlays that was 25-50 ms
-    of the 60-100 ms an insertion took here (napari 0.9.2, Mesa software rendering; timed by
-    wrapping napari's insertion steps, not a figure scripts/bench_viewer.py prints), spent on
-    tools a result layer may never be edited with. Overlays that are not visible are created
+    layer is inserted: for a labels layer's polygon and brush-stroke overlays that is a large
+    part of the insertion (napari 0.9.2, software rendering), spent on tools a result layer may
+    never be edited with. Overlays that are not visible are created
     by napari when they become visible, which this arranges on the first change to any mode
     but pan/zoom and transform (pick and fill included)."""
     overlays = getattr(layer, "_overlays", None)
@@ -225,8 +224,8 @@ def defer_tool_overlays(layer) -> None:
 
 def build_layer(layer_data: LayerData):
     """The napari layer object of one ``(data, kwargs, layer_type)`` tuple, built where it is
-    called (a worker thread: constructing the layer, with its label table and colormap, took
-    10-30 ms here that the main thread then does not spend); labels layers get their tool
+    called (a worker thread: constructing the layer, with its label table and colormap, is
+    then not the main thread's work); labels layers get their tool
     overlays on demand (:func:`defer_tool_overlays`). The main thread only inserts it."""
     from napari.layers import Layer
     data, kw, kind = layer_data
@@ -381,12 +380,6 @@ def image_result_data(array: np.ndarray, geometry: Geometry, case_id: str, name:
                             blending=blending, visible=visible, result=not synthetic, **meta)
 
 
-def add_labels_result(viewer, labels: np.ndarray, geometry: Geometry, case_id: str, name: str,
-                      **meta: Any):
-    data, kw, kind = labels_result_data(labels, geometry, case_id, name, **meta)
-    return replace_layer(viewer, data, kw, kind)
-
-
 def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str, name: str,
                      *, colormap: str = "inferno", opacity: float = 0.5,
                      contrast=(0.0, 1.0), synthetic: bool = False, sequence: str = "heatmap",
@@ -398,5 +391,5 @@ def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str
 
 
 __all__ = ["CaseCombo", "StatusLine", "device_combo", "run_cancel_row", "replace_layer",
-           "add_labels_result", "add_image_result", "add_layer_data", "labels_result_data",
+           "add_image_result", "add_layer_data", "labels_result_data",
            "image_result_data", "reference_geometry", "case_ids", "geometry_kwargs"]

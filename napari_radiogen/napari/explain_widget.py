@@ -18,8 +18,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
 
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import (CaseCombo, PreparedResult, add_layer_data, image_result_data,
-                      prepared_results)
+from ._common import CaseCombo, add_layer_data, image_result_data, prepared_results
 from .workers import start_job
 
 
@@ -156,8 +155,6 @@ class ExplainWidget(QWidget):
         self.bar.setValue(min(p.done, max(p.total, 1)))
 
     def _show(self, prepared, inp: ExplainInputs) -> None:
-        if not isinstance(prepared, PreparedResult):           # a bare result: build it here
-            prepared = PreparedResult(prepared, heatmap_layer_data(prepared, inp.case_id))
         res = prepared.result
         self.result = res
         name = prepared.layer_data[1]["name"]

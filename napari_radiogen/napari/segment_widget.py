@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import (CaseCombo, PreparedResult, add_layer_data, device_combo,
-                      labels_result_data, prepared_results, run_cancel_row)
+from ._common import (CaseCombo, add_layer_data, device_combo, labels_result_data,
+                      prepared_results, run_cancel_row)
 from .layers import LayerData
 from .workers import start_job
 
@@ -226,8 +226,6 @@ class SegmentationWidget(QWidget):
     def _on_result(self, prepared, case_id: str) -> None:
         if prepared is None:
             return
-        if not isinstance(prepared, PreparedResult):           # a bare result: build it here
-            prepared = PreparedResult(prepared, result_layer_data(prepared, case_id))
         res = prepared.result
         self.result = res
         self.result_case_id = case_id
@@ -363,4 +361,3 @@ def result_layer_data(res, case_id: str) -> LayerData:
         meta["label_names"] = {0: "background", 1: "FLAIR abnormality"}
     return labels_result_data(res.labels, res.geometry, case_id,
                               f"{case_id} segmentation ({res.model})", **meta)
-
