@@ -5,9 +5,10 @@ first run adds the result layers, the reruns update them in place) with the inst
 models, and samples the Qt event loop with a 10 ms timer. The script waits for each job the way
 the application does: in a running Qt event loop (``QEventLoop.exec`` until the job's
 ``finished`` signal), not by polling. The headless analysis (the same ``Analyzer``, models
-loaded, in the viewer's main thread while the viewer waits) is interleaved with the reruns, so
-both see the same machine load; the same analysis is also timed first in a separate plain
-Python process (no napari, no Qt: what ``radiogen analyze`` runs). Reports, per run:
+loaded, in the viewer's main thread while the viewer waits) is interleaved with the reruns, and
+so is the same analysis in a separate plain Python process started beforehand (no napari, no
+Qt: what ``radiogen analyze`` runs; models loaded once), so all three see the same machine
+load. Reports, per run:
 
 - the worst event-loop gap outside result deliveries (target < 50 ms: the models run on a worker);
 - the worst gap overall, and the longest delivery (napari building or updating a layer in the
@@ -43,9 +44,45 @@ from napari_radiogen.core.sample import sample_case_path
 case = load_case(sample_case_path())
 an = Analyzer(AnalysisOptions(device=sys.argv[1]))
 run(an.analyze(case))                                  # models loaded, as in the reruns
-for _ in range(int(sys.argv[2])):
-    t = time.perf_counter(); run(an.analyze(case)); print(time.perf_counter() - t)
+print("ready", flush=True)
+for line in sys.stdin:                                 # one timed analysis per request
+    t = time.perf_counter(); run(an.analyze(case)); print(time.perf_counter() - t, flush=True)
 """
+
+
+class HeadlessProcess:
+    """The analysis in a plain Python process (no napari, no Qt: what ``radiogen analyze``
+    runs, less start-up and file output), models loaded once; :meth:`time_one` runs one
+    analysis on request, so that its runs interleave with the viewer's and see the same
+    machine load (while it runs, the viewer's process waits, idle)."""
+
+    def __init__(self, device: str, env: dict):
+        import subprocess
+        import tempfile
+        self.err = tempfile.TemporaryFile("w+")    # a pipe left unread could fill and block it
+        self.proc = subprocess.Popen([sys.executable, "-c", _HEADLESS, device], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"headless process failed:\n{self._stderr()}")
+
+    def _stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()[-2000:]
+
+    def time_one(self) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"headless process failed:\n{self._stderr()}")
+        return float(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.err.close()
 
 
 def cpu_by_thread() -> dict:
@@ -76,18 +113,6 @@ def thread_cpu_delta(before: dict, after: dict) -> dict:
     return {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1]) if v > 0.005}
 
 
-def headless_process(device: str, env: dict, runs: int = 3) -> list:
-    """The analysis timed in a plain Python process (no napari, no Qt: what ``radiogen
-    analyze`` runs, less start-up and file output), models loaded, ``runs`` times."""
-    import subprocess
-    out = subprocess.run([sys.executable, "-c", _HEADLESS, device, str(runs)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        print(f"headless process failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-        return []
-    return [float(x) for x in out.stdout.split()]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -98,7 +123,12 @@ def main(argv=None) -> int:
                     help="skip the headless analysis in a separate, plain Python process")
     args = ap.parse_args(argv)
     env = dict(os.environ)            # before napari_radiogen.napari sets OMP_WAIT_POLICY
-    process_headless = [] if args.no_process_baseline else headless_process(args.device, env)
+    try:
+        plain = None if args.no_process_baseline else HeadlessProcess(args.device, env)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    process_headless: list = []
 
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
@@ -169,15 +199,22 @@ def main(argv=None) -> int:
         rows.append(napari_run("new layers"))
         for _ in range(args.runs - 1):
             headless.append(headless_run())
+            if plain is not None:
+                idle(0.3)
+                process_headless.append(plain.time_one())
             rows.append(napari_run("in-place rerun"))
         if not headless:
             headless.append(headless_run())
+        if plain is not None and not process_headless:
+            process_headless.append(plain.time_one())
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 1
     finally:
         load = os.getloadavg()
         viewer.close()
+        if plain is not None:
+            plain.close()
     reruns = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
     import torch
     out = {"device": args.device, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
