@@ -1,7 +1,11 @@
 """The synthesis dock widget: lists present/missing sequences, synthesises a missing one as an
 aligned layer named '<case_id> <target> (synthetic)' with synthetic metadata, fills all missing,
-ranks (bar chart + differentiation-map heatmap layers), and cancels."""
+ranks (bar chart + differentiation-map heatmap layers), and cancels. The result layers come
+built from the worker (a new layer's napari object is the one the job prepared); a rerun
+updates the existing layers in place."""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -29,8 +33,24 @@ def _wait(qtbot, w):
     qtbot.waitUntil(lambda: w._job is not None and w._job.done, timeout=120_000)
 
 
-def test_widget_synthesises_an_aligned_labelled_layer(viewer_with_case, tiny, qtbot):
-    from napari_radiogen.napari.synth_widget import FILL_ALL, SynthesisWidget
+@pytest.fixture
+def build_threads(monkeypatch):
+    """{layer name: thread id} of every layer object _common.build_layer made."""
+    import napari_radiogen.napari._common as common
+    seen = {}
+    orig = common.build_layer
+
+    def spy(layer_data):
+        seen[layer_data[1]["name"]] = threading.get_ident()
+        return orig(layer_data)
+
+    monkeypatch.setattr(common, "build_layer", spy)
+    return seen
+
+
+def test_widget_synthesises_an_aligned_labelled_layer(viewer_with_case, tiny, qtbot,
+                                                      build_threads):
+    from napari_radiogen.napari.synth_widget import FILL_ALL, PreparedSynth, SynthesisWidget
     viewer, case = viewer_with_case
     w = SynthesisWidget(viewer)
     qtbot.addWidget(w)
@@ -53,21 +73,49 @@ def test_widget_synthesises_an_aligned_labelled_layer(viewer_with_case, tiny, qt
     np.testing.assert_allclose(layer.scale, ref.scale)
     np.testing.assert_allclose(layer.translate, ref.translate)
     assert layer.data.shape == ref.data.shape
+    # a new layer: its napari object was built in the worker and is the one that landed
+    prep = w._job.result
+    assert isinstance(prep, PreparedSynth) and prep.result is w.result
+    assert prep.built == [layer] and w.result_layers == [layer]
+    assert build_threads[name] != threading.get_ident()
+    np.testing.assert_array_equal(layer.data, w.result.volume.array)
+    # a rerun updates the layer in place: same object, the new result's data and metadata
+    layer.data = np.zeros_like(layer.data)
+    layer.metadata["radiogen"]["model"] = "stale"
+    w.target_combo.setCurrentText("t1ce")
+    w.run()
+    _wait(qtbot, w)
+    assert w._job.error is None and not w._job.cancelled
+    assert w._job.result.built == [None]                 # nothing built: it existed at Run
+    assert viewer.layers[name] is layer and w.result_layers == [layer]
+    assert sum(l.name == name for l in viewer.layers) == 1
+    np.testing.assert_array_equal(layer.data, w.result.volume.array)
+    assert layer.data.any()
+    assert layer.metadata["radiogen"]["model"] == w.result.model != "stale"
+    assert layer.metadata["radiogen"]["synthetic"] is True
     # now listed as present (synthetic); fill all missing adds t2 only
     assert "t1ce (synthetic)" in w.present_label.text() and w.missing == ["t2"]
     w.target_combo.setCurrentText(FILL_ALL)
     w.run()
     _wait(qtbot, w)
-    assert f"{case.case_id} t2 (synthetic)" in viewer.layers
+    t2 = f"{case.case_id} t2 (synthetic)"
+    assert t2 in viewer.layers
     assert w.missing == []
+    prep = w._job.result
+    assert [ld[1]["name"] for ld in prep.layers] == [t2]     # t1ce was there already
+    assert prep.built == [viewer.layers[t2]] and w.result_layers == [viewer.layers[t2]]
+    assert build_threads[t2] != threading.get_ident()
+    assert viewer.layers[t2].metadata["radiogen"]["synthetic"] is True
+    assert viewer.layers[t2].metadata["radiogen"]["case_id"] == case.case_id
+    assert viewer.layers[name] is layer                    # untouched by the fill
     # the layers read back as a case that knows its synthetic inputs
     from napari_radiogen.napari.layers import case_from_layers
     back = case_from_layers(viewer.layers, case.case_id)
     assert set(back.synthetic_inputs()) == {"t1ce", "t2"}
 
 
-def test_widget_ranks_with_chart_and_heatmaps(viewer_with_case, tiny, qtbot):
-    from napari_radiogen.napari.synth_widget import SynthesisWidget
+def test_widget_ranks_with_chart_and_heatmaps(viewer_with_case, tiny, qtbot, build_threads):
+    from napari_radiogen.napari.synth_widget import PreparedSynth, SynthesisWidget
     viewer, case = viewer_with_case
     w = SynthesisWidget(viewer)
     qtbot.addWidget(w)
@@ -83,6 +131,30 @@ def test_widget_ranks_with_chart_and_heatmaps(viewer_with_case, tiny, qtbot):
     assert lay.colormap.name == "inferno"
     np.testing.assert_allclose(lay.translate, viewer.layers[f"{case.case_id} flair"].translate)
     assert "contribution" in w.metrics_label.text()
+    # the map layers are the objects the worker built; the first map is the visible one
+    # (the target, "fill all missing", has no map)
+    prep = w._job.result
+    assert isinstance(prep, PreparedSynth) and prep.result is w.ranking
+    maps = [viewer.layers[f"{case.case_id} {t} differentiation map"] for t in ("t1", "flair")]
+    assert prep.built == maps and w.map_layers == maps
+    assert all(build_threads[m.name] != threading.get_ident() for m in maps)
+    assert [m.visible for m in maps] == [True, False]
+    assert maps[0].metadata["radiogen"]["kind"] == "differentiation-map"
+    assert maps[0].metadata["radiogen"]["case_id"] == case.case_id
+    np.testing.assert_array_equal(maps[0].data, w.ranking.cases[0].maps["t1"].array)
+    # a rerun (target FLAIR now) updates them in place: same objects, new data, visibility
+    for m in maps:
+        m.data = np.zeros_like(m.data)
+    w.target_combo.setCurrentText("flair")
+    w.rank()
+    _wait(qtbot, w)
+    assert w._job.error is None and not w._job.cancelled
+    assert w._job.result.built == [None, None]
+    assert [viewer.layers[m.name] for m in maps] == maps and w.map_layers == maps
+    assert [m.visible for m in maps] == [False, True]
+    for m, t in zip(maps, ("t1", "flair")):
+        np.testing.assert_array_equal(m.data, w.ranking.cases[0].maps[t].array)
+        assert m.data.any()
 
 
 def test_widget_cancel(viewer_with_case, tiny, qtbot):
@@ -91,8 +163,11 @@ def test_widget_cancel(viewer_with_case, tiny, qtbot):
     w = SynthesisWidget(viewer)
     qtbot.addWidget(w)
     w.set_model_path(tiny, "tiny")
+    before = [l.name for l in viewer.layers]
     w.rank()
     w.cancel()
     _wait(qtbot, w)
     assert w._job.cancelled
     assert w.run_btn.isEnabled()
+    assert [l.name for l in viewer.layers] == before       # a cancelled run adds nothing
+    assert w.ranking is None and w.map_layers == []

@@ -12,21 +12,49 @@ Rank runs :func:`core.synthesize.rank_sequences` on the case: a bar chart of eac
 contribution (matplotlib, in the dock), and per target the imaging-differentiation map (MAE of
 generating it from each single source) as a heatmap layer ``<case_id> <target> differentiation
 map``.
+
+The result layers' data and, for a layer whose name is not in the viewer when the job starts,
+their napari objects are built in the worker thread (:func:`synth_layers`,
+:func:`diffmap_layers`, ``_common.build_if_new``); the main thread only inserts them, or updates
+an existing layer of that name in place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
 
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton,
                             QVBoxLayout, QWidget)
 
 from ..core.case import SEQUENCES
-from ._common import CaseCombo, add_image_result, device_combo, replace_layer
-from .layers import case_layers, image_layer_data, radiogen_meta
+from ._common import (CaseCombo, add_layer_data, build_if_new, device_combo,
+                      image_result_data)
+from .layers import LayerData, case_layers, image_layer_data, radiogen_meta
 from .workers import start_job
 
 FILL_ALL = "fill all missing"
+
+
+@dataclass
+class PreparedSynth:
+    """A synthesis or ranking result with its layers' data and, per layer, its napari object
+    when the layer is new (None: a layer of that name existed at Start and is updated in
+    place), all made in the worker thread."""
+    result: Any
+    layers: List[LayerData] = field(default_factory=list)
+    built: List[Any] = field(default_factory=list)
+
+
+def prepared(gen, layers_of, existing) -> Iterator[Any]:
+    """Relay a job's items (run it in the worker); each result goes out as a
+    :class:`PreparedSynth` with ``layers_of(result)`` and their layer objects
+    (``_common.build_if_new``: ``existing`` is the viewer's layer names read at Start)."""
+    from ..core.progress import Progress
+    for item in gen:
+        if item is not None and not isinstance(item, Progress):
+            lds = layers_of(item)
+            item = PreparedSynth(item, lds, [build_if_new(ld, existing) for ld in lds])
+        yield item
 
 
 @dataclass
@@ -166,13 +194,21 @@ class SynthesisWidget(QWidget):
 
         if inp.target == FILL_ALL:
             needed = list(SEQUENCES)
-            factory = lambda tok: S.fill_missing(case, inp.model, needed,  # noqa: E731
-                                                 device=inp.device, cancel=tok)
+            core = lambda tok: S.fill_missing(case, inp.model, needed,  # noqa: E731
+                                              device=inp.device, cancel=tok)
             name = f"fill missing ({inp.case_id})"
         else:
-            factory = lambda tok: S.synthesize(case, inp.model, inp.target,  # noqa: E731
-                                               device=inp.device, cancel=tok)
+            core = lambda tok: S.synthesize(case, inp.model, inp.target,  # noqa: E731
+                                            device=inp.device, cancel=tok)
             name = f"synthesize {inp.target} ({inp.case_id})"
+        # layer names as the job starts (main thread): a new result layer is built, napari
+        # object included, in the worker; an existing one is updated in place
+        existing = {layer.name for layer in self.viewer.layers}
+
+        def factory(tok):
+            return prepared(core(tok), lambda res: synth_layers(res, case, inp.case_id),
+                            existing)
+
         self.status.setText(f"{name}: running")
         self._busy(True)
         self._job = start_job(factory, name=name, viewer=self.viewer, owner=self,
@@ -180,36 +216,26 @@ class SynthesisWidget(QWidget):
                               on_progress=lambda p: self.status.setText(str(p)),
                               on_finished=self._on_finished)
 
-    def _add_synthetic(self, case_id: str, vol, target: str, info: Dict[str, Any]):
-        # translucent: shown as itself on top (added to the visible sequence below, additive
-        # blending washed the brain out to white)
-        data, kw, kind = image_layer_data(vol, case_id=case_id, sequence=target,
-                                          name=f"{case_id} {target} (synthetic)",
-                                          contrast=(0.0, 1.0), blending="translucent", **info)
-        kw["metadata"]["radiogen"]["synthetic"] = True
-        layer = replace_layer(self.viewer, data, kw, kind)
-        self.result_layers.append(layer)
-        return layer
+    def _add_layers(self, prep: PreparedSynth) -> List[Any]:
+        """Insert the layers the worker prepared (or update existing ones in place)."""
+        built = prep.built or [None] * len(prep.layers)
+        return [add_layer_data(self.viewer, ld, select=True, built=b)
+                for ld, b in zip(prep.layers, built)]
 
-    def _on_result(self, inp: SynthInputs, case, res) -> None:
+    def _on_result(self, inp: SynthInputs, case, prep: PreparedSynth) -> None:
         from ..core.case import Case
         from ..core.synthesize import SynthResult
+        res = prep.result
         self.result = res
-        self.result_layers = []
+        self.result_layers = self._add_layers(prep)
         if isinstance(res, SynthResult):
-            self._add_synthetic(inp.case_id, res.volume, res.target,
-                                {"sources": res.sources, "model": res.model,
-                                 "metrics": res.to_json().get("metrics")})
             txt = f"{res.target} from {'+'.join(res.sources)} in {res.seconds:.1f} s"
             if res.psnr is not None:
                 txt += (f"; vs the real {res.target}: PSNR {res.psnr:.2f} dB, "
                         f"SSIM {res.ssim:.3f} (brain)")
             self.metrics_label.setText(txt)
         elif isinstance(res, Case):
-            info = res.meta.get("synthesized", {})
-            added = [s for s in res.synthetic_inputs() if s not in case.sequences]
-            for s in added:
-                self._add_synthetic(inp.case_id, res.sequences[s], s, dict(info.get(s, {})))
+            added = _added(res, case)
             self.metrics_label.setText(f"synthesised: {', '.join(added) or 'nothing missing'}")
         self._update_sequences()
 
@@ -227,31 +253,28 @@ class SynthesisWidget(QWidget):
             return
         from ..core import synthesize as S
         name = f"rank sequences ({inp.case_id})"
+        existing = {layer.name for layer in self.viewer.layers}     # read at Start (see run)
         self.status.setText(f"{name}: running")
         self._busy(True)
-        self._job = start_job(lambda tok: S.rank_sequences(case, inp.model, device=inp.device,
-                                                           cancel=tok),
+        self._job = start_job(lambda tok: prepared(
+                                  S.rank_sequences(case, inp.model, device=inp.device,
+                                                   cancel=tok),
+                                  lambda res: diffmap_layers(res, inp.case_id, inp.target),
+                                  existing),
                               name=name, viewer=self.viewer, owner=self,
                               on_result=lambda r: self._on_rank(inp, r),
                               on_progress=lambda p: self.status.setText(str(p)),
                               on_finished=self._on_finished)
 
-    def _on_rank(self, inp: SynthInputs, res) -> None:
+    def _on_rank(self, inp: SynthInputs, prep: PreparedSynth) -> None:
+        res = prep.result
         self.ranking = res
-        self.map_layers = []
         c = res.cases[0]
         self._draw_chart(c.scores, f"{c.case_id}: sequence contribution")
-        show = inp.target if inp.target in c.maps else None
-        for t, vol in c.maps.items():
-            layer = add_image_result(self.viewer, vol.array, vol.geometry, inp.case_id,
-                                     f"{inp.case_id} {t} differentiation map",
-                                     colormap="inferno", opacity=0.6,
-                                     contrast=(0.0, max(0.05, float(vol.array.max()))),
-                                     sequence=f"diffmap-{t}", target=t,
-                                     sources=vol.meta.get("sources"),
-                                     kind="differentiation-map")
-            layer.visible = (t == show) if show else (t == list(c.maps)[0])
-            self.map_layers.append(layer)
+        self.map_layers = self._add_layers(prep)
+        for ld, layer in zip(prep.layers, self.map_layers):
+            if layer.visible != ld[1]["visible"]:     # a layer updated in place
+                layer.visible = ld[1]["visible"]
         order = sorted(c.scores.items(), key=lambda kv: -kv[1]["contribution"])
         self.metrics_label.setText("contribution: " + ", ".join(
             f"{s} {v['contribution']:+.2f}" for s, v in order))
@@ -281,3 +304,54 @@ class SynthesisWidget(QWidget):
             self.status.setText(f"{job.name}: failed ({job.error})")
         else:
             self.status.setText(f"{job.name}: done in {job.elapsed:.1f} s")
+
+
+# -- result layers (pure numpy + layer kwargs: built in the worker) ------------------------------
+def _added(res, case) -> List[str]:
+    """The sequences a fill-missing run added to ``case`` (the case captured at Run)."""
+    return [s for s in res.synthetic_inputs() if s not in case.sequences]
+
+
+def synthetic_layer_data(case_id: str, vol, target: str, info: Dict[str, Any]) -> LayerData:
+    """The image layer ``<case_id> <target> (synthetic)`` of a synthetic volume, placed with
+    its case's reference geometry; ``metadata["radiogen"]["synthetic"]`` is True."""
+    # translucent: shown as itself on top (added to the visible sequence below, additive
+    # blending washed the brain out to white)
+    data, kw, kind = image_layer_data(vol, case_id=case_id, sequence=target,
+                                      name=f"{case_id} {target} (synthetic)",
+                                      contrast=(0.0, 1.0), blending="translucent", **info)
+    kw["metadata"]["radiogen"]["synthetic"] = True
+    return data, kw, kind
+
+
+def synth_layers(res, case, case_id: str) -> List[LayerData]:
+    """The layers of a synthesis (one volume) or fill-missing (each added sequence) result;
+    ``case``: the case as captured at Run; ``case_id``: the case the layers land on."""
+    from ..core.case import Case
+    from ..core.synthesize import SynthResult
+    if isinstance(res, SynthResult):
+        return [synthetic_layer_data(case_id, res.volume, res.target,
+                                     {"sources": res.sources, "model": res.model,
+                                      "metrics": res.to_json().get("metrics")})]
+    if isinstance(res, Case):
+        info = res.meta.get("synthesized", {})
+        return [synthetic_layer_data(case_id, res.sequences[s], s, dict(info.get(s, {})))
+                for s in _added(res, case)]
+    return []
+
+
+def diffmap_layers(res, case_id: str, target: str) -> List[LayerData]:
+    """The differentiation-map heatmap layers ``<case_id> <t> differentiation map`` of a
+    ranking's (first) case; only the one of ``target`` (the widget's target at Run) is visible,
+    or the first when ``target`` has no map."""
+    c = res.cases[0]
+    show = target if target in c.maps else None
+    first = next(iter(c.maps), None)
+    return [image_result_data(vol.array, vol.geometry, case_id,
+                              f"{case_id} {t} differentiation map",
+                              colormap="inferno", opacity=0.6,
+                              contrast=(0.0, max(0.05, float(vol.array.max()))),
+                              sequence=f"diffmap-{t}", target=t,
+                              sources=vol.meta.get("sources"), kind="differentiation-map",
+                              visible=(t == show) if show else (t == first))
+            for t, vol in c.maps.items()]
