@@ -101,6 +101,30 @@ def test_without_ground_truth_the_segmentation_localises_and_missing_inputs_are_
     assert any("could not be segmented" in w and "t1" in w for w in res.warnings)
 
 
+def test_a_localisation_segmentation_from_a_synthetic_input_is_listed():
+    """No expert mask: the segmentation the explanation makes for its localisation score reads
+    a synthetic T1ce the model itself does not: the result lists it and says so once."""
+    from napari_radiogen.core.notes import SYNTHETIC_SEGMENTATION, warning_key
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from predict_helpers import make_tiny_model
+    make_tiny_model("predict_tiny_t1flair_test", sequences=("t1", "flair"))
+    lm = load_model("predict_tiny_t1flair_test", task="prediction")
+    case = make_pack_phantom(seed=4, n_slices=10)
+    case.labels = None
+    res = run(explain(case, lm, task="idh", method="attention"))
+    assert res.mask_source == "segmentation (seg_lgg_segresnet2d)"
+    assert res.synthetic_inputs == [] and not any("synthetic" in w for w in res.warnings)
+    case.sequences["t1ce"].synthetic = True
+    res = run(explain(case, lm, task="idh", method="attention"))
+    assert res.synthetic_inputs == ["t1ce"] and res.metadata["synthetic_inputs"] == ["t1ce"]
+    said = [w for w in res.warnings if "synthetic" in w]
+    assert len(said) == 1 and warning_key(said[0]) == SYNTHETIC_SEGMENTATION, res.warnings
+    assert "t1ce" in said[0] and "localisation score" in said[0]
+    # no localisation segmentation, nothing synthetic the heatmap rests on
+    assert run(explain(case, lm, task="idh", method="attention",
+                       localise=False)).synthetic_inputs == []
+
+
 def test_cnn3d_gradcam_on_case_grid(models, sample):
     lm = load_model(str(models["cnn3d"]))
     res = run(explain(sample, lm, task="grade", method="gradcam++"))
@@ -186,6 +210,7 @@ def test_cli_explain_writes_aligned_heatmap(models, tmp_path):
     assert data.min() >= 0 and data.max() <= 1
     info = json.loads(next(tmp_path.glob("*_idh_gradcam.json")).read_text())
     assert 0 <= info["localisation"] <= 1 and os.path.exists(info["png"])
+    assert info["synthetic_inputs"] == []
 
 
 def test_cli_explain_bad_task_is_one_line(tmp_path):

@@ -51,6 +51,7 @@ def test_analyze_case_all_stages_and_outputs(models, sample_path, tmp_path):
     assert {"load", "segment", "predict", "explain"} <= set(progress)
     assert res.segmentation is not None and res.prediction is not None
     assert len(res.explanations) == 1 and res.errors == {}
+    assert res.explanations[0].synthetic_inputs == []             # nothing synthetic here
     paths = write_outputs(res, tmp_path, render=False)
     seg = nib.load(paths["segmentation"])
     flair = nib.load(str(next(sample_path.glob("*_flair.nii.gz"))))
@@ -124,6 +125,44 @@ def test_prediction_lists_the_synthetic_input_of_its_segmentation(models, sample
     assert own.synthetic_inputs == ["t2"]
     assert any(w.startswith("segmentation (") and "synthetic input(s) used: t2" in w
                for w in own.warnings), own.warnings
+
+
+def test_explanation_lists_the_synthetic_input_of_its_segmentation(models, sample_path,
+                                                                   tmp_path):
+    """The heatmap of a tumour-centred model is placed on the analysis's segmentation, made
+    with a synthesised T2 (which no prediction model reads): the explanation lists T2 like the
+    prediction does (result, analysis.json, the report's table and JSON), and the analysis's
+    warnings still say "synthetic" once; an analysis of the same case, T2 now given as
+    synthetic, says each note once (the segmentation's and the prediction's; the
+    explanation's, the prediction's again, is left out by kind)."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import list_models
+    if not list_models("synthesis"):
+        pytest.skip("no synthesis model installed")
+    case = load_case(sample_path)
+    del case.sequences["t2"]
+    opts = AnalysisOptions(seg_model=str(models["seg"]), pred_model="predict_mil_roi",
+                           device="cpu", explain_method="attention")
+    res = run(Analyzer(opts).analyze(case))
+    assert res.errors == {} and res.synthesized == ["t2"]
+    assert res.prediction.synthetic_inputs == ["t2"]
+    (ex,) = res.explanations
+    assert ex.synthetic_inputs == ["t2"] and ex.metadata["synthetic_inputs"] == ["t2"]
+    assert sum("synthetic" in w for w in res.warnings) == 1, res.warnings
+    paths = write_outputs(res, tmp_path, render=False)
+    summary = json.loads(open(paths["analysis"]).read())
+    assert summary["explanations"][0]["synthetic_inputs"] == ["t2"]
+    report = json.loads(open(paths["report_json"]).read())
+    assert report["explanations"][0]["synthetic_inputs"] == ["t2"]
+    html = open(paths["report_html"]).read()
+    assert "<th>synthetic inputs</th>" in html and "<td>t2</td>" in html
+    # the case with its synthetic T2: nothing synthesised now, the results still say so once
+    again = run(Analyzer(opts).analyze(res.case))
+    assert again.synthesized == [] and again.explanations[0].synthetic_inputs == ["t2"]
+    assert any("synthetic" in w for w in again.explanations[0].warnings)   # said, left out
+    said = [w for w in again.warnings if "synthetic" in w]
+    assert len(said) == len(set(said)) and not any(w.startswith("explanation") for w in said)
+    assert sum("t2, through the tumour segmentation of this analysis" in w for w in said) == 1
 
 
 @pytest.mark.parametrize("stage", ["load", "segment", "predict", "explain"])

@@ -143,6 +143,75 @@ def test_explanation_without_ground_truth_localises_on_the_window_segmentation(r
     assert res.mask_source == "segmentation" and res.localisation is not None
 
 
+@pytest.fixture(scope="module")
+def roi_t1_flair():
+    """A tumour-centred model on T1 and FLAIR only: a T1ce the 2D segmentation model reads
+    reaches its heatmap through the window alone."""
+    make_tiny_model("predict_tiny_roi_t1flair_test", kind="mil_roi", sequences=("t1", "flair"))
+    from napari_radiogen.core.models import load_model
+    return load_model("predict_tiny_roi_t1flair_test", task="prediction")
+
+
+def _said(res, key):
+    from napari_radiogen.core.notes import warning_key
+    return [w for w in res.warnings if warning_key(w) == key]
+
+
+def test_explanation_lists_the_synthetic_inputs_of_the_segmentation_its_window_is_on(
+        roi_t1_flair):
+    """As the prediction does: a heatmap placed on a segmentation made from a synthetic T1ce
+    lists T1ce (result, JSON metadata, the heatmap layer's metadata) and says so once, in a
+    note of its kind; one made without synthetic inputs lists none and says nothing."""
+    from napari_radiogen.core.explain import explain
+    from napari_radiogen.core.notes import SYNTHETIC_SEGMENTATION, SYNTHETIC_USED
+    from napari_radiogen.core.predict import predict
+    from napari_radiogen.napari.explain_widget import heatmap_layer_data
+    case = _pack()
+    seg = case.labels.array
+    plain = drive(explain(case, roi_t1_flair, task="idh", segmentation=seg))
+    assert plain.synthetic_inputs == [] and plain.metadata["synthetic_inputs"] == []
+    assert not any("synthetic" in w for w in plain.warnings), plain.warnings
+
+    res = drive(explain(case, roi_t1_flair, task="idh", segmentation=seg,
+                        segmentation_source="from the test", segmentation_synthetic=["t1ce"]))
+    assert res.synthetic_inputs == ["t1ce"]
+    assert res.metadata["synthetic_inputs"] == ["t1ce"]
+    said = _said(res, SYNTHETIC_SEGMENTATION)
+    assert said == ["synthetic input(s) used: t1ce, through the tumour segmentation from the "
+                    "test"], res.warnings
+    assert _said(res, SYNTHETIC_USED) == []             # the model does not read T1ce itself
+    assert sum("synthetic" in w for w in res.warnings) == 1
+    assert res.details["window_source"] == "the tumour segmentation from the test"
+    meta = heatmap_layer_data(res, case.case_id)[1]["metadata"]["radiogen"]
+    assert meta["synthetic_inputs"] == ["t1ce"]
+    # the prediction with the same segmentation lists the same, in the same words
+    pred = drive(predict(case, roi_t1_flair, device="cpu", segmentation=seg,
+                         segmentation_source="from the test", segmentation_synthetic=["t1ce"]))
+    assert pred.synthetic_inputs == res.synthetic_inputs
+    assert _said(pred, SYNTHETIC_SEGMENTATION) == said
+    # the prediction's slice stack reused (as the analysis does): its window's segmentation
+    reused = drive(explain(case, roi_t1_flair, task="idh", inputs=pred.inputs,
+                           segmentation=seg, segmentation_synthetic=["t1ce"]))
+    assert reused.synthetic_inputs == ["t1ce"] and len(_said(reused, SYNTHETIC_SEGMENTATION)) == 1
+
+
+def test_explanation_that_segments_the_case_lists_the_synthetic_inputs_it_read(roi_t1_flair):
+    """No segmentation given: the explanation segments the case as its prediction does, and
+    the T1ce synthesised for that segmentation is listed (said once, by the segmentation)."""
+    from napari_radiogen.core.explain import explain
+    from napari_radiogen.core.predict import predict
+    case = _pack(seed=2)
+    assert drive(explain(case, roi_t1_flair, task="idh")).synthetic_inputs == []
+    case.sequences["t1ce"].synthetic = True
+    res = drive(explain(case, roi_t1_flair, task="idh"))
+    assert res.details["window_source"] == "the tumour segmented by seg_lgg_segresnet2d"
+    assert res.synthetic_inputs == ["t1ce"] and res.metadata["synthetic_inputs"] == ["t1ce"]
+    said = [w for w in res.warnings if "synthetic input(s) used" in w]
+    assert len(said) == 1 and said[0].startswith("segmentation (seg_lgg_segresnet2d): "
+                                                  "synthetic input(s) used: t1ce"), res.warnings
+    assert drive(predict(case, roi_t1_flair, device="cpu")).synthetic_inputs == ["t1ce"]
+
+
 def test_training_loader_windows_each_pack_on_its_expert_mask(tmp_path):
     from napari_radiogen.core.predict import ROI_SIZE
     from napari_radiogen.core.train.tasks import prediction as P

@@ -166,6 +166,7 @@ def test_explain_radiomics_is_an_occlusion_map_inside_its_mask(radiomics_model):
     assert h.min() >= 0 and h.max() <= 1
     assert h[seg == 0].sum() == 0
     assert res.details["blocks"] >= 2 and res.details["mask"] == "segmentation supplied"
+    assert res.synthetic_inputs == [] and res.metadata["synthetic_inputs"] == []
     if h.max() > 0:
         assert res.localisation == pytest.approx(1.0)       # the phantom's own mask
     else:
@@ -254,6 +255,35 @@ def test_cropped_features_match_the_whole_grid():
             (flair[m] > np.percentile(flair[hm], 95)).mean(), rel=1e-9)
 
 
+def test_occlusion_map_lists_the_synthetic_inputs_of_its_mask(radiomics_model):
+    """The occlusion map rests on the tumour mask its features come from: a mask made from a
+    synthetic T2 (say, by a 3D model on a case whose T2 was synthesised) is listed, as its
+    prediction lists it, and said once; a synthetic input the model reads itself too."""
+    from napari_radiogen.core.explain import explain
+    from napari_radiogen.core.notes import SYNTHETIC_SEGMENTATION, SYNTHETIC_USED, warning_key
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.predict import predict
+    case = make_pack_phantom(seed=1, n_slices=12)
+    seg = (case.labels.array > 0).astype(np.uint8)
+    res = drive(explain(case, radiomics_model, task="idh", segmentation=seg,
+                        segmentation_synthetic=["t2"]))
+    assert res.synthetic_inputs == ["t2"] and res.metadata["synthetic_inputs"] == ["t2"]
+    said = [w for w in res.warnings if warning_key(w) == SYNTHETIC_SEGMENTATION]
+    assert said == ["synthetic input(s) used: t2, through the tumour segmentation supplied by "
+                    "the caller"], res.warnings
+    pred = drive(predict(case, radiomics_model, device="cpu", segmentation=seg,
+                         segmentation_synthetic=["t2"]))
+    assert pred.synthetic_inputs == res.synthetic_inputs
+    case.sequences["t1ce"].synthetic = True
+    res = drive(explain(case, radiomics_model, task="idh", segmentation=seg,
+                        segmentation_synthetic=["t1ce", "t2"]))
+    assert res.synthetic_inputs == ["t1ce", "t2"]
+    assert [w for w in res.warnings if warning_key(w) == SYNTHETIC_USED] == [
+        "synthetic input(s) used: t1ce"]
+    assert [w for w in res.warnings if warning_key(w) == SYNTHETIC_SEGMENTATION] == [
+        "synthetic input(s) used: t2, through the tumour segmentation supplied by the caller"]
+
+
 @pytest.mark.slow
 def test_analysis_feeds_its_segmentation_to_the_prediction_and_the_occlusion_map(tmp_path):
     from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
@@ -285,6 +315,7 @@ def test_cli_explain_with_the_radiomics_model(tmp_path):
     js = json.loads((tmp_path / "o" / "PH_0005_codel_1p19q_occlusion.json").read_text())
     assert js["method"] == "occlusion" and js["model"] == "predict_radiomics"
     assert js["details"]["mask"].startswith("segmented by seg_lgg_segresnet2d")
+    assert js["synthetic_inputs"] == []
     assert (tmp_path / "o" / "PH_0005_codel_1p19q_occlusion.h5").exists()
     assert main(["explain", str(pack), "--out", str(tmp_path / "o"), "--model",
                  "predict_radiomics", "--method", "attention"]) != 0

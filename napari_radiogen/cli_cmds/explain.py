@@ -2,8 +2,10 @@
 
 Writes ``DIR/<case_id>_<task>_<method>.nii.gz`` (float32 in [0, 1] on the case's reference
 grid, with its affine), a still PNG and a turntable GIF of the 3D rendering (off-screen), and
-``DIR/<case_id>_<task>_<method>.json`` with the localisation score and provenance. ``<method>``
-is the method name with ``+`` spelled ``p`` (``gradcam++`` -> ``gradcampp``).
+``DIR/<case_id>_<task>_<method>.json`` with the localisation score and provenance (with
+``synthetic_inputs``: the synthetic sequences the heatmap rests on, the model's own and those of
+the tumour segmentation it was placed on or scored against). ``<method>`` is the method name
+with ``+`` spelled ``p`` (``gradcam++`` -> ``gradcampp``).
 
 For a TCGA-LGG slice pack the NIfTI lies on the pack's nominal grid (as the outputs of
 ``synthesize`` and ``rank-sequences``), the same heatmap is also written as

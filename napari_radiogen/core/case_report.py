@@ -259,11 +259,15 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
             parts.append(f"<h3>{html.escape(title[0].upper() + title[1:])}</h3>"
                          f"<img src='{png}' alt='attention'>")
     if res.explanations:
+        # the synthetic inputs each heatmap rests on: its model's and those of the tumour
+        # segmentation it was placed on (the window, the occlusion mask)
         rows = [(e.task, e.method, e.target_class,
                  f"{e.localisation:.2f}" if e.localisation is not None else "n/a",
-                 e.mask_source or "") for e in res.explanations]
+                 e.mask_source or "", ", ".join(e.synthetic_inputs) or "none")
+                for e in res.explanations]
         parts.append("<h2>Explanations</h2>" + _table(
-            rows, ("task", "method", "class", "mass within tumour + 5 mm", "mask")))
+            rows, ("task", "method", "class", "mass within tumour + 5 mm", "mask",
+                   "synthetic inputs")))
         if render and case.kind != "slices":
             try:
                 from .explain import render_explanation

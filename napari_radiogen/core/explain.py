@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError, RadiogenError
-from .notes import synthetic_note
+from .notes import SYNTHETIC_SEGMENTATION, synthetic_note
 from .progress import CancelToken, Progress, check
 
 METHODS = ("gradcam", "gradcam++", "layercam", "attention", "occlusion")
@@ -72,12 +72,17 @@ class ExplainResult:
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
     details: Dict[str, Any] = field(default_factory=dict)   # method-specific (occlusion blocks)
+    #: every synthetic sequence the explanation rests on: the model's own inputs, then those
+    #: of the tumour segmentation it used (the window or occlusion mask, the localisation mask
+    #: it segmented itself), as ``PredictionResult.synthetic_inputs``
+    synthetic_inputs: List[str] = field(default_factory=list)
 
     @property
     def metadata(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "task": self.task, "method": self.method,
                 "model": self.model, "target_class": self.target_class,
                 "localisation": self.localisation, "mask_source": self.mask_source,
+                "synthetic_inputs": list(self.synthetic_inputs),
                 **({"details": self.details} if self.details else {})}
 
 
@@ -279,7 +284,9 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
             target: Optional[str] = None, layer: Optional[str] = None,
             wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
             inputs=None, fusion: str = "raw", segmentation: Optional[np.ndarray] = None,
-            localise: bool = True, cancel: Optional[CancelToken] = None
+            localise: bool = True, cancel: Optional[CancelToken] = None,
+            segmentation_source: str = "supplied by the caller",
+            segmentation_synthetic: Sequence[str] = ()
             ) -> Iterator[Union[Progress, ExplainResult]]:
     """Heatmap for ``task`` of a prediction model on ``case`` (see the module docstring).
 
@@ -295,6 +302,13 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     ``segmentation``: labels on the reference grid for a segmentation-based model (default: it
     segments the case as its prediction does); ``localise``: with no ``wt_mask`` and no ground
     truth, segment the case (default segmentation model) for the localisation score.
+
+    ``segmentation_source`` says where the caller's ``segmentation`` came from and
+    ``segmentation_synthetic`` which synthetic sequences it (or, with ``inputs`` and no
+    ``segmentation``, the one the prediction placed its window on) was made from, as for
+    :func:`core.predict.predict`: a heatmap placed on it rests on them too, and the result
+    lists them (``synthetic_inputs``) and says so in its warnings. A segmentation the
+    explanation makes itself adds its own.
     """
     import torch
 
@@ -353,9 +367,13 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if target not in classes:
         raise ConfigError(f"{target!r} is not a class of {task} ({', '.join(classes)})")
     cls_idx = classes.index(target)
+    # the synthetic sequences of the caller's segmentation (or of the one the caller's inputs
+    # were windowed on); tumour_labels adds those of a segmentation made here
+    seg_synth = (list(segmentation_synthetic)
+                 if segmentation is not None or inputs is not None else [])
     if kind == "radiomics":
         yield from _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation,
-                                      cancel, t0)
+                                      cancel, t0, segmentation_source, seg_synth)
         return
     seqs = list(card.get("sequences") or [])
     required = list(card.get("required_sequences") or seqs)
@@ -370,11 +388,16 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     roi_mask = None
     details: Dict[str, Any] = {}
     warns: List[str] = [fallback] if fallback else []
+    # the caller's segmentation the window rests on (its synthetic inputs are said here; a
+    # segmentation made here has said its own in its warnings)
+    supplied = (f"segmentation {segmentation_source}"
+                if segmentation is not None or inputs is not None else None)
     if kind == "mil_roi" and inputs is None:
         # the tumour the prediction centres on: the caller's segmentation or the case segmented
         labels, source = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
-                                                    "supplied by the caller", warns,
-                                                    stage=("explain", 1, 4))
+                                                    segmentation_source, warns,
+                                                    stage=("explain", 1, 4),
+                                                    synthetic=seg_synth)
         roi_mask = labels > 0
         details = {"window_source": f"the tumour {source}"}
     yield Progress("explain", 1, 4, "preparing slices")
@@ -450,31 +473,44 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     wt_mask, mask_source = _ground_truth_or(case, wt_mask)
     if wt_mask is None and roi_mask is not None:
         wt_mask, mask_source = roi_mask, "segmentation"
+    loc_synth: List[str] = []
     if wt_mask is None and localise:
-        wt_mask, mask_source = yield from _segmentation_mask(case, card, cancel, warns)
+        wt_mask, mask_source = yield from _segmentation_mask(case, card, cancel, warns,
+                                                             loc_synth)
     loc = None
     if wt_mask is not None:
         g = ref.geometry
         loc = localisation_score(heat, wt_mask, (g.spacing[2], g.spacing[1], g.spacing[0]))
-    synth = [s for s in seqs if s in case.sequences and case.sequences[s].synthetic]
-    if synth:
-        warns.append(synthetic_note(synth))
+    # as the prediction: the model's own synthetic inputs, then those of the segmentation its
+    # window was placed on (a slice or 3D model places nothing on one)
+    synth = P.synthetic_used(case, seqs, seg_synth if kind == "mil_roi" else [], warns,
+                             supplied if kind == "mil_roi" else None)
+    # the segmentation made here for the localisation score (its own warnings are not kept)
+    loc_only = sorted(s for s in set(loc_synth) if s not in synth)
+    if loc_only:
+        warns.append(synthetic_note(loc_only, f", through the tumour {mask_source} the "
+                                    "localisation score is measured on",
+                                    SYNTHETIC_SEGMENTATION))
     yield Progress("explain", 4, 4, "done")
     yield ExplainResult(case_id=case.case_id, task=task, method=method, model=lm.name,
                         target_class=target, heatmap=heat.astype(np.float32),
                         geometry=ref.geometry, localisation=loc, mask_source=mask_source,
                         slice_weights=weights, warnings=warns,
-                        seconds=time.perf_counter() - t0, details=details)
+                        seconds=time.perf_counter() - t0, details=details,
+                        synthetic_inputs=synth + loc_only)
 
 
-def _segmentation_mask(case, card, cancel, warns: List[str]):
+def _segmentation_mask(case, card, cancel, warns: List[str],
+                       synthetic: Optional[List[str]] = None):
     """No tumour mask given and no ground truth: the whole tumour as the default segmentation
     model for the case's kind segments it (the issue's "else the segmentation"), with its
-    source; ``(None, None)`` and a warning when it cannot be segmented."""
+    source; ``(None, None)`` and a warning when it cannot be segmented. The synthetic sequences
+    it was made from are added to ``synthetic``."""
     from . import predict as P
     try:
         labels, name, _ = yield from P._segment_for(case, card, "cpu", cancel,
-                                                    stage=("explain", 3, 4))
+                                                    stage=("explain", 3, 4),
+                                                    synthetic=synthetic)
     except RadiogenError as e:
         warns.append(f"no localisation score: the case could not be segmented ({e})")
         return None, None
@@ -492,11 +528,15 @@ def _ground_truth_or(case, wt_mask):
     return None, None
 
 
-def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, cancel, t0):
+def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, cancel, t0,
+                       segmentation_source: str = "supplied by the caller",
+                       seg_synth: Optional[List[str]] = None):
     """Occlusion map of a segment-then-classify model (``predict_radiomics``): which blocks of
     the segmented tumour the probability of ``target`` rests on (core.radiomics.occlusion_map).
     The map is zero outside the model's own mask: its features see nothing else (but the head
-    medians that normalise the intensities)."""
+    medians that normalise the intensities). The mask is the caller's ``segmentation`` (made
+    from the synthetic sequences ``seg_synth``) or the case segmented as its prediction
+    does."""
     import torch
 
     from . import predict as P
@@ -513,17 +553,14 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
         raise MissingSequenceError(missing, required, case.present)
     ref = case.sequences[case.reference]
     warns: List[str] = []
-    if segmentation is None:
-        labels, seg_name, seg_warns = yield from P._segment_for(case, card, "cpu", cancel,
-                                                                stage=("explain", 1, 4))
-        warns.extend(seg_warns)
-        source = f"segmented by {seg_name}"
-    else:
-        labels = np.asarray(segmentation)
-        if labels.shape != tuple(ref.array.shape):
-            raise ConfigError(f"the segmentation has shape {labels.shape}, the case's reference "
-                              f"grid {tuple(ref.array.shape)}: not one grid")
-        source = "segmentation supplied"
+    supplied = segmentation is not None
+    seg_synth = list(seg_synth or []) if supplied else []
+    # the mask its prediction uses: the caller's segmentation (checked to lie on the reference
+    # grid) or the case segmented by the model its card names; the synthetic sequences it was
+    # made from are added to seg_synth
+    labels, source = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
+                                                segmentation_source, warns,
+                                                stage=("explain", 1, 4), synthetic=seg_synth)
     check(cancel)
     mask = labels > 0
     if not mask.any():
@@ -545,10 +582,8 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
     if case.kind != "slices":
         warns.append("3D volume: the radiomics model was trained on TCGA-LGG slice packs; this "
                      "input is outside its validated domain")
-    synth = [s for s in ("flair", "t1", "t1ce") if s in case.sequences
-             and case.sequences[s].synthetic]
-    if synth:
-        warns.append(synthetic_note(synth))
+    synth = P.synthetic_used(case, ("flair", "t1", "t1ce"), seg_synth, warns,
+                             source if supplied else None)
     yield Progress("explain", 3, 4, "scoring")
     heat = _scale_max(heat)
     gt, mask_source = _ground_truth_or(case, wt_mask)
@@ -561,7 +596,8 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
                         target_class=target, heatmap=heat, geometry=ref.geometry,
                         localisation=loc, mask_source=mask_source, warnings=warns,
                         seconds=time.perf_counter() - t0,
-                        details={**info, "mask": source})
+                        details={**info, "mask": "segmentation supplied" if supplied else source},
+                        synthetic_inputs=synth)
 
 
 def render_explanation(case, result: ExplainResult, out_png, out_gif=None,

@@ -311,6 +311,12 @@ class Analyzer:
                                     f"by {methods[0]}")
             seg = (res.segmentation.labels if res.segmentation is not None
                    and _uses_segmentation(lm) else None)
+            # the synthetic inputs of the segmentation the heatmap is placed on: this analysis's,
+            # else the one the prediction made for the window its inputs reuse
+            seg_synth, seg_source = ((res.segmentation.synthetic_inputs,
+                                      f"of this analysis ({res.models.get('segmentation')})")
+                                     if seg is not None else
+                                     (res.prediction.synthetic_inputs, "of the prediction"))
             for task in opts.explain_tasks:
                 yield Progress("explain", k, n,
                                f"{method or (methods[:1] or [opts.explain_method])[0]} for {task}")
@@ -319,9 +325,13 @@ class Analyzer:
                         E.explain(case, lm, task=task, method=method,
                                   wt_mask=None if gt else wt_mask, segmentation=seg,
                                   inputs=res.prediction.inputs, localise=False,
+                                  segmentation_source=seg_source,
+                                  segmentation_synthetic=seg_synth,
                                   cancel=cancel), "explain", k, n)
                     res.explanations.append(ex)
-                    # e.g. an ensemble's heatmap is its image member's: the report says so
+                    # e.g. an ensemble's heatmap is its image member's: the report says so;
+                    # its "synthetic input(s) used" notes are the prediction's (same model, same
+                    # segmentation) or the analysis's own: left out by kind
                     _add_warnings(res, [f"explanation ({ex.method}, {task}): {w}"
                                         for w in ex.warnings if w not in res.warnings
                                         and warning_key(w) not in SYNTHETIC_KEYS])
@@ -394,7 +404,9 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
     summary = {"case_id": res.case_id, "summary": res.summary(), "files": paths,
                "models": res.models, "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
                "warnings": res.warnings, "errors": res.errors,
-               "synthetic_inputs": res.synthesized}
+               "synthetic_inputs": res.synthesized,
+               # each heatmap's provenance, with the synthetic inputs it rests on
+               "explanations": [e.metadata for e in res.explanations]}
     p = d / "analysis.json"
     p.write_text(json.dumps(summary, indent=2, default=float))
     paths["analysis"] = str(p)

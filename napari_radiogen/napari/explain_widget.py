@@ -1,8 +1,10 @@
 """Explain: Grad-CAM / Grad-CAM++ / LayerCAM / MIL attention heatmaps over the MRI, in 2D and 3D
 (and the occlusion map of the radiomics model, which has no image network).
 
-The heatmap layer is named ``<case> <task> <method>``, carries its case, model, task, method and
-localisation score in its metadata, and is replaced cleanly on a rerun. A threshold slider hides
+The heatmap layer is named ``<case> <task> <method>``, carries its case, model, task, method,
+localisation score and the synthetic inputs it rests on (``synthetic_inputs``: its model's and
+those of the tumour segmentation it was placed on) in its metadata, and is replaced cleanly on a
+rerun. A threshold slider hides
 low values; "3D view" switches napari to 3D with the tumour labels shown as surfaces; "Export
 rendering" writes an off-screen pyvista PNG + turntable GIF.
 """
