@@ -459,3 +459,31 @@ def test_analyze_progress_is_coalesced_not_lost(make_napari_viewer, qtbot, test_
     assert w.bar.value() == 3
     w.cancel()
     qtbot.waitUntil(lambda: w.job.done, timeout=5000)
+
+
+def test_analysis_segmentation_layer_names_its_synthetic_inputs():
+    """The Analyze widget's segmentation layer is the Segment widget's: its metadata lists the
+    synthetic inputs as sequence names (not the warning sentences), and a 2D slice model's
+    labels are named."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.core.pipeline import StageResult
+    from napari_radiogen.core.segment import SegResult
+    from napari_radiogen.napari.analyze_widget import stage_layers
+    from napari_radiogen.napari.layers import radiogen_meta
+
+    geo = Geometry(size=(6, 5, 4), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0))
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1:3, 2:4, 2:4] = 1
+    res = SegResult("c1", labels, geo, {"WT": 0.1}, "m", kind="slices",
+                    warnings=["synthetic input(s) used: t1ce (generated, not acquired)"],
+                    synthetic_inputs=["t1ce"])
+    (data, kw, kind), = stage_layers(StageResult("segment", "c1", res), "c1")
+    meta = radiogen_meta(kw)
+    assert kind == "labels" and kw["name"] == "c1 segmentation (m)"
+    assert meta["synthetic_inputs"] == ["t1ce"]
+    assert meta["label_names"] == {0: "background", 1: "FLAIR abnormality"}
+    np.testing.assert_array_equal(data, labels)
+    assert data is not labels                 # the layer owns its array
+    res.synthetic_inputs = []
+    (_, kw, _), = stage_layers(StageResult("segment", "c1", res), "c1")
+    assert radiogen_meta(kw)["synthetic_inputs"] == []

@@ -19,8 +19,9 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
 from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, device_combo,
-                      image_result_data, labels_result_data)
+                      image_result_data)
 from .layers import LayerData
+from .segment_widget import result_layer_data as segmentation_layer_data
 from .workers import start_job
 
 
@@ -272,10 +273,9 @@ def stage_layers(item: StageResult, cid: str) -> List[LayerData]:
                                          synthetic=True, sequence=s, blending="translucent",
                                          visible=False))
     elif item.stage == "segment":
-        out.append(labels_result_data(v.labels, v.geometry, cid,
-                                      f"{cid} segmentation ({v.model})", model=v.model,
-                                      synthetic_inputs=[w for w in v.warnings
-                                                        if "synthetic" in w]))
+        # the Segment widget's layer: the same name, label names and metadata (the synthetic
+        # inputs as sequence names)
+        out.append(segmentation_layer_data(v, cid))
     elif item.stage == "explain":
         out.append(image_result_data(v.heatmap, v.geometry, cid, f"{cid} {v.task} {v.method}",
                                      model=v.model, task=v.task, method=v.method,
