@@ -209,6 +209,11 @@ def test_explanation_that_segments_the_case_lists_the_synthetic_inputs_it_read(r
     said = [w for w in res.warnings if "synthetic input(s) used" in w]
     assert len(said) == 1 and said[0].startswith("segmentation (seg_lgg_segresnet2d): "
                                                   "synthetic input(s) used: t1ce"), res.warnings
+    # prefixed by the segmentation's name, the note keeps its kind (an analysis that lists the
+    # synthetic inputs itself leaves it out by kind)
+    from napari_radiogen.core.notes import SYNTHETIC_SEGMENTATION
+    assert _said(res, SYNTHETIC_SEGMENTATION) == said
+    assert _said(drive(predict(case, roi_t1_flair, device="cpu")), SYNTHETIC_SEGMENTATION) == said
     assert drive(predict(case, roi_t1_flair, device="cpu")).synthetic_inputs == ["t1ce"]
 
 

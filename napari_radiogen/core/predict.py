@@ -30,8 +30,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ConfigError, MissingSequenceError
-from .notes import (AGE_UNKNOWN, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_SEGMENTATION, Note,
-                    synthetic_note, warning_key)
+from .notes import (AGE_UNKNOWN, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_KEYS,
+                    SYNTHETIC_SEGMENTATION, Note, synthetic_note, warning_key)
 from .progress import CancelToken, Progress, check
 
 TASK = "prediction"
@@ -865,8 +865,12 @@ def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, wa
     if segmentation is None:
         labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel, stage,
                                                               synthetic)
-        warns.extend(f"segmentation ({seg_name}): {w}" for w in seg_warns
-                     if f"segmentation ({seg_name}): {w}" not in warns)
+        for w in seg_warns:
+            text = f"segmentation ({seg_name}): {w}"
+            if text not in warns:
+                # its synthetic-input note keeps a kind an analysis can recognise
+                warns.append(Note(text, SYNTHETIC_SEGMENTATION
+                                  if warning_key(w) in SYNTHETIC_KEYS else ""))
         return labels, f"segmented by {seg_name}"
     return _on_reference_labels(case, segmentation), f"segmentation {segmentation_source}"
 
