@@ -92,6 +92,31 @@ def test_missing_sequence_is_synthesised_or_reported(models, sample_path):
         assert "segment" in res.errors and "t1ce" in res.errors["segment"]
 
 
+def test_default_predictor_gives_way_where_the_case_cannot_be_segmented(sample_path):
+    """No T2 and no synthesis: the BraTS segmentation cannot run, so the default predictor's
+    tumour-centred member has no window. As in ``radiogen predict``, the default gives way to
+    the whole-brain predict_mil and says so, and the heatmap is predict_mil's, made on the
+    inputs it predicted from; a predictor the user named stops with the reason."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import list_models
+    from napari_radiogen.core.predict import default_model_name
+    names = {m["name"] for m in list_models("prediction")}
+    if "predict_mil" not in names or default_model_name() != "predict_ensemble":
+        pytest.skip("the shipped prediction models are not installed")
+    case = load_case(sample_path)
+    del case.sequences["t2"]
+    opts = dict(device="cpu", synthesize_missing=False)
+    res = run(Analyzer(AnalysisOptions(explain_tasks=("idh",), **opts)).analyze(case))
+    assert "segment" in res.errors and "predict" not in res.errors, res.errors
+    assert res.prediction.model == "predict_mil"
+    assert sum("predicted with predict_mil" in w for w in res.warnings) == 1, res.warnings
+    ex, = res.explanations
+    assert ex.model == "predict_mil" and ex.heatmap.shape == case.geometry.shape
+    named = run(Analyzer(AnalysisOptions(pred_model="predict_ensemble", explain_tasks=(),
+                                         **opts)).analyze(case))
+    assert named.prediction is None and "choose predict_mil" in named.errors["predict"]
+
+
 def test_prediction_lists_the_synthetic_input_of_its_segmentation(models, sample_path,
                                                                   monkeypatch, tmp_path):
     """A T2 synthesised for the segmentation model (no prediction model reads T2) goes into a

@@ -326,8 +326,10 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
         model or P.default_model_name(), task=P.TASK, device="cpu")
+    # a prediction's inputs given without its segmentation: where the case cannot be segmented
+    # for the window, that prediction fell back to the whole-brain model and so does this
     lm, fallback = P.window_or_fallback(case, lm, explicit=P.named(model),
-                                        segmenting=segmentation is None and inputs is None)
+                                        segmenting=segmentation is None)
     card = lm.card
     kind = (card.get("input") or {}).get("kind", "mil")
     ensemble = lm.name if kind == "ensemble" else None

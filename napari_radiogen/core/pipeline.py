@@ -154,8 +154,12 @@ class Analyzer:
 
     def pred_model(self):
         from .predict import DEFAULT_MODELS
-        return self._model("pred", "prediction", self.options.pred_model,
-                           prefer=DEFAULT_MODELS)
+        lm = self._model("pred", "prediction", self.options.pred_model, prefer=DEFAULT_MODELS)
+        # a model picked for the user, not named by them, may give way where it cannot predict
+        # (a tumour-centred model on a case its segmentation model cannot read), as in
+        # ``radiogen predict`` (core.predict.window_or_fallback)
+        lm.extras["as_default"] = self.options.pred_model is None
+        return lm
 
     def explain_model(self):
         """The prediction model whose heatmaps are computed: the prediction model itself (the
