@@ -1,6 +1,9 @@
-"""The ``radiogen`` command line. Subcommands live in ``napari_radiogen/cli_cmds/<name>.py``;
-each module has ``add_arguments(parser)`` and ``run(args) -> int``. They are imported lazily so
-``radiogen info`` does not pay for torch.
+"""The ``radiogen`` command line.
+
+Developer notes (kept out of ``radiogen --help``, which shows :data:`DESCRIPTION` and
+:data:`EPILOG`): subcommands live in ``napari_radiogen/cli_cmds/<name>.py``; each module has
+``add_arguments(parser)`` and ``run(args) -> int``. They are imported lazily so ``radiogen
+info`` does not pay for torch.
 
 Errors of the user's input (:class:`~napari_radiogen.core.errors.RadiogenError`) print one line
 ``radiogen: error: ...`` and exit with status 2, without a traceback.
@@ -30,6 +33,13 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = ("radiogen: brain tumour MRI analysis from the command line (segmentation, IDH / "
+               "1p/19q / grade prediction, sequence synthesis, explanations, training).")
+EPILOG = ("`radiogen COMMAND --help` lists a command's options. Exit status: 0 done; 1 some "
+          "cases (or stages) of the job failed, the others' results are written; 2 an error in "
+          "the input, printed as one line `radiogen: error: ...`.")
+
+
 def _available():
     out = {}
     for name, (mod, help_) in COMMANDS.items():
@@ -40,7 +50,7 @@ def _available():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radiogen", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="radiogen", description=DESCRIPTION, epilog=EPILOG)
     from . import __version__
     p.add_argument("--version", action="version", version=f"napari-radiogen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,6 +1,8 @@
 """CLI robustness: an unusable --out, a case that raises something else than a RadiogenError in a
 batch, failed rows' case ids, explain file names and slice-pack outputs, rank-sequences cohorts
-with bad cases, and progress on stderr when it is not a terminal. Small phantoms and random
+with bad cases, progress on stderr when it is not a terminal, analyze's exit status when stages
+fail, the same --device choices everywhere, --age bounds, --sequence FILE=SEQ on every command
+that reads a case, and help / progress / listing cosmetics. Small phantoms and random
 test models only (CPU, a few seconds)."""
 from __future__ import annotations
 
@@ -320,3 +322,292 @@ def test_explain_progress_on_a_terminal_then_error_on_its_own_line(pack, tmp_pat
     err = tty.getvalue()
     assert err.startswith("\r[explain]")
     assert "\nradiogen: error: the model refused this case\n" in err
+
+
+# -- 7. analyze: the exit status of one case follows its stages -----------------------------------
+def _analyze(case, out, *extra):
+    return main("analyze", case, "--out", out, "--device", "cpu", "--explain", "none",
+                "--no-render", "--no-report", *extra)
+
+
+def test_analyze_one_case_all_stages_ran_exits_0(models, pack, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _analyze(pack, out, "--pred-model", models["mil"]) == 0     # default 2D seg model
+    captured = capsys.readouterr()
+    assert "skipped" not in captured.out and "analysed in part" not in captured.err
+    assert (out / "PACK0" / "analysis.json").exists()
+
+
+def test_analyze_one_case_with_a_failed_stage_exits_1_with_its_outputs(models, pack, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "out"
+    # a 3D segmentation model on a 2D slice pack: the segment stage fails, predict runs
+    assert _analyze(pack, out, "--seg-model", models["seg"], "--pred-model", models["mil"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "warning: segment skipped:" in captured.out and "idh:" in captured.out
+    assert "radiogen: PACK0: analysed in part; 1 stage(s) failed: segment: " in captured.err
+    analysis = json.loads((out / "PACK0" / "analysis.json").read_text())
+    assert "segment" in analysis["errors"]
+    assert (out / "PACK0" / "PACK0_predictions.json").exists()
+
+
+def test_analyze_one_case_with_nothing_analysed_exits_2_and_writes_nothing(
+        models, pack, tmp_path, capsys, monkeypatch):
+    from napari_radiogen.core import predict as P
+    from napari_radiogen.core.errors import RadiogenError
+
+    def refuse(*a, **k):
+        raise RadiogenError("missing sequence(s): t1ce")
+        yield                                                   # a generator, as predict is
+
+    monkeypatch.setattr(P, "predict", refuse)
+    out = tmp_path / "out"
+    assert _analyze(pack, out, "--seg-model", models["seg"], "--pred-model", models["mil"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("radiogen: error: PACK0: nothing could be analysed: segment: ")
+    assert "; predict: missing sequence(s): t1ce" in last
+    assert not out.exists()
+
+
+def test_analyze_cohort_case_with_a_failed_stage_exits_1(models, tmp_path, capsys):
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(2):
+        _pack(coh / f"PACK{i}.h5", seed=i)
+    out = tmp_path / "out"
+    assert _analyze(coh, out, "--seg-model", models["seg"], "--pred-model", models["mil"]) == 1
+    captured = capsys.readouterr()
+    assert "PACK0: done, with errors (segment: " in captured.out
+    assert "(2 cases, 0 failed, 2 with errors)" in captured.out
+    # the cached rerun says the same
+    assert _analyze(coh, out, "--seg-model", models["seg"], "--pred-model", models["mil"]) == 1
+    assert "PACK1: cached, with errors (segment: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seg-model", "nosuchmodel"], "--seg-model: no model named 'nosuchmodel'"),
+    (["--pred-model", "nosuchmodel"], "--pred-model: no model named 'nosuchmodel'"),
+    (["--synth-model", "nosuchmodel"], "--synth-model: no model named 'nosuchmodel'"),
+    (["--explain", "idh,nosuchtask"], "--explain: unknown task(s) nosuchtask"),
+    (["--device", "cuda"], "CUDA was requested but no GPU is available; use --device cpu"),
+])
+def test_analyze_request_errors_stop_before_any_work(extra, message, models, pack, tmp_path,
+                                                     capsys, monkeypatch):
+    import torch
+    from napari_radiogen.core import pipeline
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def never(*a, **k):
+        raise AssertionError("the analysis started")
+
+    monkeypatch.setattr(pipeline.Analyzer, "analyze", never)
+    out = tmp_path / "out"
+    assert main("analyze", pack, "--out", out, "--no-render", "--no-report", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("radiogen: error: ") and message in err
+    assert not out.exists()
+
+
+def test_analyze_help_states_the_exit_rule(capsys):
+    with pytest.raises(SystemExit):
+        main("analyze", "--help")
+    text = capsys.readouterr().out
+    assert "exit status" in text and "nothing could be analysed" in text
+
+
+# -- 8. --device: the same choices, and the same answer to cuda without a GPU, everywhere ----------
+def _device_args(command, pack, tmp_path):
+    out = tmp_path / "out"
+    return {"analyze": ["analyze", pack, "--out", out],
+            "segment": ["segment", pack, "--out", out],
+            "predict": ["predict", pack, "--out", out],
+            "synthesize": ["synthesize", pack, "--target", "t1ce", "--out", out],
+            "rank-sequences": ["rank-sequences", pack, "--out", out],
+            "explain": ["explain", pack, "--out", out],
+            "classify-slices": ["classify-slices", pack, "--out", out],
+            "bench": ["bench"],
+            "evaluate": ["evaluate", "nosuchmodel", tmp_path, "--out", out],
+            "train": ["train", "phantom_demo", "--out", out]}[command]
+
+
+DEVICE_COMMANDS = ["analyze", "segment", "predict", "synthesize", "rank-sequences", "explain",
+                   "classify-slices", "bench", "evaluate", "train"]
+
+
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_device_choices_are_the_same_for_every_command(command, pack, tmp_path, capsys,
+                                                       monkeypatch):
+    import torch
+    from napari_radiogen.cli import build_parser
+    args = [str(a) for a in _device_args(command, pack, tmp_path)]
+    for bad in ("gpu", "foo", "cuda:x"):
+        with pytest.raises(SystemExit) as e:
+            main(*args, "--device", bad)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --device: invalid choice: '{bad}'" in err and "Traceback" not in err
+    parser = build_parser()
+    for ok in ("auto", "cpu", "cuda", "cuda:1"):
+        assert parser.parse_args(args + ["--device", ok]).device == ok
+    # cuda where there is no GPU: one line, exit 2, before any work
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(*args, "--device", "cuda") == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == ("radiogen: error: CUDA was requested but no GPU is "
+                                            "available; use --device cpu")
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resolve_device_refuses_unknown_devices_in_one_line(monkeypatch):
+    import torch
+    from napari_radiogen.core.errors import ModelFileError
+    from napari_radiogen.core.models import resolve_device
+    assert resolve_device("cpu") == "cpu" and resolve_device(" CPU ") == "cpu"
+    for bad in ("gpu", "foo", "cuda:x", "cuda0"):
+        with pytest.raises(ModelFileError, match="unknown device"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
+    with pytest.raises(ModelFileError, match="no GPU is available"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(ModelFileError, match="no GPU number 3"):
+        resolve_device("cuda:3")
+
+
+# -- 9. predict: --age and --sex ------------------------------------------------------------------
+@pytest.mark.parametrize("age", ["-5", "121", "nan", "inf", "abc"])
+def test_predict_refuses_an_implausible_age(age, pack, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main("predict", pack, "--out", tmp_path / "out", "--age", age)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --age:" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_age_and_sex_values(pack, tmp_path, capsys):
+    from napari_radiogen.cli import build_parser
+    a = build_parser().parse_args(["predict", str(pack), "--out", "o", "--age", "0",
+                                   "--sex", "f"])
+    assert a.age == 0.0 and a.sex == "f"
+    assert build_parser().parse_args(["predict", str(pack), "--out", "o", "--age",
+                                      "120"]).age == 120.0
+    with pytest.raises(SystemExit):
+        main("predict", pack, "--out", tmp_path / "out", "--sex", "X")
+    assert "argument --sex: invalid choice: 'X'" in capsys.readouterr().err
+
+
+# -- 10. --sequence FILE=SEQ for every command that reads a case ---------------------------------
+def _unnamed_volume(tmp_path) -> Path:
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    c = make_phantom(0, shape=(16, 32, 32), spacing=(3.0, 3.0, 3.0), sequences=("flair",),
+                     skull_stripped=True)
+    return write_volume(c.sequences["flair"].array, c.sequences["flair"].geometry,
+                        tmp_path / "scan.nii.gz")
+
+
+SEQUENCE_COMMANDS = ["analyze", "segment", "predict", "synthesize", "rank-sequences", "explain",
+                     "classify-slices", "info"]
+
+
+@pytest.mark.parametrize("command", SEQUENCE_COMMANDS)
+def test_every_case_command_takes_the_sequence_option_its_error_names(
+        command, tiny_pred, tmp_path, capsys, monkeypatch):
+    from napari_radiogen.core import io as IO
+    from napari_radiogen.core.errors import RadiogenError
+    scan = _unnamed_volume(tmp_path)
+    out = tmp_path / "out"
+    args = {"analyze": ["analyze", scan, "--out", out, "--device", "cpu"],
+            "segment": ["segment", scan, "--out", out, "--device", "cpu"],
+            "predict": ["predict", scan, "--out", out, "--device", "cpu", "--model", tiny_pred],
+            "synthesize": ["synthesize", scan, "--target", "t1", "--out", out],
+            "rank-sequences": ["rank-sequences", scan, "--out", out],
+            "explain": ["explain", scan, "--out", out],
+            "classify-slices": ["classify-slices", scan, "--out", out],
+            "info": ["info", scan]}[command]
+    # the file's name does not tell its sequence: the error says which option names it
+    assert main(*args) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell which sequence this file is from its name" in err
+    assert "--sequence scan.nii.gz=SEQ" in err
+    # ... and that option is there: the overrides reach load_case
+    seen = []
+    real = IO.load_case
+
+    def recording(path, *a, overrides=None, **k):
+        seen.append(overrides)
+        if command == "info":
+            return real(path, *a, overrides=overrides, **k)
+        raise RadiogenError("stop here")
+
+    monkeypatch.setattr(IO, "load_case", recording)
+    rc = main(*args, "--sequence", "scan.nii.gz=flair")
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" not in err
+    assert seen and seen[-1] == {"scan.nii.gz": "flair"}
+    assert rc == (0 if command == "info" else 2)
+
+
+def test_synthesize_with_a_sequence_override_runs(tiny_synth, tmp_path):
+    scan = _unnamed_volume(tmp_path)
+    out = tmp_path / "out"
+    assert main("synthesize", scan, "--target", "t1", "--sequence", "scan.nii.gz=flair",
+                "--model", tiny_synth, "--device", "cpu", "--out", out) == 0
+    info = json.loads(next(out.glob("*_t1_synth.json")).read_text())
+    assert info["sources"] == ["flair"]
+
+
+def test_classify_slices_sequence_still_names_the_sequence_to_classify(tmp_path, monkeypatch):
+    from napari_radiogen.core import triage
+    from napari_radiogen.core.errors import RadiogenError
+    seen = {}
+
+    def stop(case, model, sequence=None, **k):
+        seen["sequence"], seen["present"] = sequence, sorted(case.sequences)
+        raise RadiogenError("stop here")
+        yield
+
+    monkeypatch.setattr(triage, "classify_volume", stop)
+    scan = _unnamed_volume(tmp_path)
+    assert main("classify-slices", scan, "--out", tmp_path / "o", "--sequence", "flair",
+                "--sequence", "scan.nii.gz=flair") == 2
+    assert seen == {"sequence": "flair", "present": ["flair"]}
+
+
+# -- 11. cosmetics ----------------------------------------------------------------------------------
+def test_top_level_help_has_no_developer_notes(capsys):
+    with pytest.raises(SystemExit):
+        main("--help")
+    text = capsys.readouterr().out
+    assert "cli_cmds" not in text and "Subcommands live" not in text and "``" not in text
+    assert "COMMAND --help" in text
+
+
+def test_progress_without_a_count_shows_no_count():
+    from napari_radiogen.cli_cmds._common import ProgressLine
+    s = io.StringIO()
+    with ProgressLine(s) as show:
+        show(Progress("synthesize", 0, 0, "loading model"))
+        show(Progress("slices", 2, 4, "t1ce"))
+        show(Progress("done"))
+    assert s.getvalue().splitlines() == ["[synthesize] loading model",
+                                         "[slices]  50.0% (2/4) t1ce", "[done]"]
+
+
+def test_train_list_columns_line_up(capsys):
+    assert main("train", "--list") == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) > 3
+    assert len({ln.index(" task=") for ln in lines}) == 1
+    assert all(" task=" in ln for ln in lines)
+    names = [ln.split()[0] for ln in lines]
+    assert max(map(len, names)) > 28                    # a long name, as the shipped ones

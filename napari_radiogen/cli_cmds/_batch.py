@@ -4,7 +4,7 @@ the rest go on; one CSV row per case."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:
@@ -26,13 +26,15 @@ def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:
 
 def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
               row: Callable[..., dict], columns: Sequence[str], csv_path,
-              csv_always: bool = False, csv_name: str = "summary") -> int:
+              csv_always: bool = False, csv_name: str = "summary",
+              overrides: Optional[Dict[str, str]] = None) -> int:
     """Run ``process(case) -> (result, summary text, written path)`` on every case of
     ``case_arg``; ``row(result, seconds=...)`` / ``row(case_id=, status=, message=, seconds=)``
     make the CSV rows. A single case's error propagates (the CLI prints it, exit 2); in a
     batch any error of a case (a RadiogenError, or another exception, reported as
     ``<ExceptionType>: <message>``) marks that case failed, the others go on, and the exit code
-    is 1. The CSV is written for a batch (always when ``csv_always``)."""
+    is 1. The CSV is written for a batch (always when ``csv_always``). With ``overrides``
+    (``--sequence FILE=SEQ``, which name the files of one case) ``case_arg`` is one case."""
     import time
     from pathlib import Path
 
@@ -40,15 +42,18 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     from ..core.errors import error_text
     from ..core.io import case_id_of
 
-    paths = list_cases(case_arg)
-    batch = len(paths) > 1 or Path(case_arg).resolve() != Path(paths[0]).resolve()
+    if overrides:
+        paths, batch = [Path(case_arg)], False
+    else:
+        paths = list_cases(case_arg)
+        batch = len(paths) > 1 or Path(case_arg).resolve() != Path(paths[0]).resolve()
     rows: List[dict] = []
     failed: List[str] = []
     for i, p in enumerate(paths, 1):
         t0 = time.perf_counter()
         cid = case_id_of(p)
         try:
-            case = load_case(p)
+            case = load_case(p, overrides=overrides)
             cid = case.case_id
             res, text, written = process(case)
             dt = time.perf_counter() - t0

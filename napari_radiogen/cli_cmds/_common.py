@@ -1,11 +1,12 @@
-"""Helpers shared by the commands: output folders, and progress
-on stderr (one line rewritten in place on a terminal, plain lines in a log)."""
+"""Helpers shared by the commands: the options several commands have (``--device``,
+``--sequence FILE=SEQ``), output folders, and progress on stderr (one line rewritten in place
+on a terminal, plain lines in a log)."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -13,6 +14,83 @@ PathLike = Union[str, "os.PathLike[str]"]
 def _error(msg: str):
     from ..core.errors import RadiogenError
     return RadiogenError(msg)
+
+
+# -- --device ---------------------------------------------------------------------------------
+class _DeviceChoices:
+    """The ``--device`` values every command accepts: ``auto``, ``cpu``, ``cuda`` and
+    ``cuda:N`` (a GPU by number, N digits). Used as argparse ``choices``."""
+
+    names = ("auto", "cpu", "cuda")
+
+    def __contains__(self, value: object) -> bool:
+        v = str(value)
+        return v in self.names or (v.startswith("cuda:") and v[5:].isdigit())
+
+    def __iter__(self) -> Iterator[str]:          # what argparse lists in its error
+        return iter(self.names + ("cuda:N",))
+
+
+DEVICE_CHOICES = _DeviceChoices()
+
+
+def add_device_argument(parser: Any, default: str = "auto", note: str = "") -> None:
+    """``--device {auto,cpu,cuda}`` (also ``cuda:N``), the same for every command. What a
+    command does with ``cuda`` where there is no GPU is the same everywhere too: it stops
+    before any work with one line, ``CUDA was requested but no GPU is available; use --device
+    cpu`` (exit 2; see :func:`check_device`)."""
+    parser.add_argument("--device", default=default, choices=DEVICE_CHOICES,
+                        metavar="{auto,cpu,cuda}",
+                        help="where to run the networks: auto (CUDA when there is a GPU, else "
+                             f"the CPU), cpu, cuda or cuda:N (default {default})"
+                             + (f"; {note}" if note else ""))
+
+
+def check_device(device: str) -> str:
+    """The device a command runs on (``core.models.resolve_device``): called before any work,
+    so that ``--device cuda`` without a GPU stops at once (exit 2) in every command."""
+    from ..core.models import resolve_device
+    return resolve_device(device)
+
+
+# -- --sequence FILE=SEQ -----------------------------------------------------------------------
+SEQUENCE_HELP = ("name a file's sequence when the file name does not tell (t1, t1ce, t2, flair, "
+                 "labels, ignore), e.g. --sequence scan3.nii.gz=flair; repeatable; PATH is "
+                 "then read as one case")
+
+
+def add_sequence_argument(parser: Any, help: str = SEQUENCE_HELP) -> None:
+    """``--sequence FILE=SEQ`` (repeatable), as ``radiogen info`` has it, for every command
+    that reads a case. With it, PATH is read as one case (the overrides name its files)."""
+    parser.add_argument("--sequence", action="append", default=[], metavar="FILE=SEQ",
+                        help=help)
+
+
+def parse_overrides(items: Optional[List[str]]) -> Dict[str, str]:
+    """``["a.nii.gz=flair", ...]`` -> dict; a malformed item is a user error."""
+    from ..core.errors import RadiogenError
+
+    out: Dict[str, str] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise RadiogenError(f"--sequence expects FILE=SEQ, got '{it}'")
+        k, v = it.rsplit("=", 1)
+        if not k.strip() or not v.strip():
+            raise RadiogenError(f"--sequence expects FILE=SEQ, got '{it}'")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def sequence_overrides(args: Any) -> Optional[Dict[str, str]]:
+    """The ``--sequence`` overrides of ``args`` as ``load_case(overrides=...)`` takes them
+    (``None`` when there are none)."""
+    return parse_overrides(getattr(args, "sequence", None)) or None
+
+
+def load_case_arg(path: PathLike, args: Any):
+    """``load_case(path)`` with the command's ``--sequence`` overrides."""
+    from ..core.io import load_case
+    return load_case(path, overrides=sequence_overrides(args))
 
 
 # -- output folders ----------------------------------------------------------------------------
@@ -63,6 +141,17 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
+def progress_text(p: Any) -> str:
+    """``str(p)``, except that a :class:`~napari_radiogen.core.progress.Progress` with no
+    count (``total`` 0) shows its stage and message only (``[synthesize] loading model``, not
+    ``(0/0) loading model``)."""
+    from ..core.progress import Progress
+
+    if isinstance(p, Progress) and type(p).__str__ is Progress.__str__ and not p.total:
+        return f"[{p.stage}]" + (f" {p.message}" if p.message else "")
+    return str(p)
+
+
 class ProgressLine:
     """Show :class:`~napari_radiogen.core.progress.Progress` items on stderr.
 
@@ -87,7 +176,7 @@ class ProgressLine:
     def __call__(self, p: Any) -> None:
         if not self.enabled:
             return
-        text = str(p)
+        text = progress_text(p)
         try:
             if self.tty:
                 self.stream.write("\r" + text[: self.width].ljust(self.width))

@@ -5,6 +5,14 @@ For each case: load -> synthesise a missing sequence the models need -> segment 
 the case's grid, or .h5 for slice packs), predictions JSON, heatmaps, a de-identified HTML report
 and ``analysis.json``. A folder of cases runs as a batch that keeps going past a bad case and
 writes ``DIR/summary.csv``; unchanged cases are not recomputed (``--no-cache`` forces it).
+
+Exit status (also in ``radiogen analyze --help``, :data:`EPILOG`): 0 when every stage that was
+asked for ran. One case: 1 when a stage failed (``warning: <stage> skipped: <why>``) but
+others gave results, which are written; 2 when nothing could be analysed (neither a
+segmentation nor a prediction: the reasons are printed, nothing is written), as for any error
+in the input (PATH, ``--out``, ``--device``, a model name), which is checked before any work.
+A folder: 1 when a case failed (as a case with nothing analysed is reported) or was analysed
+with a failed stage (``done, with errors (...)`` on its line); the other cases go on.
 """
 from __future__ import annotations
 
@@ -12,13 +20,34 @@ import argparse
 from pathlib import Path
 
 
+EPILOG = """\
+exit status: 0 when every stage that was asked for ran.
+  one case: 1 when a stage failed ("warning: <stage> skipped: ...") but others gave results,
+  which are written; 2 when nothing could be analysed (neither a segmentation nor a
+  prediction: the reasons are printed, nothing is written), and for an error in the input
+  (PATH, --out, --device, a model name), checked before any work.
+  a folder of cases: 1 when a case failed or was analysed with a failed stage ("done, with
+  errors (...)" on its line); the other cases go on.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ._common import add_device_argument, add_sequence_argument
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("path", help="case folder, volume, .h5 pack, or a folder of cases")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--seg-model", default=None)
-    parser.add_argument("--pred-model", default=None)
-    parser.add_argument("--synth-model", default=None)
+    add_device_argument(parser)
+    add_sequence_argument(parser)
+    parser.add_argument("--seg-model", default=None,
+                        help="segmentation model name or .safetensors path (default: the "
+                             "preferred installed model that fits the case)")
+    parser.add_argument("--pred-model", default=None,
+                        help="prediction model name or .safetensors path (default: the "
+                             "default prediction model, as in radiogen predict)")
+    parser.add_argument("--synth-model", default=None,
+                        help="synthesis model name or .safetensors path (default: the "
+                             "installed synthesis model)")
     parser.add_argument("--explain", default="idh",
                         help="comma-separated tasks to explain (idh,codel_1p19q,grade) or 'none'")
     parser.add_argument("--method", default="gradcam",
@@ -34,16 +63,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="include clinical fields in reports (default: de-identified)")
 
 
+def _check_model(name, task: str, option: str) -> None:
+    """A model the user named exists and is a ``task`` model (an input error, exit 2, before
+    any work; not a stage that fails on every case)."""
+    from ..core.errors import ModelFileError
+    from ..core.models import find_model, read_card
+
+    if not name:
+        return
+    try:
+        path = find_model(name, task=task)
+        card = read_card(path)
+    except ModelFileError as e:
+        raise ModelFileError(f"{option}: {e}") from None
+    if card.get("task") != task:
+        raise ModelFileError(f"{option}: {path.name} is a {card.get('task')!r} model, not a "
+                             f"{task!r} model")
+
+
+def _reasons(errors) -> str:
+    """``{stage: message}`` -> ``"segment, predict: <message>; explain idh: <message>"``
+    (stages that failed for the same reason said once)."""
+    by_msg = {}
+    for stage, msg in errors.items():
+        by_msg.setdefault(" ".join(str(msg).split()), []).append(stage)
+    return "; ".join(f"{', '.join(stages)}: {msg}" for msg, stages in by_msg.items())
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..core.errors import RadiogenError
+    from ..core.explain import TASKS
     from ..core.io import list_cases
     from ..core.pipeline import (AnalysisOptions, AnalysisResult, Analyzer, CohortItem,
                                  analyze_cohort, write_outputs)
     from ..core.progress import Progress
-    from ._common import ProgressLine, check_out_dir
+    from ._common import ProgressLine, check_device, check_out_dir, load_case_arg
 
     tasks = [] if args.explain.strip().lower() == "none" else \
         [t.strip() for t in args.explain.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise RadiogenError(f"--explain: unknown task(s) {', '.join(bad)} (known: "
+                            f"{', '.join(TASKS)}, or 'none')")
     opts = AnalysisOptions(seg_model=args.seg_model, pred_model=args.pred_model,
                            synth_model=args.synth_model, synthesize_missing=not args.no_synthesis,
                            explain_tasks=tasks, explain_method=args.method, device=args.device)
@@ -52,25 +115,40 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         raise RadiogenError(f"{path} does not exist")
     out = check_out_dir(args.out)
+    # errors of the request itself stop here, before any case is read (exit 2), as in
+    # radiogen segment / predict: not as a stage that fails on every case
+    check_device(args.device)
+    _check_model(args.seg_model, "segmentation", "--seg-model")
+    _check_model(args.pred_model, "prediction", "--pred-model")
+    _check_model(args.synth_model, "synthesis", "--synth-model")
+    overrides = bool(args.sequence)          # --sequence names the files of one case
     try:
-        cases = list_cases(path) if path.is_dir() else []
+        cases = list_cases(path) if path.is_dir() and not overrides else []
     except RadiogenError:
         cases = []
     is_cohort = path.is_dir() and len(cases) > 1 or (len(cases) == 1 and cases[0] != path)
 
     if not is_cohort:
+        source = load_case_arg(path, args) if overrides else path
         res = None
         with ProgressLine() as show:
-            for item in analyzer.analyze(path):
+            for item in analyzer.analyze(source):
                 if isinstance(item, Progress):
                     show(item)
                 elif isinstance(item, AnalysisResult):
                     res = item
+        if res.failed:          # no segmentation, no prediction: nothing analysed (exit 2)
+            raise RadiogenError(f"{res.case_id}: nothing could be analysed: "
+                                f"{_reasons(res.errors)}")
         paths = write_outputs(res, out, report=not args.no_report,
                               render=not args.no_render, deidentify=not args.identified)
         _print_result(res, paths)
+        if res.errors:          # analysed in part: the outputs are written, exit 1
+            print(f"radiogen: {res.case_id}: analysed in part; {len(res.errors)} stage(s) "
+                  f"failed: {_reasons(res.errors)}", file=sys.stderr)
+            return 1
         return 0
-    failed = 0
+    failed = partial = 0
     with ProgressLine() as show:
         for item in analyze_cohort(cases, out, analyzer=analyzer, use_cache=not args.no_cache,
                                    report=not args.no_report, render=not args.no_render,
@@ -80,10 +158,15 @@ def run(args: argparse.Namespace) -> int:
             elif isinstance(item, CohortItem):
                 show.reset()
                 msg = f" ({item.message})" if item.message else ""
+                errors = (item.summary or {}).get("errors") if item.status != "failed" else ""
+                if errors:      # analysed, but a stage failed: as for one case, exit 1
+                    msg += f", with errors ({errors})"
+                    partial += 1
                 print(f"{item.case_id}: {item.status}{msg}", flush=True)
                 failed += item.status == "failed"
-    print(f"summary: {out / 'summary.csv'} ({len(cases)} cases, {failed} failed)")
-    return 1 if failed else 0
+    extra = f", {partial} with errors" if partial else ""
+    print(f"summary: {out / 'summary.csv'} ({len(cases)} cases, {failed} failed{extra})")
+    return 1 if failed or partial else 0
 
 
 def _print_result(res, paths) -> None:

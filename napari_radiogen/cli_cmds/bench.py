@@ -6,7 +6,8 @@ import json
 
 def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    from ._common import add_device_argument
+    add_device_argument(p, default="cpu")
     p.add_argument("--stages", help="comma-separated subset of: load, prepare, segment, "
                    "predict, predict_radiomics, synthesize, explain, explain_radiomics, triage, "
                    "train_step")
@@ -14,7 +15,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..core.bench import BenchResult, bench
-    from ._common import ProgressLine
+    from ._common import ProgressLine, check_device
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     res = None
     with ProgressLine(enabled=not args.json, key=lambda p: p.message) as show:

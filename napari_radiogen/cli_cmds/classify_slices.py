@@ -12,15 +12,18 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ._common import add_device_argument
     p.add_argument("path", help="image, folder of images, or a volume/case")
     p.add_argument("--out", required=True, help="output folder (tumour_type.csv is written there)")
     p.add_argument("--model", default=None,
                    help="triage model name or .safetensors path (default: the shipped CNN; "
                         "`radiogen models` lists them)")
-    p.add_argument("--sequence", default=None,
+    p.add_argument("--sequence", action="append", default=[], metavar="SEQ|FILE=SEQ",
                    help="for a case: the sequence whose axial slices are classified "
-                        "(default: the case's reference sequence)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+                        "(default: the case's reference sequence); FILE=SEQ names a file's "
+                        "sequence when the file name does not tell (t1, t1ce, t2, flair, "
+                        "labels, ignore), as in the other commands; repeatable")
+    add_device_argument(p, default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -30,14 +33,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core import progress
     from ..core import triage
-    from ..core.errors import CaseLoadError
+    from ..core.errors import CaseLoadError, RadiogenError
+    from ._common import check_device, check_out_dir, ensure_out_dir, parse_overrides
 
-    from ._common import check_out_dir, ensure_out_dir
-
+    # --sequence SEQ (the sequence classified) and --sequence FILE=SEQ (overrides)
+    chosen = [s for s in args.sequence if "=" not in s]
+    overrides = parse_overrides([s for s in args.sequence if "=" in s]) or None
+    if len(chosen) > 1:
+        raise RadiogenError(f"--sequence names the one sequence to classify; got "
+                            f"{', '.join(chosen)}")
+    sequence = chosen[0] if chosen else None
     src = Path(args.path)
     if not src.exists():
         raise CaseLoadError(f"{src}: no such file or folder")
     check_out_dir(args.out)
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     model = triage.load_triage_model(args.model, device=args.device)
 
     def on_progress(p):
@@ -48,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         table = progress.run(triage.classify_images(src, model), on_progress)
     else:
         from ..core.io import load_case
-        case = load_case(src)
-        table = progress.run(triage.classify_volume(case, model, sequence=args.sequence),
+        case = load_case(src, overrides=overrides)
+        table = progress.run(triage.classify_volume(case, model, sequence=sequence),
                              on_progress)
     out = table.write_csv(ensure_out_dir(args.out) / "tumour_type.csv")
     counts = {}

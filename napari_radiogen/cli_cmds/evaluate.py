@@ -10,15 +10,17 @@ def add_arguments(p) -> None:
     p.add_argument("data", help="data folder (case folders / HDF5 packs) or a labels CSV")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--labels", help="labels CSV (patient_id + label columns [+ path])")
-    p.add_argument("--device", default="auto")
+    from ._common import add_device_argument
+    add_device_argument(p)
     p.add_argument("--limit", type=int, help="only N patients")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
 def run(args) -> int:
     from ..core.train.engine import EvalResult, evaluate_model
-    from ._common import check_out_dir
+    from ._common import check_device, check_out_dir
     check_out_dir(args.out)
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     res = None
     for item in evaluate_model(args.model, args.data, args.out, device=args.device,
                                labels=args.labels, limit=args.limit):

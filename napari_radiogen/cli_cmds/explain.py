@@ -19,6 +19,7 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ._common import add_device_argument, add_sequence_argument
     parser.add_argument("case", help="case folder, volume, or TCGA-LGG .h5 pack")
     parser.add_argument("--task", default="idh", choices=["idh", "codel_1p19q", "grade"])
     parser.add_argument("--method", default=None,
@@ -33,17 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None, help="network layer for the CAM")
     parser.add_argument("--no-render", action="store_true", help="skip the PNG/GIF rendering")
     parser.add_argument("--frames", type=int, default=24, help="GIF frames (0: no GIF)")
-    parser.add_argument("--device", default="cpu", help="cpu (CAMs run on the CPU)")
+    add_device_argument(parser, default="cpu",
+                        note="checked as for the other commands, but the heatmaps are always "
+                             "computed on the CPU")
+    add_sequence_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..core.explain import explain, method_slug, render_explanation
-    from ..core.io import load_case, write_volume
+    from ..core.io import write_volume
     from ..core.progress import run as drive
-    from ._common import ProgressLine, check_out_dir, ensure_out_dir
+    from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
+                          load_case_arg)
 
     out = check_out_dir(args.out)
-    case = load_case(args.case)
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
+    case = load_case_arg(args.case, args)
     with ProgressLine() as show:
         res = drive(explain(case, args.model, task=args.task, method=args.method,
                             target=args.target, layer=args.layer, device=args.device), show)

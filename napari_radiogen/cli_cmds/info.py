@@ -12,33 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ._common import add_sequence_argument, parse_overrides  # noqa: F401  (parse_overrides: API)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="case folder, volume file, DICOM folder, .h5 slice pack, "
                                      "or a cohort folder of cases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--sequence", action="append", default=[], metavar="FILE=SEQ",
-                        help="name a file's sequence when the file name does not tell "
-                             "(t1, t1ce, t2, flair, labels, ignore); repeatable")
+    add_sequence_argument(parser)
     parser.add_argument("--series", default=None, metavar="S",
                         help="DICOM: pick the series whose description or UID contains S")
     parser.add_argument("--reference", default=None, metavar="SEQ",
                         help="reference sequence (default: flair > t1ce > t2 > t1)")
-
-
-def parse_overrides(items: List[str]) -> Dict[str, str]:
-    """``["a.nii.gz=flair", ...]`` -> dict; a malformed item is a user error."""
-    from ..core.errors import RadiogenError
-
-    out: Dict[str, str] = {}
-    for it in items or []:
-        if "=" not in it:
-            raise RadiogenError(f"--sequence expects FILE=SEQ, got '{it}'")
-        k, v = it.rsplit("=", 1)
-        if not k.strip() or not v.strip():
-            raise RadiogenError(f"--sequence expects FILE=SEQ, got '{it}'")
-        out[k.strip()] = v.strip()
-    return out
 
 
 def _fmt_num(x: float) -> str:

@@ -18,15 +18,39 @@ CSV_COLUMNS = ["case_id", "model", "p_idh_mutant", "p_codel", "p_grade3", "sd_id
                "sd_grade", "risk", "seconds", "status", "message"]
 
 
+#: the ages ``--age`` accepts (years)
+AGE_RANGE = (0.0, 120.0)
+
+
+def age_years(text: str) -> float:
+    """``--age``: a number of years within :data:`AGE_RANGE` (argparse type; a bad value is a
+    usage error, exit 2)."""
+    import argparse
+    import math
+
+    try:
+        age = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an age in years, got {text!r}") from None
+    if not math.isfinite(age) or not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"age {text} is out of range: give the age in years, "
+                                         f"{AGE_RANGE[0]:g} to {AGE_RANGE[1]:g}")
+    return age
+
+
 def add_arguments(p) -> None:
     from ..core.predict import DEFAULT_MODELS
+    from ._common import add_device_argument, add_sequence_argument
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="model name or .safetensors path (default: the first "
                    "installed of " + ", ".join(DEFAULT_MODELS) + ")")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--age", type=float, help="age in years (used when the model fuses clinical data)")
+    add_device_argument(p)
+    add_sequence_argument(p)
+    p.add_argument("--age", type=age_years, metavar="YEARS",
+                   help=f"age in years, {AGE_RANGE[0]:g} to {AGE_RANGE[1]:g} (used when the "
+                        "model fuses clinical data)")
     p.add_argument("--sex", choices=["M", "F", "m", "f"], help="sex (used when the model fuses it)")
 
 
@@ -51,8 +75,9 @@ def run(args) -> int:
     from ..core.predict import TASK, default_model_name, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
-    from ._common import check_out_dir, ensure_out_dir
+    from ._common import check_out_dir, ensure_out_dir, sequence_overrides
 
+    overrides = sequence_overrides(args)
     out = check_out_dir(args.out)   # created only when a case has a result to write
     device = resolve_device(args.device)
     model = load_model(args.model or default_model_name(), task=TASK,
@@ -78,4 +103,4 @@ def run(args) -> int:
             r["model"] = model.name
         return r
 
-    return run_batch(args.case, one, row, CSV_COLUMNS, out / "summary.csv")
+    return run_batch(args.case, one, row, CSV_COLUMNS, out / "summary.csv", overrides=overrides)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
+    from ._common import add_device_argument, add_sequence_argument
     p.add_argument("path", help="a case (folder, file, .h5 pack) or a folder of cases")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="synthesis model name or path")
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
+    add_sequence_argument(p)
     p.add_argument("--limit", type=int, default=None, help="rank only the first N cases")
     p.add_argument("--no-maps", action="store_true", help="scores only, no NIfTI maps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -51,11 +53,14 @@ def run(args) -> int:
     from ..core.synthesize import _resolve_model, combine_rankings, rank_sequences
     from ..core.errors import error_text
     from ..core.io import case_id_of
-    from ._common import ProgressLine, check_out_dir, ensure_out_dir
+    from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
+    from ._common import sequence_overrides
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
     out = check_out_dir(args.out)
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
+    overrides = sequence_overrides(args)
     p = Path(args.path)
     failed = []                                  # cohort: [{"case", "message"}] of skipped cases
 
@@ -66,9 +71,11 @@ def run(args) -> int:
 
     show = ProgressLine()
     try:
-        cases = [load_case(p)]
+        cases = [load_case(p, overrides=overrides)]
         cohort = False
     except CaseLoadError:
+        if overrides:                            # --sequence names the files of one case
+            raise
         paths = list_cases(p) if p.is_dir() else []
         if not paths or (len(paths) == 1 and Path(paths[0]).resolve() == p.resolve()):
             raise                                # one case that cannot be read: exit 2

@@ -19,14 +19,15 @@ CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_m
 
 
 def add_arguments(p) -> None:
+    from ._common import add_device_argument, add_sequence_argument
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="model name or .safetensors path (default: the first "
                    "installed model of core.segment.PREFERRED_MODELS that fits the case: "
                    "seg_brats_attunet2mm for 3D cases, seg_lgg_segresnet2d for slice packs)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to run the network (default auto)")
+    add_device_argument(p)
+    add_sequence_argument(p)
     p.add_argument("--csv", help="volume table path (default OUT/volumes.csv)")
 
 
@@ -84,8 +85,9 @@ def run(args) -> int:
     from ..core.progress import run as drive
     from ..core.segment import TASK, default_model_name, segment
     from ._batch import run_batch
-    from ._common import check_out_dir
+    from ._common import check_out_dir, sequence_overrides
 
+    overrides = sequence_overrides(args)
     out = check_out_dir(args.out)         # an unusable --out fails now, not after the work
     if args.csv:
         check_out_dir(Path(args.csv).parent)
@@ -110,4 +112,4 @@ def run(args) -> int:
 
     csv_path = Path(args.csv) if args.csv else out / "volumes.csv"
     return run_batch(args.case, one, csv_row, CSV_COLUMNS, csv_path, csv_always=True,
-                     csv_name="volume table")
+                     csv_name="volume table", overrides=overrides)

@@ -11,6 +11,7 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 
 
 def add_arguments(p) -> None:
+    from ._common import add_device_argument, add_sequence_argument
     p.add_argument("case", help="case folder, volume file or TCGA-LGG .h5 pack")
     p.add_argument("--target", required=True, choices=list(SEQUENCES) + ["missing"],
                    help="sequence to synthesise ('missing' = every sequence the case lacks)")
@@ -20,7 +21,8 @@ def add_arguments(p) -> None:
                         "target)")
     p.add_argument("--model", default=None, help="synthesis model name or .safetensors path "
                    "(default: the installed synthesis model)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    add_device_argument(p)
+    add_sequence_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
@@ -31,14 +33,16 @@ def run(args) -> int:
 
     from ..core import progress
     from ..core.errors import RadiogenError
-    from ..core.io import load_case, write_volume
+    from ..core.io import write_volume
     from ..core.synthesize import _resolve_model, synthesize
-    from ._common import ProgressLine, check_out_dir, ensure_out_dir
+    from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
+                          load_case_arg)
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
     out = check_out_dir(args.out)
-    case = load_case(args.case)
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
+    case = load_case_arg(args.case, args)
     if args.target == "missing":
         targets = list(case.missing)
         if not targets:

@@ -43,7 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model (a name from `radiogen models` or a "
                         ".safetensors file); overrides the config's init")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    from ._common import add_device_argument
+    add_device_argument(p)
     p.add_argument("--limit", type=int, help="use only N patients (quick smoke run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--folds", type=int, help="K-fold patient-level CV (0/1 = one held-out split)")
@@ -70,16 +71,21 @@ def run(args) -> int:
     if args.list:
         from ..core.train.config import list_configs
         from ..core.train import tasks
-        for c in list_configs():
-            print(f"{c['name']:<28} task={c['task']!s:<24} {c['description']}")
+        configs = list_configs()
+        wn = max([len(str(c["name"])) for c in configs] + [4])
+        wt = max([len(f"task={c['task']!s}") for c in configs] + [4])
+        for c in configs:
+            print(f"{c['name']!s:<{wn}}  {'task=' + str(c['task']):<{wt}}  "
+                  f"{c['description']}".rstrip())
         for m, e in tasks.IMPORT_ERRORS.items():
             print(f"warning: training family tasks/{m}.py failed to import: {e}",
                   file=sys.stderr)
         return 0
     if not args.config or not args.out:
         raise ConfigError("radiogen train needs CONFIG and --out RUN_DIR (or --list)")
-    from ._common import check_out_dir
+    from ._common import check_device, check_out_dir
     check_out_dir(args.out)
+    check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     import torch
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from ..core.train.engine import TrainProgress, TrainResult, train

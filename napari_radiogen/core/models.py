@@ -174,12 +174,27 @@ class LoadedModel:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """The torch device string for a user's choice: ``auto`` (CUDA when there is a GPU, else
+    the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Anything else (``gpu``, a typo), and CUDA asked
+    for where there is no GPU (or no GPU number N), is a :class:`ModelFileError` with one line
+    saying what to use instead, never torch's own error."""
     import torch
-    if device in (None, "", "auto"):
+    if device is None:
+        device = "auto"
+    dev = str(device).strip().lower()
+    if dev in ("", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if dev == "cpu":
+        return dev
+    index = dev[len("cuda:"):] if dev.startswith("cuda:") else None
+    if dev != "cuda" and not (index is not None and index.isdigit()):
+        raise ModelFileError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
         raise ModelFileError("CUDA was requested but no GPU is available; use --device cpu")
-    return device
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise ModelFileError(f"no GPU number {int(index)} ({torch.cuda.device_count()} GPU(s) "
+                             f"visible: cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 def load_model(name_or_path: str, *, task: Optional[str] = None, device: str = "cpu"
