@@ -516,6 +516,28 @@ def test_nan_inf_voxels(tmp_path):
         load_volume(tmp_path / "frac_seg.nii.gz")
 
 
+def test_nan_share_is_said_as_a_readable_percentage(tmp_path):
+    """100% reads "100%" (was "1e+02%"), small shares keep two significant digits."""
+    a = np.full((12, 20, 16), np.nan, np.float32)
+    write_sitk(a, tmp_path / "all_t2.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"3840 NaN/Inf voxel\(s\) of 3840 \(100%\)") as e:
+        load_volume(tmp_path / "all_t2.nii.gz")
+    assert "e+" not in str(e.value)
+    b = blob()
+    b.flat[:21] = np.nan                                  # 21 of 3840 = 0.546875 %
+    write_sitk(b, tmp_path / "few_t2.nrrd")               # the ITK path (not nibabel's)
+    with pytest.raises(CaseLoadError, match=r"\(0\.55%\)"):
+        load_volume(tmp_path / "few_t2.nrrd")
+    write_sitk(b, tmp_path / "few_t2.nii.gz")
+    with pytest.raises(CaseLoadError, match=r"\(0\.55%\)"):
+        load_volume(tmp_path / "few_t2.nii.gz")
+    c = blob()
+    c.flat[:3839] = np.inf                                # all but one: not rounded to 100%
+    write_sitk(c, tmp_path / "most_t2.mha")
+    with pytest.raises(CaseLoadError, match=r"\(>99\.9%\)"):
+        load_volume(tmp_path / "most_t2.mha")
+
+
 def test_duplicate_and_unknown_sequences(tmp_path):
     f = make_case(tmp_path / "dup", names=("t1", "flair"))
     write_sitk(blob(), f / "other_FLAIR_AX.nii.gz")

@@ -273,6 +273,63 @@ def test_writer_rejects_non_volume_layers(tmp_path):
         write_image(str(tmp_path / "x.png"), np.zeros((4, 4, 4)), {})
 
 
+def test_a_synthetic_layer_is_written_as_synthetic_and_read_back_so(tmp_path):
+    """A layer whose radiogen metadata says synthetic (the synthesis widget's) is written with
+    its provenance in the file (NIfTI descrip, NRRD fields), on its exact grid; reading the file
+    back, alone or in a case folder, gives a synthetic layer again."""
+    from napari_radiogen.core.case import Volume
+    from napari_radiogen.core.io import load_case, load_volume
+    from napari_radiogen.napari.layers import image_layer_data
+    from napari_radiogen.napari.reader import read_path
+    from napari_radiogen.napari.writer import write_image
+
+    oblique = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.2).GetMatrix()
+    rng = np.random.default_rng(0)
+    case = tmp_path / "P1"
+    case.mkdir()
+    for s in ("t1", "t2", "flair"):
+        img = sitk.GetImageFromArray(rng.random((6, 9, 8)).astype(np.float32) + 1)
+        img.SetSpacing((0.9, 1.1, 3.0))
+        img.SetOrigin((10.0, -20.0, 30.0))
+        img.SetDirection(oblique)
+        sitk.WriteImage(img, str(case / f"P1_{s}.nii.gz"))
+    ref = load_volume(case / "P1_flair.nii.gz")
+    synth = Volume(ref.array * 0.5, ref.geometry, synthetic=True)
+    data, kw, _ = image_layer_data(synth, case_id="P1", sequence="t1ce",
+                                   name="P1 t1ce (synthetic)", sources=["t1", "t2", "flair"],
+                                   model="synth_seq2seq2d")
+    meta = {**kw, "metadata": kw["metadata"]}
+    out = Path(write_image(str(case / "scan_new.nii.gz"), data, meta)[0])
+    descrip = nib.load(str(out)).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert descrip == "napari-radiogen synthetic t1ce from t1,t2,flair by synth_seq2seq2d"
+    np.testing.assert_allclose(nib.load(str(out)).affine,
+                               nib.load(str(case / "P1_flair.nii.gz")).affine, atol=1e-6)
+    nrrd = Path(write_image(str(tmp_path / "t1ce.nrrd"), data, meta)[0])
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(nrrd))
+    r.ReadImageInformation()
+    assert r.GetMetaData("radiogen_synthetic") == "true"
+    np.testing.assert_allclose(r.GetDirection(), oblique, atol=1e-6)
+    # read back alone: a synthetic t1ce layer with its provenance
+    (layer,) = read_path(str(out))
+    rg = layer[1]["metadata"]["radiogen"]
+    assert rg["synthetic"] is True and rg["sequence"] == "t1ce"
+    assert rg["sources"] == ["t1", "t2", "flair"] and layer[1]["name"].endswith("(synthetic)")
+    np.testing.assert_allclose(layer[0], synth.array, atol=1e-6)
+    # and in its case folder (where no file name says t1ce): the case's synthetic t1ce
+    c = load_case(case)
+    assert c.synthetic_inputs() == ("t1ce",)
+    layers = {ly[1]["metadata"]["radiogen"]["sequence"]: ly for ly in read_path(str(case))}
+    assert layers["t1ce"][1]["metadata"]["radiogen"]["synthetic"] is True
+    assert layers["t1ce"][1]["name"] == "P1 t1ce (synthetic)"
+    assert layers["flair"][1]["metadata"]["radiogen"]["synthetic"] is False
+    # an acquired layer written under a plain name stays unmarked
+    data, kw, _ = image_layer_data(ref, case_id="P1", sequence="flair")
+    plain = Path(write_image(str(tmp_path / "flair_copy.nii.gz"), data, kw)[0])
+    assert nib.load(str(plain)).header["descrip"].tobytes().rstrip(b"\0") == b""
+    assert load_volume(plain).synthetic is False
+
+
 def _write_dicom_series(folder, array, spacing=(0.9, 0.9, 3.0), origin=(-20.0, 10.0, 5.0)):
     """A minimal MR DICOM series (one file per slice), as SimpleITK's examples write it."""
     folder.mkdir(parents=True, exist_ok=True)

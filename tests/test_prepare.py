@@ -207,6 +207,53 @@ def test_partial_field_of_view_is_zero_and_excluded_from_the_statistics():
     np.testing.assert_array_equal(p.channel("flair"), full.channel("flair"))
 
 
+def _x_window(vol, k, n):
+    """``vol`` cut to the x voxels k .. k+n-1 (its own, smaller field of view)."""
+    g = vol.geometry
+    return Volume(np.ascontiguousarray(vol.array[:, :, k:k + n]),
+                  g.with_(size=(n, g.size[1], g.size[2]),
+                          origin=(g.origin[0] + k * g.spacing[0], g.origin[1], g.origin[2])))
+
+
+@pytest.mark.parametrize("skull_stripped", [False, True])
+@pytest.mark.parametrize("spacing", [None, 3.0])
+def test_a_sequence_covering_64_percent_of_the_field_of_view_is_said(skull_stripped, spacing):
+    """T2 covering the central 64% of the reference field of view (x), its edges cutting into
+    the head: zero-filled there, said (was silent above the 50% threshold)."""
+    c = make_phantom(3, skull_stripped=skull_stripped)
+    nx = c.geometry.size[0]                                   # 72
+    part = c.with_sequence("t2", _x_window(c.sequences["t2"], 13, 46))      # 46 / 72 = 64%
+    p = prepare(part, SEQ, spacing=spacing)
+    said = [w for w in p.warnings if w.startswith("t2 covers")]
+    assert len(said) == 1, p.warnings
+    what = "brain" if skull_stripped else "head"
+    assert said[0].startswith("t2 covers 64% of the reference (flair) field of view and ")
+    assert f"% of the {what} mask; the rest is zero-filled" in said[0]
+    assert not any(w.startswith(("t1 ", "t1ce ", "flair ")) for w in p.warnings)
+    assert 46 / nx < 0.65
+    # the hard error stays where it was: a sequence that does not overlap at all
+    g = c.geometry
+    far = Volume(c.sequences["t2"].array, g.with_(origin=(g.origin[0] + 500.0, g.origin[1],
+                                                           g.origin[2])))
+    with pytest.raises(GeometryError, match="does not overlap"):
+        prepare(c.with_sequence("t2", far), SEQ, spacing=spacing)
+
+
+def test_a_small_field_of_view_that_keeps_the_whole_brain_is_not_said():
+    """A sequence missing only empty background (the brain mask all inside its field of view)
+    changes nothing the model sees: no warning, even at 80% of the field of view."""
+    c = make_phantom(3, skull_stripped=True)
+    m = prepare(c, SEQ, crop=False).mask
+    xs = np.flatnonzero(m.any(axis=(0, 1)))
+    lo, hi = int(xs[0]), int(xs[-1]) + 1
+    nx = c.geometry.size[0]
+    assert (hi - lo) / nx < 0.85           # the phantom's brain leaves room around it in x
+    k = max(0, lo - 2)
+    n = min(nx, hi + 2) - k
+    p = prepare(c.with_sequence("t2", _x_window(c.sequences["t2"], k, n)), SEQ)
+    assert not any("covers" in w for w in p.warnings), p.warnings
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.uint8, bool])
 def test_to_native_keeps_label_dtype_after_resampling(dtype):
     c = make_phantom(6, skull_stripped=True)

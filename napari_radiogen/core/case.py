@@ -241,7 +241,11 @@ class Case:
                     "origin_xyz_mm": [round(o, 3) for o in g.origin],
                     "orientation": g.source_orientation or CANONICAL_ORIENTATION,
                     "dtype": str(v.array.dtype), "nominal_spacing": g.nominal,
-                    "synthetic": v.synthetic}
+                    "synthetic": v.synthetic,
+                    # a generated sequence's provenance (sources, model, how it was recognised)
+                    **({"synthetic_provenance": {
+                        k: v.meta[k] for k in ("sources", "model", "synthetic_marked_by")
+                        if v.meta.get(k)}} if v.synthetic else {})}
         return {"case_id": self.case_id, "source": self.source, "kind": self.kind,
                 "sequences": {s: vol(self.sequences[s]) for s in self.present},
                 "missing": list(self.missing),

@@ -42,12 +42,13 @@ from scipy import ndimage
 from . import progress as _progress
 from .case import SEQUENCES, Case, Geometry, Volume
 from .errors import GeometryError, MissingSequenceError, RadiogenError
+from .io._util import percent
 
 __all__ = [
     "PreparedCase", "prepare", "to_native", "uncrop", "denormalise",
     "resample_to_reference", "resample_spacing", "resample_volume", "working_geometry",
     "overlap_fraction", "brain_mask", "is_skull_stripped", "otsu_threshold", "normalise",
-    "crop_box", "crop_geometry", "check_array",
+    "crop_box", "crop_geometry", "check_array", "coverage_warnings",
 ]
 
 _INTERPOLATORS = {
@@ -58,6 +59,14 @@ _INTERPOLATORS = {
 }
 
 SpacingLike = Union[None, float, Sequence[float]]
+
+#: a sequence covering less of the reference field of view than this is said to be zero-filled
+#: (when part of the head/brain mask is among what it misses; see :func:`prepare`)
+FOV_WARN_FRACTION = 0.9
+#: ... or when it misses more of the head/brain mask than this, whatever its field of view
+MASK_WARN_FRACTION = 0.9
+#: the part of the mask a sequence may miss (edge voxels) before its small field of view matters
+MASK_NEGLIGIBLE_MISS = 0.01
 
 
 # ------------------------------------------------------------------------------------------
@@ -615,6 +624,23 @@ def denormalise(prepared: PreparedCase, array: np.ndarray, sequence: str) -> np.
 # ------------------------------------------------------------------------------------------
 # the whole preparation
 # ------------------------------------------------------------------------------------------
+def coverage_warnings(sequences: Sequence[str], reference: str, fov: Dict[str, float],
+                      in_mask: Dict[str, float], mask_method: str) -> List[str]:
+    """A warning for each sequence whose field of view leaves part of the reference grid's
+    head/brain zero-filled: it covers less than :data:`FOV_WARN_FRACTION` of the reference field
+    of view and misses some of the mask (more than :data:`MASK_NEGLIGIBLE_MISS`), or it misses
+    more than ``1 - MASK_WARN_FRACTION`` of the mask. ``fov``: fraction of the reference field
+    of view each resampled sequence covers; ``in_mask``: fraction of the mask (1 when absent)."""
+    what = "brain" if mask_method == "nonzero" else "head"
+    out: List[str] = []
+    for s in sequences:
+        f, c = fov.get(s, 1.0), in_mask.get(s, 1.0)
+        if c < MASK_WARN_FRACTION or (f < FOV_WARN_FRACTION and c < 1 - MASK_NEGLIGIBLE_MISS):
+            out.append(f"{s} covers {percent(f, 1)} of the reference ({reference}) field of "
+                       f"view and {percent(c, 1)} of the {what} mask; the rest is zero-filled")
+    return out
+
+
 def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
             spacing: SpacingLike = None, crop: bool = True,
             margin: Union[int, Sequence[int]] = 4, norm: str = "zscore",
@@ -634,6 +660,8 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
 
     Raises :class:`MissingSequenceError` if a needed sequence is absent, :class:`GeometryError`
     if a sequence does not overlap the reference, :class:`RadiogenError` for NaN/Inf or 2D data.
+    A sequence whose field of view leaves part of the head/brain mask zero-filled is said in
+    ``PreparedCase.warnings`` (see :func:`coverage_warnings`).
     """
     if not isinstance(case, Case):
         raise RadiogenError(f"prepare needs a Case, got {type(case).__name__}")
@@ -651,6 +679,7 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
     wg = working_geometry(native, spacing)
     resampled = wg is not native and not wg.same_grid(native)
     warnings: List[str] = []
+    fov: Dict[str, float] = {}          # fraction of the working grid each sequence covers
 
     # 1. checks: finite 3D arrays, fields of view overlapping the working grid
     for s in dict.fromkeys(list(seqs) + [ref]):
@@ -658,13 +687,10 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         v = case.sequences[s]
         check_array(v.array, f"sequence {s}")
         if not v.geometry.same_grid(wg):
-            frac = overlap_fraction(v.geometry, wg)
-            if frac == 0.0:
+            if overlap_fraction(v.geometry, wg) == 0.0:
                 raise GeometryError(f"sequence {s} does not overlap the reference sequence "
                                     f"{ref} (disjoint fields of view)")
-            if frac < 0.5:
-                warnings.append(f"sequence {s} covers only {100 * frac:.0f}% of the {ref} "
-                                "field of view")
+            fov[s] = overlap_fraction(v.geometry, wg, n=33)     # finer: said in a warning
 
     # 2. mask, computed on a native grid (the skull-stripped test on a native array, which
     # resampling never zero-pads), carried to the working grid by nearest neighbour. A
@@ -720,6 +746,7 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
     params: Dict[str, Dict[str, Any]] = {}
     outside = ~m
     n_mask = int(np.count_nonzero(m))
+    in_mask: Dict[str, float] = {}      # fraction of the mask each resampled sequence covers
     for i, s in enumerate(seqs):
         _progress.check(cancel)
         v = case.sequences[s]
@@ -738,14 +765,13 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
                     raise GeometryError(f"sequence {s} does not cover any of the {ref} "
                                         f"{'brain' if mask_method == 'nonzero' else 'head'} "
                                         "mask")
-                if n_in < 0.9 * n_mask:
-                    warnings.append(f"sequence {s} covers {100 * n_in / n_mask:.0f}% of the "
-                                    "mask; voxels outside its field of view are set to 0")
+                in_mask[s] = n_in / n_mask
                 out_i = ~inside
         p = _norm_params(a, inside, norm)
         _apply_norm(a, None, p, clip, 0.0, out=out[i])
         np.copyto(out[i], np.float32(0.0), where=out_i)
         params[s] = p
+    warnings.extend(coverage_warnings(seqs, ref, fov, in_mask, mask_method))
 
     return PreparedCase(
         array=out, sequences=tuple(seqs), mask=m, box=tuple(box), geometry=geom,

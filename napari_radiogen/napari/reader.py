@@ -88,8 +88,9 @@ def get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], List[Layer
 
 def _case_id_from_file(p: Path, sequence: Optional[str]) -> str:
     from ..core.io.detect import strip_extension
+    from ..core.io.synthetic import strip_synth_suffix
 
-    stem = strip_extension(p.name)
+    stem = strip_synth_suffix(strip_extension(p.name))     # P1_t1ce_synth -> P1_t1ce
     if sequence:
         # BraTS2021_00006_flair -> BraTS2021_00006; BraTS-GLI-00000-000-t2f -> ...-000
         for sep in ("_", "-", "."):
@@ -115,8 +116,33 @@ def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
     if kind == "labels":
         return [labels_layer_data(vol, case_id=case_id, source=str(p),
                                   label_names=label_names_for(None))]
+    if vol.synthetic and not seq:
+        seq = vol.meta.get("sequence")          # a name that says nothing, a header of ours
+    name = f"{case_id} {seq}" if seq else case_id
     return [image_layer_data(vol, case_id=case_id, sequence=seq or "image", source=str(p),
-                             name=f"{case_id} {seq}" if seq else case_id)]
+                             name=name + (" (synthetic)" if vol.synthetic else ""),
+                             **_synthetic_meta(vol))]
+
+
+def _synthetic_meta(vol) -> dict:
+    """A synthetic volume's provenance for its layer's radiogen metadata (as the synthesis
+    widget gives its layers: ``sources``, ``model``), so writing the layer keeps it."""
+    if not vol.synthetic:
+        return {}
+    return {k: vol.meta[k] for k in ("sources", "model") if vol.meta.get(k)}
+
+
+def _mark_synthetic_layers(case, layers: List[LayerData]) -> List[LayerData]:
+    """Image layers of a case's synthetic sequences: named ``<case> <seq> (synthetic)`` (as the
+    synthesis widget names its layers) with their provenance in the radiogen metadata."""
+    for data, kw, kind in layers:
+        rg = (kw.get("metadata") or {}).get("radiogen") or {}
+        vol = case.sequences.get(rg.get("sequence")) if kind == "image" else None
+        if vol is not None and vol.synthetic:
+            rg.update(_synthetic_meta(vol))
+            if not str(kw.get("name", "")).endswith(" (synthetic)"):
+                kw["name"] = f"{kw.get('name')} (synthetic)"
+    return layers
 
 
 def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
@@ -130,4 +156,4 @@ def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
     from ..core.io import load_case
 
     case = load_case(p)
-    return case_to_layer_data(case, source=str(p))
+    return _mark_synthetic_layers(case, case_to_layer_data(case, source=str(p)))

@@ -4,16 +4,21 @@ The geometry comes from ``meta["metadata"]["radiogen"]["geometry"]`` (set by the
 the file lands on the exact grid, voxel order and affine of the file it was read from); for
 layers without it, from the layer's ``scale``/``translate``/``rotate``/``affine`` (LPS mm,
 z/y/x). Writing goes through :func:`napari_radiogen.core.io.write_volume`.
+
+An image layer whose radiogen metadata says ``synthetic`` (a synthesised sequence) is written as
+a synthetic volume: the file records it (NIfTI ``descrip`` "napari-radiogen synthetic t1ce from
+t1,t2,flair", NRRD/MetaImage key/value fields), so reading it back, alone or in a case folder,
+gives a synthetic sequence again.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..core.errors import RadiogenError
-from .layers import geometry_from_meta
+from .layers import geometry_from_meta, radiogen_meta
 
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -30,8 +35,19 @@ def _write(path: str, data: Any, meta: Dict[str, Any], *, labels: bool) -> List[
         raise RadiogenError(f"{path}: only 3D (z, y, x) layers can be written as volumes "
                             f"(this one has shape {arr.shape})")
     geometry = geometry_from_meta(meta or {}, arr.shape)
-    written = write_volume(arr, geometry, path, labels=labels)
+    written = write_volume(arr, geometry, path, labels=labels,
+                           synthetic=None if labels else _synthetic(meta or {}))
     return [os.fspath(written)]
+
+
+def _synthetic(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The provenance to record for a layer whose radiogen metadata says synthetic (its
+    sequence, sources and model), else None (then only a ``_synth`` file name marks it)."""
+    rg = radiogen_meta(meta)
+    if not rg.get("synthetic"):
+        return None
+    return {"sequence": rg.get("sequence") or rg.get("target"), "sources": rg.get("sources"),
+            "model": rg.get("model")}
 
 
 def write_labels(path: str, data: Any, meta: Dict[str, Any]) -> List[str]:

@@ -60,3 +60,24 @@ def sitk_message(exc: BaseException) -> str:
 def short(path: Union[str, Path]) -> str:
     """A path as shown in messages (as given, not resolved)."""
     return str(path)
+
+
+def percent(part: float, whole: float) -> str:
+    """``part`` of ``whole`` as a readable percentage: ``100%``, ``64%``, ``5.4%``, ``0.54%``,
+    ``<0.01%``; never rounded up to ``100%`` or down to ``0%`` when it is not exactly that."""
+    if whole <= 0:
+        return "n/a"
+    p = 100.0 * float(part) / float(whole)
+    if p <= 0.0 or p >= 100.0:
+        return f"{max(0.0, min(p, 100.0)):.0f}%"
+    if p < 0.01:
+        return "<0.01%"
+    if p < 1.0:
+        text = f"{p:.2g}"
+    elif p < 10.0:
+        text = f"{p:.1f}".rstrip("0").rstrip(".")
+    else:
+        text = f"{p:.0f}"
+        if text == "100":
+            text = f"{p:.1f}" if f"{p:.1f}" != "100.0" else ">99.9"
+    return text + "%"

@@ -1,5 +1,11 @@
 """Cases: a folder of sequence files (NIfTI/NRRD/MetaImage, DICOM series), a single volume file,
-or a TCGA-LGG HDF5 pack -> :class:`~napari_radiogen.core.case.Case`; cohorts -> case paths."""
+or a TCGA-LGG HDF5 pack -> :class:`~napari_radiogen.core.case.Case`; cohorts -> case paths.
+
+The package's own synthetic volumes (``<case>_<sequence>_synth.<ext>``, or a header that says so,
+see :mod:`.synthetic`) are read as synthetic sequences (``Case.synthetic_inputs()`` names them,
+``case.meta["synthesized"]`` has their provenance). Where a case holds both an acquired file and
+a synthetic one of the same sequence, the acquired one is read and the synthetic one set aside
+(``case.meta["synthetic_set_aside"]``); any other two files claiming one sequence are an error."""
 from __future__ import annotations
 
 import os
@@ -18,7 +24,8 @@ from .detect import (DICOM_EXTENSIONS, PACK_EXTENSIONS, canonical_sequence_name,
 from .dicom import (SeriesInfo, has_dicom, is_dicom_file, list_series, read_series,
                     series_matches)
 from .pack import is_slice_pack, load_pack, pack_info
-from .volume import image_to_volume, load_volume, volume_extension
+from .synthetic import has_synth_suffix
+from .volume import file_synthetic, image_to_volume, load_volume, volume_extension
 
 PathLike = Union[str, Path]
 OVERRIDE_VALUES = ", ".join(SEQUENCES) + ", labels, ignore"
@@ -39,6 +46,7 @@ class Item:
     series: Optional[SeriesInfo] = None
     name: Optional[str] = None         # t1 t1ce t2 flair labels ignore
     how: str = "detected"              # detected | override
+    synthetic: Optional[bool] = None   # a synthetic volume of the package (None: not checked)
 
 
 def _is_pack(p: Path) -> bool:
@@ -130,10 +138,17 @@ def file_groups(files: Sequence[Path]) -> Dict[str, List[Path]]:
     if len(groups) < 2:
         return {}
     for g in groups.values():
-        ns = [det[f] for f in g if det[f]]
+        ns = _names_preferring_acquired([(det[f], f) for f in g if det[f]])
         if not ns or len(ns) != len(set(ns)):
             return {}
     return groups
+
+
+def _names_preferring_acquired(named: Sequence[Tuple[str, Path]]) -> List[str]:
+    """The sequence names of ``(name, file)`` pairs, a ``_synth`` file left out where an
+    acquired file has its name (as :func:`load_case` reads the group)."""
+    acquired = {n for n, f in named if not has_synth_suffix(f.name)}
+    return [n for n, f in named if not (has_synth_suffix(f.name) and n in acquired)]
 
 
 def _entries(folder: Path) -> List[Tuple[str, bool]]:
@@ -339,7 +354,8 @@ def _load_item(it: Item) -> Volume:
     return load_volume(it.path, labels=labels)
 
 
-_SUFFIX_RE = re.compile(r"^(.*?)[_\-.](t1|t1ce|t1c|t1n|t2|t2w|t2f|flair|fla|seg)$", re.I)
+_SUFFIX_RE = re.compile(r"^(.*?)[_\-.](t1|t1ce|t1c|t1n|t2|t2w|t2f|flair|fla|seg)"
+                        r"(?:[_\-.](?:synth|synthetic))?$", re.I)
 
 
 def case_id_of(path: PathLike) -> str:
@@ -389,10 +405,39 @@ def _check_not_blank(vol: Volume, name: str, display: str) -> None:
                             "or replace the file")
 
 
+def _item_synthetic(it: Item) -> bool:
+    """A file item that is one of the package's synthetic volumes (name or header)."""
+    if it.series is not None:
+        return False
+    if it.synthetic is None:
+        it.synthetic = file_synthetic(it.path) is not None
+    return bool(it.synthetic)
+
+
+def _acquired_over_synthetic(a: Item, b: Item) -> Optional[Tuple[Item, Item]]:
+    """Of two detected images claiming one sequence, ``(acquired, synthetic)`` when exactly
+    one is a synthetic volume of the package (a ``radiogen synthesize`` output copied into the
+    case folder): the acquired scan is read, the synthetic one left aside. None otherwise
+    (labels, a choice made by an override, two acquired or two synthetic files)."""
+    if a.name in (None, "labels", "ignore") or "override" in (a.how, b.how):
+        return None
+    sa, sb = _item_synthetic(a), _item_synthetic(b)
+    if sa == sb:
+        return None
+    return (b, a) if sa else (a, b)
+
+
 def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[str],
               source: Path, meta: Dict[str, Any]) -> Case:
     by_name: Dict[str, Item] = {}
     unknown: List[Item] = []
+    set_aside: List[Item] = []
+    for it in items:
+        if it.name is None and it.series is None:
+            # a name that says nothing, but a header of ours that names the sequence
+            prov = file_synthetic(it.path)
+            if prov is not None and prov.get("sequence"):
+                it.name, it.synthetic = prov["sequence"], True
     for it in items:
         if it.name == "ignore":
             continue
@@ -401,6 +446,11 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
             continue
         if it.name in by_name:
             a, b = by_name[it.name], it
+            pick = _acquired_over_synthetic(a, b)
+            if pick is not None:
+                by_name[it.name] = pick[0]
+                set_aside.append(pick[1])
+                continue
             what = "labels" if it.name == "labels" else f"sequence '{it.name}'"
             hint = ("pick one with --series S (description or UID), or name them with "
                     "--sequence 'DESCRIPTION=SEQ'" if a.series is not None or b.series is not None
@@ -423,6 +473,20 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     labels = _load_item(by_name["labels"]) if "labels" in by_name else None
     meta = dict(meta)
     meta["files"] = {s: it.display for s, it in by_name.items()}
+    synthetic = [s for s in sequences if sequences[s].synthetic]
+    if synthetic:
+        # read back as generated, not acquired: every result lists them (Case.synthetic_inputs)
+        meta["synthetic"] = synthetic
+        info = dict(meta.get("synthesized") or {})
+        for s in synthetic:
+            vm = sequences[s].meta
+            info[s] = {k: vm[k] for k in ("sources", "model") if vm.get(k)}
+            info[s]["file"] = seq_items[s].display
+        meta["synthesized"] = info
+    if set_aside:
+        meta["synthetic_set_aside"] = [
+            f"{it.display} (synthetic {it.name}; the acquired {by_name[it.name].display} is "
+            "read)" for it in set_aside]
     overridden = [f"{it.display}={s}" for s, it in by_name.items() if it.how == "override"]
     if overridden:
         meta["overrides"] = overridden
@@ -579,18 +643,19 @@ def scan_case(path: PathLike) -> Dict[str, Any]:
             if kind == "labels":
                 labels = f.name
             elif name:
-                seqs[name] = f.name
+                _scan_pick(seqs, name, f.name)
         return {"case_id": p.name, "kind": "volume", "path": str(p), "sequences": seqs,
-                "labels": labels, "unrecognised": []}
+                "labels": labels, "unrecognised": [], **_scan_synthetic(seqs)}
     if _is_pack(p):
         info = pack_info(p)
         info.update(kind="slices", path=str(p))
         return info
     if p.is_file():
         name, kind = detect_sequence(p.name)
+        seqs = {name: p.name} if name and kind == "image" else {}
         return {"case_id": _case_id_from_file(p), "kind": "volume", "path": str(p),
-                "sequences": {name: p.name} if name and kind == "image" else {},
-                "labels": None, "unrecognised": [] if name else [p.name]}
+                "sequences": seqs, "labels": None, "unrecognised": [] if name else [p.name],
+                **_scan_synthetic(seqs)}
     sc = scan_folder(p)
     seqs: Dict[str, str] = {}
     labels = None
@@ -600,7 +665,7 @@ def scan_case(path: PathLike) -> Dict[str, Any]:
         if kind == "labels":
             labels = f.name
         elif name:
-            seqs.setdefault(name, f.name)
+            _scan_pick(seqs, name, f.name)
         else:
             unknown.append(f.name)
     for d in sc.dicom_subs + ([p] if sc.dicom_here else []):
@@ -610,4 +675,19 @@ def scan_case(path: PathLike) -> Dict[str, Any]:
         else:
             unknown.append((d.name if d != p else ".") + "/ (DICOM)")
     return {"case_id": p.name, "kind": "volume", "path": str(p), "sequences": seqs,
-            "labels": labels, "unrecognised": unknown}
+            "labels": labels, "unrecognised": unknown, **_scan_synthetic(seqs)}
+
+
+def _scan_pick(seqs: Dict[str, str], name: str, fname: str) -> None:
+    """The first file of a sequence, an acquired one over a ``_synth`` one (as
+    :func:`load_case` picks)."""
+    have = seqs.get(name)
+    if have is None or (has_synth_suffix(have) and not has_synth_suffix(fname)):
+        seqs[name] = fname
+
+
+def _scan_synthetic(seqs: Mapping[str, str]) -> Dict[str, Any]:
+    """``{"synthetic": [...]}`` for the sequences whose file is named as synthetic (header-free
+    scan: a header of ours is only read by :func:`load_case`), else ``{}``."""
+    syn = [s for s, f in seqs.items() if has_synth_suffix(f)]
+    return {"synthetic": syn} if syn else {}

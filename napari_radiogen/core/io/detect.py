@@ -8,7 +8,9 @@
 * scanner / TCIA style names: ``MRHR_T1_AX_POST_GAD_..._t1c.nii.gz``, ``..._FLAIR_...``,
   ``..._fla.nii.gz``, ``..._fla_bet``, ``T2_AX_...``, ``..._t2_bet``, ``..._t1_bet``;
 * BIDS-ish suffixes: ``T1w``, ``T2w``, ``FLAIR``, ``ce-gadolinium_T1w``;
-* labels: ``*seg*``, ``*label*``, ``*mask*`` (e.g. ``fused_algorithms_seg.nii.gz``).
+* labels: ``*seg*``, ``*label*``, ``*mask*`` (e.g. ``fused_algorithms_seg.nii.gz``);
+* the package's synthetic outputs: ``BraTS2021_00006_t1ce_synth.nii.gz`` is T1ce (the readers
+  mark it synthetic, see :mod:`.synthetic`).
 
 Precedence matters: labels first, then FLAIR (``T2_FLAIR`` is FLAIR, not T2), then
 post-contrast T1 (``T1_AX_POST_GAD`` is T1ce, not T1), then T2, then T1.

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 
 from ..case import Geometry, Volume, canonicalize
 from ..errors import CaseLoadError, GeometryError
-from ._util import captured_stderr, sitk_message
+from . import synthetic as _syn
+from ._util import captured_stderr, percent, sitk_message
 from .detect import VOLUME_EXTENSIONS, detect_sequence
 from .dicom import SeriesInfo, has_dicom, is_dicom_file, list_series, pick_series, read_series
 
@@ -84,7 +85,7 @@ def _check_nifti(path: Path, ext: str) -> None:
         nbad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if nbad:
             raise CaseLoadError(f"{path}: {nbad} NaN/Inf voxel(s) of {data.size} "
-                                f"({100.0 * nbad / data.size:.2g}%); fix or mask the file first")
+                                f"({percent(nbad, data.size)}); fix or mask the file first")
 
 
 def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, Any]]:
@@ -130,7 +131,42 @@ def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, A
     if img.GetDimension() == 4:
         img = sitk.Extract(img, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
     meta = {"format": ext.lstrip("."), "source_pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID())}
+    prov = _header_synthetic(reader)
+    if prov is not None:
+        meta["_synthetic_header"] = prov
     return img, meta
+
+
+def _header_synthetic(reader: sitk.ImageFileReader) -> Optional[Dict[str, Any]]:
+    """The synthetic provenance the file's header records (see :mod:`.synthetic`), or None."""
+    keys = set(reader.GetMetaDataKeys())
+    wanted = [k for k in (_syn.KEY_SYNTHETIC, _syn.KEY_SEQUENCE, _syn.KEY_SOURCES,
+                          _syn.KEY_MODEL) + _syn.NOTES_KEYS if k in keys]
+    try:
+        return _syn.from_header({k: reader.GetMetaData(k) for k in wanted})
+    except RuntimeError:  # pragma: no cover - a key listed but unreadable
+        return None
+
+
+def file_synthetic(path: PathLike) -> Optional[Dict[str, Any]]:
+    """Whether a volume file is one of the package's synthetic volumes, without reading its
+    voxels: the provenance its header, its ``_synth`` name or the JSON beside it gives, or
+    None. An unreadable header counts as not synthetic here (loading it says what is wrong)."""
+    p = Path(path)
+    name = _syn.from_name(p.name)
+    head = None
+    if volume_extension(p) is not None and p.is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        try:
+            with captured_stderr([]):
+                reader.ReadImageInformation()
+            head = _header_synthetic(reader)
+        except RuntimeError:
+            head = None
+    if head is None and name is None:
+        return None
+    return _syn.merge(head, _syn.from_sidecar(p), name)
 
 
 def _read_dicom(path: Path, series: Optional[str], warnings: List[str]
@@ -195,7 +231,7 @@ def image_to_volume(img: sitk.Image, *, where: str, labels: bool, path: Optional
         nbad = int(bad.sum())
         if nbad:
             raise CaseLoadError(f"{where}: {nbad} NaN/Inf voxel(s) of {arr.size} "
-                                f"({100.0 * nbad / arr.size:.2g}%); fix or mask the file first")
+                                f"({percent(nbad, arr.size)}); fix or mask the file first")
     geom = Geometry.from_image(canon, source_orientation=code)
     try:
         return Volume(array=np.ascontiguousarray(arr), geometry=geom, path=path, meta=meta)
@@ -212,6 +248,10 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
     float32; labels (``labels=True``, or ``None`` and a file name that says seg/label/mask) as
     uint8 with BraTS 2023's label 3 mapped to 4. A DICOM folder with several series needs
     ``series`` (part of the SeriesDescription or UID).
+
+    A synthetic image (a file the package wrote from a generated sequence: its header says so,
+    or its name ends in ``_synth``, see :mod:`.synthetic`) comes back with ``synthetic=True``
+    and its provenance (``sequence``, ``sources``, ``model``) in ``meta``.
 
     Raises :class:`CaseLoadError` (one line, naming the file) for missing, empty, corrupt or
     truncated files, 2D or 4D images, vector images, NaN/Inf voxels and unreadable DICOM.
@@ -235,4 +275,25 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
         labels = detect_sequence(p.name)[1] == "labels"
     if warnings:
         meta["reader_warnings"] = " | ".join(w.replace("\n", " ")[:300] for w in warnings)[:1000]
-    return image_to_volume(img, where=where, labels=bool(labels), path=str(p), meta=meta)
+    head = meta.pop("_synthetic_header", None)
+    vol = image_to_volume(img, where=where, labels=bool(labels), path=str(p), meta=meta)
+    if not labels:
+        _mark_synthetic(vol, p, head)
+    return vol
+
+
+def _mark_synthetic(vol: Volume, p: Path, head: Optional[Dict[str, Any]]) -> None:
+    """A volume the package generated (its header says so, or its name carries the ``_synth``
+    suffix of the package's synthetic outputs) is read back as synthetic, with its
+    provenance (header, then the JSON ``radiogen synthesize`` writes beside it, then the name)
+    in ``meta``."""
+    name = _syn.from_name(p.name) if p.is_file() else None
+    if head is None and name is None:
+        return
+    marked_by = (["file header"] if head is not None else []) + (
+        ["file name (_synth)"] if name is not None else [])
+    side = _syn.from_sidecar(p)
+    if side is not None:
+        marked_by.append("sidecar JSON")
+    vol.synthetic = True
+    _syn.mark(vol.meta, _syn.merge(head, side, name), marked_by)

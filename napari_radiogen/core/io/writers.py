@@ -1,14 +1,18 @@
-"""Writers: volumes on the **source** grid of the file the geometry came from, HDF5 pack masks."""
+"""Writers: volumes on the **source** grid of the file the geometry came from, HDF5 pack masks.
+
+A synthetic volume says so in its file (see :mod:`.synthetic`), so that a reader never takes the
+package's own generated sequence for an acquired one."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..case import Geometry, to_source_image
+from ..case import Geometry, Volume, to_source_image
 from ..errors import RadiogenError
+from . import synthetic as _syn
 from ._util import captured_stderr, sitk_message
 
 PathLike = Union[str, Path]
@@ -38,15 +42,58 @@ def _labels_uint8(array: np.ndarray) -> np.ndarray:
     return a.astype(np.uint8)
 
 
-def write_volume(array: np.ndarray, geometry: Geometry, path: PathLike, *,
-                 labels: bool = False) -> Path:
+SyntheticLike = Union[None, bool, Mapping[str, Any]]
+
+
+def _synthetic_provenance(synthetic: SyntheticLike, vol: Optional[Volume],
+                          p: Path) -> Optional[Dict[str, Any]]:
+    """What to record about a synthetic volume written to ``p`` (None: not synthetic)."""
+    if synthetic is False:
+        return None
+    name_prov = _syn.from_name(p.name)
+    vol_prov = (_syn.from_volume_meta(vol.meta) if vol is not None and vol.synthetic else None)
+    if isinstance(synthetic, Mapping):
+        src = synthetic.get("sources")
+        given = _syn.provenance(synthetic.get("sequence"),
+                                src if isinstance(src, (list, tuple)) else None,
+                                synthetic.get("model"))
+        return _syn.merge(given, vol_prov, name_prov)
+    if synthetic is True or vol_prov is not None or name_prov is not None:
+        return _syn.merge(vol_prov, name_prov)
+    return None
+
+
+def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
+                 path: Optional[PathLike] = None, *, labels: bool = False,
+                 synthetic: SyntheticLike = None) -> Path:
     """Write a (z, y, x) array that lives on ``geometry`` (canonical LPS) to ``path``.
 
     The file is written on the **source** grid: same voxel order and affine as the file the
     geometry was read from (``geometry.source_orientation``), so it overlays the original scan
     in any viewer. ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``. Labels are
     written as uint8, images as float32. Returns the path written.
+
+    ``array`` may be a :class:`Volume` (``write_volume(vol, path)``): its geometry is used, and
+    a synthetic one (``vol.synthetic``) is written as such with the provenance in its ``meta``.
+
+    Synthetic images say so in the file (NIfTI ``descrip``, NRRD/MetaImage key/value fields;
+    see :mod:`.synthetic`): ``synthetic`` is a provenance mapping (``sequence``, ``sources``,
+    ``model``), True, or False (never marked); by default (None) an image is marked when it is
+    a synthetic ``Volume`` or when ``path`` carries the package's synthetic-output name
+    ``<case>_<sequence>_synth.<ext>``. Labels are never marked.
     """
+    vol: Optional[Volume] = None
+    if isinstance(array, Volume):
+        vol = array
+        if path is None and geometry is not None and not isinstance(geometry, Geometry):
+            geometry, path = None, geometry                  # write_volume(vol, path)
+        array = vol.array
+        if geometry is None:
+            geometry = vol.geometry
+    if path is None:
+        raise TypeError("write_volume() needs the path to write")
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"write_volume() needs a Geometry, got {type(geometry).__name__}")
     p = Path(path)
     ext = _ext(p)
     if ext is None:
@@ -60,6 +107,10 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: PathLike, *,
     elif arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     img = to_source_image(np.ascontiguousarray(arr), geometry)   # GeometryError on misfit
+    prov = None if labels else _synthetic_provenance(synthetic, vol, p)
+    if prov is not None:
+        for k, v in _syn.header_fields(prov, nifti=ext in (".nii", ".nii.gz")).items():
+            img.SetMetaData(k, v)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
