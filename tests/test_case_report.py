@@ -39,3 +39,104 @@ def test_report_cells_format_numbers_and_say_what_is_missing():
     assert _num(float("nan"), 1) == "n/a" and _num(None, 1) == "n/a"
     assert _interval([0.40192962352405076, 0.7747484520123838]) == "[0.40, 0.77]"
     assert _interval(None) == "" and _interval("x") == ""
+
+
+# -- what an analysis writes: de-identified by default, strict JSON ------------------------------
+#: keys that hold a patient's clinical record (age, sex, survival...) in this package's data
+CLINICAL_KEYS = {"age", "sex", "sex_male", "gender", "age_at_initial_pathologic", "os_days",
+                 "os_event", "clinical"}
+
+
+def _strict(path):
+    import json
+
+    def refuse(name):
+        raise ValueError(f"{path}: non-standard JSON constant {name}")
+    return json.loads(open(path).read(), parse_constant=refuse)
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _keys(v)
+
+
+def _result():
+    """An analysis result of a phantom with clinical fields: a segmentation whose ET is empty
+    in one mask only (HD95 undefined) and a segment-then-classify prediction that read age and
+    sex (as predict_radiomics does)."""
+    import numpy as np
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.pipeline import AnalysisResult
+    from napari_radiogen.core.predict import PredictionResult
+    from napari_radiogen.core.segment import SegResult, region_volumes_ml
+
+    case = make_phantom(2, shape=(32, 40, 36))
+    case.clinical.update(age=67, gender="MALE", os_days=234)
+    labels = (np.asarray(case.labels.array) > 0).astype(np.uint8) * 2
+    seg = SegResult(case_id=case.case_id, labels=labels, geometry=case.geometry,
+                    volumes_ml=region_volumes_ml(labels, case.geometry), model="seg_test",
+                    metrics={"WT": {"dice": 0.9, "hd95_mm": 2.0},
+                             "ET": {"dice": 0.0, "hd95_mm": float("nan")}})
+    pred = PredictionResult(case_id=case.case_id, model="predict_test", card={},
+                            tasks={"idh": {"wildtype": 0.3, "mutant": 0.7}},
+                            uncertainty={"idh": {"sd": 0.1}}, attention={}, slice_index=[],
+                            features={"volume_ml": 12.5, "age": 67.0, "sex_male": 1.0},
+                            features_source="segmented by seg_test")
+    return AnalysisResult(case_id=case.case_id, case=case, segmentation=seg, prediction=pred)
+
+
+def test_deidentified_analysis_writes_no_clinical_field_and_says_so(tmp_path):
+    """The default (de-identified) outputs hold no clinical field in any file, say which were
+    removed; the prediction itself keeps what it used; an identified analysis keeps them."""
+    from napari_radiogen.core.pipeline import write_outputs
+    res = _result()
+    paths = write_outputs(res, tmp_path / "deid", render=False)
+    files = sorted((tmp_path / "deid" / res.case_id).glob("*.json"))
+    assert {f.name for f in files} == {f"{res.case_id}_seg.json", f"{res.case_id}_report.json",
+                                       f"{res.case_id}_predictions.json", "analysis.json"}
+    for f in files:
+        data = _strict(f)
+        assert not CLINICAL_KEYS & set(_keys(data)), f.name
+        if f.name != f"{res.case_id}_seg.json":
+            assert data["deidentified"] is True, f.name
+    pred = _strict(paths["predictions"])
+    assert pred["features"] == {"volume_ml": 12.5}
+    assert pred["removed_fields"] == ["features.age", "features.sex_male"]
+    report = _strict(paths["report_json"])
+    assert report["removed_fields"] == ["prediction.features.age", "prediction.features.sex_male"]
+    assert _strict(paths["analysis"])["removed_fields"] == report["removed_fields"]
+    html = open(paths["report_html"]).read()
+    assert "De-identified" in html and "the prediction used age, sex" in html
+    assert "Clinical" not in html and "234" not in html
+    assert res.prediction.features["age"] == 67.0               # only the outputs are stripped
+    assert "age" not in res.summary() and "sex_male" not in res.summary()  # the cohort CSV row
+
+    paths = write_outputs(res, tmp_path / "ident", render=False, deidentify=False)
+    pred = _strict(paths["predictions"])
+    assert pred["deidentified"] is False and pred["features"]["age"] == 67.0
+    assert pred["features"]["sex_male"] == 1.0 and "removed_fields" not in pred
+    report = _strict(paths["report_json"])
+    assert report["clinical"]["age"] == 67 and report["prediction"]["features"]["age"] == 67.0
+    assert "Identified report" in open(paths["report_html"]).read()
+
+
+def test_undefined_metrics_are_null_in_json_and_said_in_the_report(tmp_path):
+    """HD95 is undefined (nan) when exactly one of the two masks is empty: strict JSON gets
+    null (a strict parser rejects NaN), the report says n/a."""
+    import math
+    from napari_radiogen.core.pipeline import write_outputs
+    res = _result()
+    assert math.isnan(res.segmentation.metrics["ET"]["hd95_mm"])
+    paths = write_outputs(res, tmp_path, render=False)
+    for key in ("segmentation_json", "report_json", "predictions", "analysis"):
+        assert "NaN" not in open(paths[key]).read(), key
+    assert _strict(paths["segmentation_json"])["metrics_vs_labels"]["ET"]["hd95_mm"] is None
+    rep = _strict(paths["report_json"])
+    assert rep["segmentation"]["metrics_vs_labels"]["ET"] == {"dice": 0.0, "hd95_mm": None}
+    html = open(paths["report_html"]).read()
+    assert "n/a (one of the two masks is empty)" in html and "nan" not in html.lower()

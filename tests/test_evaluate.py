@@ -31,7 +31,64 @@ def test_classification_metrics_and_cv_summary():
     assert s["mean"] == pytest.approx(0.8) and s["sd"] == pytest.approx(0.1)
     from scipy import stats
     h = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
-    assert s["ci95"] == pytest.approx([0.8 - h, 0.8 + h])
+    # the t-interval over folds, clipped to the AUC's range (0.8 + h > 1)
+    assert 0.8 + h > 1 and s["ci95"] == pytest.approx([0.8 - h, 1.0])
+    s = M.cv_summary([{"auc": 0.6}, {"auc": 0.7}, {"auc": 0.8}])["auc"]
+    assert s["ci95"] == pytest.approx([0.7 - h, 0.7 + h])          # within the range: as it was
+
+
+def test_intervals_of_bounded_metrics_stay_in_their_range():
+    """A t-interval over a few folds leaves [0, 1] (seen: auc_grade 0.667 [-0.768, 2.101],
+    c_index 0.917 [0.651, 1.182], a Dice score 0.323 [-0.066, 0.712]); bounded metrics keep
+    theirs within it, unbounded ones (PSNR, HD95, differences) keep the plain t-interval, with
+    the same keys."""
+    folds = [{"auc_grade": 0.2, "c_index": 0.85, "dice_WT": 0.80, "dice_ET": 0.0,
+              "hd95_WT": 2.0, "n": 10},
+             {"auc_grade": 1.0, "c_index": 0.92, "dice_WT": 0.71, "dice_ET": 0.5,
+              "hd95_WT": 9.0, "n": 10},
+             {"auc_grade": 0.8, "c_index": 0.98, "dice_WT": 0.38, "dice_ET": 0.0,
+              "hd95_WT": 4.0, "n": 10}]
+    for f in folds:
+        f["score"] = (f["dice_WT"] + f["dice_ET"]) / 2          # a segmentation run's score
+    s = M.cv_summary(folds)
+    for k in ("auc_grade", "c_index", "dice_WT", "dice_ET", "score"):
+        lo, hi = s[k]["ci95"]
+        assert 0.0 <= lo <= s[k]["mean"] <= hi <= 1.0, (k, s[k])
+        assert set(s[k]) == {"mean", "sd", "ci95", "n", "per_fold"}
+    assert s["auc_grade"]["ci95"][1] == 1.0 and s["dice_ET"]["ci95"][0] == 0.0
+    assert s["score"]["ci95"][0] == 0.0                            # unclipped: below 0
+    plain = M.mean_ci([f["hd95_WT"] for f in folds])               # unbounded: plain t
+    assert s["hd95_WT"]["ci95"] == pytest.approx(plain["ci95"]) and plain["ci95"][0] < 0
+    syn = M.cv_summary([{"ssim_brain": v, "psnr_db": p} for v, p in
+                        ((0.2, 20.0), (0.9, 30.0), (0.95, 25.0))])
+    lo, hi = syn["ssim_brain"]["ci95"]
+    assert -1.0 <= lo and hi == 1.0                                 # SSIM lies in [-1, 1]
+    assert syn["psnr_db"]["ci95"] == pytest.approx(M.mean_ci([20.0, 30.0, 25.0])["ci95"])
+    assert M.mean_ci([0.2, 1.0, 0.8])["ci95"][0] < 0               # no bounds given: as before
+    # a synthesis run's score is its PSNR: unbounded
+    syn = M.cv_summary([{"psnr_db": 20.0, "ssim_brain": 0.5, "score": 20.0},
+                        {"psnr_db": 30.0, "ssim_brain": 0.6, "score": 30.0}])
+    assert syn["score"]["ci95"] == pytest.approx(M.mean_ci([20.0, 30.0])["ci95"])
+    # a difference between two models' F1 may be negative
+    assert M.metric_bounds("new_minus_previous_macro_f1") is None
+    assert M.metric_bounds("macro_f1") == (0.0, 1.0) and M.metric_bounds("psnr_t1") is None
+    # a non-finite fold value is None in per_fold (strict JSON) and left out of the mean
+    s = M.cv_summary([{"auc": 0.7}, {"auc": float("nan")}, {"auc": 0.9}])["auc"]
+    assert s["per_fold"] == [0.7, None, 0.9] and s["n"] == 2
+
+
+def test_models_listing_clips_card_intervals_at_display_time():
+    """Shipped cards store intervals computed before they respected the range (they are not
+    edited): `radiogen models` shows them clipped."""
+    from napari_radiogen.cli_cmds.models import _metric
+    pf = {"dice_WT": [0.80, 0.71, 0.38, 0.17], "dice_TC": [0.55, 0.57, 0.15, 0.03],
+          "dice_ET": [0.01, 0.5, 0.0, 0.0], "score": [0.45, 0.60, 0.18, 0.07]}
+    cv = {k: {"mean": float(np.mean(v)), "ci95": [-0.066, 0.712], "per_fold": v}
+          for k, v in pf.items()}
+    card = {"metrics": {"cv": cv}}
+    assert _metric(card).endswith("[0.000, 0.712]")
+    card = {"metrics": {"cv": {"psnr": {"mean": 1.0, "ci95": [-0.5, 2.5]}}}}
+    assert _metric(card) == "psnr 1.000 [-0.500, 2.500]"           # unbounded: as stored
 
 
 def test_dice_hd95():

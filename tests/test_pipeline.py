@@ -283,3 +283,52 @@ def test_pack_report_has_key_slices_and_nifti_heatmap(models, tmp_path):
     heat = nib.load(paths["heatmap_idh"])
     assert paths["heatmap_idh"].endswith(".nii.gz") and Path(paths["heatmap_idh_h5"]).exists()
     assert heat.shape == (128, 128, 12)
+
+
+@pytest.mark.shared
+def test_cohort_outputs_of_a_training_patient_are_deidentified_strict_and_say_in_sample(
+        shared_data, tmp_path):
+    """The issue's case: `radiogen analyze TCGA_CS_4941.h5` (default models, de-identified).
+    No file holds the age or sex the prediction read (they are listed as removed); every JSON
+    file is strict; the patient is among the training patients of the segmentation and of the
+    prediction models: each says so once, and the explanations' localisation once for all
+    tasks."""
+    pack = shared_data / "tcga-lgg" / "TCGA_CS_4941.h5"
+    an = Analyzer(AnalysisOptions(device="cpu", explain_tasks=("idh", "grade")))
+    items = run(analyze_cohort([pack], tmp_path, analyzer=an, render=False))
+    assert [i.status for i in items] == ["done"]
+    d = tmp_path / "TCGA_CS_4941"
+    clinical = {"age", "sex", "sex_male", "gender", "age_at_initial_pathologic", "os_days",
+                "os_event", "race", "ethnicity", "clinical"}
+
+    def keys(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from keys(v)
+
+    def refuse(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+    files = sorted(d.glob("*.json"))
+    assert len(files) == 4
+    for f in files:
+        data = json.loads(f.read_text(), parse_constant=refuse)
+        assert not clinical & set(keys(data)), f.name
+    pred = json.loads((d / "TCGA_CS_4941_predictions.json").read_text())
+    assert pred["deidentified"] is True
+    assert pred["removed_fields"] == ["features.age", "features.sex_male"]
+    assert pred["model"] == "predict_ensemble" and "volume_ml" in pred["features"]
+    header = open(tmp_path / "summary.csv").readline().lower()
+    assert "age" not in header.split(",") and "sex" not in header and "gender" not in header
+    warns = json.loads((d / "analysis.json").read_text())["warnings"]
+    in_sample = [w for w in warns if "training data" in w]
+    assert in_sample == [
+        "TCGA_CS_4941 was in seg_lgg_segresnet2d's training data: its Dice here is in-sample, "
+        "not a validation",
+        "TCGA_CS_4941 was in predict_ensemble's training data: its predictions here are "
+        "in-sample, not a validation (expect them to be right more often than on a new case)",
+        "TCGA_CS_4941 was in predict_mil_roi's training data: its localisation score here is "
+        "in-sample, not a validation"]

@@ -54,6 +54,41 @@ def test_predict_pack_probabilities_attention_uncertainty(tiny):
     assert j["model"] == TINY and j["card"]["name"] == TINY
 
 
+def test_prediction_on_a_training_patient_says_it_is_in_sample(tiny):
+    """A case among the patients the model's card lists as trained on: the prediction says its
+    result is in-sample (once, kind IN_SAMPLE); a new case is not flagged."""
+    import dataclasses
+    from napari_radiogen.core.notes import IN_SAMPLE, warning_key
+    from napari_radiogen.core.predict import predict
+    lm = dataclasses.replace(tiny, card={**tiny.card, "training_data": {
+        "patients": ["PHANTOM_PACK_0000", "PHANTOM_PACK_0005"]}})
+    res = drive(predict(_pack(n=8), lm, device="cpu"))
+    said = [w for w in res.warnings if warning_key(w) == IN_SAMPLE]
+    assert said == [f"PHANTOM_PACK_0000 was in {TINY}'s training data: its predictions here are "
+                    "in-sample, not a validation (expect them to be right more often than on "
+                    "a new case)"]
+    assert said[0] in res.to_json()["warnings"]
+    other = drive(predict(_pack(seed=1, n=8), lm, device="cpu"))
+    assert not any(warning_key(w) == IN_SAMPLE for w in other.warnings)
+
+
+def test_prediction_json_is_strict_and_card_intervals_stay_in_range():
+    """A non-finite number of a prediction (a feature of an empty mask) is null in its JSON;
+    a card's AUC interval stored unclipped (a t-interval over folds) is shown within [0, 1]."""
+    from napari_radiogen.core.predict import PredictionResult, card_summary
+    res = PredictionResult(case_id="c", model="m", card={}, tasks={"idh": {"mutant": 0.5}},
+                           uncertainty={}, attention={}, slice_index=[], risk=float("nan"),
+                           features={"glcm_contrast": float("nan"), "volume_ml": 0.0})
+    js = json.loads(json.dumps(res.to_json(), allow_nan=False))
+    assert js["risk"] is None and js["features"]["glcm_contrast"] is None
+    card = {"name": "ft", "task": "prediction", "metrics": {"cv": {
+        "auc_grade": {"mean": 0.667, "ci95": [-0.768, 2.101]},
+        "auc_idh": {"mean": 0.8, "ci95": [0.6, 0.95]}}}}
+    v = card_summary(card)["validated"]
+    assert v["grade"]["auc_ci95"] == [0.0, 1.0] and v["idh"]["auc_ci95"] == [0.6, 0.95]
+    assert card["metrics"]["cv"]["auc_grade"]["ci95"] == [-0.768, 2.101]   # card untouched
+
+
 def test_pack_unavailable_channel_is_masked_not_used(tiny, tmp_path):
     """A channel marked unavailable (a FLAIR copy) is not loaded; the model masks it."""
     from napari_radiogen.core.io import load_case
@@ -270,6 +305,23 @@ def test_shipped_mil_on_real_pack_and_brats(shared_data):
     res = drive(predict(case, lm, device="cpu"))       # speed: radiogen bench, not a test
     assert any("t2 ignored" in w for w in res.warnings)
     assert 0 <= res.tasks["idh"]["mutant"] <= 1
+
+
+@pytest.mark.shared
+def test_shipped_tumour_centred_model_on_a_training_patient_says_so_once(shared_data):
+    """TCGA_CS_4941 is among the patients of predict_mil_roi and of the segmentation placing
+    its window (seg_lgg_segresnet2d): the prediction says it is in-sample once, naming
+    itself; the segmentation it made does not repeat it."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.notes import IN_SAMPLE, warning_key
+    from napari_radiogen.core.predict import predict
+    _shipped("predict_mil_roi")
+    res = drive(predict(load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5"),
+                        "predict_mil_roi", device="cpu"))
+    assert [w for w in res.warnings if "training data" in w] == [
+        "TCGA_CS_4941 was in predict_mil_roi's training data: its predictions here are "
+        "in-sample, not a validation (expect them to be right more often than on a new case)"]
+    assert warning_key(next(w for w in res.warnings if "training data" in w)) == IN_SAMPLE
 
 
 # -- auxiliary tumour-mask supervision (training only) ------------------------------------------

@@ -116,6 +116,48 @@ def test_segment_phantom_volume(tiny3d):
     assert any(isinstance(i, seg.Progress) for i in items)
 
 
+def test_a_case_among_the_training_patients_is_flagged_in_sample(tiny3d):
+    """The model's card lists the case among the patients its weights were trained on: the
+    Dice is in-sample and the result says so (once); another case is not flagged."""
+    import dataclasses
+    from napari_radiogen.core.notes import IN_SAMPLE, warning_key
+    lm = dataclasses.replace(tiny3d, card={**tiny3d.card, "training_data": {
+        "patients": ["PHANTOM_0001", "PHANTOM_0009"]}})
+    res = run(seg.segment(make_phantom(1), lm, device="cpu"))
+    said = [w for w in res.warnings if warning_key(w) == IN_SAMPLE]
+    assert said == [f"PHANTOM_0001 was in {lm.name}'s training data: its Dice here is "
+                    "in-sample, not a validation"]
+    assert said[0] in res.summary()["warnings"]
+    other = run(seg.segment(make_phantom(1, case_id="NEW_0001"), lm,
+                            device="cpu", compare=False))
+    assert not any(warning_key(w) == IN_SAMPLE for w in other.warnings)
+    # not scored against labels: the segmentation itself is in-sample
+    unscored = run(seg.segment(make_phantom(1), lm, device="cpu",
+                               compare=False))
+    assert [w for w in unscored.warnings if warning_key(w) == IN_SAMPLE] == [
+        f"PHANTOM_0001 was in {lm.name}'s training data: this segmentation is in-sample, not a "
+        "validation (expect it to be better than on a new case)"]
+
+
+def test_undefined_hd95_is_null_in_the_summary():
+    """HD95 with exactly one empty mask is undefined (nan in memory); the summary that JSON
+    files are written from holds None (strict JSON null)."""
+    from napari_radiogen.core.case import Geometry
+    a = np.zeros((8, 8, 8), np.uint8)
+    a[2:5, 2:5, 2:5] = 4
+    b = a.copy()
+    b[b == 4] = 1                                    # same core, no enhancing tumour
+    m = seg.compare_to_truth(b, a)
+    assert np.isnan(m["ET"]["hd95_mm"]) and m["ET"]["dice"] == 0.0
+    g = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                 direction=tuple(np.eye(3).ravel()), size=(8, 8, 8))
+    res = seg.SegResult(case_id="c", labels=b, geometry=g, volumes_ml={"WT": 0.027},
+                        model="m", metrics=m)
+    js = json.loads(json.dumps(res.summary(), allow_nan=False))
+    assert js["metrics_vs_labels"]["ET"]["hd95_mm"] is None
+    assert js["metrics_vs_labels"]["WT"]["hd95_mm"] == 0.0
+
+
 def test_native_and_thick_slice_inputs_are_flagged_for_3d_models(tiny3d):
     """A 3D model (trained on skull-stripped 1 mm BraTS volumes) on a scan with scalp and skull,
     or with thick slices, says so; a skull-stripped 1.5 mm case gets no such warning."""
@@ -252,6 +294,19 @@ def test_sample_case_reproduces_card_dice(name):
     res = run(seg.segment(load_sample_case(), m, device="cpu"))
     for r in ("WT", "TC", "ET"):
         assert abs(res.metrics[r]["dice"] - ref[r]) <= 0.02, (r, res.metrics[r], ref[r])
+    # the sample case is among the patients of the shipped weights (their cards say so): its
+    # Dice is in-sample, and the result says it
+    from napari_radiogen.core.notes import IN_SAMPLE, warning_key
+    trained = m.card["training_data"]["shipped_model_trained_on"]
+    assert "BraTS2021_00006" in trained
+    said = [w for w in res.warnings if warning_key(w) == IN_SAMPLE]
+    assert said == [f"BraTS2021_00006 was in {name}'s training data: its Dice here is "
+                    "in-sample, not a validation"]
+    # strict JSON: an undefined HD95 (seg_brats_attunet predicts no ET here) is null
+    js = json.loads(json.dumps(res.summary(), allow_nan=False))
+    for r, d in res.metrics.items():
+        assert js["metrics_vs_labels"][r]["hd95_mm"] == (
+            d["hd95_mm"] if np.isfinite(d["hd95_mm"]) else None)
 
 
 @pytest.mark.slow

@@ -28,7 +28,11 @@ def _metric(card) -> str:
     for k in ("auc", "dice", "c_index", "psnr", "accuracy", "score"):
         v = cv.get(k)
         if isinstance(v, dict) and v.get("mean") is not None:
-            lo, hi = (v.get("ci95") or [None, None])[:2]
+            # cards written before intervals respected the metric's range (a t-interval over
+            # folds, e.g. a Dice score of [-0.07, 0.71]) are shown clipped to it
+            from ..core.evaluate.metrics import clip_interval, summary_bounds
+            lo, hi = clip_interval(list(v.get("ci95") or [None, None])[:2],
+                                   summary_bounds(cv, k))
             ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
             return f"{k} {v['mean']:.3f}{ci}"
     return ""

@@ -1,19 +1,21 @@
 """Per-case report: HTML with key slices, a 3D rendering, tables and warnings, plus JSON.
 
 De-identified by default: the report shows the case id only (no clinical fields, no source
-paths, no acquisition metadata); ``deidentify=False`` adds the clinical fields the case carries.
+paths, no acquisition metadata; the age and sex a prediction read are left out of its JSON and
+listed as removed, ``core.outputs``); ``deidentify=False`` adds the clinical fields the case
+carries. The JSON is strict (an undefined number is null, never NaN).
 Figures are matplotlib (Agg) PNGs written beside the HTML, which links them relatively so the
 folder can be moved or zipped as a whole.
 """
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
+from .outputs import deidentification_fields, prediction_for_output, write_json
 from .predict import attention_title
 
 LABEL_RGBA = {1: (0.95, 0.25, 0.25, 0.6), 2: (0.3, 0.85, 0.3, 0.45), 4: (1.0, 0.85, 0.1, 0.7)}
@@ -158,13 +160,14 @@ def _attention_figure(res, out_png: Path) -> str:
     return out_png.name
 
 
-def _num(v, digits: int) -> str:
+def _num(v, digits: int, undefined: Optional[str] = None) -> str:
     """A number for a table cell; missing or non-finite values are said, not printed as nan
-    (HD95 is infinite when one of the two masks is empty)."""
+    (HD95 is undefined, nan or infinite, when one of the two masks is empty: ``undefined``
+    says so)."""
     if not isinstance(v, (int, float)):
         return "n/a"
     if not np.isfinite(v):
-        return "n/a (empty mask)" if np.isinf(v) else "n/a"
+        return undefined or ("n/a (empty mask)" if np.isinf(v) else "n/a")
     return f"{v:.{digits}f}"
 
 
@@ -219,7 +222,8 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         parts.append(f"<h2>Segmentation ({html.escape(seg.model)})</h2>"
                      + _table(rows, ("region / label", "volume (mL)")))
         if seg.metrics:
-            rows = [(r, _num(m.get("dice"), 3), _num(m.get("hd95_mm"), 1))
+            rows = [(r, _num(m.get("dice"), 3),
+                     _num(m.get("hd95_mm"), 1, "n/a (one of the two masks is empty)"))
                     for r, m in seg.metrics.items()]
             parts.append("<p>Against the case's reference labels:</p>"
                          + _table(rows, ("region", "Dice", "HD95 (mm)")))
@@ -292,7 +296,15 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
     parts.append("<h2>Files</h2><ul>" + "".join(
         f"<li>{html.escape(k.replace('_', ' '))}: <a href='{html.escape(n)}'>{html.escape(n)}</a>"
         "</li>" for k, n in links) + "</ul>")
-    parts.append(f"<p class=note>{'De-identified: no clinical fields, source paths or acquisition metadata.' if deidentify else 'Identified report (clinical fields included).'}</p>")
+    # the prediction read age and sex; a de-identified report's files leave them out
+    pred_json, removed = (prediction_for_output(res.prediction.to_json(), deidentify)
+                          if res.prediction is not None else (None, []))
+    used = sorted({r.split(".")[-1].replace("sex_male", "sex") for r in removed})
+    parts.append("<p class=note>" + html.escape(
+        "De-identified: no clinical fields, source paths or acquisition metadata"
+        + (f" (the prediction used {', '.join(used)}; left out of this report and its files)"
+           if used else "") + "." if deidentify
+        else "Identified report (clinical fields included).") + "</p>")
     style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #999;padding:3px 8px}"
              ".note{color:#555;font-size:90%}img{max-width:100%}</style>")
@@ -301,15 +313,17 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
     p = out_dir / f"{res.case_id}_report.html"
     p.write_text(page)
     paths["report_html"] = str(p)
-    data = {"case_id": res.case_id, "deidentified": deidentify, "summary": res.summary(),
+    data = {"case_id": res.case_id,
+            **deidentification_fields(deidentify, [f"prediction.{r}" for r in removed]),
+            "summary": res.summary(),
             "segmentation": res.segmentation.summary() if res.segmentation is not None else None,
-            "prediction": res.prediction.to_json() if res.prediction is not None else None,
+            "prediction": pred_json,
             "explanations": [e.metadata for e in res.explanations],
             "warnings": res.warnings, "synthetic_inputs": res.synthesized}
     if not deidentify:
         data["clinical"] = {k: v for k, v in case.clinical.items()
                             if isinstance(v, (str, int, float))}
-    p = out_dir / f"{res.case_id}_report.json"
-    p.write_text(json.dumps(data, indent=2, default=float))
+    # strict JSON: an undefined number (HD95 with one empty mask) is null, never NaN
+    p = write_json(out_dir / f"{res.case_id}_report.json", data)
     paths["report_json"] = str(p)
     return paths

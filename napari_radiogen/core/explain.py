@@ -483,6 +483,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if wt_mask is not None:
         g = ref.geometry
         loc = localisation_score(heat, wt_mask, (g.spacing[2], g.spacing[1], g.spacing[0]))
+    _say_in_sample(case, lm, loc, warns)
     # as the prediction: the model's own synthetic inputs, then those of the segmentation its
     # window was placed on (a slice or 3D model places nothing on one)
     synth = P.synthetic_used(case, seqs, seg_synth if kind == "mil_roi" else [], warns,
@@ -500,6 +501,16 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                         slice_weights=weights, warnings=warns,
                         seconds=time.perf_counter() - t0, details=details,
                         synthetic_inputs=synth + loc_only)
+
+
+def _say_in_sample(case, lm, loc: Optional[float], warns: List[str]) -> None:
+    """A localisation score on a case the explained model was trained on is in-sample: said
+    (``core.insample``, the check of the segmentation and prediction)."""
+    from .insample import LOCALISATION, in_sample_note
+    note = in_sample_note(case.case_id, lm.name, lm.card, LOCALISATION) if loc is not None \
+        else None
+    if note is not None:
+        warns.append(note)
 
 
 def _segmentation_mask(case, card, cancel, warns: List[str],
@@ -593,6 +604,7 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
     if gt is not None:
         g = ref.geometry
         loc = localisation_score(heat, gt, (g.spacing[2], g.spacing[1], g.spacing[0]))
+    _say_in_sample(case, lm, loc, warns)
     yield Progress("explain", 4, 4, "done")
     yield ExplainResult(case_id=case.case_id, task=task, method="occlusion", model=lm.name,
                         target_class=target, heatmap=heat, geometry=ref.geometry,

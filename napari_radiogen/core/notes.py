@@ -28,6 +28,9 @@ SYNTHETIC_USED = "synthetic inputs used"
 SYNTHETIC_SEGMENTATION = "synthetic inputs of the tumour segmentation"
 #: the kinds an analysis that synthesised the inputs says itself (core.pipeline)
 SYNTHETIC_KEYS = (SYNTHETIC_USED, SYNTHETIC_SEGMENTATION)
+#: the case is among the model's training patients: its result there is in-sample
+#: (core.insample); an ensemble says it once for its members
+IN_SAMPLE = "case in the model's training data"
 
 
 def warning_key(w: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .case import Case
 from .errors import Cancelled, ModelFileError, RadiogenError, error_text
-from .notes import SYNTHETIC_KEYS, warning_key
+from .notes import IN_SAMPLE, SYNTHETIC_KEYS, warning_key
 from .progress import CancelToken, Progress, check
 
 STAGES = ("load", "synthesize", "segment", "predict", "explain")
@@ -335,8 +335,10 @@ class Analyzer:
                     res.explanations.append(ex)
                     # e.g. an ensemble's heatmap is its image member's: the report says so;
                     # its "synthetic input(s) used" notes are the prediction's (same model, same
-                    # segmentation) or the analysis's own: left out by kind
-                    _add_warnings(res, [f"explanation ({ex.method}, {task}): {w}"
+                    # segmentation) or the analysis's own: left out by kind; "in-sample
+                    # localisation" names its model and is the same for every task: said once
+                    _add_warnings(res, [w if warning_key(w) == IN_SAMPLE
+                                        else f"explanation ({ex.method}, {task}): {w}"
                                         for w in ex.warnings if w not in res.warnings
                                         and warning_key(w) not in SYNTHETIC_KEYS])
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
@@ -358,9 +360,15 @@ def _uses_segmentation(lm) -> bool:
 # -- outputs ----------------------------------------------------------------------------------
 def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = True,
                   render: bool = True, deidentify: bool = True) -> Dict[str, str]:
-    """Write every result of one case under ``out_dir/<case_id>/`` and return the paths."""
+    """Write every result of one case under ``out_dir/<case_id>/`` and return the paths.
+
+    Every JSON file is strict (an undefined number is ``null``, :mod:`core.outputs`). With
+    ``deidentify`` (the default) no file holds a clinical field: the age and sex the
+    prediction read are left out of ``predictions.json``, the report and ``analysis.json``,
+    which say which fields were removed (the prediction itself used them)."""
     from .explain import method_slug
     from .io import write_pack_mask, write_volume
+    from .outputs import deidentification_fields, prediction_for_output, write_json
 
     case = res.case
     d = Path(out_dir) / res.case_id
@@ -375,12 +383,13 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
             p = d / f"{res.case_id}_seg.nii.gz"
             write_volume(seg.labels, seg.geometry, p, labels=True)
         paths["segmentation"] = str(p)
-        p = d / f"{res.case_id}_seg.json"
-        p.write_text(json.dumps(seg.summary(), indent=2, default=float))
+        p = write_json(d / f"{res.case_id}_seg.json", seg.summary())
         paths["segmentation_json"] = str(p)
+    removed: List[str] = []
     if res.prediction is not None:
-        p = d / f"{res.case_id}_predictions.json"
-        p.write_text(json.dumps(res.prediction.to_json(), indent=2, default=float))
+        pred, removed = prediction_for_output(res.prediction.to_json(), deidentify)
+        p = write_json(d / f"{res.case_id}_predictions.json",
+                       {**pred, **deidentification_fields(deidentify, removed)})
         paths["predictions"] = str(p)
     for e in res.explanations:
         stem = f"{res.case_id}_{e.task}_{method_slug(e.method)}"
@@ -405,14 +414,15 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
         from .case_report import write_case_report
         paths.update(write_case_report(res, d, render=render, deidentify=deidentify,
                                        files=paths))
-    summary = {"case_id": res.case_id, "summary": res.summary(), "files": paths,
+    summary = {"case_id": res.case_id,
+               **deidentification_fields(deidentify, [f"prediction.{r}" for r in removed]),
+               "summary": res.summary(), "files": paths,
                "models": res.models, "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
                "warnings": res.warnings, "errors": res.errors,
                "synthetic_inputs": res.synthesized,
                # each heatmap's provenance, with the synthetic inputs it rests on
                "explanations": [e.metadata for e in res.explanations]}
-    p = d / "analysis.json"
-    p.write_text(json.dumps(summary, indent=2, default=float))
+    p = write_json(d / "analysis.json", summary)
     paths["analysis"] = str(p)
     return paths
 

@@ -30,7 +30,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ConfigError, MissingSequenceError
-from .notes import (AGE_UNKNOWN, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_KEYS,
+from .insample import PREDICTION, in_sample_note
+from .notes import (AGE_UNKNOWN, IN_SAMPLE, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_KEYS,
                     SYNTHETIC_SEGMENTATION, Note, synthetic_note, warning_key)
 from .progress import CancelToken, Progress, check
 
@@ -460,15 +461,18 @@ class PredictionResult:
             extra["features_source"] = self.features_source
         if self.attention_model is not None:
             extra["attention_model"] = self.attention_model
-        return {"case_id": self.case_id, "model": self.model, "card": self.card,
-                "tasks": self.tasks, "uncertainty": self.uncertainty,
-                "risk": self.risk, "attention": self.attention,
-                "attention_slices": self.slice_index,
-                "synthetic_inputs": self.synthetic_inputs, "warnings": self.warnings,
-                "seconds": round(self.seconds, 3), **extra}
+        from .outputs import json_safe
+        # strict JSON: a non-finite number (a feature of an empty mask...) is None, not NaN
+        return json_safe({"case_id": self.case_id, "model": self.model, "card": self.card,
+                          "tasks": self.tasks, "uncertainty": self.uncertainty,
+                          "risk": self.risk, "attention": self.attention,
+                          "attention_slices": self.slice_index,
+                          "synthetic_inputs": self.synthetic_inputs, "warnings": self.warnings,
+                          "seconds": round(self.seconds, 3), **extra})
 
 
 def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
+    from .evaluate.metrics import clip_interval
     m = card.get("metrics") or {}
     auc = {t: {k: m.get(t, {}).get(k) for k in ("auc_mean", "auc_ci95", "brier")}
            for t in CLASSES if isinstance(m.get(t), dict)}
@@ -477,6 +481,11 @@ def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
         v = cv.get(f"auc_{t}")
         if t not in auc and isinstance(v, dict) and v.get("mean") is not None:
             auc[t] = {"auc_mean": v["mean"], "auc_ci95": v.get("ci95"), "brier": None}
+    # an AUC lies in [0, 1]: so does its interval as shown (older cards stored unclipped
+    # t-intervals over folds; the cards themselves are left as they are)
+    for a in auc.values():
+        if a.get("auc_ci95") is not None:
+            a["auc_ci95"] = clip_interval(a["auc_ci95"], (0.0, 1.0))
     c_index = (m.get("survival") or {}).get("c_index_mean")
     if c_index is None and isinstance(cv.get("c_index"), dict):
         c_index = cv["c_index"].get("mean")
@@ -551,6 +560,10 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         from .segment import check_brain_volume
         check_brain_volume(case)
     warns: List[str] = [fallback] if fallback else []
+    # a case the model was trained on: said first (an ensemble's members then leave theirs out)
+    in_sample = in_sample_note(case.case_id, lm.name, card, PREDICTION)
+    if in_sample is not None:
+        warns.append(in_sample)
     extra = sorted(present - set(seqs))
     if extra:
         # "by the predictor": a tumour segmentation (the predictor's window, an analysis's)
@@ -865,7 +878,10 @@ def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, wa
     if segmentation is None:
         labels, seg_name, seg_warns = yield from _segment_for(case, card, dev, cancel, stage,
                                                               synthetic)
+        said_in_sample = any(warning_key(x) == IN_SAMPLE for x in warns)
         for w in seg_warns:
+            if warning_key(w) == IN_SAMPLE and said_in_sample:
+                continue        # the prediction has said that this case is in-sample
             text = f"segmentation ({seg_name}): {w}"
             if text not in warns:
                 # its synthetic-input note keeps a kind an analysis can recognise

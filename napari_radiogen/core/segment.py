@@ -28,6 +28,7 @@ import numpy as np
 from .case import REGIONS, Case, Geometry
 from .errors import (CaseLoadError, GeometryError, MissingSequenceError, ModelFileError,
                      RadiogenError)
+from .insample import DICE, SEGMENTATION, in_sample_note
 from .notes import synthetic_note
 from .progress import CancelToken, Progress, check
 
@@ -221,10 +222,13 @@ class SegResult:
     synthetic_inputs: List[str] = field(default_factory=list)  # generated, not acquired
 
     def summary(self) -> Dict[str, Any]:
+        """The result for JSON: strict (an undefined metric, HD95 when exactly one of the two
+        masks is empty, is None, JSON null, never NaN: ``core.outputs.json_safe``)."""
+        from .outputs import json_safe
         return {"case_id": self.case_id, "model": self.model, "kind": self.kind,
                 "reference_sequence": self.reference, "device": self.device,
                 "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
-                "metrics_vs_labels": self.metrics, "warnings": list(self.warnings),
+                "metrics_vs_labels": json_safe(self.metrics), "warnings": list(self.warnings),
                 "synthetic_inputs": list(self.synthetic_inputs),
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
                 "shape_zyx": list(self.labels.shape),
@@ -401,6 +405,10 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
         res.metrics = compare_to_truth(labels, case.labels.array, geom,
                                        regions=("WT",) if kind == "slices" else REGION_ORDER)
         timings["compare"] = time.perf_counter() - t
+    # a case the model was trained on: its Dice (or, unscored, the segmentation) is in-sample
+    note = in_sample_note(case.case_id, model.name, card, DICE if res.metrics else SEGMENTATION)
+    if note is not None:
+        warn.append(note)
     timings["total"] = time.perf_counter() - t0
     yield Progress("segment", 4, 4, "done")
     yield res

@@ -1,16 +1,75 @@
 """Metrics with confidence intervals: classification (AUC with bootstrap CI, accuracy, F1,
 precision, recall, confusion matrix), segmentation (Dice, HD95 through MONAI) and the
-cross-validation summary (mean, SD and 95% t-interval over folds)."""
+cross-validation summary (mean, SD and 95% interval over folds).
+
+Intervals of bounded metrics stay within their range: AUC, Dice, the C-index, accuracy, F1,
+precision, recall... lie in [0, 1], SSIM in [-1, 1] (:func:`metric_bounds` reads the range
+from the metric's name). Their interval over folds is the t-interval of the mean clipped to
+the range: a plain t-interval over 3 folds gave AUCs of [-0.77, 2.10]. Clipping keeps every
+interval that was within the range as it was (those of the model cards and the README); a
+t-interval on the logit scale (delta method), also tried, stays within the range too but on 3-4
+folds it also narrowed intervals far from the bounds (Dice WT of seg_brats_segresnet:
+[0.05, 0.98] -> [0.14, 0.87]), a precision the folds do not give. Unbounded metrics (PSNR,
+HD95, volumes, differences between two models) keep the plain t-interval.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+Bounds = Tuple[float, float]
+#: name tokens of metrics in [0, 1] and in [-1, 1]
+_UNIT = {"auc", "auroc", "dice", "accuracy", "acc", "f1", "precision", "recall",
+         "sensitivity", "specificity", "iou", "jaccard", "ppv", "npv", "brier", "cindex",
+         "concordance", "localisation", "localization"}
+_SIGNED = {"ssim", "kappa", "mcc"}
+#: name tokens of values that are not the metric itself (differences, spreads, counts, losses)
+_NOT_A_METRIC = {"minus", "delta", "diff", "difference", "gain", "change", "improvement",
+                 "sd", "std", "se", "var", "n", "count", "loss"}
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
-    """Mean, SD and a t-interval of the mean over ``values`` (NaNs dropped)."""
+
+def metric_bounds(name: str) -> Optional[Bounds]:
+    """The range of a metric from its name (``auc_grade``, ``dice_WT``, ``c_index``,
+    ``ssim_brain``, ``macro_f1``...): ``(0, 1)``, ``(-1, 1)`` for SSIM, kappa and MCC, None for
+    unbounded metrics (PSNR, HD95, volumes) and for differences between metrics
+    (``new_minus_previous_macro_f1``). A bare ``score`` has no range of its own (see
+    :func:`cv_summary`)."""
+    low = str(name).lower()
+    tokens = set(t for t in re.split(r"[^a-z0-9]+", low) if t)
+    if tokens & _NOT_A_METRIC:
+        return None
+    if "c_index" in low:
+        tokens.add("cindex")
+    if tokens & _SIGNED:
+        return (-1.0, 1.0)
+    if tokens & _UNIT:
+        return (0.0, 1.0)
+    return None
+
+
+def clip_interval(ci, bounds: Optional[Bounds]) -> Any:
+    """``ci`` ([lo, hi], either may be None) clipped to ``bounds``; unchanged without bounds
+    or when it is not a pair of numbers (a display helper for intervals stored before they
+    respected the range, e.g. in shipped model cards)."""
+    if bounds is None or not isinstance(ci, (list, tuple)) or len(ci) < 2:
+        return ci
+    out = []
+    for v in list(ci)[:2]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            v = float(min(max(v, bounds[0]), bounds[1]))
+        out.append(v)
+    return out
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95, *,
+            bounds: Optional[Bounds] = None) -> Dict[str, Any]:
+    """Mean, SD and a t-interval of the mean over ``values`` (NaNs dropped). With ``bounds``
+    (the metric's range, :func:`metric_bounds`) the interval is clipped to the range (see the
+    module docstring); values outside the range mean the bounds were wrong for them, and the
+    interval is then left unclipped."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     n = len(v)
     if n == 0:
@@ -21,11 +80,59 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
     sd = float(v.std(ddof=1))
     from scipy import stats
     h = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
-    return {"mean": m, "sd": sd, "ci95": [m - h, m + h], "n": n}
+    ci = [m - h, m + h]
+    if bounds is not None and bool(np.all((v >= bounds[0] - 1e-9) & (v <= bounds[1] + 1e-9))):
+        ci = clip_interval(ci, bounds)
+    return {"mean": m, "sd": sd, "ci95": ci, "n": n}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def composite_bounds(folds: Sequence[Mapping[str, Any]], key: str) -> Optional[Bounds]:
+    """The range of a task-defined summary metric (``score``: the mean Dice of a segmentation
+    run, the mean AUC / C-index of a prediction run, the macro-F1 of triage, but the PSNR of
+    synthesis): in every fold it must lie between that fold's bounded metrics (a mean of them,
+    or one of them); then its range is theirs, else None."""
+    ranges: List[Bounds] = []
+    seen = False
+    for f in folds:
+        v = f.get(key)
+        if not _finite(v):
+            continue
+        sib = [(float(x), metric_bounds(k)) for k, x in f.items()
+               if k != key and _finite(x) and metric_bounds(k) is not None]
+        if not sib:
+            return None
+        vals = [x for x, _ in sib]
+        if not (min(vals) - 1e-9 <= float(v) <= max(vals) + 1e-9):
+            return None
+        ranges.extend(b for _, b in sib)
+        seen = True
+    if not seen:
+        return None
+    return (min(b[0] for b in ranges), max(b[1] for b in ranges))
+
+
+def summary_bounds(summary: Mapping[str, Any], key: str) -> Optional[Bounds]:
+    """The range of ``summary[key]`` in a CV summary (:func:`cv_summary`'s output, a card's
+    ``metrics.cv``): by name, else (a ``score``) from the folds' other metrics."""
+    b = metric_bounds(key)
+    if b is not None or not str(key).lower().endswith("score"):
+        return b
+    per = {k: v.get("per_fold") for k, v in summary.items()
+           if isinstance(v, Mapping) and isinstance(v.get("per_fold"), list)}
+    n = len(per.get(key) or [])
+    folds = [{k: p[i] for k, p in per.items() if len(p) == n} for i in range(n)]
+    return composite_bounds(folds, key)
 
 
 def cv_summary(fold_metrics: List[Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
-    """``{metric: {mean, sd, ci95, n, per_fold}}`` over the folds' scalar metrics."""
+    """``{metric: {mean, sd, ci95, n, per_fold}}`` over the folds' scalar metrics (a
+    non-finite fold value is None in ``per_fold`` and left out of the mean). The interval of
+    a bounded metric (:func:`metric_bounds`; a ``score`` that is a mean of bounded metrics,
+    :func:`composite_bounds`) stays within its range."""
     keys: List[str] = []
     for fm in fold_metrics:
         for k in fm:
@@ -34,8 +141,12 @@ def cv_summary(fold_metrics: List[Dict[str, float]]) -> Dict[str, Dict[str, Any]
     out = {}
     for k in keys:
         vals = [fm.get(k) for fm in fold_metrics]
-        vals = [float(x) if isinstance(x, (int, float)) else None for x in vals]
-        s = mean_ci([x for x in vals if x is not None])
+        vals = [float(x) if isinstance(x, (int, float)) and math.isfinite(float(x)) else None
+                for x in vals]
+        bounds = metric_bounds(k)
+        if bounds is None and k.lower().endswith("score"):
+            bounds = composite_bounds(fold_metrics, k)
+        s = mean_ci([x for x in vals if x is not None], bounds=bounds)
         s["per_fold"] = vals
         out[k] = s
     return out

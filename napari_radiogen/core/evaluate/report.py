@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..models import atomic_write_text
+from ..outputs import dumps
 
 
 def _plt():
@@ -30,7 +31,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
         return "-"
     if isinstance(v, float):
         if not math.isfinite(v):
-            return str(v)
+            return "n/a"            # undefined (an AUC with one class, HD95 of an empty mask)
         return f"{v:.{nd}f}"
     return html.escape(str(v))
 
@@ -145,7 +146,7 @@ def segmentation_section(preds: List[Dict[str, Any]], fig_dir: Path
     for r in regions:
         d = [as_dict(p["dice"]).get(r) for p in ps]
         h = [as_dict(p.get("hd95") or {}).get(r) for p in ps]
-        res[r] = {"dice": mean_ci([x for x in d if x is not None]),
+        res[r] = {"dice": mean_ci([x for x in d if x is not None], bounds=(0.0, 1.0)),
                   "hd95": mean_ci([x for x in h if x is not None])}
     fig = Figure(figsize=(8, 3.4))
     ax = fig.add_subplot(1, 2, 1)
@@ -239,14 +240,15 @@ def normalise_predictions(preds: List[Dict[str, Any]]) -> Dict[str, List[Dict[st
 
 def other_section(rows: List[Dict[str, Any]], fig_dir: Path) -> Tuple[Dict[str, Any], List[str]]:
     """Per-patient scalar metrics (e.g. PSNR/SSIM per synthesised target): mean [95% CI]."""
-    from .metrics import mean_ci
+    from .metrics import mean_ci, metric_bounds
     if not rows:
         return {}, []
     res: Dict[str, Any] = {}
     for g in sorted({r["group"] for r in rows}):
         rs = [r for r in rows if r["group"] == g]
         keys = sorted({k for r in rs for k in r if k != "group"})
-        res[g] = {k: mean_ci([r[k] for r in rs if k in r]) for k in keys}
+        res[g] = {k: mean_ci([r[k] for r in rs if k in r], bounds=metric_bounds(k))
+                  for k in keys}
     body = []
     for g, d in res.items():
         tr = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['mean'])}{_ci(v['ci95'])}</td>"
@@ -334,13 +336,6 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
     atomic_write_text(html_path, f"<!doctype html><html><head><meta charset='utf-8'><title>"
                                  f"{html.escape(title)}</title><style>{CSS}</style></head><body>"
                                  + "\n".join(body) + "</body></html>")
-    atomic_write_text(json_path, json.dumps(data, indent=1, default=_json_default))
+    # strict JSON (core.outputs): a non-finite number (a fold's undefined AUC) is null
+    atomic_write_text(json_path, dumps(data, indent=1))
     return html_path, json_path
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

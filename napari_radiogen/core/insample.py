@@ -1,0 +1,64 @@
+"""Results on a case the model was trained on are in-sample, and say so.
+
+A model card lists the patients whose data trained (or selected) the shipped weights:
+``training_data.shipped_model_trained_on`` where the card tells them apart from the
+cross-validation cohort (the shipped segmentation cards: ``training_data.patients`` is their CV
+cohort there, and a fold model may have been shipped), else ``training_data.patients`` (the
+training engine's cards, the prediction and synthesis cards). A Dice, a prediction or a
+localisation score on one of those patients is not a validation figure: the model has seen
+the case (and for a segmentation model, its expert labels). :func:`in_sample_note` is the one
+check, used by segmentation, prediction and explanation; it returns a
+:class:`~napari_radiogen.core.notes.Note` of kind ``IN_SAMPLE`` naming the case and the model.
+
+Case ids are compared ignoring case and ``-`` / ``_`` (TCGA barcodes are written both ways).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, FrozenSet, Optional
+
+from .notes import IN_SAMPLE, Note
+
+#: what an in-sample result means, by kind of result
+DICE = "its Dice here is in-sample, not a validation"
+SEGMENTATION = ("this segmentation is in-sample, not a validation (expect it to be better than "
+                "on a new case)")
+PREDICTION = ("its predictions here are in-sample, not a validation (expect them to be right "
+              "more often than on a new case)")
+LOCALISATION = "its localisation score here is in-sample, not a validation"
+
+
+def _norm(case_id: Any) -> str:
+    return str(case_id).strip().upper().replace("-", "_")
+
+
+def training_patients(card: Optional[Dict[str, Any]]) -> FrozenSet[str]:
+    """The ids of the patients the shipped weights of ``card`` were trained on (normalised,
+    see the module docstring); empty when the card does not list them."""
+    td = (card or {}).get("training_data")
+    if not isinstance(td, dict):
+        return frozenset()
+    ids = td.get("shipped_model_trained_on")
+    if not isinstance(ids, (list, tuple)):
+        ids = td.get("patients")
+    if not isinstance(ids, (list, tuple)):
+        return frozenset()
+    return frozenset(_norm(i) for i in ids if isinstance(i, (str, int)))
+
+
+def in_training_data(case_id: Optional[str], card: Optional[Dict[str, Any]]) -> bool:
+    """Was ``case_id`` among the training patients of the model of ``card``?"""
+    return bool(case_id) and _norm(case_id) in training_patients(card)
+
+
+def in_sample_note(case_id: Optional[str], model_name: str, card: Optional[Dict[str, Any]],
+                   meaning: str) -> Optional[Note]:
+    """``"<case> was in <model>'s training data: <meaning>"`` (kind ``IN_SAMPLE``) when the case
+    is among the model's training patients, else None. ``meaning``: :data:`DICE`,
+    :data:`SEGMENTATION`, :data:`PREDICTION`, :data:`LOCALISATION` or own words."""
+    if not in_training_data(case_id, card):
+        return None
+    return Note(f"{case_id} was in {model_name}'s training data: {meaning}", IN_SAMPLE)
+
+
+__all__ = ["training_patients", "in_training_data", "in_sample_note", "DICE", "SEGMENTATION",
+           "PREDICTION", "LOCALISATION"]
