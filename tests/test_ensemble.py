@@ -150,6 +150,12 @@ def test_cli_explain_prints_its_warnings_and_analysis_keeps_them(tmp_path, capsy
     res = drive(Analyzer(AnalysisOptions(device="cpu")).analyze(load_case(pack)))
     assert any(w.startswith("explanation (gradcam, idh): predict_ensemble is a late fusion")
                for w in res.warnings)
+    # the same note from every task's heatmap is said once, naming the tasks
+    two = drive(Analyzer(AnalysisOptions(device="cpu", explain_tasks=("idh", "grade")))
+                .analyze(load_case(pack)))
+    fusion = [w for w in two.warnings if "late fusion" in w]
+    assert len(fusion) == 1 and fusion[0].startswith(
+        "explanation (gradcam, idh, grade): predict_ensemble is a late fusion"), two.warnings
     # the case report speaks of a fusion: the members' probabilities, their risk, attention
     from napari_radiogen.core.case_report import write_case_report
     paths = write_case_report(res, tmp_path / "rep", render=False)

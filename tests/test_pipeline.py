@@ -227,6 +227,13 @@ def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, 
     # second run: unchanged case comes from the cache
     items2 = run(analyze_cohort(cases, out, analyzer=an, render=False))
     assert sorted(i.status for i in items2) == ["cached", "failed"]
+    # de-identified (the default): the case's path is not in its outputs, only a key
+    text = (out / "BraTS2021_00006" / "analysis.json").read_text()
+    assert str(cohort) not in text and "source_sha256" in text
+    # outputs asked otherwise (clinical fields kept): not taken from the cache
+    items3 = run(analyze_cohort(cases, out, analyzer=an, render=False, deidentify=False))
+    assert sorted(i.status for i in items3) == ["done", "failed"]
+    assert str(cohort.resolve()) in (out / "BraTS2021_00006" / "analysis.json").read_text()
 
 
 def test_cohort_case_whose_every_model_stage_fails_is_failed_not_done(models, tmp_path):

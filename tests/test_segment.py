@@ -177,6 +177,24 @@ def test_native_and_thick_slice_inputs_are_flagged_for_3d_models(tiny3d):
                                "otsu") == []
 
 
+def test_a_partial_field_of_view_reaches_the_segmentation_warnings(tiny3d):
+    """A sequence whose field of view leaves part of the head zero-filled (core.prepare says
+    so) is said in the segmentation's warnings, once."""
+    from napari_radiogen.core.case import Volume
+    c = make_phantom(1)
+    t2 = c.sequences["t2"]
+    g = t2.geometry
+    k, n = 13, 46                                              # the central 64% of x
+    part = Volume(np.ascontiguousarray(t2.array[:, :, k:k + n]),
+                  g.with_(size=(n, g.size[1], g.size[2]),
+                          origin=(g.origin[0] + k * g.spacing[0], g.origin[1], g.origin[2])))
+    res = run(seg.segment(c.with_sequence("t2", part), tiny3d, device="cpu"))
+    said = [w for w in res.warnings if w.startswith("t2 covers")]
+    assert len(said) == 1 and "zero-filled" in said[0], res.warnings
+    assert not any(w.startswith("t2 covers")
+                   for w in run(seg.segment(c, tiny3d, device="cpu")).warnings)
+
+
 def test_segment_cancel(tiny3d):
     tok = CancelToken()
     tok.cancel()

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -321,6 +321,7 @@ class Analyzer:
                                       f"of this analysis ({res.models.get('segmentation')})")
                                      if seg is not None else
                                      (res.prediction.synthetic_inputs, "of the prediction"))
+            ex_tasks: Dict[Tuple[str, str], List[str]] = {}
             for task in opts.explain_tasks:
                 yield Progress("explain", k, n,
                                f"{method or (methods[:1] or [opts.explain_method])[0]} for {task}")
@@ -337,10 +338,22 @@ class Analyzer:
                     # its "synthetic input(s) used" notes are the prediction's (same model, same
                     # segmentation) or the analysis's own: left out by kind; "in-sample
                     # localisation" names its model and is the same for every task: said once
-                    _add_warnings(res, [w if warning_key(w) == IN_SAMPLE
-                                        else f"explanation ({ex.method}, {task}): {w}"
-                                        for w in ex.warnings if w not in res.warnings
-                                        and warning_key(w) not in SYNTHETIC_KEYS])
+                    for w in ex.warnings:
+                        if w in res.warnings or warning_key(w) in SYNTHETIC_KEYS:
+                            continue
+                        if warning_key(w) == IN_SAMPLE:
+                            _add_warnings(res, [w])
+                            continue
+                        # a note every task's heatmap gives (e.g. which member of an ensemble
+                        # the heatmaps explain) is said once, naming the tasks
+                        tasks = ex_tasks.setdefault((ex.method, w), [])
+                        before = _explain_note(ex.method, tasks, w)
+                        tasks.append(task)
+                        if before in res.warnings:
+                            res.warnings[res.warnings.index(before)] = _explain_note(
+                                ex.method, tasks, w)
+                        else:
+                            _add_warnings(res, [_explain_note(ex.method, tasks, w)])
                     yield StageResult("explain", case.case_id, ex, time.perf_counter() - t)
                 except RadiogenError as e:
                     stage_error(f"explain {task}", e)
@@ -349,6 +362,10 @@ class Analyzer:
         res.case = case
         yield Progress("done", n, n, f"{case.case_id} analysed")
         yield res
+
+
+def _explain_note(method: str, tasks: Sequence[str], w: str) -> str:
+    return f"explanation ({method}, {', '.join(tasks)}): {w}"
 
 
 def _uses_segmentation(lm) -> bool:
@@ -407,8 +424,8 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
     for s in res.synthesized:
         if case is not None and s in case.sequences and case.kind != "slices":
             p = d / f"{res.case_id}_{s}_synth.nii.gz"
-            v = case.sequences[s]
-            write_volume(v.array.astype(np.float32), v.geometry, p)
+            # the synthetic Volume: the file records the sequence, its sources and the model
+            write_volume(case.sequences[s], p)
             paths[f"synthetic_{s}"] = str(p)
     if report and case is not None:
         from .case_report import write_case_report
@@ -466,7 +483,10 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
         check(cancel)
         item = CohortItem(path=str(path))
         yield Progress("cohort", i, len(paths), f"{Path(path).name}")
-        fp = {"inputs": input_fingerprint(path), "models": models_fp}
+        # what the outputs depend on: a case cached without its report, or with clinical fields,
+        # is done again for a run that asks otherwise
+        fp = {"inputs": input_fingerprint(path), "models": models_fp,
+              "outputs": {"report": report, "render": render, "deidentify": deidentify}}
         cached = _find_cache(out, path, fp) if use_cache else None
         if cached is not None:
             item.case_id, item.status, item.summary = cached["case_id"], "cached", cached["summary"]
@@ -492,7 +512,11 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
                 a = out / res.case_id / "analysis.json"
                 data = json.loads(a.read_text())
                 data["fingerprint"] = fp
-                data["source"] = str(Path(path).resolve())
+                # the cache key; the path itself (it may hold a patient's name) only when the
+                # outputs are not de-identified
+                data["source_sha256"] = _source_key(path)
+                if not deidentify:
+                    data["source"] = str(Path(path).resolve())
                 a.write_text(json.dumps(data, indent=2, default=float))
                 item.status = "done"
         except Cancelled:
@@ -514,14 +538,18 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
     yield items
 
 
+def _source_key(path: os.PathLike) -> str:
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()
+
+
 def _find_cache(out: Path, path: os.PathLike, fp: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    src = str(Path(path).resolve())
+    key = _source_key(path)
     for a in out.glob("*/analysis.json"):
         try:
             data = json.loads(a.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if data.get("source") == src and data.get("fingerprint") == fp:
+        if data.get("source_sha256") == key and data.get("fingerprint") == fp:
             return data
     return None
 

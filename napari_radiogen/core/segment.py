@@ -596,6 +596,8 @@ def _segment_volume(case, model, dev, cancel, timings, warn):
     prepared = prepare_volume(case, model.card)
     arr = np.asarray(prepared.array, dtype=np.float32)
     _brain_check(arr, case.case_id)
+    # e.g. a sequence whose field of view leaves part of the brain zero-filled
+    warn.extend(w for w in prepared.warnings if w not in warn)
     warn.extend(domain_warnings(case, model.card, prepared.mask_method))
     timings["prepare"] = time.perf_counter() - t
     check(cancel)
