@@ -86,3 +86,23 @@ def test_in_sample_note_names_the_case_and_the_model():
                  "not a validation")
     assert warning_key(n) == IN_SAMPLE
     assert insample.in_sample_note("BraTS2021_09999", "seg_x", card, insample.DICE) is None
+
+
+def test_model_cards_and_the_model_listing_are_strict_json(tmp_path, capsys):
+    """A card holding an undefined metric (NaN) is written with null, in the .card.json and
+    inside the safetensors file, and ``radiogen models --json`` prints strict JSON although a
+    shipped card file holds a NaN."""
+    import torch
+    from safetensors import safe_open
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.models import save_model
+    card = {"name": "m", "task": "segmentation", "architecture": {"builder": "x"},
+            "metrics": {"hd95_mm": {"ET": float("nan")}, "dice": np.float32(0.5)}}
+    p = save_model(tmp_path / "m.safetensors", {"w": torch.zeros(1)}, card)
+    side = strict_loads((tmp_path / "m.card.json").read_text())
+    assert side["metrics"] == {"hd95_mm": {"ET": None}, "dice": 0.5}
+    with safe_open(str(p), framework="pt") as f:
+        assert strict_loads(f.metadata()["card"])["metrics"]["hd95_mm"]["ET"] is None
+    assert main(["models", "--json"]) == 0
+    listing = strict_loads(capsys.readouterr().out)
+    assert listing and all("card" in m for m in listing)

@@ -1,7 +1,6 @@
 """``radiogen bench [--json]``: time each stage on the bundled sample case."""
 from __future__ import annotations
 
-import json
 
 
 def add_arguments(p) -> None:
@@ -15,6 +14,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..core.bench import BenchResult, bench
+    from ..core.outputs import dumps
     from ._common import ProgressLine, check_device
     check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
@@ -28,5 +28,5 @@ def run(args) -> int:
     if not args.json:
         print(res.table())
     else:
-        print(json.dumps(res.as_dict(), indent=1))
+        print(dumps(res.as_dict(), indent=1))
     return 0

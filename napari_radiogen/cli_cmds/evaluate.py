@@ -1,7 +1,6 @@
 """``radiogen evaluate MODEL DATA --out DIR``: a trained model on every patient of DATA."""
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -18,6 +17,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..core.train.engine import EvalResult, evaluate_model
+    from ..core.outputs import dumps
     from ._common import check_device, check_out_dir
     check_out_dir(args.out)
     check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
@@ -29,7 +29,7 @@ def run(args) -> int:
         else:
             print(item, file=sys.stderr)
     if args.json:
-        print(json.dumps(res.metrics, indent=1, default=str))
+        print(dumps(res.metrics, indent=1))
     else:
         for k, v in res.metrics.items():
             print(f"  {k:<18} {v:.4f}" if isinstance(v, float) else f"  {k:<18} {v}")

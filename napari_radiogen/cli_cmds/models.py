@@ -1,7 +1,6 @@
 """``radiogen models [--task T] [--json]``: installed (user) and shipped models and their cards."""
 from __future__ import annotations
 
-import json
 
 
 def add_arguments(p) -> None:
@@ -40,9 +39,10 @@ def _metric(card) -> str:
 
 def run(args) -> int:
     from ..core.models import list_models
+    from ..core.outputs import dumps
     ms = list_models(args.task)
     if args.json:
-        print(json.dumps(ms, indent=1, default=str))
+        print(dumps(ms, indent=1))
         return 0
     if not ms:
         print("no models installed" + (f" for task {args.task!r}" if args.task else ""))

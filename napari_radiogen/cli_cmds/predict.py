@@ -69,9 +69,9 @@ def _row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
 
 
 def run(args) -> int:
-    import json
 
     from ..core.models import atomic_write_text, load_model, resolve_device
+    from ..core.outputs import dumps
     from ..core.predict import TASK, default_model_name, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
@@ -92,7 +92,7 @@ def run(args) -> int:
     def one(case):
         res = drive(predict(case, model, clinical=clinical or None, device=device))
         j = ensure_out_dir(out) / f"{res.case_id}_predictions.json"
-        atomic_write_text(j, json.dumps(res.to_json(), indent=2))
+        atomic_write_text(j, dumps(res.to_json()))
         t = res.tasks
         return res, (f"IDH-mutant {t['idh']['mutant']:.2f}, 1p/19q-codel "
                      f"{t['codel_1p19q']['codel']:.2f}, grade 3 {t['grade']['3']:.2f}"), j

@@ -33,10 +33,10 @@ def add_arguments(p) -> None:
 
 def write_outputs(res, case, out_dir) -> dict:
     """Write labels (NIfTI on the source grid, or the pack mask) and the JSON summary."""
-    import json
 
     from ..core.io import write_pack_mask, write_volume
     from ..core.models import atomic_write_text
+    from ..core.outputs import dumps
     from ._common import ensure_out_dir
 
     out = ensure_out_dir(out_dir)
@@ -51,19 +51,9 @@ def write_outputs(res, case, out_dir) -> dict:
     summary = res.summary()
     summary["files"] = {"labels": str(p)}
     summary["source"] = case.source
-    atomic_write_text(j, json.dumps(summary, indent=2, default=_json_default))
+    atomic_write_text(j, dumps(summary))
     files["json"] = str(j)
     return files
-
-
-def _json_default(o):
-    import math
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    try:
-        return float(o)
-    except Exception:
-        return str(o)
 
 
 def csv_row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:

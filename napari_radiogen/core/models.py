@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from .errors import ModelFileError
+from .outputs import dumps
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 CARD_KEYS_REQUIRED = ("name", "task", "architecture")
@@ -93,9 +94,9 @@ def save_model(path: os.PathLike, state_dict: Dict[str, Any], card: Dict[str, An
         if k not in card:
             raise ModelFileError(f"model card lacks the required key {k!r}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    blob = save(tensors, metadata={"card": json.dumps(card, default=str)})
+    blob = save(tensors, metadata={"card": dumps(card, indent=None)})
     _atomic_write_bytes(path, blob)
-    atomic_write_text(path.with_suffix(".card.json"), json.dumps(card, indent=2, default=str))
+    atomic_write_text(path.with_suffix(".card.json"), dumps(card))
     return path
 
 

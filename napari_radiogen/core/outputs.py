@@ -19,7 +19,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def _key(k: Any) -> Any:
     return str(k)
 
 
-def dumps(obj: Any, *, indent: int = 2) -> str:
+def dumps(obj: Any, *, indent: Optional[int] = 2) -> str:
     """Strict JSON text of ``obj`` (:func:`json_safe`, then ``allow_nan=False``)."""
     return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
 

@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 from .. import progress as _progress
 from ..errors import ConfigError
+from ..outputs import dumps
 from ..progress import CancelToken, Progress
 from . import checkpoint as ckpt
 from . import ddp
@@ -549,8 +550,8 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         out.mkdir(parents=True, exist_ok=True)
         (out / "folds").mkdir(exist_ok=True)
         from ..models import atomic_write_text
-        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
-        atomic_write_text(out / "splits.json", json.dumps(plan, indent=1))
+        atomic_write_text(out / "config.json", dumps(cfg))
+        atomic_write_text(out / "splits.json", dumps(plan, indent=1))
     ddp.barrier(dist)
 
     run = _Run(cfg, task, out, dev, dist, cancel)
