@@ -150,3 +150,58 @@ def test_info_does_not_import_torch():
             "if m in sys.modules]; print('IMPORTED', bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_info_table_flags_synthetic_sequences_and_lists_files_left_aside(tmp_path, capfd):
+    """The text table says which sequence is synthetic, from what and by which model (as the
+    JSON does), which synthetic file was set aside for an acquired one, and which of the
+    package's result maps were ignored."""
+    from napari_radiogen.core.case import Volume
+    from napari_radiogen.core.io import load_volume, write_volume
+
+    d = tmp_path / "P1"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for s in ("t1", "t2", "flair"):
+        vol(d / f"P1_{s}.nii.gz", rng.random((6, 8, 10)).astype(np.float32))
+    g = load_volume(d / "P1_flair.nii.gz").geometry
+    syn = Volume(rng.random((6, 8, 10)).astype(np.float32), g, synthetic=True,
+                 meta={"sequence": "t1ce", "sources": ["t1", "t2", "flair"],
+                       "model": "synth_x"})
+    write_volume(syn, d / "P1_t1ce_synth.nii.gz")
+    write_volume(syn.array, g, d / "P1_t2_diffmap.nii.gz")
+    r = run_main(capfd, d)
+    assert r.returncode == 0, r.stderr
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.endswith("float32")}
+    assert "(synthetic)" in rows["t1ce"] and "P1_t1ce_synth.nii.gz" in rows["t1ce"]
+    assert "synthetic" not in rows["t1"] + rows["t2"]
+    assert ("  t1ce is synthetic: generated from t1,t2,flair by synth_x (recognised by its "
+            "file header and file name (_synth)), not an acquired scan") in r.stdout
+    assert ("  ignored: P1_t2_diffmap.nii.gz (a napari-radiogen differentiation map of t2 "
+            "(radiogen rank-sequences), recognised by its name: not a sequence)") in r.stdout
+    assert "set aside" not in r.stdout
+    # an acquired T1ce beside it: the synthetic file is set aside, and the table says so
+    vol(d / "P1_t1ce.nii.gz", rng.random((6, 8, 10)).astype(np.float32))
+    r = run_main(capfd, d)
+    assert r.returncode == 0, r.stderr
+    assert "synthetic" not in [ln for ln in r.stdout.splitlines()
+                                if ln.startswith("  t1ce ") and ln.endswith("float32")][0]
+    assert "is synthetic" not in r.stdout
+    assert ("  set aside: P1_t1ce_synth.nii.gz (synthetic t1ce; the acquired P1_t1ce.nii.gz "
+            "is read)") in r.stdout
+    # a synthetic file whose name alone says so: what is not recorded is said
+    (d / "P1_t1ce.nii.gz").unlink()
+    (d / "P1_t1ce_synth.nii.gz").unlink()
+    vol(d / "P1_t1ce_synth.nii.gz", rng.random((6, 8, 10)).astype(np.float32))
+    r = run_main(capfd, d)
+    assert ("  t1ce is synthetic: generated (sources and model not recorded; recognised by its "
+            "file name (_synth)), not an acquired scan") in r.stdout
+    # the cohort listing flags it too
+    (tmp_path / "P2").mkdir()
+    for s in ("t1", "flair"):
+        vol(tmp_path / "P2" / f"P2_{s}.nii.gz", rng.random((6, 8, 10)).astype(np.float32))
+    r = run_main(capfd, tmp_path)
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
+    assert "(synthetic: t1ce)" in lines["P1"]
+    assert "(1 napari-radiogen map(s) ignored)" in lines["P1"]
+    assert "synthetic" not in lines["P2"] and "ignored" not in lines["P2"]

@@ -257,3 +257,44 @@ def test_segmentation_of_a_case_with_a_synth_file_lists_it(tmp_path):
     res = run(segment(load_case(d), model, device="cpu", compare=False))
     assert res.synthetic_inputs == ["t1ce"]
     assert any("synthetic input(s) used: t1ce" in w for w in res.warnings)
+
+
+def test_radiogen_synthesize_records_sources_and_model_in_the_header(tmp_path):
+    """``radiogen synthesize`` writes the synthetic Volume itself: the NIfTI header names the
+    sequence, the sources and the model, so the provenance survives without the JSON beside
+    it (a copy of the volume alone, under any name), on the exact grid of the reference."""
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.phantom import make_phantom
+
+    from _synth_helpers import tiny_model
+
+    synth = tiny_model(tmp_path / "tiny_synth.safetensors")
+    d = tmp_path / "P1"
+    d.mkdir()
+    ph = make_phantom(2, shape=(32, 48, 40), skull_stripped=True)
+    for s in ("t1", "t2", "flair"):
+        v = ph.sequences[s]
+        plain(v.array, d / f"P1_{s}.nii.gz", spacing=v.geometry.spacing,
+              origin=v.geometry.origin, direction=OBLIQUE)        # oblique, as acquired
+    out = tmp_path / "out"
+    assert main(["synthesize", str(d), "--target", "t1ce", "--sources", "t2", "flair",
+                 "--model", str(synth), "--device", "cpu", "--out", str(out)]) == 0
+    f = out / "P1_t1ce_synth.nii.gz"
+    assert nib.load(str(f)).header["descrip"].tobytes().rstrip(b"\0").decode() == \
+        "napari-radiogen synthetic t1ce from t2,flair by tiny-synth"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(f, alone / "scan.nii.gz")                  # no JSON, a name that says nothing
+    back = load_volume(alone / "scan.nii.gz")
+    assert back.synthetic and back.meta["synthetic_marked_by"] == ["file header"]
+    assert back.meta["sequence"] == "t1ce" and back.meta["sources"] == ["t2", "flair"]
+    assert back.meta["model"] == "tiny-synth"
+    assert_same_geometry(back.geometry, load_volume(d / "P1_flair.nii.gz").geometry)
+    # copied into the case: the case's synthetic t1ce, with its provenance
+    shutil.copy(f, d / f.name)
+    case = load_case(d)
+    assert case.synthetic_inputs() == ("t1ce",)
+    assert case.meta["synthesized"]["t1ce"] == {"sources": ["t2", "flair"],
+                                                "model": "tiny-synth",
+                                                "file": "P1_t1ce_synth.nii.gz"}
+    assert "file header" in case.sequences["t1ce"].meta["synthetic_marked_by"]

@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     # the heatmap as NIfTI on the case's grid (a pack's nominal grid, as synthesize and
     # rank-sequences write them), for packs also the .h5 beside it
     path = out / f"{stem}.nii.gz"
-    write_volume(res.heatmap.astype("float32"), res.geometry, path)
+    # the header says it is a heatmap (no reader takes it for a scan)
+    write_volume(res.heatmap.astype("float32"), res.geometry, path,
+                 radiogen_map={"kind": "heatmap", "task": res.task, "method": res.method,
+                               "model": res.model})
     info["heatmap"] = str(path)
     if case.kind == "slices":
         import h5py

@@ -1,7 +1,10 @@
 """``radiogen info PATH``: what a case (or a cohort folder) holds.
 
 For a case: case id, kind, each detected sequence with its file, shape, spacing, orientation,
-the labels file and its values. For a cohort folder: one line per case (header-only scan).
+the labels file and its values; a synthetic sequence (one the package generated, see
+``core.io.synthetic``) is flagged with its provenance, and the files left aside (a synthetic file
+where an acquired one of that sequence is read, the package's own result maps) are listed. For a
+cohort folder: one line per case (header-only scan).
 Imports only the headless I/O (no torch).
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ def _case_text(d: Dict[str, Any]) -> str:
                      "x".join(str(s) for s in v["shape_zyx"]), sp, v["orientation"], v["dtype"]))
 
     for s, v in d["sequences"].items():
-        row(s, v)
+        row(f"{s} (synthetic)" if v.get("synthetic") else s, v)
     if d.get("labels"):
         row("labels", d["labels"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -59,7 +62,15 @@ def _case_text(d: Dict[str, Any]) -> str:
         lines.append("  labels: none")
     lines.append(f"  missing: {', '.join(d['missing']) or 'none'}    reference: "
                  f"{d.get('reference')}    on one grid: {'yes' if d['on_one_grid'] else 'no'}")
+    for s, v in d["sequences"].items():
+        if v.get("synthetic"):
+            lines.append(f"  {s} is synthetic: "
+                         f"{synthetic_text(v.get('synthetic_provenance') or {})}")
     meta = d.get("meta") or {}
+    for f in meta.get("synthetic_set_aside") or []:
+        lines.append(f"  set aside: {f}")
+    for f in meta.get("ignored_outputs") or []:
+        lines.append(f"  ignored: {f}")
     if meta.get("unrecognised"):
         lines.append(f"  not recognised (ignored): {', '.join(meta['unrecognised'])}")
     if meta.get("unavailable"):
@@ -74,6 +85,20 @@ def _case_text(d: Dict[str, Any]) -> str:
         if keys:
             lines.append("  clinical: " + ", ".join(f"{k}={clin[k]}" for k in keys))
     return "\n".join(lines)
+
+
+def synthetic_text(prov: Dict[str, Any]) -> str:
+    """``generated from t1,t2,flair by synth_x (recognised by its file header), not an
+    acquired scan``; the parts the file does not record are left out."""
+    txt = "generated"
+    if prov.get("sources"):
+        txt += f" from {','.join(prov['sources'])}"
+    if prov.get("model"):
+        txt += f" by {prov['model']}"
+    notes = [] if prov.get("sources") or prov.get("model") else ["sources and model not recorded"]
+    if prov.get("synthetic_marked_by"):
+        notes.append(f"recognised by its {' and '.join(prov['synthetic_marked_by'])}")
+    return txt + (f" ({'; '.join(notes)})" if notes else "") + ", not an acquired scan"
 
 
 def _cohort_text(folder: Path, entries: List[Dict[str, Any]]) -> str:
@@ -94,6 +119,10 @@ def _cohort_text(folder: Path, entries: List[Dict[str, Any]]) -> str:
             txt += "  mask" if e.get("has_mask") else ""
         else:
             txt += "  + labels" if e.get("labels") else ""
+            if e.get("synthetic"):
+                txt += f"  (synthetic: {', '.join(e['synthetic'])})"
+            if e.get("ignored_outputs"):
+                txt += f"  ({len(e['ignored_outputs'])} napari-radiogen map(s) ignored)"
             if e.get("unrecognised"):
                 txt += f"  (not recognised: {len(e['unrecognised'])} file(s))"
         lines.append(txt)

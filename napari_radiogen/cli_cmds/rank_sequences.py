@@ -5,7 +5,9 @@ the target from that single source; PSNR and brain SSIM are z-scored over the pa
 contribution scores (how well a sequence generates the others, how hard it is to generate from
 them). Writes ``DIR/ranking.json``, ``DIR/ranking.png`` (bar chart) and, per case and target,
 the imaging-differentiation map ``DIR/<case_id>_<target>_diffmap.nii.gz`` (per-voxel mean
-absolute error of generating the target from each source, on the case's grid).
+absolute error of generating the target from each source, on the case's grid; its NIfTI
+``descrip`` says ``napari-radiogen differentiation map <target> ...``, and the case reader never
+reads it as a sequence).
 
 In a cohort each case is ranked on its own and the pair metrics are averaged over the cases; a
 case that cannot be loaded or ranked is reported on stderr, listed under ``"failed"`` in
@@ -114,7 +116,9 @@ def run(args) -> int:
     for c, cj in zip(res.cases, js["cases"]):
         files = {}
         for t, vol in c.maps.items():
-            f = write_volume(vol.array, vol.geometry, out / f"{c.case_id}_{t}_diffmap.nii.gz")
+            # the header says it is a differentiation map (no reader takes it for a scan)
+            f = write_volume(vol, out / f"{c.case_id}_{t}_diffmap.nii.gz",
+                             radiogen_map={"kind": "differentiation map", "target": t})
             files[t] = str(f)
         cj["map_files"] = files
     (out / "ranking.json").write_text(json.dumps(js, indent=2))

@@ -1,9 +1,9 @@
 """``radiogen synthesize CASE --target t1ce --out DIR``: synthesise a sequence on the case's grid.
 
 Writes ``DIR/<case_id>_<target>_synth.nii.gz`` (on the reference sequence's source grid, so it
-opens aligned with the acquired scans; intensities in normalised units 0..1) and a JSON beside it
-saying the volume is synthetic, from which sources, with which model, and the PSNR/SSIM against
-the real sequence when the case has it.
+opens aligned with the acquired scans; intensities in normalised units 0..1), whose header says it
+is synthetic, from which sources and with which model (NIfTI ``descrip``), and a JSON beside it
+saying the same, with the PSNR/SSIM against the real sequence when the case has it.
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def run(args) -> int:
             res = progress.run(synthesize(case, model, t, sources=args.sources,
                                           device=args.device), show)
         ensure_out_dir(out)
-        path = write_volume(res.volume.array, res.volume.geometry,
-                            out / f"{case.case_id}_{t}_synth.nii.gz")
+        # the synthetic Volume itself: its header records the sequence, sources and model
+        # (NIfTI descrip 'napari-radiogen synthetic t1ce from t1,t2,flair by <model>')
+        path = write_volume(res.volume, out / f"{case.case_id}_{t}_synth.nii.gz")
         info = res.to_json()
         info.update({"file": str(path), "case_source": case.source,
                      "reference_sequence": case.reference})

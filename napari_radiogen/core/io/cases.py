@@ -5,9 +5,15 @@ The package's own synthetic volumes (``<case>_<sequence>_synth.<ext>``, or a hea
 see :mod:`.synthetic`) are read as synthetic sequences (``Case.synthetic_inputs()`` names them,
 ``case.meta["synthesized"]`` has their provenance). Where a case holds both an acquired file and
 a synthetic one of the same sequence, the acquired one is read and the synthetic one set aside
-(``case.meta["synthetic_set_aside"]``); any other two files claiming one sequence are an error."""
+(``case.meta["synthetic_set_aside"]``); any other two files claiming one sequence are an error.
+
+The package's result maps (heatmaps of ``radiogen explain``/``analyze``, differentiation maps of
+``radiogen rank-sequences``; by their names or their headers, see :mod:`.maps`) are not
+sequences: a case folder that holds copies of them is read without them, and
+``case.meta["ignored_outputs"]`` says which files were ignored and why."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,13 +25,17 @@ import numpy as np
 
 from ..case import SEQUENCES, Case, Geometry, Volume
 from ..errors import CaseLoadError, GeometryError
+from . import maps as _maps
 from .detect import (DICOM_EXTENSIONS, PACK_EXTENSIONS, canonical_sequence_name, detect_sequence,
                      strip_extension)
 from .dicom import (SeriesInfo, has_dicom, is_dicom_file, list_series, read_series,
                     series_matches)
 from .pack import is_slice_pack, load_pack, pack_info
 from .synthetic import has_synth_suffix
-from .volume import file_synthetic, image_to_volume, load_volume, volume_extension
+from .volume import (file_header, file_map, file_synthetic, image_to_volume, load_volume,
+                     volume_extension)
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 OVERRIDE_VALUES = ", ".join(SEQUENCES) + ", labels, ignore"
@@ -47,6 +57,7 @@ class Item:
     name: Optional[str] = None         # t1 t1ce t2 flair labels ignore
     how: str = "detected"              # detected | override
     synthetic: Optional[bool] = None   # a synthetic volume of the package (None: not checked)
+    ignored: Optional[str] = None      # why the reader leaves it out (a result map of ours)
 
 
 def _is_pack(p: Path) -> bool:
@@ -57,7 +68,11 @@ def _file_item(p: Path, root: Path) -> Item:
     rel = os.path.relpath(p, root)
     keys = {p.name.lower(), strip_extension(p.name).lower(), rel.lower(), str(p).lower()}
     name, kind = detect_sequence(p.name)
-    return Item(display=p.name, path=p, keys=tuple(keys), name=name if name else None)
+    it = Item(display=p.name, path=p, keys=tuple(keys), name=name if name else None)
+    rmap = _maps.from_name(p.name)
+    if rmap is not None:                 # a heatmap / differentiation map of ours: no sequence
+        it.name, it.ignored = "ignore", _maps.reason(rmap, "name")
+    return it
 
 
 def _dicom_items(folder: Path, root: Path) -> List[Item]:
@@ -132,6 +147,8 @@ def file_groups(files: Sequence[Path]) -> Dict[str, List[Path]]:
         return {}                           # no clash: one case
     groups: Dict[str, List[Path]] = {}
     for f in files:
+        if _maps.from_name(f.name) is not None:
+            continue                        # a result map of ours: in no case's group
         if det[f] and not _SUFFIX_RE.match(strip_extension(f.name)):
             return {}                       # not <id>_<sequence> naming: not a flat cohort
         groups.setdefault(_case_id_from_file(f), []).append(f)
@@ -433,11 +450,23 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     unknown: List[Item] = []
     set_aside: List[Item] = []
     for it in items:
-        if it.name is None and it.series is None:
+        if it.series is not None or it.how == "override" or it.name == "ignore":
+            continue
+        # what the package recorded in the file's header (one header read per file)
+        head = file_header(it.path)
+        fm = file_map(it.path, head)
+        if fm is not None:
+            # a result map of ours under a name that does not say so: not a sequence
+            it.name, it.ignored = "ignore", _maps.reason(fm[0], fm[1])
+            continue
+        prov = file_synthetic(it.path, head)
+        it.synthetic = prov is not None
+        if it.name is None and prov is not None and prov.get("sequence"):
             # a name that says nothing, but a header of ours that names the sequence
-            prov = file_synthetic(it.path)
-            if prov is not None and prov.get("sequence"):
-                it.name, it.synthetic = prov["sequence"], True
+            it.name = prov["sequence"]
+    ignored = [it for it in items if it.name == "ignore" and it.ignored]
+    for it in ignored:
+        log.debug("%s: %s ignored: %s", root, it.display, it.ignored)
     for it in items:
         if it.name == "ignore":
             continue
@@ -460,13 +489,15 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
         by_name[it.name] = it
     seq_items = {k: v for k, v in by_name.items() if k in SEQUENCES}
     if not seq_items:
+        also = ("; ignored: " + "; ".join(f"{it.display} ({it.ignored})" for it in ignored)
+                if ignored else "")
         if unknown:
             listing = ", ".join(u.display for u in unknown)
             raise CaseLoadError(f"{root}: no recognised sequence (t1, t1ce, t2, flair) among: "
-                                f"{listing}; name them with --sequence FILE=SEQ")
-        raise CaseLoadError(f"{root}: no image sequence, only labels "
-                            f"({by_name['labels'].display})" if "labels" in by_name
-                            else f"{root}: no image sequence found")
+                                f"{listing}; name them with --sequence FILE=SEQ{also}")
+        raise CaseLoadError((f"{root}: no image sequence, only labels "
+                             f"({by_name['labels'].display})" if "labels" in by_name
+                             else f"{root}: no image sequence found") + also)
     sequences = {s: _load_item(seq_items[s]) for s in SEQUENCES if s in seq_items}
     for s, v in sequences.items():
         _check_not_blank(v, s, seq_items[s].display)
@@ -492,6 +523,9 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
         meta["overrides"] = overridden
     if unknown:
         meta["unrecognised"] = [u.display for u in unknown]
+    if ignored:
+        # the package's own result maps copied beside the scans: left out, and said
+        meta["ignored_outputs"] = [f"{it.display} ({it.ignored})" for it in ignored]
     case = Case(case_id=case_id, sequences=sequences, labels=labels, source=str(source),
                 kind="volume", meta=meta)
     _set_reference(case, reference)
@@ -556,12 +590,19 @@ def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
         it = _file_item(p, p.parent)
         if ov:
             _apply_overrides([it], ov, p)
+        if it.name is None and it.how == "detected":
+            fm = file_map(p)                     # a result map of ours under another name
+            if fm is not None:
+                it.name, it.ignored = "ignore", _maps.reason(fm[0], fm[1])
         if it.name is None:
             raise CaseLoadError(f"{p}: cannot tell which sequence this file is from its name; "
                                 f"name it with --sequence {p.name}=SEQ ({OVERRIDE_VALUES})")
         if it.name == "labels":
             raise CaseLoadError(f"{p}: a labels file on its own is not a case; open its case "
                                 "folder (or the image file) instead")
+        if it.name == "ignore" and it.ignored and it.how == "detected":
+            raise CaseLoadError(f"{p}: {it.ignored}, so not a case (to read it as one anyway, "
+                                f"name its sequence with --sequence {p.name}=SEQ)")
         if it.name == "ignore":
             raise CaseLoadError(f"{p}: the only file of the case is marked 'ignore'")
         return _assemble([it], p.parent, _case_id_from_file(p), reference, p,
@@ -660,7 +701,11 @@ def scan_case(path: PathLike) -> Dict[str, Any]:
     seqs: Dict[str, str] = {}
     labels = None
     unknown: List[str] = []
+    maps: List[str] = []
     for f in sc.files:
+        if _maps.from_name(f.name) is not None:
+            maps.append(f.name)                 # a result map of ours (load_case ignores it)
+            continue
         name, kind = detect_sequence(f.name)
         if kind == "labels":
             labels = f.name
@@ -675,7 +720,8 @@ def scan_case(path: PathLike) -> Dict[str, Any]:
         else:
             unknown.append((d.name if d != p else ".") + "/ (DICOM)")
     return {"case_id": p.name, "kind": "volume", "path": str(p), "sequences": seqs,
-            "labels": labels, "unrecognised": unknown, **_scan_synthetic(seqs)}
+            "labels": labels, "unrecognised": unknown, **_scan_synthetic(seqs),
+            **({"ignored_outputs": maps} if maps else {})}
 
 
 def _scan_pick(seqs: Dict[str, str], name: str, fname: str) -> None:

@@ -10,16 +10,21 @@
 * BIDS-ish suffixes: ``T1w``, ``T2w``, ``FLAIR``, ``ce-gadolinium_T1w``;
 * labels: ``*seg*``, ``*label*``, ``*mask*`` (e.g. ``fused_algorithms_seg.nii.gz``);
 * the package's synthetic outputs: ``BraTS2021_00006_t1ce_synth.nii.gz`` is T1ce (the readers
-  mark it synthetic, see :mod:`.synthetic`).
+  mark it synthetic, see :mod:`.synthetic`);
+* the package's result maps are no sequence: ``P1_t1ce_diffmap`` (``radiogen rank-sequences``)
+  and ``P1_idh_gradcampp`` (``radiogen explain`` / ``analyze`` heatmaps) give ``(None,
+  "image")`` (see :mod:`.maps`; the case reader ignores them).
 
-Precedence matters: labels first, then FLAIR (``T2_FLAIR`` is FLAIR, not T2), then
-post-contrast T1 (``T1_AX_POST_GAD`` is T1ce, not T1), then T2, then T1.
+Precedence matters: the package's maps first, then labels, then FLAIR (``T2_FLAIR`` is FLAIR,
+not T2), then post-contrast T1 (``T1_AX_POST_GAD`` is T1ce, not T1), then T2, then T1.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import Optional, Tuple, Union
+
+from . import maps as _maps
 
 #: File extensions read as single volumes (longest first so ``.nii.gz`` wins over ``.gz``).
 VOLUME_EXTENSIONS: Tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -63,6 +68,9 @@ def detect_sequence(filename: Union[str, Path]) -> Tuple[Optional[str], str]:
     ``"labels"``.
     """
     stem = strip_extension(Path(str(filename)).name)
+    # 0. the package's own result maps (heatmaps, differentiation maps): images, no sequence
+    if _maps.from_stem(stem) is not None:
+        return None, "image"
     low = stem.lower()
     toks = _tokens(stem)
     tokset = set(toks)

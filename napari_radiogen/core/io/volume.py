@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from ..case import Geometry, Volume, canonicalize
 from ..errors import CaseLoadError, GeometryError
+from . import maps as _maps
 from . import synthetic as _syn
 from ._util import captured_stderr, percent, sitk_message
 from .detect import VOLUME_EXTENSIONS, detect_sequence
@@ -131,42 +132,83 @@ def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, A
     if img.GetDimension() == 4:
         img = sitk.Extract(img, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
     meta = {"format": ext.lstrip("."), "source_pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID())}
-    prov = _header_synthetic(reader)
-    if prov is not None:
-        meta["_synthetic_header"] = prov
+    fields = _header_fields(reader)
+    rmap = _maps.from_header(fields)
+    if rmap is not None:
+        meta["radiogen_map"] = rmap        # a result map of the package, not a sequence
+    else:
+        prov = _syn.from_header(fields)
+        if prov is not None:
+            meta["_synthetic_header"] = prov
     return img, meta
+
+
+_HEADER_KEYS = tuple(dict.fromkeys((_syn.KEY_SYNTHETIC, _syn.KEY_SEQUENCE, _syn.KEY_SOURCES,
+                                    _syn.KEY_MODEL) + _syn.NOTES_KEYS + _maps.HEADER_KEYS))
+
+
+def _header_fields(reader: sitk.ImageFileReader) -> Dict[str, str]:
+    """The header fields in which the package records what a file is (see :mod:`.synthetic`
+    and :mod:`.maps`)."""
+    keys = set(reader.GetMetaDataKeys())
+    out: Dict[str, str] = {}
+    for k in _HEADER_KEYS:
+        if k in keys:
+            try:
+                out[k] = reader.GetMetaData(k)
+            except RuntimeError:  # pragma: no cover - a key listed but unreadable
+                pass
+    return out
 
 
 def _header_synthetic(reader: sitk.ImageFileReader) -> Optional[Dict[str, Any]]:
     """The synthetic provenance the file's header records (see :mod:`.synthetic`), or None."""
-    keys = set(reader.GetMetaDataKeys())
-    wanted = [k for k in (_syn.KEY_SYNTHETIC, _syn.KEY_SEQUENCE, _syn.KEY_SOURCES,
-                          _syn.KEY_MODEL) + _syn.NOTES_KEYS if k in keys]
+    return _syn.from_header(_header_fields(reader))
+
+
+def file_header(path: PathLike) -> Dict[str, str]:
+    """The header fields of a volume file in which the package records what the file is (a
+    synthetic sequence, a result map), without reading its voxels; ``{}`` for a file whose
+    header cannot be read (loading it says what is wrong) or that is no volume file."""
+    p = Path(path)
+    if volume_extension(p) is None or not p.is_file():
+        return {}
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
     try:
-        return _syn.from_header({k: reader.GetMetaData(k) for k in wanted})
-    except RuntimeError:  # pragma: no cover - a key listed but unreadable
-        return None
+        with captured_stderr([]):
+            reader.ReadImageInformation()
+        return _header_fields(reader)
+    except RuntimeError:
+        return {}
 
 
-def file_synthetic(path: PathLike) -> Optional[Dict[str, Any]]:
+def file_synthetic(path: PathLike, header: Optional[Dict[str, str]] = None
+                   ) -> Optional[Dict[str, Any]]:
     """Whether a volume file is one of the package's synthetic volumes, without reading its
     voxels: the provenance its header, its ``_synth`` name or the JSON beside it gives, or
-    None. An unreadable header counts as not synthetic here (loading it says what is wrong)."""
+    None. An unreadable header counts as not synthetic here (loading it says what is wrong).
+    ``header``: the file's :func:`file_header`, when already read."""
     p = Path(path)
     name = _syn.from_name(p.name)
-    head = None
-    if volume_extension(p) is not None and p.is_file():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        try:
-            with captured_stderr([]):
-                reader.ReadImageInformation()
-            head = _header_synthetic(reader)
-        except RuntimeError:
-            head = None
+    fields = file_header(p) if header is None else header
+    head = None if _maps.from_header(fields) is not None else _syn.from_header(fields)
     if head is None and name is None:
         return None
     return _syn.merge(head, _syn.from_sidecar(p), name)
+
+
+def file_map(path: PathLike, header: Optional[Dict[str, str]] = None
+             ) -> Optional[Tuple[Dict[str, Any], str]]:
+    """Whether a volume file is one of the package's result maps (a heatmap, a differentiation
+    map; see :mod:`.maps`), by its header or its name, without reading its voxels: ``(map,
+    how)`` with ``how`` ``"header"`` or ``"name"``, or None. ``header``: the file's
+    :func:`file_header`, when already read."""
+    name = _maps.from_name(Path(path).name)
+    head = _maps.from_header(file_header(path) if header is None else header)
+    if head is not None:
+        return _syn.merge(head, name), "header"
+    return (name, "name") if name is not None else None
 
 
 def _read_dicom(path: Path, series: Optional[str], warnings: List[str]
@@ -251,7 +293,9 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
 
     A synthetic image (a file the package wrote from a generated sequence: its header says so,
     or its name ends in ``_synth``, see :mod:`.synthetic`) comes back with ``synthetic=True``
-    and its provenance (``sequence``, ``sources``, ``model``) in ``meta``.
+    and its provenance (``sequence``, ``sources``, ``model``) in ``meta``. A result map of the
+    package (a heatmap or differentiation map whose header says so, see :mod:`.maps`) comes
+    back as a plain image with ``meta["radiogen_map"]`` saying what it is.
 
     Raises :class:`CaseLoadError` (one line, naming the file) for missing, empty, corrupt or
     truncated files, 2D or 4D images, vector images, NaN/Inf voxels and unreadable DICOM.
@@ -276,8 +320,12 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
     if warnings:
         meta["reader_warnings"] = " | ".join(w.replace("\n", " ")[:300] for w in warnings)[:1000]
     head = meta.pop("_synthetic_header", None)
+    if "radiogen_map" not in meta and p.is_file():
+        by_name = _maps.from_name(p.name)          # the package's map names, header or not
+        if by_name is not None:
+            meta["radiogen_map"] = by_name
     vol = image_to_volume(img, where=where, labels=bool(labels), path=str(p), meta=meta)
-    if not labels:
+    if not labels and "radiogen_map" not in vol.meta:
         _mark_synthetic(vol, p, head)
     return vol
 

@@ -1,7 +1,8 @@
 """Writers: volumes on the **source** grid of the file the geometry came from, HDF5 pack masks.
 
 A synthetic volume says so in its file (see :mod:`.synthetic`), so that a reader never takes the
-package's own generated sequence for an acquired one."""
+package's own generated sequence for an acquired one; so does a result map (a heatmap, a
+differentiation map, see :mod:`.maps`), so that a reader never takes it for a sequence."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ import SimpleITK as sitk
 
 from ..case import Geometry, Volume, to_source_image
 from ..errors import RadiogenError
+from . import maps as _maps
 from . import synthetic as _syn
 from ._util import captured_stderr, sitk_message
 
@@ -63,9 +65,34 @@ def _synthetic_provenance(synthetic: SyntheticLike, vol: Optional[Volume],
     return None
 
 
+MapLike = Union[None, bool, Mapping[str, Any]]
+
+
+def _map_info(radiogen_map: MapLike, vol: Optional[Volume], p: Path) -> Optional[Dict[str, Any]]:
+    """What to record about a result map written to ``p`` (None: not a map)."""
+    if radiogen_map is False:
+        return None
+    if isinstance(radiogen_map, Mapping):
+        src = radiogen_map.get("sources")
+        given = _maps.info(radiogen_map.get("kind", ""), task=radiogen_map.get("task"),
+                           method=radiogen_map.get("method"), target=radiogen_map.get("target"),
+                           sources=src if isinstance(src, (list, tuple)) else None,
+                           model=radiogen_map.get("model"))
+        return _syn.merge(given, _maps.from_volume_meta(vol.meta) if vol is not None else None,
+                          _maps.from_name(p.name))
+    if radiogen_map is True:
+        raise TypeError("write_volume(radiogen_map=True): give the map as a mapping "
+                        "({'kind': 'heatmap', ...}) or leave it to the file name")
+    vol_map = _maps.from_volume_meta(vol.meta) if vol is not None else None
+    name_map = _maps.from_name(p.name)
+    if vol_map is None and name_map is None:
+        return None
+    return _syn.merge(vol_map, name_map)
+
+
 def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
                  path: Optional[PathLike] = None, *, labels: bool = False,
-                 synthetic: SyntheticLike = None) -> Path:
+                 synthetic: SyntheticLike = None, radiogen_map: MapLike = None) -> Path:
     """Write a (z, y, x) array that lives on ``geometry`` (canonical LPS) to ``path``.
 
     The file is written on the **source** grid: same voxel order and affine as the file the
@@ -81,6 +108,14 @@ def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
     ``model``), True, or False (never marked); by default (None) an image is marked when it is
     a synthetic ``Volume`` or when ``path`` carries the package's synthetic-output name
     ``<case>_<sequence>_synth.<ext>``. Labels are never marked.
+
+    Result maps say so in the file too (see :mod:`.maps`), so that no reader takes them for a
+    sequence: ``radiogen_map`` is a mapping (``kind`` ``"heatmap"`` or ``"differentiation
+    map"``, and ``task``, ``method``, ``target``, ``sources``, ``model``) or False (never
+    marked); by default (None) an image is marked when it is a ``Volume`` whose ``meta["kind"]``
+    names a map (``core.synthesize.rank_sequences``'s maps) or when ``path`` carries the
+    package's map names (``<case>_<task>_<method>``, ``<case>_<target>_diffmap``). A map is
+    never marked synthetic (``rank_sequences``'s maps are ``synthetic=True`` Volumes).
     """
     vol: Optional[Volume] = None
     if isinstance(array, Volume):
@@ -107,10 +142,18 @@ def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
     elif arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     img = to_source_image(np.ascontiguousarray(arr), geometry)   # GeometryError on misfit
-    prov = None if labels else _synthetic_provenance(synthetic, vol, p)
-    if prov is not None:
-        for k, v in _syn.header_fields(prov, nifti=ext in (".nii", ".nii.gz")).items():
-            img.SetMetaData(k, v)
+    nifti = ext in (".nii", ".nii.gz")
+    rmap = None if labels else _map_info(radiogen_map, vol, p)
+    if rmap is not None:
+        if isinstance(synthetic, Mapping) or synthetic is True:
+            raise TypeError("write_volume(): a result map (radiogen_map) is not a synthetic "
+                            "sequence; give one or the other")
+        fields = _maps.header_fields(rmap, nifti=nifti)
+    else:
+        prov = None if labels else _synthetic_provenance(synthetic, vol, p)
+        fields = _syn.header_fields(prov, nifti=nifti) if prov is not None else {}
+    for k, v in fields.items():
+        img.SetMetaData(k, v)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
