@@ -404,3 +404,40 @@ def test_label_values_and_compact_labels_layer_data():
     assert data.dtype == np.int64 and data[0, 0, 0] == 300
     data, _, _ = labels_layer_data(Volume(lab, g), case_id="c")      # default: dtype kept
     assert data.dtype == np.int64
+
+
+def test_a_heatmap_or_differentiation_map_layer_is_written_as_a_map(tmp_path):
+    """Saved from the viewer under any name, a heatmap layer (Explain/Analyze) and a
+    differentiation-map layer (the ranking's, a synthetic Volume) say in their file that they
+    are maps: never marked synthetic, and a case folder they are copied into ignores them."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.napari._common import image_result_data
+    from napari_radiogen.napari.writer import write_image
+    from napari_radiogen.core.io import write_volume
+    case = make_phantom(1, case_id="P1")
+    folder = tmp_path / "P1"
+    folder.mkdir()
+    for s, v in case.sequences.items():
+        write_volume(v, folder / f"P1_{s}.nii.gz")
+    g = case.geometry
+    heat = np.random.default_rng(0).random(g.shape).astype(np.float32)
+    layers = {
+        "heat.nii.gz": image_result_data(heat, g, "P1", "P1 idh gradcam", model="m",
+                                         task="idh", method="gradcam"),
+        "t1ce_copy.nii.gz": image_result_data(heat, g, "P1", "P1 t1ce differentiation map",
+                                              sequence="diffmap-t1ce", target="t1ce",
+                                              sources=["t1", "t2"], kind="differentiation-map"),
+    }
+    before = load_case(folder)
+    for name, (data, kw, _) in layers.items():
+        out = Path(write_image(str(folder / name), data, kw)[0])
+        descrip = nib.load(str(out)).header["descrip"].tobytes().rstrip(b"\0").decode()
+        assert descrip.startswith(("napari-radiogen heatmap idh gradcam",
+                                   "napari-radiogen differentiation map t1ce")), descrip
+        assert "synthetic" not in descrip
+    after = load_case(folder)
+    assert sorted(after.sequences) == sorted(before.sequences)
+    assert after.synthetic_inputs() == ()
+    for s in before.sequences:
+        np.testing.assert_array_equal(after.sequences[s].array, before.sequences[s].array)

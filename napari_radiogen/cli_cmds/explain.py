@@ -15,7 +15,6 @@ has no 3D rendering, so there is no GIF).
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.explain import explain, method_slug, render_explanation
     from ..core.io import write_volume
+    from ..core.outputs import write_json
     from ..core.progress import run as drive
     from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
                           load_case_arg)
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                    out / f"{stem}.gif" if args.frames > 0 else None,
                                    n_frames=max(args.frames, 1))
             info.update(r)
-    (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
+    write_json(out / f"{stem}.json", info)
     loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no tumour mask)"
     print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation {loc}; "
           f"wrote {path}")

@@ -10,11 +10,11 @@ Imports only the headless I/O (no torch).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ..core.outputs import dumps
 from ._common import add_sequence_argument, parse_overrides  # noqa: F401  (parse_overrides: API)
 
 
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
                     except RadiogenError as e:
                         entries.append({"case_id": c.name, "error": str(e)})
                 if args.json:
-                    return _emit(json.dumps({"cohort": str(path), "n_cases": len(entries),
-                                             "cases": entries}, indent=2, default=str))
+                    return _emit(dumps({"cohort": str(path), "n_cases": len(entries),
+                                        "cases": entries}))
                 return _emit(_cohort_text(path, entries))
         case = load_case(path, overrides=overrides or None, series=args.series,
                          reference=args.reference)
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError, KeyError) as e:   # defensive: stay one line
         raise RadiogenError(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                             ) from None
-    return _emit(json.dumps(d, indent=2, default=str) if args.json else _case_text(d))
+    return _emit(dumps(d) if args.json else _case_text(d))
 
 
 def _emit(text: str) -> int:

@@ -43,7 +43,6 @@ def bar_chart(scores, path, title: str = "sequence contribution") -> None:
 
 
 def run(args) -> int:
-    import json
     import sys
     from pathlib import Path
 
@@ -52,6 +51,7 @@ def run(args) -> int:
     from ..core import progress
     from ..core.errors import CaseLoadError, RadiogenError
     from ..core.io import list_cases, load_case, write_volume
+    from ..core.outputs import write_json
     from ..core.synthesize import _resolve_model, combine_rankings, rank_sequences
     from ..core.errors import error_text
     from ..core.io import case_id_of
@@ -121,7 +121,7 @@ def run(args) -> int:
                              radiogen_map={"kind": "differentiation map", "target": t})
             files[t] = str(f)
         cj["map_files"] = files
-    (out / "ranking.json").write_text(json.dumps(js, indent=2))
+    write_json(out / "ranking.json", js)
     scores = res.cohort_scores if len(res.cases) > 1 else res.cases[0].scores
     bar_chart(scores, out / "ranking.png",
               f"{len(res.cases)} cases" if len(res.cases) > 1 else res.cases[0].case_id)

@@ -27,13 +27,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
 
     import torch
 
     from ..core import progress
     from ..core.errors import RadiogenError
     from ..core.io import write_volume
+    from ..core.outputs import write_json
     from ..core.synthesize import _resolve_model, synthesize
     from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
                           load_case_arg)
@@ -64,7 +64,7 @@ def run(args) -> int:
         info = res.to_json()
         info.update({"file": str(path), "case_source": case.source,
                      "reference_sequence": case.reference})
-        (out / f"{case.case_id}_{t}_synth.json").write_text(json.dumps(info, indent=2))
+        write_json(out / f"{case.case_id}_{t}_synth.json", info)
         msg = f"{path}  ({t} from {'+'.join(res.sources)}, {res.seconds:.1f} s"
         if res.psnr is not None:
             msg += f", PSNR {res.psnr:.2f} dB, SSIM {res.ssim:.3f} vs the real {t}"

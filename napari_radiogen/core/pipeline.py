@@ -413,7 +413,9 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
         # NIfTI on the case's grid (a pack's nominal grid, as `radiogen explain` writes it);
         # for a pack also the .h5 beside it
         p = d / f"{stem}.nii.gz"
-        write_volume(e.heatmap.astype(np.float32), e.geometry, p)
+        write_volume(e.heatmap.astype(np.float32), e.geometry, p,
+                     radiogen_map={"kind": "heatmap", "task": e.task, "method": e.method,
+                                   "model": e.model})
         paths[f"heatmap_{e.task}"] = str(p)
         if case is not None and case.kind == "slices":
             import h5py

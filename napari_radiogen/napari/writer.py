@@ -35,9 +35,25 @@ def _write(path: str, data: Any, meta: Dict[str, Any], *, labels: bool) -> List[
         raise RadiogenError(f"{path}: only 3D (z, y, x) layers can be written as volumes "
                             f"(this one has shape {arr.shape})")
     geometry = geometry_from_meta(meta or {}, arr.shape)
+    result_map = None if labels else _result_map(meta or {})
     written = write_volume(arr, geometry, path, labels=labels,
-                           synthetic=None if labels else _synthetic(meta or {}))
+                           synthetic=(None if labels else
+                                      False if result_map else _synthetic(meta or {})),
+                           radiogen_map=result_map)
     return [os.fspath(written)]
+
+
+def _result_map(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The map record of a heatmap or differentiation-map layer (its file then says it is no
+    scan, whatever its name), else None."""
+    rg = radiogen_meta(meta)
+    if rg.get("kind") == "differentiation-map":
+        return {"kind": "differentiation map", "target": rg.get("target"),
+                "sources": rg.get("sources"), "model": rg.get("model")}
+    if rg.get("sequence") == "heatmap" and rg.get("task"):
+        return {"kind": "heatmap", "task": rg.get("task"), "method": rg.get("method"),
+                "model": rg.get("model")}
+    return None
 
 
 def _synthetic(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
