@@ -199,8 +199,9 @@ def test_a_stage_delivered_around_cancel_leaves_no_layer(make_napari_viewer, tes
     from napari_radiogen.core.io.cases import load_case
     case = load_case(sample_path)
     vol = case.sequences["flair"]
-    heat = SimpleNamespace(heatmap=np.zeros(vol.array.shape, np.float32), geometry=vol.geometry,
-                           task="idh", method="gradcam", model="test_mil", localisation=None)
+    from napari_radiogen.core.explain import ExplainResult
+    heat = ExplainResult(case.case_id, "idh", "gradcam", "test_mil", "mutant",
+                         np.zeros(vol.array.shape, np.float32), vol.geometry)
     res = StageResult("explain", case.case_id, heat)
     item = aw.PreparedStage(res, aw.stage_layers(res, case.case_id))
     assert item.layers                          # the stage does carry a layer
@@ -487,3 +488,12 @@ def test_analysis_segmentation_layer_names_its_synthetic_inputs():
     res.synthetic_inputs = []
     (_, kw, _), = stage_layers(StageResult("segment", "c1", res), "c1")
     assert radiogen_meta(kw)["synthetic_inputs"] == []
+    # the heatmap layer is the Explain widget's: its synthetic inputs and provenance
+    from napari_radiogen.core.explain import ExplainResult
+    ex = ExplainResult("c1", "idh", "gradcam", "m", "mutant", labels.astype(np.float32), geo,
+                       localisation=0.5, mask_source="segmentation", synthetic_inputs=["t2"])
+    (hdata, hkw, hkind), = stage_layers(StageResult("explain", "c1", ex), "c1")
+    hmeta = radiogen_meta(hkw)
+    assert hkind == "image" and hkw["name"] == "c1 idh gradcam"
+    assert hmeta["synthetic_inputs"] == ["t2"] and hmeta["mask_source"] == "segmentation"
+    assert hmeta["task"] == "idh" and hmeta["localisation"] == 0.5

@@ -21,6 +21,7 @@ from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, 
 from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, device_combo,
                       image_result_data)
 from .layers import LayerData
+from .explain_widget import heatmap_layer_data
 from .segment_widget import result_layer_data as segmentation_layer_data
 from .workers import start_job
 
@@ -277,9 +278,8 @@ def stage_layers(item: StageResult, cid: str) -> List[LayerData]:
         # inputs as sequence names)
         out.append(segmentation_layer_data(v, cid))
     elif item.stage == "explain":
-        out.append(image_result_data(v.heatmap, v.geometry, cid, f"{cid} {v.task} {v.method}",
-                                     model=v.model, task=v.task, method=v.method,
-                                     localisation=v.localisation))
+        # the Explain widget's layer: the same name and metadata (synthetic inputs included)
+        out.append(heatmap_layer_data(v, cid))
     return out
 
 
