@@ -34,7 +34,12 @@ import time
 
 
 _HEADLESS = """
-import sys, time
+import os, sys, time
+# the answers go to the real stdout; anything a library prints goes to stderr (the parent
+# ignores lines that are no answer anyway)
+_answers = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 from napari_radiogen.core.allocator import tune_allocator
 tune_allocator()                                       # as the radiogen command does
 from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
@@ -44,44 +49,123 @@ from napari_radiogen.core.sample import sample_case_path
 case = load_case(sample_case_path())
 an = Analyzer(AnalysisOptions(device=sys.argv[1]))
 run(an.analyze(case))                                  # models loaded, as in the reruns
-print("ready", flush=True)
+print("ready", file=_answers, flush=True)
 for line in sys.stdin:                                 # one timed analysis per request
-    t = time.perf_counter(); run(an.analyze(case)); print(time.perf_counter() - t, flush=True)
+    t = time.perf_counter(); run(an.analyze(case))
+    print(time.perf_counter() - t, file=_answers, flush=True)
 """
+#: how long the plain process may take to load its models, and to answer one analysis
+HEADLESS_TIMEOUT_S = 600.0
 
 
 class HeadlessProcess:
     """The analysis in a plain Python process (no napari, no Qt: what ``radiogen analyze``
     runs, less start-up and file output), models loaded once; :meth:`time_one` runs one
     analysis on request, so that its runs interleave with the viewer's and see the same
-    machine load (while it runs, the viewer's process waits, idle)."""
+    machine load (while it runs, the viewer's process waits, idle).
 
-    def __init__(self, device: str, env: dict):
+    Its answers are read by a thread into a queue, with a time limit
+    (:data:`HEADLESS_TIMEOUT_S`) for the "ready" line and for each timed run; lines that are no
+    answer (a library printing on stdout) are skipped. On a failure or a time-out the process
+    is killed and RuntimeError says why, with the end of its stderr."""
+
+    def __init__(self, device: str, env: dict, timeout: float = HEADLESS_TIMEOUT_S):
+        import queue
         import subprocess
         import tempfile
+        import threading
+        self.timeout = float(timeout)
         self.err = tempfile.TemporaryFile("w+")    # a pipe left unread could fill and block it
         self.proc = subprocess.Popen([sys.executable, "-c", _HEADLESS, device], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"headless process failed:\n{self._stderr()}")
+        self.lines: "queue.Queue" = queue.Queue()      # lines, then None at the end
+        self.reader = threading.Thread(target=self._read, name="headless-stdout", daemon=True)
+        self.reader.start()
+        try:
+            self._wait_for(lambda line: line == "ready", "loading the models")
+        except BaseException:
+            self.kill()
+            raise
+
+    def _read(self) -> None:
+        """Every line of the child's stdout into the queue, then None (end of file)."""
+        try:
+            for line in self.proc.stdout:
+                self.lines.put(line.strip())
+        except (OSError, ValueError):        # the pipe closed under us (the child was killed)
+            pass
+        finally:
+            self.lines.put(None)
+
+    def _wait_for(self, accept, what: str) -> str:
+        """The first line ``accept`` takes, other lines skipped; RuntimeError when the child
+        ends or takes longer than the time limit."""
+        import queue
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"headless process took more than {self.timeout:.0f} s "
+                                   f"{what}; killed. Its stderr:\n{self._stderr()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                try:
+                    status = self.proc.wait(timeout=5)
+                except Exception:
+                    status = None
+                raise RuntimeError(f"headless process ended (status {status}) while {what}:"
+                                   f"\n{self._stderr()}")
+            if accept(line):
+                return line
+
+    @staticmethod
+    def _seconds(line: str) -> bool:
+        try:
+            return float(line) >= 0.0
+        except ValueError:
+            return False
 
     def _stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read()[-2000:]
+        try:
+            self.err.flush()
+            self.err.seek(0)
+            return self.err.read()[-2000:]
+        except (OSError, ValueError):
+            return ""
 
     def time_one(self) -> float:
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"headless process failed:\n{self._stderr()}")
-        return float(line)
+        try:
+            self.proc.stdin.write("run\n")
+            self.proc.stdin.flush()
+            return float(self._wait_for(self._seconds, "running a timed analysis"))
+        except (OSError, ValueError) as e:       # a broken pipe: the child is gone
+            self.kill()
+            raise RuntimeError(f"headless process failed ({e}):\n{self._stderr()}") from None
+        except BaseException:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """Stop the child now (it may hang) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:
+                pass
 
     def close(self) -> None:
+        import subprocess
         if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
         self.err.close()
 
 

@@ -704,3 +704,26 @@ def test_a_2d_picture_is_said_to_be_2d(tmp_path):
     for fn in (load_case, list_cases):
         with pytest.raises(CaseLoadError, match=r"a 2D picture \(PNG\) is not an MRI case"):
             fn(png)
+
+
+def test_percent_is_exported_by_core_io_and_maps_share_the_header_helpers():
+    """``percent`` is part of core.io's interface (core.prepare imports it from there, not
+    from a private module); the synthetic-volume and result-map markings share one set of
+    header helpers."""
+    import ast
+    from pathlib import Path
+
+    import napari_radiogen.core.io as io
+    from napari_radiogen.core import prepare
+    from napari_radiogen.core.io import maps, synthetic
+    assert "percent" in io.__all__ and io.percent(1, 3) == "33%"
+    assert prepare.percent is io.percent
+    tree = ast.parse(Path(prepare.__file__).read_text())
+    private = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and n.module and n.module != "__future__"
+               and any(part.startswith("_") for part in n.module.split("."))]
+    assert private == []
+    assert maps.NOTES_KEYS is synthetic.NOTES_KEYS
+    assert maps.DESCRIP_BYTES == synthetic.DESCRIP_BYTES == 79
+    assert synthetic.merge({"a": 1}, {"a": 2, "b": 3}) == {"a": 1, "b": 3}
+    assert not hasattr(maps, "_clean") and not hasattr(synthetic, "_clean_token")

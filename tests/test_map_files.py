@@ -17,8 +17,8 @@ import SimpleITK as sitk
 
 from napari_radiogen.core.case import Volume
 from napari_radiogen.core.errors import CaseLoadError
-from napari_radiogen.core.io import (detect_sequence, list_cases, load_case, load_volume,
-                                     scan_case, write_volume)
+from napari_radiogen.core.io import (WriteError, detect_sequence, list_cases, load_case,
+                                     load_volume, scan_case, write_volume)
 from napari_radiogen.core.io import maps as M
 
 from test_synthetic_files import OBLIQUE, assert_same_geometry, blob, plain
@@ -123,12 +123,49 @@ def test_maps_are_marked_by_name_or_explicitly(tmp_path):
     assert descrip(out) == ""
     out = write_volume(ref.array, ref.geometry, tmp_path / "P1_flair.nii.gz")
     assert descrip(out) == "" and "radiogen_map" not in load_volume(out).meta
-    with pytest.raises(TypeError, match="not a synthetic sequence"):
-        write_volume(ref.array, ref.geometry, tmp_path / "P1_idh_gradcam.nii.gz",
-                     synthetic={"sequence": "t1ce"})
+    with pytest.raises(WriteError, match="not a synthetic sequence"):
+        write_volume(ref.array, ref.geometry, tmp_path / "m.nii.gz",
+                     synthetic={"sequence": "t1ce"}, radiogen_map={"kind": "heatmap"})
     with pytest.raises(ValueError, match="unknown map kind"):
         write_volume(ref.array, ref.geometry, tmp_path / "m.nii.gz",
                      radiogen_map={"kind": "probability"})
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_what_the_caller_gives_explicitly_wins_over_the_file_name(tmp_path, ext):
+    """A synthetic volume written under a map-like name is synthetic (was a TypeError), a map
+    given explicitly under a _synth name is a map; both at once is a one-line user error."""
+    from napari_radiogen.core.errors import RadiogenError
+    ref = _ref(tmp_path)
+    prov = {"sequence": "t1ce", "sources": ["t1", "t2"], "model": "synth_seq2seq2d"}
+    for given in (prov, True):
+        out = write_volume(ref.array, ref.geometry, tmp_path / f"P1_idh_gradcam{ext}",
+                           synthetic=given)
+        back = load_volume(out)
+        assert back.synthetic is True and "radiogen_map" not in back.meta, given
+        assert_same_geometry(back.geometry, ref.geometry)
+        if ext == ".nii.gz":
+            assert descrip(out).startswith("napari-radiogen synthetic")
+    assert back.meta["synthetic_marked_by"] == ["file header"]
+    # a synthetic Volume given as such: its rank_sequences-like map meta is not used either
+    vol = Volume(ref.array, ref.geometry, synthetic=True,
+                 meta={"kind": "differentiation-map", "target": "t1ce"})
+    back = load_volume(write_volume(vol, tmp_path / f"P1_t1ce_diffmap{ext}", synthetic=prov))
+    assert back.synthetic is True and back.meta["sequence"] == "t1ce"
+    # a map given explicitly under a synthetic-output name
+    out = write_volume(ref.array, ref.geometry, tmp_path / f"P1_t1ce_synth{ext}",
+                       radiogen_map={"kind": "heatmap", "task": "idh", "method": "gradcam"})
+    assert load_volume(out).meta["radiogen_map"]["task"] == "idh"
+    # both explicitly: a user error (WriteError is a RadiogenError), one line, naming the file
+    for syn in (prov, True):
+        with pytest.raises(RadiogenError) as e:
+            write_volume(ref.array, ref.geometry, tmp_path / f"x{ext}", synthetic=syn,
+                         radiogen_map={"kind": "heatmap", "task": "idh"})
+        assert "\n" not in str(e.value) and f"x{ext}" in str(e.value)
+    assert not (tmp_path / f"x{ext}").exists()
+    # nothing explicit: the name decides, as before
+    out = write_volume(ref.array, ref.geometry, tmp_path / f"P2_idh_gradcam{ext}")
+    assert load_volume(out).meta["radiogen_map"]["kind"] == "heatmap"
 
 
 # -- the case reader ----------------------------------------------------------------------------

@@ -441,3 +441,91 @@ def test_a_heatmap_or_differentiation_map_layer_is_written_as_a_map(tmp_path):
     assert after.synthetic_inputs() == ()
     for s in before.sequences:
         np.testing.assert_array_equal(after.sequences[s].array, before.sequences[s].array)
+
+
+@pytest.mark.parametrize("name,rmap,layer_name,expect", [
+    # by its name and its header (what radiogen explain / analyze writes)
+    ("P1_idh_gradcampp.nii.gz", {"kind": "heatmap", "task": "idh", "method": "gradcam++",
+                                 "model": "test_mil"},
+     "P1 idh gradcam++", {"kind": "heatmap", "task": "idh", "method": "gradcam++",
+                          "model": "test_mil"}),
+    # by its name only (a heatmap written before the header was filled)
+    ("P2_grade_occlusion.nii.gz", False, "P2 grade occlusion",
+     {"kind": "heatmap", "task": "grade", "method": "occlusion"}),
+    # by its header only, under a name that says nothing; NRRD
+    ("ranking.nrrd", {"kind": "differentiation map", "target": "t1ce",
+                      "sources": ["t1", "t2", "flair"], "model": "synth_seq2seq2d"},
+     "ranking t1ce differentiation map",
+     {"kind": "differentiation map", "target": "t1ce", "sources": ["t1", "t2", "flair"],
+      "model": "synth_seq2seq2d"}),
+    ("P3_t2_diffmap.nii.gz", None, "P3 t2 differentiation map",
+     {"kind": "differentiation map", "target": "t2"}),
+])
+def test_a_map_file_opened_in_the_viewer_is_saved_as_a_map_again(tmp_path, name, rmap,
+                                                                  layer_name, expect):
+    """A heatmap or differentiation map read by the plugin's reader is a map layer (the
+    metadata the Explain/Analyze and Synthesis widgets give theirs), so saving it under a
+    neutral name writes a file that still says it is a map, on the same grid."""
+    from napari_radiogen.core.io import load_volume, write_volume
+    from napari_radiogen.napari.reader import read_path
+    from napari_radiogen.napari.writer import write_image
+    from test_synthetic_files import assert_same_geometry, blob, plain
+
+    ref = load_volume(plain(blob(3), tmp_path / "ref_flair.nii.gz"))
+    arr = (ref.array - ref.array.min()) / (ref.array.max() - ref.array.min())
+    src = tmp_path / "maps" / name
+    if rmap is False:       # no header: SimpleITK alone, the map known by its name
+        img = sitk.ReadImage(str(tmp_path / "ref_flair.nii.gz"))
+        img = sitk.GetImageFromArray(sitk.GetArrayFromImage(img).astype(np.float32) * 0.001)
+        img.CopyInformation(sitk.ReadImage(str(tmp_path / "ref_flair.nii.gz")))
+        src.parent.mkdir()
+        sitk.WriteImage(img, str(src))
+    else:
+        write_volume(arr, ref.geometry, src, radiogen_map=rmap)
+    first = load_volume(src)
+    assert first.meta["radiogen_map"] == expect
+
+    [(data, kw, kind)] = read_path(str(src))
+    rg = kw["metadata"]["radiogen"]
+    assert kind == "image" and kw["name"] == layer_name
+    assert kw["colormap"] == "inferno" and rg["result"] is True     # a result, not a case
+    if expect["kind"] == "heatmap":
+        assert rg["sequence"] == "heatmap"
+        assert {k: rg.get(k) for k in ("task", "method")} == {
+            k: expect.get(k) for k in ("task", "method")}
+    else:
+        assert rg["kind"] == "differentiation-map" and rg["target"] == expect["target"]
+        assert rg["sequence"] == f"diffmap-{expect['target']}"
+        assert rg.get("sources") == expect.get("sources")
+    assert rg.get("model") == expect.get("model")
+
+    for neutral in ("scan.nii.gz", "scan.mha"):
+        out = Path(write_image(str(tmp_path / "saved" / neutral), data, kw)[0])
+        back = load_volume(out)
+        assert back.meta["radiogen_map"] == expect, neutral
+        assert back.synthetic is False
+        assert_same_geometry(back.geometry, first.geometry)
+        np.testing.assert_allclose(back.array, first.array, rtol=0, atol=1e-6)
+
+
+def test_a_synthetic_layer_saved_under_a_map_like_name_is_written_synthetic(tmp_path):
+    """A synthetic layer's metadata says what it is: a map-like file name does not make it a
+    map (nor raise), and the file reads back synthetic."""
+    from napari_radiogen.core.case import Volume
+    from napari_radiogen.core.io import load_volume
+    from napari_radiogen.napari.layers import image_layer_data
+    from napari_radiogen.napari.writer import write_image
+    from test_synthetic_files import assert_same_geometry, blob, plain
+
+    ref = load_volume(plain(blob(4), tmp_path / "ref_flair.nii.gz"))
+    syn = Volume(ref.array * 0.01, ref.geometry, synthetic=True)
+    data, kw, _ = image_layer_data(syn, case_id="P1", sequence="t1ce",
+                                   name="P1 t1ce (synthetic)", sources=["t1", "t2", "flair"],
+                                   model="synth_seq2seq2d")
+    out = Path(write_image(str(tmp_path / "P1_idh_gradcam.nii.gz"), data, kw)[0])
+    descrip = nib.load(str(out)).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert descrip == "napari-radiogen synthetic t1ce from t1,t2,flair by synth_seq2seq2d"
+    back = load_volume(out)
+    assert back.synthetic is True and "radiogen_map" not in back.meta
+    assert back.meta["sequence"] == "t1ce" and back.meta["model"] == "synth_seq2seq2d"
+    assert_same_geometry(back.geometry, ref.geometry)

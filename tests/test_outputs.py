@@ -106,3 +106,22 @@ def test_model_cards_and_the_model_listing_are_strict_json(tmp_path, capsys):
     assert main(["models", "--json"]) == 0
     listing = strict_loads(capsys.readouterr().out)
     assert listing and all("card" in m for m in listing)
+
+
+def test_clinical_feature_keys_follow_the_radiomics_models_clinical_features():
+    """The de-identification's clinical keys come from ``core.radiomics.CLINICAL_FEATURES``
+    (one source): a clinical feature added there is left out of written files too."""
+    import subprocess
+    import sys
+    from napari_radiogen.core.outputs import CLINICAL_FEATURE_KEYS
+    from napari_radiogen.core.radiomics import CLINICAL_FEATURES
+    assert set(CLINICAL_FEATURES) <= set(CLINICAL_FEATURE_KEYS)
+    assert {"sex", "gender", "age_at_initial_pathologic"} <= set(CLINICAL_FEATURE_KEYS)
+    script = ("import napari_radiogen.core.radiomics as r; r.CLINICAL_FEATURES.append('kps'); "
+              "from napari_radiogen.core.outputs import CLINICAL_FEATURE_KEYS as K, "
+              "deidentified_prediction as d; "
+              "print('kps' in K, d({'features': {'kps': 90, 'volume_ml': 1}})[1])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "['features.kps']"]

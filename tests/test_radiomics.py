@@ -327,12 +327,29 @@ def test_cli_predict_with_the_radiomics_model(tmp_path):
     from predict_helpers import write_pack
     pack = write_pack(tmp_path / "PH_0007.h5", make_pack_phantom(seed=7, n_slices=14))
     assert main(["predict", str(pack), "--out", str(tmp_path / "o"),
-                 "--model", "predict_radiomics"]) == 0
+                 "--model", "predict_radiomics", "--age", "61", "--sex", "F"]) == 0
     js = json.loads((tmp_path / "o" / "PH_0007_predictions.json").read_text())
     assert js["model"] == "predict_radiomics"
     assert set(js["tasks"]["idh"]) == {"mutant", "wildtype"}
     assert js["card"]["validated"]["idh"]["auc_mean"] > 0.8
     assert "features" in js and js["attention"] == {}
+    # de-identified by default, as radiogen analyze writes its predictions.json: the age and
+    # sex the model read are not in the file, which says so
+    assert "age" not in js["features"] and "sex_male" not in js["features"]
+    assert js["deidentified"] is True
+    assert js["removed_fields"] == ["features.age", "features.sex_male"]
+    assert "volume_ml" in js["features"]
+    # --identified: kept, and the rest of the file unchanged
+    assert main(["predict", str(pack), "--out", str(tmp_path / "i"),
+                 "--model", "predict_radiomics", "--age", "61", "--sex", "F",
+                 "--identified"]) == 0
+    ji = json.loads((tmp_path / "i" / "PH_0007_predictions.json").read_text())
+    assert ji["features"]["age"] == 61.0 and ji["features"]["sex_male"] == 0.0
+    assert ji["deidentified"] is False and "removed_fields" not in ji
+    assert ji["tasks"] == js["tasks"]
+    assert {k: v for k, v in ji["features"].items() if k not in ("age", "sex_male")} \
+        == js["features"]
+    assert set(ji) - {"seconds"} == set(js) - {"removed_fields", "deidentification", "seconds"}
 
 
 @pytest.mark.shared

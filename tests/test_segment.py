@@ -268,11 +268,21 @@ def test_cli_pack_and_batch_with_bad_case(tiny2d, tmp_path, capsys):
         assert f["mask"].shape == case.labels.array.shape
     js = json.loads((out / "P1_seg.json").read_text())
     assert "WT" in js["volumes_ml"]
+    # de-identified by default: the case id, not the case's path (which may name the patient)
+    assert js["source"] == "P1" and js["deidentified"] is True
+    assert str(cohort) not in json.dumps(js)
     import csv
     rows = list(csv.DictReader(open(out / "volumes.csv")))
     assert [r["status"] for r in rows] == ["ok", "failed"]
     err = capsys.readouterr().err
     assert "P2" in err and "failed" in err
+    # --identified: the path the case was read from
+    out2 = tmp_path / "out2"
+    assert main(["segment", str(cohort / "P1.h5"), "--out", str(out2), "--model",
+                 "tiny_seg2d_test", "--device", "cpu", "--identified"]) == 0
+    ji = json.loads((out2 / "P1_seg.json").read_text())
+    assert ji["deidentified"] is False and Path(ji["source"]).name == "P1.h5"
+    assert set(ji) == set(js)
 
 
 def test_cli_missing_sequence_exit2(tiny3d, tmp_path, capsys):

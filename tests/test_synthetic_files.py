@@ -282,6 +282,19 @@ def test_radiogen_synthesize_records_sources_and_model_in_the_header(tmp_path):
     f = out / "P1_t1ce_synth.nii.gz"
     assert nib.load(str(f)).header["descrip"].tobytes().rstrip(b"\0").decode() == \
         "napari-radiogen synthetic t1ce from t2,flair by tiny-synth"
+    # the JSON beside it: de-identified by default (the case id, not the case's path),
+    # --identified writes the path
+    info = json.loads((out / "P1_t1ce_synth.json").read_text())
+    assert info["case_source"] == "P1" and info["deidentified"] is True
+    assert str(d) not in json.dumps(info)
+    out2 = tmp_path / "out2"
+    assert main(["synthesize", str(d), "--target", "t1ce", "--sources", "t2", "flair",
+                 "--model", str(synth), "--device", "cpu", "--out", str(out2),
+                 "--identified"]) == 0
+    info2 = json.loads((out2 / "P1_t1ce_synth.json").read_text())
+    assert info2["deidentified"] is False
+    assert Path(info2["case_source"]).resolve() == d.resolve()
+    assert set(info2) == set(info)
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(f, alone / "scan.nii.gz")                  # no JSON, a name that says nothing

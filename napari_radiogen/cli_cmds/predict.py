@@ -11,6 +11,11 @@ Writes ``DIR/<case_id>_predictions.json`` per case::
 
 A folder (cohort) also gets ``DIR/summary.csv`` (one row per case). Age and sex are taken from
 ``--age/--sex`` or from the case's clinical table (packs next to a ``clinical.csv``).
+
+The JSON is de-identified by default, as ``radiogen analyze`` writes it: the clinical fields the
+prediction read (``features.age``, ``features.sex_male`` of a segment-then-classify model) are
+left out, listed in ``removed_fields`` (``"deidentified": true``); ``--identified`` keeps them
+(``"deidentified": false``). The prediction itself used them either way.
 """
 from __future__ import annotations
 
@@ -52,6 +57,9 @@ def add_arguments(p) -> None:
                    help=f"age in years, {AGE_RANGE[0]:g} to {AGE_RANGE[1]:g} (used when the "
                         "model fuses clinical data)")
     p.add_argument("--sex", choices=["M", "F", "m", "f"], help="sex (used when the model fuses it)")
+    p.add_argument("--identified", action="store_true",
+                   help="include clinical fields (age, sex) in the JSON files (default: "
+                        "de-identified)")
 
 
 def _row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
@@ -71,7 +79,7 @@ def _row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
 def run(args) -> int:
 
     from ..core.models import atomic_write_text, load_model, resolve_device
-    from ..core.outputs import dumps
+    from ..core.outputs import deidentification_fields, dumps, prediction_for_output
     from ..core.predict import TASK, default_model_name, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
@@ -92,7 +100,9 @@ def run(args) -> int:
     def one(case):
         res = drive(predict(case, model, clinical=clinical or None, device=device))
         j = ensure_out_dir(out) / f"{res.case_id}_predictions.json"
-        atomic_write_text(j, dumps(res.to_json()))
+        deidentify = not args.identified
+        pred, removed = prediction_for_output(res.to_json(), deidentify)
+        atomic_write_text(j, dumps({**pred, **deidentification_fields(deidentify, removed)}))
         t = res.tasks
         return res, (f"IDH-mutant {t['idh']['mutant']:.2f}, 1p/19q-codel "
                      f"{t['codel_1p19q']['codel']:.2f}, grade 3 {t['grade']['3']:.2f}"), j

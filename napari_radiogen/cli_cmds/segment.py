@@ -9,6 +9,10 @@ Writes, per case, on the reference sequence's native grid and geometry:
   1 = FLAIR abnormality) and the JSON;
 * ``DIR/volumes.csv``: one row per case (volumes in mL, status).
 
+The JSON is de-identified by default (``"deidentified": true``): its ``source`` is the case id,
+not the path the case was read from (which may name the patient); ``--identified`` writes the
+path.
+
 A folder of cases is processed one by one (one progress line each); a case that fails is
 reported and skipped, and the exit status is 1 if any failed.
 """
@@ -29,10 +33,14 @@ def add_arguments(p) -> None:
     add_device_argument(p)
     add_sequence_argument(p)
     p.add_argument("--csv", help="volume table path (default OUT/volumes.csv)")
+    p.add_argument("--identified", action="store_true",
+                   help="write the case's path in the JSON files (default: de-identified, "
+                        "the case id)")
 
 
-def write_outputs(res, case, out_dir) -> dict:
-    """Write labels (NIfTI on the source grid, or the pack mask) and the JSON summary."""
+def write_outputs(res, case, out_dir, *, deidentify: bool = True) -> dict:
+    """Write labels (NIfTI on the source grid, or the pack mask) and the JSON summary
+    (``deidentify``: its ``source`` is the case id, not the case's path)."""
 
     from ..core.io import write_pack_mask, write_volume
     from ..core.models import atomic_write_text
@@ -50,7 +58,8 @@ def write_outputs(res, case, out_dir) -> dict:
     j = out / f"{res.case_id}_seg.json"
     summary = res.summary()
     summary["files"] = {"labels": str(p)}
-    summary["source"] = case.source
+    summary["source"] = case.case_id if deidentify else case.source
+    summary["deidentified"] = bool(deidentify)
     atomic_write_text(j, dumps(summary))
     files["json"] = str(j)
     return files
@@ -92,7 +101,7 @@ def run(args) -> int:
 
     def one(case):
         res = drive(segment(case, get_model(case), device=device))
-        files = write_outputs(res, case, out)
+        files = write_outputs(res, case, out, deidentify=not args.identified)
         v = res.volumes_ml
         text = (f"WT {v['WT']:.1f} mL" + (f", TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
                                            if res.kind == "volume" else ""))

@@ -4,6 +4,10 @@ Writes ``DIR/<case_id>_<target>_synth.nii.gz`` (on the reference sequence's sour
 opens aligned with the acquired scans; intensities in normalised units 0..1), whose header says it
 is synthetic, from which sources and with which model (NIfTI ``descrip``), and a JSON beside it
 saying the same, with the PSNR/SSIM against the real sequence when the case has it.
+
+The JSON is de-identified by default (``"deidentified": true``): its ``case_source`` is the case
+id, not the path the case was read from (which may name the patient); ``--identified`` writes
+the path.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ def add_arguments(p) -> None:
     add_device_argument(p)
     add_sequence_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--identified", action="store_true",
+                   help="write the case's path in the JSON files (default: de-identified, "
+                        "the case id)")
 
 
 def run(args) -> int:
@@ -62,8 +69,10 @@ def run(args) -> int:
         # (NIfTI descrip 'napari-radiogen synthetic t1ce from t1,t2,flair by <model>')
         path = write_volume(res.volume, out / f"{case.case_id}_{t}_synth.nii.gz")
         info = res.to_json()
-        info.update({"file": str(path), "case_source": case.source,
-                     "reference_sequence": case.reference})
+        info.update({"file": str(path),
+                     "case_source": case.source if args.identified else case.case_id,
+                     "reference_sequence": case.reference,
+                     "deidentified": not args.identified})
         write_json(out / f"{case.case_id}_{t}_synth.json", info)
         msg = f"{path}  ({t} from {'+'.join(res.sources)}, {res.seconds:.1f} s"
         if res.psnr is not None:

@@ -23,9 +23,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .radiomics import CLINICAL_FEATURES      # numpy only: cheap to import
+
+#: the clinical record's other spellings of those fields (``--age/--sex``, TCGA's
+#: ``clinical.csv``: ``age_at_initial_pathologic``, ``gender``)
+_CLINICAL_SPELLINGS = ("sex", "gender", "age_at_initial_pathologic")
 #: fields of a prediction's ``features`` that come from the patient's clinical record (the
 #: radiomics model's ``core.radiomics.CLINICAL_FEATURES`` and their usual spellings)
-CLINICAL_FEATURE_KEYS = ("age", "sex_male", "sex", "gender", "age_at_initial_pathologic")
+CLINICAL_FEATURE_KEYS = tuple(dict.fromkeys([*(str(f).lower() for f in CLINICAL_FEATURES),
+                                             *_CLINICAL_SPELLINGS]))
 #: what a de-identified file says about the removed fields
 DEIDENTIFIED_NOTE = ("de-identified: no clinical fields (age, sex, survival...); those the "
                      "prediction read are left out of every file written (removed_fields), not "

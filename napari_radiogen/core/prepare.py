@@ -42,7 +42,7 @@ from scipy import ndimage
 from . import progress as _progress
 from .case import SEQUENCES, Case, Geometry, Volume
 from .errors import GeometryError, MissingSequenceError, RadiogenError
-from .io._util import percent
+from .io import percent
 
 __all__ = [
     "PreparedCase", "prepare", "to_native", "uncrop", "denormalise",

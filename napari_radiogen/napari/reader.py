@@ -103,8 +103,9 @@ def _case_id_from_file(p: Path, sequence: Optional[str]) -> str:
 
 
 def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
-    """One volume file as one layer: labels when the name says seg/label/mask, else an image
-    named ``<case> <sequence>`` (the sequence guessed from the file name)."""
+    """One volume file as one layer: labels when the name says seg/label/mask; a result map
+    of the package (a heatmap, a differentiation map) as the widgets that make one show it;
+    else an image named ``<case> <sequence>`` (the sequence guessed from the file name)."""
     from ..core.io import load_volume
     from ..core.io.detect import detect_sequence
     from .layers import label_names_for
@@ -116,12 +117,48 @@ def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
     if kind == "labels":
         return [labels_layer_data(vol, case_id=case_id, source=str(p),
                                   label_names=label_names_for(None))]
+    if vol.meta.get("radiogen_map"):
+        return [_map_layer_data(vol, p, vol.meta["radiogen_map"], case_id)]
     if vol.synthetic and not seq:
         seq = vol.meta.get("sequence")          # a name that says nothing, a header of ours
     name = f"{case_id} {seq}" if seq else case_id
     return [image_layer_data(vol, case_id=case_id, sequence=seq or "image", source=str(p),
                              name=name + (" (synthetic)" if vol.synthetic else ""),
                              **_synthetic_meta(vol))]
+
+
+def _map_layer_data(vol, p: Path, rmap: dict, case_id: str) -> LayerData:
+    """A result map of the package (a heatmap, a differentiation map: its header or name says
+    so, ``vol.meta["radiogen_map"]``) as the widgets that make one show it: a heatmap as the
+    Explain/Analyze widgets do (``<case> <task> <method>``, ``sequence="heatmap"``, ``task``,
+    ``method``, ``model``), a differentiation map as the Synthesis widget does (``<case> <target>
+    differentiation map``, ``kind="differentiation-map"``, ``target``, ``sources``, ``model``);
+    a result layer (not a case of its own), whose radiogen metadata keeps the map's record, so
+    saving it writes a map again whatever the new file's name."""
+    from ..core.io.detect import strip_extension
+    from ..core.io.maps import HEATMAP, case_of_stem
+
+    case_id = case_of_stem(strip_extension(p.name)) or case_id
+    arr = vol.array
+    hi = float(arr.max()) if arr.size else 1.0
+    meta = {k: rmap[k] for k in ("model",) if rmap.get(k)}
+    if rmap.get("kind") == HEATMAP:
+        words = [rmap[k] for k in ("task", "method") if rmap.get(k)]
+        name = " ".join([case_id] + words + ([] if words else ["heatmap"]))
+        meta.update({k: rmap[k] for k in ("task", "method") if rmap.get(k)})
+        lo = float(arr.min()) if arr.size else 0.0
+        look = dict(sequence="heatmap", opacity=0.5,
+                    contrast=(0.0, 1.0) if lo >= 0.0 and hi <= 1.0 else None)
+    else:
+        t = rmap.get("target")
+        name = f"{case_id} {t} differentiation map" if t else f"{case_id} differentiation map"
+        meta.update(kind="differentiation-map", **{k: rmap[k] for k in ("target", "sources")
+                                                   if rmap.get(k)})
+        look = dict(sequence=f"diffmap-{t}" if t else "diffmap", opacity=0.6,
+                    contrast=(0.0, max(0.05, hi)))
+    return image_layer_data(vol, case_id=case_id, source=str(p), name=name, colormap="inferno",
+                            blending="additive", result=True, radiogen_map=dict(rmap),
+                            **look, **meta)
 
 
 def _synthetic_meta(vol) -> dict:

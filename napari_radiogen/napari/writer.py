@@ -8,7 +8,10 @@ z/y/x). Writing goes through :func:`napari_radiogen.core.io.write_volume`.
 An image layer whose radiogen metadata says ``synthetic`` (a synthesised sequence) is written as
 a synthetic volume: the file records it (NIfTI ``descrip`` "napari-radiogen synthetic t1ce from
 t1,t2,flair", NRRD/MetaImage key/value fields), so reading it back, alone or in a case folder,
-gives a synthetic sequence again.
+gives a synthetic sequence again. A heatmap or differentiation-map layer (the Explain, Analyze
+and Synthesis widgets' layers, or a map file opened with the reader) is written as a map, never
+synthetic, whatever the file's name; a synthetic layer is written synthetic even under a map's
+name (``P1_idh_gradcam.nii.gz``).
 """
 from __future__ import annotations
 
@@ -53,6 +56,9 @@ def _result_map(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     if rg.get("sequence") == "heatmap" and rg.get("task"):
         return {"kind": "heatmap", "task": rg.get("task"), "method": rg.get("method"),
                 "model": rg.get("model")}
+    read = rg.get("radiogen_map")           # a map file read by the reader, as its file said
+    if isinstance(read, dict) and read.get("kind"):
+        return dict(read)
     return None
 
 

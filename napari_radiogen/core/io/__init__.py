@@ -3,6 +3,7 @@ HDF5 slice packs, sequence-name detection, and writers that put results back on 
 
 Headless: SimpleITK, nibabel, h5py only (no Qt, napari or torch).
 """
+from ._util import percent  # noqa: F401  (a share as messages write it: 64%, 0.54%, <0.01%)
 from .cases import (GridError, case_id_of, list_cases, load_case,  # noqa: F401
                     normalise_overrides, scan_case, scan_folder)
 from .detect import (VOLUME_EXTENSIONS, canonical_sequence_name, detect_sequence,  # noqa: F401
@@ -17,4 +18,5 @@ __all__ = [
     "write_pack_mask", "load_pack", "scan_case", "scan_folder", "list_series", "SeriesInfo",
     "GridError", "WriteError", "canonical_sequence_name", "normalise_overrides",
     "strip_extension", "volume_extension", "pack_info", "VOLUME_EXTENSIONS", "case_id_of",
+    "percent",
 ]

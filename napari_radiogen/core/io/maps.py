@@ -24,6 +24,9 @@ import re
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..case import SEQUENCES
+from . import _marks
+from ._marks import (clean_token, fit_description, from_notes, listed, sequence_name,
+                     sequence_names, split_list)
 
 HEATMAP = "heatmap"
 DIFFMAP = "differentiation map"
@@ -32,7 +35,7 @@ KINDS = (HEATMAP, DIFFMAP)
 #: the start of NIfTI's ``descrip`` (and ``ITK_FileNotes``) for each kind of map
 DESCRIP_PREFIX = {HEATMAP: "napari-radiogen heatmap",
                   DIFFMAP: "napari-radiogen differentiation map"}
-DESCRIP_BYTES = 79
+DESCRIP_BYTES = _marks.DESCRIP_BYTES           # shared with .synthetic
 KEY_MAP = "radiogen_map"
 KEY_TASK = "radiogen_task"
 KEY_METHOD = "radiogen_method"
@@ -40,7 +43,7 @@ KEY_TARGET = "radiogen_target"
 KEY_SOURCES = "radiogen_sources"
 KEY_MODEL = "radiogen_model"
 HEADER_KEYS = (KEY_MAP, KEY_TASK, KEY_METHOD, KEY_TARGET, KEY_SOURCES, KEY_MODEL)
-NOTES_KEYS = ("descrip", "ITK_FileNotes")
+NOTES_KEYS = _marks.NOTES_KEYS
 
 #: :data:`napari_radiogen.core.explain.TASKS` and the file-name spelling of its METHODS
 TASKS = ("idh", "codel_1p19q", "grade")
@@ -54,11 +57,6 @@ _DIFFMAP_RE = re.compile(r"^(?:(?P<case>.+?)[_\-.])??(?:(?P<target>" + "|".join(
                          + r")[_\-.])?diffmap$", re.I)
 _DESCRIP_RE = re.compile(r"^napari-radiogen (?P<kind>heatmap|differentiation map)(?P<rest>.*)$",
                          re.I)
-_WORD_RE = re.compile(r"[^A-Za-z0-9_.+\-]+")
-
-
-def _clean(x: Any) -> str:
-    return _WORD_RE.sub("_", str(x)).strip("_")
 
 
 def info(kind: str, *, task: Optional[str] = None, method: Optional[str] = None,
@@ -73,17 +71,26 @@ def info(kind: str, *, task: Optional[str] = None, method: Optional[str] = None,
         raise ValueError(f"unknown map kind {kind!r}; one of {', '.join(KINDS)}")
     out: Dict[str, Any] = {"kind": k}
     if task:
-        out["task"] = _clean(task).lower()
+        out["task"] = clean_token(task).lower()
     if method:
-        out["method"] = _clean(method).lower()
-    if target and str(target).lower() in SEQUENCES:
-        out["target"] = str(target).lower()
-    src = [str(s).lower() for s in (sources or []) if str(s).lower() in SEQUENCES]
+        out["method"] = clean_token(method).lower()
+    tgt = sequence_name(target)
+    if tgt:
+        out["target"] = tgt
+    src = sequence_names(sources)
     if src:
         out["sources"] = src
     if model:
-        out["model"] = _clean(model)
+        out["model"] = clean_token(model)
     return out
+
+
+def from_mapping(given: Mapping[str, Any]) -> Dict[str, Any]:
+    """The map a caller gives as a mapping (``kind`` and ``task``, ``method``, ``target``,
+    ``sources``, ``model``); ValueError for a kind that is no map."""
+    return info(given.get("kind", ""), task=given.get("task"), method=given.get("method"),
+                target=given.get("target"), sources=listed(given.get("sources")),
+                model=given.get("model"))
 
 
 def from_stem(stem: str) -> Optional[Dict[str, Any]]:
@@ -97,6 +104,13 @@ def from_stem(stem: str) -> Optional[Dict[str, Any]]:
     if m:
         return info(DIFFMAP, target=m.group("target"))
     return None
+
+
+def case_of_stem(stem: str) -> Optional[str]:
+    """The case id a map's file stem starts with (``P1_idh_gradcampp`` -> ``P1``,
+    ``P1_t1ce_diffmap`` -> ``P1``), or None (``diffmap``, or no map name)."""
+    m = _HEATMAP_RE.match(stem) or _DIFFMAP_RE.match(stem)
+    return (m.group("case") or None) if m else None
 
 
 def from_name(name: Any) -> Optional[Dict[str, Any]]:
@@ -113,10 +127,7 @@ def from_volume_meta(meta: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     kind = str(meta.get("kind") or "").strip().lower().replace("-", " ")
     if kind not in KINDS:
         return None
-    src = meta.get("sources")
-    return info(kind, task=meta.get("task"), method=meta.get("method"),
-                target=meta.get("target"), sources=src if isinstance(src, (list, tuple)) else None,
-                model=meta.get("model"))
+    return from_mapping({**meta, "kind": kind})
 
 
 def description(m: Mapping[str, Any]) -> str:
@@ -129,10 +140,7 @@ def description(m: Mapping[str, Any]) -> str:
         head += f" {m['target']}"
     src = f" from {','.join(m['sources'])}" if m.get("sources") else ""
     model = f" by {m['model']}" if m.get("model") else ""
-    for text in (head + src + model, head + model, head):
-        if len(text.encode("ascii", "replace")) <= DESCRIP_BYTES:
-            return text
-    return head[:DESCRIP_BYTES]
+    return fit_description((head + src + model, head + model, head), head)
 
 
 def header_fields(m: Mapping[str, Any], nifti: bool) -> Dict[str, str]:
@@ -178,17 +186,12 @@ def from_header(fields: Mapping[str, str]) -> Optional[Dict[str, Any]]:
     kind = str(fields.get(KEY_MAP, "")).strip()
     if kind:
         try:
-            src = fields.get(KEY_SOURCES)
             return info(kind, task=fields.get(KEY_TASK), method=fields.get(KEY_METHOD),
                         target=fields.get(KEY_TARGET), model=fields.get(KEY_MODEL),
-                        sources=src.split(",") if src else None)
+                        sources=split_list(fields.get(KEY_SOURCES)))
         except ValueError:
             pass                        # a kind we do not know: look at the sentence
-    for k in NOTES_KEYS:
-        m = parse_description(fields.get(k))
-        if m is not None:
-            return m
-    return None
+    return from_notes(fields, parse_description)
 
 
 def reason(m: Mapping[str, Any], how: str = "name") -> str:

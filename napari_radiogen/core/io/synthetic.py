@@ -23,20 +23,24 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..case import SEQUENCES
+from . import _marks
+from ._marks import (clean_token, fit_description, from_notes, listed, sequence_name,
+                     sequence_names, split_list)
 from .detect import detect_sequence, strip_extension
 
 PathLike = Union[str, Path]
 
 #: the start of NIfTI's ``descrip`` (and of ``ITK_FileNotes``) for a synthetic volume
 DESCRIP_PREFIX = "napari-radiogen synthetic"
-#: NIfTI's ``descrip`` holds 80 bytes, the last one a NUL
-DESCRIP_BYTES = 79
 KEY_SYNTHETIC = "radiogen_synthetic"
 KEY_SEQUENCE = "radiogen_sequence"
 KEY_SOURCES = "radiogen_sources"
 KEY_MODEL = "radiogen_model"
-NOTES_KEYS = ("descrip", "ITK_FileNotes")
+#: NIfTI's ``descrip`` holds 80 bytes, the last one a NUL (shared with :mod:`.maps`)
+DESCRIP_BYTES = _marks.DESCRIP_BYTES
+NOTES_KEYS = _marks.NOTES_KEYS
+#: provenance records merged, the first that has a field wins
+merge = _marks.merge
 
 #: ``..._t1ce_synth``, ``...-flair-synthetic``: the suffix the package gives synthetic outputs
 _SYNTH_SUFFIX_RE = re.compile(r"^(.*?)[_\-.](?:synth|synthetic)$", re.I)
@@ -58,17 +62,14 @@ def has_synth_suffix(name: PathLike) -> bool:
     return strip_synth_suffix(stem) != stem
 
 
-def _clean_token(x: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+\-]+", "_", str(x)).strip("_")
-
-
 def provenance(sequence: Optional[str] = None, sources: Optional[Sequence[str]] = None,
                model: Optional[str] = None) -> Dict[str, Any]:
     """A provenance record ``{"sequence", "sources", "model"}`` (missing parts left out)."""
     out: Dict[str, Any] = {}
-    if sequence and str(sequence).lower() in SEQUENCES:
-        out["sequence"] = str(sequence).lower()
-    src = [str(s).lower() for s in (sources or []) if str(s).lower() in SEQUENCES]
+    seq = sequence_name(sequence)
+    if seq:
+        out["sequence"] = seq
+    src = sequence_names(sources)
     if src:
         out["sources"] = src
     if model:
@@ -78,9 +79,13 @@ def provenance(sequence: Optional[str] = None, sources: Optional[Sequence[str]] 
 
 def from_volume_meta(meta: Mapping[str, Any], sequence: Optional[str] = None) -> Dict[str, Any]:
     """The provenance of a synthetic volume from its ``meta`` (as :func:`synthesize` sets it)."""
-    src = meta.get("sources")
     return provenance(meta.get("sequence") or meta.get("target") or sequence,
-                      src if isinstance(src, (list, tuple)) else None, meta.get("model"))
+                      listed(meta.get("sources")), meta.get("model"))
+
+
+def from_mapping(given: Mapping[str, Any]) -> Dict[str, Any]:
+    """The provenance a caller gives as a mapping (``sequence``, ``sources``, ``model``)."""
+    return provenance(given.get("sequence"), listed(given.get("sources")), given.get("model"))
 
 
 def from_name(name: PathLike) -> Optional[Dict[str, Any]]:
@@ -97,11 +102,8 @@ def description(prov: Mapping[str, Any]) -> str:
     ``descrip`` (the model goes first, then the sources)."""
     head = DESCRIP_PREFIX + (f" {prov['sequence']}" if prov.get("sequence") else "")
     src = f" from {','.join(prov['sources'])}" if prov.get("sources") else ""
-    model = f" by {_clean_token(prov['model'])}" if prov.get("model") else ""
-    for text in (head + src + model, head + src, head):
-        if len(text.encode("ascii", "replace")) <= DESCRIP_BYTES:
-            return text
-    return head[:DESCRIP_BYTES]  # pragma: no cover - the head alone always fits
+    model = f" by {clean_token(prov['model'])}" if prov.get("model") else ""
+    return fit_description((head + src + model, head + src, head), head)
 
 
 def header_fields(prov: Mapping[str, Any], nifti: bool) -> Dict[str, str]:
@@ -115,7 +117,7 @@ def header_fields(prov: Mapping[str, Any], nifti: bool) -> Dict[str, str]:
         if prov.get("sources"):
             out[KEY_SOURCES] = ",".join(prov["sources"])
         if prov.get("model"):
-            out[KEY_MODEL] = _clean_token(prov["model"])
+            out[KEY_MODEL] = clean_token(prov["model"])
     return out
 
 
@@ -136,15 +138,9 @@ def from_header(fields: Mapping[str, str]) -> Optional[Dict[str, Any]]:
     ``ITK_FileNotes`` sentence of ours), or None when the header does not say synthetic."""
     flag = str(fields.get(KEY_SYNTHETIC, "")).strip().lower()
     if flag in ("1", "true", "yes"):
-        src = fields.get(KEY_SOURCES)
-        return provenance(fields.get(KEY_SEQUENCE),
-                          [s.strip() for s in src.split(",")] if src else None,
+        return provenance(fields.get(KEY_SEQUENCE), split_list(fields.get(KEY_SOURCES)),
                           fields.get(KEY_MODEL))
-    for k in NOTES_KEYS:
-        prov = parse_description(fields.get(k))
-        if prov is not None:
-            return prov
-    return None
+    return from_notes(fields, parse_description)
 
 
 def from_sidecar(path: PathLike) -> Optional[Dict[str, Any]]:
@@ -160,18 +156,7 @@ def from_sidecar(path: PathLike) -> Optional[Dict[str, Any]]:
         return None
     if not isinstance(info, dict) or info.get("synthetic") is not True:
         return None
-    src = info.get("sources")
-    return provenance(info.get("target"), src if isinstance(src, list) else None,
-                      info.get("model"))
-
-
-def merge(*provs: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Provenance records merged, the first that has a field wins."""
-    out: Dict[str, Any] = {}
-    for p in provs:
-        for k, v in (p or {}).items():
-            out.setdefault(k, v)
-    return out
+    return provenance(info.get("target"), listed(info.get("sources")), info.get("model"))
 
 
 def mark(meta: Dict[str, Any], prov: Mapping[str, Any], marked_by: List[str]) -> None:

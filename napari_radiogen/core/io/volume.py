@@ -320,8 +320,10 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
     if warnings:
         meta["reader_warnings"] = " | ".join(w.replace("\n", " ")[:300] for w in warnings)[:1000]
     head = meta.pop("_synthetic_header", None)
-    if "radiogen_map" not in meta and p.is_file():
-        by_name = _maps.from_name(p.name)          # the package's map names, header or not
+    if "radiogen_map" not in meta and head is None and p.is_file():
+        # the package's map names, when the header does not say otherwise (a synthetic
+        # volume saved as P1_idh_gradcam.nii.gz says so in its header: it stays synthetic)
+        by_name = _maps.from_name(p.name)
         if by_name is not None:
             meta["radiogen_map"] = by_name
     vol = image_to_volume(img, where=where, labels=bool(labels), path=str(p), meta=meta)

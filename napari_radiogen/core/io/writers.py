@@ -6,13 +6,14 @@ differentiation map, see :mod:`.maps`), so that a reader never takes it for a se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..case import Geometry, Volume, to_source_image
 from ..errors import RadiogenError
+from . import _marks
 from . import maps as _maps
 from . import synthetic as _syn
 from ._util import captured_stderr, sitk_message
@@ -45,49 +46,45 @@ def _labels_uint8(array: np.ndarray) -> np.ndarray:
 
 
 SyntheticLike = Union[None, bool, Mapping[str, Any]]
+MapLike = Union[None, bool, Mapping[str, Any]]
+
+
+def _explicit(given: Any) -> bool:
+    """Whether the caller asked for the marking (True or a mapping; None and False do not)."""
+    return given is True or isinstance(given, Mapping)
+
+
+def _record(given: Any, parse: Callable[[Mapping[str, Any]], Dict[str, Any]],
+            *inferred: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """What to record (None: nothing): ``given`` False -> None; a mapping -> it, completed
+    from the ``inferred`` records (the Volume's meta, the file name); True or an inferred
+    record -> the inferred records merged."""
+    if given is False:
+        return None
+    if isinstance(given, Mapping):
+        return _marks.merge(parse(given), *inferred)
+    found = [r for r in inferred if r is not None]
+    if given is True or found:
+        return _marks.merge(*found)
+    return None
 
 
 def _synthetic_provenance(synthetic: SyntheticLike, vol: Optional[Volume],
                           p: Path) -> Optional[Dict[str, Any]]:
     """What to record about a synthetic volume written to ``p`` (None: not synthetic)."""
-    if synthetic is False:
-        return None
-    name_prov = _syn.from_name(p.name)
-    vol_prov = (_syn.from_volume_meta(vol.meta) if vol is not None and vol.synthetic else None)
-    if isinstance(synthetic, Mapping):
-        src = synthetic.get("sources")
-        given = _syn.provenance(synthetic.get("sequence"),
-                                src if isinstance(src, (list, tuple)) else None,
-                                synthetic.get("model"))
-        return _syn.merge(given, vol_prov, name_prov)
-    if synthetic is True or vol_prov is not None or name_prov is not None:
-        return _syn.merge(vol_prov, name_prov)
-    return None
-
-
-MapLike = Union[None, bool, Mapping[str, Any]]
+    return _record(synthetic, _syn.from_mapping,
+                   _syn.from_volume_meta(vol.meta) if vol is not None and vol.synthetic else None,
+                   _syn.from_name(p.name))
 
 
 def _map_info(radiogen_map: MapLike, vol: Optional[Volume], p: Path) -> Optional[Dict[str, Any]]:
     """What to record about a result map written to ``p`` (None: not a map)."""
-    if radiogen_map is False:
-        return None
-    if isinstance(radiogen_map, Mapping):
-        src = radiogen_map.get("sources")
-        given = _maps.info(radiogen_map.get("kind", ""), task=radiogen_map.get("task"),
-                           method=radiogen_map.get("method"), target=radiogen_map.get("target"),
-                           sources=src if isinstance(src, (list, tuple)) else None,
-                           model=radiogen_map.get("model"))
-        return _syn.merge(given, _maps.from_volume_meta(vol.meta) if vol is not None else None,
-                          _maps.from_name(p.name))
     if radiogen_map is True:
         raise TypeError("write_volume(radiogen_map=True): give the map as a mapping "
                         "({'kind': 'heatmap', ...}) or leave it to the file name")
-    vol_map = _maps.from_volume_meta(vol.meta) if vol is not None else None
-    name_map = _maps.from_name(p.name)
-    if vol_map is None and name_map is None:
-        return None
-    return _syn.merge(vol_map, name_map)
+    return _record(radiogen_map, _maps.from_mapping,
+                   _maps.from_volume_meta(vol.meta) if vol is not None else None,
+                   _maps.from_name(p.name))
 
 
 def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
@@ -116,6 +113,12 @@ def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
     names a map (``core.synthesize.rank_sequences``'s maps) or when ``path`` carries the
     package's map names (``<case>_<task>_<method>``, ``<case>_<target>_diffmap``). A map is
     never marked synthetic (``rank_sequences``'s maps are ``synthetic=True`` Volumes).
+
+    What the caller gives explicitly wins over what is inferred: with ``synthetic`` True or a
+    mapping, the image is not taken for a map by its file name or its Volume's meta (a
+    synthetic layer saved as ``P1_idh_gradcam.nii.gz`` is written synthetic), and with a
+    ``radiogen_map`` mapping it is not taken for a synthetic sequence. Giving both explicitly
+    is a :class:`WriteError`.
     """
     vol: Optional[Volume] = None
     if isinstance(array, Volume):
@@ -143,11 +146,13 @@ def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
         arr = arr.astype(np.float32)
     img = to_source_image(np.ascontiguousarray(arr), geometry)   # GeometryError on misfit
     nifti = ext in (".nii", ".nii.gz")
-    rmap = None if labels else _map_info(radiogen_map, vol, p)
+    if not labels and _explicit(synthetic) and _explicit(radiogen_map):
+        raise WriteError(f"{p}: a result map is not a synthetic sequence: write it as one or "
+                         "the other, not both")
+    # what the caller gives explicitly wins: a synthetic sequence is not taken for a map
+    # because of its file name or meta (P1_idh_gradcam.nii.gz), nor a map for a synthetic one
+    rmap = (None if labels or _explicit(synthetic) else _map_info(radiogen_map, vol, p))
     if rmap is not None:
-        if isinstance(synthetic, Mapping) or synthetic is True:
-            raise TypeError("write_volume(): a result map (radiogen_map) is not a synthetic "
-                            "sequence; give one or the other")
         fields = _maps.header_fields(rmap, nifti=nifti)
     else:
         prov = None if labels else _synthetic_provenance(synthetic, vol, p)
