@@ -1,7 +1,6 @@
 """What the package writes: strict JSON (no NaN), de-identified predictions, and the in-sample
 check of a case against a model card's training patients (core.outputs, core.insample)."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np
