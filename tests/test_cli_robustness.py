@@ -247,6 +247,30 @@ def test_rank_cohort_skips_bad_cases(tiny_synth, tmp_path, capsys):
             assert js["cohort"]["scores"][s][k] == pytest.approx(x, abs=1e-6)
 
 
+def test_rank_cohort_in_the_core_reports_each_bad_case_and_goes_on(tiny_synth, tmp_path):
+    """core.synthesize.rank_cohort (what the CLI runs on a folder): a case that cannot be
+    loaded or ranked comes out as a RankFailure in its turn, the others are ranked, and a
+    cohort where none can be is an error; cancelling stops it."""
+    from napari_radiogen.core.errors import Cancelled, RadiogenError
+    from napari_radiogen.core.progress import CancelToken, Progress
+    from napari_radiogen.core.synthesize import RankFailure, RankResult, rank_cohort
+    paths = [_pack(tmp_path / "PACK0.h5", seed=0, n=4), _corrupt(tmp_path / "PACK7.h5"),
+             _pack(tmp_path / "PACK1.h5", seed=1, n=4)]
+    items = list(rank_cohort(paths, tiny_synth, device="cpu", maps=False))
+    kinds = [type(i).__name__ for i in items if not isinstance(i, Progress)]
+    assert kinds == ["RankFailure", "RankResult"]
+    failure = next(i for i in items if isinstance(i, RankFailure))
+    assert failure.case == "PACK7" and "PACK7.h5" in failure.message
+    res = items[-1]
+    assert isinstance(res, RankResult) and [c.case_id for c in res.cases] == ["PACK0", "PACK1"]
+    with pytest.raises(RadiogenError, match="none of the 1 case"):
+        list(rank_cohort([paths[1]], tiny_synth, device="cpu"))
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        list(rank_cohort(paths, tiny_synth, device="cpu", cancel=tok))
+
+
 def test_rank_cohort_all_failed_is_exit_2(tiny_synth, tmp_path, capsys):
     coh = tmp_path / "cohort"
     coh.mkdir()

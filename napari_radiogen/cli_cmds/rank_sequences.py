@@ -49,12 +49,10 @@ def run(args) -> int:
     import torch
 
     from ..core import progress
-    from ..core.errors import CaseLoadError, RadiogenError
+    from ..core.errors import CaseLoadError
     from ..core.io import list_cases, load_case, write_volume
     from ..core.outputs import write_json
-    from ..core.synthesize import _resolve_model, combine_rankings, rank_sequences
-    from ..core.errors import error_text
-    from ..core.io import case_id_of
+    from ..core.synthesize import RankFailure, rank_cohort, rank_sequences
     from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
     from ._common import sequence_overrides
 
@@ -66,50 +64,36 @@ def run(args) -> int:
     p = Path(args.path)
     failed = []                                  # cohort: [{"case", "message"}] of skipped cases
 
-    def skip(case_id, e):
-        msg = error_text(e)
-        failed.append({"case": case_id, "message": msg})
-        print(f"{case_id}: FAILED, skipped: {msg}", file=sys.stderr, flush=True)
-
     show = ProgressLine()
     try:
-        cases = [load_case(p, overrides=overrides)]
-        cohort = False
+        case = load_case(p, overrides=overrides)
+        paths = None
     except CaseLoadError:
         if overrides:                            # --sequence names the files of one case
             raise
         paths = list_cases(p) if p.is_dir() else []
         if not paths or (len(paths) == 1 and Path(paths[0]).resolve() == p.resolve()):
             raise                                # one case that cannot be read: exit 2
-        cohort = True
         paths = paths[: args.limit or None]
-        cases = []
-        for c in paths:
-            try:
-                cases.append(load_case(c))
-            except Exception as e:               # a bad case is reported; the rest go on
-                skip(case_id_of(c), e)
     with show:
-        if not cohort:
-            res = progress.run(rank_sequences(cases, args.model, device=args.device,
+        if paths is None:
+            res = progress.run(rank_sequences(case, args.model, device=args.device,
                                               maps=not args.no_maps), show)
         else:
-            model = _resolve_model(args.model, args.device) if cases else None
-            ranked = []
-            for c in cases:
-                show.reset()
-                try:
-                    r = progress.run(rank_sequences(c, model, device=args.device,
-                                                    maps=not args.no_maps), show)
-                    ranked.extend(r.cases)
-                except Exception as e:
+            # the cohort, one case at a time (core.synthesize.rank_cohort): a bad case is
+            # reported on its line and skipped
+            res = None
+            for item in rank_cohort(paths, args.model, device=args.device,
+                                    maps=not args.no_maps):
+                if isinstance(item, progress.Progress):
+                    show(item)
+                elif isinstance(item, RankFailure):
                     show.end()
-                    skip(c.case_id, e)
-            n = len(ranked) + len(failed)
-            if not ranked:
-                raise RadiogenError(f"{p}: none of the {n} case(s) could be ranked (every one "
-                                    "failed; see the messages above)")
-            res = combine_rankings(ranked, model.name)
+                    failed.append({"case": item.case, "message": item.message})
+                    print(f"{item.case}: FAILED, skipped: {item.message}", file=sys.stderr,
+                          flush=True)
+                else:
+                    res = item
     js = res.to_json()
     js["failed"] = failed
     ensure_out_dir(out)

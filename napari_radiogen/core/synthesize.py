@@ -576,6 +576,48 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
     yield combine_rankings(results, lm.name)
 
 
+@dataclass
+class RankFailure:
+    """A case of a cohort that could not be loaded or ranked: reported, and skipped."""
+    case: str
+    message: str
+
+
+def rank_cohort(paths: Sequence[Any], model: Any = None, *, device: str = "auto",
+                cancel: Optional[CancelToken] = None, maps: bool = True
+                ) -> Iterator[Union[Progress, RankFailure, RankResult]]:
+    """Rank each case of a cohort on its own, one model for all, one case in memory at a time
+    (``paths``: case folders, files or packs). A case that cannot be loaded or ranked is
+    yielded as a :class:`RankFailure` and skipped; the rest go on. Finally yields the
+    :class:`RankResult` of the cases ranked (each pair's metrics averaged over them,
+    :func:`combine_rankings`); raises :class:`RadiogenError` when none could be. Used by
+    ``radiogen rank-sequences`` on a folder."""
+    from .errors import Cancelled, error_text
+    from .io import case_id_of, load_case
+    paths = list(paths)
+    lm = _resolve_model(model, device)
+    ranked: List[CaseRanking] = []
+    for i, path in enumerate(paths):
+        _progress.check(cancel)
+        yield Progress("rank", i, len(paths), f"{case_id_of(path)}: loading")
+        try:
+            case = load_case(path)
+            for item in rank_sequences(case, lm, device=device, cancel=cancel, maps=maps):
+                if isinstance(item, Progress):
+                    yield Progress("rank", i, len(paths), f"{case.case_id}: {item.message}")
+                else:
+                    ranked.extend(item.cases)
+        except Cancelled:
+            raise
+        except Exception as e:          # a bad case is reported; the rest go on
+            yield RankFailure(case_id_of(path), error_text(e))
+    yield Progress("rank", len(paths), len(paths), "done")
+    if not ranked:
+        raise RadiogenError(f"none of the {len(paths)} case(s) could be ranked (every one "
+                            "failed; see the messages above)")
+    yield combine_rankings(ranked, lm.name)
+
+
 def combine_rankings(results: Sequence[CaseRanking], model_name: str) -> RankResult:
     """The cohort ranking of cases ranked one by one: each pair's metrics averaged over the
     cases that have it, then z-scored into contribution scores."""
