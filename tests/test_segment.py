@@ -116,6 +116,21 @@ def test_segment_phantom_volume(tiny3d):
     assert any(isinstance(i, seg.Progress) for i in items)
 
 
+def test_a_synthetic_t1ce_is_said_to_make_et_and_tc_unreliable(tiny3d):
+    """ET and TC rest on contrast enhancement, which a synthesised T1ce does not reliably
+    show: a 3D segmentation made with one says so (and not when another input is synthetic)."""
+    case = make_phantom(1)
+    case.sequences["t1ce"].synthetic = True
+    res = run(seg.segment(case, tiny3d, device="cpu"))
+    assert res.synthetic_inputs == ["t1ce"]
+    said = [w for w in res.warnings if w.startswith("T1ce is synthetic")]
+    assert len(said) == 1 and "(ET, label 4)" in said[0] and "not reliable" in said[0]
+    other = make_phantom(1)
+    other.sequences["t2"].synthetic = True
+    assert not any(w.startswith("T1ce is synthetic")
+                   for w in run(seg.segment(other, tiny3d, device="cpu")).warnings)
+
+
 def test_a_case_among_the_training_patients_is_flagged_in_sample(tiny3d):
     """The model's card lists the case among the patients its weights were trained on: the
     Dice is in-sample and the result says so (once); another case is not flagged."""

@@ -158,6 +158,8 @@ def test_cancelled_rerun_keeps_the_previous_results(make_napari_viewer, qtbot, t
     results = {l.name: (l, l.data) for l in viewer.layers
                if l.metadata.get("radiogen", {}).get("result")}
     assert any("segmentation (" in n for n in results) and any("gradcam" in n for n in results)
+    first, first_text = w.result, w.results.toPlainText()
+    assert first is not None and w.export_btn.isEnabled() and "idh" in first_text
     stage_done = w._stage_done
     seg_name = next(n for n in results if "segmentation (" in n)
     seg = viewer.layers[seg_name]
@@ -181,6 +183,9 @@ def test_cancelled_rerun_keeps_the_previous_results(make_napari_viewer, qtbot, t
         assert name in viewer.layers and viewer.layers[name] is layer
         assert layer.data is data, name
     np.testing.assert_array_equal(seg.data, edited)           # the user's edit is back
+    # and the previous run's result stays readable and exportable beside its layers
+    assert w.result is first and w.results.toPlainText() == first_text
+    assert w.export_btn.isEnabled()
 
 
 @pytest.mark.parametrize("when", ["before", "during"])
@@ -497,3 +502,22 @@ def test_analysis_segmentation_layer_names_its_synthetic_inputs():
     assert hkind == "image" and hkw["name"] == "c1 idh gradcam"
     assert hmeta["synthetic_inputs"] == ["t2"] and hmeta["mask_source"] == "segmentation"
     assert hmeta["task"] == "idh" and hmeta["localisation"] == 0.5
+
+
+def test_analysis_of_several_tasks_shows_one_heatmap_and_names_the_labels(
+        make_napari_viewer, qtbot, test_models, sample_path):
+    """Heatmaps of several tasks stacked (additive) hide the anatomy: only the first task's
+    new heatmap layer is shown, the others are in the layer list; the results panel names the
+    label volumes as the Segment widget does."""
+    viewer = make_napari_viewer(show=True)
+    w = _analyze_widget(viewer, sample_path)
+    for t, box in w.task_boxes.items():
+        box.setChecked(t in ("idh", "grade"))
+    w.run()
+    qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
+    assert w.job.error is None and not w.job.cancelled
+    heat = {l.name.split()[-2]: l for l in viewer.layers if l.name.endswith(" gradcam")}
+    assert set(heat) == {"idh", "grade"}
+    assert heat["idh"].visible and not heat["grade"].visible
+    text = w.results.toPlainText()
+    assert "label 1 necrotic/non-enh. core" in text and "label_1" not in text

@@ -186,6 +186,14 @@ def _table(rows, header) -> str:
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
+def _volume_name(key: str) -> str:
+    """``label_1`` -> "label 1 (necrotic/non-enhancing core)"; regions (WT, TC, ET) as they are."""
+    from .case import LABEL_NAMES
+    if key.startswith("label_") and key[6:].isdigit() and int(key[6:]) in LABEL_NAMES:
+        return f"label {key[6:]} ({LABEL_NAMES[int(key[6:])]})"
+    return key
+
+
 def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bool = True,
                       files: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """``files``: the case's other outputs (name -> path), linked from the report when they
@@ -218,7 +226,7 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         parts.append(f"<h2>Key slices</h2><img src='{png}' alt='key slices'>")
     if res.segmentation is not None:
         seg = res.segmentation
-        rows = [(k, f"{v:.2f}") for k, v in seg.volumes_ml.items()]
+        rows = [(_volume_name(k), f"{v:.2f}") for k, v in seg.volumes_ml.items()]
         parts.append(f"<h2>Segmentation ({html.escape(seg.model)})</h2>"
                      + _table(rows, ("region / label", "volume (mL)")))
         if seg.metrics:

@@ -382,6 +382,12 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
     if syn:
         warn.append(synthetic_note(syn, " (generated, not acquired); interpret the "
                                         "segmentation with care"))
+    if "t1ce" in syn and int(card.get("dims", 3)) == 3:
+        # enhancement is what ET is, and a synthesised T1ce rarely reproduces it
+        warn.append("T1ce is synthetic: the enhancing tumour (ET, label 4) and the tumour core "
+                    "(TC) depend on contrast enhancement, which a synthesised T1ce does not "
+                    "reliably show; their volumes here are not reliable (an ET of 0 mL may "
+                    "only mean that)")
     if int(card.get("dims", 3)) == 3:
         gen = _segment_volume(case, model, dev, cancel, timings, warn)
     else:

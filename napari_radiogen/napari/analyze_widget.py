@@ -22,6 +22,7 @@ from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, device_
                       image_result_data)
 from .layers import LayerData
 from .explain_widget import heatmap_layer_data
+from .segment_widget import VOLUME_ROWS
 from .segment_widget import result_layer_data as segmentation_layer_data
 from .workers import start_job
 
@@ -146,14 +147,17 @@ class AnalyzeWidget(QWidget):
             return
         self._inputs = inp
         self._run_layers.clear()
-        self.result = None
+        # the previous run's result, its panel and Export stay until this run delivers its
+        # own: a cancelled or failed rerun leaves the previous layers, and they stay readable
+        # and exportable with them
         analyzer = self._analyzer(inp)
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
-        self.export_btn.setEnabled(False)
         self._set_bar(0)
-        self.results.setHtml("")
         cid = inp.case_id
+        # several heatmaps stacked (additive) hide the anatomy: a new heatmap layer is shown
+        # for the first task only (the others are in the layer list)
+        shown = {"heatmap": False}
         # the layer names as the run starts (read here, in the main thread): a result whose
         # layer exists is written into it in place, so only the others need a layer object
         existing = {layer.name for layer in self.viewer.layers}
@@ -166,6 +170,10 @@ class AnalyzeWidget(QWidget):
             for item in analyzer.analyze(case, cancel=tok):
                 if isinstance(item, StageResult):
                     layers = stage_layers(item, cid)
+                    if item.stage == "explain":
+                        layers = [(d, {**kw, "visible": not shown["heatmap"]}, k)
+                                  for d, kw, k in layers]
+                        shown["heatmap"] = True
                     item = PreparedStage(item, layers,
                                          [build_if_new(ld, existing) for ld in layers])
                 yield item
@@ -261,6 +269,10 @@ class PreparedStage:
         return self.result.stage
 
 
+#: the Segment widget's names of the volumes (``label_1`` -> "label 1 necrotic/non-enh. core")
+VOLUME_NAMES = {k: name for k, name in VOLUME_ROWS if k.startswith("label_")}
+
+
 def stage_layers(item: StageResult, cid: str) -> List[LayerData]:
     """The layer data (``(data, kwargs, layer_type)``) a stage's result shows as, on case
     ``cid`` (captured when the run started). Pure numpy: runs in the worker thread."""
@@ -301,8 +313,8 @@ def results_html(res: AnalysisResult) -> str:
                      + "</table>")
     if res.segmentation is not None:
         vols = res.segmentation.volumes_ml
-        parts.append("<p>volumes (mL): " + ", ".join(f"{k} {v:.1f}" for k, v in vols.items())
-                     + "</p>")
+        parts.append("<p>volumes (mL): " + ", ".join(
+            f"{html.escape(VOLUME_NAMES.get(k, k))} {v:.1f}" for k, v in vols.items()) + "</p>")
     for e in res.explanations:
         loc = f"{e.localisation:.2f}" if e.localisation is not None else "n/a"
         parts.append(f"<p>{e.method} ({e.task}): heatmap mass in tumour + 5 mm: {loc}</p>")
