@@ -46,6 +46,7 @@ def test_widget_shows_probabilities_and_attention_plot(widget_and_viewer, qtbot)
     lines = w.ax.get_lines()
     assert len(lines) == 3 and len(lines[0].get_xdata()) == 14
     assert "done" in w.status.text()
+    assert w.canvas.minimumHeight() >= 150     # the plot keeps a readable height in a dock
 
 
 def test_click_on_plot_moves_viewer_slice(widget_and_viewer, qtbot):

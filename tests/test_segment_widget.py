@@ -133,3 +133,21 @@ def test_widget_preselects_the_2d_model_for_a_pack_and_clears_old_results(
     w._clear_results()
     assert not w.export_labels_button.isEnabled()
     assert w.volume_table.item(0, 1).text() == "-" and w.result is None
+
+
+def test_widget_says_why_without_a_model_or_with_a_missing_sequence(
+        make_napari_viewer, monkeypatch):
+    """No segmentation model: a message in the dock and a notification, no exception; an input
+    error (a missing sequence) is shown as its message, not prefixed by an exception class."""
+    import napari.utils.notifications as notes
+    from napari_radiogen.core.errors import MissingSequenceError
+    from napari_radiogen.napari.segment_widget import SegmentationWidget
+    shown = []
+    monkeypatch.setattr(notes, "show_error", shown.append)
+    w = SegmentationWidget(make_napari_viewer())
+    monkeypatch.setattr(w, "inputs", lambda: type("I", (), {"model": "", "device": "cpu"})())
+    assert w.run() is None
+    assert "no segmentation model" in w.status.text() and shown
+    err = MissingSequenceError(["t1ce"], ["t1", "t1ce", "t2", "flair"])
+    w._on_error(err)
+    assert w.status.text() == str(err) and "MissingSequenceError" not in w.status.text()

@@ -257,6 +257,8 @@ def test_cohort_widget_two_cases_one_corrupt(make_napari_viewer, qtbot, test_mod
     job = w.step(+1)                             # the corrupt one: an error, current stays
     qtbot.waitUntil(lambda: job.done, timeout=60_000)
     assert any(l.name == "BraTS2021_00006 flair" for l in viewer.layers)
+    # its list item says why it could not be opened (not only a passing notification)
+    assert w.list.item(1).toolTip() and "99999" in w.list.item(1).toolTip()
     w.analyzer = None
     from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer
     w.analyzer = Analyzer(AnalysisOptions(seg_model="test_seg3d", pred_model="test_mil",

@@ -41,6 +41,7 @@ class CohortWidget(QWidget):
         self.viewer = napari_viewer
         self.cases: List[Path] = []
         self.status: dict = {}
+        self.open_errors: dict = {}      # path -> why the case could not be opened
         self.current: int = -1
         self.job = None
         self.items: List[CohortItem] = []
@@ -117,6 +118,7 @@ class CohortWidget(QWidget):
             show_error(str(e))
             self.cases = []
         self.status = {str(c): "pending" for c in self.cases}
+        self.open_errors = {}
         self.current = -1
         self._pending = None
         self._refresh()
@@ -130,7 +132,8 @@ class CohortWidget(QWidget):
             mark = STATUS_MARK.get(st, st)
             text = f"{mark}  {c.name}" + ("   ◀ open" if i == self.current else "")
             it = QListWidgetItem(text)
-            msg = next((x.message for x in self.items if x.path == str(c) and x.message), "")
+            msg = next((x.message for x in self.items if x.path == str(c) and x.message),
+                       self.open_errors.get(str(c), ""))
             if msg:
                 it.setToolTip(msg)
             self.list.addItem(it)
@@ -169,8 +172,10 @@ class CohortWidget(QWidget):
             self.current = i
             self._refresh()
 
-        def failed(_exc):
+        def failed(exc):
+            from ..core.errors import error_text
             self.status[str(path)] = "failed"
+            self.open_errors[str(path)] = error_text(exc)     # the item's tooltip says why
             self._refresh()
 
         self.open_job = start_job(gen, name=f"Open {path.name}", on_result=show,

@@ -79,6 +79,8 @@ class PredictionWidget(QWidget):
         self.ax.set_xlabel("slice")
         self.ax.set_ylabel("attention")
         self.canvas.mpl_connect("button_press_event", self._on_click)
+        # beside other docks the plot would otherwise shrink to a few unreadable pixels
+        self.canvas.setMinimumHeight(180)
         lay.addWidget(self.canvas)
         self.status = QLabel("")
         self.status.setWordWrap(True)

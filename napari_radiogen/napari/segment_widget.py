@@ -160,7 +160,6 @@ class SegmentationWidget(QWidget):
                              device=self.device.currentText())
 
     def run(self):
-        from ..core.errors import RadiogenError
         from ..core.models import resolve_device
         from ..core.segment import segment
 
@@ -168,7 +167,10 @@ class SegmentationWidget(QWidget):
             return self._job
         inp = self.inputs()
         if not inp.model:
-            raise RadiogenError("no segmentation model installed")
+            from napari.utils.notifications import show_error
+            self.status.setText("no segmentation model is installed")
+            show_error("Tumour segmentation: no segmentation model is installed")
+            return None
         case = self.case_combo.case_or_notify(include_labels=True)
         if case is None:
             return None
@@ -214,7 +216,8 @@ class SegmentationWidget(QWidget):
         self.progress_label.setText(str(p))
 
     def _on_error(self, exc) -> None:
-        self.status.setText(f"{type(exc).__name__}: {exc}")
+        from ..core.errors import error_text
+        self.status.setText(error_text(exc))     # a problem with the input: its message only
 
     def _on_finished(self, job) -> None:
         self.run_button.setEnabled(True)
