@@ -86,7 +86,10 @@ def test_missing_sequence_is_synthesised_or_reported(models, sample_path):
     if list_models("synthesis"):
         assert res.synthesized == ["t1ce"]
         assert res.case.sequences["t1ce"].synthetic
-        assert sum("synthetic" in w for w in res.warnings) == 1, res.warnings   # said once
+        said = [w for w in res.warnings if w.startswith("synthetic input")]
+        assert len(said) == 1, res.warnings                                   # said once
+        # and what a synthetic T1ce means for the enhancing tumour, once
+        assert sum(w.startswith("T1ce is synthetic") for w in res.warnings) == 1
         assert res.segmentation is not None
     else:
         assert "segment" in res.errors and "t1ce" in res.errors["segment"]
@@ -206,7 +209,7 @@ def test_synthetic_inputs_read_from_files_are_listed_beside_those_synthesised(
     res = run(Analyzer(_opts(models, explain_tasks=())).analyze(case))
     assert res.read_synthetic == ["t1ce"] and res.synthesized == ["t2"]
     assert res.synthetic_inputs == ["t1ce", "t2"]
-    said = [w for w in res.warnings if "synthetic" in w]
+    said = [w for w in res.warnings if w.startswith("synthetic input")]
     assert len(said) == 2 and "t1ce" in said[0] and "t2" in said[1], res.warnings
     assert res.segmentation.synthetic_inputs == ["t1ce", "t2"]
     paths = write_outputs(res, tmp_path / "out", render=False)
