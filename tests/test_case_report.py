@@ -1,6 +1,8 @@
 """The per-case report's key-slice figure shows one physical slice in every panel."""
 import numpy as np
 
+from _json_helpers import all_keys, strict_load
+
 
 def _corr(a, b):
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
@@ -47,24 +49,6 @@ CLINICAL_KEYS = {"age", "sex", "sex_male", "gender", "age_at_initial_pathologic"
                  "os_event", "clinical"}
 
 
-def _strict(path):
-    import json
-
-    def refuse(name):
-        raise ValueError(f"{path}: non-standard JSON constant {name}")
-    return json.loads(open(path).read(), parse_constant=refuse)
-
-
-def _keys(obj):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield k
-            yield from _keys(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _keys(v)
-
-
 def _result():
     """An analysis result of a phantom with clinical fields: a segmentation whose ET is empty
     in one mask only (HD95 undefined) and a segment-then-classify prediction that read age and
@@ -100,16 +84,16 @@ def test_deidentified_analysis_writes_no_clinical_field_and_says_so(tmp_path):
     assert {f.name for f in files} == {f"{res.case_id}_seg.json", f"{res.case_id}_report.json",
                                        f"{res.case_id}_predictions.json", "analysis.json"}
     for f in files:
-        data = _strict(f)
-        assert not CLINICAL_KEYS & set(_keys(data)), f.name
+        data = strict_load(f)
+        assert not CLINICAL_KEYS & set(all_keys(data)), f.name
         if f.name != f"{res.case_id}_seg.json":
             assert data["deidentified"] is True, f.name
-    pred = _strict(paths["predictions"])
+    pred = strict_load(paths["predictions"])
     assert pred["features"] == {"volume_ml": 12.5}
     assert pred["removed_fields"] == ["features.age", "features.sex_male"]
-    report = _strict(paths["report_json"])
+    report = strict_load(paths["report_json"])
     assert report["removed_fields"] == ["prediction.features.age", "prediction.features.sex_male"]
-    assert _strict(paths["analysis"])["removed_fields"] == report["removed_fields"]
+    assert strict_load(paths["analysis"])["removed_fields"] == report["removed_fields"]
     html = open(paths["report_html"]).read()
     assert "De-identified" in html and "the prediction used age, sex" in html
     assert "Clinical" not in html and "234" not in html
@@ -117,10 +101,10 @@ def test_deidentified_analysis_writes_no_clinical_field_and_says_so(tmp_path):
     assert "age" not in res.summary() and "sex_male" not in res.summary()  # the cohort CSV row
 
     paths = write_outputs(res, tmp_path / "ident", render=False, deidentify=False)
-    pred = _strict(paths["predictions"])
+    pred = strict_load(paths["predictions"])
     assert pred["deidentified"] is False and pred["features"]["age"] == 67.0
     assert pred["features"]["sex_male"] == 1.0 and "removed_fields" not in pred
-    report = _strict(paths["report_json"])
+    report = strict_load(paths["report_json"])
     assert report["clinical"]["age"] == 67 and report["prediction"]["features"]["age"] == 67.0
     assert "Identified report" in open(paths["report_html"]).read()
 
@@ -135,8 +119,8 @@ def test_undefined_metrics_are_null_in_json_and_said_in_the_report(tmp_path):
     paths = write_outputs(res, tmp_path, render=False)
     for key in ("segmentation_json", "report_json", "predictions", "analysis"):
         assert "NaN" not in open(paths[key]).read(), key
-    assert _strict(paths["segmentation_json"])["metrics_vs_labels"]["ET"]["hd95_mm"] is None
-    rep = _strict(paths["report_json"])
+    assert strict_load(paths["segmentation_json"])["metrics_vs_labels"]["ET"]["hd95_mm"] is None
+    rep = strict_load(paths["report_json"])
     assert rep["segmentation"]["metrics_vs_labels"]["ET"] == {"dice": 0.0, "hd95_mm": None}
     html = open(paths["report_html"]).read()
     assert "n/a (one of the two masks is empty)" in html and "nan" not in html.lower()

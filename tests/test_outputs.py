@@ -6,19 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _json_helpers import strict_loads
+
 from napari_radiogen.core import insample
 from napari_radiogen.core.notes import IN_SAMPLE, warning_key
 from napari_radiogen.core.outputs import (deidentified_prediction, dumps, json_safe,
                                           write_json)
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "napari_radiogen" / "weights"
-
-
-def strict_loads(text: str):
-    """``json.loads`` as a strict parser reads: NaN / Infinity are errors."""
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_json_safe_writes_null_for_non_finite_numbers(tmp_path):

@@ -7,7 +7,7 @@ Private: the two public modules re-export what their callers use (``DESCRIP_BYTE
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..case import SEQUENCES
 
@@ -57,6 +57,20 @@ def fit_description(candidates: Iterable[str], head: str) -> str:
         if len(text.encode("ascii", "replace")) <= DESCRIP_BYTES:
             return text
     return head[:DESCRIP_BYTES]
+
+
+def header_fields(description: str, nifti: bool,
+                  keyed: Iterable[Tuple[str, Any]]) -> Dict[str, str]:
+    """The metadata to set on a SimpleITK image before writing it: the sentence as
+    ``ITK_FileNotes`` (which ITK writes to NIfTI's ``descrip``) and, for NRRD/MetaImage, the
+    ``keyed`` fields that have a value (lists joined by commas)."""
+    out = {"ITK_FileNotes": description}
+    if not nifti:
+        for key, value in keyed:
+            if value:
+                out[key] = (",".join(map(str, value)) if isinstance(value, (list, tuple))
+                            else str(value))
+    return out
 
 
 def from_notes(fields: Mapping[str, str],

@@ -146,16 +146,10 @@ def description(m: Mapping[str, Any]) -> str:
 def header_fields(m: Mapping[str, Any], nifti: bool) -> Dict[str, str]:
     """The metadata to set on a SimpleITK image before writing it (NIfTI: ``ITK_FileNotes``,
     which ITK writes to ``descrip``; NRRD/MetaImage: the ``radiogen_*`` keys as well)."""
-    out = {"ITK_FileNotes": description(m)}
-    if not nifti:
-        out[KEY_MAP] = m["kind"]
-        for key, k in ((KEY_TASK, "task"), (KEY_METHOD, "method"), (KEY_TARGET, "target"),
-                       (KEY_MODEL, "model")):
-            if m.get(k):
-                out[key] = str(m[k])
-        if m.get("sources"):
-            out[KEY_SOURCES] = ",".join(m["sources"])
-    return out
+    return _marks.header_fields(description(m), nifti, (
+        (KEY_MAP, m["kind"]), (KEY_TASK, m.get("task")), (KEY_METHOD, m.get("method")),
+        (KEY_TARGET, m.get("target")), (KEY_MODEL, m.get("model")),
+        (KEY_SOURCES, m.get("sources"))))
 
 
 def parse_description(text: Optional[str]) -> Optional[Dict[str, Any]]:

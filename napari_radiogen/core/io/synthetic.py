@@ -109,16 +109,10 @@ def description(prov: Mapping[str, Any]) -> str:
 def header_fields(prov: Mapping[str, Any], nifti: bool) -> Dict[str, str]:
     """The metadata to set on a SimpleITK image before writing it (NIfTI: ``ITK_FileNotes``,
     which ITK writes to ``descrip``; NRRD/MetaImage: the ``radiogen_*`` keys as well)."""
-    out = {"ITK_FileNotes": description(prov)}
-    if not nifti:
-        out[KEY_SYNTHETIC] = "true"
-        if prov.get("sequence"):
-            out[KEY_SEQUENCE] = str(prov["sequence"])
-        if prov.get("sources"):
-            out[KEY_SOURCES] = ",".join(prov["sources"])
-        if prov.get("model"):
-            out[KEY_MODEL] = clean_token(prov["model"])
-    return out
+    return _marks.header_fields(description(prov), nifti, (
+        (KEY_SYNTHETIC, "true"), (KEY_SEQUENCE, prov.get("sequence")),
+        (KEY_SOURCES, prov.get("sources")),
+        (KEY_MODEL, clean_token(prov["model"]) if prov.get("model") else None)))
 
 
 def parse_description(text: Optional[str]) -> Optional[Dict[str, Any]]:
