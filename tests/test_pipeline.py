@@ -262,10 +262,13 @@ def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, 
     # de-identified (the default): the case's path is not in its outputs, only a key
     text = (out / "BraTS2021_00006" / "analysis.json").read_text()
     assert str(cohort) not in text and "source_sha256" in text
+    assert str(cohort) not in (out / "summary.csv").read_text()
     # outputs asked otherwise (clinical fields kept): not taken from the cache
     items3 = run(analyze_cohort(cases, out, analyzer=an, render=False, deidentify=False))
     assert sorted(i.status for i in items3) == ["done", "failed"]
     assert str(cohort.resolve()) in (out / "BraTS2021_00006" / "analysis.json").read_text()
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {Path(r["path"]).name for r in rows} == {"BraTS2021_00006", "BraTS2021_99999"}
 
 
 def test_cohort_case_whose_every_model_stage_fails_is_failed_not_done(models, tmp_path):

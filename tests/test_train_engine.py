@@ -160,6 +160,23 @@ def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
     assert [h["epoch"] for h in res.history] == [1, 2]
 
 
+def test_state_copy_is_strict_json_and_the_checkpoint_keeps_non_finite_scores(tmp_path):
+    """``state.json`` (the readable copy) is strict JSON: a NaN validation score and the -inf
+    best score a run starts from read null. The checkpoint's own state gives them back as they
+    were, so a resumed run compares scores as the first did."""
+    from napari_radiogen.core.train import checkpoint as ck
+    import numpy as np
+    from _json_helpers import strict_load
+    m = torch.nn.Linear(3, 2)
+    state = {"epoch": 2, "best": {"score": float("-inf"), "epoch": 0},
+             "history": [{"epoch": 1, "val_auc": float("nan")}]}
+    ck.save_checkpoint(tmp_path, m, state=state)
+    st = strict_load(tmp_path / "state.json")
+    assert st["best"]["score"] is None and st["history"][0]["val_auc"] is None
+    _, back = ck.read_checkpoint(tmp_path)
+    assert back["best"]["score"] == float("-inf") and np.isnan(back["history"][0]["val_auc"])
+
+
 def test_checkpoint_roundtrip_restores_optimizer(tmp_path):
     from napari_radiogen.core.train import checkpoint as ck
     m = torch.nn.Linear(3, 2)

@@ -541,7 +541,7 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
         except Cancelled:
             item.status, item.message = "cancelled", "cancelled by the user"
             items.append(item)
-            _write_summary(out, items)
+            _write_summary(out, items, deidentify=deidentify)
             raise
         except RadiogenError as e:
             item.status, item.message = "failed", str(e)
@@ -552,7 +552,7 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
             item.case_id = case_id_of(path)
         items.append(item)
         yield item
-    _write_summary(out, items)
+    _write_summary(out, items, deidentify=deidentify)
     yield Progress("cohort", len(paths), len(paths), "done")
     yield items
 
@@ -573,11 +573,24 @@ def _find_cache(out: Path, path: os.PathLike, fp: Dict[str, Any]) -> Optional[Di
     return None
 
 
-def _write_summary(out: Path, items: List[CohortItem]) -> Path:
+def _strip_folder(text: str, path: os.PathLike) -> str:
+    """``text`` with the folder that holds the case left out of the file paths it names (an
+    error message names the file it could not read): relative to it, as the case's own id."""
+    parent = Path(path).parent
+    for p in {str(parent.resolve()), str(parent.absolute()), str(parent)}:
+        if p not in ("", "."):
+            text = text.replace(p.rstrip(os.sep) + os.sep, "")
+    return text
+
+
+def _write_summary(out: Path, items: List[CohortItem], deidentify: bool = True) -> Path:
+    """One row per case; the case's path (a folder or file name may hold a patient's name) only
+    when the outputs are not de-identified."""
     rows = []
     for it in items:
-        row = {"path": it.path, "case_id": it.case_id or "", "status": it.status,
-               "message": it.message}
+        row = {} if deidentify else {"path": it.path}
+        msg = _strip_folder(it.message, it.path) if deidentify else it.message
+        row.update({"case_id": it.case_id or "", "status": it.status, "message": msg})
         row.update(it.summary)
         rows.append(row)
     keys: List[str] = []

@@ -87,7 +87,10 @@ def save_checkpoint(run_dir: os.PathLike, model, optimizer=None, *, state: Dict[
     blob = save(tensors, metadata={"state": text, "format": "napari-radiogen-checkpoint/1"})
     path = run_dir / CHECKPOINT
     _atomic_write_bytes(path, blob)
-    atomic_write_text(run_dir / STATE, json.dumps(json.loads(text), indent=1))
+    # the readable copy is strict JSON (an undefined score, or the -inf a run starts its best
+    # score at, reads null); the checkpoint's own copy keeps them for the resume
+    from ..outputs import dumps
+    atomic_write_text(run_dir / STATE, dumps(json.loads(text), indent=1))
     return path
 
 

@@ -391,7 +391,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
             state = {"fold": fold, "epoch": epoch, "best": best, "bad_epochs": bad,
                      "stopped": stop or over}
             run.save_state(model, opt, sched, scaler, state)
-            run.log(json.dumps(rec, default=str))
+            run.log(dumps(rec, indent=None))
             decision = {"best": best, "bad": bad, "stop": stop or over, "rec": rec,
                         "samples": total_seen}
         decision = ddp.broadcast_object(decision, dist)
@@ -805,7 +805,7 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
         import os
         os.replace(installed.with_suffix(".safetensors.tmp"), installed)
         shutil.copy2(card_path, d / card_path.name)
-    run.log(f"finished: {model_path}; cv {json.dumps(summary, default=str)}")
+    run.log(f"finished: {model_path}; cv {dumps(summary, indent=None)}")
     return TrainResult(run_dir=out, model_path=model_path, card_path=card_path,
                        report_path=report_html, report_json=report_json, fold_metrics=fold_recs,
                        cv_summary=summary, final=final_mode, installed_path=installed,
