@@ -167,6 +167,23 @@ def test_synthesize_lands_on_the_reference_grid(sample_slab, tiny):
     assert res2.sources == ["flair"] and np.isfinite(res2.psnr) and -1 <= res2.ssim <= 1
 
 
+def test_synthesis_on_a_training_case_says_it_is_in_sample(sample_slab, tiny):
+    """A case among the patients that trained the model: its synthetic volume (and PSNR/SSIM,
+    when the real target is there) is in-sample, and the result says so; another case not."""
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.notes import IN_SAMPLE, warning_key
+    lm = load_model(tiny, task=S.TASK, device="cpu")
+    lm.card["training_data"] = {"patients": [sample_slab.case_id.replace("_", "-")]}
+    res = progress.run(S.synthesize(sample_slab, lm, "t1ce", device="cpu"))
+    assert [warning_key(w) for w in res.warnings] == [IN_SAMPLE]
+    assert "PSNR/SSIM" in res.warnings[0] and sample_slab.case_id in res.warnings[0]
+    assert res.to_json()["warnings"] == [str(res.warnings[0])]
+    res = progress.run(S.synthesize(without(sample_slab, "t1ce"), lm, "t1ce", device="cpu"))
+    assert len(res.warnings) == 1 and "synthetic volume is in-sample" in res.warnings[0]
+    lm.card["training_data"] = {"patients": ["BraTS2021_01476"]}
+    assert progress.run(S.synthesize(sample_slab, lm, "t1ce", device="cpu")).warnings == []
+
+
 def test_synthesize_refuses_bad_requests(sample_slab, tiny):
     from napari_radiogen.core.errors import MissingSequenceError, RadiogenError
     with pytest.raises(RadiogenError, match="unknown target"):

@@ -78,4 +78,6 @@ def run(args) -> int:
         if res.psnr is not None:
             msg += f", PSNR {res.psnr:.2f} dB, SSIM {res.ssim:.3f} vs the real {t}"
         print(msg + ")")
+        for w in res.warnings:
+            print(f"    warning: {w}")
     return 0

@@ -7,7 +7,7 @@ cohort there, and a fold model may have been shipped), else ``training_data.pati
 training engine's cards, the prediction and synthesis cards). A Dice, a prediction or a
 localisation score on one of those patients is not a validation figure: the model has seen
 the case (and for a segmentation model, its expert labels). :func:`in_sample_note` is the one
-check, used by segmentation, prediction and explanation; it returns a
+check, used by segmentation, prediction, explanation and synthesis; it returns a
 :class:`~napari_radiogen.core.notes.Note` of kind ``IN_SAMPLE`` naming the case and the model.
 
 Case ids are compared ignoring case and ``-`` / ``_`` (TCGA barcodes are written both ways).
@@ -25,6 +25,9 @@ SEGMENTATION = ("this segmentation is in-sample, not a validation (expect it to 
 PREDICTION = ("its predictions here are in-sample, not a validation (expect them to be right "
               "more often than on a new case)")
 LOCALISATION = "its localisation score here is in-sample, not a validation"
+SYNTHESIS = ("this synthetic volume is in-sample, not a validation (expect it closer to the "
+             "real scan than on a new case)")
+SYNTHESIS_METRICS = "its PSNR/SSIM against the real scan here are in-sample, not a validation"
 
 
 def _norm(case_id: Any) -> str:
@@ -61,4 +64,4 @@ def in_sample_note(case_id: Optional[str], model_name: str, card: Optional[Dict[
 
 
 __all__ = ["training_patients", "in_training_data", "in_sample_note", "DICE", "SEGMENTATION",
-           "PREDICTION", "LOCALISATION"]
+           "PREDICTION", "LOCALISATION", "SYNTHESIS", "SYNTHESIS_METRICS"]

@@ -361,12 +361,14 @@ class SynthResult:
     mae: Optional[float] = None
     seconds: float = 0.0                            # total, metrics included
     seconds_synthesis: float = 0.0                  # model loading + synthesis, no metrics
+    warnings: List[str] = field(default_factory=list)   # e.g. the case trained the model
 
     def to_json(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "target": self.target, "sources": self.sources,
                 "synthetic": True, "model": self.model,
                 "metrics": ({"psnr_db": self.psnr, "ssim_brain": self.ssim, "mae": self.mae,
                              "protocol": PROTOCOL} if self.psnr is not None else None),
+                "warnings": [str(w) for w in self.warnings],
                 "seconds": round(self.seconds, 3),
                 "seconds_synthesis": round(self.seconds_synthesis, 3)}
 
@@ -405,6 +407,11 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
         res.psnr = psnr(arr, real, prep.mask)
         res.ssim = ssim_brain(arr, real, prep.mask)
         res.mae = mae(arr, real, prep.mask)
+    from .insample import SYNTHESIS, SYNTHESIS_METRICS, in_sample_note
+    note = in_sample_note(case.case_id, lm.name, lm.card,
+                          SYNTHESIS_METRICS if has_real else SYNTHESIS)
+    if note is not None:
+        res.warnings.append(note)
     res.seconds = time.perf_counter() - t0
     yield res
 

@@ -233,6 +233,8 @@ class SynthesisWidget(QWidget):
             if res.psnr is not None:
                 txt += (f"; vs the real {res.target}: PSNR {res.psnr:.2f} dB, "
                         f"SSIM {res.ssim:.3f} (brain)")
+            if res.warnings:
+                txt += "; " + "; ".join(map(str, res.warnings))
             self.metrics_label.setText(txt)
         elif isinstance(res, Case):
             added = _added(res, case)
