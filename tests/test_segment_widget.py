@@ -106,6 +106,38 @@ def test_widget_run_cancel_rerun(make_napari_viewer, tiny_model, tmp_path, qtbot
     w.surface_check.setChecked(False)
     assert viewer.dims.ndisplay == 2 and flair.opacity == 1.0
 
+    # an edit on the layer is exported; the layer deleted, the status says Export now writes
+    # the model's labels as they came, and it does
+    layer = w.result_layer
+    edited = np.asarray(layer.data).copy()
+    edited[tuple(s // 2 for s in edited.shape)] = 4
+    edited[0, 0, 0] = 2
+    layer.data = edited
+    out = nib.load(str(w.export_labels(tmp_path / "edited.nii.gz")))
+    assert int(np.asanyarray(out.dataobj).sum()) == int(edited.sum())
+    viewer.layers.remove(layer)
+    assert w.result_layer is None and "segmentation layer was removed" in w.status.text()
+    out = nib.load(str(w.export_labels(tmp_path / "asis.nii.gz")))
+    assert int(np.asanyarray(out.dataobj).sum()) == int(np.asarray(w.result.labels).sum())
+    # removing another layer says nothing
+    w.status.setText("kept")
+    viewer.layers.remove("CASE_B flair")
+    assert w.status.text() == "kept"
+
+
+def test_result_layer_name_says_when_the_segmentation_rests_on_synthetic_inputs():
+    from types import SimpleNamespace
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.napari.segment_widget import result_layer_data
+    case = make_phantom(0, shape=(8, 8, 8), case_id="C1")
+    res = SimpleNamespace(model="m3d", kind="volume", synthetic_inputs=["t1ce"],
+                          labels=case.labels.array, geometry=case.geometry)
+    data, kw, kind = result_layer_data(res, "C1")
+    assert kind == "labels" and kw["name"] == "C1 segmentation (m3d) from synthetic t1ce"
+    assert kw["metadata"]["radiogen"]["synthetic_inputs"] == ["t1ce"]
+    res.synthetic_inputs = []
+    assert result_layer_data(res, "C1")[1]["name"] == "C1 segmentation (m3d)"
+
 
 def test_widget_preselects_the_2d_model_for_a_pack_and_clears_old_results(
         make_napari_viewer, tiny_model, tmp_path, monkeypatch):

@@ -112,6 +112,16 @@ class SegmentationWidget(QWidget):
         lay.addStretch(1)
         self.refresh_models()
         self.case_combo.currentIndexChanged.connect(self._pick_model_for_case)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _on_layer_removed(self, event) -> None:
+        """The result's labels layer deleted: Export writes the result as the model gave it
+        (edits made on the layer are gone with it), and the status says so."""
+        if self.result is None or event.value is not self.result_layer:
+            return
+        self.result_layer = None
+        self.status.setText(f"{self.result_case_id}: the segmentation layer was removed; "
+                            f"Export writes the model's labels as they came (without edits)")
 
     # -- models --------------------------------------------------------------------------------
     def refresh_models(self) -> None:
@@ -362,5 +372,7 @@ def result_layer_data(res, case_id: str) -> LayerData:
     meta = {"model": res.model, "kind": res.kind, "synthetic_inputs": list(res.synthetic_inputs)}
     if res.kind == "slices":
         meta["label_names"] = {0: "background", 1: "FLAIR abnormality"}
-    return labels_result_data(res.labels, res.geometry, case_id,
-                              f"{case_id} segmentation ({res.model})", **meta)
+    name = f"{case_id} segmentation ({res.model})"
+    if res.synthetic_inputs:        # said in the layer list too: ET/TC rest on a synthetic T1ce
+        name += f" from synthetic {'+'.join(res.synthetic_inputs)}"
+    return labels_result_data(res.labels, res.geometry, case_id, name, **meta)
