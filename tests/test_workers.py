@@ -204,3 +204,39 @@ def test_model_jobs_leave_a_core_to_the_viewer_and_training_keeps_all(qtbot, mon
     assert seen == [3]
     monkeypatch.setenv("RADIOGEN_VIEWER_THREADS", "many")
     assert workers.viewer_threads() == max(1, min(default, cpus - 1))   # ignored, with a warning
+
+
+def test_closing_the_dock_panel_cancels_its_job(make_napari_viewer, qtbot):
+    """napari's panel "x" (Window.remove_dock_widget) takes the widget out of its dock without
+    destroying it: its job is cancelled all the same. A widget never docked (a script's) keeps
+    its job running, and a job of a closed panel that had ended is left as it was."""
+    from qtpy.QtWidgets import QWidget
+    from napari_radiogen.napari.workers import start_job
+
+    viewer = make_napari_viewer()
+    panel = QWidget()
+    viewer.window.add_dock_widget(panel, name="panel")
+    finished = []
+    job = start_job(lambda tok: _steps(tok, n=2000, dt=0.01), name="panel job", owner=panel,
+                    on_finished=finished.append, notify=False)
+    qtbot.wait(50)
+    assert not job.done
+    viewer.window.remove_dock_widget(panel)
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    assert job.cancelled and finished == [job]
+
+    loose = QWidget()
+    results = []
+    job2 = start_job(lambda tok: _steps(tok, n=30, dt=0.01), name="loose job", owner=loose,
+                     on_result=results.append, notify=False)
+    qtbot.waitUntil(lambda: job2.done, timeout=5000)
+    assert not job2.cancelled and results == [{"answer": 42}]
+
+    # a job that ended before its panel closed
+    panel2 = QWidget()
+    viewer.window.add_dock_widget(panel2, name="panel2")
+    job3 = start_job(lambda tok: _steps(tok, n=3, dt=0.001), name="short", owner=panel2,
+                     notify=False)
+    qtbot.waitUntil(lambda: job3.done, timeout=5000)
+    viewer.window.remove_dock_widget(panel2)
+    assert not job3.cancelled and job3.result == {"answer": 42}

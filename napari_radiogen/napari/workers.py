@@ -328,6 +328,9 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
             show_info(f"{name}: cancelled")
         if job in _KEEP:
             _KEEP.remove(job)
+        watch = getattr(job, "_owner_watch", None)
+        if watch is not None:
+            watch.remove()
         if on_finished is not None:
             on_finished(job)
 
@@ -342,11 +345,46 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
             job.orphaned = True
             job.cancel()
         owner.destroyed.connect(_owner_gone)
+        # a dock panel closed with its "x": napari takes the widget out of its dock (parent
+        # None) without destroying it (the job's callbacks keep it alive), so its job would go
+        # on where nothing can cancel it any more
+        job._owner_watch = _ClosedPanelWatch(job, owner)   # type: ignore[attr-defined]
     _ACTIVE.add(job)
     _KEEP.append(job)
     _connect_quit()
     worker.start()
     return job
+
+
+class _ClosedPanelWatch:
+    """Cancels ``job`` when ``owner`` (a widget) leaves its parent: the dock panel it was in was
+    closed. A widget that never had a parent (a test's, a script's) is not watched for that."""
+
+    def __init__(self, job: "Job", owner: Any):
+        from qtpy.QtCore import QEvent, QObject
+
+        class _Filter(QObject):
+            def eventFilter(self, obj, event):      # noqa: N802 (Qt's name)
+                if event.type() == QEvent.Type.ParentChange and obj.parent() is None \
+                        and not job.done:
+                    job.cancel()
+                return False
+
+        self._filter: Any = _Filter()
+        self._owner = owner
+        try:
+            owner.installEventFilter(self._filter)
+        except (AttributeError, RuntimeError, TypeError):   # not a QObject, or deleted
+            self._filter = self._owner = None
+
+    def remove(self) -> None:
+        """Uninstall the filter (the job ended)."""
+        if self._filter is not None and self._owner is not None:
+            try:
+                self._owner.removeEventFilter(self._filter)
+            except RuntimeError:                   # the owner's C++ object is gone
+                pass
+        self._filter = self._owner = None
 
 
 def active_jobs() -> List[Job]:
