@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,6 +270,25 @@ def test_cohort_widget_two_cases_one_corrupt(make_napari_viewer, qtbot, test_mod
     assert sorted(i.status for i in w.items) == ["done", "failed"]
     assert (tmp_path / "out" / "summary.csv").exists()
     assert "1 failed" in w.info.text()
+    # the analysed case opens with its results from the output folder, named as the Segment
+    # widget names its own, on the case's grid; the failed one says why in the panel
+    before = {id(l) for l in viewer.layers}
+    job = w.open_case(0)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    seg = viewer.layers["BraTS2021_00006 segmentation (test_seg3d)"]
+    flair = viewer.layers["BraTS2021_00006 flair"]
+    assert seg.metadata["radiogen"]["result"] and seg.metadata["radiogen"]["cohort"]
+    assert seg.data.shape == flair.data.shape and np.allclose(seg.scale, flair.scale)
+    assert "with its results" in w.info.text()
+    # reopening the same grid updates the layers in place (no new napari layers)
+    assert {id(l) for l in viewer.layers} - before == {id(seg)}
+    ids = {id(l) for l in viewer.layers}
+    job = w.open_case(0)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    assert {id(l) for l in viewer.layers} == ids
+    job = w.open_case(1)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    assert "could not be opened" in w.info.text() and "99999" in w.info.text()
 
 
 def test_cohort_widget_writes_beside_the_folder_and_needs_a_folder(make_napari_viewer,
@@ -523,3 +543,42 @@ def test_analysis_of_several_tasks_shows_one_heatmap_and_names_the_labels(
     assert heat["idh"].visible and not heat["grade"].visible
     text = w.results.toPlainText()
     assert "label 1 necrotic/non-enh. core" in text and "label_1" not in text
+
+
+def test_cohort_widget_cancel_marks_the_cases_not_reached_and_folder_errors_stay(
+        make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """Cancelling "Analyze all" leaves the cases it did not reach marked cancelled, not
+    pending; a folder that cannot be listed says why in the panel (not only in a toast)."""
+    import napari.utils.notifications as notes
+
+    from napari_radiogen.core import pipeline
+    from napari_radiogen.core.progress import check
+    from napari_radiogen.napari import cohort_widget as cw
+    monkeypatch.setattr(notes, "show_error", lambda *_: None)
+    for i in range(3):
+        (tmp_path / "cohort" / f"P{i}").mkdir(parents=True)
+
+    def slow_cohort(cases, out, *, cancel=None, **_):
+        item = pipeline.CohortItem(path=str(cases[0]), case_id="P0", status="done")
+        yield item
+        while True:                      # the second case never ends until cancelled
+            check(cancel)
+            yield pipeline.Progress("cohort", 1, len(cases), "P1")
+            time.sleep(0.01)
+    monkeypatch.setattr(cw, "analyze_cohort", slow_cohort)
+    viewer = make_napari_viewer()
+    w = cw.CohortWidget(viewer)
+    w.cases = sorted((tmp_path / "cohort").iterdir())
+    w.status = {str(c): "pending" for c in w.cases}
+    w.analyzer = object()
+    w.out.setText(str(tmp_path / "out"))
+    job = w.analyze_all()
+    qtbot.waitUntil(lambda: bool(w.items), timeout=10_000)
+    w.cancel()
+    qtbot.waitUntil(lambda: job.done, timeout=10_000)
+    marks = [w.list.item(i).text().split()[0] for i in range(3)]
+    assert marks == [cw.STATUS_MARK["done"], cw.STATUS_MARK["cancelled"],
+                     cw.STATUS_MARK["cancelled"]]
+    assert "cancelled after 1 of 3" in w.info.text()
+    w.load_folder(str(tmp_path / "nowhere"))
+    assert w.cases == [] and "nowhere" in w.info.text()

@@ -6,14 +6,17 @@ inputs and models have not changed since their cached result.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QListWidgetItem, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
+import numpy as np
+
+from ._common import _keep_selection, build_layer
 from .layers import radiogen_meta
 from .workers import start_job
 
@@ -48,6 +51,8 @@ class CohortWidget(QWidget):
         self.analyzer: Optional[Analyzer] = None
         self.open_job = None
         self._pending: Optional[int] = None           # the case being opened (or last tried)
+        self._inserting = False                       # its new layers are going in, one a turn
+        self._shown_results = 0
 
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder of cases (case folders or .h5 packs)")
@@ -117,11 +122,16 @@ class CohortWidget(QWidget):
         except RadiogenError as e:
             show_error(str(e))
             self.cases = []
+            self.status, self.open_errors, self.current, self._pending = {}, {}, -1, None
+            self._refresh()
+            self.info.setText(str(e))               # stays in the panel, not only a toast
+            return self.cases
         self.status = {str(c): "pending" for c in self.cases}
         self.open_errors = {}
         self.current = -1
         self._pending = None
         self._refresh()
+        self.out.setPlaceholderText(f"output folder (default: {default_out_dir(folder)})")
         self.info.setText(f"{len(self.cases)} case(s)")
         return self.cases
 
@@ -142,7 +152,7 @@ class CohortWidget(QWidget):
     def step(self, d: int):
         if not self.cases:
             return None
-        if self.open_job is not None and not self.open_job.done:
+        if self.opening:
             return self.open_job                     # one case opens at a time
         target = self.current if self._pending is None else self._pending
         self._pending = (target + d) % len(self.cases)
@@ -150,38 +160,58 @@ class CohortWidget(QWidget):
         return job
 
     def open_case(self, i: int):
-        """Open case ``i`` in the viewer, replacing the previously opened cohort case. The case
-        is read in a worker; the layers are swapped in when it has loaded (a bad case keeps the
-        current one open). Returns the Job."""
-        from ..core.io import load_case
+        """Open case ``i`` in the viewer, replacing the previously opened cohort case; a case
+        the cohort job has analysed comes with its results (segmentation, heatmaps) from the
+        output folder. The case is read and its layers are built in a worker; the main thread
+        swaps them in when it has loaded, updating the previous case's layers in place where
+        the grids match (a bad case keeps the current one open). Returns the Job."""
         from ..core.progress import Progress
-        from .layers import case_to_layer_data
 
         path = self.cases[i]
+        out_dir = self._results_dir()
+        n = len(self.cases)
+        self.info.setText(f"opening {path.name} ({i + 1}/{n}) ...")
 
         def gen(tok):
             yield Progress("open", 0, 1, path.name)
-            yield case_to_layer_data(load_case(path))
+            yield prepare_case_layers(path, out_dir, cancel=tok)
 
-        def show(layer_data):
-            for l in [l for l in self.viewer.layers if radiogen_meta(l).get("cohort")]:
-                self.viewer.layers.remove(l)
-            for data, kw, kind in layer_data:
-                kw["metadata"]["radiogen"]["cohort"] = True
-                getattr(self.viewer, f"add_{kind}")(data, **kw)
+        def shown():
+            self._inserting = False
             self.current = i
             self._refresh()
+            extra = f", with its results from {out_dir}" if self._shown_results else ""
+            self.info.setText(f"{path.name} ({i + 1}/{n}){extra}")
+
+        def show(prepared):
+            self._inserting = True
+            self._shown_results = prepared.n_results
+            swap_cohort_layers(self.viewer, prepared)
+            shown()
 
         def failed(exc):
             from ..core.errors import error_text
             self.status[str(path)] = "failed"
             self.open_errors[str(path)] = error_text(exc)     # the item's tooltip says why
             self._refresh()
+            self.info.setText(f"{path.name} could not be opened: {error_text(exc)}")
 
         self.open_job = start_job(gen, name=f"Open {path.name}", on_result=show,
                                   on_error=failed, owner=self, viewer=self.viewer,
                                   progress_bar=False)
         return self.open_job
+
+    @property
+    def opening(self) -> bool:
+        """A case is being read, or its layers are being put in the viewer."""
+        return (self.open_job is not None and not self.open_job.done) or self._inserting
+
+    def _results_dir(self) -> Optional[str]:
+        """Where this widget's cohort job writes (or wrote); None before a folder is chosen."""
+        out = getattr(self, "_out_dir", None)
+        if out:
+            return out
+        return self.inputs().out_dir if self.folder.text().strip() else None
 
     # -- batch ------------------------------------------------------------------------------------
     def analyze_all(self, use_cache: bool = True):
@@ -226,8 +256,149 @@ class CohortWidget(QWidget):
         n_fail = sum(i.status == "failed" for i in self.items)
         out = getattr(self, "_out_dir", None) or self.inputs().out_dir
         if job.cancelled:
-            self.info.setText("cancelled")
+            # the cases the job did not reach are not pending any more: the run was cancelled
+            for c in self.cases:
+                if self.status.get(str(c), "pending") == "pending":
+                    self.status[str(c)] = "cancelled"
+            self._refresh()
+            self.info.setText(f"cancelled after {len(self.items)} of {len(self.cases)} "
+                              f"case(s)")
         else:
             self.bar.setValue(self.bar.maximum())
             self.info.setText(f"{len(self.items)} case(s), {n_fail} failed; summary: "
                               f"{Path(out) / 'summary.csv'}")
+
+
+# -- opening a case (worker: read, build; main thread: swap) -------------------------------------
+@dataclass
+class PreparedCase:
+    """A cohort case's layers, data and napari objects, made in the worker."""
+    case_id: str
+    layer_data: List[Tuple[Any, Dict[str, Any], str]] = field(default_factory=list)
+    built: List[Any] = field(default_factory=list)
+    n_results: int = 0
+
+
+def result_layer_data_from(out_dir: Optional[str], case) -> List[Tuple[Any, Dict[str, Any], str]]:
+    """The layer data of the results a cohort job wrote for ``case`` under
+    ``out_dir/<case_id>/`` (``analysis.json``: its segmentation and heatmap volumes), named as
+    the Segment and Explain widgets name theirs; nothing when the case has not been analysed.
+    Files whose grid is not the case's are left out."""
+    import json
+
+    from ..core.io import load_volume
+    from .reader import read_volume_file
+    from ._common import labels_result_data
+
+    if not out_dir:
+        return []
+    d = Path(out_dir) / case.case_id
+    try:
+        info = json.loads((d / "analysis.json").read_text())
+    except (OSError, ValueError):
+        return []
+    files = info.get("files") or {}
+    models = info.get("models") or {}
+    g = case.geometry
+    out: List[Tuple[Any, Dict[str, Any], str]] = []
+    seg = files.get("segmentation")
+    if seg and str(seg).endswith((".nii.gz", ".nii")):
+        try:
+            vol = load_volume(d / Path(seg).name, labels=True)
+        except Exception:          # a file removed or damaged since: the case still opens
+            vol = None
+        if vol is not None and vol.geometry.same_grid(g):
+            synth = [s for s in (info.get("synthetic_inputs") or [])]
+            name = f"{case.case_id} segmentation ({models.get('segmentation', 'model')})"
+            if synth:
+                name += f" from synthetic {'+'.join(synth)}"
+            out.append(labels_result_data(vol.array, vol.geometry, case.case_id, name,
+                                          model=models.get("segmentation"),
+                                          synthetic_inputs=synth, kind="volume"))
+    for key, f in files.items():
+        if not key.startswith("heatmap_") or not str(f).endswith((".nii.gz", ".nii")):
+            continue
+        try:
+            ld = read_volume_file(d / Path(f).name)
+        except Exception:
+            continue
+        for data, kw, kind in ld:
+            if tuple(np.shape(data)) == tuple(g.shape):
+                out.append((data, kw, kind))
+    return out
+
+
+def prepare_case_layers(path, out_dir: Optional[str] = None, cancel=None) -> PreparedCase:
+    """Read the case at ``path`` and build its layers (and those of its results under
+    ``out_dir``, if any) for :func:`swap_cohort_layers`; runs in the worker."""
+    from ..core.io import load_case
+    from ..core.progress import check
+    from .layers import case_to_layer_data
+    from .reader import _mark_synthetic_layers
+
+    case = load_case(path)
+    check(cancel)
+    lds = _mark_synthetic_layers(case, case_to_layer_data(case, source=str(path)))
+    results = result_layer_data_from(out_dir, case)
+    prep = PreparedCase(case.case_id, n_results=len(results))
+    for data, kw, kind in lds + results:
+        kw["metadata"]["radiogen"]["cohort"] = True
+        prep.layer_data.append((data, kw, kind))
+        check(cancel)
+        prep.built.append(build_layer((data, kw, kind)))
+    return prep
+
+
+def _slot(kind: str, meta: Dict[str, Any]) -> Tuple[Any, ...]:
+    """What a cohort layer is, whatever the case: the same slot of the next case updates it."""
+    return (kind, meta.get("sequence"), bool(meta.get("result")), meta.get("task"),
+            meta.get("method"), bool(meta.get("synthetic")))
+
+
+def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
+    """Put ``prep``'s layers in the viewer in place of the previous cohort case's (main
+    thread). A previous layer of the same slot (kind, sequence, result, task) on the same grid
+    takes the new data in place (no new visuals: a texture upload, not napari's layer
+    insertion); the others are removed and the worker-built layers inserted. The user's layer
+    selection is left alone. Returns the case's layers.
+
+    Inserting new layers costs napari main-thread time (about a second for a first BraTS
+    case's five layers); putting them in one per event-loop turn was tried and made it worse
+    (the canvas redraws every layer between two insertions). Opening the next case of the
+    same grid costs tens of ms."""
+    old: Dict[Tuple[Any, ...], List[Any]] = {}
+    for layer in [ly for ly in viewer.layers if radiogen_meta(ly).get("cohort")]:
+        old.setdefault(_slot(type(layer).__name__.lower(), radiogen_meta(layer)),
+                       []).append(layer)
+    keep: List[Any] = []
+    new_layers: List[Any] = []
+    for (data, kw, kind), built in zip(prep.layer_data, prep.built):
+        cands = old.get(_slot(kind, kw["metadata"]["radiogen"])) or []
+        layer = cands.pop(0) if cands else None
+        same_labels = kind != "labels" or (radiogen_meta(layer).get("label_names")
+                                           == kw["metadata"]["radiogen"].get("label_names")
+                                           if layer is not None else False)
+        if layer is not None and same_labels and np.shape(layer.data) == np.shape(data) \
+                and np.allclose(layer.scale, kw.get("scale", layer.scale)) \
+                and np.allclose(layer.translate, kw.get("translate", layer.translate)):
+            layer.metadata = kw["metadata"]
+            layer.data = data
+            if kind == "image" and kw.get("contrast_limits") is not None:
+                lo, hi = kw["contrast_limits"]
+                r0, r1 = layer.contrast_limits_range
+                layer.contrast_limits_range = (min(r0, lo), max(r1, hi))
+                layer.contrast_limits = kw["contrast_limits"]
+            layer.name = kw["name"]
+            keep.append(layer)
+            continue
+        if layer is not None:
+            old.setdefault(("__remove__",), []).append(layer)
+        new_layers.append(built)
+    with _keep_selection(viewer):
+        for layers in old.values():
+            for layer in layers:
+                if layer in viewer.layers:
+                    viewer.layers.remove(layer)
+        for layer in new_layers:
+            viewer.layers.append(layer)
+    return keep + new_layers
