@@ -65,6 +65,72 @@ def test_classify_volume_batches_every_axial_slice(tiny_model):
     np.testing.assert_allclose([one.probs[c] for c in triage.CLASSES], table.probs[3], atol=1e-5)
 
 
+def test_empty_slices_get_no_call_and_are_not_counted(tiny_model):
+    """All-zero and constant slices are empty: no tumour call, left out of the counts (the
+    model's probabilities are kept, and ``predicted`` stays the argmax for the CSV)."""
+    rng = np.random.default_rng(3)
+    vol = rng.uniform(0, 500, size=(6, 40, 48)).astype(np.float32)
+    vol[0] = 0
+    vol[2] = 123.0                                   # constant: no contrast, nothing to see
+    vol[5] = -7.0                                    # negative constant -> zeros
+    assert triage.normalise_slice(vol[2], 32).max() == 0.0
+    for z in (0, 2, 5):
+        one = triage.classify_slice(vol[z], tiny_model)
+        assert one.empty and one.call is None and one.predicted in triage.CLASSES
+    one = triage.classify_slice(vol[1], tiny_model)
+    assert not one.empty and one.call == one.predicted
+    table = progress.run(triage.classify_volume(vol, tiny_model))
+    assert table.empty == [True, False, True, False, False, True] and table.n_empty == 3
+    assert table.calls[0] is None and table.calls[1] == table.predicted[1]
+    counts = table.counts()
+    assert list(counts) == list(triage.CLASSES) and sum(counts.values()) == 3
+    assert len(table.predicted) == 6 and len(table.rows()) == 6    # the CSV keeps every slice
+
+
+def test_classify_volume_along_another_axis(tiny_model):
+    vol = np.random.default_rng(4).uniform(0, 500, size=(5, 30, 9)).astype(np.float32)
+    vol[:, :, 4] = 0
+    table = progress.run(triage.classify_volume(vol, tiny_model, axis=2, case_id="c1"))
+    assert table.axis == 2 and table.names == [f"c1:{x}" for x in range(9)]
+    assert table.probs.shape == (9, 4) and table.empty == [x == 4 for x in range(9)]
+    one = triage.classify_slice(vol[:, :, 6], tiny_model)
+    np.testing.assert_allclose([one.probs[c] for c in triage.CLASSES], table.probs[6], atol=1e-5)
+    assert progress.run(triage.classify_volume(vol, tiny_model)).axis == 0
+    with pytest.raises(triage.RadiogenError):
+        progress.run(triage.classify_volume(vol, tiny_model, axis=3))
+
+
+def test_domain_caveat_for_skull_stripped_inputs():
+    """BraTS-like inputs (a BraTS case id, or an exactly-zero background around the brain) get
+    a caveat; noisy backgrounds and the training collection's PNG slices do not."""
+    from napari_radiogen.core.sample import load_sample_case
+    rng = np.random.default_rng(5)
+    brain = np.zeros((8, 60, 60), np.float32)
+    yy, xx = np.mgrid[:60, :60]
+    brain[1:7, (yy - 30) ** 2 + (xx - 30) ** 2 < 20 ** 2] = 300.0     # zero all around
+    assert "skull-stripped" in triage.domain_caveat(brain)
+    assert "skull-stripped" in triage.domain_caveat(brain[4])
+    noisy = brain + rng.uniform(1, 20, brain.shape).astype(np.float32)
+    assert triage.domain_caveat(noisy) is None and triage.domain_caveat(noisy[4]) is None
+    assert "BraTS case" in triage.domain_caveat(noisy, case_id="BraTS2021_01476")
+    assert triage.domain_caveat(np.zeros((20, 20))) is None         # empty: nothing to judge
+    case = load_sample_case()
+    ref = case.sequences[case.reference].array
+    assert triage.domain_caveat(ref[ref.shape[0] // 2]) is not None  # the sample is BraTS
+    src = shared_path(*DATA)
+    for c in triage.CLASSES:
+        for f in sorted((src / c).glob("*.png"))[:5]:
+            assert triage.domain_caveat(triage.read_image(f)) is None, f
+
+
+def test_classify_volume_reports_the_caveat(tiny_model):
+    from napari_radiogen.core.sample import load_sample_case
+    case = load_sample_case()
+    table = progress.run(triage.classify_volume(case, tiny_model))
+    assert table.case_id == case.case_id and "BraTS case" in table.caveat
+    assert table.axis == 0 and table.n_empty == sum(table.empty)
+
+
 def test_classify_volume_cancels(tiny_model):
     tok = progress.CancelToken()
     tok.cancel()

@@ -8,9 +8,14 @@ on) and axial slices of a real 3D case (NIfTI intensities of any range):
 2. crop to the foreground's bounding box (+2 px margin), pad the crop to a square with zeros
    (centred), resize to the model's ``input_size`` (bilinear, antialiased);
 3. scale intensities by the 99.5th percentile of the foreground pixels and clip to [0, 1]
-   (the background stays 0). A slice with no foreground becomes all zeros.
+   (the background stays 0). A slice with no foreground -- all zero, or constant: no contrast
+   at all -- is *empty*: it becomes all zeros, and results mark it (``SliceTriage.empty``,
+   ``TriageTable.empty``) so that no tumour call is made of it (``SliceTriage.call`` is None;
+   ``TriageTable.counts`` leaves it out).
 
-The models see single-channel ``input_size`` x ``input_size`` tensors in [0, 1].
+The models see single-channel ``input_size`` x ``input_size`` tensors in [0, 1]. They were
+trained on slices with skull; :func:`domain_caveat` says when an image looks skull-stripped
+(BraTS-like) instead.
 """
 from __future__ import annotations
 
@@ -47,6 +52,11 @@ TRIAGE_NOTE = ("Trained on 2D MRI slices from public collections (Kaggle 'Brain 
                "aid for research, not a diagnosis; slices unlike these (e.g. skull-stripped "
                "BraTS volumes) may be misclassified.")
 
+SKULL_STRIPPED_CAVEAT = ("looks skull-stripped ({why}); the model was trained on slices with "
+                         "skull: this call may be wrong")
+
+PLANE_NAMES = ("axial", "coronal", "sagittal")   # axes 0, 1, 2 of a (z, y, x) LPS volume
+
 
 # ---------------------------------------------------------------------------------------------
 # normalisation
@@ -67,7 +77,7 @@ def _crop_square(img: np.ndarray):
     a = np.asarray(img, dtype=np.float32)
     a = np.where(np.isfinite(a), a, 0.0)
     a = np.maximum(a, 0.0)
-    if a.size == 0:
+    if a.size == 0 or float(a.max()) <= float(a.min()):     # all zero, or constant: empty
         return None, None, None
     hi = float(np.percentile(a, 99))
     if hi <= 0:
@@ -161,6 +171,37 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     return arr
 
 
+def _zero_background(a: np.ndarray, min_zero_fraction: float = 0.25,
+                     min_border_zero_fraction: float = 0.9) -> bool:
+    """True when the background is exactly 0 around something (2D or 3D): at least a quarter of
+    the pixels are 0 and nearly all of the outer border is 0 (as
+    :func:`napari_radiogen.core.prepare.is_skull_stripped`, for slices too). Scans with skull,
+    and the 8-bit slices the models were trained on, have noise there (few exact zeros)."""
+    a = np.asarray(a)
+    if a.ndim not in (2, 3) or a.size == 0 or not np.any(a):
+        return False
+    if np.count_nonzero(a == 0) < min_zero_fraction * a.size:
+        return False
+    faces = []
+    for ax in range(a.ndim):
+        faces += [np.take(a, 0, axis=ax).ravel(), np.take(a, -1, axis=ax).ravel()]
+    shell = np.concatenate(faces)
+    return bool(np.count_nonzero(shell == 0) >= min_border_zero_fraction * shell.size)
+
+
+def domain_caveat(array: Optional[np.ndarray] = None, case_id: Optional[str] = None
+                  ) -> Optional[str]:
+    """A caveat when the image is unlike the training slices (which mostly show the skull):
+    a BraTS case (by ``case_id``), or a 2D slice / 3D volume whose background is exactly 0
+    around the brain (skull-stripped). None otherwise."""
+    why = []
+    if case_id and str(case_id).lower().startswith("brats"):
+        why.append("a BraTS case")
+    if array is not None and _zero_background(array):
+        why.append("zero background around the brain")
+    return SKULL_STRIPPED_CAVEAT.format(why=", ".join(why)) if why else None
+
+
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
@@ -209,13 +250,19 @@ def predict_normalised(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray
 class SliceTriage:
     """Probabilities of one slice."""
     probs: Dict[str, float]
-    predicted: str
-    empty: bool = False                      # the slice had no foreground (probs are the
-                                             # model's answer to a black image)
+    predicted: str                           # the model's argmax (also for an empty slice)
+    empty: bool = False                      # the slice had no foreground (all zero or
+                                             # constant): probs are the model's answer to a
+                                             # black image, not a call
 
     @property
     def confidence(self) -> float:
         return float(self.probs[self.predicted])
+
+    @property
+    def call(self) -> Optional[str]:
+        """The tumour call: the predicted class, or None for an empty slice."""
+        return None if self.empty else self.predicted
 
 
 @dataclass
@@ -228,10 +275,28 @@ class TriageTable:
     case_id: Optional[str] = None
     sequence: Optional[str] = None
     empty: List[bool] = field(default_factory=list)
+    axis: int = 0                            # slicing axis of the volume (0: axial of z, y, x)
+    caveat: Optional[str] = None             # see :func:`domain_caveat`
 
     @property
     def predicted(self) -> List[str]:
+        """The model's argmax per row (empty slices included: see :attr:`calls`)."""
         return [self.classes[int(i)] for i in self.probs.argmax(1)] if len(self.probs) else []
+
+    @property
+    def calls(self) -> List[Optional[str]]:
+        """The tumour call per row: the predicted class, or None for an empty slice."""
+        empty = list(self.empty) + [False] * (len(self.names) - len(self.empty))
+        return [None if e else p for p, e in zip(self.predicted, empty)]
+
+    @property
+    def n_empty(self) -> int:
+        return int(sum(bool(e) for e in self.empty))
+
+    def counts(self) -> Dict[str, int]:
+        """Calls per class (every class listed), empty slices left out (see :attr:`n_empty`)."""
+        calls = self.calls
+        return {c: calls.count(c) for c in self.classes}
 
     def rows(self) -> List[Dict[str, Any]]:
         out = []
@@ -343,27 +408,37 @@ def _volume_of(volume_or_case, sequence: Optional[str] = None):
 
 
 def classify_volume(volume_or_case, model, cancel: Optional[CancelToken] = None,
-                    sequence: Optional[str] = None, batch_size: int = 64
+                    sequence: Optional[str] = None, batch_size: int = 64, axis: int = 0,
+                    case_id: Optional[str] = None
                     ) -> Iterator[Union[Progress, TriageTable]]:
-    """Generator: classify every axial slice (``array[z]``) of a volume or of a case's
+    """Generator: classify every slice along ``axis`` (default 0: the axial slices
+    ``array[z]``; a slice keeps the other two axes in their order) of a volume or of a case's
     reference sequence. Yields Progress, then a :class:`TriageTable` with names
-    ``<case_id>:<z>``."""
-    arr, case_id, seq = _volume_of(volume_or_case, sequence)
+    ``<case_id>:<index>`` (``case_id`` names a plain array's case), its ``axis``, the
+    ``empty`` slices and the :func:`domain_caveat` of the volume."""
+    arr, cid, seq = _volume_of(volume_or_case, sequence)
+    case_id = case_id or cid
+    if not -3 <= axis < 3:
+        raise RadiogenError(f"axis {axis} is not an axis of a 3D volume")
+    axis = axis % 3
     size = model_input_size(model)
-    n = arr.shape[0]
+    n = arr.shape[axis]
     probs, empty = [], []
     yield Progress("classify slices", 0, n)
     for z0 in range(0, n, batch_size):
         _progress.check(cancel)
-        sl = [arr[z] for z in range(z0, min(z0 + batch_size, n))]
+        sl = [np.take(arr, z, axis=axis) for z in range(z0, min(z0 + batch_size, n))]
         x, infos = normalise_slices(sl, size, return_info=True)
         probs.append(predict_normalised(model, x))
         empty += [inf is None for inf in infos]
         yield Progress("classify slices", min(z0 + batch_size, n), n)
     prefix = case_id or "volume"
-    yield TriageTable(names=[f"{prefix}:{z}" for z in range(n)], probs=np.concatenate(probs),
+    yield TriageTable(names=[f"{prefix}:{z}" for z in range(n)],
+                      probs=(np.concatenate(probs) if probs
+                             else np.zeros((0, len(model_classes(model))), np.float32)),
                       classes=model_classes(model), model=getattr(model, "name", ""),
-                      case_id=case_id, sequence=seq, empty=empty)
+                      case_id=case_id, sequence=seq, empty=empty, axis=axis,
+                      caveat=domain_caveat(np.asarray(arr), case_id))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,13 +1,21 @@
 """Tumour type dock widget: 2D triage of the slice under view (glioma / meningioma /
-pituitary tumour / no tumour), following the user's scrolling.
+pituitary tumour / no tumour), following the user's scrolling and viewing orientation.
 
 Thin: the core (:mod:`napari_radiogen.core.triage`) does the work in a worker through
 :func:`napari_radiogen.napari.workers.start_job`. Only the latest slice request matters: while a
 job runs, newer requests only mark the widget as "pending", and when the job ends the newest
 slice is classified (stale slices are never queued).
+
+The slice is the one napari shows: the displayed axes are the last two of ``viewer.dims.order``
+(mapped onto the layer's own axes as napari does) and the slicing axis is the one before them.
+In a 3D view the widget keeps working on that 2D slice (and says so). "Classify all slices"
+runs along the same slicing axis; the per-slice plot and its summary belong to the layer they
+were computed on and are hidden while another layer is selected (dropped when it goes away).
+An empty slice (all zero or constant) gets no tumour call and is left out of the counts.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -19,6 +27,8 @@ from ..core import triage as core_triage
 from ..core.progress import Progress
 from .workers import start_job
 
+CAVEAT_STYLE = "color: #e0a030; font-size: 11px"
+
 
 @dataclass(frozen=True)
 class SliceRequest:
@@ -28,6 +38,28 @@ class SliceRequest:
     index: Tuple[int, ...]          # indices of the non-displayed axes (layer data order)
     model: str
     cam: bool
+    displayed: Tuple[int, ...] = ()  # displayed axes (layer data order: rows, columns)
+    axis: Optional[int] = None       # slicing axis (layer data order); None for a 2D image
+
+    @property
+    def position(self) -> Optional[int]:
+        """Index of the slice along :attr:`axis`."""
+        if self.axis is None:
+            return None
+        others = [a for a in range(len(self.index) + len(self.displayed))
+                  if a not in self.displayed]
+        return self.index[others.index(self.axis)]
+
+
+@dataclass(frozen=True)
+class VolumeContext:
+    """What a "Classify all slices" table is of: the layer, the slicing axis, and the indices
+    it was taken at on the other non-displayed axes (a 4D layer's channel...)."""
+    layer: Any                      # weakref.ref to the layer
+    name: str
+    axis: int
+    fixed: Tuple[Tuple[int, int], ...]
+    axis_text: str
 
 
 def _layer_array(layer) -> Any:
@@ -35,6 +67,18 @@ def _layer_array(layer) -> Any:
     if getattr(layer, "multiscale", False):
         data = data[0]
     return data
+
+
+def _pct(p: float) -> int:
+    """A probability in whole percent (rounded: the label and the bars agree)."""
+    return int(round(100.0 * float(p)))
+
+
+def _ref(obj):
+    try:
+        return weakref.ref(obj)
+    except TypeError:                                   # pragma: no cover - no weakrefs
+        return lambda: obj
 
 
 class TumourTypeWidget(QWidget):
@@ -50,7 +94,11 @@ class TumourTypeWidget(QWidget):
         self.last_request: Optional[SliceRequest] = None
         self.last_result = None                       # (SliceRequest, SliceTriage)
         self.volume_result = None                     # (layer name, TriageTable)
+        self.volume_context: Optional[VolumeContext] = None
         self._cam_layer = None
+        self._layer_ref = None                        # the layer the panel speaks of
+        self._message = ""                            # a message about the selected layer
+        self._running = ""                            # the running "all slices" job
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -66,15 +114,26 @@ class TumourTypeWidget(QWidget):
         row.addWidget(self.follow_box)
         row.addWidget(self.cam_box)
         lay.addLayout(row)
+        self.view_note = QLabel("")
+        self.view_note.setWordWrap(True)
+        self.view_note.setStyleSheet(CAVEAT_STYLE)
+        self.view_note.setVisible(False)
+        lay.addWidget(self.view_note)
 
         self.prediction_label = QLabel("-")
         self.prediction_label.setStyleSheet("font-weight: bold")
+        self.prediction_label.setWordWrap(True)
         lay.addWidget(self.prediction_label)
+        self.caveat_label = QLabel("")              # next to the call: skull-stripped input
+        self.caveat_label.setWordWrap(True)
+        self.caveat_label.setStyleSheet(CAVEAT_STYLE)
+        self.caveat_label.setVisible(False)
+        lay.addWidget(self.caveat_label)
         self.bars: Dict[str, QProgressBar] = {}
         bars = QFormLayout()
         for c in core_triage.CLASSES:
             b = QProgressBar()
-            b.setRange(0, 1000)
+            b.setRange(0, 100)                       # whole percent: shown as rounded
             b.setFormat("%p%")
             bars.addRow(core_triage.CLASS_NAMES[c], b)
             self.bars[c] = b
@@ -104,9 +163,12 @@ class TumourTypeWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._on_active)
         self.viewer.dims.events.current_step.connect(self._on_step)
-        self.layer_combo.currentIndexChanged.connect(lambda *_: self.request_current())
+        self.viewer.dims.events.order.connect(self._on_view_changed)
+        self.viewer.dims.events.ndisplay.connect(self._on_view_changed)
+        self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
         self.model_combo.currentIndexChanged.connect(lambda *_: self.request_current())
         self.cam_box.toggled.connect(self._on_cam_toggled)
+        self._update_view_note()
         self.request_current()
 
     # -- lists ---------------------------------------------------------------------------------
@@ -119,8 +181,7 @@ class TumourTypeWidget(QWidget):
         self.model_combo.clear()
         self.model_combo.addItems(names)
         self.model_combo.blockSignals(False)
-        if not names:
-            self.status.setText("No triage model installed.")
+        self._update_status()
 
     def _image_layers(self):
         from napari.layers import Image
@@ -142,12 +203,7 @@ class TumourTypeWidget(QWidget):
         if pick:
             self.layer_combo.setCurrentText(pick)
         self.layer_combo.blockSignals(False)
-        if not names:                      # the image went away: so does what was said of it
-            self.last_result = None
-            self.prediction_label.setText("")
-            for b in self.bars.values():
-                b.setValue(0)
-        self.request_current()
+        self._on_layer_changed()
 
     def _on_active(self, event=None) -> None:
         ly = self.viewer.layers.selection.active
@@ -162,19 +218,103 @@ class TumourTypeWidget(QWidget):
                 return ly
         return None
 
+    # -- what the panel speaks of --------------------------------------------------------------
+    def _on_layer_changed(self, *_: Any) -> None:
+        """The selected layer changed (or a layer came or went): messages about the previous
+        one go, its prediction goes, and the per-slice plot is shown only for its own layer."""
+        layer = self.selected_layer()
+        prev = self._layer_ref() if self._layer_ref is not None else None
+        if layer is not prev:
+            self._layer_ref = _ref(layer) if layer is not None else None
+            self._message = ""
+            if self.last_result is not None and (
+                    layer is None or self.last_result[0].layer_id != id(layer)):
+                self._clear_prediction()
+            self._update_view_note()
+        ctx = self.volume_context
+        if ctx is not None:
+            vl = ctx.layer()
+            if vl is None or not any(ly is vl for ly in self.viewer.layers):
+                self.volume_result = None           # the analysed layer went away
+                self.volume_context = None
+        self._sync_volume_view()
+        self.request_current()
+
+    def _clear_prediction(self) -> None:
+        self.last_result = None
+        self.prediction_label.setText("")
+        self.caveat_label.setText("")
+        self.caveat_label.setVisible(False)
+        for b in self.bars.values():
+            b.setValue(0)
+            b.setFormat("%p%")
+
+    def _volume_shown(self) -> bool:
+        ctx = self.volume_context
+        layer = self.selected_layer()
+        return (ctx is not None and self.volume_result is not None and layer is not None
+                and ctx.layer() is layer)
+
+    def _summary(self) -> str:
+        if not self._volume_shown():
+            return ""
+        name, table = self.volume_result
+        ctx = self.volume_context
+        counts = table.counts()
+        text = (f"{name}: {len(table.names)} slices along {ctx.axis_text}; "
+                + ", ".join(f"{core_triage.CLASS_NAMES.get(c, c)} {n}"
+                            for c, n in counts.items()))
+        if table.n_empty:
+            text += f"; {table.n_empty} empty (no call, not counted)"
+        if table.caveat:
+            text += f"\nThe volume {table.caveat}."
+        return text
+
+    def _update_status(self) -> None:
+        parts = []
+        if self.model_combo.count() == 0:
+            parts.append("No triage model installed.")
+        if self._running:
+            parts.append(self._running)
+        elif self._message:
+            parts.append(self._message)
+        summary = self._summary()
+        if summary:
+            parts.append(summary)
+        self.status.setText("\n".join(parts))
+
+    def _sync_volume_view(self) -> None:
+        if self.canvas is not None:
+            self.canvas.setVisible(self._volume_shown())
+        self._update_vline()
+        self._update_status()
+
     # -- slice selection -----------------------------------------------------------------------
-    def _displayed_axes(self, layer) -> Tuple[int, int]:
+    def _layer_order(self, layer) -> Tuple[int, ...]:
+        """The layer's axes in the viewer's order (as napari slices a layer with fewer
+        dimensions than the viewer: the last ``ndim`` entries of ``dims.order``, re-ranked)."""
         nd = layer.ndim
-        if self.viewer.dims.ndisplay == 2:
-            disp = [a - (self.viewer.dims.ndim - nd) for a in self.viewer.dims.displayed]
-            disp = [a for a in disp if a >= 0]
-            if len(disp) == 2:
-                return tuple(disp)  # type: ignore[return-value]
-        return (nd - 2, nd - 1)
+        order = tuple(self.viewer.dims.order)[-nd:]
+        if len(order) != nd:                               # pragma: no cover - defensive
+            return tuple(range(nd))
+        return tuple(int(i) for i in np.argsort(np.argsort(order)))
+
+    def view_axes(self, layer) -> Tuple[Optional[int], Tuple[int, int]]:
+        """(slicing axis, (row axis, column axis)) in layer data order, as napari shows the
+        layer in a 2D view: the displayed axes are the last two of the order, the slicing axis
+        the one before them (None for a 2D image). In a 3D view: the same (2D slices)."""
+        order = self._layer_order(layer)
+        if len(order) < 2:
+            return None, (0, 0)
+        disp = (order[-2], order[-1])
+        return (order[-3] if len(order) >= 3 else None), disp
+
+    def _displayed_axes(self, layer) -> Tuple[int, int]:
+        return self.view_axes(layer)[1]
 
     def current_index(self, layer) -> Tuple[int, ...]:
         """Indices (layer data order) of the non-displayed axes at the viewer's position."""
-        ndim = layer.ndim - (1 if getattr(layer, "rgb", False) else 0)
+        ndim = layer.ndim
         if ndim <= 2:
             return ()
         pt = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)
@@ -187,24 +327,70 @@ class TumourTypeWidget(QWidget):
             idx.append(int(np.clip(np.round(pt[a]), 0, shape[a] - 1)))
         return tuple(idx)
 
+    def axis_text(self, layer, axis: Optional[int]) -> str:
+        """How the slicing axis is named: the plane for a case volume from the plugin's reader
+        (z, y, x in LPS order: axial, coronal, sagittal), else its index."""
+        if axis is None:
+            return ""
+        nd = layer.ndim
+        rg = (layer.metadata or {}).get("radiogen") or {}
+        if rg.get("geometry") is not None and nd >= 3 and axis >= nd - 3:
+            return f"the {core_triage.PLANE_NAMES[axis - (nd - 3)]} axis ({axis})"
+        return f"axis {axis}"
+
+    def _where(self, req: SliceRequest, layer=None) -> str:
+        if req.axis is None:
+            return ""
+        layer = layer if layer is not None else self.selected_layer()
+        if layer is not None:
+            rg = (layer.metadata or {}).get("radiogen") or {}
+            nd = layer.ndim
+            if rg.get("geometry") is not None and nd >= 3 and req.axis >= nd - 3:
+                plane = core_triage.PLANE_NAMES[req.axis - (nd - 3)]
+                return f"{plane} slice {req.position}"
+        return f"slice {req.position} (axis {req.axis})"
+
     def _slicer(self, layer, index: Tuple[int, ...]):
         """A function returning the 2D slice (run in the worker: lazy data is read there)."""
         data = _layer_array(layer)
-        if getattr(layer, "rgb", False):
-            return lambda: np.asarray(data).astype(np.float32)[..., :3].mean(-1)
-        if data.ndim <= 2:
+        rgb = bool(getattr(layer, "rgb", False))
+        if layer.ndim <= 2 and not rgb:
             return lambda: np.asarray(data)
         disp = self._displayed_axes(layer)
         sl, it = [], iter(index)
-        for a in range(data.ndim):
+        for a in range(layer.ndim):
             sl.append(slice(None) if a in disp else next(it))
         key, transpose = tuple(sl), disp[0] > disp[1]
-        return lambda: (np.asarray(data[key]).T if transpose else np.asarray(data[key]))
+
+        def get():
+            a = np.asarray(data[key])
+            if rgb:                                     # colour channels (last axis) -> grey
+                a = a.astype(np.float32)[..., :3].mean(-1)
+            return a.T if transpose else a
+        return get
 
     def _on_step(self, event=None) -> None:
         self._update_vline()
         if self.follow_box.isChecked():
             self.request_current()
+
+    def _on_view_changed(self, event=None) -> None:
+        """dims.order or ndisplay changed: another slice is under view."""
+        self._update_view_note()
+        self._update_vline()
+        if self.follow_box.isChecked():
+            self.request_current()
+
+    def _update_view_note(self) -> None:
+        three_d = self.viewer.dims.ndisplay == 3
+        layer = self.selected_layer()
+        if three_d:
+            axis = self.view_axes(layer)[0] if layer is not None else None
+            where = f" along {self.axis_text(layer, axis)}" if axis is not None else ""
+            self.view_note.setText(
+                "3D view: this widget works on 2D slices. It classifies the slice at the "
+                f"current position{where}, as the 2D view shows it.")
+        self.view_note.setVisible(three_d)
 
     def _on_cam_toggled(self, on: bool) -> None:
         if not on and self._cam_layer is not None and self._cam_layer in self.viewer.layers:
@@ -224,9 +410,12 @@ class TumourTypeWidget(QWidget):
         model = self.model_combo.currentText()
         if layer is None or not model:
             return None
+        axis, disp = self.view_axes(layer)
+        if layer.ndim <= 2:
+            axis = None
         req = SliceRequest(layer_id=id(layer), layer_name=layer.name,
                            index=self.current_index(layer), model=model,
-                           cam=self.cam_box.isChecked())
+                           cam=self.cam_box.isChecked(), displayed=tuple(disp), axis=axis)
         if not force and self.last_result is not None and self.last_result[0] == req:
             return req
         self.last_request = req
@@ -246,11 +435,12 @@ class TumourTypeWidget(QWidget):
             yield Progress("triage", 0, 1, req.layer_name)
             model = self._model(req.model)
             arr = get_slice()
+            caveat = core_triage.domain_caveat(arr, meta.get("case_id"))
             if req.cam:
                 cam = core_triage.gradcam_slice(arr, model)
-                yield (req, cam.triage, cam.heatmap, place, meta)
+                yield (req, cam.triage, cam.heatmap, place, meta, caveat)
             else:
-                yield (req, core_triage.classify_slice(arr, model), None, None, meta)
+                yield (req, core_triage.classify_slice(arr, model), None, None, meta, caveat)
 
         self._job = start_job(factory, name="Tumour type", on_result=self._on_result,
                               on_finished=self._on_finished, owner=self, progress_bar=False)
@@ -263,7 +453,7 @@ class TumourTypeWidget(QWidget):
         disp = self._displayed_axes(layer)
         scale = np.asarray(layer.scale, dtype=float)
         translate = np.asarray(layer.translate, dtype=float).copy()
-        if getattr(layer, "rgb", False) or _layer_array(layer).ndim <= 2:
+        if layer.ndim <= 2:
             return tuple(scale[list(disp)]), tuple(translate[list(disp)]), (), False
         others = [a for a in range(layer.ndim) if a not in disp]
         for a, i in zip(others, index):
@@ -273,14 +463,27 @@ class TumourTypeWidget(QWidget):
     def _on_result(self, item) -> None:
         if not item:
             return
-        req, tri, heat, place, meta = item
+        req, tri, heat, place, meta, caveat = item
+        layer = self.selected_layer()
+        if layer is None or id(layer) != req.layer_id or (
+                self._pending and req != self.last_request):
+            return        # of a layer no longer selected, or superseded by a newer request
         self.last_result = (req, tri)
-        self.prediction_label.setText(
-            f"{core_triage.CLASS_NAMES[tri.predicted]} ({100 * tri.confidence:.0f}%)"
-            + ("  [empty slice]" if tri.empty else "")
-            + (f"  slice {req.index[-1]}" if req.index else ""))
-        for c, b in self.bars.items():
-            b.setValue(int(round(1000 * tri.probs.get(c, 0.0))))
+        where = self._where(req, layer)
+        if tri.empty:
+            text = "empty slice (no foreground): no tumour call"
+            for b in self.bars.values():
+                b.setValue(0)
+                b.setFormat("-")
+        else:
+            text = f"{core_triage.CLASS_NAMES[tri.predicted]} ({_pct(tri.confidence)}%)"
+            for c, b in self.bars.items():
+                b.setValue(_pct(tri.probs.get(c, 0.0)))
+                b.setFormat("%p%")
+        self.prediction_label.setText(text + (f"  -  {where}" if where else ""))
+        show_caveat = bool(caveat) and not tri.empty
+        self.caveat_label.setText(f"This image {caveat}." if show_caveat else "")
+        self.caveat_label.setVisible(show_caveat)
         if heat is not None:
             self._show_cam(req, heat, place, meta)
 
@@ -298,6 +501,7 @@ class TumourTypeWidget(QWidget):
             ly.data = heat
             ly.scale, ly.translate = scale, translate
             ly.metadata = md
+            ly.name = name
         else:
             if ly is not None and ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
@@ -317,73 +521,121 @@ class TumourTypeWidget(QWidget):
         layer = self.selected_layer()
         model = self.model_combo.currentText()
         if layer is None or not model:
-            self.status.setText("Select an image layer and a model first.")
+            self._message = "Select an image layer and a model first."
+            self._update_status()
             return
         data = _layer_array(layer)
-        if data.ndim < 3 or getattr(layer, "rgb", False):
-            self.status.setText("The layer is 2D: there is only one slice.")
+        if layer.ndim < 3:
+            self._message = "The layer is 2D: there is only one slice."
+            self._update_status()
             return
-        vol = np.asarray(data)
-        if vol.ndim > 3:
-            vol = vol[tuple(self.current_index(layer)[:vol.ndim - 3])]
+        rgb = bool(getattr(layer, "rgb", False))
+        nd = layer.ndim
+        axis, disp = self.view_axes(layer)
+        others = [a for a in range(nd) if a not in disp]
+        fixed = {a: i for a, i in zip(others, self.current_index(layer)) if a != axis}
+        key = tuple(fixed[a] if a in fixed else slice(None) for a in range(nd))
+        kept = [a for a in range(nd) if a not in fixed]          # axis and the displayed two
+        perm = (kept.index(axis), kept.index(disp[0]), kept.index(disp[1]))
         name = layer.name
         case_id = ((layer.metadata or {}).get("radiogen") or {}).get("case_id") or name
+        ctx = VolumeContext(layer=_ref(layer), name=name, axis=axis,
+                            fixed=tuple(sorted(fixed.items())),
+                            axis_text=self.axis_text(layer, axis))
 
         def gen(token):
             m = self._model(model)
-            for item in core_triage.classify_volume(vol, m, cancel=token):
+            vol = np.asarray(data[key])
+            if rgb:                                     # colour channels (last axis) -> grey
+                vol = vol.astype(np.float32)[..., :3].mean(-1)
+            vol = np.transpose(vol, perm)                  # (slice, rows, columns)
+            for item in core_triage.classify_volume(vol, m, cancel=token, case_id=case_id):
                 if isinstance(item, core_triage.TriageTable):
-                    item.case_id = case_id
-                    yield (name, item)
+                    item.axis = axis                         # the layer's axis
+                    yield (ctx, item)
                 else:
                     yield item
 
+        def finished(job):
+            self.all_button.setEnabled(True)
+            self._running = ""
+            self._update_status()
+
         self.all_button.setEnabled(False)
-        self.status.setText(f"Classifying every axial slice of {name} ...")
+        self._message = ""
+        self._running = f"Classifying every slice of {name} along {ctx.axis_text} ..."
+        self._update_status()
         self._volume_job = start_job(gen, name="Tumour type (all slices)",
                                      on_result=self._on_volume_result,
-                                     on_finished=lambda j: self.all_button.setEnabled(True),
-                                     owner=self)
+                                     on_finished=finished, owner=self)
 
     def _on_volume_result(self, item) -> None:
         if not item:
             return
-        name, table = item
-        self.volume_result = (name, table)
-        counts = {c: table.predicted.count(c) for c in table.classes}
-        self.status.setText(f"{name}: {len(table.names)} slices; " + ", ".join(
-            f"{core_triage.CLASS_NAMES[c]} {n}" for c, n in counts.items()))
-        self._plot(table)
+        ctx, table = item
+        layer = ctx.layer()
+        if layer is None or not any(ly is layer for ly in self.viewer.layers):
+            return                                       # the layer went away meanwhile
+        self.volume_result = (ctx.name, table)
+        self.volume_context = ctx
+        self._plot(table, ctx)
+        self._sync_volume_view()
 
-    def _plot(self, table) -> None:
+    def _plot(self, table, ctx: VolumeContext) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         if self.canvas is None:
-            fig = Figure(figsize=(4, 2.4), tight_layout=True)
+            fig = Figure(figsize=(4, 2.8), tight_layout=True)
             self.canvas = FigureCanvasQTAgg(fig)
-            self.canvas.setMinimumHeight(180)
+            self.canvas.setMinimumHeight(210)
             self._plot_holder.addWidget(self.canvas)
             self._plot_ax = fig.add_subplot(111)
         ax = self._plot_ax
         ax.clear()
         z = np.arange(len(table.names))
+        empty = np.zeros(len(z), bool)
+        empty[:len(table.empty)] = np.asarray(table.empty, bool)[:len(z)]
+        probs = np.where(empty[:, None], np.nan, table.probs)   # no curve over empty slices
         for i, c in enumerate(table.classes):
-            ax.plot(z, table.probs[:, i], label=core_triage.CLASS_NAMES.get(c, c), lw=1.2)
-        ax.set_xlabel("axial slice")
-        ax.set_ylabel("probability")
+            ax.plot(z, probs[:, i], label=core_triage.CLASS_NAMES.get(c, c), lw=1.2)
+        if empty.any():
+            edges = np.flatnonzero(np.diff(np.r_[0, empty.astype(int), 0]))
+            for k, (a, b) in enumerate(zip(edges[::2], edges[1::2])):
+                ax.axvspan(a - 0.5, b - 0.5, color="0.85", lw=0,
+                           label="empty slice" if k == 0 else None)
+        ax.set_xlabel(f"slice along {ctx.axis_text}", fontsize=8)
+        ax.set_ylabel("probability", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=6, loc="upper right")
+        ax.set_xlim(-0.5, max(len(z) - 0.5, 0.5))
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3,
+                  frameon=False, handlelength=1.5, columnspacing=1.0)
         self._vline = ax.axvline(0, color="k", lw=0.8, ls="--")
         self._update_vline()
+
+    def _vline_position(self) -> Optional[int]:
+        """Where the current slice is on the plot: only when the plot is of the selected layer,
+        along the axis now sliced, at the same indices on the other non-displayed axes."""
+        if not self._volume_shown():
+            return None
+        layer = self.selected_layer()
+        ctx = self.volume_context
+        axis, disp = self.view_axes(layer)
+        if axis != ctx.axis:
+            return None
+        others = [a for a in range(layer.ndim) if a not in disp]
+        idx = dict(zip(others, self.current_index(layer)))
+        if any(idx.get(a) != i for a, i in ctx.fixed):
+            return None
+        return idx.get(axis)
 
     def _update_vline(self) -> None:
         if self._vline is None or self.canvas is None:
             return
-        layer = self.selected_layer()
-        if layer is None:
-            return
-        idx = self.current_index(layer)
-        if idx:
-            self._vline.set_xdata([idx[-1], idx[-1]])
+        pos = self._vline_position()
+        if pos is not None:
+            self._vline.set_xdata([pos, pos])
+        if self._vline.get_visible() != (pos is not None) or pos is not None:
+            self._vline.set_visible(pos is not None)
             self.canvas.draw_idle()
