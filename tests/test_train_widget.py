@@ -1,6 +1,8 @@
 """Training widget (pytest-qt): a short phantom run updates the curves, cancels, resumes, and the
 training runs on a worker while the Qt event loop keeps ticking (how long the loop may pause is
-a speed target for ``scripts/bench_viewer.py``, not a timed assertion here)."""
+a speed target for ``scripts/bench_viewer.py``, not a timed assertion here); the core's
+messages in the widget's terms, a run folder's settings filled in for Resume, curves per fold
+named by the score's metric, and progress shown at a limited rate (the newest wins)."""
 import time
 
 import pytest
@@ -135,3 +137,162 @@ def test_widget_fine_tunes_an_installed_model_of_the_same_kind(make_napari_viewe
     # same seed and patients as the base run: its test patients were held out from it too
     assert not card["fine_tuned_from"]["test_patients_seen"]
     assert "not held-out" not in w.status.text()
+
+
+def test_widget_terms_names_the_widgets_controls_not_the_cli_options():
+    """The core's messages serve the command line: the widget shows them in its own terms."""
+    from napari_radiogen.napari.train_widget import widget_terms
+    cuda = widget_terms("CUDA was requested but no GPU is available; use --device cpu")
+    assert cuda == 'CUDA was requested but no GPU is available; choose "cpu" in the device list'
+    held = widget_terms("/r already holds a run; use --resume to continue it or choose another "
+                        "--out folder")
+    assert held == ("/r already holds a run; press Resume to continue it, or choose another "
+                    "run folder")
+    changed = widget_terms("/r: the checkpoint was made with another config, data or "
+                           "--limit/--folds (changed: _limit: 30 -> 10, folds: 0 -> 3, "
+                           "train.epochs: 6 -> 2); resume with the same options")
+    assert "--" not in changed and "_limit" not in changed and "train.epochs" not in changed
+    assert '"limit patients" or "validation"' in changed
+    assert ("(changed: limit patients: 30 -> 10, validation folds: 0 -> 3, epochs: 6 -> 2)"
+            in changed)
+    reduced = widget_terms("--limit 10: 5-fold CV reduced to 2 folds")
+    assert reduced == '"limit patients" 10: 5-fold CV reduced to 2 folds'
+    assert "start without" not in widget_terms("x: the checkpoint cannot be read; start without "
+                                               "--resume")
+    # an option the widget has no control for, and plain text, are kept as they are
+    assert widget_terms("budget --max-minutes 5") == "budget --max-minutes 5"
+    assert widget_terms("loss 0.5 - fine") == "loss 0.5 - fine"
+
+
+def _epoch_item(fold, epoch, loss, score, n_folds=2, best=None):
+    from napari_radiogen.core.train.engine import TrainProgress
+    msg = f"fold {fold + 1}/{n_folds} epoch {epoch}/3 loss {loss:.4f}" + (
+        f" best {best:.4f}" if best is not None else "")
+    return TrainProgress(stage="epoch", done=epoch, total=9, message=msg, phase="validate",
+                         fold=fold, n_folds=n_folds, epoch=epoch, epochs=3, step=2, steps=2,
+                         loss=loss, metrics={"val_score": score, "val_auc": score,
+                                             "val_accuracy": 0.5, "val_loss": loss + 0.1},
+                         eta_s=5.0, best=best, epoch_end=True)
+
+
+def test_curves_draw_one_line_per_fold_named_in_a_legend_and_the_metric(qtbot):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_radiogen.napari.train_widget import _Curves
+    c = _Curves()
+    try:
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        # no data: neutral panels that say so, not empty +-0.04 axes
+        c._plot(fig, c.snapshot())
+        for ax in fig.axes:
+            assert [t.get_text() for t in ax.texts] == ["no data yet"]
+            assert len(ax.get_xticks()) == 0 and len(ax.get_yticks()) == 0
+        assert fig.axes[1].get_title() == "validation score"
+        for fold in (0, 1):
+            for ep, score in ((1, 0.5), (2, 1.0), (3, 0.75)):
+                c.add(_epoch_item(fold, ep, 0.7 - 0.01 * ep, score))
+        # each fold restarts at its epoch 1 (no line joins fold 1's end to fold 2's start)
+        assert c.ep_x == [1, 2, 3, 1, 2, 3] and c.ep_f == [0, 0, 0, 1, 1, 1]
+        # the score equals AUC in every epoch (accuracy only in none): the panel says AUC
+        assert c.metric_name == "AUC"
+        c._plot(fig, c.snapshot())
+        ax_l, ax_m = fig.axes
+        assert ax_m.get_title() == "validation AUC"
+        assert [list(ln.get_xdata()) for ln in ax_m.lines] == [[1, 2, 3], [1, 2, 3]]
+        assert [t.get_text() for t in ax_m.get_legend().get_texts()] == ["fold 1", "fold 2"]
+        assert not ax_m.texts and len(ax_m.get_xticks()) > 0
+        # loss: train and validation lines per fold, the legend names the kinds
+        assert len(ax_l.lines) == 4
+        assert [t.get_text() for t in ax_l.get_legend().get_texts()] == ["train", "val"]
+        # a run's saved history (state.json records) gives the same curves
+        d = _Curves()
+        d.add_history([{"fold": 1, "epoch": 1, "train_loss": 0.7, "val_score": 0.6,
+                        "val_auc": 0.6, "val_loss": 0.8}], n_folds=3)
+        assert d.ep_x == [1.0] and d.met_f == [0] and d.metric_name == "AUC"
+        d.close()
+    finally:
+        c.close()
+
+
+def test_status_shows_best_once_and_updates_at_a_limited_rate(make_napari_viewer, qtbot):
+    from napari_radiogen.napari import train_widget as tw
+    w = tw.TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    w._set_running(True)
+    w._curves_at = 0.0                       # a render is due at the first update
+    n0 = w.curves.n_requested
+    items = [_epoch_item(0, ep, 0.66, 1.0 if ep == 1 else 0.5, n_folds=1, best=1.0)
+             for ep in range(1, 41)]
+    for p in items:                          # a burst, without the event loop in between
+        w._on_progress(p)
+    # the first is shown at once, the others wait for the timer (the newest wins) ...
+    assert w.status.text().startswith("fold 1/1 epoch 1/3 loss 0.6600")
+    assert w.curves.n_requested == n0 + 1
+    # ... but every epoch is kept for the curves
+    assert len(w.curves.ep_x) == 40
+    qtbot.waitUntil(lambda: "epoch 40/3" in w.status.text(), timeout=10_000)
+    text = w.status.text()
+    # the core's line says "best 1.0000" already: shown once, named by its metric
+    assert text.count("best") == 1 and "best AUC 1.000" in text, text
+    qtbot.waitUntil(lambda: not w.curves.dirty, timeout=10_000)
+    assert w.curves.n_requested <= n0 + 3
+    # the status keeps its height while a run reports (no relayout per update)
+    h = w.status.height()
+    w._on_progress(_epoch_item(0, 41, 0.66, 0.5, n_folds=1, best=1.0))
+    assert w.status.minimumHeight() == w.status.maximumHeight() == h
+
+
+def test_run_folder_fills_in_the_runs_settings_and_resume_uses_them(make_napari_viewer, qtbot,
+                                                                    tmp_path, monkeypatch):
+    """A run folder that holds a run sets epochs, validation and limit to the run's own; Resume
+    with other values takes the run's (and says so); Start there is refused in the widget's
+    terms; the resumed curves start from the run's saved epochs."""
+    from napari.utils import notifications
+
+    from napari_radiogen.core.train import engine
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    torch.set_num_threads(1)
+    cfg = dict(CFG, train=dict(CFG["train"], epochs=2), phantom=dict(CFG["phantom"], slices=2))
+    run = tmp_path / "run"
+    for _ in engine.train(cfg, run, device="cpu", epochs=2, limit=8, folds=0):
+        pass
+    shown = []
+    monkeypatch.setattr(notifications, "show_error", lambda m: shown.append(("error", m)))
+    monkeypatch.setattr(notifications, "show_info", lambda m: shown.append(("info", m)))
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    w.set_config(cfg, "phantom")
+    w.device.setCurrentText("cpu")
+    w.install.setChecked(False)
+    w.epochs.setValue(5)
+    w.folds.setCurrentIndex(w.folds.findData(3))
+    w.out_dir.setText(str(run))
+    w.out_dir.editingFinished.emit()
+    assert (w.epochs.value(), w.folds.currentData(), w.limit.value()) == (2, 0, 8)
+    assert "holds a run" in w.status.text() and "epochs 2 (was 5)" in w.status.text()
+    assert w.resume_btn.isEnabled()
+    # Start in it: the engine refuses, in the widget's words (status and notification)
+    job = w.start()
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    assert "press Resume" in w.status.text() and "--" not in w.status.text(), w.status.text()
+    assert shown and shown[-1][0] == "error" and "--" not in shown[-1][1]
+    # Resume with other values: the run's own are used, and the widget says so
+    w.epochs.setValue(7)
+    w.limit.setValue(0)
+    job = w.start(resume=True)
+    assert job is not None
+    assert (w.epochs.value(), w.limit.value()) == (2, 8)
+    assert "epochs 2 (was 7)" in w.status.text() and "limit patients 8 (was all patients)" \
+        in w.status.text()
+    assert any(k == "info" and "epochs 2 (was 7)" in m for k, m in shown), shown
+    # the curves show the run's saved epochs at once
+    assert w.curves.ep_x == [1.0, 2.0]
+    qtbot.waitUntil(lambda: job.done, timeout=120_000)
+    assert job.error is None and w.result is not None, w.status.text()
+    # a folder without a run changes nothing
+    w.epochs.setValue(4)
+    w.out_dir.setText(str(tmp_path / "new"))
+    w.out_dir.editingFinished.emit()
+    assert w.epochs.value() == 4

@@ -1,7 +1,9 @@
 """Training dock widget: pick a config (or a task), a model to fine-tune (or none), data, device,
 epochs, validation scheme;
-Start / Cancel / Resume; live loss and metric curves, progress with time left and the best
-score so far. The run itself is ``core.train.engine.train`` driven by ``workers.start_job``."""
+Start / Cancel / Resume (a run folder that holds a run fills in its settings); live loss and
+metric curves (one line per fold), progress with time left and the best score so far, shown at
+most every ``UPDATE_MS``; the core's messages in the widget's terms (:func:`widget_terms`).
+The run itself is ``core.train.engine.train`` driven by ``workers.start_job``."""
 from __future__ import annotations
 
 import time
@@ -11,9 +13,16 @@ from typing import Any, Dict, List, Optional
 
 import threading
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+
+#: least milliseconds between two status updates, and seconds between two curve renders
+UPDATE_MS = 250
+CURVES_S = 1.0
+#: lines the status shows (its height is fixed)
+STATUS_LINES = 4
 
 
 @dataclass
@@ -56,6 +65,77 @@ class TrainInputs:
         return gen
 
 
+#: the core's messages serve the command line too: the option names they mention, as the
+#: widget's controls (applied by :func:`widget_terms` to every message the widget shows)
+_CLI_PHRASES = [
+    (r"use --device cpu", 'choose "cpu" in the device list'),
+    (r"use --resume to continue it or choose another --out folder",
+     "press Resume to continue it, or choose another run folder"),
+    (r"start without --resume", "start a new run (Start) in another run folder"),
+    (r"--limit/--folds", '"limit patients" or "validation"'),
+    (r"resume with the same --init file", 'resume with the same "start from" model'),
+    (r"resume with the same options", "resume with the same settings"),
+    (r"`radiogen train --name`, or the Training widget's model name", "or the model name field"),
+]
+_CLI_OPTIONS = {
+    "device": 'the "device" list', "resume": "Resume", "out": "the run folder",
+    "limit": '"limit patients"', "folds": '"validation"', "epochs": '"epochs"',
+    "data": "the data folder", "labels": "the labels CSV", "init": '"start from"',
+    "name": "the model name", "install": '"install the model"',
+    "no-install": '"install the model" unticked',
+}
+#: config keys in a resume refusal's "changed: key: old -> new" list, as the widget's fields
+_CFG_KEYS = {"_limit": "limit patients", "folds": "validation folds", "train.epochs": "epochs",
+             "data": "data folder", "labels": "labels CSV", "init": "start from",
+             "name": "model name"}
+
+
+def widget_terms(text: str) -> str:
+    """A core message in the widget's vocabulary: ``--device`` is the device list,
+    ``--resume`` the Resume button, ``--out`` the run folder, ``--limit``/``--folds`` the
+    "limit patients"/"validation" fields, ``_limit`` in a list of changed settings the
+    "limit patients" field (other text is kept as it is)."""
+    import re
+    for pat, rep in _CLI_PHRASES:
+        text = re.sub(pat, lambda m, r=rep: r, text)
+    text = re.sub(r"--([a-z][a-z-]*)", lambda m: _CLI_OPTIONS.get(m.group(1), m.group(0)), text)
+    if "changed: " in text:
+        keys = "|".join(re.escape(k) for k in _CFG_KEYS)
+        text = re.sub(rf"(changed: |, )({keys}): ",
+                      lambda m: f"{m.group(1)}{_CFG_KEYS[m.group(2)]}: ", text)
+    return text
+
+
+def read_run(folder: Any) -> Optional[Dict[str, Any]]:
+    """The settings of the run a run folder holds (None when it holds none): ``epochs``,
+    ``folds`` and ``limit`` (0 = all patients) from the engine's ``config.json``, and from its
+    ``state.json`` where the last checkpoint stands (``fold``/``n_folds``/``epoch``, 1-based)
+    and the epoch ``history`` (the curves so far)."""
+    import json
+    try:
+        d = Path(str(folder)).expanduser()
+        if not str(folder).strip() or not (d / "config.json").is_file():
+            return None
+        cfg = json.loads((d / "config.json").read_text())
+        train = cfg.get("train") or {}
+        run: Dict[str, Any] = {"epochs": int(train["epochs"]) if train.get("epochs") else None,
+                               "folds": int(cfg.get("folds") or 0),
+                               "limit": int(cfg.get("_limit") or 0), "source": cfg.get("_source"),
+                               "task": cfg.get("task"), "history": []}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    try:
+        st = json.loads((d / "state.json").read_text())
+        run["n_folds"] = int(st.get("n_folds") or 1)
+        run["fold"] = int(st.get("fold") or 0) + 1
+        run["epoch"] = int(st.get("epoch") or 0)
+        run["stage_done"] = bool(st.get("stage_done"))
+        run["history"] = [h for h in st.get("history") or [] if isinstance(h, dict)]
+    except (OSError, ValueError, TypeError):
+        pass
+    return run
+
+
 def _fmt_s(s: Optional[float]) -> str:
     if s is None:
         return "?"
@@ -68,13 +148,58 @@ class _InitLister(QObject):
     listed = Signal(int, object)
 
 
-class _Curves(QObject):
-    """Loss (left) and validation score (right) per epoch, drawn by matplotlib.
+#: validation metric names as the curves' title shows them (other keys: "_" -> " ")
+_METRIC_NAMES = {"auc": "AUC", "macro_f1": "macro F1", "psnr_db": "PSNR (dB)", "ssim": "SSIM",
+                 "c_index": "C-index", "dice": "Dice", "accuracy": "accuracy", "mae": "MAE"}
 
-    The data live in the main thread (updated from Progress); the figure is rendered with
-    matplotlib's Agg backend on a background thread and shown as an image, because one
-    matplotlib draw takes 0.1-0.5 s on a busy CPU and the viewer must never freeze for that
-    long. Only the newest data are rendered (older requests are skipped)."""
+
+def _metric_label(key: str) -> str:
+    if key.startswith("mean:"):
+        return "mean " + _metric_label(key[5:])
+    if key in _METRIC_NAMES:
+        return _METRIC_NAMES[key]
+    head, _, tail = key.partition("_")
+    if head in _METRIC_NAMES and tail:
+        return f"{_METRIC_NAMES[head]} {tail}"
+    return key.replace("_", " ")
+
+
+def score_metric_candidates(metrics: Dict[str, Any]) -> Optional[List[str]]:
+    """The validation metrics an epoch's ``val_score`` is (the task's ``evaluate`` names its
+    selection score only ``score``): the ``val_*`` keys with the same value, and ``mean:<p>``
+    where it is the mean of the ``val_<p>_<x>`` group (Dice over the tumour regions). None when
+    the epoch has no finite score."""
+    import math
+    vals = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("val_")
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    score = vals.pop("score", None)
+    if score is None:
+        return None
+    vals.pop("loss", None)
+    tol = 1e-9 * max(1.0, abs(score))
+    out = [k for k, v in vals.items() if abs(v - score) <= tol]
+    groups: Dict[str, List[float]] = {}
+    for k, v in vals.items():
+        head, _, tail = k.partition("_")
+        if tail and "_" not in tail:
+            groups.setdefault(head, []).append(v)
+    out += [f"mean:{h}" for h, g in groups.items()
+            if len(g) >= 2 and abs(sum(g) / len(g) - score) <= tol]
+    return out
+
+
+class _Curves(QObject):
+    """Loss (left) and validation score (right) per epoch of each fold, drawn by matplotlib.
+
+    The data live in the main thread (updated from Progress, or from a run's saved history);
+    the figure is rendered with matplotlib's Agg backend on a background thread and shown as an
+    image, because one matplotlib draw takes 0.1-0.5 s on a busy CPU and the viewer must never
+    freeze for that long. Only the newest data are rendered (older requests are skipped); the
+    widget asks for a render (``draw``) at its own pace, ``dirty`` says new data wait.
+
+    Each fold is one line (x = its own epochs, colour = fold, named in the legend); the
+    validation panel is titled with the metric the score is (``metric_name``); without data the
+    panels say so instead of showing empty axes."""
 
     rendered = Signal(object)
 
@@ -84,60 +209,90 @@ class _Curves(QObject):
         self.label.setMinimumSize(320, 200)
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.n_rendered = 0
+        self.n_requested = 0
         self._pending = None
         self._cv = threading.Condition()
         self._stop = False
-        self._last_req = 0.0
         self.rendered.connect(self._show)
         self._thread = threading.Thread(target=self._loop, name="radiogen-curves", daemon=True)
         self._thread.start()
         self.reset()
 
     # -- data (main thread) ----------------------------------------------------------------------
+    _SERIES = ("steps_x", "steps_y", "steps_f", "ep_x", "ep_y", "ep_f", "val_loss_x", "val_loss",
+               "val_loss_f", "met_x", "met_y", "met_f")
+
     def reset(self):
-        self.steps_x: List[float] = []
-        self.steps_y: List[float] = []
-        self.ep_x: List[float] = []
-        self.ep_y: List[float] = []
-        self.val_loss_x: List[float] = []
-        self.val_loss: List[float] = []
-        self.met_x: List[float] = []
-        self.met_y: List[float] = []
-        self._x0 = 0.0
-        self._fold = None
+        # x = epoch within the fold, *_f = the fold (0-based; == n_folds: the final retrain)
+        for k in self._SERIES:
+            setattr(self, k, [])
+        self.n_folds = 1
+        self._metric_keys: Optional[List[str]] = None
+        self.dirty = True
+
+    @property
+    def metric_name(self) -> Optional[str]:
+        """What the validation score is ("AUC", "mean Dice"...), None while unknown."""
+        return _metric_label(self._metric_keys[0]) if self._metric_keys else None
+
+    def _epoch(self, fold: int, epoch: float, loss, metrics: Dict[str, Any]) -> None:
+        if loss is not None:
+            self.ep_x.append(epoch)
+            self.ep_y.append(loss)
+            self.ep_f.append(fold)
+        if metrics.get("val_loss") is not None:
+            self.val_loss_x.append(epoch)
+            self.val_loss.append(metrics["val_loss"])
+            self.val_loss_f.append(fold)
+        if metrics.get("val_score") is not None:
+            self.met_x.append(epoch)
+            self.met_y.append(metrics["val_score"])
+            self.met_f.append(fold)
+        cands = score_metric_candidates(metrics)
+        if cands is not None:
+            self._metric_keys = (cands if self._metric_keys is None
+                                 else [c for c in self._metric_keys if c in cands])
+        self.dirty = True
 
     def add(self, p) -> None:
-        if p.fold != self._fold:                      # folds continue along the x axis
-            self._x0 = self.ep_x[-1] if self.ep_x else 0.0
-            self._fold = p.fold
+        if p.epoch_end or p.phase == "train":      # (the prepare and report items name no fold)
+            self.n_folds = max(1, int(p.n_folds or 1))
         if p.epoch_end:
-            x = self._x0 + p.epoch
-            self.ep_x.append(x)
-            self.ep_y.append(p.loss)
-            if "val_loss" in p.metrics:
-                self.val_loss_x.append(x)
-                self.val_loss.append(p.metrics["val_loss"])
-            if "val_score" in p.metrics:
-                self.met_x.append(x)
-                self.met_y.append(p.metrics["val_score"])
-            self.draw(force=True)
+            self._epoch(p.fold, p.epoch, p.loss, p.metrics)
         elif p.phase == "train" and p.loss is not None and p.steps:
-            self.steps_x.append(self._x0 + p.epoch - 1 + p.step / p.steps)
+            self.steps_x.append(p.epoch - 1 + p.step / p.steps)
             self.steps_y.append(p.loss)
-            self.draw()
+            self.steps_f.append(p.fold)
+            self.dirty = True
+
+    def add_history(self, history: List[Dict[str, Any]], n_folds: int = 1) -> None:
+        """The epochs a run's ``state.json`` records (``fold`` 1-based, ``train_loss``,
+        ``val_*``), e.g. before a resume continues them."""
+        self.n_folds = max(1, int(n_folds or 1))
+        for h in history:
+            try:
+                self._epoch(int(h["fold"]) - 1, float(h["epoch"]), h.get("train_loss"), h)
+            except (KeyError, TypeError, ValueError):
+                continue
+
+    def snapshot(self) -> Dict[str, Any]:
+        """A copy of the data for :meth:`_plot`."""
+        snap: Dict[str, Any] = {k: list(getattr(self, k)) for k in self._SERIES}
+        snap["n_folds"] = self.n_folds
+        snap["metric"] = self.metric_name
+        return snap
 
     def draw(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_req < 0.5:
-            return
-        self._last_req = now
-        snap = {k: list(getattr(self, k)) for k in ("steps_x", "steps_y", "ep_x", "ep_y",
-                                                    "val_loss_x", "val_loss", "met_x", "met_y")}
+        """Render the current data (on the background thread; ``force`` is kept for callers
+        of the older API: every call renders)."""
+        snap = self.snapshot()
         try:
             snap["size"] = (max(320, self.label.width()), max(200, self.label.height()))
         except RuntimeError:          # the widget is gone
             self.close()
             return
+        self.dirty = False
+        self.n_requested += 1
         with self._cv:
             self._pending = snap
             self._cv.notify()
@@ -159,23 +314,63 @@ class _Curves(QObject):
         self.n_rendered += 1
 
     # -- rendering (background thread) -------------------------------------------------------
+    @staticmethod
+    def fold_name(fold: int, n_folds: int) -> str:
+        return "final (all patients)" if fold >= n_folds else f"fold {fold + 1}"
+
+    @classmethod
+    def _plot(cls, fig, snap) -> None:
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
+        fig.clear()
+        ax_l, ax_m = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.88, wspace=0.35)
+        ax_l.set_title("loss", fontsize=8)
+        ax_m.set_title(f"validation {snap['metric'] or 'score'}", fontsize=8)
+        folds = sorted(set(snap["steps_f"]) | set(snap["ep_f"]) | set(snap["val_loss_f"])
+                       | set(snap["met_f"]))
+        multi = len(folds) > 1 or snap["n_folds"] > 1
+        styles = {"running": dict(lw=0.8, alpha=0.4), "train": dict(marker="o", ms=3),
+                  "val": dict(marker="s", ms=3, ls="--")}
+
+        def series(ax, kind, xs, ys, fs):
+            for i, f in enumerate(folds):
+                pts = [(x, y) for x, y, g in zip(xs, ys, fs) if g == f]
+                if pts:
+                    ax.plot(*zip(*pts), color=f"C{i % 10}", **styles[kind],
+                            label=None if multi else kind)
+        series(ax_l, "running", snap["steps_x"], snap["steps_y"], snap["steps_f"])
+        series(ax_l, "train", snap["ep_x"], snap["ep_y"], snap["ep_f"])
+        series(ax_l, "val", snap["val_loss_x"], snap["val_loss"], snap["val_loss_f"])
+        series(ax_m, "train", snap["met_x"], snap["met_y"], snap["met_f"])
+        for ax, has in ((ax_l, snap["steps_x"] or snap["ep_x"]), (ax_m, snap["met_x"])):
+            if not has:          # neutral, not an empty +-0.04 frame
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=8, color="0.5")
+                continue
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("epoch of the fold" if multi else "epoch", fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if snap["steps_x"] or snap["ep_x"]:
+            if multi:       # colour = fold (named on the right), style = kind
+                kinds = [k for k, xs in (("running", "steps_x"), ("train", "ep_x"),
+                                         ("val", "val_loss_x")) if snap[xs]]
+                ax_l.legend([Line2D([], [], color="0.4", **styles[k]) for k in kinds], kinds,
+                            fontsize=6)
+            else:
+                ax_l.legend(fontsize=6)
+        if multi and folds:
+            ax_m.legend([Line2D([], [], color=f"C{i % 10}", marker="o", ms=3)
+                         for i in range(len(folds))],
+                        [cls.fold_name(f, snap["n_folds"]) for f in folds], fontsize=6)
+
     def _loop(self) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         fig = Figure(figsize=(4, 2.5), dpi=80)
         FigureCanvasAgg(fig)
-        ax_l, ax_m = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.88, wspace=0.35)
-        ax_l.set_title("loss", fontsize=8)
-        ax_m.set_title("validation score", fontsize=8)
-        for ax in (ax_l, ax_m):
-            ax.tick_params(labelsize=7)
-            ax.set_xlabel("epoch", fontsize=7)
-        step_ln, = ax_l.plot([], [], lw=0.8, alpha=0.5, label="running")
-        ep_ln, = ax_l.plot([], [], "o-", ms=3, label="train")
-        vl_ln, = ax_l.plot([], [], "s--", ms=3, label="val")
-        met_ln, = ax_m.plot([], [], "o-", ms=3)
-        ax_l.legend(fontsize=6)
         while True:
             with self._cv:
                 while self._pending is None and not self._stop:
@@ -186,13 +381,7 @@ class _Curves(QObject):
             try:
                 w, h = snap["size"]
                 fig.set_size_inches(w / fig.dpi, h / fig.dpi)
-                step_ln.set_data(snap["steps_x"], snap["steps_y"])
-                ep_ln.set_data(snap["ep_x"], snap["ep_y"])
-                vl_ln.set_data(snap["val_loss_x"], snap["val_loss"])
-                met_ln.set_data(snap["met_x"], snap["met_y"])
-                for ax in (ax_l, ax_m):
-                    ax.relim()
-                    ax.autoscale_view()
+                self._plot(fig, snap)
                 fig.canvas.draw()
                 buf = bytes(fig.canvas.buffer_rgba())
                 wpx, hpx = fig.canvas.get_width_height()
@@ -260,9 +449,11 @@ class TrainingWidget(QWidget):
         self.model_name.setPlaceholderText("from the config")
         self.model_name.setToolTip("name of the produced (and installed) model")
         form.addRow("model name", self.model_name)
-        self.out_dir = QLineEdit()
-        self.out_dir.setPlaceholderText("new folder under the user runs folder")
-        form.addRow("run folder", self.out_dir)
+        self.out_dir = self._path_row(form, "run folder", self._browse_out,
+                                      "new folder under the user runs folder")
+        self.out_dir.setToolTip("a folder that holds a run fills in that run's epochs, "
+                                "validation and limit (Resume continues it)")
+        self.out_dir.editingFinished.connect(self._run_folder_chosen)
         self.install = QCheckBox("install the model (it appears in the other widgets)")
         self.install.setChecked(True)
         form.addRow(self.install)
@@ -283,7 +474,18 @@ class TrainingWidget(QWidget):
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         lay.addWidget(self.status)
+        # progress is shown at most every UPDATE_MS (the newest wins): each repaint of the label,
+        # the bar or the curves costs the main thread ~15 ms under a software-rendered viewer,
+        # time the viewer needs while the run takes the CPU
+        self._latest = None
+        self._cancelling = False
+        self._curves_at = 0.0
+        self._ui_timer = QTimer(self)
+        self._ui_timer.setSingleShot(True)
+        self._ui_timer.setInterval(UPDATE_MS)
+        self._ui_timer.timeout.connect(self._tick)
         self.curves = _Curves(self)
         lay.addWidget(self.curves.label)
         self.destroyed.connect(lambda *_: self.curves.close())
@@ -393,6 +595,59 @@ class TrainingWidget(QWidget):
         if d:
             self.data.setText(d)
 
+    def _browse_out(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Run folder", self.out_dir.text().strip())
+        if d:
+            self.out_dir.setText(d)
+            self._run_folder_chosen()
+
+    def _run_folder_chosen(self) -> None:
+        """A run folder that holds a run: its epochs, validation and limit fill the fields."""
+        if self.job is not None and not self.job.done:
+            return
+        self._set_running(False)
+        run = read_run(self.out_dir.text().strip())
+        if run is None:
+            return
+        changed = self._apply_run(run)
+        where = ""
+        if run.get("fold"):
+            f, n = run["fold"], run["n_folds"]
+            stage = ("the final model" if f > n else f"fold {f}/{n}" if n > 1 else "training")
+            where = (f"; its checkpoint: {stage} finished" if run.get("stage_done")
+                     else f"; its checkpoint: {stage}, epoch {run['epoch']}")
+        self._say(f"the run folder holds a run{where}; its settings are filled in"
+                  + (f" ({', '.join(changed)})" if changed else "") + ": Resume continues it")
+
+    def _apply_run(self, run: Dict[str, Any]) -> List[str]:
+        """Set epochs, validation and limit to the run's own; returns what changed, e.g.
+        ``["epochs 6 (was 10)"]``."""
+        changed = []
+        src = run.get("source")
+        cur = self.config.currentData()
+        if src and isinstance(cur, str) and cur != src:
+            i = self.config.findData(src)
+            if i >= 0:
+                changed.append(f"config {self.config.itemText(i)}")
+                self.config.setCurrentIndex(i)
+        if run.get("epochs") and self.epochs.value() != run["epochs"]:
+            changed.append(f"epochs {run['epochs']} (was {self.epochs.text()})")
+            self.epochs.setValue(run["epochs"])
+        folds = run["folds"] if run["folds"] >= 2 else 0
+        if self.folds.currentData() != folds:
+            i = self.folds.findData(folds)
+            if i < 0:
+                self.folds.addItem(f"{folds}-fold cross-validation", folds)
+                i = self.folds.count() - 1
+            changed.append(f"validation: {self.folds.itemText(i)} (was "
+                           f"{self.folds.currentText()})")
+            self.folds.setCurrentIndex(i)
+        if self.limit.value() != run["limit"]:
+            old = self.limit.text()
+            self.limit.setValue(run["limit"])
+            changed.append(f"limit patients {self.limit.text()} (was {old})")
+        return changed
+
     def _browse_labels(self) -> None:
         p, _ = QFileDialog.getOpenFileName(self, "Labels table", "", "CSV (*.csv)")
         if p:
@@ -423,54 +678,117 @@ class TrainingWidget(QWidget):
 
     # -- run ------------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
+        if running:
+            # a fixed height while progress comes in: the panel keeps its layout whatever the
+            # length of the text (the wrapped label's height followed each text); the whole
+            # text of a message is in its tooltip
+            self.status.setFixedHeight(self.status.fontMetrics().lineSpacing() * STATUS_LINES
+                                       + 4)
+        else:                          # the end of a run: as high as its message
+            self.status.setMinimumHeight(0)
+            self.status.setMaximumHeight(16777215)
         self.start_btn.setEnabled(not running)
         self.resume_btn.setEnabled(not running and bool(self.out_dir.text().strip()))
         self.cancel_btn.setEnabled(running)
+
+    def _say(self, text: str) -> None:
+        """A status that is not a progress update (its whole text also in the tooltip)."""
+        self.status.setText(text)
+        self.status.setToolTip(text)
 
     def start(self, resume: bool = False, inputs: Optional[TrainInputs] = None):
         from ..core.errors import RadiogenError
         from .workers import start_job
         if self.job is not None and not self.job.done:
             return self.job
+        note, run = "", None
+        if resume and inputs is None:
+            # the run's own epochs, folds and limit: any other ones make the engine refuse
+            run = read_run(self.out_dir.text().strip())
+            changed = self._apply_run(run) if run is not None else []
+            if changed:
+                note = f" (with the run's own settings: {', '.join(changed)})"
         inp = inputs or self.inputs(resume=resume)
+        if resume and run is None:
+            run = read_run(inp.out_dir)
         try:
             factory = inp.factory()           # config errors show at once, before any work
         except RadiogenError as e:
             from napari.utils.notifications import show_error
-            self.status.setText(f"error: {e}")
-            show_error(f"Training: {e}")
+            self._say(f"error: {widget_terms(str(e))}")
+            show_error(f"Training: {widget_terms(str(e))}")
             return None
         self.out_dir.setText(inp.out_dir)
-        if not resume:
-            self.curves.reset()
-            self.curves.draw(force=True)
+        self.curves.reset()
+        if resume and run is not None:        # the epochs so far, from the run's state.json
+            self.curves.add_history(run.get("history") or [], run.get("n_folds") or 1)
+        self.curves.draw()
+        self._curves_at = time.monotonic()
         self.best = None
         self.result = None
-        self.status.setText("starting...")
+        self._latest = None
+        self._cancelling = False
+        self._say(("resuming..." if resume else "starting...") + note)
+        if note:
+            from napari.utils.notifications import show_info
+            show_info(f"Training: resuming{note}")
         self._set_running(True)
+        # notify=False: the widget words the notifications itself (widget_terms)
         self.job = start_job(factory, name="Training", on_progress=self._on_progress,
                              on_result=self._on_result, on_error=self._on_error,
                              on_finished=self._on_finished, viewer=self.viewer, owner=self,
-                             leave_core=False)
+                             leave_core=False, notify=False,
+                             progress_interval=UPDATE_MS / 1000)
         return self.job
 
     def cancel(self) -> None:
-        if self.job is not None:
+        if self.job is not None and not self.job.done:
             self.job.cancel()
-            self.status.setText("cancelling: the last good checkpoint is kept (Resume continues)")
+            self._cancelling = True
+            self._say("cancelling: the last good checkpoint is kept (Resume continues)")
 
     def _on_progress(self, p) -> None:
+        """Keeps the newest progress (curve points are all kept); shows it at most every
+        UPDATE_MS, the first one at once."""
+        self._latest = p
+        if hasattr(p, "epoch_end"):
+            self.curves.add(p)
+        if not self._ui_timer.isActive():
+            self._tick()
+
+    def _tick(self) -> None:
+        p, self._latest = self._latest, None
+        if p is not None:
+            self._show_progress(p)
+        if self.curves.dirty and time.monotonic() - self._curves_at >= CURVES_S:
+            self.curves.draw()
+            self._curves_at = time.monotonic()
+        if p is not None or self.curves.dirty:
+            self._ui_timer.start()
+
+    def _stop_updates(self) -> None:
+        self._ui_timer.stop()
+        self._latest = None
+
+    def _show_progress(self, p) -> None:
+        import re
         if p.total:
             self.bar.setValue(int(1000 * min(1.0, p.done / p.total)))
         if getattr(p, "best", None) is not None:
             self.best = p.best
         self._eta = getattr(p, "eta_s", None)
-        best = f"  best {self.best:.3f}" if self.best is not None else ""
-        self.status.setText(f"{p.message}  left {_fmt_s(self._eta)}{best}")
-        if hasattr(p, "epoch_end"):
-            self.curves.add(p)
+        if self._cancelling:
+            return
+        # the core's epoch line names its best score already: shown once, with its metric
+        msg = widget_terms(re.sub(r"\s+best\s+\S+", "", p.message or p.stage))
+        name = self.curves.metric_name
+        best = (f"  best {name + ' ' if name else ''}{self.best:.3f}"
+                if self.best is not None else "")
+        left = f"  left {_fmt_s(self._eta)}" if p.total else ""
+        self.status.setText(f"{msg}{left}{best}")
 
     def _on_result(self, res) -> None:
+        self._stop_updates()
         self.result = res
         self.bar.setValue(1000)
         summ = ", ".join(f"{k} {v['mean']:.3f}" for k, v in (res.cv_summary or {}).items()
@@ -480,18 +798,28 @@ class TrainingWidget(QWidget):
         caveat = (f"\nnot held-out: {origin['name']} had trained on "
                   f"{len(origin['test_patients_seen'])} of the test patients"
                   if origin.get("test_patients_seen") else "")
-        self.status.setText(f"done: {res.model_path}{inst}\nreport: {res.report_path}\n{summ}"
-                            f"{caveat}")
+        self._say(f"done: {res.model_path}{inst}\nreport: {res.report_path}\n{summ}{caveat}")
         self._fill_init()           # a model the run installed can be fine-tuned next
 
     def _on_error(self, exc) -> None:
-        from ..core.errors import Cancelled
-        if not isinstance(exc, Cancelled):     # a cancellation is reported when the job ends
-            self.status.setText(f"error: {exc}")
+        from napari.utils.notifications import show_error
+        from ..core.errors import Cancelled, RadiogenError
+        self._stop_updates()
+        if isinstance(exc, Cancelled):     # a cancellation is reported when the job ends
+            return
+        msg = widget_terms(str(exc))
+        self._say(f"error: {msg}")
+        show_error(f"Training: {msg}" if isinstance(exc, RadiogenError)
+                   else f"Training failed: {type(exc).__name__}: {msg}")
 
     def _on_finished(self, job) -> None:
+        self._stop_updates()
         if job.cancelled:   # also when the run ended by itself just as the user cancelled
-            self.status.setText(f"cancelled; the last good checkpoint is in {self.out_dir.text()}"
-                                " (Resume continues)")
+            from napari.utils.notifications import show_info
+            self._say(f"cancelled; the last good checkpoint is in {self.out_dir.text()}"
+                      " (Resume continues)")
+            show_info("Training: cancelled")
+        self._cancelling = False
         self._set_running(False)
-        self.curves.draw(force=True)
+        self.curves.draw()
+        self._curves_at = time.monotonic()
