@@ -1,6 +1,7 @@
 """Tumour-type triage: normalisation, core classification, CLI on a folder and on the sample
 case, the TrainTask's de-duplicated stratified folds."""
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -192,7 +193,8 @@ def test_cli_on_a_folder_of_pngs(tmp_path):
     out = tmp_path / "out"
     assert main(["classify-slices", str(folder), "--out", str(out)]) == 0
     rows = _read_csv(out / "tumour_type.csv")
-    assert list(rows[0]) == ["file", *triage.CLASSES, "predicted"]
+    assert list(rows[0]) == ["file", *triage.CLASSES, "predicted", "empty"]
+    assert {r["empty"] for r in rows} == {"0"}
     assert sorted(r["file"] for r in rows) == files             # nested files, relative paths
     assert any("/" in r["file"] for r in rows)
     for r in rows:
@@ -202,6 +204,31 @@ def test_cli_on_a_folder_of_pngs(tmp_path):
     # the best-fold model did not train on all of them)
     right = sum(r["file"].split("/")[-1].startswith(r["predicted"] + "_") for r in rows)
     assert right >= 0.7 * len(rows)
+
+
+def test_cli_on_a_volume_gives_empty_slices_no_call(tmp_path, capsys):
+    """A volume's slices with no foreground get no call in the CSV (``predicted`` empty,
+    ``empty`` 1) and are left out of the printed counts, which say how many there were."""
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.io import write_volume
+    _shipped_or_skip()
+    case = make_phantom(0, shape=(24, 48, 48), case_id="PH1")
+    flair = case.sequences["flair"]
+    arr = flair.array.copy()
+    arr[:4] = 0                                       # four blank slices along axis 0
+    f = write_volume(arr, flair.geometry, tmp_path / "PH1_flair.nii.gz")
+    out = tmp_path / "out"
+    assert main(["classify-slices", str(f), "--out", str(out), "--quiet"]) == 0
+    rows = _read_csv(out / "tumour_type.csv")
+    blank = [r for r in rows if r["empty"] == "1"]
+    assert len(blank) >= 4 and all(r["predicted"] == "" for r in blank)
+    assert all(r["predicted"] in triage.CLASSES for r in rows if r["empty"] == "0")
+    text = capsys.readouterr().out
+    counted = sum(int(x) for x in re.findall(r"(?:glioma|meningioma|pituitary|notumor) (\d+)",
+                                             text))
+    assert counted == len(rows) - len(blank)
+    assert f"{len(blank)} empty slice(s), no call" in text
 
 
 def test_cli_on_a_single_image_and_a_missing_path(tmp_path, capsys):
@@ -227,7 +254,8 @@ def test_cli_on_the_sample_case(tmp_path):
     case = load_case(sample_case_path())
     nz = case.sequences[case.reference].array.shape[0]
     assert [r["file"] for r in rows] == [f"{SAMPLE_CASE_ID}:{z}" for z in range(nz)]
-    assert {r["predicted"] for r in rows} <= set(triage.CLASSES)
+    assert {r["predicted"] for r in rows if r["empty"] == "0"} <= set(triage.CLASSES)
+    assert {r["predicted"] for r in rows if r["empty"] == "1"} <= {""}
 
 
 def test_folds_deduplicated_and_stratified(tmp_path):

@@ -4,7 +4,8 @@ PATH is an image (PNG/JPG/TIF/BMP), a folder of images (searched recursively), o
 case (NIfTI, NRRD, MHA, DICOM, HDF5, case folder): then every axial slice of the reference
 sequence (or ``--sequence``) is classified. Writes ``DIR/tumour_type.csv`` with columns
 ``file`` (path relative to the folder, or ``<case_id>:<slice>``), one probability per class
-(glioma, meningioma, pituitary, notumor) and ``predicted``.
+(glioma, meningioma, pituitary, notumor), ``predicted`` (left empty for a slice with no
+foreground, which gets no call) and ``empty`` (1 for such a slice).
 """
 from __future__ import annotations
 
@@ -62,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
         table = progress.run(triage.classify_volume(case, model, sequence=sequence),
                              on_progress)
     out = table.write_csv(ensure_out_dir(args.out) / "tumour_type.csv")
-    counts = {}
-    for c in table.predicted:
-        counts[c] = counts.get(c, 0) + 1
+    counts = table.counts()              # empty slices get no call and are not counted
     summary = ", ".join(f"{c} {counts.get(c, 0)}" for c in table.classes)
+    if table.n_empty:
+        summary += f"; {table.n_empty} empty slice(s), no call"
     print(f"{len(table.names)} slice(s) classified with {model.name}: {summary}")
+    if table.caveat:
+        print(f"warning: {table.caveat}")
     print(f"wrote {out}")
     return 0

@@ -299,11 +299,14 @@ class TriageTable:
         return {c: calls.count(c) for c in self.classes}
 
     def rows(self) -> List[Dict[str, Any]]:
+        """One row per slice: ``file``, a probability per class, ``predicted`` (the call: empty
+        for an empty slice, which gets none) and ``empty`` (1 for a slice with no foreground)."""
         out = []
-        for name, p, pred in zip(self.names, self.probs, self.predicted):
+        for name, p, call in zip(self.names, self.probs, self.calls):
             row: Dict[str, Any] = {"file": name}
             row.update({c: round(float(v), 6) for c, v in zip(self.classes, p)})
-            row["predicted"] = pred
+            row["predicted"] = call or ""
+            row["empty"] = int(call is None)
             out.append(row)
         return out
 
@@ -313,7 +316,7 @@ class TriageTable:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["file", *self.classes, "predicted"])
+            w = csv.DictWriter(f, fieldnames=["file", *self.classes, "predicted", "empty"])
             w.writeheader()
             w.writerows(self.rows())
         return path
