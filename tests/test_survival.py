@@ -1,6 +1,9 @@
-"""Survival statistics (core) and the survival widget."""
+"""Survival statistics (core); the widget is tested in test_survival_widget.py."""
 import numpy as np
+import pandas as pd
 import pytest
+
+from _json_helpers import strict_load
 
 from napari_radiogen.core.errors import ConfigError
 from napari_radiogen.core.evaluate import survival as sv
@@ -66,22 +69,153 @@ def test_analyze_table_real_lgg(shared_data):
         sv.analyze_table(df, "os_days", "no_such_column")
 
 
-def test_survival_widget_km(make_napari_viewer, qtbot, tmp_path):
-    pytest.importorskip("napari")
-    from napari_radiogen.napari.survival_widget import SurvivalWidget
-    t, e, r = _synthetic(60, seed=3)
-    csv = tmp_path / "cohort.csv"
-    import pandas as pd
-    pd.DataFrame({"patient_id": [f"p{i}" for i in range(60)], "os_days": t, "os_event": e,
-                  "risk_group": np.where(r > 0, "high", "low")}).to_csv(csv, index=False)
-    w = SurvivalWidget(make_napari_viewer())
-    qtbot.addWidget(w)
-    w.load_table(str(csv))
-    assert w.time_col.currentText() == "os_days" and w.event_col.currentText() == "os_event"
-    assert w.group_col.currentText() == "risk_group"
-    job = w.analyze()
-    qtbot.waitUntil(lambda: job.done, timeout=60_000)
-    assert w.analysis is not None and w.analysis.groups == {"high": int((r > 0).sum()),
-                                                            "low": int((r <= 0).sum())}
-    assert len(w.ax.get_lines()) >= 2
-    assert "log-rank p" in w.stats.text() and "C-index" in w.stats.text()
+# -- cohort tables: reading, column guessing, notes, export ------------------------------------
+
+def _cohort(n=40, seed=4, **extra):
+    t, e, r = _synthetic(n, seed=seed)
+    d = {"patient_id": [f"p{i}" for i in range(n)], "os_days": t, "os_event": e,
+         "risk_group": np.where(r > 0, "high", "low")}
+    d.update(extra)
+    return pd.DataFrame(d)
+
+
+@pytest.mark.parametrize("cols, time, event", [
+    # word boundaries: "os" is no substring of OncosignCluster, "status" of a non-0/1 column
+    # loses to the 0/1 "1-dead 0-alive"
+    ({"OncosignCluster": [1, 2, 3, 1], "MGMT status": ["neg", "pos", "neg", "pos"],
+      "1-dead 0-alive": [1, 0, 1, 1], "OS": [100, 200, 300, 50]}, "OS", "1-dead 0-alive"),
+    ({"Survival_days": [5, 9, 30, 12], "vital_status": ["Dead", "Alive", "dead", "alive"]},
+     "Survival_days", "vital_status"),
+    ({"os_risk": [0.1, 0.2, 0.3, 0.4], "p_event": [0, 1, 0, 1], "time": [3, 4, 5, 6],
+      "event": [1, 0, 1, 1]}, "time", "event"),           # model outputs are never outcomes
+    ({"os_days": [1, 2, 3, 4], "pfi_event": [0, 1, 0, 1], "os_event": [1, 1, 0, 0],
+      "death01": [1, 1, 0, 0]}, "os_days", "os_event"),
+])
+def test_guess_columns_small_tables(cols, time, event):
+    g = sv.guess_columns(pd.DataFrame(cols))
+    assert (g.time, g.event) == (time, event) and g.message == ""
+
+
+def test_guess_columns_leaves_unknowns_empty_and_says_so():
+    g = sv.guess_columns(pd.DataFrame({"OncosignCluster": [1, 2, 3], "patient_id": ["a", "b", "c"],
+                                       "flag": [0, 1, 1]}))
+    assert g.time is None and g.event is None and g.id == "patient_id"
+    assert g.message == "no survival time/event column found: choose them"
+    g = sv.guess_columns(pd.DataFrame({"ID": ["a", "b", "c"], "Survival_days": [3, 50, 9],
+                                       "Extent": ["GTR", "STR", None]}))
+    assert g.time == "Survival_days" and g.event is None and not g.has_event_column
+    assert "no event column" in g.message
+
+
+def test_guess_columns_group_never_a_probability_or_an_identifier():
+    df = pd.DataFrame({"patient_id": list("abcdefgh"), "p_idh_mutant": np.linspace(0, 1, 8),
+                       "predicted_idh": ["m", "w"] * 4, "os_days": np.arange(8) * 10.0,
+                       "os_event": [0, 1] * 4})
+    assert sv.guess_columns(df).group == "predicted_idh"
+    assert sv.guess_columns(df.drop(columns="predicted_idh")).group is None
+
+
+def test_guess_columns_real_tables(shared_data):
+    want = {"tcga-lgg/clinical.csv": ("os_days", "os_event", "idh"),
+            "tables/UCSF-PDGM-metadata_v2.csv": ("OS", "1-dead 0-alive", "IDH"),
+            "tables/brats2020_survival_info.csv": ("Survival_days", None, None)}
+    for rel, cols in want.items():
+        p = shared_data / rel
+        if not p.exists():
+            continue
+        g = sv.guess_columns(sv.read_table(p))
+        assert (g.time, g.event, g.group) == cols, rel
+    p = shared_data / "tables" / "brats2020_survival_info.csv"
+    if p.exists():
+        assert not sv.guess_columns(sv.read_table(p)).has_event_column
+
+
+def test_read_table_says_what_is_wrong(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "blob.h5").write_bytes(b"\x89HDF\r\n\x1a\n\x00\x00\x00" * 20)
+    (tmp_path / "header.csv").write_text("a,b\n")
+    (tmp_path / "one.csv").write_text("a;b\n1;2\n")
+    cases = {"empty.csv": "is empty", "blob.h5": "not a text table", "missing.csv": "no such file",
+             "header.csv": "no rows", "one.csv": "single column"}
+    for name, words in cases.items():
+        with pytest.raises(ConfigError, match=words):
+            sv.read_table(tmp_path / name)
+    (tmp_path / "ok.tsv").write_text("t\te\n1\t0\n")
+    assert list(sv.read_table(tmp_path / "ok.tsv").columns) == ["t", "e"]
+
+
+def test_analyze_table_notes_degenerate_statistics():
+    # three patients: the HR is no number, and the result says the data are too few
+    df = pd.DataFrame({"t": [234, 1335, 1106], "e": [1, 1, 1], "g": ["wt", "mut", "mut"]})
+    a = sv.analyze_table(df, "t", "e", "g")
+    assert a.hr["wt vs mut"]["hr"] is None and a.hr["wt vs mut"]["not_estimable"]
+    assert any("too few" in n for n in a.notes)
+    # a group without events: not estimable, and said so
+    df = _cohort(60)
+    df.loc[df.risk_group == "high", "os_event"] = 0
+    a = sv.analyze_table(df, "os_days", "os_event", "risk_group")
+    v = next(iter(a.hr.values()))
+    assert v["hr"] is None and "no events in high" in v["not_estimable"]
+    assert any(n.startswith("no events in high") for n in a.notes)
+    assert a.curves["high"]["events"] == 0 and a.median_survival["high"] is None
+
+
+def test_analyze_table_counts_rows_without_a_group_value():
+    df = _cohort(40)
+    df.loc[[3, 7], "risk_group"] = [None, "  "]
+    a = sv.analyze_table(df, "os_days", "os_event", "risk_group")
+    assert a.n == 38 and "2 row(s) with no 'risk_group' value left out" in a.notes
+    assert len(a.ids) == a.n and "p3" not in set(a.ids) and "p7" not in set(a.ids)
+
+
+def test_analyze_table_refuses_too_many_groups():
+    df = _cohort(40, extra_col=None)
+    with pytest.raises(ConfigError, match=r"40 different values.*risk_group"):
+        sv.analyze_table(df, "os_days", "os_event", "patient_id")
+
+
+def test_analyze_table_reference_is_the_largest_group_and_curves_are_tables():
+    df = _cohort(50)
+    df["arm"] = ["a"] * 5 + ["b"] * 45
+    a = sv.analyze_table(df, "os_days", "os_event", "arm")
+    assert list(a.hr) == ["a vs b"]
+    c = a.curves["b"]
+    assert c["n"] == 45 and c["survival"][0] == 1.0 and np.all(np.diff(c["survival"]) <= 0)
+    assert np.all(c["lower"] <= c["survival"] + 1e-12) and np.all(c["survival"] <= c["upper"] + 1e-12)
+    assert len(c["censor_time"]) == int((df.arm == "b").sum() - df.os_event[df.arm == "b"].sum())
+
+
+def test_draw_km_needs_no_lifelines_plotting(monkeypatch):
+    from lifelines import KaplanMeierFitter
+    from matplotlib.figure import Figure
+
+    def refuse(*a, **k):
+        raise AssertionError("drawing must not fit or plot with lifelines")
+    a = sv.analyze_table(_cohort(40), "os_days", "os_event", "risk_group")
+    monkeypatch.setattr(KaplanMeierFitter, "fit", refuse)
+    monkeypatch.setattr(KaplanMeierFitter, "plot_survival_function", refuse)
+    ax = Figure().add_subplot(1, 1, 1)
+    sv.draw_km(ax, a)
+    labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
+    assert labels == [f"high (n={a.groups['high']})", f"low (n={a.groups['low']})"]
+    assert ax.get_xlabel() == "os_days"
+
+
+def test_write_survival_outputs(tmp_path):
+    df = pd.DataFrame({"t": [234, 1335, 1106, 50], "e": [1, 1, 0, 1],
+                       "g": ["wt", "mut", "mut", "wt"], "patient_id": list("abcd")})
+    a = sv.analyze_table(df, "t", "e", "g")           # a non-estimable HR: nulls, not NaN
+    paths = sv.write_survival_outputs(a, tmp_path / "out", source="cohort.csv")
+    assert {p.name for p in paths.values()} == set(sv.OUTPUT_NAMES.values())
+    assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    js = strict_load(paths["statistics"])
+    assert js["table"] == "cohort.csv" and js["n"] == 4 and js["events"] == 3
+    assert js["columns"] == {"time": "t", "event": "e", "group": "g", "id": "patient_id"}
+    assert js["notes"] == a.notes and js["groups"] == {"mut": 2, "wt": 2}
+    assert js["hazard_ratios"]["wt vs mut"]["hr"] is None
+    rows = pd.read_csv(paths["patients"])
+    assert list(rows.columns) == ["id", "time", "event", "group"]
+    assert rows.set_index("id").loc["c"].to_dict() == {"time": 1106, "event": 0, "group": "mut"}
+    with pytest.raises(ConfigError, match="cannot"):
+        (tmp_path / "file").write_text("x")
+        sv.write_survival_outputs(a, tmp_path / "file" / "sub")

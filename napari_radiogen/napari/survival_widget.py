@@ -1,38 +1,81 @@
 """Survival dock widget: load a cohort table (clinical CSV or a predictions CSV), choose the
 time, event and grouping columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
-C-index. The statistics are ``core.evaluate.survival.analyze_table`` (lifelines)."""
+C-index, and export them (figure, statistics JSON, per-patient CSV).
+
+Everything but the drawing is in ``core.evaluate.survival``: reading the table
+(``read_table``), guessing its columns (``guess_columns``), the statistics and the
+Kaplan-Meier tables (``analyze_table``, in a worker thread: lifelines is imported and fitted
+there), drawing (``draw_km``, plain matplotlib from the fitted tables) and the export
+(``write_survival_outputs``)."""
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QPushButton, QVBoxLayout, QWidget)
+                            QPushButton, QScrollArea, QVBoxLayout, QWidget)
+
+from ..core.errors import RadiogenError
+
+log = logging.getLogger(__name__)
 
 NONE = "(none)"
+CHOOSE = "(choose)"
+
+_WARM_UP: Optional[threading.Thread] = None
+
+
+def warm_up() -> threading.Thread:
+    """Import, on a background thread and once per process, what the first table and the first
+    Kaplan-Meier run need (pandas, lifelines, the job machinery and the torch it loads: seconds
+    the first time) while the user picks a table, instead of in the main thread at the first
+    click. Only imports: the fitting itself runs in the job's worker."""
+    global _WARM_UP
+    if _WARM_UP is None:
+        def work():
+            try:
+                import pandas  # noqa: F401
+                import lifelines  # noqa: F401
+                from . import workers
+                workers.torch_default_threads()
+            except Exception:  # pragma: no cover - an optimisation only
+                log.debug("survival warm-up failed", exc_info=True)
+        _WARM_UP = threading.Thread(target=work, name="radiogen-survival-warm-up", daemon=True)
+        _WARM_UP.start()
+    return _WARM_UP
 
 
 @dataclass
 class SurvivalInputs:
     table: str
-    time_col: str
-    event_col: str
+    time_col: Optional[str]
+    event_col: Optional[str]
     group_col: Optional[str] = None
 
 
-def _guess(cols, keys):
-    low = [c.lower() for c in cols]
-    for k in keys:
-        for c, lc in zip(cols, low):
-            if lc == k:
-                return c
-    for k in keys:
-        for c, lc in zip(cols, low):
-            # a substring match, but never a model output (os_risk is no survival time)
-            if k in lc and "risk" not in lc and not lc.startswith("p_"):
-                return c
-    return None
+def _hr_line(name: str, v: dict) -> str:
+    if v.get("hr") is None:
+        return f"HR {name}: not estimable ({v.get('not_estimable') or 'no estimate'})"
+    return f"HR {name}: {v['hr']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}], p = {v['p']:.3g}"
+
+
+def stats_text(a) -> str:
+    """The statistics block the widget shows for a ``SurvivalAnalysis``."""
+    lines = [f"n = {a.n}, events = {a.events}"]
+    if a.logrank_p is not None:
+        lines.append(f"log-rank p = {a.logrank_p:.3g}")
+    lines += [_hr_line(k, v) for k, v in a.hr.items()]
+    if a.c_index is not None:
+        lines.append(f"C-index = {a.c_index:.3f}")
+    med = ", ".join(f"{g}: {'not reached' if m is None else f'{m:g}'}"
+                    for g, m in a.median_survival.items())
+    lines.append(f"median survival: {med}")
+    lines += list(a.notes)
+    return "\n".join(lines)
 
 
 class SurvivalWidget(QWidget):
@@ -40,6 +83,7 @@ class SurvivalWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.df = None
+        self.source: Optional[str] = None      # the path of the table in self.df
         self.analysis = None
         self.job = None
         lay = QVBoxLayout(self)
@@ -58,10 +102,18 @@ class SurvivalWidget(QWidget):
         form.addRow("event (1 = event)", self.event_col)
         form.addRow("group by", self.group_col)
         lay.addLayout(form)
+        for cb in (self.time_col, self.event_col, self.group_col):
+            cb.currentTextChanged.connect(self._update_buttons)
+        btns = QHBoxLayout()
         self.run_btn = QPushButton("Kaplan-Meier")
         self.run_btn.clicked.connect(self.analyze)
-        self.run_btn.setEnabled(False)
-        lay.addWidget(self.run_btn)
+        self.export_btn = QPushButton("Export...")
+        self.export_btn.setToolTip("write the figure (PNG), the statistics (JSON) and the "
+                                   "per-patient table (CSV) into a folder")
+        self.export_btn.clicked.connect(self.export)
+        btns.addWidget(self.run_btn)
+        btns.addWidget(self.export_btn)
+        lay.addLayout(btns)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
         self.figure = Figure(figsize=(4, 3), tight_layout=True)
@@ -71,85 +123,144 @@ class SurvivalWidget(QWidget):
         lay.addWidget(self.canvas)
         self.stats = QLabel("")
         self.stats.setWordWrap(True)
-        lay.addWidget(self.stats)
+        self.stats.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+        self.stats.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        scroll = QScrollArea()                 # many groups or notes scroll, never overflow
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setMinimumHeight(110)
+        scroll.setWidget(self.stats)
+        lay.addWidget(scroll)
+        self._update_buttons()
+        warm_up()
 
+    # -- state ----------------------------------------------------------------------------------
+    def _chosen(self, cb: QComboBox) -> Optional[str]:
+        t = cb.currentText()
+        return None if t in ("", NONE, CHOOSE) else t
+
+    def _busy(self) -> bool:
+        return self.job is not None and not self.job.done
+
+    def _update_buttons(self, *_) -> None:
+        ready = (self.df is not None and self._chosen(self.time_col) is not None
+                 and self._chosen(self.event_col) is not None)
+        self.run_btn.setEnabled(ready and not self._busy())
+        self.export_btn.setEnabled(self.analysis is not None)
+
+    def _set_result(self, a) -> None:
+        self.analysis = a
+        self.ax.clear()
+        if a is not None:
+            from ..core.evaluate.survival import draw_km
+            draw_km(self.ax, a)
+        self.canvas.draw_idle()
+        self._update_buttons()
+
+    def _reset(self, message: str) -> None:
+        """No table: nothing to analyse, nothing shown that belonged to the previous one."""
+        if self._busy():
+            self.job.cancel()
+        self.df = None
+        self.source = None
+        for cb in (self.time_col, self.event_col, self.group_col):
+            cb.blockSignals(True)
+            cb.clear()
+            cb.blockSignals(False)
+        self._set_result(None)
+        self.stats.setText(message)
+
+    # -- table ----------------------------------------------------------------------------------
     def _browse(self) -> None:
-        p, _ = QFileDialog.getOpenFileName(self, "Cohort table", "", "Tables (*.csv *.tsv)")
+        p, _ = QFileDialog.getOpenFileName(self, "Cohort table", "",
+                                           "Tables (*.csv *.tsv);;All files (*)")
         if p:
             self.load_table(p)
 
-    def load_table(self, path: str) -> None:
-        import pandas as pd
-        try:
-            sep = "\t" if str(path).endswith(".tsv") else ","
-            df = pd.read_csv(path, sep=sep)
-        except Exception as e:
-            self.stats.setText(f"cannot read {Path(path).name}: {e}")
-            return
-        self.df = df
+    def load_table(self, path: str) -> bool:
+        from ..core.evaluate.survival import guess_columns, read_table
         self.path.setText(str(path))
+        try:
+            df = read_table(path)
+        except RadiogenError as e:
+            self._reset(f"cannot use this table: {e}")
+            return False
+        self._reset("")
+        self.df = df
+        self.source = str(path)
         cols = [str(c) for c in df.columns]
-        for cb in (self.time_col, self.event_col, self.group_col):
-            cb.clear()
-        self.time_col.addItems(cols)
-        self.event_col.addItems(cols)
-        self.group_col.addItems([NONE] + cols)
-        t = _guess(cols, ["os_days", "time", "days", "survival", "os"])
-        e = _guess(cols, ["os_event", "event", "death", "status", "dead"])
-        g = _guess(cols, ["risk_group", "group", "idh", "predicted"])
-        if t:
-            self.time_col.setCurrentText(t)
-        if e:
-            self.event_col.setCurrentText(e)
-        if g:
-            self.group_col.setCurrentText(g)
-        self.run_btn.setEnabled(True)
-        self.stats.setText(f"{len(df)} rows, {len(cols)} columns")
+        g = guess_columns(df)
+        for cb, first, pick in ((self.time_col, CHOOSE, g.time), (self.event_col, CHOOSE, g.event),
+                                (self.group_col, NONE, g.group)):
+            cb.blockSignals(True)
+            cb.addItems([first] + cols)
+            cb.setCurrentText(pick or first)
+            cb.blockSignals(False)
+        self._update_buttons()
+        msg = f"{len(df)} rows, {len(cols)} columns"
+        self.stats.setText(msg + (f"\n{g.message}" if g.message else ""))
+        return True
 
     def inputs(self) -> SurvivalInputs:
-        g = self.group_col.currentText()
-        return SurvivalInputs(self.path.text(), self.time_col.currentText(),
-                              self.event_col.currentText(), None if g in ("", NONE) else g)
+        return SurvivalInputs(self.source or self.path.text(), self._chosen(self.time_col),
+                              self._chosen(self.event_col), self._chosen(self.group_col))
 
+    # -- analysis -------------------------------------------------------------------------------
     def analyze(self):
         from ..core.progress import Progress
         from .workers import start_job
-        if self.df is None:
-            return None
         inp = self.inputs()
+        if self.df is None or not inp.time_col or not inp.event_col or self._busy():
+            return None
         df = self.df
 
         def gen(token):
+            # lifelines is imported and every fit made here, in the worker: the main thread
+            # only draws the fitted tables (_show)
             from ..core.evaluate.survival import analyze_table
             yield Progress(stage="survival", message="fitting")
             token.check()
             yield analyze_table(df, inp.time_col, inp.event_col, inp.group_col)
 
+        # the previous curves stay drawn until the new ones come (a redraw costs the main
+        # thread more than the fit takes); what is exported is the result shown, and none now
+        self.analysis = None
+        self.stats.setText("fitting...")
         self.run_btn.setEnabled(False)
+        self.export_btn.setEnabled(False)
         self.job = start_job(gen, name="Survival", on_result=self._show,
-                             on_finished=lambda j: self.run_btn.setEnabled(True),
-                             on_error=lambda e: self.stats.setText(f"error: {e}"),
-                             viewer=self.viewer, owner=self)
+                             on_finished=lambda j: self._update_buttons(),
+                             on_error=self._failed, viewer=self.viewer, owner=self,
+                             # a fit of a second or less: the "fitting..." line says it; a
+                             # napari progress bar would cost the main thread more than that
+                             progress_bar=False)
         return self.job
 
+    def _failed(self, e: BaseException) -> None:
+        self._set_result(None)
+        self.stats.setText(f"error: {e}")
+
     def _show(self, a) -> None:
-        from ..core.evaluate.survival import plot_km
-        self.analysis = a
-        self.ax.clear()
-        plot_km(self.ax, a.time, a.event, a.group)
-        self.ax.set_xlabel(self.time_col.currentText())
-        self.ax.legend(fontsize=7)
-        self.canvas.draw_idle()
-        lines = [f"n = {a.n}, events = {a.events}"]
-        if a.logrank_p is not None:
-            lines.append(f"log-rank p = {a.logrank_p:.3g}")
-        for k, v in a.hr.items():
-            lines.append(f"HR {k}: {v['hr']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}], "
-                         f"p = {v['p']:.3g}")
-        if a.c_index is not None:
-            lines.append(f"C-index = {a.c_index:.3f}")
-        med = ", ".join(f"{g}: {'not reached' if m is None else f'{m:g}'}"
-                        for g, m in a.median_survival.items())
-        lines.append(f"median survival: {med}")
-        lines += a.notes
-        self.stats.setText("\n".join(lines))
+        self._set_result(a)
+        self.stats.setText(stats_text(a))
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self) -> Optional[dict]:
+        from ..core.evaluate.survival import write_survival_outputs
+        if self.analysis is None:
+            return None
+        start = str(Path(self.source).parent) if self.source else ""
+        folder = QFileDialog.getExistingDirectory(self, "Export the survival analysis into",
+                                                  start)
+        if not folder:
+            return None
+        try:
+            paths = write_survival_outputs(self.analysis, folder,
+                                           source=Path(self.source).name if self.source
+                                           else None)
+        except RadiogenError as e:
+            self.stats.setText(f"{stats_text(self.analysis)}\nexport failed: {e}")
+            return None
+        self.stats.setText(f"{stats_text(self.analysis)}\nexported to {folder}: "
+                           + ", ".join(p.name for p in paths.values()))
+        return paths

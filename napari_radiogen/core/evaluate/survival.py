@@ -9,9 +9,15 @@
   distribution is the Kaplan-Meier estimate of the training data's censoring times.
 * Survival curves for the Brier score: a one-covariate Cox model on the risk score (lifelines
   ``CoxPHFitter.predict_survival_function``, Breslow baseline hazard).
+* Cohort tables (the Survival widget): :func:`read_table`, :func:`guess_columns` (which
+  columns hold the time, the event, a grouping), :func:`analyze_table` (the statistics, the
+  Kaplan-Meier tables and notes on what is unreliable), :func:`draw_km` (matplotlib, from
+  the fitted tables) and :func:`write_survival_outputs` (figure, strict JSON, per-patient CSV).
 """
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -190,9 +196,222 @@ def plot_km(ax, time, event, groups, *, show_ci: bool = True) -> None:
     ax.set_ylim(0, 1.05)
 
 
+# -- cohort tables (the Survival widget) ----------------------------------------------------------
+
+#: at most this many groups are compared (more is an identifier or a measurement, not a grouping)
+MAX_GROUPS = 10
+#: below these counts the statistics carry a note that they are unreliable
+MIN_PATIENTS = 10
+MIN_EVENTS = 5
+
+#: text values of an event column (anything else is not an event column)
+_EVENT_TEXT = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "dead": 1, "deceased": 1, "died": 1,
+               "alive": 0, "living": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+#: tokens of column names that are model outputs or probabilities, never the observed outcome
+_NOT_OBSERVED = {"risk", "pred", "predicted", "prediction", "prob", "probability", "score",
+                 "logit", "hazard"}
+_TIME_UNITS = {"days", "day", "months", "month", "years", "year", "weeks", "time", "mo", "d"}
+_SURVIVAL_WORDS = {"os", "survival"}
+_DEATH_WORDS = {"dead", "death", "deceased", "died", "vital"}
+
+
+def read_table(path) -> Any:
+    """A cohort table (CSV, or TSV by its ``.tsv``/``.tab`` suffix) as a DataFrame; a
+    :class:`ConfigError` that says what is wrong when it is no such table (missing, empty, a
+    binary file, one column, no rows)."""
+    import pandas as pd
+    from pathlib import Path
+    if not str(path).strip():
+        raise ConfigError("no table given")
+    p = Path(path)
+    name = p.name or str(path)
+    if not p.exists():
+        raise ConfigError(f"{name}: no such file")
+    if p.is_dir():
+        raise ConfigError(f"{name} is a folder, not a table")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as ex:
+        raise ConfigError(f"cannot read {name}: {ex.strerror or ex}") from None
+    if not head.strip():
+        raise ConfigError(f"{name} is empty")
+    if b"\x00" in head and not name.lower().endswith((".gz", ".bz2", ".zip", ".xz")):
+        raise ConfigError(f"{name} is not a text table (CSV or TSV)")
+    sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        df = pd.read_csv(p, sep=sep)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{name} is empty") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} is not a text table (CSV or TSV)") from None
+    except pd.errors.ParserError:
+        raise ConfigError(f"{name} is not a well-formed {'TSV' if sep == chr(9) else 'CSV'} "
+                          "table (rows with different numbers of fields)") from None
+    except OSError as ex:
+        raise ConfigError(f"cannot read {name}: {ex.strerror or ex}") from None
+    if len(df.columns) < 2:
+        raise ConfigError(f"{name} has a single column: a cohort table needs at least a time "
+                          "and an event column (is it separated by something else than "
+                          f"{'tabs' if sep == chr(9) else 'commas'}?)")
+    if not len(df):
+        raise ConfigError(f"{name} has a header but no rows")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _tokens(name: str) -> List[str]:
+    """Words of a column name: ``OncosignCluster`` -> oncosign, cluster; ``1-dead 0-alive`` ->
+    1, dead, 0, alive; ``Survival_days`` -> survival, days."""
+    s = re.sub(r"([a-z])([A-Z])", r"\1 \2", str(name))
+    s = re.sub(r"([A-Za-z])(\d)", r"\1 \2", s)
+    s = re.sub(r"(\d)([A-Za-z])", r"\1 \2", s)
+    return [t for t in re.split(r"[^0-9a-z]+", s.lower()) if t]
+
+
+def _observed(name: str, toks: List[str]) -> bool:
+    """False for a model output (``os_risk``, ``p_idh_mutant``, ``predicted_os``)."""
+    return not (set(toks) & _NOT_OBSERVED or str(name).lower().startswith("p_"))
+
+
+def event_values(series) -> Any:
+    """An event column as 0/1 floats (NaN where unusable): numbers, or text such as
+    alive/dead, yes/no, true/false."""
+    import pandas as pd
+    s = series
+    if s.dtype == object or str(s.dtype) in ("string", "category", "bool"):
+        s = s.astype(str).str.strip().str.lower().map(_EVENT_TEXT)
+    return pd.to_numeric(s, errors="coerce")
+
+
+def _is_event_column(series) -> bool:
+    e = event_values(series)
+    ok = e.dropna()
+    # every given value must read as 0/1 (a 0/1 column with stray text is no event column)
+    return bool(len(ok)) and set(ok.unique()) <= {0, 1} and len(ok) == series.notna().sum()
+
+
+def _is_time_column(series) -> bool:
+    import pandas as pd
+    t = pd.to_numeric(series, errors="coerce")
+    given = series.notna().sum()
+    binary = set(t.dropna().unique()) <= {0, 1} and given > 2      # a flag, not a time
+    return bool(given) and t.notna().sum() >= 0.8 * given and (t.dropna() >= 0).all() \
+        and not binary
+
+
+def _n_levels(series) -> int:
+    v = series.dropna().astype(str).str.strip()
+    return int(v[v != ""].nunique())
+
+
+def _groupable(series) -> bool:
+    import pandas as pd
+    num = pd.to_numeric(series, errors="coerce")
+    if num.notna().sum() >= 0.9 * series.notna().sum() and num.nunique() > 5:
+        return True                      # numeric: split at the median
+    return 2 <= _n_levels(series) <= MAX_GROUPS
+
+
+def _time_rank(name: str, toks: List[str]) -> Optional[int]:
+    t = set(toks)
+    surv = bool(t & _SURVIVAL_WORDS)
+    if surv and t & _TIME_UNITS:
+        return 0                         # os_days, Survival_days, OS_months
+    if surv and len(toks) <= 2:
+        return 1                         # OS, overall_survival
+    if t & {"time", "duration", "followup", "days", "months"} and not t & {"age", "event"}:
+        return 2                         # time, days_to_death, pfi_days
+    return None
+
+
+def _event_rank(name: str, toks: List[str]) -> Optional[int]:
+    t = set(toks)
+    if "event" in t and t & (_SURVIVAL_WORDS | _DEATH_WORDS):
+        return 0                         # os_event
+    if t & _DEATH_WORDS:
+        return 1                         # 1-dead 0-alive, death01, vital_status
+    if "event" in t or "events" in t:
+        return 2                         # event, pfi_event
+    if "status" in t:
+        return 3                         # status (but not MGMT status: not a 0/1 column)
+    return None
+
+
+def _group_rank(name: str, toks: List[str]) -> Optional[int]:
+    t = set(toks)
+    if str(name).lower().startswith("p_") or t & {"prob", "probability", "logit"}:
+        return None                      # a probability is no grouping (predicted_idh is)
+    if "group" in t or "arm" in t:
+        return 0                         # risk_group, group
+    if "idh" in t:
+        return 1                         # idh, IDH, predicted_idh
+    if t & {"predicted", "pred", "subtype", "cluster"}:
+        return 2
+    return None
+
+
+def _best(df, rank, accept, *, exclude=(), observed=True, prefer_prefix=None):
+    cands = []
+    for i, c in enumerate(df.columns):
+        if c in exclude:
+            continue
+        toks = _tokens(c)
+        if not toks or (observed and not _observed(c, toks)):
+            continue
+        r = rank(c, toks)
+        if r is None or not accept(df[c]):
+            continue
+        same = 0 if prefer_prefix and toks[0] == prefer_prefix else 1
+        cands.append((r, same, len(toks), i, c))
+    return min(cands)[-1] if cands else None
+
+
+@dataclass
+class ColumnGuess:
+    """The columns a cohort table most likely uses (None: nothing fits) and what to tell."""
+    time: Optional[str] = None
+    event: Optional[str] = None
+    group: Optional[str] = None
+    id: Optional[str] = None
+    has_event_column: bool = True        # some column holds 0/1 (or alive/dead) values
+    message: str = ""
+
+
+def guess_columns(df) -> ColumnGuess:
+    """Guess the survival time, event, grouping and patient-id columns of a table by the words
+    of the column names (``os_days``, ``Survival_days``, ``OS``; ``os_event``,
+    ``1-dead 0-alive``, ``death01``...) and by their values (a time is numeric and >= 0, an
+    event 0/1 or alive/dead, a grouping 2 to :data:`MAX_GROUPS` values or numeric; model
+    outputs such as ``os_risk`` or ``p_idh_mutant`` are never the outcome). A column that
+    nothing fits stays None, and ``message`` says what the user has to choose."""
+    g = ColumnGuess()
+    g.time = _best(df, _time_rank, _is_time_column)
+    pre = _tokens(g.time)[0] if g.time else None
+    g.event = _best(df, _event_rank, _is_event_column, exclude=(g.time,), prefer_prefix=pre)
+    g.group = _best(df, _group_rank, _groupable, exclude=(g.time, g.event), observed=False)
+    ids = [c for c in df.columns if {"id", "patient", "subject", "case"} & set(_tokens(c))
+           and df[c].notna().all() and df[c].is_unique]
+    g.id = min(ids, key=lambda c: ("id" not in _tokens(c), len(_tokens(c)),
+                                   list(df.columns).index(c))) if ids else None
+    g.has_event_column = any(_is_event_column(df[c]) for c in df.columns if c != g.time)
+    missing = [w for w, c in (("time", g.time), ("event", g.event)) if c is None]
+    if not g.has_event_column:
+        g.message = ("this table has no event column (0/1 or alive/dead values): Kaplan-Meier "
+                     "needs one" + ("" if g.time else "; no survival time column found either"))
+    elif missing:
+        g.message = (f"no survival {'/'.join(missing)} column found: choose "
+                     + ("them" if len(missing) == 2 else "it"))
+    return g
+
+
 @dataclass
 class SurvivalAnalysis:
-    """What the survival widget / CLI show for one table."""
+    """What the survival widget shows (and exports) for one table. ``hr`` values are
+    ``{hr, ci95, p}``, or ``{hr: None, ci95: None, p: None, not_estimable: reason}``;
+    ``curves`` are the Kaplan-Meier tables per group (``time``, ``survival``, ``lower``,
+    ``upper``, ``n``, ``events``, ``censor_time``, ``censor_survival``), computed with the
+    statistics so that drawing them needs no fitting (:func:`draw_km`)."""
     n: int
     events: int
     groups: Dict[str, int] = field(default_factory=dict)
@@ -204,27 +423,101 @@ class SurvivalAnalysis:
     time: Any = None
     event: Any = None
     group: Any = None
+    ids: Any = None
+    curves: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    time_col: Optional[str] = None
+    event_col: Optional[str] = None
+    group_col: Optional[str] = None
+    id_col: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The statistics (not the per-patient values), for :func:`write_survival_outputs`."""
+        return {"columns": {"time": self.time_col, "event": self.event_col,
+                            "group": self.group_col, "id": self.id_col},
+                "n": self.n, "events": self.events, "groups": dict(self.groups),
+                "events_per_group": {g: c.get("events") for g, c in self.curves.items()},
+                "median_survival": dict(self.median_survival), "logrank_p": self.logrank_p,
+                "hazard_ratios": {k: dict(v) for k, v in self.hr.items()},
+                "c_index": self.c_index, "notes": list(self.notes)}
+
+
+@contextmanager
+def _lifelines_warnings():
+    """lifelines' convergence warnings, caught (a list) instead of printed: the caller turns
+    them into a note."""
+    import warnings
+    try:
+        from lifelines.exceptions import ConvergenceWarning
+    except ImportError:  # pragma: no cover - older lifelines
+        ConvergenceWarning = RuntimeWarning
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always", ConvergenceWarning)
+        caught: List[Any] = []
+        yield caught
+        caught.extend(w for w in got if issubclass(w.category, ConvergenceWarning))
+
+
+def _km_curve(t, e) -> Dict[str, Any]:
+    from lifelines import KaplanMeierFitter
+    km = KaplanMeierFitter().fit(t, e)
+    sf = km.survival_function_.iloc[:, 0]
+    ci = km.confidence_interval_survival_function_
+    x = sf.index.to_numpy(float)
+    s = sf.to_numpy(float)
+    ct = np.sort(t[e == 0])
+    cs = s[np.searchsorted(x, ct, side="right") - 1] if len(ct) else np.zeros(0)
+    ms = km.median_survival_time_
+    return {"time": x, "survival": s, "lower": ci.iloc[:, 0].to_numpy(float),
+            "upper": ci.iloc[:, 1].to_numpy(float), "n": int(len(t)), "events": int(e.sum()),
+            "censor_time": ct, "censor_survival": cs,
+            "median": float(ms) if np.isfinite(ms) else None}
+
+
+def _estimable(v: Dict[str, Any]) -> Optional[str]:
+    """Why a fitted HR is no estimate (None when it is one)."""
+    vals = [v["hr"], *v["ci95"]]
+    if not all(np.isfinite(vals)) or v["ci95"][0] <= 0:
+        return "its confidence interval is not finite"
+    if not 1e-3 < v["hr"] < 1e3:
+        return "the fit ran away (the groups separate the outcomes)"
+    return None
+
+
+def _not_estimable(reason: str) -> Dict[str, Any]:
+    return {"hr": None, "ci95": None, "p": None, "not_estimable": reason}
+
+
+def _too_many_groups(df, group_col, levels, skip) -> ConfigError:
+    fits = [c for c in df.columns if c not in skip and 2 <= _n_levels(df[c]) <= MAX_GROUPS]
+    best = _best(df, _group_rank, _groupable, exclude=skip, observed=False)
+    if best in fits:
+        fits.remove(best)
+        fits.insert(0, best)
+    hint = f" (e.g. {', '.join(fits[:4])})" if fits else ""
+    return ConfigError(f"{group_col!r} has {levels} different values: too many groups to "
+                       f"compare (at most {MAX_GROUPS}); group by a column with fewer "
+                       f"values{hint}")
 
 
 def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = None, *,
-                  n_quantiles: int = 2) -> SurvivalAnalysis:
-    """KM groups, log-rank p, Cox HR and C-index from a table's columns.
+                  id_col: Optional[str] = None, n_quantiles: int = 2) -> SurvivalAnalysis:
+    """KM curves per group, log-rank p, Cox HR and C-index from a table's columns.
 
-    ``group_col`` may be categorical (each value a group; HRs against the first group in
-    sorted order) or numeric with more than 5 values (split at the median into low/high; the
-    C-index and an HR per SD use the numeric values)."""
+    ``group_col`` may be categorical (each value a group, at most :data:`MAX_GROUPS`; HRs
+    against the largest group, the first in sorted order among equals) or numeric with more than 5 values (split at the
+    median into low/high; the C-index and an HR per SD use the numeric values). ``notes`` say
+    what was left out and what is unreliable (too few patients or events, an HR that cannot be
+    estimated: then its numbers are None). ``id_col`` names the patients in the exported
+    per-patient table (default: the table's id column, else the row number)."""
     import pandas as pd
-    from lifelines import KaplanMeierFitter
-    for c in (time_col, event_col) + ((group_col,) if group_col else ()):
+    for c in (time_col, event_col) + ((group_col,) if group_col else ()) \
+            + ((id_col,) if id_col else ()):
         if c not in df.columns:
             raise ConfigError(f"column {c!r} not in the table")
+    if time_col == event_col:
+        raise ConfigError("the time and the event must be different columns")
     t = pd.to_numeric(df[time_col], errors="coerce")
-    ev = df[event_col]
-    if ev.dtype == object:
-        m = {"1": 1, "0": 0, "dead": 1, "deceased": 1, "alive": 0, "living": 0, "true": 1,
-             "false": 0, "yes": 1, "no": 0}
-        ev = ev.astype(str).str.strip().str.lower().map(m)
-    e = pd.to_numeric(ev, errors="coerce")
+    e = event_values(df[event_col])
     ok = t.notna() & e.notna() & (t >= 0)
     notes = []
     if (~ok).sum():
@@ -235,47 +528,154 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
         raise ConfigError(f"the event column {event_col!r} must be 0/1 (or alive/dead)")
     numeric = None
     if group_col:
+        if group_col in (time_col, event_col):
+            raise ConfigError(f"{group_col!r} is the time or the event: group by another column")
         gv = df[group_col]
         gnum = pd.to_numeric(gv, errors="coerce")
         if gnum.notna().sum() >= 0.9 * gv.notna().sum() and gnum.nunique() > 5:
             numeric = gnum
-            ok &= gnum.notna()
-            med = gnum[ok].median()
+            has = gnum.notna()
+            med = gnum[ok & has].median()
             groups = np.where(gnum > med, f"{group_col} > {med:g}", f"{group_col} <= {med:g}")
             notes.append(f"numeric {group_col!r} split at its median ({med:g})")
         else:
-            ok &= gv.notna() & (gv.astype(str).str.strip() != "")
-            groups = gv.astype(str).to_numpy()
+            has = gv.notna() & (gv.astype(str).str.strip() != "")
+            levels = _n_levels(gv[ok])
+            if levels > MAX_GROUPS:
+                raise _too_many_groups(df, group_col, levels, (time_col, event_col))
+            groups = gv.astype(str).str.strip().to_numpy()
+        lost = int((ok & ~has).sum())
+        if lost:
+            notes.append(f"{lost} row(s) with no {group_col!r} value left out")
+        ok &= has
+        if ok.sum() < 3:
+            raise ConfigError(f"fewer than 3 rows have a usable {time_col!r}, {event_col!r} "
+                              f"and {group_col!r}")
     else:
         groups = np.array(["all"] * len(df), dtype=object)
-    t, e, groups = t[ok].to_numpy(float), e[ok].to_numpy(float), np.asarray(groups)[ok.to_numpy()]
+    if id_col is None:
+        id_col = guess_columns(df).id
+    ids = (df[id_col].astype(str).to_numpy() if id_col else np.arange(1, len(df) + 1))
+    okn = ok.to_numpy()
+    t, e, groups = t[ok].to_numpy(float), e[ok].to_numpy(float), np.asarray(groups)[okn]
     res = SurvivalAnalysis(n=int(len(t)), events=int(e.sum()), notes=notes, time=t, event=e,
-                           group=groups)
+                           group=groups, ids=ids[okn], time_col=time_col, event_col=event_col,
+                           group_col=group_col, id_col=id_col)
     names = sorted(set(groups), key=str)
     res.groups = {str(g): int((groups == g).sum()) for g in names}
     for g in names:
         m = groups == g
-        km = KaplanMeierFitter().fit(t[m], e[m])
-        ms = km.median_survival_time_
-        res.median_survival[str(g)] = None if not np.isfinite(ms) else float(ms)
+        c = _km_curve(t[m], e[m])
+        res.curves[str(g)] = c
+        res.median_survival[str(g)] = c["median"]
+    if res.n < MIN_PATIENTS or res.events < MIN_EVENTS:
+        notes.append(f"only {res.n} patient(s) and {res.events} event(s): too few for reliable "
+                     f"statistics (at least {MIN_PATIENTS} and {MIN_EVENTS})")
+    no_events = [str(g) for g in names if res.curves[str(g)]["events"] == 0]
+    if no_events and len(names) >= 2:
+        notes.append(f"no events in {', '.join(no_events)}: survival there never drops, and "
+                     "a hazard ratio against it cannot be estimated")
     if len(names) >= 2:
         res.logrank_p = logrank_p(t, e, groups)
         if numeric is not None:
             x = numeric[ok].to_numpy(float)
             res.c_index = c_index(t, e, x)
             sd = x.std() or 1.0
-            try:
-                res.hr = {f"{group_col} (per SD)": cox_hr(t, e, {"x": (x - x.mean()) / sd})["x"]}
-            except Exception as ex:
-                notes.append(f"Cox model failed: {ex}")
+            key = f"{group_col} (per SD)"
+            with _lifelines_warnings() as caught:
+                try:
+                    v = cox_hr(t, e, {"x": (x - x.mean()) / sd}).get("x")
+                except Exception:
+                    v = None
+            why = "the Cox model did not converge" if v is None else _estimable(v)
+            res.hr = {key: _not_estimable(why) if why else v}
         else:
-            ref = names[0]
-            cov = {str(g): (groups == g).astype(float) for g in names[1:]}
-            try:
-                hr = cox_hr(t, e, cov, penalizer=0.0)
-                res.hr = {f"{g} vs {ref}": v for g, v in hr.items()}
-            except Exception as ex:
-                notes.append(f"Cox model failed: {ex}")
+            ref = max(names, key=lambda g: res.groups[str(g)])   # first among the largest
+            cov = {str(g): (groups == g).astype(float) for g in names if g != ref}
+            with _lifelines_warnings() as caught:
+                try:
+                    hr = cox_hr(t, e, cov, penalizer=0.0)
+                except Exception:
+                    hr = {}
+                    notes.append("the Cox model did not converge (too few patients or events, "
+                                 "or a group that separates the outcomes): no hazard ratios")
+            for g, v in hr.items():
+                if g in no_events or ref in no_events:
+                    why = f"no events in {g if g in no_events else ref}"
+                else:
+                    why = _estimable(v)
+                res.hr[f"{g} vs {ref}"] = _not_estimable(why) if why else v
             if len(names) == 2:
                 res.c_index = c_index(t, e, (groups == names[1]).astype(float))
+        bad = [k for k, v in res.hr.items() if v.get("not_estimable")]
+        if bad:
+            notes.append(f"HR not estimable: {'; '.join(bad)}")
+        if caught and len(bad) < len(res.hr):
+            notes.append("the Cox model warned of convergence problems (a group with few "
+                         "events, or one that nearly separates the outcomes): read the HRs "
+                         "with care")
     return res
+
+
+def draw_km(ax, analysis: SurvivalAnalysis, *, show_ci: bool = True) -> None:
+    """Draw an analysis' Kaplan-Meier curves (step functions, 95% bands, censoring ticks) on a
+    matplotlib axes from its fitted tables: no fitting, no lifelines plotting."""
+    for i, (name, c) in enumerate(analysis.curves.items()):
+        color = f"C{i % 10}"
+        ax.step(c["time"], c["survival"], where="post", color=color, lw=1.5,
+                label=f"{name} (n={c['n']})")
+        if show_ci:
+            ax.fill_between(c["time"], c["lower"], c["upper"], step="post", color=color,
+                            alpha=0.2, lw=0)
+        if len(c["censor_time"]):
+            ax.plot(c["censor_time"], c["censor_survival"], "|", color=color, ms=5)
+    ax.set_xlabel(analysis.time_col or "time")
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.05)
+    if analysis.curves:
+        ax.set_xlim(left=0)
+        if len(analysis.curves) <= 4:
+            ax.legend(fontsize=7, loc="best", framealpha=0.7)
+        else:                            # many groups: below the axes, never over the curves
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2,
+                      frameon=False)
+
+
+#: the files :func:`write_survival_outputs` writes into its folder
+OUTPUT_NAMES = {"figure": "survival_km.png", "statistics": "survival_stats.json",
+                "patients": "survival_patients.csv"}
+
+
+def write_survival_outputs(result: SurvivalAnalysis, folder, *, source: Optional[str] = None
+                           ) -> Dict[str, Any]:
+    """Write an analysis into ``folder`` (made if missing): the Kaplan-Meier figure (PNG), the
+    statistics (strict JSON: non-finite numbers are null) and one row per analysed patient
+    (``id, time, event, group``). ``source`` (the table's file name) goes into the JSON.
+    Returns ``{"figure"|"statistics"|"patients": path}``."""
+    import pandas as pd
+    from pathlib import Path
+    from matplotlib.figure import Figure
+    from ..outputs import write_json
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as ex:
+        raise ConfigError(f"cannot make the folder {out}: {ex.strerror or ex}") from None
+    paths = {k: out / v for k, v in OUTPUT_NAMES.items()}
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    draw_km(ax, result)
+    if result.logrank_p is not None:
+        ax.set_title(f"log-rank p = {result.logrank_p:.3g}", fontsize=9)
+    stats = {"table": source, **result.to_json(),
+             "files": {k: p.name for k, p in paths.items()}}
+    rows = pd.DataFrame({"id": result.ids, "time": result.time,
+                         "event": np.asarray(result.event, float).astype(int),
+                         "group": result.group})
+    try:
+        fig.savefig(paths["figure"], dpi=120, bbox_inches="tight")
+        write_json(paths["statistics"], stats)
+        rows.to_csv(paths["patients"], index=False)
+    except OSError as ex:
+        raise ConfigError(f"cannot write into {out}: {ex.strerror or ex}") from None
+    return paths
