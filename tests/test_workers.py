@@ -1,4 +1,5 @@
 """The worker bridge: results, progress, cancel, errors, and a main thread that keeps running."""
+import os
 import time
 
 import pytest
@@ -240,3 +241,35 @@ def test_closing_the_dock_panel_cancels_its_job(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: job3.done, timeout=5000)
     viewer.window.remove_dock_widget(panel2)
     assert not job3.cancelled and job3.result == {"answer": 42}
+
+
+def test_a_job_does_not_load_torch_in_the_main_thread(tmp_path):
+    """In a process that has not loaded torch (the Survival widget's), starting a job must not
+    load it in the Qt main thread (seconds, the first time): the worker loads it."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import sys, threading
+        class Spy:
+            where = None
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" and Spy.where is None:
+                    Spy.where = threading.current_thread().name
+                return None
+        sys.meta_path.insert(0, Spy())
+        from qtpy.QtWidgets import QApplication
+        app = QApplication([])
+        from napari_radiogen.napari.workers import start_job
+        assert "torch" not in sys.modules, "torch loaded on import"
+        def gen(tok):
+            yield 41 + 1
+        job = start_job(gen, name="t", progress_bar=False, notify=False)
+        assert job.wait(60) and job.result == 42
+        print("torch loaded in:", Spy.where)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    where = r.stdout.strip().splitlines()[-1]
+    assert where.startswith("torch loaded in:") and "MainThread" not in where, where

@@ -31,17 +31,15 @@ _WARM_UP: Optional[threading.Thread] = None
 
 def warm_up() -> threading.Thread:
     """Import, on a background thread and once per process, what the first table and the first
-    Kaplan-Meier run need (pandas, lifelines, the job machinery and the torch it loads: seconds
-    the first time) while the user picks a table, instead of in the main thread at the first
-    click. Only imports: the fitting itself runs in the job's worker."""
+    Kaplan-Meier run need (pandas, lifelines: about a second the first time) while the user
+    picks a table, instead of in the main thread at the first click. Only imports: the fitting
+    itself runs in the job's worker."""
     global _WARM_UP
     if _WARM_UP is None:
         def work():
             try:
                 import pandas  # noqa: F401
                 import lifelines  # noqa: F401
-                from . import workers
-                workers.torch_default_threads()
             except Exception:  # pragma: no cover - an optimisation only
                 log.debug("survival warm-up failed", exc_info=True)
         _WARM_UP = threading.Thread(target=work, name="radiogen-survival-warm-up", daemon=True)

@@ -207,8 +207,11 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     False keeps torch's own thread count (training, where throughput comes first).
     """
     interval = PROGRESS_INTERVAL if progress_interval is None else float(progress_interval)
-    prime_openmp()
-    threads = viewer_threads() if leave_core else torch_default_threads()
+    if "torch" in sys.modules:
+        # torch loaded before passive waiting could take effect: see prime_openmp. A job of
+        # a process that has not loaded torch (a survival table) does not load it here, in
+        # the main thread (seconds, the first time): its worker does, if the job needs it
+        prime_openmp()
     token = CancelToken()
     job = Job(name, token)
 
@@ -231,7 +234,7 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
         # set on every job: the count is per thread (OpenMP, MKL) and pool threads are reused;
         # torch also keeps it as the default of threads that start later, restored below
         import torch
-        torch.set_num_threads(threads)
+        torch.set_num_threads(viewer_threads() if leave_core else torch_default_threads())
         gen = gen_factory(token)
         last = None
         try:
