@@ -131,6 +131,7 @@ def test_too_many_groups_and_non_estimable_hr(widget, qtbot, tmp_path):
     _run(w, qtbot)
     text = w.stats.text()
     assert "HR wildtype vs mutant: not estimable" in text and "too few" in text
+    assert text.count("not estimable") == 1          # said on its line, not again in a note
     csv = tmp_path / "many.csv"
     t, e, _ = _synthetic(30)
     pd.DataFrame({"patient_id": [f"p{i}" for i in range(30)], "os_days": t, "os_event": e,

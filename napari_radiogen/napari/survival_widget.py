@@ -72,7 +72,8 @@ def stats_text(a) -> str:
     med = ", ".join(f"{g}: {'not reached' if m is None else f'{m:g}'}"
                     for g, m in a.median_survival.items())
     lines.append(f"median survival: {med}")
-    lines += list(a.notes)
+    # each HR line says why it is not estimable: the note that repeats it is left out here
+    lines += [n for n in a.notes if not str(n).startswith("HR not estimable")]
     return "\n".join(lines)
 
 
