@@ -49,8 +49,21 @@ def _available():
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's error line: a bad option or value prints one line,
+    ``radiogen: error: <command>: <what>`` (and where the options are listed), exit status 2,
+    as every other input error (argparse's own prints the usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        words = self.prog.split()
+        cmd = " ".join(words[1:])
+        where = f"`radiogen {cmd} --help`" if cmd else "`radiogen --help`"
+        self.exit(2, f"radiogen: error: {cmd + ': ' if cmd else ''}{message} "
+                     f"({where} lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radiogen", description=DESCRIPTION, epilog=EPILOG)
+    p = _Parser(prog="radiogen", description=DESCRIPTION, epilog=EPILOG)
     from . import __version__
     p.add_argument("--version", action="version", version=f"napari-radiogen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -82,6 +95,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("radiogen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`radiogen models | head`): no traceback, and nothing more is
+        # written to the closed pipe (Python flushes stdout again at exit)
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

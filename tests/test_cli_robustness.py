@@ -635,3 +635,32 @@ def test_train_list_columns_line_up(capsys):
     assert all(" task=" in ln for ln in lines)
     names = [ln.split()[0] for ln in lines]
     assert max(map(len, names)) > 28                    # a long name, as the shipped ones
+
+
+# -- 11. usage errors are one line; a closed pipe is no traceback ---------------------------------
+def test_a_bad_option_value_is_one_error_line(capsys):
+    for argv, want in ((["train", "x", "--out", "o", "--epochs", "abc"],
+                        "radiogen: error: train: argument --epochs: invalid int value: 'abc'"),
+                       (["nosuchcommand"], "radiogen: error: argument COMMAND: invalid choice")):
+        with pytest.raises(SystemExit) as e:
+            main(*argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(want) and err.count("\n") == 1 and "usage:" not in err
+        assert "--help` lists the options" in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`radiogen models --json | head -c 10`: the reader closes the pipe early; no traceback,
+    exit status 141 (as a program killed by SIGPIPE)."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom napari_radiogen.cli import main\n"
+            "sys.exit(main(['models', '--json']))")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()                       # the reader goes away
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
