@@ -507,14 +507,14 @@ def test_analysis_segmentation_layer_names_its_synthetic_inputs():
                     synthetic_inputs=["t1ce"])
     (data, kw, kind), = stage_layers(StageResult("segment", "c1", res), "c1")
     meta = radiogen_meta(kw)
-    assert kind == "labels" and kw["name"] == "c1 segmentation (m)"
+    assert kind == "labels" and kw["name"] == "c1 segmentation (m) from synthetic t1ce"
     assert meta["synthetic_inputs"] == ["t1ce"]
     assert meta["label_names"] == {0: "background", 1: "FLAIR abnormality"}
     np.testing.assert_array_equal(data, labels)
     assert data is not labels                 # the layer owns its array
     res.synthetic_inputs = []
     (_, kw, _), = stage_layers(StageResult("segment", "c1", res), "c1")
-    assert radiogen_meta(kw)["synthetic_inputs"] == []
+    assert radiogen_meta(kw)["synthetic_inputs"] == [] and kw["name"] == "c1 segmentation (m)"
     # the heatmap layer is the Explain widget's: its synthetic inputs and provenance
     from napari_radiogen.core.explain import ExplainResult
     ex = ExplainResult("c1", "idh", "gradcam", "m", "mutant", labels.astype(np.float32), geo,
