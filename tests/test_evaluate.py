@@ -190,7 +190,8 @@ def test_evaluate_a_prediction_model_through_the_inference_path(tmp_path):
     import csv
     from napari_radiogen.cli import main
     from napari_radiogen.core.phantom import make_pack_phantom
-    from napari_radiogen.core.train.engine import EvalResult, evaluate_model
+    from napari_radiogen.core.evaluate.run import evaluate_model
+    from napari_radiogen.core.train.engine import EvalResult
     from napari_radiogen.core.progress import run as drive
     from predict_helpers import TINY, make_tiny_model, write_pack
     make_tiny_model()
@@ -209,7 +210,8 @@ def test_evaluate_a_prediction_model_through_the_inference_path(tmp_path):
         w.writerows(rows)
     res = drive(evaluate_model(TINY, cohort, tmp_path / "rep", device="cpu"))
     assert isinstance(res, EvalResult)
-    assert res.n_patients == 6 and res.metrics["failed"] == 1
+    assert res.n_patients == 6
+    assert [f["case"] for f in res.metrics["failed"]] == ["PH_99.h5"]
     assert 0.0 <= res.metrics["auc_idh"] <= 1.0 and 0.0 <= res.metrics["auc_grade"] <= 1.0
     assert "auc_codel_1p19q" not in res.metrics           # one class only: no AUC
     assert 0.0 <= res.metrics["c_index"] <= 1.0

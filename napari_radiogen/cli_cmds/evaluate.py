@@ -1,7 +1,24 @@
-"""``radiogen evaluate MODEL DATA --out DIR``: a trained model on every patient of DATA."""
+"""``radiogen evaluate MODEL DATA --out DIR``: a trained model on every patient of DATA.
+
+Exit status: 0 every case was scored; 1 some cases failed (each is named with its reason on
+stderr, in report.json ``failed`` and in the report), the others' metrics are written; 2 an
+input error (no such DATA folder, a labels CSV without the model's label columns, ...).
+"""
 from __future__ import annotations
 
+import argparse
 import sys
+
+
+def positive_int(text: str) -> int:
+    """argparse type of ``--limit``: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {v})")
+    return v
 
 
 def add_arguments(p) -> None:
@@ -11,27 +28,55 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", help="labels CSV (patient_id + label columns [+ path])")
     from ._common import add_device_argument
     add_device_argument(p)
-    p.add_argument("--limit", type=int, help="only N patients")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="only N patients (N >= 1)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
+def _value(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "n/a" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
 def run(args) -> int:
-    from ..core.train.engine import EvalResult, evaluate_model
+    from ..core.evaluate.run import evaluate_model
     from ..core.outputs import dumps
-    from ._common import check_device, check_out_dir
+    from ..core.train.engine import EvalResult
+    from ._common import ProgressLine, check_device, check_out_dir
     check_out_dir(args.out)
     check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     res = None
-    for item in evaluate_model(args.model, args.data, args.out, device=args.device,
-                               labels=args.labels, limit=args.limit):
-        if isinstance(item, EvalResult):
-            res = item
-        else:
-            print(item, file=sys.stderr)
+    with ProgressLine(key=lambda p: (getattr(p, "stage", ""), getattr(p, "done", 0), getattr(p, "total", 0))) as show:
+        for item in evaluate_model(args.model, args.data, args.out, device=args.device,
+                                   labels=args.labels, limit=args.limit):
+            if isinstance(item, EvalResult):
+                res = item
+            else:
+                show(item)
+    m = dict(res.metrics)
+    failed = list(m.get("failed") or [])
+    notes = list(m.pop("notes", None) or [])
+    for f in failed:
+        print(f"radiogen: {f['case']}: failed: {f['reason']}", file=sys.stderr)
     if args.json:
-        print(dumps(res.metrics, indent=1))
+        print(dumps({**m, "notes": notes, "report": str(res.report_path)}, indent=1))
     else:
-        for k, v in res.metrics.items():
-            print(f"  {k:<18} {v:.4f}" if isinstance(v, float) else f"  {k:<18} {v}")
+        unscored = {u["metric"] for u in m.get("unscored") or []}
+        for k, v in m.items():
+            if k in ("failed", "unscored", "note", "no_labels") or k in unscored:
+                continue
+            print(f"  {k:<18} {_value(v)}")
+        if failed:
+            print(f"  {'failed':<18} {len(failed)} (left out; reasons on stderr and in the "
+                  "report)")
+        if m.get("note"):
+            print(f"note: {m['note']}")
+        for n in notes:
+            print(f"note: {n}")
         print(f"report: {res.report_path}")
-    return 0
+    return 1 if failed else 0

@@ -20,23 +20,54 @@ from ..errors import ConfigError, RadiogenError
 from ..progress import CancelToken, Progress, check
 
 
-def _labels_table(data: Path, labels: Optional[str]):
+#: label columns a prediction model is scored on (any one of them makes a labels table usable)
+LABEL_COLUMNS = ("idh", "codel_1p19q", "grade", "os_days", "os_event")
+
+
+def _labels_table(data: Path, labels: Optional[str], tasks: List[str]):
     import pandas as pd
     src = Path(labels) if labels else data / "clinical.csv"
+    expected = list(tasks) + ["os_days", "os_event"]
     if not src.is_file():
         raise ConfigError(f"no labels: {src} not found (give --labels CSV with patient_id and "
-                          "idh / codel_1p19q / grade [/ os_days, os_event] columns)")
-    tab = pd.read_csv(src)
+                          f"{' / '.join(tasks)} [/ os_days, os_event] columns)")
+    try:
+        tab = pd.read_csv(src, dtype={"patient_id": str})
+    except Exception as e:
+        raise ConfigError(f"{src.name}: not a readable CSV ({' '.join(str(e).split())})") \
+            from None
     if "patient_id" not in tab.columns:
         raise ConfigError(f"{src.name} has no patient_id column")
-    return tab.set_index(tab["patient_id"].astype(str)), src
+    if not any(c in tab.columns for c in expected):
+        raise ConfigError(f"{src.name} has none of the model's label columns (expected "
+                          f"patient_id and one or more of {', '.join(expected)}; it has "
+                          f"{', '.join(map(str, tab.columns[:12]))})")
+    tab["patient_id"] = tab["patient_id"].astype(str).str.strip()
+    tab = tab.drop_duplicates("patient_id")
+    return tab.set_index("patient_id", drop=False), src
+
+
+def _case_name(p: Union[str, Path]) -> str:
+    """The patient id a case path most likely has (its name without the volume extension)."""
+    name = Path(p).name
+    for ext in (".nii.gz", ".nii", ".h5", ".hdf5", ".mha", ".nrrd"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str, Path], *,
                               device: str = "auto", labels: Optional[str] = None,
                               limit: Optional[int] = None,
                               cancel: Optional[CancelToken] = None) -> Iterator[Any]:
-    """Yields ``Progress`` then an ``engine.EvalResult`` (report written to ``out_dir``)."""
+    """Yields ``Progress`` then an ``engine.EvalResult`` (report written to ``out_dir``).
+
+    ``EvalResult.metrics``: the AUCs / Brier scores / C-index, ``n_patients`` (scored),
+    ``in_training_data``, ``failed`` (``[{"case", "reason"}]``), ``no_labels`` (cases of DATA
+    without a row in the labels table: left out), ``unscored`` (``[{"metric", "reason"}]``:
+    a task with one class only among the labelled patients) and ``notes``."""
+    import warnings
+    from ..errors import error_text
     from ..io import list_cases, load_case
     from ..models import find_model, load_model, resolve_device
     from ..predict import CLASSES, predict
@@ -49,90 +80,150 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     if data.suffix.lower() == ".csv":
         labels = labels or str(data)
         data = data.parent
+    if not data.is_dir():
+        raise ConfigError(f"DATA: no such folder: {data}")
+    if limit is not None and int(limit) < 1:
+        raise ConfigError(f"--limit must be a positive number of patients (got {limit})")
     path = find_model(str(model))
+    tab, src = _labels_table(data, labels, list(TASKS))
+    scored_cols = [c for c in LABEL_COLUMNS if c in tab.columns]
+    paths = list_cases(str(data))
     dev = resolve_device(device)
     yield Progress(stage="evaluate", message=f"loading {path.name}")
     lm = load_model(str(path), task="prediction", device=dev)
-    tab, src = _labels_table(data, labels)
-    paths = list_cases(str(data))
-    if limit:
-        paths = paths[:int(limit)]
     trained_on = set((lm.card.get("training_data") or {}).get("patients") or [])
     classes = lm.card.get("classes") or CLASSES
     rows: List[Dict[str, Any]] = []
-    failed: Dict[str, str] = {}
-    for i, p in enumerate(paths):
+    failed: List[Dict[str, str]] = []
+    no_labels: List[str] = []
+    warned: List[str] = []
+    total = min(len(paths), int(limit)) if limit else len(paths)
+    attempted = 0
+    for p in paths:
+        if limit and attempted >= int(limit):
+            break
         check(cancel)
-        yield Progress(stage="evaluate", done=i, total=len(paths), message=Path(p).name)
+        name = Path(p).name
+        guess = _case_name(p)
+        case = None
+        counted = False
         try:
-            case = load_case(p)
+            if guess not in tab.index:
+                case = load_case(p)            # its own id may differ from the file name
+                if case.case_id not in tab.index:
+                    no_labels.append(case.case_id)
+                    continue
+            attempted += 1
+            counted = True
+            yield Progress(stage="evaluate", done=attempted - 1, total=total, message=name)
+            if case is None:
+                case = load_case(p)
             res = None
-            for item in predict(case, lm, device=dev, cancel=cancel):
-                if not isinstance(item, Progress):
-                    res = item
-        except RadiogenError as e:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for item in predict(case, lm, device=dev, cancel=cancel):
+                    if not isinstance(item, Progress):
+                        res = item
+            for w in caught:        # a library's warning: a note of the report, not stderr
+                t = f"{name}: {w.category.__name__}: {' '.join(str(w.message).split())}"
+                if t not in warned:
+                    warned.append(t)
+        except (RadiogenError, OSError, ValueError, KeyError, RuntimeError) as e:
             if type(e).__name__ == "Cancelled":
                 raise
-            failed[Path(p).name] = str(e)
+            attempted += 0 if counted else 1
+            failed.append({"case": name, "reason": error_text(e)})
+            continue
+        if case.case_id not in tab.index:
+            no_labels.append(case.case_id)
             continue
         row: Dict[str, Any] = {"patient_id": case.case_id}
-        lab = tab.loc[case.case_id] if case.case_id in tab.index else None
+        lab = tab.loc[case.case_id]
         for t in TASKS:
             if t not in res.tasks:
                 continue
             row[t] = float(res.tasks[t].get(classes[t][-1], list(res.tasks[t].values())[-1]))
-            y = _label(t, lab.get(t)) if lab is not None else -1
+            y = _label(t, lab.get(t)) if t in tab.columns else -1
             if y >= 0:
                 row[f"y_{t}"] = y
         if res.risk is not None:
             row["risk"] = float(res.risk)
-            if lab is not None:
-                for k in ("os_days", "os_event"):
-                    v = lab.get(k)
-                    if v is not None and v == v:
-                        row[k] = float(v)
+            for k in ("os_days", "os_event"):
+                v = lab.get(k) if k in tab.columns else None
+                if v is not None and v == v:
+                    row[k] = float(v)
         rows.append(row)
     if not rows:
-        raise ConfigError(f"no case of {data} could be predicted"
-                          + (f" ({next(iter(failed.values()))})" if failed else ""))
+        why = (f" ({failed[0]['case']}: {failed[0]['reason']})" if failed else
+               f" (none of its {len(no_labels)} case(s) has a row in {src.name})" if no_labels
+               else "")
+        raise ConfigError(f"no case of {data} could be predicted{why}")
     summary: Dict[str, Any] = {}
     metrics: Dict[str, Any] = {}
+    unscored: List[Dict[str, str]] = []
+    notes: List[str] = []
     for t in TASKS:
+        if t not in tab.columns:
+            continue
         ys = np.array([r[f"y_{t}"] for r in rows if f"y_{t}" in r and t in r])
         ps = np.array([r[t] for r in rows if f"y_{t}" in r and t in r])
-        if len(np.unique(ys)) < 2:
+        u = np.unique(ys)
+        if len(u) < 2:
+            names = ", ".join(classes[t][int(c)] for c in u) or "none"
+            unscored.append({"metric": f"auc_{t}", "reason": (
+                f"one class only among the {len(ys)} labelled patient(s) ({names}): an AUC "
+                "needs both" if len(ys) else f"no patient has a {t} label in {src.name}")})
             continue
         a = auc_with_ci(ys, ps)
-        summary[f"auc_{t}"] = {"mean": a["auc"], "sd": None, "ci95": a["ci95"], "n": a["n"],
-                               "per_fold": [a["auc"]]}
+        summary[f"auc_{t}"] = {"mean": a["auc"], "sd": None, "ci95": a["ci95"], "n": a["n"]}
+        if a.get("ci_note"):
+            notes.append(f"auc_{t}: {a['ci_note']}")
         metrics[f"auc_{t}"] = float(a["auc"])
         metrics[f"brier_{t}"] = float(np.mean((ps - ys) ** 2))
+        summary[f"brier_{t}"] = {"mean": metrics[f"brier_{t}"], "sd": None,
+                                 "ci95": [None, None], "n": int(len(ys))}
     surv = [r for r in rows if "risk" in r and "os_days" in r and "os_event" in r]
-    if len(surv) >= 3:
-        c = cindex([r["os_days"] for r in surv], [r["os_event"] for r in surv],
-                   [r["risk"] for r in surv])
+    if "os_days" in tab.columns and any("risk" in r for r in rows):
+        c = float("nan")
+        if len(surv) >= 3:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                c = cindex([r["os_days"] for r in surv], [r["os_event"] for r in surv],
+                           [r["risk"] for r in surv])
         if c == c:
-            summary["c_index"] = {"mean": c, "sd": None, "ci95": [None, None], "n": len(surv),
-                                  "per_fold": [c]}
+            summary["c_index"] = {"mean": c, "sd": None, "ci95": [None, None], "n": len(surv)}
             metrics["c_index"] = float(c)
+        else:
+            unscored.append({"metric": "c_index", "reason": (
+                f"{len(surv)} patient(s) with survival data and "
+                f"{int(sum(r['os_event'] for r in surv))} event(s): a C-index needs at least 3 "
+                "patients, 1 event and a comparable pair")})
     overlap = sorted({r["patient_id"] for r in rows} & trained_on)
     note = (f"{len(overlap)} of the {len(rows)} patients were in the model's training data: "
-            "these metrics are not independent" if overlap else
+            "these metrics are in-sample, not held out" if overlap else
             "none of these patients was in the model's training data")
+    if no_labels:
+        notes.insert(0, f"{len(no_labels)} case(s) of {data.name} have no row in {src.name} "
+                        f"and were left out: {', '.join(sorted(no_labels)[:10])}"
+                        + (" ..." if len(no_labels) > 10 else ""))
+    notes.extend(f"{u['metric']} not computed: {u['reason']}" for u in unscored)
+    notes.extend(warned[:20])
     out = Path(out_dir)
     html_p, json_p = write_report(
         out, title=f"{path.stem} on {data.name}", summary=summary, predictions=rows,
         card={**lm.card, "metrics": {"protocol": (
             f"evaluation through the inference path (core.predict) on {len(rows)} cases of "
-            f"{data}, labels from {src.name}; {note}"
-            + (f"; {len(failed)} case(s) failed: {', '.join(sorted(failed))}" if failed
-               else ""))}})
-    yield Progress(stage="evaluate", done=len(paths), total=len(paths), message="done")
+            f"{data}, labels from {src.name} (columns {', '.join(scored_cols)}); {note}")}},
+        evaluation={"data": str(data), "n_patients": len(rows),
+                    "in_training_data": len(overlap), "failed": failed,
+                    "no_labels": sorted(no_labels), "unscored": unscored, "notes": notes})
+    yield Progress(stage="evaluate", done=total, total=total, message="done")
     yield EvalResult(out_dir=out, report_path=html_p, report_json=json_p,
                      metrics={**metrics, "n_patients": len(rows),
-                              "in_training_data": len(overlap), "failed": len(failed),
-                              "note": note},
+                              "in_training_data": len(overlap), "failed": failed,
+                              "no_labels": len(no_labels), "unscored": unscored,
+                              "notes": notes, "note": note},
                      n_patients=len(rows), model=path.stem)
 
 
-__all__ = ["evaluate_prediction_cases"]
+__all__ = ["evaluate_prediction_cases", "LABEL_COLUMNS"]

@@ -192,20 +192,44 @@ def bootstrap_ci(fn, *arrays, n_boot: int = 1000, seed: int = 0, level: float = 
     return [float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))]
 
 
+#: fewest cases of each class for a bootstrap interval of an AUC: with one positive (or one
+#: negative) every resample holds the same case, and the interval ([1.0, 1.0]) says nothing
+MIN_CLASS_FOR_CI = 2
+
+
 def auc_with_ci(y_true, y_score, n_boot: int = 1000, seed: int = 0) -> Dict[str, Any]:
+    """AUC with a stratified bootstrap 95% CI; the CI is ``[None, None]`` with a ``ci_note``
+    when a class has fewer than :data:`MIN_CLASS_FOR_CI` cases."""
     auc = roc_auc(y_true, y_score)
-    ci = bootstrap_ci(roc_auc, y_true, y_score, n_boot=n_boot, seed=seed, stratify=y_true) \
-        if auc is not None else [None, None]
-    return {"auc": auc, "ci95": ci, "n": int(len(y_true)),
-            "n_pos": int(np.sum(np.asarray(y_true) == 1))}
+    y = np.asarray(y_true).astype(int).ravel()
+    n_pos = int(np.sum(y == 1))
+    n_neg = int(len(y) - n_pos)
+    note = None
+    if auc is None:
+        ci = [None, None]
+    elif min(n_pos, n_neg) < MIN_CLASS_FOR_CI:
+        ci = [None, None]
+        note = (f"no confidence interval: {n_pos} positive and {n_neg} negative case(s); "
+                f"an interval needs at least {MIN_CLASS_FOR_CI} of each")
+    else:
+        ci = bootstrap_ci(roc_auc, y_true, y_score, n_boot=n_boot, seed=seed, stratify=y_true)
+    out = {"auc": auc, "ci95": ci, "n": int(len(y)), "n_pos": n_pos, "n_neg": n_neg}
+    if note:
+        out["ci_note"] = note
+    return out
 
 
 def classification_metrics(y_true: Sequence[int], y_prob: Any, classes: Optional[List[str]] = None,
                            threshold: float = 0.5) -> Dict[str, Any]:
     """Accuracy, balanced accuracy, F1, precision, recall (macro for >2 classes), AUC (+CI),
-    confusion matrix. ``y_prob``: (N,) P(class 1) for binary, or (N, C)."""
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
-                                 f1_score, precision_score, recall_score)
+    confusion matrix. ``y_prob``: (N,) P(class 1) for binary, or (N, C).
+
+    Undefined values are None (shown "n/a"), not 0: the recall (and F1) of a class absent
+    from the truth, the precision of a class never predicted; a macro average is over the
+    classes where the value is defined (``recall_per_class`` lists them all). sklearn's
+    warnings about them are not passed on."""
+    import warnings
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(y_prob, dtype=float)
     binary = p.ndim == 1
@@ -215,30 +239,52 @@ def classification_metrics(y_true: Sequence[int], y_prob: Any, classes: Optional
     else:
         pred = p.argmax(1)
         n_classes = p.shape[1]
-    avg = "binary" if binary else "macro"
     labels = list(range(n_classes))
+    cm = confusion_matrix(y, pred, labels=labels)
+    tp = np.diag(cm).astype(float)
+    in_truth = cm.sum(1).astype(float)
+    in_pred = cm.sum(0).astype(float)
+    rec = [float(tp[i] / in_truth[i]) if in_truth[i] else None for i in labels]
+    prec = [float(tp[i] / in_pred[i]) if in_pred[i] else None for i in labels]
+    f1 = []
+    for i in labels:
+        if rec[i] is None:
+            f1.append(None)
+        elif prec[i] is None or (rec[i] + prec[i]) == 0:
+            f1.append(0.0)              # a class in the truth never (or never rightly) predicted
+        else:
+            f1.append(2 * rec[i] * prec[i] / (rec[i] + prec[i]))
+
+    def macro(v):
+        v = [x for x in v if x is not None]
+        return float(np.mean(v)) if v else None
+    names = classes or [str(i) for i in labels]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bal = float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else None
     out: Dict[str, Any] = {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1
-        else None,
-        "f1": float(f1_score(y, pred, average=avg, labels=None if binary else labels,
-                             zero_division=0)),
-        "precision": float(precision_score(y, pred, average=avg,
-                                           labels=None if binary else labels, zero_division=0)),
-        "recall": float(recall_score(y, pred, average=avg, labels=None if binary else labels,
-                                     zero_division=0)),
-        "confusion": confusion_matrix(y, pred, labels=labels).tolist(),
-        "classes": classes or [str(i) for i in labels],
+        "balanced_accuracy": bal,
+        "f1": f1[1] if binary else macro(f1),
+        "precision": prec[1] if binary else macro(prec),
+        "recall": rec[1] if binary else macro(rec),
+        "recall_per_class": {str(names[i]) if i < len(names) else str(i): rec[i]
+                             for i in labels},
+        "confusion": cm.tolist(),
+        "classes": names,
     }
     if binary:
-        out.update({"auc": None, "auc_ci95": [None, None]})
         a = auc_with_ci(y, p)
         out["auc"], out["auc_ci95"] = a["auc"], a["ci95"]
+        if a.get("ci_note"):
+            out["auc_ci_note"] = a["ci_note"]
     else:
         from sklearn.metrics import roc_auc_score
         try:
-            out["auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out["auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
         except ValueError:
             out["auc"] = None
     return out

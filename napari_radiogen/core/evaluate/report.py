@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,6 +35,11 @@ def _fmt(v: Any, nd: int = 3) -> str:
             return "n/a"            # undefined (an AUC with one class, HD95 of an empty mask)
         return f"{v:.{nd}f}"
     return html.escape(str(v))
+
+
+def _fmt_na(v: Any) -> str:
+    """A metric value; an undefined one (None) is "n/a"."""
+    return "n/a" if v is None else _fmt(v)
 
 
 def _ci(c) -> str:
@@ -82,7 +88,7 @@ def _group_predictions(preds: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, 
     return out
 
 
-def classification_section(preds: List[Dict[str, Any]], fig_dir: Path
+def classification_section(preds: List[Dict[str, Any]], fig_dir: Path, pooled: str = "pooled held-out"
                            ) -> Tuple[Dict[str, Any], List[str]]:
     from .metrics import classification_metrics
     Figure = _plt()
@@ -109,7 +115,7 @@ def classification_section(preds: List[Dict[str, Any]], fig_dir: Path
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.set_title(f"ROC: {target} (pooled held-out, n={len(y)})", fontsize=9)
+        ax.set_title(f"ROC: {target} ({pooled}, n={len(y)})", fontsize=9)
         ax2 = fig.add_subplot(1, 2, 2)
         cm = np.asarray(m["confusion"])
         ax2.imshow(cm, cmap="Blues")
@@ -123,13 +129,32 @@ def classification_section(preds: List[Dict[str, Any]], fig_dir: Path
         ax2.set_ylabel("true")
         ax2.set_title("confusion matrix", fontsize=9)
         name = _save(fig, fig_dir / f"roc_{_safe(target)}.png")
-        rows = "".join(f"<tr><td>{k}</td><td>{_fmt(m.get(k))}"
+        rows = "".join(f"<tr><td>{k}</td><td>{_fmt_na(m.get(k))}"
                        f"{_ci(m.get('auc_ci95')) if k == 'auc' else ''}</td></tr>"
                        for k in ("n", "auc", "accuracy", "balanced_accuracy", "f1", "precision",
                                  "recall"))
-        parts.append(f"<h3>{html.escape(target)}</h3><table>{rows}</table>"
+        notes = []
+        if m.get("auc_ci_note"):
+            notes.append(f"AUC: {m['auc_ci_note']}")
+        absent = [c for c, v in (m.get("recall_per_class") or {}).items() if v is None]
+        if absent:
+            notes.append(f"no case of class {', '.join(absent)} in the truth: its recall is "
+                         "n/a" + ("" if prob.ndim == 1 else " (macro averages leave it out)"))
+        note = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+        parts.append(f"<h3>{html.escape(target)}</h3><table>{rows}</table>{note}"
                      f"<img src='figures/{name}'>")
     return res, parts
+
+
+def _absent_both(p: Dict[str, Any], r: str) -> bool:
+    """Whether region ``r`` of a segmentation row is absent from both the truth and the
+    prediction: said by the row (a ``truth_empty`` dict), else read from its scores (Dice 1.0 with HD95 0.0 is what two empty masks score)."""
+    d = p["dice"].get(r) if isinstance(p["dice"], dict) else p["dice"]
+    te = p.get("truth_empty")
+    if isinstance(te, dict) and r in te:
+        return bool(te[r]) and d == 1.0         # an empty truth scores 1.0 only when predicted empty
+    h = (p.get("hd95") or {}).get(r) if isinstance(p.get("hd95") or {}, dict) else p.get("hd95")
+    return d == 1.0 and h is not None and _num(h) and float(h) == 0.0
 
 
 def segmentation_section(preds: List[Dict[str, Any]], fig_dir: Path
@@ -146,8 +171,16 @@ def segmentation_section(preds: List[Dict[str, Any]], fig_dir: Path
     for r in regions:
         d = [as_dict(p["dice"]).get(r) for p in ps]
         h = [as_dict(p.get("hd95") or {}).get(r) for p in ps]
+        # HD95 is a distance: its interval is clipped at 0 (mean_ci's bounds)
         res[r] = {"dice": mean_ci([x for x in d if x is not None], bounds=(0.0, 1.0)),
-                  "hd95": mean_ci([x for x in h if x is not None])}
+                  "hd95": mean_ci([x for x in h if x is not None and _num(x)],
+                                  bounds=(0.0, math.inf))}
+        both = [p for p in ps if as_dict(p["dice"]).get(r) is not None and _absent_both(p, r)]
+        if both:
+            rest = [as_dict(p["dice"]).get(r) for p in ps
+                    if as_dict(p["dice"]).get(r) is not None and not _absent_both(p, r)]
+            res[r]["absent_in_truth_and_prediction"] = len(both)
+            res[r]["dice_without_absent"] = mean_ci(rest, bounds=(0.0, 1.0))
     fig = Figure(figsize=(8, 3.4))
     ax = fig.add_subplot(1, 2, 1)
     ax.boxplot([[as_dict(p["dice"]).get(r) for p in ps if as_dict(p["dice"]).get(r) is not None]
@@ -162,8 +195,18 @@ def segmentation_section(preds: List[Dict[str, Any]], fig_dir: Path
     rows = "".join(f"<tr><td>{html.escape(r)}</td><td>{_fmt(v['dice']['mean'])}"
                    f"{_ci(v['dice']['ci95'])}</td><td>{_fmt(v['hd95']['mean'])}"
                    f"{_ci(v['hd95']['ci95'])}</td></tr>" for r, v in res.items())
+    notes = []
+    for r, v in res.items():
+        k = v.get("absent_in_truth_and_prediction")
+        if k:
+            w = v["dice_without_absent"]
+            notes.append(
+                f"{r}: absent from the truth (and the prediction) in {k} of {v['dice']['n']} "
+                f"case(s), each scored Dice 1.0, which raises the mean; without them: "
+                + (f"{_fmt(w['mean'])} (n={w['n']})" if w["n"] else "no case left"))
+    note = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return res, [f"<table><tr><th>region</th><th>Dice (95% CI)</th><th>HD95 mm (95% CI)</th>"
-                 f"</tr>{rows}</table><img src='figures/{name}'>"]
+                 f"</tr>{rows}</table>{note}<img src='figures/{name}'>"]
 
 
 def survival_section(preds: List[Dict[str, Any]], fig_dir: Path
@@ -206,6 +249,10 @@ def normalise_predictions(preds: List[Dict[str, Any]]) -> Dict[str, List[Dict[st
     forms the families use: ``{"idh": p, "y_idh": 0/1, ...}`` (one target per ``y_<t>`` key),
     ``{"dice_WT": .., "hd95_WT": ..}``, ``{"risk": r, "os_days": t, "os_event": e}``."""
     cls, seg, surv, other = [], [], [], []
+    # the probability of a target (``idh`` beside ``y_idh`` in other rows) or a risk is no
+    # per-patient metric, also in a row without its label: left out of "other"
+    not_metrics = {k[2:] for p in preds for k in p
+                   if k.startswith("y_") and k not in ("y_true", "y_prob")} | {"risk"}
     for p in preds:
         used = {"patient_id", "fold", "target", "classes", "kind"}
         if p.get("y_true") is not None and p.get("y_prob") is not None:
@@ -232,7 +279,8 @@ def normalise_predictions(preds: List[Dict[str, Any]]) -> Dict[str, List[Dict[st
             surv.append({"patient_id": p.get("patient_id"), "time": float(t), "event": int(e),
                          "risk": float(p["risk"])})
             used |= {"risk", "time", "event", "os_days", "os_event"}
-        rest = {k: float(v) for k, v in p.items() if k not in used and _num(v)}
+        rest = {k: float(v) for k, v in p.items()
+                if k not in used and k not in not_metrics and _num(v)}
         if rest:
             other.append({"group": str(p.get("target", "all")), **rest})
     return {"classification": cls, "segmentation": seg, "survival": surv, "other": other}
@@ -281,56 +329,161 @@ CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{borde
        "img{max-width:100%}")
 
 
+def _readable(v: Any) -> str:
+    """A card value for the page: a dict as ``key: value`` pairs, a list joined, not JSON."""
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_readable(x)}" for k, x in v.items() if x is not None)
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_readable(x) for x in v)
+    return str(v)
+
+
+def _eval_table(summary: Dict[str, Any]) -> str:
+    """The metrics of one evaluation (no folds): value [95% CI] and the patients scored."""
+    if not summary:
+        return "<p>No metric could be computed (see the notes).</p>"
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt_na(v.get('mean'))}"
+                   f"{_ci(v.get('ci95'))}</td><td>{_fmt(v.get('n'))}</td></tr>"
+                   for k, v in summary.items())
+    return ("<table><tr><th>metric</th><th>value [95% CI]</th><th>patients</th></tr>"
+            + rows + "</table>")
+
+
+#: figures the report writes (besides ``roc_<target>.png``): removed before a new report is
+#: written into the same folder, so that none is left from an earlier one
+_FIGURES = ("curves.png", "segmentation.png", "km.png")
+
+
+def _remove_old_figures(out: Path, fig_dir: Path) -> None:
+    names = set(_FIGURES) | {p.name for p in fig_dir.glob("roc_*.png")}
+    try:        # the figures an earlier report of this folder listed
+        old = json.loads((out / "report.json").read_text()).get("figures") or []
+        names |= {str(n) for n in old if isinstance(n, str)}
+    except (OSError, ValueError, AttributeError):
+        pass
+    for n in names:
+        f = fig_dir / n
+        if n == Path(n).name and n.endswith(".png") and (f.is_file() or f.is_symlink()):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
+def _warning_notes(caught) -> List[str]:
+    out: List[str] = []
+    for w in caught:
+        msg = " ".join(str(w.message).split())
+        t = f"{w.category.__name__}: {msg}"
+        if t not in out:
+            out.append(t)
+    return out
+
+
 def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]] = None,
                  folds: Optional[List[Dict[str, Any]]] = None,
                  summary: Optional[Dict[str, Any]] = None,
                  baseline: Optional[Dict[str, Any]] = None,
                  card: Optional[Dict[str, Any]] = None,
-                 predictions: Optional[List[Dict[str, Any]]] = None) -> Tuple[Path, Path]:
-    """Write ``out_dir/report.html`` + ``report.json`` + ``figures/*.png``; return both paths."""
+                 predictions: Optional[List[Dict[str, Any]]] = None,
+                 evaluation: Optional[Dict[str, Any]] = None) -> Tuple[Path, Path]:
+    """Write ``out_dir/report.html`` + ``report.json`` + ``figures/*.png``; return both paths.
+
+    ``evaluation`` (``radiogen evaluate``, :mod:`.run`): ``{"n_patients", "in_training_data",
+    "failed": [{"case", "reason"}], "notes": [...], "data": ...}``: the summary is one
+    evaluation's (value, CI, patients), headed "in-sample" when any patient was in the model's
+    training data, with the failed cases and the notes listed. Figures of an earlier report in
+    the same folder are removed first; warnings of the libraries computing the sections become
+    notes of the report (``notes`` in the JSON) instead of lines on stderr."""
+    import warnings
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    _remove_old_figures(out, fig_dir)
     folds = folds or []
     preds = list(predictions or [])
     for f in folds:
         preds.extend(f.get("predictions") or [])
+    ev = dict(evaluation) if evaluation is not None else None
+    notes: List[str] = list((ev or {}).get("notes") or [])
     body = [f"<h1>{html.escape(title)}</h1>"]
     if card:
-        body.append(f"<p>task <b>{html.escape(str(card.get('task')))}</b>, date "
-                    f"{html.escape(str(card.get('date')))}, code {html.escape(str(card.get('code_version')))}"
-                    f"<br>protocol: {html.escape(str((card.get('metrics') or {}).get('protocol', '')))}"
-                    f"<br>shipped model: {html.escape(json.dumps(card.get('final_model')))}</p>")
+        lines = [f"task <b>{html.escape(str(card.get('task')))}</b>, date "
+                 f"{html.escape(str(card.get('date')))}, code "
+                 f"{html.escape(str(card.get('code_version')))}"]
+        proto = (card.get("metrics") or {}).get("protocol")
+        if proto:
+            lines.append(f"protocol: {html.escape(str(proto))}")
+        if card.get("final_model"):
+            lines.append(f"shipped model: {html.escape(_readable(card['final_model']))}")
+        body.append("<p>" + "<br>".join(lines) + "</p>")
     origin = (card or {}).get("fine_tuned_from") or {}
     if origin:
         seen = origin.get("test_patients_seen") or []
         body.append(f"<p>fine-tuned from <b>{html.escape(str(origin.get('name')))}</b> "
                     f"(sha256 {html.escape(str(origin.get('sha256', ''))[:12])}), which had "
                     f"trained on {len(seen)} of the test patients</p>")
-    heading = ("Cross-validation metrics (NOT held-out: the starting model had trained on "
-               "test patients)" if origin.get("test_patients_seen") else "Held-out metrics")
-    body.append(f"<h2>{heading}</h2>" + _cv_table(summary or {}, baseline))
+    if ev is not None:
+        n = int(ev.get("n_patients") or 0)
+        k = int(ev.get("in_training_data") or 0)
+        in_sample = k > 0
+        heading = (f"In-sample metrics (not held out: {k} of the {n} patients were in the "
+                   "model's training data)" if in_sample else
+                   f"Held-out metrics ({n} patients, none in the model's training data)")
+        pooled = (f"pooled predictions, in-sample: {k} of {n} in training" if in_sample
+                  else "pooled held-out predictions")
+        body.append(f"<h2>{heading}</h2>" + _eval_table(summary or {}))
+        failed = list(ev.get("failed") or [])
+        if failed:
+            items = "".join(f"<li>{html.escape(str(f.get('case')))}: "
+                            f"{html.escape(str(f.get('reason')))}</li>" for f in failed)
+            body.append(f"<h2>Failed cases ({len(failed)})</h2><p>left out of every metric:</p>"
+                        f"<ul>{items}</ul>")
+    else:
+        heading = ("Cross-validation metrics (NOT held-out: the starting model had trained on "
+                   "test patients)" if origin.get("test_patients_seen") else "Held-out metrics")
+        pooled = ("pooled test-fold predictions, NOT held-out" if origin.get("test_patients_seen")
+                  else "pooled held-out predictions")
+        body.append(f"<h2>{heading}</h2>" + _cv_table(summary or {}, baseline))
     data: Dict[str, Any] = {"title": title, "summary": summary, "baseline": baseline,
                             "folds": [{k: v for k, v in f.items() if k != "predictions"}
                                       for f in folds],
                             "history": history or [], "predictions": preds}
+    if ev is not None:
+        data.update({k: v for k, v in ev.items() if k != "notes"})
+    figures: List[str] = []
     cur = curves_figure(history or [], fig_dir / "curves.png")
     if cur:
+        figures.append(cur)
         body.append(f"<h2>Training curves</h2><img src='figures/{cur}'>")
     split = normalise_predictions(preds)
+    sections = []
     for key, fn, head in (("classification", classification_section, "Classification"),
                           ("segmentation", segmentation_section, "Segmentation"),
                           ("survival", survival_section, "Survival"),
                           ("other", other_section, "Per-patient metrics")):
-        try:
-            res, parts = fn(split[key], fig_dir)
-        except Exception as e:  # a figure must never lose the run's report
-            res, parts = {"error": f"{type(e).__name__}: {e}"}, [
-                f"<p>{head}: could not be computed ({html.escape(str(e))})</p>"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res, parts = (fn(split[key], fig_dir, pooled) if key == "classification"
+                              else fn(split[key], fig_dir))
+            except Exception as e:  # a figure must never lose the run's report
+                res, parts = {"error": f"{type(e).__name__}: {e}"}, [
+                    f"<p>{head}: could not be computed ({html.escape(str(e))})</p>"]
+        notes.extend(f"{head}: {t}" for t in _warning_notes(caught)
+                     if f"{head}: {t}" not in notes)
         if res:
             data[key] = res
         if parts:
-            body.append(f"<h2>{head} (pooled held-out predictions)</h2>" + "".join(parts))
+            figures.extend(m for m in re.findall(r"src='figures/([^']+)'",
+                                                               "".join(parts)))
+            sections.append(f"<h2>{head} ({pooled})</h2>" + "".join(parts))
+    if notes:
+        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+                    + "</ul>")
+    body.extend(sections)
+    data["notes"] = notes
+    data["figures"] = figures
     html_path = out / "report.html"
     json_path = out / "report.json"
     atomic_write_text(html_path, f"<!doctype html><html><head><meta charset='utf-8'><title>"
