@@ -19,6 +19,22 @@ splits are patient-level (stratified, grouped, seeded); `--folds K` reports the 
 held-out fold (mean and 95% CI); the shipped model is the best fold model by inner validation
 (`final: best_fold`) or a retrain on all patients (`final: retrain`).
 
+model name: the run's model is `<name>.safetensors` in --out and, unless --limit or
+--no-install is given, is installed under that name (a name is letters, digits, '.', '_' and
+'-'). A shipped config is named after the shipped model it reproduces; to keep that model
+visible, a run of it without --name installs as `<name>-user` (a note says so). Use
+`--name NAME` to choose, or `--no-install` to keep the model in the run folder only.
+Installing over an earlier model of yours with the same name replaces it (and says so).
+
+time budget: `--max-minutes M` shares M minutes among the folds; a fold that runs out stops
+after its current epoch (the progress line, the card's per-fold `epochs_trained` and the
+report's protocol say so).
+
+caches: some tasks cache preprocessed data outside --out, under
+$RADIOGEN_CACHE_DIR (else $XDG_CACHE_HOME, else ~/.cache)/napari-radiogen/<task>/ (triage:
+the images of the patients used; synthesis: one .npz per case, named by a hash); delete the
+folder to free the space, or set RADIOGEN_CACHE_DIR to move it.
+
 fine-tuning: `--init MODEL` (or `init:` in the config) starts from a trained model's
 architecture and weights; the engine refuses a model whose input (sequences, grid,
 normalisation, input kind) differs from what the config's task builds. `train.freeze` keeps
@@ -26,6 +42,28 @@ layers fixed (`members.*.encoders`: every ensemble member's slice encoders). The
 the starting model and which test patients it had trained on. Under
 `torchrun --nproc_per_node=G -m napari_radiogen train CONFIG --out DIR` it trains with DDP.
 """
+
+
+def _positive(kind):
+    def conv(text):
+        import argparse
+        v = kind(text)                 # ValueError: argparse says "invalid int value: 'abc'"
+        if not v > 0 or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive (got {text})")
+        return v
+    conv.__name__ = kind.__name__
+    return conv
+
+
+def _non_negative_int(text):
+    import argparse
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
+    return v
+
+
+_non_negative_int.__name__ = "int"
 
 
 def add_arguments(p) -> None:
@@ -37,18 +75,22 @@ def add_arguments(p) -> None:
     p.add_argument("--out", help="run folder (checkpoint, log, model, card, report)")
     p.add_argument("--data", help="override the config's data folder (your cohort)")
     p.add_argument("--labels", help="override the config's labels CSV (see below)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--epochs", type=_positive(int), help="override train.epochs")
     p.add_argument("--name", help="name of the produced model (overrides the config's name; "
-                   "the installed model appears under it)")
+                   "the installed model appears under it; letters, digits, '.', '_', '-'). "
+                   "Without it a shipped config installs as <name>-user (see below)")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model (a name from `radiogen models` or a "
                         ".safetensors file); overrides the config's init")
     from ._common import add_device_argument
     add_device_argument(p)
-    p.add_argument("--limit", type=int, help="use only N patients (quick smoke run)")
+    p.add_argument("--limit", type=_positive(int),
+                   help="use only N patients (quick smoke run; not installed unless --install)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--folds", type=int, help="K-fold patient-level CV (0/1 = one held-out split)")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget for the training")
+    p.add_argument("--folds", type=_non_negative_int,
+                   help="K-fold patient-level CV (0/1 = one held-out split)")
+    p.add_argument("--max-minutes", type=_positive(float),
+                   help="wall-clock budget for the training, shared among the folds")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--install", dest="install", action="store_true", default=None,
                    help="copy the final model into the user models folder (default unless "
@@ -61,7 +103,8 @@ def add_arguments(p) -> None:
 def _fmt_eta(s) -> str:
     if s is None:
         return "?"
-    s = int(s)
+    import math
+    s = int(math.ceil(s))             # work left never reads 0:00
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
@@ -92,9 +135,30 @@ def run(args) -> int:
     from ..core.train.ddp import env_world
 
     rank = env_world().rank
-    install = args.install if args.install is not None else not args.limit
-    from ..core.train.config import load_config
+    install = args.install if args.install is not None else args.limit is None
+    from ..core.train.config import check_name, load_config
+    if args.name is not None:
+        check_name(args.name)
     cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init, name=args.name)
+    if install and args.name is None and not args.resume:
+        from ..core.models import SHIPPED_DIR
+        from ..core.train.base import TASKS
+        name = str(cfg.get("name") or TASKS[cfg["task"]].name)
+        if (SHIPPED_DIR / f"{name}.safetensors").exists() and rank == 0:
+            cfg["name"] = f"{name}-user"
+            print(f"note: {name} is a shipped model; this run's model is named "
+                  f"{cfg['name']} so that both stay available (choose with --name, or "
+                  "--no-install)", file=sys.stderr)
+    elif install and args.name is None and args.resume:
+        # a resumed run keeps the name it started with (the run folder's config.json)
+        import json
+        from pathlib import Path
+        try:
+            saved = json.loads((Path(args.out) / "config.json").read_text()).get("name")
+        except (OSError, ValueError):
+            saved = None
+        if saved:
+            cfg["name"] = saved
     gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
                 resume=args.resume, folds=args.folds, install=install,
                 max_minutes=args.max_minutes)
@@ -123,12 +187,23 @@ def run(args) -> int:
     except KeyboardInterrupt:
         end_line()
         gen.close()
-        print(f"radiogen: interrupted; the last good checkpoint is in {args.out} "
-              "(continue with --resume)", file=sys.stderr)
+        from pathlib import Path
+        from ..core.train.checkpoint import CHECKPOINT
+        if (Path(args.out) / CHECKPOINT).exists():
+            print(f"radiogen: interrupted; the last good checkpoint is in {args.out} "
+                  "(continue with --resume)", file=sys.stderr)
+        else:
+            print(f"radiogen: interrupted before the first epoch ended: there is nothing to "
+                  f"resume yet; {args.out} holds only the run's config and splits (delete it "
+                  "or start again with another --out)", file=sys.stderr)
         return 130
     except Cancelled:
         end_line()
-        print("radiogen: cancelled; resume with --resume", file=sys.stderr)
+        from pathlib import Path
+        from ..core.train.checkpoint import CHECKPOINT
+        print("radiogen: cancelled; " + ("resume with --resume" if (Path(args.out) / CHECKPOINT)
+                                         .exists() else "nothing to resume yet"),
+              file=sys.stderr)
         return 130
     finally:
         end_line()                     # an error message printed by the caller starts afresh
@@ -139,6 +214,8 @@ def run(args) -> int:
     print(f"report: {result.report_path}")
     if result.installed_path:
         print(f"installed: {result.installed_path}")
+    if result.replaced:
+        print(f"note: replaced the installed model {result.replaced}")
     origin = (result.card or {}).get("fine_tuned_from") or {}
     if origin.get("test_patients_seen"):
         print(f"note: fine-tuned from {origin['name']}, which had trained on "

@@ -81,6 +81,9 @@ class TrainTask(ABC):
     name: str = "abstract"
     #: card "task" value of the models this produces (e.g. "segmentation", "prediction")
     model_task: str = "abstract"
+    #: what :meth:`evaluate`'s ``"score"`` is (progress items carry it as ``score_name``;
+    #: ``evaluate`` may return its own ``"score_name"``)
+    score_name: str = "score"
 
     def __init__(self, cfg: Dict[str, Any]):
         self.cfg = cfg
@@ -93,6 +96,10 @@ class TrainTask(ABC):
     @abstractmethod
     def make_datasets(self, train_ids: Sequence[str], val_ids: Sequence[str]) -> Tuple[Any, Any]:
         """torch Datasets for the given patient ids (val may be empty)."""
+
+    def use_patients(self, records: List[PatientRecord]) -> None:
+        """The patients the run will use (after ``--limit``): a task that caches data may
+        restrict its work (and its cache) to them. Default: nothing."""
 
     def sample_weights(self, train_dataset: Any) -> Optional[Sequence[float]]:
         """Per-item weights for a weighted sampler (``train.sampler: weighted``); None = uniform."""
@@ -249,7 +256,9 @@ class TrainTask(ABC):
     @abstractmethod
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
         """Validation metrics on a dataset. Must include ``"score"`` (higher is better) used for
-        early stopping and checkpoint selection, and may include ``"predictions"`` (a list of
+        early stopping and checkpoint selection (NaN where it cannot be computed, e.g. an AUC
+        on a one-class validation split: the engine then ranks by ``"loss"`` if given, lower
+        is better, and never compares a loss with a score), and may include ``"predictions"`` (a list of
         per-patient dicts) that the report turns into ROC / KM / Dice figures.
 
         Prediction dicts the report understands (``core/evaluate/report.py``), one per patient

@@ -55,6 +55,42 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 TOP_DEFAULTS: Dict[str, Any] = {"folds": 0, "test_fraction": 0.2, "final": "best_fold", "seed": 0,
                                 "model": {}}
 PATH_KEYS = ("data", "labels")
+#: the keys a config may hold (``model:`` is task specific and not checked); a typo such as
+#: ``epoch: 1`` is refused by :func:`check_keys` instead of silently training the default
+TOP_KEYS = ("name", "description", "task", "data", "labels", "model", "train", "folds",
+            "test_fraction", "final", "seed", "init", "sequences", "target", "positive",
+            "missing_labels", "phantom", "synthesis", "cache_dir", "limit")
+TRAIN_KEYS = tuple(TRAIN_DEFAULTS) + ("pct_start", "find_unused_parameters")
+#: a model name: letters, digits, '.', '_' and '-', not starting with '.' (it names files)
+NAME_RE = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+
+
+def check_name(name: Any) -> str:
+    """``name`` if it is a valid model name, else ConfigError (it names the model file, the
+    installed model and the card: no path separators, no leading '.', no spaces)."""
+    import re
+    if not isinstance(name, str) or not re.fullmatch(NAME_RE, name) or len(name) > 120:
+        raise ConfigError(f"model name {name!r} is not allowed: use letters, digits, '.', '_' "
+                          "and '-' only (no spaces or path separators, not starting with '.')")
+    return name
+
+
+def _did_you_mean(key: str, known) -> str:
+    import difflib
+    m = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def check_keys(cfg: Dict[str, Any]) -> None:
+    """ConfigError for a key the config's top level or ``train:`` section does not know."""
+    for k in cfg:
+        if not str(k).startswith("_") and k not in TOP_KEYS:
+            raise ConfigError(f"unknown config key {k!r}{_did_you_mean(str(k), TOP_KEYS)}; "
+                              f"known keys: {', '.join(TOP_KEYS)}")
+    for k in cfg.get("train") or {}:
+        if k not in TRAIN_KEYS:
+            raise ConfigError(f"unknown key train.{k}{_did_you_mean(str(k), TRAIN_KEYS)}; "
+                              f"known train keys: {', '.join(TRAIN_KEYS)}")
 
 
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -155,18 +191,35 @@ def validate(cfg: Dict[str, Any]) -> None:
                            for m, e in _tasks.IMPORT_ERRORS.items())
         raise ConfigError(f"unknown task {task!r} (registered: {', '.join(sorted(TASKS)) or 'none'})"
                           + (f" [{broken}]" if broken else ""))
+    if cfg.get("name") is not None:
+        check_name(cfg["name"])
     t = cfg["train"]
-    for key, typ in (("epochs", int), ("batch_size", int)):
-        if not isinstance(t.get(key), int) or t[key] < 1:
+    if not isinstance(t, dict):
+        raise ConfigError("train must be a mapping of keys to values (e.g. `train: {epochs: 2}`)")
+    for key in ("epochs", "batch_size"):
+        if not _is_int(t.get(key)) or t[key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer (got {t.get(key)!r})")
-    if not isinstance(cfg.get("folds"), int) or cfg["folds"] < 0:
+    if not _is_int(cfg.get("folds")) or cfg["folds"] < 0:
         raise ConfigError(f"folds must be an integer >= 0 (got {cfg.get('folds')!r})")
+    if not _is_int(cfg.get("seed")):
+        raise ConfigError(f"seed must be an integer (got {cfg.get('seed')!r})")
+    _number(t, "lr", "train.lr", low=0.0)
+    _number(t, "weight_decay", "train.weight_decay", low=0.0)
+    _number(t, "grad_clip", "train.grad_clip", low=0.0, optional=True)   # 0 or null = off
+    _number(t, "max_minutes", "train.max_minutes", low=0.0, low_open=True, optional=True)
+    _number(t, "val_fraction", "train.val_fraction", low=0.0, high=1.0)
+    _number(cfg, "test_fraction", "test_fraction", low=0.0, high=1.0)
+    if "pct_start" in t:
+        _number(t, "pct_start", "train.pct_start", low=0.0, high=1.0, low_open=True)
+    for key in ("patience", "num_workers"):
+        if not _is_int(t.get(key) or 0) or (t.get(key) or 0) < 0:
+            raise ConfigError(f"train.{key} must be an integer >= 0 (got {t.get(key)!r})")
+    if t.get("scheduler", "onecycle") not in ("onecycle", "none", None):
+        raise ConfigError(f"train.scheduler must be onecycle or none (got {t.get('scheduler')!r})")
+    if t.get("amp", True) not in (True, False, "fp16", "bf16", None):
+        raise ConfigError(f"train.amp must be true, false, fp16 or bf16 (got {t.get('amp')!r})")
     if cfg.get("final") not in ("best_fold", "retrain"):
         raise ConfigError(f"final must be best_fold or retrain (got {cfg.get('final')!r})")
-    if not 0 <= float(t.get("val_fraction", 0)) < 1:
-        raise ConfigError("train.val_fraction must be in [0, 1)")
-    if not 0 <= float(cfg.get("test_fraction", 0)) < 1:
-        raise ConfigError("test_fraction must be in [0, 1)")
     seqs = cfg.get("sequences") or (cfg.get("model") or {}).get("sequences")
     if seqs is not None:
         if isinstance(seqs, str):
@@ -179,6 +232,35 @@ def validate(cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"train.sampler must be weighted or null (got {t.get('sampler')!r})")
     if not isinstance(t.get("freeze") or [], list):
         raise ConfigError("train.freeze must be a list of parameter-name prefixes")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(d: Dict[str, Any], key: str, label: str, *, low: Optional[float] = None,
+            high: Optional[float] = None, low_open: bool = False, optional: bool = False) -> None:
+    """ConfigError unless ``d[key]`` is a number (YAML may give ``1e-3`` as a string) in range
+    (``[low, high)``, or ``(low, high)`` with ``low_open``); ``optional``: null is allowed."""
+    v = d.get(key)
+    if v is None and optional:
+        return
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label} must be a number (got {v!r})") from None
+    import math
+    ok = math.isfinite(x)
+    if ok and low is not None:
+        ok = x > low if low_open else x >= low
+    if ok and high is not None:
+        ok = x < high
+    if not ok:
+        rng = ("(" if low_open else "[") + f"{low:g}, " + (f"{high:g})" if high is not None
+                                                          else "inf)")
+        raise ConfigError(f"{label} must be in {rng} (got {v!r})")
 
 
 def list_configs() -> List[Dict[str, Any]]:

@@ -68,6 +68,7 @@ class TrainProgress(Progress):
     eta_s: Optional[float] = None         # estimated seconds left
     best: Optional[float] = None          # best validation score so far (this fold)
     epoch_end: bool = False               # True on the one progress item that closes an epoch
+    score_name: Optional[str] = None      # what ``best`` / ``val_score`` is ("auc", "dice", ...)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class TrainResult:
     samples_per_epoch: List[int] = field(default_factory=list)
     card: Dict[str, Any] = field(default_factory=dict)
     rank: int = 0
+    #: the earlier installed model of the same name this run replaced ("name (date ...)")
+    replaced: Optional[str] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +116,67 @@ def _scalars(d: Dict[str, Any]) -> Dict[str, float]:
         elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
             out[k] = float(v.item())
     return out
+
+
+def seed_everything(seed: int, *objs: Any) -> None:
+    """Seed torch, numpy's and Python's global generators and every MONAI random transform
+    reachable from ``objs`` (a dataset's ``transform``/``transforms`` attributes, a Compose's
+    members): MONAI transforms carry their own generator, which ``torch.manual_seed`` does not
+    reach, so a run with a fixed seed would otherwise augment differently every time."""
+    import random
+
+    import numpy as np
+    import torch
+    seed = int(seed) % (2 ** 32)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    seen: set = set()
+
+    def visit(o: Any, depth: int = 0) -> None:
+        if o is None or id(o) in seen or depth > 4 or isinstance(o, (str, bytes, int, float)):
+            return
+        seen.add(id(o))
+        if callable(getattr(o, "set_random_state", None)):
+            try:
+                o.set_random_state(seed=seed)       # a Compose passes it to its members
+            except TypeError:
+                pass
+            return
+        if isinstance(o, (list, tuple)):
+            for v in o[:64]:
+                visit(v, depth + 1)
+            return
+        for name in ("transform", "transforms", "augment", "aug", "dataset"):
+            v = getattr(o, name, None)
+            if v is not None and not isinstance(v, (bool, int, float, str)):
+                visit(v, depth + 1)
+    for o in objs:
+        visit(o)
+
+
+def _score_key(best: Dict[str, Any]) -> tuple:
+    """Sort key of an epoch's (or a fold's) validation result: the task's score where it is
+    defined, else minus the validation loss, ranked below any defined score, so a score (e.g.
+    an AUC) is never compared with a loss."""
+    if best.get("key") is not None:
+        return tuple(best["key"])
+    sc = best.get("score")
+    if sc is not None and math.isfinite(float(sc)):
+        return (1, float(sc))
+    return (-1, 0.0)
+
+
+def _epoch_result(vm: Dict[str, Any], epoch: int) -> Dict[str, Any]:
+    def fin(v):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+        return v if math.isfinite(v) else None
+    score, loss = fin(vm.get("score")), fin(vm.get("loss"))
+    key = (1, score) if score is not None else ((0, -loss) if loss is not None else (-1, 0.0))
+    return {"score": score, "epoch": epoch, "key": list(key), "val_loss": loss}
 
 
 def _amp_setup(cfg_amp: Any, device: str):
@@ -167,6 +231,8 @@ def make_plan(task: TrainTask, records: List[PatientRecord], cfg: Dict[str, Any]
     k = int(cfg.get("folds") or 0)
     vf = float(cfg["train"].get("val_fraction", 0.2))
     sp.check_unique(records)
+    if not records:
+        raise ConfigError("no patients to split")
     strata = {r.strata for r in records}
     if all(s is not None for s in strata) and len(strata) < 2:
         raise ConfigError(f"all {len(records)} patients have the same label "
@@ -229,6 +295,14 @@ class _Run:
         return max(0.0, (self.steps_total - self.steps_done) * self.step_time)
 
 
+def _seed_worker(worker_id: int) -> None:
+    """A loader worker's copy of the random transforms gets its own seed (derived from the
+    seeded main process), not the same stream as every other worker."""
+    import torch
+    info = torch.utils.data.get_worker_info()
+    seed_everything(torch.initial_seed(), info.dataset if info is not None else None)
+
+
 def _make_loader(run: _Run, ds, shuffle: bool, epoch_seed: int, weights=None):
     import torch
     tcfg = run.cfg["train"]
@@ -237,6 +311,7 @@ def _make_loader(run: _Run, ds, shuffle: bool, epoch_seed: int, weights=None):
     loader = torch.utils.data.DataLoader(
         ds, batch_size=int(tcfg["batch_size"]), sampler=sampler,
         num_workers=int(tcfg.get("num_workers") or 0), collate_fn=run.task.collate_fn(),
+        worker_init_fn=_seed_worker,
         pin_memory=run.device.startswith("cuda"), drop_last=False)
     return loader, sampler
 
@@ -252,8 +327,16 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
     fold = stage["fold"]
     epochs = int(stage.get("epochs") or tcfg["epochs"])
     seed = int(cfg.get("seed", 0)) + 1000 * fold
-    torch.manual_seed(seed)
-    train_ds, val_ds = task.make_datasets(stage["train"], stage["val"])
+    seed_everything(seed)
+    try:
+        train_ds, val_ds = task.make_datasets(stage["train"], stage["val"])
+    except (OSError, KeyError) as e:
+        # a case file the task's own checks let through (truncated, not HDF5, a missing
+        # dataset inside it): one line, not a traceback
+        raise ConfigError(f"reading the training data failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else e!r}); check the files in "
+                          f"{_data_names(cfg)}") from None
+    seed_everything(seed)
     if len(train_ds) == 0:
         raise ConfigError(f"fold {fold + 1}: the training dataset is empty")
     weights = task.sample_weights(train_ds) if tcfg.get("sampler") == "weighted" else None
@@ -288,7 +371,9 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                   find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)))
 
     start_epoch = 1
-    best = {"score": None, "epoch": 0}
+    best: Dict[str, Any] = {"score": None, "epoch": 0}
+    score_name = str(getattr(task, "score_name", None) or "score")
+    stopped_by: Optional[str] = None
     # progress label: the final retrain on all patients is not one of the CV folds
     where = ("final model (all patients)" if stage.get("final")
              else f"fold {fold + 1}/{n_folds}")
@@ -306,8 +391,13 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                 if tcfg.get("max_minutes") else None)
     t_stage = time.monotonic()
     clip = tcfg.get("grad_clip")
+    last_epoch = (min(epochs, int(resume_state[1].get("epoch_done") or resume_state[1]["epoch"]))
+                  if resume_state is not None else 0)
 
     for epoch in range(start_epoch, epochs + 1):
+        # every epoch starts from a seed of its own (model init used ``seed`` above): the same
+        # config and seed give the same run, a resumed one included
+        seed_everything(seed * 1009 + epoch, train_ds)
         sampler.set_epoch(epoch)
         train_mode(net)          # frozen BatchNorm layers keep their statistics
         tot_loss, n_seen, n_steps = 0.0, 0, 0
@@ -350,7 +440,7 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                                     phase="train", fold=fold, n_folds=n_folds, epoch=epoch,
                                     epochs=epochs, step=step, steps=steps_per_epoch,
                                     loss=tot_loss / max(1, n_seen), eta_s=run.eta(),
-                                    best=best["score"])
+                                    best=best["score"], score_name=score_name)
         # sum over ranks: the samples seen this epoch by the whole job
         total_seen = int(round(ddp.all_sum(n_seen, dist)))
         sum_loss = ddp.all_sum(tot_loss, dist)
@@ -370,12 +460,12 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                     vm = task.evaluate(model, val_ds, run.device)
                 if "score" not in vm:
                     raise ConfigError(f"task {task.name}: evaluate() returned no 'score'")
+                if vm.get("score_name"):
+                    score_name = str(vm["score_name"])
                 rec.update({f"val_{k}": v for k, v in _scalars(vm).items()})
-                score = float(vm["score"])
-                if not math.isfinite(score):
-                    score = -math.inf
-                if best["score"] is None or score > best["score"]:
-                    best = {"score": score, "epoch": epoch}
+                cur = _epoch_result(vm, epoch)
+                if best.get("epoch", 0) == 0 or _score_key(cur) > _score_key(best):
+                    best = cur
                     improved = True
             else:
                 best = {"score": None, "epoch": epoch}
@@ -384,12 +474,15 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                 _save_fold_model(run, model, best_path, stage, best)
             bad = 0 if improved else bad + 1
             stop = bool(patience and has_val and bad >= patience)
-            over = bool(budget_s and time.monotonic() - t_stage > budget_s)
+            over = bool(budget_s and time.monotonic() - t_stage > budget_s and epoch < epochs)
             rec["best_score"] = best["score"]
+            if stop or over:
+                rec["stopped"] = ("time budget (--max-minutes)" if over and not stop
+                                  else f"early stopping (no improvement in {patience} epochs)")
             run.history.append(rec)
             run.samples_per_epoch.append(total_seen)
             state = {"fold": fold, "epoch": epoch, "best": best, "bad_epochs": bad,
-                     "stopped": stop or over}
+                     "stopped": stop or over, "stopped_by": rec.get("stopped")}
             run.save_state(model, opt, sched, scaler, state)
             run.log(dumps(rec, indent=None))
             decision = {"best": best, "bad": bad, "stop": stop or over, "rec": rec,
@@ -400,13 +493,22 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
             run.samples_per_epoch.append(decision["samples"])
             run.history.append(decision["rec"])
         rec = decision["rec"]
+        last_epoch = epoch
+        stopped_by = rec.get("stopped")
         # seconds per step including validation and checkpointing, for the ETA
         run.step_time = (time.monotonic() - t_epoch) / max(1, n_steps)
+        note = ""
+        if stopped_by:
+            note = (f"; stopped after epoch {epoch} of {epochs}: " + (
+                f"the time budget of {float(tcfg['max_minutes']):g} min ("
+                + (f"{budget_s:.0f} s" if budget_s < 120 else f"{budget_s / 60:.1f} min")
+                + " per fold) is used up" if stopped_by.startswith("time") else stopped_by))
         yield TrainProgress(stage="epoch", done=run.steps_done, total=run.steps_total,
                             message=f"{where} epoch {epoch}/{epochs} "
                                     f"loss {epoch_loss:.4f}"
-                                    + (f" best {best['score']:.4f}" if best["score"] is not None
-                                       else ""),
+                                    + (f" best {score_name} {best['score']:.4f}"
+                                       if best["score"] is not None else "") + note,
+                            score_name=score_name,
                             phase="validate", fold=fold, n_folds=n_folds, epoch=epoch,
                             epochs=epochs, step=steps_per_epoch, steps=steps_per_epoch,
                             loss=epoch_loss,
@@ -423,7 +525,12 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
         from ..models import load_state_dict_file
         model.load_state_dict(load_state_dict_file(best_path))
     del opt, sched, net
+    if resume_state is not None and stopped_by is None:
+        stopped_by = resume_state[1].get("stopped_by")
     return model, {"best_score": best["score"], "best_epoch": best["epoch"],
+                   "best_key": list(_score_key(best)), "best_val_loss": best.get("val_loss"),
+                   "score_name": score_name, "epochs_trained": last_epoch,
+                   "epochs_planned": epochs, "stopped": stopped_by,
                    "best_path": str(best_path), "n_train": len(stage["train"]),
                    "n_val": len(stage["val"])}
 
@@ -456,8 +563,13 @@ class _nullctx:
 
 def _save_fold_model(run: _Run, model, path: Path, stage, best) -> None:
     from ..models import new_card, save_model
+    fields = dict(run.task.card_fields())
+    fields["datasets"] = dataset_description(run.task, run.cfg, len(stage["train"])
+                                             + len(stage["val"]), "trained this fold model")
     card = new_card(f"{run.cfg.get('name') or run.task.name}-fold{stage['fold'] + 1}",
-                    run.task.model_task, run.task.model_architecture(), **run.task.card_fields(),
+                    run.task.model_task, run.task.model_architecture(), **fields,
+                    # what `radiogen evaluate` needs: the training task and its config
+                    train_task=run.task.name, config=card_config(run.cfg),
                     # the patients whose data trained or selected these weights (an init
                     # model's included): what a later fine-tune checks its test parts against
                     training_data={"patients": trained_on(run.task, list(stage["train"])
@@ -490,9 +602,18 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     """
     from ..models import resolve_device
 
+    from .config import check_keys
+    for what, v in (("--limit", limit), ("--epochs", epochs), ("--max-minutes", max_minutes)):
+        if v is not None and (isinstance(v, bool) or not v > 0):
+            raise ConfigError(f"{what} must be a positive number (got {v!r})")
+    if limit is not None and int(limit) != limit:
+        raise ConfigError(f"--limit must be a whole number of patients (got {limit!r})")
+    if folds is not None and (isinstance(folds, bool) or int(folds) != folds or folds < 0):
+        raise ConfigError(f"--folds must be an integer >= 0 (got {folds!r})")
     overrides = {"train.epochs": epochs, "folds": folds, "train.max_minutes": max_minutes}
     cfg = load_config(cfg, **overrides)
-    if limit:
+    check_keys(cfg)
+    if limit is not None:
         cfg["_limit"] = int(limit)
     out = Path(out_dir)
     dev = resolve_device(device)
@@ -510,6 +631,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     records = task.patients()
     if not records:
         raise ConfigError(f"task {cfg['task']}: no patients found in {cfg.get('data')}")
+    all_records = records
     records = sp.limit_records(records, limit, int(cfg.get("seed", 0)))
     if limit and int(cfg.get("folds") or 0) > max(2, len(records) // 2):
         # a smoke run on a handful of patients: fewer folds rather than an error
@@ -518,7 +640,16 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                             message=f"--limit {limit}: {cfg['folds']}-fold CV reduced to "
                                     f"{k_new} folds")
         cfg["folds"] = k_new
-    plan = make_plan(task, records, cfg, lenient=bool(limit))
+    try:
+        plan = make_plan(task, records, cfg, lenient=bool(limit))
+    except ConfigError as e:
+        if not limit:
+            raise
+        need = _patients_needed(task, all_records, cfg, int(limit))
+        raise ConfigError(f"--limit {limit} leaves too few patients to split ({e})"
+                          + (f"; this config needs --limit {need} or more" if need else
+                             f"; the data hold {len(all_records)} patients")) from None
+    task.use_patients(records)
     origin = fine_tune_origin(task, [i for p in plan for i in p["test"]])
     if origin:
         seen = origin["test_patients_seen"]
@@ -546,6 +677,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                               f"--limit/--folds{what}; resume with the same options (the "
                               "number of epochs included: it fixes the learning-rate "
                               "schedule) or start a new run")
+    fresh = not resume and not (out.exists() and any(out.iterdir()))
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "folds").mkdir(exist_ok=True)
@@ -578,7 +710,8 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         elif int(st.get("epoch", 0)) >= 1 and not st.get("stopped"):
             resume_tensors = (tensors, st)
         elif st.get("stopped"):
-            resume_tensors = (tensors, dict(st, epoch=10 ** 9))   # stage finished training
+            resume_tensors = (tensors, dict(st, epoch=10 ** 9,      # stage finished training
+                                            epoch_done=int(st.get("epoch", 0))))
     stages = list(plan)
     final_mode = cfg.get("final", "best_fold")
     if final_mode == "retrain" and n_folds >= 1:
@@ -644,10 +777,49 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         result = _finish(run, records, plan, completed, model, install)
         result.rank = dist.rank
         yield result
+    except ConfigError:
+        # an input error before the first checkpoint of a new run: leave no half-made run
+        # folder behind (a later run with the same --out would be refused or confused)
+        if fresh and dist.is_main and not (out / ckpt.CHECKPOINT).exists():
+            _remove_run_files(out)
+        raise
     finally:
         model = None
         _release(dev)
         ddp.teardown(dist)
+
+
+def _remove_run_files(out: Path) -> None:
+    """Remove what a run wrote into a folder that it created (nothing else)."""
+    for name in ("config.json", "splits.json", "train.log", ckpt.STATE):
+        try:
+            (out / name).unlink()
+        except OSError:
+            pass
+    for d in (out / "folds", out):
+        try:
+            for f in d.glob("fold*_best.*"):
+                f.unlink()
+            d.rmdir()                  # only when empty
+        except OSError:
+            pass
+
+
+def _patients_needed(task: TrainTask, records: List[PatientRecord], cfg: Dict[str, Any],
+                     limit: int) -> Optional[int]:
+    """The smallest ``--limit`` above ``limit`` whose patients split (None: none does)."""
+    import copy
+    for n in range(limit + 1, min(len(records), limit + 64) + 1):
+        c = copy.deepcopy(cfg)
+        recs = sp.limit_records(records, n, int(c.get("seed", 0)))
+        if int(c.get("folds") or 0) > max(2, len(recs) // 2):
+            c["folds"] = max(2, len(recs) // 2)
+        try:
+            make_plan(task, recs, c, lenient=True)
+            return n
+        except ConfigError:
+            continue
+    return None
 
 
 def _release(device: str) -> None:
@@ -669,6 +841,85 @@ def _estimate_steps(run: _Run, stages, si: int, bs: int, ep: int) -> int:
     return tot
 
 
+def _data_list(cfg: Dict[str, Any]) -> List[str]:
+    d = cfg.get("data")
+    return [str(x) for x in (d if isinstance(d, (list, tuple)) else [d]) if x is not None]
+
+
+def _data_names(cfg: Dict[str, Any]) -> str:
+    """The data folder name(s) (never the full local path: cards are shared)."""
+    return ", ".join(repr(Path(x).name) for x in _data_list(cfg)) or "(none)"
+
+
+def _default_data_dirs(task_name: str) -> List[Path]:
+    """The data folders the shipped configs of ``task_name`` use (the shared datasets that the
+    tasks' ``datasets``/citation texts describe)."""
+    from .config import CONFIG_DIR, list_configs, resolve_path
+    out = []
+    for c in list_configs():
+        if c.get("task") != task_name:
+            continue
+        d = c.get("data")
+        for x in (d if isinstance(d, list) else [d]):
+            if isinstance(x, str) and x not in ("phantom", "synthetic"):
+                p = Path(resolve_path(x, CONFIG_DIR))
+                if p.exists():
+                    out.append(p.resolve())
+    return out
+
+
+def uses_default_data(task: TrainTask, cfg: Dict[str, Any]) -> bool:
+    """True when the run's data (and labels) are the shared dataset its task's card text
+    describes; a synthetic task (``data: phantom``) counts as default."""
+    data = _data_list(cfg)
+    if not data or all(x in ("phantom", "synthetic") for x in data):
+        return True
+    defaults = _default_data_dirs(task.name)
+    if not defaults:
+        return False
+
+    def inside(p: Path) -> bool:
+        try:
+            rp = p.resolve()
+        except OSError:
+            return False
+        return any(rp == d or d in rp.parents for d in defaults)
+    if not all(inside(Path(x)) for x in data):
+        return False
+    labels = cfg.get("labels")
+    return labels is None or inside(Path(str(labels)))
+
+
+def dataset_description(task: TrainTask, cfg: Dict[str, Any], n_patients: int,
+                        what: str = "used by this run") -> str:
+    """The card's ``datasets``: the task's text (citation) when the run used the default
+    dataset, else the user's folder name(s) and labels file name; with the patient count."""
+    text = task.card_fields().get("datasets")
+    if isinstance(text, (list, tuple)):
+        text = "; ".join(map(str, text))
+    if text and uses_default_data(task, cfg):
+        return f"{text}; {n_patients} patients {what}"
+    labels = cfg.get("labels")
+    return (f"user data: folder {_data_names(cfg)}"
+            + (f", labels {Path(str(labels)).name!r}" if labels else "")
+            + f"; {n_patients} patients {what}")
+
+
+def card_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The config as a card records it: no internal keys, local paths reduced to names."""
+    out = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+    if out.get("data") is not None and not all(x in ("phantom", "synthetic")
+                                               for x in _data_list(out)):
+        names = [Path(x).name for x in _data_list(out)]
+        out["data"] = names if isinstance(cfg.get("data"), (list, tuple)) else names[0]
+    for k in ("labels", "cache_dir"):
+        if isinstance(out.get(k), str):
+            out[k] = Path(out[k]).name
+    if isinstance(out.get("init"), str) and out["init"].endswith(".safetensors"):
+        out["init"] = Path(out["init"]).name
+    return out
+
+
 def fine_tune_origin(task: TrainTask, test_ids: List[str]) -> Optional[Dict[str, Any]]:
     """The card's ``fine_tuned_from``: the ``init`` model and the CV test patients it had
     trained on (their metrics are then not held-out estimates). None without ``init``."""
@@ -677,7 +928,7 @@ def fine_tune_origin(task: TrainTask, test_ids: List[str]) -> Optional[Dict[str,
         return None
     path, card = init
     seen = set(init_patients(task))
-    return {"name": card.get("name", path.stem), "file": str(path),
+    return {"name": card.get("name", path.stem), "file": Path(path).name,
             "sha256": task.init_digest(), "code_version": card.get("code_version"),
             "date": card.get("date"), "n_patients_trained": len(seen),
             "test_patients_seen": sorted(seen & set(test_ids))}
@@ -729,11 +980,11 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
                   "note": "retrained on all patients for the median best epoch of the folds "
                           "(chosen by inner validation)"}
     else:
-        scored = [c for c in fold_recs if c.get("best_score") is not None]
-        src = max(scored, key=lambda c: c["best_score"]) if scored else fold_recs[0]
-        chosen = {"mode": "best_fold", "fold": src["fold"],
-                  "note": "the fold model with the best inner-validation score (test folds are "
-                          "never used for selection)"}
+        src, metric, why = _pick_fold(fold_recs)
+        chosen = {"mode": "best_fold", "fold": src["fold"], "metric": metric,
+                  "note": "the fold model with the best inner-validation " + metric
+                          + (f" ({why})" if why else "")
+                          + " (test folds are never used for selection)"}
     if chosen["mode"] == "retrain":
         trained_ids = [r.patient_id for r in records]
     else:
@@ -755,6 +1006,12 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
                 f"seed {cfg.get('seed', 0)})")
     if cfg.get("_limit"):
         protocol += f"; smoke run limited to {cfg['_limit']} patients"
+    cut = [c for c in completed if c.get("stopped")]
+    if cut:
+        protocol += "; " + "; ".join(
+            f"{'final model' if c.get('final') else 'fold ' + str(c['fold'])} stopped after "
+            f"{c.get('epochs_trained')} of {c.get('epochs_planned')} epochs by "
+            f"{c['stopped']}" for c in cut)
     tested = [i for p in plan for i in p["test"]]
     origin = run.origin
     # the weights carry what the init model learnt: its patients count as trained on
@@ -763,11 +1020,12 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
         protocol += (f"; fine-tuned from {origin['name']}, which had trained on "
                      f"{len(origin['test_patients_seen'])} of the {len(set(tested))} test "
                      "patients: these metrics are not held-out estimates")
-    cfg_clean = {kk: v for kk, v in cfg.items() if not kk.startswith("_")}
+    cfg_clean = card_config(cfg)
     fields = dict(task.card_fields())
+    fields["datasets"] = dataset_description(task, cfg, len(records))
     card = new_card(
         name, task.model_task, task.model_architecture(), **fields,
-        training_data={"datasets": fields.get("datasets") or cfg.get("data"),
+        training_data={"datasets": fields["datasets"],
                        # the patients whose data trained (or selected) the shipped weights
                        "patients": all_trained,
                        "n_patients": len(all_trained),
@@ -782,9 +1040,15 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
         metrics={"cv": summary, "protocol": protocol,
                  "per_fold": [{"fold": c["fold"], **c.get("test", {}),
                                "best_epoch": c.get("best_epoch"),
-                               "val_score": c.get("best_score"), "n_test": c.get("n_test")}
+                               "val_score": c.get("best_score"),
+                               "val_score_name": c.get("score_name"),
+                               "val_loss": c.get("best_val_loss"),
+                               "epochs_trained": c.get("epochs_trained"),
+                               "epochs_planned": c.get("epochs_planned"),
+                               "stopped": c.get("stopped"), "n_test": c.get("n_test")}
                               for c in fold_recs]},
         baseline=base_summary or None, final_model=chosen, train_task=task.name,
+        run=out.name,
         **({"fine_tuned_from": origin} if origin else {}))
     model_path = save_model(out / f"{name}.safetensors", state, card)
     card_path = model_path.with_suffix(".card.json")
@@ -796,11 +1060,13 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
             folds=fold_recs, summary=summary, baseline=base_summary, card=card)
     except ImportError:  # pragma: no cover
         pass
-    installed = None
+    installed = replaced = None
     if install:
         d = user_models_dir()
         d.mkdir(parents=True, exist_ok=True)
         installed = d / model_path.name
+        if installed.exists():
+            replaced = _describe_installed(installed)
         shutil.copy2(model_path, installed.with_suffix(".safetensors.tmp"))
         import os
         os.replace(installed.with_suffix(".safetensors.tmp"), installed)
@@ -809,7 +1075,47 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
     return TrainResult(run_dir=out, model_path=model_path, card_path=card_path,
                        report_path=report_html, report_json=report_json, fold_metrics=fold_recs,
                        cv_summary=summary, final=final_mode, installed_path=installed,
-                       history=run.history, samples_per_epoch=run.samples_per_epoch, card=card)
+                       history=run.history, samples_per_epoch=run.samples_per_epoch, card=card,
+                       replaced=replaced)
+
+
+def _describe_installed(path: Path) -> str:
+    """``name (trained <date>, run <folder>)`` of an installed model, from its card."""
+    try:
+        card = json.loads(path.with_suffix(".card.json").read_text())
+    except (OSError, ValueError):
+        card = {}
+    bits = []
+    if card.get("date"):
+        bits.append(f"trained {card['date']}")
+    if card.get("run"):
+        bits.append(f"run {card['run']}")
+    return path.stem + (f" ({', '.join(bits)})" if bits else "")
+
+
+def _pick_fold(fold_recs: List[Dict[str, Any]]):
+    """(fold record, metric name, reason) of the fold whose model is shipped (``best_fold``).
+    Every fold is ranked by one metric: the task's validation score when every fold has it;
+    else the validation loss when every fold has that (a fold whose score is undefined, e.g. an
+    AUC on a one-class validation split, is never compared with another fold's score); else
+    the first fold."""
+    if not fold_recs:
+        raise ConfigError("no fold finished training")
+    names = {c.get("score_name") or "score" for c in fold_recs}
+    name = names.pop() if len(names) == 1 else "score"
+
+    def fin(v):
+        return v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))
+    if all(fin(c.get("best_score")) for c in fold_recs):
+        return max(fold_recs, key=lambda c: float(c["best_score"])), f"{name}", None
+    undefined = [str(c["fold"]) for c in fold_recs if not fin(c.get("best_score"))]
+    if all(fin(c.get("best_val_loss")) for c in fold_recs):
+        return (min(fold_recs, key=lambda c: float(c["best_val_loss"])), "loss",
+                f"lower is better; the {name} is undefined in fold(s) {', '.join(undefined)}, "
+                "so every fold is ranked by its validation loss")
+    return (fold_recs[0], "score (undefined: the first fold is taken)",
+            f"the {name} is undefined in fold(s) {', '.join(undefined)} and no validation loss "
+            "is reported")
 
 
 def warm_up() -> None:
@@ -867,6 +1173,9 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
     if data.suffix.lower() == ".csv":
         labels = labels or str(data)
         data = data.parent
+    # the card's labels (a file name) and init belong to the training run, not to this data
+    tcfg.pop("labels", None)
+    tcfg.pop("init", None)
     cfg_in = {**tcfg, **(config or {}), "task": task_name, "data": str(data)}
     if labels:
         cfg_in["labels"] = labels

@@ -26,6 +26,7 @@ class _SliceClassifier(TrainTask):
 
     classes: List[str] = ["0", "1"]
     target = "label"
+    score_name = "auc"
 
     def _items(self, ids: Sequence[str]) -> List[tuple]:
         raise NotImplementedError
@@ -70,7 +71,9 @@ class _SliceClassifier(TrainTask):
         p1 = np.asarray([float(pm[p][1]) for p in pids])
         auc = roc_auc(y, p1)
         acc = float(np.mean((p1 >= 0.5) == y)) if len(y) else float("nan")
-        return {"score": auc if auc is not None else -loss, "auc": auc if auc is not None
+        # an undefined AUC (one class in the split) is NaN, not -loss: the engine ranks such
+        # epochs and folds by the loss separately instead of comparing a loss with an AUC
+        return {"score": auc if auc is not None else float("nan"), "auc": auc if auc is not None
                 else float("nan"), "accuracy": acc, "loss": loss,
                 "predictions": [{"patient_id": p, "target": self.target, "y_true": int(t),
                                  "y_prob": float(q), "classes": list(self.classes)}
@@ -144,6 +147,25 @@ class PhantomDemo(_SliceClassifier):
 LGG_CHANNELS = {"t1": 0, "flair": 1, "t1ce": 2}
 
 
+def _check_pack(path: Path) -> None:
+    """ConfigError naming ``path`` unless it is an HDF5 pack with ``image`` and ``mask``."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("image", "mask") if k not in f]
+            shape = f["image"].shape if "image" in f else None
+    except OSError as e:
+        raise ConfigError(f"{path.name}: not a readable HDF5 pack ({str(e).splitlines()[0]}); "
+                          "remove or replace it, or leave its patient out of the labels "
+                          "table") from None
+    if missing:
+        raise ConfigError(f"{path.name}: the pack has no {' or '.join(missing)} dataset; "
+                          "remove or replace it")
+    if shape is None or len(shape) != 4 or shape[1] < 3:
+        raise ConfigError(f"{path.name}: the pack's image has shape {shape}; expected "
+                          "(slices, 3, height, width)")
+
+
 @register_task("lgg-idh-slices")
 class LGGIdhSlices(_SliceClassifier):
     """TCGA-LGG packs -> IDH (mutant = 1). Config keys: ``data`` (folder of ``*.h5`` packs),
@@ -181,6 +203,8 @@ class LGGIdhSlices(_SliceClassifier):
                               missing=self.cfg.get("missing_labels", "error"),
                               allowed={"idh": ["mutant", "wildtype"]} if target == "idh" else None)
         self._packs = packs
+        for pid in df.index:               # a broken pack is named before anything is written
+            _check_pack(packs[pid])
         pos = self.cfg.get("positive", "mutant")
         return [PatientRecord(pid, strata=str(v), info={"label": int(str(v) == pos)})
                 for pid, v in zip(df.index, df[target])]

@@ -623,6 +623,7 @@ def collate_bags(items):
 
 
 class _PredictionTaskBase(TrainTask):
+    score_name = "mean_auc_cindex"
     model_task = "prediction"
     kind = "mil"
 

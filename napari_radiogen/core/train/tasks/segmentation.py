@@ -55,10 +55,12 @@ CITE_LGG = ["Buda M., Saha A., Mazurowski M.A. Association of genomic subtypes o
             "Oktay O. et al. Attention U-Net. MIDL 2018"]
 
 
-DATASET_BRATS = ("RSNA-ASNR-MICCAI BraTS 2021 training data: 8 cases with expert labels "
-                 "(../shared/data/brats2021; BraTS terms: research use, cite)")
+# the default datasets (the engine adds how many patients a run used, and describes a user's
+# own data folder instead when the run did not use these)
+DATASET_BRATS = ("RSNA-ASNR-MICCAI BraTS 2021 training data, cases with expert labels "
+                 "(BraTS terms: research use, cite)")
 DATASET_LGG = ("LGG FLAIR-abnormality segmentation dataset (Buda et al. 2019; TCIA TCGA-LGG "
-               "images), 88 patients as 2D packs (../shared/data/tcga-lgg)")
+               "images) as 2D packs")
 
 
 def _torch():
@@ -207,6 +209,7 @@ class _BratsEval:
 class _SegmentationTask(TrainTask):
     """What the BraTS (3D, regions) and LGG (2D, FLAIR abnormality) tasks share: the model
     section, the MONAI architecture choice and a loss step."""
+    score_name = "dice"
     model_task = "segmentation"
     ARCHS: Dict[str, str] = {}
     DEFAULT_CHANNELS: List[int] = []
@@ -557,6 +560,7 @@ class SegmentationLGG(_SegmentationTask):
         return {"dice_WT": float(np.mean(vals))} if vals else {}
 
     def card_fields(self) -> Dict[str, Any]:
+        from ...io.pack import NOMINAL_INPLANE_MM, NOMINAL_SLICE_MM
         from ...segment import SLICE_SEQUENCES
         return {"sequences": list(SLICE_SEQUENCES), "required_sequences": ["flair"], "dims": 2,
                 "spacing_mm": None, "input_size": [128, 128],
@@ -566,5 +570,10 @@ class SegmentationLGG(_SegmentationTask):
                 "outputs": "1 sigmoid channel: FLAIR abnormality (threshold 0.5)",
                 "classes": {"0": "background", "1": "FLAIR abnormality"},
                 "regions": {"WT": [1]}, "datasets": DATASET_LGG, "citations": CITE_LGG,
+                # spacing_mm stays null: inference reads it as "resample to"; the 2D net works
+                # on the packs' own grid, recorded here
+                "input_grid": {"spacing_mm": [NOMINAL_INPLANE_MM, NOMINAL_INPLANE_MM],
+                               "slice_mm": NOMINAL_SLICE_MM,
+                               "note": "the packs' nominal 128 x 128 grid; not resampled"},
                 **({"postprocess": dict(self._m()["postprocess"])}
                    if self._m().get("postprocess") else {})}

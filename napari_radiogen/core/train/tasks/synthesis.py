@@ -101,8 +101,8 @@ def preprocess_lgg(path: Path) -> Dict[str, np.ndarray]:
 
 def _cache_dir(cfg: Dict[str, Any]) -> Path:
     d = cfg.get("cache_dir") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"),
-        "napari-radiogen", "synthesis")
+        os.environ.get("RADIOGEN_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+        or os.path.join(Path.home(), ".cache"), "napari-radiogen", "synthesis")
     return Path(d)
 
 
@@ -131,8 +131,9 @@ def discover(paths: Sequence[str]) -> List[Tuple[str, str, Path]]:
 
 
 def load_patient(pid: str, kind: str, path: Path, cache: Path) -> Dict[str, np.ndarray]:
-    key = hashlib.sha1(f"v1|{kind}|{path.resolve()}".encode()).hexdigest()[:12]
-    f = cache / f"{pid}-{key}.npz"
+    # named by a hash only: no patient id (nor path) in the cache folder's file names
+    key = hashlib.sha1(f"v1|{kind}|{pid}|{path.resolve()}".encode()).hexdigest()[:20]
+    f = cache / f"{key}.npz"
     if f.exists():
         with np.load(f) as z:
             return {k: z[k] for k in z.files}
@@ -351,6 +352,7 @@ def fit_linear_table(train: Dict[str, Dict[str, Any]], fit_step: int = 2
 # ------------------------------------------------------------------------------------------------
 @register_task("synthesis")
 class SynthesisTask(TrainTask):
+    score_name = "psnr_db"
     model_task = "synthesis"
 
     def __init__(self, cfg: Dict[str, Any]):

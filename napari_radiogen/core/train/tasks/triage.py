@@ -207,6 +207,7 @@ def flat_metrics(m: Dict[str, Any]) -> Dict[str, Any]:
 
 @register_task("triage-2d")
 class Triage2DTask(TrainTask):
+    score_name = "macro_f1"
     model_task = "triage"
 
     def __init__(self, cfg: Dict[str, Any]):
@@ -236,9 +237,18 @@ class Triage2DTask(TrainTask):
             self._records = dedup_records(self.data)
         return self._records
 
+    def use_patients(self, records: List[PatientRecord]) -> None:
+        """Load (and cache) only the images a ``--limit`` run uses, not the whole folder."""
+        keep = {r.patient_id for r in records}
+        if self._x is None:
+            self._use = keep
+
     def _arrays(self):
         if self._x is None:
             recs = self.patients()
+            use = getattr(self, "_use", None)
+            if use is not None:
+                recs = [r for r in recs if r.patient_id in use]
             ids = [r.patient_id for r in recs]
             self._x = load_arrays(self.data, ids, self.size)
             self._y = np.array([CLASSES.index(r.strata) for r in recs], dtype=np.int64)

@@ -1,0 +1,111 @@
+"""`radiogen train` on the command line: input errors exit 2 with one line, names, the
+shipped-name note, the replaced-model note and Ctrl-C before the first epoch."""
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from napari_radiogen.cli import main  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _models(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("radiogen: error: ")
+    assert not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--name", "../evil"], "model name '../evil' is not allowed"),
+    (["--name", "a b/c"], "is not allowed"),
+    (["--name", ""], "model name '' is not allowed"),
+    (["--limit", "0"], "--limit"), (["--limit", "-5"], "--limit"),
+    (["--max-minutes", "0"], "--max-minutes"), (["--max-minutes", "-1"], "--max-minutes"),
+    (["--epochs", "0"], "--epochs"), (["--folds", "-1"], "--folds"),
+])
+def test_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, match):
+    with pytest.raises(SystemExit) as e:
+        rc = main(["train", "phantom_demo", "--out", "runs/x", "--device", "cpu", *args])
+        raise SystemExit(rc)
+    assert e.value.code == 2
+    assert match in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_typo_in_a_config_key_is_refused_with_a_suggestion(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("task: phantom-demo\ndata: phantom\ntrain:\n  epoch: 1\n")
+    assert main(["train", "c.yaml", "--out", "r", "--device", "cpu"]) == 2
+    assert "did you mean 'epochs'" in _one_error_line(capsys)
+
+
+def test_a_shipped_configs_name_gets_a_user_suffix_and_a_second_install_says_it_replaced(
+        tmp_path, capsys, monkeypatch):
+    from napari_radiogen.core import models
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "phantom-demo.safetensors").write_bytes(b"")   # as if phantom-demo shipped
+    monkeypatch.setattr(models, "SHIPPED_DIR", shipped)
+    args = ["train", "phantom_demo", "--out", "r1", "--device", "cpu", "--epochs", "1",
+            "--quiet"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert "named phantom-demo-user" in cap.err
+    assert (tmp_path / "r1" / "phantom-demo-user.safetensors").exists()
+    assert (tmp_path / "models" / "phantom-demo-user.safetensors").exists()
+    card = json.loads((tmp_path / "r1" / "phantom-demo-user.card.json").read_text())
+    assert card["name"] == "phantom-demo-user"
+    # the same again into another run folder: the installed model is replaced, and said so
+    assert main([*args[:3], "r2", *args[4:]]) == 0
+    assert "replaced the installed model phantom-demo-user" in capsys.readouterr().out
+    # an explicit --name that hides the shipped model is still refused
+    assert main([*args[:3], "r3", *args[4:], "--name", "phantom-demo"]) == 2
+    assert "would hide the shipped model" in _one_error_line(capsys)
+
+
+def test_ctrl_c_before_the_first_epoch_says_there_is_nothing_to_resume(tmp_path, capsys,
+                                                                       monkeypatch):
+    from napari_radiogen.core.train import engine
+
+    def fake_train(cfg, out, **kw):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "config.json").write_text("{}")
+        yield engine.TrainProgress(stage="prepare", phase="prepare", message="preparing")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "train", fake_train)
+    assert main(["train", "phantom_demo", "--out", "r", "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume yet" in err and "--resume" not in err
+    # with a checkpoint in the folder, it points at --resume
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "checkpoint.safetensors").write_bytes(b"")
+
+    def fake_train2(cfg, out, **kw):
+        yield engine.TrainProgress(stage="prepare", phase="prepare", message="preparing")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "train", fake_train2)
+    assert main(["train", "phantom_demo", "--out", "r2", "--device", "cpu"]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+
+
+def test_limit_zero_is_not_a_full_run_and_a_limit_run_is_not_installed(tmp_path, capsys):
+    assert main(["train", "phantom_demo", "--out", "r", "--device", "cpu", "--limit", "8",
+                 "--epochs", "1", "--quiet"]) == 0
+    assert not (tmp_path / "models").exists()
+    card = json.loads((tmp_path / "r" / "phantom-demo.card.json").read_text())
+    assert card["training_data"]["n_cohort"] == 8
+
+
+def test_help_names_the_model_name_options_and_the_cache_folder(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--name" in out and "--no-install" in out and "-user" in out
+    assert "RADIOGEN_CACHE_DIR" in out
