@@ -471,9 +471,9 @@ def test_cards_hold_no_local_paths_and_fold_cards_name_their_task(tmp_path):
     fold = json.loads((tmp_path / "run" / "folds" / "fold1_best.card.json").read_text())
     assert fold["train_task"] == "phantom-demo" and fold["config"]["task"] == "phantom-demo"
     # and `evaluate` takes a fold model now
-    ev = [x for x in engine.evaluate_model(str(tmp_path / "run" / "folds" /
-                                               "fold1_best.safetensors"), "phantom",
-                                           tmp_path / "ev", device="cpu")]
+    from napari_radiogen.core.evaluate.run import evaluate_model
+    ev = [x for x in evaluate_model(str(tmp_path / "run" / "folds" / "fold1_best.safetensors"),
+                                    "phantom", tmp_path / "ev", device="cpu")]
     assert isinstance(ev[-1], engine.EvalResult) and ev[-1].n_patients == 12
 
 

@@ -212,6 +212,14 @@ def test_curves_draw_one_line_per_fold_named_in_a_legend_and_the_metric(qtbot):
                         "val_auc": 0.6, "val_loss": 0.8}], n_folds=3)
         assert d.ep_x == [1.0] and d.met_f == [0] and d.metric_name == "AUC"
         d.close()
+        # the name the task gives its score wins over the guess from equal values
+        e = _Curves()
+        item = _epoch_item(0, 1, 0.6, 0.7)
+        item.metrics["val_dice_WT"] = 0.7        # equal to the score by chance
+        item.score_name = "dice"
+        e.add(item)
+        assert e.metric_name == "Dice"
+        e.close()
     finally:
         c.close()
 

@@ -150,7 +150,8 @@ class _InitLister(QObject):
 
 #: validation metric names as the curves' title shows them (other keys: "_" -> " ")
 _METRIC_NAMES = {"auc": "AUC", "macro_f1": "macro F1", "psnr_db": "PSNR (dB)", "ssim": "SSIM",
-                 "c_index": "C-index", "dice": "Dice", "accuracy": "accuracy", "mae": "MAE"}
+                 "c_index": "C-index", "dice": "Dice", "accuracy": "accuracy", "mae": "MAE",
+                 "mean_auc_cindex": "mean of AUCs and C-index"}
 
 
 def _metric_label(key: str) -> str:
@@ -228,11 +229,16 @@ class _Curves(QObject):
             setattr(self, k, [])
         self.n_folds = 1
         self._metric_keys: Optional[List[str]] = None
+        self._score_name: Optional[str] = None      # the task's own name for it, when given
         self.dirty = True
 
     @property
     def metric_name(self) -> Optional[str]:
-        """What the validation score is ("AUC", "mean Dice"...), None while unknown."""
+        """What the validation score is ("AUC", "mean Dice"...), None while unknown: the name
+        the training task gives it (``TrainProgress.score_name``), else the ``val_*`` metric
+        whose values it has had in every epoch."""
+        if self._score_name:
+            return _metric_label(self._score_name)
         return _metric_label(self._metric_keys[0]) if self._metric_keys else None
 
     def _epoch(self, fold: int, epoch: float, loss, metrics: Dict[str, Any]) -> None:
@@ -255,6 +261,9 @@ class _Curves(QObject):
         self.dirty = True
 
     def add(self, p) -> None:
+        name = getattr(p, "score_name", None)
+        if name and name != "score":
+            self._score_name = str(name)
         if p.epoch_end or p.phase == "train":      # (the prepare and report items name no fold)
             self.n_folds = max(1, int(p.n_folds or 1))
         if p.epoch_end:

@@ -14,8 +14,7 @@ protocol goes through the inference path (:mod:`.cases`). Here, around both:
 * a metric that cannot be computed (NaN: one class only...) is listed with the reason, and the
   warnings of the libraries computing the metrics become notes of the report.
 
-This is the engine's ``core.train.engine.evaluate_model`` with those fixes; it reuses the
-engine's task registry and config loader.
+It reuses the training engine's task registry and config loader.
 """
 from __future__ import annotations
 

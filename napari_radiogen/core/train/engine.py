@@ -1136,83 +1136,10 @@ def warm_up() -> None:
 
 @dataclass
 class EvalResult:
+    """What ``radiogen evaluate`` (``core.evaluate.run.evaluate_model``) gives back."""
     out_dir: Path
     report_path: Path
     report_json: Path
     metrics: Dict[str, Any]
     n_patients: int
     model: str
-
-
-def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path], *,
-                   device: str = "auto", labels: Optional[str] = None,
-                   limit: Optional[int] = None, config: Optional[Dict[str, Any]] = None,
-                   cancel: Optional[CancelToken] = None
-                   ) -> Iterator[Union[Progress, EvalResult]]:
-    """Evaluate an installed model (name or path) on every patient of ``data`` with its training
-    task's ``evaluate`` and write a report. ``data`` is a folder (or a labels CSV, taken as the
-    ``labels`` table of its folder); the model's card names the task and config."""
-    import torch
-    from ..models import load_model, read_card, find_model, resolve_device
-    from ..evaluate.report import write_report
-
-    path = find_model(model)
-    card = read_card(path)
-    tcfg = dict(card.get("config") or {})
-    task_name = card.get("train_task") or tcfg.get("task")
-    if not task_name and card.get("task") == "prediction":
-        # made by the CPU protocol (scripts/cv_prediction.py): through the inference path
-        from ..evaluate.cases import evaluate_prediction_cases
-        yield from evaluate_prediction_cases(path, data, out_dir, device=device, labels=labels,
-                                             limit=limit, cancel=cancel)
-        return
-    if not task_name:
-        raise ConfigError(f"{path.name}: its card names no training task, so it cannot be "
-                          "evaluated by the engine")
-    data = Path(data)
-    if data.suffix.lower() == ".csv":
-        labels = labels or str(data)
-        data = data.parent
-    # the card's labels (a file name) and init belong to the training run, not to this data
-    tcfg.pop("labels", None)
-    tcfg.pop("init", None)
-    cfg_in = {**tcfg, **(config or {}), "task": task_name, "data": str(data)}
-    if labels:
-        cfg_in["labels"] = labels
-    cfg_in.pop("_source", None)
-    cfg = load_config(cfg_in)
-    dev = resolve_device(device)
-    yield Progress(stage="evaluate", message=f"loading {path.name}")
-    lm = load_model(str(path), task=card.get("task"), device=dev)
-    task: TrainTask = TASKS[task_name](cfg)
-    records = sp.limit_records(task.patients(), limit, int(cfg.get("seed", 0)))
-    ids = [r.patient_id for r in records]
-    if not ids:
-        raise ConfigError(f"no patients found in {data}")
-    trained_on = set(((card.get("training_data") or {}).get("patients")) or [])
-    overlap = sorted(set(ids) & trained_on)
-    _progress.check(cancel)
-    yield Progress(stage="evaluate", done=0, total=1,
-                   message=f"evaluating on {len(ids)} patients")
-    _, ds = task.make_datasets([], ids)
-    with torch.no_grad():
-        m = task.evaluate(lm.module, ds, dev)
-    _progress.check(cancel)
-    scal = _scalars(m)
-    note = (f"{len(overlap)} of the {len(ids)} patients were in the model's training data: "
-            "these metrics are not independent" if overlap else
-            "none of these patients was in the model's training data")
-    out = Path(out_dir)
-    summary = {k: {"mean": v, "sd": None, "ci95": [None, None], "n": 1, "per_fold": [v]}
-               for k, v in scal.items()}
-    html_p, json_p = write_report(out, title=f"{path.stem} on {data.name}",
-                                  summary=summary, predictions=m.get("predictions") or [],
-                                  card={**card, "metrics": {"protocol": f"evaluation of a "
-                                        f"trained model on {len(ids)} patients; {note}"}})
-    del lm
-    _release(dev)
-    yield Progress(stage="evaluate", done=1, total=1, message="done")
-    yield EvalResult(out_dir=out, report_path=html_p, report_json=json_p,
-                     metrics={**scal, "n_patients": len(ids), "in_training_data": len(overlap),
-                              "note": note},
-                     n_patients=len(ids), model=path.stem)
