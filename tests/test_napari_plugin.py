@@ -101,7 +101,13 @@ def test_open_brats_case(make_napari_viewer):
     assert rebuilt.labels is not None and rebuilt.on_one_grid()
 
 
-def test_open_native_scans_on_their_own_grids(make_napari_viewer):
+def test_open_native_scans_on_their_own_grids(make_napari_viewer, monkeypatch):
+    # on request (NAPARI_RADIOGEN_DISPLAY_GRID=native) every scan keeps its own grid
+    from napari_radiogen.napari import layers as L
+
+    monkeypatch.setenv(L.DISPLAY_GRID_ENV, "native")
+    said = []
+    monkeypatch.setattr(L, "notify", said.append)
     folder = shared_path("tcga-native", "TCGA-FG-6692", "native")
     viewer = make_napari_viewer()
     layers = viewer.open(str(folder), plugin=PLUGIN)
@@ -119,6 +125,35 @@ def test_open_native_scans_on_their_own_grids(make_napari_viewer):
     # the translate of each layer is its own origin
     translates = {tuple(np.round(ly.translate, 2)) for ly in images}
     assert len(translates) > 1
+    # and the user is told that napari's 2D view cannot overlay them
+    assert any("do not overlay" in m and "3D view" in m for m in said), said
+
+
+def test_open_native_oblique_scans_overlay_in_2d_by_default(make_napari_viewer, monkeypatch):
+    """napari's 2D view draws a grid without its tilt: sequences on different oblique grids
+    are shown resampled onto the reference (FLAIR) grid, and the user is told."""
+    from napari_radiogen.napari import layers as L
+
+    monkeypatch.delenv(L.DISPLAY_GRID_ENV, raising=False)
+    said = []
+    monkeypatch.setattr(L, "notify", said.append)
+    folder = shared_path("tcga-native", "TCGA-FG-6692", "native")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin=PLUGIN)
+    images, _ = _by_type(layers)
+    by = {ly.metadata["radiogen"]["sequence"]: ly for ly in images}
+    flair = by["flair"]
+    _check_physical(flair, _lps_image(Path(flair.metadata["radiogen"]["source"])))
+    for s in ("t1", "t1ce", "t2"):
+        ly = by[s]
+        assert ly.metadata["radiogen"]["display_resampled_onto"] == "flair"
+        assert ly.data.shape == flair.data.shape
+        np.testing.assert_allclose(ly.affine.affine_matrix, flair.affine.affine_matrix)
+        np.testing.assert_allclose(ly._data_to_world.affine_matrix,
+                                   flair._data_to_world.affine_matrix, atol=1e-9)
+        assert Path(ly.metadata["radiogen"]["source"]).parent == folder   # the file read
+    assert any("resampled" in m and "flair grid" in m for m in said), said
+    assert any("oblique (16.9 deg" in m and "3D view" in m for m in said), said
 
 
 def test_open_sri24_case_with_labels(make_napari_viewer):

@@ -1,7 +1,8 @@
 """``radiogen info PATH``: what a case (or a cohort folder) holds.
 
 For a case: case id, kind, each detected sequence with its file, shape, spacing, orientation,
-the labels file and its values; a synthetic sequence (one the package generated, see
+obliquity (degrees from the nearest axis-aligned orientation), the labels file and its values;
+what the readers warned about (NIfTI qform/sform disagreements, library warnings); a synthetic sequence (one the package generated, see
 ``core.io.synthetic``) is flagged with its provenance, and the files left aside (a synthetic file
 where an acquired one of that sequence is read, the package's own result maps) are listed. For a
 cohort folder: one line per case (header-only scan).
@@ -35,14 +36,16 @@ def _fmt_num(x: float) -> str:
 
 def _case_text(d: Dict[str, Any]) -> str:
     lines = [f"case {d['case_id']}  ({d['kind']})  {d['source']}"]
-    rows = [("", "file", "shape z,y,x", "spacing x,y,z mm", "orient.", "dtype")]
+    rows = [("", "file", "shape z,y,x", "spacing x,y,z mm", "orient.", "oblique", "dtype")]
 
     def row(name: str, v: Dict[str, Any]) -> None:
         sp = " x ".join(_fmt_num(s) for s in v["spacing_xyz_mm"])
         if v.get("nominal_spacing"):
             sp += " (nominal)"
+        tilt = v.get("obliquity_deg")
         rows.append((name, Path(v["file"] or "-").name if v["file"] else "-",
-                     "x".join(str(s) for s in v["shape_zyx"]), sp, v["orientation"], v["dtype"]))
+                     "x".join(str(s) for s in v["shape_zyx"]), sp, v["orientation"],
+                     "-" if tilt is None else f"{tilt:.1f} deg", v["dtype"]))
 
     for s, v in d["sequences"].items():
         row(f"{s} (synthetic)" if v.get("synthetic") else s, v)
@@ -78,6 +81,8 @@ def _case_text(d: Dict[str, Any]) -> str:
                      f"{', '.join(meta['unavailable'])}")
     if meta.get("nominal_geometry"):
         lines.append(f"  geometry: {meta['nominal_geometry']}")
+    for w in meta.get("warnings") or []:
+        lines.append(f"  warning: {w}")
     clin = d.get("clinical") or {}
     if clin:
         keys = [k for k in ("age_at_initial_pathologic", "gender", "idh", "codel_1p19q", "grade",
@@ -140,9 +145,22 @@ def describe_case(case) -> Dict[str, Any]:
             d["labels"]["meaning"] = m["labels_meaning"]
         if m.get("label_map"):
             d["labels"]["label_map"] = m["label_map"]
-    for s, v in case.sequences.items():
-        if v.meta.get("series_description") is not None and s in d["sequences"]:
-            d["sequences"][s]["series_description"] = v.meta["series_description"]
+    from ..core.io._nifti import obliquity_deg
+
+    vols = dict(case.sequences)
+    if case.labels is not None and d.get("labels") is not None:
+        vols["labels"] = case.labels
+    for s, v in vols.items():
+        entry = d["labels"] if s == "labels" else d["sequences"].get(s)
+        if entry is None:
+            continue
+        if v.meta.get("series_description") is not None:
+            entry["series_description"] = v.meta["series_description"]
+        # the grid's tilt from the nearest axis-aligned orientation (napari's 2D view
+        # draws a tilted grid without its tilt)
+        entry["obliquity_deg"] = round(obliquity_deg(v.geometry.direction_matrix), 2)
+        if v.meta.get("nifti_codes"):
+            entry["nifti_codes"] = dict(v.meta["nifti_codes"])
     return d
 
 

@@ -4,9 +4,20 @@ Every layer made from a case carries ``metadata={"radiogen": {...}}`` with ``cas
 ``geometry`` (:class:`~napari_radiogen.core.case.Geometry`, canonical LPS), ``sequence``
 (``t1 t1ce t2 flair``, ``"labels"`` or a result name), ``source`` (path read from) and
 ``synthetic`` (plus ``case_source``, the folder/file the case was read from, and
-``case_kind``; labels layers also ``label_names``). World coordinates are physical LPS millimetres in (z, y, x) order: ``scale`` is
-the voxel spacing, ``translate`` the origin, and ``rotate`` the direction cosines when the grid
-is oblique (scanner-native scans), so sequences on different grids overlay physically.
+``case_kind``; labels layers also ``label_names``). World coordinates are physical LPS
+millimetres in (z, y, x) order: ``scale`` is the voxel spacing, ``translate`` the origin, and
+``rotate`` the direction cosines when the grid is oblique (scanner-native scans).
+
+Oblique grids and napari's 2D view: napari (0.9) draws a layer in 2D without the out-of-plane
+part of its rotation, so an oblique grid is drawn up to tens of mm from its true position, and
+sequences on *different* oblique grids do not overlay in 2D (the 3D view is exact). So
+:func:`case_to_layer_data` by default (``display_grid="auto"``) shows the sequences of such a
+case resampled onto the reference sequence's grid (:func:`~napari_radiogen.core.prepare.
+resample_volume`, linear; labels nearest), which is what the models see too, and says so in a
+napari warning; ``display_grid="native"`` (or the environment variable
+``NAPARI_RADIOGEN_DISPLAY_GRID=native``) keeps every sequence on its own grid (exact in 3D,
+misaligned in 2D), ``"reference"`` resamples whenever the grids differ. A case on one grid, or
+on axis-aligned grids, is shown as read; an oblique grid is still said (its 2D position is off).
 
 This module needs no Qt and no viewer: it builds plain ``(data, kwargs, layer_type)`` tuples
 (napari's *LayerData*) and reads back from layers or their ``as_layer_data_tuple()`` meta.
@@ -275,13 +286,136 @@ def labels_layer_data(vol: Volume, *, case_id: str, source: Optional[str] = None
     return (data, kw, "labels")
 
 
+#: tilt (degrees from the nearest axis-aligned orientation) above which a grid counts as oblique
+OBLIQUE_DEG = 1.0
+DISPLAY_GRID_ENV = "NAPARI_RADIOGEN_DISPLAY_GRID"
+
+
+def obliquity(geometry: Geometry) -> float:
+    """Degrees between the grid's axes and the nearest axis-aligned orientation."""
+    from ..core.io._nifti import obliquity_deg
+    return obliquity_deg(geometry.direction_matrix)
+
+
+def offset_2d(geometry: Geometry) -> float:
+    """How far (mm) napari's 2D view draws the corners of the grid from their true position
+    (it drops the out-of-plane part of the rotation): 0 for an axis-aligned grid."""
+    if obliquity(geometry) < 1e-6:
+        return 0.0
+    a = geometry.napari_affine()
+    nz, ny, nx = geometry.shape
+    p = np.array([[k, j, i] for k in (0, nz - 1) for j in (0, ny - 1) for i in (0, nx - 1)],
+                 dtype=float).T
+    true = a[:3, :3] @ p + a[:3, 3:4]
+    inv = np.linalg.inv(a)
+    if abs(inv[0, 0]) < 1e-9:
+        return float("inf")
+    shown_z = (p[0] - inv[0, 3]) / inv[0, 0]
+    shown_yx = a[1:3, 1:3] @ p[1:] + a[1:3, 3:4]
+    err = np.sqrt((true[0] - shown_z) ** 2 + ((true[1:] - shown_yx) ** 2).sum(0))
+    return float(err.max())
+
+
+def notify(message: str) -> None:
+    """Tell the napari user (a warning notification; a Python warning without napari)."""
+    try:
+        from napari.utils.notifications import show_warning
+    except Exception:  # pragma: no cover - napari not installed
+        import warnings
+        warnings.warn(message, UserWarning, stacklevel=2)
+        return
+    show_warning(message)
+
+
+def display_case(case: Case, display_grid: Optional[str] = None) -> Tuple[Case, List[str]]:
+    """The case as it is best shown in napari, and what the user must be told.
+
+    ``display_grid``: ``"auto"`` (default; from :data:`DISPLAY_GRID_ENV` when None) resamples
+    the sequences (and labels) onto the reference grid when the case's grids differ and one of
+    them is oblique (napari's 2D view cannot overlay them), ``"reference"`` whenever the grids
+    differ, ``"native"`` never. Resampled volumes carry ``meta["display_resampled_onto"]``."""
+    import os
+
+    mode = (display_grid or os.environ.get(DISPLAY_GRID_ENV) or "auto").strip().lower()
+    if mode not in ("auto", "native", "reference"):
+        mode = "auto"
+    if not case.sequences or case.kind != "volume":
+        return case, []
+    ref = case.reference
+    vols = dict(case.sequences)
+    if case.labels is not None:
+        vols["labels"] = case.labels
+    tilt = {s: obliquity(v.geometry) for s, v in vols.items()}
+    oblique = {s: t for s, t in tilt.items() if t > OBLIQUE_DEG}
+    differ = not case.on_one_grid()
+    msgs: List[str] = []
+    resample = differ and (mode == "reference" or (mode == "auto" and bool(oblique)))
+    if resample:
+        from dataclasses import replace as _replace
+
+        from ..core.prepare import resample_volume
+        g = case.sequences[ref].geometry
+        try:
+            seqs = {}
+            for s, v in case.sequences.items():
+                seqs[s] = resample_volume(v, g, name=f"sequence {s}")
+            lab = (resample_volume(case.labels, g, labels=True, name="the label image")
+                   if case.labels is not None else None)
+        except GeometryError as e:
+            msgs.append(f"{case.case_id}: could not put the sequences on the {ref} grid for "
+                        f"display ({e}); they are shown on their own grids")
+            resample = False
+        else:
+            moved = [s for s in seqs if seqs[s] is not case.sequences[s]]
+            if lab is not None and lab is not case.labels:
+                moved.append("labels")
+            for s in moved:
+                v = seqs[s] if s != "labels" else lab
+                v.meta["display_resampled_onto"] = ref
+            case = _replace(case, sequences=seqs, labels=lab)
+            why = (f"the sequences are on different grids, oblique ones among them "
+                   f"({', '.join(f'{s} {t:.1f} deg' for s, t in sorted(oblique.items()))}), "
+                   "which napari's 2D view cannot overlay" if oblique
+                   else "the sequences are on different grids")
+            msgs.append(f"{case.case_id}: {why}: {', '.join(moved)} shown resampled (linear; "
+                        f"labels nearest) onto the {ref} grid, so all layers overlay; the "
+                        f"files are unchanged. To see each sequence on its own grid set "
+                        f"{DISPLAY_GRID_ENV}=native (then use the 3D view: in 2D they are "
+                        "drawn apart)")
+    if not resample and differ and oblique:
+        msgs.append(f"{case.case_id}: the sequences are on different oblique grids "
+                    f"({', '.join(f'{s} {t:.1f} deg' for s, t in sorted(oblique.items()))}); "
+                    "napari's 2D view draws a grid without its tilt, so in 2D they are drawn "
+                    f"up to {max(offset_2d(vols[s].geometry) for s in oblique):.0f} mm from "
+                    "their true positions and do not overlay: use the 3D view, or open the "
+                    f"case with {DISPLAY_GRID_ENV}=auto to see them resampled onto the {ref} "
+                    "grid")
+    ref_tilt = obliquity(case.sequences[ref].geometry)
+    if ref_tilt > OBLIQUE_DEG and (resample or not differ):
+        off = offset_2d(case.sequences[ref].geometry)
+        msgs.append(f"{case.case_id}: the {ref} grid is oblique ({ref_tilt:.1f} deg from the "
+                    f"scanner axes); napari's 2D view draws its slices without the tilt, up to "
+                    f"{off:.0f} mm from their true scanner position (the layers still overlay "
+                    "each other; the 3D view and written files are exact)")
+    return case, msgs
+
+
 def case_to_layer_data(case: Case, *, source: Optional[str] = None,
-                       only_reference_visible: bool = True) -> List[LayerData]:
+                       only_reference_visible: bool = True,
+                       display_grid: Optional[str] = None,
+                       notify_user: bool = True) -> List[LayerData]:
     """All sequences of ``case`` (canonical order) as image layers, then its labels.
 
-    Each sequence keeps its own grid and is placed physically; only the reference sequence
-    (FLAIR > T1ce > T2 > T1) is visible at first, the others are one click away.
+    Each sequence is placed physically on its own grid, except where napari's 2D view could
+    not overlay them (grids that differ, oblique ones among them): then they are shown
+    resampled onto the reference grid (see :func:`display_case`; ``display_grid``), and a
+    napari warning says so (``notify_user``). Only the reference sequence (FLAIR > T1ce > T2 >
+    T1) is visible at first, the others are one click away.
     """
+    case, msgs = display_case(case, display_grid)
+    if notify_user:
+        for m in msgs:
+            notify(m)
     src = source if source is not None else case.source
     ref = case.reference if case.sequences else None
     order = [s for s in SEQUENCES if s in case.sequences]
@@ -289,15 +423,19 @@ def case_to_layer_data(case: Case, *, source: Optional[str] = None,
     out: List[LayerData] = []
     for seq in order:
         vol = case.sequences[seq]
+        extra = ({"display_resampled_onto": vol.meta["display_resampled_onto"]}
+                 if vol.meta.get("display_resampled_onto") else {})
         out.append(image_layer_data(vol, case_id=case.case_id, sequence=seq,
                                     source=vol.path or src,
                                     visible=(seq == ref) or not only_reference_visible,
-                                    case_source=src, case_kind=case.kind))
+                                    case_source=src, case_kind=case.kind, **extra))
     if case.labels is not None:
+        extra = ({"display_resampled_onto": case.labels.meta["display_resampled_onto"]}
+                 if case.labels.meta.get("display_resampled_onto") else {})
         out.append(labels_layer_data(case.labels, case_id=case.case_id,
                                      source=case.labels.path or src,
                                      label_names=label_names_for(case),
-                                     case_source=src, case_kind=case.kind))
+                                     case_source=src, case_kind=case.kind, **extra))
     return out
 
 

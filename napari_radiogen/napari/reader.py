@@ -3,7 +3,11 @@
 ``get_reader(path)`` answers quickly (no pixel data read) with a reader function, or ``None``
 for paths this plugin cannot handle, so napari can try another reader. The reader function
 loads through :mod:`napari_radiogen.core.io` and returns one image layer per sequence (each at
-its physical position, see :mod:`.layers`) and a labels layer with named classes.
+its physical position, see :mod:`.layers`) and a labels layer with named classes. What the
+user must know is said in napari warnings: the readers' warnings (a NIfTI whose qform and
+sform disagree: the sform is used), and oblique grids, which napari's 2D view draws without
+their tilt (a case whose sequences are on different oblique grids is shown resampled onto the
+reference grid, see :func:`.layers.display_case`).
 
 Errors: a file that looks like ours but cannot be read raises the core's
 :class:`~napari_radiogen.core.errors.RadiogenError` with its one-line message. napari wraps
@@ -114,6 +118,7 @@ def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
     seq, kind = detect_sequence(p.name)
     case_id = _case_id_from_file(p, seq)
     vol = load_volume(p)
+    _tell_volume(vol, p.name)
     if kind == "labels":
         return [labels_layer_data(vol, case_id=case_id, source=str(p),
                                   label_names=label_names_for(None))]
@@ -125,6 +130,22 @@ def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
     return [image_layer_data(vol, case_id=case_id, sequence=seq or "image", source=str(p),
                              name=name + (" (synthetic)" if vol.synthetic else ""),
                              **_synthetic_meta(vol))]
+
+
+def _tell_volume(vol, name: str) -> None:
+    """Say what the user must know about one volume file: the readers' warnings (NIfTI
+    qform/sform, library notes) and an oblique grid (napari's 2D view draws it untilted)."""
+    from ..core.io.volume import volume_warnings
+    from .layers import OBLIQUE_DEG, notify, obliquity, offset_2d
+
+    for w in volume_warnings(vol):
+        notify(f"{name}: {w}")
+    tilt = obliquity(vol.geometry)
+    if tilt > OBLIQUE_DEG:
+        notify(f"{name}: oblique grid ({tilt:.1f} deg from the scanner axes); napari's 2D view "
+               f"draws it without the tilt, up to {offset_2d(vol.geometry):.0f} mm from its "
+               "true position, so it will not overlay other scans in 2D: use the 3D view (or "
+               "open the whole case folder, whose sequences are shown on one grid)")
 
 
 def _map_layer_data(vol, p: Path, rmap: dict, case_id: str) -> LayerData:
@@ -192,5 +213,9 @@ def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
         return read_volume_file(p)
     from ..core.io import load_case
 
+    from .layers import notify
+
     case = load_case(p)
+    for w in case.meta.get("warnings") or []:
+        notify(f"{case.case_id}: {w}")
     return _mark_synthetic_layers(case, case_to_layer_data(case, source=str(p)))

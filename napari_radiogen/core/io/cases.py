@@ -33,7 +33,7 @@ from .dicom import (SeriesInfo, has_dicom, is_dicom_file, list_series, read_seri
 from .pack import is_slice_pack, load_pack, pack_info
 from .synthetic import has_synth_suffix
 from .volume import (file_header, file_map, file_synthetic, image_to_volume, load_volume,
-                     volume_extension)
+                     volume_extension, volume_warnings)
 
 log = logging.getLogger(__name__)
 
@@ -504,6 +504,13 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     labels = _load_item(by_name["labels"]) if "labels" in by_name else None
     meta = dict(meta)
     meta["files"] = {s: it.display for s, it in by_name.items()}
+    # what the readers decided or printed (qform/sform, library warnings), said per file
+    said = [f"{s} ({seq_items[s].display}): {w}" for s, v in sequences.items()
+            for w in volume_warnings(v)]
+    if labels is not None:
+        said += [f"labels ({by_name['labels'].display}): {w}" for w in volume_warnings(labels)]
+    if said:
+        meta["warnings"] = said
     synthetic = [s for s in sequences if sequences[s].synthetic]
     if synthetic:
         # read back as generated, not acquired: every result lists them (Case.synthetic_inputs)

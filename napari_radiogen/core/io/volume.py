@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from ..case import Geometry, Volume, canonicalize
 from ..errors import CaseLoadError, GeometryError
+from . import _nifti
 from . import maps as _maps
 from . import synthetic as _syn
 from ._util import captured_stderr, percent, sitk_message
@@ -56,17 +57,24 @@ def _check_gzip(path: Path) -> int:
     return n
 
 
-def _check_nifti(path: Path, ext: str) -> None:
-    """Header readable and enough voxel bytes present."""
+def _check_nifti(path: Path, ext: str) -> Tuple[Any, "_nifti.NiftiInfo"]:
+    """Header readable, voxel size recorded, and enough voxel bytes present. Returns the
+    nibabel image (header open, voxels not read unless floating point) and its geometry."""
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
 
     uncompressed = _check_gzip(path) if ext == ".nii.gz" else path.stat().st_size
+    zero = _nifti.zero_spacing(path, ext)
+    if zero is not None:
+        raise CaseLoadError(f"{path}: {zero}")
     try:
-        img = nib.load(str(path))
+        with LoggingOutputSuppressor():        # nibabel logs header fixes to stderr
+            img = nib.load(str(path))
         hdr = img.header
         shape = tuple(int(s) for s in hdr.get_data_shape())
         itemsize = np.dtype(hdr.get_data_dtype()).itemsize
         offset = int(hdr.get("vox_offset", 352)) if hasattr(hdr, "get") else 352
+        info = _nifti.header_info(hdr)
     except CaseLoadError:
         raise
     except Exception as e:  # nibabel raises many kinds here
@@ -87,31 +95,10 @@ def _check_nifti(path: Path, ext: str) -> None:
         if nbad:
             raise CaseLoadError(f"{path}: {nbad} NaN/Inf voxel(s) of {data.size} "
                                 f"({percent(nbad, data.size)}); fix or mask the file first")
+    return img, info
 
 
-def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, Any]]:
-    if not path.exists():
-        raise CaseLoadError(f"{path}: no such file or folder")
-    if path.stat().st_size == 0:
-        raise CaseLoadError(f"{path}: empty file (0 bytes)")
-    ext = volume_extension(path)
-    if ext is None:
-        raise CaseLoadError(f"{path}: unsupported file type; expected one of "
-                            f"{', '.join(VOLUME_EXTENSIONS)} or a DICOM series folder")
-    if ext in (".nii", ".nii.gz"):
-        _check_nifti(path, ext)
-    elif path.name.lower().endswith(".gz"):  # pragma: no cover - other gzip'd formats
-        _check_gzip(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        with captured_stderr(warnings):
-            reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise CaseLoadError(f"{path}: cannot read the image header ({sitk_message(e)})") from None
-    dim = reader.GetDimension()
-    size = tuple(int(s) for s in reader.GetSize())
-    ncomp = reader.GetNumberOfComponents()
+def _check_size(path: Path, dim: int, size: Tuple[int, ...], ncomp: int) -> None:
     shape_txt = "x".join(map(str, size))
     if ncomp != 1:
         raise CaseLoadError(f"{path}: {ncomp} values per voxel (RGB or vector image, size "
@@ -124,15 +111,68 @@ def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, A
                             "volume is needed (split the series, e.g. with fslsplit)")
     if min(size[:3]) == 1:
         raise CaseLoadError(f"{path}: 2D image (size {shape_txt}); a 3D volume is needed")
+
+
+def _read_nifti2(path: Path, nimg: Any) -> sitk.Image:
+    """A NIfTI-2 file (ITK reads NIfTI-1 only), read with nibabel."""
+    shape = tuple(int(s) for s in nimg.header.get_data_shape())
+    _check_size(path, len(shape), shape + (1,) * max(0, 3 - len(shape)), 1)
+    try:
+        return _nifti.nibabel_image(nimg)
+    except Exception as e:
+        raise CaseLoadError(f"{path}: cannot read the NIfTI-2 voxel data ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, Any]]:
+    if not path.exists():
+        raise CaseLoadError(f"{path}: no such file or folder")
+    if path.stat().st_size == 0:
+        raise CaseLoadError(f"{path}: empty file (0 bytes)")
+    ext = volume_extension(path)
+    if ext is None:
+        raise CaseLoadError(f"{path}: unsupported file type; expected one of "
+                            f"{', '.join(VOLUME_EXTENSIONS)} or a DICOM series folder")
+    nimg, ninfo = None, None
+    if ext in (".nii", ".nii.gz"):
+        nimg, ninfo = _check_nifti(path, ext)
+    elif path.name.lower().endswith(".gz"):  # pragma: no cover - other gzip'd formats
+        _check_gzip(path)
+    if nimg is not None and type(nimg).__name__.startswith("Nifti2"):
+        img = _read_nifti2(path, nimg)
+        meta: Dict[str, Any] = {"format": "nifti2", "source_pixel_type":
+                                img.GetPixelIDTypeAsString()}
+        descrip = bytes(nimg.header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
+        fields = {"ITK_FileNotes": descrip} if descrip else {}
+        _add_header_meta(meta, fields)
+        _nifti_geometry(img, ninfo, meta)
+        return img, meta
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with captured_stderr(warnings):
+            reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise CaseLoadError(f"{path}: {_read_error(path, ext, e, header=True)}") from None
+    size = tuple(int(s) for s in reader.GetSize())
+    _check_size(path, reader.GetDimension(), size, reader.GetNumberOfComponents())
     try:
         with captured_stderr(warnings):
             img = reader.Execute()
     except RuntimeError as e:
-        raise CaseLoadError(f"{path}: cannot read the voxel data ({sitk_message(e)})") from None
+        raise CaseLoadError(f"{path}: {_read_error(path, ext, e, header=False)}") from None
     if img.GetDimension() == 4:
         img = sitk.Extract(img, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
     meta = {"format": ext.lstrip("."), "source_pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID())}
-    fields = _header_fields(reader)
+    _add_header_meta(meta, _header_fields(reader))
+    if ninfo is not None and _nifti_geometry(img, ninfo, meta):
+        # ITK's own note on the transform it did not take ("unexpected scales in sform"):
+        # meta["warnings"] now says what was used, and why
+        warnings[:] = [w for w in warnings if "sform" not in w and "qform" not in w]
+    return img, meta
+
+
+def _add_header_meta(meta: Dict[str, Any], fields: Dict[str, str]) -> None:
     rmap = _maps.from_header(fields)
     if rmap is not None:
         meta["radiogen_map"] = rmap        # a result map of the package, not a sequence
@@ -140,7 +180,116 @@ def _read_file(path: Path, warnings: List[str]) -> Tuple[sitk.Image, Dict[str, A
         prov = _syn.from_header(fields)
         if prov is not None:
             meta["_synthetic_header"] = prov
-    return img, meta
+
+
+def _nifti_geometry(img: sitk.Image, info: "_nifti.NiftiInfo", meta: Dict[str, Any]) -> bool:
+    """Give a NIfTI image the transform nibabel/FSL use (the sform when its code is set),
+    where ITK read another one; record the header and say what was decided. True when the
+    geometry ITK read was replaced."""
+    target, info, msgs = _nifti.choose_affine(info, _nifti.image_affine_ras(img))
+    if target is not None:
+        _nifti.set_image_affine_ras(img, target)
+    meta["_nifti"] = info
+    meta["nifti_codes"] = {"qform": info.qform_code, "sform": info.sform_code,
+                           "used": info.used}
+    if msgs:
+        meta.setdefault("warnings", []).extend(msgs)
+    return target is not None
+
+
+def _meta_fields(path: Path) -> Dict[str, str]:
+    """A MetaImage header's fields (``Key = value``), {} when unreadable."""
+    out: Dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return out
+    for line in head.split(b"\n"):
+        k, eq, v = line.decode("latin-1").partition("=")
+        if eq:
+            out[k.strip()] = v.strip()
+            if k.strip() == "ElementDataFile":
+                break
+    return out
+
+
+_META_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4,
+               "MET_INT": 4, "MET_ULONG": 8, "MET_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+               "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8}
+
+
+def _nrrd_fields(path: Path) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return out
+    for line in head.split(b"\n")[1:]:
+        if not line.strip():
+            break
+        k, colon, v = line.decode("latin-1").partition(":")
+        if colon and not k.startswith("#"):
+            out[k.strip().lower()] = v.strip().lstrip("=").strip()
+    return out
+
+
+def _read_error(path: Path, ext: str, e: RuntimeError, *, header: bool) -> str:
+    """One clear sentence for an ITK read failure (ITK's own text says 'No such file or
+    directory' for a truncated .mha, names the .mhd for a missing .raw, and gives a teem trace
+    for a truncated NRRD)."""
+    import re
+
+    raw = str(e)
+    stage = "the image header" if header else "the voxel data"
+    if ext in (".mha", ".mhd"):
+        f = _meta_fields(path)
+        data_file = f.get("ElementDataFile", "")
+        if ext == ".mhd" or (data_file and data_file.upper() != "LOCAL"):
+            if data_file and data_file.upper() not in ("LOCAL", "LIST") and "%" not in data_file:
+                target = (path.parent / data_file) if not Path(data_file).is_absolute() \
+                    else Path(data_file)
+                if not target.exists():
+                    return (f"its voxel data file {data_file} is missing (looked for "
+                            f"{target}); copy it next to the header")
+                return (f"cannot read {stage} from its voxel data file {data_file} (truncated "
+                        "or corrupt; compare its size with the header's DimSize and "
+                        "ElementType)")
+        if data_file.upper() == "LOCAL" and not header:
+            dims = [int(v) for v in f.get("DimSize", "").split() if v.isdigit()]
+            nbytes = _META_BYTES.get(f.get("ElementType", ""), 0)
+            comp = f.get("CompressedData", "False").lower() == "true"
+            if comp:
+                return "truncated or corrupt compressed voxel data in this MetaImage file"
+            if dims and nbytes:
+                need = int(np.prod(dims)) * nbytes * int(f.get("ElementNumberOfChannels", "1")
+                                                          or 1)
+                return (f"truncated MetaImage file: the header asks for {need} bytes of voxel "
+                        f"data ({'x'.join(map(str, dims))} {f.get('ElementType')}); the "
+                        "download or copy is incomplete")
+            return "truncated MetaImage file (the voxel data ends early)"
+    if ext in (".nrrd", ".nhdr"):
+        f = _nrrd_fields(path)
+        data_file = f.get("data file") or f.get("datafile")
+        if data_file and not data_file.upper().startswith("LIST") and "%" not in data_file:
+            target = path.parent / data_file
+            if not target.exists():
+                return (f"its data file {data_file} is missing (looked for {target}); copy it "
+                        "next to the header")
+        m = re.search(r"expected (\d+) bytes but received (\d+)", raw) or re.search(
+            r"expected (\d+) bytes and got (\d+)", raw)
+        if m:
+            return (f"truncated NRRD voxel data ({m.group(2)} of {m.group(1)} bytes); the "
+                    "download or copy is incomplete")
+        if "teem" in raw.lower() or "[nrrd]" in raw:
+            lines = [ln.split("]", 1)[-1].strip() for ln in raw.splitlines() if "[nrrd]" in ln]
+            last = next((ln.split(":", 1)[-1].strip() for ln in reversed(lines)
+                         if ln.split(":", 1)[-1].strip()), "")
+            return f"cannot read {stage} (NRRD: {last[:160] or 'unreadable'})"
+    if "Unable to determine ImageIO reader" in raw:
+        return "no reader recognises this file (wrong extension, or not an image file)"
+    return f"cannot read {stage} ({sitk_message(e)})"
 
 
 _HEADER_KEYS = tuple(dict.fromkeys((_syn.KEY_SYNTHETIC, _syn.KEY_SEQUENCE, _syn.KEY_SOURCES,
@@ -274,7 +423,12 @@ def image_to_volume(img: sitk.Image, *, where: str, labels: bool, path: Optional
         if nbad:
             raise CaseLoadError(f"{where}: {nbad} NaN/Inf voxel(s) of {arr.size} "
                                 f"({percent(nbad, arr.size)}); fix or mask the file first")
-    geom = Geometry.from_image(canon, source_orientation=code)
+    nifti = meta.pop("_nifti", None)
+    if nifti is not None:       # remembers the NIfTI header, for write_volume
+        geom: Geometry = _nifti.SourceGeometry.from_image(canon, source_orientation=code,
+                                                          nifti=nifti)
+    else:
+        geom = Geometry.from_image(canon, source_orientation=code)
     try:
         return Volume(array=np.ascontiguousarray(arr), geometry=geom, path=path, meta=meta)
     except GeometryError as e:  # pragma: no cover - shapes come from the same image
@@ -297,8 +451,16 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
     package (a heatmap or differentiation map whose header says so, see :mod:`.maps`) comes
     back as a plain image with ``meta["radiogen_map"]`` saying what it is.
 
+    NIfTI geometry: where the qform and sform disagree, the sform is used (as nibabel, FSL and
+    MRIcron do; ITK alone would take the qform unless the sform code is 1) and
+    ``meta["warnings"]`` says so; the header's codes travel with the geometry
+    (:class:`~napari_radiogen.core.io._nifti.SourceGeometry`) so :func:`write_volume` keeps them.
+    NIfTI-2 files are read with nibabel. What the reader library printed is in
+    ``meta["reader_warnings"]`` (see :func:`volume_warnings`).
+
     Raises :class:`CaseLoadError` (one line, naming the file) for missing, empty, corrupt or
-    truncated files, 2D or 4D images, vector images, NaN/Inf voxels and unreadable DICOM.
+    truncated files, a zero voxel size in a NIfTI header, 2D or 4D images, vector images,
+    NaN/Inf voxels and unreadable DICOM.
     """
     p = Path(path)
     warnings: List[str] = []
@@ -318,7 +480,7 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
     if labels is None:
         labels = detect_sequence(p.name)[1] == "labels"
     if warnings:
-        meta["reader_warnings"] = " | ".join(w.replace("\n", " ")[:300] for w in warnings)[:1000]
+        meta["reader_warnings"] = reader_warnings_text(warnings)
     head = meta.pop("_synthetic_header", None)
     if "radiogen_map" not in meta and head is None and p.is_file():
         # the package's map names, when the header does not say otherwise (a synthetic
@@ -330,6 +492,32 @@ def load_volume(path: PathLike, *, labels: Optional[bool] = None,
     if not labels and "radiogen_map" not in vol.meta:
         _mark_synthetic(vol, p, head)
     return vol
+
+
+def reader_warnings_text(warnings: List[str]) -> str:
+    """What a reader library printed, on one line: ITK's source-file/line/object prefixes
+    dropped and repeats said once."""
+    import re
+
+    seen: List[str] = []
+    for w in warnings:
+        for part in re.split(r"(?=WARNING: In )", w):
+            t = re.sub(r"WARNING: In \S+, line \d+\s*", "", part)
+            t = re.sub(r"\b\w+ \(0x[0-9a-f]+\): ", "", t)
+            t = " ".join(t.split())
+            if t and t not in seen:
+                seen.append(t)
+    return " | ".join(x[:300] for x in seen)[:1000]
+
+
+def volume_warnings(vol: Volume) -> List[str]:
+    """What the user should be told about a loaded volume: the geometry decisions
+    (``meta["warnings"]``) and what the reader library printed (``meta["reader_warnings"]``)."""
+    out = [str(w) for w in vol.meta.get("warnings") or []]
+    rw = vol.meta.get("reader_warnings")
+    if rw:
+        out.append(f"reader said: {rw}")
+    return out
 
 
 def _mark_synthetic(vol: Volume, p: Path, head: Optional[Dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ..case import Geometry, Volume, to_source_image
 from ..errors import RadiogenError
-from . import _marks
+from . import _marks, _nifti
 from . import maps as _maps
 from . import synthetic as _syn
 from ._util import captured_stderr, sitk_message
@@ -94,7 +94,13 @@ def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
 
     The file is written on the **source** grid: same voxel order and affine as the file the
     geometry was read from (``geometry.source_orientation``), so it overlays the original scan
-    in any viewer. ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``. Labels are
+    in any viewer. NIfTI is written with nibabel: for a geometry read from a NIfTI file (see
+    :func:`load_volume`) a result on the source grid gets the source header's qform and sform
+    with their codes (so every viewer puts it where it puts the source), a result on another
+    grid gets its affine in both with the source's codes; otherwise codes 1/1 (scanner). A
+    sheared grid keeps its full affine in the sform, with a
+    :class:`~napari_radiogen.core.io._nifti.GeometryWarning` (use .nrrd/.mha to keep it exact
+    for ITK-based viewers too). ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``. Labels are
     written as uint8, images as float32. Returns the path written.
 
     ``array`` may be a :class:`Volume` (``write_volume(vol, path)``): its geometry is used, and
@@ -164,6 +170,16 @@ def write_volume(array: Union[np.ndarray, Volume], geometry: Any = None,
     except OSError as e:
         raise WriteError(f"{p}: cannot create the folder ({e.strerror or e})") from None
     noise: list = []
+    if nifti:
+        # nibabel, not ITK: ITK writes codes 1/1 whatever the source had and drops a shear
+        try:
+            _nifti.write_nifti(img, p, geometry, _nifti.describe_fields(fields))
+        except OSError as e:
+            raise WriteError(f"{p}: cannot write ({e.strerror or e})") from None
+        except Exception as e:  # nibabel: a header value it cannot store
+            raise WriteError(f"{p}: cannot write ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        return p
     try:
         with captured_stderr(noise):
             sitk.WriteImage(img, str(p), useCompression=ext != ".nii")
