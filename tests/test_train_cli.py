@@ -27,6 +27,7 @@ def _one_error_line(capsys):
     (["--name", "../evil"], "model name '../evil' is not allowed"),
     (["--name", "a b/c"], "is not allowed"),
     (["--name", ""], "model name '' is not allowed"),
+    (["--name=-x"], "model name '-x' is not allowed"),
     (["--limit", "0"], "--limit"), (["--limit", "-5"], "--limit"),
     (["--max-minutes", "0"], "--max-minutes"), (["--max-minutes", "-1"], "--max-minutes"),
     (["--epochs", "0"], "--epochs"), (["--folds", "-1"], "--folds"),
@@ -95,7 +96,7 @@ def test_ctrl_c_before_the_first_epoch_says_there_is_nothing_to_resume(tmp_path,
     assert "continue with --resume" in capsys.readouterr().err
 
 
-def test_limit_zero_is_not_a_full_run_and_a_limit_run_is_not_installed(tmp_path, capsys):
+def test_a_limit_run_is_not_installed(tmp_path, capsys):
     assert main(["train", "phantom_demo", "--out", "r", "--device", "cpu", "--limit", "8",
                  "--epochs", "1", "--quiet"]) == 0
     assert not (tmp_path / "models").exists()
@@ -109,3 +110,27 @@ def test_help_names_the_model_name_options_and_the_cache_folder(capsys):
     out = capsys.readouterr().out
     assert "--name" in out and "--no-install" in out and "-user" in out
     assert "RADIOGEN_CACHE_DIR" in out
+
+
+def test_every_rank_takes_the_same_user_name_and_rank_0_says_why(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Under torchrun each rank runs the CLI: a shipped config's -user name is given on every
+    rank (the engine checks the name on each), the note is printed once."""
+    from napari_radiogen.core import models
+    from napari_radiogen.core.train import engine
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "phantom-demo.safetensors").write_bytes(b"")
+    monkeypatch.setattr(models, "SHIPPED_DIR", shipped)
+    names = {}
+
+    def fake_train(cfg, out, **kw):
+        names[rank] = cfg["name"]
+        return iter(())
+    monkeypatch.setattr(engine, "train", fake_train)
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        main(["train", "phantom_demo", "--out", f"r{rank}", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert ("named phantom-demo-user" in err) == (rank == 0)
+    assert names == {0: "phantom-demo-user", 1: "phantom-demo-user"}

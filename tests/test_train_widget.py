@@ -304,3 +304,24 @@ def test_run_folder_fills_in_the_runs_settings_and_resume_uses_them(make_napari_
     w.out_dir.setText(str(tmp_path / "new"))
     w.out_dir.editingFinished.emit()
     assert w.epochs.value() == 4
+
+
+def test_the_widget_names_a_shipped_configs_model_as_the_cli_does(tmp_path, monkeypatch):
+    """No model name given, install on: a shipped config's model is named <name>-user (the
+    engine would refuse the shipped name), with the reason; a name the user gives is kept."""
+    from napari_radiogen.core import models
+    from napari_radiogen.core.train import engine
+    from napari_radiogen.napari.train_widget import TrainInputs
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "phantom-demo.safetensors").write_bytes(b"")
+    monkeypatch.setattr(models, "SHIPPED_DIR", shipped)
+    seen = []
+    monkeypatch.setattr(engine, "train", lambda cfg, out, **kw: seen.append(cfg["name"]))
+    inp = TrainInputs(config="phantom_demo", out_dir=str(tmp_path / "r"), install=True)
+    inp.factory()(None)
+    assert seen == ["phantom-demo-user"] and "phantom-demo-user" in inp.install_note
+    inp = TrainInputs(config="phantom_demo", out_dir=str(tmp_path / "r"), install=True,
+                      name="mine")
+    inp.factory()(None)
+    assert seen[-1] == "mine" and inp.install_note is None

@@ -140,25 +140,12 @@ def run(args) -> int:
     if args.name is not None:
         check_name(args.name)
     cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init, name=args.name)
-    if install and args.name is None and not args.resume:
-        from ..core.models import SHIPPED_DIR
-        from ..core.train.base import TASKS
-        name = str(cfg.get("name") or TASKS[cfg["task"]].name)
-        if (SHIPPED_DIR / f"{name}.safetensors").exists() and rank == 0:
-            cfg["name"] = f"{name}-user"
-            print(f"note: {name} is a shipped model; this run's model is named "
-                  f"{cfg['name']} so that both stay available (choose with --name, or "
-                  "--no-install)", file=sys.stderr)
-    elif install and args.name is None and args.resume:
-        # a resumed run keeps the name it started with (the run folder's config.json)
-        import json
-        from pathlib import Path
-        try:
-            saved = json.loads((Path(args.out) / "config.json").read_text()).get("name")
-        except (OSError, ValueError):
-            saved = None
-        if saved:
-            cfg["name"] = saved
+    if install and args.name is None:
+        # every rank takes the same name (the engine checks it on each); rank 0 says why
+        from ..core.train.engine import default_install_name
+        cfg["name"], why = default_install_name(cfg, args.out, resume=args.resume)
+        if why and rank == 0:
+            print(f"note: {why} (choose with --name, or --no-install)", file=sys.stderr)
     gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
                 resume=args.resume, folds=args.folds, install=install,
                 max_minutes=args.max_minutes)
@@ -194,8 +181,8 @@ def run(args) -> int:
                   "(continue with --resume)", file=sys.stderr)
         else:
             print(f"radiogen: interrupted before the first epoch ended: there is nothing to "
-                  f"resume yet; {args.out} holds only the run's config and splits (delete it "
-                  "or start again with another --out)", file=sys.stderr)
+                  f"resume yet ({args.out} holds only the run's config and splits); run the "
+                  "same command again to start over", file=sys.stderr)
         return 130
     except Cancelled:
         end_line()

@@ -57,6 +57,12 @@ class TrainInputs:
         cfg = load_config(self.config, **over)
         if self.init == "":
             cfg.pop("init", None)
+        self.install_note = None
+        if self.install and not self.name:
+            # the CLI's rule: a resumed run keeps its name, a shipped config's becomes -user
+            from ..core.train.engine import default_install_name
+            cfg["name"], self.install_note = default_install_name(cfg, self.out_dir,
+                                                                  resume=self.resume)
 
         def gen(token):
             return train(cfg, self.out_dir, device=self.device, epochs=self.epochs,
@@ -700,6 +706,11 @@ class TrainingWidget(QWidget):
         self.resume_btn.setEnabled(not running and bool(self.out_dir.text().strip()))
         self.cancel_btn.setEnabled(running)
 
+    def _has_checkpoint(self) -> bool:
+        from ..core.train.checkpoint import CHECKPOINT
+        out = self.out_dir.text().strip()
+        return bool(out) and (Path(out) / CHECKPOINT).exists()
+
     def _say(self, text: str) -> None:
         """A status that is not a progress update (its whole text also in the tooltip)."""
         self.status.setText(text)
@@ -737,10 +748,12 @@ class TrainingWidget(QWidget):
         self.result = None
         self._latest = None
         self._cancelling = False
-        self._say(("resuming..." if resume else "starting...") + note)
-        if note:
+        named = getattr(inp, "install_note", None)
+        self._say(("resuming..." if resume else "starting...") + note
+                  + (f" ({named})" if named else ""))
+        if note or named:
             from napari.utils.notifications import show_info
-            show_info(f"Training: resuming{note}")
+            show_info(f"Training: {'resuming' + note if note else named}")
         self._set_running(True)
         # notify=False: the widget words the notifications itself (widget_terms)
         self.job = start_job(factory, name="Training", on_progress=self._on_progress,
@@ -754,7 +767,9 @@ class TrainingWidget(QWidget):
         if self.job is not None and not self.job.done:
             self.job.cancel()
             self._cancelling = True
-            self._say("cancelling: the last good checkpoint is kept (Resume continues)")
+            self._say("cancelling: " + (
+                "the last good checkpoint is kept (Resume continues)" if self._has_checkpoint()
+                else "no epoch has ended yet, so there will be nothing to resume"))
 
     def _on_progress(self, p) -> None:
         """Keeps the newest progress (curve points are all kept); shows it at most every
@@ -825,8 +840,12 @@ class TrainingWidget(QWidget):
         self._stop_updates()
         if job.cancelled:   # also when the run ended by itself just as the user cancelled
             from napari.utils.notifications import show_info
-            self._say(f"cancelled; the last good checkpoint is in {self.out_dir.text()}"
-                      " (Resume continues)")
+            if self._has_checkpoint():
+                self._say(f"cancelled; the last good checkpoint is in {self.out_dir.text()}"
+                          " (Resume continues)")
+            else:
+                self._say("cancelled before the first epoch ended: there is nothing to "
+                          "resume; Start begins the run again")
             show_info("Training: cancelled")
         self._cancelling = False
         self._set_running(False)

@@ -61,8 +61,9 @@ TOP_KEYS = ("name", "description", "task", "data", "labels", "model", "train", "
             "test_fraction", "final", "seed", "init", "sequences", "target", "positive",
             "missing_labels", "phantom", "synthesis", "cache_dir", "limit")
 TRAIN_KEYS = tuple(TRAIN_DEFAULTS) + ("pct_start", "find_unused_parameters")
-#: a model name: letters, digits, '.', '_' and '-', not starting with '.' (it names files)
-NAME_RE = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+#: a model name: letters, digits, '.', '_' and '-', starting with a letter, digit or '_' (it
+#: names files; a leading '-' would read as an option on the command line)
+NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
 
 
 def check_name(name: Any) -> str:
@@ -71,7 +72,7 @@ def check_name(name: Any) -> str:
     import re
     if not isinstance(name, str) or not re.fullmatch(NAME_RE, name) or len(name) > 120:
         raise ConfigError(f"model name {name!r} is not allowed: use letters, digits, '.', '_' "
-                          "and '-' only (no spaces or path separators, not starting with '.')")
+                          "and '-' only (no spaces or path separators, not starting with '.' or '-')")
     return name
 
 

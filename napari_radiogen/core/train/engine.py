@@ -36,7 +36,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .. import progress as _progress
 from ..errors import ConfigError
@@ -949,6 +949,31 @@ def _check_install_name(task: TrainTask, cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"installing the model as {name!r} {what}: give the run "
                           "its own name (`name:` in the config, `radiogen train --name`, or "
                           "the Training widget's model name), or do not install it")
+
+
+def default_install_name(cfg: Dict[str, Any], out_dir: Union[str, Path], *,
+                         resume: bool = False) -> Tuple[str, Optional[str]]:
+    """The name a run installs its model under when the user gave none, and a note saying why
+    when it is not the config's: a resumed run keeps the name it started with (the run
+    folder's ``config.json``); a shipped config's name (which would hide the shipped model)
+    becomes ``<name>-user``, so both stay available. One rule for the CLI and the Training
+    widget; a name the user gives is theirs (:func:`_check_install_name` refuses a colliding
+    one)."""
+    from ..models import SHIPPED_DIR
+    from .base import TASKS
+    name = str(cfg.get("name") or TASKS[cfg["task"]].name)
+    if resume:
+        try:
+            saved = json.loads((Path(out_dir) / "config.json").read_text()).get("name")
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        if saved:
+            return str(saved), None
+    if (SHIPPED_DIR / f"{name}.safetensors").exists():
+        user = f"{name}-user"
+        return user, (f"{name} is a shipped model; this run's model is named {user} so that "
+                      "both stay available")
+    return name, None
 
 
 def trained_on(task: TrainTask, ids: List[str]) -> List[str]:
