@@ -178,7 +178,7 @@ def test_analyze_cohort_goes_on_past_any_exception(models, tmp_path, capsys, mon
     assert sorted(r["status"] for r in rows) == ["done", "failed"]
     bad = next(r for r in rows if r["status"] == "failed")
     assert bad["message"] == "OSError: disk on fire" and bad["case_id"] == "PACK1"
-    assert "path" not in bad          # de-identified: the case's file name stays out
+    assert bad["path"] == ""          # de-identified: the case's file name stays out
     assert (out / "PACK0" / "analysis.json").exists()
 
 

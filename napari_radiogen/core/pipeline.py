@@ -584,11 +584,12 @@ def _strip_folder(text: str, path: os.PathLike) -> str:
 
 
 def _write_summary(out: Path, items: List[CohortItem], deidentify: bool = True) -> Path:
-    """One row per case; the case's path (a folder or file name may hold a patient's name) only
-    when the outputs are not de-identified."""
+    """One row per case; the case's path (a folder or file name may hold a patient's name) is
+    left empty when the outputs are de-identified."""
     rows = []
     for it in items:
-        row = {} if deidentify else {"path": it.path}
+        # the column stays (readers by position), empty when de-identified
+        row = {"path": "" if deidentify else it.path}
         msg = _strip_folder(it.message, it.path) if deidentify else it.message
         row.update({"case_id": it.case_id or "", "status": it.status, "message": msg})
         row.update(it.summary)

@@ -51,8 +51,6 @@ class CohortWidget(QWidget):
         self.analyzer: Optional[Analyzer] = None
         self.open_job = None
         self._pending: Optional[int] = None           # the case being opened (or last tried)
-        self._inserting = False                       # its new layers are going in, one a turn
-        self._shown_results = 0
 
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder of cases (case folders or .h5 packs)")
@@ -176,18 +174,12 @@ class CohortWidget(QWidget):
             yield Progress("open", 0, 1, path.name)
             yield prepare_case_layers(path, out_dir, cancel=tok)
 
-        def shown():
-            self._inserting = False
+        def show(prepared):
+            swap_cohort_layers(self.viewer, prepared)
             self.current = i
             self._refresh()
-            extra = f", with its results from {out_dir}" if self._shown_results else ""
+            extra = f", with its results from {out_dir}" if prepared.n_results else ""
             self.info.setText(f"{path.name} ({i + 1}/{n}){extra}")
-
-        def show(prepared):
-            self._inserting = True
-            self._shown_results = prepared.n_results
-            swap_cohort_layers(self.viewer, prepared)
-            shown()
 
         def failed(exc):
             from ..core.errors import error_text
@@ -203,8 +195,8 @@ class CohortWidget(QWidget):
 
     @property
     def opening(self) -> bool:
-        """A case is being read, or its layers are being put in the viewer."""
-        return (self.open_job is not None and not self.open_job.done) or self._inserting
+        """A case is being read (its layers go in when the job delivers them)."""
+        return self.open_job is not None and not self.open_job.done
 
     def _results_dir(self) -> Optional[str]:
         """Where this widget's cohort job writes (or wrote); None before a folder is chosen."""

@@ -297,9 +297,8 @@ class _Curves(QObject):
         snap["metric"] = self.metric_name
         return snap
 
-    def draw(self, force: bool = False) -> None:
-        """Render the current data (on the background thread; ``force`` is kept for callers
-        of the older API: every call renders)."""
+    def draw(self) -> None:
+        """Render the current data (on the background thread)."""
         snap = self.snapshot()
         try:
             snap["size"] = (max(320, self.label.width()), max(200, self.label.height()))
