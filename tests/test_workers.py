@@ -245,7 +245,8 @@ def test_closing_the_dock_panel_cancels_its_job(make_napari_viewer, qtbot):
 
 def test_a_job_does_not_load_torch_in_the_main_thread(tmp_path):
     """In a process that has not loaded torch (the Survival widget's), starting a job must not
-    load it in the Qt main thread (seconds, the first time): the worker loads it."""
+    load it in the Qt main thread (seconds, the first time): the worker loads it, and a job
+    that says it uses no models does not load it at all."""
     import subprocess
     import sys
     import textwrap
@@ -264,6 +265,9 @@ def test_a_job_does_not_load_torch_in_the_main_thread(tmp_path):
         assert "torch" not in sys.modules, "torch loaded on import"
         def gen(tok):
             yield 41 + 1
+        job = start_job(gen, name="t", progress_bar=False, notify=False, uses_torch=False)
+        assert job.wait(60) and job.result == 42
+        assert "torch" not in sys.modules, "a job without models loaded torch"
         job = start_job(gen, name="t", progress_bar=False, notify=False)
         assert job.wait(60) and job.result == 42
         print("torch loaded in:", Spy.where)

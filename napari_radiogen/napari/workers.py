@@ -191,7 +191,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
               on_finished: Optional[Callable[["Job"], None]] = None,
               viewer: Any = None, owner: Any = None, progress_bar: bool = True,
               notify: bool = True, progress_interval: Optional[float] = None,
-              coalesce_stages: bool = False, leave_core: bool = True) -> Job:
+              coalesce_stages: bool = False, leave_core: bool = True,
+              uses_torch: bool = True) -> Job:
     """Run ``gen_factory(token)`` on a worker thread; callbacks run in the main thread.
 
     ``on_yield`` receives every non-Progress item as it arrives (e.g. a pipeline stage's
@@ -205,6 +206,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     once), for docks whose every update repaints much; the newest update is still never lost.
     ``leave_core``: run torch on :func:`viewer_threads` threads in the worker (model inference);
     False keeps torch's own thread count (training, where throughput comes first).
+    ``uses_torch=False``: a job without models (a survival fit, a table) does not load torch
+    to set its thread count (seconds, the first time in a process).
     """
     interval = PROGRESS_INTERVAL if progress_interval is None else float(progress_interval)
     if "torch" in sys.modules:
@@ -232,9 +235,12 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
 
     def _work():
         # set on every job: the count is per thread (OpenMP, MKL) and pool threads are reused;
-        # torch also keeps it as the default of threads that start later, restored below
-        import torch
-        torch.set_num_threads(viewer_threads() if leave_core else torch_default_threads())
+        # torch also keeps it as the default of threads that start later, restored below. A job
+        # without models (uses_torch=False) does not load torch for that, unless it is loaded
+        torch = None
+        if uses_torch or "torch" in sys.modules:
+            import torch
+            torch.set_num_threads(viewer_threads() if leave_core else torch_default_threads())
         gen = gen_factory(token)
         last = None
         try:
@@ -248,7 +254,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
             close = getattr(gen, "close", None)
             if close is not None:
                 close()
-            torch.set_num_threads(torch_default_threads())
+            if torch is not None:
+                torch.set_num_threads(torch_default_threads())
         return last
 
     def _deliver_progress(item: Progress) -> None:
