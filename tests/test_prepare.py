@@ -341,6 +341,32 @@ def test_crop_box():
     assert crop_box(np.zeros((4, 5, 6), bool)) == (slice(0, 4), slice(0, 5), slice(0, 6))
 
 
+def test_is_skull_stripped_on_volumes_and_slices():
+    """Zero background all around (BraTS-like) is skull-stripped for a volume and, with the
+    same rule (four edges instead of six faces), for a 2D slice; noise there, or an object
+    touching the border, is not; other dimensions are not judged. An all-zero volume is (as
+    before: prepare then masks the non-zero voxels, i.e. none)."""
+    rng = np.random.default_rng(3)
+    vol = np.zeros((10, 40, 40), np.float32)
+    yy, xx = np.mgrid[:40, :40]
+    vol[2:8, (yy - 20) ** 2 + (xx - 20) ** 2 < 12 ** 2] = 200.0
+    assert is_skull_stripped(vol) and is_skull_stripped(vol[5])
+    noisy = vol + rng.uniform(1, 10, vol.shape).astype(np.float32)
+    assert not is_skull_stripped(noisy) and not is_skull_stripped(noisy[5])
+    edge = vol[5].copy()
+    edge[:, :8] = 50.0                               # touches a fifth of the border: not
+    assert not is_skull_stripped(edge)
+    mostly = vol[5].copy()
+    mostly[0, :4] = 7.0                              # a few non-zero border pixels: still is
+    assert is_skull_stripped(mostly)
+    full = np.full((40, 40), 5.0, np.float32)        # no zeros at all
+    full[10:30, 10:30] = 100.0
+    assert not is_skull_stripped(full)
+    assert is_skull_stripped(np.zeros((4, 5, 6)))
+    assert not is_skull_stripped(vol[5, 20]) and not is_skull_stripped(vol[None])
+    assert not is_skull_stripped(np.zeros((0, 5)))
+
+
 def test_to_native_rejects_wrong_shape():
     p = prepare(make_phantom(0), SEQ)
     with pytest.raises(GeometryError):

@@ -132,6 +132,84 @@ def test_classify_volume_reports_the_caveat(tiny_model):
     assert table.axis == 0 and table.n_empty == sum(table.empty)
 
 
+def _disk_png(path, noisy, seed):
+    """A 8-bit 'slice': a bright disk on an exactly-zero background (skull-stripped-like), or
+    on a noisy background (as scans with skull)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :72]
+    img = np.zeros((64, 72), np.float32)
+    img[(yy - 32) ** 2 + (xx - 36) ** 2 < 22 ** 2] = 120.0
+    img += rng.uniform(0, 60, img.shape) * (img > 0)
+    if noisy:
+        img += rng.uniform(1, 25, img.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_classify_images_says_how_many_look_skull_stripped(tmp_path, tiny_model, monkeypatch,
+                                                          capsys):
+    """A folder of images: the table's caveat counts the skull-stripped-like images (and names
+    a few), the CLI prints it; a folder of images with noisy backgrounds gets none."""
+    folder = tmp_path / "imgs"
+    for i in range(2):
+        _disk_png(folder / f"stripped_{i}.png", noisy=False, seed=i)
+    for i in range(3):
+        _disk_png(folder / "sub" / f"skull_{i}.png", noisy=True, seed=10 + i)
+    table = progress.run(triage.classify_images(folder, tiny_model))
+    assert len(table.names) == 5 and table.caveat is not None
+    assert table.caveat.startswith("2 of 5 images look skull-stripped")
+    assert "stripped_0.png" in table.caveat and "stripped_1.png" in table.caveat
+    assert "skull_" not in table.caveat and "may be wrong" in table.caveat
+    clean = progress.run(triage.classify_images(folder / "sub", tiny_model))
+    assert len(clean.names) == 3 and clean.caveat is None
+    # one image given as a file
+    one = progress.run(triage.classify_images([folder / "stripped_0.png"], tiny_model))
+    assert one.caveat.startswith("1 of 1 images")
+    many = triage.images_caveat([f"{i}.png" for i in range(5)], 9)
+    assert many.startswith("5 of 9") and "0.png, 1.png, 2.png, ..." in many
+
+    from napari_radiogen.cli import main
+    monkeypatch.setattr(triage, "load_triage_model", lambda *a, **k: tiny_model)
+    assert main(["classify-slices", str(folder), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 of 5 images look skull-stripped" in out
+    assert main(["classify-slices", str(folder / "sub"), "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    assert "skull-stripped" not in capsys.readouterr().out
+
+
+def test_task_metrics_are_the_evaluate_metrics():
+    """The triage training task scores as ``radiogen evaluate`` does: a class absent from the
+    truth has no recall (None; NaN in the CV scalars) and is left out of the macro F1, which
+    equals the core's; with every class present both agree with sklearn's macro F1."""
+    from sklearn.metrics import f1_score
+    from napari_radiogen.core.evaluate.metrics import classification_metrics as core
+    from napari_radiogen.core.train.tasks.triage import classification_metrics, flat_metrics
+
+    y = [0, 0, 1, 1, 2]                                 # no 'notumor' case
+    prob = np.eye(4)[[0, 1, 1, 1, 3]]                   # one pituitary called notumor
+    m = classification_metrics(y, prob)
+    c = core(y, prob, classes=list(triage.CLASSES))
+    assert m["macro_f1"] == pytest.approx(c["f1"])
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)   # not / 4
+    assert m["recall"] == {k: c["recall_per_class"][k] for k in triage.CLASSES}
+    assert m["recall"]["notumor"] is None and m["f1"]["notumor"] is None
+    assert m["precision"]["pituitary"] is None and m["precision"]["notumor"] == 0.0
+    assert m["support"] == {"glioma": 2, "meningioma": 2, "pituitary": 1, "notumor": 0}
+    assert m["accuracy"] == pytest.approx(0.6) and m["confusion"] == c["confusion"]
+    f = flat_metrics(m)
+    assert np.isnan(f["recall_notumor"]) and f["recall_glioma"] == 0.5
+    assert f["score"] == f["macro_f1"] == pytest.approx(m["macro_f1"])
+
+    y4 = [0, 1, 2, 3, 0, 1, 2, 3]
+    p4 = np.eye(4)[[0, 1, 2, 3, 1, 1, 3, 3]]
+    m4 = classification_metrics(y4, p4)
+    assert m4["macro_f1"] == pytest.approx(f1_score(y4, p4.argmax(1), average="macro"))
+    assert m4["macro_f1"] == pytest.approx(core(y4, p4)["f1"])
+
+
 def test_classify_volume_cancels(tiny_model):
     tok = progress.CancelToken()
     tok.cancel()

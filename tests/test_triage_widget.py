@@ -291,3 +291,49 @@ def test_widget_caveat_next_to_the_call(make_napari_viewer, qtbot, tiny_model_fi
     qtbot.waitUntil(lambda: w.last_result is not None and _idle(w)
                     and w.last_result[0].layer_name == "zero background", timeout=15000)
     assert w.caveat_label.isVisibleTo(w) and "zero background" in w.caveat_label.text()
+
+
+def test_widget_slices_a_layer_with_fewer_dims_than_the_viewer(make_napari_viewer, qtbot,
+                                                               tiny_model_file):
+    """A 4D layer makes the viewer 4D; the 3D layer selected is sliced as napari slices it
+    (``Layer._world_to_layer_dims``): with dims.order (3, 0, 1, 2) napari shows the layer's
+    axes (0, 1) and slices its axis 2 (world axis 3) -- not axes (1, 2) and axis 0. The
+    classified slice, "Classify all slices" and the plot marker all use that axis."""
+    from napari_radiogen.napari.triage_widget import TumourTypeWidget
+
+    viewer = make_napari_viewer()
+    vol = _volume()
+    viewer.add_image(np.stack([vol, vol[::-1]]), name="4d")          # (2, 20, 48, 56)
+    layer = viewer.add_image(vol, name="flair")
+    assert viewer.dims.ndim == 4
+    w = TumourTypeWidget(viewer)
+    qtbot.addWidget(w)
+    w.model_combo.setCurrentText(TINY)
+    w.layer_combo.setCurrentText("flair")
+    model = triage.load_triage_model(TINY)
+    viewer.dims.current_step = (1, 5, 20, 30)
+    qtbot.waitUntil(lambda: w.last_result is not None and _idle(w)
+                    and w.last_result[0].layer_name == "flair"
+                    and w.last_result[0].position == 5, timeout=15000)
+    assert w.last_result[0].axis == 0 and w.last_result[0].displayed == (1, 2)
+
+    viewer.dims.order = (3, 0, 1, 2)
+    qtbot.waitUntil(lambda: w.last_result[0].axis == 2 and _idle(w), timeout=15000)
+    req = w.last_result[0]
+    assert req.displayed == (0, 1) and req.position == 30 and req.index == (30,)
+    shown = np.asarray(layer._data_view)                 # what napari draws for the layer
+    np.testing.assert_array_equal(shown, vol[:, :, 30])
+    exp = triage.classify_slice(vol[:, :, 30], model)
+    np.testing.assert_allclose(_shown_probs(w), [exp.probs[c] for c in triage.CLASSES],
+                               atol=5.1e-3)
+    assert "slice 30 (axis 2)" in w.prediction_label.text()
+
+    w.classify_all()
+    qtbot.waitUntil(lambda: w.volume_result is not None and _idle(w), timeout=20000)
+    _, table = w.volume_result
+    assert table.axis == 2 and table.probs.shape == (vol.shape[2], 4)
+    np.testing.assert_allclose(table.probs[30], [exp.probs[c] for c in triage.CLASSES],
+                               atol=1e-4)
+    assert w._vline.get_visible() and list(w._vline.get_xdata()) == [30, 30]
+    viewer.dims.current_step = (1, 5, 20, 12)
+    assert list(w._vline.get_xdata()) == [12, 12]

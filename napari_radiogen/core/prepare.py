@@ -253,15 +253,18 @@ def _reference_name(case: Case, reference: Optional[str]) -> str:
 # ------------------------------------------------------------------------------------------
 def is_skull_stripped(array: np.ndarray, *, min_zero_fraction: float = 0.25,
                       min_border_zero_fraction: float = 0.9) -> bool:
-    """True when the background is exactly 0 (BraTS-like): at least a quarter of the volume is
-    0 and nearly all of its outer shell is 0. Native scans have noise (few exact zeros)."""
+    """True when the background is exactly 0 (BraTS-like): at least a quarter of the volume (or,
+    for a 2D slice, of the pixels) is 0 and nearly all of its outer shell (the six faces of a
+    volume, the four edges of a slice) is 0. Native scans have noise (few exact zeros). Other
+    dimensions, and empty arrays, are False; an all-zero array is True (callers that must not
+    judge a blank image check that themselves)."""
     a = np.asarray(array)
-    if a.ndim != 3 or a.size == 0:
+    if a.ndim not in (2, 3) or a.size == 0:
         return False
     if np.count_nonzero(a == 0) < min_zero_fraction * a.size:
         return False
-    shell = np.concatenate([a[0].ravel(), a[-1].ravel(), a[:, 0].ravel(), a[:, -1].ravel(),
-                            a[:, :, 0].ravel(), a[:, :, -1].ravel()])
+    shell = np.concatenate([face.ravel() for ax in range(a.ndim)
+                            for face in (np.take(a, 0, axis=ax), np.take(a, -1, axis=ax))])
     return bool(np.count_nonzero(shell == 0) >= min_border_zero_fraction * shell.size)
 
 

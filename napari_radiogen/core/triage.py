@@ -55,6 +55,10 @@ TRIAGE_NOTE = ("Trained on 2D MRI slices from public collections (Kaggle 'Brain 
 SKULL_STRIPPED_CAVEAT = ("looks skull-stripped ({why}); the model was trained on slices with "
                          "skull: this call may be wrong")
 
+SKULL_STRIPPED_IMAGES_CAVEAT = ("{n} of {m} images look skull-stripped (zero background around "
+                                "the brain: {examples}); the model was trained on slices with "
+                                "skull: their calls may be wrong")
+
 PLANE_NAMES = ("axial", "coronal", "sagittal")   # axes 0, 1, 2 of a (z, y, x) LPS volume
 
 
@@ -171,22 +175,15 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     return arr
 
 
-def _zero_background(a: np.ndarray, min_zero_fraction: float = 0.25,
-                     min_border_zero_fraction: float = 0.9) -> bool:
-    """True when the background is exactly 0 around something (2D or 3D): at least a quarter of
-    the pixels are 0 and nearly all of the outer border is 0 (as
-    :func:`napari_radiogen.core.prepare.is_skull_stripped`, for slices too). Scans with skull,
-    and the 8-bit slices the models were trained on, have noise there (few exact zeros)."""
+def _zero_background(a: np.ndarray) -> bool:
+    """True when the background is exactly 0 around something (2D slice or 3D volume):
+    :func:`napari_radiogen.core.prepare.is_skull_stripped`, except that a blank (all-zero)
+    image has nothing to judge. Scans with skull, and the 8-bit slices the models were trained
+    on, have noise there (few exact zeros)."""
+    from .prepare import is_skull_stripped
+
     a = np.asarray(a)
-    if a.ndim not in (2, 3) or a.size == 0 or not np.any(a):
-        return False
-    if np.count_nonzero(a == 0) < min_zero_fraction * a.size:
-        return False
-    faces = []
-    for ax in range(a.ndim):
-        faces += [np.take(a, 0, axis=ax).ravel(), np.take(a, -1, axis=ax).ravel()]
-    shell = np.concatenate(faces)
-    return bool(np.count_nonzero(shell == 0) >= min_border_zero_fraction * shell.size)
+    return bool(a.size) and bool(np.any(a)) and is_skull_stripped(a)
 
 
 def domain_caveat(array: Optional[np.ndarray] = None, case_id: Optional[str] = None
@@ -368,7 +365,8 @@ def classify_images(paths: Union[str, Path, Sequence[Union[str, Path]]], model,
                     cancel: Optional[CancelToken] = None, batch_size: int = 64
                     ) -> Iterator[Union[Progress, TriageTable]]:
     """Generator: classify image files (a file, a folder searched recursively, or a list of
-    files). Yields Progress, then a :class:`TriageTable` (names relative to the folder)."""
+    files). Yields Progress, then a :class:`TriageTable` (names relative to the folder) whose
+    ``caveat`` says how many images look skull-stripped (:func:`images_caveat`), if any."""
     if isinstance(paths, (str, Path)):
         items = collect_images(paths)
     else:
@@ -376,19 +374,31 @@ def classify_images(paths: Union[str, Path, Sequence[Union[str, Path]]], model,
     if not items:
         raise CaseLoadError(f"no images ({', '.join(IMAGE_EXTS)}) found in {paths}")
     size = model_input_size(model)
-    probs, empty = [], []
+    probs, empty, stripped = [], [], []
     total = len(items)
     yield Progress("classify", 0, total, "reading images")
     for i in range(0, total, batch_size):
         _progress.check(cancel)
         chunk = items[i:i + batch_size]
-        x, infos = normalise_slices([read_image(p) for _, p in chunk], size, return_info=True)
+        imgs = [read_image(p) for _, p in chunk]
+        x, infos = normalise_slices(imgs, size, return_info=True)
         probs.append(predict_normalised(model, x))
         empty += [inf is None for inf in infos]
+        stripped += [name for (name, _), img in zip(chunk, imgs) if _zero_background(img)]
         yield Progress("classify", min(i + batch_size, total), total)
     yield TriageTable(names=[n for n, _ in items], probs=np.concatenate(probs),
                       classes=model_classes(model), model=getattr(model, "name", ""),
-                      empty=empty)
+                      empty=empty, caveat=images_caveat(stripped, total))
+
+
+def images_caveat(stripped: Sequence[str], total: int, shown: int = 3) -> Optional[str]:
+    """The caveat of a set of images, ``stripped`` of them (names) looking skull-stripped
+    (:func:`domain_caveat`): "N of M images look skull-stripped (...: a.png, b.png, ...)";
+    None when none does."""
+    if not stripped:
+        return None
+    names = ", ".join(list(stripped)[:shown]) + (", ..." if len(stripped) > shown else "")
+    return SKULL_STRIPPED_IMAGES_CAVEAT.format(n=len(stripped), m=total, examples=names)
 
 
 def _volume_of(volume_or_case, sequence: Optional[str] = None):

@@ -7,7 +7,8 @@ job runs, newer requests only mark the widget as "pending", and when the job end
 slice is classified (stale slices are never queued).
 
 The slice is the one napari shows: the displayed axes are the last two of ``viewer.dims.order``
-(mapped onto the layer's own axes as napari does) and the slicing axis is the one before them.
+(mapped onto the layer's own axes as napari does: ``Layer._world_to_layer_dims``) and the
+slicing axis is the one before them.
 In a 3D view the widget keeps working on that 2D slice (and says so). "Classify all slices"
 runs along the same slicing axis; the per-slice plot and its summary belong to the layer they
 were computed on and are hidden while another layer is selected (dropped when it goes away).
@@ -291,13 +292,30 @@ class TumourTypeWidget(QWidget):
 
     # -- slice selection -----------------------------------------------------------------------
     def _layer_order(self, layer) -> Tuple[int, ...]:
-        """The layer's axes in the viewer's order (as napari slices a layer with fewer
-        dimensions than the viewer: the last ``ndim`` entries of ``dims.order``, re-ranked)."""
-        nd = layer.ndim
-        order = tuple(self.viewer.dims.order)[-nd:]
-        if len(order) != nd:                               # pragma: no cover - defensive
+        """The layer's axes in the viewer's order, mapped as napari slices a layer with fewer
+        dimensions than the viewer (``Layer._world_to_layer_dims``): the layer's axis ``i`` is
+        world axis ``offset + i`` (``offset`` = viewer ndim - layer ndim), so the entries of
+        ``dims.order`` >= ``offset``, minus ``offset``. With a 4D viewer, a 3D layer and the
+        order (3, 0, 1, 2) napari shows the layer's axes (0, 1) and slices its axis 2."""
+        nd = int(layer.ndim)
+        world = np.asarray(self.viewer.dims.order, dtype=int)
+        ndim_world = int(self.viewer.dims.ndim)
+        order = None
+        fn = getattr(layer, "_world_to_layer_dims", None)      # napari's own (private) mapping
+        if callable(fn):
+            try:
+                order = tuple(int(i) for i in fn(world_dims=world, ndim_world=ndim_world))
+            except Exception:                                    # pragma: no cover - API drift
+                order = None
+        if order is None or sorted(order) != list(range(nd)):
+            offset = ndim_world - nd                             # the same rule, by hand
+            if offset >= 0:
+                order = tuple(int(i) for i in world[world >= offset] - offset)
+            else:                                                # pragma: no cover - defensive
+                order = tuple(range(-offset)) + tuple(int(i) - offset for i in world)
+        if sorted(order) != list(range(nd)):                     # pragma: no cover - defensive
             return tuple(range(nd))
-        return tuple(int(i) for i in np.argsort(np.argsort(order)))
+        return order
 
     def view_axes(self, layer) -> Tuple[Optional[int], Tuple[int, int]]:
         """(slicing axis, (row axis, column axis)) in layer data order, as napari shows the

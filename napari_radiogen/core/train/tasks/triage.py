@@ -164,21 +164,37 @@ def augment_batch(x, rng: np.random.Generator):
 
 
 def classification_metrics(y_true: Sequence[int], prob: np.ndarray) -> Dict[str, Any]:
-    """Accuracy, macro-F1, per-class recall/precision/F1 and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    """Accuracy, macro-F1, per-class recall/precision/F1 and the confusion matrix, with the
+    definitions of :func:`napari_radiogen.core.evaluate.metrics.classification_metrics` (so the
+    training CV tables and ``radiogen evaluate`` agree): an undefined value is None, not 0 --
+    the recall and F1 of a class absent from the truth, the precision of a class never
+    predicted (F1 is 0 for a class in the truth never rightly predicted) -- and ``macro_f1``
+    averages the per-class F1 over the classes present in the truth."""
+    from ...evaluate.metrics import classification_metrics as core_metrics
 
     y_true = np.asarray(y_true, dtype=int)
-    pred = np.asarray(prob).argmax(1)
-    labels = list(range(len(CLASSES)))
-    p, r, f, n = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
+    prob = np.asarray(prob, dtype=float)
+    m = core_metrics(y_true, prob, classes=list(CLASSES))
+    cm = np.asarray(m["confusion"])
+    tp, in_truth, in_pred = np.diag(cm), cm.sum(1), cm.sum(0)
+    recall = [m["recall_per_class"][c] for c in CLASSES]
+    precision = [float(tp[i] / in_pred[i]) if in_pred[i] else None for i in range(len(CLASSES))]
+    f1 = []
+    for r, p in zip(recall, precision):          # as the core's macro F1 is made of
+        if r is None:
+            f1.append(None)
+        elif p is None or r + p == 0:
+            f1.append(0.0)
+        else:
+            f1.append(2 * r * p / (r + p))
     return {
-        "accuracy": float(accuracy_score(y_true, pred)),
-        "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
-        "recall": {c: float(v) for c, v in zip(CLASSES, r)},
-        "precision": {c: float(v) for c, v in zip(CLASSES, p)},
-        "f1": {c: float(v) for c, v in zip(CLASSES, f)},
-        "support": {c: int(v) for c, v in zip(CLASSES, n)},
-        "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
+        "accuracy": m["accuracy"],
+        "macro_f1": m["f1"],
+        "recall": dict(zip(CLASSES, recall)),
+        "precision": dict(zip(CLASSES, precision)),
+        "f1": dict(zip(CLASSES, f1)),
+        "support": {c: int(v) for c, v in zip(CLASSES, in_truth)},
+        "confusion": cm.tolist(),
         "confusion_axes": "rows = true class, columns = predicted class, order " + ", ".join(CLASSES),
         "n": int(len(y_true)),
     }
@@ -196,12 +212,17 @@ def baseline_features(x: np.ndarray) -> np.ndarray:
 
 
 def flat_metrics(m: Dict[str, Any]) -> Dict[str, Any]:
-    """Scalar view for the engine's CV tables: accuracy, macro_f1, recall_<class>, n, score;
-    the nested entries (confusion matrix, per-class dicts) are kept too."""
+    """Scalar view for the engine's CV tables: accuracy, macro_f1, recall_<class>, n, score
+    (an undefined value -- the recall of a class absent from the fold -- is NaN, which the CV
+    summary leaves out of the mean and ``radiogen evaluate`` reports as not computed); the
+    nested entries (confusion matrix, per-class dicts with None) are kept too."""
+    def num(v):
+        return float("nan") if v is None else float(v)
     out = dict(m)
     for c, v in m["recall"].items():
-        out[f"recall_{c}"] = v
-    out["score"] = m["macro_f1"]
+        out[f"recall_{c}"] = num(v)
+    out["macro_f1"] = num(m["macro_f1"])
+    out["score"] = out["macro_f1"]
     return out
 
 
