@@ -343,3 +343,18 @@ def test_napari_reader_tells_about_an_oblique_single_file(tmp_path, monkeypatch)
     f = save(tmp_path / "Q_t1.nii.gz", data(), QFORM, 1, SFORM, 2)
     read_path(str(f))
     assert any("using the sform" in m for m in said), said
+
+
+def test_reader_warnings_reach_the_results_that_use_the_files():
+    """What the readers said about a case's files (case.meta["warnings"], "<seq> (<file>):
+    ...") reaches the prepared case of the sequences used, hence the segmentation's warnings;
+    a warning about a sequence not used stays out."""
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.prepare import prepare as prepare_case
+    case = make_phantom(0)
+    said = ["t1 (P_t1.nii.gz): qform and sform differ by 67 mm; using the sform",
+            "t2 (P_t2.nii.gz): sheared grid"]
+    case.meta["warnings"] = list(said)
+    prep = prepare_case(case, ["t1", "flair"])
+    assert said[0] in prep.warnings and said[1] not in prep.warnings
+    assert said[1] in prepare_case(case, ["t2"]).warnings

@@ -775,6 +775,11 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         np.copyto(out[i], np.float32(0.0), where=out_i)
         params[s] = p
     warnings.extend(coverage_warnings(seqs, ref, fov, in_mask, mask_method))
+    # what the file readers said about the files used (a qform/sform conflict, a sheared grid:
+    # core.io), "<sequence> (<file>): ..." in the case's meta
+    used = set(seqs) | {ref, "labels"}
+    warnings.extend(w for w in case.meta.get("warnings") or []
+                    if str(w).split(" ", 1)[0] in used and w not in warnings)
 
     return PreparedCase(
         array=out, sequences=tuple(seqs), mask=m, box=tuple(box), geometry=geom,
