@@ -395,3 +395,25 @@ def test_vit_token_gradcam_is_not_empty():
     cam = triage.gradcam_slice(img, m)
     assert cam.heatmap.shape == img.shape and cam.heatmap.max() > 0
     assert cam.heatmap[:3].max() == 0.0
+
+
+def test_baseline_places_probabilities_in_their_class_columns():
+    """A fold whose training slices lack a class: the logistic baseline's probabilities go in
+    the columns of the classes it saw (clf.classes_), not shifted onto the wrong classes."""
+    from types import SimpleNamespace
+    from napari_radiogen.core.train.tasks.triage import Triage2DTask
+    rng = np.random.default_rng(0)
+
+    def slices(labels):
+        x = np.zeros((len(labels), 1, 32, 32), np.float32)
+        for i, c in enumerate(labels):           # each class its own bright quadrant
+            r, q = divmod(int(c), 2)
+            x[i, 0, 16 * r:16 * r + 16, 16 * q:16 * q + 16] = 0.8 + 0.1 * rng.random()
+        return SimpleNamespace(x=x, y=np.asarray(labels))
+    train = slices([0, 1, 3] * 8)                 # no slice of class 2 in training
+    test = slices([0, 1, 3, 0, 1, 3])
+    task = Triage2DTask.__new__(Triage2DTask)
+    task.dataset = lambda ids: train if ids == "train" else test
+    m = task.baseline("train", "test")
+    assert m["accuracy"] == 1.0
+    assert all(m[f"recall_{triage.CLASSES[c]}"] == 1.0 for c in (0, 1, 3))

@@ -347,7 +347,11 @@ class Triage2DTask(TrainTask):
         tr, te = self.dataset(train_ids), self.dataset(test_ids)
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         clf.fit(baseline_features(tr.x), tr.y)
-        prob = clf.predict_proba(baseline_features(te.x))
+        got = clf.predict_proba(baseline_features(te.x))
+        # one column per class the fold's training slices hold (clf.classes_): placed in the
+        # columns of all the classes, so a class absent from training gets probability 0
+        prob = np.zeros((len(te.y), len(CLASSES)), np.float64)
+        prob[:, np.asarray(clf.classes_, int)] = got
         m = flat_metrics(classification_metrics(te.y, prob))
         m["model"] = "logistic regression (C=0.1) on 16x16 block means + 32-bin histogram"
         return m
