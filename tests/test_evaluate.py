@@ -211,7 +211,9 @@ def test_evaluate_a_prediction_model_through_the_inference_path(tmp_path):
     res = drive(evaluate_model(TINY, cohort, tmp_path / "rep", device="cpu"))
     assert isinstance(res, EvalResult)
     assert res.n_patients == 6
-    assert [f["case"] for f in res.metrics["failed"]] == ["PH_99.h5"]
+    assert res.metrics["failed"] == 1                      # a count, the cases beside it
+    assert [f["case"] for f in res.metrics["failed_cases"]] == ["PH_99.h5"]
+    assert res.metrics["no_labels"] == 0 and res.metrics["no_labels_cases"] == []
     assert 0.0 <= res.metrics["auc_idh"] <= 1.0 and 0.0 <= res.metrics["auc_grade"] <= 1.0
     assert "auc_codel_1p19q" not in res.metrics           # one class only: no AUC
     assert 0.0 <= res.metrics["c_index"] <= 1.0
@@ -219,6 +221,8 @@ def test_evaluate_a_prediction_model_through_the_inference_path(tmp_path):
     assert {r["patient_id"] for r in rep["predictions"]} == {f"PH_{i:02d}" for i in range(6)}
     assert rep["classification"]["idh"]["n"] == 6
     assert rep["classification"]["codel_1p19q"]["auc"] is None     # all non-codel
+    assert rep["failed"] == 1 and rep["failed_cases"][0]["case"] == "PH_99.h5"
+    assert rep["data"] == "cohort" and str(tmp_path) not in res.report_json.read_text()
     assert "PH_99.h5" in res.report_path.read_text()     # the failed case is named
     assert main(["evaluate", TINY, str(cohort), "--out", str(tmp_path / "rep2"),
                  "--device", "cpu", "--limit", "3"]) == 0
@@ -238,3 +242,60 @@ def test_report_skips_missing_labels_of_multi_task_rows(tmp_path):
     assert data["classification"]["idh"]["auc"] == 1.0
     assert data["classification"]["idh"]["n"] == 19
     assert "could not be computed" not in html.read_text()
+
+
+# -- warnings of one thread (core/evaluate/_warn.py) -----------------------------------------
+def test_collect_warnings_records_this_threads_warnings_only(recwarn):
+    """A collection in one thread (a report or survival fit in a napari worker) records that
+    thread's warnings only: another thread's warning raised meanwhile goes where it would have
+    gone (here pytest's recorder), and the process's filters are left unchanged."""
+    import threading
+    import warnings
+    from napari_radiogen.core.evaluate._warn import collect_warnings, ignore_warnings
+    filters = list(warnings.filters)
+    handler = warnings.showwarning
+    inside, raised = threading.Event(), threading.Event()
+
+    def other():
+        assert inside.wait(10)
+        warnings.warn("from the other thread", UserWarning)
+        raised.set()
+    t = threading.Thread(target=other)
+    t.start()
+    with collect_warnings() as got:
+        assert warnings.filters == filters           # no simplefilter, no other filter
+        inside.set()
+        assert raised.wait(10)
+        warnings.warn("from this thread", UserWarning)
+        with ignore_warnings(RuntimeWarning):        # nested: dropped, this thread only
+            warnings.warn("dropped", RuntimeWarning)
+            warnings.warn("to the outer one", UserWarning)
+    t.join(10)
+    assert [str(w.message) for w in got] == ["from this thread", "to the outer one"]
+    seen = [str(w.message) for w in recwarn]
+    assert "from the other thread" in seen
+    assert "from this thread" not in seen and "dropped" not in seen
+    assert warnings.filters == filters and warnings.showwarning is handler
+
+
+def test_a_worker_collection_leaves_the_main_threads_warnings_alone(recwarn):
+    """The napari case: a worker's report collects while the main thread warns."""
+    import threading
+    import warnings
+    from napari_radiogen.core.evaluate._warn import collect_warnings
+    started, main_warned, out = threading.Event(), threading.Event(), {}
+
+    def worker():
+        with collect_warnings() as got:
+            started.set()
+            assert main_warned.wait(10)
+            warnings.warn("worker warning", RuntimeWarning)
+        out["got"] = [str(w.message) for w in got]
+    t = threading.Thread(target=worker)
+    t.start()
+    assert started.wait(10)
+    warnings.warn("main-thread warning", UserWarning)
+    main_warned.set()
+    t.join(10)
+    assert out["got"] == ["worker warning"]
+    assert [str(w.message) for w in recwarn] == ["main-thread warning"]

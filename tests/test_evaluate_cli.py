@@ -97,12 +97,13 @@ def test_evaluation_report_lists_failures_notes_and_says_in_sample(tmp_path):
         tmp_path / "rep", title="m on d",
         summary={"dice_WT": {"mean": 0.78, "sd": None, "ci95": [None, None], "n": 4}},
         predictions=preds, card={"task": "segmentation", "final_model": None},
-        evaluation={"n_patients": 4, "in_training_data": 2,
-                    "failed": [{"case": "bad.h5", "reason": "not a readable HDF5 file"}],
-                    "notes": ["a note"]})
+        evaluation={"n_patients": 4, "in_training_data": 2, "failed": 1,
+                    "failed_cases": [{"case": "bad.h5", "reason": "not a readable HDF5 file"}],
+                    "no_labels": 0, "no_labels_cases": [], "notes": ["a note"]})
     data = json.loads(js.read_text())
     text = html_p.read_text()
-    assert data["failed"] == [{"case": "bad.h5", "reason": "not a readable HDF5 file"}]
+    assert data["failed"] == 1 and data["no_labels"] == 0          # counts, lists beside
+    assert data["failed_cases"] == [{"case": "bad.h5", "reason": "not a readable HDF5 file"}]
     assert "bad.h5: not a readable HDF5 file" in text
     assert "Held-out" not in text and "held-out" not in text
     assert "In-sample metrics (not held out: 2 of the 4" in text
@@ -115,6 +116,23 @@ def test_evaluation_report_lists_failures_notes_and_says_in_sample(tmp_path):
     assert "absent from the truth (and the prediction) in 3 of 4" in text
     assert "other" not in data                                    # no "Per-patient: idh" junk
     assert "Per-patient metrics" not in text
+
+
+def test_report_counts_failed_cases_given_as_a_list(tmp_path):
+    """A caller passing the cases as ``failed`` / ``no_labels`` lists still gets counts in
+    report.json, the cases beside them."""
+    html_p, js = write_report(tmp_path / "rep", title="t", predictions=[],
+                              evaluation={"n_patients": 2, "in_training_data": 0,
+                                          "failed": [{"case": "x.h5", "reason": "bad"}],
+                                          "no_labels": ["P9", "P8"]})
+    data = json.loads(js.read_text())
+    assert data["failed"] == 1 and data["failed_cases"] == [{"case": "x.h5", "reason": "bad"}]
+    assert data["no_labels"] == 2 and data["no_labels_cases"] == ["P9", "P8"]
+    assert "Failed cases (1)" in html_p.read_text() and "x.h5: bad" in html_p.read_text()
+    _, js = write_report(tmp_path / "rep2", title="t", predictions=[],
+                         evaluation={"n_patients": 2, "in_training_data": 0})
+    data = json.loads(js.read_text())
+    assert data["failed"] == 0 and data["failed_cases"] == []
 
 
 def test_report_removes_its_own_old_figures_only(tmp_path):
@@ -164,14 +182,28 @@ def test_failed_cases_exit_1_with_their_reasons(tmp_path, capsys):
     assert "PH_99.h5: failed:" in err and "HDF5" in err
     assert "[evaluate] (0/0)" not in err and "(0/0)" not in err
     assert "n_patients         4" in stdout                      # an int, not 4.0000
+    assert "failed             1 (left out" in stdout
     rep = json.loads((out / "report.json").read_text())
-    assert rep["failed"][0]["case"] == "PH_99.h5" and "HDF5" in rep["failed"][0]["reason"]
+    assert rep["failed"] == 1                                     # a count, as before
+    assert rep["failed_cases"][0]["case"] == "PH_99.h5"
+    assert "HDF5" in rep["failed_cases"][0]["reason"]
+    assert rep["data"] == "cohort"                                # its name, not its path
+    assert str(tmp_path) not in (out / "report.json").read_text()
+    assert str(tmp_path) not in (out / "report.html").read_text()
     assert "PH_99.h5" in (out / "report.html").read_text()
     assert {r["patient_id"] for r in rep["predictions"]} == {f"PH_{i:02d}" for i in range(4)}
     # codel: one class only -> named, with the reason, in the output and the report
     assert "auc_codel_1p19q not computed: one class only" in stdout
     assert any("auc_codel_1p19q not computed" in n for n in rep["notes"])
     assert rep["summary"]["auc_idh"]["n"] == 4
+    # --json: failed is a count (as the prediction path printed it), the cases beside it
+    rc, stdout, err = _run(["evaluate", TINY, str(cohort), "--out", str(tmp_path / "rep2"),
+                            "--device", "cpu", "--json"], capsys)
+    assert rc == 1 and "PH_99.h5: failed:" in err
+    res = json.loads(stdout)
+    assert res["failed"] == 1 and isinstance(res["failed"], int)
+    assert [f["case"] for f in res["failed_cases"]] == ["PH_99.h5"]
+    assert res["no_labels"] == 0 and res["no_labels_cases"] == []
 
 
 def test_labels_csv_checks(tmp_path, capsys):
@@ -190,11 +222,12 @@ def test_labels_csv_checks(tmp_path, capsys):
                             str(out), "--device", "cpu", "--json"], capsys)
     assert rc == 0
     res = json.loads(stdout)
-    assert res["n_patients"] == 3 and res["no_labels"] == 1
+    assert res["n_patients"] == 3 and res["no_labels"] == 1 and res["no_labels_cases"] == ["PH_03"]
+    assert res["failed"] == 0 and res["failed_cases"] == []
     assert any("1 case(s) of cohort have no row in part.csv" in n for n in res["notes"])
     rep = json.loads((out / "report.json").read_text())
     assert "PH_03" not in {r["patient_id"] for r in rep["predictions"]}
-    assert rep["no_labels"] == ["PH_03"]
+    assert rep["no_labels"] == 1 and rep["no_labels_cases"] == ["PH_03"]   # same types
 
 
 def test_limit_counts_patients(tmp_path, capsys):
@@ -238,7 +271,11 @@ def test_fold_model_of_a_run(tmp_path, capsys):
     rc, stdout, err = _run(["evaluate", str(fold), str(data), "--out", str(tmp_path / "o"),
                             "--device", "cpu"], capsys)
     assert rc == 0, err
-    assert "config.json" in stdout
+    assert "config.json" in stdout and "of the run run;" in stdout
+    rep_text = (tmp_path / "o" / "report.json").read_text()
+    assert "read from the run's config.json" in rep_text
+    assert str(tmp_path) not in rep_text                          # no local path in notes
+    assert str(tmp_path) not in (tmp_path / "o" / "report.html").read_text()
 
 
 def test_library_warnings_become_report_notes(tmp_path, monkeypatch, recwarn):

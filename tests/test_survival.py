@@ -166,6 +166,8 @@ def test_analyze_table_counts_rows_without_a_group_value():
     a = sv.analyze_table(df, "os_days", "os_event", "risk_group")
     assert a.n == 38 and "2 row(s) with no 'risk_group' value left out" in a.notes
     assert len(a.ids) == a.n and "p3" not in set(a.ids) and "p7" not in set(a.ids)
+    assert len(a.rows) == a.n and 4 not in set(a.rows) and 8 not in set(a.rows)   # 1-based
+    assert a.rows[3] == 5
 
 
 def test_analyze_table_refuses_too_many_groups():
@@ -210,9 +212,23 @@ def test_write_survival_outputs(tmp_path):
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     js = strict_load(paths["statistics"])
     assert js["table"] == "cohort.csv" and js["n"] == 4 and js["events"] == 3
-    assert js["columns"] == {"time": "t", "event": "e", "group": "g", "id": "patient_id"}
+    # de-identified by default: patients by row number, no id column named or written
+    assert js["deidentified"] is True
+    assert js["columns"] == {"time": "t", "event": "e", "group": "g", "id": None}
     assert js["notes"] == a.notes and js["groups"] == {"mut": 2, "wt": 2}
     assert js["hazard_ratios"]["wt vs mut"]["hr"] is None
+    rows = pd.read_csv(paths["patients"])
+    assert list(rows.columns) == ["row", "time", "event", "group"]
+    assert rows.set_index("row").loc[3].to_dict() == {"time": 1106, "event": 0, "group": "mut"}
+    for p in paths.values():
+        if p.suffix != ".png":
+            assert "patient_id" not in p.read_text() and ",c," not in p.read_text()
+    # asked for: the table's ids
+    paths = sv.write_survival_outputs(a, tmp_path / "ids", source="cohort.csv",
+                                      identified=True)
+    js = strict_load(paths["statistics"])
+    assert js["deidentified"] is False
+    assert js["columns"] == {"time": "t", "event": "e", "group": "g", "id": "patient_id"}
     rows = pd.read_csv(paths["patients"])
     assert list(rows.columns) == ["id", "time", "event", "group"]
     assert rows.set_index("id").loc["c"].to_dict() == {"time": 1106, "event": 0, "group": "mut"}

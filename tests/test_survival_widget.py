@@ -1,5 +1,6 @@
-"""The Survival dock widget: loading (and failing to load) tables, guessed columns, the
-Kaplan-Meier run (fitting in the worker, drawing in the main thread) and the export."""
+"""The Survival dock widget: loading (and failing to load) tables in a worker, guessed columns,
+the Kaplan-Meier run (fitting in the worker, drawing in the main thread) and the export (in a
+worker; de-identified unless "include patient ids" is ticked)."""
 import threading
 
 import numpy as np
@@ -43,13 +44,36 @@ def _run(w, qtbot):
     return job
 
 
+def _wait(qtbot, job):
+    assert job is not None
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    return job
+
+
+def _load(w, qtbot, path):
+    """Load a table (a worker job) and wait for it; True when the table was taken."""
+    job = _wait(qtbot, w.load_table(str(path)))
+    return job.error is None and w.df is not None
+
+
 def test_survival_widget_km_fits_in_the_worker(widget, qtbot, cohort_csv, monkeypatch):
     from lifelines import KaplanMeierFitter
     from napari_radiogen.core.evaluate import survival as sv
     csv, r = cohort_csv
     w = widget
     assert not w.run_btn.isEnabled() and not w.export_btn.isEnabled()
-    assert w.load_table(str(csv))
+    read_threads = []
+    real_read = sv.read_table
+
+    def read(*a, **k):
+        read_threads.append(threading.current_thread() is threading.main_thread())
+        return real_read(*a, **k)
+    monkeypatch.setattr(sv, "read_table", read)
+    job = w.load_table(str(csv))
+    assert w.df is None and not w.run_btn.isEnabled()        # nothing before the job ends
+    _wait(qtbot, job)
+    assert job.error is None and w.df is not None
+    assert read_threads == [False]                            # read in the worker
     assert w.time_col.currentText() == "os_days" and w.event_col.currentText() == "os_event"
     assert w.group_col.currentText() == "risk_group"
     assert w.run_btn.isEnabled() and not w.export_btn.isEnabled()
@@ -80,11 +104,14 @@ def test_failed_load_clears_the_previous_table(widget, qtbot, cohort_csv, bad):
     (csv.parent / "empty.csv").write_text("")
     (csv.parent / "blob.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
     w = widget
-    w.load_table(str(csv))
+    assert _load(w, qtbot, csv)
     _run(w, qtbot)
     assert w.analysis is not None and w.ax.get_lines()
     w.path.setText(str(csv.parent / bad))
     w.path.returnPressed.emit()
+    assert w.df is None and w.analysis is None and not w.ax.get_lines()   # dropped at once
+    job = _wait(qtbot, w.job)
+    assert job.error is not None
     assert w.df is None and w.analysis is None
     assert w.time_col.count() == w.event_col.count() == w.group_col.count() == 0
     assert not w.run_btn.isEnabled() and not w.export_btn.isEnabled()
@@ -93,12 +120,12 @@ def test_failed_load_clears_the_previous_table(widget, qtbot, cohort_csv, bad):
     assert w.analyze() is None
 
 
-def test_unknown_columns_stay_unchosen(widget, tmp_path):
+def test_unknown_columns_stay_unchosen(widget, qtbot, tmp_path):
     csv = tmp_path / "nosurv.csv"
     pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "OncosignCluster": [1, 2, 3, 1],
                   "idh": ["m", "w", "m", "w"], "flag": [0, 1, 1, 0]}).to_csv(csv, index=False)
     w = widget
-    w.load_table(str(csv))
+    assert _load(w, qtbot, csv)
     assert w.time_col.currentText() == "(choose)" and w.event_col.currentText() == "(choose)"
     assert "no survival time/event column found: choose them" in w.stats.text()
     assert not w.run_btn.isEnabled()
@@ -108,14 +135,14 @@ def test_unknown_columns_stay_unchosen(widget, tmp_path):
     assert w.run_btn.isEnabled()
 
 
-def test_no_event_column_is_said(widget, tmp_path):
+def test_no_event_column_is_said(widget, qtbot, tmp_path):
     csv = tmp_path / "brats_like.csv"
     pd.DataFrame({"Brats20ID": ["x1", "x2", "x3", "x4", "x5", "x6"],
                   "Age": [60.5, 52.2, 70.1, 49.0, 66.3, 58.8],
                   "Survival_days": ["289", "616", "464", "788", "465", "ALIVE (361 days later)"]}
                  ).to_csv(csv, index=False)
     w = widget
-    w.load_table(str(csv))
+    assert _load(w, qtbot, csv)
     assert w.time_col.currentText() == "Survival_days"
     assert w.event_col.currentText() == "(choose)" and "no event column" in w.stats.text()
     assert not w.run_btn.isEnabled()
@@ -127,7 +154,7 @@ def test_too_many_groups_and_non_estimable_hr(widget, qtbot, tmp_path):
                   "os_event": [1, 1, 1], "idh": ["wildtype", "mutant", "mutant"]}
                  ).to_csv(csv, index=False)
     w = widget
-    w.load_table(str(csv))
+    assert _load(w, qtbot, csv)
     _run(w, qtbot)
     text = w.stats.text()
     assert "HR wildtype vs mutant: not estimable" in text and "too few" in text
@@ -136,7 +163,7 @@ def test_too_many_groups_and_non_estimable_hr(widget, qtbot, tmp_path):
     t, e, _ = _synthetic(30)
     pd.DataFrame({"patient_id": [f"p{i}" for i in range(30)], "os_days": t, "os_event": e,
                   "idh": ["wildtype", "mutant", "mutant"] * 10}).to_csv(csv, index=False)
-    w.load_table(str(csv))
+    assert _load(w, qtbot, csv)
     w.group_col.setCurrentText("patient_id")
     job = _run(w, qtbot)
     assert job.error is not None and w.analysis is None and not w.export_btn.isEnabled()
@@ -144,12 +171,15 @@ def test_too_many_groups_and_non_estimable_hr(widget, qtbot, tmp_path):
     assert "fewer values (e.g. idh" in w.stats.text() and not w.ax.get_lines()
 
 
-def test_export_button_writes_the_outputs(widget, qtbot, cohort_csv, tmp_path, monkeypatch):
+def test_export_is_de_identified_unless_ids_are_asked_for(widget, qtbot, cohort_csv, tmp_path,
+                                                          monkeypatch):
     from qtpy.QtWidgets import QFileDialog
-    from napari_radiogen.core.evaluate.survival import OUTPUT_NAMES
+    from napari_radiogen.core.evaluate import survival as sv
+    OUTPUT_NAMES = sv.OUTPUT_NAMES
     csv, _ = cohort_csv
+    ids = set(pd.read_csv(csv)["patient_id"])
     w = widget
-    w.load_table(str(csv))
+    assert _load(w, qtbot, csv)
     _run(w, qtbot)
     out = tmp_path / "export"
     asked = []
@@ -158,14 +188,76 @@ def test_export_button_writes_the_outputs(widget, qtbot, cohort_csv, tmp_path, m
         asked.append(a)
         return str(out)
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(dialog))
+    write_threads = []
+    real_write = sv.write_survival_outputs
+
+    def write(*a, **k):
+        write_threads.append(threading.current_thread() is threading.main_thread())
+        return real_write(*a, **k)
+    monkeypatch.setattr(sv, "write_survival_outputs", write)
+    assert not w.identified.isChecked()                 # de-identified by default
     w.export_btn.click()
+    job = _wait(qtbot, w.job)
+    assert job.error is None and write_threads == [False]          # written in the worker
     assert asked and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES.values())
     js = strict_load(out / OUTPUT_NAMES["statistics"])
+    assert js["deidentified"] is True and js["columns"]["id"] is None
     assert js["table"] == "cohort.csv" and js["n"] == w.analysis.n
     assert js["logrank_p"] == pytest.approx(w.analysis.logrank_p)
-    rows = pd.read_csv(out / OUTPUT_NAMES["patients"])
+    rows = pd.read_csv(out / OUTPUT_NAMES["patients"], dtype=str)
+    assert list(rows.columns) == ["row", "time", "event", "group"]
     assert len(rows) == w.analysis.n and set(rows["group"]) == {"high", "low"}
-    assert "exported to" in w.stats.text()
+    assert sorted(rows["row"].astype(int)) == list(range(1, 61))   # table row numbers
+    for f in out.iterdir():                          # no patient id in any file
+        if f.suffix in (".csv", ".json"):
+            text = f.read_text()
+            assert not [i for i in ids if f'"{i}"' in text or f"\n{i}," in text], f.name
+    assert "exported to" in w.stats.text() and "de-identified" in w.stats.text()
+    assert w.export_btn.isEnabled() and w.run_btn.isEnabled()
+    # asked for: the table's patient ids
+    w.identified.setChecked(True)
+    out = tmp_path / "export_ids"
+    w.export_btn.click()
+    job = _wait(qtbot, w.job)
+    assert job.error is None and (out / OUTPUT_NAMES["patients"]).is_file()
+    rows = pd.read_csv(out / OUTPUT_NAMES["patients"], dtype=str)
+    assert list(rows.columns) == ["id", "time", "event", "group"] and set(rows["id"]) == ids
+    js = strict_load(out / OUTPUT_NAMES["statistics"])
+    assert js["deidentified"] is False and js["columns"]["id"] == "patient_id"
+    assert "with patient ids" in w.stats.text()
     # a cancelled dialog writes nothing
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: ""))
     assert w.export() is None
+
+
+def test_export_failure_is_said_in_the_widget(widget, qtbot, cohort_csv, tmp_path,
+                                              monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+    csv, _ = cohort_csv
+    w = widget
+    assert _load(w, qtbot, csv)
+    _run(w, qtbot)
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(tmp_path / "file" / "sub")))
+    job = _wait(qtbot, w.export())
+    assert job.error is not None and "export failed: cannot" in w.stats.text()
+    assert w.export_btn.isEnabled() and w.analysis is not None
+
+
+def test_a_new_table_supersedes_the_job_under_way(widget, qtbot, cohort_csv, tmp_path):
+    """Loading a table while the previous one is fitted: the fit is cancelled and says
+    nothing over the new table."""
+    csv, _ = cohort_csv
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "os_days": [10, 20, 30, 40],
+                  "os_event": [1, 0, 1, 1]}).to_csv(other, index=False)
+    w = widget
+    assert _load(w, qtbot, csv)
+    fit = w.analyze()
+    load = w.load_table(str(other))
+    _wait(qtbot, fit)
+    _wait(qtbot, load)
+    assert w.source == str(other) and w.df is not None and len(w.df) == 4
+    assert w.analysis is None and not w.ax.get_lines()
+    assert w.stats.text().startswith("4 rows, 3 columns") and "error" not in w.stats.text()

@@ -1,8 +1,12 @@
 """``radiogen evaluate MODEL DATA --out DIR``: a trained model on every patient of DATA.
 
 Exit status: 0 every case was scored; 1 some cases failed (each is named with its reason on
-stderr, in report.json ``failed`` and in the report), the others' metrics are written; 2 an
-input error (no such DATA folder, a labels CSV without the model's label columns, ...).
+stderr, in report.json ``failed_cases`` and in the report), the others' metrics are written; 2
+an input error (no such DATA folder, a labels CSV without the model's label columns, ...).
+
+``--json`` prints the metrics with ``failed`` and ``no_labels`` (prediction models) as counts,
+the cases beside them (``failed_cases``: ``[{"case", "reason"}]``, ``no_labels_cases``: ids),
+``unscored``, ``notes`` and ``report`` (the report's path).
 """
 from __future__ import annotations
 
@@ -59,7 +63,8 @@ def run(args) -> int:
             else:
                 show(item)
     m = dict(res.metrics)
-    failed = list(m.get("failed") or [])
+    failed = list(m.get("failed_cases") or [])
+    n_failed = m.get("failed") if isinstance(m.get("failed"), int) else len(failed)
     notes = list(m.pop("notes", None) or [])
     for f in failed:
         print(f"radiogen: {f['case']}: failed: {f['reason']}", file=sys.stderr)
@@ -68,15 +73,19 @@ def run(args) -> int:
     else:
         unscored = {u["metric"] for u in m.get("unscored") or []}
         for k, v in m.items():
-            if k in ("failed", "unscored", "note", "no_labels") or k in unscored:
+            if k in ("failed", "failed_cases", "unscored", "note", "no_labels",
+                     "no_labels_cases") or k in unscored:
                 continue
             print(f"  {k:<18} {_value(v)}")
-        if failed:
-            print(f"  {'failed':<18} {len(failed)} (left out; reasons on stderr and in the "
+        if n_failed:
+            print(f"  {'failed':<18} {n_failed} (left out; reasons on stderr and in the "
                   "report)")
+        if m.get("no_labels"):
+            print(f"  {'no_labels':<18} {m['no_labels']} (left out: no row in the labels "
+                  "table)")
         if m.get("note"):
             print(f"note: {m['note']}")
         for n in notes:
             print(f"note: {n}")
         print(f"report: {res.report_path}")
-    return 1 if failed else 0
+    return 1 if n_failed else 0

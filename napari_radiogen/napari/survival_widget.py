@@ -1,12 +1,14 @@
 """Survival dock widget: load a cohort table (clinical CSV or a predictions CSV), choose the
 time, event and grouping columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
-C-index, and export them (figure, statistics JSON, per-patient CSV).
+C-index, and export them (figure, statistics JSON, per-patient CSV: de-identified, patients by
+row number, unless "include patient ids" is ticked).
 
 Everything but the drawing is in ``core.evaluate.survival``: reading the table
-(``read_table``), guessing its columns (``guess_columns``), the statistics and the
-Kaplan-Meier tables (``analyze_table``, in a worker thread: lifelines is imported and fitted
-there), drawing (``draw_km``, plain matplotlib from the fitted tables) and the export
-(``write_survival_outputs``)."""
+(``read_table``) and guessing its columns (``guess_columns``), the statistics and the
+Kaplan-Meier tables (``analyze_table``), drawing (``draw_km``, plain matplotlib from the
+fitted tables) and the export (``write_survival_outputs``). Reading, fitting and exporting run
+in worker jobs (``workers.start_job``): the main thread only sets the combos, buttons and
+messages, and draws. One job at a time: loading a table cancels the job under way."""
 from __future__ import annotations
 
 import logging
@@ -16,10 +18,10 @@ from pathlib import Path
 from typing import Optional
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QPushButton, QScrollArea, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QLineEdit, QPushButton, QScrollArea, QVBoxLayout, QWidget)
 
-from ..core.errors import RadiogenError
+from ..core.errors import Cancelled, RadiogenError
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,12 @@ class SurvivalWidget(QWidget):
         self.export_btn.setToolTip("write the figure (PNG), the statistics (JSON) and the "
                                    "per-patient table (CSV) into a folder")
         self.export_btn.clicked.connect(self.export)
+        self.identified = QCheckBox("include patient ids")
+        self.identified.setToolTip("off (default): the exported per-patient table names "
+                                   "patients by their row number in the table, not their id")
         btns.addWidget(self.run_btn)
         btns.addWidget(self.export_btn)
+        btns.addWidget(self.identified)
         lay.addLayout(btns)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -145,7 +151,7 @@ class SurvivalWidget(QWidget):
         ready = (self.df is not None and self._chosen(self.time_col) is not None
                  and self._chosen(self.event_col) is not None)
         self.run_btn.setEnabled(ready and not self._busy())
-        self.export_btn.setEnabled(self.analysis is not None)
+        self.export_btn.setEnabled(self.analysis is not None and not self._busy())
 
     def _set_result(self, a) -> None:
         self.analysis = a
@@ -156,9 +162,10 @@ class SurvivalWidget(QWidget):
         self.canvas.draw_idle()
         self._update_buttons()
 
-    def _reset(self, message: str) -> None:
-        """No table: nothing to analyse, nothing shown that belonged to the previous one."""
-        if self._busy():
+    def _reset(self, message: str, cancel: bool = True) -> None:
+        """No table: nothing to analyse, nothing shown that belonged to the previous one (and
+        the job under way cancelled, unless ``cancel`` is False)."""
+        if cancel and self._busy():
             self.job.cancel()
         self.df = None
         self.source = None
@@ -176,29 +183,57 @@ class SurvivalWidget(QWidget):
         if p:
             self.load_table(p)
 
-    def load_table(self, path: str) -> bool:
-        from ..core.evaluate.survival import guess_columns, read_table
-        self.path.setText(str(path))
-        try:
+    def load_table(self, path: str):
+        """Read ``path`` and guess its columns in a worker job (pandas' import and reading
+        can take a while: never in the main thread); returns the job. The previous table,
+        its curves and its job are dropped at once; a table that cannot be used leaves the
+        widget empty, saying why."""
+        from .workers import start_job
+        path = str(path)
+        self.path.setText(path)
+        self._reset(f"reading {Path(path).name or path}...")
+        mine = {}
+
+        def gen(token):
+            from ..core.evaluate.survival import guess_columns, read_table
+            token.check()
             df = read_table(path)
-        except RadiogenError as e:
-            self._reset(f"cannot use this table: {e}")
-            return False
-        self._reset("")
+            token.check()
+            yield df, guess_columns(df)
+
+        def loaded(res) -> None:
+            if mine.get("job") is self.job and res is not None:
+                self._fill(path, *res)
+
+        def failed(e: BaseException) -> None:
+            if mine.get("job") is not self.job or isinstance(e, Cancelled):
+                return
+            why = str(e) if isinstance(e, RadiogenError) else f"{type(e).__name__}: {e}"
+            self._reset(f"cannot use this table: {why}", cancel=False)
+
+        self.job = start_job(gen, name="Survival table", on_result=loaded, on_error=failed,
+                             on_finished=lambda j: self._update_buttons(),
+                             viewer=self.viewer, owner=self, progress_bar=False, notify=False,
+                             uses_torch=False)
+        mine["job"] = self.job
+        self._update_buttons()
+        return self.job
+
+    def _fill(self, path: str, df, g) -> None:
+        """The table read (main thread): the combos with the guessed columns chosen."""
         self.df = df
-        self.source = str(path)
+        self.source = path
         cols = [str(c) for c in df.columns]
-        g = guess_columns(df)
         for cb, first, pick in ((self.time_col, CHOOSE, g.time), (self.event_col, CHOOSE, g.event),
                                 (self.group_col, NONE, g.group)):
             cb.blockSignals(True)
+            cb.clear()
             cb.addItems([first] + cols)
             cb.setCurrentText(pick or first)
             cb.blockSignals(False)
         self._update_buttons()
         msg = f"{len(df)} rows, {len(cols)} columns"
         self.stats.setText(msg + (f"\n{g.message}" if g.message else ""))
-        return True
 
     def inputs(self) -> SurvivalInputs:
         return SurvivalInputs(self.source or self.path.text(), self._chosen(self.time_col),
@@ -227,12 +262,24 @@ class SurvivalWidget(QWidget):
         self.stats.setText("fitting...")
         self.run_btn.setEnabled(False)
         self.export_btn.setEnabled(False)
-        self.job = start_job(gen, name="Survival", on_result=self._show,
+        mine = {}
+
+        def show(a) -> None:
+            if mine.get("job") is self.job:
+                self._show(a)
+
+        def failed(e: BaseException) -> None:
+            # a fit cancelled because another table was opened says nothing over that one
+            if mine.get("job") is self.job and not isinstance(e, Cancelled):
+                self._failed(e)
+
+        self.job = start_job(gen, name="Survival", on_result=show,
                              on_finished=lambda j: self._update_buttons(),
-                             on_error=self._failed, viewer=self.viewer, owner=self,
+                             on_error=failed, viewer=self.viewer, owner=self,
                              # a fit of a second or less: the "fitting..." line says it; a
                              # napari progress bar would cost the main thread more than that
-                             progress_bar=False)
+                             progress_bar=False, uses_torch=False)
+        mine["job"] = self.job
         return self.job
 
     def _failed(self, e: BaseException) -> None:
@@ -244,22 +291,49 @@ class SurvivalWidget(QWidget):
         self.stats.setText(stats_text(a))
 
     # -- export ---------------------------------------------------------------------------------
-    def export(self) -> Optional[dict]:
-        from ..core.evaluate.survival import write_survival_outputs
-        if self.analysis is None:
+    def export(self):
+        """Ask for a folder (main thread), then write the figure, the statistics and the
+        per-patient table in a worker job (matplotlib's Agg rendering and the CSV); returns
+        the job (its ``result``: ``{"figure"|"statistics"|"patients": path}``), or None when
+        there is nothing to export or the dialog was cancelled. De-identified unless
+        "include patient ids" is ticked."""
+        from .workers import start_job
+        if self.analysis is None or self._busy():
             return None
         start = str(Path(self.source).parent) if self.source else ""
         folder = QFileDialog.getExistingDirectory(self, "Export the survival analysis into",
                                                   start)
         if not folder:
             return None
-        try:
-            paths = write_survival_outputs(self.analysis, folder,
-                                           source=Path(self.source).name if self.source
-                                           else None)
-        except RadiogenError as e:
-            self.stats.setText(f"{stats_text(self.analysis)}\nexport failed: {e}")
-            return None
-        self.stats.setText(f"{stats_text(self.analysis)}\nexported to {folder}: "
-                           + ", ".join(p.name for p in paths.values()))
-        return paths
+        a = self.analysis
+        source = Path(self.source).name if self.source else None
+        identified = self.identified.isChecked()
+        mine = {}
+
+        def gen(token):
+            from ..core.evaluate.survival import write_survival_outputs
+            token.check()
+            yield write_survival_outputs(a, folder, source=source, identified=identified)
+
+        def written(paths) -> None:
+            if mine.get("job") is self.job and self.analysis is a and paths:
+                self.stats.setText(
+                    f"{stats_text(a)}\nexported to {folder}"
+                    + (" (with patient ids)" if identified else " (de-identified)") + ": "
+                    + ", ".join(p.name for p in paths.values()))
+
+        def failed(e: BaseException) -> None:
+            if mine.get("job") is not self.job or self.analysis is not a \
+                    or isinstance(e, Cancelled):
+                return
+            why = str(e) if isinstance(e, RadiogenError) else f"{type(e).__name__}: {e}"
+            self.stats.setText(f"{stats_text(a)}\nexport failed: {why}")
+
+        self.stats.setText(f"{stats_text(a)}\nexporting...")
+        self.job = start_job(gen, name="Survival export", on_result=written, on_error=failed,
+                             on_finished=lambda j: self._update_buttons(),
+                             viewer=self.viewer, owner=self, progress_bar=False, notify=False,
+                             uses_torch=False)
+        mine["job"] = self.job
+        self._update_buttons()
+        return self.job

@@ -7,7 +7,9 @@ every case of DATA goes through :func:`core.predict.predict`, exactly as a user'
 (segmentation included for a segment-then-classify model), and the probabilities are scored
 against the labels of DATA's ``clinical.csv`` (or ``--labels``): AUC with a bootstrap 95 % CI per
 task, Brier score, and the C-index of the OS risk. A case that fails to load or predict is
-reported and skipped; patients in the model's training data are counted and flagged.
+reported and skipped; patients in the model's training data are counted and flagged. Library
+warnings raised while a case is predicted become notes of the report (only this thread's:
+:mod:`._warn`); no local path goes into the report (DATA is named by its folder name).
 """
 from __future__ import annotations
 
@@ -47,6 +49,19 @@ def _labels_table(data: Path, labels: Optional[str], tasks: List[str]):
     return tab.set_index("patient_id", drop=False), src
 
 
+def without_paths(text: str, data: Path) -> str:
+    """``text`` (a failed case's reason, a warning) with DATA's local path replaced by its
+    folder name: a report names no local path."""
+    d = Path(data)
+    out = str(text)
+    if not d.name:                      # a file system root: nothing to shorten
+        return out
+    for form in {str(d.resolve()), str(d.absolute()), str(d)}:
+        if form not in ("", ".", d.name):
+            out = out.replace(form.rstrip("/\\"), d.name)
+    return out
+
+
 def _case_name(p: Union[str, Path]) -> str:
     """The patient id a case path most likely has (its name without the volume extension)."""
     name = Path(p).name
@@ -63,10 +78,12 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     """Yields ``Progress`` then an ``engine.EvalResult`` (report written to ``out_dir``).
 
     ``EvalResult.metrics``: the AUCs / Brier scores / C-index, ``n_patients`` (scored),
-    ``in_training_data``, ``failed`` (``[{"case", "reason"}]``), ``no_labels`` (cases of DATA
-    without a row in the labels table: left out), ``unscored`` (``[{"metric", "reason"}]``:
-    a task with one class only among the labelled patients) and ``notes``."""
-    import warnings
+    ``in_training_data``, ``failed`` (the number of cases that could not be read or
+    predicted: left out) with ``failed_cases`` (``[{"case", "reason"}]``), ``no_labels`` (the
+    number of cases of DATA without a row in the labels table: left out) with
+    ``no_labels_cases`` (their ids, sorted), ``unscored`` (``[{"metric", "reason"}]``: a task
+    with one class only among the labelled patients) and ``notes``. report.json has the same
+    keys, and ``data`` (DATA's folder name, no path)."""
     from ..errors import error_text
     from ..io import list_cases, load_case
     from ..models import find_model, load_model, resolve_device
@@ -74,6 +91,7 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     from ..train.engine import EvalResult
     from ..train.tasks.prediction import TASKS, _label, cindex
     from .metrics import auc_with_ci
+    from ._warn import collect_warnings, ignore_warnings, warning_texts
     from .report import write_report
 
     data = Path(data)
@@ -119,20 +137,17 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
             if case is None:
                 case = load_case(p)
             res = None
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with collect_warnings() as caught:   # this thread's warnings only
                 for item in predict(case, lm, device=dev, cancel=cancel):
                     if not isinstance(item, Progress):
                         res = item
-            for w in caught:        # a library's warning: a note of the report, not stderr
-                t = f"{name}: {w.category.__name__}: {' '.join(str(w.message).split())}"
-                if t not in warned:
-                    warned.append(t)
+            # a library's warning: a note of the report, not stderr
+            warned.extend(t for t in warning_texts(caught, f"{name}: ") if t not in warned)
         except (RadiogenError, OSError, ValueError, KeyError, RuntimeError) as e:
             if type(e).__name__ == "Cancelled":
                 raise
             attempted += 0 if counted else 1
-            failed.append({"case": name, "reason": error_text(e)})
+            failed.append({"case": name, "reason": without_paths(error_text(e), data)})
             continue
         if case.case_id not in tab.index:
             no_labels.append(case.case_id)
@@ -186,8 +201,7 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     if "os_days" in tab.columns and any("risk" in r for r in rows):
         c = float("nan")
         if len(surv) >= 3:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignore_warnings():
                 c = cindex([r["os_days"] for r in surv], [r["os_event"] for r in surv],
                            [r["risk"] for r in surv])
         if c == c:
@@ -207,21 +221,24 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
                         f"and were left out: {', '.join(sorted(no_labels)[:10])}"
                         + (" ..." if len(no_labels) > 10 else ""))
     notes.extend(f"{u['metric']} not computed: {u['reason']}" for u in unscored)
-    notes.extend(warned[:20])
+    notes.extend(without_paths(w, data) for w in warned[:20])
     out = Path(out_dir)
     html_p, json_p = write_report(
         out, title=f"{path.stem} on {data.name}", summary=summary, predictions=rows,
         card={**lm.card, "metrics": {"protocol": (
             f"evaluation through the inference path (core.predict) on {len(rows)} cases of "
-            f"{data}, labels from {src.name} (columns {', '.join(scored_cols)}); {note}")}},
-        evaluation={"data": str(data), "n_patients": len(rows),
-                    "in_training_data": len(overlap), "failed": failed,
-                    "no_labels": sorted(no_labels), "unscored": unscored, "notes": notes})
+            f"{data.name}, labels from {src.name} (columns {', '.join(scored_cols)}); {note}")}},
+        evaluation={"data": data.name, "n_patients": len(rows),
+                    "in_training_data": len(overlap), "failed": len(failed),
+                    "failed_cases": failed, "no_labels": len(no_labels),
+                    "no_labels_cases": sorted(no_labels), "unscored": unscored,
+                    "notes": notes})
     yield Progress(stage="evaluate", done=total, total=total, message="done")
     yield EvalResult(out_dir=out, report_path=html_p, report_json=json_p,
                      metrics={**metrics, "n_patients": len(rows),
-                              "in_training_data": len(overlap), "failed": failed,
-                              "no_labels": len(no_labels), "unscored": unscored,
+                              "in_training_data": len(overlap), "failed": len(failed),
+                              "failed_cases": failed, "no_labels": len(no_labels),
+                              "no_labels_cases": sorted(no_labels), "unscored": unscored,
                               "notes": notes, "note": note},
                      n_patients=len(rows), model=path.stem)
 

@@ -227,8 +227,8 @@ def classification_metrics(y_true: Sequence[int], y_prob: Any, classes: Optional
     Undefined values are None (shown "n/a"), not 0: the recall (and F1) of a class absent
     from the truth, the precision of a class never predicted; a macro average is over the
     classes where the value is defined (``recall_per_class`` lists them all). sklearn's
-    warnings about them are not passed on."""
-    import warnings
+    warnings about them are not passed on (only this thread's are dropped: :mod:`._warn`)."""
+    from ._warn import ignore_warnings
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(y_prob, dtype=float)
@@ -259,8 +259,7 @@ def classification_metrics(y_true: Sequence[int], y_prob: Any, classes: Optional
         v = [x for x in v if x is not None]
         return float(np.mean(v)) if v else None
     names = classes or [str(i) for i in labels]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with ignore_warnings():              # this thread's only (see _warn)
         bal = float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else None
     out: Dict[str, Any] = {
         "n": int(len(y)),
@@ -282,8 +281,7 @@ def classification_metrics(y_true: Sequence[int], y_prob: Any, classes: Optional
     else:
         from sklearn.metrics import roc_auc_score
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignore_warnings():
                 out["auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
         except ValueError:
             out["auc"] = None

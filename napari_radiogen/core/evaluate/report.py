@@ -370,16 +370,6 @@ def _remove_old_figures(out: Path, fig_dir: Path) -> None:
                 pass
 
 
-def _warning_notes(caught) -> List[str]:
-    out: List[str] = []
-    for w in caught:
-        msg = " ".join(str(w.message).split())
-        t = f"{w.category.__name__}: {msg}"
-        if t not in out:
-            out.append(t)
-    return out
-
-
 def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]] = None,
                  folds: Optional[List[Dict[str, Any]]] = None,
                  summary: Optional[Dict[str, Any]] = None,
@@ -390,12 +380,15 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
     """Write ``out_dir/report.html`` + ``report.json`` + ``figures/*.png``; return both paths.
 
     ``evaluation`` (``radiogen evaluate``, :mod:`.run`): ``{"n_patients", "in_training_data",
-    "failed": [{"case", "reason"}], "notes": [...], "data": ...}``: the summary is one
-    evaluation's (value, CI, patients), headed "in-sample" when any patient was in the model's
-    training data, with the failed cases and the notes listed. Figures of an earlier report in
-    the same folder are removed first; warnings of the libraries computing the sections become
-    notes of the report (``notes`` in the JSON) instead of lines on stderr."""
-    import warnings
+    "failed": count, "failed_cases": [{"case", "reason"}], "notes": [...], "data": name}``
+    (a ``failed`` list is taken as the cases; ``no_labels`` likewise, with
+    ``no_labels_cases``): the summary is one evaluation's (value, CI, patients), headed
+    "in-sample" when any patient was in the model's training data, with the failed cases and
+    the notes listed; report.json has ``failed`` and ``no_labels`` as counts, the lists beside
+    them. Figures of an earlier report in the same folder are removed first; warnings of the
+    libraries computing the sections (this thread's only, :mod:`._warn`) become notes of the
+    report (``notes`` in the JSON) instead of lines on stderr."""
+    from ._warn import collect_warnings, warning_texts
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -405,6 +398,17 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
     for f in folds:
         preds.extend(f.get("predictions") or [])
     ev = dict(evaluation) if evaluation is not None else None
+    if ev is not None:
+        for key in ("failed", "no_labels"):
+            # counts (int) in report.json, the cases beside them (``<key>_cases``)
+            v = ev.get(key)
+            if isinstance(v, (list, tuple)):
+                ev.setdefault(f"{key}_cases", list(v))
+                ev[key] = len(v)
+            elif v is None and ev.get(f"{key}_cases") is not None:
+                ev[key] = len(ev[f"{key}_cases"])
+        if "failed" not in ev:
+            ev["failed"], ev["failed_cases"] = 0, []
     notes: List[str] = list((ev or {}).get("notes") or [])
     body = [f"<h1>{html.escape(title)}</h1>"]
     if card:
@@ -433,7 +437,7 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
         pooled = (f"pooled predictions, in-sample: {k} of {n} in training" if in_sample
                   else "pooled held-out predictions")
         body.append(f"<h2>{heading}</h2>" + _eval_table(summary or {}))
-        failed = list(ev.get("failed") or [])
+        failed = list(ev.get("failed_cases") or [])
         if failed:
             items = "".join(f"<li>{html.escape(str(f.get('case')))}: "
                             f"{html.escape(str(f.get('reason')))}</li>" for f in failed)
@@ -462,16 +466,14 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
                           ("segmentation", segmentation_section, "Segmentation"),
                           ("survival", survival_section, "Survival"),
                           ("other", other_section, "Per-patient metrics")):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with collect_warnings() as caught:       # this thread's warnings only
             try:
                 res, parts = (fn(split[key], fig_dir, pooled) if key == "classification"
                               else fn(split[key], fig_dir))
             except Exception as e:  # a figure must never lose the run's report
                 res, parts = {"error": f"{type(e).__name__}: {e}"}, [
                     f"<p>{head}: could not be computed ({html.escape(str(e))})</p>"]
-        notes.extend(f"{head}: {t}" for t in _warning_notes(caught)
-                     if f"{head}: {t}" not in notes)
+        notes.extend(t for t in warning_texts(caught, f"{head}: ") if t not in notes)
         if res:
             data[key] = res
         if parts:

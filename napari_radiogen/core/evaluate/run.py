@@ -9,10 +9,13 @@ protocol goes through the inference path (:mod:`.cases`). Here, around both:
 * a fold model of a training run (``<run>/folds/foldK_best.safetensors``, whose card names no
   task) takes the task and config from the run's ``config.json``, or is refused with a message
   naming the run's final model;
-* a case that cannot be read is left out and listed with its reason (``failed``), the others
-  are scored (the CLI then exits 1);
+* a case that cannot be read is left out, counted (``failed``) and listed with its reason
+  (``failed_cases``), the others are scored (the CLI then exits 1);
 * a metric that cannot be computed (NaN: one class only...) is listed with the reason, and the
-  warnings of the libraries computing the metrics become notes of the report.
+  warnings of the libraries computing the metrics become notes of the report (only this
+  thread's: :mod:`._warn`);
+* no local path goes into the report: the data, the run and its config are named by their
+  folder or file names.
 
 It reuses the training engine's task registry and config loader.
 """
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..errors import ConfigError, RadiogenError, error_text
 from ..progress import CancelToken, Progress, check
+from ._warn import collect_warnings, warning_texts
 
 #: tasks that make their own (synthetic) cases and do not read DATA
 SYNTHETIC_TASKS = {"phantom-demo": "synthetic phantoms"}
@@ -84,23 +87,14 @@ def task_of(path: Path, card: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, 
         rc = {}
     if isinstance(rc, dict) and rc.get("task"):
         return str(rc["task"]), rc, [
-            f"{path.name} is the model of fold {card.get('fold', '?')} of the run in {run}; "
-            f"its card names no training task, so the task ({rc['task']}) and config were "
-            f"read from {cfg_p}"]
+            f"{path.name} is the model of fold {card.get('fold', '?')} of the run "
+            f"{run.name}; its card names no training task, so the task ({rc['task']}) and "
+            f"config were read from the run's {cfg_p.name}"]
     finals = _final_models(run)
     what = (f"evaluate the run's final model ({finals[0]})" if finals else
             "evaluate the run's final model (the .safetensors beside the run's config.json)")
     raise ConfigError(f"{path.name} is a fold model of a training run: its card names no "
                       f"training task and {cfg_p} cannot be read; {what}")
-
-
-def _warning_notes(caught, where: str) -> List[str]:
-    out: List[str] = []
-    for w in caught:
-        t = f"{where}: {w.category.__name__}: {' '.join(str(w.message).split())}"
-        if t not in out:
-            out.append(t)
-    return out
 
 
 def _absent_region_notes(preds: List[Dict[str, Any]]) -> List[str]:
@@ -143,13 +137,16 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
                    limit: Optional[int] = None, config: Optional[Dict[str, Any]] = None,
                    cancel: Optional[CancelToken] = None) -> Iterator[Any]:
     """Yields ``Progress`` items, then an ``engine.EvalResult`` whose ``metrics`` hold the
-    scalar metrics, ``n_patients`` (scored), ``in_training_data``, ``failed``
-    (``[{"case", "reason"}]``), ``unscored`` (``[{"metric", "reason"}]``) and ``notes``."""
+    scalar metrics, ``n_patients`` (scored), ``in_training_data``, ``failed`` (the number of
+    cases left out because they could not be read), ``failed_cases``
+    (``[{"case", "reason"}]``), ``unscored`` (``[{"metric", "reason"}]``) and ``notes``;
+    report.json has the same keys, and ``data`` (DATA's folder name, no path)."""
     from ..models import find_model, load_model, read_card, resolve_device
     from ..train import splits as sp
     from ..train.base import TASKS
     from ..train.config import load_config
     from ..train.engine import EvalResult, _release, _scalars
+    from .cases import without_paths
     from .report import write_report
 
     if limit is not None and int(limit) < 1:
@@ -186,7 +183,7 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
     data_name = synthetic or data.name
     if synthetic and data.exists():
         notes.append(f"task {task_name} evaluates on {synthetic} it generates itself; "
-                     f"DATA ({data}) is not read")
+                     f"DATA ({data.name}) is not read")
     dev = resolve_device(device)
     yield Progress(stage="evaluate", message=f"loading {path.name}")
     lm = load_model(str(path), task=card.get("task"), device=dev)
@@ -195,8 +192,7 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
                    message=f"evaluating on {len(ids)} patients")
     failed: List[Dict[str, str]] = []
     ok = list(ids)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collect_warnings() as caught:       # this thread's warnings only
         try:
             m = _evaluate(task, lm.module, ok, dev)
         except _CASE_ERRORS as e:
@@ -211,7 +207,8 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
                 except _CASE_ERRORS as e2:
                     if type(e2).__name__ == "Cancelled":
                         raise
-                    failed.append({"case": pid, "reason": error_text(e2)})
+                    failed.append({"case": pid, "reason": without_paths(error_text(e2),
+                                                                        data)})
             if not failed:
                 raise                        # not a case's data: the task itself failed
             bad = {f["case"] for f in failed}
@@ -220,7 +217,8 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
                 raise ConfigError(f"no case of {data} could be evaluated ({failed[0]['case']}: "
                                   f"{failed[0]['reason']})") from first
             m = _evaluate(task, lm.module, ok, dev)
-    notes.extend(_warning_notes(caught, "metrics"))
+    notes.extend(without_paths(t, data) for t in warning_texts(caught, "metrics: ")
+                 if t not in notes)
     check(cancel)
     scal = _scalars(m)
     # a class absent from the truth has no recall (the triage task's per-class dicts)
@@ -255,16 +253,17 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
         predictions=m.get("predictions") or [],
         card={**card, "metrics": {"protocol": f"evaluation of a trained model on {len(ok)} "
                                               f"patients of {data_name}; {note}"}},
-        evaluation={"data": str(data) if not synthetic else synthetic, "n_patients": len(ok),
-                    "in_training_data": len(overlap), "failed": failed,
-                    "unscored": unscored, "notes": notes})
+        evaluation={"data": data_name, "n_patients": len(ok),
+                    "in_training_data": len(overlap), "failed": len(failed),
+                    "failed_cases": failed, "unscored": unscored, "notes": notes})
     del lm
     _release(dev)
     yield Progress(stage="evaluate", done=1, total=1, message="done")
     yield EvalResult(out_dir=out, report_path=html_p, report_json=json_p,
                      metrics={**{k: v for k, v in scal.items() if k != "n"},
                               "n_patients": len(ok), "in_training_data": len(overlap),
-                              "failed": failed, "unscored": unscored, "notes": notes,
+                              "failed": len(failed), "failed_cases": failed,
+                              "unscored": unscored, "notes": notes,
                               "note": note},
                      n_patients=len(ok), model=path.stem)
 

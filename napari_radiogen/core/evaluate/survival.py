@@ -12,7 +12,8 @@
 * Cohort tables (the Survival widget): :func:`read_table`, :func:`guess_columns` (which
   columns hold the time, the event, a grouping), :func:`analyze_table` (the statistics, the
   Kaplan-Meier tables and notes on what is unreliable), :func:`draw_km` (matplotlib, from
-  the fitted tables) and :func:`write_survival_outputs` (figure, strict JSON, per-patient CSV).
+  the fitted tables) and :func:`write_survival_outputs` (figure, strict JSON, per-patient CSV;
+  de-identified unless asked: patients by row number, no ids).
 """
 from __future__ import annotations
 
@@ -424,6 +425,7 @@ class SurvivalAnalysis:
     event: Any = None
     group: Any = None
     ids: Any = None
+    rows: Any = None        # the analysed rows' numbers in the table (1 = its first data row)
     curves: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     time_col: Optional[str] = None
     event_col: Optional[str] = None
@@ -444,17 +446,15 @@ class SurvivalAnalysis:
 @contextmanager
 def _lifelines_warnings():
     """lifelines' convergence warnings, caught (a list) instead of printed: the caller turns
-    them into a note."""
-    import warnings
+    them into a note. Only this thread's (the fit runs in a worker in napari): other threads'
+    warnings, and the process's warning filters, are left alone (:mod:`._warn`)."""
+    from ._warn import collect_warnings
     try:
         from lifelines.exceptions import ConvergenceWarning
     except ImportError:  # pragma: no cover - older lifelines
         ConvergenceWarning = RuntimeWarning
-    with warnings.catch_warnings(record=True) as got:
-        warnings.simplefilter("always", ConvergenceWarning)
-        caught: List[Any] = []
+    with collect_warnings(ConvergenceWarning) as caught:
         yield caught
-        caught.extend(w for w in got if issubclass(w.category, ConvergenceWarning))
 
 
 def _km_curve(t, e) -> Dict[str, Any]:
@@ -507,8 +507,9 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
     against the largest group, the first in sorted order among equals) or numeric with more than 5 values (split at the
     median into low/high; the C-index and an HR per SD use the numeric values). ``notes`` say
     what was left out and what is unreliable (too few patients or events, an HR that cannot be
-    estimated: then its numbers are None). ``id_col`` names the patients in the exported
-    per-patient table (default: the table's id column, else the row number)."""
+    estimated: then its numbers are None). ``id_col`` names the patients in an identified
+    export's per-patient table (default: the table's id column, else the row number); a
+    de-identified export (the default) names them by their row number (``rows``)."""
     import pandas as pd
     for c in (time_col, event_col) + ((group_col,) if group_col else ()) \
             + ((id_col,) if id_col else ()):
@@ -555,12 +556,14 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
         groups = np.array(["all"] * len(df), dtype=object)
     if id_col is None:
         id_col = guess_columns(df).id
-    ids = (df[id_col].astype(str).to_numpy() if id_col else np.arange(1, len(df) + 1))
+    row_numbers = np.arange(1, len(df) + 1)
+    ids = (df[id_col].astype(str).to_numpy() if id_col else row_numbers)
     okn = ok.to_numpy()
     t, e, groups = t[ok].to_numpy(float), e[ok].to_numpy(float), np.asarray(groups)[okn]
     res = SurvivalAnalysis(n=int(len(t)), events=int(e.sum()), notes=notes, time=t, event=e,
-                           group=groups, ids=ids[okn], time_col=time_col, event_col=event_col,
-                           group_col=group_col, id_col=id_col)
+                           group=groups, ids=ids[okn], rows=row_numbers[okn],
+                           time_col=time_col, event_col=event_col, group_col=group_col,
+                           id_col=id_col)
     names = sorted(set(groups), key=str)
     res.groups = {str(g): int((groups == g).sum()) for g in names}
     for g in names:
@@ -646,11 +649,17 @@ OUTPUT_NAMES = {"figure": "survival_km.png", "statistics": "survival_stats.json"
                 "patients": "survival_patients.csv"}
 
 
-def write_survival_outputs(result: SurvivalAnalysis, folder, *, source: Optional[str] = None
-                           ) -> Dict[str, Any]:
+def write_survival_outputs(result: SurvivalAnalysis, folder, *, source: Optional[str] = None,
+                           identified: bool = False) -> Dict[str, Any]:
     """Write an analysis into ``folder`` (made if missing): the Kaplan-Meier figure (PNG), the
-    statistics (strict JSON: non-finite numbers are null) and one row per analysed patient
-    (``id, time, event, group``). ``source`` (the table's file name) goes into the JSON.
+    statistics (strict JSON: non-finite numbers are null) and one row per analysed patient.
+
+    De-identified by default: the per-patient rows are ``row, time, event, group``, ``row``
+    being the patient's row number in the table (1 = its first data row), and no patient id is
+    written anywhere; ``identified=True`` writes ``id, time, event, group`` with the table's
+    id column (``result.id_col``; the row number when it has none). The statistics say which
+    (``"deidentified": true/false``; ``columns.id`` is null when de-identified). ``source``
+    (the table's file name, not its path) goes into the JSON.
     Returns ``{"figure"|"statistics"|"patients": path}``."""
     import pandas as pd
     from pathlib import Path
@@ -667,9 +676,15 @@ def write_survival_outputs(result: SurvivalAnalysis, folder, *, source: Optional
     draw_km(ax, result)
     if result.logrank_p is not None:
         ax.set_title(f"log-rank p = {result.logrank_p:.3g}", fontsize=9)
-    stats = {"table": source, **result.to_json(),
+    stats = {"table": source, **result.to_json(), "deidentified": not identified,
              "files": {k: p.name for k, p in paths.items()}}
-    rows = pd.DataFrame({"id": result.ids, "time": result.time,
+    if identified:
+        key = {"id": result.ids}
+    else:
+        stats["columns"] = {**stats["columns"], "id": None}
+        key = {"row": (result.rows if result.rows is not None
+                       else np.arange(1, len(result.time) + 1))}
+    rows = pd.DataFrame({**key, "time": result.time,
                          "event": np.asarray(result.event, float).astype(int),
                          "group": result.group})
     try:
