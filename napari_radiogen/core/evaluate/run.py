@@ -231,8 +231,8 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
                              "reason": f"no case of class {c} among the evaluated patients"})
     absent = [c for c, n in support.items() if n == 0]
     if absent and "macro_f1" in scal:
-        notes.append(f"macro_f1 averages over all {len(support)} classes and counts "
-                     f"{', '.join(absent)} (no case among the evaluated patients) as 0")
+        notes.append(f"macro_f1 averages over the classes among the evaluated patients "
+                     f"({', '.join(absent)}: no case, left out)")
     for k, v in list(scal.items()):
         if isinstance(v, float) and not math.isfinite(v):
             scal[k] = None
