@@ -358,3 +358,58 @@ def test_reader_warnings_reach_the_results_that_use_the_files():
     prep = prepare_case(case, ["t1", "flair"])
     assert said[0] in prep.warnings and said[1] not in prep.warnings
     assert said[1] in prepare_case(case, ["t2"]).warnings
+
+
+def test_layers_shown_resampled_stand_for_the_volumes_as_read(tmp_path, monkeypatch,
+                                                              make_napari_viewer):
+    """The display copies are for the eye only: a case rebuilt from the layers (what the
+    widgets analyse) holds each sequence as read, on its own grid, as the command line reads
+    it, and saving such a layer writes the file's own grid; an edited layer is taken (and
+    written) as edited, on the grid it is shown on."""
+    from napari_radiogen.core.io import load_volume
+    from napari_radiogen.napari import layers as L
+    from napari_radiogen.napari.writer import write_image
+
+    monkeypatch.setattr(L, "notify", lambda m: None)
+    monkeypatch.delenv(L.DISPLAY_GRID_ENV, raising=False)
+    case = load_case(_oblique_case(tmp_path))
+    viewer = make_napari_viewer()
+    for data, kw, kind in L.case_to_layer_data(case):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    t1_layer = next(ly for ly in viewer.layers if L.radiogen_meta(ly).get("sequence") == "t1")
+    assert t1_layer.metadata["radiogen"]["geometry"].same_grid(case.sequences["flair"].geometry)
+    rebuilt = L.case_from_layers(viewer.layers, case.case_id)
+    for s, v in case.sequences.items():
+        assert rebuilt.sequences[s].geometry.same_grid(v.geometry), s
+        np.testing.assert_array_equal(rebuilt.sequences[s].array, v.array)
+    out = write_image(str(tmp_path / "saved_t1.nii.gz"), t1_layer.data,
+                      t1_layer.as_layer_data_tuple()[1])[0]
+    back = load_volume(out)
+    assert back.geometry.same_grid(case.sequences["t1"].geometry)
+    np.testing.assert_allclose(back.array, case.sequences["t1"].array)
+    # an edit: the layer is what it shows now
+    edited = np.asarray(t1_layer.data).copy()
+    edited[0, 0, 0] += 100.0
+    t1_layer.data = edited
+    rebuilt = L.case_from_layers(viewer.layers, case.case_id)
+    assert rebuilt.sequences["t1"].geometry.same_grid(case.sequences["flair"].geometry)
+    with pytest.warns(UserWarning, match="was edited"):
+        out = write_image(str(tmp_path / "edited_t1.nii.gz"), t1_layer.data,
+                          t1_layer.as_layer_data_tuple()[1])[0]
+    assert load_volume(out).geometry.same_grid(case.sequences["flair"].geometry)
+
+
+def test_the_cohort_browser_says_a_cases_grids_once(tmp_path, monkeypatch):
+    """The cohort browser tells what the reader tells about an oblique case the first time the
+    case is opened, not at every visit."""
+    from napari_radiogen.napari import cohort_widget as cw
+    from napari_radiogen.napari import layers as L
+    said = []
+    monkeypatch.setattr(L, "notify", said.append)
+    monkeypatch.delenv(L.DISPLAY_GRID_ENV, raising=False)
+    folder = _oblique_case(tmp_path)
+    prep = cw.prepare_case_layers(folder, None, tell=True)
+    assert any("resampled" in m for m in said) and prep.layer_data
+    said.clear()
+    cw.prepare_case_layers(folder, None, tell=False)
+    assert said == []

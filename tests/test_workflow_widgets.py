@@ -581,3 +581,29 @@ def test_cohort_widget_cancel_marks_the_cases_not_reached_and_folder_errors_stay
     assert "cancelled after 1 of 3" in w.info.text()
     w.load_folder(str(tmp_path / "nowhere"))
     assert w.cases == [] and "nowhere" in w.info.text()
+
+
+def test_cohort_reuses_a_layer_only_where_it_sits_the_same(monkeypatch):
+    """A layer of the previous case takes the next case's data in place only when the whole
+    placement is the same: same shape, spacing and origin but another rotation is a new layer
+    (an in-place update kept the old rotation, 22 mm off)."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.napari import cohort_widget as cw
+    from napari_radiogen.napari.layers import image_layer_data
+    from napari_radiogen.core.case import Volume
+    g = Geometry(size=(8, 8, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0))
+    c, s = np.cos(np.radians(4)), np.sin(np.radians(4))
+    tilted = Geometry(size=(8, 8, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
+                      direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    vol = Volume(np.zeros((6, 8, 8), np.float32), g)
+    _, kw, _ = image_layer_data(vol, case_id="A", sequence="flair")
+
+    class FakeLayer:
+        metadata = kw["metadata"]
+        scale, translate = kw["scale"], kw["translate"]
+    _, kw_same, _ = image_layer_data(Volume(np.ones((6, 8, 8), np.float32), g), case_id="B",
+                                     sequence="flair")
+    _, kw_tilt, _ = image_layer_data(Volume(np.ones((6, 8, 8), np.float32), tilted),
+                                     case_id="B", sequence="flair")
+    assert cw._same_placement(FakeLayer, kw_same)
+    assert not cw._same_placement(FakeLayer, kw_tilt)

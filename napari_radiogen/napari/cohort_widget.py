@@ -51,6 +51,7 @@ class CohortWidget(QWidget):
         self.analyzer: Optional[Analyzer] = None
         self.open_job = None
         self._pending: Optional[int] = None           # the case being opened (or last tried)
+        self._told: set = set()                      # cases whose warnings were said once
 
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder of cases (case folders or .h5 packs)")
@@ -170,9 +171,12 @@ class CohortWidget(QWidget):
         n = len(self.cases)
         self.info.setText(f"opening {path.name} ({i + 1}/{n}) ...")
 
+        tell = str(path) not in self._told
+        self._told.add(str(path))
+
         def gen(tok):
             yield Progress("open", 0, 1, path.name)
-            yield prepare_case_layers(path, out_dir, cancel=tok)
+            yield prepare_case_layers(path, out_dir, cancel=tok, tell=tell)
 
         def show(prepared):
             swap_cohort_layers(self.viewer, prepared)
@@ -311,7 +315,7 @@ def result_layer_data_from(out_dir: Optional[str], case) -> List[Tuple[Any, Dict
         if not key.startswith("heatmap_") or not str(f).endswith((".nii.gz", ".nii")):
             continue
         try:
-            ld = read_volume_file(d / Path(f).name)
+            ld = read_volume_file(d / Path(f).name, tell=False)   # on the case's shown grid
         except Exception:
             continue
         for data, kw, kind in ld:
@@ -320,17 +324,24 @@ def result_layer_data_from(out_dir: Optional[str], case) -> List[Tuple[Any, Dict
     return out
 
 
-def prepare_case_layers(path, out_dir: Optional[str] = None, cancel=None) -> PreparedCase:
+def prepare_case_layers(path, out_dir: Optional[str] = None, cancel=None,
+                        tell: bool = True) -> PreparedCase:
     """Read the case at ``path`` and build its layers (and those of its results under
-    ``out_dir``, if any) for :func:`swap_cohort_layers`; runs in the worker."""
+    ``out_dir``, if any) for :func:`swap_cohort_layers`; runs in the worker. ``tell``: say
+    what the user must know about the case's files and grids (napari warnings), as the
+    reader does; the browser says it the first time a case is opened."""
     from ..core.io import load_case
     from ..core.progress import check
-    from .layers import case_to_layer_data
+    from .layers import case_to_layer_data, notify
     from .reader import _mark_synthetic_layers
 
     case = load_case(path)
     check(cancel)
-    lds = _mark_synthetic_layers(case, case_to_layer_data(case, source=str(path)))
+    if tell:
+        for w in case.meta.get("warnings") or []:
+            notify(f"{case.case_id}: {w}")
+    lds = _mark_synthetic_layers(case, case_to_layer_data(case, source=str(path),
+                                                          notify_user=tell))
     results = result_layer_data_from(out_dir, case)
     prep = PreparedCase(case.case_id, n_results=len(results))
     for data, kw, kind in lds + results:
@@ -345,6 +356,18 @@ def _slot(kind: str, meta: Dict[str, Any]) -> Tuple[Any, ...]:
     """What a cohort layer is, whatever the case: the same slot of the next case updates it."""
     return (kind, meta.get("sequence"), bool(meta.get("result")), meta.get("task"),
             meta.get("method"), bool(meta.get("synthetic")))
+
+
+def _same_placement(layer, kw: Dict[str, Any]) -> bool:
+    """Does ``layer`` sit where the new layer data ``kw`` would (its whole data-to-world
+    transform: spacing, origin and rotation of the radiogen geometry, else scale/translate)?"""
+    old_g = radiogen_meta(layer).get("geometry")
+    new_g = kw["metadata"]["radiogen"].get("geometry")
+    if old_g is not None and new_g is not None:
+        return bool(np.allclose(old_g.napari_affine(), new_g.napari_affine(), atol=1e-6))
+    return (np.allclose(layer.scale, kw.get("scale", layer.scale))
+            and np.allclose(layer.translate, kw.get("translate", layer.translate))
+            and "rotate" not in kw and "affine" not in kw)
 
 
 def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
@@ -371,8 +394,7 @@ def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
                                            == kw["metadata"]["radiogen"].get("label_names")
                                            if layer is not None else False)
         if layer is not None and same_labels and np.shape(layer.data) == np.shape(data) \
-                and np.allclose(layer.scale, kw.get("scale", layer.scale)) \
-                and np.allclose(layer.translate, kw.get("translate", layer.translate)):
+                and _same_placement(layer, kw):
             layer.metadata = kw["metadata"]
             layer.data = data
             if kind == "image" and kw.get("contrast_limits") is not None:

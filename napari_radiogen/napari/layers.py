@@ -371,7 +371,11 @@ def display_case(case: Case, display_grid: Optional[str] = None) -> Tuple[Case, 
                 moved.append("labels")
             for s in moved:
                 v = seqs[s] if s != "labels" else lab
+                v.meta = dict(v.meta)
                 v.meta["display_resampled_onto"] = ref
+                # the volume as read: what the models get and what Save writes (see
+                # case_from_layers and the writer), the display copy is for the eye only
+                v.meta["display_source"] = case.sequences[s] if s != "labels" else case.labels
             case = _replace(case, sequences=seqs, labels=lab)
             why = (f"the sequences are on different grids, oblique ones among them "
                    f"({', '.join(f'{s} {t:.1f} deg' for s, t in sorted(oblique.items()))}), "
@@ -423,20 +427,56 @@ def case_to_layer_data(case: Case, *, source: Optional[str] = None,
     out: List[LayerData] = []
     for seq in order:
         vol = case.sequences[seq]
-        extra = ({"display_resampled_onto": vol.meta["display_resampled_onto"]}
-                 if vol.meta.get("display_resampled_onto") else {})
-        out.append(image_layer_data(vol, case_id=case.case_id, sequence=seq,
-                                    source=vol.path or src,
-                                    visible=(seq == ref) or not only_reference_visible,
-                                    case_source=src, case_kind=case.kind, **extra))
+        extra = _display_meta(vol)
+        out.append(_with_digest(image_layer_data(
+            vol, case_id=case.case_id, sequence=seq, source=vol.path or src,
+            visible=(seq == ref) or not only_reference_visible, case_source=src,
+            case_kind=case.kind, **extra)))
     if case.labels is not None:
-        extra = ({"display_resampled_onto": case.labels.meta["display_resampled_onto"]}
-                 if case.labels.meta.get("display_resampled_onto") else {})
-        out.append(labels_layer_data(case.labels, case_id=case.case_id,
-                                     source=case.labels.path or src,
-                                     label_names=label_names_for(case),
-                                     case_source=src, case_kind=case.kind, **extra))
+        extra = _display_meta(case.labels)
+        out.append(_with_digest(labels_layer_data(
+            case.labels, case_id=case.case_id, source=case.labels.path or src,
+            label_names=label_names_for(case), case_source=src, case_kind=case.kind,
+            **extra)))
     return out
+
+
+def _display_meta(vol: Volume) -> Dict[str, Any]:
+    """Radiogen metadata of a layer shown resampled (see :func:`display_case`): the grid it is
+    shown on, the volume as read (``display_source``) and a digest of the data shown, so an
+    edit of the layer can be told from the display copy (:func:`layer_volume`)."""
+    if not vol.meta.get("display_resampled_onto"):
+        return {}
+    return {"display_resampled_onto": vol.meta["display_resampled_onto"],
+            "display_source": vol.meta.get("display_source")}
+
+
+def _with_digest(ld: LayerData) -> LayerData:
+    """A display copy's layer data with the digest of the array the layer gets."""
+    data, kw, kind = ld
+    rg = kw["metadata"]["radiogen"]
+    if rg.get("display_resampled_onto"):
+        rg["display_digest"] = data_digest(data)
+    return ld
+
+
+def data_digest(array: Any) -> str:
+    """A digest of an array's values (to tell whether a layer's data were edited)."""
+    import hashlib
+    a = np.ascontiguousarray(np.asarray(array))
+    return hashlib.blake2b(a.view(np.uint8), digest_size=16).hexdigest() + str(a.shape)
+
+
+def layer_volume(layer: Any) -> Volume:
+    """The volume a layer stands for: its data on its geometry, except for a layer shown
+    resampled onto another grid for display (:func:`display_case`) and not edited since,
+    which stands for the volume as read (its own grid: what the command line analyses)."""
+    rg = radiogen_meta(layer)
+    src = rg.get("display_source")
+    if isinstance(src, Volume) and rg.get("display_digest") == data_digest(layer.data):
+        return src
+    return Volume(array=np.asarray(layer.data), geometry=layer_geometry(layer),
+                  path=rg.get("source"), synthetic=bool(rg.get("synthetic", False)))
 
 
 # -- layers -> case --------------------------------------------------------------------------------
@@ -469,7 +509,8 @@ def case_from_layers(layers: Iterable[Any], case_id: Optional[str] = None, *,
                      include_labels: bool = True) -> Case:
     """Rebuild a :class:`Case` from the image (and labels) layers of one case in a viewer.
 
-    Uses each layer's current data, so edits (e.g. painted labels) are included.
+    Uses each layer's current data, so edits (e.g. painted labels) are included; a layer
+    shown resampled for display and not edited stands for its volume as read.
     """
     found = case_layers(list(layers), case_id)
     seqs = {k: v for k, v in found.items() if k != "labels"}
@@ -478,16 +519,13 @@ def case_from_layers(layers: Iterable[Any], case_id: Optional[str] = None, *,
                             "napari-radiogen reader first)")
     first = radiogen_meta(next(iter(seqs.values())))
     cid = case_id or first.get("case_id") or "case"
-    vols: Dict[str, Volume] = {}
-    for seq, layer in seqs.items():
-        rg = radiogen_meta(layer)
-        vols[seq] = Volume(array=np.asarray(layer.data), geometry=layer_geometry(layer),
-                           path=rg.get("source"), synthetic=bool(rg.get("synthetic", False)))
+    # a sequence shown resampled for display is taken as read (layer_volume): the widgets
+    # analyse what the command line analyses, not a copy interpolated twice
+    vols: Dict[str, Volume] = {seq: layer_volume(layer) for seq, layer in seqs.items()}
     labels = None
     if include_labels and "labels" in found:
-        layer = found["labels"]
-        labels = Volume(array=np.asarray(layer.data), geometry=layer_geometry(layer),
-                        path=radiogen_meta(layer).get("source"))
+        lv = layer_volume(found["labels"])
+        labels = Volume(array=lv.array, geometry=lv.geometry, path=lv.path)
     return Case(case_id=str(cid), sequences=vols, labels=labels,
                 source=first.get("case_source") or first.get("source"),
                 kind=str(first.get("case_kind") or "volume"))

@@ -106,10 +106,12 @@ def _case_id_from_file(p: Path, sequence: Optional[str]) -> str:
     return stem
 
 
-def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
+def read_volume_file(path: Union[str, os.PathLike], tell: bool = True) -> List[LayerData]:
     """One volume file as one layer: labels when the name says seg/label/mask; a result map
     of the package (a heatmap, a differentiation map) as the widgets that make one show it;
-    else an image named ``<case> <sequence>`` (the sequence guessed from the file name)."""
+    else an image named ``<case> <sequence>`` (the sequence guessed from the file name).
+    ``tell``: say what the user must know about the file (napari warnings); off for a result
+    the package wrote on a grid the viewer shows already (the cohort browser's)."""
     from ..core.io import load_volume
     from ..core.io.detect import detect_sequence
     from .layers import label_names_for
@@ -118,7 +120,8 @@ def read_volume_file(path: Union[str, os.PathLike]) -> List[LayerData]:
     seq, kind = detect_sequence(p.name)
     case_id = _case_id_from_file(p, seq)
     vol = load_volume(p)
-    _tell_volume(vol, p.name)
+    if tell:
+        _tell_volume(vol, p.name)
     if kind == "labels":
         return [labels_layer_data(vol, case_id=case_id, source=str(p),
                                   label_names=label_names_for(None))]
@@ -144,8 +147,9 @@ def _tell_volume(vol, name: str) -> None:
     if tilt > OBLIQUE_DEG:
         notify(f"{name}: oblique grid ({tilt:.1f} deg from the scanner axes); napari's 2D view "
                f"draws it without the tilt, up to {offset_2d(vol.geometry):.0f} mm from its "
-               "true position, so it will not overlay other scans in 2D: use the 3D view (or "
-               "open the whole case folder, whose sequences are shown on one grid)")
+               "true position, so in 2D it overlays only layers on the same grid, not scans on "
+               "other grids: use the 3D view (or open the whole case folder, whose sequences "
+               "are shown on one grid)")
 
 
 def _map_layer_data(vol, p: Path, rmap: dict, case_id: str) -> LayerData:

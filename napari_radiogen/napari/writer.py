@@ -3,7 +3,9 @@
 The geometry comes from ``meta["metadata"]["radiogen"]["geometry"]`` (set by the reader, so
 the file lands on the exact grid, voxel order and affine of the file it was read from); for
 layers without it, from the layer's ``scale``/``translate``/``rotate``/``affine`` (LPS mm,
-z/y/x). Writing goes through :func:`napari_radiogen.core.io.write_volume`.
+z/y/x). Writing goes through :func:`napari_radiogen.core.io.write_volume`. A sequence the
+reader showed resampled onto the reference grid (an oblique case, ``layers.display_case``) is
+written as it was read, on its own grid, unless the layer was edited.
 
 An image layer whose radiogen metadata says ``synthetic`` (a synthesised sequence) is written as
 a synthetic volume: the file records it (NIfTI ``descrip`` "napari-radiogen synthetic t1ce from
@@ -38,6 +40,21 @@ def _write(path: str, data: Any, meta: Dict[str, Any], *, labels: bool) -> List[
         raise RadiogenError(f"{path}: only 3D (z, y, x) layers can be written as volumes "
                             f"(this one has shape {arr.shape})")
     geometry = geometry_from_meta(meta or {}, arr.shape)
+    rg = radiogen_meta(meta or {})
+    src = rg.get("display_source")
+    if src is not None and rg.get("display_digest"):
+        from ..core.case import Volume
+        from .layers import data_digest
+        if isinstance(src, Volume) and rg["display_digest"] == data_digest(arr):
+            # a sequence shown resampled onto the reference grid, not edited: the volume as
+            # read is written, on its own grid (the display copy is for the eye only)
+            arr, geometry = np.asarray(src.array), src.geometry
+        else:
+            import warnings
+            warnings.warn(f"{os.path.basename(path)}: this layer was shown resampled onto the "
+                          f"{rg.get('display_resampled_onto')} grid and was edited; it is "
+                          "written on that grid, not on its source file's grid",
+                          UserWarning, stacklevel=2)
     result_map = None if labels else _result_map(meta or {})
     written = write_volume(arr, geometry, path, labels=labels,
                            synthetic=(None if labels else
