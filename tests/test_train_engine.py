@@ -574,3 +574,29 @@ def test_synthesis_cache_files_are_named_by_a_hash_only(tmp_path, monkeypatch):
     synthesis.load_patient("TCGA_DU_5874", "lgg", tmp_path / "TCGA_DU_5874.h5", tmp_path / "c")
     names = [f.name for f in (tmp_path / "c").iterdir()]
     assert len(names) == 1 and "TCGA" not in names[0] and "5874" not in names[0]
+
+
+def test_prediction_task_score_is_undefined_where_no_auc_or_cindex_is():
+    import numpy as np
+    """A validation set with one class of every task and no event: the prediction tasks' score
+    is NaN (which the engine ranks below any real score), not 0.0 (an AUC of 0, the worst
+    real one); with both classes of a task, a real AUC."""
+    from napari_radiogen.core.train.tasks import prediction as P
+
+    task = P.MILPredictionTask.__new__(P.MILPredictionTask)
+
+    def forward(model, b, device):
+        i = int(b["id"][0][1:])
+        return {"logits": {t: torch.tensor([[0.0, float(i)]]) for t in P.TASKS}}
+    task._forward = forward
+
+    def item(i, y):
+        return {"x": np.zeros((2, 3, 4, 4), np.float32), "seq_mask": np.ones(2, bool),
+                "y": np.array([y, y, y]), "clinical": np.zeros(2, np.float32),
+                "os": np.array([100.0 + i, 0.0], np.float32), "id": f"p{i}"}
+    model = torch.nn.Linear(1, 1)
+    res = task.evaluate(model, [item(i, 0) for i in range(4)], "cpu")
+    assert np.isnan(res["score"])
+    assert np.isnan(task.evaluate(model, [], "cpu")["score"])
+    res = task.evaluate(model, [item(0, 0), item(1, 0), item(2, 1), item(3, 1)], "cpu")
+    assert res["score"] == pytest.approx(1.0) and res["auc_idh"] == pytest.approx(1.0)

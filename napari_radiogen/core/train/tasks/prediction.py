@@ -688,7 +688,7 @@ class _PredictionTaskBase(TrainTask):
     def evaluate(self, model, dataset, device):
         import torch
         if len(dataset) == 0:
-            return {"score": 0.0}
+            return {"score": float("nan")}      # undefined: the engine ranks by the loss
         model.eval()
         preds = []
         with torch.inference_mode():
@@ -707,6 +707,10 @@ class _PredictionTaskBase(TrainTask):
             res[f"auc_{t}"] = auc(y[:, j], pr[t])
         if rk is not None:
             res["c_index"] = cindex(os_[:, 0], os_[:, 1], rk)
+        if not any(v == v for k, v in res.items() if k != "score"):
+            # no AUC and no C-index defined (one class of every task, no event): the score is
+            # undefined, not 0.0, so the engine never ranks it against a real one
+            res["score"] = float("nan")
         for p, yy, o in zip(preds, y, os_):
             p.update({f"y_{t}": int(yy[j]) for j, t in enumerate(TASKS)})
             p.update({"os_days": float(o[0]), "os_event": float(o[1])})
