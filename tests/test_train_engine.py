@@ -600,3 +600,12 @@ def test_prediction_task_score_is_undefined_where_no_auc_or_cindex_is():
     assert np.isnan(task.evaluate(model, [], "cpu")["score"])
     res = task.evaluate(model, [item(0, 0), item(1, 0), item(2, 1), item(3, 1)], "cpu")
     assert res["score"] == pytest.approx(1.0) and res["auc_idh"] == pytest.approx(1.0)
+
+
+def test_a_labels_table_without_rows_says_so(tmp_path):
+    from napari_radiogen.core.errors import ConfigError
+    from napari_radiogen.core.train.datasets_util import read_label_table
+    (tmp_path / "clinical.csv").write_text("patient_id,idh\n")
+    with pytest.raises(ConfigError, match=r"no patient has a row with a 'idh' label \(the data "
+                                          r"folder holds 2 patient\(s\)\)"):
+        read_label_table(tmp_path / "clinical.csv", ["idh"], known_ids=["A", "B"])

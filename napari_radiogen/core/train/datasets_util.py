@@ -73,6 +73,11 @@ def read_label_table(path, label_columns: Sequence[str], *, id_column: str = "pa
             if badv:
                 raise ConfigError(f"{p.name}: column {c!r} has unexpected value(s) "
                                   f"{', '.join(badv[:5])} (expected: {', '.join(sorted(ok))})")
+        if df.empty:
+            has = f" (the data folder holds {len(set(known_ids))} patient(s))" \
+                if known_ids is not None else ""
+            raise ConfigError(f"{p.name}: no patient has a row with a {c!r} label{has}: add "
+                              f"their rows ({id_column}, {c})")
         n_cls = df[c].astype(str).nunique()
         if n_cls < min_classes:
             raise ConfigError(f"{p.name}: the label {c!r} has {n_cls} class(es) "
