@@ -491,6 +491,9 @@ def test_the_dataset_text_describes_the_folder_a_run_used(tmp_path, shared_data)
     assert "mycohort" in text and "Buda" not in text and "7 patients" in text
     assert str(tmp_path) not in text
     assert engine.card_config(cfg)["data"] == "mycohort"
+    # the shipped dataset's papers are cited for the shipped dataset only
+    assert any("Buda" in c for c in engine.data_card_fields(task, task.cfg, 7)["citations"])
+    assert engine.data_card_fields(TASKS["lgg-idh-slices"](cfg), cfg, 7)["citations"] == []
 
 
 def test_a_corrupt_pack_is_named_before_anything_is_written(tmp_path, shared_data):

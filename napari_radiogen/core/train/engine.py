@@ -563,9 +563,8 @@ class _nullctx:
 
 def _save_fold_model(run: _Run, model, path: Path, stage, best) -> None:
     from ..models import new_card, save_model
-    fields = dict(run.task.card_fields())
-    fields["datasets"] = dataset_description(run.task, run.cfg, len(stage["train"])
-                                             + len(stage["val"]), "trained this fold model")
+    fields = data_card_fields(run.task, run.cfg, len(stage["train"]) + len(stage["val"]),
+                              "trained this fold model")
     card = new_card(f"{run.cfg.get('name') or run.task.name}-fold{stage['fold'] + 1}",
                     run.task.model_task, run.task.model_architecture(), **fields,
                     # what `radiogen evaluate` needs: the training task and its config
@@ -905,6 +904,18 @@ def dataset_description(task: TrainTask, cfg: Dict[str, Any], n_patients: int,
             + f"; {n_patients} patients {what}")
 
 
+def data_card_fields(task: TrainTask, cfg: Dict[str, Any], n_patients: int,
+                     what: str = "used by this run") -> Dict[str, Any]:
+    """The task's card fields with ``datasets`` describing the data a run used; the shipped
+    dataset's ``citations`` only when the run used that dataset (a user's data is not those
+    papers' data)."""
+    fields = dict(task.card_fields())
+    fields["datasets"] = dataset_description(task, cfg, n_patients, what)
+    if "citations" in fields and not uses_default_data(task, cfg):
+        fields["citations"] = []
+    return fields
+
+
 def card_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The config as a card records it: no internal keys, local paths reduced to names."""
     out = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
@@ -1046,8 +1057,7 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
                      f"{len(origin['test_patients_seen'])} of the {len(set(tested))} test "
                      "patients: these metrics are not held-out estimates")
     cfg_clean = card_config(cfg)
-    fields = dict(task.card_fields())
-    fields["datasets"] = dataset_description(task, cfg, len(records))
+    fields = data_card_fields(task, cfg, len(records))
     card = new_card(
         name, task.model_task, task.model_architecture(), **fields,
         training_data={"datasets": fields["datasets"],
