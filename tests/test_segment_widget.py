@@ -183,3 +183,28 @@ def test_widget_says_why_without_a_model_or_with_a_missing_sequence(
     err = MissingSequenceError(["t1ce"], ["t1", "t1ce", "t2", "flair"])
     w._on_error(err)
     assert w.status.text() == str(err) and "MissingSequenceError" not in w.status.text()
+
+
+@pytest.mark.slow
+def test_a_result_for_a_case_closed_during_the_run_is_kept_and_said(make_napari_viewer,
+                                                                    tiny_model, qtbot):
+    """The user closes the case while its segmentation runs: the result is still added (not
+    lost), and the status says it stands on its own; a case still open is not said so."""
+    from napari_radiogen.napari.segment_widget import SegmentationWidget
+
+    viewer = make_napari_viewer()
+    _open_case(viewer, 0, "CASE_A")
+    w = SegmentationWidget(viewer)
+    w.model_combo.setCurrentText(tiny_model)
+    w.device.setCurrentText("cpu")
+    w.case_combo.setCurrentText("CASE_A")
+    job = w.run()
+    for layer in list(viewer.layers):             # the user closes the case meanwhile
+        viewer.layers.remove(layer)
+    assert job.wait(120) and job.error is None
+    assert f"CASE_A segmentation ({tiny_model})" in viewer.layers
+    assert "closed during the run" in w.status.text()
+    _open_case(viewer, 0, "CASE_A")
+    job = w.run()
+    assert job.wait(120) and job.error is None
+    assert "closed during the run" not in w.status.text()

@@ -23,6 +23,15 @@ def case_ids(viewer) -> List[str]:
     return out
 
 
+def closed_case_note(viewer, case_id: str) -> str:
+    """A status's words when a job's case was closed while it ran (none of the case's own
+    layers is left): its results are still added, not lost, and stand alone; else ""."""
+    if case_id in case_ids(viewer):
+        return ""
+    return (f"; {case_id}'s images were closed during the run: its results are shown on "
+            "their own")
+
+
 class CaseCombo(QComboBox):
     """Lists the cases open in the viewer; keeps itself up to date."""
 

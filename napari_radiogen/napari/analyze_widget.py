@@ -18,8 +18,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
-from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, device_combo,
-                      image_result_data)
+from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, closed_case_note,
+                      device_combo, image_result_data)
 from .layers import LayerData
 from .explain_widget import heatmap_layer_data
 from .segment_widget import VOLUME_ROWS
@@ -237,7 +237,9 @@ class AnalyzeWidget(QWidget):
         else:
             self._run_layers.clear()
             self._set_bar(self.bar.maximum())
-            self.stage.setText(f"done in {job.elapsed:.1f} s")
+            closed = closed_case_note(self.viewer, self.result.case_id) \
+                if self.result is not None else ""
+            self.stage.setText(f"done in {job.elapsed:.1f} s{closed}")
 
     # -- export ---------------------------------------------------------------------------------
     def _export_dialog(self) -> None:

@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import (CaseCombo, add_layer_data, device_combo, labels_result_data,
-                      prepared_results, run_cancel_row)
+from ._common import (CaseCombo, add_layer_data, closed_case_note, device_combo,
+                      labels_result_data, prepared_results, run_cancel_row)
 from .layers import LayerData
 from .workers import start_job
 
@@ -250,6 +250,7 @@ class SegmentationWidget(QWidget):
         if self.surface_check.isChecked():
             self.set_3d(True)
         msg = f"{case_id}: done in {res.timings.get('total', 0):.1f} s on {res.device}"
+        msg += closed_case_note(self.viewer, case_id)
         if res.warnings:
             msg += "; " + "; ".join(res.warnings)
         self.status.setText(msg)
