@@ -584,11 +584,11 @@ def test_cohort_widget_cancel_marks_the_cases_not_reached_and_folder_errors_stay
 
 
 def test_cohort_reuses_a_layer_only_where_it_sits_the_same(monkeypatch):
-    """A layer of the previous case takes the next case's data in place only when the whole
-    placement is the same: same shape, spacing and origin but another rotation is a new layer
-    (an in-place update kept the old rotation, 22 mm off)."""
+    """A layer of the previous case (or a rerun's result layer) takes new data in place only
+    when the whole placement is the same: same shape, spacing and origin but another rotation
+    is a new layer (an in-place update kept the old rotation, 22 mm off)."""
     from napari_radiogen.core.case import Geometry
-    from napari_radiogen.napari import cohort_widget as cw
+    from napari_radiogen.napari._common import same_placement
     from napari_radiogen.napari.layers import image_layer_data
     from napari_radiogen.core.case import Volume
     g = Geometry(size=(8, 8, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0))
@@ -605,5 +605,5 @@ def test_cohort_reuses_a_layer_only_where_it_sits_the_same(monkeypatch):
                                      sequence="flair")
     _, kw_tilt, _ = image_layer_data(Volume(np.ones((6, 8, 8), np.float32), tilted),
                                      case_id="B", sequence="flair")
-    assert cw._same_placement(FakeLayer, kw_same)
-    assert not cw._same_placement(FakeLayer, kw_tilt)
+    assert same_placement(FakeLayer, kw_same)
+    assert not same_placement(FakeLayer, kw_tilt)

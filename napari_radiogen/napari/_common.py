@@ -167,6 +167,19 @@ def _keep_selection(viewer, keep: bool = True) -> Iterator[None]:
         layers._activate_on_insert = prev
 
 
+def same_placement(layer, kw: Dict[str, Any]) -> bool:
+    """Does ``layer`` sit where new layer data with kwargs ``kw`` would (the whole
+    data-to-world transform: spacing, origin and rotation of the radiogen geometry, else
+    scale/translate)? Then its data can be replaced in place."""
+    old_g = radiogen_meta(layer).get("geometry")
+    new_g = radiogen_meta(kw).get("geometry")
+    if old_g is not None and new_g is not None:
+        return bool(np.allclose(old_g.napari_affine(), new_g.napari_affine(), atol=1e-6))
+    return (np.allclose(layer.scale, kw.get("scale", layer.scale))
+            and np.allclose(layer.translate, kw.get("translate", layer.translate))
+            and "rotate" not in kw and "affine" not in kw)
+
+
 def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
                   select: bool = True, built: Any = None):
     """Add a layer, replacing an existing one of the same name (reruns replace cleanly).
@@ -179,8 +192,7 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
     if name in viewer.layers:
         old = viewer.layers[name]
         if type(old).__name__.lower() == layer_type and old.data.shape == np.shape(data) \
-                and np.allclose(old.scale, kwargs.get("scale", old.scale)) \
-                and np.allclose(old.translate, kwargs.get("translate", old.translate)):
+                and same_placement(old, kwargs):
             # update in place: no new visuals or controls (adding a layer costs napari
             # hundreds of ms of main-thread work; replacing the data costs a texture upload)
             old.metadata = kwargs.get("metadata", old.metadata)

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWi
 from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
 import numpy as np
 
-from ._common import _keep_selection, build_layer
+from ._common import _keep_selection, build_layer, same_placement
 from .layers import radiogen_meta
 from .workers import start_job
 
@@ -284,7 +284,6 @@ def result_layer_data_from(out_dir: Optional[str], case) -> List[Tuple[Any, Dict
 
     from ..core.io import load_volume
     from .reader import read_volume_file
-    from ._common import labels_result_data
 
     if not out_dir:
         return []
@@ -304,13 +303,13 @@ def result_layer_data_from(out_dir: Optional[str], case) -> List[Tuple[Any, Dict
         except Exception:          # a file removed or damaged since: the case still opens
             vol = None
         if vol is not None and vol.geometry.same_grid(g):
-            synth = [s for s in (info.get("synthetic_inputs") or [])]
-            name = f"{case.case_id} segmentation ({models.get('segmentation', 'model')})"
-            if synth:
-                name += f" from synthetic {'+'.join(synth)}"
-            out.append(labels_result_data(vol.array, vol.geometry, case.case_id, name,
-                                          model=models.get("segmentation"),
-                                          synthetic_inputs=synth, kind="volume"))
+            # the Segment widget's layer of that result (its name, metadata)
+            from types import SimpleNamespace
+            from .segment_widget import result_layer_data
+            res = SimpleNamespace(model=models.get("segmentation") or "model", kind="volume",
+                                  synthetic_inputs=list(info.get("synthetic_inputs") or []),
+                                  labels=vol.array, geometry=vol.geometry)
+            out.append(result_layer_data(res, case.case_id))
     for key, f in files.items():
         if not key.startswith("heatmap_") or not str(f).endswith((".nii.gz", ".nii")):
             continue
@@ -358,18 +357,6 @@ def _slot(kind: str, meta: Dict[str, Any]) -> Tuple[Any, ...]:
             meta.get("method"), bool(meta.get("synthetic")))
 
 
-def _same_placement(layer, kw: Dict[str, Any]) -> bool:
-    """Does ``layer`` sit where the new layer data ``kw`` would (its whole data-to-world
-    transform: spacing, origin and rotation of the radiogen geometry, else scale/translate)?"""
-    old_g = radiogen_meta(layer).get("geometry")
-    new_g = kw["metadata"]["radiogen"].get("geometry")
-    if old_g is not None and new_g is not None:
-        return bool(np.allclose(old_g.napari_affine(), new_g.napari_affine(), atol=1e-6))
-    return (np.allclose(layer.scale, kw.get("scale", layer.scale))
-            and np.allclose(layer.translate, kw.get("translate", layer.translate))
-            and "rotate" not in kw and "affine" not in kw)
-
-
 def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
     """Put ``prep``'s layers in the viewer in place of the previous cohort case's (main
     thread). A previous layer of the same slot (kind, sequence, result, task) on the same grid
@@ -394,7 +381,7 @@ def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
                                            == kw["metadata"]["radiogen"].get("label_names")
                                            if layer is not None else False)
         if layer is not None and same_labels and np.shape(layer.data) == np.shape(data) \
-                and _same_placement(layer, kw):
+                and same_placement(layer, kw):
             layer.metadata = kw["metadata"]
             layer.data = data
             if kind == "image" and kw.get("contrast_limits") is not None:

@@ -21,7 +21,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QScrollArea, QVBoxLayout, QWidget)
 
-from ..core.errors import Cancelled, RadiogenError
+from ..core.errors import Cancelled, error_text
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,29 @@ class SurvivalWidget(QWidget):
         t = cb.currentText()
         return None if t in ("", NONE, CHOOSE) else t
 
+    def _start(self, gen, name: str, on_result, on_error, notify: bool = False):
+        """Start ``gen`` as the widget's one job (no progress bar: its jobs take a second or
+        less, and the status line says what runs; no torch). Its callbacks run only while it
+        is still the widget's job (a newer table supersedes it), and a cancellation says
+        nothing; ``notify=False``: the widget words its own messages."""
+        from .workers import start_job
+        mine = {}
+
+        def result(r) -> None:
+            if mine.get("job") is self.job:
+                on_result(r)
+
+        def error(e: BaseException) -> None:
+            if mine.get("job") is self.job and not isinstance(e, Cancelled):
+                on_error(e)
+
+        self.job = start_job(gen, name=name, on_result=result, on_error=error,
+                             on_finished=lambda j: self._update_buttons(),
+                             viewer=self.viewer, owner=self, progress_bar=False,
+                             notify=notify, uses_torch=False)
+        mine["job"] = self.job
+        return self.job
+
     def _busy(self) -> bool:
         return self.job is not None and not self.job.done
 
@@ -188,11 +211,9 @@ class SurvivalWidget(QWidget):
         can take a while: never in the main thread); returns the job. The previous table,
         its curves and its job are dropped at once; a table that cannot be used leaves the
         widget empty, saying why."""
-        from .workers import start_job
         path = str(path)
         self.path.setText(path)
         self._reset(f"reading {Path(path).name or path}...")
-        mine = {}
 
         def gen(token):
             from ..core.evaluate.survival import guess_columns, read_table
@@ -202,20 +223,13 @@ class SurvivalWidget(QWidget):
             yield df, guess_columns(df)
 
         def loaded(res) -> None:
-            if mine.get("job") is self.job and res is not None:
+            if res is not None:
                 self._fill(path, *res)
 
         def failed(e: BaseException) -> None:
-            if mine.get("job") is not self.job or isinstance(e, Cancelled):
-                return
-            why = str(e) if isinstance(e, RadiogenError) else f"{type(e).__name__}: {e}"
-            self._reset(f"cannot use this table: {why}", cancel=False)
+            self._reset(f"cannot use this table: {error_text(e)}", cancel=False)
 
-        self.job = start_job(gen, name="Survival table", on_result=loaded, on_error=failed,
-                             on_finished=lambda j: self._update_buttons(),
-                             viewer=self.viewer, owner=self, progress_bar=False, notify=False,
-                             uses_torch=False)
-        mine["job"] = self.job
+        self._start(gen, "Survival table", loaded, failed)
         self._update_buttons()
         return self.job
 
@@ -242,7 +256,6 @@ class SurvivalWidget(QWidget):
     # -- analysis -------------------------------------------------------------------------------
     def analyze(self):
         from ..core.progress import Progress
-        from .workers import start_job
         inp = self.inputs()
         if self.df is None or not inp.time_col or not inp.event_col or self._busy():
             return None
@@ -262,25 +275,8 @@ class SurvivalWidget(QWidget):
         self.stats.setText("fitting...")
         self.run_btn.setEnabled(False)
         self.export_btn.setEnabled(False)
-        mine = {}
-
-        def show(a) -> None:
-            if mine.get("job") is self.job:
-                self._show(a)
-
-        def failed(e: BaseException) -> None:
-            # a fit cancelled because another table was opened says nothing over that one
-            if mine.get("job") is self.job and not isinstance(e, Cancelled):
-                self._failed(e)
-
-        self.job = start_job(gen, name="Survival", on_result=show,
-                             on_finished=lambda j: self._update_buttons(),
-                             on_error=failed, viewer=self.viewer, owner=self,
-                             # a fit of a second or less: the "fitting..." line says it; a
-                             # napari progress bar would cost the main thread more than that
-                             progress_bar=False, uses_torch=False)
-        mine["job"] = self.job
-        return self.job
+        # a fit cancelled because another table was opened says nothing over that one
+        return self._start(gen, "Survival", self._show, self._failed, notify=True)
 
     def _failed(self, e: BaseException) -> None:
         self._set_result(None)
@@ -297,7 +293,6 @@ class SurvivalWidget(QWidget):
         the job (its ``result``: ``{"figure"|"statistics"|"patients": path}``), or None when
         there is nothing to export or the dialog was cancelled. De-identified unless
         "include patient ids" is ticked."""
-        from .workers import start_job
         if self.analysis is None or self._busy():
             return None
         start = str(Path(self.source).parent) if self.source else ""
@@ -308,7 +303,6 @@ class SurvivalWidget(QWidget):
         a = self.analysis
         source = Path(self.source).name if self.source else None
         identified = self.identified.isChecked()
-        mine = {}
 
         def gen(token):
             from ..core.evaluate.survival import write_survival_outputs
@@ -316,24 +310,17 @@ class SurvivalWidget(QWidget):
             yield write_survival_outputs(a, folder, source=source, identified=identified)
 
         def written(paths) -> None:
-            if mine.get("job") is self.job and self.analysis is a and paths:
+            if self.analysis is a and paths:
                 self.stats.setText(
                     f"{stats_text(a)}\nexported to {folder}"
                     + (" (with patient ids)" if identified else " (de-identified)") + ": "
                     + ", ".join(p.name for p in paths.values()))
 
         def failed(e: BaseException) -> None:
-            if mine.get("job") is not self.job or self.analysis is not a \
-                    or isinstance(e, Cancelled):
-                return
-            why = str(e) if isinstance(e, RadiogenError) else f"{type(e).__name__}: {e}"
-            self.stats.setText(f"{stats_text(a)}\nexport failed: {why}")
+            if self.analysis is a:
+                self.stats.setText(f"{stats_text(a)}\nexport failed: {error_text(e)}")
 
         self.stats.setText(f"{stats_text(a)}\nexporting...")
-        self.job = start_job(gen, name="Survival export", on_result=written, on_error=failed,
-                             on_finished=lambda j: self._update_buttons(),
-                             viewer=self.viewer, owner=self, progress_bar=False, notify=False,
-                             uses_torch=False)
-        mine["job"] = self.job
+        self._start(gen, "Survival export", written, failed)
         self._update_buttons()
         return self.job

@@ -197,16 +197,22 @@ def _nifti_geometry(img: sitk.Image, info: "_nifti.NiftiInfo", meta: Dict[str, A
     return target is not None
 
 
-def _meta_fields(path: Path) -> Dict[str, str]:
-    """A MetaImage header's fields (``Key = value``), {} when unreadable."""
-    out: Dict[str, str] = {}
+def _header_lines(path: Path) -> List[str]:
+    """The lines of a text header at the start of ``path`` (its first 64 KiB; [] when
+    unreadable)."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
     except OSError:
-        return out
-    for line in head.split(b"\n"):
-        k, eq, v = line.decode("latin-1").partition("=")
+        return []
+    return head.decode("latin-1").split("\n")
+
+
+def _meta_fields(path: Path) -> Dict[str, str]:
+    """A MetaImage header's fields (``Key = value``), {} when unreadable."""
+    out: Dict[str, str] = {}
+    for line in _header_lines(path):
+        k, eq, v = line.partition("=")
         if eq:
             out[k.strip()] = v.strip()
             if k.strip() == "ElementDataFile":
@@ -220,16 +226,12 @@ _META_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "
 
 
 def _nrrd_fields(path: Path) -> Dict[str, str]:
+    """A NRRD header's fields (``key: value``, keys lower-case), {} when unreadable."""
     out: Dict[str, str] = {}
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return out
-    for line in head.split(b"\n")[1:]:
+    for line in _header_lines(path)[1:]:
         if not line.strip():
             break
-        k, colon, v = line.decode("latin-1").partition(":")
+        k, colon, v = line.partition(":")
         if colon and not k.startswith("#"):
             out[k.strip().lower()] = v.strip().lstrip("=").strip()
     return out
