@@ -1,6 +1,7 @@
 """ResultLayers: what a background run adds or replaces, and its rollback (a cancelled or failed
 run leaves the viewer's layers as it found them)."""
 import numpy as np
+import pytest
 
 
 def _data(name, shape, value=1.0, kind="image"):
@@ -123,3 +124,84 @@ def test_a_layer_built_in_a_worker_is_inserted_and_its_tools_come_on_demand(make
     assert viewer.layers["seg"] is layer and int(layer.data.max()) == 1
     run.rollback()
     assert "seg" not in viewer.layers
+
+
+def _cohort_case(case_id, shape, geometry_kw, seg=True):
+    """A cohort case's prepared layers (one image, optionally a labels layer) on its grid."""
+    from napari_radiogen.core.case import Geometry, Volume
+    from napari_radiogen.napari._common import build_layer
+    from napari_radiogen.napari.cohort_widget import PreparedCase
+    from napari_radiogen.napari.layers import image_layer_data, labels_layer_data
+    g = Geometry(size=shape[::-1], **geometry_kw)
+    rng = np.random.default_rng(len(case_id))
+    lds = [image_layer_data(Volume(rng.random(shape).astype(np.float32), g), case_id=case_id,
+                            sequence="flair", contrast=(0.0, 1.0))]
+    if seg:
+        lab = np.zeros(shape, np.uint8)
+        lab[1:3, 2:5, 2:5] = 2
+        lds.append(labels_layer_data(Volume(lab, g), case_id=case_id,
+                                     label_names={0: "background", 2: "oedema"}))
+    prep = PreparedCase(case_id)
+    for data, kw, kind in lds:
+        kw["metadata"]["radiogen"]["cohort"] = True
+        prep.layer_data.append((data, kw, kind))
+        prep.built.append(build_layer((data, kw, kind)))
+    return prep
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cohort_case_on_another_grid_moves_the_layers_in_place(make_napari_viewer, monkeypatch,
+                                                               quiet):
+    """The next cohort case on another grid (shape, spacing, origin, rotation) updates the
+    previous case's layers in place instead of removing them (napari's full garbage collection
+    per removal froze the viewer for 1.4-2 s on a BraTS -> native TCGA switch): the moved
+    layers sit exactly where new ones would, in napari's model and on the canvas, and a slot
+    the next case lacks is removed. ``quiet=False``: napari's public setters (the fallback)."""
+    from napari_radiogen.napari import _common
+    from napari_radiogen.napari._common import build_layer
+    from napari_radiogen.napari.cohort_widget import swap_cohort_layers
+    if not quiet:
+        monkeypatch.setattr(_common, "_set_transform_quietly", lambda *a: False)
+    viewer = make_napari_viewer()
+    a = _cohort_case("A", (6, 8, 10), dict(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)))
+    first = swap_cohort_layers(viewer, a)
+    assert [l.name for l in viewer.layers] == ["A flair", "A segmentation"]
+    c, s = np.cos(np.radians(17)), np.sin(np.radians(17))
+    b_geo = dict(spacing=(0.5, 0.6, 3.0), origin=(-90.0, 40.0, 12.0),
+                 direction=(c, 0.0, s, 0.0, 1.0, 0.0, -s, 0.0, c))
+    b = _cohort_case("B", (9, 12, 7), b_geo)
+    second = swap_cohort_layers(viewer, b)
+    assert [id(l) for l in second] == [id(l) for l in first]        # moved, not re-made
+    assert [l.name for l in viewer.layers] == ["B flair", "B segmentation"]
+    # the view goes to the new grid's middle (the old point lay outside it: a blank canvas)
+    for p, r in zip(viewer.dims.point, viewer.dims.range):
+        assert abs(p - (r.start + r.stop) / 2) <= r.step
+    canvas = viewer.window._qt_viewer.canvas
+    other = make_napari_viewer()                    # fresh layers, in a viewer of their own
+    for layer, (data, kw, kind) in zip(second, b.layer_data):
+        fresh = build_layer((data, kw, kind))
+        assert layer.data.shape == data.shape and np.array_equal(np.asarray(layer.data), data)
+        corners = np.array([[0, 0, 0], [8, 11, 6], [8, 0, 3]], float)
+        assert np.allclose([layer.data_to_world(p) for p in corners],
+                           [fresh.data_to_world(p) for p in corners], atol=1e-6)
+        assert layer.metadata["radiogen"]["case_id"] == "B"
+        other.layers.append(fresh)                                   # the canvas agrees too
+        m_moved = canvas.layer_to_visual[layer].node.transform.matrix
+        m_fresh = other.window._qt_viewer.canvas.layer_to_visual[fresh].node.transform.matrix
+        assert np.allclose(m_moved, m_fresh, atol=1e-6)
+    assert np.allclose(viewer.layers["B flair"].contrast_limits, (0.0, 1.0))
+    # a case without a segmentation: the labels layer goes, the image is moved back
+    c_case = _cohort_case("C", (6, 8, 10), dict(spacing=(1.0, 1.0, 1.0),
+                                               origin=(0.0, 0.0, 0.0)), seg=False)
+    third = swap_cohort_layers(viewer, c_case)
+    assert [l.name for l in viewer.layers] == ["C flair"] and third[0] is first[0]
+    assert np.allclose(third[0].rotate, np.eye(3)) and np.allclose(third[0].scale, 1.0)
+    # the same shape on another placement: only the transform changes, on the canvas too
+    d_case = _cohort_case("D", (6, 8, 10), b_geo, seg=False)
+    fourth = swap_cohort_layers(viewer, d_case)
+    assert fourth[0] is first[0]
+    fresh = build_layer(d_case.layer_data[0])
+    other.layers.append(fresh)
+    assert np.allclose(canvas.layer_to_visual[fourth[0]].node.transform.matrix,
+                       other.window._qt_viewer.canvas.layer_to_visual[fresh].node.transform.matrix,
+                       atol=1e-6)
