@@ -203,6 +203,7 @@ def test_every_brats_case_loads(shared_data):
 def test_native_case_geometry():
     c = load_case(shared_path("tcga-native", "TCGA-FG-6692", "native"))
     assert c.case_id == "native" and c.present == ("t1", "t1ce", "t2", "flair")
+    assert c.meta["patient_ids"] == ["TCGA-FG-6692"]        # from its file names
     assert c.labels is None and not c.on_one_grid()
     geoms = {s: v.geometry for s, v in c.sequences.items()}
     for s, g in geoms.items():
@@ -224,6 +225,7 @@ def test_native_case_geometry():
 def test_sri24_case_with_fused_labels():
     c = load_case(shared_path("tcga-native", "TCGA-FG-6692", "sri24"))
     assert c.present == ("t1", "t1ce", "t2", "flair") and c.on_one_grid()
+    assert c.meta["patient_ids"] == ["TCGA-FG-6692"]        # from the folder holding it
     assert c.labels.path.endswith("fused_algorithms_seg.nii.gz")
     assert set(np.unique(c.labels.array)) <= {0, 1, 2, 4}
 
@@ -417,6 +419,29 @@ def test_folder_overrides_and_unrecognised_files(tmp_path):
     assert c.present == ("flair",)
     with pytest.raises(CaseLoadError, match="names no file"):
         load_case(f, overrides={"nothere.nii.gz": "t2"})
+
+
+def test_a_case_named_by_its_folder_keeps_the_patient_id_of_its_file_names(tmp_path):
+    """A case folder with a generic name (``native``) is the case ``native``; the patient id
+    its file names (or the folder holding it) carry is kept for the in-sample check, which
+    then warns as it does for a case named by the id; names that disagree give none."""
+    from napari_radiogen.core.insample import PREDICTION, case_patient_ids, in_sample_note
+    c = load_case(make_case(tmp_path / "native", names=("t1", "flair"), seg=False,
+                            prefix="MR_AX_TCIA_TCGA_AB_1234_Si"))
+    assert c.case_id == "native" and case_patient_ids(c) == ["TCGA_AB_1234"]
+    card = {"training_data": {"patients": ["TCGA-AB-1234", "TCGA-CS-0001"]}}
+    note = in_sample_note(c.case_id, "m", card, PREDICTION, case_patient_ids(c))
+    assert note is not None and "native (patient TCGA_AB_1234" in note
+    assert in_sample_note(c.case_id, "m", card, PREDICTION) is None     # the id alone: none
+    assert in_sample_note(c.case_id, "m", {"training_data": {"patients": ["TCGA-CS-0001"]}},
+                          PREDICTION, case_patient_ids(c)) is None
+    held = load_case(make_case(tmp_path / "TCGA-XY-0042" / "pre", names=("flair",), seg=False))
+    assert case_patient_ids(held) == ["TCGA-XY-0042"]
+    named = load_case(make_case(tmp_path / "TCGA-XY-0043", names=("flair",), seg=False))
+    assert case_patient_ids(named) == []                      # its id already is one
+    mixed = make_case(tmp_path / "two", names=("flair",), seg=False, prefix="TCGA-AA-0001")
+    make_case(mixed, names=("t1",), seg=False, prefix="TCGA-BB-0002")
+    assert case_patient_ids(load_case(mixed)) == []           # two patients: none taken
 
 
 def test_list_cases_synthetic_cohort(tmp_path):

@@ -205,3 +205,21 @@ def test_cohort_case_on_another_grid_moves_the_layers_in_place(make_napari_viewe
     assert np.allclose(canvas.layer_to_visual[fourth[0]].node.transform.matrix,
                        other.window._qt_viewer.canvas.layer_to_visual[fresh].node.transform.matrix,
                        atol=1e-6)
+
+
+def test_a_cases_patient_ids_travel_through_its_layers():
+    """The widgets rebuild a case from its layers: the patient id read from its file names
+    (a case folder called ``native``) stays, so their in-sample warnings match the CLI's."""
+    from napari_radiogen.core.case import Case, Geometry, Volume
+    from napari_radiogen.napari._common import build_layer
+    from napari_radiogen.napari.layers import case_from_layers, case_to_layer_data
+    g = Geometry(size=(10, 8, 6), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    vol = Volume(np.random.default_rng(0).random((6, 8, 10)).astype(np.float32), g)
+    case = Case(case_id="native", sequences={"flair": vol}, meta={"patient_ids": ["TCGA-AB-1"]})
+    layers = [build_layer(ld) for ld in case_to_layer_data(case, notify_user=False)]
+    back = case_from_layers(layers)
+    assert back.case_id == "native" and back.meta["patient_ids"] == ["TCGA-AB-1"]
+    plain = Case(case_id="P1", sequences={"flair": vol})
+    back = case_from_layers([build_layer(ld) for ld in case_to_layer_data(plain,
+                                                                          notify_user=False)])
+    assert "patient_ids" not in back.meta

@@ -506,8 +506,9 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
 def _say_in_sample(case, lm, loc: Optional[float], warns: List[str]) -> None:
     """A localisation score on a case the explained model was trained on is in-sample: said
     (``core.insample``, the check of the segmentation and prediction)."""
-    from .insample import LOCALISATION, in_sample_note
-    note = in_sample_note(case.case_id, lm.name, lm.card, LOCALISATION) if loc is not None \
+    from .insample import LOCALISATION, case_patient_ids, in_sample_note
+    note = in_sample_note(case.case_id, lm.name, lm.card, LOCALISATION,
+                          case_patient_ids(case)) if loc is not None \
         else None
     if note is not None:
         warns.append(note)

@@ -14,7 +14,7 @@ Case ids are compared ignoring case and ``-`` / ``_`` (TCGA barcodes are written
 """
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional
 
 from .notes import IN_SAMPLE, Note
 
@@ -54,14 +54,27 @@ def in_training_data(case_id: Optional[str], card: Optional[Dict[str, Any]]) -> 
 
 
 def in_sample_note(case_id: Optional[str], model_name: str, card: Optional[Dict[str, Any]],
-                   meaning: str) -> Optional[Note]:
+                   meaning: str, patient_ids: Iterable[str] = ()) -> Optional[Note]:
     """``"<case> was in <model>'s training data: <meaning>"`` (kind ``IN_SAMPLE``) when the case
     is among the model's training patients, else None. ``meaning``: :data:`DICE`,
-    :data:`SEGMENTATION`, :data:`PREDICTION`, :data:`LOCALISATION` or own words."""
-    if not in_training_data(case_id, card):
-        return None
-    return Note(f"{case_id} was in {model_name}'s training data: {meaning}", IN_SAMPLE)
+    :data:`SEGMENTATION`, :data:`PREDICTION`, :data:`LOCALISATION` or own words.
+    ``patient_ids``: the patient ids the case's file names carry besides its id
+    (``case.meta["patient_ids"]``, see :func:`case_patient_ids`)."""
+    if in_training_data(case_id, card):
+        return Note(f"{case_id} was in {model_name}'s training data: {meaning}", IN_SAMPLE)
+    for pid in patient_ids or ():
+        if in_training_data(pid, card):
+            return Note(f"{case_id} (patient {pid}, from its file names) was in {model_name}'s "
+                        f"training data: {meaning}", IN_SAMPLE)
+    return None
 
 
-__all__ = ["training_patients", "in_training_data", "in_sample_note", "DICE", "SEGMENTATION",
+def case_patient_ids(case: Any) -> List[str]:
+    """The patient ids a case carries besides its case id (``meta["patient_ids"]``, set by
+    the reader from the file and folder names)."""
+    ids = (getattr(case, "meta", None) or {}).get("patient_ids") or []
+    return [str(i) for i in ids if isinstance(i, str)]
+
+
+__all__ = ["training_patients", "in_training_data", "in_sample_note", "case_patient_ids", "DICE", "SEGMENTATION",
            "PREDICTION", "LOCALISATION", "SYNTHESIS", "SYNTHESIS_METRICS"]

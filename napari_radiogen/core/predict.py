@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ConfigError, MissingSequenceError
-from .insample import PREDICTION, in_sample_note
+from .insample import PREDICTION, case_patient_ids, in_sample_note
 from .notes import (AGE_UNKNOWN, IN_SAMPLE, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_KEYS,
                     SYNTHETIC_SEGMENTATION, Note, synthetic_note, warning_key)
 from .progress import CancelToken, Progress, check
@@ -561,7 +561,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         check_brain_volume(case)
     warns: List[str] = [fallback] if fallback else []
     # a case the model was trained on: said first (an ensemble's members then leave theirs out)
-    in_sample = in_sample_note(case.case_id, lm.name, card, PREDICTION)
+    in_sample = in_sample_note(case.case_id, lm.name, card, PREDICTION, case_patient_ids(case))
     if in_sample is not None:
         warns.append(in_sample)
     extra = sorted(present - set(seqs))

@@ -407,9 +407,9 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
         res.psnr = psnr(arr, real, prep.mask)
         res.ssim = ssim_brain(arr, real, prep.mask)
         res.mae = mae(arr, real, prep.mask)
-    from .insample import SYNTHESIS, SYNTHESIS_METRICS, in_sample_note
+    from .insample import SYNTHESIS, SYNTHESIS_METRICS, case_patient_ids, in_sample_note
     note = in_sample_note(case.case_id, lm.name, lm.card,
-                          SYNTHESIS_METRICS if has_real else SYNTHESIS)
+                          SYNTHESIS_METRICS if has_real else SYNTHESIS, case_patient_ids(case))
     if note is not None:
         res.warnings.append(note)
     res.seconds = time.perf_counter() - t0

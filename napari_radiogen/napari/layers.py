@@ -425,15 +425,17 @@ def case_to_layer_data(case: Case, *, source: Optional[str] = None,
     order = [s for s in SEQUENCES if s in case.sequences]
     order += [s for s in case.sequences if s not in order]
     out: List[LayerData] = []
+    pids = {"patient_ids": list(case.meta["patient_ids"])} \
+        if (case.meta or {}).get("patient_ids") else {}
     for seq in order:
         vol = case.sequences[seq]
-        extra = _display_meta(vol)
+        extra = {**_display_meta(vol), **pids}
         out.append(_with_digest(image_layer_data(
             vol, case_id=case.case_id, sequence=seq, source=vol.path or src,
             visible=(seq == ref) or not only_reference_visible, case_source=src,
             case_kind=case.kind, **extra)))
     if case.labels is not None:
-        extra = _display_meta(case.labels)
+        extra = {**_display_meta(case.labels), **pids}
         out.append(_with_digest(labels_layer_data(
             case.labels, case_id=case.case_id, source=case.labels.path or src,
             label_names=label_names_for(case), case_source=src, case_kind=case.kind,
@@ -526,6 +528,8 @@ def case_from_layers(layers: Iterable[Any], case_id: Optional[str] = None, *,
     if include_labels and "labels" in found:
         lv = layer_volume(found["labels"])
         labels = Volume(array=lv.array, geometry=lv.geometry, path=lv.path)
+    pids = first.get("patient_ids")
     return Case(case_id=str(cid), sequences=vols, labels=labels,
                 source=first.get("case_source") or first.get("source"),
-                kind=str(first.get("case_kind") or "volume"))
+                kind=str(first.get("case_kind") or "volume"),
+                meta={"patient_ids": list(pids)} if isinstance(pids, (list, tuple)) else {})

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -382,6 +382,39 @@ def case_id_of(path: PathLike) -> str:
     return strip_extension(name) or name
 
 
+#: patient identifiers of the public collections the shipped models were trained on: a TCGA
+#: barcode (``TCGA-FG-6692``, also with ``_``), a BraTS 2021 id, a UCSF-PDGM id
+_PATIENT_ID_RE = re.compile(r"(?<![A-Za-z0-9])(TCGA[-_][A-Z0-9]{2}[-_][A-Z0-9]{4}"
+                            r"|BraTS20\d\d_\d{5}|UCSF-PDGM-\d{3,4})(?![A-Za-z0-9])",
+                            re.IGNORECASE)
+
+
+def patient_ids_in(names: Iterable[str]) -> List[str]:
+    """The patient identifiers (see ``_PATIENT_ID_RE``) written in ``names`` (file and folder
+    names), in order of appearance, each once (``-``/``_`` and case ignored)."""
+    out: List[str] = []
+    seen = set()
+    for n in names:
+        for m in _PATIENT_ID_RE.finditer(str(n)):
+            key = m.group(1).upper().replace("_", "-")
+            if key not in seen:
+                seen.add(key)
+                out.append(m.group(1))
+    return out
+
+
+def _patient_ids(case_id: str, source: Path, items: List[Item]) -> List[str]:
+    """Patient ids a case's file and folder names carry besides its case id (a case read from
+    ``TCGA-FG-6692/native/`` is the case ``native`` of patient ``TCGA-FG-6692``): the in-sample
+    check looks at them too. Only where the names agree on one patient, and none when the
+    case id is itself a patient id."""
+    if patient_ids_in([case_id]):
+        return []
+    ids = (patient_ids_in([it.path.name for it in items])
+           or patient_ids_in([source.parent.name]))    # the folder holding the case
+    return ids if len(ids) == 1 else []
+
+
 def _case_id_from_file(p: Path) -> str:
     stem = strip_extension(p.name)
     m = _SUFFIX_RE.match(stem)
@@ -533,6 +566,9 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     if ignored:
         # the package's own result maps copied beside the scans: left out, and said
         meta["ignored_outputs"] = [f"{it.display} ({it.ignored})" for it in ignored]
+    pids = _patient_ids(case_id, source, items)
+    if pids:
+        meta["patient_ids"] = pids
     case = Case(case_id=case_id, sequences=sequences, labels=labels, source=str(source),
                 kind="volume", meta=meta)
     _set_reference(case, reference)
