@@ -57,6 +57,14 @@ def test_ensemble_is_the_mean_of_its_members_on_one_segmentation(ens, monkeypatc
         for c, p in probs.items():
             assert p == pytest.approx(np.mean([r.tasks[t][c] for r in members]), abs=1e-6)
         assert res.uncertainty[t]["member_models"] == MEMBERS
+        # the +/- shown is the mixture's SD: the members' own spreads (folds, trees) count,
+        # not only the gap between the two members' probabilities
+        pos = np.array([list(r.tasks[t].values())[-1] for r in members])
+        own = np.array([r.uncertainty[t]["sd"] for r in members])
+        u = res.uncertainty[t]
+        assert u["between_members_sd"] == pytest.approx(pos.std(), abs=1e-6)
+        assert u["sd"] == pytest.approx(np.sqrt((own ** 2).mean() + pos.var()), abs=1e-6)
+        assert u["sd"] >= u["between_members_sd"] and u["sd"] >= own.min() / np.sqrt(2) - 1e-9
     want = np.mean([(r.risk - m) / s for r, m, s in zip(members, MEAN, SD)])
     assert res.risk == pytest.approx(want, abs=1e-5)
     # the image network's attention and input travel with the result (explain reuses them)
@@ -160,7 +168,8 @@ def test_cli_explain_prints_its_warnings_and_analysis_keeps_them(tmp_path, capsy
     from napari_radiogen.core.case_report import write_case_report
     paths = write_case_report(res, tmp_path / "rep", render=False)
     html = open(paths["report_html"]).read()
-    assert "SD of the member models" in html and "predict_radiomics 0." in html
+    assert "SD (the members" in html and "between the members" in html
+    assert "predict_radiomics 0." in html
     assert "mean of the members' standardised risks" in html and "Cox head" not in html
     assert "Slice attention (predict_mil_roi, the image member of predict_ensemble)" in html
     assert res.prediction.uncertainty["risk"]["member_models"] == MEMBERS

@@ -239,8 +239,9 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         pr = res.prediction
         val = (pr.card or {}).get("validated") or {}
         rows = []
-        # a late fusion (predict_ensemble): the spread is that of its member models, whose
-        # probabilities are shown; the attention is its image member's
+        # a late fusion (predict_ensemble): the SD is that of the mixture of its members' own
+        # spreads (predict.ensemble_sd), whose probabilities are shown; the attention is its
+        # image member's
         fused = any((u or {}).get("member_models") for u in pr.uncertainty.values())
         for t, probs in pr.tasks.items():
             best = max(probs, key=probs.get)
@@ -257,8 +258,9 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
                          _interval(ci)))
         parts.append(f"<h2>Prediction ({html.escape(pr.model)})</h2>"
                      + _table(rows, ("task", "predicted", "probability",
-                                     "SD of the member models (their P(positive class))"
-                                     if fused else "SD (fold ensemble)",
+                                     "SD (the members' folds and trees, and between the "
+                                     "members; their P(positive class))"
+                                     if fused else "SD (its fold models or trees)",
                                      "validated AUC (CV)", "95% CI")))
         if pr.risk is not None:
             parts.append("<p>Overall-survival risk score ("

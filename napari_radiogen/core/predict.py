@@ -661,6 +661,16 @@ def member_cards(card: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [read_card(find_model(n)) for n in (card.get("input") or {}).get("members", [])]
 
 
+def ensemble_sd(member_probs, member_sds) -> float:
+    """The SD of an equal-weight mixture of members, each a distribution with mean
+    ``member_probs[i]`` and SD ``member_sds[i]`` (its folds' or trees' spread): the square
+    root of the mean within-member variance plus the variance of the members' means (the law
+    of total variance). The spread between two close members alone understates it."""
+    m = np.asarray(member_probs, dtype=float)
+    v = np.asarray(member_sds, dtype=float) ** 2
+    return float(np.sqrt(v.mean() + m.var()))
+
+
 def ensemble_members(lm) -> Dict[str, Any]:
     """A loaded ensemble's member models (name -> LoadedModel), loaded on first use and kept
     with it: predictions and explanations of later runs reuse them."""
@@ -715,10 +725,14 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
         classes = (card.get("classes") or CLASSES)[t]
         tasks[t] = {c: float(p[i]) for i, c in enumerate(classes)}
         pos = probs[t][:, -1].numpy()
-        unc[t] = {"sd": float(pos.std()), "min": float(pos.min()), "max": float(pos.max()),
+        own = [float((r.uncertainty.get(t) or {}).get("sd") or 0.0) for r in results]
+        unc[t] = {"sd": ensemble_sd(pos, own), "between_members_sd": float(pos.std()),
+                  "min": float(pos.min()), "max": float(pos.max()),
                   "members": [float(v) for v in pos], "member_models": names,
-                  "method": "spread of the member models' probabilities (each member's own "
-                            "spread under member_uncertainty)",
+                  "method": "SD of the equal mixture of the members' own spreads (fold models, "
+                            "trees): their mean variance plus the variance between the "
+                            "members' probabilities (between_members_sd; each member's own "
+                            "under member_uncertainty)",
                   "member_uncertainty": {r.model: r.uncertainty.get(t) for r in results}}
     if "risk" in out:
         unc["risk"] = {"members": [float(v) for v in risks], "member_models": names,
