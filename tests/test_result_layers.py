@@ -223,3 +223,23 @@ def test_a_cases_patient_ids_travel_through_its_layers():
     back = case_from_layers([build_layer(ld) for ld in case_to_layer_data(plain,
                                                                           notify_user=False)])
     assert "patient_ids" not in back.meta
+
+
+def test_the_acquired_sequence_is_analysed_wherever_its_synthetic_twin_sits():
+    """A synthetic t1ce made beside the acquired one (to compare them) is never analysed in
+    its place, whichever comes first in the layer list."""
+    from napari_radiogen.core.case import Case, Geometry, Volume
+    from napari_radiogen.napari._common import build_layer
+    from napari_radiogen.napari.layers import case_layers, case_to_layer_data
+    g = Geometry(size=(10, 8, 6), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    vol = Volume(np.random.default_rng(0).random((6, 8, 10)).astype(np.float32), g)
+    case = Case(case_id="P", sequences={"flair": vol, "t1ce": vol})
+    layers = [build_layer(ld) for ld in case_to_layer_data(case, notify_user=False)]
+    acquired = next(l for l in layers if l.metadata["radiogen"]["sequence"] == "t1ce")
+    synth = build_layer(case_to_layer_data(Case(case_id="P", sequences={"t1ce": vol}),
+                                           notify_user=False)[0])
+    synth.metadata["radiogen"]["synthetic"] = True
+    for order in ([synth] + layers, layers + [synth]):
+        assert case_layers(order, "P")["t1ce"] is acquired
+    flair = next(l for l in layers if l.metadata["radiogen"]["sequence"] == "flair")
+    assert case_layers([synth, flair], "P")["t1ce"] is synth         # the only t1ce

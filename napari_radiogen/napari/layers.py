@@ -488,7 +488,9 @@ def _layer_type(layer: Any) -> str:
 
 def case_layers(layers: Iterable[Any], case_id: Optional[str] = None) -> Dict[str, Any]:
     """``{sequence: layer}`` of the radiogen layers of one case (the first case found when
-    ``case_id`` is None). Labels are under ``"labels"``."""
+    ``case_id`` is None). Labels are under ``"labels"``. An acquired sequence wins over a
+    synthetic one of the same name wherever the two sit in the layer list (as the reader
+    does with files), so moving a layer never swaps what is analysed."""
     out: Dict[str, Any] = {}
     for layer in layers:
         rg = radiogen_meta(layer)
@@ -503,7 +505,10 @@ def case_layers(layers: Iterable[Any], case_id: Optional[str] = None) -> Dict[st
         if kind == "labels" and seq == "labels":
             out.setdefault("labels", layer)
         elif kind == "image" and seq in SEQUENCES:
-            out.setdefault(seq, layer)
+            have = out.get(seq)
+            if have is None or (radiogen_meta(have).get("synthetic")
+                                and not rg.get("synthetic")):
+                out[seq] = layer
     return out
 
 
