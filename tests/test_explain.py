@@ -191,6 +191,10 @@ def test_render_png_without_display(models, sample, tmp_path):
     img = np.asarray(Image.open(out["png"]).convert("RGB"))
     assert img.std() > 5, "blank rendering"
     assert Image.open(out["gif"]).n_frames == 3
+    # no frames asked for: the PNG, and no GIF (it used to fail with an IndexError)
+    out = render_explanation(sample, res, tmp_path / "r0.png", tmp_path / "r0.gif", n_frames=0)
+    assert os.path.exists(out["png"]) and "gif" not in out
+    assert not (tmp_path / "r0.gif").exists()
 
 
 def test_cli_explain_writes_aligned_heatmap(models, tmp_path):

@@ -60,7 +60,8 @@ def render_3d(*, brain: Optional[np.ndarray], spacing_zyx: Sequence[float],
     """Render brain surface (translucent), tumour labels and heatmap iso-surfaces.
 
     ``brain`` is a boolean brain mask (or None), ``labels`` a 0/1/2/4 array, ``heatmap`` float
-    in [0, 1]. Large volumes are downsampled to at most ``max_voxels`` for speed.
+    in [0, 1]. Large volumes are downsampled to at most ``max_voxels`` for speed. A turntable
+    GIF of ``n_frames`` frames is written to ``out_gif`` (none when ``n_frames`` < 1).
     Returns the written paths.
     """
     _setup_env()
@@ -103,7 +104,7 @@ def render_3d(*, brain: Optional[np.ndarray], spacing_zyx: Sequence[float],
     out_png.parent.mkdir(parents=True, exist_ok=True)
     p.screenshot(str(out_png))
     out["png"] = str(out_png)
-    if out_gif is not None:
+    if out_gif is not None and n_frames > 0:     # no frames: no GIF (the PNG only)
         from PIL import Image
 
         frames = []
