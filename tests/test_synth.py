@@ -354,3 +354,18 @@ def test_shipped_model_on_sample_case_meets_its_card(tmp_path):
     prep = S.prepare_case(full)
     got = S.psnr(syn.array, prep.arrays["t1ce"], prep.mask)
     assert abs(got - expected) <= 1.0, (got, expected)
+
+
+def test_a_synthetic_volume_far_below_the_held_out_results_is_cautioned():
+    """PSNR against the real scan more than 3 dB under the median of the card's held-out
+    BraTS cases for that target: a caution naming the median and range; not otherwise."""
+    from napari_radiogen.core.synthesize import quality_note
+    card = {"metrics": {"brats_per_case": [
+        {"target": "t1ce", "psnr_db": v} for v in (18.0, 17.0, 19.0, 9.0)] + [
+        {"target": "t2", "psnr_db": 30.0}]}}
+    note = quality_note(card, "t1ce", 9.02)
+    assert note and "median 17.5 dB" in note and "9.0-19.0 dB over 4 BraTS cases" in note
+    assert quality_note(card, "t1ce", 15.0) is None                  # within 3 dB
+    assert quality_note(card, "flair", 1.0) is None                  # no held-out figures
+    assert quality_note({}, "t1ce", 1.0) is None and quality_note(card, "t1ce", None) is None
+    assert quality_note(card, "t2", 20.0).startswith("synthetic t2: PSNR 20.0 dB")

@@ -407,6 +407,9 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
         res.psnr = psnr(arr, real, prep.mask)
         res.ssim = ssim_brain(arr, real, prep.mask)
         res.mae = mae(arr, real, prep.mask)
+        low = quality_note(lm.card, target, res.psnr) if case.kind == "volume" else None
+        if low is not None:
+            res.warnings.append(low)
     from .insample import SYNTHESIS, SYNTHESIS_METRICS, case_patient_ids, in_sample_note
     note = in_sample_note(case.case_id, lm.name, lm.card,
                           SYNTHESIS_METRICS if has_real else SYNTHESIS, case_patient_ids(case))
@@ -414,6 +417,27 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
         res.warnings.append(note)
     res.seconds = time.perf_counter() - t0
     yield res
+
+
+def quality_note(card: Optional[Dict[str, Any]], target: str, psnr_db: Optional[float],
+                 margin_db: float = 3.0) -> Optional[str]:
+    """A caution when a synthetic volume's PSNR against the real scan lies more than
+    ``margin_db`` below the median of the model's held-out BraTS cases for that target (card
+    ``metrics.brats_per_case``), naming that median and range; None otherwise or without them."""
+    rows = [r for r in (((card or {}).get("metrics") or {}).get("brats_per_case") or [])
+            if isinstance(r, dict) and r.get("target") == target
+            and isinstance(r.get("psnr_db"), (int, float))]
+    if psnr_db is None or not rows or not np.isfinite(psnr_db):
+        return None
+    vals = np.array([float(r["psnr_db"]) for r in rows])
+    med = float(np.median(vals))
+    if psnr_db >= med - margin_db:
+        return None
+    return (f"synthetic {target}: PSNR {psnr_db:.1f} dB against the real {target} is well "
+            f"below this model's typical held-out result (median {med:.1f} dB, range "
+            f"{vals.min():.1f}-{vals.max():.1f} dB over {len(vals)} BraTS cases): this case's "
+            f"contrast may differ from the training data; treat the synthetic {target} with "
+            "caution")
 
 
 def synthesize_volume(case: Case, model: Any = None, target: str = "t1ce", **kw: Any
