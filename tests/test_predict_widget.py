@@ -157,10 +157,126 @@ def test_an_ensembles_attention_plot_names_its_image_member(widget_and_viewer, q
     assert w.model_combo.currentText() == "predict_ens_widget"
     _run(w, qtbot)
     assert w.result is not None and w.result.model == "predict_ens_widget"
-    assert w.ax.get_lines() and w.ax.get_title() == (
+    assert w.ax.get_lines() and w.ax.get_title().replace("\n", " ") == (
         "slice attention (predict_mil_roi, the image member of predict_ens_widget)")
     assert w.result.to_json()["attention_model"] == "predict_mil_roi"   # in the JSON too
     w.model_combo.setCurrentText(TINY)
     _run(w, qtbot)
     assert w.result is not None and w.result.model == TINY and w.ax.get_lines()
     assert w.ax.get_title() == "" and w.ax.get_ylabel() == "attention"
+
+
+def _add_case(viewer, case_id, seed=1):
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.napari.layers import case_to_layer_data
+    case = make_pack_phantom(seed=seed, n_slices=14, case_id=case_id)
+    for data, kw, kind in case_to_layer_data(case, source=f"{case_id}.h5"):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+
+
+def test_the_shown_result_names_its_case(widget_and_viewer, qtbot):
+    """The heading names the result's case and model; switching the Case combo to another
+    case marks the result as that other case's (greyed) and switching back unmarks it."""
+    w, viewer = widget_and_viewer
+    _add_case(viewer, "PH1")
+    w.case_combo.setCurrentText("PH0")
+    _run(w, qtbot)
+    assert w.result is not None
+    assert "PH0" in w.heading.text() and TINY in w.heading.text()
+    assert not w.heading.isHidden() and w.results_box.isEnabled()
+    w.case_combo.setCurrentText("PH1")
+    assert "PH0" in w.heading.text() and "not the selected case PH1" in w.heading.text()
+    assert not w.results_box.isEnabled()        # the probabilities are greyed out
+    w.case_combo.setCurrentText("PH0")
+    assert "not the selected" not in w.heading.text() and w.results_box.isEnabled()
+
+
+def test_a_case_closed_during_the_run_is_said(widget_and_viewer, qtbot):
+    """PH0's layers removed while its prediction runs: the result is shown, named as PH0's,
+    with the shared closed-case note, while the combo has moved on to PH1."""
+    from napari_radiogen.napari._common import closed_case_note
+    w, viewer = widget_and_viewer
+    _add_case(viewer, "PH1")
+    w.case_combo.setCurrentText("PH0")
+    job = w.run()
+    for ly in [ly for ly in viewer.layers
+               if ly.metadata.get("radiogen", {}).get("case_id") == "PH0"]:
+        viewer.layers.remove(ly)
+    note = closed_case_note(viewer, "PH0")
+    assert note and w.case_combo.currentText() == "PH1"
+    qtbot.waitUntil(lambda: job.done, timeout=60000)
+    assert w.result is not None and w.result_case_id == "PH0"
+    assert note.lstrip("; ") in w.heading.text()
+    assert note.lstrip("; ") in w.status.text()
+    assert "PH0" in w.heading.text() and "not the selected case PH1" in w.heading.text()
+
+
+def test_the_plus_minus_says_what_it_is(widget_and_viewer, qtbot):
+    """Each probability's tooltip and the legend under them say what the ± is: the result's
+    own description (uncertainty[task]['method']) when it carries one, else a generic one."""
+    w, viewer = widget_and_viewer
+    _run(w, qtbot)
+    method = w.result.uncertainty["idh"]["method"]
+    assert method in w.task_labels["idh"].toolTip()
+    assert w.pm_legend.text().startswith("\u00b1") and method in w.pm_legend.toolTip()
+    assert method.split(" (")[0] in w.pm_legend.text()
+    assert not w.pm_legend.isHidden()
+    res = w.result
+    for t in res.uncertainty:
+        res.uncertainty[t].pop("method", None)
+    w.show_result(res, "PH0")
+    assert "sd over ensemble members/folds" in w.task_labels["idh"].toolTip()
+    assert "sd over ensemble members/folds" in w.pm_legend.text()
+    res.uncertainty["idh"]["method"] = "a result's own words (with details)"
+    w.show_result(res, "PH0")
+    assert "a result's own words (with details)" in w.task_labels["idh"].toolTip()
+    assert "a result's own words" in w.pm_legend.text()
+
+
+def _no_overlap(a, b, root) -> bool:
+    from qtpy.QtCore import QRect
+    ra = QRect(a.mapTo(root, a.rect().topLeft()), a.size())
+    rb = QRect(b.mapTo(root, b.rect().topLeft()), b.size())
+    return not ra.intersects(rb)
+
+
+def test_docked_beside_others_nothing_overlaps_or_is_clipped(make_napari_viewer, qtbot):
+    """Three docks in a 1400x900 window, a result with long warnings and an ensemble's long
+    plot title: the status is laid out below the plot (not painted under it) at its full
+    wrapped height, the dock content scrolls, and the plot title fits the figure."""
+    from qtpy.QtWidgets import QApplication, QScrollArea
+    from napari_radiogen.napari.predict_widget import PredictionWidget
+    make_tiny_model()
+    viewer = make_napari_viewer(show=True)
+    _add_case(viewer, "PH0", seed=0)
+    w = PredictionWidget(viewer)
+    w.model_combo.setCurrentText(TINY)
+    others = [PredictionWidget(viewer), PredictionWidget(viewer)]
+    viewer.window.add_dock_widget(w, name="Predict")
+    for i, o in enumerate(others):
+        viewer.window.add_dock_widget(o, name=f"other {i}")
+    viewer.window._qt_window.resize(1400, 900)
+    _run(w, qtbot)
+    res = w.result
+    res.warnings = list(res.warnings) + [
+        "a long warning that has to wrap over several lines of the dock: " * 3] * 3
+    res.attention_model = "predict_mil_roi"
+    res.model = "predict_ensemble_with_a_long_name"
+    w.show_result(res, "PH0")
+    for _ in range(5):
+        QApplication.processEvents()
+    qtbot.wait(50)
+    assert _no_overlap(w.status, w.canvas, w)
+    assert w.status.height() >= w.status.heightForWidth(w.status.width())
+    assert w.canvas.height() >= 150
+    assert isinstance(w.scroll, QScrollArea) and w.scroll.widget() is w.content
+    # the content is taller than the squeezed dock: it scrolls instead of overflowing
+    assert w.content.height() >= w.content.minimumSizeHint().height()
+    w.canvas.draw()
+    title = w.ax.title
+    bb = title.get_window_extent(w.canvas.get_renderer())
+    fb = w.figure.bbox
+    assert bb.x0 >= fb.x0 - 1 and bb.x1 <= fb.x1 + 1
+    assert title.get_text().replace("\n", " ") == (
+        "slice attention (predict_mil_roi, the image member of "
+        "predict_ensemble_with_a_long_name)")

@@ -171,3 +171,54 @@ def test_widget_cancel(viewer_with_case, tiny, qtbot):
     assert w.run_btn.isEnabled()
     assert [l.name for l in viewer.layers] == before       # a cancelled run adds nothing
     assert w.ranking is None and w.map_layers == []
+
+
+def test_a_case_closed_during_the_run_is_said(viewer_with_case, tiny, qtbot):
+    """The case's layers removed while its synthesis runs: the synthetic layer is still added
+    (nothing lost) and the result's text names its case with the shared closed-case note."""
+    from napari_radiogen.napari._common import closed_case_note
+    from napari_radiogen.napari.synth_widget import SynthesisWidget
+    viewer, case = viewer_with_case
+    w = SynthesisWidget(viewer)
+    qtbot.addWidget(w)
+    w.set_model_path(tiny, "tiny")
+    w.target_combo.setCurrentText("t1ce")
+    w.run()
+    for ly in list(viewer.layers):
+        viewer.layers.remove(ly)
+    note = closed_case_note(viewer, case.case_id)
+    assert note
+    _wait(qtbot, w)
+    assert w._job.error is None
+    assert f"{case.case_id} t1ce (synthetic)" in viewer.layers
+    assert w.metrics_label.text().startswith(f"{case.case_id}: t1ce from")
+    assert note.lstrip("; ") in w.metrics_label.text()
+
+
+def test_docked_beside_others_the_chart_and_labels_keep_their_size(viewer_with_case, tiny,
+                                                                  qtbot):
+    """Beside two other docks in a 1400x900 window, after Rank: the contribution chart keeps a
+    readable height (it collapsed to a few pixels), the Sequences row is not cut, and the
+    content scrolls instead."""
+    from qtpy.QtWidgets import QApplication, QScrollArea
+    from napari_radiogen.napari.synth_widget import SynthesisWidget
+    viewer, case = viewer_with_case
+    viewer.window._qt_window.show()
+    w = SynthesisWidget(viewer)
+    w.set_model_path(tiny, "tiny")
+    viewer.window.add_dock_widget(SynthesisWidget(viewer), name="other 0")
+    viewer.window.add_dock_widget(w, name="Synthesis")
+    viewer.window.add_dock_widget(SynthesisWidget(viewer), name="other 1")
+    viewer.window._qt_window.resize(1400, 900)
+    w.rank()
+    _wait(qtbot, w)
+    for _ in range(5):
+        QApplication.processEvents()
+    qtbot.wait(50)
+    assert w._canvas.height() >= 150
+    form = w.content.layout().itemAt(0).layout()          # the Case...Device form
+    seq_label = form.labelForField(w.present_label)
+    assert seq_label.height() >= seq_label.sizeHint().height()
+    assert w.present_label.height() >= w.present_label.heightForWidth(w.present_label.width())
+    assert w.metrics_label.height() >= w.metrics_label.heightForWidth(w.metrics_label.width())
+    assert isinstance(w.scroll, QScrollArea) and w.scroll.widget() is w.content

@@ -2,24 +2,60 @@
 
 Thin: picks a case and a model, optional age/sex (used when the model fuses them), runs
 :func:`napari_radiogen.core.predict.predict` through :func:`workers.start_job`, then shows each
-task's probability with its uncertainty (fold-ensemble spread) and the model card's validated
-AUC, and a plot of the per-slice attention along the slice axis (an ensemble's is its image
-member's, named in the title). Clicking the plot moves the viewer to that slice.
+task's probability with its uncertainty (the ``±``: what it is, from the result's own
+``uncertainty[task]["method"]``, is said in the labels' tooltips and a legend) and the model
+card's validated AUC, and a plot of the per-slice attention along the slice axis (an ensemble's
+is its image member's, named in the title). Clicking the plot moves the viewer to that slice.
+
+A heading names the case and model the shown result belongs to; with another case selected in
+the Case combo the result is greyed out and the heading says whose it is; a case closed while
+its prediction ran gets ``_common.closed_case_note``. The content scrolls when the dock is
+shorter than it (beside other docks), so nothing is painted over or cut.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+import textwrap
+
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QLabel,
+                            QScrollArea, QVBoxLayout, QWidget)
 
 from ..core.predict import attention_title
-from ._common import CaseCombo, device_combo, run_cancel_row
+from ._common import CaseCombo, closed_case_note, device_combo, run_cancel_row
 from .workers import start_job
+
+#: what the ``±`` is when a result does not say (``uncertainty[task]["method"]``)
+GENERIC_PM = "\u00b1: sd over ensemble members/folds (the spread of their probabilities)"
 
 TASK_LABELS = {"idh": ("IDH mutant", "mutant"), "codel_1p19q": ("1p/19q co-deleted", "codel"),
                "grade": ("WHO grade 3", "3")}
+
+
+class _DockScroll(QScrollArea):
+    """The dock's content in a scroll area that asks for the content's least height up to
+    ``least`` px: beside other docks the dock keeps a useful share of the column (a bare
+    scroll area could be squeezed to a few pixels) and scrolls the rest; its least width is
+    the content's (no horizontal scrolling of the form)."""
+
+    def __init__(self, content: QWidget, least: int = 240, parent=None):
+        super().__init__(parent)
+        self.least = least
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setWidget(content)
+
+    def minimumSizeHint(self):  # noqa: N802 (Qt name)
+        hint = super().minimumSizeHint()
+        w = self.widget()
+        if w is not None:
+            m = w.minimumSizeHint()
+            bar = self.verticalScrollBar().sizeHint().width()
+            hint.setHeight(max(hint.height(), min(m.height(), self.least)))
+            hint.setWidth(max(hint.width(), m.width() + bar))
+        return hint
 
 
 @dataclass
@@ -40,8 +76,17 @@ class PredictionWidget(QWidget):
         self.result = None
         self.result_case_id: Optional[str] = None
         self._ref_layer_name: Optional[str] = None
+        self._closed_note = ""
+        self._title = ""
 
-        lay = QVBoxLayout(self)
+        # beside other docks the content is taller than the dock: it scrolls (a layout squeezed
+        # below its minimum painted the status text under the plot and cut the warnings)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.content = QWidget()
+        self.scroll = _DockScroll(self.content)
+        outer.addWidget(self.scroll)
+        lay = QVBoxLayout(self.content)
         form = QFormLayout()
         self.case_combo = CaseCombo(napari_viewer)
         self.model_combo = QComboBox()
@@ -61,16 +106,32 @@ class PredictionWidget(QWidget):
         form.addRow("Device", self.device)
         lay.addLayout(form)
         self.run_button, self.cancel_button = run_cancel_row(lay, self.run, self.cancel)
+        # whose result is shown (case, model), and whether it is the selected case's
+        self.heading = QLabel("")
+        self.heading.setWordWrap(True)
+        self.heading.setHidden(True)
+        lay.addWidget(self.heading)
+        self.results_box = QWidget()
+        res = QFormLayout(self.results_box)
+        res.setContentsMargins(0, 0, 0, 0)
+        res.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.task_labels: Dict[str, QLabel] = {}
-        res = QFormLayout()
         for t, (title, _) in TASK_LABELS.items():
             lab = QLabel("-")
             lab.setWordWrap(True)
             res.addRow(title, lab)
             self.task_labels[t] = lab
         self.risk_label = QLabel("-")
+        self.risk_label.setWordWrap(True)
         res.addRow("OS risk score", self.risk_label)
-        lay.addLayout(res)
+        self.pm_legend = QLabel("")         # what the ± is
+        self.pm_legend.setWordWrap(True)
+        self.pm_legend.setHidden(True)
+        f = self.pm_legend.font()
+        f.setPointSizeF(max(6.0, f.pointSizeF() * 0.9))
+        self.pm_legend.setFont(f)
+        res.addRow(self.pm_legend)
+        lay.addWidget(self.results_box)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
         self.figure = Figure(figsize=(4, 2.4))
@@ -79,6 +140,7 @@ class PredictionWidget(QWidget):
         self.ax.set_xlabel("slice")
         self.ax.set_ylabel("attention")
         self.canvas.mpl_connect("button_press_event", self._on_click)
+        self.canvas.mpl_connect("resize_event", self._on_resize)
         # beside other docks the plot would otherwise shrink to a few unreadable pixels
         self.canvas.setMinimumHeight(180)
         lay.addWidget(self.canvas)
@@ -87,6 +149,10 @@ class PredictionWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
         self.model_combo.currentIndexChanged.connect(self._on_model)
+        self.case_combo.currentTextChanged.connect(self._update_heading)
+        # the combo rebuilds itself with its signals blocked when a case closes or opens
+        napari_viewer.layers.events.inserted.connect(self._update_heading)
+        napari_viewer.layers.events.removed.connect(self._update_heading)
         self.refresh_models()
 
     # -- models --------------------------------------------------------------------------------
@@ -170,11 +236,37 @@ class PredictionWidget(QWidget):
 
     def _clear_results(self) -> None:
         self.result = None
+        self.result_case_id = None
+        self._closed_note = ""
         for lab in self.task_labels.values():
             lab.setText("-")
+            lab.setToolTip("")
         self.risk_label.setText("-")
+        self.pm_legend.setText("")
+        self.pm_legend.setHidden(True)
+        self._title = ""
         self.ax.clear()
         self.canvas.draw_idle()
+        self._update_heading()
+
+    def _update_heading(self, *_: Any) -> None:
+        """Name the shown result's case and model; grey the result out while another case is
+        selected (the result is not the selected case's)."""
+        if self.result is None:
+            self.heading.setText("")
+            self.heading.setHidden(True)
+            self.results_box.setEnabled(True)
+            return
+        cid, cur = self.result_case_id, self.case_combo.currentText()
+        text = f"Result for {cid} ({self.result.model})"
+        other = bool(cur) and cur != cid
+        if other:
+            text += f": not the selected case {cur} (Run to predict {cur})"
+        if self._closed_note:
+            text += self._closed_note
+        self.heading.setText(text)
+        self.heading.setHidden(False)
+        self.results_box.setEnabled(not other)
 
     def _finished(self, job) -> None:
         self.run_button.setEnabled(True)
@@ -186,13 +278,25 @@ class PredictionWidget(QWidget):
     def show_result(self, res, case_id: Optional[str] = None) -> None:
         self.result = res
         self.result_case_id = case_id or res.case_id
+        # the case was closed while its prediction ran: the result stands on its own
+        self._closed_note = closed_case_note(self.viewer, self.result_case_id)
         val = (res.card or {}).get("validated") or {}
+        methods = []
         for t, (title, pos) in TASK_LABELS.items():
             if t not in res.tasks:
                 self.task_labels[t].setText("-")
+                self.task_labels[t].setToolTip("")
                 continue
             p = res.tasks[t].get(pos, list(res.tasks[t].values())[-1])
-            sd = res.uncertainty.get(t, {}).get("sd", 0.0)
+            unc = res.uncertainty.get(t) or {}
+            sd = unc.get("sd", 0.0)
+            what = pm_text(unc)
+            if what not in methods:
+                methods.append(what)
+            self.task_labels[t].setToolTip(
+                f"{title}: probability {p:.3f} \u00b1 {sd:.3f}\n{what}"
+                + (f"\nmembers: {', '.join(f'{v:.2f}' for v in unc['members'])}"
+                   if unc.get("members") else ""))
             v = val.get(t) or {}
             held = (res.card or {}).get("held_out", True)
             auc = (f"; CV AUC {v['auc_mean']:.2f}"
@@ -205,8 +309,14 @@ class PredictionWidget(QWidget):
             self.risk_label.setText(f"{res.risk:+.2f}" + (f" (CV C-index {c:.2f})" if c else ""))
         else:
             self.risk_label.setText("-")
+        self.pm_legend.setText("\n".join(_short(m) for m in methods))
+        self.pm_legend.setToolTip("\n".join(methods))
+        self.pm_legend.setHidden(not methods)
+        self._update_heading()
         self.plot_attention(res)
-        msg = f"{res.case_id}: done in {res.seconds:.1f} s with {res.model}"
+        self.scroll.updateGeometry()
+        msg = (f"{self.result_case_id}: done in {res.seconds:.1f} s with {res.model}"
+               + self._closed_note)
         if res.warnings:
             msg += "\n" + "\n".join(f"warning: {w}" for w in res.warnings)
         self.status.setText(msg)
@@ -220,11 +330,12 @@ class PredictionWidget(QWidget):
             w = np.asarray(w, dtype=float)
             x = idx if idx.size and idx.max() < len(w) else np.arange(len(w))
             self.ax.plot(x, w[x], label=s, lw=1.2, marker="." if len(x) < 60 else None)
+        self._title = ""
         if res.attention:
             self.ax.legend(fontsize=7, loc="upper right")
-            title = attention_title(res)          # an ensemble shows its image member's
-            if title:
-                self.ax.set_title(title, fontsize=8)
+            self._title = attention_title(res) or ""  # an ensemble shows its image member's
+            if self._title:
+                self.ax.set_title(self._fit_title(self._title), fontsize=8)
         else:
             self.ax.text(0.5, 0.5, f"{res.model} has no slice attention"
                          + (f"\n(features {res.features_source})" if res.features_source else ""),
@@ -233,6 +344,20 @@ class PredictionWidget(QWidget):
         self.ax.set_ylabel("attention")
         self.figure.tight_layout()
         self.canvas.draw_idle()
+
+    def _fit_title(self, title: str) -> str:
+        """``title`` wrapped to the figure's width (a long ensemble name was cut)."""
+        width_pt = self.figure.get_figwidth() * 72.0
+        chars = max(20, int(width_pt / (8 * 0.62)))      # 8 pt text, ~0.6 em a character
+        return textwrap.fill(title, chars)
+
+    def _on_resize(self, _event=None) -> None:
+        if self._title:
+            self.ax.set_title(self._fit_title(self._title), fontsize=8)
+        try:
+            self.figure.tight_layout()
+        except Exception:   # noqa: BLE001 - a figure too small to lay out: keep as it is
+            pass
 
     def _on_click(self, event) -> None:
         if event.inaxes is not self.ax or event.xdata is None:
@@ -257,3 +382,18 @@ class PredictionWidget(QWidget):
         world = np.asarray(layer.data_to_world(centre), dtype=float)
         axis = self.viewer.dims.ndim - layer.ndim
         self.viewer.dims.set_point(axis, float(world[0]))
+
+
+def pm_text(unc: Dict[str, Any]) -> str:
+    """What a probability's ``±`` is: the result's own description
+    (``uncertainty[task]["method"]``, e.g. an ensemble's spread of its members) when it
+    carries one, else a generic wording."""
+    method = (unc or {}).get("method") or (unc or {}).get("description")
+    return f"\u00b1: {method}" if method else GENERIC_PM
+
+
+def _short(text: str) -> str:
+    """A legend's short form of a ``±`` description: its words before the first
+    parenthesis (the full text is the tooltip), unless that leaves too little."""
+    head = text.split(" (", 1)[0]
+    return head if len(head) >= 20 else text

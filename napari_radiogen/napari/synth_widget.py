@@ -13,6 +13,11 @@ contribution (matplotlib, in the dock), and per target the imaging-differentiati
 generating it from each single source) as a heatmap layer ``<case_id> <target> differentiation
 map``.
 
+The result's text names the case it was made for (and says so with
+``_common.closed_case_note`` when that case was closed during the run). The dock's content
+scrolls when the dock is shorter than it (beside other docks) and the chart keeps a readable
+height.
+
 The result layers' data and, for a layer whose name is not in the viewer when the job starts,
 their napari objects are built in the worker thread (:func:`synth_layers`,
 :func:`diffmap_layers`, ``_common.build_if_new``); the main thread only inserts them, or updates
@@ -23,16 +28,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton,
+                            QScrollArea, QVBoxLayout, QWidget)
 
 from ..core.case import SEQUENCES
-from ._common import (CaseCombo, add_layer_data, build_if_new, device_combo,
-                      image_result_data)
+from ._common import (CaseCombo, add_layer_data, build_if_new, closed_case_note,
+                      device_combo, image_result_data)
 from .layers import LayerData, case_layers, image_layer_data, radiogen_meta
 from .workers import start_job
 
 FILL_ALL = "fill all missing"
+#: the contribution chart's least height (beside other docks it collapsed to a few pixels)
+CHART_MIN_HEIGHT = 200
 
 
 @dataclass
@@ -57,6 +64,30 @@ def prepared(gen, layers_of, existing) -> Iterator[Any]:
         yield item
 
 
+class _DockScroll(QScrollArea):
+    """The dock's content in a scroll area that asks for the content's least height up to
+    ``least`` px: beside other docks the dock keeps a useful share of the column (a bare
+    scroll area could be squeezed to a few pixels) and scrolls the rest; its least width is
+    the content's (no horizontal scrolling of the form)."""
+
+    def __init__(self, content: QWidget, least: int = 240, parent=None):
+        super().__init__(parent)
+        self.least = least
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setWidget(content)
+
+    def minimumSizeHint(self):  # noqa: N802 (Qt name)
+        hint = super().minimumSizeHint()
+        w = self.widget()
+        if w is not None:
+            m = w.minimumSizeHint()
+            bar = self.verticalScrollBar().sizeHint().width()
+            hint.setHeight(max(hint.height(), min(m.height(), self.least)))
+            hint.setWidth(max(hint.width(), m.width() + bar))
+        return hint
+
+
 @dataclass
 class SynthInputs:
     case_id: str
@@ -75,8 +106,16 @@ class SynthesisWidget(QWidget):
         self.ranking: Any = None
         self.map_layers: List[Any] = []
 
-        lay = QVBoxLayout(self)
+        # beside other docks the content is taller than the dock: it scrolls (squeezed below
+        # its minimum, the chart collapsed and the Sequences row was cut)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.content = QWidget()
+        self.scroll = _DockScroll(self.content)
+        outer.addWidget(self.scroll)
+        lay = QVBoxLayout(self.content)
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.case_combo = CaseCombo(napari_viewer)
         self.case_combo.currentTextChanged.connect(self._update_sequences)
         self.present_label = QLabel("")
@@ -227,7 +266,10 @@ class SynthesisWidget(QWidget):
         from ..core.synthesize import SynthResult
         res = prep.result
         self.result = res
+        # the case was closed during the run: its layers are still added, and stand alone
+        note = closed_case_note(self.viewer, inp.case_id)
         self.result_layers = self._add_layers(prep)
+        txt = ""
         if isinstance(res, SynthResult):
             txt = f"{res.target} from {'+'.join(res.sources)} in {res.seconds:.1f} s"
             if res.psnr is not None:
@@ -235,11 +277,12 @@ class SynthesisWidget(QWidget):
                         f"SSIM {res.ssim:.3f} (brain)")
             if res.warnings:
                 txt += "; " + "; ".join(map(str, res.warnings))
-            self.metrics_label.setText(txt)
         elif isinstance(res, Case):
             added = _added(res, case)
-            self.metrics_label.setText(f"synthesised: {', '.join(added) or 'nothing missing'}")
+            txt = f"synthesised: {', '.join(added) or 'nothing missing'}"
+        self.metrics_label.setText(f"{inp.case_id}: {txt}{note}")
         self._update_sequences()
+        self.scroll.updateGeometry()
 
     def rank(self) -> None:
         from ..core.errors import RadiogenError
@@ -272,14 +315,16 @@ class SynthesisWidget(QWidget):
         res = prep.result
         self.ranking = res
         c = res.cases[0]
+        note = closed_case_note(self.viewer, inp.case_id)
         self._draw_chart(c.scores, f"{c.case_id}: sequence contribution")
         self.map_layers = self._add_layers(prep)
         for ld, layer in zip(prep.layers, self.map_layers):
             if layer.visible != ld[1]["visible"]:     # a layer updated in place
                 layer.visible = ld[1]["visible"]
         order = sorted(c.scores.items(), key=lambda kv: -kv[1]["contribution"])
-        self.metrics_label.setText("contribution: " + ", ".join(
-            f"{s} {v['contribution']:+.2f}" for s, v in order))
+        self.metrics_label.setText(f"{inp.case_id}: contribution: " + ", ".join(
+            f"{s} {v['contribution']:+.2f}" for s, v in order) + note)
+        self.scroll.updateGeometry()
 
     def _draw_chart(self, scores, title: str) -> None:
         from matplotlib.figure import Figure
@@ -288,6 +333,7 @@ class SynthesisWidget(QWidget):
         if self._canvas is None:
             self._figure = Figure(figsize=(4, 2.8))
             self._canvas = FigureCanvasQTAgg(self._figure)
+            self._canvas.setMinimumHeight(CHART_MIN_HEIGHT)
             self._chart_box.addWidget(self._canvas)
         self._figure.clear()
         plot_scores(self._figure.add_subplot(111), scores, title)
