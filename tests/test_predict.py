@@ -146,6 +146,18 @@ def test_predict_nifti_case_folder_t2_ignored(tiny, tmp_path):
     assert max(res.slice_index) < nz
     assert any("t2 ignored" in w for w in res.warnings)
     assert not any("age unknown" in w for w in res.warnings)
+    # a model trained on slice packs says a 3D volume is outside its domain; a pack is not
+    from napari_radiogen.core.notes import OUTSIDE_DOMAIN_3D, warning_key
+    assert OUTSIDE_DOMAIN_3D not in [warning_key(w) for w in res.warnings]   # no datasets
+    import copy
+    packs = copy.copy(tiny)
+    packs.card = {**tiny.card, "training_data": {
+        "datasets": ["TCGA-LGG (Buda et al. 2019 slice packs, 88 patients)"]}}
+    res = drive(predict(case, packs, clinical={"age": 60, "sex": "F"}, device="cpu"))
+    dom = [w for w in res.warnings if warning_key(w) == OUTSIDE_DOMAIN_3D]
+    assert len(dom) == 1 and "trained on TCGA-LGG slice packs" in dom[0]
+    res = drive(predict(_pack(n=12), packs, device="cpu"))
+    assert OUTSIDE_DOMAIN_3D not in [warning_key(w) for w in res.warnings]
 
 
 def test_four_sequence_model_uses_t2(tmp_path):

@@ -564,6 +564,13 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     in_sample = in_sample_note(case.case_id, lm.name, card, PREDICTION, case_patient_ids(case))
     if in_sample is not None:
         warns.append(in_sample)
+    if case.kind != "slices" and trained_on_slice_packs(card) \
+            and (card.get("input") or {}).get("kind") not in ("mil_roi", "ensemble", "radiomics"):
+        # (the windowed and radiomics models say it in their own words; an ensemble's
+        # members say it)
+        warns.append(Note(f"3D volume: {lm.name} was trained on TCGA-LGG slice packs (not "
+                          "skull-stripped); this input is outside its validated domain",
+                          OUTSIDE_DOMAIN_3D))
     extra = sorted(present - set(seqs))
     if extra:
         # "by the predictor": a tumour segmentation (the predictor's window, an analysis's)
@@ -819,6 +826,14 @@ def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
     err.args = (f"{why} (synthesise {', '.join(missing)} first, or choose predict_mil, "
                 "which needs FLAIR only)",)
     raise err
+
+
+def trained_on_slice_packs(card: Optional[Dict[str, Any]]) -> bool:
+    """Was the model of ``card`` trained on 2D slice packs (the shipped TCGA-LGG data), so that
+    a 3D volume lies outside the domain it was validated on?"""
+    ds = ((card or {}).get("training_data") or {}).get("datasets")
+    text = "; ".join(map(str, ds)) if isinstance(ds, (list, tuple)) else str(ds or "")
+    return "slice pack" in text.lower()
 
 
 #: a segmented tumour smaller than this (mL) may be a false positive of the segmentation
