@@ -738,8 +738,7 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
                   "members": [float(v) for v in pos], "member_models": names,
                   "method": "SD of the equal mixture of the members' own spreads (fold models, "
                             "trees): their mean variance plus the variance between the "
-                            "members' probabilities (between_members_sd; each member's own "
-                            "under member_uncertainty)",
+                            "members' probabilities",
                   "member_uncertainty": {r.model: r.uncertainty.get(t) for r in results}}
     if "risk" in out:
         unc["risk"] = {"members": [float(v) for v in risks], "member_models": names,
