@@ -4,9 +4,15 @@
 The heatmap layer is named ``<case> <task> <method>``, carries its case, model, task, method,
 localisation score and the synthetic inputs it rests on (``synthetic_inputs``: its model's and
 those of the tumour segmentation it was placed on) in its metadata, and is replaced cleanly on a
-rerun. A threshold slider hides
-low values; "3D view" switches napari to 3D with the tumour labels shown as surfaces; "Export
-rendering" writes an off-screen pyvista PNG + turntable GIF.
+rerun; a new heatmap hides (never removes) the case's heatmaps of other tasks and methods, which
+would otherwise add up (additive blending). A threshold slider hides low values (and sets the
+iso-surface level in 3D); "3D view" switches napari to 3D with the tumour labels shown as
+surfaces, and heatmaps arriving later in 3D take the same style; "Export rendering" writes an
+off-screen pyvista PNG + turntable GIF of the shown result with the case it was computed on.
+
+The dock's text says which class the heatmap explains (the evidence for that class, whatever
+the model predicts) and, where the result carries it (the occlusion map's base probability),
+the model's probability for it.
 """
 from __future__ import annotations
 
@@ -19,9 +25,15 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget)
 
+from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import CaseCombo, add_layer_data, image_result_data, prepared_results
+from ._common import (CaseCombo, add_layer_data, closed_case_note, image_result_data,
+                      prepared_results)
 from .workers import start_job
+
+
+#: the lowest iso-surface level in 3D (below it the surface wraps most of the head)
+ISO_FLOOR = 0.3
 
 
 @dataclass
@@ -37,9 +49,14 @@ class ExplainWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.job = None
+        #: the shown result and the case it was computed on: set together, only when a run
+        #: succeeds (the export renders this pair, never a result with another case)
         self.result = None
-        self.layer = None
         self._case = None
+        self.layer = None
+        self._result_text = ""       # the result's lines in the dock (an export appends to it)
+        self._style_3d = False       # "3D view" was chosen: new heatmaps in 3D take its style
+        self._shown = False
         self.case_combo = CaseCombo(napari_viewer)
         self.model = QComboBox()
         self.method = QComboBox()
@@ -51,6 +68,8 @@ class ExplainWidget(QWidget):
         self.threshold = QSlider(Qt.Horizontal)
         self.threshold.setRange(0, 95)
         self.threshold.setValue(20)
+        self.threshold.setToolTip("heatmap values below this are hidden; in 3D, the iso-surface "
+                                  f"level (at least {ISO_FLOOR:.2f})")
         self.threshold.valueChanged.connect(self._apply_threshold)
         self.opacity = QSlider(Qt.Horizontal)
         self.opacity.setRange(0, 100)
@@ -91,11 +110,13 @@ class ExplainWidget(QWidget):
         from ..core.models import list_models
         self.model.clear()
         self._kinds = {}
+        self._classes = {}
         from ..core.predict import default_model_name
         for m in list_models("prediction"):
             kind = explained_kind(m["card"])        # an ensemble: its image network's
             if kind in KIND_METHODS:
                 self._kinds[m["name"]] = kind
+                self._classes[m["name"]] = m["card"].get("classes") or {}
                 self.model.addItem(m["name"])
         # the prediction widget's and the command line's default comes first
         if self._kinds and default_model_name() in self._kinds:
@@ -122,11 +143,14 @@ class ExplainWidget(QWidget):
         case = self.case_combo.case_or_notify()
         if case is None:
             return
-        self._case = case
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
+        self.export_btn.setEnabled(False)        # until this run has a result
         self.score.setText("")
+        self._result_text = ""
+        self._shown = False                      # this run's result reached the viewer
         self.bar.setRange(0, 4)
+        self.bar.setValue(0)
         seg = None if case.labels is not None else self._segmentation_labels(inp.case_id, case)
         existing = {layer.name for layer in self.viewer.layers}
         # the mask is made in the worker (a full-volume comparison off the main thread), and so
@@ -134,8 +158,12 @@ class ExplainWidget(QWidget):
         self.job = start_job(lambda tok: prepared_results(
                                  explain(case, inp.model, task=inp.task, method=inp.method,
                                          cancel=tok, wt_mask=None if seg is None else seg > 0),
-                                 lambda res: heatmap_layer_data(res, inp.case_id), existing),
-                             name=f"Explain {inp.task}", on_result=lambda r: self._show(r, inp),
+                                 lambda res: heatmap_layer_data(res, inp.case_id,
+                                                                requested_model=inp.model),
+                                 existing),
+                             name=f"Explain {inp.task}",
+                             on_result=lambda r: self._show(r, inp, case,
+                                                            seg_layer=seg is not None),
                              on_progress=self._progress,
                              on_finished=self._finished, owner=self, viewer=self.viewer)
 
@@ -156,9 +184,8 @@ class ExplainWidget(QWidget):
         self.bar.setRange(0, max(p.total, 1))
         self.bar.setValue(min(p.done, max(p.total, 1)))
 
-    def _show(self, prepared, inp: ExplainInputs) -> None:
+    def _show(self, prepared, inp: ExplainInputs, case=None, seg_layer: bool = False) -> None:
         res = prepared.result
-        self.result = res
         name = prepared.layer_data[1]["name"]
         # remove an older heatmap of this case for this task (any method): rerun replaces it
         for l in list(self.viewer.layers):
@@ -168,31 +195,79 @@ class ExplainWidget(QWidget):
                 self.viewer.layers.remove(l)
         self.layer = add_layer_data(self.viewer, prepared.layer_data, select=True,
                                     built=prepared.built)
+        self.layer.visible = True
+        hidden = self._hide_other_heatmaps(inp.case_id)
+        if self._style_3d and self.viewer.dims.ndisplay == 3:
+            self._style_layer_3d(self.layer)
         self._apply_threshold()
-        loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no mask)"
-        self.score.setText(f"{res.task} = {res.target_class} ({res.model}, {res.method}): "
-                           f"heatmap mass within tumour + 5 mm: {loc}"
-                           + (f" [{res.mask_source}]" if res.mask_source else "")
-                           + "".join(f"\n⚠ {w}" for w in res.warnings))
-        self.export_btn.setEnabled(self._case is not None and self._case.kind != "slices")
+        # the result and its case go together (the export renders this pair)
+        self.result, self._case = res, case
+        self._result_text = result_text(res, self._classes.get(inp.model or "", {}),
+                                        requested_model=inp.model, seg_layer=seg_layer)
+        note = closed_case_note(self.viewer, inp.case_id)
+        extra = []
+        if hidden:
+            extra.append(f"{hidden} other heatmap{'s' if hidden > 1 else ''} of {inp.case_id} "
+                         "hidden (kept in the layer list)")
+        if note:
+            extra.append(note.lstrip("; "))
+        if extra:
+            self._result_text += "\n" + "; ".join(extra)
+        self.score.setText(self._result_text)
+        self._shown = True
+
+    def _hide_other_heatmaps(self, case_id: str) -> int:
+        """Hide (not remove) the case's visible heatmaps other than the new one: additive
+        heatmaps of several tasks or methods would add up. Returns how many were hidden."""
+        n = 0
+        for l in self.viewer.layers:
+            rg = l.metadata.get("radiogen", {}) if hasattr(l, "metadata") else {}
+            if l is not self.layer and rg.get("case_id") == case_id \
+                    and rg.get("sequence") == "heatmap" and rg.get("task") and l.visible:
+                l.visible = False
+                n += 1
+        return n
 
     def _apply_threshold(self, *_) -> None:
         if self.layer is None or self.layer not in self.viewer.layers:
             return
         self.layer.contrast_limits = (self.threshold.value() / 100.0, 1.0)
+        if str(self.layer.rendering) == "iso":
+            self.layer.iso_threshold = self._iso_level()
         self.layer.opacity = self.opacity.value() / 100.0
+
+    def _iso_level(self) -> float:
+        return max(ISO_FLOOR, self.threshold.value() / 100.0)
+
+    def _style_layer_3d(self, layer) -> None:
+        layer.rendering = "iso"
+        layer.iso_threshold = self._iso_level()
+        layer.blending = "translucent"
 
     def _finished(self, job) -> None:
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
-        self.bar.setValue(self.bar.maximum() if not job.cancelled else 0)
+        if job.error is None and not job.cancelled and self._shown:
+            self.bar.setValue(self.bar.maximum())
+        else:
+            # no completion shown, and nothing of an older run to export: the dock would
+            # otherwise pair it with this run's settings
+            self.bar.setValue(0)
+            self.export_btn.setEnabled(False)
+            if job.cancelled:
+                self.score.setText("cancelled: no heatmap was made")
+            elif job.error is not None:
+                self.score.setText(f"failed: {error_text(job.error)}")
+            else:
+                self.score.setText("failed: the heatmap could not be shown (see the log)")
+            return
+        self.export_btn.setEnabled(self._case.kind != "slices")
 
     def show_3d(self) -> None:
         self.viewer.dims.ndisplay = 3
+        self._style_3d = True
         if self.layer is not None and self.layer in self.viewer.layers:
-            self.layer.rendering = "iso"
-            self.layer.iso_threshold = max(0.3, self.threshold.value() / 100.0)
-            self.layer.blending = "translucent"
+            self._style_layer_3d(self.layer)
         for l in self.viewer.layers:
             if type(l).__name__ == "Labels":
                 l.rendering = "iso_categorical"
@@ -206,7 +281,10 @@ class ExplainWidget(QWidget):
         """PNG + GIF rendering in a worker; returns the Job."""
         from ..core.explain import render_explanation
 
-        res, case = self.result, self._case
+        res, case = self.result, self._case      # one pair: the shown result and its case
+        if res is None or case is None:
+            from ..core.errors import RadiogenError
+            raise RadiogenError("no heatmap to render: run Explain first")
         stem = Path(out_dir) / f"{res.case_id}_{res.task}_{method_slug(res.method)}"
 
         def gen(tok):
@@ -218,15 +296,75 @@ class ExplainWidget(QWidget):
             from napari.utils.notifications import show_info
             files = [Path(p).name for p in (r or {}).values() if isinstance(p, str)]
             msg = f"rendering written to {Path(out_dir)}: {', '.join(files)}"
-            self.score.setText(msg)
+            # the score and warnings stay; the export line is added below them
+            self.score.setText("\n".join(t for t in (self._result_text, msg) if t))
             show_info(msg)
 
         return start_job(gen, name="Export rendering", owner=self, viewer=self.viewer,
                          on_result=done)
 
 
-def heatmap_layer_data(res, case_id: str):
-    """The image layer of an explanation (``<case> <task> <method>``); runs in the worker."""
+def heatmap_layer_data(res, case_id: str, requested_model: Optional[str] = None):
+    """The image layer of an explanation (``<case> <task> <method>``); runs in the worker.
+    ``model`` in its metadata is the network the heatmap explains (for an ensemble, its image
+    network); ``requested_model``, when given, is the model the user chose."""
     meta = {k: v for k, v in res.metadata.items() if k != "case_id"}
+    if requested_model:
+        meta["requested_model"] = requested_model
     return image_result_data(res.heatmap, res.geometry, case_id,
                              f"{case_id} {res.task} {res.method}", **meta)
+
+
+def mask_label(res, seg_layer: bool = False) -> str:
+    """Where the localisation mask came from, worded the same for every model:
+    ``ground truth``, ``segmentation (<model>)`` or ``segmentation (<layer>)``."""
+    src = res.mask_source or ""
+    if not src.startswith("segmentation") or "(" in src:
+        return src
+    if seg_layer:
+        return "segmentation (the case's segmentation layer)"
+    window = str((res.details or {}).get("window_source") or "")
+    if window.startswith("the tumour segmented by "):
+        return f"segmentation ({window[len('the tumour segmented by '):]})"
+    return src
+
+
+def result_text(res, classes=None, requested_model: Optional[str] = None,
+                seg_layer: bool = False) -> str:
+    """The dock's lines for an explanation: the class the heatmap explains (with the model's
+    probability for it where the result carries one), what made it, its localisation score
+    and its warnings."""
+    from ..core.predict import CLASSES
+    names = list((classes or {}).get(res.task) or CLASSES.get(res.task) or [])
+    prob = getattr(res, "probability", None)
+    if prob is None:
+        prob = (res.details or {}).get("probability")
+
+    def said(c: str) -> str:               # grade's classes are numbers: "grade 3"
+        return f"{res.task} {c}" if str(c).isdigit() else str(c)
+
+    target = said(res.target_class)
+    if prob is not None:
+        others = [said(c) for c in names if c != res.target_class]
+        pred = target if prob >= 0.5 or not others else " / ".join(others)
+        head = f"heatmap for {target} (P = {float(prob):.2f}; the model predicts {pred})"
+    else:
+        head = (f"heatmap for {target}: the evidence for it, shown whatever the model "
+                "predicts (its probability: the Predict dock)")
+    model = res.model
+    if requested_model and requested_model != res.model:
+        model = f"{res.model}, the image network of {requested_model}"
+    lines = [head, f"{res.task}; {model}; {res.method}"]
+    if res.localisation is None:
+        loc = "heatmap mass within tumour + 5 mm: n/a (no mask)"
+    else:
+        loc = f"heatmap mass within tumour + 5 mm: {res.localisation:.2f}"
+        label = mask_label(res, seg_layer)
+        if label:
+            loc += f" [{label}]"
+        if res.method == "occlusion":
+            loc += (" (by construction: the occlusion map lies inside the model's own "
+                    "segmentation, so this measures that segmentation, not learned attention)")
+    lines.append(loc)
+    lines.extend(f"⚠ {w}" for w in res.warnings)
+    return "\n".join(lines)
