@@ -290,3 +290,17 @@ def test_explain_rejects_unknown_fusion(models, sample):
     from napari_radiogen.core.errors import ConfigError
     with pytest.raises(ConfigError, match="fusion"):
         run(explain(sample, load_model(str(models["mil"])), task="idh", fusion="minmax"))
+
+
+@pytest.mark.parametrize("kind", ["mil", "cnn3d"])
+def test_an_explanation_carries_its_networks_probability_of_the_class(models, sample, kind):
+    """A heatmap for a class is not a prediction of it: the result carries the explained
+    network's probability of that class, the one its prediction gives, for the dock to say."""
+    from napari_radiogen.core.predict import predict
+    lm = load_model(str(models[kind]))
+    pred = run(predict(sample, lm, device="cpu"))
+    for target in ("codel", "non-codel"):
+        res = run(explain(sample, lm, task="codel_1p19q", target=target, method="gradcam"))
+        assert res.details["probability"] == pytest.approx(
+            pred.tasks["codel_1p19q"][target], abs=1e-5)
+        assert res.details["probability_model"] == lm.name

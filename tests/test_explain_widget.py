@@ -193,7 +193,8 @@ def test_the_result_line_names_the_explained_class_not_the_prediction():
     occ = _result(method="occlusion", model="predict_radiomics", localisation=1.0,
                   details={"probability": 0.25, "blocks": 4})
     text = result_text(occ)
-    assert text.startswith("heatmap for codel (P = 0.25; the model predicts non-codel)")
+    assert text.startswith("heatmap for codel (P = 0.25 by predict_radiomics, which predicts "
+                           "non-codel)")
     assert "codel_1p19q = codel" not in text
     assert "by construction" in text                  # its score is its own segmentation's
     # a CAM carries no probability: it says it is the evidence for the class
@@ -228,4 +229,9 @@ def test_grade_classes_are_said_with_their_task():
     from napari_radiogen.napari.explain_widget import result_text
     text = result_text(_result(task="grade", target_class="3", method="occlusion",
                                details={"probability": 0.4}))
-    assert text.startswith("heatmap for grade 3 (P = 0.40; the model predicts grade 2)")
+    assert text.startswith("heatmap for grade 3 (P = 0.40 by predict_mil_roi, which predicts "
+                           "grade 2)")
+    # an ensemble's map: the probability is its image network's, and the text names it
+    ens = result_text(_result(details={"probability": 0.7, "probability_model":
+                                       "predict_mil_roi"}), requested_model="predict_ensemble")
+    assert ens.startswith("heatmap for codel (P = 0.70 by predict_mil_roi, which predicts codel)")

@@ -11,8 +11,7 @@ surfaces, and heatmaps arriving later in 3D take the same style; "Export renderi
 off-screen pyvista PNG + turntable GIF of the shown result with the case it was computed on.
 
 The dock's text says which class the heatmap explains (the evidence for that class, whatever
-the model predicts) and, where the result carries it (the occlusion map's base probability),
-the model's probability for it.
+the model predicts) and the explained network's probability for it (``details["probability"]``).
 """
 from __future__ import annotations
 
@@ -156,7 +155,8 @@ class ExplainWidget(QWidget):
         # the mask is made in the worker (a full-volume comparison off the main thread), and so
         # are the heatmap layer's data and, for a new layer, its napari object
         self.job = start_job(lambda tok: prepared_results(
-                                 explain(case, inp.model, task=inp.task, method=inp.method,
+                                 explain(case, _as_named(inp.model), task=inp.task,
+                                         method=inp.method,
                                          cancel=tok, wt_mask=None if seg is None else seg > 0),
                                  lambda res: heatmap_layer_data(res, inp.case_id,
                                                                 requested_model=inp.model),
@@ -329,6 +329,14 @@ def mask_label(res, seg_layer: bool = False) -> str:
     return src
 
 
+def _as_named(model: Optional[str]) -> Optional[str]:
+    """The model as the core should take it: the default model is passed as no choice, so
+    that it gives way where it cannot explain (a case the window's segmentation cannot
+    segment falls back to predict_mil, as the Predict dock's prediction does)."""
+    from ..core.predict import default_model_name
+    return None if not model or model == default_model_name() else model
+
+
 def result_text(res, classes=None, requested_model: Optional[str] = None,
                 seg_layer: bool = False) -> str:
     """The dock's lines for an explanation: the class the heatmap explains (with the model's
@@ -347,7 +355,8 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
     if prob is not None:
         others = [said(c) for c in names if c != res.target_class]
         pred = target if prob >= 0.5 or not others else " / ".join(others)
-        head = f"heatmap for {target} (P = {float(prob):.2f}; the model predicts {pred})"
+        who = (res.details or {}).get("probability_model") or res.model
+        head = f"heatmap for {target} (P = {float(prob):.2f} by {who}, which predicts {pred})"
     else:
         head = (f"heatmap for {target}: the evidence for it, shown whatever the model "
                 "predicts (its probability: the Predict dock)")
