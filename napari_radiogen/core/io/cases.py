@@ -332,8 +332,8 @@ def _fmt_box(g: Geometry) -> str:
 
 
 def check_grids(case: Case) -> None:
-    """Raise :class:`GridError` when sequences do not overlap in space or the labels grid
-    matches no sequence grid."""
+    """Raise :class:`GridError` when sequences do not overlap in space; labels whose grid
+    matches no sequence grid are left out of the case, with a warning in its meta."""
     ref = case.reference
     g = case.sequences[ref].geometry
     for s, v in case.sequences.items():
@@ -349,10 +349,17 @@ def check_grids(case: Case) -> None:
         hit = next((s for s in (ref,) + tuple(case.sequences) if
                     case.sequences[s].geometry.same_grid(lg)), None)
         if hit is None:
-            raise GridError(f"{case.source}: the labels ({Path(case.labels.path or '?').name}, "
-                            f"shape {'x'.join(map(str, lg.shape))}, spacing "
-                            f"{'x'.join(f'{x:.3g}' for x in lg.spacing)} mm) are on no "
-                            "sequence's grid; labels must share the grid of one sequence")
+            # the images are still a case: the labels are left out (no Dice, no reference
+            # labels) and that is said, rather than refusing to segment or predict
+            case.meta.setdefault("warnings", []).append(
+                f"labels ({Path(case.labels.path or '?').name}, shape "
+                f"{'x'.join(map(str, lg.shape))}, spacing "
+                f"{'x'.join(f'{x:.3g}' for x in lg.spacing)} mm) are on no sequence's grid "
+                "and are left out (no Dice or reference labels for this case); labels must "
+                "share the grid of one sequence")
+            case.meta["labels_left_out"] = Path(case.labels.path or "?").name
+            case.labels = None
+            return
         case.meta["labels_grid"] = hit
 
 
