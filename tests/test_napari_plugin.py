@@ -564,3 +564,23 @@ def test_a_synthetic_layer_saved_under_a_map_like_name_is_written_synthetic(tmp_
     assert back.synthetic is True and "radiogen_map" not in back.meta
     assert back.meta["sequence"] == "t1ce" and back.meta["model"] == "synth_seq2seq2d"
     assert_same_geometry(back.geometry, ref.geometry)
+
+
+def test_reader_errors_speak_of_renaming_not_of_command_line_options(tmp_path):
+    """A case folder whose file names do not say the sequence: the viewer cannot pass the
+    command line's --sequence FILE=SEQ, so the reader's error says to rename the files."""
+    import nibabel as nib
+    from napari_radiogen.core.errors import CaseLoadError
+    from napari_radiogen.napari.reader import get_reader
+    case = tmp_path / "P9"
+    case.mkdir()
+    for n in ("scan_a", "scan_b"):
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 9, 7)).astype(np.float32),
+                                 np.eye(4)), str(case / f"{n}.nii.gz"))
+    reader = get_reader(str(case))
+    assert reader is not None
+    with pytest.raises(CaseLoadError) as e:
+        reader(str(case))
+    msg = str(e.value)
+    assert "scan_a.nii.gz" in msg and "rename them so each name says its sequence" in msg
+    assert "--sequence" not in msg

@@ -219,7 +219,41 @@ def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
 
     from .layers import notify
 
-    case = load_case(p)
+    from ..core.errors import RadiogenError
+    try:
+        case = load_case(p)
+    except RadiogenError as e:
+        if e.args and isinstance(e.args[0], str):
+            e.args = (viewer_terms(e.args[0]),) + tuple(e.args[1:])
+        raise
     for w in case.meta.get("warnings") or []:
         notify(f"{case.case_id}: {w}")
     return _mark_synthetic_layers(case, case_to_layer_data(case, source=str(p)))
+
+
+#: the reader's advice speaks of the command line's ``--sequence``/``--series`` options, which
+#: napari's Open cannot pass: in the viewer the same advice is to rename or move the files
+_SEQ_WORDS = "(t1, t1ce, t2, flair; e.g. CASE_flair.nii.gz)"
+_VIEWER_PHRASES = [
+    (r"pick one with --series S \(description or UID\), or name them with "
+     r"--sequence 'DESCRIPTION=SEQ'",
+     "open one series folder on its own (or choose one with the command line's --series)"),
+    (r"choose with --sequence FILE=ignore \(or FILE=<sequence>\)",
+     f"move one of them out of the folder, or rename it so its name says its sequence "
+     f"{_SEQ_WORDS}"),
+    (r"name them with --sequence FILE=SEQ",
+     f"rename them so each name says its sequence {_SEQ_WORDS}"),
+    (r"name it with --sequence \S+=SEQ \([^)]*\)",
+     f"rename it so its name says its sequence {_SEQ_WORDS}"),
+    (r"name its sequence with --sequence \S+=SEQ",
+     "rename it so its name says its sequence"),
+]
+
+
+def viewer_terms(text: str) -> str:
+    """A reader error in the viewer's terms: the command-line options it advises (the
+    ``--sequence FILE=SEQ`` naming, ``--series``) become renaming or moving the files."""
+    import re
+    for pat, rep in _VIEWER_PHRASES:
+        text = re.sub(pat, lambda m, r=rep: r, text)
+    return text
