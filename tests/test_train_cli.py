@@ -134,3 +134,32 @@ def test_every_rank_takes_the_same_user_name_and_rank_0_says_why(tmp_path, capsy
         err = capsys.readouterr().err
         assert ("named phantom-demo-user" in err) == (rank == 0)
     assert names == {0: "phantom-demo-user", 1: "phantom-demo-user"}
+
+
+def test_a_shipped_config_without_the_shared_data_says_how_to_give_it(tmp_path, monkeypatch):
+    """An installed package has no ../shared/data beside it: the shipped config's data folder
+    is then missing, and the error says the two ways to give it (--data, or
+    RADIOGEN_SHARED_DATA), in the Training widget's words there."""
+    import shutil
+    from napari_radiogen.core.errors import ConfigError
+    from napari_radiogen.core.train import config as C
+    from napari_radiogen.napari.train_widget import widget_terms
+    cfg = tmp_path / "pkg" / "configs" / "segmentation_lgg.yaml"
+    cfg.parent.mkdir(parents=True)
+    shutil.copy(C.CONFIG_DIR / "segmentation_lgg.yaml", cfg)
+    monkeypatch.setattr(C, "CONFIG_DIR", cfg.parent)          # as installed: no repository
+    monkeypatch.delenv("RADIOGEN_SHARED_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        C.load_config(str(cfg))
+    msg = str(e.value)
+    assert "../shared/data/tcga-lgg" in msg and "--data FOLDER" in msg
+    assert "RADIOGEN_SHARED_DATA to the folder that holds 'tcga-lgg'" in msg
+    assert "the data folder" in widget_terms(msg)
+    monkeypatch.setenv("RADIOGEN_SHARED_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="RADIOGEN_SHARED_DATA is set, but it has no"):
+        C.load_config(str(cfg))
+    (tmp_path / "elsewhere" / "tcga-lgg").mkdir(parents=True)
+    assert C.load_config(str(cfg))["data"] == str((tmp_path / "elsewhere" / "tcga-lgg"))
+    with pytest.raises(ConfigError, match="give an existing folder with --data FOLDER"):
+        C.load_config(str(cfg), data=str(tmp_path / "nope"))

@@ -128,6 +128,22 @@ def resolve_path(value: str, base: Optional[Path]) -> str:
     return str((base / p) if base is not None else p)
 
 
+def missing_data_message(given: str, resolved: str) -> str:
+    """Why a run has no data, and the two ways to give it: a config's shared-data path (the
+    package's configs name ``../shared/data/...`` beside the repository, which an installed
+    package does not have) or a folder of the user's."""
+    parts = Path(str(given)).parts
+    if "shared" in parts and parts[parts.index("shared") + 1:parts.index("shared") + 2] \
+            == ("data",):
+        sub = "/".join(parts[parts.index("shared") + 2:]) or "."
+        where = ("; RADIOGEN_SHARED_DATA is set, but it has no " + repr(sub)
+                 if os.environ.get("RADIOGEN_SHARED_DATA") else "")
+        return (f"data folder not found: the config's {given!r} (the shared data beside the "
+                f"repository){where}. Give your data with --data FOLDER, or set "
+                f"RADIOGEN_SHARED_DATA to the folder that holds {sub!r}")
+    return f"data folder not found: {resolved!r}; give an existing folder with --data FOLDER"
+
+
 def find_config(name_or_path: Union[str, os.PathLike]) -> Path:
     p = Path(name_or_path)
     if p.exists():
@@ -170,7 +186,10 @@ def load_config(src: Union[str, os.PathLike, Dict[str, Any]], **overrides: Any) 
         d[parts[-1]] = v
     for k in PATH_KEYS:
         if isinstance(cfg.get(k), str) and cfg[k] not in ("phantom", "synthetic"):
-            cfg[k] = resolve_path(cfg[k], base)
+            given = cfg[k]
+            cfg[k] = resolve_path(given, base)
+            if k == "data" and not Path(cfg[k]).exists():
+                raise ConfigError(missing_data_message(given, cfg[k]))
     init = cfg.get("init")
     if init is not None and (not isinstance(init, str) or not init.strip()):
         raise ConfigError(f"init must name a model or a .safetensors file (got {init!r})")
