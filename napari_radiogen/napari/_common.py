@@ -7,7 +7,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea,
+                            QSizePolicy, QWidget)
 
 from ..core.case import Case, Geometry, Volume
 from .layers import (LayerData, case_from_layers, geometry_kwargs, image_layer_data,
@@ -30,6 +31,30 @@ def closed_case_note(viewer, case_id: str) -> str:
         return ""
     return (f"; {case_id}'s images were closed during the run: its results are shown on "
             "their own")
+
+
+class DockScroll(QScrollArea):
+    """The dock's content in a scroll area that asks for the content's least height up to
+    ``least`` px: beside other docks the dock keeps a useful share of the column (a bare
+    scroll area could be squeezed to a few pixels) and scrolls the rest; its least width is
+    the content's (no horizontal scrolling of the form)."""
+
+    def __init__(self, content: QWidget, least: int = 240, parent=None):
+        super().__init__(parent)
+        self.least = least
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setWidget(content)
+
+    def minimumSizeHint(self):  # noqa: N802 (Qt name)
+        hint = super().minimumSizeHint()
+        w = self.widget()
+        if w is not None:
+            m = w.minimumSizeHint()
+            bar = self.verticalScrollBar().sizeHint().width()
+            hint.setHeight(max(hint.height(), min(m.height(), self.least)))
+            hint.setWidth(max(hint.width(), m.width() + bar))
+        return hint
 
 
 class CaseCombo(QComboBox):

@@ -20,11 +20,10 @@ from typing import Any, Dict, Optional
 import textwrap
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QLabel,
-                            QScrollArea, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..core.predict import attention_title
-from ._common import CaseCombo, closed_case_note, device_combo, run_cancel_row
+from ._common import CaseCombo, DockScroll, closed_case_note, device_combo, run_cancel_row
 from .workers import start_job
 
 #: what the ``±`` is when a result does not say (``uncertainty[task]["method"]``)
@@ -32,30 +31,6 @@ GENERIC_PM = "\u00b1: sd over ensemble members/folds (the spread of their probab
 
 TASK_LABELS = {"idh": ("IDH mutant", "mutant"), "codel_1p19q": ("1p/19q co-deleted", "codel"),
                "grade": ("WHO grade 3", "3")}
-
-
-class _DockScroll(QScrollArea):
-    """The dock's content in a scroll area that asks for the content's least height up to
-    ``least`` px: beside other docks the dock keeps a useful share of the column (a bare
-    scroll area could be squeezed to a few pixels) and scrolls the rest; its least width is
-    the content's (no horizontal scrolling of the form)."""
-
-    def __init__(self, content: QWidget, least: int = 240, parent=None):
-        super().__init__(parent)
-        self.least = least
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setWidget(content)
-
-    def minimumSizeHint(self):  # noqa: N802 (Qt name)
-        hint = super().minimumSizeHint()
-        w = self.widget()
-        if w is not None:
-            m = w.minimumSizeHint()
-            bar = self.verticalScrollBar().sizeHint().width()
-            hint.setHeight(max(hint.height(), min(m.height(), self.least)))
-            hint.setWidth(max(hint.width(), m.width() + bar))
-        return hint
 
 
 @dataclass
@@ -84,7 +59,7 @@ class PredictionWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         self.content = QWidget()
-        self.scroll = _DockScroll(self.content)
+        self.scroll = DockScroll(self.content)
         outer.addWidget(self.scroll)
         lay = QVBoxLayout(self.content)
         form = QFormLayout()

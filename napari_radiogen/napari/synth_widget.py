@@ -28,11 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton,
-                            QScrollArea, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from ..core.case import SEQUENCES
-from ._common import (CaseCombo, add_layer_data, build_if_new, closed_case_note,
+from ._common import (CaseCombo, DockScroll, add_layer_data, build_if_new, closed_case_note,
                       device_combo, image_result_data)
 from .layers import LayerData, case_layers, image_layer_data, radiogen_meta
 from .workers import start_job
@@ -64,30 +64,6 @@ def prepared(gen, layers_of, existing) -> Iterator[Any]:
         yield item
 
 
-class _DockScroll(QScrollArea):
-    """The dock's content in a scroll area that asks for the content's least height up to
-    ``least`` px: beside other docks the dock keeps a useful share of the column (a bare
-    scroll area could be squeezed to a few pixels) and scrolls the rest; its least width is
-    the content's (no horizontal scrolling of the form)."""
-
-    def __init__(self, content: QWidget, least: int = 240, parent=None):
-        super().__init__(parent)
-        self.least = least
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setWidget(content)
-
-    def minimumSizeHint(self):  # noqa: N802 (Qt name)
-        hint = super().minimumSizeHint()
-        w = self.widget()
-        if w is not None:
-            m = w.minimumSizeHint()
-            bar = self.verticalScrollBar().sizeHint().width()
-            hint.setHeight(max(hint.height(), min(m.height(), self.least)))
-            hint.setWidth(max(hint.width(), m.width() + bar))
-        return hint
-
-
 @dataclass
 class SynthInputs:
     case_id: str
@@ -111,7 +87,7 @@ class SynthesisWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         self.content = QWidget()
-        self.scroll = _DockScroll(self.content)
+        self.scroll = DockScroll(self.content)
         outer.addWidget(self.scroll)
         lay = QVBoxLayout(self.content)
         form = QFormLayout()
