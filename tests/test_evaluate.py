@@ -299,3 +299,132 @@ def test_a_worker_collection_leaves_the_main_threads_warnings_alone(recwarn):
     t.join(10)
     assert out["got"] == ["worker warning"]
     assert [str(w.message) for w in recwarn] == ["main-thread warning"]
+
+
+# -- a segmentation model is scored on what `radiogen segment` returns ------------------------
+#: the card's postprocess (what core.segment applies) differs from its training config's, as
+#: in seg_brats_attunet2mm: the ET rule from T1ce enhancement was tuned after training
+CARD_PP = {"enhancement": {"sequence": "t1ce", "min_z": 1.5}, "thresholds": {"TC": 0.9},
+           "wt_min_component_fraction": 0.1}
+CONFIG_PP = {"wt_min_component_fraction": 0.1}
+
+
+def _write_brats_case(folder, seed: int = 2):
+    """A skull-stripped phantom written as a BraTS case folder (<id>_<seq>.nii.gz, <id>_seg)."""
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    case = make_phantom(seed, skull_stripped=True, case_id=folder.name)
+    folder.mkdir(parents=True)
+    for s, v in case.sequences.items():
+        write_volume(v.array, v.geometry, folder / f"{folder.name}_{s}.nii.gz")
+    write_volume(case.labels.array, case.labels.geometry, folder / f"{folder.name}_seg.nii.gz",
+                 labels=True)
+    return folder
+
+
+def _brats_model_with_card_postprocess(path):
+    """The tiny constant net (WT/TC certain, ET channel 0.27: no ET by its own channel) with a
+    training task in its card and the ET rule in the card's postprocess only."""
+    from napari_radiogen.core.models import new_card, save_model
+    from _models import constant_brats_net
+    net, arch, fields = constant_brats_net("ev_pp", [5.0, 5.0, -1.0], zero_weights=True)
+    k = arch["kwargs"]
+    cfg = {"task": "segmentation-brats", "name": "ev_pp",
+           "model": {"arch": "attention_unet", "channels": k["channels"], "strides": k["strides"],
+                     "sequences": fields["sequences"], "spacing_mm": fields["spacing_mm"],
+                     "roi_size": fields["roi_size"], "eval_hd95": False,
+                     "postprocess": dict(CONFIG_PP)}}
+    card = new_card("ev_pp", "segmentation", arch, **fields, postprocess=dict(CARD_PP),
+                    train_task="segmentation-brats", config=cfg)
+    return save_model(path, net.state_dict(), card)
+
+
+def _segment_labels(model_path, folder):
+    from napari_radiogen.core import segment as seg
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.progress import run as drive
+    return drive(seg.segment(load_case(str(folder)), load_model(str(model_path),
+                                                                 task="segmentation"),
+                             device="cpu", compare=False)).labels
+
+
+def _scored_labels(monkeypatch):
+    """The label maps evaluate scores (compare_to_truth's calls with a geometry: the final
+    labels; the raw network's are scored without one)."""
+    from napari_radiogen.core import segment as seg
+    seen = []
+    orig = seg.compare_to_truth
+
+    def spy(labels, truth, geometry=None, **kw):
+        if geometry is not None:
+            seen.append(np.array(labels, copy=True))
+        return orig(labels, truth, geometry, **kw)
+    monkeypatch.setattr(seg, "compare_to_truth", spy)
+    return seen
+
+
+def test_evaluate_scores_the_labels_segment_returns(tmp_path, monkeypatch):
+    """With a postprocess in the card (here the T1ce-enhancement ET rule, not in the training
+    config), evaluate scores exactly the labels core.segment returns for the case."""
+    import torch
+    from napari_radiogen.core import segment as seg
+    from napari_radiogen.core.evaluate.run import evaluate_model
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.progress import run as drive
+    torch.set_num_threads(1)
+    model = _brats_model_with_card_postprocess(tmp_path / "ev_pp.safetensors")
+    case_dir = _write_brats_case(tmp_path / "cohort" / "PH_0002")
+    want = _segment_labels(model, case_dir)
+    assert (want == 4).any()                      # the ET rule made an enhancing tumour
+    seen = _scored_labels(monkeypatch)
+    res = drive(evaluate_model(str(model), tmp_path / "cohort", tmp_path / "ev", device="cpu"))
+    assert len(seen) == 1 and np.array_equal(seen[0], want)
+    truth = load_case(str(case_dir)).labels.array
+    monkeypatch.undo()
+    ref = seg.compare_to_truth(want, truth, with_hd95=False)
+    for r in seg.REGION_ORDER:
+        assert res.metrics[f"dice_{r}"] == pytest.approx(ref[r]["dice"])
+    assert res.metrics["dice_ET_raw"] != res.metrics["dice_ET"]     # raw: the ET channel
+    assert any("postprocess of the model's card" in n for n in res.metrics["notes"])
+
+
+def test_evaluate_a_single_case_folder_as_a_cohort_of_one(tmp_path):
+    """DATA may be one labelled case folder: it is scored as a cohort of one, with the figures
+    of the same case in a folder of case folders."""
+    import torch
+    from napari_radiogen.core.evaluate.run import evaluate_model
+    from napari_radiogen.core.progress import run as drive
+    torch.set_num_threads(1)
+    model = _brats_model_with_card_postprocess(tmp_path / "ev_pp.safetensors")
+    case_dir = _write_brats_case(tmp_path / "cohort" / "PH_0002")
+    one = drive(evaluate_model(str(model), case_dir, tmp_path / "ev1", device="cpu"))
+    both = drive(evaluate_model(str(model), tmp_path / "cohort", tmp_path / "ev2", device="cpu"))
+    assert one.metrics["n_patients"] == 1
+    for r in ("WT", "TC", "ET"):
+        assert one.metrics[f"dice_{r}"] == pytest.approx(both.metrics[f"dice_{r}"])
+    rep = json.loads((tmp_path / "ev1" / "report.json").read_text())
+    assert rep["data"] == "PH_0002" and rep["n_patients"] == 1
+
+
+def test_evaluate_shipped_brats_model_matches_segment_on_a_real_case(shared_data, tmp_path):
+    """seg_brats_attunet2mm (ET rule and TC threshold in its card) on one BraTS case folder:
+    evaluate's Dice per region are those of radiogen segment's labels."""
+    from conftest import shared_path
+    from napari_radiogen.core import segment as seg
+    from napari_radiogen.core.evaluate.run import evaluate_model
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.models import find_model
+    from napari_radiogen.core.progress import run as drive
+    folder = shared_path("brats2021", "BraTS2021_00006")
+    try:
+        model = find_model("seg_brats_attunet2mm")
+    except Exception as e:      # noqa: BLE001 - weights not shipped in this checkout
+        pytest.skip(f"seg_brats_attunet2mm not available: {e}")
+    res = drive(evaluate_model(str(model), folder, tmp_path / "ev", device="cpu"))
+    want = _segment_labels(model, folder)
+    ref = seg.compare_to_truth(want, load_case(str(folder)).labels.array, with_hd95=False)
+    assert res.metrics["n_patients"] == 1
+    for r in seg.REGION_ORDER:
+        assert res.metrics[f"dice_{r}"] == pytest.approx(ref[r]["dice"])
+    assert res.metrics["dice_ET"] > 0.5           # the card's ET rule (0.0 without it)

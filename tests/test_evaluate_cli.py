@@ -306,3 +306,23 @@ def test_absent_region_note():
             {"patient_id": "b", "dice_ET": 0.4, "hd95_ET": 5.0, "dice_WT": 0.7, "hd95_WT": 4.0}]
     notes = _absent_region_notes(rows)
     assert len(notes) == 1 and notes[0].startswith("dice_ET:") and "1 of 2" in notes[0]
+
+
+def test_cli_evaluate_one_case_folder_and_a_folder_without_labels(tmp_path, capsys):
+    """`radiogen evaluate MODEL CASE_FOLDER`: one labelled case folder is a cohort of one
+    (exit 0, n_patients 1); a folder without a labels file says what DATA must hold (exit 2)."""
+    import torch
+    from test_evaluate import _brats_model_with_card_postprocess, _write_brats_case
+    torch.set_num_threads(1)
+    model = _brats_model_with_card_postprocess(tmp_path / "ev_pp.safetensors")
+    case_dir = _write_brats_case(tmp_path / "PH_0002")
+    assert main(["evaluate", str(model), str(case_dir), "--out", str(tmp_path / "ev"),
+                 "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_patients"] == 1 and out["failed"] == 0
+    assert out["dice_ET"] is not None and "dice_ET_raw" in out
+    (case_dir / "PH_0002_seg.nii.gz").unlink()
+    assert main(["evaluate", str(model), str(case_dir), "--out", str(tmp_path / "ev2"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no labelled cases" in err and "*seg*.nii.gz" in err and "case folder" in err

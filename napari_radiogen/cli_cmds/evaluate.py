@@ -27,7 +27,8 @@ def positive_int(text: str) -> int:
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="installed model name or .safetensors path")
-    p.add_argument("data", help="data folder (case folders / HDF5 packs) or a labels CSV")
+    p.add_argument("data", help="data folder (case folders / HDF5 packs), one labelled case folder "
+                                "(3D segmentation models), or a labels CSV")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--labels", help="labels CSV (patient_id + label columns [+ path])")
     from ._common import add_device_argument

@@ -9,6 +9,11 @@ protocol goes through the inference path (:mod:`.cases`). Here, around both:
 * a fold model of a training run (``<run>/folds/foldK_best.safetensors``, whose card names no
   task) takes the task and config from the run's ``config.json``, or is refused with a message
   naming the run's final model;
+* a segmentation model is scored on the labels ``radiogen segment`` returns with it: the
+  card's inference settings (its ``postprocess``: thresholds, the T1ce-enhancement ET rule,
+  cleanup; and for 3D its grid, sequences and window) replace the training config's, with a
+  note where they differ (:func:`inference_settings`); a BraTS segmentation model also takes
+  one labelled case folder as DATA (a cohort of one);
 * a case that cannot be read is left out, counted (``failed``) and listed with its reason
   (``failed_cases``), the others are scored (the CLI then exits 1);
 * a metric that cannot be computed (NaN: one class only...) is listed with the reason, and the
@@ -97,6 +102,41 @@ def task_of(path: Path, card: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, 
                       f"training task and {cfg_p} cannot be read; {what}")
 
 
+#: card fields that decide what a 3D segmentation model returns at inference
+#: (``core.segment``: preparation, sliding window); the card's ``postprocess`` for any dims
+_SEG3D_INFERENCE_KEYS = ("sequences", "spacing_mm", "roi_size", "overlap")
+
+
+def inference_settings(card: Dict[str, Any], tcfg: Dict[str, Any]
+                       ) -> Tuple[Dict[str, Any], List[str]]:
+    """``(config, notes)``: the training config ``tcfg`` with the inference settings of a
+    segmentation model's card in its ``model`` section, so that the task's ``evaluate`` scores
+    the labels ``radiogen segment`` returns with this model. The card is what inference reads
+    (e.g. a ``postprocess`` tuned after training: per-region thresholds, the T1ce-enhancement
+    ET rule), and it may differ from the config of the run that trained the network; a note
+    says where it does."""
+    if card.get("task") != "segmentation":
+        return tcfg, []
+    model = dict(tcfg.get("model") or {})
+    notes: List[str] = []
+    pp = card.get("postprocess") or None
+    if (model.get("postprocess") or None) != pp:
+        notes.append("scored with the postprocess of the model's card (what radiogen segment "
+                     f"applies: {json.dumps(pp, sort_keys=True) if pp else 'none'}), which "
+                     "differs from the training run's config (" +
+                     (json.dumps(model.get("postprocess"), sort_keys=True)
+                      if model.get("postprocess") else "none") + ")")
+    if pp:
+        model["postprocess"] = dict(pp)
+    else:
+        model.pop("postprocess", None)
+    if int(card.get("dims", 3) or 3) == 3:
+        for k in _SEG3D_INFERENCE_KEYS:
+            if card.get(k) is not None:
+                model[k] = card[k]
+    return {**tcfg, "model": model}, notes
+
+
 def _absent_region_notes(preds: List[Dict[str, Any]]) -> List[str]:
     """A note per segmentation region absent from the truth and the prediction of some cases
     (each scores Dice 1.0, which raises the mean)."""
@@ -169,6 +209,9 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
                           "training run installed (radiogen models lists them)")
     # the card's labels (a file name) and init belong to the training run, not to this data
     tcfg = {k: v for k, v in tcfg.items() if k not in ("_source", "init", "labels")}
+    # score what the user-facing command returns: the card's inference settings
+    tcfg, inf_notes = inference_settings(card, tcfg)
+    notes.extend(inf_notes)
     cfg_in = {**tcfg, **(config or {}), "task": task_name, "data": str(data)}
     if labels:
         cfg_in["labels"] = labels

@@ -139,7 +139,7 @@ def prepare_brats_case(folder: str, card_like: Dict[str, Any]) -> Dict[str, Any]
                                              interpolator="linear").array, dtype=np.float32)
                   for r in regions])
     item = {"x": np.asarray(prepared.array, dtype=np.float32), "y": np.clip(y, 0, 1),
-            "prepared": prepared, "truth": truth, "id": case.case_id}
+            "prepared": prepared, "truth": truth, "id": case.case_id, "folder": str(folder)}
     _PREP_CACHE[key] = item
     return item
 
@@ -256,27 +256,43 @@ class SegmentationBrats(_SegmentationTask):
         return list(self._m().get("sequences") or ["t1", "t1ce", "t2", "flair"])
 
     def patients(self) -> List[PatientRecord]:
+        """The labelled case folders of ``data``; ``data`` itself when it is one labelled case
+        folder (its own *seg* file and images, no labelled case folders inside): a cohort of
+        one, so ``radiogen evaluate MODEL CASE_FOLDER`` scores that case."""
+        data = self._data()
         out = []
-        for f in sorted(self._data().iterdir()):
+        for f in sorted(data.iterdir()):
             if not f.is_dir():
                 continue
             segs = glob.glob(str(f / "*seg*.nii*"))
             if not segs:
                 continue
-            # stratify folds by presence of enhancing tumour where cheap to know
             out.append(PatientRecord(patient_id=f.name, info={"path": str(f)}))
+        if not out and glob.glob(str(data / "*seg*.nii*")):
+            out = [PatientRecord(patient_id=data.name, info={"path": str(data)})]
         if not out:
-            raise ConfigError(f"no labelled cases (folders with a *seg*.nii.gz) in {self._data()}")
+            raise ConfigError(f"no labelled cases in {data}: expected a case folder with its "
+                              "images and a *seg*.nii.gz labels file, or a folder of such case "
+                              "folders")
+        self._paths = {r.patient_id: r.info["path"] for r in out}
         return out
 
     def _card_like(self) -> Dict[str, Any]:
-        return {"sequences": self.sequences(), "spacing_mm": float(self._m().get("spacing_mm", 2.0)),
-                "normalisation": "zscore",
-                "roi_size": list(self._m().get("roi_size", [96, 112, 96])), "dims": 3}
+        out = {"sequences": self.sequences(),
+               "spacing_mm": float(self._m().get("spacing_mm", 2.0)), "normalisation": "zscore",
+               "roi_size": list(self._m().get("roi_size", [96, 112, 96])), "dims": 3}
+        if self._m().get("overlap") is not None:      # sliding-window overlap (default 0.25)
+            out["overlap"] = float(self._m()["overlap"])
+        return out
 
     def _items(self, ids: Sequence[str]) -> List[Dict[str, Any]]:
-        base = self._data()
-        return [prepare_brats_case(str(base / pid), self._card_like()) for pid in ids]
+        return [prepare_brats_case(self._path(pid), self._card_like()) for pid in ids]
+
+    def _path(self, pid: str) -> str:
+        """The folder of case ``pid`` (``data/pid``, or ``data`` itself for a cohort of one)."""
+        if getattr(self, "_paths", None) is None:
+            self.patients()
+        return str(self._paths.get(pid, self._data() / pid))
 
     def make_datasets(self, train_ids, val_ids):
         m = self._m()
@@ -292,22 +308,40 @@ class SegmentationBrats(_SegmentationTask):
         return self._architecture(len(self.sequences()), 3)
 
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
-        from ...segment import (REGION_ORDER, compare_to_truth, postprocess_labels,
-                                probs_to_native_labels, volume_probs)
+        """Dice (and HD95) per case of the labels inference returns: the labels of
+        ``core.segment.segment`` with this model's ``postprocess`` (label assembly: per-region
+        thresholds, the T1ce-enhancement ET rule, which reads the case's images; then the
+        cleanup), so the figures are those of ``radiogen segment``. With a postprocess, the
+        plain network (threshold 0.5, nothing else) is scored beside it as ``dice_*_raw``."""
+        from ...io import load_case
+        from ...segment import (REGION_ORDER, compare_to_truth, native_labels,
+                                postprocess_labels, probs_to_native, volume_probs)
         was = model.training
         model.eval()
         preds = []
         card = self._card_like()
+        pp = self._m().get("postprocess") or None
         for it in dataset:
             probs = volume_probs(model, it["x"], card, str(device))
-            lab = probs_to_native_labels(it["prepared"], probs)
+            native = probs_to_native(it["prepared"], probs)
             row = {"patient_id": it["id"]}
-            pp = self._m().get("postprocess")
-            if pp:      # score what inference returns (core.segment applies the card's rule)
-                raw = compare_to_truth(lab, it["truth"], with_hd95=False)
+            if pp:
+                raw = compare_to_truth(native_labels(native, None, None, it["prepared"]),
+                                       it["truth"], with_hd95=False)
                 for r in REGION_ORDER:
                     row[f"dice_{r}_raw"] = raw[r]["dice"]
+                # the ET rule reads the case's T1ce (not kept with the prepared case)
+                case = None
+                if pp.get("enhancement"):
+                    if not it.get("folder"):
+                        raise ConfigError(f"{it['id']}: the postprocess ET rule (enhancement) "
+                                          "needs the case's images, and its folder is not known")
+                    case = load_case(it["folder"])
+                lab = native_labels(native, pp, case, it["prepared"])
+                del case
                 lab = postprocess_labels(lab, it["prepared"].native_geometry, pp)
+            else:
+                lab = native_labels(native, None, None, it["prepared"])
             m = compare_to_truth(lab, it["truth"], it["prepared"].native_geometry,
                                  with_hd95=bool(self._m().get("eval_hd95", True)))
             for r in REGION_ORDER:
@@ -331,7 +365,7 @@ class SegmentationBrats(_SegmentationTask):
         from ...segment import brats_baseline_wt, dice
         vals = []
         for pid in test_ids:
-            case = load_case(str(self._data() / pid))
+            case = load_case(self._path(pid))
             vals.append(dice(brats_baseline_wt(case.sequences["flair"].array),
                              case.labels.array > 0))
         return {"dice_WT": float(np.mean(vals))} if vals else {}
@@ -349,6 +383,7 @@ class SegmentationBrats(_SegmentationTask):
                             "2": "oedema", "4": "enhancing tumour"},
                 "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]},
                 "datasets": DATASET_BRATS, "citations": CITE_BRATS,
+                **({"overlap": c["overlap"]} if "overlap" in c else {}),
                 **({"postprocess": dict(self._m()["postprocess"])}
                    if self._m().get("postprocess") else {})}
 
