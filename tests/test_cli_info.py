@@ -205,3 +205,43 @@ def test_info_table_flags_synthetic_sequences_and_lists_files_left_aside(tmp_pat
     assert "(synthetic: t1ce)" in lines["P1"]
     assert "(1 napari-radiogen map(s) ignored)" in lines["P1"]
     assert "synthetic" not in lines["P2"] and "ignored" not in lines["P2"]
+
+
+def test_info_shows_the_stored_dtype_and_the_in_memory_one(tmp_path, capfd):
+    """The dtype column is the file's stored type (uint8 on disk, read as float32): the NIfTI
+    header's; the JSON carries both."""
+    import nibabel as nib
+    case = tmp_path / "C1"
+    case.mkdir()
+    arr = (np.arange(6 * 8 * 10) % 200).reshape(10, 8, 6).astype(np.uint8)    # x, y, z
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(case / "C1_flair.nii.gz"))
+    vol(case / "C1_t1.nrrd", (np.arange(6 * 8 * 10) % 300).reshape(6, 8, 10).astype(np.int16))
+    r = run_main(capfd, case)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "C1_flair.nii.gz" in ln)
+    assert line.split()[-1] == "uint8"
+    line = next(ln for ln in r.stdout.splitlines() if "C1_t1.nrrd" in ln)
+    assert line.split()[-1] == "int16"
+    assert "read into memory as float32" in r.stdout
+    r = run_main(capfd, case, "--json")
+    d = json.loads(r.stdout)
+    assert d["sequences"]["flair"]["dtype"] == "uint8"
+    assert d["sequences"]["t1"]["dtype"] == "int16"
+    assert d["sequences"]["flair"]["dtype_in_memory"] == "float32"
+
+
+def test_info_cohort_counts_the_files_of_an_unrecognised_dicom_folder(tmp_path, capfd):
+    """A case folder of 3 DICOM files whose sequence its name does not tell is '3 DICOM
+    file(s) in ./', not '1 file(s)'."""
+    coh = tmp_path / "cohort"
+    dcm = coh / "dcmcase"
+    dcm.mkdir(parents=True)
+    for i in range(3):
+        img = sitk.GetImageFromArray(np.full((8, 8), i, np.int16))
+        sitk.WriteImage(img, str(dcm / f"IM{i}.dcm"))
+    (coh / "good").mkdir()
+    vol(coh / "good" / "good_flair.nii.gz")
+    r = run_main(capfd, coh)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "dcmcase" in ln)
+    assert "(not recognised: 3 DICOM file(s) in ./)" in line, line

@@ -227,17 +227,23 @@ def test_rank_cohort_skips_bad_cases(tiny_synth, tmp_path, capsys):
     good = [_pack(coh / f"PACK{i}.h5", seed=i, n=4) for i in range(2)]
     _corrupt(coh / "PACK7.h5")                                     # cannot be loaded
     _pack(coh / "PACK8.h5", seed=8, n=4, available=(False, True, False))   # FLAIR only
+    (coh / "empty").mkdir()                                        # no case: said, not failed
     out = tmp_path / "out"
     assert main("rank-sequences", coh, "--out", out, "--model", tiny_synth,
                 "--device", "cpu") == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "PACK7" in err and "PACK8" in err
+    assert "skipped: empty/: " in err
     js = json.loads((out / "ranking.json").read_text())
     assert [c["case_id"] for c in js["cases"]] == ["PACK0", "PACK1"]
     assert js["cohort"]["n_cases"] == 2
     failed = {f["case"]: f["message"] for f in js["failed"]}
     assert set(failed) == {"PACK7", "PACK8"}
     assert "PACK7.h5" in failed["PACK7"] and "at least 2" in failed["PACK8"]
+    # de-identified: the messages and the map files name no absolute path
+    assert failed["PACK7"].startswith("PACK7.h5: ") and str(tmp_path) not in json.dumps(js)
+    assert [s["folder"] for s in js["skipped"]] == ["empty/"]
+    assert js["cases"][0]["map_files"]["flair"] == "PACK0_flair_diffmap.nii.gz"
     assert (out / "PACK0_flair_diffmap.nii.gz").exists() and (out / "ranking.png").exists()
     # the cohort scores are those of ranking the good cases together
     ref = progress.run(rank_sequences([load_case(p) for p in good], tiny_synth, device="cpu",
@@ -664,3 +670,151 @@ def test_output_into_a_closed_pipe_ends_quietly():
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+# -- batch outputs: de-identified messages, sub-folders with no case said, relative JSON paths ---
+def _phantom_case_folder(folder: Path, seed: int = 0, truncate: str = "") -> Path:
+    """A small 3D case folder ``<name>/<name>_<seq>.nii.gz``; ``truncate``: that sequence's
+    file cut in half (an incomplete download)."""
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    case = make_phantom(seed, shape=(32, 40, 40), spacing=(4.0, 4.0, 4.0), case_id=folder.name)
+    folder.mkdir(parents=True)
+    for s, v in case.sequences.items():
+        f = write_volume(v.array, v.geometry, folder / f"{folder.name}_{s}.nii.gz")
+        if s == truncate:
+            data = f.read_bytes()
+            f.write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def _no_case_folders(coh: Path) -> None:
+    """``empty/`` and ``junk/`` (extension-less files that are not DICOM, as a DICOM export's
+    DICOMDIR and IM0000 ... would look when corrupt)."""
+    (coh / "empty").mkdir()
+    junk = coh / "junk"
+    junk.mkdir()
+    for n in ("DICOMDIR", "IM0000", "IM0001"):
+        (junk / n).write_bytes(b"\x01\x02junk" * 50)
+    (junk / "notes.txt").write_text("hello")
+
+
+def test_segment_cohort_messages_relative_and_empty_folders_said(models, tmp_path, capsys):
+    """segment on a folder: a failed case's message names its file relative to the cohort
+    folder (as analyze's summary does), not by its absolute path; sub-folders holding no case
+    are said on a 'skipped:' line and get a 'skipped' row, without counting as failed; the
+    _seg.json names its labels file relative to --out."""
+    coh = tmp_path / "cohort"
+    _phantom_case_folder(coh / "good")
+    _phantom_case_folder(coh / "trunc", seed=1, truncate="flair")
+    _no_case_folders(coh)
+    out = tmp_path / "out"
+    assert main("segment", coh, "--out", out, "--model", models["seg"], "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "skipped: empty/: " in err and "skipped: junk/: " in err
+    assert "1 of 2 case(s) failed: trunc" in err            # the skipped folders are no cases
+    rows = list(csv.DictReader(open(out / "volumes.csv")))
+    by_id = {r["case_id"]: r for r in rows}
+    assert [r["case_id"] for r in rows] == ["good", "trunc", "empty/", "junk/"]
+    assert by_id["good"]["status"] == "ok" and by_id["trunc"]["status"] == "failed"
+    assert by_id["trunc"]["message"].startswith("trunc/trunc_flair.nii.gz: ")
+    assert by_id["empty/"]["status"] == by_id["junk/"]["status"] == "skipped"
+    assert "empty" in by_id["empty/"]["message"] and by_id["junk/"]["message"]
+    assert not any(str(tmp_path) in r["message"] for r in rows)
+    seg = json.loads((out / "good_seg.json").read_text())
+    assert seg["files"] == {"labels": "good_seg.nii.gz"}
+    assert (out / seg["files"]["labels"]).exists()
+
+
+def test_predict_cohort_messages_relative_identified_keeps_them(tiny_pred, tmp_path, capsys):
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    _pack(coh / "PACK0.h5")
+    _corrupt(coh / "PACK9.h5")
+    (coh / "empty").mkdir()
+    out = tmp_path / "out"
+    assert main("predict", coh, "--out", out, "--model", tiny_pred, "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "skipped: empty/: " in err and "1 of 2 case(s) failed: PACK9" in err
+    rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["PACK9"]["message"].startswith("PACK9.h5: ")
+    assert rows["empty/"]["status"] == "skipped" and rows["empty/"]["model"] == ""
+    # --identified: the message is the reader's, with the path
+    out2 = tmp_path / "out2"
+    assert main("predict", coh, "--out", out2, "--model", tiny_pred, "--device", "cpu",
+                "--identified") == 1
+    rows = {r["case_id"]: r for r in csv.DictReader(open(out2 / "summary.csv"))}
+    assert rows["PACK9"]["message"].startswith(str(coh / "PACK9.h5"))
+
+
+def test_predict_cohort_with_only_good_cases_and_an_empty_folder_exits_0(tiny_pred, tmp_path,
+                                                                         capsys):
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    _pack(coh / "PACK0.h5")
+    (coh / "empty").mkdir()
+    assert main("predict", coh, "--out", tmp_path / "out", "--model", tiny_pred,
+                "--device", "cpu") == 0
+    assert "skipped: empty/: " in capsys.readouterr().err
+
+
+def test_analyze_and_info_cohort_say_the_folders_with_no_case(models, tmp_path, capsys):
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    _pack(coh / "PACK0.h5")
+    _no_case_folders(coh)
+    out = tmp_path / "out"
+    main("analyze", coh, "--out", out, "--seg-model", models["seg"], "--pred-model",
+         models["mil"], "--device", "cpu", "--explain", "none", "--no-render", "--no-report")
+    captured = capsys.readouterr()
+    assert "skipped: empty/: " in captured.err and "skipped: junk/: " in captured.err
+    assert "(1 cases, 0 failed" in captured.out and "2 folder(s) skipped" in captured.out
+    rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert set(rows) == {"PACK0", "empty/", "junk/"}
+    assert rows["empty/"]["status"] == rows["junk/"]["status"] == "skipped"
+    assert rows["empty/"]["path"] == "" and str(tmp_path) not in rows["junk/"]["message"]
+    # radiogen info lists them too (table and JSON)
+    assert main("info", coh) == 0
+    text = capsys.readouterr().out
+    assert "(1 case(s))" in text and "skipped: empty/: " in text and "skipped: junk/: " in text
+    assert main("info", coh, "--json") == 0
+    js = json.loads(capsys.readouterr().out)
+    assert [s["folder"] for s in js["skipped"]] == ["empty/", "junk/"]
+
+
+def test_skipped_folders_leaves_nested_cohorts_and_cases_alone(tmp_path):
+    from napari_radiogen.cli_cmds._batch import skipped_folders
+    from napari_radiogen.core.io import list_cases
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    (coh / "site1").mkdir()
+    _pack(coh / "site1" / "PACK0.h5")
+    _pack(coh / "PACK1.h5")
+    (coh / "empty").mkdir()
+    (coh / ".hidden").mkdir()
+    cases = list_cases(coh)
+    assert sorted(Path(c).name for c in cases) == ["PACK0.h5", "PACK1.h5"]
+    skipped = skipped_folders(coh, cases)
+    assert [n for n, _ in skipped] == ["empty"]
+    assert str(tmp_path) not in skipped[0][1]
+
+
+def test_relative_to_folder():
+    from napari_radiogen.core.outputs import relative_to_folder
+    base = Path("/data/out")
+    got = relative_to_folder({"a": base / "x.nii.gz", "b": [str(base / "sub" / "y.png"), None],
+                              "c": "/elsewhere/z.png", "d": 3}, base)
+    assert got == {"a": "x.nii.gz", "b": ["sub/y.png", None], "c": "/elsewhere/z.png", "d": 3}
+
+
+def test_device_and_analyze_option_help(capsys):
+    for command in ("segment", "analyze", "classify-slices"):
+        with pytest.raises(SystemExit):
+            main(command, "--help")
+        text = capsys.readouterr().out
+        assert "--device auto|cpu|cuda[:N]" in text and "{auto,cpu,cuda}" not in text
+    with pytest.raises(SystemExit):
+        main("analyze", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-report no HTML/JSON report" in text
+    assert "--no-cache a folder of cases: recompute every case" in text

@@ -271,8 +271,8 @@ def test_cli_on_a_folder_of_pngs(tmp_path):
     out = tmp_path / "out"
     assert main(["classify-slices", str(folder), "--out", str(out)]) == 0
     rows = _read_csv(out / "tumour_type.csv")
-    assert list(rows[0]) == ["file", *triage.CLASSES, "predicted", "empty"]
-    assert {r["empty"] for r in rows} == {"0"}
+    assert list(rows[0]) == ["file", *triage.CLASSES, "predicted", "empty", "status", "message"]
+    assert {r["empty"] for r in rows} == {"0"} and {r["status"] for r in rows} == {"ok"}
     assert sorted(r["file"] for r in rows) == files             # nested files, relative paths
     assert any("/" in r["file"] for r in rows)
     for r in rows:
@@ -334,6 +334,78 @@ def test_cli_on_the_sample_case(tmp_path):
     assert [r["file"] for r in rows] == [f"{SAMPLE_CASE_ID}:{z}" for z in range(nz)]
     assert {r["predicted"] for r in rows if r["empty"] == "0"} <= set(triage.CLASSES)
     assert {r["predicted"] for r in rows if r["empty"] == "1"} <= {""}
+
+
+def _bad_image_folder(tmp_path):
+    """ok_a.png, ok_b.png (synthetic grey images), fake.png (3 bytes), trunc.png (the first
+    200 bytes of a real PNG)."""
+    from PIL import Image
+    folder = tmp_path / "slices_bad"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("ok_a.png", "ok_b.png"):
+        img = np.zeros((64, 64), np.uint8)
+        img[10:54, 12:52] = rng.integers(40, 220, size=(44, 40), dtype=np.uint8)
+        Image.fromarray(img).save(folder / name)
+    (folder / "fake.png").write_bytes(b"abc")
+    (folder / "trunc.png").write_bytes((folder / "ok_a.png").read_bytes()[:200])
+    return folder
+
+
+def test_classify_images_skip_unreadable_lists_them(tmp_path, tiny_model):
+    """core: an unreadable image stops classify_images (its CaseLoadError), unless
+    ``skip_unreadable``: then it is listed in ``failed`` by its name (no full path) and the
+    others are classified."""
+    from napari_radiogen.core.errors import CaseLoadError
+    folder = _bad_image_folder(tmp_path)
+    with pytest.raises(CaseLoadError, match="cannot read as an image"):
+        progress.run(triage.classify_images(folder, tiny_model))
+    table = progress.run(triage.classify_images(folder, tiny_model, skip_unreadable=True))
+    assert table.names == ["ok_a.png", "ok_b.png"] and table.probs.shape == (2, 4)
+    failed = dict(table.failed)
+    assert sorted(failed) == ["fake.png", "trunc.png"]
+    assert all(str(tmp_path) not in why for why in failed.values())
+    assert failed["fake.png"].startswith("fake.png: cannot read as an image")
+    rows = table.rows()
+    assert [(r["file"], r["status"]) for r in rows] == [
+        ("ok_a.png", "ok"), ("ok_b.png", "ok"), ("fake.png", "failed"), ("trunc.png", "failed")]
+    # nothing readable: an empty table with every image failed, not a crash
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    shutil.copy(folder / "fake.png", only_bad / "fake.png")
+    table = progress.run(triage.classify_images(only_bad, tiny_model, skip_unreadable=True))
+    assert table.names == [] and [n for n, _ in table.failed] == ["fake.png"]
+
+
+def test_cli_folder_with_unreadable_images_goes_on(tmp_path, tiny_model, capsys, monkeypatch):
+    """classify-slices on a folder is a batch: an unreadable image gets a failed row with its
+    error (named relative to the folder), the others are classified, the summary counts the
+    failed ones and the exit status is 1 (as segment / predict on a folder); a single
+    unreadable image is still an input error (exit 2)."""
+    from napari_radiogen.cli import main
+    monkeypatch.setattr(triage, "load_triage_model", lambda *a, **k: tiny_model)
+    folder = _bad_image_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["classify-slices", str(folder), "--out", str(out), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "2 slice(s) classified" in captured.out
+    assert "2 image(s) could not be read" in captured.out
+    assert "fake.png: FAILED: cannot read as an image" in captured.err
+    assert "radiogen: 2 of 4 image(s) failed: fake.png, trunc.png" in captured.err
+    rows = _read_csv(out / "tumour_type.csv")
+    assert [(r["file"], r["status"]) for r in rows] == [
+        ("ok_a.png", "ok"), ("ok_b.png", "ok"), ("fake.png", "failed"), ("trunc.png", "failed")]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["predicted"] in triage.CLASSES for r in ok)
+    bad = {r["file"]: r for r in rows if r["status"] == "failed"}
+    assert bad["fake.png"]["message"].startswith("fake.png: cannot read as an image")
+    assert bad["trunc.png"]["predicted"] == "" and bad["trunc.png"]["glioma"] == ""
+    assert not any(str(tmp_path) in r["message"] for r in rows)
+    # one unreadable image given as PATH: an input error, one line, exit 2
+    assert main(["classify-slices", str(folder / "fake.png"), "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 2
+    assert "radiogen: error:" in capsys.readouterr().err
 
 
 def test_folds_deduplicated_and_stratified(tmp_path):

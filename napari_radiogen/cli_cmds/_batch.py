@@ -1,6 +1,14 @@
 """The batch loop shared by the per-case commands (``segment``, ``predict``): one case or a
 folder of cases; in a folder a bad case (any error, not only a RadiogenError) is reported and
-the rest go on; one CSV row per case."""
+the rest go on; one CSV row per case.
+
+Also what every batch command says alike: the sub-folders of a cohort that hold no case
+(:func:`skipped_folders`: an empty folder, a folder of files that are not images), said on a
+``skipped: <name>/: <reason>`` line and, where the command writes a summary, in a row with
+status ``skipped`` (not a failed case: the exit status does not change); and the messages
+written into the output files name the case's files relative to the cohort folder
+(:func:`strip_folder`, as ``radiogen analyze`` writes its ``summary.csv``), not by the absolute
+path the case was read from."""
 from __future__ import annotations
 
 import sys
@@ -24,17 +32,92 @@ def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:
         raise RadiogenError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
+def strip_folder(text: str, case_path) -> str:
+    """``text`` (an error message of a case) with the folder that holds the case left out of
+    the file paths it names: ``nancase/nancase_flair.nii.gz: ...`` rather than
+    ``/data/cohort/nancase/nancase_flair.nii.gz: ...`` (a path may name a patient). The helper
+    ``radiogen analyze`` uses for its ``summary.csv`` (``core.pipeline._strip_folder``)."""
+    from ..core.pipeline import _strip_folder
+    return _strip_folder(str(text), case_path)
+
+
+def skipped_folders(folder, cases: Sequence[Any]) -> List[Tuple[str, str]]:
+    """The immediate sub-folders of the cohort ``folder`` that ``core.io.list_cases`` gave no
+    case from (no case is the folder or lies under it), each with the reason it holds no case:
+    ``[(name, reason)]``, sorted by name, e.g. ``("empty", "empty folder (no cases)")``. The
+    reason is what the case listing says of the folder (``list_cases`` on it, else
+    ``load_case``), with the cohort folder's path left out. Hidden folders (``.name``) are
+    not listed, as the listing ignores them."""
+    import os
+    from pathlib import Path
+
+    from ..core.errors import RadiogenError
+    from ..core.io import list_cases, load_case
+
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    taken = set()
+    for c in cases:
+        q = Path(c)
+        taken.add(os.path.abspath(q))
+        taken.update(os.path.abspath(a) for a in q.parents)
+    try:
+        with os.scandir(root) as it:
+            subs = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+    except OSError:
+        return []
+    out: List[Tuple[str, str]] = []
+    for name in subs:
+        sub = root / name
+        if os.path.abspath(sub) in taken:
+            continue
+        reason = ""
+        try:
+            found = list_cases(sub)
+        except RadiogenError as e:
+            reason = str(e)
+        except Exception as e:          # stay one line
+            reason = f"{type(e).__name__}: {e}"
+        else:
+            try:                         # listed on its own, not from the cohort: ask why
+                load_case(sub if not found else found[0])
+                reason = "not read as a case of the cohort (nested too deep)"
+            except RadiogenError as e:
+                reason = str(e)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
+        reason = " ".join(reason.split()) or "no case found"
+        for prefix in (str(sub), os.path.abspath(sub)):
+            if reason.startswith(prefix + ": "):
+                reason = reason[len(prefix) + 2:]
+        out.append((name, strip_folder(reason, sub)))
+    return out
+
+
+def say_skipped(skipped: Sequence[Tuple[str, str]], stream: Any = None) -> None:
+    """One ``skipped: <name>/: <reason>`` line per folder of :func:`skipped_folders`."""
+    stream = stream if stream is not None else sys.stderr
+    for name, reason in skipped:
+        print(f"skipped: {name}/: {reason}", file=stream, flush=True)
+
+
 def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
               row: Callable[..., dict], columns: Sequence[str], csv_path,
               csv_always: bool = False, csv_name: str = "summary",
-              overrides: Optional[Dict[str, str]] = None) -> int:
+              overrides: Optional[Dict[str, str]] = None, deidentify: bool = True) -> int:
     """Run ``process(case) -> (result, summary text, written path)`` on every case of
     ``case_arg``; ``row(result, seconds=...)`` / ``row(case_id=, status=, message=, seconds=)``
     make the CSV rows. A single case's error propagates (the CLI prints it, exit 2); in a
     batch any error of a case (a RadiogenError, or another exception, reported as
     ``<ExceptionType>: <message>``) marks that case failed, the others go on, and the exit code
     is 1. The CSV is written for a batch (always when ``csv_always``). With ``overrides``
-    (``--sequence FILE=SEQ``, which name the files of one case) ``case_arg`` is one case."""
+    (``--sequence FILE=SEQ``, which name the files of one case) ``case_arg`` is one case.
+
+    With ``deidentify`` (the default) a failed case's message in the CSV names its files
+    relative to the cohort folder (:func:`strip_folder`). The cohort's sub-folders that hold
+    no case (:func:`skipped_folders`) are said (``skipped: <name>/: <reason>``) and get a row
+    with status ``skipped``; they do not count as failed cases."""
     import time
     from pathlib import Path
 
@@ -47,6 +130,8 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     else:
         paths = list_cases(case_arg)
         batch = len(paths) > 1 or Path(case_arg).resolve() != Path(paths[0]).resolve()
+    skipped = skipped_folders(case_arg, paths) if batch else []
+    say_skipped(skipped)
     rows: List[dict] = []
     failed: List[str] = []
     for i, p in enumerate(paths, 1):
@@ -67,11 +152,17 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             msg = error_text(e)
             failed.append(cid)
             print(f"[{i}/{len(paths)}] {cid}: FAILED: {msg}", file=sys.stderr, flush=True)
-            rows.append(row(case_id=cid, status="failed", message=msg,
+            rows.append(row(case_id=cid, status="failed",
+                            message=strip_folder(msg, p) if deidentify else msg,
                             seconds=time.perf_counter() - t0))
+    for name, reason in skipped:
+        rows.append(row(case_id=f"{name}/", status="skipped", message=reason, seconds=0.0))
     if batch or csv_always:
         write_csv(rows, csv_path, columns)
         print(f"{csv_name}: {csv_path}")
+    if skipped:
+        print(f"radiogen: {len(skipped)} folder(s) skipped, no case in them: "
+              f"{', '.join(n + '/' for n, _ in skipped)}", file=sys.stderr)
     if failed:
         print(f"radiogen: {len(failed)} of {len(paths)} case(s) failed: {', '.join(failed)}",
               file=sys.stderr)

@@ -35,12 +35,12 @@ DEVICE_CHOICES = _DeviceChoices()
 
 
 def add_device_argument(parser: Any, default: str = "auto", note: str = "") -> None:
-    """``--device {auto,cpu,cuda}`` (also ``cuda:N``), the same for every command. What a
+    """``--device auto|cpu|cuda[:N]``, the same for every command. What a
     command does with ``cuda`` where there is no GPU is the same everywhere too: it stops
     before any work with one line, ``CUDA was requested but no GPU is available; use --device
     cpu`` (exit 2; see :func:`check_device`)."""
     parser.add_argument("--device", default=default, choices=DEVICE_CHOICES,
-                        metavar="{auto,cpu,cuda}",
+                        metavar="auto|cpu|cuda[:N]",
                         help="where to run the networks: auto (CUDA when there is a GPU, else "
                              f"the CPU), cpu, cuda or cuda:N (default {default})"
                              + (f"; {note}" if note else ""))

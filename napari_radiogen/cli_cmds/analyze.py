@@ -12,7 +12,9 @@ others gave results, which are written; 2 when nothing could be analysed (neithe
 segmentation nor a prediction: the reasons are printed, nothing is written), as for any error
 in the input (PATH, ``--out``, ``--device``, a model name), which is checked before any work.
 A folder: 1 when a case failed (as a case with nothing analysed is reported) or was analysed
-with a failed stage (``done, with errors (...)`` on its line); the other cases go on.
+with a failed stage (``done, with errors (...)`` on its line); the other cases go on. A
+sub-folder of the folder that holds no case (empty, no images) is said (``skipped: <name>/:
+<reason>``) and gets a ``skipped`` row in ``summary.csv``; it is not a failed case.
 """
 from __future__ import annotations
 
@@ -57,8 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-synthesis", action="store_true",
                         help="do not synthesise missing sequences")
     parser.add_argument("--no-render", action="store_true", help="no 3D rendering in reports")
-    parser.add_argument("--no-report", action="store_true")
-    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--no-report", action="store_true",
+                        help="no HTML/JSON report per case (the segmentation, predictions, "
+                             "heatmaps and analysis.json are still written)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="a folder of cases: recompute every case, also those already "
+                             "analysed into --out with unchanged inputs and options")
     parser.add_argument("--identified", action="store_true",
                         help="include clinical fields in reports (default: de-identified)")
 
@@ -148,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
                   f"failed: {_reasons(res.errors)}", file=sys.stderr)
             return 1
         return 0
+    from ._batch import say_skipped, skipped_folders
+    skipped = skipped_folders(path, cases)
+    say_skipped(skipped)
     failed = partial = 0
     with ProgressLine() as show:
         for item in analyze_cohort(cases, out, analyzer=analyzer, use_cache=not args.no_cache,
@@ -165,8 +174,46 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{item.case_id}: {item.status}{msg}", flush=True)
                 failed += item.status == "failed"
     extra = f", {partial} with errors" if partial else ""
+    if skipped:
+        _add_skipped_rows(out / "summary.csv", skipped,
+                          folder=path if args.identified else None)
+        extra += f"; {len(skipped)} folder(s) skipped, no case in them"
     print(f"summary: {out / 'summary.csv'} ({len(cases)} cases, {failed} failed{extra})")
     return 1 if failed or partial else 0
+
+
+def _add_skipped_rows(csv_path: Path, skipped, folder=None) -> None:
+    """Add a ``skipped`` row (``case_id`` ``<name>/``, the reason as its message) to the
+    cohort's ``summary.csv`` for each sub-folder that held no case (``_batch.skipped_folders``);
+    the columns stay those ``core.pipeline`` wrote. The ``path`` column is the sub-folder's
+    path under ``folder`` when given (``--identified``), else empty, as for the cases."""
+    import csv
+    import os
+
+    from ..core.errors import RadiogenError
+
+    try:
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except OSError as e:
+        raise RadiogenError(f"{csv_path}: cannot read ({e.strerror or e})") from None
+    for c in ("path", "case_id", "status", "message"):
+        if c not in columns:
+            columns.append(c)
+    for name, reason in skipped:
+        rows.append({**{c: "" for c in columns}, "case_id": f"{name}/", "status": "skipped",
+                     "message": reason, "path": str(folder / name) if folder else ""})
+    tmp = csv_path.with_suffix(".csv.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, csv_path)
+    except OSError as e:
+        raise RadiogenError(f"{csv_path}: cannot write ({e.strerror or e})") from None
 
 
 def _print_result(res, paths) -> None:

@@ -5,7 +5,14 @@ case (NIfTI, NRRD, MHA, DICOM, HDF5, case folder): then every axial slice of the
 sequence (or ``--sequence``) is classified. Writes ``DIR/tumour_type.csv`` with columns
 ``file`` (path relative to the folder, or ``<case_id>:<slice>``), one probability per class
 (glioma, meningioma, pituitary, notumor), ``predicted`` (left empty for a slice with no
-foreground, which gets no call) and ``empty`` (1 for such a slice).
+foreground, which gets no call), ``empty`` (1 for such a slice), ``status`` and ``message``.
+
+Images, like the cases of the other batch commands, go on past a bad one: an image that
+cannot be read is reported on stderr (``<file>: FAILED: <why>``) and gets a row with status
+``failed`` and the reason (naming the file relative to the folder); the others are classified,
+the summary line counts the failed ones and the exit status is 1. Errors of the request itself
+(PATH, ``--out``, ``--device``, the model, a case that cannot be read) stop before any work
+with exit 2.
 """
 from __future__ import annotations
 
@@ -56,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             print(str(p), file=sys.stderr)
 
     if triage.is_image_input(src):
-        table = progress.run(triage.classify_images(src, model), on_progress)
+        # a folder of images is a batch: an unreadable image is a failed row, the rest go on
+        table = progress.run(triage.classify_images(src, model, skip_unreadable=src.is_dir()),
+                             on_progress)
     else:
         from ..core.io import load_case
         case = load_case(src, overrides=overrides)
@@ -67,8 +76,18 @@ def run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{c} {counts.get(c, 0)}" for c in table.classes)
     if table.n_empty:
         summary += f"; {table.n_empty} empty slice(s), no call"
+    for name, why in table.failed:
+        why = why[len(name) + 2:] if why.startswith(f"{name}: ") else why
+        print(f"{name}: FAILED: {why}", file=sys.stderr, flush=True)
+    if table.failed:
+        summary += f"; {len(table.failed)} image(s) could not be read"
     print(f"{len(table.names)} slice(s) classified with {model.name}: {summary}")
     if table.caveat:
         print(f"warning: {table.caveat}")
     print(f"wrote {out}")
+    if table.failed:
+        n = len(table.names) + len(table.failed)
+        print(f"radiogen: {len(table.failed)} of {n} image(s) failed: "
+              f"{', '.join(name for name, _ in table.failed)}", file=sys.stderr)
+        return 1
     return 0

@@ -1,11 +1,14 @@
 """``radiogen info PATH``: what a case (or a cohort folder) holds.
 
 For a case: case id, kind, each detected sequence with its file, shape, spacing, orientation,
-obliquity (degrees from the nearest axis-aligned orientation), the labels file and its values;
+obliquity (degrees from the nearest axis-aligned orientation), data type (as stored in the file:
+the NIfTI header's, the pixel type SimpleITK reads for other formats; in the JSON ``dtype``, with
+the type it is read into memory as in ``dtype_in_memory``), the labels file and its values;
 what the readers warned about (NIfTI qform/sform disagreements, library warnings); a synthetic sequence (one the package generated, see
 ``core.io.synthetic``) is flagged with its provenance, and the files left aside (a synthetic file
 where an acquired one of that sequence is read, the package's own result maps) are listed. For a
-cohort folder: one line per case (header-only scan).
+cohort folder: one line per case (header-only scan), and one line per sub-folder that holds
+no case (``skipped: <name>/: <reason>``; ``"skipped"`` in the JSON).
 Imports only the headless I/O (no torch).
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ def _fmt_num(x: float) -> str:
 def _case_text(d: Dict[str, Any]) -> str:
     lines = [f"case {d['case_id']}  ({d['kind']})  {d['source']}"]
     rows = [("", "file", "shape z,y,x", "spacing x,y,z mm", "orient.", "oblique", "dtype")]
+    in_memory = {}                       # stored dtype -> the dtype it is read as, if other
 
     def row(name: str, v: Dict[str, Any]) -> None:
         sp = " x ".join(_fmt_num(s) for s in v["spacing_xyz_mm"])
@@ -46,6 +50,9 @@ def _case_text(d: Dict[str, Any]) -> str:
         rows.append((name, Path(v["file"] or "-").name if v["file"] else "-",
                      "x".join(str(s) for s in v["shape_zyx"]), sp, v["orientation"],
                      "-" if tilt is None else f"{tilt:.1f} deg", v["dtype"]))
+        mem = v.get("dtype_in_memory")
+        if mem and mem != v["dtype"]:
+            in_memory.setdefault(mem, []).append(name.split(" ")[0])
 
     for s, v in d["sequences"].items():
         row(f"{s} (synthetic)" if v.get("synthetic") else s, v)
@@ -54,6 +61,9 @@ def _case_text(d: Dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if in_memory:                       # dtype is the file's; say what it is read as
+        lines.append("  dtype: as stored in the file; read into memory as "
+                     + ", ".join(f"{m} ({', '.join(names)})" for m, names in in_memory.items()))
     if d.get("labels"):
         lab = d["labels"]
         vals = lab.get("values")
@@ -106,7 +116,29 @@ def synthetic_text(prov: Dict[str, Any]) -> str:
     return txt + (f" ({'; '.join(notes)})" if notes else "") + ", not an acquired scan"
 
 
-def _cohort_text(folder: Path, entries: List[Dict[str, Any]]) -> str:
+def _unrecognised_text(entry: Dict[str, Any]) -> str:
+    """``2 file(s), 3 DICOM file(s) in ./`` for a cohort entry's ``unrecognised`` list
+    (``core.io.scan_case``: file names, and ``<folder>/ (DICOM)`` for a DICOM folder whose
+    sequence its name does not tell, counted by the files in it)."""
+    import os
+
+    files = [u for u in entry["unrecognised"] if not str(u).endswith("/ (DICOM)")]
+    parts = [f"{len(files)} file(s)"] if files else []
+    base = Path(entry.get("path") or ".")
+    for u in entry["unrecognised"]:
+        if not str(u).endswith("/ (DICOM)"):
+            continue
+        sub = str(u)[: -len(" (DICOM)")]
+        try:
+            with os.scandir(base / sub) as it:
+                n = sum(1 for e in it if not e.name.startswith(".") and e.is_file())
+        except OSError:
+            n = None
+        parts.append(f"DICOM in {sub}" if n is None else f"{n} DICOM file(s) in {sub}")
+    return ", ".join(parts)
+
+
+def _cohort_text(folder: Path, entries: List[Dict[str, Any]], skipped=()) -> str:
     lines = [f"cohort {folder}  ({len(entries)} case(s))"]
     w = max([len(e["case_id"]) for e in entries] + [4])
     for e in entries:
@@ -129,9 +161,39 @@ def _cohort_text(folder: Path, entries: List[Dict[str, Any]]) -> str:
             if e.get("ignored_outputs"):
                 txt += f"  ({len(e['ignored_outputs'])} napari-radiogen map(s) ignored)"
             if e.get("unrecognised"):
-                txt += f"  (not recognised: {len(e['unrecognised'])} file(s))"
+                txt += f"  (not recognised: {_unrecognised_text(e)})"
         lines.append(txt)
+    for name, reason in skipped:        # sub-folders with no case in them: said, not dropped
+        lines.append(f"  skipped: {name}/: {reason}")
     return "\n".join(lines)
+
+
+#: SimpleITK's pixel type names -> numpy's
+_SITK_DTYPES = {"8-bit unsigned integer": "uint8", "8-bit signed integer": "int8",
+                "16-bit unsigned integer": "uint16", "16-bit signed integer": "int16",
+                "32-bit unsigned integer": "uint32", "32-bit signed integer": "int32",
+                "64-bit unsigned integer": "uint64", "64-bit signed integer": "int64",
+                "32-bit float": "float32", "64-bit float": "float64"}
+
+
+def stored_dtype(v) -> Any:
+    """The data type of ``v``'s file as stored (not the in-memory array's): the NIfTI header's
+    (nibabel ``get_data_dtype``, header only) for ``.nii``/``.nii.gz``, else the pixel type the
+    reader recorded (``meta['source_pixel_type']``: SimpleITK's for NRRD/MHA/DICOM, the
+    dataset's for a slice pack), as a numpy name where it has one. ``None`` when not known (a
+    volume with no file, e.g. a synthesised one)."""
+    path = getattr(v, "path", None)
+    if path and str(path).lower().endswith((".nii", ".nii.gz")) and Path(path).is_file():
+        try:
+            import nibabel as nib
+            import numpy as np
+            return np.dtype(nib.load(str(path)).header.get_data_dtype()).name
+        except Exception:               # the reader recorded it; fall back to that
+            pass
+    src = (getattr(v, "meta", None) or {}).get("source_pixel_type")
+    if not src:
+        return None
+    return _SITK_DTYPES.get(str(src), str(src))
 
 
 def describe_case(case) -> Dict[str, Any]:
@@ -161,6 +223,10 @@ def describe_case(case) -> Dict[str, Any]:
         entry["obliquity_deg"] = round(obliquity_deg(v.geometry.direction_matrix), 2)
         if v.meta.get("nifti_codes"):
             entry["nifti_codes"] = dict(v.meta["nifti_codes"])
+        # the file's data type (uint8 on disk), and what it is read as (float32)
+        mem = str(v.array.dtype)
+        entry["dtype"] = stored_dtype(v) or mem
+        entry["dtype_in_memory"] = mem
     return d
 
 
@@ -178,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
             except RadiogenError:
                 cases = []
             if cases and not (len(cases) == 1 and cases[0] == path):
+                from ._batch import skipped_folders
+                skipped = skipped_folders(path, cases)
                 entries = []
                 for c in cases:
                     try:
@@ -186,8 +254,10 @@ def run(args: argparse.Namespace) -> int:
                         entries.append({"case_id": c.name, "error": str(e)})
                 if args.json:
                     return _emit(dumps({"cohort": str(path), "n_cases": len(entries),
-                                        "cases": entries}))
-                return _emit(_cohort_text(path, entries))
+                                        "cases": entries,
+                                        "skipped": [{"folder": f"{n}/", "message": m}
+                                                    for n, m in skipped]}))
+                return _emit(_cohort_text(path, entries, skipped))
         case = load_case(path, overrides=overrides or None, series=args.series,
                          reference=args.reference)
         d = describe_case(case)

@@ -109,8 +109,9 @@ def run(args) -> int:
 
     def row(res=None, **kw) -> dict:
         r = _row(res, **kw)
-        if res is None:                 # a failed case: the model that was asked for
+        if res is None and r["status"] == "failed":     # the model that was asked for
             r["model"] = model.name
         return r
 
-    return run_batch(args.case, one, row, CSV_COLUMNS, out / "summary.csv", overrides=overrides)
+    return run_batch(args.case, one, row, CSV_COLUMNS, out / "summary.csv", overrides=overrides,
+                     deidentify=not args.identified)

@@ -11,8 +11,11 @@ reads it as a sequence).
 
 In a cohort each case is ranked on its own and the pair metrics are averaged over the cases; a
 case that cannot be loaded or ranked is reported on stderr, listed under ``"failed"`` in
-``ranking.json`` (``{"case", "message"}``) and skipped: the exit status is then 1 (2 when no
-case could be ranked).
+``ranking.json`` (``{"case", "message"}``, the message naming the case's files relative to the
+cohort folder) and skipped: the exit status is then 1 (2 when no case could be ranked). A
+sub-folder of the cohort that holds no case (empty, no images) is said (``skipped: <name>/:
+<reason>``) and listed under ``"skipped"`` (``{"folder", "message"}``), not counted as a failed
+case. The map files are named in ``ranking.json`` relative to ``DIR`` (``map_files``).
 """
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ def run(args) -> int:
 
     from ..core import progress
     from ..core.errors import CaseLoadError
-    from ..core.io import list_cases, load_case, write_volume
-    from ..core.outputs import write_json
+    from ..core.io import case_id_of, list_cases, load_case, write_volume
+    from ..core.outputs import relative_to_folder, write_json
+    from ._batch import say_skipped, skipped_folders, strip_folder
     from ..core.synthesize import RankFailure, rank_cohort, rank_sequences
     from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
     from ._common import sequence_overrides
@@ -63,6 +67,7 @@ def run(args) -> int:
     overrides = sequence_overrides(args)
     p = Path(args.path)
     failed = []                                  # cohort: [{"case", "message"}] of skipped cases
+    skipped = []                                 # cohort: sub-folders with no case in them
 
     show = ProgressLine()
     try:
@@ -74,7 +79,10 @@ def run(args) -> int:
         paths = list_cases(p) if p.is_dir() else []
         if not paths or (len(paths) == 1 and Path(paths[0]).resolve() == p.resolve()):
             raise                                # one case that cannot be read: exit 2
+        skipped = skipped_folders(p, paths)
+        say_skipped(skipped)
         paths = paths[: args.limit or None]
+    by_id = {case_id_of(q): q for q in (paths or [])}
     with show:
         if paths is None:
             res = progress.run(rank_sequences(case, args.model, device=args.device,
@@ -89,13 +97,17 @@ def run(args) -> int:
                     show(item)
                 elif isinstance(item, RankFailure):
                     show.end()
-                    failed.append({"case": item.case, "message": item.message})
+                    # the case's files relative to the cohort folder (a path may name a
+                    # patient), as radiogen analyze writes its summary
+                    failed.append({"case": item.case, "message": strip_folder(
+                        item.message, by_id.get(item.case, p / item.case))})
                     print(f"{item.case}: FAILED, skipped: {item.message}", file=sys.stderr,
                           flush=True)
                 else:
                     res = item
     js = res.to_json()
     js["failed"] = failed
+    js["skipped"] = [{"folder": f"{n}/", "message": m} for n, m in skipped]
     ensure_out_dir(out)
     for c, cj in zip(res.cases, js["cases"]):
         files = {}
@@ -103,8 +115,8 @@ def run(args) -> int:
             # the header says it is a differentiation map (no reader takes it for a scan)
             f = write_volume(vol, out / f"{c.case_id}_{t}_diffmap.nii.gz",
                              radiogen_map={"kind": "differentiation map", "target": t})
-            files[t] = str(f)
-        cj["map_files"] = files
+            files[t] = f
+        cj["map_files"] = relative_to_folder(files, out)     # beside ranking.json
     write_json(out / "ranking.json", js)
     scores = res.cohort_scores if len(res.cases) > 1 else res.cases[0].scores
     bar_chart(scores, out / "ranking.png",

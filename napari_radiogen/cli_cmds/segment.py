@@ -44,7 +44,7 @@ def write_outputs(res, case, out_dir, *, deidentify: bool = True) -> dict:
 
     from ..core.io import write_pack_mask, write_volume
     from ..core.models import atomic_write_text
-    from ..core.outputs import dumps
+    from ..core.outputs import dumps, relative_to_folder
     from ._common import ensure_out_dir
 
     out = ensure_out_dir(out_dir)
@@ -57,7 +57,9 @@ def write_outputs(res, case, out_dir, *, deidentify: bool = True) -> dict:
     files["labels"] = str(p)
     j = out / f"{res.case_id}_seg.json"
     summary = res.summary()
-    summary["files"] = {"labels": str(p)}
+    # the file's name relative to the output folder (the JSON lies beside it), not the --out
+    # path as given (which may be absolute and name a person)
+    summary["files"] = relative_to_folder({"labels": p}, out)
     summary["source"] = case.case_id if deidentify else case.source
     summary["deidentified"] = bool(deidentify)
     atomic_write_text(j, dumps(summary))
@@ -111,4 +113,5 @@ def run(args) -> int:
 
     csv_path = Path(args.csv) if args.csv else out / "volumes.csv"
     return run_batch(args.case, one, csv_row, CSV_COLUMNS, csv_path, csv_always=True,
-                     csv_name="volume table", overrides=overrides)
+                     csv_name="volume table", overrides=overrides,
+                     deidentify=not args.identified)

@@ -88,6 +88,32 @@ def write_json(path, obj: Any, *, indent: int = 2) -> Path:
     return p
 
 
+def relative_to_folder(obj: Any, folder: Any) -> Any:
+    """``obj`` (a path, or a dict / list of them, nested) with every path that lies in
+    ``folder`` written relative to it, with forward slashes (``case_seg.nii.gz``,
+    ``sub/x.png``): what a JSON file written in ``folder`` names its sibling files by, so that
+    it holds neither the output path as the user typed it (which may be absolute and name a
+    person) nor one that breaks when the folder is moved. A path outside ``folder`` and any
+    other value are kept as they are (paths as strings); ``None`` stays ``None``."""
+    import os
+
+    base = os.path.abspath(os.fspath(folder))
+
+    def one(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: one(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [one(x) for x in v]
+        if isinstance(v, (str, Path)) and str(v):
+            p = os.path.abspath(os.fspath(v))
+            if p == base or p.startswith(base.rstrip(os.sep) + os.sep):
+                return Path(os.path.relpath(p, base)).as_posix()
+            return str(v)
+        return v
+
+    return one(obj)
+
+
 def deidentified_prediction(pred: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
     """A copy of a prediction's JSON (``PredictionResult.to_json()``) without the clinical
     fields it carries (age and sex among the features of a segment-then-classify model), and
@@ -124,6 +150,6 @@ def deidentification_fields(deidentify: bool, removed: List[str]) -> Dict[str, A
     return out
 
 
-__all__ = ["json_safe", "dumps", "write_json", "deidentified_prediction",
+__all__ = ["json_safe", "dumps", "write_json", "relative_to_folder", "deidentified_prediction",
            "prediction_for_output", "deidentification_fields", "CLINICAL_FEATURE_KEYS",
            "DEIDENTIFIED_NOTE"]

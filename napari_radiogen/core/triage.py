@@ -274,6 +274,9 @@ class TriageTable:
     empty: List[bool] = field(default_factory=list)
     axis: int = 0                            # slicing axis of the volume (0: axial of z, y, x)
     caveat: Optional[str] = None             # see :func:`domain_caveat`
+    # images that could not be read (``classify_images(skip_unreadable=True)``): (name, why),
+    # not in ``names``/``probs``; written as rows with status ``failed``
+    failed: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def predicted(self) -> List[str]:
@@ -297,14 +300,20 @@ class TriageTable:
 
     def rows(self) -> List[Dict[str, Any]]:
         """One row per slice: ``file``, a probability per class, ``predicted`` (the call: empty
-        for an empty slice, which gets none) and ``empty`` (1 for a slice with no foreground)."""
+        for an empty slice, which gets none), ``empty`` (1 for a slice with no foreground),
+        ``status`` (``ok``) and ``message``; then one row per image that could not be read
+        (:attr:`failed`: no probabilities, ``status`` ``failed``, the reason in ``message``)."""
         out = []
         for name, p, call in zip(self.names, self.probs, self.calls):
             row: Dict[str, Any] = {"file": name}
             row.update({c: round(float(v), 6) for c, v in zip(self.classes, p)})
             row["predicted"] = call or ""
             row["empty"] = int(call is None)
+            row.update(status="ok", message="")
             out.append(row)
+        for name, why in self.failed:
+            out.append({"file": name, **{c: "" for c in self.classes}, "predicted": "",
+                        "empty": "", "status": "failed", "message": why})
         return out
 
     def write_csv(self, path: Union[str, Path]) -> Path:
@@ -313,7 +322,8 @@ class TriageTable:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["file", *self.classes, "predicted", "empty"])
+            w = csv.DictWriter(f, fieldnames=["file", *self.classes, "predicted", "empty",
+                                              "status", "message"])
             w.writeheader()
             w.writerows(self.rows())
         return path
@@ -362,11 +372,17 @@ def is_image_input(path: Union[str, Path]) -> bool:
 
 
 def classify_images(paths: Union[str, Path, Sequence[Union[str, Path]]], model,
-                    cancel: Optional[CancelToken] = None, batch_size: int = 64
+                    cancel: Optional[CancelToken] = None, batch_size: int = 64,
+                    skip_unreadable: bool = False
                     ) -> Iterator[Union[Progress, TriageTable]]:
     """Generator: classify image files (a file, a folder searched recursively, or a list of
     files). Yields Progress, then a :class:`TriageTable` (names relative to the folder) whose
-    ``caveat`` says how many images look skull-stripped (:func:`images_caveat`), if any."""
+    ``caveat`` says how many images look skull-stripped (:func:`images_caveat`), if any.
+
+    An image that cannot be read raises its :class:`CaseLoadError`; with ``skip_unreadable``
+    it is left out of the classified ones and listed in the table's ``failed`` (its name, and
+    why, naming it by that name, not by its full path), and the others are classified (a batch
+    that goes on past a bad item, as ``radiogen classify-slices`` runs it)."""
     if isinstance(paths, (str, Path)):
         items = collect_images(paths)
     else:
@@ -375,20 +391,40 @@ def classify_images(paths: Union[str, Path, Sequence[Union[str, Path]]], model,
         raise CaseLoadError(f"no images ({', '.join(IMAGE_EXTS)}) found in {paths}")
     size = model_input_size(model)
     probs, empty, stripped = [], [], []
+    names: List[str] = []
+    failed: List[Tuple[str, str]] = []
     total = len(items)
     yield Progress("classify", 0, total, "reading images")
     for i in range(0, total, batch_size):
         _progress.check(cancel)
         chunk = items[i:i + batch_size]
-        imgs = [read_image(p) for _, p in chunk]
-        x, infos = normalise_slices(imgs, size, return_info=True)
-        probs.append(predict_normalised(model, x))
-        empty += [inf is None for inf in infos]
-        stripped += [name for (name, _), img in zip(chunk, imgs) if _zero_background(img)]
+        read, imgs = [], []
+        for name, p in chunk:
+            try:
+                img = read_image(p)
+            except CaseLoadError as e:
+                if not skip_unreadable:
+                    raise
+                why = str(e)            # the file by its name, not its full path
+                for full in sorted({str(Path(p).absolute()), str(p)}, key=len, reverse=True):
+                    why = why.replace(full, name)
+                failed.append((name, why))
+                continue
+            read.append(name)
+            imgs.append(img)
+        if imgs:
+            x, infos = normalise_slices(imgs, size, return_info=True)
+            probs.append(predict_normalised(model, x))
+            empty += [inf is None for inf in infos]
+            names += read
+            stripped += [name for name, img in zip(read, imgs) if _zero_background(img)]
         yield Progress("classify", min(i + batch_size, total), total)
-    yield TriageTable(names=[n for n, _ in items], probs=np.concatenate(probs),
-                      classes=model_classes(model), model=getattr(model, "name", ""),
-                      empty=empty, caveat=images_caveat(stripped, total))
+    classes = model_classes(model)
+    yield TriageTable(names=names,
+                      probs=np.concatenate(probs) if probs else np.zeros((0, len(classes)),
+                                                                         np.float32),
+                      classes=classes, model=getattr(model, "name", ""),
+                      empty=empty, caveat=images_caveat(stripped, len(names)), failed=failed)
 
 
 def images_caveat(stripped: Sequence[str], total: int, shown: int = 3) -> Optional[str]:
