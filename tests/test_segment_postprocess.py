@@ -160,7 +160,7 @@ def test_slices_labels_refuses_unknown_keys():
         seg.slices_labels(_RampNet(), _stack(), "cpu", {"et_min_total_ml": 1})
 
 
-def test_lgg_engine_scores_with_the_rule_and_refuses_bad_keys_before_data(monkeypatch):
+def test_lgg_engine_scores_with_the_rule_and_refuses_bad_keys_before_data(monkeypatch, tmp_path):
     import pytest
 
     import napari_radiogen.core.train.tasks.segmentation as ts
@@ -174,7 +174,7 @@ def test_lgg_engine_scores_with_the_rule_and_refuses_bad_keys_before_data(monkey
     assert task.card_fields()["postprocess"] == cfg["model"]["postprocess"]
     # a bad rule is refused when the task is made (before the engine reads any data)
     for bad_rule in ({"threshold": 0.4}, {"wt_min_component_fraction": 2}):
-        bad = load_config({**cfg, "data": "/nonexistent",
+        bad = load_config({**cfg, "data": str(tmp_path),              # an empty folder
                            "model": {**cfg["model"], "postprocess": bad_rule}})
         with pytest.raises(ConfigError, match="postprocess"):
             TASKS[bad["task"]](bad)
