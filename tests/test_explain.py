@@ -213,7 +213,8 @@ def test_cli_explain_writes_aligned_heatmap(models, tmp_path):
     data = a.get_fdata()
     assert data.min() >= 0 and data.max() <= 1
     info = json.loads(next(tmp_path.glob("*_idh_gradcam.json")).read_text())
-    assert 0 <= info["localisation"] <= 1 and os.path.exists(info["png"])
+    assert 0 <= info["localisation"] <= 1 and (tmp_path / info["png"]).exists()
+    assert str(tmp_path) not in json.dumps(info)          # sibling files by relative name
     assert info["synthetic_inputs"] == []
 
 

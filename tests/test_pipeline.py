@@ -262,6 +262,10 @@ def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, 
     # de-identified (the default): the case's path is not in its outputs, only a key
     text = (out / "BraTS2021_00006" / "analysis.json").read_text()
     assert str(cohort) not in text and "source_sha256" in text
+    # its files are named relative to its folder, not by the output path as given
+    files = json.loads(text)["files"]
+    assert files["segmentation"] == "BraTS2021_00006_seg.nii.gz" and str(out) not in text
+    assert all((out / "BraTS2021_00006" / f).exists() for f in files.values())
     assert str(cohort) not in (out / "summary.csv").read_text()
     # outputs asked otherwise (clinical fields kept): not taken from the cache
     items3 = run(analyze_cohort(cases, out, analyzer=an, render=False, deidentify=False))

@@ -287,6 +287,8 @@ def test_radiogen_synthesize_records_sources_and_model_in_the_header(tmp_path):
     info = json.loads((out / "P1_t1ce_synth.json").read_text())
     assert info["case_source"] == "P1" and info["deidentified"] is True
     assert str(d) not in json.dumps(info)
+    assert info["file"] == "P1_t1ce_synth.nii.gz"             # beside the JSON, by its name
+    assert str(out) not in json.dumps(info)
     out2 = tmp_path / "out2"
     assert main(["synthesize", str(d), "--target", "t1ce", "--sources", "t2", "flair",
                  "--model", str(synth), "--device", "cpu", "--out", str(out2),

@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
                                    out / f"{stem}.gif" if args.frames > 0 else None,
                                    n_frames=max(args.frames, 1))
             info.update(r)
-    write_json(out / f"{stem}.json", info)
+    # the JSON names its sibling files relative to its folder (not the --out path as typed)
+    from ..core.outputs import relative_to_folder
+    write_json(out / f"{stem}.json", relative_to_folder(info, out))
     loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no tumour mask)"
     print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation {loc}; "
           f"wrote {path}")

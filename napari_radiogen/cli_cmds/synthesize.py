@@ -57,6 +57,7 @@ def run(args) -> int:
             return 0
     else:
         targets = [args.target]
+    from ..core.outputs import relative_to_folder
     model = _resolve_model(args.model, args.device)
     for t in targets:
         if args.sources is None and not [s for s in case.present if s != t]:
@@ -73,7 +74,7 @@ def run(args) -> int:
                      "case_source": case.source if args.identified else case.case_id,
                      "reference_sequence": case.reference,
                      "deidentified": not args.identified})
-        write_json(out / f"{case.case_id}_{t}_synth.json", info)
+        write_json(out / f"{case.case_id}_{t}_synth.json", relative_to_folder(info, out))
         msg = f"{path}  ({t} from {'+'.join(res.sources)}, {res.seconds:.1f} s"
         if res.psnr is not None:
             msg += f", PSNR {res.psnr:.2f} dB, SSIM {res.ssim:.3f} vs the real {t}"

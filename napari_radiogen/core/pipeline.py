@@ -404,7 +404,8 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
     which say which fields were removed (the prediction itself used them)."""
     from .explain import method_slug
     from .io import write_pack_mask, write_volume
-    from .outputs import deidentification_fields, prediction_for_output, write_json
+    from .outputs import (deidentification_fields, prediction_for_output, relative_to_folder,
+                          write_json)
 
     case = res.case
     d = Path(out_dir) / res.case_id
@@ -454,7 +455,8 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
                                        files=paths))
     summary = {"case_id": res.case_id,
                **deidentification_fields(deidentify, [f"prediction.{r}" for r in removed]),
-               "summary": res.summary(), "files": paths,
+               # sibling files relative to this folder (not the output path as typed)
+               "summary": res.summary(), "files": relative_to_folder(paths, d),
                "models": res.models, "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
                "warnings": res.warnings, "errors": res.errors,
                "synthetic_inputs": res.synthetic_inputs, "synthesized": res.synthesized,
