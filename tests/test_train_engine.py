@@ -73,6 +73,12 @@ def test_two_epoch_phantom_run_writes_checkpoint_card_report(tmp_path, monkeypat
     assert [p.epoch for p in ends] == [1, 2]
     assert all(p.loss is not None and "val_auc" in p.metrics for p in ends)
     assert any(p.eta_s is not None for p in items)
+    # after the first epoch the time left counts down at one rate within an epoch (the epoch's
+    # wall time per step, validation included): no drop-then-jump sawtooth
+    e2 = [p.eta_s for p in items if getattr(p, "stage", "") == "train" and p.epoch == 2
+          and getattr(p, "fold", None) == ends[0].fold]
+    steps = [a - b for a, b in zip(e2, e2[1:]) if b > 0]
+    assert len(steps) >= 2 and max(steps) - min(steps) < 1e-9 * max(1.0, max(steps))
     # the held-out patients never trained the model, and are disjoint from validation
     splits = json.loads((run / "splits.json").read_text())[0]
     assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))

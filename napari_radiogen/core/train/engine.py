@@ -264,7 +264,11 @@ class _Run:
         self.t0 = time.monotonic()
         self.steps_done = 0
         self.steps_total = 1
-        self.step_time = None            # EMA seconds per step
+        self.step_time = None            # seconds per step for the ETA (see epoch_rate)
+        # once an epoch has ended, the ETA's rate is its wall time per step (validation and
+        # checkpointing included) and the steps in between leave it alone: a rate taken from
+        # the steps alone made the estimate drop during each epoch and jump at its end
+        self.epoch_rate = False
         self.history: List[Dict[str, Any]] = []
         self.samples_per_epoch: List[int] = []
         self.origin: Optional[Dict[str, Any]] = None     # fine_tuned_from (with ``init``)
@@ -432,7 +436,9 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
                 for k, v in _scalars(logs).items():
                     logs_acc[k] = logs_acc.get(k, 0.0) + v * bs
                 dt = time.monotonic() - ts
-                run.step_time = dt if run.step_time is None else 0.9 * run.step_time + 0.1 * dt
+                if not run.epoch_rate:            # until an epoch has ended: the steps' EMA
+                    run.step_time = dt if run.step_time is None \
+                        else 0.9 * run.step_time + 0.1 * dt
                 run.steps_done += 1
                 yield TrainProgress(stage="train", done=run.steps_done, total=run.steps_total,
                                     message=f"{where} epoch {epoch}/{epochs} "
@@ -495,8 +501,12 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
         rec = decision["rec"]
         last_epoch = epoch
         stopped_by = rec.get("stopped")
-        # seconds per step including validation and checkpointing, for the ETA
-        run.step_time = (time.monotonic() - t_epoch) / max(1, n_steps)
+        # seconds per step including validation and checkpointing, for the ETA (averaged
+        # with the previous epochs': one slow epoch moves it by half)
+        rate = (time.monotonic() - t_epoch) / max(1, n_steps)
+        run.step_time = rate if not run.epoch_rate or run.step_time is None \
+            else 0.5 * run.step_time + 0.5 * rate
+        run.epoch_rate = True
         note = ""
         if stopped_by:
             note = (f"; stopped after epoch {epoch} of {epochs}: " + (
