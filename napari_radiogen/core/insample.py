@@ -64,7 +64,9 @@ def in_sample_note(case_id: Optional[str], model_name: str, card: Optional[Dict[
         return Note(f"{case_id} was in {model_name}'s training data: {meaning}", IN_SAMPLE)
     for pid in patient_ids or ():
         if in_training_data(pid, card):
-            return Note(f"{case_id} (patient {pid}, from its file names) was in {model_name}'s "
+            # the id is not written: outputs are de-identified, and the case id is what the
+            # user named the case by
+            return Note(f"{case_id}: its file names carry the id of a patient in {model_name}'s "
                         f"training data: {meaning}", IN_SAMPLE)
     return None
 
