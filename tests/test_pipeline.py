@@ -371,3 +371,37 @@ def test_cohort_outputs_of_a_training_patient_are_deidentified_strict_and_say_in
         "in-sample, not a validation (expect them to be right more often than on a new case)",
         "TCGA_CS_4941 was in predict_mil_roi's training data: its localisation score here is "
         "in-sample, not a validation"]
+
+
+def test_a_cancelled_cohort_run_keeps_every_case_in_the_summary(models, sample_path, tmp_path):
+    """Cancelling a rerun of a cohort (cache off) does not wipe the summary: the cancelled case
+    is named, and the cases not reached keep their row, with the earlier run's results where
+    these are still valid, else "not analysed"."""
+    from napari_radiogen.core.pipeline import analyze_cohort
+    cohort = tmp_path / "cohort"
+    for cid in ("A1", "B2", "C3"):
+        shutil.copytree(sample_path, cohort / cid)
+    cases = sorted(cohort.iterdir())
+    out = tmp_path / "out"
+    an = Analyzer(_opts(models, explain_tasks=()))
+    run(analyze_cohort(cases[:2], out, analyzer=an, render=False, report=False))
+    tok = CancelToken()
+    with pytest.raises(Cancelled):
+        for x in analyze_cohort(cases, out, analyzer=an, render=False, report=False,
+                                use_cache=False, cancel=tok):
+            if isinstance(x, Progress) and x.stage == "segment":
+                tok.cancel()                              # in the first case
+    rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert set(rows) == {"A1", "B2", "C3"}
+    assert rows["A1"]["status"] == "cancelled"
+    assert rows["B2"]["status"] == "cached" and float(rows["B2"]["volume_WT_ml"]) > 0
+    assert rows["C3"]["status"] == "not analysed" and "cancelled" in rows["C3"]["message"]
+    # cancelled between two cases: the same
+    tok = CancelToken()
+    with pytest.raises(Cancelled):
+        for x in analyze_cohort(cases, out, analyzer=an, render=False, report=False,
+                                use_cache=False, cancel=tok):
+            if getattr(x, "status", None) == "done":      # A1 finished
+                tok.cancel()
+    rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert [rows[c]["status"] for c in ("A1", "B2", "C3")] == ["done", "cached", "not analysed"]

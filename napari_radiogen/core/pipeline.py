@@ -485,7 +485,7 @@ def input_fingerprint(path: os.PathLike) -> str:
 class CohortItem:
     path: str
     case_id: Optional[str] = None
-    status: str = "pending"          # pending | done | cached | failed | cancelled
+    status: str = "pending"  # pending | done | cached | failed | cancelled | not analysed
     message: str = ""
     summary: Dict[str, Any] = field(default_factory=dict)
 
@@ -502,8 +502,15 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
     out.mkdir(parents=True, exist_ok=True)
     models_fp = analyzer.model_fingerprint()
     items: List[CohortItem] = []
+    paths = list(paths)
     for i, path in enumerate(paths):
-        check(cancel)
+        try:
+            check(cancel)
+        except Cancelled:           # between two cases: the rest keep their rows
+            _write_summary(out, items + [_not_reached(p, out, models_fp, report, render,
+                                                      deidentify) for p in paths[i:]],
+                           deidentify=deidentify)
+            raise
         item = CohortItem(path=str(path))
         yield Progress("cohort", i, len(paths), f"{Path(path).name}")
         # what the outputs depend on: a case cached without its report, or with clinical fields,
@@ -546,9 +553,15 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
                 write_json(a, data)
                 item.status = "done"
         except Cancelled:
+            from .io import case_id_of
             item.status, item.message = "cancelled", "cancelled by the user"
+            item.case_id = item.case_id or case_id_of(path)
             items.append(item)
-            _write_summary(out, items, deidentify=deidentify)
+            # the cases not reached keep their row: an earlier run's results where they are
+            # still valid (as the cache would take them), else "not analysed"
+            rest = [_not_reached(p, out, models_fp, report, render, deidentify)
+                    for p in paths[i + 1:]]
+            _write_summary(out, items + rest, deidentify=deidentify)
             raise
         except RadiogenError as e:
             item.status, item.message = "failed", str(e)
@@ -562,6 +575,22 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
     _write_summary(out, items, deidentify=deidentify)
     yield Progress("cohort", len(paths), len(paths), "done")
     yield items
+
+
+def _not_reached(path: os.PathLike, out: Path, models_fp: Any, report: bool, render: bool,
+                 deidentify: bool) -> CohortItem:
+    """The summary row of a case a cancelled cohort run did not reach: its earlier results
+    when they are still valid for its inputs, models and output settings, else none."""
+    from .io import case_id_of
+    fp = {"inputs": input_fingerprint(path), "models": models_fp,
+          "outputs": {"report": report, "render": render, "deidentify": deidentify}}
+    cached = _find_cache(out, path, fp)
+    if cached is not None:
+        return CohortItem(path=str(path), case_id=cached["case_id"], status="cached",
+                          summary=cached["summary"],
+                          message="not reached by the cancelled run: an earlier run's results")
+    return CohortItem(path=str(path), case_id=case_id_of(path), status="not analysed",
+                      message="not reached: the run was cancelled before this case")
 
 
 def _source_key(path: os.PathLike) -> str:
