@@ -405,3 +405,26 @@ def test_a_cancelled_cohort_run_keeps_every_case_in_the_summary(models, sample_p
                 tok.cancel()
     rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[c]["status"] for c in ("A1", "B2", "C3")] == ["done", "cached", "not analysed"]
+
+
+def test_an_unreliable_analysis_says_so_first_and_in_the_summary(models, tmp_path, capsys):
+    """A case that is not skull-stripped (the segmentation can label scalp): the analysis
+    carries a caution, its summary row a ``caution`` column, and the CLI prints it first."""
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    ph = make_phantom(1)                                   # scalp, skull, noisy background
+    case = tmp_path / "NS1"
+    case.mkdir()
+    for s, v in ph.sequences.items():
+        write_volume(v.array, v.geometry, case / f"NS1_{s}.nii.gz")
+    res = run(Analyzer(_opts(models, explain_tasks=())).analyze(case))
+    assert res.cautions() and "not skull-stripped" in res.cautions()[0]
+    assert res.summary()["caution"] == res.cautions()[0]
+    capsys.readouterr()
+    assert main(["analyze", str(case), "--out", str(tmp_path / "o"), "--no-render",
+                 "--seg-model", str(models["seg"]), "--pred-model", str(models["mil"]),
+                 "--explain", ""]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "CAUTION: not skull-stripped" in out
+    assert out.index("CAUTION") < out.index("warning:")

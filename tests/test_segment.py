@@ -182,6 +182,10 @@ def test_native_and_thick_slice_inputs_are_flagged_for_3d_models(tiny3d):
     assert not any("skull-stripped" in w or "thick slices" in w for w in stripped)
     native = warnings(make_phantom(1))                        # scalp, skull, noisy background
     assert any("not skull-stripped" in w for w in native)
+    # a caution, not merely a warning: said first and apart by the front ends
+    from napari_radiogen.core.notes import cautions
+    assert cautions(native) and "unreliable" in cautions(native)[0]
+    assert cautions(stripped) == []
     assert not any("thick slices" in w for w in native)
     thick = warnings(make_phantom(1, shape=(16, 80, 72), spacing=(1.5, 1.5, 5.5),
                                   skull_stripped=True))

@@ -143,6 +143,9 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             res, text, written = process(case)
             dt = time.perf_counter() - t0
             print(f"[{i}/{len(paths)}] {cid}: {text} ({dt:.1f} s) -> {written}", flush=True)
+            from ..core.notes import cautions
+            for c in cautions(getattr(res, "warnings", None) or []):   # unreliable: first
+                print(f"    CAUTION: {c}", flush=True)
             for w in getattr(res, "warnings", None) or []:
                 print(f"    warning: {w}", flush=True)
             rows.append(row(res, seconds=dt))

@@ -228,6 +228,8 @@ def _print_result(res, paths) -> None:
     for e in res.explanations:
         loc = f"{e.localisation:.2f}" if e.localisation is not None else "n/a"
         print(f"  {e.method} {e.task}: localisation {loc}")
+    for c in res.cautions():          # unreliable results: said first, apart
+        print(f"  CAUTION: {c}")
     for w in res.warnings:
         print(f"  warning: {w}")
     print("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))

@@ -33,6 +33,26 @@ SYNTHETIC_KEYS = (SYNTHETIC_USED, SYNTHETIC_SEGMENTATION)
 IN_SAMPLE = "case in the model's training data"
 
 
+#: the input is not skull-stripped while the segmentation model was trained on skull-stripped
+#: volumes: the tumour mask (and every result placed on it) may describe scalp or orbits
+NOT_SKULL_STRIPPED = "input not skull-stripped"
+#: warnings that make a result unreliable, not merely worth knowing: said first and apart
+#: (``caution``), with the short words summaries and lists show
+CAUTIONS = {NOT_SKULL_STRIPPED: "not skull-stripped: the tumour segmentation, and the "
+                                "volumes, predictions and heatmaps resting on it, are "
+                                "unreliable"}
+
+
+def cautions(warnings: Sequence[str]) -> list:
+    """The short words of the cautions among ``warnings`` (see :data:`CAUTIONS`), once each."""
+    out = []
+    for w in warnings:
+        c = CAUTIONS.get(warning_key(w))
+        if c is not None and c not in out:
+            out.append(c)
+    return out
+
+
 def warning_key(w: str) -> str:
     """The kind of warning ``w``: its :class:`Note` key, else its text."""
     return getattr(w, "key", None) or str(w)

@@ -90,6 +90,12 @@ class AnalysisResult:
         an input that is not a brain MRI)."""
         return bool(self.errors) and self.segmentation is None and self.prediction is None
 
+    def cautions(self) -> List[str]:
+        """What makes this analysis unreliable (not merely worth knowing), in short words:
+        said first by the front ends, and in the summary's ``caution`` column."""
+        from .notes import cautions
+        return cautions(self.warnings)
+
     def summary(self) -> Dict[str, Any]:
         row: Dict[str, Any] = {"case_id": self.case_id}
         if self.segmentation is not None:
@@ -105,6 +111,7 @@ class AnalysisResult:
             if e.localisation is not None:
                 row[f"localisation_{e.task}_{e.method}"] = round(float(e.localisation), 3)
         row["synthetic_inputs"] = ";".join(self.synthetic_inputs)
+        row["caution"] = " | ".join(self.cautions())
         row["warnings"] = " | ".join(self.warnings)
         row["errors"] = " | ".join(f"{k}: {v}" for k, v in self.errors.items())
         row["seconds"] = round(sum(self.timings.values()), 2)

@@ -29,7 +29,7 @@ from .case import REGIONS, Case, Geometry
 from .errors import (CaseLoadError, GeometryError, MissingSequenceError, ModelFileError,
                      RadiogenError)
 from .insample import DICE, SEGMENTATION, case_patient_ids, in_sample_note
-from .notes import synthetic_note
+from .notes import NOT_SKULL_STRIPPED, Note, synthetic_note
 from .progress import CancelToken, Progress, check
 
 TASK = "segmentation"
@@ -586,10 +586,10 @@ def domain_warnings(case: Case, card: Dict[str, Any], mask_method: str) -> List[
     scalp, orbits or neck and miss the tumour: seen on the native TCGA-FG-6692 scan."""
     out: List[str] = []
     if card.get("skull_stripped_input", int(card.get("dims", 3)) == 3) and mask_method != "nonzero":
-        out.append("the input is not skull-stripped (its background is not exactly zero): this "
-                   "model was trained on skull-stripped BraTS volumes and can label scalp, "
-                   "orbits or neck and miss the tumour; skull-strip the case first for a "
-                   "reliable result")
+        out.append(Note("the input is not skull-stripped (its background is not exactly zero): "
+                        "this model was trained on skull-stripped BraTS volumes and can label "
+                        "scalp, orbits or neck and miss the tumour; skull-strip the case first "
+                        "for a reliable result", NOT_SKULL_STRIPPED))
     thick = max(case.geometry.spacing)
     if thick > THICK_SLICE_MM:
         out.append(f"voxels of up to {thick:.1f} mm (thick slices): this model was trained on "
