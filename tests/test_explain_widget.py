@@ -235,3 +235,15 @@ def test_grade_classes_are_said_with_their_task():
     ens = result_text(_result(details={"probability": 0.7, "probability_model":
                                        "predict_mil_roi"}), requested_model="predict_ensemble")
     assert ens.startswith("heatmap for codel (P = 0.70 by predict_mil_roi, which predicts codel)")
+
+
+def test_a_heatmap_layer_starts_at_its_floor_and_can_be_lowered(make_napari_viewer):
+    """Heatmaps are shown from HEATMAP_FLOOR (the faint values filling a model's window read as
+    a finding), in the Explain and Analyze docks alike, and the slider's range still reaches 0."""
+    from napari_radiogen.napari._common import HEATMAP_FLOOR, add_layer_data, build_layer
+    from napari_radiogen.napari.explain_widget import heatmap_layer_data
+    ld = heatmap_layer_data(_result(heatmap=np.linspace(0, 1, 24, dtype=np.float32)
+                                    .reshape(2, 3, 4)), "c1")
+    for layer in (build_layer(ld), add_layer_data(make_napari_viewer(), ld)):
+        assert tuple(layer.contrast_limits) == (HEATMAP_FLOOR, 1.0)
+        assert tuple(layer.contrast_limits_range) == (0.0, 1.0)

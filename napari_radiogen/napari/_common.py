@@ -286,7 +286,9 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
         if built is not None and built.name == name:
             viewer.layers.append(built)
             return built
-        return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        _apply_contrast_range(layer)
+        return layer
 
 
 #: a labels layer's drawing-tool overlays (napari's names); see :func:`defer_tool_overlays`
@@ -333,7 +335,18 @@ def build_layer(layer_data: LayerData):
     layer = Layer.create(data, dict(kw), kind)
     if kind == "labels":
         defer_tool_overlays(layer)
+    _apply_contrast_range(layer)
     return layer
+
+
+def _apply_contrast_range(layer) -> None:
+    """The contrast slider's range a result asks for (``radiogen.contrast_range``): napari sets
+    it to the given contrast limits, so a heatmap shown from its floor could not be lowered."""
+    rng = radiogen_meta(layer).get("contrast_range")
+    if rng is not None and hasattr(layer, "contrast_limits_range"):
+        lo, hi = layer.contrast_limits
+        layer.contrast_limits_range = (min(float(rng[0]), lo), max(float(rng[1]), hi))
+        layer.contrast_limits = (lo, hi)
 
 
 def _owns_result_labels(layer) -> bool:
@@ -466,6 +479,12 @@ def labels_result_data(labels: np.ndarray, geometry: Geometry, case_id: str, nam
     The array is a copy: the layer owns it (:func:`set_layer_data` writes into it)."""
     return labels_layer_data(Volume(np.array(labels), geometry), case_id=case_id, name=name,
                              sequence="segmentation", result=True, compact=True, **meta)
+
+
+#: heatmap values below this are drawn black (nothing, in additive blending) at first: the
+#: Explain dock's threshold slider starts there, and the Analyze dock and the cohort browser
+#: show their heatmaps the same way
+HEATMAP_FLOOR = 0.2
 
 
 def image_result_data(array: np.ndarray, geometry: Geometry, case_id: str, name: str,

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import (CaseCombo, add_layer_data, closed_case_note, image_result_data,
+from ._common import (HEATMAP_FLOOR, CaseCombo, add_layer_data, closed_case_note, image_result_data,
                       prepared_results)
 from .workers import start_job
 
@@ -66,7 +66,7 @@ class ExplainWidget(QWidget):
         self.task.addItems(list(TASKS))
         self.threshold = QSlider(Qt.Horizontal)
         self.threshold.setRange(0, 95)
-        self.threshold.setValue(20)
+        self.threshold.setValue(int(round(HEATMAP_FLOOR * 100)))
         self.threshold.setToolTip("heatmap values below this are hidden; in 3D, the iso-surface "
                                   f"level (at least {ISO_FLOOR:.2f})")
         self.threshold.valueChanged.connect(self._apply_threshold)
@@ -311,8 +311,12 @@ def heatmap_layer_data(res, case_id: str, requested_model: Optional[str] = None)
     meta = {k: v for k, v in res.metadata.items() if k != "case_id"}
     if requested_model:
         meta["requested_model"] = requested_model
+    # values under the floor drawn black (nothing, in additive blending): a heatmap's faint
+    # low values fill its whole window (predict_mil_roi: a 120 mm box) and read as a finding
     return image_result_data(res.heatmap, res.geometry, case_id,
-                             f"{case_id} {res.task} {res.method}", **meta)
+                             f"{case_id} {res.task} {res.method}",
+                             contrast=(HEATMAP_FLOOR, 1.0), contrast_range=(0.0, 1.0),
+                             **meta)
 
 
 def mask_label(res, seg_layer: bool = False) -> str:
