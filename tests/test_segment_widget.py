@@ -208,3 +208,95 @@ def test_a_result_for_a_case_closed_during_the_run_is_kept_and_said(make_napari_
     job = w.run()
     assert job.wait(120) and job.error is None
     assert "closed during the run" not in w.status.text()
+
+
+@pytest.mark.slow
+def test_rerun_keeps_the_users_edits_of_the_result(make_napari_viewer, tiny_model, qtbot):
+    """The user paints on the result layer and runs again: the edited layer is kept (renamed
+    "<name> (edited)", hidden) with the painted voxels, the new result is a layer of its own and
+    the status says so; a rerun without edits still updates the layer in place."""
+    from napari_radiogen.napari.segment_widget import SegmentationWidget
+
+    viewer = make_napari_viewer()
+    _open_case(viewer, 0, "CASE_A")
+    w = SegmentationWidget(viewer)
+    w.model_combo.setCurrentText(tiny_model)
+    w.device.setCurrentText("cpu")
+    w.case_combo.setCurrentText("CASE_A")
+    name = f"CASE_A segmentation ({tiny_model})"
+    job = w.run()
+    assert job.wait(120) and job.error is None
+    first = viewer.layers[name]
+    job = w.run()                                  # no edits: updated in place, nothing kept
+    assert job.wait(120) and job.error is None
+    assert viewer.layers[name] is first and f"{name} (edited)" not in viewer.layers
+    assert "edits" not in w.status.text()
+
+    shape = first.data.shape
+    pts = [(shape[0] // 2, 2, 2), (shape[0] // 2, 2, 3), (shape[0] // 2 + 1, 3, 5)]
+    first.mode = "paint"
+    for p in pts:                                  # as the brush does
+        first.paint(p, 4, refresh=True)
+    first.mode = "pan_zoom"
+    job = w.run()
+    assert job.wait(120) and job.error is None
+    kept = viewer.layers[f"{name} (edited)"]
+    assert kept is first and not kept.visible
+    assert [int(kept.data[p]) for p in pts] == [4, 4, 4]
+    new = viewer.layers[name]
+    assert new is not first and w.result_layer is new and new.visible
+    assert f"'{name} (edited)'" in w.status.text()
+    # the new result is not marked edited: the next rerun updates it in place
+    job = w.run()
+    assert job.wait(120) and job.error is None
+    assert viewer.layers[name] is new
+    assert [l.name for l in viewer.layers].count(f"{name} (edited)") == 1
+    assert f"{name} (edited 2)" not in viewer.layers
+    # an edit by setting the layer's data counts too; a second kept layer gets its own name
+    data = np.asarray(new.data).copy()
+    data[pts[0]] = 2
+    new.data = data
+    job = w.run()
+    assert job.wait(120) and job.error is None
+    assert viewer.layers[f"{name} (edited 2)"] is new
+    assert int(new.data[pts[0]]) == 2
+
+
+@pytest.mark.slow
+def test_3d_surfaces_centre_the_view_on_the_result(make_napari_viewer, tiny_model, qtbot):
+    """With a second case open elsewhere in world space, "3D surfaces" centres the camera on
+    the result's extent and zooms so that it fills the canvas; the other case's layers are
+    left as they are."""
+    from napari_radiogen.napari.segment_widget import SegmentationWidget
+
+    viewer = make_napari_viewer(show=True)
+    _open_case(viewer, 0, "CASE_A")
+    _open_case(viewer, 1, "CASE_B")
+    b_layers = [l for l in viewer.layers if l.name.startswith("CASE_B")]
+    for l in b_layers:                             # the other case lies far from CASE_A
+        l.translate = np.asarray(l.translate) + np.array([0.0, 600.0, 900.0])
+    placed = {l.name: (np.asarray(l.translate).copy(), l.visible) for l in b_layers}
+    viewer.reset_view()
+    w = SegmentationWidget(viewer)
+    w.model_combo.setCurrentText(tiny_model)
+    w.device.setCurrentText("cpu")
+    w.case_combo.setCurrentText("CASE_A")
+    job = w.run()
+    assert job.wait(120) and job.error is None
+    layer = w.result_layer
+    w.surface_check.setChecked(True)
+    assert viewer.dims.ndisplay == 3
+    ext = np.asarray(layer.extent.world, dtype=float)
+    mid = (ext[0] + ext[1]) / 2
+    np.testing.assert_allclose(viewer.camera.center, mid[list(viewer.dims.displayed)],
+                               atol=2.0)
+    # zoomed to the result: its largest side takes most of the canvas's least side (zoom:
+    # canvas pixels per world unit)
+    size = (ext[1] - ext[0])[list(viewer.dims.displayed)]
+    canvas = np.asarray(viewer.canvas.size, dtype=float)
+    assert np.max(size) * viewer.camera.zoom > 0.5 * np.min(canvas)
+    for l in b_layers:
+        np.testing.assert_allclose(l.translate, placed[l.name][0])
+        assert l.visible == placed[l.name][1]
+    w.surface_check.setChecked(False)
+    assert viewer.dims.ndisplay == 2

@@ -2,9 +2,12 @@
 
 Thin: a small input dataclass, then ``core.pipeline.Analyzer.analyze`` runs through
 ``workers.start_job``. Layers appear stage by stage on the case the run was started from, a
-results panel shows probabilities (with the models' validated AUCs), volumes and warnings, and
+results panel shows probabilities (with the models' validated AUCs), volumes, the Dice against
+the case's expert labels where it has them, the class each heatmap explains, and warnings, and
 Export writes the de-identified report and all files. Cancel leaves the layers as they were
-before the run (added ones removed, a previous run's results put back).
+before the run (added ones removed, a previous run's results put back). A segmentation layer the
+user edited is kept (renamed ``<name> (edited)``, hidden) rather than written over, as in the
+Segment dock.
 """
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
-from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, closed_case_note,
-                      device_combo, image_result_data)
+from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, build_layer,
+                      closed_case_note, device_combo, image_result_data)
 from .layers import LayerData
-from .explain_widget import heatmap_layer_data
-from .segment_widget import VOLUME_ROWS
+from .explain_widget import heatmap_layer_data, result_text
+from .segment_widget import VOLUME_ROWS, set_aside_edited, track_edits
 from .segment_widget import result_layer_data as segmentation_layer_data
 from .workers import start_job
 
@@ -52,6 +55,8 @@ class AnalyzeWidget(QWidget):
         self.result: Optional[AnalysisResult] = None
         self._run_layers = ResultLayers(napari_viewer)   # what the current run added/replaced
         self._inputs: Optional[AnalyzeInputs] = None
+        #: edited segmentation layers this run set aside: (layer, its name before, visible)
+        self._kept: List[Tuple[Any, str, bool]] = []
 
         self.case_combo = CaseCombo(napari_viewer)
         self.device = device_combo()
@@ -147,6 +152,7 @@ class AnalyzeWidget(QWidget):
             return
         self._inputs = inp
         self._run_layers.clear()
+        self._kept = []
         # the previous run's result, its panel and Export stay until this run delivers its
         # own: a cancelled or failed rerun leaves the previous layers, and they stay readable
         # and exportable with them
@@ -213,8 +219,20 @@ class AnalyzeWidget(QWidget):
         for layer_data, layer in zip(item.layers, built):
             if job is not None and (job.cancelled or job.error is not None):
                 return            # a stage delivered after Cancel adds nothing
+            if item.stage == "segment":
+                # a segmentation layer the user edited is kept aside, not written over
+                name = layer_data[1]["name"]
+                was = self.viewer.layers[name] if name in self.viewer.layers else None
+                visible = bool(was.visible) if was is not None else True
+                kept = set_aside_edited(self.viewer, name)
+                if kept is not None:
+                    self._kept.append((was, name, visible))
+                    if layer is None:
+                        layer = build_layer(layer_data)
             # new layers do not take the user's selection (nor swap the layer controls)
-            self._run_layers.add(layer_data, select=False, built=layer)
+            added = self._run_layers.add(layer_data, select=False, built=layer)
+            if item.stage == "segment":
+                track_edits(added)
             if job is not None and job.done and (job.cancelled or job.error is not None):
                 # defensive: had Qt events been processed while the layer was built (napari's
                 # layer creation does not do so today), the job may have ended, cancelled, and
@@ -233,13 +251,26 @@ class AnalyzeWidget(QWidget):
         if job.cancelled or job.error is not None:
             # no half-made results: the layers are as they were before this run
             self._run_layers.rollback()
+            self._restore_kept()
             self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
         else:
             self._run_layers.clear()
             self._set_bar(self.bar.maximum())
             closed = closed_case_note(self.viewer, self.result.case_id) \
                 if self.result is not None else ""
-            self.stage.setText(f"done in {job.elapsed:.1f} s{closed}")
+            kept = "".join(f"; your edits are kept in the hidden layer '{ly.name}'"
+                           for ly, _, _ in self._kept if ly in self.viewer.layers)
+            self._kept = []
+            self.stage.setText(f"done in {job.elapsed:.1f} s{closed}{kept}")
+
+    def _restore_kept(self) -> None:
+        """A cancelled or failed run gives the edited layers it set aside their names (and
+        visibility) back."""
+        for layer, name, visible in reversed(self._kept):
+            if layer in self.viewer.layers and name not in self.viewer.layers:
+                layer.name = name
+                layer.visible = visible
+        self._kept = []
 
     # -- export ---------------------------------------------------------------------------------
     def _export_dialog(self) -> None:
@@ -297,29 +328,65 @@ def stage_layers(item: StageResult, cid: str) -> List[LayerData]:
     return out
 
 
+#: the prediction table's short headers (full meaning in the legend below it): the dock's
+#: default width holds the table with no word broken
+PREDICTION_HEADERS = ("task", "call", "P ± SD", "AUC")
+
+
+def _nobreak(text: str) -> str:
+    """Escaped ``text`` that Qt's rich text does not break (spaces made non-breaking)."""
+    return html.escape(text).replace(" ", "&nbsp;")
+
+
+def explanation_line(e, classes=None) -> str:
+    """One explanation in words: the class its heatmap explains (as the Explain dock says it,
+    with the explained network's probability of that class where the result carries it), the
+    method, and the heatmap's localisation."""
+    loc = f"{e.localisation:.2f}" if e.localisation is not None else "n/a"
+    if (e.details or {}).get("probability") is not None:
+        head = result_text(e, classes).split("\n", 1)[0]
+    else:
+        t = e.target_class
+        head = f"heatmap for {e.task} {t}" if str(t).isdigit() else f"heatmap for {t}"
+        head += " (the evidence for it, whatever the prediction)"
+    return f"{e.task}: {head}; {e.method}; heatmap mass in tumour + 5 mm: {loc}"
+
+
 def results_html(res: AnalysisResult) -> str:
     parts = [f"<b>{html.escape(res.case_id)}</b>"]
+    classes = None
     if res.prediction is not None:
+        classes = {t: list(p) for t, p in res.prediction.tasks.items()}
         val = (res.prediction.card or {}).get("validated") or {}
         rows = []
         for t, probs in res.prediction.tasks.items():
             best = max(probs, key=probs.get)
             auc = (val.get(t) or {}).get("auc_mean")
             sd = (res.prediction.uncertainty.get(t) or {}).get("sd")
-            rows.append(f"<tr><td nowrap>{t}</td><td>{html.escape(best)}</td>"
-                        f"<td>{probs[best]:.2f}{f' ± {sd:.2f}' if sd is not None else ''}</td>"
-                        f"<td>{f'{auc:.2f}' if isinstance(auc, (int, float)) else 'n/a'}</td></tr>")
-        parts.append("<table border=1 cellpadding=2><tr><th nowrap>task</th>"
-                     "<th nowrap>predicted</th><th nowrap>probability</th>"
-                     "<th nowrap>validated AUC</th></tr>" + "".join(rows)
-                     + "</table>")
+            p = f"{probs[best]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+            call = f"grade {best}" if t == "grade" and str(best).isdigit() else str(best)
+            rows.append("<tr>" + "".join(
+                f"<td>{_nobreak(c)}</td>" for c in
+                (t, call, p, f"{auc:.2f}" if isinstance(auc, (int, float)) else "n/a"))
+                + "</tr>")
+        parts.append("<table border=1 cellpadding=2><tr>"
+                     + "".join(f"<th>{_nobreak(h)}</th>" for h in PREDICTION_HEADERS)
+                     + "</tr>" + "".join(rows) + "</table>")
+        parts.append("<p style='color:#888'>call: the most probable class; P ± SD: its "
+                     "probability ± the spread of the model's members; AUC: the model's "
+                     "validated AUC for the task</p>")
     if res.segmentation is not None:
-        vols = res.segmentation.volumes_ml
+        seg = res.segmentation
+        vols = seg.volumes_ml
         parts.append("<p>volumes (mL): " + ", ".join(
             f"{html.escape(VOLUME_NAMES.get(k, k))} {v:.1f}" for k, v in vols.items()) + "</p>")
+        metrics = getattr(seg, "metrics", None) or {}
+        if metrics:
+            dice = ", ".join(f"{html.escape(r)} {float(m['dice']):.3f}"
+                             for r, m in metrics.items() if m.get("dice") is not None)
+            parts.append(f"<p>Dice against the case's expert labels: {dice}</p>")
     for e in res.explanations:
-        loc = f"{e.localisation:.2f}" if e.localisation is not None else "n/a"
-        parts.append(f"<p>{e.method} ({e.task}): heatmap mass in tumour + 5 mm: {loc}</p>")
+        parts.append(f"<p>{html.escape(explanation_line(e, classes))}</p>")
     if res.warnings:
         parts.append("<p style='color:#d80'>" + "<br>".join(
             "⚠ " + html.escape(w) for w in res.warnings) + "</p>")

@@ -5,8 +5,14 @@ device; Run starts :func:`napari_radiogen.core.segment.segment` through
 :func:`workers.start_job`. The labels layer lands on the case the run was started from (its id
 is captured at Run), placed with that case's geometry and named ``<case_id> segmentation``.
 Shows the volumes (mL) of WT / TC / ET and of each label, Dice / HD95 per region when the case
-has a ground-truth labels layer, a 3D surfaces toggle, and exports of the labels (with the case
-geometry, via ``core.io``) and of the volume table (CSV).
+has a ground-truth labels layer, a 3D surfaces toggle (which centres the view on the result),
+and exports of the labels (with the case geometry, via ``core.io``) and of the volume table
+(CSV).
+
+A rerun updates the result layer in place, unless the user edited it since it was made (painted,
+filled, erased or set its data: :func:`track_edits` flags it in its ``radiogen`` metadata): the
+edited layer is then kept, renamed ``<name> (edited)`` and hidden, the new result comes as a
+new layer, and the status says so.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import (CaseCombo, add_layer_data, closed_case_note, device_combo,
+from ._common import (CaseCombo, add_layer_data, build_layer, closed_case_note, device_combo,
                       labels_result_data, prepared_results, run_cancel_row)
 from .layers import LayerData
 from .workers import start_job
@@ -242,8 +248,14 @@ class SegmentationWidget(QWidget):
         res = prepared.result
         self.result = res
         self.result_case_id = case_id
+        # a layer of that name the user edited is kept (renamed, hidden), never written over
+        kept = set_aside_edited(self.viewer, prepared.layer_data[1]["name"])
+        built = prepared.built
+        if kept is not None and built is None:
+            built = build_layer(prepared.layer_data)
         self.result_layer = add_layer_data(self.viewer, prepared.layer_data, select=True,
-                                           built=prepared.built)
+                                           built=built)
+        track_edits(self.result_layer)
         self._fill_tables(res)
         self.export_labels_button.setEnabled(True)
         self.export_csv_button.setEnabled(True)
@@ -251,6 +263,9 @@ class SegmentationWidget(QWidget):
             self.set_3d(True)
         msg = f"{case_id}: done in {res.timings.get('total', 0):.1f} s on {res.device}"
         msg += closed_case_note(self.viewer, case_id)
+        if kept is not None:
+            msg += (f"; your edits of the previous segmentation are kept in the hidden layer "
+                    f"'{kept}'; the new result is a new layer")
         if res.warnings:
             msg += "; " + "; ".join(res.warnings)
         self.status.setText(msg)
@@ -279,7 +294,9 @@ class SegmentationWidget(QWidget):
     SURFACE_BACKDROP_OPACITY = 0.25
 
     def set_3d(self, on: bool) -> None:
-        """Tumour regions as surfaces in napari's 3D view. The case's visible image volumes
+        """Tumour regions as surfaces in napari's 3D view, the camera centred on the result and
+        zoomed to fit it (other cases open elsewhere in world space would otherwise leave it
+        off-centre or tiny; their layers are left as they are). The case's visible image volumes
         are dimmed meanwhile (their additive MIP over the surfaces washed them out to white)
         and get their opacity back when the view returns to 2D."""
         from napari.layers import Image
@@ -288,6 +305,9 @@ class SegmentationWidget(QWidget):
         layer = self.result_layer
         dimmed = getattr(self, "_dimmed", {})
         if on:
+            # the view is fitted on entering 3D and for a new result layer, not when a rerun
+            # updates the shown layer in place (the user's 3D camera stays as they left it)
+            refit = self.viewer.dims.ndisplay != 3 or getattr(self, "_fitted", None) is not layer
             self.viewer.dims.ndisplay = 3
             if layer is not None and layer in self.viewer.layers:
                 try:
@@ -301,12 +321,16 @@ class SegmentationWidget(QWidget):
                             and ly.opacity > self.SURFACE_BACKDROP_OPACITY:
                         dimmed[ly] = ly.opacity
                         ly.opacity = self.SURFACE_BACKDROP_OPACITY
+                if refit:
+                    fit_view_to(self.viewer, layer)
+                    self._fitted = layer
         else:
             self.viewer.dims.ndisplay = 2
             for ly, opacity in dimmed.items():
                 if ly in self.viewer.layers and ly.opacity == self.SURFACE_BACKDROP_OPACITY:
                     ly.opacity = opacity             # unless the user changed it meanwhile
             dimmed = {}
+            self._fitted = None
         self._dimmed = dimmed
 
     # -- export --------------------------------------------------------------------------------
@@ -377,3 +401,69 @@ def result_layer_data(res, case_id: str) -> LayerData:
     if res.synthetic_inputs:        # said in the layer list too: ET/TC rest on a synthetic T1ce
         name += f" from synthetic {'+'.join(res.synthetic_inputs)}"
     return labels_result_data(res.labels, res.geometry, case_id, name, **meta)
+
+
+#: the key, in a result labels layer's ``radiogen`` metadata, that says the user edited it
+EDITED = "edited"
+
+#: a labels layer's events that mean its labels changed: a brush / fill / eraser stroke
+#: (``paint``, ``labels_update``) or new data set on it (``data``)
+EDIT_EVENTS = ("paint", "labels_update", "data")
+
+
+def _on_layer_edit(event) -> None:
+    layer = getattr(event, "source", None)
+    meta = getattr(layer, "metadata", None)
+    rg = meta.get("radiogen") if isinstance(meta, dict) else None
+    if isinstance(rg, dict) and not rg.get(EDITED):
+        rg[EDITED] = True
+
+
+def track_edits(layer) -> None:
+    """Flag ``layer`` as edited (``radiogen.edited``) from now on when its labels change (a cheap
+    flag set by the layer's events, not a comparison of arrays); the flag starts False. Call it
+    after the layer got its result (an update in place sets its data, which counts as an
+    edit)."""
+    if layer is None:
+        return
+    for name in EDIT_EVENTS:
+        emitter = getattr(layer.events, name, None)
+        if emitter is not None:
+            emitter.connect(_on_layer_edit)      # connected once however often it is called
+    rg = layer.metadata.get("radiogen") if isinstance(layer.metadata, dict) else None
+    if isinstance(rg, dict):
+        rg[EDITED] = False
+
+
+def set_aside_edited(viewer, name: str) -> Optional[str]:
+    """A result labels layer named ``name`` that the user edited (see :func:`track_edits`) is
+    renamed ``<name> (edited)`` (or ``(edited 2)``...) and hidden, so that a rerun adds its
+    result beside it instead of writing over the edits; returns the new name, or None when
+    there is no such layer or it was not edited (a rerun then updates it in place)."""
+    if not name or name not in viewer.layers:
+        return None
+    old = viewer.layers[name]
+    meta = old.metadata.get("radiogen") if isinstance(old.metadata, dict) else None
+    if not isinstance(meta, dict) or not meta.get(EDITED):
+        return None
+    new = f"{name} (edited)"
+    n = 2
+    while new in viewer.layers:
+        new = f"{name} (edited {n})"
+        n += 1
+    old.name = new
+    old.visible = False
+    return new
+
+
+def fit_view_to(viewer, layer) -> None:
+    """Centre the camera on ``layer``'s world extent and zoom so that it fills the canvas (in
+    the current 2D/3D display); the layers themselves are left as they are."""
+    try:
+        viewer.fit_to_view(layers=[layer])
+        return
+    except TypeError:            # an older napari without ``layers=``: centre only
+        pass
+    ext = np.asarray(layer.extent.world, dtype=float)
+    mid = (ext[0] + ext[1]) / 2
+    viewer.camera.center = tuple(mid[list(viewer.dims.displayed)])
