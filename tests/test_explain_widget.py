@@ -247,3 +247,25 @@ def test_a_heatmap_layer_starts_at_its_floor_and_can_be_lowered(make_napari_view
     for layer in (build_layer(ld), add_layer_data(make_napari_viewer(), ld)):
         assert tuple(layer.contrast_limits) == (HEATMAP_FLOOR, 1.0)
         assert tuple(layer.contrast_limits_range) == (0.0, 1.0)
+
+
+def test_the_localisation_mask_is_the_shown_segmentation_not_a_kept_edited_one(
+        make_napari_viewer):
+    """A rerun of the segmentation keeps an edited result hidden ("... (edited)") beside the
+    new one: the Explain dock scores against the one shown."""
+    from types import SimpleNamespace
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.napari._common import add_layer_data, labels_result_data
+    from napari_radiogen.napari.explain_widget import ExplainWidget
+    viewer = make_napari_viewer()
+    g = Geometry(size=(4, 3, 2), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    old, new = np.zeros((2, 3, 4), np.uint8), np.zeros((2, 3, 4), np.uint8)
+    old[0, 0, 0], new[1, 2, 3] = 2, 2
+    for arr, name, visible in ((old, "c1 segmentation (m) (edited)", False),
+                               (new, "c1 segmentation (m)", True)):
+        layer = add_layer_data(viewer, labels_result_data(arr, g, "c1", name))
+        layer.visible = visible
+    w = ExplainWidget(viewer)
+    case = SimpleNamespace(reference="flair",
+                           sequences={"flair": SimpleNamespace(array=np.zeros((2, 3, 4)))})
+    assert np.array_equal(w._segmentation_labels("c1", case), new)

@@ -172,13 +172,17 @@ class ExplainWidget(QWidget):
         whole tumour is the localisation score's mask when the case has no expert labels;
         without one the core segments the case itself)."""
         shape = case.sequences[case.reference].array.shape
+        found = []
         for layer in self.viewer.layers:
             rg = layer.metadata.get("radiogen", {}) if hasattr(layer, "metadata") else {}
             if type(layer).__name__ == "Labels" and rg.get("case_id") == case_id \
                     and rg.get("result") and rg.get("sequence") == "segmentation" \
                     and layer.data.shape == shape:
-                return np.asarray(layer.data)
-        return None
+                found.append(layer)
+        # the one shown wins over a hidden one (a rerun keeps an edited result hidden beside
+        # the new one, "... (edited)")
+        found.sort(key=lambda ly: not ly.visible)
+        return np.asarray(found[0].data) if found else None
 
     def _progress(self, p) -> None:
         self.bar.setRange(0, max(p.total, 1))
