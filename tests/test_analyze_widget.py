@@ -77,7 +77,14 @@ def test_results_panel_shows_the_dice_and_the_explained_class():
     res = _result()
     res.segmentation.metrics = {}
     doc.setHtml(results_html(res))
-    assert "Dice against" not in doc.toPlainText()
+    assert "Dice against" not in doc.toPlainText() and "CAUTION" not in doc.toPlainText()
+    # a result made unreliable by its input: the caution comes first, before the table
+    from napari_radiogen.core.notes import NOT_SKULL_STRIPPED, Note
+    res.warnings.append(Note("the input is not skull-stripped ...", NOT_SKULL_STRIPPED))
+    doc.setHtml(results_html(res))
+    text = doc.toPlainText()
+    assert "CAUTION: not skull-stripped" in text
+    assert text.index("CAUTION") < text.index("mutant")
 
 
 def _wrapped_table_cells(browser):

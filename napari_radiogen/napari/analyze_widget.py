@@ -354,6 +354,9 @@ def explanation_line(e, classes=None) -> str:
 
 def results_html(res: AnalysisResult) -> str:
     parts = [f"<b>{html.escape(res.case_id)}</b>"]
+    # what makes the whole result unreliable comes first, apart from the warnings
+    for c in res.cautions():
+        parts.append(f"<p style='color:#e33'><b>CAUTION: {html.escape(c)}</b></p>")
     classes = None
     if res.prediction is not None:
         classes = {t: list(p) for t, p in res.prediction.tasks.items()}
