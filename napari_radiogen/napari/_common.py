@@ -58,14 +58,36 @@ class DockScroll(QScrollArea):
 
 
 class CaseCombo(QComboBox):
-    """Lists the cases open in the viewer; keeps itself up to date."""
+    """Lists the cases open in the viewer; keeps itself up to date: on layers inserted,
+    removed and renamed (the cohort browser puts the next case into the previous case's
+    layers in place: new data, metadata and name, no insertion). A picked case that is no
+    longer open gives way to the case whose layers changed last (the case now shown), else
+    to the selected layer's case."""
 
     def __init__(self, viewer, parent=None):
         super().__init__(parent)
         self.viewer = viewer
+        self._recent: Optional[str] = None       # the case whose layers came or changed last
         self.setToolTip("the case to work on (the result lands on this case)")
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
+        events = viewer.layers.events
+        events.inserted.connect(self._on_layers)
+        events.removed.connect(self._on_layers)
+        renamed = getattr(events, "renamed", None)     # napari's layer-list rename event
+        if renamed is not None:
+            renamed.connect(self._on_layers)
+        self.refresh()
+
+    def _on_layers(self, event: Any = None) -> None:
+        kind = getattr(event, "type", None)
+        layer = getattr(event, "value", None) if kind == "inserted" else None
+        if kind == "renamed":
+            try:
+                layer = self.viewer.layers[event.index]
+            except Exception:       # noqa: BLE001 - the list changed meanwhile
+                layer = None
+        rg = radiogen_meta(layer) if layer is not None else {}
+        if rg.get("case_id") and not rg.get("result"):
+            self._recent = rg["case_id"]
         self.refresh()
 
     def refresh(self, *_: Any) -> None:
@@ -78,11 +100,16 @@ class CaseCombo(QComboBox):
         self.addItems(ids)
         if cur in ids:
             self.setCurrentText(cur)
+        elif self._recent in ids:
+            self.setCurrentText(self._recent)
         elif self.viewer.layers.selection.active is not None:
             cid = radiogen_meta(self.viewer.layers.selection.active).get("case_id")
             if cid in ids:
                 self.setCurrentText(cid)
         self.blockSignals(False)
+        if self.currentText() != cur:        # the case changed: tell the dock (e.g. its model)
+            self.currentIndexChanged.emit(self.currentIndex())
+            self.currentTextChanged.emit(self.currentText())
 
     def case(self, include_labels: bool = True) -> Case:
         from ..core.errors import RadiogenError

@@ -52,6 +52,10 @@ class CohortWidget(QWidget):
         self.analyzer: Optional[Analyzer] = None
         self.open_job = None
         self._pending: Optional[int] = None           # the case being opened (or last tried)
+        self._queued: Optional[int] = None            # asked for while another case opened
+        self._reload: Optional[str] = None            # reopen this case (its results came)
+        self._shown_results = 0                       # result layers the shown case came with
+        self._quiet = False                           # the open in progress leaves the panel be
         self._told: set = set()                      # cases whose warnings were said once
 
         self.folder = QLineEdit()
@@ -123,6 +127,7 @@ class CohortWidget(QWidget):
             show_error(str(e))
             self.cases = []
             self.status, self.open_errors, self.current, self._pending = {}, {}, -1, None
+            self._queued = self._reload = None
             self._refresh()
             self.info.setText(str(e))               # stays in the panel, not only a toast
             return self.cases
@@ -130,6 +135,7 @@ class CohortWidget(QWidget):
         self.open_errors = {}
         self.current = -1
         self._pending = None
+        self._queued = self._reload = None
         self._refresh()
         self.out.setPlaceholderText(f"output folder (default: {default_out_dir(folder)})")
         self.info.setText(f"{len(self.cases)} case(s)")
@@ -150,27 +156,60 @@ class CohortWidget(QWidget):
 
     # -- browsing -------------------------------------------------------------------------------
     def step(self, d: int):
+        """Next (``d=+1``) or previous (``-1``) case, counted from the case shown (a case that
+        could not be opened is not where the browser stands, and is passed over: a
+        double-click on it tries again). Clicks while a case opens are coalesced: they count
+        from the case asked for last, which opens when the open in progress ends (the cases
+        in between are not read). Returns the open job."""
         if not self.cases:
             return None
+        n = len(self.cases)
         if self.opening:
-            return self.open_job                     # one case opens at a time
-        target = self.current if self._pending is None else self._pending
-        self._pending = (target + d) % len(self.cases)
-        job = self.open_case(self._pending)
-        return job
+            base = self._queued if self._queued is not None else self._pending
+        else:
+            base = self.current if self.current >= 0 else (-1 if d > 0 else 0)
+        target = (base + d) % n
+        for _ in range(n - 1):
+            if str(self.cases[target]) not in self.open_errors or target == self.current:
+                break
+            target = (target + d) % n
+        return self.open_case(target)
 
-    def open_case(self, i: int):
-        """Open case ``i`` in the viewer, replacing the previously opened cohort case; a case
-        the cohort job has analysed comes with its results (segmentation, heatmaps) from the
-        output folder. The case is read and its layers are built in a worker; the main thread
-        swaps them in when it has loaded, updating the previous case's layers in place where
-        the grids match (a bad case keeps the current one open). Returns the Job."""
+    @property
+    def busy(self) -> bool:
+        """A case is opening or waits to open (a click made during an open)."""
+        return self.opening or self._queued is not None
+
+    def open_case(self, i: int, quiet: bool = False):
+        """Open case ``i`` in the viewer, replacing the previously opened cohort case and the
+        layers of that case the docks added (results of Analyze or Segment: said in the panel);
+        a case the cohort job has analysed comes with its results (segmentation, heatmaps) from
+        the output folder. The case is read and its layers are built in a worker; the main
+        thread swaps them in when it has loaded, updating the previous case's layers in place
+        where the grids match (a bad case keeps the current one open). While another case
+        opens, ``i`` waits and opens after it (the last one asked for). ``quiet``: the panel's
+        text is left alone (the shown case reopened with the results a batch made). Returns
+        the Job (the one in progress when ``i`` waits)."""
         from ..core.progress import Progress
 
+        n = len(self.cases)
+        if self.opening:
+            if i == self._pending and self._queued is None:
+                if not quiet:               # the case opening is the one asked for: say so
+                    self._quiet = False
+                    self.info.setText(f"opening {self.cases[i].name} ({i + 1}/{n}) ...")
+                return self.open_job
+            self._queued = i
+            then = "" if i == self._pending else f", then {self.cases[i].name} ({i + 1}/{n})"
+            self.info.setText(f"opening {self.cases[self._pending].name} ...{then}")
+            return self.open_job
+        self._queued = None
+        self._pending = i
+        self._quiet = quiet
         path = self.cases[i]
         out_dir = self._results_dir()
-        n = len(self.cases)
-        self.info.setText(f"opening {path.name} ({i + 1}/{n}) ...")
+        if not quiet:
+            self.info.setText(f"opening {path.name} ({i + 1}/{n}) ...")
 
         tell = str(path) not in self._told
         self._told.add(str(path))
@@ -180,23 +219,47 @@ class CohortWidget(QWidget):
             yield prepare_case_layers(path, out_dir, cancel=tok, tell=tell)
 
         def show(prepared):
-            swap_cohort_layers(self.viewer, prepared)
+            report: Dict[str, Any] = {}
+            swap_cohort_layers(self.viewer, prepared, report=report)
             self.current = i
+            self._shown_results = prepared.n_results
+            if self.open_errors.pop(str(path), None) is not None \
+                    and not any(x.path == str(path) for x in self.items):
+                self.status[str(path)] = "pending"       # it opens now (a file put right)
             self._refresh()
+            if self._quiet:
+                return
             extra = f", with its results from {out_dir}" if prepared.n_results else ""
-            self.info.setText(f"{path.name} ({i + 1}/{n}){extra}")
+            self.info.setText(f"{path.name} ({i + 1}/{n}){extra}{closed_note(report)}")
 
         def failed(exc):
             from ..core.errors import error_text
+            if self._quiet:
+                return                  # the case stays shown as it was
             self.status[str(path)] = "failed"
             self.open_errors[str(path)] = error_text(exc)     # the item's tooltip says why
             self._refresh()
             self.info.setText(f"{path.name} could not be opened: {error_text(exc)}")
 
         self.open_job = start_job(gen, name=f"Open {path.name}", on_result=show,
-                                  on_error=failed, owner=self, viewer=self.viewer,
-                                  progress_bar=False)
+                                  on_error=failed, on_finished=self._opened, owner=self,
+                                  viewer=self.viewer, progress_bar=False)
         return self.open_job
+
+    def _opened(self, job) -> None:
+        """An open ended: go on to the case asked for meanwhile, or reopen the shown case
+        whose results the batch wrote meanwhile."""
+        if job.cancelled:
+            self._queued = self._reload = None
+            return
+        nxt, self._queued = self._queued, None
+        if nxt is not None and nxt != self._pending:
+            self.open_case(nxt)
+            return
+        reload, self._reload = self._reload, None
+        if reload is not None and 0 <= self.current < len(self.cases) \
+                and str(self.cases[self.current]) == reload:
+            self.open_case(self.current, quiet=True)
 
     @property
     def opening(self) -> bool:
@@ -246,6 +309,21 @@ class CohortWidget(QWidget):
             self.items.append(item)
             self.status[item.path] = item.status
             self._refresh()
+            self._take_results(item)
+
+    def _take_results(self, item: CohortItem) -> None:
+        """The shown case's results appear as soon as the batch has written them: the case is
+        reopened (in place: its layers stay, its result layers come)."""
+        if item.status not in ("done", "cached") or not 0 <= self.current < len(self.cases):
+            return
+        if str(self.cases[self.current]) != item.path:
+            return
+        if item.status == "cached" and self._shown_results:
+            return                       # it came with these results when it was opened
+        if self.opening or self._queued is not None:
+            self._reload = item.path     # after the open in progress, if it is still shown
+            return
+        self.open_case(self.current, quiet=True)
 
     def _finished(self, job) -> None:
         self.run_btn.setEnabled(True)
@@ -365,13 +443,39 @@ def _batched(viewer):
     return batched() if batched is not None else contextlib.nullcontext()
 
 
-def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
+def closed_note(report: Dict[str, Any]) -> str:
+    """The panel's words for what :func:`swap_cohort_layers` closed or set aside of the
+    previous case beyond its cohort layers (``report``); "" when nothing."""
+    out = ""
+    closed, kept = report.get("closed") or [], report.get("kept") or []
+    case = report.get("case") or "the previous case"
+    if closed:
+        what = "result layer" if report.get("all_results") else "layer"
+        out += (f"; closed {len(closed)} {what}{'s' if len(closed) > 1 else ''} of {case} "
+                "with it; export results you want to keep, or use Analyze all, whose results "
+                "reopen with the case")
+    if kept:
+        out += (f"; kept {', '.join(kept)} (edited) hidden: export it or delete the layer")
+    return out
+
+
+def swap_cohort_layers(viewer, prep: PreparedCase,
+                       report: Optional[Dict[str, Any]] = None) -> List[Any]:
     """Put ``prep``'s layers in the viewer in place of the previous cohort case's (main
     thread). A previous layer of the same slot (kind, sequence, result, task) takes the new
     data in place (no new visuals: a texture upload, not napari's layer insertion), moved onto
     the new case's grid (:func:`move_layer`) when that differs; layers of slots the new case
-    lacks are removed and those of new slots inserted (worker-built). The user's layer
-    selection is left alone. Returns the case's layers.
+    lacks are removed and those of new slots inserted (worker-built), each where a first open
+    puts it among the case's layers (an image or the case's labels below the results). The
+    user's layer selection is left alone. Returns the case's layers.
+
+    The previous case's other layers (results of the Analyze or Segment docks, a synthetic
+    sequence: its ``case_id``, no cohort flag) go with it too, updated in place where the new
+    case has their slot; ``report`` (a dict) gets their names (``closed``), the previous
+    case's id (``case``) and whether all were results (``all_results``). A result labels layer
+    the user edited is never written over or removed: it is hidden and kept (``kept``).
+    Reopening the case shown updates its layers and keeps the docks' ones it has no slot for.
+    Layers of other cases are left alone.
 
     Inserting new layers costs napari main-thread time (about a second for a first BraTS
     case's five layers); putting them in one per event-loop turn was tried and made it worse
@@ -379,28 +483,68 @@ def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
     garbage collection (0.2-0.5 s): several are batched into one, and a case on another grid
     no longer removes its predecessor's layers (1.4-2 s before, BraTS <-> native TCGA).
     Opening the next case of the same grid costs tens of ms."""
+    from .segment_widget import EDITED
+
+    cohort = [ly for ly in viewer.layers if radiogen_meta(ly).get("cohort")]
+    prev_ids = {radiogen_meta(ly).get("case_id") for ly in cohort} - {None}
+    same_case = prev_ids == {prep.case_id}
+    docks = [ly for ly in viewer.layers if not radiogen_meta(ly).get("cohort")
+             and radiogen_meta(ly).get("case_id") in prev_ids]
+    edited = [ly for ly in cohort + docks if radiogen_meta(ly).get(EDITED)]
+    docks = [ly for ly in docks if ly not in edited]
+    stays = set(map(id, docks)) if same_case else set()     # kept when no slot takes them
     old: Dict[Tuple[Any, ...], List[Any]] = {}
-    for layer in [ly for ly in viewer.layers if radiogen_meta(ly).get("cohort")]:
+    for layer in [ly for ly in cohort if ly not in edited] + docks:  # cohort layers first
         old.setdefault(_slot(type(layer).__name__.lower(), radiogen_meta(layer)),
                        []).append(layer)
+    closed: List[str] = []
+    all_results = True
+    if not same_case:
+        for layer in docks:
+            closed.append(layer.name)
+            all_results = all_results and bool(radiogen_meta(layer).get("result"))
     keep: List[Any] = []
+    placed: List[Any] = []                # the case's layer of each of prep's, in prep's order
     new_layers: List[Any] = []
-    moved = False
+    updates: List[Tuple[Any, Any, Dict[str, Any], str]] = []
     for (data, kw, kind), built in zip(prep.layer_data, prep.built):
         cands = old.get(_slot(kind, kw["metadata"]["radiogen"])) or []
         layer = cands.pop(0) if cands else None
+        if layer is not None:
+            stays.discard(id(layer))
         same_labels = kind != "labels" or (radiogen_meta(layer).get("label_names")
                                            == kw["metadata"]["radiogen"].get("label_names")
                                            if layer is not None else False)
-        if layer is not None and same_labels:
+        if layer is not None and same_labels and np.ndim(data) == layer.ndim:
+            updates.append((layer, data, kw, kind))
+            keep.append(layer)
+            placed.append(layer)
+            continue
+        if layer is not None:
+            old.setdefault(("__remove__",), []).append(layer)
+        new_layers.append(built)
+        placed.append(built)
+    if not same_case:
+        for layer in edited:                 # the user's work: set aside, not lost
+            layer.visible = False
+            rg = layer.metadata.get("radiogen") if isinstance(layer.metadata, dict) else None
+            if isinstance(rg, dict):
+                rg.pop("cohort", None)           # not the cohort case's layer any more
+    gone = [ly for layers in old.values() for ly in layers
+            if ly in viewer.layers and id(ly) not in stays]
+    fresh = set(map(id, new_layers))
+    moved = False
+    with _keep_selection(viewer), \
+            (_batched(viewer) if len(gone) > 1 else contextlib.nullcontext()):
+        # the layers that go, first: they are not re-sliced on the next case's grid
+        for layer in gone:
+            viewer.layers.remove(layer)
+        for layer, data, kw, kind in updates:
             if np.shape(layer.data) == np.shape(data) and same_placement(layer, kw):
                 layer.data = data
-            elif move_layer(layer, data, kw):
-                moved = True
             else:
-                old.setdefault(("__remove__",), []).append(layer)
-                new_layers.append(built)
-                continue
+                move_layer(layer, data, kw)
+                moved = True
             layer.metadata = kw["metadata"]
             if kind == "image" and kw.get("contrast_limits") is not None:
                 lo, hi = kw["contrast_limits"]
@@ -408,22 +552,29 @@ def swap_cohort_layers(viewer, prep: PreparedCase) -> List[Any]:
                 layer.contrast_limits_range = (min(r0, lo), max(r1, hi))
                 layer.contrast_limits = kw["contrast_limits"]
             layer.name = kw["name"]
-            keep.append(layer)
-            continue
-        if layer is not None:
-            old.setdefault(("__remove__",), []).append(layer)
-        new_layers.append(built)
-    gone = [ly for layers in old.values() for ly in layers if ly in viewer.layers]
-    with _keep_selection(viewer), \
-            (_batched(viewer) if len(gone) > 1 else contextlib.nullcontext()):
-        for layers in old.values():
-            for layer in layers:
-                if layer in viewer.layers:
-                    viewer.layers.remove(layer)
-        for layer in new_layers:
-            viewer.layers.append(layer)
+        for k, layer in enumerate(placed):
+            if id(layer) not in fresh:
+                continue
+            viewer.layers.insert(_insert_at(viewer, placed, k), layer)
     if moved:       # another grid: show its middle, as napari does for a first layer
         viewer.reset_view()
         viewer.dims.set_point(range(viewer.dims.ndim),
                               [(r.start + r.stop) / 2 for r in viewer.dims.range])
+    if report is not None:
+        report.update(case=", ".join(sorted(prev_ids)), closed=closed,
+                      all_results=all_results,
+                      kept=[ly.name for ly in edited] if not same_case else [])
     return keep + new_layers
+
+
+def _insert_at(viewer, placed: List[Any], k: int) -> int:
+    """Where the case's ``k``-th layer goes: just above the case's layer before it in a first
+    open's order, else just below the one after it, else on top."""
+    layers = viewer.layers
+    for j in range(k - 1, -1, -1):
+        if placed[j] in layers:
+            return layers.index(placed[j]) + 1
+    for j in range(k + 1, len(placed)):
+        if placed[j] in layers:
+            return layers.index(placed[j])
+    return len(layers)
