@@ -243,3 +243,41 @@ def test_the_acquired_sequence_is_analysed_wherever_its_synthetic_twin_sits():
         assert case_layers(order, "P")["t1ce"] is acquired
     flair = next(l for l in layers if l.metadata["radiogen"]["sequence"] == "flair")
     assert case_layers([synth, flair], "P")["t1ce"] is synth         # the only t1ce
+
+
+_REMOVE_THEN_CHANGE = """
+import time
+import numpy as np, napari
+from qtpy.QtWidgets import QApplication
+from napari_radiogen.napari._common import remove_layers
+
+def pump(seconds):
+    t = time.time()
+    while time.time() - t < seconds:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+v = napari.Viewer(show=True)
+img = v.add_image(np.random.rand(20, 40, 40).astype(np.float32))
+lab = (np.random.rand(20, 40, 40) > 0.99).astype(np.uint8)
+extra = [v.add_labels(lab.copy(), name=f"l{i}") for i in range(2)]
+pump(0.5)
+remove_layers(v, extra)
+pump(0.5)
+img.scale = (2.0, 0.5, 0.7)                        # the next draw of a changed layer
+pump(1.0)
+v.close()
+print("survived")
+"""
+
+
+def test_removing_several_layers_leaves_the_viewer_able_to_draw(tmp_path):
+    """Several layers removed in one go (the cohort browser closing a case's results) and then
+    a layer changed: on Mesa's software renderers napari crashed in glDrawArrays at the next
+    draw when the removals had no draw between them; remove_layers draws between two. In a
+    subprocess, so that a crash fails this test and not the whole run."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _REMOVE_THEN_CHANGE], capture_output=True,
+                       text=True, timeout=300, cwd=str(tmp_path))
+    assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-2000:])

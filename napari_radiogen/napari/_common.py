@@ -232,6 +232,30 @@ def same_placement(layer, kw: Dict[str, Any]) -> bool:
             and "rotate" not in kw and "affine" not in kw)
 
 
+def draw_now(viewer) -> None:
+    """Draw the viewer's canvas now (a synchronous repaint); nothing without a Qt window."""
+    try:
+        native = viewer.window._qt_viewer.canvas._scene_canvas.native
+    except AttributeError:
+        return
+    native.repaint()
+
+
+def remove_layers(viewer, layers) -> None:
+    """Remove ``layers`` from ``viewer`` one at a time, drawing the canvas between two.
+
+    Removing two or more layers with no draw in between (in one event-loop turn, or in a
+    ``batched_update``) leaves vispy's GL state such that the next draw of a changed layer
+    crashes the process in ``glDrawArrays`` on Mesa's software renderers (llvmpipe and
+    softpipe; plain napari 0.9 shows it without this package; compare napari issues #8471
+    and #6472). A repaint between two removals avoids it; it costs one draw per layer."""
+    todo = [ly for ly in layers if ly in viewer.layers]
+    for k, layer in enumerate(todo):
+        if k:
+            draw_now(viewer)
+        viewer.layers.remove(layer)
+
+
 def move_layer(layer, data, kw: Dict[str, Any]) -> bool:
     """Give ``layer`` new data of any shape (same number of dimensions) and the placement of
     layer kwargs ``kw`` (``scale``/``translate``/``rotate``, or ``affine``), keeping its
@@ -478,12 +502,16 @@ class ResultLayers:
 
     def rollback(self) -> None:
         layers = self.viewer.layers
+        removed = 0
         with _keep_selection(self.viewer):
             for name in reversed(self.names):
                 prev = self._before[name]
                 cur = layers[name] if name in layers else None
                 if cur is not None and (prev is None or cur is not prev[0]):
+                    if removed:
+                        draw_now(self.viewer)       # see remove_layers
                     layers.remove(cur)              # added by the run, or a swapped-in layer
+                    removed += 1
                 if prev is None:
                     continue
                 old, data, meta, clim, index = prev

@@ -6,7 +6,6 @@ inputs and models have not changed since their cached result.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -17,7 +16,7 @@ from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWi
 from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
 import numpy as np
 
-from ._common import _keep_selection, build_layer, move_layer, same_placement
+from ._common import _keep_selection, build_layer, move_layer, remove_layers, same_placement
 from .layers import radiogen_meta
 from .workers import start_job
 
@@ -436,13 +435,6 @@ def _slot(kind: str, meta: Dict[str, Any]) -> Tuple[Any, ...]:
             meta.get("method"), bool(meta.get("synthetic")))
 
 
-def _batched(viewer):
-    """napari's batched layer-list update: the canvas rebuilds its scene graph (and runs its
-    full garbage collection) once after all removals and insertions, not after each."""
-    batched = getattr(viewer.layers, "batched_update", None)
-    return batched() if batched is not None else contextlib.nullcontext()
-
-
 def closed_note(report: Dict[str, Any]) -> str:
     """The panel's words for what :func:`swap_cohort_layers` closed or set aside of the
     previous case beyond its cohort layers (``report``); "" when nothing."""
@@ -480,8 +472,9 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
     Inserting new layers costs napari main-thread time (about a second for a first BraTS
     case's five layers); putting them in one per event-loop turn was tried and made it worse
     (the canvas redraws every layer between two insertions). Each removal costs napari a full
-    garbage collection (0.2-0.5 s): several are batched into one, and a case on another grid
-    no longer removes its predecessor's layers (1.4-2 s before, BraTS <-> native TCGA).
+    garbage collection (0.2-0.5 s; a batched removal, one collection for all, crashed Mesa's
+    software renderer: see :func:`_common.remove_layers`), so a case on another grid no longer
+    removes its predecessor's layers but moves them (1.4-2 s before, BraTS <-> native TCGA).
     Opening the next case of the same grid costs tens of ms."""
     from .segment_widget import EDITED
 
@@ -534,11 +527,11 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
             if ly in viewer.layers and id(ly) not in stays]
     fresh = set(map(id, new_layers))
     moved = False
-    with _keep_selection(viewer), \
-            (_batched(viewer) if len(gone) > 1 else contextlib.nullcontext()):
-        # the layers that go, first: they are not re-sliced on the next case's grid
-        for layer in gone:
-            viewer.layers.remove(layer)
+    with _keep_selection(viewer):
+        # the layers that go, first: they are not re-sliced on the next case's grid (one at
+        # a time with a draw between: napari's batched removal, one garbage collection for
+        # all, crashed the software renderer on the next draw, see remove_layers)
+        remove_layers(viewer, gone)
         for layer, data, kw, kind in updates:
             if np.shape(layer.data) == np.shape(data) and same_placement(layer, kw):
                 layer.data = data

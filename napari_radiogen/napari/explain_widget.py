@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import (HEATMAP_FLOOR, CaseCombo, add_layer_data, closed_case_note, image_result_data,
-                      prepared_results)
+from ._common import (HEATMAP_FLOOR, CaseCombo, add_layer_data, closed_case_note,
+                      image_result_data, prepared_results, remove_layers)
 from .workers import start_job
 
 
@@ -192,11 +192,13 @@ class ExplainWidget(QWidget):
         res = prepared.result
         name = prepared.layer_data[1]["name"]
         # remove an older heatmap of this case for this task (any method): rerun replaces it
+        older = []
         for l in list(self.viewer.layers):
             rg = l.metadata.get("radiogen", {}) if hasattr(l, "metadata") else {}
             if rg.get("case_id") == inp.case_id and rg.get("task") == res.task \
                     and rg.get("sequence") == "heatmap" and l.name != name:
-                self.viewer.layers.remove(l)
+                older.append(l)
+        remove_layers(self.viewer, older)
         self.layer = add_layer_data(self.viewer, prepared.layer_data, select=True,
                                     built=prepared.built)
         self.layer.visible = True
