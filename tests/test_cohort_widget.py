@@ -302,3 +302,51 @@ def test_the_shown_case_takes_its_results_when_the_batch_made_them(browser, qtbo
     assert w.viewer.layers["P1 flair"] is flair                # reopened in place
     assert w.opened.count("P1") == 2 and w.current == 1
     assert "1 failed" in w.info.text()                          # the summary stays
+
+
+def test_an_unreliable_analysis_is_not_a_plain_tick(browser, qtbot, monkeypatch):
+    """A case whose analysis carries a caution (not skull-stripped) is marked with a warning
+    sign, not a tick, and its tooltip says why."""
+    from napari_radiogen.core import pipeline
+    from napari_radiogen.napari import cohort_widget as cw
+    w = browser
+    caution = "not skull-stripped: the tumour segmentation ... unreliable"
+
+    def fake_cohort(cases, out, **_):
+        for c in cases:
+            yield pipeline.CohortItem(path=str(c), case_id=c.name, status="done",
+                                      summary={"caution": caution if c.name == "P0" else ""})
+    monkeypatch.setattr(cw, "analyze_cohort", fake_cohort)
+    w.analyzer = object()
+    job = w.analyze_all()
+    qtbot.waitUntil(lambda: job.done, timeout=30_000)
+    _settle(qtbot, w)
+    p0, p1 = w.list.item(0), w.list.item(1)
+    assert p0.text().startswith("⚠") and p0.toolTip().startswith("CAUTION: not skull-stripped")
+    assert p1.text().startswith("✓") and "CAUTION" not in p1.toolTip()
+
+
+def test_a_reopened_cases_heatmap_is_shown_as_the_docks_show_theirs(tmp_path):
+    """The heatmap an Analyze-all run wrote reopens from its floor (HEATMAP_FLOOR), with the
+    contrast slider's range still 0..1, as the Explain and Analyze docks show theirs."""
+    import json
+    from napari_radiogen.core.case import Case, Volume
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.napari._common import HEATMAP_FLOOR, build_layer
+    from napari_radiogen.napari.cohort_widget import result_layer_data_from
+    g = _geometry()
+    shape = g.shape
+    case = Case(case_id="P7", sequences={"flair": Volume(np.ones(shape, np.float32), g)})
+    d = tmp_path / "out" / "P7"
+    d.mkdir(parents=True)
+    heat = np.linspace(0, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    write_volume(heat, g, d / "P7_idh_gradcam.nii.gz",
+                 radiogen_map={"kind": "heatmap", "task": "idh", "method": "gradcam",
+                               "model": "m"})
+    (d / "analysis.json").write_text(json.dumps(
+        {"files": {"heatmap_idh": "P7_idh_gradcam.nii.gz"}, "models": {}}))
+    [ld] = result_layer_data_from(str(tmp_path / "out"), case)
+    layer = build_layer(ld)
+    assert layer.name == "P7 idh gradcam"
+    assert tuple(layer.contrast_limits) == (HEATMAP_FLOOR, 1.0)
+    assert tuple(layer.contrast_limits_range) == (0.0, 1.0)

@@ -16,7 +16,8 @@ from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWi
 from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
 import numpy as np
 
-from ._common import _keep_selection, build_layer, move_layer, remove_layers, same_placement
+from ._common import (HEATMAP_FLOOR, _keep_selection, build_layer, move_layer, remove_layers,
+                      same_placement)
 from .layers import radiogen_meta
 from .workers import start_job
 
@@ -145,10 +146,17 @@ class CohortWidget(QWidget):
         for i, c in enumerate(self.cases):
             st = self.status.get(str(c), "pending")
             mark = STATUS_MARK.get(st, st)
+            # an analysis made unreliable by its input (not skull-stripped): not a plain tick
+            caution = next((x.summary.get("caution") for x in self.items
+                            if x.path == str(c) and (x.summary or {}).get("caution")), "")
+            if caution and st in ("done", "cached"):
+                mark = "⚠" + mark[1:]
             text = f"{mark}  {c.name}" + ("   ◀ open" if i == self.current else "")
             it = QListWidgetItem(text)
             msg = next((x.message for x in self.items if x.path == str(c) and x.message),
                        self.open_errors.get(str(c), ""))
+            if caution:
+                msg = f"CAUTION: {caution}" + (f"\n{msg}" if msg else "")
             if msg:
                 it.setToolTip(msg)
             self.list.addItem(it)
@@ -397,6 +405,11 @@ def result_layer_data_from(out_dir: Optional[str], case) -> List[Tuple[Any, Dict
             continue
         for data, kw, kind in ld:
             if tuple(np.shape(data)) == tuple(g.shape):
+                if kw["metadata"]["radiogen"].get("sequence") == "heatmap" \
+                        and tuple(kw.get("contrast_limits") or ()) == (0.0, 1.0):
+                    # shown from the floor, as the Explain and Analyze docks show theirs
+                    kw["contrast_limits"] = (HEATMAP_FLOOR, 1.0)
+                    kw["metadata"]["radiogen"]["contrast_range"] = (0.0, 1.0)
                 out.append((data, kw, kind))
     return out
 
