@@ -34,3 +34,26 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"shared data not found: {p}")
     return p
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """The small random test models (``_models.write_random_models``) of a widget test module."""
+    from _models import write_random_models
+    d = tmp_path_factory.mktemp("widget-models")
+    write_random_models(d)
+    return d
+
+
+@pytest.fixture
+def test_models(models_dir, monkeypatch):
+    """The test models installed as the user's models (``RADIOGEN_MODELS_DIR``)."""
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(models_dir))
+    return models_dir
+
+
+@pytest.fixture
+def sample_path():
+    """The bundled sample case's folder."""
+    from napari_radiogen.core.sample import sample_case_path
+    return sample_case_path()

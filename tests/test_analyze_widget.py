@@ -4,28 +4,6 @@ edited segmentation layer is kept, not written over, by a rerun."""
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
-
-from _models import write_random_models
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("analyze-widget-models")
-    write_random_models(d)
-    return d
-
-
-@pytest.fixture
-def test_models(models_dir, monkeypatch):
-    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(models_dir))
-    return models_dir
-
-
-@pytest.fixture
-def sample_path():
-    from napari_radiogen.core.sample import sample_case_path
-    return sample_case_path()
 
 
 def _result():

@@ -12,27 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from _models import write_random_models
-
 from napari_radiogen.napari.diagnostics import EventLoopMeter
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("widget-models")
-    write_random_models(d)
-    return d
-
-
-@pytest.fixture
-def test_models(models_dir, monkeypatch):
-    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(models_dir))
-    return models_dir
-
-
-@pytest.fixture
-def sample_path():
-    from napari_radiogen.core.sample import sample_case_path
-    return sample_case_path()
 
 
 def _analyze_widget(viewer, sample_path):

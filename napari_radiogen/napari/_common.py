@@ -57,6 +57,20 @@ class DockScroll(QScrollArea):
         return hint
 
 
+def scrolling_content(widget: QWidget) -> Tuple[QWidget, "DockScroll", Any]:
+    """Give ``widget`` (a dock) its content in a :class:`DockScroll`: returns the content
+    widget, the scroll area and the content's vertical layout. Beside other docks the content
+    is taller than the dock and scrolls (squeezed below its minimum, a dock painted text over
+    its plot and cut its rows)."""
+    from qtpy.QtWidgets import QVBoxLayout
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    content = QWidget()
+    scroll = DockScroll(content)
+    outer.addWidget(scroll)
+    return content, scroll, QVBoxLayout(content)
+
+
 class CaseCombo(QComboBox):
     """Lists the cases open in the viewer; keeps itself up to date: on layers inserted,
     removed and renamed (the cohort browser puts the next case into the previous case's

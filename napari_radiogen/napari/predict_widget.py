@@ -20,10 +20,11 @@ from typing import Any, Dict, Optional
 import textwrap
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QWidget
 
 from ..core.predict import attention_title
-from ._common import CaseCombo, DockScroll, closed_case_note, device_combo, run_cancel_row
+from ._common import (CaseCombo, closed_case_note, device_combo, run_cancel_row,
+                      scrolling_content)
 from .workers import start_job
 
 #: what the ``±`` is when a result does not say (``uncertainty[task]["method"]``)
@@ -54,14 +55,7 @@ class PredictionWidget(QWidget):
         self._closed_note = ""
         self._title = ""
 
-        # beside other docks the content is taller than the dock: it scrolls (a layout squeezed
-        # below its minimum painted the status text under the plot and cut the warnings)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        self.content = QWidget()
-        self.scroll = DockScroll(self.content)
-        outer.addWidget(self.scroll)
-        lay = QVBoxLayout(self.content)
+        self.content, self.scroll, lay = scrolling_content(self)   # scrolls beside other docks
         form = QFormLayout()
         self.case_combo = CaseCombo(napari_viewer)
         self.model_combo = QComboBox()

@@ -32,8 +32,8 @@ from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushBu
                             QVBoxLayout, QWidget)
 
 from ..core.case import SEQUENCES
-from ._common import (CaseCombo, DockScroll, add_layer_data, build_if_new, closed_case_note,
-                      device_combo, image_result_data)
+from ._common import (CaseCombo, add_layer_data, build_if_new, closed_case_note, device_combo,
+                      image_result_data, scrolling_content)
 from .layers import LayerData, case_layers, image_layer_data, radiogen_meta
 from .workers import start_job
 
@@ -82,14 +82,7 @@ class SynthesisWidget(QWidget):
         self.ranking: Any = None
         self.map_layers: List[Any] = []
 
-        # beside other docks the content is taller than the dock: it scrolls (squeezed below
-        # its minimum, the chart collapsed and the Sequences row was cut)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        self.content = QWidget()
-        self.scroll = DockScroll(self.content)
-        outer.addWidget(self.scroll)
-        lay = QVBoxLayout(self.content)
+        self.content, self.scroll, lay = scrolling_content(self)   # scrolls beside other docks
         form = QFormLayout()
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.case_combo = CaseCombo(napari_viewer)
