@@ -13,6 +13,15 @@ torch = pytest.importorskip("torch")
 from napari_radiogen.napari.diagnostics import EventLoopMeter  # noqa: E402
 from napari_radiogen.napari.train_widget import TrainInputs, TrainingWidget  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """These tests run torch on one thread (set in the main thread, which later threads take
+    as their default): give the count back, so later tests see torch's own."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
 CFG = {"name": "widget-test", "task": "phantom-demo", "data": "phantom",
        "phantom": {"n": 12, "slices": 8, "size": 16, "seed": 0},
        "model": {"width": 4, "depth": 2},

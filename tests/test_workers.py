@@ -187,6 +187,8 @@ def test_model_jobs_leave_a_core_to_the_viewer_and_training_keeps_all(qtbot, mon
 
     monkeypatch.delenv("RADIOGEN_VIEWER_THREADS", raising=False)
     default = workers.torch_default_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(default)              # the count the jobs must leave as they found
     cpus = len(os.sched_getaffinity(0))
     assert workers.viewer_threads() == max(1, min(default, cpus - 1))
     for leave_core, want in ((True, workers.viewer_threads()), (False, default),
@@ -205,6 +207,7 @@ def test_model_jobs_leave_a_core_to_the_viewer_and_training_keeps_all(qtbot, mon
     assert seen == [3]
     monkeypatch.setenv("RADIOGEN_VIEWER_THREADS", "many")
     assert workers.viewer_threads() == max(1, min(default, cpus - 1))   # ignored, with a warning
+    torch.set_num_threads(before)
 
 
 def test_closing_the_dock_panel_cancels_its_job(make_napari_viewer, qtbot):
