@@ -7,12 +7,15 @@ Also what every batch command says alike: the sub-folders of a cohort that hold 
 ``skipped: <name>/: <reason>`` line and, where the command writes a summary, in a row with
 status ``skipped`` (not a failed case: the exit status does not change); and the messages
 written into the output files name the case's files relative to the cohort folder
-(:func:`strip_folder`, as ``radiogen analyze`` writes its ``summary.csv``), not by the absolute
-path the case was read from."""
+(``core.outputs.strip_folder``, as ``radiogen analyze`` writes its ``summary.csv``), not by
+the absolute path the case was read from."""
 from __future__ import annotations
 
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..core.notes import cautions
+from ..core.outputs import strip_folder
 
 
 def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:
@@ -30,15 +33,6 @@ def write_csv(rows: Sequence[dict], path, columns: Sequence[str]) -> None:
             w.writerows(rows)
     except OSError as e:
         raise RadiogenError(f"{path}: cannot write ({e.strerror or e})") from None
-
-
-def strip_folder(text: str, case_path) -> str:
-    """``text`` (an error message of a case) with the folder that holds the case left out of
-    the file paths it names: ``nancase/nancase_flair.nii.gz: ...`` rather than
-    ``/data/cohort/nancase/nancase_flair.nii.gz: ...`` (a path may name a patient). The helper
-    ``radiogen analyze`` uses for its ``summary.csv`` (``core.pipeline._strip_folder``)."""
-    from ..core.pipeline import _strip_folder
-    return _strip_folder(str(text), case_path)
 
 
 def skipped_folders(folder, cases: Sequence[Any]) -> List[Tuple[str, str]]:
@@ -115,7 +109,7 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     (``--sequence FILE=SEQ``, which name the files of one case) ``case_arg`` is one case.
 
     With ``deidentify`` (the default) a failed case's message in the CSV names its files
-    relative to the cohort folder (:func:`strip_folder`). The cohort's sub-folders that hold
+    relative to the cohort folder (``core.outputs.strip_folder``). The cohort's sub-folders that hold
     no case (:func:`skipped_folders`) are said (``skipped: <name>/: <reason>``) and get a row
     with status ``skipped``; they do not count as failed cases."""
     import time
@@ -143,7 +137,6 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             res, text, written = process(case)
             dt = time.perf_counter() - t0
             print(f"[{i}/{len(paths)}] {cid}: {text} ({dt:.1f} s) -> {written}", flush=True)
-            from ..core.notes import cautions
             for c in cautions(getattr(res, "warnings", None) or []):   # unreliable: first
                 print(f"    CAUTION: {c}", flush=True)
             for w in getattr(res, "warnings", None) or []:

@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     with ProgressLine() as show:
         for item in analyze_cohort(cases, out, analyzer=analyzer, use_cache=not args.no_cache,
                                    report=not args.no_report, render=not args.no_render,
-                                   deidentify=not args.identified):
+                                   deidentify=not args.identified,
+                                   skipped=[(path / n, why) for n, why in skipped]):
             if isinstance(item, Progress):
                 show(item)
             elif isinstance(item, CohortItem):
@@ -175,45 +176,9 @@ def run(args: argparse.Namespace) -> int:
                 failed += item.status == "failed"
     extra = f", {partial} with errors" if partial else ""
     if skipped:
-        _add_skipped_rows(out / "summary.csv", skipped,
-                          folder=path if args.identified else None)
         extra += f"; {len(skipped)} folder(s) skipped, no case in them"
     print(f"summary: {out / 'summary.csv'} ({len(cases)} cases, {failed} failed{extra})")
     return 1 if failed or partial else 0
-
-
-def _add_skipped_rows(csv_path: Path, skipped, folder=None) -> None:
-    """Add a ``skipped`` row (``case_id`` ``<name>/``, the reason as its message) to the
-    cohort's ``summary.csv`` for each sub-folder that held no case (``_batch.skipped_folders``);
-    the columns stay those ``core.pipeline`` wrote. The ``path`` column is the sub-folder's
-    path under ``folder`` when given (``--identified``), else empty, as for the cases."""
-    import csv
-    import os
-
-    from ..core.errors import RadiogenError
-
-    try:
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            rows = list(reader)
-    except OSError as e:
-        raise RadiogenError(f"{csv_path}: cannot read ({e.strerror or e})") from None
-    for c in ("path", "case_id", "status", "message"):
-        if c not in columns:
-            columns.append(c)
-    for name, reason in skipped:
-        rows.append({**{c: "" for c in columns}, "case_id": f"{name}/", "status": "skipped",
-                     "message": reason, "path": str(folder / name) if folder else ""})
-    tmp = csv_path.with_suffix(".csv.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, csv_path)
-    except OSError as e:
-        raise RadiogenError(f"{csv_path}: cannot write ({e.strerror or e})") from None
 
 
 def _print_result(res, paths) -> None:

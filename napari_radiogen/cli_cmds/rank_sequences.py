@@ -55,7 +55,8 @@ def run(args) -> int:
     from ..core.errors import CaseLoadError
     from ..core.io import case_id_of, list_cases, load_case, write_volume
     from ..core.outputs import relative_to_folder, write_json
-    from ._batch import say_skipped, skipped_folders, strip_folder
+    from ..core.outputs import strip_folder
+    from ._batch import say_skipped, skipped_folders
     from ..core.synthesize import RankFailure, rank_cohort, rank_sequences
     from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
     from ._common import sequence_overrides

@@ -203,27 +203,6 @@ def _task_logits(member, kind: str, task: str, slice_mask, seq_mask, clinical):
     return TaskLogits()
 
 
-def _class_probability(module, kind: str, inp, sm, cl, card, task: str, cls_idx: int) -> float:
-    """The probability of class ``cls_idx`` of ``task`` that the network gives this input (the
-    mean over its fold members, as :func:`core.predict.predict` computes it)."""
-    import torch
-
-    from . import predict as P
-    with torch.inference_mode():
-        if kind == "volume3d":
-            vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None])
-            out = module(vol, sm, cl)
-        else:
-            x = torch.from_numpy(inp.x[None])
-            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool)
-            out = module(x, slm, sm, cl)
-        if "probs" in out:
-            p = out["probs"][task][:, 0].mean(0)
-        else:                                # a single network: its logits
-            p = torch.softmax(out["logits"][task][0], -1)
-    return float(p[cls_idx])
-
-
 def _members(module) -> List[Any]:
     return list(module.members) if hasattr(module, "members") else [module]
 
@@ -493,7 +472,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     # the explained network's probability of the class its heatmap is for (the dock says it
     # beside the map: a map for "codel" is not a prediction of codel)
     details = dict(details or {})
-    details["probability"] = _class_probability(module, kind, inp, sm, cl, card, task, cls_idx)
+    out, _ = P.run_network(module, kind, inp, cvec, card)      # the prediction's own pass
+    details["probability"] = float(out["probs"][task][:, 0].mean(0)[cls_idx])
     details["probability_model"] = lm.name
     yield Progress("explain", 3, 4, "mapping to the case grid")
     heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
@@ -532,9 +512,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
 def _say_in_sample(case, lm, loc: Optional[float], warns: List[str]) -> None:
     """A localisation score on a case the explained model was trained on is in-sample: said
     (``core.insample``, the check of the segmentation and prediction)."""
-    from .insample import LOCALISATION, case_patient_ids, in_sample_note
-    note = in_sample_note(case.case_id, lm.name, lm.card, LOCALISATION,
-                          case_patient_ids(case)) if loc is not None \
+    from .insample import LOCALISATION, case_in_sample_note
+    note = case_in_sample_note(case, lm.name, lm.card, LOCALISATION) if loc is not None \
         else None
     if note is not None:
         warns.append(note)

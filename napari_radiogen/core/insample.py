@@ -78,5 +78,13 @@ def case_patient_ids(case: Any) -> List[str]:
     return [str(i) for i in ids if isinstance(i, str)]
 
 
-__all__ = ["training_patients", "in_training_data", "in_sample_note", "case_patient_ids", "DICE", "SEGMENTATION",
-           "PREDICTION", "LOCALISATION", "SYNTHESIS", "SYNTHESIS_METRICS"]
+def case_in_sample_note(case: Any, model_name: str, card: Optional[Dict[str, Any]],
+                        meaning: str) -> Optional[Note]:
+    """:func:`in_sample_note` for a :class:`~napari_radiogen.core.case.Case`: its id and the
+    patient ids its file names carry."""
+    return in_sample_note(case.case_id, model_name, card, meaning, case_patient_ids(case))
+
+
+__all__ = ["training_patients", "in_training_data", "in_sample_note", "case_patient_ids",
+           "case_in_sample_note", "DICE", "SEGMENTATION", "PREDICTION", "LOCALISATION",
+           "SYNTHESIS", "SYNTHESIS_METRICS"]

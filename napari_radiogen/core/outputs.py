@@ -88,6 +88,20 @@ def write_json(path, obj: Any, *, indent: int = 2) -> Path:
     return p
 
 
+def strip_folder(text: str, case_path: Any) -> str:
+    """``text`` (a case's error message) with the folder that holds the case left out of the
+    file paths it names: ``nancase/nancase_flair.nii.gz: ...`` rather than
+    ``/data/cohort/nancase/nancase_flair.nii.gz: ...`` (a path may name a patient). What the
+    cohort summaries of ``radiogen analyze`` and the batch commands write."""
+    import os
+    parent = Path(case_path).parent
+    text = str(text)
+    for p in {str(parent.resolve()), str(parent.absolute()), str(parent)}:
+        if p not in ("", "."):
+            text = text.replace(p.rstrip(os.sep) + os.sep, "")
+    return text
+
+
 def relative_to_folder(obj: Any, folder: Any) -> Any:
     """``obj`` (a path, or a dict / list of them, nested) with every path that lies in
     ``folder`` written relative to it, with forward slashes (``case_seg.nii.gz``,
@@ -150,6 +164,6 @@ def deidentification_fields(deidentify: bool, removed: List[str]) -> Dict[str, A
     return out
 
 
-__all__ = ["json_safe", "dumps", "write_json", "relative_to_folder", "deidentified_prediction",
+__all__ = ["json_safe", "dumps", "write_json", "strip_folder", "relative_to_folder", "deidentified_prediction",
            "prediction_for_output", "deidentification_fields", "CLINICAL_FEATURE_KEYS",
            "DEIDENTIFIED_NOTE"]

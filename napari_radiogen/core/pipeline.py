@@ -500,30 +500,34 @@ class CohortItem:
 def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
                    analyzer: Optional[Analyzer] = None, use_cache: bool = True,
                    report: bool = True, render: bool = False, deidentify: bool = True,
-                   cancel: Optional[CancelToken] = None
+                   cancel: Optional[CancelToken] = None,
+                   skipped: Sequence[Tuple[os.PathLike, str]] = ()
                    ) -> Iterator[Union[Progress, StageResult, CohortItem, List[CohortItem]]]:
     """Analyse each case of ``paths``; yields a :class:`CohortItem` per case as it finishes and
-    the list of all items at the end; ``out_dir/summary.csv`` collects one row per case."""
+    the list of all items at the end; ``out_dir/summary.csv`` collects one row per case, and
+    one row with status ``skipped`` per ``(folder, reason)`` of ``skipped`` (the cohort's
+    sub-folders that hold no case)."""
     analyzer = analyzer or Analyzer()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models_fp = analyzer.model_fingerprint()
     items: List[CohortItem] = []
     paths = list(paths)
+    extra = [CohortItem(path=str(f), case_id=f"{Path(f).name}/", status="skipped",
+                        message=reason) for f, reason in skipped]
     for i, path in enumerate(paths):
         try:
             check(cancel)
         except Cancelled:           # between two cases: the rest keep their rows
             _write_summary(out, items + [_not_reached(p, out, models_fp, report, render,
-                                                      deidentify) for p in paths[i:]],
+                                                      deidentify) for p in paths[i:]] + extra,
                            deidentify=deidentify)
             raise
         item = CohortItem(path=str(path))
         yield Progress("cohort", i, len(paths), f"{Path(path).name}")
         # what the outputs depend on: a case cached without its report, or with clinical fields,
         # is done again for a run that asks otherwise
-        fp = {"inputs": input_fingerprint(path), "models": models_fp,
-              "outputs": {"report": report, "render": render, "deidentify": deidentify}}
+        fp = _fingerprint(path, models_fp, report, render, deidentify)
         cached = _find_cache(out, path, fp) if use_cache else None
         if cached is not None:
             item.case_id, item.status, item.summary = cached["case_id"], "cached", cached["summary"]
@@ -568,7 +572,7 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
             # still valid (as the cache would take them), else "not analysed"
             rest = [_not_reached(p, out, models_fp, report, render, deidentify)
                     for p in paths[i + 1:]]
-            _write_summary(out, items + rest, deidentify=deidentify)
+            _write_summary(out, items + rest + extra, deidentify=deidentify)
             raise
         except RadiogenError as e:
             item.status, item.message = "failed", str(e)
@@ -579,9 +583,16 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
             item.case_id = case_id_of(path)
         items.append(item)
         yield item
-    _write_summary(out, items, deidentify=deidentify)
+    _write_summary(out, items + extra, deidentify=deidentify)
     yield Progress("cohort", len(paths), len(paths), "done")
     yield items
+
+
+def _fingerprint(path: os.PathLike, models_fp: Any, report: bool, render: bool,
+                 deidentify: bool) -> Dict[str, Any]:
+    """What a case's cached outputs depend on: its inputs, the models, the output settings."""
+    return {"inputs": input_fingerprint(path), "models": models_fp,
+            "outputs": {"report": report, "render": render, "deidentify": deidentify}}
 
 
 def _not_reached(path: os.PathLike, out: Path, models_fp: Any, report: bool, render: bool,
@@ -589,9 +600,7 @@ def _not_reached(path: os.PathLike, out: Path, models_fp: Any, report: bool, ren
     """The summary row of a case a cancelled cohort run did not reach: its earlier results
     when they are still valid for its inputs, models and output settings, else none."""
     from .io import case_id_of
-    fp = {"inputs": input_fingerprint(path), "models": models_fp,
-          "outputs": {"report": report, "render": render, "deidentify": deidentify}}
-    cached = _find_cache(out, path, fp)
+    cached = _find_cache(out, path, _fingerprint(path, models_fp, report, render, deidentify))
     if cached is not None:
         return CohortItem(path=str(path), case_id=cached["case_id"], status="cached",
                           summary=cached["summary"],
@@ -616,24 +625,15 @@ def _find_cache(out: Path, path: os.PathLike, fp: Dict[str, Any]) -> Optional[Di
     return None
 
 
-def _strip_folder(text: str, path: os.PathLike) -> str:
-    """``text`` with the folder that holds the case left out of the file paths it names (an
-    error message names the file it could not read): relative to it, as the case's own id."""
-    parent = Path(path).parent
-    for p in {str(parent.resolve()), str(parent.absolute()), str(parent)}:
-        if p not in ("", "."):
-            text = text.replace(p.rstrip(os.sep) + os.sep, "")
-    return text
-
-
 def _write_summary(out: Path, items: List[CohortItem], deidentify: bool = True) -> Path:
     """One row per case; the case's path (a folder or file name may hold a patient's name) is
     left empty when the outputs are de-identified."""
+    from .outputs import strip_folder
     rows = []
     for it in items:
         # the column stays (readers by position), empty when de-identified
         row = {"path": "" if deidentify else it.path}
-        msg = _strip_folder(it.message, it.path) if deidentify else it.message
+        msg = strip_folder(it.message, it.path) if deidentify else it.message
         row.update({"case_id": it.case_id or "", "status": it.status, "message": msg})
         row.update(it.summary)
         rows.append(row)

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ConfigError, MissingSequenceError
-from .insample import PREDICTION, case_patient_ids, in_sample_note
+from .insample import PREDICTION, case_in_sample_note
 from .notes import (AGE_UNKNOWN, IN_SAMPLE, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_KEYS,
                     SYNTHETIC_SEGMENTATION, Note, synthetic_note, warning_key)
 from .progress import CancelToken, Progress, check
@@ -535,7 +535,6 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     ``segmentation_synthetic`` which synthetic sequences it was made from: they went into the
     prediction too, and the result lists them)."""
     import time
-    import torch
     from .models import resolve_device
 
     t0 = time.perf_counter()
@@ -561,7 +560,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         check_brain_volume(case)
     warns: List[str] = [fallback] if fallback else []
     # a case the model was trained on: said first (an ensemble's members then leave theirs out)
-    in_sample = in_sample_note(case.case_id, lm.name, card, PREDICTION, case_patient_ids(case))
+    in_sample = case_in_sample_note(case, lm.name, card, PREDICTION)
     if in_sample is not None:
         warns.append(in_sample)
     if case.kind != "slices" and trained_on_slice_packs(card) \
@@ -612,23 +611,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         warns.extend(cw)
     check(cancel)
     yield Progress("predict", 2, 3, "running the network")
-    with torch.inference_mode():
-        sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
-        cl = torch.from_numpy(cvec[None]).to(dev)
-        if kind == "volume3d":
-            vol = to_volume3d(inp, int(card["input"]["depth"]))
-            out = lm.module(torch.from_numpy(vol[None]).to(dev), sm, cl)
-            att = None
-        else:
-            x = torch.from_numpy(inp.x[None]).to(dev)
-            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
-            out = lm.module(x, slm, sm, cl)
-            att = (out["attention"][:, 0].mean(0).cpu().numpy()         # (S, N)
-                   if "probs" in out else True)
-    if "probs" not in out:       # a single network (e.g. trained by the engine): one member
-        att = None if att is None else out["attention"][0].cpu().numpy()
-        out = {"probs": {t: torch.softmax(v, -1)[None] for t, v in out["logits"].items()},
-               **({"risk": out["risk"][None]} if "risk" in out else {})}
+    out, att = run_network(lm.module, kind, inp, cvec, card, dev)
     tasks, unc = {}, {}
     for t, probs in out["probs"].items():
         p = probs[:, 0].cpu().numpy()                                     # (members, C)
@@ -666,6 +649,33 @@ def member_cards(card: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The cards of an ensemble's member models (``input.members``), in order."""
     from .models import find_model, read_card
     return [read_card(find_model(n)) for n in (card.get("input") or {}).get("members", [])]
+
+
+def run_network(module, kind: str, inp: "SliceInput", cvec: np.ndarray, card: Dict[str, Any],
+                dev: str = "cpu") -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
+    """The network's forward pass on a prepared input (no gradients): ``out["probs"][task]``
+    of shape (members, 1, classes) (a single network is one member; ``out["risk"]`` likewise
+    where it has a risk head) and its slice attention (sequences, slices) averaged over the
+    members, None for a volume model. Shared by the prediction and the explanation."""
+    import torch
+    with torch.inference_mode():
+        sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
+        cl = torch.from_numpy(cvec[None]).to(dev)
+        if kind == "volume3d":
+            vol = to_volume3d(inp, int(card["input"]["depth"]))
+            out = module(torch.from_numpy(vol[None]).to(dev), sm, cl)
+            att = None
+        else:
+            x = torch.from_numpy(inp.x[None]).to(dev)
+            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
+            out = module(x, slm, sm, cl)
+            att = (out["attention"][:, 0].mean(0).cpu().numpy()         # (S, N)
+                   if "probs" in out else True)
+        if "probs" not in out:   # a single network (e.g. trained by the engine): one member
+            att = None if att is None else out["attention"][0].cpu().numpy()
+            out = {"probs": {t: torch.softmax(v, -1)[None] for t, v in out["logits"].items()},
+                   **({"risk": out["risk"][None]} if "risk" in out else {})}
+    return out, att
 
 
 def ensemble_sd(member_probs, member_sds) -> float:

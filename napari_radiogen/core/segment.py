@@ -28,7 +28,7 @@ import numpy as np
 from .case import REGIONS, Case, Geometry
 from .errors import (CaseLoadError, GeometryError, MissingSequenceError, ModelFileError,
                      RadiogenError)
-from .insample import DICE, SEGMENTATION, case_patient_ids, in_sample_note
+from .insample import DICE, SEGMENTATION, case_in_sample_note
 from .notes import NOT_SKULL_STRIPPED, Note, synthetic_note
 from .progress import CancelToken, Progress, check
 
@@ -412,8 +412,7 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
                                        regions=("WT",) if kind == "slices" else REGION_ORDER)
         timings["compare"] = time.perf_counter() - t
     # a case the model was trained on: its Dice (or, unscored, the segmentation) is in-sample
-    note = in_sample_note(case.case_id, model.name, card, DICE if res.metrics else SEGMENTATION,
-                          case_patient_ids(case))
+    note = case_in_sample_note(case, model.name, card, DICE if res.metrics else SEGMENTATION)
     if note is not None:
         warn.append(note)
     timings["total"] = time.perf_counter() - t0

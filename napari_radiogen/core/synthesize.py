@@ -410,9 +410,9 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
         low = quality_note(lm.card, target, res.psnr) if case.kind == "volume" else None
         if low is not None:
             res.warnings.append(low)
-    from .insample import SYNTHESIS, SYNTHESIS_METRICS, case_patient_ids, in_sample_note
-    note = in_sample_note(case.case_id, lm.name, lm.card,
-                          SYNTHESIS_METRICS if has_real else SYNTHESIS, case_patient_ids(case))
+    from .insample import SYNTHESIS, SYNTHESIS_METRICS, case_in_sample_note
+    note = case_in_sample_note(case, lm.name, lm.card,
+                               SYNTHESIS_METRICS if has_real else SYNTHESIS)
     if note is not None:
         res.warnings.append(note)
     res.seconds = time.perf_counter() - t0
