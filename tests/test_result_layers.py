@@ -14,22 +14,66 @@ def test_rollback_removes_added_and_restores_replaced_layers(make_napari_viewer)
     viewer.add_image(np.zeros((4, 5, 6), np.float32), name="mri")
     same = add_layer_data(viewer, _data("heat", (4, 5, 6), 1.0))         # a previous result
     other = add_layer_data(viewer, _data("seg", (4, 5, 6), 1.0))         # another one
-    old_same, old_other = same.data, other.data
+    typed = add_layer_data(viewer, _data("mask", (4, 5, 6), 1.0))        # an image result
+    old_same, old_other, old_typed = same.data, other.data, typed.data
     order = [l.name for l in viewer.layers]
 
     run = ResultLayers(viewer)
     run.add(_data("heat", (4, 5, 6), 2.0))           # same shape: updated in place
-    run.add(_data("seg", (2, 5, 6), 2.0))            # another shape: swapped for a new layer
+    moved = _data("seg", (2, 5, 6), 2.0)             # another shape and grid: moved in place
+    moved[1].update(scale=(3.0, 1.0, 1.0), translate=(5.0, 0.0, -2.0))
+    run.add(moved)
+    mask = (np.ones((4, 5, 6), np.uint8), {"name": "mask", "metadata": {}}, "labels")
+    run.add(mask)                                    # another type: swapped for a new layer
     run.add(_data("new", (4, 5, 6), 2.0))            # added
     assert viewer.layers["heat"] is same and same.metadata["run"] == 2.0
-    assert viewer.layers["seg"] is not other and "new" in viewer.layers
+    assert viewer.layers["seg"] is other and other.data.shape == (2, 5, 6)
+    assert np.allclose(other.scale, (3, 1, 1)) and np.allclose(other.translate, (5, 0, -2))
+    assert viewer.layers["mask"] is not typed and "new" in viewer.layers
 
     run.rollback()
     assert [l.name for l in viewer.layers] == order
     assert viewer.layers["heat"] is same and same.data is old_same
     assert same.metadata["run"] == 1.0
     assert viewer.layers["seg"] is other and other.data is old_other
+    assert np.allclose(other.scale, 1.0) and np.allclose(other.translate, 0.0)
+    assert other.metadata["run"] == 1.0
+    assert viewer.layers["mask"] is typed and typed.data is old_typed
     assert run.names == []
+
+
+def test_a_rerun_on_another_grid_moves_the_result_layer_with_its_contrast(make_napari_viewer):
+    """A result layer of the same name on another grid (the user reran on a resampled case, or
+    another case's result took the slot) is moved in place, not removed and re-made (napari
+    runs a full garbage collection per removal); its slider range is the new result's, with
+    the range the result asks for (a heatmap shown from its floor can still be lowered)."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.napari._common import add_layer_data, image_result_data
+    viewer = make_napari_viewer()
+    g1 = Geometry(size=(10, 8, 6), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    first = add_layer_data(viewer, image_result_data(np.random.rand(6, 8, 10), g1, "c1", "heat",
+                                                     contrast=(0.0, 50.0)))
+    assert first.contrast_limits_range == [0.0, 50.0]
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    g2 = Geometry(size=(7, 9, 5), spacing=(2.0, 1.5, 3.0), origin=(-20.0, 4.0, 9.0),
+                  direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    ld = image_result_data(np.random.rand(5, 9, 7), g2, "c1", "heat", contrast=(0.2, 1.0),
+                           contrast_range=(0.0, 1.0))
+    layer = add_layer_data(viewer, ld)
+    assert layer is first and viewer.layers["heat"] is first and len(viewer.layers) == 1
+    assert layer.data.shape == (5, 9, 7)
+    fresh = napari_layer(ld)
+    corners = np.array([[0, 0, 0], [4, 8, 6], [4, 0, 3]], float)
+    assert np.allclose([layer.data_to_world(p) for p in corners],
+                       [fresh.data_to_world(p) for p in corners], atol=1e-6)
+    assert np.allclose(layer.contrast_limits, (0.2, 1.0))
+    assert np.allclose(layer.contrast_limits_range, (0.0, 1.0))    # not the old 0..50
+
+
+def napari_layer(layer_data):
+    from napari.layers import Layer
+    data, kw, kind = layer_data
+    return Layer.create(data, dict(kw), kind)
 
 
 def test_clear_keeps_the_run_results(make_napari_viewer):

@@ -272,8 +272,8 @@ def remove_layers(viewer, layers) -> None:
 
 def move_layer(layer, data, kw: Dict[str, Any]) -> bool:
     """Give ``layer`` new data of any shape (same number of dimensions) and the placement of
-    layer kwargs ``kw`` (``scale``/``translate``/``rotate``, or ``affine``), keeping its
-    visuals and controls. Returns False, changing nothing, where it cannot (other ``ndim``).
+    layer kwargs ``kw`` (``scale``, ``translate``, ``rotate``, ``shear``, ``affine``: those
+    absent are the identity), keeping its visuals and controls. Returns False, changing nothing, where it cannot (other ``ndim``).
 
     napari removes a layer with a full garbage collection (``gc.collect()`` in its canvas,
     about half a second with napari's heap) and inserts one with new visuals and controls:
@@ -282,16 +282,13 @@ def move_layer(layer, data, kw: Dict[str, Any]) -> bool:
     if new.ndim != layer.ndim:
         return False
     n = layer.ndim
-    eye = np.eye(n)
-    if "affine" in kw:
-        aff = np.asarray(getattr(kw["affine"], "affine_matrix", kw["affine"]), dtype=float)
-        scale, translate, rotate = np.ones(n), np.zeros(n), eye
-    else:
-        aff = np.eye(n + 1)
-        scale = np.asarray(kw.get("scale", np.ones(n)), dtype=float)
-        translate = np.asarray(kw.get("translate", np.zeros(n)), dtype=float)
-        rotate = np.asarray(kw.get("rotate", eye), dtype=float)
-    shear = np.zeros(n * (n - 1) // 2)
+    aff = kw.get("affine")
+    aff = np.eye(n + 1) if aff is None else \
+        np.asarray(getattr(aff, "affine_matrix", aff), dtype=float)
+    scale = np.asarray(kw.get("scale", np.ones(n)), dtype=float)
+    translate = np.asarray(kw.get("translate", np.zeros(n)), dtype=float)
+    rotate = np.asarray(kw.get("rotate", np.eye(n)), dtype=float)
+    shear = np.asarray(kw.get("shear", np.zeros(n * (n - 1) // 2)), dtype=float)
     quiet = _set_transform_quietly(layer, scale, translate, rotate, shear, aff)
     if not quiet:       # napari's public setters: each one updates the viewer (slower)
         layer.scale, layer.translate, layer.rotate = scale, translate, rotate
@@ -303,6 +300,14 @@ def move_layer(layer, data, kw: Dict[str, Any]) -> bool:
     if quiet:
         layer.events.affine()   # the canvas takes the new transform (one matrix update)
     return True
+
+
+def placement(layer) -> Dict[str, Any]:
+    """``layer``'s whole placement as layer kwargs (``scale``, ``translate``, ``rotate``,
+    ``shear`` and ``affine``), for :func:`move_layer` to put it back."""
+    return {"scale": np.array(layer.scale, float), "translate": np.array(layer.translate, float),
+            "rotate": np.array(layer.rotate, float), "shear": np.array(layer.shear, float),
+            "affine": np.array(layer.affine.affine_matrix, float)}
 
 
 def _set_transform_quietly(layer, scale, translate, rotate, shear, aff) -> bool:
@@ -325,25 +330,46 @@ def _set_transform_quietly(layer, scale, translate, rotate, shear, aff) -> bool:
     return True
 
 
+def update_layer(layer, data, kw: Dict[str, Any], kind: str) -> Optional[bool]:
+    """Give an existing ``layer`` new layer data ``(data, kw, kind)`` in place: its data (a
+    texture upload when the shape and placement are those it has, else a move to the new grid
+    with :func:`move_layer`), metadata, contrast limits (with the slider range the result
+    asks for, :func:`apply_contrast`) and name. Its visuals and controls stay: no removal (a
+    full garbage collection in napari) and no insertion (new visuals and controls).
+
+    Returns None, changing nothing, where ``layer`` cannot take the data (another layer type
+    or number of dimensions); else whether it moved to another shape or grid."""
+    if type(layer).__name__.lower() != kind or np.ndim(data) != layer.ndim:
+        return None
+    same = tuple(np.shape(layer.data)) == tuple(np.shape(data)) and same_placement(layer, kw)
+    if "metadata" in kw:
+        layer.metadata = kw["metadata"]
+    if same:
+        set_layer_data(layer, data)
+    else:
+        move_layer(layer, data, kw)
+    if kind == "image":
+        apply_contrast(layer, kw.get("contrast_limits"))
+    if kw.get("name"):
+        layer.name = kw["name"]
+    return not same
+
+
 def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
                   select: bool = True, built: Any = None):
-    """Add a layer, replacing an existing one of the same name (reruns replace cleanly).
+    """Add a layer, or update the existing one of the same name (reruns replace cleanly).
 
-    ``select=False`` leaves the viewer's layer selection as it is (for results delivered by a
-    background job). ``built``: the layer object made from the same data by
-    :func:`build_layer` in a worker thread; it is added when the layer is new (an update in
-    place uses ``data``)."""
+    An existing layer of the same type takes the new data in place (:func:`update_layer`),
+    on another grid too; one of another type is removed first. ``select=False`` leaves the
+    viewer's layer selection as it is (for results delivered by a background job).
+    ``built``: the layer object made from the same data by :func:`build_layer` in a worker
+    thread; it is added when the layer is new."""
     name = kwargs.get("name")
     if name in viewer.layers:
         old = viewer.layers[name]
-        if type(old).__name__.lower() == layer_type and old.data.shape == np.shape(data) \
-                and same_placement(old, kwargs):
-            # update in place: no new visuals or controls (adding a layer costs napari
-            # hundreds of ms of main-thread work; replacing the data costs a texture upload)
-            old.metadata = kwargs.get("metadata", old.metadata)
-            if layer_type == "image" and "contrast_limits" in kwargs:
-                old.contrast_limits = kwargs["contrast_limits"]
-            set_layer_data(old, data)
+        # update in place: no new visuals or controls (adding a layer costs napari hundreds
+        # of ms of main-thread work; replacing the data costs a texture upload)
+        if update_layer(old, data, kwargs, layer_type) is not None:
             return old
         with _keep_selection(viewer, not select):
             viewer.layers.remove(name)
@@ -352,7 +378,7 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
             viewer.layers.append(built)
             return built
         layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-        _apply_contrast_range(layer)
+        apply_contrast(layer)
         return layer
 
 
@@ -400,18 +426,23 @@ def build_layer(layer_data: LayerData):
     layer = Layer.create(data, dict(kw), kind)
     if kind == "labels":
         defer_tool_overlays(layer)
-    _apply_contrast_range(layer)
+    apply_contrast(layer)
     return layer
 
 
-def _apply_contrast_range(layer) -> None:
-    """The contrast slider's range a result asks for (``radiogen.contrast_range``): napari sets
-    it to the given contrast limits, so a heatmap shown from its floor could not be lowered."""
+def apply_contrast(layer, limits=None) -> None:
+    """Set an image layer's contrast ``limits`` (default: the ones it has) and its slider's
+    range: the limits widened to the range a result asks for (``radiogen.contrast_range``;
+    napari makes the range the given limits, so a heatmap shown from its floor could not be
+    lowered). The range is set from these alone, so a layer moved to another case does not
+    keep the previous data's range. Nothing without ``limits`` and a requested range."""
     rng = radiogen_meta(layer).get("contrast_range")
-    if rng is not None and hasattr(layer, "contrast_limits_range"):
-        lo, hi = layer.contrast_limits
-        layer.contrast_limits_range = (min(float(rng[0]), lo), max(float(rng[1]), hi))
-        layer.contrast_limits = (lo, hi)
+    if not hasattr(layer, "contrast_limits_range") or (limits is None and rng is None):
+        return
+    lo, hi = (float(v) for v in (layer.contrast_limits if limits is None else limits))
+    rng = rng or (lo, hi)
+    layer.contrast_limits_range = (min(float(rng[0]), lo), max(float(rng[1]), hi))
+    layer.contrast_limits = (lo, hi)
 
 
 def _owns_result_labels(layer) -> bool:
@@ -485,12 +516,13 @@ def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False, built
 class ResultLayers:
     """The layers one background run adds or replaces, so that a cancelled or failed run can
     leave the viewer as it found it: layers it added are removed, layers it replaced (a
-    previous run's results) get their data, metadata and contrast back, and a previous result
-    that was swapped for a layer of another shape is put back where it was."""
+    previous run's results) get their data, metadata, contrast and placement back (a result
+    of another shape or grid moved the layer), and a previous result that was swapped for a
+    layer of another type is put back where it was."""
 
     def __init__(self, viewer):
         self.viewer = viewer
-        self._before: Dict[str, Optional[Tuple[Any, Any, Dict[str, Any], Any, int]]] = {}
+        self._before: Dict[str, Optional[Tuple[Any, Any, Dict[str, Any], Any, int, Any]]] = {}
         self.names: List[str] = []
 
     def add(self, layer_data: LayerData, *, select: bool = False, built: Any = None):
@@ -500,7 +532,8 @@ class ResultLayers:
             if name in layers:
                 old = layers[name]
                 self._before[name] = (old, layer_data_snapshot(old), dict(old.metadata),
-                                      getattr(old, "contrast_limits", None), layers.index(old))
+                                      getattr(old, "contrast_limits", None), layers.index(old),
+                                      placement(old))
             else:
                 self._before[name] = None
             self.names.append(name)
@@ -528,11 +561,16 @@ class ResultLayers:
                     removed += 1
                 if prev is None:
                     continue
-                old, data, meta, clim, index = prev
+                old, data, meta, clim, index, where = prev
                 if old not in layers:
                     layers.insert(min(index, len(layers)), old)
                 old.metadata = meta
-                set_layer_data(old, data)
+                now = placement(old)
+                if tuple(old.data.shape) != tuple(np.shape(data)) or any(
+                        not np.allclose(now[k], where[k]) for k in where):
+                    move_layer(old, data, where)        # moved by the run: back to its grid
+                else:
+                    set_layer_data(old, data)
                 if clim is not None:
                     old.contrast_limits = clim
         self.clear()
@@ -579,6 +617,6 @@ def add_image_result(viewer, array: np.ndarray, geometry: Geometry, case_id: str
     return replace_layer(viewer, data, kw, kind)
 
 
-__all__ = ["CaseCombo", "StatusLine", "device_combo", "run_cancel_row", "replace_layer",
+__all__ = ["CaseCombo", "StatusLine", "device_combo", "run_cancel_row", "replace_layer", "update_layer",
            "add_image_result", "add_layer_data", "labels_result_data",
            "image_result_data", "reference_geometry", "case_ids", "geometry_kwargs"]

@@ -16,8 +16,7 @@ from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWi
 from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
 import numpy as np
 
-from ._common import (HEATMAP_FLOOR, _keep_selection, build_layer, move_layer, remove_layers,
-                      same_placement)
+from ._common import HEATMAP_FLOOR, _keep_selection, build_layer, remove_layers, update_layer
 from .layers import radiogen_meta
 from .workers import start_job
 
@@ -546,18 +545,7 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
         # all, crashed the software renderer on the next draw, see remove_layers)
         remove_layers(viewer, gone)
         for layer, data, kw, kind in updates:
-            if np.shape(layer.data) == np.shape(data) and same_placement(layer, kw):
-                layer.data = data
-            else:
-                move_layer(layer, data, kw)
-                moved = True
-            layer.metadata = kw["metadata"]
-            if kind == "image" and kw.get("contrast_limits") is not None:
-                lo, hi = kw["contrast_limits"]
-                r0, r1 = layer.contrast_limits_range
-                layer.contrast_limits_range = (min(r0, lo), max(r1, hi))
-                layer.contrast_limits = kw["contrast_limits"]
-            layer.name = kw["name"]
+            moved = bool(update_layer(layer, data, kw, kind)) or moved
         for k, layer in enumerate(placed):
             if id(layer) not in fresh:
                 continue
