@@ -363,7 +363,7 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
     on another grid too; one of another type is removed first. ``select=False`` leaves the
     viewer's layer selection as it is (for results delivered by a background job).
     ``built``: the layer object made from the same data by :func:`build_layer` in a worker
-    thread; it is added when the layer is new."""
+    thread; it is added when the layer is new (else it is built here)."""
     name = kwargs.get("name")
     if name in viewer.layers:
         old = viewer.layers[name]
@@ -373,13 +373,11 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
             return old
         with _keep_selection(viewer, not select):
             viewer.layers.remove(name)
+    if built is None or built.name != name:
+        built = build_layer((data, kwargs, layer_type))
     with _keep_selection(viewer, not select):
-        if built is not None and built.name == name:
-            viewer.layers.append(built)
-            return built
-        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-        apply_contrast(layer)
-        return layer
+        viewer.layers.append(built)
+    return built
 
 
 #: a labels layer's drawing-tool overlays (napari's names); see :func:`defer_tool_overlays`
