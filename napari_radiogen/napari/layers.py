@@ -469,13 +469,23 @@ def data_digest(array: Any) -> str:
     return hashlib.blake2b(a.view(np.uint8), digest_size=16).hexdigest() + str(a.shape)
 
 
+def unedited_display_source(meta: Any, data: Any) -> Optional[Volume]:
+    """The volume as read of a layer (or layer metadata ``meta``) shown resampled onto another
+    grid for display (:func:`display_case`) whose ``data`` were not edited since; else None."""
+    rg = radiogen_meta(meta)
+    src = rg.get("display_source")
+    if isinstance(src, Volume) and rg.get("display_digest") == data_digest(data):
+        return src
+    return None
+
+
 def layer_volume(layer: Any) -> Volume:
     """The volume a layer stands for: its data on its geometry, except for a layer shown
     resampled onto another grid for display (:func:`display_case`) and not edited since,
     which stands for the volume as read (its own grid: what the command line analyses)."""
     rg = radiogen_meta(layer)
-    src = rg.get("display_source")
-    if isinstance(src, Volume) and rg.get("display_digest") == data_digest(layer.data):
+    src = unedited_display_source(layer, layer.data)
+    if src is not None:
         return src
     return Volume(array=np.asarray(layer.data), geometry=layer_geometry(layer),
                   path=rg.get("source"), synthetic=bool(rg.get("synthetic", False)))

@@ -41,11 +41,10 @@ def _write(path: str, data: Any, meta: Dict[str, Any], *, labels: bool) -> List[
                             f"(this one has shape {arr.shape})")
     geometry = geometry_from_meta(meta or {}, arr.shape)
     rg = radiogen_meta(meta or {})
-    src = rg.get("display_source")
-    if src is not None and rg.get("display_digest"):
-        from ..core.case import Volume
-        from .layers import data_digest
-        if isinstance(src, Volume) and rg["display_digest"] == data_digest(arr):
+    if rg.get("display_source") is not None and rg.get("display_digest"):
+        from .layers import unedited_display_source
+        src = unedited_display_source(meta, arr)
+        if src is not None:
             # a sequence shown resampled onto the reference grid, not edited: the volume as
             # read is written, on its own grid (the display copy is for the eye only)
             arr, geometry = np.asarray(src.array), src.geometry
