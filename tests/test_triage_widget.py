@@ -337,3 +337,29 @@ def test_widget_slices_a_layer_with_fewer_dims_than_the_viewer(make_napari_viewe
     assert w._vline.get_visible() and list(w._vline.get_xdata()) == [30, 30]
     viewer.dims.current_step = (1, 5, 20, 12)
     assert list(w._vline.get_xdata()) == [12, 12]
+
+
+def test_a_2d_layer_is_classified_as_shown_in_a_permuted_viewer(make_napari_viewer, qtbot,
+                                                                tiny_model_file):
+    """A 2D image in a viewer whose axes were swapped (napari's transpose button) is shown
+    transposed; that is the image classified, as for a slice of a volume."""
+    from napari_radiogen.napari.triage_widget import TumourTypeWidget
+    viewer = make_napari_viewer()
+    img = np.zeros((48, 56), np.float32)
+    img[4:14, 6:50] = 200.0                             # a bar along the top: not symmetric
+    img[20:44, 30:40] = 90.0
+    viewer.add_image(img, name="slice")
+    w = TumourTypeWidget(viewer)
+    qtbot.addWidget(w)
+    w.model_combo.setCurrentText(TINY)
+    qtbot.waitUntil(lambda: w.last_result is not None and _idle(w), timeout=15000)
+    model = triage.load_triage_model(TINY)
+    plain, shown = (triage.classify_slice(a, model) for a in (img, img.T))
+    p_plain = np.array([plain.probs[c] for c in triage.CLASSES])
+    p_shown = np.array([shown.probs[c] for c in triage.CLASSES])
+    assert np.abs(p_plain - p_shown).max() > 0.02        # the two images tell apart
+    np.testing.assert_allclose(_shown_probs(w), p_plain, atol=5.1e-3)
+    first = w.last_result
+    viewer.dims.order = (1, 0)
+    qtbot.waitUntil(lambda: w.last_result is not first and _idle(w), timeout=15000)
+    np.testing.assert_allclose(_shown_probs(w), p_shown, atol=5.1e-3)

@@ -372,9 +372,10 @@ class TumourTypeWidget(QWidget):
         """A function returning the 2D slice (run in the worker: lazy data is read there)."""
         data = _layer_array(layer)
         rgb = bool(getattr(layer, "rgb", False))
-        if layer.ndim <= 2 and not rgb:
-            return lambda: np.asarray(data)
         disp = self._displayed_axes(layer)
+        if layer.ndim <= 2 and not rgb:         # as shown: transposed in a permuted viewer
+            return (lambda: np.asarray(data).T) if disp[0] > disp[1] else \
+                (lambda: np.asarray(data))
         sl, it = [], iter(index)
         for a in range(layer.ndim):
             sl.append(slice(None) if a in disp else next(it))
