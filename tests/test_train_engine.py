@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -618,3 +619,61 @@ def test_a_labels_table_without_rows_says_so(tmp_path):
     with pytest.raises(ConfigError, match=r"no patient has a row with a 'idh' label \(the data "
                                           r"folder holds 2 patient\(s\)\)"):
         read_label_table(tmp_path / "clinical.csv", ["idh"], known_ids=["A", "B"])
+
+
+# --- random-sample training sets: a sample depends on (seed, epoch, index) alone --------------
+def _lgg_seg_cfg(data, **train):
+    return {"name": "seg-resume-test", "task": "segmentation-lgg", "data": str(data),
+            "model": {"arch": "segresnet", "init_filters": 8, "input_downsample": 2,
+                      "crop": 64, "pos_fraction": 0.5, "drop_sequence_p": 0.2,
+                      "samples_per_epoch": 12},
+            "train": {"epochs": 3, "batch_size": 4, "lr": 5e-3, "val_fraction": 0.0,
+                      "patience": 0, "augment": True, **train},
+            "folds": 2, "final": "best_fold", "seed": 0}
+
+
+def test_a_resumed_segmentation_run_draws_what_the_uninterrupted_run_drew(tmp_path):
+    """The 2D segmentation task draws random patches per epoch. Each patch comes from the
+    seed, the epoch and its index, not from a count of the draws a process made: a run
+    cancelled in epoch 3 and resumed gives the uninterrupted run's history (a per-process
+    count replayed epoch 1's patches after the resume, and every rank of a distributed run
+    drew the same patches)."""
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from predict_helpers import write_pack
+    data = tmp_path / "packs"
+    data.mkdir()
+    for i in range(4):
+        write_pack(data / f"PH_{i:02d}.h5", make_pack_phantom(seed=i, n_slices=8, size=64))
+    cfg = _lgg_seg_cfg(data)
+    a, _ = drive(engine.train(cfg, tmp_path / "a", device="cpu"))
+    tok = CancelToken()
+
+    def on_p(p):
+        if p.phase == "train" and p.fold == 0 and p.epoch == 3 and p.step == 1:
+            tok.cancel()
+    with pytest.raises(Cancelled):
+        drive(engine.train(cfg, tmp_path / "b", device="cpu", cancel=tok), on_p)
+    b, _ = drive(engine.train(cfg, tmp_path / "b", device="cpu", resume=True))
+    assert [h["epoch"] for h in b.history if h["fold"] == 1] == [1, 2, 3]
+    assert _hist(a) == _hist(b)
+    times = [h["time_s"] for h in b.history]           # the run's clock, not the process's
+    assert times == sorted(times) and times[0] > 0
+
+
+def test_random_sample_sets_draw_by_epoch_and_index_not_by_call_order(tmp_path):
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.train.tasks.segmentation import _LggTrain, read_pack_for_training
+    from predict_helpers import write_pack
+    items = [read_pack_for_training(str(write_pack(
+        tmp_path / f"P{i}.h5", make_pack_phantom(seed=i, n_slices=8, size=64))))
+        for i in range(2)]
+    ds = _LggTrain(items, n=8, crop=32, pos_fraction=0.5, augment=True, drop_p=0.2, seed=3)
+    ds.set_epoch(2)
+    first = [ds[k][0].numpy() for k in range(8)]
+    again = _LggTrain(items, n=8, crop=32, pos_fraction=0.5, augment=True, drop_p=0.2, seed=3)
+    again.set_epoch(2)
+    for k in (5, 0, 7):                               # another order, another instance
+        np.testing.assert_array_equal(again[k][0].numpy(), first[k])
+    assert not all(np.array_equal(first[0], x) for x in first[1:])   # the indices differ
+    ds.set_epoch(3)
+    assert not all(np.array_equal(ds[k][0].numpy(), first[k]) for k in range(8))

@@ -489,3 +489,27 @@ def test_baseline_places_probabilities_in_their_class_columns():
     m = task.baseline("train", "test")
     assert m["accuracy"] == 1.0
     assert all(m[f"recall_{triage.CLASSES[c]}"] == 1.0 for c in (0, 1, 3))
+
+
+def test_triage_training_augments_from_the_epoch_seed(tmp_path):
+    """The triage task's batch augmentation is drawn from numpy's global generator, which the
+    engine seeds at every epoch: the same epoch seed gives the same augmented loss (a resumed
+    run repeats the uninterrupted one), another seed another one. A generator kept by the task
+    restarted with each process."""
+    import torch
+    from napari_radiogen.core.train.engine import seed_everything
+    from napari_radiogen.core.train.tasks.triage import Triage2DTask
+    task = Triage2DTask({"task": "triage-2d", "data": str(tmp_path), "model": {"arch": "resnet"},
+                         "train": {"augment": True}, "seed": 0})
+    torch.manual_seed(0)
+    net = task.make_model()
+    x = torch.rand(4, 1, 64, 64)
+    y = torch.tensor([0, 1, 2, 3])
+
+    def loss(seed):
+        seed_everything(seed)
+        return float(task.training_step(net, (x, y), "cpu")[0].detach())
+    first = loss(7)
+    loss(8)                                            # the task's state moves on
+    assert loss(7) == first
+    assert loss(9) != first

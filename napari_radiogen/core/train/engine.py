@@ -403,6 +403,8 @@ def _train_stage(run: _Run, stage: Dict[str, Any], n_folds: int, resume_state=No
         # config and seed give the same run, a resumed one included
         seed_everything(seed * 1009 + epoch, train_ds)
         sampler.set_epoch(epoch)
+        if callable(getattr(train_ds, "set_epoch", None)):
+            train_ds.set_epoch(epoch)       # datasets drawing random samples per epoch
         train_mode(net)          # frozen BatchNorm layers keep their statistics
         tot_loss, n_seen, n_steps = 0.0, 0, 0
         logs_acc: Dict[str, float] = {}
@@ -713,6 +715,11 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         completed = st.get("completed", [])
         run.history = st.get("history", [])
         run.samples_per_epoch = st.get("samples_per_epoch", [])
+        # the run's clock goes on from its last epoch record (time_s counts the whole run,
+        # not this process; the unfinished epoch's time is lost with its work)
+        last_t = [h.get("time_s") for h in run.history if isinstance(h.get("time_s"), (int, float))]
+        if last_t:
+            run.t0 -= float(last_t[-1])
         start_fold = int(st["fold"])
         if st.get("stage_done"):
             start_fold += 1

@@ -68,8 +68,20 @@ def _torch():
     return torch
 
 
-def _rng_for(seed: int, i: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(i)])
+def _rng_for(seed: int, epoch: int, k: int) -> np.random.Generator:
+    """The generator of sample ``k`` of ``epoch``: a sample depends on these alone, not on
+    which process draws it or how many it drew before (a resumed run, the ranks of a
+    distributed run and DataLoader workers draw what a single uninterrupted run draws)."""
+    return np.random.default_rng([int(seed), int(epoch), int(k)])
+
+
+class _EpochSamples:
+    """A training set of ``n`` random samples per epoch; the engine calls :meth:`set_epoch`
+    (as it does for its sampler) so that each epoch draws other samples."""
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
 
 def _loss_fn(spec: Optional[Dict[str, Any]]):
@@ -144,22 +156,19 @@ def prepare_brats_case(folder: str, card_like: Dict[str, Any]) -> Dict[str, Any]
     return item
 
 
-class _BratsTrain:
+class _BratsTrain(_EpochSamples):
     def __init__(self, items: List[Dict[str, Any]], n: int, patch: Sequence[int],
                  pos_fraction: float, augment: bool, seed: int, et_fraction: float = 0.0):
         self.items, self.n, self.patch = items, int(n), tuple(int(p) for p in patch)
         self.pos, self.augment, self.seed = float(pos_fraction), bool(augment), int(seed)
         self.et = float(et_fraction)     # share of patches centred on an enhancing voxel
-        self.epoch = 0
-        self._calls = 0
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int):
         torch = _torch()
-        self._calls += 1
-        rng = _rng_for(self.seed, self._calls)
+        rng = _rng_for(self.seed, self.epoch, i)
         it = self.items[int(rng.integers(len(self.items)))]
         x, y = it["x"], it["y"]
         shp = np.array(x.shape[1:])
@@ -444,12 +453,11 @@ def pack_input(item: Dict[str, Any], idx=slice(None), avail=None) -> np.ndarray:
     return out
 
 
-class _LggTrain:
+class _LggTrain(_EpochSamples):
     def __init__(self, items, n, crop, pos_fraction, augment, drop_p, seed):
         self.items, self.n, self.crop = items, int(n), int(crop)
         self.pos, self.augment, self.drop_p, self.seed = float(pos_fraction), bool(augment), \
             float(drop_p), int(seed)
-        self._calls = 0
         self.pos_index = [(i, s) for i, it in enumerate(items) for s in it["tumour_slices"]]
         self.all_index = [(i, s) for i, it in enumerate(items) for s in range(len(it["mask"]))]
 
@@ -458,8 +466,7 @@ class _LggTrain:
 
     def __getitem__(self, k):
         torch = _torch()
-        self._calls += 1
-        rng = _rng_for(self.seed, self._calls)
+        rng = _rng_for(self.seed, self.epoch, k)
         pool = self.pos_index if (rng.random() < self.pos and self.pos_index) else self.all_index
         i, s = pool[int(rng.integers(len(pool)))]
         it = self.items[i]

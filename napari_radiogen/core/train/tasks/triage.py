@@ -307,9 +307,9 @@ class Triage2DTask(TrainTask):
         x, y = batch
         x, y = x.to(device), y.to(device)
         if bool((self.cfg.get("train") or {}).get("augment", True)):
-            if not hasattr(self, "_rng"):
-                self._rng = np.random.default_rng(int(self.cfg.get("seed", 0)) + 17)
-            x = augment_batch(x, self._rng)
+            # drawn from numpy's global generator, which the engine seeds at every epoch: a
+            # resumed run augments its epochs as the uninterrupted run did
+            x = augment_batch(x, np.random.default_rng(np.random.randint(2 ** 31)))
         logits = model(x)
         loss = self._loss()(logits.float(), y)
         acc = float((logits.argmax(1) == y).float().mean())
