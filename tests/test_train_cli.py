@@ -136,6 +136,24 @@ def test_every_rank_takes_the_same_user_name_and_rank_0_says_why(tmp_path, capsy
     assert names == {0: "phantom-demo-user", 1: "phantom-demo-user"}
 
 
+def test_ctrl_c_under_torchrun_is_reported_once(tmp_path, capsys, monkeypatch):
+    """torchrun passes Ctrl-C to every rank: each stops with status 130, rank 0 alone says
+    where the checkpoint is."""
+    from napari_radiogen.core.train import engine
+
+    def interrupted(cfg, out, **kw):
+        raise KeyboardInterrupt
+        yield
+    monkeypatch.setattr(engine, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        assert main(["train", "phantom_demo", "--out", "r", "--device", "cpu",
+                     "--no-install"]) == 130
+        err = capsys.readouterr().err
+        assert ("interrupted" in err) == (rank == 0), err
+
+
 def test_a_shipped_config_without_the_shared_data_says_how_to_give_it(tmp_path, monkeypatch):
     """An installed package has no ../shared/data beside it: the shipped config's data folder
     is then missing, and the error says the two ways to give it (--data, or

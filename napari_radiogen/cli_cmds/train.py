@@ -176,6 +176,8 @@ def run(args) -> int:
         gen.close()
         from pathlib import Path
         from ..core.train.checkpoint import CHECKPOINT
+        if rank != 0:                  # torchrun passes Ctrl-C to every rank: rank 0 says it
+            return 130
         if (Path(args.out) / CHECKPOINT).exists():
             print(f"radiogen: interrupted; the last good checkpoint is in {args.out} "
                   "(continue with --resume)", file=sys.stderr)
@@ -186,6 +188,8 @@ def run(args) -> int:
         return 130
     except Cancelled:
         end_line()
+        if rank != 0:
+            return 130
         from pathlib import Path
         from ..core.train.checkpoint import CHECKPOINT
         print("radiogen: cancelled; " + ("resume with --resume" if (Path(args.out) / CHECKPOINT)
