@@ -442,3 +442,35 @@ def test_native_prepare_uses_a_head_mask_and_lands_on_the_flair_grid(native):
     assert fl[back > 0].mean() > 4 * fl[back == 0].mean()
     p1 = prepare(native, ("t1", "flair"))            # native grid: anisotropic, no resampling
     assert not p1.resampled and p1.geometry.spacing == g.spacing
+
+
+@pytest.mark.parametrize("pad", [-1024, -32768])
+def test_a_sequence_padded_with_a_constant_background_prepares_as_a_zero_background(pad):
+    """int16 scans often pad the background with -1024 or -32768. One such sequence made every
+    voxel of the field of view 'brain' (the mask was the union of the non-zero voxels) and
+    the z-scores ran over the background: the segmentation of a BraTS case grew from 194 to
+    860 mL. The padding value is the background now, as 0 is: the same mask, crop and
+    channels as the zero-background case."""
+    from napari_radiogen.core.prepare import background_value
+    c = make_phantom(4, skull_stripped=True)
+    t1ce = c.sequences["t1ce"]
+    raw = np.round(t1ce.array).astype(np.int16)                  # stored as integers
+    zero = Case("z", dict(c.sequences, t1ce=Volume(raw, t1ce.geometry)))
+    padded = np.where(raw == 0, np.int16(pad), raw)
+    padc = Case("p", dict(c.sequences, t1ce=Volume(padded, t1ce.geometry)))
+    assert background_value(raw) == 0.0 and background_value(padded) == float(pad)
+    assert is_skull_stripped(padded)
+    a, b = prepare(zero), prepare(padc)
+    assert a.mask_method == b.mask_method == "nonzero"
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.box == b.box
+    np.testing.assert_allclose(a.array, b.array, atol=1e-6)
+    np.testing.assert_array_equal(brain_mask(padc), brain_mask(zero))
+    # a noisy native scan has no constant background; a dark but real minimum is no padding
+    nat = make_phantom(4).sequences["flair"].array
+    assert background_value(nat) == 0.0
+    ramp = np.linspace(-1, 1, 1000).reshape(10, 10, 10)
+    assert background_value(ramp) == 0.0
+    positive = np.full((10, 10, 10), 5.0)
+    positive[3:7, 3:7, 3:7] = 100.0
+    assert background_value(positive) == 0.0              # no negative padding value

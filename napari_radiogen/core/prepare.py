@@ -251,21 +251,38 @@ def _reference_name(case: Case, reference: Optional[str]) -> str:
 # ------------------------------------------------------------------------------------------
 # masks
 # ------------------------------------------------------------------------------------------
+def background_value(array: np.ndarray, *, min_fraction: float = 0.25) -> float:
+    """The value of an image's constant background: 0, or the image's minimum where that
+    value is negative, fills at least ``min_fraction`` of it and 0 does not fill a twentieth
+    (a background padded with a negative value of a signed type, e.g. -1024 or -32768;
+    counting every voxel that is not 0 as brain would make the whole field of view brain).
+    A constant positive background is not taken for padding (MRI intensities are >= 0)."""
+    a = np.asarray(array)
+    if a.size == 0 or np.count_nonzero(a == 0) >= 0.05 * a.size:
+        return 0.0
+    lo = a.min()
+    if not np.isfinite(lo) or lo >= 0 or np.count_nonzero(a == lo) < min_fraction * a.size:
+        return 0.0
+    return float(lo)
+
+
 def is_skull_stripped(array: np.ndarray, *, min_zero_fraction: float = 0.25,
                       min_border_zero_fraction: float = 0.9) -> bool:
-    """True when the background is exactly 0 (BraTS-like): at least a quarter of the volume (or,
-    for a 2D slice, of the pixels) is 0 and nearly all of its outer shell (the six faces of a
-    volume, the four edges of a slice) is 0. Native scans have noise (few exact zeros). Other
+    """True when the background is constant, 0 or a padding value
+    (:func:`background_value`; BraTS-like): at least a quarter of the volume (or, for a 2D
+    slice, of the pixels) is background and nearly all of its outer shell (the six faces of a
+    volume, the four edges of a slice) is. Native scans have noise (few exact zeros). Other
     dimensions, and empty arrays, are False; an all-zero array is True (callers that must not
     judge a blank image check that themselves)."""
     a = np.asarray(array)
     if a.ndim not in (2, 3) or a.size == 0:
         return False
-    if np.count_nonzero(a == 0) < min_zero_fraction * a.size:
+    bg = background_value(a, min_fraction=min_zero_fraction)
+    if np.count_nonzero(a == bg) < min_zero_fraction * a.size:
         return False
     shell = np.concatenate([face.ravel() for ax in range(a.ndim)
                             for face in (np.take(a, 0, axis=ax), np.take(a, -1, axis=ax))])
-    return bool(np.count_nonzero(shell == 0) >= min_border_zero_fraction * shell.size)
+    return bool(np.count_nonzero(shell == bg) >= min_border_zero_fraction * shell.size)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -402,7 +419,7 @@ def _brain_mask(obj, *, method: str = "auto", reference: Optional[str] = None,
     if method == "nonzero":
         m = np.zeros(ref_arr.shape, dtype=bool)
         for a in arrays:
-            m |= a != 0
+            m |= a != background_value(a)
         return m, "nonzero"
     return otsu_head_mask(ref_arr, spacing), "otsu"
 
@@ -714,9 +731,11 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         m = np.zeros(native.shape, dtype=bool)
         for s in use:
             v = case.sequences[s]
+            bg = background_value(v.array)      # 0, or a padding value such as -1024
             if not v.geometry.same_grid(native):
-                v = resample_volume(v, native, interpolator=interpolator, name=f"sequence {s}")
-            m |= v.array != 0
+                v = resample_volume(v, native, interpolator=interpolator, name=f"sequence {s}",
+                                    default=bg)
+            m |= v.array != bg
         mgeom = native
     elif mask_method == "otsu":
         m = otsu_head_mask(src.array, src.geometry.spacing)
@@ -754,6 +773,9 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         _progress.check(cancel)
         v = case.sequences[s]
         inside, out_i = m, outside
+        bg = background_value(v.array) if mask_method == "nonzero" else 0.0
+        if bg != 0.0:       # a padded background reads as the 0 background of other images
+            v = Volume(np.where(v.array == bg, v.array.dtype.type(0), v.array), v.geometry)
         if v.geometry.same_grid(wg):
             a = v.array[box]
         else:
