@@ -114,6 +114,7 @@ def test_segment_phantom_volume(tiny3d):
     assert res.metrics is not None and set(res.metrics) == {"WT", "TC", "ET"}
     assert res.timings["total"] > 0 and res.kind == "volume"
     assert any(isinstance(i, seg.Progress) for i in items)
+    assert not any("nominal" in w for w in res.warnings)    # a recorded spacing
 
 
 def test_a_synthetic_t1ce_is_said_to_make_et_and_tc_unreliable(tiny3d):
@@ -246,6 +247,9 @@ def test_segment_pack_phantom(tiny2d):
     assert res.kind == "slices" and res.labels.shape == case.labels.array.shape
     assert set(np.unique(res.labels)) <= {0, 1}
     assert set(res.volumes_ml) == {"WT"}
+    # the pack records no spacing: its volume is said to be on the nominal one
+    assert any("nominal spacing 1.875 x 1.875 x 5 mm" in w and "approximate" in w
+               for w in res.warnings)
     # FLAIR-only pack: runs, says so
     only = make_pack_phantom(1, n_slices=6)
     for s in ("t1", "t1ce"):
@@ -287,14 +291,17 @@ def test_cli_pack_and_batch_with_bad_case(tiny2d, tmp_path, capsys):
         assert f["mask"].shape == case.labels.array.shape
     js = json.loads((out / "P1_seg.json").read_text())
     assert "WT" in js["volumes_ml"]
+    assert any("nominal spacing" in w for w in js["warnings"])      # what the mL stand on
     # de-identified by default: the case id, not the case's path (which may name the patient)
     assert js["source"] == "P1" and js["deidentified"] is True
     assert str(cohort) not in json.dumps(js)
     import csv
     rows = list(csv.DictReader(open(out / "volumes.csv")))
     assert [r["status"] for r in rows] == ["ok", "failed"]
-    err = capsys.readouterr().err
+    cap = capsys.readouterr()
+    err = cap.err
     assert "P2" in err and "failed" in err
+    assert "FLAIR abnormality (WT)" in cap.out + err and "at nominal spacing" in cap.out + err
     # --identified: the path the case was read from
     out2 = tmp_path / "out2"
     assert main(["segment", str(cohort / "P1.h5"), "--out", str(out2), "--model",

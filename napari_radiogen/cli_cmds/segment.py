@@ -105,8 +105,9 @@ def run(args) -> int:
         res = drive(segment(case, get_model(case), device=device))
         files = write_outputs(res, case, out, deidentify=not args.identified)
         v = res.volumes_ml
-        text = (f"WT {v['WT']:.1f} mL" + (f", TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
-                                           if res.kind == "volume" else ""))
+        text = (f"WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
+                if res.kind == "volume" else
+                f"FLAIR abnormality (WT) {v['WT']:.1f} mL at nominal spacing")
         if res.metrics:
             text += "; Dice " + ", ".join(f"{r} {m['dice']:.3f}" for r, m in res.metrics.items())
         return res, text, files["labels"]

@@ -402,6 +402,8 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
     kind = "slices" if int(card.get("dims", 3)) == 2 else "volume"
     vols = (region_volumes_ml(labels, geom) if kind == "volume"
             else {"WT": float((labels > 0).sum() * geom.voxel_volume_ml)})
+    if getattr(geom, "nominal", False):
+        warn.append(nominal_volume_note(geom))
     res = SegResult(case_id=case.case_id, labels=labels, geometry=geom,
                     volumes_ml=vols, model=model.name, kind=kind,
                     reference=case.reference, warnings=warn, timings=timings, device=dev,
@@ -574,6 +576,14 @@ def postprocess_labels(labels: np.ndarray, geometry: Optional[Geometry],
 
 
 THICK_SLICE_MM = 3.0
+
+
+def nominal_volume_note(geometry) -> str:
+    """What a volume in mL means on a grid whose spacing the file does not record (a slice
+    pack: the FLAIR abnormality of its slices on the nominal spacing)."""
+    sp = " x ".join(f"{s:g}" for s in geometry.spacing)
+    return (f"volumes use the nominal spacing {sp} mm (the file does not record its spacing): "
+            "approximate; a slice pack's 'WT' is its FLAIR abnormality over the pack's slices")
 
 
 def domain_warnings(case: Case, card: Dict[str, Any], mask_method: str) -> List[str]:
