@@ -1,5 +1,6 @@
 """Metrics, reports, `radiogen evaluate`, `radiogen models`, `radiogen bench`."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -428,3 +429,33 @@ def test_evaluate_shipped_brats_model_matches_segment_on_a_real_case(shared_data
     for r in seg.REGION_ORDER:
         assert res.metrics[f"dice_{r}"] == pytest.approx(ref[r]["dice"])
     assert res.metrics["dice_ET"] > 0.5           # the card's ET rule (0.0 without it)
+
+
+def test_synthesis_card_names_and_cites_the_shared_datasets(shared_data, tmp_path):
+    """A synthesis run on the shipped configs' BraTS 2021 / TCGA-LGG folders names those
+    datasets and cites them on its card (it said "user data: folder 'brats2021', 'tcga-lgg'"
+    without citations); a copy of a case in a user's own folder stays "user data"."""
+    import shutil
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    from napari_radiogen.core.train.engine import data_card_fields
+
+    cfg = load_config("synthesis_demo")
+    f = data_card_fields(TASKS["synthesis"](cfg), cfg, 12)
+    assert "user data" not in f["datasets"]
+    assert "BraTS 2021" in f["datasets"] and "TCGA-LGG" in f["datasets"]
+    assert f["datasets"].endswith("12 patients used by this run")
+    cites = " | ".join(f["citations"])
+    for who in ("Seq2Seq", "Baid", "Menze", "Bakas", "Buda"):
+        assert who in cites
+
+    only_brats = dict(cfg, data=[cfg["data"][0]])
+    f = data_card_fields(TASKS["synthesis"](only_brats), only_brats, 8)
+    assert "BraTS 2021" in f["datasets"] and "TCGA-LGG" not in f["datasets"]
+    assert "Buda" not in " | ".join(f["citations"])
+
+    case = sorted(p for p in Path(cfg["data"][0]).iterdir() if p.is_dir())[0]
+    shutil.copytree(case, tmp_path / "mine" / case.name)
+    mine = dict(cfg, data=[str(tmp_path / "mine")])
+    f = data_card_fields(TASKS["synthesis"](mine), mine, 1)
+    assert f["datasets"].startswith("user data: folder 'mine'") and f["citations"] == []

@@ -36,6 +36,30 @@ from ...errors import ConfigError
 from ..base import PatientRecord, TrainTask, register_task
 
 PAD = 128
+
+# the shared datasets of the shipped configs (the engine adds how many patients a run used,
+# and describes a user's own folders as user data instead)
+DATASET_BRATS = ("RSNA-ASNR-MICCAI BraTS 2021 training data (all four sequences; "
+                 "BraTS terms: research use, cite)")
+DATASET_LGG = ("TCGA-LGG (Buda et al. 2019 slice packs of TCIA TCGA-LGG images; t2 and "
+               "unavailable channels treated as missing, never inputs or targets)")
+CITE_SEQ2SEQ = ("Han L., Tan T., Zhang T. et al. Synthesis-based imaging-differentiation "
+                "representation learning for multi-sequence 3D/4D MRI. Med Image Anal 92:103044 "
+                "(2024) (Seq2Seq)")
+CITE_BRATS = ["Baid U. et al. The RSNA-ASNR-MICCAI BraTS 2021 Benchmark on Brain Tumor "
+              "Segmentation and Radiogenomic Classification. arXiv:2107.02314 (2021)",
+              "Menze B.H. et al. The Multimodal Brain Tumor Image Segmentation Benchmark "
+              "(BRATS). IEEE TMI 34(10) (2015)",
+              "Bakas S. et al. Advancing The Cancer Genome Atlas glioma MRI collections with "
+              "expert segmentation labels and radiomic features. Sci Data 4:170117 (2017)"]
+CASE_PDGM = "BraTS2021_00006"
+CITE_PDGM = ("Calabrese E. et al. The University of California San Francisco Preoperative "
+             "Diffuse Glioma MRI (UCSF-PDGM) dataset. TCIA, CC BY 4.0 (BraTS2021_00006)")
+CITE_LGG = ["Buda M., Saha A., Mazurowski M.A. Association of genomic subtypes of lower-grade "
+            "gliomas with shape features automatically extracted by a deep learning algorithm. "
+            "Comput Biol Med 109 (2019)",
+            "Clark K. et al. The Cancer Imaging Archive (TCIA). J Digit Imaging 26 (2013); "
+            "TCGA-LGG collection"]
 MIN_BRAIN_FRACTION = 0.02
 LGG_CHANNELS = {"t1": 0, "flair": 1, "t1ce": 2}
 
@@ -463,4 +487,25 @@ class SynthesisTask(TrainTask):
                 "input_size": "2D axial slices, any size (padded to a multiple of 8); trained on "
                               f"{self.scfg.get('crop', 96)} px crops of 128 x 128 slices",
                 "normalisation": "per volume: clip(x / p99.5 inside the brain mask, 0, 1)",
-                "protocol": PROTOCOL}
+                "protocol": PROTOCOL, **self._data_fields()}
+
+    def _data_fields(self) -> Dict[str, Any]:
+        """``datasets`` and ``citations`` of the kinds of data found (BraTS case folders,
+        TCGA-LGG packs). The engine keeps them only when the run's folders are the shared
+        BraTS 2021 / TCGA-LGG folders of the shipped configs; a user's own folders are
+        described as user data, without these citations."""
+        try:
+            found = self._discover()
+        except ConfigError:
+            found = {}
+        kinds = {k for k, _ in found.values()} or {"brats", "lgg"}
+        datasets, cites = [], [CITE_SEQ2SEQ]
+        if "brats" in kinds:
+            datasets.append(DATASET_BRATS)
+            cites += CITE_BRATS
+            if CASE_PDGM in found:
+                cites.append(CITE_PDGM)
+        if "lgg" in kinds:
+            datasets.append(DATASET_LGG)
+            cites += CITE_LGG
+        return {"datasets": datasets, "citations": cites}
