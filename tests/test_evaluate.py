@@ -459,3 +459,28 @@ def test_synthesis_card_names_and_cites_the_shared_datasets(shared_data, tmp_pat
     mine = dict(cfg, data=[str(tmp_path / "mine")])
     f = data_card_fields(TASKS["synthesis"](mine), mine, 1)
     assert f["datasets"].startswith("user data: folder 'mine'") and f["citations"] == []
+
+
+def test_report_curves_have_whole_epochs_and_no_overlapping_panels(tmp_path, monkeypatch):
+    """curves.png: epoch ticks are whole numbers (a 2-epoch run showed 1.2, 1.4 ...) and no
+    panel's y label or tick labels run into its left neighbour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from napari_radiogen.core.evaluate import report as R
+    figs = []
+    monkeypatch.setattr(R, "_save", lambda fig, path: figs.append(fig) or path.name)
+    hist = [{"fold": f, "epoch": e, "train_loss": 0.81234 - 1e-4 * e,
+             "val_dice_WT": 0.200001 + 1e-5 * e, "val_loss": 1.2345 + 1e-4 * f,
+             "val_score": 0.12345 + 1e-5 * e} for f in (1, 2) for e in (1, 2)]
+    assert R.curves_figure(hist, tmp_path / "curves.png") == "curves.png"
+    fig = figs[0]
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    for left, right in zip(fig.axes, fig.axes[1:]):
+        assert right.get_tightbbox(r).x0 >= left.get_tightbbox(r).x1, right.get_ylabel()

@@ -55,13 +55,16 @@ def _save(fig, path: Path) -> str:
 
 
 def curves_figure(history: List[Dict[str, Any]], path: Path) -> Optional[str]:
+    """Training loss and up to three validation metrics per epoch, one line per fold: whole
+    epochs on the x axes, a constrained layout (no y label runs into its neighbour)."""
     if not history:
         return None
+    from matplotlib.ticker import MaxNLocator
     Figure = _plt()
     keys = sorted({k for h in history for k in h
                    if k.startswith("val_") and isinstance(h.get(k), (int, float))})
     ncol = 1 + min(len(keys), 3)
-    fig = Figure(figsize=(4.2 * ncol, 3.2))
+    fig = Figure(figsize=(4.2 * ncol, 3.2), layout="constrained")
     folds = sorted({h.get("fold", 1) for h in history})
     ax = fig.add_subplot(1, ncol, 1)
     for f in folds:
@@ -70,6 +73,7 @@ def curves_figure(history: List[Dict[str, Any]], path: Path) -> Optional[str]:
                 label=f"fold {f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     for i, k in enumerate(keys[:3], 2):
         ax = fig.add_subplot(1, ncol, i)
@@ -78,6 +82,9 @@ def curves_figure(history: List[Dict[str, Any]], path: Path) -> Optional[str]:
             ax.plot([h["epoch"] for h in hs], [h[k] for h in hs], marker=".", label=f"fold {f}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(k)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in fig.axes:      # the values themselves, not "+1.234" over the axis
+        ax.ticklabel_format(axis="y", useOffset=False)
     return _save(fig, path)
 
 
