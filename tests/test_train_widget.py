@@ -210,7 +210,8 @@ def test_curves_draw_one_line_per_fold_named_in_a_legend_and_the_metric(qtbot):
         ax_l, ax_m = fig.axes
         assert ax_m.get_title() == "validation AUC"
         assert [list(ln.get_xdata()) for ln in ax_m.lines] == [[1, 2, 3], [1, 2, 3]]
-        assert [t.get_text() for t in ax_m.get_legend().get_texts()] == ["fold 1", "fold 2"]
+        # the folds' colours serve both panels: one legend below them
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["fold 1", "fold 2"]
         assert not ax_m.texts and len(ax_m.get_xticks()) > 0
         # loss: train and validation lines per fold, the legend names the kinds
         assert len(ax_l.lines) == 4
@@ -334,3 +335,140 @@ def test_the_widget_names_a_shipped_configs_model_as_the_cli_does(tmp_path, monk
                       name="mine")
     inp.factory()(None)
     assert seen[-1] == "mine" and inp.install_note is None
+
+
+def test_widget_says_when_it_replaced_an_installed_model(make_napari_viewer, qtbot, tmp_path):
+    """The CLI's "note: replaced the installed model ..." is in the widget's status too."""
+    from types import SimpleNamespace
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    res = SimpleNamespace(model_path=tmp_path / "m.safetensors", report_path=tmp_path / "r.html",
+                          installed_path=tmp_path / "models" / "m.safetensors", card={},
+                          cv_summary={"auc": {"mean": 0.8}},
+                          replaced="m (trained 2026-01-02T03:04:05+00:00, run old-run)")
+    w._on_result(res)
+    assert ("note: replaced the installed model m (trained 2026-01-02T03:04:05+00:00, run "
+            "old-run)") in w.status.text()
+    w._on_result(SimpleNamespace(**dict(vars(res), replaced=None)))
+    assert "replaced" not in w.status.text()
+
+
+def test_a_patient_limit_unticks_install_as_the_cli_does(make_napari_viewer, qtbot, tmp_path,
+                                                         monkeypatch):
+    """A run limited to N patients is a smoke run: not installed unless the user ticks
+    "install the model" again (radiogen train --limit installs only with --install)."""
+    from napari_radiogen.core.train import engine
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    w.out_dir.setText(str(tmp_path / "r"))
+    assert w.install.isChecked() and "limit patients" in w.install.toolTip()
+    w.limit.setValue(8)
+    assert not w.install.isChecked() and w.inputs().install is False
+    assert "not installed" in w.status.text()
+    w.limit.setValue(12)                       # another limit: still the smoke run's choice
+    assert not w.install.isChecked()
+    w.install.setChecked(True)                 # the user asks for it: installed after all
+    w.limit.setValue(10)
+    assert w.install.isChecked() and w.inputs().install is True
+    w.limit.setValue(0)
+    assert w.install.isChecked()
+    w.limit.setValue(5)
+    w.limit.setValue(0)                        # back to all patients: ticked as before
+    assert w.install.isChecked() and w.inputs().install is True
+    w.install.setChecked(False)
+    w.limit.setValue(5)
+    w.limit.setValue(0)                        # the user's own "no" stays
+    assert not w.install.isChecked()
+    # the inputs' own default follows the same rule
+    seen = []
+    monkeypatch.setattr(engine, "train", lambda cfg, out, **kw: seen.append(kw["install"]))
+    TrainInputs(config=CFG, out_dir=str(tmp_path / "a"), limit=4).factory()(None)
+    TrainInputs(config=CFG, out_dir=str(tmp_path / "b")).factory()(None)
+    TrainInputs(config=CFG, out_dir=str(tmp_path / "c"), limit=4, install=True).factory()(None)
+    assert seen == [False, True, True]
+
+
+def test_a_missing_data_folder_is_named_in_the_widgets_words(make_napari_viewer, qtbot,
+                                                             tmp_path, monkeypatch):
+    """Not "give an existing folder with the data folder FOLDER" (the CLI's --data FOLDER
+    rewritten word by word)."""
+    from napari.utils import notifications
+
+    from napari_radiogen.napari.train_widget import widget_terms
+    monkeypatch.setattr(notifications, "show_error", lambda m: None)
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    i = next(k for k in range(w.config.count())
+             if str(w.config.itemData(k)).endswith("phantom_demo.yaml"))
+    w.config.setCurrentIndex(i)
+    w.data.setText(str(tmp_path / "nowhere"))
+    w.out_dir.setText(str(tmp_path / "r"))
+    assert w.start() is None
+    text = w.status.text()
+    assert "data folder not found" in text and "FOLDER" not in text and "--" not in text, text
+    assert text.endswith("choose an existing folder as the data folder"), text
+    shared = widget_terms("data folder not found: the config's '../shared/data/x' (the shared "
+                          "data beside the repository). Give your data with --data FOLDER, or "
+                          "set RADIOGEN_SHARED_DATA to the folder that holds 'x'")
+    assert "FOLDER" not in shared and "Choose your data folder" in shared
+    assert widget_terms("use --limit N") == 'use "limit patients"'
+    assert widget_terms("use --max-minutes N") == "use --max-minutes N"   # no control: as is
+
+
+def test_curves_say_the_run_has_no_validation_set_and_fit_the_dock(make_napari_viewer, qtbot,
+                                                                   tmp_path):
+    """A config without validation patients (val_fraction 0, as segmentation_lgg): the
+    validation panel says so, not "no data yet" (also after the run). The image never makes
+    the widget wider than the dock, and legends, titles and ticks lie inside it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_radiogen.napari.train_widget import _Curves
+    cfg = dict(CFG, train=dict(CFG["train"], val_fraction=0.0))
+    inp = TrainInputs(config=cfg, out_dir=str(tmp_path / "r"))
+    inp.factory()
+    assert inp.has_validation is False
+    inp = TrainInputs(config=CFG, out_dir=str(tmp_path / "r"))
+    inp.factory()
+    assert inp.has_validation is True
+
+    c = _Curves()
+    try:
+        c.has_validation = False
+        for fold in (0, 1, 2):
+            for ep in (1, 2, 3):
+                it = _epoch_item(fold, ep, 0.7 - 0.01 * ep, None, n_folds=3)
+                it.metrics = {}
+                c.add(it)
+        fig = Figure(figsize=(320 / 80, 200 / 80), dpi=80)        # the label's least size
+        FigureCanvasAgg(fig)
+        c._plot(fig, c.snapshot())
+        fig.canvas.draw()
+        ax_l, ax_m = fig.axes
+        assert [t.get_text() for t in ax_m.texts] == [
+            "no validation set\n(the config's train.val_fraction is 0)"]
+        r = fig.canvas.get_renderer()
+        box = fig.bbox
+        for a in [ax_l, ax_m, *fig.legends]:
+            bb = a.get_tightbbox(r) if hasattr(a, "get_tightbbox") else a.get_window_extent(r)
+            assert bb.x0 >= box.x0 - 1 and bb.x1 <= box.x1 + 1, (a, bb, box)
+            assert bb.y0 >= box.y0 - 1 and bb.y1 <= box.y1 + 1, (a, bb, box)
+        c.reset()
+        assert c.has_validation is None
+    finally:
+        c.close()
+
+    # in the widget: the run's config decides; a wide image does not widen the widget
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    min_w = w.minimumSizeHint().width()
+    wide = 3 * max(w.width(), min_w)
+    w.curves._show((bytes(4 * wide * 50), wide, 50))
+    assert w.minimumSizeHint().width() == min_w
+    assert w.curves.label.pixmap().width() <= w.curves.label.width()
+    # a resize renders the curves again at the label's new size
+    n = w.curves.n_requested
+    w.resize(w.width() + 80, w.height())
+    qtbot.waitUntil(lambda: w.curves.n_requested > n, timeout=5_000)

@@ -23,6 +23,11 @@ UPDATE_MS = 250
 CURVES_S = 1.0
 #: lines the status shows (its height is fixed)
 STATUS_LINES = 4
+#: the "install the model" checkbox's tooltip
+INSTALL_TIP = ("install the trained model under its name so that the other widgets offer it "
+               "(an installed model of that name is replaced, and the status says so). Setting "
+               '"limit patients" unticks it: a limited run is a smoke run and is not installed '
+               "unless you tick it again (as radiogen train --limit)")
 
 
 @dataclass
@@ -36,7 +41,9 @@ class TrainInputs:
     folds: Optional[int] = None
     limit: Optional[int] = None
     resume: bool = False
-    install: bool = True
+    #: None = the CLI's rule: installed unless ``limit`` is set (a smoke run); True/False: as
+    #: the user chose
+    install: Optional[bool] = None
     #: fine-tuning: a model name or file to start from; None = the config's ``init`` (if any),
     #: "" = from scratch even when the config names one
     init: Optional[str] = None
@@ -57,8 +64,12 @@ class TrainInputs:
         cfg = load_config(self.config, **over)
         if self.init == "":
             cfg.pop("init", None)
+        install = self.will_install
+        #: whether the run has validation patients (``train.val_fraction`` > 0): without them
+        #: the curves' validation panel says so instead of waiting for data
+        self.has_validation = float((cfg.get("train") or {}).get("val_fraction", 0.2) or 0) > 0
         self.install_note = None
-        if self.install and not self.name:
+        if install and not self.name:
             # the CLI's rule: a resumed run keeps its name, a shipped config's becomes -user
             from ..core.train.engine import default_install_name
             cfg["name"], self.install_note = default_install_name(cfg, self.out_dir,
@@ -67,8 +78,15 @@ class TrainInputs:
         def gen(token):
             return train(cfg, self.out_dir, device=self.device, epochs=self.epochs,
                          limit=self.limit, resume=self.resume, folds=self.folds, cancel=token,
-                         install=self.install)
+                         install=install)
         return gen
+
+    @property
+    def will_install(self) -> bool:
+        """Whether the run installs its model: as chosen, else (``install`` None) unless a
+        patient limit makes it a smoke run (``radiogen train --limit`` installs only with
+        ``--install``)."""
+        return bool(self.install) if self.install is not None else not self.limit
 
 
 #: the core's messages serve the command line too: the option names they mention, as the
@@ -82,6 +100,8 @@ _CLI_PHRASES = [
     (r"resume with the same --init file", 'resume with the same "start from" model'),
     (r"resume with the same options", "resume with the same settings"),
     (r"`radiogen train --name`, or the Training widget's model name", "or the model name field"),
+    (r"give an existing folder with --data FOLDER", "choose an existing folder as the data folder"),
+    (r"Give your data with --data FOLDER", "Choose your data folder"),
 ]
 _CLI_OPTIONS = {
     "device": 'the "device" list', "resume": "Resume", "out": "the run folder",
@@ -104,7 +124,10 @@ def widget_terms(text: str) -> str:
     import re
     for pat, rep in _CLI_PHRASES:
         text = re.sub(pat, lambda m, r=rep: r, text)
-    text = re.sub(r"--([a-z][a-z-]*)", lambda m: _CLI_OPTIONS.get(m.group(1), m.group(0)), text)
+    # an option with its placeholder ("--data FOLDER") is the control alone: never the
+    # placeholder word after the control's name
+    text = re.sub(r"--([a-z][a-z-]*)(?: (?:FOLDER|FILE|CSV|NAME|N)\b)?",
+                  lambda m: _CLI_OPTIONS.get(m.group(1), m.group(0)), text)
     if "changed: " in text:
         keys = "|".join(re.escape(k) for k in _CFG_KEYS)
         text = re.sub(rf"(changed: |, )({keys}): ",
@@ -206,15 +229,27 @@ class _Curves(QObject):
 
     Each fold is one line (x = its own epochs, colour = fold, named in the legend); the
     validation panel is titled with the metric the score is (``metric_name``); without data the
-    panels say so instead of showing empty axes."""
+    panels say so instead of showing empty axes (the validation panel says when the run has no
+    validation set, ``has_validation`` False). The figure is drawn at the label's size (again
+    after a resize; the label never asks for the image's width, so the dock can narrow) with a
+    constrained layout and the folds named below the panels: nothing is cut at its edges."""
 
     rendered = Signal(object)
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        from qtpy.QtWidgets import QSizePolicy
         self.label = QLabel()
         self.label.setMinimumSize(320, 200)
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        # the image follows the label's width, never the reverse (a pixmap wider than the dock
+        # would widen the widget past the dock's edge)
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.label.installEventFilter(self)
+        self._resized = QTimer(self)
+        self._resized.setSingleShot(True)
+        self._resized.setInterval(150)
+        self._resized.timeout.connect(self.draw)
         self.n_rendered = 0
         self.n_requested = 0
         self._pending = None
@@ -234,6 +269,7 @@ class _Curves(QObject):
         for k in self._SERIES:
             setattr(self, k, [])
         self.n_folds = 1
+        self.has_validation: Optional[bool] = None   # False: the run has no validation set
         self._metric_keys: Optional[List[str]] = None
         self._score_name: Optional[str] = None      # the task's own name for it, when given
         self.dirty = True
@@ -295,7 +331,14 @@ class _Curves(QObject):
         snap: Dict[str, Any] = {k: list(getattr(self, k)) for k in self._SERIES}
         snap["n_folds"] = self.n_folds
         snap["metric"] = self.metric_name
+        snap["no_val"] = self.has_validation is False
         return snap
+
+    def eventFilter(self, obj, event) -> bool:
+        from qtpy.QtCore import QEvent
+        if obj is self.label and event.type() == QEvent.Type.Resize:
+            self._resized.start()          # one render at the new size once resizing stops
+        return False
 
     def draw(self) -> None:
         """Render the current data (on the background thread)."""
@@ -321,6 +364,10 @@ class _Curves(QObject):
         buf, w, h = img
         qimg = QImage(buf, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
         try:
+            lw, lh = self.label.width(), self.label.height()
+            if w > lw or h > lh:           # the label shrank meanwhile: fit until the re-render
+                qimg = qimg.scaled(lw, lh, Qt.AspectRatioMode.KeepAspectRatio,
+                                   Qt.TransformationMode.SmoothTransformation)
             self.label.setPixmap(QPixmap.fromImage(qimg))
         except RuntimeError:          # the widget is gone
             self.close()
@@ -337,8 +384,9 @@ class _Curves(QObject):
         from matplotlib.lines import Line2D
         from matplotlib.ticker import MaxNLocator
         fig.clear()
+        # constrained: tick labels, titles and the folds' legend fit inside the image
+        fig.set_layout_engine("constrained", w_pad=0.02, h_pad=0.02, wspace=0.04)
         ax_l, ax_m = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.88, wspace=0.35)
         ax_l.set_title("loss", fontsize=8)
         ax_m.set_title(f"validation {snap['metric'] or 'score'}", fontsize=8)
         folds = sorted(set(snap["steps_f"]) | set(snap["ep_f"]) | set(snap["val_loss_f"])
@@ -361,8 +409,10 @@ class _Curves(QObject):
             if not has:          # neutral, not an empty +-0.04 frame
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center",
-                        va="center", fontsize=8, color="0.5")
+                text = ("no validation set\n(the config's train.val_fraction is 0)"
+                        if ax is ax_m and snap.get("no_val") else "no data yet")
+                ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center",
+                        va="center", fontsize=8, color="0.5", wrap=True)
                 continue
             ax.tick_params(labelsize=7)
             ax.set_xlabel("epoch of the fold" if multi else "epoch", fontsize=7)
@@ -372,13 +422,14 @@ class _Curves(QObject):
                 kinds = [k for k, xs in (("running", "steps_x"), ("train", "ep_x"),
                                          ("val", "val_loss_x")) if snap[xs]]
                 ax_l.legend([Line2D([], [], color="0.4", **styles[k]) for k in kinds], kinds,
-                            fontsize=6)
+                            fontsize=6, loc="best", framealpha=0.6)
             else:
-                ax_l.legend(fontsize=6)
-        if multi and folds:
-            ax_m.legend([Line2D([], [], color=f"C{i % 10}", marker="o", ms=3)
-                         for i in range(len(folds))],
-                        [cls.fold_name(f, snap["n_folds"]) for f in folds], fontsize=6)
+                ax_l.legend(fontsize=6, loc="best", framealpha=0.6)
+        if multi and folds:     # the folds' colours, for both panels: one row below them
+            fig.legend([Line2D([], [], color=f"C{i % 10}", marker="o", ms=3)
+                        for i in range(len(folds))],
+                       [cls.fold_name(f, snap["n_folds"]) for f in folds], fontsize=6,
+                       loc="outside lower center", ncols=min(len(folds), 4), frameon=False)
 
     def _loop(self) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -470,6 +521,11 @@ class TrainingWidget(QWidget):
         self.out_dir.editingFinished.connect(self._run_folder_chosen)
         self.install = QCheckBox("install the model (it appears in the other widgets)")
         self.install.setChecked(True)
+        self.install.setToolTip(INSTALL_TIP)
+        # a limited run is a smoke run: not installed unless ticked again (as the CLI's --limit)
+        self._install_auto_off = False       # "install the model" unticked by the limit
+        self._limit_seen = 0
+        self.limit.valueChanged.connect(self._limit_changed)
         form.addRow(self.install)
         lay.addLayout(form)
         btns = QHBoxLayout()
@@ -511,6 +567,21 @@ class TrainingWidget(QWidget):
         warm_up()
 
     # -- inputs ---------------------------------------------------------------------------------
+    def _limit_changed(self, n: int) -> None:
+        """A patient limit makes the run a smoke run: "install the model" unticks itself (the
+        user may tick it again); back to all patients, a box it unticked is ticked again."""
+        if n and not self._limit_seen and self.install.isChecked():
+            self.install.setChecked(False)
+            self._install_auto_off = True
+            if self.job is None or self.job.done:
+                self._say('"limit patients" set: a smoke run is not installed ("install the '
+                          'model" unticked; tick it to install the model anyway)')
+        elif not n:
+            if self._install_auto_off and not self.install.isChecked():
+                self.install.setChecked(True)
+            self._install_auto_off = False
+        self._limit_seen = n
+
     def _config_chosen(self, i: int) -> None:
         if self.config.itemData(i) == "__browse__":
             path, _ = QFileDialog.getOpenFileName(self, "Training config", "", "YAML (*.yaml *.yml)")
@@ -739,6 +810,7 @@ class TrainingWidget(QWidget):
             return None
         self.out_dir.setText(inp.out_dir)
         self.curves.reset()
+        self.curves.has_validation = getattr(inp, "has_validation", None)
         if resume and run is not None:        # the epochs so far, from the run's state.json
             self.curves.add_history(run.get("history") or [], run.get("n_folds") or 1)
         self.curves.draw()
@@ -817,6 +889,8 @@ class TrainingWidget(QWidget):
         summ = ", ".join(f"{k} {v['mean']:.3f}" for k, v in (res.cv_summary or {}).items()
                          if v.get("mean") is not None and k != "score")
         inst = f"; installed as {res.installed_path.stem}" if res.installed_path else ""
+        if getattr(res, "replaced", None):       # as the CLI's note says it
+            inst += f"\nnote: replaced the installed model {res.replaced}"
         origin = (res.card or {}).get("fine_tuned_from") or {}
         caveat = (f"\nnot held-out: {origin['name']} had trained on "
                   f"{len(origin['test_patients_seen'])} of the test patients"
