@@ -369,3 +369,29 @@ def test_a_synthetic_volume_far_below_the_held_out_results_is_cautioned():
     assert quality_note(card, "flair", 1.0) is None                  # no held-out figures
     assert quality_note({}, "t1ce", 1.0) is None and quality_note(card, "t1ce", None) is None
     assert quality_note(card, "t2", 20.0).startswith("synthetic t2: PSNR 20.0 dB")
+
+
+def test_synthesis_training_samples_are_drawn_by_epoch_and_index():
+    """A training sample comes from (seed, epoch, index) alone: another order of requests or
+    another instance (a resumed run, a torchrun rank, a DataLoader worker) gives the same
+    sample; the next epoch gives others."""
+    from napari_radiogen.core.train.tasks.synthesis import SynthTrainSet
+    rng = np.random.default_rng(0)
+    pats = {f"p{k}": {"x": rng.random((6, 4, 32, 32)).astype(np.float32),
+                      "mask": np.ones((6, 32, 32), np.uint8),
+                      "avail": np.ones(4, np.float32), "kind": "brats"} for k in range(3)}
+
+    def draw(ds, k):
+        it = ds[k]
+        return np.concatenate([it["x"].numpy().ravel(), it["avail"].numpy(),
+                               [float(it["target"])]])
+    a = SynthTrainSet(pats, samples=8, crop=16, seed=2)
+    a.set_epoch(1)
+    first = [draw(a, k) for k in range(8)]
+    b = SynthTrainSet(pats, samples=8, crop=16, seed=2)
+    b.set_epoch(1)
+    for k in (6, 2, 0):
+        np.testing.assert_array_equal(draw(b, k), first[k])
+    assert not all(np.array_equal(first[0], f) for f in first[1:])
+    a.set_epoch(2)
+    assert not all(np.array_equal(draw(a, k), first[k]) for k in range(8))

@@ -188,14 +188,22 @@ class SynthTrainSet:
             1.0 if self.ids["brats"] else 0.0)
         self.p_all = p_all_sources
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine each epoch: a sample is drawn from (seed, epoch, index) alone,
+        so a resumed run, the ranks of a distributed run and DataLoader workers draw what an
+        uninterrupted single process draws (a generator kept by the set restarted with each
+        process and was the same on every rank)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.samples
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         import torch
-        r = self.rng
+        r = np.random.default_rng([self.seed, self.epoch, int(i)])
         kind = "brats" if r.random() < self.brats_fraction else "lgg"
         d = self.p[self.ids[kind][r.integers(len(self.ids[kind]))]]
         z = r.integers(d["x"].shape[0])
