@@ -326,3 +326,64 @@ def test_cli_evaluate_one_case_folder_and_a_folder_without_labels(tmp_path, caps
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "no labelled cases" in err and "*seg*.nii.gz" in err and "case folder" in err
+
+
+def test_evaluation_summary_has_the_sections_intervals_and_names_the_model_truly(tmp_path):
+    """The summary's "value [95% CI]" of an evaluation (run.py passes no interval) is the
+    interval the segmentation/classification sections computed for the same value (it was
+    empty while the Dice table below gave one); a value without a section interval stays
+    without; the header does not call a user's model "shipped"."""
+    rng = np.random.default_rng(0)
+    dice = [float(x) for x in rng.uniform(0.05, 0.4, 12)]
+    preds = [{"patient_id": f"p{i}", "dice": {"WT": d}, "hd95": {"WT": 5.0 + i}}
+             for i, d in enumerate(dice)]
+    mean = float(np.mean(dice))
+    summary = {k: {"mean": v, "sd": None, "ci95": [None, None], "n": 12}
+               for k, v in (("dice_WT", mean), ("score", mean), ("accuracy", 0.5),
+                            ("hd95_WT", float(np.mean([5.0 + i for i in range(12)]))))}
+    card = {"task": "segmentation", "final_model": {"mode": "best_fold", "fold": 1},
+            "metrics": {"protocol": "evaluation"}}
+    html_p, js = write_report(tmp_path / "r", title="m on d", summary=summary,
+                              predictions=preds, card=card,
+                              evaluation={"data": "d", "n_patients": 12, "in_training_data": 0,
+                                          "failed": 0, "failed_cases": [], "notes": []})
+    rep = json.loads(js.read_text())
+    seg = rep["segmentation"]["WT"]
+    assert rep["summary"]["dice_WT"]["ci95"] == seg["dice"]["ci95"]
+    assert seg["dice"]["ci95"][0] is not None
+    assert rep["summary"]["score"]["ci95"] == seg["dice"]["ci95"]     # the same value
+    assert rep["summary"]["hd95_WT"]["ci95"] == seg["hd95"]["ci95"]
+    assert rep["summary"]["accuracy"]["ci95"] == [None, None]
+    text = html_p.read_text()
+    lo, hi = seg["dice"]["ci95"]
+    assert f"<td>dice_WT</td><td>{mean:.3f} [{lo:.3f}, {hi:.3f}]</td>" in text
+    assert "shipped model" not in text
+    assert "final model of the training run: mode: best_fold; fold: 1" in text
+
+
+def test_limited_evaluation_says_its_subsample_is_stratum_balanced(tmp_path, capsys):
+    """--limit draws a stratum-balanced subsample (splits.limit_records): the report and the
+    CLI say so, and that prevalence-dependent metrics do not reflect the cohort."""
+    m = _phantom_model(tmp_path / "m" / "ph.safetensors",
+                       config={"task": "phantom-demo",
+                               "phantom": {"n": 10, "slices": 2, "size": 16},
+                               "model": {"width": 4, "depth": 2}})
+    data = tmp_path / "anything"
+    data.mkdir()
+    out = tmp_path / "rep"
+    rc, stdout, err = _run(["evaluate", str(m), str(data), "--out", str(out), "--device",
+                            "cpu", "--limit", "4"], capsys)
+    assert rc == 0, err
+    line = next(x for x in stdout.splitlines() if x.startswith("note: --limit 4"))
+    assert "stratum-balanced subsample of the 10" in line
+    assert "0: 2, 1: 2" in line and "0: 5, 1: 5" in line
+    for word in ("accuracy", "F1", "Brier", "calibration", "prevalence", "AUC"):
+        assert word in line
+    rep = json.loads((out / "report.json").read_text())
+    assert any("stratum-balanced" in n for n in rep["notes"])
+    text = (out / "report.html").read_text()
+    assert "(--limit 4: a stratum-balanced subsample of its 10 patients" in text
+    # every patient: no such note
+    rc, stdout, err = _run(["evaluate", str(m), str(data), "--out", str(tmp_path / "all"),
+                            "--device", "cpu"], capsys)
+    assert rc == 0 and "stratum" not in stdout and "--limit" not in stdout

@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
     from ._common import add_device_argument
     add_device_argument(p)
     p.add_argument("--limit", type=positive_int, metavar="N",
-                   help="only N patients (N >= 1)")
+                   help="only N patients (N >= 1): a seeded subsample balanced over the "
+                        "task's strata (the classes of a classifier), so accuracy, F1 and Brier "
+                        "do not reflect the cohort's prevalence (AUC does not depend on it)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 

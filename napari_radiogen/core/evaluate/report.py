@@ -345,6 +345,59 @@ def _readable(v: Any) -> str:
     return str(v)
 
 
+def _section_intervals(data: Dict[str, Any]) -> Dict[str, List[Tuple[float, Any]]]:
+    """``{summary key: [(mean, ci95), ...]}`` as the report's sections computed them
+    (segmentation Dice/HD95 per region, a classification target's AUC, per-patient metrics)."""
+    out: Dict[str, List[Tuple[float, Any]]] = {}
+
+    def add(keys, v, ci) -> None:
+        if _num(v) and ci and ci[0] is not None:
+            for k in keys:
+                out.setdefault(k, []).append((float(v), list(ci)))
+    for r, v in (data.get("segmentation") or {}).items():
+        if not isinstance(v, dict):
+            continue
+        for m in ("dice", "hd95"):
+            d = v.get(m) or {}
+            add([f"{m}_{r}", m] if r == "tumour" else [f"{m}_{r}"], d.get("mean"), d.get("ci95"))
+    cls = data.get("classification") or {}
+    for t, m in cls.items():
+        if isinstance(m, dict):
+            add([f"auc_{t}"] + (["auc"] if len(cls) == 1 else []), m.get("auc"),
+                m.get("auc_ci95"))
+    other = data.get("other") or {}
+    for g, d in other.items():
+        if not isinstance(d, dict):
+            continue
+        for k, v in d.items():
+            if isinstance(v, dict):
+                add([f"{k}_{g}", f"{g}_{k}"] + ([k] if len(other) == 1 else []), v.get("mean"),
+                    v.get("ci95"))
+    return out
+
+
+def _with_section_ci(summary: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+    """The evaluation summary with the 95% CI the report's sections computed for the same
+    value (a Dice's bootstrap interval in the segmentation table, an AUC's...), where the
+    summary has none; a metric whose section value differs is left as it is."""
+    cands = _section_intervals(data)
+    out = {}
+    for k, v in summary.items():
+        v = dict(v)
+        ci = v.get("ci95")
+        if (not ci or ci[0] is None) and _num(v.get("mean")):
+            mean = float(v["mean"])
+            # the task's selection score is one of the metrics: the one of equal value
+            same = ([c for cs in cands.values() for c in cs] if k == "score"
+                    else cands.get(k, []))
+            for cm, cci in same:
+                if abs(cm - mean) <= 1e-9 * max(1.0, abs(mean)):
+                    v["ci95"] = cci
+                    break
+        out[k] = v
+    return out
+
+
 def _eval_table(summary: Dict[str, Any]) -> str:
     """The metrics of one evaluation (no folds): value [95% CI] and the patients scored."""
     if not summary:
@@ -426,7 +479,9 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
         if proto:
             lines.append(f"protocol: {html.escape(str(proto))}")
         if card.get("final_model"):
-            lines.append(f"shipped model: {html.escape(_readable(card['final_model']))}")
+            # the training run's choice (of a shipped model as of a user's own)
+            lines.append("final model of the training run: "
+                         f"{html.escape(_readable(card['final_model']))}")
         body.append("<p>" + "<br>".join(lines) + "</p>")
     origin = (card or {}).get("fine_tuned_from") or {}
     if origin:
@@ -443,7 +498,8 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
                    f"Held-out metrics ({n} patients, none in the model's training data)")
         pooled = (f"pooled predictions, in-sample: {k} of {n} in training" if in_sample
                   else "pooled held-out predictions")
-        body.append(f"<h2>{heading}</h2>" + _eval_table(summary or {}))
+        summary_at = len(body)        # the table once the sections gave their intervals
+        body.append(f"<h2>{heading}</h2>")
         failed = list(ev.get("failed_cases") or [])
         if failed:
             items = "".join(f"<li>{html.escape(str(f.get('case')))}: "
@@ -487,6 +543,10 @@ def write_report(out_dir, *, title: str, history: Optional[List[Dict[str, Any]]]
             figures.extend(m for m in re.findall(r"src='figures/([^']+)'",
                                                                "".join(parts)))
             sections.append(f"<h2>{head} ({pooled})</h2>" + "".join(parts))
+    if ev is not None:
+        summary = _with_section_ci(summary or {}, data)
+        data["summary"] = summary
+        body[summary_at] += _eval_table(summary)
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
                     + "</ul>")

@@ -169,6 +169,41 @@ def _evaluate(task, module, ids: List[str], dev: str):
         return task.evaluate(module, ds, dev)
 
 
+def _strata_counts(records) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for r in records:
+        out[str(r.strata)] = out.get(str(r.strata), 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _subsample_kind(records) -> str:
+    """How ``splits.limit_records`` drew the subsample: round-robin over two or more strata
+    (stratum-balanced), else a seeded random one."""
+    strata = {r.strata for r in records}
+    return ("stratum-balanced" if len(strata) >= 2 and all(s is not None for s in strata)
+            else "seeded random")
+
+
+def limit_note(records, limited, limit: Optional[int]) -> Optional[str]:
+    """The note of a ``--limit`` evaluation (None when every patient is evaluated): the
+    subsample is drawn by ``splits.limit_records``, round-robin over the strata (the class
+    labels of a classifier), so its class balance is not the cohort's: metrics that depend on
+    prevalence (accuracy, F1, Brier score, calibration) do not describe the cohort; AUC and
+    per-case scores (Dice, HD95) do not depend on it."""
+    if not limit or len(limited) >= len(records):
+        return None
+    if _subsample_kind(records) != "stratum-balanced":
+        return (f"--limit {limit}: {len(limited)} of the {len(records)} patients, a seeded "
+                "random subsample")
+    fmt = lambda c: ", ".join(f"{k}: {v}" for k, v in c.items())    # noqa: E731
+    return (f"--limit {limit}: the {len(limited)} patients are a stratum-balanced subsample of "
+            f"the {len(records)} (drawn in turn from each stratum, here the task's strata "
+            f"{fmt(_strata_counts(limited))}; the cohort has {fmt(_strata_counts(records))}), "
+            "not a random one: metrics that depend on prevalence (accuracy, F1, Brier score, "
+            "calibration) reflect this subsample's balance, not the cohort's prevalence; AUC "
+            "and per-case scores (Dice, HD95) do not depend on it")
+
+
 _CASE_ERRORS = (RadiogenError, OSError, ValueError, KeyError, IndexError, RuntimeError)
 
 
@@ -218,7 +253,13 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
     cfg = load_config(cfg_in)
     task = TASKS[task_name](cfg)
     records = task.patients()
-    records = sp.limit_records(records, limit, int(cfg.get("seed", 0)))
+    n_all = len(records)
+    limited = sp.limit_records(records, limit, int(cfg.get("seed", 0)))
+    subsample = limit_note(records, limited, limit)
+    kind = _subsample_kind(records)
+    if subsample:
+        notes.append(subsample)
+    records = limited
     ids = [r.patient_id for r in records]
     if not ids:
         raise ConfigError(f"no patients found in {data}")
@@ -295,7 +336,11 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
         out, title=f"{path.stem} on {data_name}", summary=summary,
         predictions=m.get("predictions") or [],
         card={**card, "metrics": {"protocol": f"evaluation of a trained model on {len(ok)} "
-                                              f"patients of {data_name}; {note}"}},
+                                              f"patients of {data_name}"
+                                              + (f" (--limit {limit}: a "
+                                                 f"{kind} subsample of "
+                                                 f"its {n_all} patients, see the notes)"
+                                                 if subsample else "") + f"; {note}"}},
         evaluation={"data": data_name, "n_patients": len(ok),
                     "in_training_data": len(overlap), "failed": len(failed),
                     "failed_cases": failed, "unscored": unscored, "notes": notes})
