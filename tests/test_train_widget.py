@@ -410,7 +410,7 @@ def test_a_missing_data_folder_is_named_in_the_widgets_words(make_napari_viewer,
     shared = widget_terms("data folder not found: the config's '../shared/data/x' (the shared "
                           "data beside the repository). Give your data with --data FOLDER, or "
                           "set RADIOGEN_SHARED_DATA to the folder that holds 'x'")
-    assert "FOLDER" not in shared and "Choose your data folder" in shared
+    assert "FOLDER" not in shared and "Choose your own folder as the data folder" in shared
     assert widget_terms("use --limit N") == 'use "limit patients"'
     assert widget_terms("use --max-minutes N") == "use --max-minutes N"   # no control: as is
 

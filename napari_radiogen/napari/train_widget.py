@@ -101,7 +101,7 @@ _CLI_PHRASES = [
     (r"resume with the same options", "resume with the same settings"),
     (r"`radiogen train --name`, or the Training widget's model name", "or the model name field"),
     (r"give an existing folder with --data FOLDER", "choose an existing folder as the data folder"),
-    (r"Give your data with --data FOLDER", "Choose your data folder"),
+    (r"Give your data with --data FOLDER", "Choose your own folder as the data folder"),
 ]
 _CLI_OPTIONS = {
     "device": 'the "device" list', "resume": "Resume", "out": "the run folder",
