@@ -677,3 +677,14 @@ def test_random_sample_sets_draw_by_epoch_and_index_not_by_call_order(tmp_path):
     assert not all(np.array_equal(first[0], x) for x in first[1:])   # the indices differ
     ds.set_epoch(3)
     assert not all(np.array_equal(ds[k][0].numpy(), first[k]) for k in range(8))
+
+
+def test_time_left_counts_the_test_folds_still_to_run(tmp_path):
+    """The time left counted training steps only: 'testing fold 2 ... (left 0:00)' was said
+    while that fold's test (and the report) still had to run. Once a test fold has been timed,
+    the estimate includes the test folds left, the one starting included."""
+    cfg = tiny_cfg(folds=2, final="best_fold", train={"epochs": 1})
+    res, items = drive(engine.train(cfg, tmp_path / "r", device="cpu"))
+    tests = [p for p in items if getattr(p, "phase", "") == "test"]
+    assert [p.fold for p in tests] == [0, 1]
+    assert tests[1].eta_s is not None and tests[1].eta_s > 0

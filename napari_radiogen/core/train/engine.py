@@ -293,10 +293,21 @@ class _Run:
             tot += int(math.ceil(n / bs)) * int(s.get("epochs") or ep)
         return tot
 
+    test_s_per_patient: Optional[float] = None   # measured on the first test fold
+    tested_through: int = -1                      # the last stage whose test fold has run
+
+    def rest_test_s(self) -> float:
+        """Estimated seconds of the test folds still to run (0 until one has been timed)."""
+        if self.test_s_per_patient is None:
+            return 0.0
+        n = sum(len(s.get("test") or []) for s in self.stages[self.tested_through + 1:])
+        return n * self.test_s_per_patient
+
     def eta(self) -> Optional[float]:
         if self.step_time is None:
             return None
-        return max(0.0, (self.steps_total - self.steps_done) * self.step_time)
+        return max(0.0, (self.steps_total - self.steps_done) * self.step_time
+                   + self.rest_test_s())
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -770,7 +781,12 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                                             f"{len(stage['test'])} held-out patients",
                                     phase="test", fold=stage["fold"], n_folds=n_folds,
                                     eta_s=run.eta())
+                t_test = time.monotonic()
                 tm = _evaluate_test(run, model, stage["test"])
+                rate = (time.monotonic() - t_test) / len(stage["test"])
+                run.test_s_per_patient = rate if run.test_s_per_patient is None \
+                    else 0.5 * (run.test_s_per_patient + rate)
+                run.tested_through = si
                 rec["test"] = {k: v for k, v in _scalars(tm).items()}
                 preds = tm.get("predictions") or []
                 for p in preds:
