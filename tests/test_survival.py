@@ -235,3 +235,113 @@ def test_write_survival_outputs(tmp_path):
     with pytest.raises(ConfigError, match="cannot"):
         (tmp_path / "file").write_text("x")
         sv.write_survival_outputs(a, tmp_path / "file" / "sub")
+
+
+# -- audit fixes: C-index direction, no events, one group, predict summaries ---------------------
+
+def test_two_group_c_index_direction_comes_from_the_data_not_the_names(tmp_path):
+    """'high'/'low' sort with the high-risk group first: the C-index was 1 - C (0.25 for a
+    0.75 separation). Renamed so that it sorts last, the value must not change."""
+    from lifelines.utils import concordance_index
+    df = _cohort(80, seed=5)
+    high = (df.risk_group == "high").astype(float)
+    want = concordance_index(df.os_days, -high, df.os_event)
+    assert want > 0.6
+    for hi, lo in (("high", "low"), ("z_high", "a_low")):
+        d = df.assign(risk_group=np.where(high > 0, hi, lo))
+        a = sv.analyze_table(d, "os_days", "os_event", "risk_group")
+        assert a.c_index == pytest.approx(want)
+        assert a.c_index_higher_risk == hi and a.c_index_direction == f"{hi} ranked above {lo}"
+        assert a.observed_expected[hi] > 1 > a.observed_expected[lo]
+        assert any(">= 0.5 by construction" in n for n in a.notes)
+    js = strict_load(sv.write_survival_outputs(a, tmp_path / "o")["statistics"])
+    assert js["c_index"] == pytest.approx(want) and js["c_index_higher_risk"] == "z_high"
+    assert js["c_index_direction"] == "z_high ranked above a_low"
+    # the group that looks protective by its name but dies first is the one ranked above
+    d = df.assign(risk_group=np.where(high > 0, "low", "high"))
+    a = sv.analyze_table(d, "os_days", "os_event", "risk_group")
+    assert a.c_index == pytest.approx(want) and a.c_index_higher_risk == "low"
+
+
+def test_two_group_c_index_is_at_least_one_half_and_numeric_direction_is_said():
+    from lifelines.utils import concordance_index
+    rng = np.random.default_rng(7)
+    seen_flip = False
+    for _ in range(40):        # weak, crossing effects: direction and value still agree
+        n = 30
+        g = rng.integers(0, 2, n)
+        t = np.where(g == 1, rng.exponential(100, n), rng.weibull(3, n) * 100)
+        c = rng.exponential(150, n)
+        df = pd.DataFrame({"t": np.minimum(t, c), "e": (t <= c).astype(int),
+                           "g": np.where(g == 1, "b", "a")})
+        a = sv.analyze_table(df, "t", "e", "g")
+        assert a.c_index >= 0.5
+        oe = a.observed_expected               # log-rank: observed events = expected events
+        exp = sum(int(df.e[df.g == k].sum()) / v for k, v in oe.items() if v)
+        assert exp == pytest.approx(df.e.sum())
+        hi = a.c_index_higher_risk
+        flipped = hi and oe[hi] < oe[({"a", "b"} - {hi}).pop()]
+        assert bool(flipped) == any("rank the groups the other way" in n for n in a.notes)
+        seen_flip = seen_flip or bool(flipped)
+        if a.c_index_higher_risk:
+            hi = (df.g == a.c_index_higher_risk).astype(float)
+            assert a.c_index == pytest.approx(concordance_index(df.t, -hi, df.e))
+    assert seen_flip                     # such data exist: the note is not dead code
+    df = _cohort(60, seed=6)
+    t, e, r = _synthetic(60, seed=6)
+    a = sv.analyze_table(df.assign(score_x=r), "os_days", "os_event", "score_x")
+    assert a.c_index == pytest.approx(concordance_index(t, -r, e))   # higher value, higher risk
+    assert a.c_index_direction == "higher 'score_x' = higher risk"
+    assert a.c_index_higher_risk is None
+
+
+def test_no_events_is_not_a_log_rank_p_of_one(tmp_path):
+    from lifelines.statistics import multivariate_logrank_test
+    df = _cohort(40)
+    df["os_event"] = 0
+    assert multivariate_logrank_test(df.os_days, df.risk_group, df.os_event).p_value == 1.0
+    assert sv.logrank_p(df.os_days, df.os_event, df.risk_group) is None
+    a = sv.analyze_table(df, "os_days", "os_event", "risk_group")
+    assert a.logrank_p is None and a.logrank_not_testable == "no events"
+    assert a.c_index is None and a.c_index_not_defined == "no events"
+    assert list(a.hr.values()) == [sv._not_estimable("no events")]
+    assert any(n.startswith("no events at all") for n in a.notes)
+    assert not any(n.startswith("no events in") for n in a.notes)
+    js = strict_load(sv.write_survival_outputs(a, tmp_path / "o")["statistics"])
+    assert js["logrank_p"] is None and js["logrank_not_testable"] == "no events"
+    assert js["c_index"] is None and js["c_index_not_defined"] == "no events"
+    b = sv.analyze_table(df.assign(x=np.arange(40.0)), "os_days", "os_event", "x")
+    assert b.logrank_p is None and b.c_index is None
+    assert b.hr == {"x (per SD)": sv._not_estimable("no events")}    # not "did not converge"
+
+
+def test_a_single_group_says_there_is_nothing_to_compare():
+    df = _cohort(30).assign(idh="mutant")
+    a = sv.analyze_table(df, "os_days", "os_event", "idh")
+    assert a.logrank_p is None and a.c_index is None and not a.hr
+    assert "only one group ('mutant'): nothing to compare" in a.notes
+    assert not any("nothing to compare" in n
+                   for n in sv.analyze_table(df, "os_days", "os_event").notes)
+
+
+def test_predict_summary_no_uncertainty_grouping_and_the_join_is_said():
+    from napari_radiogen.cli_cmds.predict import CSV_COLUMNS
+    rng = np.random.default_rng(0)
+    n = 12
+    df = pd.DataFrame({c: rng.uniform(size=n) for c in CSV_COLUMNS})
+    df["case_id"] = [f"TCGA_X_{i}" for i in range(n)]
+    df["model"], df["status"], df["message"] = "predict_ensemble", "ok", ""
+    g = sv.guess_columns(df)
+    assert g.group is None and g.id == "case_id"           # sd_idh was the guess
+    assert "join it with the clinical table on the case id" in g.message
+    assert "case_id" in g.message and "patient_id" in g.message
+    for col in ("sd_idh", "idh_std", "uncertainty_idh", "idh_sd_between_members"):
+        d = pd.DataFrame({col: rng.uniform(size=n), "os_days": np.arange(n) * 10.0,
+                          "os_event": [0, 1] * (n // 2)})
+        assert sv.guess_columns(d).group is None, col
+    # joined with the clinical columns: survival columns found, no hint
+    j = df.assign(os_days=np.arange(n) * 10.0, os_event=[0, 1] * (n // 2),
+                  predicted_idh=["mutant", "wildtype"] * (n // 2))
+    g = sv.guess_columns(j)
+    assert (g.time, g.event, g.group) == ("os_days", "os_event", "predicted_idh")
+    assert g.message == ""

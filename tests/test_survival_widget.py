@@ -261,3 +261,60 @@ def test_a_new_table_supersedes_the_job_under_way(widget, qtbot, cohort_csv, tmp
     assert w.source == str(other) and w.df is not None and len(w.df) == 4
     assert w.analysis is None and not w.ax.get_lines()
     assert w.stats.text().startswith("4 rows, 3 columns") and "error" not in w.stats.text()
+
+
+def test_stats_say_the_c_index_direction_and_untestable_statistics(widget, qtbot, tmp_path,
+                                                                  monkeypatch):
+    from lifelines.utils import concordance_index
+    from qtpy.QtWidgets import QFileDialog
+    t, e, r = _synthetic()
+    csv = tmp_path / "risk.csv"
+    pd.DataFrame({"patient_id": [f"p{i}" for i in range(60)], "os_days": t, "os_event": e,
+                  "risk_group": np.where(r > 0, "high", "low")}).to_csv(csv, index=False)
+    want = concordance_index(t, -(r > 0).astype(float), e)
+    w = widget
+    assert _load(w, qtbot, csv)
+    _run(w, qtbot)
+    assert f"C-index = {want:.3f} (high ranked above low)" in w.stats.text()
+    assert ">= 0.5 by construction" in w.stats.text()
+    # no events: not "log-rank p = 1", and null in the export
+    pd.DataFrame({"patient_id": [f"p{i}" for i in range(60)], "os_days": t, "os_event": 0,
+                  "idh": np.where(r > 0, "wildtype", "mutant")}).to_csv(csv, index=False)
+    assert _load(w, qtbot, csv)
+    w.event_col.setCurrentText("os_event")
+    _run(w, qtbot)
+    text = w.stats.text()
+    assert "log-rank: not testable (no events)" in text and "log-rank p" not in text
+    assert "C-index: not defined (no events)" in text
+    assert "HR wildtype vs mutant: not estimable (no events)" in text
+    out = tmp_path / "export"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(out)))
+    _wait(qtbot, w.export())
+    js = strict_load(out / "survival_stats.json")
+    assert js["logrank_p"] is None and js["c_index"] is None
+    assert js["logrank_not_testable"] == "no events"
+    # one group: says why nothing is compared
+    pd.DataFrame({"patient_id": [f"p{i}" for i in range(60)], "os_days": t, "os_event": e,
+                  "idh": "mutant"}).to_csv(csv, index=False)
+    assert _load(w, qtbot, csv)
+    w.group_col.setCurrentText("idh")
+    _run(w, qtbot)
+    assert "only one group ('mutant'): nothing to compare" in w.stats.text()
+
+
+def test_a_predict_summary_says_how_to_get_survival(widget, qtbot, tmp_path):
+    from napari_radiogen.cli_cmds.predict import CSV_COLUMNS
+    w = widget
+    assert "predictions.csv" not in w.path.placeholderText()
+    assert "summary.csv" in w.path.toolTip() and "case_id" in w.path.toolTip()
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({c: rng.uniform(size=8) for c in CSV_COLUMNS})
+    df["case_id"] = [f"c{i}" for i in range(8)]
+    df["model"], df["status"], df["message"] = "predict_ensemble", "ok", ""
+    csv = tmp_path / "summary.csv"
+    df.to_csv(csv, index=False)
+    assert _load(w, qtbot, csv)
+    assert w.group_col.currentText() == "(none)"              # not sd_idh
+    assert "join it with the clinical table on the case id" in w.stats.text()
+    assert not w.run_btn.isEnabled()

@@ -1,5 +1,7 @@
-"""Survival dock widget: load a cohort table (clinical CSV or a predictions CSV), choose the
-time, event and grouping columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
+"""Survival dock widget: load a cohort table (a clinical CSV/TSV with survival time and event
+columns; model outputs such as ``radiogen predict``'s summary.csv only joined with one on the
+case id, which the user does: the widget reads one table), choose the time, event and grouping
+columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
 C-index, and export them (figure, statistics JSON, per-patient CSV: de-identified, patients by
 row number, unless "include patient ids" is ticked).
 
@@ -68,9 +70,14 @@ def stats_text(a) -> str:
     lines = [f"n = {a.n}, events = {a.events}"]
     if a.logrank_p is not None:
         lines.append(f"log-rank p = {a.logrank_p:.3g}")
+    elif a.logrank_not_testable:
+        lines.append(f"log-rank: not testable ({a.logrank_not_testable})")
     lines += [_hr_line(k, v) for k, v in a.hr.items()]
     if a.c_index is not None:
-        lines.append(f"C-index = {a.c_index:.3f}")
+        lines.append(f"C-index = {a.c_index:.3f}"
+                     + (f" ({a.c_index_direction})" if a.c_index_direction else ""))
+    elif a.c_index_not_defined:
+        lines.append(f"C-index: not defined ({a.c_index_not_defined})")
     med = ", ".join(f"{g}: {'not reached' if m is None else f'{m:g}'}"
                     for g, m in a.median_survival.items())
     lines.append(f"median survival: {med}")
@@ -90,7 +97,13 @@ class SurvivalWidget(QWidget):
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         self.path = QLineEdit()
-        self.path.setPlaceholderText("cohort CSV (e.g. clinical.csv or predictions.csv)")
+        self.path.setPlaceholderText("cohort table with survival time and event columns "
+                                     "(e.g. clinical.csv)")
+        self.path.setToolTip(
+            "a CSV/TSV table, one row per patient, with a survival time and an event (0/1 or "
+            "alive/dead) column, e.g. TCGA-LGG's clinical.csv. radiogen predict's summary.csv "
+            "has no survival columns: for survival by predicted group, join it with the "
+            "clinical table on the case id (case_id = patient_id) and open the joined table")
         self.path.returnPressed.connect(lambda: self.load_table(self.path.text()))
         b = QPushButton("Open...")
         b.clicked.connect(self._browse)

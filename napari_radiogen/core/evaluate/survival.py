@@ -49,12 +49,13 @@ def c_index(time, event, risk) -> Optional[float]:
 
 
 def logrank_p(time, event, groups) -> Optional[float]:
+    """The log-rank p between the groups; None with fewer than two groups or no events."""
     from lifelines.statistics import multivariate_logrank_test
     t, e, ok = _arrays(time, event)
     g = np.asarray(groups, dtype=object)
     ok &= np.array([x is not None and x == x for x in g])
-    if len(set(g[ok])) < 2:
-        return None
+    if len(set(g[ok])) < 2 or e[ok].sum() == 0:
+        return None                      # no events: nothing to test (lifelines says p = 1)
     return float(multivariate_logrank_test(t[ok], g[ok], e[ok]).p_value)
 
 
@@ -339,10 +340,18 @@ def _event_rank(name: str, toks: List[str]) -> Optional[int]:
     return None
 
 
+#: tokens of column names that hold an uncertainty (``sd_idh`` of a ``radiogen predict``
+#: summary, a spread between ensemble members): never a grouping
+_UNCERTAINTY = {"sd", "std", "stdev", "stddev", "se", "sem", "var", "variance", "uncertainty",
+                "entropy", "spread", "disagreement", "between", "members"}
+
+
 def _group_rank(name: str, toks: List[str]) -> Optional[int]:
     t = set(toks)
     if str(name).lower().startswith("p_") or t & {"prob", "probability", "logit"}:
         return None                      # a probability is no grouping (predicted_idh is)
+    if t & _UNCERTAINTY:
+        return None                      # an uncertainty (sd_idh) is no grouping either
     if "group" in t or "arm" in t:
         return 0                         # risk_group, group
     if "idh" in t:
@@ -403,7 +412,29 @@ def guess_columns(df) -> ColumnGuess:
     elif missing:
         g.message = (f"no survival {'/'.join(missing)} column found: choose "
                      + ("them" if len(missing) == 2 else "it"))
+    if missing and _model_outputs(df):
+        g.message += "\n" + JOIN_HINT
     return g
+
+
+#: what to do with a table of model outputs without survival columns (``radiogen predict``'s
+#: summary.csv): the widget reads one table, so the join is the user's
+JOIN_HINT = ("These look like model outputs (radiogen predict writes summary.csv: case_id, "
+             "p_idh_mutant, risk..., no survival columns). For survival by predicted group, "
+             "join it with the clinical table on the case id (its case_id with clinical.csv's "
+             "patient_id; pandas: pred.merge(clin, left_on='case_id', right_on='patient_id')), "
+             "save the joined table and open it here; then group by risk (split at its median) "
+             "or by a predicted class you add (e.g. p_idh_mutant >= 0.5).")
+
+
+def _model_outputs(df) -> bool:
+    """Whether a table holds model outputs (``p_*``, ``risk``, ``sd_*`` columns)."""
+    for c in df.columns:
+        toks = _tokens(c)
+        if toks and (not _observed(c, toks) or set(toks) & _UNCERTAINTY):
+            return True
+    return False
+
 
 
 @dataclass
@@ -412,13 +443,25 @@ class SurvivalAnalysis:
     ``{hr, ci95, p}``, or ``{hr: None, ci95: None, p: None, not_estimable: reason}``;
     ``curves`` are the Kaplan-Meier tables per group (``time``, ``survival``, ``lower``,
     ``upper``, ``n``, ``events``, ``censor_time``, ``censor_survival``), computed with the
-    statistics so that drawing them needs no fitting (:func:`draw_km`)."""
+    statistics so that drawing them needs no fitting (:func:`draw_km`).
+
+    ``c_index_direction`` says which way the C-index ranks (``"high ranked above low"``,
+    ``"higher 'age' = higher risk"``); for two groups ``c_index_higher_risk`` names the
+    group taken as the higher risk (the one whose patients had the event first in more of the
+    comparable pairs: that C-index is >= 0.5 by construction); ``observed_expected``: each
+    group's observed/expected events of the log-rank test. ``logrank_not_testable`` and
+    ``c_index_not_defined`` say why those are None (e.g. ``"no events"``)."""
     n: int
     events: int
     groups: Dict[str, int] = field(default_factory=dict)
     logrank_p: Optional[float] = None
     hr: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     c_index: Optional[float] = None
+    c_index_direction: Optional[str] = None
+    c_index_higher_risk: Optional[str] = None
+    observed_expected: Dict[str, Optional[float]] = field(default_factory=dict)
+    logrank_not_testable: Optional[str] = None
+    c_index_not_defined: Optional[str] = None
     median_survival: Dict[str, Optional[float]] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     time: Any = None
@@ -439,8 +482,12 @@ class SurvivalAnalysis:
                 "n": self.n, "events": self.events, "groups": dict(self.groups),
                 "events_per_group": {g: c.get("events") for g, c in self.curves.items()},
                 "median_survival": dict(self.median_survival), "logrank_p": self.logrank_p,
+                "logrank_not_testable": self.logrank_not_testable,
+                "observed_expected": dict(self.observed_expected),
                 "hazard_ratios": {k: dict(v) for k, v in self.hr.items()},
-                "c_index": self.c_index, "notes": list(self.notes)}
+                "c_index": self.c_index, "c_index_direction": self.c_index_direction,
+                "c_index_higher_risk": self.c_index_higher_risk,
+                "c_index_not_defined": self.c_index_not_defined, "notes": list(self.notes)}
 
 
 @contextmanager
@@ -487,6 +534,25 @@ def _not_estimable(reason: str) -> Dict[str, Any]:
     return {"hr": None, "ci95": None, "p": None, "not_estimable": reason}
 
 
+def observed_expected(time, event, groups) -> Dict[str, Optional[float]]:
+    """Each group's observed events over the events the log-rank test expects of it (at each
+    event time, the deaths times the group's share of the patients at risk); None where it
+    expects none. Above 1: a higher hazard than the cohort's."""
+    t = np.asarray(time, float)
+    e = np.asarray(event, float) > 0
+    g = np.asarray(groups, dtype=object)
+    names = sorted(set(g), key=str)
+    exp = dict.fromkeys(names, 0.0)
+    for u in np.unique(t[e]):
+        at_risk = t >= u
+        d = float((e & (t == u)).sum())
+        n = float(at_risk.sum())
+        for k in names:
+            exp[k] += d * float((at_risk & (g == k)).sum()) / n
+    return {str(k): (float((e & (g == k)).sum()) / exp[k] if exp[k] > 0 else None)
+            for k in names}
+
+
 def _too_many_groups(df, group_col, levels, skip) -> ConfigError:
     fits = [c for c in df.columns if c not in skip and 2 <= _n_levels(df[c]) <= MAX_GROUPS]
     best = _best(df, _group_rank, _groupable, exclude=skip, observed=False)
@@ -505,7 +571,11 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
 
     ``group_col`` may be categorical (each value a group, at most :data:`MAX_GROUPS`; HRs
     against the largest group, the first in sorted order among equals) or numeric with more than 5 values (split at the
-    median into low/high; the C-index and an HR per SD use the numeric values). ``notes`` say
+    median into low/high; the C-index, higher values ranked as higher risk, and an HR per SD use
+    the numeric values). Two groups' C-index ranks above the group whose patients had the event
+    first in more of the comparable pairs (>= 0.5 by construction; ``c_index_direction``), not
+    the one whose name sorts second. No events: no log-rank p, HR or C-index, each saying why
+    (``logrank_not_testable``, ``c_index_not_defined``). ``notes`` say
     what was left out and what is unreliable (too few patients or events, an HR that cannot be
     estimated: then its numbers are None). ``id_col`` names the patients in an identified
     export's per-patient table (default: the table's id column, else the row number); a
@@ -575,14 +645,31 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
         notes.append(f"only {res.n} patient(s) and {res.events} event(s): too few for reliable "
                      f"statistics (at least {MIN_PATIENTS} and {MIN_EVENTS})")
     no_events = [str(g) for g in names if res.curves[str(g)]["events"] == 0]
-    if no_events and len(names) >= 2:
+    if no_events and len(no_events) < len(names) >= 2:
         notes.append(f"no events in {', '.join(no_events)}: survival there never drops, and "
                      "a hazard ratio against it cannot be estimated")
-    if len(names) >= 2:
+    if group_col and len(names) == 1:
+        notes.append(f"only one group ({str(names[0])!r}): nothing to compare")
+    if len(names) >= 2 and res.events == 0:
+        # lifelines would say p = 1 and a Cox model has nothing to fit: no events, no test
+        res.logrank_not_testable = res.c_index_not_defined = "no events"
+        notes.append("no events at all: survival never drops; the log-rank test, the hazard "
+                     "ratios and the C-index need events")
+        if numeric is not None:
+            res.hr = {f"{group_col} (per SD)": _not_estimable("no events")}
+        else:
+            ref = max(names, key=lambda g: res.groups[str(g)])
+            res.hr = {f"{g} vs {ref}": _not_estimable("no events") for g in names if g != ref}
+    elif len(names) >= 2:
         res.logrank_p = logrank_p(t, e, groups)
+        res.observed_expected = observed_expected(t, e, groups)
         if numeric is not None:
             x = numeric[ok].to_numpy(float)
-            res.c_index = c_index(t, e, x)
+            res.c_index = _safe_c_index(t, e, x)
+            if res.c_index is None:
+                res.c_index_not_defined = "no comparable pairs"
+            else:
+                res.c_index_direction = f"higher {group_col!r} = higher risk"
             sd = x.std() or 1.0
             key = f"{group_col} (per SD)"
             with _lifelines_warnings() as caught:
@@ -609,7 +696,7 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
                     why = _estimable(v)
                 res.hr[f"{g} vs {ref}"] = _not_estimable(why) if why else v
             if len(names) == 2:
-                res.c_index = c_index(t, e, (groups == names[1]).astype(float))
+                _two_group_c_index(res, t, e, groups, [str(g) for g in names])
         bad = [k for k, v in res.hr.items() if v.get("not_estimable")]
         if bad:
             notes.append(f"HR not estimable: {'; '.join(bad)}")
@@ -618,6 +705,48 @@ def analyze_table(df, time_col: str, event_col: str, group_col: Optional[str] = 
                          "events, or one that nearly separates the outcomes): read the HRs "
                          "with care")
     return res
+
+
+def _safe_c_index(t, e, r) -> Optional[float]:
+    try:
+        return c_index(t, e, r)
+    except ZeroDivisionError:            # lifelines: no admissible pairs
+        return None
+
+
+def _two_group_c_index(res: SurvivalAnalysis, t, e, groups, names: List[str]) -> None:
+    """The C-index of two groups. Which group is the higher risk is taken from the data, never
+    from how the names sort: the one whose patients had the event first in more of the
+    comparable pairs (so the C-index is >= 0.5 by construction: it measures separation);
+    said in ``c_index_direction``, and a note when the log-rank's observed/expected events
+    rank the groups the other way."""
+    g = np.asarray(groups).astype(str)
+    a, b = names
+    ca = _safe_c_index(t, e, (g == a).astype(float))
+    if ca is None:
+        res.c_index_not_defined = "no comparable pairs (no event before another patient's time)"
+        return
+    if np.isclose(ca, 0.5):
+        res.c_index = 0.5
+        res.c_index_direction = "neither group ranked above the other"
+    else:
+        hi, lo = (a, b) if ca > 0.5 else (b, a)
+        res.c_index = ca if hi == a else _safe_c_index(t, e, (g == hi).astype(float))
+        res.c_index_higher_risk = hi
+        res.c_index_direction = f"{hi} ranked above {lo}"
+    res.notes.append(
+        "two-group C-index: the higher-risk group is the one whose patients had the event "
+        "first in more of the comparable pairs, so the C-index is >= 0.5 by construction: it "
+        "measures how far the groups separate; the log-rank p tests whether they do")
+    oe = res.observed_expected
+    hi = res.c_index_higher_risk
+    if hi is not None:
+        lo = b if hi == a else a
+        if oe.get(hi) is not None and oe.get(lo) is not None and oe[hi] < oe[lo]:
+            res.notes.append(
+                f"the log-rank's observed/expected events rank the groups the other way "
+                f"({lo} {oe[lo]:.2f}, {hi} {oe[hi]:.2f}): the groups barely separate, or "
+                "their hazards cross")
 
 
 def draw_km(ax, analysis: SurvivalAnalysis, *, show_ci: bool = True) -> None:
