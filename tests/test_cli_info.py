@@ -245,3 +245,29 @@ def test_info_cohort_counts_the_files_of_an_unrecognised_dicom_folder(tmp_path, 
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if "dcmcase" in ln)
     assert "(not recognised: 3 DICOM file(s) in ./)" in line, line
+
+
+def test_info_of_a_dicom_export_with_a_subfolder_per_series(tmp_path, capfd):
+    """A study exported as 001/ 002/ (a series each, one patient and study) is one case: the
+    table lists its sequences from the SeriesDescription with the stored dtype (int16, was
+    float32); a folder of two such exports is a cohort of two cases whose sequences are
+    recognised (was one case per series, none recognised)."""
+    from test_io import _export
+    coh = tmp_path / "cohort"
+    _export(coh / "PA", "PHANTOM1", "1.2.826.0.1.3680043.2.1125.11.1", ["AX FLAIR", "AX T1 SE"])
+    _export(coh / "PB", "PHANTOM2", "1.2.826.0.1.3680043.2.1125.11.2", ["AX FLAIR", "AX T2"])
+    r = run_main(capfd, coh / "PA")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("case PA  (volume)"), r.stdout
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[2:4]}
+    assert set(rows) == {"t1", "flair"} and rows["t1"][-1] == "int16", r.stdout
+    assert "missing: t1ce, t2" in r.stdout
+    d = json.loads(run_main(capfd, coh / "PA", "--json").stdout)
+    assert d["sequences"]["flair"]["dtype"] == "int16"
+    assert d["sequences"]["flair"]["dtype_in_memory"] == "float32"
+    r = run_main(capfd, coh)
+    assert r.returncode == 0, r.stderr
+    assert "(2 case(s))" in r.stdout, r.stdout
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
+    assert lines["PA"].split()[1:] == ["volume", "t1", "flair"], r.stdout
+    assert lines["PB"].split()[1:] == ["volume", "t2", "flair"], r.stdout

@@ -1,6 +1,7 @@
 """core.io: sequence detection, volume/case/pack/DICOM reading, checks on bad input, writers."""
 import csv
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,8 @@ def make_case(folder, names=("t1", "t1ce", "t2", "flair"), seg=True, shape=(12, 
 
 
 def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spacing=(0.9, 0.9, 3.0),
-                       origin=(-10.0, -12.0, 5.0), patient="PHANTOM1", start_index=0):
+                       origin=(-10.0, -12.0, 5.0), patient="PHANTOM1", start_index=0,
+                       study_uid="1.2.826.0.1.3680043.2.1125.777.1", series_number=None):
     """Write a (z, y, x) int16 array as one DICOM MR series (one file per slice)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,6 @@ def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spa
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
     series_uid = series_uid or f"1.2.826.0.1.3680043.2.1125.{abs(hash(description)) % 10**8}.1"
-    study_uid = "1.2.826.0.1.3680043.2.1125.777.1"
     direction = img.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -75,6 +76,8 @@ def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spa
             ("0008|103e", description), ("0018|0050", str(spacing[2])),
             ("0020|0037", "\\".join(map(str, (direction[0], direction[3], direction[6],
                                              direction[1], direction[4], direction[7]))))]
+    if series_number is not None:
+        tags.append(("0020|0011", str(series_number)))
     for i in range(img.GetDepth()):
         sl = img[:, :, i]
         for k, v in tags:
@@ -698,11 +701,159 @@ def test_dicom_two_series_same_sequence_needs_a_choice(tmp_path):
     write_dicom_series(blob((5, 16, 16)), d, description="T1 AX", series_uid="1.2.3.9.1")
     write_dicom_series(blob((5, 16, 16)), d, description="T1 SAG", series_uid="1.2.3.9.2",
                        start_index=100)
-    with pytest.raises(CaseLoadError, match=r"two files claim the sequence 't1'.*--series"):
+    with pytest.raises(CaseLoadError, match=r"two series claim the sequence 't1'.*"
+                                            r"UID 1\.2\.3\.9\.1\b.*UID 1\.2\.3\.9\.2\b.*"
+                                            r"--sequence UID=ignore"):
         load_case(d)
     assert load_case(d, series="T1 SAG").meta["files"] == {"t1": "series 'T1 SAG'"}
     c = load_case(d, overrides={"T1 SAG": "t1ce"})
     assert c.present == ("t1", "t1ce")
+
+
+def _export(folder, patient, study, descriptions, *, by_number=True, seed=0):
+    """A scanner/PACS export of one study: a numbered subfolder per series (001/ 002/ ...),
+    or (``by_number=False``) every series' files in ``folder`` itself."""
+    for i, desc in enumerate(descriptions, 1):
+        sub = folder / f"{i:03d}" if by_number else folder
+        write_dicom_series((blob((4, 16, 16), seed=seed + i) * 10).astype(np.int16), sub,
+                           description=desc, patient=patient, study_uid=study,
+                           series_uid=f"{study}.{i}", series_number=i,
+                           start_index=100 * i + 1000 * seed)
+
+
+def test_a_study_exported_with_a_subfolder_per_series_is_one_case(tmp_path):
+    """001/ 002/ 003/, each one series of one patient's study (the usual export layout), is one
+    case whose sequences come from the SeriesDescription (was: a cohort of one case per
+    series, none recognised); subfolders of different patients stay a cohort."""
+    from napari_radiogen.core.io import scan_folder
+    case = tmp_path / "study"
+    _export(case, "PHANTOM1", "1.2.826.0.1.3680043.2.1125.5.1",
+            ["AX FLAIR", "AX T1 SE", "AX T2 TSE"])
+    assert scan_folder(case).kind == "case" and list_cases(case) == [case]
+    c = load_case(case)
+    assert c.present == ("t1", "t2", "flair") and c.case_id == "study"
+    assert c.meta["files"]["flair"] == "001/ series 'AX FLAIR'"
+    assert scan_case(case)["sequences"] == {"flair": "001/", "t1": "002/", "t2": "003/"}
+    assert scan_case(case)["unrecognised"] == []
+    # a cohort of such exports: one case per patient folder, its sequences listed
+    coh = tmp_path / "cohort"
+    _export(coh / "PA", "PHANTOM1", "1.2.826.0.1.3680043.2.1125.5.2", ["AX FLAIR", "AX T1 SE"])
+    _export(coh / "PB", "PHANTOM2", "1.2.826.0.1.3680043.2.1125.5.3", ["AX FLAIR", "AX T2 TSE"])
+    assert list_cases(coh) == [coh / "PA", coh / "PB"]
+    assert set(scan_case(coh / "PB")["sequences"]) == {"flair", "t2"}
+    # a folder of patients' series (different patients and studies): still a cohort
+    mixed = tmp_path / "patients"
+    _export(mixed / "001", "PHANTOM1", "1.2.826.0.1.3680043.2.1125.5.4", ["AX FLAIR"],
+            by_number=False)
+    _export(mixed / "002", "PHANTOM2", "1.2.826.0.1.3680043.2.1125.5.5", ["AX FLAIR"],
+            by_number=False)
+    assert scan_folder(mixed).kind == "cohort"
+    assert list_cases(mixed) == [mixed / "001", mixed / "002"]
+
+
+def test_dicom_series_of_two_patients_are_not_one_case(tmp_path):
+    """Series of two patients (PatientID) in one folder are refused, each patient's series
+    named by description and UID (the patients' ids are not written); leaving one patient's
+    series out with --sequence UID=ignore reads the other's."""
+    from napari_radiogen.napari.reader import get_reader
+    d = tmp_path / "mixed"
+    _export(d, "PHANTOM1", "1.2.826.0.1.3680043.2.1125.6.1", ["AX FLAIR"], by_number=False)
+    _export(d, "PHANTOM2", "1.2.826.0.1.3680043.2.1125.6.2", ["AX FLAIR", "AX T1 SE"],
+            by_number=False, seed=5)
+    with pytest.raises(CaseLoadError) as e:
+        load_case(d)
+    msg = str(e.value)
+    assert "DICOM series of 2 different patients" in msg, msg
+    assert re.search(r"patient 1: series 'AX FLAIR' \(series number 1, 4 files, "
+                     r"UID 1\.2\.826\.0\.1\.3680043\.2\.1125\.6\.1\.1\); patient 2: ", msg), msg
+    assert "--sequence UID=ignore" in msg and "PHANTOM" not in msg
+    c = load_case(d, overrides={"1.2.826.0.1.3680043.2.1125.6.1.1": "ignore"})
+    assert c.present == ("t1", "flair")
+    assert c.sequences["flair"].meta["series_uid"] == "1.2.826.0.1.3680043.2.1125.6.2.1"
+    # the same series in sequence-named subfolders: refused too
+    e2 = tmp_path / "named"
+    _export(e2 / "FLAIR", "PHANTOM1", "1.2.826.0.1.3680043.2.1125.6.3", ["AX FLAIR"],
+            by_number=False)
+    _export(e2 / "T1", "PHANTOM2", "1.2.826.0.1.3680043.2.1125.6.4", ["AX T1 SE"],
+            by_number=False)
+    with pytest.raises(CaseLoadError, match="2 different patients"):
+        load_case(e2)
+    # the viewer cannot pass --sequence: it says to separate the patients' files
+    with pytest.raises(CaseLoadError) as e:
+        get_reader(str(d))(str(d))
+    assert "move each patient's files into a folder of their own" in str(e.value)
+
+
+def test_two_series_of_one_description_are_told_apart_by_uid(tmp_path):
+    """Two series 'AX FLAIR' (a repeat): the error lists each one's series number and UID and
+    says --sequence UID=ignore, which works even where one UID begins the other; the
+    description matches both, which the override error says with the UIDs; the viewer's
+    advice works for a flat folder (no series folder to open)."""
+    from napari_radiogen.napari.reader import get_reader
+    d = tmp_path / "study"
+    st = "1.2.826.0.1.3680043.2.1125.7"
+    for i, (desc, uid) in enumerate([("AX FLAIR", f"{st}.1"), ("AX FLAIR", f"{st}.10"),
+                                     ("AX T1 SE", f"{st}.2")]):
+        write_dicom_series((blob((4, 16, 16), seed=i) * 10).astype(np.int16), d,
+                           description=desc, series_uid=uid, series_number=i + 1,
+                           start_index=100 * i)
+    with pytest.raises(CaseLoadError) as e:
+        load_case(d)
+    msg = str(e.value)
+    assert (f"two series claim the sequence 'flair': series 'AX FLAIR' (series number 1, 4 "
+            f"files, UID {st}.1); series 'AX FLAIR' (series number 2, 4 files, UID {st}.10); "
+            "leave one out with --sequence UID=ignore") in msg, msg
+    assert "--series" not in msg
+    c = load_case(d, overrides={f"{st}.1": "ignore"})          # exact UID, not a prefix
+    assert c.present == ("t1", "flair") and c.sequences["flair"].meta["series_uid"] == f"{st}.10"
+    c = load_case(d, overrides={f"{st}.10": "ignore"})
+    assert c.sequences["flair"].meta["series_uid"] == f"{st}.1"
+    with pytest.raises(CaseLoadError, match=rf"matches 2 series .*UID {re.escape(st)}\.1\).*"
+                                            r"name the series by its UID"):
+        load_case(d, overrides={"AX FLAIR": "ignore"})
+    with pytest.raises(CaseLoadError) as e:
+        get_reader(str(d))(str(d))
+    vmsg = str(e.value)
+    assert "move the files of all but one of them out of the case folder" in vmsg, vmsg
+    assert "open one series folder" not in vmsg and "--series" not in vmsg
+
+
+def test_dicom_series_whose_descriptions_say_no_sequence(tmp_path):
+    """Descriptions that say nothing ('Series 1'): the CLI advice names them by description
+    or UID; the viewer's says to put each series in a subfolder named after its sequence,
+    which reads."""
+    from napari_radiogen.napari.reader import get_reader
+    d = tmp_path / "study"
+    _export(d, "PHANTOM1", "1.2.826.0.1.3680043.2.1125.8.1", ["Series 1", "Series 2"],
+            by_number=False)
+    with pytest.raises(CaseLoadError, match=r"among the DICOM series: series 'Series 1', series "
+                                            r"'Series 2'; name them with --sequence "
+                                            r"'DESCRIPTION=SEQ' \(or UID=SEQ\)"):
+        load_case(d)
+    assert load_case(d, overrides={"Series 1": "t1", "Series 2": "flair"}).present == (
+        "t1", "flair")
+    with pytest.raises(CaseLoadError) as e:
+        get_reader(str(d))(str(d))
+    vmsg = str(e.value)
+    assert "subfolder of its own named after its sequence (T1/, T1CE/, T2/, FLAIR/)" in vmsg
+    assert "CASE_flair.nii.gz" not in vmsg
+    e2 = tmp_path / "sorted"
+    _export(e2 / "T1", "PHANTOM1", "1.2.826.0.1.3680043.2.1125.8.2", ["Series 1"], by_number=False)
+    _export(e2 / "FLAIR", "PHANTOM1", "1.2.826.0.1.3680043.2.1125.8.2", ["Series 2"],
+            by_number=False)
+    assert load_case(e2).present == ("t1", "flair")
+
+
+def test_dicom_patient_id_of_a_training_patient_is_carried(tmp_path):
+    """A DICOM case whose series' PatientID is a TCGA/BraTS/UCSF-PDGM id carries it in
+    meta['patient_ids'] (the in-sample check), as a file name with that id does."""
+    d = tmp_path / "study"
+    _export(d, "TCGA-FG-6692", "1.2.826.0.1.3680043.2.1125.9.1", ["AX FLAIR", "AX T1 SE"],
+            by_number=False)
+    assert load_case(d).meta["patient_ids"] == ["TCGA-FG-6692"]
+    e = tmp_path / "other"
+    _export(e, "PHANTOM1", "1.2.826.0.1.3680043.2.1125.9.2", ["AX FLAIR"], by_number=False)
+    assert "patient_ids" not in load_case(e).meta
 
 
 def test_a_blank_sequence_is_refused_by_name(tmp_path):
@@ -718,7 +869,9 @@ def test_a_blank_sequence_is_refused_by_name(tmp_path):
         write_volume(arr, v.geometry, folder / f"C1_{s}.nii.gz")
     write_volume(np.zeros(case.geometry.shape, np.uint8), case.geometry, folder / "C1_seg.nii.gz",
                  labels=True)
-    with pytest.raises(CaseLoadError, match=r"C1_flair\.nii\.gz: the flair image is blank"):
+    # named by its path, as the readers' other errors name a file
+    with pytest.raises(CaseLoadError, match=re.escape(f"{folder / 'C1_flair.nii.gz'}: the flair "
+                                                      "image is blank")):
         load_case(folder)
     write_volume(case.sequences["flair"].array, case.geometry, folder / "C1_flair.nii.gz")
     loaded = load_case(folder)

@@ -231,13 +231,28 @@ def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
     return _mark_synthetic_layers(case, case_to_layer_data(case, source=str(p)))
 
 
-#: the reader's advice speaks of the command line's ``--sequence``/``--series`` options, which
-#: napari's Open cannot pass: in the viewer the same advice is to rename or move the files
+#: the reader's advice speaks of the command line's ``--sequence`` option, which napari's Open
+#: cannot pass: in the viewer the same advice is to rename or move the files (DICOM series: to
+#: move their files, or to put each in a subfolder named after its sequence)
 _SEQ_WORDS = "(t1, t1ce, t2, flair; e.g. CASE_flair.nii.gz)"
+#: DICOM series cannot be renamed: in the viewer a series is named by a subfolder of its own
+_SEQ_FOLDERS = "T1/, T1CE/, T2/, FLAIR/"
 _VIEWER_PHRASES = [
-    (r"pick one with --series S \(description or UID\), or name them with "
-     r"--sequence 'DESCRIPTION=SEQ'",
-     "open one series folder on its own (or choose one with the command line's --series)"),
+    # DICOM series of one sequence (a flat folder has no series folder to open on its own)
+    (r"leave one out with --sequence UID(?: \(or FILE\))?=ignore \(or name it with "
+     r"--sequence UID(?: \(or FILE\))?=SEQ\)",
+     "move the files of all but one of them out of the case folder (each DICOM file's header "
+     "gives its series number and UID), or read the case with the command line, which can "
+     "leave one out with --sequence UID=ignore"),
+    # DICOM series of two patients in one folder
+    (r"open one patient's series on their own \(a folder per patient\), or leave the other "
+     r"patient's series out with --sequence UID=ignore",
+     "move each patient's files into a folder of their own and open one of those"),
+    # DICOM series whose descriptions do not say the sequence
+    (r"name them with --sequence 'DESCRIPTION=SEQ' \(or UID=SEQ\)",
+     f"put each series in a subfolder of its own named after its sequence ({_SEQ_FOLDERS}) "
+     "and open the folder holding them (or name them with the command line's --sequence "
+     "'DESCRIPTION=SEQ')"),
     (r"choose with --sequence FILE=ignore \(or FILE=<sequence>\)",
      f"move one of them out of the folder, or rename it so its name says its sequence "
      f"{_SEQ_WORDS}"),

@@ -28,8 +28,8 @@ from ..errors import CaseLoadError, GeometryError
 from . import maps as _maps
 from .detect import (DICOM_EXTENSIONS, PACK_EXTENSIONS, canonical_sequence_name, detect_sequence,
                      strip_extension)
-from .dicom import (SeriesInfo, has_dicom, is_dicom_file, list_series, read_series,
-                    series_matches)
+from .dicom import (SeriesInfo, first_header, has_dicom, is_dicom_file, list_series,
+                    read_series, series_matches)
 from .pack import is_slice_pack, load_pack, pack_info
 from .synthetic import has_synth_suffix
 from .volume import (file_header, file_map, file_synthetic, image_to_volume, load_volume,
@@ -116,8 +116,10 @@ class FolderScan:
         if self.dicom_subs:
             named = [d for d in self.dicom_subs if detect_sequence(d.name)[0] is not None]
             if named or not (self.case_subs or self.packs):
-                # T1/ FLAIR/ ... subfolders: one case; patient folders of DICOM: a cohort
-                if named or len(self.dicom_subs) == 1:
+                # T1/ FLAIR/ ... subfolders, or a scanner/PACS export's 001/ 003/ ... (a
+                # subfolder per series of one patient's study): one case; patient folders of
+                # DICOM: a cohort
+                if named or len(self.dicom_subs) == 1 or self.one_study:
                     return "case"
                 return "cohort"
         if self.case_subs or self.packs or self.other_subs and self._nested_cases():
@@ -125,6 +127,22 @@ class FolderScan:
         if not (self.other_subs or self.others):
             return "empty"
         return "none"
+
+    @cached_property
+    def one_study(self) -> bool:
+        """The DICOM subfolders all hold series of one study of one patient (their first files
+        share a StudyInstanceUID and PatientID): the subfolder-per-series layout of a scanner or
+        PACS export, one case whatever the subfolders are named. One header read per
+        subfolder; False where a header says no study."""
+        keys = set()
+        for d in self.dicom_subs:
+            h = first_header(d)
+            if h is None or not h["study_uid"]:
+                return False
+            keys.add((h["patient_id"], h["study_uid"]))
+            if len(keys) > 1:
+                return False
+        return bool(keys)
 
     @cached_property
     def groups(self) -> Dict[str, List[Path]]:
@@ -303,6 +321,16 @@ def _apply_overrides(items: List[Item], overrides: List[Tuple[str, str]], where:
             raise CaseLoadError(f"{where}: the override '{key}={seq}' names no file of the case "
                                 f"(files: {listing})")
         if len(hits) > 1:
+            # a name said in full wins over names that merely contain it (a series UID that
+            # begins another's, 1.2.3.1 and 1.2.3.10)
+            exact = [it for it in hits if key.lower() in it.keys]
+            if len(exact) == 1:
+                hits = exact
+        if len(hits) > 1:
+            if any(h.series is not None for h in hits):
+                raise CaseLoadError(f"{where}: the override '{key}={seq}' matches "
+                                    f"{len(hits)} series ({'; '.join(_ids(h) for h in hits)}); "
+                                    "name the series by its UID")
             raise CaseLoadError(f"{where}: the override '{key}={seq}' matches "
                                 f"{len(hits)} files ({', '.join(h.display for h in hits)}); "
                                 "use the full file name")
@@ -331,6 +359,15 @@ def _fmt_box(g: Geometry) -> str:
     return "[" + ", ".join(f"{lo:.0f}..{hi:.0f}" for lo, hi in zip(b[0], b[1])) + "] mm"
 
 
+def _vol_name(v: Volume) -> str:
+    """A volume as messages name it: its file's name; a DICOM series by its description."""
+    m = v.meta or {}
+    if m.get("format") == "dicom" and m.get("series_uid"):
+        d = m.get("series_description")
+        return f"series '{d}'" if d else f"series {m['series_uid']}"
+    return Path(v.path or "?").name
+
+
 def check_grids(case: Case) -> None:
     """Raise :class:`GridError` when sequences do not overlap in space; labels whose grid
     matches no sequence grid are left out of the case, with a warning in its meta."""
@@ -340,8 +377,8 @@ def check_grids(case: Case) -> None:
         if s == ref:
             continue
         if _overlap(v.geometry, g) <= 0.0:
-            raise GridError(f"{case.source}: {s} ({Path(v.path or '?').name}, LPS box "
-                            f"{_fmt_box(v.geometry)}) and {ref} ({Path(case.sequences[ref].path or '?').name}, "
+            raise GridError(f"{case.source}: {s} ({_vol_name(v)}, LPS box "
+                            f"{_fmt_box(v.geometry)}) and {ref} ({_vol_name(case.sequences[ref])}, "
                             f"{_fmt_box(g)}) do not overlap in space, so they cannot be put on "
                             "one grid (different patients or sessions?)")
     if case.labels is not None:
@@ -363,6 +400,18 @@ def check_grids(case: Case) -> None:
         case.meta["labels_grid"] = hit
 
 
+def _where(it: Item) -> str:
+    """An item as the readers' messages name it: the file's path; a DICOM series' folder and
+    the series."""
+    return f"{it.path} ({it.display})" if it.series is not None else str(it.path)
+
+
+def _ids(it: Item) -> str:
+    """An item with what tells it from another of the same name: a series' number, file count
+    and UID (which ``--sequence UID=...`` takes)."""
+    return f"{it.display} ({it.series.ids})" if it.series is not None else it.display
+
+
 def _load_item(it: Item) -> Volume:
     labels = it.name == "labels"
     if it.series is not None:
@@ -370,10 +419,11 @@ def _load_item(it: Item) -> Volume:
         img = read_series(it.series, warnings)
         meta: Dict[str, Any] = {"format": "dicom", "series_uid": it.series.uid,
                                 "series_description": it.series.description,
-                                "n_files": len(it.series.files)}
+                                "n_files": len(it.series.files),
+                                "source_pixel_type": img.GetPixelIDTypeAsString()}
         if warnings:
             meta["reader_warnings"] = " | ".join(warnings)[:1000]
-        return image_to_volume(img, where=f"{it.path} ({it.display})", labels=labels,
+        return image_to_volume(img, where=_where(it), labels=labels,
                                path=str(it.path), meta=meta)
     return load_volume(it.path, labels=labels)
 
@@ -411,13 +461,16 @@ def patient_ids_in(names: Iterable[str]) -> List[str]:
 
 
 def _patient_ids(case_id: str, source: Path, items: List[Item]) -> List[str]:
-    """Patient ids a case's file and folder names carry besides its case id (a case read from
-    ``TCGA-FG-6692/native/`` is the case ``native`` of patient ``TCGA-FG-6692``): the in-sample
-    check looks at them too. Only where the names agree on one patient, and none when the
-    case id is itself a patient id."""
+    """Patient ids a case's file and folder names (and its DICOM series' PatientID) carry
+    besides its case id (a case read from ``TCGA-FG-6692/native/`` is the case ``native`` of
+    patient ``TCGA-FG-6692``): the in-sample check looks at them too. Only where the names
+    agree on one patient, and none when the case id is itself a patient id."""
     if patient_ids_in([case_id]):
         return []
     ids = (patient_ids_in([it.path.name for it in items])
+           # a DICOM series' PatientID (0010,0020), where it is such an id
+           or patient_ids_in([it.series.patient_id for it in items
+                              if it.series is not None and it.name != "ignore"])
            or patient_ids_in([source.parent.name]))    # the folder holding the case
     return ids if len(ids) == 1 else []
 
@@ -451,13 +504,13 @@ def _not_a_volume(p: Path) -> str:
     return f"unsupported file type; expected {expected}"
 
 
-def _check_not_blank(vol: Volume, name: str, display: str) -> None:
+def _check_not_blank(vol: Volume, name: str, where: str) -> None:
     """A sequence whose voxels all hold one value carries no image: refuse it by name (the
     models would otherwise read it as a real, featureless scan and answer without a word)."""
     a = vol.array
     lo, hi = float(a.min()), float(a.max())
     if lo == hi:
-        raise CaseLoadError(f"{display}: the {name} image is blank (every voxel is {lo:g}); "
+        raise CaseLoadError(f"{where}: the {name} image is blank (every voxel is {lo:g}); "
                             "remove it from the case (a missing sequence can be synthesised) "
                             "or replace the file")
 
@@ -507,6 +560,7 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     ignored = [it for it in items if it.name == "ignore" and it.ignored]
     for it in ignored:
         log.debug("%s: %s ignored: %s", root, it.display, it.ignored)
+    _check_one_patient(items, root)
     for it in items:
         if it.name == "ignore":
             continue
@@ -521,17 +575,35 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
                 set_aside.append(pick[1])
                 continue
             what = "labels" if it.name == "labels" else f"sequence '{it.name}'"
-            hint = ("pick one with --series S (description or UID), or name them with "
-                    "--sequence 'DESCRIPTION=SEQ'" if a.series is not None or b.series is not None
-                    else "choose with --sequence FILE=ignore (or FILE=<sequence>)")
-            raise CaseLoadError(f"{root}: two files claim the {what}: {a.display} and "
-                                f"{b.display}; {hint}")
+            if a.series is None and b.series is None:
+                raise CaseLoadError(f"{root}: two files claim the {what}: {a.display} and "
+                                    f"{b.display}; choose with --sequence FILE=ignore (or "
+                                    "FILE=<sequence>)")
+            # DICOM series of one description: their UIDs tell them apart (an override by
+            # the description would match them all)
+            claim = [x for x in items if x.name == it.name]
+            n = "two" if len(claim) == 2 else str(len(claim))
+            whom = "series" if all(x.series is not None for x in claim) else "files"
+            key = "UID" if whom == "series" else "UID (or FILE)"
+            raise CaseLoadError(f"{root}: {n} {whom} claim the {what}: "
+                                f"{'; '.join(_ids(x) for x in claim)}; leave one out with "
+                                f"--sequence {key}=ignore (or name it with --sequence "
+                                f"{key}=SEQ)")
         by_name[it.name] = it
     seq_items = {k: v for k, v in by_name.items() if k in SEQUENCES}
     if not seq_items:
         also = ("; ignored: " + "; ".join(f"{it.display} ({it.ignored})" for it in ignored)
                 if ignored else "")
         if unknown:
+            if all(u.series is not None for u in unknown):
+                # DICOM series whose descriptions do not say the sequence: named by
+                # description, or by UID where descriptions repeat
+                descs = [u.series.description for u in unknown]
+                listing = ", ".join(_ids(u) if descs.count(u.series.description) > 1
+                                    else u.display for u in unknown)
+                raise CaseLoadError(f"{root}: no recognised sequence (t1, t1ce, t2, flair) "
+                                    f"among the DICOM series: {listing}; name them with "
+                                    f"--sequence 'DESCRIPTION=SEQ' (or UID=SEQ){also}")
             listing = ", ".join(u.display for u in unknown)
             raise CaseLoadError(f"{root}: no recognised sequence (t1, t1ce, t2, flair) among: "
                                 f"{listing}; name them with --sequence FILE=SEQ{also}")
@@ -540,7 +612,7 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
                              else f"{root}: no image sequence found") + also)
     sequences = {s: _load_item(seq_items[s]) for s in SEQUENCES if s in seq_items}
     for s, v in sequences.items():
-        _check_not_blank(v, s, seq_items[s].display)
+        _check_not_blank(v, s, _where(seq_items[s]))
     labels = _load_item(by_name["labels"]) if "labels" in by_name else None
     meta = dict(meta)
     meta["files"] = {s: it.display for s, it in by_name.items()}
@@ -581,6 +653,24 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     _set_reference(case, reference)
     check_grids(case)
     return case
+
+
+def _check_one_patient(items: List[Item], root: Path) -> None:
+    """Refuse a case whose DICOM series (those not left out with ``ignore``) belong to
+    different patients (PatientID): read together they would be segmented as one patient. The
+    message names the series of each patient, not the patients' ids."""
+    by_patient: Dict[str, List[Item]] = {}
+    for it in items:
+        if it.series is not None and it.name != "ignore" and it.series.patient_id:
+            by_patient.setdefault(it.series.patient_id, []).append(it)
+    if len(by_patient) < 2:
+        return
+    groups = "; ".join(f"patient {i}: " + ", ".join(_ids(x) for x in its)
+                       for i, its in enumerate(by_patient.values(), 1))
+    raise CaseLoadError(f"{root}: DICOM series of {len(by_patient)} different patients "
+                        f"(PatientID) in one case ({groups}); open one patient's series on "
+                        "their own (a folder per patient), or leave the other patient's series "
+                        "out with --sequence UID=ignore")
 
 
 def _folder_items(folder: Path, sc: FolderScan, series: Optional[str]) -> List[Item]:
@@ -765,6 +855,12 @@ def scan_case(path: PathLike) -> Dict[str, Any]:
             unknown.append(f.name)
     for d in sc.dicom_subs + ([p] if sc.dicom_here else []):
         name, _ = detect_sequence(d.name) if d != p else (None, "image")
+        if name is None and d != p:
+            # a subfolder per series (001/ 003/ ...): its first file's SeriesDescription, as
+            # load_case reads it (one header read)
+            h = first_header(d)
+            if h and h["description"]:
+                name, _ = detect_sequence(h["description"])
         if name:
             seqs.setdefault(name, d.name + "/")
         else:

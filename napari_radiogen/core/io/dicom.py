@@ -25,11 +25,20 @@ class SeriesInfo:
     folder: str
     modality: str = ""
     patient_id: str = ""
+    study_uid: str = ""
+    number: str = ""                   # SeriesNumber (0020,0011), as written
 
     @property
     def label(self) -> str:
         d = self.description or "(no description)"
         return f"'{d}' ({len(self.files)} files, UID {self.uid})"
+
+    @property
+    def ids(self) -> str:
+        """``series number 3, 155 files, UID 1.2...``: what tells a series from another of
+        the same description (the UID is what ``--sequence UID=...`` takes)."""
+        num = f"series number {self.number}, " if self.number else ""
+        return f"{num}{len(self.files)} files, UID {self.uid}"
 
 
 def is_dicom_file(path: Union[str, Path]) -> bool:
@@ -77,6 +86,33 @@ def _tag(reader: sitk.ImageFileReader, key: str) -> str:
         return ""
 
 
+#: the header fields :func:`first_header` reads
+_HEADER_TAGS = {"description": "0008|103e", "modality": "0008|0060", "patient_id": "0010|0020",
+                "study_uid": "0020|000d", "number": "0020|0011"}
+
+
+def _read_tags(path: Union[str, Path], noise: List[str]) -> dict:
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(path))
+    r.LoadPrivateTagsOn()
+    with captured_stderr(noise):
+        r.ReadImageInformation()
+    return {k: _tag(r, t) for k, t in _HEADER_TAGS.items()}
+
+
+def first_header(folder: Union[str, Path]) -> Optional[dict]:
+    """The identifying fields (``description``, ``modality``, ``patient_id``, ``study_uid``,
+    ``number``) of the first DICOM file directly inside ``folder``, one header read; ``None``
+    when there is none or it cannot be parsed."""
+    noise: List[str] = []
+    for f in dicom_files(folder, limit=3):
+        try:
+            return _read_tags(f, noise)
+        except RuntimeError:
+            continue
+    return None
+
+
 def list_series(folder: Union[str, Path]) -> List[SeriesInfo]:
     """All series GDCM can parse in ``folder``; raises :class:`CaseLoadError` when DICOM-looking
     files are there but none can be parsed."""
@@ -95,21 +131,14 @@ def list_series(folder: Union[str, Path]) -> List[SeriesInfo]:
     for uid in uids:
         with captured_stderr(noise):
             files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-        desc = modality = pid = ""
+        tags: dict = {}
         if files:
-            r = sitk.ImageFileReader()
-            r.SetFileName(files[0])
-            r.LoadPrivateTagsOn()
             try:
-                with captured_stderr(noise):
-                    r.ReadImageInformation()
-                desc = _tag(r, "0008|103e")
-                modality = _tag(r, "0008|0060")
-                pid = _tag(r, "0010|0020")
+                tags = _read_tags(files[0], noise)
             except RuntimeError:
                 pass
-        out.append(SeriesInfo(uid=uid, description=desc, files=files, folder=str(folder),
-                              modality=modality, patient_id=pid))
+        out.append(SeriesInfo(uid=uid, files=files, folder=str(folder),
+                              **{k: tags.get(k, "") for k in _HEADER_TAGS}))
     return out
 
 
