@@ -261,6 +261,7 @@ def test_info_of_a_dicom_export_with_a_subfolder_per_series(tmp_path, capfd):
     assert r.stdout.startswith("case PA  (volume)"), r.stdout
     rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[2:4]}
     assert set(rows) == {"t1", "flair"} and rows["t1"][-1] == "int16", r.stdout
+    assert "series 'AX T1 SE'" in r.stdout and "series 'AX FLAIR'" in r.stdout  # not a folder
     assert "missing: t1ce, t2" in r.stdout
     d = json.loads(run_main(capfd, coh / "PA", "--json").stdout)
     assert d["sequences"]["flair"]["dtype"] == "int16"

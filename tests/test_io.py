@@ -434,8 +434,8 @@ def test_a_case_named_by_its_folder_keeps_the_patient_id_of_its_file_names(tmp_p
     assert c.case_id == "native" and case_patient_ids(c) == ["TCGA_AB_1234"]
     card = {"training_data": {"patients": ["TCGA-AB-1234", "TCGA-CS-0001"]}}
     note = in_sample_note(c.case_id, "m", card, PREDICTION, case_patient_ids(c))
-    assert note is not None and note.startswith("native: its file names carry the id of a "
-                                                "patient in m's training data")
+    assert note is not None and note.startswith("native: its file names or DICOM headers carry "
+                                                "the id of a patient in m's training data")
     assert "1234" not in note                  # outputs are de-identified: no patient id
     assert in_sample_note(c.case_id, "m", card, PREDICTION) is None     # the id alone: none
     assert in_sample_note(c.case_id, "m", {"training_data": {"patients": ["TCGA-CS-0001"]}},

@@ -47,7 +47,10 @@ def _case_text(d: Dict[str, Any]) -> str:
         if v.get("nominal_spacing"):
             sp += " (nominal)"
         tilt = v.get("obliquity_deg")
-        rows.append((name, Path(v["file"] or "-").name if v["file"] else "-",
+        # a DICOM series is named by its description (its path is the folder of all series)
+        shown = (f"series '{v['series_description']}'" if v.get("series_description")
+                 else Path(v["file"]).name if v["file"] else "-")
+        rows.append((name, shown,
                      "x".join(str(s) for s in v["shape_zyx"]), sp, v["orientation"],
                      "-" if tilt is None else f"{tilt:.1f} deg", v["dtype"]))
         mem = v.get("dtype_in_memory")

@@ -58,7 +58,7 @@ def in_sample_note(case_id: Optional[str], model_name: str, card: Optional[Dict[
     """``"<case> was in <model>'s training data: <meaning>"`` (kind ``IN_SAMPLE``) when the case
     is among the model's training patients, else None. ``meaning``: :data:`DICE`,
     :data:`SEGMENTATION`, :data:`PREDICTION`, :data:`LOCALISATION` or own words.
-    ``patient_ids``: the patient ids the case's file names carry besides its id
+    ``patient_ids``: the patient ids the case's file names (or DICOM headers) carry besides its id
     (``case.meta["patient_ids"]``, see :func:`case_patient_ids`)."""
     if in_training_data(case_id, card):
         return Note(f"{case_id} was in {model_name}'s training data: {meaning}", IN_SAMPLE)
@@ -66,14 +66,14 @@ def in_sample_note(case_id: Optional[str], model_name: str, card: Optional[Dict[
         if in_training_data(pid, card):
             # the id is not written: outputs are de-identified, and the case id is what the
             # user named the case by
-            return Note(f"{case_id}: its file names carry the id of a patient in {model_name}'s "
-                        f"training data: {meaning}", IN_SAMPLE)
+            return Note(f"{case_id}: its file names or DICOM headers carry the id of a patient "
+                        f"in {model_name}'s training data: {meaning}", IN_SAMPLE)
     return None
 
 
 def case_patient_ids(case: Any) -> List[str]:
     """The patient ids a case carries besides its case id (``meta["patient_ids"]``, set by
-    the reader from the file and folder names)."""
+    the reader from the file and folder names, or a DICOM series' patient id)."""
     ids = (getattr(case, "meta", None) or {}).get("patient_ids") or []
     return [str(i) for i in ids if isinstance(i, str)]
 
@@ -81,7 +81,7 @@ def case_patient_ids(case: Any) -> List[str]:
 def case_in_sample_note(case: Any, model_name: str, card: Optional[Dict[str, Any]],
                         meaning: str) -> Optional[Note]:
     """:func:`in_sample_note` for a :class:`~napari_radiogen.core.case.Case`: its id and the
-    patient ids its file names carry."""
+    patient ids its file names or DICOM headers carry."""
     return in_sample_note(case.case_id, model_name, card, meaning, case_patient_ids(case))
 
 
