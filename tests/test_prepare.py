@@ -466,6 +466,23 @@ def test_a_sequence_padded_with_a_constant_background_prepares_as_a_zero_backgro
     assert a.box == b.box
     np.testing.assert_allclose(a.array, b.array, atol=1e-6)
     np.testing.assert_array_equal(brain_mask(padc), brain_mask(zero))
+    # a native (head) scan whose corners outside a round field of view are padded: the Otsu
+    # head mask and the normalisation are those of the unpadded scan
+    nat = make_phantom(4)
+    zz, yy, xx = np.indices(nat.geometry.shape)
+    cy, cx = (np.array(nat.geometry.shape[1:]) - 1) / 2
+    corners = (yy - cy) ** 2 + (xx - cx) ** 2 > (0.55 * max(nat.geometry.shape[1:])) ** 2
+    assert 0.05 < corners.mean() < 0.25                  # under the skull-stripped quarter
+    seqs = {k: Volume(np.where(corners, 0.0, v.array).astype(np.float32), v.geometry)
+            for k, v in nat.sequences.items()}
+    plain = Case("n", seqs)
+    fl = seqs["flair"]                                   # the reference: the Otsu mask's
+    padn = Case("np", dict(seqs, flair=Volume(np.where(corners, np.float32(pad), fl.array)
+                                              .astype(np.float32), fl.geometry)))
+    a, b = prepare(plain), prepare(padn)
+    assert a.mask_method == b.mask_method == "otsu"
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_allclose(a.array, b.array, atol=1e-6)
     # a noisy native scan has no constant background; a dark but real minimum is no padding
     nat = make_phantom(4).sequences["flair"].array
     assert background_value(nat) == 0.0

@@ -251,12 +251,14 @@ def _reference_name(case: Case, reference: Optional[str]) -> str:
 # ------------------------------------------------------------------------------------------
 # masks
 # ------------------------------------------------------------------------------------------
-def background_value(array: np.ndarray, *, min_fraction: float = 0.25) -> float:
-    """The value of an image's constant background: 0, or the image's minimum where that
-    value is negative, fills at least ``min_fraction`` of it and 0 does not fill a twentieth
-    (a background padded with a negative value of a signed type, e.g. -1024 or -32768;
-    counting every voxel that is not 0 as brain would make the whole field of view brain).
-    A constant positive background is not taken for padding (MRI intensities are >= 0)."""
+def background_value(array: np.ndarray, *, min_fraction: float = 0.05) -> float:
+    """The value of an image's constant padding background: 0, or the image's minimum where
+    that value is negative, fills at least ``min_fraction`` of it and 0 does not fill a
+    twentieth (a background, or the corners outside a round field of view, padded with a
+    negative value of a signed type, e.g. -1024 or -32768: counting every voxel that is not 0
+    as brain would make the whole field of view brain, and an Otsu threshold would split the
+    padding from the rest). A constant positive background is not taken for padding (MRI
+    intensities are >= 0)."""
     a = np.asarray(array)
     if a.size == 0 or np.count_nonzero(a == 0) >= 0.05 * a.size:
         return 0.0
@@ -264,6 +266,21 @@ def background_value(array: np.ndarray, *, min_fraction: float = 0.25) -> float:
     if not np.isfinite(lo) or lo >= 0 or np.count_nonzero(a == lo) < min_fraction * a.size:
         return 0.0
     return float(lo)
+
+
+def without_padding(vol: Volume) -> Volume:
+    """``vol`` with its padding background (:func:`background_value`) set to 0, the background
+    of every other image (``vol`` itself when it has none)."""
+    a = _without_padding(vol.array)
+    if a is vol.array:
+        return vol
+    return Volume(a, vol.geometry, path=vol.path, synthetic=vol.synthetic, meta=vol.meta)
+
+
+def _without_padding(array: np.ndarray) -> np.ndarray:
+    a = np.asarray(array)
+    bg = background_value(a)
+    return a if bg == 0.0 else np.where(a == bg, a.dtype.type(0), a)
 
 
 def is_skull_stripped(array: np.ndarray, *, min_zero_fraction: float = 0.25,
@@ -277,7 +294,7 @@ def is_skull_stripped(array: np.ndarray, *, min_zero_fraction: float = 0.25,
     a = np.asarray(array)
     if a.ndim not in (2, 3) or a.size == 0:
         return False
-    bg = background_value(a, min_fraction=min_zero_fraction)
+    bg = background_value(a)
     if np.count_nonzero(a == bg) < min_zero_fraction * a.size:
         return False
     shell = np.concatenate([face.ravel() for ax in range(a.ndim)
@@ -414,12 +431,14 @@ def _brain_mask(obj, *, method: str = "auto", reference: Optional[str] = None,
         ref_arr = np.asarray(obj)
         arrays = [ref_arr]
     check_array(ref_arr, "the reference image")
+    # a padded background (-1024, -32768) reads as the 0 background of other images
+    ref_arr, arrays = _without_padding(ref_arr), [_without_padding(a) for a in arrays]
     if method == "auto":
         method = "nonzero" if is_skull_stripped(ref_arr) else "otsu"
     if method == "nonzero":
         m = np.zeros(ref_arr.shape, dtype=bool)
         for a in arrays:
-            m |= a != background_value(a)
+            m |= a != 0
         return m, "nonzero"
     return otsu_head_mask(ref_arr, spacing), "otsu"
 
@@ -695,6 +714,9 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
     if norm not in ("zscore", "percentile", "none"):
         raise RadiogenError(f"unknown normalisation {norm!r}; choose zscore, percentile or none")
     ref = _reference_name(case, reference)
+    # a padded background (-1024, -32768) reads as the 0 background of other images, for the
+    # mask (either method) and the normalisation
+    vols = {s: without_padding(case.sequences[s]) for s in dict.fromkeys(list(seqs) + [ref])}
     native = case.sequences[ref].geometry
     wg = working_geometry(native, spacing)
     resampled = wg is not native and not wg.same_grid(native)
@@ -704,7 +726,7 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
     # 1. checks: finite 3D arrays, fields of view overlapping the working grid
     for s in dict.fromkeys(list(seqs) + [ref]):
         _progress.check(cancel)
-        v = case.sequences[s]
+        v = vols[s]
         check_array(v.array, f"sequence {s}")
         if not v.geometry.same_grid(wg):
             if overlap_fraction(v.geometry, wg) == 0.0:
@@ -723,19 +745,17 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         if real:
             src_name = real[0]
             check_array(case.sequences[src_name].array, f"sequence {src_name}")
-    src = case.sequences[src_name]
+    src = vols[src_name] if src_name in vols else without_padding(case.sequences[src_name])
     if mask_method == "auto":
         mask_method = "nonzero" if is_skull_stripped(src.array) else "otsu"
     if mask_method == "nonzero":
         use = [s for s in seqs if not case.sequences[s].synthetic] or list(seqs)
         m = np.zeros(native.shape, dtype=bool)
         for s in use:
-            v = case.sequences[s]
-            bg = background_value(v.array)      # 0, or a padding value such as -1024
+            v = vols[s]
             if not v.geometry.same_grid(native):
-                v = resample_volume(v, native, interpolator=interpolator, name=f"sequence {s}",
-                                    default=bg)
-            m |= v.array != bg
+                v = resample_volume(v, native, interpolator=interpolator, name=f"sequence {s}")
+            m |= v.array != 0
         mgeom = native
     elif mask_method == "otsu":
         m = otsu_head_mask(src.array, src.geometry.spacing)
@@ -771,11 +791,8 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
     in_mask: Dict[str, float] = {}      # fraction of the mask each resampled sequence covers
     for i, s in enumerate(seqs):
         _progress.check(cancel)
-        v = case.sequences[s]
+        v = vols[s]
         inside, out_i = m, outside
-        bg = background_value(v.array) if mask_method == "nonzero" else 0.0
-        if bg != 0.0:       # a padded background reads as the 0 background of other images
-            v = Volume(np.where(v.array == bg, v.array.dtype.type(0), v.array), v.geometry)
         if v.geometry.same_grid(wg):
             a = v.array[box]
         else:
