@@ -325,3 +325,33 @@ def test_removing_several_layers_leaves_the_viewer_able_to_draw(tmp_path):
     r = subprocess.run([sys.executable, "-c", _REMOVE_THEN_CHANGE], capture_output=True,
                        text=True, timeout=300, cwd=str(tmp_path))
     assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+def test_moving_or_rolling_back_a_tracked_result_is_no_edit_of_the_users(make_napari_viewer):
+    """A result labels layer whose edits are tracked (the Segment and Analyze docks' results)
+    is flagged edited by its data event. Moving it to another grid (a rerun, the cohort
+    browser's next case) or putting it back in a rollback writes its data too: that is the
+    program's write, and the flag stays as it was (an unedited result was set aside as
+    '(edited)' and hidden on the next case)."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.napari._common import ResultLayers, add_layer_data, labels_result_data
+    from napari_radiogen.napari.segment_widget import EDITED, track_edits
+    viewer = make_napari_viewer()
+    g1 = Geometry(size=(6, 5, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    g2 = Geometry(size=(9, 7, 5), spacing=(2.0, 1.0, 1.5), origin=(3.0, 0.0, -4.0))
+    first = np.zeros((4, 5, 6), np.uint8)
+    first[1:3, 1:4, 2:5] = 2
+    layer = add_layer_data(viewer, labels_result_data(first, g1, "c1", "c1 seg"))
+    track_edits(layer)
+
+    def edited():
+        return layer.metadata["radiogen"].get(EDITED)
+    assert edited() is False
+    run = ResultLayers(viewer)
+    second = np.ones((5, 7, 9), np.uint8)
+    assert run.add(labels_result_data(second, g2, "c1", "c1 seg")) is layer
+    assert layer.data.shape == (5, 7, 9) and not edited()       # moved, not edited
+    run.rollback()
+    assert layer.data.shape == (4, 5, 6) and edited() is False   # back, not edited
+    layer.data = np.full((4, 5, 6), 4, np.uint8)                  # the user's own change
+    assert edited() is True

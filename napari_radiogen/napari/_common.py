@@ -330,6 +330,34 @@ def _set_transform_quietly(layer, scale, translate, rotate, shear, aff) -> bool:
     return True
 
 
+#: the key, in a result labels layer's ``radiogen`` metadata, that says the user edited it
+#: (set on the layer's data events: :func:`segment_widget.track_edits`)
+EDITED = "edited"
+
+
+@contextmanager
+def not_an_edit(layer) -> Iterator[None]:
+    """Data the program writes into ``layer`` (a new result, a move to another grid, a
+    rollback) is no edit of the user's: the layer's ``radiogen.edited`` flag, which its data
+    event would set, is left as it was before the write (with the metadata the layer has)."""
+    def rg():
+        md = getattr(layer, "metadata", None)
+        r = md.get("radiogen") if isinstance(md, dict) else None
+        return r if isinstance(r, dict) else None
+    before = rg()
+    had = before is not None and EDITED in before
+    flag = before.get(EDITED) if had else None
+    try:
+        yield
+    finally:
+        after = rg()
+        if after is not None:
+            if had:
+                after[EDITED] = flag
+            else:
+                after.pop(EDITED, None)
+
+
 def update_layer(layer, data, kw: Dict[str, Any], kind: str) -> Optional[bool]:
     """Give an existing ``layer`` new layer data ``(data, kw, kind)`` in place: its data (a
     texture upload when the shape and placement are those it has, else a move to the new grid
@@ -344,10 +372,11 @@ def update_layer(layer, data, kw: Dict[str, Any], kind: str) -> Optional[bool]:
     same = tuple(np.shape(layer.data)) == tuple(np.shape(data)) and same_placement(layer, kw)
     if "metadata" in kw:
         layer.metadata = kw["metadata"]
-    if same:
-        set_layer_data(layer, data)
-    else:
-        move_layer(layer, data, kw)
+    with not_an_edit(layer):
+        if same:
+            set_layer_data(layer, data)
+        else:
+            move_layer(layer, data, kw)
     if kind == "image":
         apply_contrast(layer, kw.get("contrast_limits"))
     if kw.get("name"):
@@ -564,11 +593,12 @@ class ResultLayers:
                     layers.insert(min(index, len(layers)), old)
                 old.metadata = meta
                 now = placement(old)
-                if tuple(old.data.shape) != tuple(np.shape(data)) or any(
-                        not np.allclose(now[k], where[k]) for k in where):
-                    move_layer(old, data, where)        # moved by the run: back to its grid
-                else:
-                    set_layer_data(old, data)
+                with not_an_edit(old):
+                    if tuple(old.data.shape) != tuple(np.shape(data)) or any(
+                            not np.allclose(now[k], where[k]) for k in where):
+                        move_layer(old, data, where)    # moved by the run: back to its grid
+                    else:
+                        set_layer_data(old, data)
                 if clim is not None:
                     old.contrast_limits = clim
         self.clear()

@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
-from ._common import (CaseCombo, add_layer_data, build_layer, closed_case_note, device_combo,
-                      labels_result_data, prepared_results, run_cancel_row)
+from ._common import (EDITED, CaseCombo, add_layer_data, build_layer, closed_case_note,
+                      device_combo, labels_result_data, prepared_results, run_cancel_row)
 from .layers import LayerData
 from .workers import start_job
 
@@ -403,8 +403,8 @@ def result_layer_data(res, case_id: str) -> LayerData:
     return labels_result_data(res.labels, res.geometry, case_id, name, **meta)
 
 
-#: the key, in a result labels layer's ``radiogen`` metadata, that says the user edited it
-EDITED = "edited"
+# EDITED (from _common): the key, in a result labels layer's ``radiogen`` metadata, that says
+# the user edited it; the layer helpers keep it as it was when they write data
 
 #: a labels layer's events that mean its labels changed: a brush / fill / eraser stroke
 #: (``paint``, ``labels_update``) or new data set on it (``data``)
