@@ -26,33 +26,15 @@ import numpy as np
 
 from ...errors import ConfigError
 from ..base import PatientRecord, TrainTask, register_task
+from . import _citations as _cite
 
 ARCH_3D = {"segresnet": "src_models.segmentation:segresnet_3d",
            "attention_unet": "src_models.segmentation:attention_unet_3d"}
 ARCH_2D = {"segresnet": "src_models.segmentation:segresnet_2d",
            "attention_unet": "src_models.segmentation:attention_unet_2d"}
 
-CITE_BRATS = ["Baid U. et al. The RSNA-ASNR-MICCAI BraTS 2021 Benchmark on Brain Tumor "
-              "Segmentation and Radiogenomic Classification. arXiv:2107.02314 (2021)",
-              "Menze B.H. et al. The Multimodal Brain Tumor Image Segmentation Benchmark "
-              "(BRATS). IEEE TMI 34(10) (2015)",
-              "Bakas S. et al. Advancing The Cancer Genome Atlas glioma MRI collections with "
-              "expert segmentation labels and radiomic features. Sci Data 4:170117 (2017)",
-              "Calabrese E. et al. The University of California San Francisco Preoperative "
-              "Diffuse Glioma MRI (UCSF-PDGM) dataset. TCIA, CC BY 4.0 (BraTS2021_00006)",
-              "Myronenko A. 3D MRI brain tumor segmentation using autoencoder regularization. "
-              "BrainLes 2018 (SegResNet)",
-              "Oktay O. et al. Attention U-Net. MIDL 2018",
-              "MONAI Consortium. MONAI: Medical Open Network for AI (2020)"]
-CITE_LGG = ["Buda M., Saha A., Mazurowski M.A. Association of genomic subtypes of lower-grade "
-            "gliomas with shape features automatically extracted by a deep learning algorithm. "
-            "Comput Biol Med 109 (2019)",
-            "Mazurowski M.A. et al. Radiogenomics of lower-grade glioma. J Neurooncol (2017)",
-            "Clark K. et al. The Cancer Imaging Archive (TCIA). J Digit Imaging 26 (2013); "
-            "TCGA-LGG collection",
-            "Myronenko A. 3D MRI brain tumor segmentation using autoencoder regularization. "
-            "BrainLes 2018 (SegResNet)",
-            "Oktay O. et al. Attention U-Net. MIDL 2018"]
+CITE_BRATS = [*_cite.BRATS, _cite.PDGM, _cite.SEGRESNET, _cite.ATTENTION_UNET, _cite.MONAI]
+CITE_LGG = [_cite.BUDA, _cite.MAZUROWSKI, _cite.TCIA_LGG, _cite.SEGRESNET, _cite.ATTENTION_UNET]
 
 
 # the default datasets (the engine adds how many patients a run used, and describes a user's

@@ -34,6 +34,7 @@ import numpy as np
 from ...case import SEQUENCES
 from ...errors import ConfigError
 from ..base import PatientRecord, TrainTask, register_task
+from . import _citations as _cite
 
 PAD = 128
 
@@ -46,20 +47,9 @@ DATASET_LGG = ("TCGA-LGG (Buda et al. 2019 slice packs of TCIA TCGA-LGG images; 
 CITE_SEQ2SEQ = ("Han L., Tan T., Zhang T. et al. Synthesis-based imaging-differentiation "
                 "representation learning for multi-sequence 3D/4D MRI. Med Image Anal 92:103044 "
                 "(2024) (Seq2Seq)")
-CITE_BRATS = ["Baid U. et al. The RSNA-ASNR-MICCAI BraTS 2021 Benchmark on Brain Tumor "
-              "Segmentation and Radiogenomic Classification. arXiv:2107.02314 (2021)",
-              "Menze B.H. et al. The Multimodal Brain Tumor Image Segmentation Benchmark "
-              "(BRATS). IEEE TMI 34(10) (2015)",
-              "Bakas S. et al. Advancing The Cancer Genome Atlas glioma MRI collections with "
-              "expert segmentation labels and radiomic features. Sci Data 4:170117 (2017)"]
-CASE_PDGM = "BraTS2021_00006"
-CITE_PDGM = ("Calabrese E. et al. The University of California San Francisco Preoperative "
-             "Diffuse Glioma MRI (UCSF-PDGM) dataset. TCIA, CC BY 4.0 (BraTS2021_00006)")
-CITE_LGG = ["Buda M., Saha A., Mazurowski M.A. Association of genomic subtypes of lower-grade "
-            "gliomas with shape features automatically extracted by a deep learning algorithm. "
-            "Comput Biol Med 109 (2019)",
-            "Clark K. et al. The Cancer Imaging Archive (TCIA). J Digit Imaging 26 (2013); "
-            "TCGA-LGG collection"]
+CITE_BRATS = list(_cite.BRATS)
+CASE_PDGM, CITE_PDGM = _cite.CASE_PDGM, _cite.PDGM
+CITE_LGG = [_cite.BUDA, _cite.TCIA_LGG]
 MIN_BRAIN_FRACTION = 0.02
 LGG_CHANNELS = {"t1": 0, "flair": 1, "t1ce": 2}
 
