@@ -484,3 +484,20 @@ def test_report_curves_have_whole_epochs_and_no_overlapping_panels(tmp_path, mon
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     for left, right in zip(fig.axes, fig.axes[1:]):
         assert right.get_tightbbox(r).x0 >= left.get_tightbbox(r).x1, right.get_ylabel()
+
+
+def test_the_summary_score_takes_an_interval_only_when_the_equal_metrics_agree():
+    """The selection score gets the interval of the metric it equals; where two metrics of
+    that value have different intervals (two Dice of 1.0 on a small run) it gets none rather
+    than the wrong one."""
+    from napari_radiogen.core.evaluate.report import _with_section_ci
+    data = {"segmentation": {"WT": {"dice": {"mean": 1.0, "ci95": [0.9, 1.0]}},
+                             "TC": {"dice": {"mean": 1.0, "ci95": [0.5, 1.0]}},
+                             "ET": {"dice": {"mean": 0.7, "ci95": [0.6, 0.8]}}}}
+    summ = {"dice_WT": {"mean": 1.0, "ci95": None}, "score": {"mean": 1.0, "ci95": None},
+            "dice_ET": {"mean": 0.7, "ci95": None}}
+    out = _with_section_ci(summ, data)
+    assert out["dice_WT"]["ci95"] == [0.9, 1.0] and out["dice_ET"]["ci95"] == [0.6, 0.8]
+    assert out["score"]["ci95"] is None                     # WT or TC: not said which
+    out = _with_section_ci({"score": {"mean": 0.7, "ci95": None}}, data)
+    assert out["score"]["ci95"] == [0.6, 0.8]

@@ -387,13 +387,14 @@ def _with_section_ci(summary: Dict[str, Any], data: Dict[str, Any]) -> Dict[str,
         ci = v.get("ci95")
         if (not ci or ci[0] is None) and _num(v.get("mean")):
             mean = float(v["mean"])
-            # the task's selection score is one of the metrics: the one of equal value
+            # the task's selection score is one of the metrics: the one of equal value, when
+            # the metrics of that value agree on the interval (two Dice of 1.0 need not)
             same = ([c for cs in cands.values() for c in cs] if k == "score"
                     else cands.get(k, []))
-            for cm, cci in same:
-                if abs(cm - mean) <= 1e-9 * max(1.0, abs(mean)):
-                    v["ci95"] = cci
-                    break
+            hits = [list(cci) for cm, cci in same
+                    if abs(cm - mean) <= 1e-9 * max(1.0, abs(mean))]
+            if hits and (k != "score" or all(h == hits[0] for h in hits)):
+                v["ci95"] = hits[0]
         out[k] = v
     return out
 
