@@ -454,7 +454,9 @@ def test_synthesis_card_names_and_cites_the_shared_datasets(shared_data, tmp_pat
     assert "BraTS 2021" in f["datasets"] and "TCGA-LGG" not in f["datasets"]
     assert "Buda" not in " | ".join(f["citations"])
 
-    case = sorted(p for p in Path(cfg["data"][0]).iterdir() if p.is_dir())[0]
+    from napari_radiogen.core.train.config import resolve_path
+    brats = Path(resolve_path(cfg["data"][0], Path(cfg["_source"]).parent))
+    case = sorted(p for p in brats.iterdir() if p.is_dir())[0]
     shutil.copytree(case, tmp_path / "mine" / case.name)
     mine = dict(cfg, data=[str(tmp_path / "mine")])
     f = data_card_fields(TASKS["synthesis"](mine), mine, 1)

@@ -909,10 +909,14 @@ def uses_default_data(task: TrainTask, cfg: Dict[str, Any]) -> bool:
     defaults = _default_data_dirs(task.name)
     if not defaults:
         return False
+    from .config import resolve_path
+    # a relative path is the config's (a list of folders is not resolved by load_config):
+    # relative to the config's folder, else $RADIOGEN_SHARED_DATA, not to the working folder
+    base = Path(cfg["_source"]).parent if cfg.get("_source") else None
 
     def inside(p: Path) -> bool:
         try:
-            rp = p.resolve()
+            rp = Path(resolve_path(str(p), base)).resolve()
         except OSError:
             return False
         return any(rp == d or d in rp.parents for d in defaults)
