@@ -910,3 +910,35 @@ def test_percent_is_exported_by_core_io_and_maps_share_the_header_helpers():
     assert maps.DESCRIP_BYTES == synthetic.DESCRIP_BYTES == 79
     assert synthetic.merge({"a": 1}, {"a": 2, "b": 3}) == {"a": 1, "b": 3}
     assert not hasattr(maps, "_clean") and not hasattr(synthetic, "_clean_token")
+
+
+def _case_folder_with_a_broken_t2(folder):
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    c = make_phantom(3, shape=(16, 20, 18))
+    folder.mkdir(parents=True)
+    for s, v in c.sequences.items():
+        write_volume(v.array, v.geometry, folder / f"P1_{s}.nii.gz")
+    good = (folder / "P1_t2.nii.gz").read_bytes()
+    (folder / "P1_t2.nii.gz").write_bytes(good[: len(good) // 2])      # truncated copy
+    return folder
+
+
+def test_a_viewer_reads_what_it_can_of_a_case_with_a_broken_file(tmp_path):
+    """The command line reads a case strictly (a truncated T2 stops it with one line naming
+    the file); ``skip_unreadable`` (the viewer) leaves the broken file out, says why in
+    ``meta["unreadable"]`` and reads the rest; a case with nothing readable still fails."""
+    from napari_radiogen.core.errors import RadiogenError
+    from napari_radiogen.core.io import load_case
+    folder = _case_folder_with_a_broken_t2(tmp_path / "P1")
+    with pytest.raises(RadiogenError, match="P1_t2.nii.gz"):
+        load_case(folder)
+    case = load_case(folder, skip_unreadable=True)
+    assert case.present == ("t1", "t1ce", "flair")
+    assert list(case.meta["unreadable"]) == ["t2"]
+    assert "P1_t2.nii.gz" in case.meta["unreadable"]["t2"]
+    assert "t2" not in case.meta["files"]
+    for s in ("t1", "t1ce", "flair"):
+        (folder / f"P1_{s}.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    with pytest.raises(RadiogenError, match="P1_"):
+        load_case(folder, skip_unreadable=True)

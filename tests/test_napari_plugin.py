@@ -584,3 +584,20 @@ def test_reader_errors_speak_of_renaming_not_of_command_line_options(tmp_path):
     msg = str(e.value)
     assert "scan_a.nii.gz" in msg and "rename them so each name says its sequence" in msg
     assert "--sequence" not in msg
+
+
+def test_a_case_with_a_broken_file_opens_with_the_rest_and_says_why(make_napari_viewer,
+                                                                     tmp_path, monkeypatch):
+    """Nothing the user can look at is lost: a case whose T2 file is truncated opens with its
+    other sequences, and a notification names the file and the reason."""
+    from napari_radiogen.napari import layers as L
+    from test_io import _case_folder_with_a_broken_t2
+    said = []
+    monkeypatch.setattr(L, "notify", said.append)
+    folder = _case_folder_with_a_broken_t2(tmp_path / "P1")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin=PLUGIN)
+    images, _ = _by_type(layers)
+    assert {ly.metadata["radiogen"]["sequence"] for ly in images} == {"t1", "t1ce", "flair"}
+    told = [s for s in said if "t2 is not shown" in s]
+    assert len(told) == 1 and "P1_t2.nii.gz" in told[0] and "truncated" in told[0]

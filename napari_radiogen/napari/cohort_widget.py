@@ -422,11 +422,12 @@ def prepare_case_layers(path, out_dir: Optional[str] = None, cancel=None,
     from ..core.io import load_case
     from ..core.progress import check
     from .layers import case_to_layer_data, notify
-    from .reader import _mark_synthetic_layers
+    from .reader import _mark_synthetic_layers, tell_unreadable
 
-    case = load_case(path)
+    case = load_case(path, skip_unreadable=True)     # a broken file is said, the rest shown
     check(cancel)
     if tell:
+        tell_unreadable(case)
         for w in case.meta.get("warnings") or []:
             notify(f"{case.case_id}: {w}")
     lds = _mark_synthetic_layers(case, case_to_layer_data(case, source=str(path),

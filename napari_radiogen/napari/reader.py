@@ -221,14 +221,34 @@ def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
 
     from ..core.errors import RadiogenError
     try:
-        case = load_case(p)
+        # a file of the case that cannot be read is left out and said, the rest is shown
+        case = load_case(p, skip_unreadable=True)
     except RadiogenError as e:
         if e.args and isinstance(e.args[0], str):
             e.args = (viewer_terms(e.args[0]),) + tuple(e.args[1:])
         raise
+    tell_unreadable(case)
     for w in case.meta.get("warnings") or []:
         notify(f"{case.case_id}: {w}")
     return _mark_synthetic_layers(case, case_to_layer_data(case, source=str(p)))
+
+
+def unreadable_notes(case) -> List[str]:
+    """What the viewer says of the files of ``case`` that could not be read (left out by
+    ``load_case(skip_unreadable=True)``), one line each."""
+    out = []
+    for name, why in (case.meta.get("unreadable") or {}).items():
+        what = "the labels are" if name == "labels" else f"{name} is"
+        out.append(f"{case.case_id}: {what} not shown, its file could not be read: "
+                   f"{viewer_terms(why)} (an analysis synthesises a missing sequence; "
+                   "`radiogen analyze` refuses the case until the file is fixed)")
+    return out
+
+
+def tell_unreadable(case) -> None:
+    from .layers import notify
+    for line in unreadable_notes(case):
+        notify(line)
 
 
 #: the reader's advice speaks of the command line's ``--sequence`` option, which napari's Open

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..case import SEQUENCES, Case, Geometry, Volume
-from ..errors import CaseLoadError, GeometryError
+from ..errors import CaseLoadError, GeometryError, RadiogenError
 from . import maps as _maps
 from .detect import (DICOM_EXTENSIONS, PACK_EXTENSIONS, canonical_sequence_name, detect_sequence,
                      strip_extension)
@@ -538,7 +538,7 @@ def _acquired_over_synthetic(a: Item, b: Item) -> Optional[Tuple[Item, Item]]:
 
 
 def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[str],
-              source: Path, meta: Dict[str, Any]) -> Case:
+              source: Path, meta: Dict[str, Any], skip_unreadable: bool = False) -> Case:
     by_name: Dict[str, Item] = {}
     unknown: List[Item] = []
     set_aside: List[Item] = []
@@ -610,12 +610,30 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
         raise CaseLoadError((f"{root}: no image sequence, only labels "
                              f"({by_name['labels'].display})" if "labels" in by_name
                              else f"{root}: no image sequence found") + also)
-    sequences = {s: _load_item(seq_items[s]) for s in SEQUENCES if s in seq_items}
-    for s, v in sequences.items():
-        _check_not_blank(v, s, _where(seq_items[s]))
-    labels = _load_item(by_name["labels"]) if "labels" in by_name else None
+    unreadable: Dict[str, str] = {}
+
+    def read(name: str, it: Item) -> Optional[Volume]:
+        try:
+            v = _load_item(it)
+            if name != "labels":
+                _check_not_blank(v, name, _where(it))
+            return v
+        except RadiogenError as e:
+            if not skip_unreadable:
+                raise
+            unreadable[name] = str(e)            # one line, naming the file
+            return None
+    sequences = {s: read(s, seq_items[s]) for s in SEQUENCES if s in seq_items}
+    sequences = {s: v for s, v in sequences.items() if v is not None}
+    if not sequences:
+        raise CaseLoadError(next(iter(unreadable.values())))
+    labels = read("labels", by_name["labels"]) if "labels" in by_name else None
     meta = dict(meta)
-    meta["files"] = {s: it.display for s, it in by_name.items()}
+    if unreadable:
+        # the files that could not be read, left out: the rest of the case is shown
+        meta["unreadable"] = unreadable
+        seq_items = {k: v for k, v in seq_items.items() if k not in unreadable}
+    meta["files"] = {s: it.display for s, it in by_name.items() if s not in unreadable}
     # what the readers decided or printed (qform/sform, library warnings), said per file
     said = [f"{s} ({seq_items[s].display}): {w}" for s, v in sequences.items()
             for w in volume_warnings(v)]
@@ -691,7 +709,8 @@ def _folder_items(folder: Path, sc: FolderScan, series: Optional[str]) -> List[I
 
 
 def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
-              series: Optional[str] = None, reference: Optional[str] = None) -> Case:
+              series: Optional[str] = None, reference: Optional[str] = None,
+              skip_unreadable: bool = False) -> Case:
     """Read a case: a folder of sequence files (any supported format, DICOM series in the folder
     or in subfolders), a single volume file, or a TCGA-LGG HDF5 slice pack.
 
@@ -704,6 +723,12 @@ def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
     empty folder, nothing recognised (the unknown files are listed), two files claiming one
     sequence, sequences that do not overlap in space, labels on no sequence's grid, and every
     file-level error of :func:`load_volume`.
+
+    ``skip_unreadable=True`` (a viewer: nothing the user can look at is lost) leaves out a
+    sequence or labels file that cannot be read (truncated, 2D, 4D, NaN, blank) and says why
+    in ``case.meta["unreadable"]`` (``{name: one-line error}``); the case fails only when no
+    sequence can be read. The command line reads strictly: an analysis must not go on with a
+    sequence left out (or synthesised) because its file was broken.
     """
     p = Path(path)
     ov = normalise_overrides(overrides)
@@ -714,7 +739,8 @@ def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
         items = [_file_item(f, p.parent) for f in group]
         if ov:
             _apply_overrides(items, ov, p)
-        return _assemble(items, p.parent, p.name, reference, p, {"format": "file-group"})
+        return _assemble(items, p.parent, p.name, reference, p, {"format": "file-group"},
+                         skip_unreadable)
     if p.is_file():
         if _is_pack(p):
             if ov:
@@ -725,7 +751,7 @@ def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
         if volume_extension(p) is None:
             if has_dicom(p.parent) and p.suffix.lower() in (".dcm", ".ima", ".dicom", ""):
                 return load_case(p.parent, overrides=overrides, series=series,
-                                 reference=reference)
+                                 reference=reference, skip_unreadable=skip_unreadable)
             raise CaseLoadError(f"{p}: {_not_a_volume(p)}")
         it = _file_item(p, p.parent)
         if ov:
@@ -755,7 +781,7 @@ def load_case(path: PathLike, *, overrides: Optional[Dict[str, str]] = None,
         raise _not_a_case(sc)
     if ov:
         _apply_overrides(items, ov, p)
-    return _assemble(items, p, p.name, reference, p, {"format": "folder"})
+    return _assemble(items, p, p.name, reference, p, {"format": "folder"}, skip_unreadable)
 
 
 def _group_files(p: Path) -> Optional[List[Path]]:
