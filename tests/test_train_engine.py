@@ -485,6 +485,7 @@ def test_cards_hold_no_local_paths_and_fold_cards_name_their_task(tmp_path):
 
 
 def test_the_dataset_text_describes_the_folder_a_run_used(tmp_path, shared_data):
+    import napari_radiogen.core.train.tasks  # noqa: F401  (registers the tasks; run alone too)
     from napari_radiogen.core.train.base import TASKS
     from napari_radiogen.core.train.config import load_config
     base = {"task": "lgg-idh-slices", "missing_labels": "drop"}
@@ -501,6 +502,11 @@ def test_the_dataset_text_describes_the_folder_a_run_used(tmp_path, shared_data)
     # the shipped dataset's papers are cited for the shipped dataset only
     assert any("Buda" in c for c in engine.data_card_fields(task, task.cfg, 7)["citations"])
     assert engine.data_card_fields(TASKS["lgg-idh-slices"](cfg), cfg, 7)["citations"] == []
+    # ... while a method's paper stays cited whatever the data (the segmentation networks)
+    seg = load_config({"task": "segmentation-lgg", "data": str(own)})
+    cites = engine.data_card_fields(TASKS["segmentation-lgg"](seg), seg, 7)["citations"]
+    assert cites and any("SegResNet" in c for c in cites)
+    assert not any("Buda" in c or "TCIA" in c for c in cites)
 
 
 def test_a_corrupt_pack_is_named_before_anything_is_written(tmp_path, shared_data):

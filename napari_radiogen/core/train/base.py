@@ -84,6 +84,9 @@ class TrainTask(ABC):
     #: what :meth:`evaluate`'s ``"score"`` is (progress items carry it as ``score_name``;
     #: ``evaluate`` may return its own ``"score_name"``)
     score_name: str = "score"
+    #: the citations of the methods (networks, libraries) a card keeps whatever data the run
+    #: used; the datasets' citations go with the shared datasets only
+    method_citations: Tuple[str, ...] = ()
 
     def __init__(self, cfg: Dict[str, Any]):
         self.cfg = cfg

@@ -945,11 +945,13 @@ def data_card_fields(task: TrainTask, cfg: Dict[str, Any], n_patients: int,
                      what: str = "used by this run") -> Dict[str, Any]:
     """The task's card fields with ``datasets`` describing the data a run used; the shipped
     dataset's ``citations`` only when the run used that dataset (a user's data is not those
-    papers' data)."""
+    papers' data), the methods' (``TrainTask.method_citations``) always."""
     fields = dict(task.card_fields())
     fields["datasets"] = dataset_description(task, cfg, n_patients, what)
     if "citations" in fields and not uses_default_data(task, cfg):
-        fields["citations"] = []
+        # the methods' papers still apply; the shared datasets' do not
+        fields["citations"] = [c for c in fields["citations"]
+                               if c in tuple(getattr(task, "method_citations", ()))]
     return fields
 
 

@@ -202,6 +202,7 @@ class _SegmentationTask(TrainTask):
     section, the MONAI architecture choice and a loss step."""
     score_name = "dice"
     model_task = "segmentation"
+    method_citations = (_cite.SEGRESNET, _cite.ATTENTION_UNET, _cite.MONAI)
     ARCHS: Dict[str, str] = {}
     DEFAULT_CHANNELS: List[int] = []
 

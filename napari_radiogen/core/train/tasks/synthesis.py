@@ -376,6 +376,7 @@ def fit_linear_table(train: Dict[str, Dict[str, Any]], fit_step: int = 2
 class SynthesisTask(TrainTask):
     score_name = "psnr_db"
     model_task = "synthesis"
+    method_citations = (CITE_SEQ2SEQ,)
 
     def __init__(self, cfg: Dict[str, Any]):
         super().__init__(cfg)
@@ -491,7 +492,7 @@ class SynthesisTask(TrainTask):
         """``datasets`` and ``citations`` of the kinds of data found (BraTS case folders,
         TCGA-LGG packs). The engine keeps them only when the run's folders are the shared
         BraTS 2021 / TCGA-LGG folders of the shipped configs; a user's own folders are
-        described as user data, without these citations."""
+        described as user data, with the method's citation only (``method_citations``)."""
         try:
             found = self._discover()
         except ConfigError:
