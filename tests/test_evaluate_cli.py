@@ -387,3 +387,37 @@ def test_limited_evaluation_says_its_subsample_is_stratum_balanced(tmp_path, cap
     rc, stdout, err = _run(["evaluate", str(m), str(data), "--out", str(tmp_path / "all"),
                             "--device", "cpu"], capsys)
     assert rc == 0 and "stratum" not in stdout and "--limit" not in stdout
+
+
+def test_a_limited_prediction_evaluation_is_balanced_over_the_label_strata(tmp_path, capsys):
+    """`radiogen evaluate` of a prediction model with --limit N takes N cases balanced over the
+    combinations of their labels, the same ones every time (it took the first N listed: here
+    all IDH-mutant), and says so."""
+    from predict_helpers import TINY, make_tiny_model
+    make_tiny_model()
+
+    def rows(out):
+        for i, r in enumerate(out):        # listing order: three mutant grade 2 first
+            r.update(idh="mutant" if i < 3 else "wildtype", grade=2 if i < 3 else 3)
+        return out[:5]                     # PH_05 has no row
+    cohort = _cohort(tmp_path, n=6, rows=rows)
+    picked = []
+    for k in range(2):
+        out = tmp_path / f"o{k}"
+        rc, stdout, err = _run(["evaluate", TINY, str(cohort), "--out", str(out), "--device",
+                                "cpu", "--limit", "2"], capsys)
+        assert rc == 0, err
+        line = next(x for x in stdout.splitlines() if x.startswith("note: --limit 2"))
+        assert "the 2 cases are a stratum-balanced subsample of the 5" in line
+        assert "IDH-mut non-codel grade 2: 1, IDH-wt non-codel grade 3: 1" in line
+        assert "IDH-mut non-codel grade 2: 3, IDH-wt non-codel grade 3: 2" in line
+        assert "1 case(s) of cohort have no row in clinical.csv" in stdout
+        rep = json.loads((out / "report.json").read_text())
+        ids = sorted(r["patient_id"] for r in rep["predictions"])
+        assert len(ids) == 2 and ids[0] in {"PH_00", "PH_01", "PH_02"} \
+            and ids[1] in {"PH_03", "PH_04"}, ids
+        assert rep["no_labels_cases"] == ["PH_05"]
+        assert ("(--limit 2: a stratum-balanced subsample of its 5 labelled cases"
+                in (out / "report.html").read_text())
+        picked.append(ids)
+    assert picked[0] == picked[1]

@@ -181,3 +181,60 @@ def test_a_shipped_config_without_the_shared_data_says_how_to_give_it(tmp_path, 
     assert C.load_config(str(cfg))["data"] == str((tmp_path / "elsewhere" / "tcga-lgg"))
     with pytest.raises(ConfigError, match="give an existing folder with --data FOLDER"):
         C.load_config(str(cfg), data=str(tmp_path / "nope"))
+
+
+def _mtimes(*folders):
+    return {str(p): p.stat().st_mtime_ns for d in folders for p in sorted(Path(d).rglob("*"))}
+
+
+def test_resuming_a_finished_run_says_so_and_rewrites_nothing(tmp_path, capsys):
+    """--resume on a run that has finished names its model and card and exits 0 without
+    finishing it again (the card's date, the model, the report and the installed copy keep
+    their files); so does a run finished before the checkpoint recorded it (train.log)."""
+    from napari_radiogen.core.train import checkpoint as ckpt
+    args = ["train", "phantom_demo", "--out", "runs/x", "--device", "cpu", "--epochs", "1",
+            "--name", "ph-done", "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = _mtimes(tmp_path / "runs", tmp_path / "models")
+    assert str(tmp_path / "models" / "ph-done.safetensors") in before
+    card = (tmp_path / "runs" / "x" / "ph-done.card.json").read_text()
+    for legacy in (False, True):
+        if legacy:
+            # a run finished before the engine recorded it: every stage done, train.log's line
+            tensors, st = ckpt.read_checkpoint(tmp_path / "runs" / "x")
+            assert st.pop("finished")["model"] == "ph-done.safetensors"
+            ckpt._write(tmp_path / "runs" / "x", tensors, st)
+            before = _mtimes(tmp_path / "runs", tmp_path / "models")
+        assert main([*args, "--resume"]) == 0
+        cap = capsys.readouterr()
+        said = cap.err + cap.out
+        assert "the run in runs/x has already finished" in said, said
+        assert "runs/x/ph-done.safetensors" in said and "ph-done.card.json" in said
+        assert "already finished: the run in runs/x was not changed" in cap.out
+        assert "installed:" not in cap.out and "replaced" not in cap.out
+        assert _mtimes(tmp_path / "runs", tmp_path / "models") == before
+        assert (tmp_path / "runs" / "x" / "ph-done.card.json").read_text() == card
+
+
+def test_the_resume_mismatch_error_names_paths_as_given_on_one_line(tmp_path, capsys):
+    """The refusal to resume with another config names the config files (and the run folder)
+    relative to the working folder, not as absolute paths, in one line."""
+    for name, n in (("a.yaml", 8), ("b.yaml", 10)):
+        (tmp_path / name).write_text(
+            "task: phantom-demo\ndata: phantom\nname: mm\n"
+            f"phantom: {{n: {n}, slices: 2, size: 16, seed: 0}}\nmodel: {{width: 4, depth: 2}}\n"
+            "train: {epochs: 1, batch_size: 4}\ntest_fraction: 0.25\n")
+    assert main(["train", "a.yaml", "--out", "runs/x", "--device", "cpu", "--no-install",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "runs" / "x"),
+                 "--device", "cpu", "--no-install", "--resume"]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("radiogen: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err
+    line = lines[0]
+    assert line.startswith("radiogen: error: runs/x: the checkpoint was made with another "
+                           "config"), line
+    assert "config file: a.yaml -> b.yaml" in line and "phantom.n: 8 -> 10" in line
+    assert str(tmp_path) not in line and '"' not in line and "_source" not in line

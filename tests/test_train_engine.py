@@ -263,7 +263,8 @@ def _lgg_like(tmp_path, rows, header="patient_id,idh\n"):
 
 
 @pytest.mark.parametrize("rows,match", [
-    (["P1,mutant\n", "P2,wildtype\n", "P9,mutant\n"], "no images"),
+    (["P8,mutant\n", "P9,wildtype\n"], r"labels.csv: none of its 2 patient\(s\) has images in "
+                                          r"packs \(e.g. P8, P9; the folder holds 4, e.g. P1"),
     (["P1,mutant\n", "P2,\n", "P3,wildtype\n"], "lack the label"),
     (["P1,mutant\n", "P2,mutant\n", "P3,mutant\n"], "class"),
     (["P1,mutant\n", "P2,banana\n", "P3,wildtype\n"], "unexpected value"),
@@ -694,3 +695,101 @@ def test_time_left_counts_the_test_folds_still_to_run(tmp_path):
     tests = [p for p in items if getattr(p, "phase", "") == "test"]
     assert [p.fold for p in tests] == [0, 1]
     assert tests[1].eta_s is not None and tests[1].eta_s > 0
+
+
+# --- rows of a clinical table without images, resume messages, cancel during a test -----------
+def test_rows_of_the_labels_table_without_a_pack_are_left_out_and_said_once(tmp_path):
+    """A real clinical table lists more patients than have packs: the run goes on with the
+    patients that have one, and says once how many rows had none (naming a few)."""
+    from napari_radiogen.core.train.base import TASKS
+    from napari_radiogen.core.train.config import load_config
+    rows = ["P1,mutant\n", "P2,wildtype\n", "P3,mutant\n", "P4,wildtype\n"]
+    cfg = _lgg_like(tmp_path, rows + [f"Q{i},mutant\n" for i in range(7)])
+    task = TASKS["lgg-idh-slices"](load_config(cfg))
+    assert [r.patient_id for r in task.patients()] == ["P1", "P2", "P3", "P4"]
+    assert task.notes == ["7 row(s) of labels.csv name patients with no pack (.h5) in packs; "
+                          "they are left out: Q0, Q1, Q2, Q3, Q4 ..."]
+    task.patients()
+    assert len(task.notes) == 1
+    # the engine says it once, before anything is written
+    gen = engine.train(cfg, tmp_path / "run", device="cpu")
+    said = []
+    for it in gen:
+        said.append(it.message)
+        if it.message.startswith("note:"):
+            break
+    gen.close()
+    assert said[-1] == "note: " + task.notes[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_prediction_cohort_leaves_out_clinical_rows_without_a_pack(tmp_path):
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.train.tasks import prediction as P
+    from predict_helpers import write_pack
+    for k in range(2):
+        write_pack(tmp_path / f"PH_{k}.h5", make_pack_phantom(seed=k, n_slices=6))
+    head = "patient_id,idh,codel_1p19q,grade,os_days,os_event\n"
+    (tmp_path / "clinical.csv").write_text(
+        head + "".join(f"{p},mutant,codel,2,300,1\n" for p in ("PH_0", "GONE_1", "PH_1",
+                                                                "GONE_2")))
+    missing = []
+    assert [p["id"] for p in P.load_cohort(str(tmp_path), no_pack=missing)] == ["PH_0", "PH_1"]
+    assert missing == ["GONE_1", "GONE_2"]
+    task = P.MILPredictionTask({"data": str(tmp_path), "model": {}})
+    assert [r.patient_id for r in task.patients()] == ["PH_0", "PH_1"]
+    assert task.notes == [f"2 row(s) of clinical.csv name patients with no pack (.h5) in "
+                          f"{tmp_path.name}; they are left out: GONE_1, GONE_2"]
+    # refused only when no row has a pack
+    (tmp_path / "clinical.csv").write_text(head + "GONE_1,mutant,codel,2,300,1\n")
+    with pytest.raises(ConfigError, match=r"clinical.csv: none of its 1 patient\(s\) has a pack "
+                                          r"\(<patient_id>.h5\) in .*e.g. GONE_1; the folder "
+                                          r"holds 2, e.g. PH_0, PH_1"):
+        P.load_cohort(str(tmp_path))
+
+
+def test_resume_changes_name_paths_relative_to_the_working_folder(tmp_path, monkeypatch):
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"task": "t", "data": str(tmp_path / "cohort_a"),
+                                 "labels": "/elsewhere/l.csv", "_source": str(tmp_path / "a.yaml"),
+                                 "train": {"epochs": 3}}))
+    monkeypatch.chdir(tmp_path)
+    got = engine.config_changes(saved, {"task": "t", "data": str(tmp_path / "cohort_b"),
+                                        "labels": "/elsewhere/l.csv",
+                                        "_source": str(tmp_path / "cfg" / "b.yaml"),
+                                        "train": {"epochs": 3}, "_limit": 8})
+    assert got == ["_limit: - -> 8", "config file: a.yaml -> cfg/b.yaml",
+                   "data: cohort_a -> cohort_b"]
+    assert engine.shown_path("/elsewhere/l.csv") == "/elsewhere/l.csv"
+
+
+def test_a_cancel_during_a_test_fold_stops_the_test(tmp_path):
+    """The engine's cancel reaches the task's evaluate loop: a cancel while the (last) fold is
+    tested stops there (it used to run the test to its end and then finish the run)."""
+    tok = CancelToken()
+
+    def on_p(p):
+        if p.phase == "test":
+            tok.cancel()
+    with pytest.raises(Cancelled):
+        drive(engine.train(tiny_cfg(train={"epochs": 1}), tmp_path / "run", device="cpu",
+                           cancel=tok), on_p)
+    st = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert st["completed"] == [] and not st.get("stage_done")
+    assert not (tmp_path / "run" / "phantom-test.safetensors").exists()
+
+
+def test_predict_items_stops_within_one_batch_of_a_cancel():
+    from napari_radiogen.core.train.datasets_util import ItemDataset, predict_items
+    tok = CancelToken()
+    calls = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            tok.cancel()
+            return torch.zeros(len(x), 2)
+    ds = ItemDataset([(np.zeros((1, 4, 4), np.float32), 0, f"p{i}") for i in range(10)])
+    with pytest.raises(Cancelled):
+        predict_items(Net(), ds, "cpu", batch_size=3, cancel=tok)
+    assert calls == [3]

@@ -35,8 +35,10 @@ def add_arguments(p) -> None:
     add_device_argument(p)
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="only N patients (N >= 1): a seeded subsample balanced over the "
-                        "task's strata (the classes of a classifier), so accuracy, F1 and Brier "
-                        "do not reflect the cohort's prevalence (AUC does not depend on it)")
+                        "task's strata (the classes of a classifier; for a prediction model "
+                        "the combinations of the IDH, 1p/19q and grade labels), the same "
+                        "patients every time, so accuracy, F1 and Brier do not reflect the "
+                        "cohort's prevalence (AUC does not depend on it); a note says so")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 

@@ -11,9 +11,14 @@ are documented in napari_radiogen/core/train/config.py.
 your own cohort: point `data:` at a folder of case folders or HDF5 packs and `labels:` at a CSV
 with one row per patient: a `patient_id` column, one column per label the task needs (e.g.
 `idh` = mutant/wildtype, `codel_1p19q`, `grade`, `os_days` + `os_event`), and optionally a `path`
-column with each patient's case folder (relative to the CSV). Unknown patients, missing labels
-(unless `missing_labels: drop`), a label with one class only, an empty split and sequences the
-data lack are refused before training starts.
+column with each patient's case folder (relative to the CSV). Rows of patients without images
+in the folder are left out (a note says how many, and names a few; none with images is
+refused). Missing labels (unless `missing_labels: drop`), a label with one class only, an empty
+split and sequences the data lack are refused before training starts.
+
+resume: `--resume` continues the run in --out from its last checkpoint, with the same config
+and options; a run that has already finished is left as it is (it says so and names its
+model and card).
 
 splits are patient-level (stratified, grouped, seeded); `--folds K` reports the metrics of each
 held-out fold (mean and 95% CI); the shipped model is the best fold model by inner validation
@@ -200,9 +205,13 @@ def run(args) -> int:
         end_line()                     # an error message printed by the caller starts afresh
     if result is None or rank != 0:
         return 0
+    if result.already_finished:      # the engine said so (stderr); nothing was written
+        print(f"already finished: the run in {args.out} was not changed")
     print(f"model:  {result.model_path}")
-    print(f"card:   {result.card_path}")
-    print(f"report: {result.report_path}")
+    if result.card_path is not None:
+        print(f"card:   {result.card_path}")
+    if result.report_path is not None:
+        print(f"report: {result.report_path}")
     if result.installed_path:
         print(f"installed: {result.installed_path}")
     if result.replaced:

@@ -71,6 +71,68 @@ def _case_name(p: Union[str, Path]) -> str:
     return name
 
 
+#: how a case's labels name its stratum for ``--limit`` (label values -> words)
+_STRATUM_WORDS = {"idh": ("IDH-wt", "IDH-mut", "IDH ?"),
+                  "codel_1p19q": ("non-codel", "codel", "1p/19q ?"),
+                  "grade": ("grade 2", "grade 3", "grade ?")}
+
+
+def _stratum(lab, columns) -> str:
+    """A labelled case's stratum: the combination of its labels (IDH, 1p/19q, grade) among
+    the table's columns, as the training's ``--limit`` balances a prediction cohort over its
+    subtype and grade."""
+    from ..train.tasks.prediction import TASKS, _label
+    words = []
+    for t in TASKS:
+        if t in columns:
+            y = _label(t, lab.get(t))
+            words.append(_STRATUM_WORDS[t][y if y in (0, 1) else 2])
+    return " ".join(words) or "unlabelled"
+
+
+def limit_cases(paths: List[Path], tab, limit: int, seed: int = 0):
+    """``(chosen paths, ids without a row, notes, protocol)``: ``limit`` cases of ``paths`` balanced over
+    the strata of their labels (:func:`_stratum`) with the training's ``--limit`` rule
+    (``splits.limit_records``: seeded, drawn in turn from each stratum), in listing order.
+    A case's id is its file name, else the id its headers give (``io.scan_case``, no pixel
+    data read); cases without a row in the labels table are returned (left out, counted),
+    cases whose id cannot be read are not drawn (a note names them). ``protocol`` is the
+    report protocol's words for the subsample (None when every labelled case is taken)."""
+    from ..io import scan_case
+    from ..train.base import PatientRecord
+    from ..train.splits import limit_records
+    from .run import _subsample_kind, limit_note
+    pool: List[PatientRecord] = []
+    no_labels: List[str] = []
+    unread: List[str] = []
+    for p in paths:
+        pid = _case_name(p)
+        if pid not in tab.index:
+            try:
+                pid = str(scan_case(p)["case_id"])
+            except Exception:          # unreadable: its id is unknown
+                unread.append(Path(p).name)
+                continue
+            if pid not in tab.index:
+                no_labels.append(pid)
+                continue
+        pool.append(PatientRecord(str(p), strata=_stratum(tab.loc[pid], tab.columns),
+                                  info={"id": pid}))
+    chosen = limit_records(pool, int(limit), seed)
+    notes = []
+    note = limit_note(pool, chosen, int(limit), what="cases",
+                      strata="the combinations of their labels")
+    if note:
+        notes.append(note)
+    if unread:
+        notes.append(f"--limit {limit}: {len(unread)} case(s) whose id could not be read were "
+                     f"not drawn: {', '.join(unread[:5])}" + (" ..." if len(unread) > 5 else ""))
+    keep = {r.patient_id for r in chosen}
+    protocol = (f"--limit {limit}: a {_subsample_kind(pool)} subsample of its {len(pool)} "
+                "labelled cases, see the notes") if len(chosen) < len(pool) else None
+    return [p for p in paths if str(p) in keep], no_labels, notes, protocol
+
+
 def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str, Path], *,
                               device: str = "auto", labels: Optional[str] = None,
                               limit: Optional[int] = None,
@@ -115,11 +177,15 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     failed: List[Dict[str, str]] = []
     no_labels: List[str] = []
     warned: List[str] = []
-    total = min(len(paths), int(limit)) if limit else len(paths)
+    notes: List[str] = []
+    subsample = None                    # --limit: how the cases were drawn (protocol)
+    if limit and int(limit) < len(paths):
+        # balanced over the label strata (the training's --limit rule), not the first N
+        paths, no_labels, limit_notes, subsample = limit_cases(paths, tab, int(limit))
+        notes.extend(limit_notes)
+    total = len(paths)
     attempted = 0
     for p in paths:
-        if limit and attempted >= int(limit):
-            break
         check(cancel)
         name = Path(p).name
         guess = _case_name(p)
@@ -176,7 +242,6 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
     summary: Dict[str, Any] = {}
     metrics: Dict[str, Any] = {}
     unscored: List[Dict[str, str]] = []
-    notes: List[str] = []
     for t in TASKS:
         if t not in tab.columns:
             continue
@@ -227,7 +292,9 @@ def evaluate_prediction_cases(model, data: Union[str, Path], out_dir: Union[str,
         out, title=f"{path.stem} on {data.name}", summary=summary, predictions=rows,
         card={**lm.card, "metrics": {"protocol": (
             f"evaluation through the inference path (core.predict) on {len(rows)} cases of "
-            f"{data.name}, labels from {src.name} (columns {', '.join(scored_cols)}); {note}")}},
+            f"{data.name}"
+            + (f" ({subsample})" if subsample else "")
+            + f", labels from {src.name} (columns {', '.join(scored_cols)}); {note}")}},
         evaluation={"data": data.name, "n_patients": len(rows),
                     "in_training_data": len(overlap), "failed": len(failed),
                     "failed_cases": failed, "no_labels": len(no_labels),

@@ -184,20 +184,21 @@ def _subsample_kind(records) -> str:
             else "seeded random")
 
 
-def limit_note(records, limited, limit: Optional[int]) -> Optional[str]:
+def limit_note(records, limited, limit: Optional[int], *, what: str = "patients",
+               strata: str = "the task's strata") -> Optional[str]:
     """The note of a ``--limit`` evaluation (None when every patient is evaluated): the
     subsample is drawn by ``splits.limit_records``, round-robin over the strata (the class
-    labels of a classifier), so its class balance is not the cohort's: metrics that depend on
-    prevalence (accuracy, F1, Brier score, calibration) do not describe the cohort; AUC and
-    per-case scores (Dice, HD95) do not depend on it."""
+    labels of a classifier; ``strata`` says what they are), so its class balance is not the
+    cohort's: metrics that depend on prevalence (accuracy, F1, Brier score, calibration) do
+    not describe the cohort; AUC and per-case scores (Dice, HD95) do not depend on it."""
     if not limit or len(limited) >= len(records):
         return None
     if _subsample_kind(records) != "stratum-balanced":
-        return (f"--limit {limit}: {len(limited)} of the {len(records)} patients, a seeded "
+        return (f"--limit {limit}: {len(limited)} of the {len(records)} {what}, a seeded "
                 "random subsample")
     fmt = lambda c: ", ".join(f"{k}: {v}" for k, v in c.items())    # noqa: E731
-    return (f"--limit {limit}: the {len(limited)} patients are a stratum-balanced subsample of "
-            f"the {len(records)} (drawn in turn from each stratum, here the task's strata "
+    return (f"--limit {limit}: the {len(limited)} {what} are a stratum-balanced subsample of "
+            f"the {len(records)} (drawn in turn from each stratum, here {strata} "
             f"{fmt(_strata_counts(limited))}; the cohort has {fmt(_strata_counts(records))}), "
             "not a random one: metrics that depend on prevalence (accuracy, F1, Brier score, "
             "calibration) reflect this subsample's balance, not the cohort's prevalence; AUC "
@@ -252,7 +253,10 @@ def evaluate_model(model: str, data: Union[str, Path], out_dir: Union[str, Path]
         cfg_in["labels"] = labels
     cfg = load_config(cfg_in)
     task = TASKS[task_name](cfg)
+    task.cancel = cancel             # the task's evaluate loop checks it once per batch
     records = task.patients()
+    # e.g. rows of the labels table without images (left out)
+    notes.extend(n for n in (getattr(task, "notes", None) or []) if n not in notes)
     n_all = len(records)
     limited = sp.limit_records(records, limit, int(cfg.get("seed", 0)))
     subsample = limit_note(records, limited, limit)

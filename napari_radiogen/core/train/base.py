@@ -87,9 +87,21 @@ class TrainTask(ABC):
     #: the citations of the methods (networks, libraries) a card keeps whatever data the run
     #: used; the datasets' citations go with the shared datasets only
     method_citations: Tuple[str, ...] = ()
+    #: the run's ``CancelToken`` (set by the engine; None = not cancellable): ``evaluate``
+    #: calls :meth:`check_cancel` once per batch or case, so a cancel during a validation or
+    #: a test fold stops within one batch
+    cancel: Any = None
 
     def __init__(self, cfg: Dict[str, Any]):
         self.cfg = cfg
+        #: what the user should know about the data (e.g. rows of the labels table without
+        #: images, left out), filled by :meth:`patients`; the engine says each once
+        self.notes: List[str] = []
+
+    def check_cancel(self) -> None:
+        """Raise ``Cancelled`` when the run's cancel token is set."""
+        from ..progress import check
+        check(self.cancel)
 
     # -- data ----------------------------------------------------------------------------------
     @abstractmethod

@@ -5,6 +5,8 @@ state (``optim.<param index>.<key>``) and, in its safetensors metadata, the JSON
 (epoch, fold, history, optimizer hyper-parameters, scheduler and GradScaler state, RNG seeds).
 The one file is written to a temporary name and ``os.replace``d, so a kill mid-write leaves the
 previous good checkpoint intact; ``RUN_DIR/state.json`` is a human-readable copy of the state.
+Once the run's model, card and report are written the state gets a ``finished`` record (the
+model and card file names, :func:`update_state`): a ``--resume`` of that run then does nothing.
 """
 from __future__ import annotations
 
@@ -69,8 +71,6 @@ def optimizer_from_flat(optimizer, tensors: Dict[str, Any], meta: Dict[str, Any]
 def save_checkpoint(run_dir: os.PathLike, model, optimizer=None, *, state: Dict[str, Any],
                     scheduler=None, scaler=None) -> Path:
     """Atomically write model + optimizer + JSON state to ``run_dir/checkpoint.safetensors``."""
-    from safetensors.torch import save
-
     run_dir = Path(run_dir)
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
@@ -83,6 +83,12 @@ def save_checkpoint(run_dir: os.PathLike, model, optimizer=None, *, state: Dict[
         st["scheduler"] = _jsonable(scheduler.state_dict())
     if scaler is not None and scaler.is_enabled():
         st["scaler"] = _jsonable(scaler.state_dict())
+    return _write(run_dir, tensors, st)
+
+
+def _write(run_dir: Path, tensors: Dict[str, Any], st: Dict[str, Any]) -> Path:
+    from safetensors.torch import save
+
     text = json.dumps(_jsonable(st))
     blob = save(tensors, metadata={"state": text, "format": "napari-radiogen-checkpoint/1"})
     path = run_dir / CHECKPOINT
@@ -92,6 +98,18 @@ def save_checkpoint(run_dir: os.PathLike, model, optimizer=None, *, state: Dict[
     from ..outputs import dumps
     atomic_write_text(run_dir / STATE, dumps(json.loads(text), indent=1))
     return path
+
+
+def update_state(run_dir: os.PathLike, updates: Dict[str, Any]) -> Optional[Path]:
+    """Add ``updates`` to the JSON state of the run's checkpoint (tensors unchanged; written
+    atomically like :func:`save_checkpoint`), e.g. the engine's ``finished`` record once the
+    run's model, card and report are written. None when there is no checkpoint."""
+    got = read_checkpoint(run_dir)
+    if got is None:
+        return None
+    tensors, st = got
+    st.update(updates)
+    return _write(Path(run_dir), tensors, st)
 
 
 def read_checkpoint(run_dir: os.PathLike) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:

@@ -31,8 +31,9 @@ A config (see ``napari_radiogen/configs/*.yaml``; ``radiogen train --list`` show
 User cohorts (CSV convention): a table with a ``patient_id`` column, one column per label the
 task needs (e.g. ``idh`` with values ``mutant``/``wildtype``), and optionally a ``path`` column
 pointing at each patient's case folder (relative paths resolve against the CSV's folder).
-Rows naming patients that the data folder lacks, missing labels (unless the config says
-``missing_labels: drop``), and label columns with a single class are refused before training.
+Rows naming patients that the data folder lacks are left out (a note says how many; a table
+none of whose patients has images is refused); missing labels (unless the config says
+``missing_labels: drop``) and label columns with a single class are refused before training.
 """
 from __future__ import annotations
 

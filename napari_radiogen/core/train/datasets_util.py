@@ -15,15 +15,43 @@ import numpy as np
 from ..errors import ConfigError
 
 
+def without_images_note(table: str, ids: Sequence[str], folder: str,
+                        what: str = "images") -> str:
+    """The note for the rows of a labels table whose patients have no images in the data
+    folder (left out): how many, and the first few ids."""
+    ids = list(ids)
+    few = ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else "")
+    return (f"{len(ids)} row(s) of {table} name patients with no {what} in {folder}; they are "
+            f"left out: {few}")
+
+
+def none_with_images_message(table: str, ids: Sequence[str], folder: str,
+                             present: Sequence[str], what: str = "images") -> str:
+    """The error for a labels table none of whose patients has images in the data folder."""
+    ids, present = list(ids), list(present)
+    have = (f"; the folder holds {len(present)}, e.g. {', '.join(map(str, present[:3]))}"
+            if present else "; the folder holds none")
+    return (f"{table}: none of its {len(ids)} patient(s) has {what} in {folder} (e.g. "
+            f"{', '.join(map(str, ids[:3]))}{have}); check that the patient_id column names "
+            "the files")
+
+
 def read_label_table(path, label_columns: Sequence[str], *, id_column: str = "patient_id",
                      known_ids: Optional[Iterable[str]] = None, missing: str = "error",
-                     min_classes: int = 2, allowed: Optional[Dict[str, Sequence[Any]]] = None):
+                     min_classes: int = 2, allowed: Optional[Dict[str, Sequence[Any]]] = None,
+                     unknown: str = "error", dropped: Optional[List[str]] = None,
+                     folder: str = "the data folder"):
     """Read a CSV of patients and labels; return a pandas DataFrame indexed by patient id.
 
+    Rows whose ids are not in ``known_ids`` (patients without images in ``folder``) are
+    refused (``unknown="error"``), or with ``unknown="drop"`` left out, their ids appended to
+    ``dropped`` (a real clinical table lists more patients than have images); a table none of
+    whose patients has images is refused either way.
+
     Refused with :class:`ConfigError`: unreadable file, missing id/label columns, duplicate ids,
-    ids not in ``known_ids`` (patients without images), missing labels (unless
-    ``missing="drop"``), label values outside ``allowed``, a label column with fewer than
-    ``min_classes`` distinct values, and a table left empty.
+    unknown ids (see above), missing labels (unless ``missing="drop"``), label values outside
+    ``allowed``, a label column with fewer than ``min_classes`` distinct values, and a table
+    left empty.
     """
     import pandas as pd
 
@@ -45,11 +73,20 @@ def read_label_table(path, label_columns: Sequence[str], *, id_column: str = "pa
     if dup:
         raise ConfigError(f"{p.name}: duplicate patient ids: {', '.join(dup[:5])}")
     if known_ids is not None:
+        known_ids = list(known_ids)
         known = set(known_ids)
-        unknown = [i for i in df[id_column] if i not in known]
-        if unknown:
-            raise ConfigError(f"{p.name}: {len(unknown)} patient(s) have no images in the data "
-                              f"folder: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        no_images = [i for i in df[id_column] if i not in known]
+        if no_images and len(no_images) == len(df):
+            raise ConfigError(none_with_images_message(p.name, no_images, folder,
+                                                       sorted(known)))
+        if no_images and unknown != "drop":
+            raise ConfigError(f"{p.name}: {len(no_images)} patient(s) have no images in "
+                              f"{folder}: {', '.join(no_images[:5])}"
+                              f"{' ...' if len(no_images) > 5 else ''}")
+        if no_images:
+            df = df[df[id_column].isin(known)]
+            if dropped is not None:
+                dropped.extend(no_images)
     if "path" in df.columns:
         df["path"] = [str((p.parent / str(v)).resolve()) if isinstance(v, str) and v else None
                       for v in df["path"]]
@@ -113,13 +150,17 @@ class ItemDataset:
         return [it[1] for it in self.items]
 
 
-def predict_items(model, dataset: ItemDataset, device: str, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities (N, C) of every item, in dataset order."""
+def predict_items(model, dataset: ItemDataset, device: str, batch_size: int = 64,
+                  cancel=None) -> np.ndarray:
+    """Softmax probabilities (N, C) of every item, in dataset order; ``cancel`` (a
+    ``CancelToken``) is checked before each batch."""
     import torch
+    from ..progress import check
     model.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(dataset), batch_size):
+            check(cancel)
             xs = torch.stack([dataset[i][0] for i in range(s, min(len(dataset), s + batch_size))])
             out.append(torch.softmax(model(xs.to(device)).float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2))

@@ -88,6 +88,9 @@ class TrainResult:
     rank: int = 0
     #: the earlier installed model of the same name this run replaced ("name (date ...)")
     replaced: Optional[str] = None
+    #: a ``resume`` of a run that had already finished: nothing was trained, written or
+    #: installed; the paths are those of the run's model, card and report
+    already_finished: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,25 +198,76 @@ def _amp_setup(cfg_amp: Any, device: str):
     return dtype, scaler
 
 
+def shown_path(path: Union[str, Path]) -> str:
+    """A path for a message: relative to the working folder when it is under it (the way a
+    user usually gives it), else as it is."""
+    import os
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    try:
+        cwd = Path.cwd()
+        p = Path(text)
+        for base in (cwd, cwd.resolve()):
+            try:
+                rel = p.relative_to(base)
+            except ValueError:
+                continue
+            return str(rel) if str(rel) != "." else "."
+    except OSError:                     # the working folder was removed
+        pass
+    return text
+
+
+def _shown_value(v: Any) -> str:
+    """A config value for the resume error: absolute paths shown by :func:`shown_path`,
+    strings without quotes, on one line."""
+    import os
+    if isinstance(v, str):
+        text = shown_path(v) if os.path.isabs(v) else v
+        text = " ".join(text.split()) or "''"
+    elif isinstance(v, list):
+        text = "[" + ", ".join(_shown_value(x) for x in v) + "]"
+    else:
+        text = json.dumps(v, default=str, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: internal config keys, as the resume error names them
+_SHOWN_KEYS = {"_source": "config file"}
+
+
 def config_changes(saved: Path, cfg: Dict[str, Any]) -> List[str]:
     """The dotted keys whose values differ between the run's saved ``config.json`` and
-    ``cfg`` (for the resume error), e.g. ``["train.epochs: 30 -> 40"]``."""
+    ``cfg`` (for the resume error), e.g. ``["train.epochs: 30 -> 40"]``; paths are shown
+    relative to the working folder when they are under it (:func:`shown_path`), ``-`` is a
+    key one side lacks."""
     try:
         old = json.loads(Path(saved).read_text())
     except (OSError, ValueError):
         return []
 
-    def flat(d: Any, prefix: str = "") -> Dict[str, str]:
+    def flat(d: Any, prefix: str = "") -> Dict[str, Any]:
         if not isinstance(d, dict):
-            return {prefix: json.dumps(d, default=str, sort_keys=True)}
-        out: Dict[str, str] = {}
+            return {prefix: d}
+        out: Dict[str, Any] = {}
         for k, v in d.items():
             out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
 
+    def same(x: Any, y: Any) -> bool:
+        return json.dumps(x, default=str, sort_keys=True) == json.dumps(y, default=str,
+                                                                         sort_keys=True)
     a, b = flat(old), flat(json.loads(json.dumps(cfg, default=str)))
-    return [f"{k}: {a.get(k, '-')} -> {b.get(k, '-')}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+    missing = object()
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k, missing), b.get(k, missing)
+        if x is not missing and y is not missing and same(x, y):
+            continue
+        out.append(f"{_SHOWN_KEYS.get(k, k)}: {'-' if x is missing else _shown_value(x)} -> "
+                   f"{'-' if y is missing else _shown_value(y)}")
+    return out
 
 
 def _plan_hash(plan: List[Dict[str, Any]], cfg: Dict[str, Any]) -> str:
@@ -645,6 +699,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                         + (f" (DDP {dist.world_size} processes)" if dist.enabled else ""),
                         phase="prepare")
     task: TrainTask = TASKS[cfg["task"]](cfg)
+    task.cancel = cancel             # the task's evaluate loops check it once per batch
     task.init_model()                # a bad init or freeze is refused before any data is read
     if cfg["train"].get("freeze"):
         _check_freeze_patterns(task, list(cfg["train"]["freeze"]))
@@ -653,6 +708,9 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     records = task.patients()
     if not records:
         raise ConfigError(f"task {cfg['task']}: no patients found in {cfg.get('data')}")
+    notes = list(getattr(task, "notes", None) or [])
+    for n in notes:                  # e.g. rows of the labels table without images
+        yield TrainProgress(stage="prepare", phase="prepare", message=f"note: {n}")
     all_records = records
     records = sp.limit_records(records, limit, int(cfg.get("seed", 0)))
     if limit and int(cfg.get("folds") or 0) > max(2, len(records) // 2):
@@ -681,24 +739,39 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                 "metrics will not be held-out estimates" if seen else "")))
     phash = _plan_hash(plan, cfg)
     state_prev = None
+    shown = shown_path(out)
     if out.exists() and (out / ckpt.CHECKPOINT).exists() and not resume:
-        raise ConfigError(f"{out} already holds a run; use --resume to continue it or choose "
+        raise ConfigError(f"{shown} already holds a run; use --resume to continue it or choose "
                           "another --out folder")
     if resume:
         state_prev = ckpt.read_checkpoint(out)
         if state_prev is None:
-            raise ConfigError(f"nothing to resume in {out} (no {ckpt.CHECKPOINT})")
+            raise ConfigError(f"nothing to resume in {shown} (no {ckpt.CHECKPOINT})")
         if state_prev[1].get("init_sha256") != task.init_digest():
-            raise ConfigError(f"{out}: the run started from another init model file (its "
+            raise ConfigError(f"{shown}: the run started from another init model file (its "
                               "SHA-256 differs: another file, or the same file changed); "
                               "resume with the same --init file or start a new run")
         if state_prev[1].get("plan_hash") != phash:
             changed = config_changes(out / "config.json", cfg)
-            what = f" (changed: {', '.join(changed[:6])})" if changed else ""
-            raise ConfigError(f"{out}: the checkpoint was made with another config, data or "
+            more = f", and {len(changed) - 6} more" if len(changed) > 6 else ""
+            what = f" (changed: {', '.join(changed[:6])}{more})" if changed else ""
+            raise ConfigError(f"{shown}: the checkpoint was made with another config, data or "
                               f"--limit/--folds{what}; resume with the same options (the "
                               "number of epochs included: it fixes the learning-rate "
                               "schedule) or start a new run")
+        n_stages = len(plan) + (1 if cfg.get("final", "best_fold") == "retrain" else 0)
+        done = finished_run(out, state_prev[1], n_stages)
+        if done is not None:
+            # nothing to train, write or install: say so and give the run's files
+            ddp.teardown(dist)
+            yield TrainProgress(stage="report", phase="report", message=(
+                f"the run in {shown} has already finished: its model is "
+                f"{shown_path(done.model_path)} (card {done.card_path.name}); nothing was "
+                "trained, written or installed (start a new run in another folder to train "
+                "again)"))
+            done.rank = dist.rank
+            yield done
+            return
     fresh = not resume and not (out.exists() and any(out.iterdir()))
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -710,6 +783,8 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
 
     run = _Run(cfg, task, out, dev, dist, cancel)
     run.origin = origin
+    for n in notes:
+        run.log(f"note: {n}")
     if origin and dist.is_main:
         run.log(f"fine-tuning from {origin['name']} (sha256 {origin['sha256'][:12]}); it had "
                 f"trained on {len(origin['test_patients_seen'])} of the test patients"
@@ -808,6 +883,12 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                             message="writing the model, card and report", phase="report")
         result = _finish(run, records, plan, completed, model, install)
         result.rank = dist.rank
+        if dist.is_main:
+            # the run is complete: a later --resume says so instead of finishing it again
+            ckpt.update_state(out, {"finished": {
+                "model": result.model_path.name, "card": result.card_path.name,
+                "installed": result.installed_path.stem if result.installed_path else None,
+                "date": (result.card or {}).get("date")}})
         yield result
     except ConfigError:
         # an input error before the first checkpoint of a new run: leave no half-made run
@@ -819,6 +900,47 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         model = None
         _release(dev)
         ddp.teardown(dist)
+
+
+def finished_run(out: Path, state: Dict[str, Any], n_stages: int) -> Optional[TrainResult]:
+    """The result of the run in ``out`` when it has finished (None otherwise), from its files:
+    the checkpoint state's ``finished`` record (written once the model, card and report are
+    written), or, for a run finished before that record existed, every stage done and the
+    ``finished: MODEL`` line of its train.log. A finished run whose model file is gone is not
+    finished (a resume writes the model, card and report again)."""
+    fin = state.get("finished") if isinstance(state.get("finished"), dict) else None
+    if fin is None:
+        if not (state.get("stage_done") and int(state.get("fold", -1)) + 1 >= n_stages):
+            return None
+        try:
+            lines = (out / "train.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        ends = [ln.split(" finished: ", 1)[1] for ln in lines if " finished: " in ln]
+        if not ends:
+            return None
+        model = Path(ends[-1].split("; cv ")[0]).name
+        fin = {"model": model, "card": str(Path(model).with_suffix(".card.json"))}
+    model_path = out / str(fin.get("model") or "")
+    if not fin.get("model") or not model_path.is_file():
+        return None
+    card_path = out / str(fin.get("card") or model_path.with_suffix(".card.json").name)
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError):
+        card = {}
+    metrics = card.get("metrics") or {}
+    report_html, report_json = out / "report" / "report.html", out / "report" / "report.json"
+    return TrainResult(
+        run_dir=out, model_path=model_path, card_path=card_path if card_path.exists() else None,
+        report_path=report_html if report_html.exists() else None,
+        report_json=report_json if report_json.exists() else None,
+        fold_metrics=[c for c in state.get("completed") or [] if not c.get("final")],
+        cv_summary=metrics.get("cv") or {}, final=str((card.get("config") or {}).get(
+            "final", "best_fold")),
+        history=list(state.get("history") or []),
+        samples_per_epoch=list(state.get("samples_per_epoch") or []), card=card,
+        already_finished=True)
 
 
 def _remove_run_files(out: Path) -> None:

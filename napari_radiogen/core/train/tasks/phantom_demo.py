@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import ConfigError
 from ..base import PatientRecord, TrainTask, register_task
 from ..datasets_util import (ItemDataset, inverse_frequency_weights, patient_mean, predict_items,
-                             read_label_table)
+                             read_label_table, without_images_note)
 from ..losses import make_loss
 
 
@@ -59,7 +59,7 @@ class _SliceClassifier(TrainTask):
     def evaluate(self, model, dataset, device) -> Dict[str, Any]:
         import torch
         from ...evaluate.metrics import roc_auc
-        probs = predict_items(model, dataset, device)
+        probs = predict_items(model, dataset, device, cancel=self.cancel)
         ids = dataset.patient_ids()
         labels = dict(zip(ids, dataset.labels()))
         y_items = torch.as_tensor(dataset.labels()).long()
@@ -199,9 +199,17 @@ class LGGIdhSlices(_SliceClassifier):
             raise ConfigError(f"no HDF5 packs (*.h5) in {data}")
         labels = self.cfg.get("labels") or str(data / "clinical.csv")
         target = self.cfg.get("target", "idh")
+        # a clinical table lists more patients than have packs: those rows are left out, once
+        # said (refused only when no row has a pack)
+        dropped: List[str] = []
         df = read_label_table(labels, [target], known_ids=packs,
                               missing=self.cfg.get("missing_labels", "error"),
-                              allowed={"idh": ["mutant", "wildtype"]} if target == "idh" else None)
+                              allowed={"idh": ["mutant", "wildtype"]} if target == "idh" else None,
+                              unknown="drop", dropped=dropped, folder=data.name)
+        if dropped:
+            note = without_images_note(Path(labels).name, dropped, data.name, "pack (.h5)")
+            if note not in self.notes:
+                self.notes.append(note)
         self._packs = packs
         for pid in df.index:               # a broken pack is named before anything is written
             _check_pack(packs[pid])

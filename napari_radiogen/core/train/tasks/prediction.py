@@ -50,9 +50,13 @@ def _label(task: str, v: Any) -> int:
 
 def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequence[str]] = None,
                 roi: bool = False, roi_jitter: int = 0,
-                roi_window: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+                roi_window: Optional[Dict[str, Any]] = None,
+                no_pack: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """Read TCGA-LGG packs + clinical.csv into memory: one dict per patient with ``x``
     (S, N, 64, 64) float32 normalised, ``seq_mask`` (S,), labels (-1 = missing), age, sex, OS.
+    Rows of clinical.csv without a pack (``<patient_id>.h5``) are left out, their ids appended
+    to ``no_pack`` (a clinical table lists more patients than have images); a table none of
+    whose patients has a pack is refused.
     ``roi``: the tumour-centred input of ``predict.PREP_ROI`` around the pack's expert mask
     (``input.kind == "mil_roi"``) instead of the whole binned slices; ``roi_jitter`` > 0 keeps
     that many more pixels on each side, for random window crops in training (the network
@@ -71,9 +75,11 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
     if limit:
         rows = rows[:limit]
     out = []
+    missing: List[str] = []
     for r in rows:
         f = d / f"{r['patient_id']}.h5"
         if not f.exists():
+            missing.append(str(r["patient_id"]))
             continue
         with h5py.File(f, "r") as h:
             img = h["image"][:]
@@ -111,7 +117,14 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
                     "tmask": None if tum is None else tum[0],
                     "tarea": None if tum is None else tum[1]})
     if not out:
+        if missing:
+            from ..datasets_util import none_with_images_message
+            raise ConfigError(none_with_images_message(
+                csv.name, missing, d.name, sorted(f.stem for f in d.glob("*.h5")),
+                "a pack (<patient_id>.h5)"))
         raise ConfigError(f"no patient packs found in {d}")
+    if no_pack is not None:
+        no_pack.extend(missing)
     return out
 
 
@@ -635,8 +648,14 @@ class _PredictionTaskBase(TrainTask):
     @property
     def cohort(self):
         if self._cohort is None:
+            no_pack: List[str] = []
             self._cohort = load_cohort(self.cfg["data"], limit=self.cfg.get("limit"),
-                                       **self.cohort_kwargs())
+                                       no_pack=no_pack, **self.cohort_kwargs())
+            if no_pack:
+                from ..datasets_util import without_images_note
+                self.notes.append(without_images_note("clinical.csv", no_pack,
+                                                      Path(str(self.cfg["data"])).name,
+                                                      "pack (.h5)"))
         return self._cohort
 
     def cohort_kwargs(self) -> Dict[str, Any]:
@@ -693,6 +712,7 @@ class _PredictionTaskBase(TrainTask):
         preds = []
         with torch.inference_mode():
             for i in range(len(dataset)):
+                self.check_cancel()
                 b = collate_bags([dataset[i]])
                 o = self._forward(model, b, device)
                 preds.append({t: float(torch.softmax(o["logits"][t], -1)[0, 1]) for t in TASKS}

@@ -314,6 +314,7 @@ class SegmentationBrats(_SegmentationTask):
         card = self._card_like()
         pp = self._m().get("postprocess") or None
         for it in dataset:
+            self.check_cancel()
             probs = volume_probs(model, it["x"], card, str(device))
             native = probs_to_native(it["prepared"], probs)
             row = {"patient_id": it["id"]}
@@ -555,6 +556,7 @@ class SegmentationLGG(_SegmentationTask):
         preds = []
         pp = self._m().get("postprocess")
         for it in dataset:
+            self.check_cancel()
             # score what inference returns (the card's postprocess), and the raw network
             d, _ = lgg_patient_dice(model, it, device, postprocess=pp)
             row = {"patient_id": it["id"], "dice_WT": d}

@@ -252,9 +252,12 @@ def summarise_scores(preds: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return res
 
 
-def evaluate_patients(model, dataset: SynthEvalSet, device="cpu", batch: int = 32
-                      ) -> Dict[str, Any]:
+def evaluate_patients(model, dataset: SynthEvalSet, device="cpu", batch: int = 32,
+                      cancel=None) -> Dict[str, Any]:
+    """PSNR / SSIM of every available target of every patient; ``cancel`` (a
+    ``CancelToken``) is checked before each batch."""
     import torch
+    from ...progress import check
     from ...synthesize import psnr, ssim_brain
 
     model.eval()
@@ -272,6 +275,7 @@ def evaluate_patients(model, dataset: SynthEvalSet, device="cpu", batch: int = 3
                     continue
                 out = []
                 for j in range(0, len(x), batch):
+                    check(cancel)
                     xb = x[j:j + batch].to(device)
                     out.append(model(xb, torch.from_numpy(src)[None].expand(len(xb), -1).to(device),
                                      torch.tensor([int(t)]).expand(len(xb)).to(device)
@@ -471,7 +475,7 @@ class SynthesisTask(TrainTask):
         return loss, {"l1": float(l_all.detach()), "l1_brain": float(l_brain.detach())}
 
     def evaluate(self, model, dataset, device):
-        return evaluate_patients(model, dataset, device)
+        return evaluate_patients(model, dataset, device, cancel=self.cancel)
 
     def baseline(self, train_ids, test_ids) -> Dict[str, Any]:
         """Per-pixel linear regression of each target from all the other available sequences

@@ -321,6 +321,7 @@ class Triage2DTask(TrainTask):
         out = []
         with torch.inference_mode():
             for i in range(0, len(dataset), batch_size):
+                self.check_cancel()
                 xb = torch.from_numpy(dataset.x[i:i + batch_size].astype(np.float32)).to(device)
                 out.append(torch.softmax(model(xb).float(), 1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
