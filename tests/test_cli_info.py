@@ -272,3 +272,96 @@ def test_info_of_a_dicom_export_with_a_subfolder_per_series(tmp_path, capfd):
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
     assert lines["PA"].split()[1:] == ["volume", "t1", "flair"], r.stdout
     assert lines["PB"].split()[1:] == ["volume", "t2", "flair"], r.stdout
+
+
+# -- a cohort listing marks the cases the commands could not read -----------------------------
+def _small_case(folder, bad_seq="", bad=None):
+    """A small BraTS-like phantom case ``<name>/<name>_<seq>.nii.gz`` (+ ``_seg``); ``bad``:
+    ``"empty"`` (a 0-byte file), ``"2d"`` (a 2D image) or ``"nan"`` (one NaN voxel) for the
+    file of ``bad_seq``."""
+    import nibabel as nib
+
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    case = make_phantom(0, shape=(24, 32, 32), spacing=(4.0, 4.0, 4.0), case_id=folder.name)
+    folder.mkdir(parents=True)
+    for s, v in list(case.sequences.items()) + [("seg", case.labels)]:
+        f = folder / f"{folder.name}_{s}.nii.gz"
+        write_volume(v.array, v.geometry, f, labels=s == "seg")
+        if s != bad_seq:
+            continue
+        if bad == "empty":
+            f.write_bytes(b"")
+        elif bad == "2d":
+            nib.save(nib.Nifti1Image(np.ones((32, 32), np.float32), np.eye(4)), str(f))
+        elif bad == "nan":
+            img = nib.load(str(f))
+            a = np.asarray(img.dataobj, dtype=np.float32).copy()
+            a[3, 4, 5] = np.nan
+            nib.save(nib.Nifti1Image(a, img.affine), str(f))
+    return folder
+
+
+def test_info_cohort_marks_cases_with_unreadable_files(tmp_path, capfd, monkeypatch):
+    """A truncated .nii.gz, a 2D file and an empty file make their case 'unreadable: <file>:
+    <reason>' in the cohort listing (was listed as complete), with the reason the commands
+    give; found from the headers and the gzip trailers: a complete file is not decompressed.
+    A NaN voxel needs the voxels: not found there (the listing says what it checked), found
+    with --check-voxels."""
+    import shutil
+
+    from napari_radiogen.core.io import volume as V
+
+    coh = tmp_path / "cohort"
+    sample = ROOT / "napari_radiogen" / "data" / "BraTS2021_00006"
+    good = coh / "BraTS2021_00006"
+    good.mkdir(parents=True)
+    for f in sample.glob("*.nii.gz"):
+        shutil.copy(f, good / f.name)
+    cut = coh / "BraTS2021_00007"               # a copy whose FLAIR download stopped halfway
+    cut.mkdir()
+    for f in sample.glob("*.nii.gz"):
+        data = f.read_bytes()
+        name = f.name.replace("00006", "00007")
+        (cut / name).write_bytes(data[: len(data) // 2] if "flair" in name else data)
+    _small_case(coh / "FLAT", "t1ce", "2d")
+    _small_case(coh / "EMPTY", "t2", "empty")
+    _small_case(coh / "NAN", "t1", "nan")
+
+    gunzipped = []
+    real_check = V._check_gzip
+    monkeypatch.setattr(V, "_check_gzip", lambda p: gunzipped.append(p.name) or real_check(p))
+    r = run_main(capfd, coh)
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
+    assert "(5 case(s), 3 unreadable)" in r.stdout.splitlines()[0], r.stdout
+    assert "unreadable: BraTS2021_00007_flair.nii.gz: truncated gzip file" in \
+        lines["BraTS2021_00007"], r.stdout
+    assert "unreadable: FLAT_t1ce.nii.gz: 2D image (size 32x32)" in lines["FLAT"], r.stdout
+    assert "unreadable: EMPTY_t2.nii.gz: empty file (0 bytes)" in lines["EMPTY"], r.stdout
+    assert "unreadable" not in lines["BraTS2021_00006"] and "unreadable" not in lines["NAN"]
+    assert "checked: file headers and sizes, not the voxels" in r.stdout
+    assert gunzipped == ["BraTS2021_00007_flair.nii.gz"]     # the good files: header + trailer
+    monkeypatch.setattr(V, "_check_gzip", real_check)
+
+    # the reason is the one `radiogen info CASE` (and every command) stops with
+    why = lines["BraTS2021_00007"].split("unreadable: BraTS2021_00007_flair.nii.gz: ")[1]
+    err = run_main(capfd, cut)
+    assert err.returncode == 2 and why in err.stderr, (why, err.stderr)
+
+    d = json.loads(run_main(capfd, coh, "--json").stdout)
+    cases = {c["case_id"]: c for c in d["cases"]}
+    assert d["checked"] == "headers"
+    assert list(cases["FLAT"]["unreadable"]) == ["FLAT_t1ce.nii.gz"]
+    assert "unreadable" not in cases["BraTS2021_00006"] and "unreadable" not in cases["NAN"]
+
+    r = run_main(capfd, coh, "--check-voxels")
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
+    assert "(5 case(s), 4 unreadable)" in r.stdout.splitlines()[0], r.stdout
+    assert "unreadable: NAN_t1.nii.gz: 1 NaN/Inf voxel(s)" in lines["NAN"], r.stdout
+    assert "unreadable: BraTS2021_00007_flair.nii.gz: truncated gzip file" in \
+        lines["BraTS2021_00007"]
+    assert "unreadable" not in lines["BraTS2021_00006"] and "checked:" not in r.stdout
+    assert json.loads(run_main(capfd, coh, "--json", "--check-voxels").stdout)[
+        "checked"] == "voxels"

@@ -9,6 +9,16 @@ what the readers warned about (NIfTI qform/sform disagreements, library warnings
 where an acquired one of that sequence is read, the package's own result maps) are listed. For a
 cohort folder: one line per case (header-only scan), and one line per sub-folder that holds
 no case (``skipped: <name>/: <reason>``; ``"skipped"`` in the JSON).
+
+A cohort listing checks each volume file of each case without reading its voxels
+(:func:`file_problem`): the header is read (nibabel for NIfTI, SimpleITK for NRRD/MetaImage)
+and a NIfTI file's size is checked against its header (an empty file, a truncated or corrupt
+``.nii.gz``, a 2D or 4D image, a zero voxel size). A case with such a file is marked on its
+line (``unreadable: <file>: <reason>``; ``"unreadable": {file: reason}`` in the JSON): the
+analysis commands would refuse it. What only the voxels tell (NaN/Inf values, a blank volume,
+labels outside the BraTS set) is not checked there, as it would mean decompressing every
+file: ``--check-voxels`` reads each case as the analysis commands do (slow on a big cohort),
+and ``radiogen info CASE`` reads the one case. DICOM series are not checked in the listing.
 Imports only the headless I/O (no torch).
 """
 from __future__ import annotations
@@ -31,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DICOM: pick the series whose description or UID contains S")
     parser.add_argument("--reference", default=None, metavar="SEQ",
                         help="reference sequence (default: flair > t1ce > t2 > t1)")
+    parser.add_argument("--check-voxels", action="store_true",
+                        help="a cohort folder: read every case as the analysis commands do "
+                             "(also finds NaN/Inf voxels and blank volumes; slow on a big "
+                             "cohort). Without it the listing reads file headers and checks "
+                             "file sizes only")
 
 
 def _fmt_num(x: float) -> str:
@@ -141,8 +156,11 @@ def _unrecognised_text(entry: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _cohort_text(folder: Path, entries: List[Dict[str, Any]], skipped=()) -> str:
-    lines = [f"cohort {folder}  ({len(entries)} case(s))"]
+def _cohort_text(folder: Path, entries: List[Dict[str, Any]], skipped=(),
+                 checked: str = "") -> str:
+    bad = sum(1 for e in entries if e.get("unreadable") or "error" in e)
+    lines = [f"cohort {folder}  ({len(entries)} case(s)" + (f", {bad} unreadable" if bad else "")
+             + ")"]
     w = max([len(e["case_id"]) for e in entries] + [4])
     for e in entries:
         if "error" in e:
@@ -165,10 +183,150 @@ def _cohort_text(folder: Path, entries: List[Dict[str, Any]], skipped=()) -> str
                 txt += f"  ({len(e['ignored_outputs'])} napari-radiogen map(s) ignored)"
             if e.get("unrecognised"):
                 txt += f"  (not recognised: {_unrecognised_text(e)})"
+        if e.get("unreadable"):
+            txt += "  unreadable: " + "; ".join(f"{f}: {why}"
+                                                for f, why in e["unreadable"].items())
         lines.append(txt)
     for name, reason in skipped:        # sub-folders with no case in them: said, not dropped
         lines.append(f"  skipped: {name}/: {reason}")
+    if checked == "headers" and any(_entry_files(e) for e in entries if "error" not in e):
+        lines.append("  checked: file headers and sizes, not the voxels (NaN/Inf, blank "
+                     "volumes): --check-voxels reads them")
     return "\n".join(lines)
+
+
+# -- the cohort listing's file checks ------------------------------------------------------------
+def _strip_path(msg: str, path: Path) -> str:
+    """A core error message without the ``<path>: `` it starts with."""
+    for prefix in (str(path), str(Path(path).resolve())):
+        if msg.startswith(prefix + ": "):
+            return msg[len(prefix) + 2:]
+    return msg
+
+
+def _gzip_size_ok(path: Path, need: int) -> bool:
+    """Does the gzip trailer (the uncompressed size, modulo 2**32) say ``need`` bytes? A
+    complete ``.nii.gz`` holds exactly its header and voxels; the last 4 bytes of a truncated
+    one are compressed data, which matches by chance once in 2**32."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            return struct.unpack("<I", f.read(4))[0] == need % (1 << 32)
+    except OSError:
+        return False
+
+
+def file_problem(path: Path) -> Any:
+    """Why the analysis commands could not read the volume file ``path``, found without
+    reading its voxels, else None: an empty file, a header no reader takes, a 2D/4D/vector
+    image, a zero voxel size, and for NIfTI fewer bytes than the header asks for (for a
+    ``.nii.gz``: its gzip trailer, and only when that disagrees, a decompression, which tells
+    a truncated file from one with extra bytes). The reasons are the reader's own
+    (``core.io.load_volume``), without the path. NaN/Inf voxels and blank volumes are not
+    looked for (see ``--check-voxels``), nor is a truncated NRRD or MetaImage (its header
+    reads); folders (DICOM) are not checked."""
+    import numpy as np
+
+    from ..core.errors import CaseLoadError
+    from ..core.io import volume as V
+    from ..core.io._nifti import zero_spacing
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    ext = V.volume_extension(p)
+    if ext is None:
+        return None
+    try:
+        if p.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        if ext in (".nii", ".nii.gz"):
+            import nibabel as nib
+            from nibabel.imageglobals import LoggingOutputSuppressor
+
+            try:
+                with LoggingOutputSuppressor():
+                    img = nib.load(str(p))
+                shape = tuple(int(x) for x in img.header.get_data_shape())
+                need = int(img.dataobj.offset) + int(np.prod(shape, dtype=np.int64)) * \
+                    np.dtype(img.header.get_data_dtype()).itemsize
+            except Exception as e:  # nibabel raises many kinds here (as load_volume says)
+                if ext == ".nii.gz":
+                    V._check_gzip(p)      # a gzip that ends early says so (as load_volume)
+                return (f"not a valid NIfTI file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'bad header'})")
+            zero = zero_spacing(p, ext)
+            if zero is not None:
+                return zero
+            V._check_size(p, len(shape), shape, 1)
+            if ext == ".nii":
+                have = p.stat().st_size
+            elif _gzip_size_ok(p, need):
+                return None
+            else:
+                have = V._check_gzip(p)           # raises for a truncated or corrupt file
+            if have < need:
+                return (f"truncated NIfTI file ({have} of {need} bytes of header + voxels for "
+                        f"a {'x'.join(map(str, shape))} image)")
+            return None
+        import SimpleITK as sitk
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            return V._read_error(p, ext, e, header=True)
+        V._check_size(p, reader.GetDimension(), tuple(int(x) for x in reader.GetSize()),
+                      reader.GetNumberOfComponents())
+    except CaseLoadError as e:
+        return _strip_path(str(e), p)
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    return None
+
+
+def _entry_files(entry: Dict[str, Any]) -> Dict[str, Path]:
+    """The files of a cohort entry (``core.io.scan_case``), by the name the listing shows."""
+    base = Path(entry.get("path") or ".")
+    if not base.is_dir():               # a file, or a group of files named by a prefix
+        base = base.parent
+    seqs = entry.get("sequences") or {}
+    names = list(seqs.values()) if isinstance(seqs, dict) else []
+    if entry.get("labels"):
+        names.append(entry["labels"])
+    return {n: base / n for n in names if isinstance(n, str) and not n.endswith("/")}
+
+
+def header_problems(entry: Dict[str, Any]) -> Dict[str, str]:
+    """``{file: reason}`` for the files of a cohort entry that cannot be read
+    (:func:`file_problem`)."""
+    out = {}
+    for name, f in _entry_files(entry).items():
+        why = file_problem(f)
+        if why:
+            out[name] = " ".join(str(why).split())
+    return out
+
+
+def voxel_problems(entry: Dict[str, Any], path: Path) -> Dict[str, str]:
+    """``{file: reason}``: the case read as the analysis commands read it (every voxel); its
+    files that fail, each with the reader's reason. A case that fails as a whole raises."""
+    from ..core.io import load_case
+
+    case = load_case(path, skip_unreadable=True)
+    seqs = dict(entry.get("sequences") or {}) if isinstance(entry.get("sequences"), dict) else {}
+    if entry.get("labels"):
+        seqs["labels"] = entry["labels"]
+    out = {}
+    for name, msg in (case.meta.get("unreadable") or {}).items():
+        f = seqs.get(name, name)
+        msg = str(msg)
+        for full in _entry_files(entry).values():
+            msg = _strip_path(msg, full)
+        out[f] = " ".join(msg.split())
+    return out
 
 
 #: SimpleITK's pixel type names -> numpy's
@@ -250,17 +408,27 @@ def run(args: argparse.Namespace) -> int:
                 from ._batch import skipped_folders
                 skipped = skipped_folders(path, cases)
                 entries = []
+                checked = "voxels" if args.check_voxels else "headers"
                 for c in cases:
                     try:
-                        entries.append(scan_case(c))
+                        e = scan_case(c)
+                        bad = (voxel_problems(e, c) if args.check_voxels
+                               else header_problems(e))
+                        if bad:         # the commands would refuse the case: said
+                            e["unreadable"] = bad
+                        entries.append(e)
                     except RadiogenError as e:
                         entries.append({"case_id": c.name, "error": str(e)})
+                    except Exception as e:      # one case's odd file: its line says so
+                        msg = str(e).splitlines()[0] if str(e) else ""
+                        entries.append({"case_id": c.name,
+                                        "error": f"{type(e).__name__}: {msg}"})
                 if args.json:
                     return _emit(dumps({"cohort": str(path), "n_cases": len(entries),
-                                        "cases": entries,
+                                        "checked": checked, "cases": entries,
                                         "skipped": [{"folder": f"{n}/", "message": m}
                                                     for n, m in skipped]}))
-                return _emit(_cohort_text(path, entries, skipped))
+                return _emit(_cohort_text(path, entries, skipped, checked))
         case = load_case(path, overrides=overrides or None, series=args.series,
                          reference=args.reference)
         d = describe_case(case)
