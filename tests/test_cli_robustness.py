@@ -819,3 +819,68 @@ def test_device_and_analyze_option_help(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-report no HTML/JSON report" in text
     assert "--no-cache a folder of cases: recompute every case" in text
+
+
+# -- in-sample cases: a batch says it once ------------------------------------------------------
+def _all_in_sample(monkeypatch, ids):
+    """Every model's card lists ``ids`` as its training patients."""
+    from napari_radiogen.core import insample
+    monkeypatch.setattr(insample, "training_patients",
+                        lambda card: frozenset(insample._norm(i) for i in ids))
+
+
+def test_predict_batch_says_the_in_sample_cases_once(tiny_pred, tmp_path, capsys, monkeypatch):
+    """88 TCGA-LGG packs printed 88 in-sample warnings: one line for the batch now, with the
+    count and a few names; each case's JSON keeps its own note, and one case still says it."""
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(5):
+        _pack(coh / f"PACK{i}.h5", seed=i, n=4)
+    _all_in_sample(monkeypatch, ["PACK0", "PACK1", "PACK2", "PACK4"])
+    out = tmp_path / "out"
+    assert main("predict", coh, "--out", out, "--model", tiny_pred, "--device", "cpu") == 0
+    text = capsys.readouterr().out
+    assert text.count("training data") == 1, text
+    line = next(ln for ln in text.splitlines() if "training data" in ln)
+    assert line == (f"warning: in-sample: 4 of 5 cases were in {TINY}'s training data (PACK0, "
+                    "PACK1, PACK2 and 1 more): its predictions here are in-sample, not a "
+                    "validation (expect them to be right more often than on a new case); each "
+                    "case's JSON says so"), line
+    assert text.index(line) > text.index("[5/5] PACK4")          # after the cases
+    for i, said in ((0, True), (3, False), (4, True)):
+        js = json.loads((out / f"PACK{i}_predictions.json").read_text())
+        assert any(w.startswith(f"PACK{i} was in {TINY}'s training data: ")
+                   for w in js["warnings"]) == said, js["warnings"]
+    assert main("predict", coh / "PACK0.h5", "--out", tmp_path / "one", "--model", tiny_pred,
+                "--device", "cpu") == 0
+    assert f"    warning: PACK0 was in {TINY}'s training data: " in capsys.readouterr().out
+
+
+def test_in_sample_note_is_recognised_from_its_text():
+    from napari_radiogen.core import insample
+    card = {"training_data": {"patients": ["P1"]}}
+    note = insample.in_sample_note("P1", "m_x", card, insample.DICE)
+    assert insample.in_sample_parts(note) == ("m_x", insample.DICE)
+    assert insample.in_sample_parts(str(note)) == ("m_x", insample.DICE)      # read back
+    other = insample.in_sample_note("C", "m_x", card, insample.PREDICTION, ["P1"])
+    assert insample.in_sample_parts(str(other)) == ("m_x", insample.PREDICTION)
+    assert insample.in_sample_parts("t2 ignored by the predictor") is None
+
+
+def test_analyze_cohort_says_the_in_sample_cases_once(models, tmp_path, capsys, monkeypatch):
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(2):
+        _pack(coh / f"PACK{i}.h5", seed=i, n=4)
+    _all_in_sample(monkeypatch, ["PACK0", "PACK1"])
+    out = tmp_path / "out"
+    assert main("analyze", coh, "--out", out, "--pred-model", models["mil"], "--device", "cpu",
+                "--explain", "none", "--no-render", "--no-report") == 0
+    text = capsys.readouterr().out
+    said = [ln for ln in text.splitlines() if "training data" in ln]
+    # the segmentation model's (its Dice against the packs' masks) and the predictor's
+    assert len(said) == 2 and all(ln.startswith("warning: in-sample: 2 of 2 cases were in ")
+                                  and "(PACK0, PACK1)" in ln for ln in said), text
+    assert any("its Dice here is in-sample" in ln for ln in said), said
+    analysis = json.loads((out / "PACK0" / "analysis.json").read_text())
+    assert sum("training data" in w for w in analysis["warnings"]) == 2

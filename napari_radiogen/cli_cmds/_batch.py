@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..core.insample import batch_in_sample_lines, in_sample_parts
 from ..core.notes import cautions
 from ..core.outputs import strip_folder
 
@@ -111,7 +112,12 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     With ``deidentify`` (the default) a failed case's message in the CSV names its files
     relative to the cohort folder (``core.outputs.strip_folder``). The cohort's sub-folders that hold
     no case (:func:`skipped_folders`) are said (``skipped: <name>/: <reason>``) and get a row
-    with status ``skipped``; they do not count as failed cases."""
+    with status ``skipped``; they do not count as failed cases.
+
+    In a batch, a case's in-sample note (it was in the model's training data,
+    ``core.insample``) is not printed under each case: one line per model at the end says how
+    many cases were in-sample and names a few (``warning: in-sample: 88 of 88 cases were in
+    <model>'s training data (A, B, C and 85 more): ...``); each case's JSON keeps its note."""
     import time
     from pathlib import Path
 
@@ -128,6 +134,8 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     say_skipped(skipped)
     rows: List[dict] = []
     failed: List[str] = []
+    # {(model, meaning): [case ids]}: the cases the model was trained on, said once at the end
+    in_sample: Dict[Tuple[str, str], List[str]] = {}
     for i, p in enumerate(paths, 1):
         t0 = time.perf_counter()
         cid = case_id_of(p)
@@ -140,6 +148,10 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             for c in cautions(getattr(res, "warnings", None) or []):   # unreliable: first
                 print(f"    CAUTION: {c}", flush=True)
             for w in getattr(res, "warnings", None) or []:
+                parts = in_sample_parts(w) if batch else None
+                if parts is not None:        # said once for the batch, at its end
+                    in_sample.setdefault(parts, []).append(cid)
+                    continue
                 print(f"    warning: {w}", flush=True)
             rows.append(row(res, seconds=dt))
         except Exception as e:        # KeyboardInterrupt is not an Exception: it still stops
@@ -151,6 +163,8 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             rows.append(row(case_id=cid, status="failed",
                             message=strip_folder(msg, p) if deidentify else msg,
                             seconds=time.perf_counter() - t0))
+    for line in batch_in_sample_lines(in_sample, len(paths)):
+        print(f"warning: {line}", flush=True)
     for name, reason in skipped:
         rows.append(row(case_id=f"{name}/", status="skipped", message=reason, seconds=0.0))
     if batch or csv_always:

@@ -6,6 +6,10 @@ the case's grid, or .h5 for slice packs), predictions JSON, heatmaps, a de-ident
 and ``analysis.json``. A folder of cases runs as a batch that keeps going past a bad case and
 writes ``DIR/summary.csv``; unchanged cases are not recomputed (``--no-cache`` forces it).
 
+A folder run prints a line per case, then once for the cohort the cases a model was trained on
+(``warning: in-sample: N of M cases were in <model>'s training data (A, B, C and K more):
+...``, see ``core.insample``); each case's ``analysis.json`` keeps its own note.
+
 Exit status (also in ``radiogen analyze --help``, :data:`EPILOG`): 0 when every stage that was
 asked for ran. One case: 1 when a stage failed (``warning: <stage> skipped: <why>``) but
 others gave results, which are written; 2 when nothing could be analysed (neither a
@@ -154,10 +158,12 @@ def run(args: argparse.Namespace) -> int:
                   f"failed: {_reasons(res.errors)}", file=sys.stderr)
             return 1
         return 0
+    from ..core.insample import batch_in_sample_lines
     from ._batch import say_skipped, skipped_folders
     skipped = skipped_folders(path, cases)
     say_skipped(skipped)
     failed = partial = 0
+    in_sample = {}
     with ProgressLine() as show:
         for item in analyze_cohort(cases, out, analyzer=analyzer, use_cache=not args.no_cache,
                                    report=not args.no_report, render=not args.no_render,
@@ -174,11 +180,27 @@ def run(args: argparse.Namespace) -> int:
                     partial += 1
                 print(f"{item.case_id}: {item.status}{msg}", flush=True)
                 failed += item.status == "failed"
+                if item.status != "failed":
+                    for parts in _in_sample(item.summary):
+                        in_sample.setdefault(parts, []).append(item.case_id)
+    # the cases a model was trained on: said once for the cohort (analysis.json says it per case)
+    for line in batch_in_sample_lines(in_sample, len(cases)):
+        print(f"warning: {line}", flush=True)
     extra = f", {partial} with errors" if partial else ""
     if skipped:
         extra += f"; {len(skipped)} folder(s) skipped, no case in them"
     print(f"summary: {out / 'summary.csv'} ({len(cases)} cases, {failed} failed{extra})")
     return 1 if failed or partial else 0
+
+
+def _in_sample(summary) -> list:
+    """The ``(model, meaning)`` of each in-sample note among a cohort row's warnings (a
+    ``" | "``-joined text in the summary: the notes are recognised by their wording)."""
+    from ..core.insample import in_sample_parts
+
+    text = (summary or {}).get("warnings") or ""
+    found = [in_sample_parts(w.strip()) for w in str(text).split(" | ")]
+    return list(dict.fromkeys(f for f in found if f is not None))
 
 
 def _print_result(res, paths) -> None:
