@@ -821,7 +821,7 @@ def test_device_and_analyze_option_help(capsys):
     assert "--no-cache a folder of cases: recompute every case" in text
 
 
-# -- in-sample cases: a batch says it once ------------------------------------------------------
+# -- in-sample cases: a batch says it once; analyze prints the Dice its note speaks of ----------
 def _all_in_sample(monkeypatch, ids):
     """Every model's card lists ``ids`` as its training patients."""
     from napari_radiogen.core import insample
@@ -884,3 +884,41 @@ def test_analyze_cohort_says_the_in_sample_cases_once(models, tmp_path, capsys, 
     assert any("its Dice here is in-sample" in ln for ln in said), said
     analysis = json.loads((out / "PACK0" / "analysis.json").read_text())
     assert sum("training data" in w for w in analysis["warnings"]) == 2
+
+
+def test_analyze_prints_the_dice_its_in_sample_note_speaks_of(models, tmp_path, capsys,
+                                                              monkeypatch):
+    """A case with its own labels (a pack's mask, a BraTS *_seg) gets Dice per region in the
+    summary (its in-sample note says 'its Dice here is in-sample'; no Dice was printed), and in
+    the segmentation JSON; a case without labels prints none, and its note does not say Dice."""
+    _all_in_sample(monkeypatch, ["PACK0", "BARE0"])
+    labelled = _pack(tmp_path / "PACK0.h5", n=4)
+    case = make_pack_phantom(0, n_slices=4)
+    case.labels = None
+    bare = write_pack(tmp_path / "BARE0.h5", case)
+    out = tmp_path / "out"
+    assert _analyze(labelled, out, "--pred-model", models["mil"]) == 0
+    text = capsys.readouterr().out
+    dice = next((ln for ln in text.splitlines() if "Dice" in ln and "warning" not in ln), "")
+    assert dice.startswith("  Dice vs its mask: WT 0."), text
+    seg = json.loads((out / "PACK0" / "PACK0_seg.json").read_text())
+    assert f"{seg['metrics_vs_labels']['WT']['dice']:.3f}" in dice
+    assert "PACK0_seg.json" in dice
+    assert "its Dice here is in-sample" in text
+    assert _analyze(bare, out, "--pred-model", models["mil"]) == 0
+    text = capsys.readouterr().out
+    assert "Dice" not in text and "this segmentation is in-sample" in text, text
+    # a BraTS-like 3D case folder with its *_seg.nii.gz: Dice per region, against that file
+    from napari_radiogen.core.io import write_volume
+    from napari_radiogen.core.phantom import make_phantom
+    ph = make_phantom(0, case_id="PH3D")
+    folder = tmp_path / "PH3D"
+    folder.mkdir()
+    for s, v in ph.sequences.items():
+        write_volume(v.array, v.geometry, folder / f"PH3D_{s}.nii.gz")
+    write_volume(ph.labels.array, ph.labels.geometry, folder / "PH3D_seg.nii.gz", labels=True)
+    _analyze(folder, out, "--seg-model", models["seg"], "--pred-model", models["mil"])
+    text = capsys.readouterr().out
+    dice = next((ln for ln in text.splitlines() if "Dice" in ln and "warning" not in ln), "")
+    assert dice.startswith("  Dice vs its labels (PH3D_seg.nii.gz): WT "), text
+    assert ", TC " in dice and ", ET " in dice and "PH3D_seg.json" in dice

@@ -6,7 +6,9 @@ the case's grid, or .h5 for slice packs), predictions JSON, heatmaps, a de-ident
 and ``analysis.json``. A folder of cases runs as a batch that keeps going past a bad case and
 writes ``DIR/summary.csv``; unchanged cases are not recomputed (``--no-cache`` forces it).
 
-A folder run prints a line per case, then once for the cohort the cases a model was trained on
+One case: its summary is printed (volumes, Dice per region against the case's own labels
+when it has them, a BraTS ``*_seg`` or a slice pack's mask, predictions, heatmaps, warnings).
+A folder: a line per case, then once for the cohort the cases a model was trained on
 (``warning: in-sample: N of M cases were in <model>'s training data (A, B, C and K more):
 ...``, see ``core.insample``); each case's ``analysis.json`` keeps its own note.
 
@@ -203,11 +205,26 @@ def _in_sample(summary) -> list:
     return list(dict.fromkeys(f for f in found if f is not None))
 
 
+def _labels_name(case) -> str:
+    """``its labels (<file>)``, or ``its mask`` for a slice pack: what the Dice is against."""
+    labels = getattr(case, "labels", None)
+    if getattr(case, "kind", None) == "slices":
+        return "its mask"
+    path = getattr(labels, "path", None)
+    return f"its labels ({Path(path).name})" if path else "its labels"
+
+
 def _print_result(res, paths) -> None:
     print(f"case {res.case_id}")
     if res.segmentation is not None:
         v = res.segmentation.volumes_ml
         print("  volumes (mL): " + ", ".join(f"{k} {v[k]:.1f}" for k in v))
+        metrics = res.segmentation.metrics
+        if metrics:             # against the case's own labels (a BraTS *_seg, a pack's mask)
+            print(f"  Dice vs {_labels_name(res.case)}: "
+                  + ", ".join(f"{r} {m['dice']:.3f}" for r, m in metrics.items())
+                  + (f" (with HD95 in {Path(paths['segmentation_json']).name})"
+                     if paths.get("segmentation_json") else ""))
     if res.prediction is not None:
         for t, probs in res.prediction.tasks.items():
             best = max(probs, key=probs.get)
