@@ -922,3 +922,19 @@ def test_analyze_prints_the_dice_its_in_sample_note_speaks_of(models, tmp_path, 
     dice = next((ln for ln in text.splitlines() if "Dice" in ln and "warning" not in ln), "")
     assert dice.startswith("  Dice vs its labels (PH3D_seg.nii.gz): WT "), text
     assert ", TC " in dice and ", ET " in dice and "PH3D_seg.json" in dice
+
+
+def test_explain_task_default_is_said_and_is_the_widgets(models, pack, tmp_path, capsys):
+    """`radiogen explain` explains idh unless told (as the Explain widget's first task and
+    `analyze --explain`); its help says so (it said nothing), and the output names the task."""
+    from napari_radiogen.core.explain import TASKS
+    with pytest.raises(SystemExit):
+        main("explain", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: idh, as in the Explain widget and radiogen analyze --explain;" in text
+    assert "--model MODEL prediction model name or file (default: the default prediction" in text
+    assert TASKS[0] == "idh"               # the widget's task list starts with it
+    out = tmp_path / "out"
+    assert main("explain", pack, "--model", models["mil"], "--out", out, "--no-render") == 0
+    assert capsys.readouterr().out.startswith("PACK0: idh ")
+    assert (out / "PACK0_idh_gradcam.nii.gz").exists()

@@ -20,14 +20,19 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._common import add_device_argument, add_sequence_argument
     parser.add_argument("case", help="case folder, volume, or TCGA-LGG .h5 pack")
-    parser.add_argument("--task", default="idh", choices=["idh", "codel_1p19q", "grade"])
+    parser.add_argument("--task", default="idh", choices=["idh", "codel_1p19q", "grade"],
+                        help="the prediction to explain, one per run (default: idh, as in the "
+                             "Explain widget and radiogen analyze --explain; run again with "
+                             "--task codel_1p19q or grade for the others)")
     parser.add_argument("--method", default=None,
                         choices=["gradcam", "gradcam++", "layercam", "attention", "occlusion"],
                         help="default: gradcam for the networks (predict_mil_roi, predict_mil, "
                              "predict_cnn3d, and predict_ensemble, whose image network is "
                              "explained), occlusion for predict_radiomics (its only method)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--model", default=None, help="prediction model name or file")
+    parser.add_argument("--model", default=None,
+                        help="prediction model name or file (default: the default prediction "
+                             "model, as in radiogen predict)")
     parser.add_argument("--target", default=None,
                         help="class to explain (default: the positive class, e.g. mutant)")
     parser.add_argument("--layer", default=None, help="network layer for the CAM")
