@@ -491,3 +491,83 @@ def test_a_sequence_padded_with_a_constant_background_prepares_as_a_zero_backgro
     positive = np.full((10, 10, 10), 5.0)
     positive[3:7, 3:7, 3:7] = 100.0
     assert background_value(positive) == 0.0              # no negative padding value
+
+
+# -- co-registration check -----------------------------------------------------------------------
+def _shifted(case, name, shift_xyz):
+    v = case.sequences[name]
+    g = v.geometry
+    moved = Volume(v.array, g.with_(origin=tuple(o + d for o, d in zip(g.origin, shift_xyz))),
+                   meta=dict(v.meta))
+    return case.with_sequence(name, moved)
+
+
+def _offset_warnings(p):
+    return [w for w in p.warnings if "looks offset" in w]
+
+
+def _said_mm(warning, name, ref="flair"):
+    import re
+    m = re.match(rf"{name} looks offset from {ref} by about (\d+) mm \(", warning)
+    assert m, warning
+    return int(m.group(1))
+
+
+def test_image_offset_recovers_a_known_shift_below_a_voxel():
+    from scipy import ndimage
+
+    from napari_radiogen.core.prepare import image_offset
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.standard_normal((40, 48, 44)), 2.0)
+    b = ndimage.shift(a, (0, 3, -2), order=1)      # moving[i + l] = fixed[i]: l = (0, +3, -2)
+    x, y, z = image_offset(a, b, (2.0, 2.0, 2.0))
+    assert x == pytest.approx(-4.0, abs=0.5) and y == pytest.approx(6.0, abs=0.5)
+    assert z == pytest.approx(0.0, abs=0.5)
+    assert image_offset(a, None, (1, 1, 1)) is None
+
+
+@pytest.mark.parametrize("skull_stripped", [True, False])
+def test_a_sequence_shifted_in_its_header_is_said_and_aligned_ones_are_not(skull_stripped):
+    case = make_phantom(3, shape=(48, 64, 60), spacing=(1.5, 1.5, 1.5),
+                        skull_stripped=skull_stripped)
+    assert not _offset_warnings(prepare(case))
+    moved = _shifted(case, "t2", (0.0, 8.0, 0.0))
+    w = _offset_warnings(prepare(moved))
+    assert len(w) == 1 and 7 <= _said_mm(w[0], "t2") <= 9, w
+    # a shift under the limit, or in a sequence the model does not use, is not said
+    assert not _offset_warnings(prepare(_shifted(case, "t2", (0.0, 3.0, 0.0))))
+    assert not _offset_warnings(prepare(moved, ("t1", "flair")))
+
+
+def test_offsets_across_thick_slices_are_not_said():
+    case = make_phantom(4, shape=(24, 64, 60), spacing=(1.5, 1.5, 5.0), skull_stripped=True)
+    w = _offset_warnings(prepare(_shifted(case, "t1", (6.0, 0.0, 0.0))))
+    assert len(w) == 1 and 5 <= _said_mm(w[0], "t1") <= 7, w
+    assert "(x +" in w[0] and " z " not in w[0], w
+    assert not _offset_warnings(prepare(_shifted(case, "t1", (0.0, 0.0, 10.0))))
+
+
+def test_a_synthetic_sequence_is_not_checked():
+    case = make_phantom(5, shape=(48, 64, 60), skull_stripped=True)
+    moved = _shifted(case, "t1", (9.0, 0.0, 0.0))
+    v = moved.sequences["t1"]
+    synth = moved.with_sequence("t1", Volume(v.array, v.geometry, meta=dict(v.meta),
+                                             synthetic=True))
+    assert _offset_warnings(prepare(moved))
+    assert not _offset_warnings(prepare(synth))
+
+
+def test_brats_sequences_are_co_registered(brats):
+    assert not _offset_warnings(prepare(brats))
+    w = _offset_warnings(prepare(_shifted(brats, "t1ce", (-7.0, 0.0, 0.0))))
+    assert len(w) == 1 and 6 <= _said_mm(w[0], "t1ce") <= 8, w
+
+
+def test_native_t1ce_is_said_to_be_offset_from_the_flair(native):
+    """The raw TCGA scans were acquired in separate series (5.5 mm slices, tilts of 5.5 and 17
+    degrees): a translation-only SimpleITK mutual-information registration puts the T1ce about
+    6 mm (x) from the FLAIR, the T1 about 5.5 mm and the T2 under 3 mm."""
+    w = _offset_warnings(prepare(native))
+    assert any(s.startswith("t1ce looks offset from flair") for s in w), w
+    assert not any(s.startswith("t2 ") for s in w), w
+    assert all(" z " not in s for s in w)            # 5.5 mm slices: z is not said

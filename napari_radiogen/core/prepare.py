@@ -814,6 +814,8 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         np.copyto(out[i], np.float32(0.0), where=out_i)
         params[s] = p
     warnings.extend(coverage_warnings(seqs, ref, fov, in_mask, mask_method))
+    acquired = [s for s in dict.fromkeys([ref] + list(seqs)) if not case.sequences[s].synthetic]
+    warnings.extend(registration_warnings({s: vols[s] for s in acquired}, wg, cancel=cancel))
     # what the file readers said about the files used (a qform/sform conflict, a sheared grid:
     # core.io), "<sequence> (<file>): ..." in the case's meta
     used = set(seqs) | {ref, "labels"}
@@ -827,3 +829,123 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         mask_method=mask_method, spacing=_spacing3(spacing),
         synthetic=tuple(s for s in seqs if case.sequences[s].synthetic), kind=case.kind,
         warnings=warnings)
+
+
+# ------------------------------------------------------------------------------------------
+# co-registration check
+# ------------------------------------------------------------------------------------------
+#: an acquired sequence whose edges are offset from the reference's by more than this (mm, in
+#: the reference grid's finely sampled axes) is said in a warning: it may not be co-registered
+MISREGISTRATION_WARN_MM = 5.0
+#: the largest offset looked for, mm
+MISREGISTRATION_SEARCH_MM = 20.0
+#: the images are compared at this spacing (mm) or the grid's, if coarser
+MISREGISTRATION_GRID_MM = 2.0
+#: axes with coarser spacing (thick slices) are not reported
+MISREGISTRATION_MAX_SPACING_MM = 3.0
+
+
+def sequence_offsets(volumes: Dict[str, Volume], grid: Geometry, *,
+                     cancel=None) -> Dict[str, Optional[Tuple[float, float, float]]]:
+    """Offset (mm, along ``grid``'s x, y, z axes) of each volume after the first from the first
+    one (see :func:`image_offset`; None for a blank image). The volumes are compared on
+    ``grid``'s field of view at :data:`MISREGISTRATION_GRID_MM` (enough for offsets of
+    millimetres, and cheap), where every one has data."""
+    names = list(volumes)
+    if len(names) < 2:
+        return {}
+    coarse = working_geometry(grid, tuple(max(float(h), MISREGISTRATION_GRID_MM)
+                                          for h in grid.spacing))
+    covered = np.ones(coarse.shape, dtype=bool)
+    arrays: Dict[str, np.ndarray] = {}
+    for s in names:
+        _progress.check(cancel)
+        a = resample_volume(volumes[s], coarse, default=np.nan, name=f"sequence {s}").array
+        nan = np.isnan(a)
+        covered &= ~nan
+        a[nan] = 0.0
+        arrays[s] = a
+    inner = ndimage.binary_erosion(covered, iterations=2)
+    ref = edge_image(arrays[names[0]], inner)
+    out: Dict[str, Optional[Tuple[float, float, float]]] = {}
+    for s in names[1:]:
+        _progress.check(cancel)
+        out[s] = image_offset(ref, edge_image(arrays[s], inner), coarse.spacing)
+    return out
+
+
+def registration_warnings(volumes: Dict[str, Volume], grid: Geometry, *,
+                          limit_mm: float = MISREGISTRATION_WARN_MM, cancel=None) -> List[str]:
+    """A warning for each volume whose edges are offset from the first one's by more than
+    ``limit_mm`` (:func:`sequence_offsets`), along the axes of ``grid`` whose spacing is at most
+    :data:`MISREGISTRATION_MAX_SPACING_MM` (thick slices do not place an edge across them)."""
+    axes = [h <= MISREGISTRATION_MAX_SPACING_MM for h in grid.spacing]
+    if len(volumes) < 2 or not any(axes):
+        return []
+    ref = next(iter(volumes))
+    out: List[str] = []
+    for s, d in sequence_offsets(volumes, grid, cancel=cancel).items():
+        if d is None:
+            continue
+        size = float(np.sqrt(sum(v * v for v, ok in zip(d, axes) if ok)))
+        if size > limit_mm:
+            parts = ", ".join(f"{n} {v:+.1f}" for n, v, ok in zip("xyz", d, axes) if ok)
+            out.append(f"{s} looks offset from {ref} by about {size:.0f} mm ({parts} mm along "
+                       f"{ref}'s grid): the sequences may not be co-registered, and the models "
+                       "expect aligned sequences; check them overlaid, or register them first")
+    return out
+
+
+def edge_image(array: np.ndarray, inside: np.ndarray) -> Optional[np.ndarray]:
+    """Gradient magnitude of ``array`` scaled by its 99th percentile (of the positive voxels of
+    ``inside``) and clipped, 0 outside ``inside``: the edges (head, ventricles, sulci) that
+    sequences of different contrasts share. None for a blank image."""
+    v = array[inside]
+    v = v[v > 0]
+    if v.size < 100:
+        return None
+    top = float(np.percentile(v, 99))
+    if not top > 0:
+        return None
+    g = ndimage.gaussian_gradient_magnitude(np.clip(array / top, 0.0, 1.5).astype(np.float32),
+                                            1.0)
+    g[~inside] = 0.0
+    return g
+
+
+def image_offset(fixed: Optional[np.ndarray], moving: Optional[np.ndarray],
+                 spacing_xyz: Sequence[float],
+                 max_mm: float = MISREGISTRATION_SEARCH_MM) -> Optional[Tuple[float, float, float]]:
+    """Offset (mm, along the grid's x, y, z axes) of ``moving`` from ``fixed``, two (z, y, x)
+    images on one grid: the shift (within ``max_mm``) that maximises their cross-correlation
+    (FFT, zero-padded), refined below a voxel by a parabola through the peak along each axis.
+    None when either is None."""
+    if fixed is None or moving is None:
+        return None
+    shape = fixed.shape
+    lim = [max(1, min(int(max_mm / float(h)), n // 2 - 1))
+           for h, n in zip(tuple(spacing_xyz)[::-1], shape)]
+    from scipy import fft as _fft
+    size = [_fft.next_fast_len(n + k, real=True) for n, k in zip(shape, lim)]
+    axes = (0, 1, 2)
+    f = _fft.rfftn(fixed - fixed.mean(), s=size, axes=axes)
+    g = _fft.rfftn(moving - moving.mean(), s=size, axes=axes)
+    cc = _fft.irfftn(np.conj(f) * g, s=size, axes=axes)   # cc[l] = sum fixed[i] moving[i + l]
+    # the lags within the limits, in order -lim..lim along each axis
+    idx = [np.r_[n - k:n, 0:k + 1] for n, k in zip(size, lim)]
+    sub = cc[np.ix_(*idx)]
+    k = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    lag = []
+    for ax in range(3):
+        frac = 0.0
+        if 0 < k[ax] < sub.shape[ax] - 1:
+            lo, hi = list(k), list(k)
+            lo[ax] -= 1
+            hi[ax] += 1
+            y0, y1, y2 = sub[tuple(lo)], sub[k], sub[tuple(hi)]
+            d = y0 - 2 * y1 + y2
+            if d < 0:
+                frac = 0.5 * (y0 - y2) / d
+        lag.append(k[ax] - lim[ax] + frac)
+    z, y, x = (lag[i] * float(spacing_xyz[2 - i]) for i in range(3))
+    return (x, y, z)
