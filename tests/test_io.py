@@ -128,6 +128,15 @@ def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spa
     ("scan3.nii.gz", (None, "image")),
     ("T2_star_GRE.nii.gz", (None, "image")),
     ("DWI_b1000.nii.gz", (None, "image")),
+    # "seg" / "mask" / "label" inside a case id is no label file when a sequence is named
+    ("SEGTRUNC_t1.nii.gz", ("t1", "image")),
+    ("SEGTRUNC_flair.nii.gz", ("flair", "image")),
+    ("SEGTRUNC_seg.nii.gz", ("labels", "labels")),
+    ("Masker01_T2w.nii.gz", ("t2", "image")),
+    ("brainmask.nii.gz", ("labels", "labels")),
+    ("P1_aseg.mgz.nii.gz", ("labels", "labels")),
+    ("P1_segmentation.nii.gz", ("labels", "labels")),
+    ("segtumour.nii.gz", ("labels", "labels")),
 ])
 def test_detect_sequence_names(name, expected):
     assert detect_sequence(name) == expected

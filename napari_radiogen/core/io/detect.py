@@ -8,7 +8,9 @@
 * scanner / TCIA style names: ``MRHR_T1_AX_POST_GAD_..._t1c.nii.gz``, ``..._FLAIR_...``,
   ``..._fla.nii.gz``, ``..._fla_bet``, ``T2_AX_...``, ``..._t2_bet``, ``..._t1_bet``;
 * BIDS-ish suffixes: ``T1w``, ``T2w``, ``FLAIR``, ``ce-gadolinium_T1w``;
-* labels: ``*seg*``, ``*label*``, ``*mask*`` (e.g. ``fused_algorithms_seg.nii.gz``);
+* labels: a word that is or ends in ``seg``, ``label(s)``, ``mask(s)`` (``fused_algorithms_seg``,
+  ``brainmask``, ``segmentation``); inside another word (``SEGTRUNC_t1``, a case id) only when
+  the name names no sequence;
 * the package's synthetic outputs: ``BraTS2021_00006_t1ce_synth.nii.gz`` is T1ce (the readers
   mark it synthetic, see :mod:`.synthetic`);
 * the package's result maps are no sequence: ``P1_t1ce_diffmap`` (``radiogen rank-sequences``)
@@ -34,7 +36,9 @@ DICOM_EXTENSIONS: Tuple[str, ...] = (".dcm", ".ima", ".dicom")
 _ALL_EXT = VOLUME_EXTENSIONS + PACK_EXTENSIONS + DICOM_EXTENSIONS + (".gz",)
 
 # tokens (lower case, split at anything not a letter or digit)
-_LABEL_SUBSTRINGS = ("seg", "label", "mask")
+_LABEL_SUBSTRINGS = ("seg", "label", "labels", "mask", "masks")
+_LABEL_WORDS = {"seg", "segs", "segmentation", "segmentations", "segm", "label", "labels",
+                "labelmap", "labelmaps", "mask", "masks"}
 _FLAIR_TOKENS = {"flair", "fla", "t2f", "t2flair", "flairbet", "darkfluid", "tirm", "t2fl"}
 _T1CE_TOKENS = {"t1ce", "t1c", "t1gd", "t1post", "t1wce", "t1cgd", "t1contrast", "t1postgad",
                 "t1pc", "ce", "gad", "gd", "gado", "gadolinium", "contrast", "postcontrast",
@@ -75,9 +79,12 @@ def detect_sequence(filename: Union[str, Path]) -> Tuple[Optional[str], str]:
     toks = _tokens(stem)
     tokset = set(toks)
 
-    # 1. labels: *seg*, *label*, *mask*
-    if any(s in low for s in _LABEL_SUBSTRINGS):
+    # 1. labels: a word that is (or ends in) seg, label(s), mask (``_seg``, ``brainmask``,
+    # ``segmentation``); "seg"/"label"/"mask" inside another word (a case id such as
+    # ``SEGTRUNC_t1``) marks labels only when the name names no sequence
+    if tokset & _LABEL_WORDS or any(t.endswith(s) for t in toks for s in _LABEL_SUBSTRINGS):
         return "labels", "labels"
+    label_inside = any(s in low for s in _LABEL_SUBSTRINGS)
 
     # T2*, diffusion, perfusion: not one of our four sequences
     if tokset & _T2STAR or "t2*" in low:
@@ -104,6 +111,8 @@ def detect_sequence(filename: Union[str, Path]) -> Tuple[Optional[str], str]:
     if tokset & _T1_TOKENS:
         return "t1", "image"
 
+    if label_inside:
+        return "labels", "labels"
     return None, "image"
 
 
