@@ -255,7 +255,14 @@ def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, 
     assert "99999" in failed.path and failed.message
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert len(rows) == 2 and {r["status"] for r in rows} == {"done", "failed"}
-    assert float(next(r for r in rows if r["status"] == "done")["volume_WT_ml"]) >= 0
+    done = next(r for r in rows if r["status"] == "done")
+    assert float(done["volume_WT_ml"]) >= 0
+    # the case has its expert labels: the summary carries the Dice its _seg.json holds
+    seg_json = json.loads((out / "BraTS2021_00006" / "BraTS2021_00006_seg.json").read_text())
+    for r in ("WT", "TC", "ET"):
+        assert float(done[f"dice_{r}"]) == pytest.approx(
+            seg_json["metrics_vs_labels"][r]["dice"], abs=1e-4)
+    assert not rows[[r["status"] for r in rows].index("failed")]["dice_WT"]
     # second run: unchanged case comes from the cache
     items2 = run(analyze_cohort(cases, out, analyzer=an, render=False))
     assert sorted(i.status for i in items2) == ["cached", "failed"]

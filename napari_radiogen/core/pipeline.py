@@ -101,6 +101,10 @@ class AnalysisResult:
         if self.segmentation is not None:
             for k, v in self.segmentation.volumes_ml.items():
                 row[f"volume_{k}_ml"] = round(float(v), 3)
+            # against the case's own labels file, when it has one
+            for k, m in (self.segmentation.metrics or {}).items():
+                if m.get("dice") is not None:
+                    row[f"dice_{k}"] = round(float(m["dice"]), 4)
         if self.prediction is not None:
             for t, probs in self.prediction.tasks.items():
                 for c, p in probs.items():
