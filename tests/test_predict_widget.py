@@ -191,6 +191,42 @@ def test_the_shown_result_names_its_case(widget_and_viewer, qtbot):
     assert "not the selected" not in w.heading.text() and w.results_box.isEnabled()
 
 
+def test_a_default_that_gave_way_is_said_and_the_device_that_ran_is_named(
+        make_napari_viewer, qtbot):
+    """The preselected default (predict_ensemble) cannot place its tumour window on a 3D case
+    without T2 and gives way to predict_mil: the heading and the status say that the chosen
+    model was not the one used (the first warning says why), the combo keeps the user's
+    choice (the next case may take the default), and the status names the device the Device
+    choice stood for. A run of the model chosen says nothing of the kind."""
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import default_model_name
+    from napari_radiogen.napari.layers import case_to_layer_data
+    from napari_radiogen.napari.predict_widget import PredictionWidget
+    viewer = make_napari_viewer()
+    case = make_phantom(seed=3, sequences=("t1", "t1ce", "flair"), skull_stripped=True)
+    for data, kw, kind in case_to_layer_data(case, source="x"):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    w = PredictionWidget(viewer)
+    default = default_model_name()
+    assert w.model_combo.currentText() == default == "predict_ensemble"
+    w.device.setCurrentText("cpu")
+    _run(w, qtbot)
+    assert w.result is not None and w.result.model == "predict_mil"
+    head, status = w.heading.text(), w.status.text()
+    assert (f"(predict_mil: the chosen {default} could not be used on this case, see the "
+            "first warning)") in head
+    first = status.split("\n")[1]
+    assert first.startswith("warning: ") and "predicted with predict_mil" in first
+    assert f"with predict_mil instead of {default} on cpu" in status
+    assert w.model_combo.currentText() == default
+    # the model chosen ran: nothing said of another one
+    w.model_combo.setCurrentText("predict_mil")
+    _run(w, qtbot)
+    assert w.result.model == "predict_mil"
+    assert "could not be used" not in w.heading.text()
+    assert "instead of" not in w.status.text() and "with predict_mil on cpu" in w.status.text()
+
+
 def test_a_case_closed_during_the_run_is_said(widget_and_viewer, qtbot):
     """PH0's layers removed while its prediction runs: the result is shown, named as PH0's,
     with the shared closed-case note, while the combo has moved on to PH1."""

@@ -9,7 +9,10 @@ is its image member's, named in the title). Clicking the plot moves the viewer t
 
 A heading names the case and model the shown result belongs to; with another case selected in
 the Case combo the result is greyed out and the heading says whose it is; a case closed while
-its prediction ran gets ``_common.closed_case_note``. The content scrolls when the dock is
+its prediction ran gets ``_common.closed_case_note``. Where the model that ran is not the one
+chosen (the preselected default gives way to ``predict_mil`` on a case it cannot predict) the
+heading and the status say so, and the status names the device it ran on (the Device list may
+say ``auto``; a segmentation moved to the CPU is among the warnings). The content scrolls when the dock is
 shorter than it (beside other docks), so nothing is painted over or cut.
 """
 from __future__ import annotations
@@ -54,6 +57,8 @@ class PredictionWidget(QWidget):
         self._ref_layer_name: Optional[str] = None
         self._closed_note = ""
         self._title = ""
+        #: the model chosen in the combo for the shown result (None: not known)
+        self.requested_model: Optional[str] = None
 
         self.content, self.scroll, lay = scrolling_content(self)   # scrolls beside other docks
         form = QFormLayout()
@@ -188,13 +193,15 @@ class PredictionWidget(QWidget):
         self.cancel_button.setEnabled(True)
         cid = case.case_id
         model_name = inp.model
+        device = inp.device
 
         def factory(token):
             return predict(case, self._load_model(model_name) if model_name else None,
                            clinical=clinical or None, device=inp.device, cancel=token)
 
         self._job = start_job(factory, name="predict", viewer=self.viewer, owner=self,
-                              on_result=lambda r: self.show_result(r, cid),
+                              on_result=lambda r: self.show_result(
+                                  r, cid, requested=model_name, device=device),
                               on_error=lambda e: self.status.setText(f"error: {e}"),
                               on_finished=self._finished)
         return self._job
@@ -206,6 +213,7 @@ class PredictionWidget(QWidget):
     def _clear_results(self) -> None:
         self.result = None
         self.result_case_id = None
+        self.requested_model = None
         self._closed_note = ""
         for lab in self.task_labels.values():
             lab.setText("-")
@@ -227,7 +235,11 @@ class PredictionWidget(QWidget):
             self.results_box.setEnabled(True)
             return
         cid, cur = self.result_case_id, self.case_combo.currentText()
-        text = f"Result for {cid} ({self.result.model})"
+        text = f"Result for {cid} ({self.result.model}"
+        if self.substituted:
+            text += (f": the chosen {self.requested_model} could not be used on this case, "
+                     "see the first warning")
+        text += ")"
         other = bool(cur) and cur != cid
         if other:
             text += f": not the selected case {cur} (Run to predict {cur})"
@@ -243,10 +255,22 @@ class PredictionWidget(QWidget):
         if job.cancelled:
             self.status.setText("cancelled")
 
+    @property
+    def substituted(self) -> bool:
+        """Whether the shown result is of another model than the one chosen for it (the
+        default giving way to ``predict_mil``)."""
+        return bool(self.result is not None and self.requested_model
+                    and self.result.model != self.requested_model)
+
     # -- display -------------------------------------------------------------------------------
-    def show_result(self, res, case_id: Optional[str] = None) -> None:
+    def show_result(self, res, case_id: Optional[str] = None, *,
+                    requested: Optional[str] = None, device: Optional[str] = None) -> None:
+        """Show ``res``; ``requested``: the model chosen for the run (the heading and status
+        say so where another one ran), ``device``: the Device list's choice (the status names
+        the device it stands for)."""
         self.result = res
         self.result_case_id = case_id or res.case_id
+        self.requested_model = requested
         # the case was closed while its prediction ran: the result stands on its own
         self._closed_note = closed_case_note(self.viewer, self.result_case_id)
         val = (res.card or {}).get("validated") or {}
@@ -285,7 +309,8 @@ class PredictionWidget(QWidget):
         self.plot_attention(res)
         self.scroll.updateGeometry()
         msg = (f"{self.result_case_id}: done in {res.seconds:.1f} s with {res.model}"
-               + self._closed_note)
+               + (f" instead of {requested}" if self.substituted else "")
+               + _on_device(device) + self._closed_note)
         if res.warnings:
             msg += "\n" + "\n".join(f"warning: {w}" for w in res.warnings)
         self.status.setText(msg)
@@ -351,6 +376,18 @@ class PredictionWidget(QWidget):
         world = np.asarray(layer.data_to_world(centre), dtype=float)
         axis = self.viewer.dims.ndim - layer.ndim
         self.viewer.dims.set_point(axis, float(world[0]))
+
+
+def _on_device(device: Optional[str]) -> str:
+    """`` on cpu`` / `` on cuda``: the device a Device choice (``auto``...) stands for ("" when
+    not known)."""
+    if not device:
+        return ""
+    try:
+        from ..core.models import resolve_device
+        return f" on {resolve_device(device)}"
+    except Exception:      # noqa: BLE001 - the run itself said what was wrong with it
+        return ""
 
 
 def pm_text(unc: Dict[str, Any]) -> str:
