@@ -938,3 +938,34 @@ def test_explain_task_default_is_said_and_is_the_widgets(models, pack, tmp_path,
     assert main("explain", pack, "--model", models["mil"], "--out", out, "--no-render") == 0
     assert capsys.readouterr().out.startswith("PACK0: idh ")
     assert (out / "PACK0_idh_gradcam.nii.gz").exists()
+
+
+def test_a_warning_repeated_word_for_word_in_a_batch_is_printed_once(tiny_pred, tmp_path,
+                                                                      capsys):
+    """A warning every pack of a folder gets (e.g. the nominal spacing of slice packs) was
+    printed under each case (88 times on TCGA-LGG): it is printed in full under the first case
+    that has it, and a line at the end counts and names the cases; the other warnings stay under
+    their case, and each case's JSON keeps all of its own."""
+    coh = tmp_path / "cohort"
+    coh.mkdir()
+    for i in range(4):
+        _pack(coh / f"PACK{i}.h5", seed=i, n=4)
+    out = tmp_path / "out"
+    assert main("predict", coh, "--out", out, "--model", tiny_pred, "--device", "cpu") == 0
+    text = capsys.readouterr().out
+    per_case = {i: json.loads((out / f"PACK{i}_predictions.json").read_text())["warnings"]
+                for i in range(4)}
+    common = set(per_case[0]).intersection(*map(set, per_case.values()))
+    common = [w for w in common if "training data" not in w]
+    assert common, per_case                    # the fixture gives every pack the same warning
+    for w in common:
+        assert text.count(f"    warning: {w}") == 1, text          # under the first case only
+        assert text.index(f"    warning: {w}") < text.index("[2/4] PACK1")
+        short = w if len(w) <= 100 else w[:97] + "..."
+        assert (f"warning: 4 of 4 cases (PACK0, PACK1, PACK2, PACK3) had the warning printed "
+                f"under PACK0: {short}") in text, text
+    # a single case prints its warnings as before
+    assert main("predict", coh / "PACK1.h5", "--out", tmp_path / "one", "--model", tiny_pred,
+                "--device", "cpu") == 0
+    one = capsys.readouterr().out
+    assert all(f"    warning: {w}" in one for w in common)

@@ -117,7 +117,10 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     In a batch, a case's in-sample note (it was in the model's training data,
     ``core.insample``) is not printed under each case: one line per model at the end says how
     many cases were in-sample and names a few (``warning: in-sample: 88 of 88 cases were in
-    <model>'s training data (A, B, C and 85 more): ...``); each case's JSON keeps its note."""
+    <model>'s training data (A, B, C and 85 more): ...``); each case's JSON keeps its note.
+    Another warning given word for word for several cases is printed under the first of them
+    and counted at the end, naming them (``warning: 3 of 88 cases (A, B, C) had the warning
+    printed under A: ...``); each case's output files keep their warnings."""
     import time
     from pathlib import Path
 
@@ -136,6 +139,9 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
     failed: List[str] = []
     # {(model, meaning): [case ids]}: the cases the model was trained on, said once at the end
     in_sample: Dict[Tuple[str, str], List[str]] = {}
+    # {warning: [case ids]}: a warning given for several cases word for word is printed under
+    # the first and counted at the end
+    repeated: Dict[str, List[str]] = {}
     for i, p in enumerate(paths, 1):
         t0 = time.perf_counter()
         cid = case_id_of(p)
@@ -152,6 +158,11 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
                 if parts is not None:        # said once for the batch, at its end
                     in_sample.setdefault(parts, []).append(cid)
                     continue
+                if batch and str(w) in repeated:     # said in full under its first case
+                    repeated[str(w)].append(cid)
+                    continue
+                if batch:
+                    repeated[str(w)] = [cid]
                 print(f"    warning: {w}", flush=True)
             rows.append(row(res, seconds=dt))
         except Exception as e:        # KeyboardInterrupt is not an Exception: it still stops
@@ -163,6 +174,13 @@ def run_batch(case_arg: str, process: Callable[[Any], Tuple[Any, str, str]],
             rows.append(row(case_id=cid, status="failed",
                             message=strip_folder(msg, p) if deidentify else msg,
                             seconds=time.perf_counter() - t0))
+    for w, ids in repeated.items():
+        if len(ids) > 1:
+            named = ", ".join(ids) if len(ids) <= 5 else (
+                f"{', '.join(ids[:3])} and {len(ids) - 3} more")
+            short = w if len(w) <= 100 else w[:97] + "..."
+            print(f"warning: {len(ids)} of {len(paths)} cases ({named}) had the warning "
+                  f"printed under {ids[0]}: {short}", flush=True)
     for line in batch_in_sample_lines(in_sample, len(paths)):
         print(f"warning: {line}", flush=True)
     for name, reason in skipped:
