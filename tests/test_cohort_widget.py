@@ -17,9 +17,11 @@ def _geometry(shape=SHAPE, **kw):
     return Geometry(size=shape[::-1], **(kw or GRID))
 
 
-def _case_layer_data(case_id, *, seg=True, results=False, shape=SHAPE, geo=None):
+def _case_layer_data(case_id, *, seg=True, results=False, shape=SHAPE, geo=None,
+                     label_names=None):
     """A cohort case's layer data as the browser prepares it: a flair, the case's expert
-    labels (``seg``) and, with ``results``, the results a cohort job wrote for it."""
+    labels (``seg``, with ``label_names``) and, with ``results``, the results a cohort job
+    wrote for it."""
     from napari_radiogen.core.case import Volume
     from napari_radiogen.napari.layers import image_layer_data, labels_layer_data
     g = _geometry(shape, **(geo or {}))
@@ -30,7 +32,8 @@ def _case_layer_data(case_id, *, seg=True, results=False, shape=SHAPE, geo=None)
     lab[1:3, 2:5, 2:5] = 2
     if seg:
         lds.append(labels_layer_data(Volume(lab, g), case_id=case_id,
-                                     label_names={0: "background", 2: "oedema"}))
+                                     label_names=label_names or {0: "background",
+                                                                 2: "oedema"}))
     if results:
         lds += [_seg_result(case_id, g), _heatmap(case_id, g)]
     return lds
@@ -178,6 +181,42 @@ def test_case_pickers_follow_the_case_shown(make_napari_viewer):
     swap_cohort_layers(viewer, _prep("C", shape=(5, 7, 9)))    # another grid: moved
     assert combo.currentText() == "OTHER"
     assert sorted(combo.itemText(i) for i in range(combo.count())) == ["C", "OTHER"]
+
+
+def test_the_selection_follows_a_layer_the_next_case_replaces(make_napari_viewer):
+    """The next case's layer that replaces a selected one (its labels name other classes, so a
+    new layer is made instead of an update in place) is selected in its place, as napari
+    selects a layer it adds; a selection on a layer updated in place, or on a layer of another
+    case, stays; a layer the next case has no slot for goes without taking the selection
+    elsewhere. The new labels layer shows the next case's classes."""
+    from napari_radiogen.core.case import Volume
+    from napari_radiogen.napari.cohort_widget import swap_cohort_layers
+    from napari_radiogen.napari.layers import image_layer_data
+    viewer = make_napari_viewer()
+    sel = viewer.layers.selection
+    swap_cohort_layers(viewer, _prep("A"))
+    labels = viewer.layers["A segmentation"]
+    sel.active = labels
+    swap_cohort_layers(viewer, _prep("B", label_names={0: "background", 2: "tumour core"}))
+    new = viewer.layers["B segmentation"]
+    assert new is not labels and labels not in viewer.layers
+    assert sel.active is new and set(sel) == {new}
+    assert list(new.features["name"]) == ["background", "tumour core"]
+    assert _names(viewer) == ["B flair", "B segmentation"]
+    # the flair, updated in place, keeps the selection; so does another case's layer
+    flair = viewer.layers["B flair"]
+    sel.active = flair
+    swap_cohort_layers(viewer, _prep("C"))
+    assert sel.active is flair and flair.name == "C flair"
+    other = _add(viewer, image_layer_data(Volume(np.ones(SHAPE, np.float32), _geometry()),
+                                          case_id="OTHER", sequence="t1"))
+    sel.active = other
+    swap_cohort_layers(viewer, _prep("D", label_names={0: "background", 2: "oedema", 1: "x"}))
+    assert sel.active is other
+    # the user's selection on a layer the next case lacks: nothing is selected instead
+    sel.active = viewer.layers["D segmentation"]
+    swap_cohort_layers(viewer, _prep("E", seg=False))
+    assert not sel
 
 
 # -- the widget ------------------------------------------------------------------------------

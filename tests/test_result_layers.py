@@ -355,3 +355,107 @@ def test_moving_or_rolling_back_a_tracked_result_is_no_edit_of_the_users(make_na
     assert layer.data.shape == (4, 5, 6) and edited() is False   # back, not edited
     layer.data = np.full((4, 5, 6), 4, np.uint8)                  # the user's own change
     assert edited() is True
+
+
+def test_a_result_swapped_for_another_type_keeps_its_place_and_the_selection_follows_it(
+        make_napari_viewer):
+    """A rerun whose result has another layer type than the layer of that name (removed and
+    re-made) puts the new layer where the old one was in the layer list; the selection follows
+    it as napari's own add would: the new layer is selected when the old one was (also for a
+    background job's results, ``select=False``) or, with ``select=True``, when nothing else
+    was; a layer the user selected instead keeps the selection. A rollback puts the old layer
+    back with its selection."""
+    from napari_radiogen.napari._common import ResultLayers, add_layer_data
+    viewer = make_napari_viewer()
+    sel = viewer.layers.selection
+    mri = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="mri")
+    old = add_layer_data(viewer, _data("res", (4, 5, 6), 1.0))
+    viewer.add_image(np.zeros((4, 5, 6), np.float32), name="top")
+    sel.active = old                                   # the user works on the result
+    run = ResultLayers(viewer)
+    mask = (np.ones((4, 5, 6), np.uint8), {"name": "res", "metadata": {}}, "labels")
+    new = run.add(mask, select=False)
+    assert new is not old and type(new).__name__ == "Labels"
+    assert [ly.name for ly in viewer.layers] == ["mri", "res", "top"]     # its place
+    assert sel.active is new and set(sel) == {new}    # the replaced layer's selection
+    run.rollback()
+    assert viewer.layers["res"] is old and sel.active is old
+    # the user selected another layer: it keeps the selection, select=True or not
+    sel.active = mri
+    new = add_layer_data(viewer, mask, select=True)
+    assert viewer.layers.index(new) == 1 and sel.active is mri and set(sel) == {mri}
+    # nothing selected: select=True selects the new layer, as napari does for an added one
+    sel.clear()
+    img = add_layer_data(viewer, _data("res", (4, 5, 6), 3.0), select=True)
+    assert type(img).__name__ == "Image" and sel.active is img
+    sel.clear()
+    add_layer_data(viewer, mask, select=False)          # a background job's: left alone
+    assert not sel
+
+
+def test_a_result_updated_in_place_is_selected_as_an_added_one_would_be(make_napari_viewer):
+    """An update in place (same type) with ``select=True``: the layer is selected when nothing
+    was (napari selects a layer it adds); another layer the user selected keeps the selection;
+    ``select=False`` never selects it."""
+    from napari_radiogen.napari._common import add_layer_data
+    viewer = make_napari_viewer()
+    sel = viewer.layers.selection
+    mri = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="mri")
+    layer = add_layer_data(viewer, _data("heat", (4, 5, 6), 1.0))
+    sel.clear()
+    assert add_layer_data(viewer, _data("heat", (4, 5, 6), 2.0)) is layer
+    assert not sel
+    assert add_layer_data(viewer, _data("heat", (4, 5, 6), 3.0), select=True) is layer
+    assert sel.active is layer
+    sel.active = mri
+    assert add_layer_data(viewer, _data("heat", (2, 5, 6), 4.0), select=True) is layer  # moved
+    assert sel.active is mri
+
+
+def test_a_result_updated_in_place_takes_the_look_its_new_content_asks_for(make_napari_viewer):
+    """A layer given new content in place (a rerun, the cohort browser's next case) takes the
+    colormap the new content asks for when it differs from the one its previous content asked
+    for (a colormap the user picked for content of the same kind stays); a labels layer whose
+    label names change gets the new names (``features``, shown on hover) and colours. A
+    rollback puts the previous look back."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.napari._common import (ResultLayers, add_layer_data, image_result_data,
+                                                labels_result_data)
+    from napari_radiogen.napari.layers import LABEL_COLORS
+    viewer = make_napari_viewer()
+    g1 = Geometry(size=(6, 5, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    g2 = Geometry(size=(7, 5, 4), spacing=(1.0, 2.0, 1.0), origin=(0.0, 0.0, 0.0))
+    arr = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    layer = add_layer_data(viewer, image_result_data(arr, g1, "c1", "map", colormap="gray"))
+    assert layer.colormap.name == "gray"
+    run = ResultLayers(viewer)
+    assert run.add(image_result_data(arr, g1, "c1", "map", colormap="inferno")) is layer
+    assert layer.colormap.name == "inferno"
+    run.rollback()
+    assert layer.colormap.name == "gray"
+    # moved to another grid: the same
+    assert add_layer_data(viewer, image_result_data(np.ones((4, 5, 7), np.float32), g2, "c2",
+                                                    "map", colormap="inferno")) is layer
+    assert layer.colormap.name == "inferno"
+    # the user's own colormap, content of the same kind: kept
+    layer.colormap = "viridis"
+    add_layer_data(viewer, image_result_data(arr, g1, "c3", "map", colormap="inferno"))
+    assert layer.colormap.name == "viridis"
+
+    # labels: a result of a 2D model (one class, orange) then one with the BraTS classes
+    lab = np.zeros((4, 5, 6), np.uint8)
+    lab[1:3, 1:4, 1:4] = 1
+    seg = add_layer_data(viewer, labels_result_data(
+        lab, g1, "c1", "seg", label_names={0: "background", 1: "FLAIR abnormality"}))
+    orange = np.asarray(seg.colormap.map(1)).ravel()
+    run = ResultLayers(viewer)
+    lab2 = lab.copy()
+    lab2[2, 2, 2] = 2
+    assert run.add(labels_result_data(lab2, g1, "c1", "seg")) is seg
+    names = dict(zip(seg.features["index"], seg.features["name"]))
+    assert names[1] != "FLAIR abnormality" and 2 in names and 4 in names
+    assert np.allclose(np.asarray(seg.colormap.map(1)).ravel(), LABEL_COLORS[1])
+    run.rollback()
+    names = dict(zip(seg.features["index"], seg.features["name"]))
+    assert names[1] == "FLAIR abnormality" and 2 not in names
+    assert np.allclose(np.asarray(seg.colormap.map(1)).ravel(), orange)

@@ -1,6 +1,7 @@
 """Small pieces shared by the dock widgets: a case picker, a device picker, layer placement."""
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -358,18 +359,78 @@ def not_an_edit(layer) -> Iterator[None]:
                 after.pop(EDITED, None)
 
 
+#: the colormap (name) each image layer's content last asked for (:func:`build_layer`,
+#: :func:`update_layer`): a layer whose colormap is another one was recoloured by the user
+_ASKED_COLORMAP: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def _colormap_name(cmap: Any) -> Optional[str]:
+    return cmap if isinstance(cmap, str) else getattr(cmap, "name", None)
+
+
+def _ask_colormap(layer, cmap: Any) -> None:
+    """Record the colormap ``layer``'s content asks for (see :func:`_follow_colormap`)."""
+    name = _colormap_name(cmap)
+    if name is not None:
+        try:
+            _ASKED_COLORMAP[layer] = name
+        except TypeError:             # not weak-referenceable: nothing to remember it by
+            pass
+
+
+def _follow_colormap(layer, cmap: Any) -> bool:
+    """An image layer given new content in place takes the colormap ``cmap`` that content asks
+    for, as a new layer would; only where the content asks for the one its previous content
+    asked for and the user picked another one, the user's colormap stays. Returns whether the
+    colormap was set."""
+    name = _colormap_name(cmap)
+    if cmap is None or name is None or not hasattr(layer, "colormap"):
+        return False
+    try:
+        before = _ASKED_COLORMAP.get(layer)
+    except TypeError:                 # not weak-referenceable
+        before = None
+    _ask_colormap(layer, cmap)
+    current = _colormap_name(layer.colormap)
+    if current == name or (before == name and current != before):
+        return False
+    layer.colormap = cmap
+    return True
+
+
+def _follow_label_look(layer, kw: Dict[str, Any], names_before: Any) -> bool:
+    """A labels layer whose new content names other classes (``radiogen.label_names``) takes
+    that content's class names (``features``: what napari shows on hover) and colours; the
+    same classes leave both alone (setting the colormap costs napari a shader rebuild)."""
+    if radiogen_meta(kw).get("label_names") == names_before:
+        return False
+    changed = False
+    if "features" in kw:
+        layer.features = kw["features"]
+        changed = True
+    if "colormap" in kw:
+        layer.colormap = kw["colormap"]
+        changed = True
+    return changed
+
+
 def update_layer(layer, data, kw: Dict[str, Any], kind: str) -> Optional[bool]:
     """Give an existing ``layer`` new layer data ``(data, kw, kind)`` in place: its data (a
     texture upload when the shape and placement are those it has, else a move to the new grid
     with :func:`move_layer`), metadata, contrast limits (with the slider range the result
-    asks for, :func:`apply_contrast`) and name. Its visuals and controls stay: no removal (a
-    full garbage collection in napari) and no insertion (new visuals and controls).
+    asks for, :func:`apply_contrast`), name, and what the new content looks like where it
+    differs from the previous content's: an image's colormap (:func:`_follow_colormap`: one the
+    user picked stays where the content asks for the same as before), a labels layer's class
+    names and colours when its classes change (:func:`_follow_label_look`). Its other visuals
+    and controls stay (opacity, visibility: the user's): no removal (a full garbage
+    collection in napari) and no insertion (new visuals and controls).
 
     Returns None, changing nothing, where ``layer`` cannot take the data (another layer type
     or number of dimensions); else whether it moved to another shape or grid."""
     if type(layer).__name__.lower() != kind or np.ndim(data) != layer.ndim:
         return None
     same = tuple(np.shape(layer.data)) == tuple(np.shape(data)) and same_placement(layer, kw)
+    names_before = radiogen_meta(layer).get("label_names")
     if "metadata" in kw:
         layer.metadata = kw["metadata"]
     with not_an_edit(layer):
@@ -378,10 +439,19 @@ def update_layer(layer, data, kw: Dict[str, Any], kind: str) -> Optional[bool]:
         else:
             move_layer(layer, data, kw)
     if kind == "image":
+        _follow_colormap(layer, kw.get("colormap"))
         apply_contrast(layer, kw.get("contrast_limits"))
+    elif kind == "labels":
+        _follow_label_look(layer, kw, names_before)
     if kw.get("name"):
         layer.name = kw["name"]
     return not same
+
+
+def _selection_of(viewer, layer) -> Tuple[bool, bool]:
+    """Whether ``layer`` is selected, and whether it is the active (only selected) layer."""
+    sel = viewer.layers.selection
+    return layer in sel, sel.active is layer
 
 
 def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
@@ -389,23 +459,41 @@ def replace_layer(viewer, data, kwargs: Dict[str, Any], layer_type: str, *,
     """Add a layer, or update the existing one of the same name (reruns replace cleanly).
 
     An existing layer of the same type takes the new data in place (:func:`update_layer`),
-    on another grid too; one of another type is removed first. ``select=False`` leaves the
-    viewer's layer selection as it is (for results delivered by a background job).
+    on another grid too; one of another type is removed and the new layer goes where it was
+    in the layer list. ``select=False`` leaves the viewer's layer selection as it is (for
+    results delivered by a background job); ``select=True`` selects the layer as napari
+    selects a layer it adds, except that a replaced layer (updated in place or of another
+    type) does not take the selection from another layer the user selected. Either way a
+    layer of another type replacing a selected one is selected in its place.
     ``built``: the layer object made from the same data by :func:`build_layer` in a worker
     thread; it is added when the layer is new (else it is built here)."""
     name = kwargs.get("name")
-    if name in viewer.layers:
-        old = viewer.layers[name]
+    layers = viewer.layers
+    at, was = None, (False, False)
+    if name in layers:
+        old = layers[name]
         # update in place: no new visuals or controls (adding a layer costs napari hundreds
         # of ms of main-thread work; replacing the data costs a texture upload)
         if update_layer(old, data, kwargs, layer_type) is not None:
+            if select and not layers.selection:      # as napari selects a layer it adds
+                layers.selection.active = old
             return old
-        with _keep_selection(viewer, not select):
-            viewer.layers.remove(name)
+        was, at = _selection_of(viewer, old), layers.index(old)
+        with _keep_selection(viewer):
+            layers.remove(name)
     if built is None or built.name != name:
         built = build_layer((data, kwargs, layer_type))
-    with _keep_selection(viewer, not select):
-        viewer.layers.append(built)
+    if at is None:                       # a new layer: napari's own add
+        with _keep_selection(viewer, not select):
+            layers.append(built)
+        return built
+    with _keep_selection(viewer):
+        layers.insert(min(at, len(layers)), built)
+    selected, active = was
+    if active or (select and not selected and not (set(layers.selection) - {built})):
+        layers.selection.active = built
+    elif selected:                      # one of several selected layers
+        layers.selection.add(built)
     return built
 
 
@@ -453,6 +541,8 @@ def build_layer(layer_data: LayerData):
     layer = Layer.create(data, dict(kw), kind)
     if kind == "labels":
         defer_tool_overlays(layer)
+    elif kind == "image":
+        _ask_colormap(layer, kw.get("colormap"))
     apply_contrast(layer)
     return layer
 
@@ -544,12 +634,13 @@ class ResultLayers:
     """The layers one background run adds or replaces, so that a cancelled or failed run can
     leave the viewer as it found it: layers it added are removed, layers it replaced (a
     previous run's results) get their data, metadata, contrast and placement back (a result
-    of another shape or grid moved the layer), and a previous result that was swapped for a
-    layer of another type is put back where it was."""
+    of another shape or grid moved the layer) and look (colormap; a labels layer's class names
+    and colours), and a previous result that was swapped for a layer of another type is put
+    back where it was, selected if it was."""
 
     def __init__(self, viewer):
         self.viewer = viewer
-        self._before: Dict[str, Optional[Tuple[Any, Any, Dict[str, Any], Any, int, Any]]] = {}
+        self._before: Dict[str, Optional[Tuple[Any, ...]]] = {}
         self.names: List[str] = []
 
     def add(self, layer_data: LayerData, *, select: bool = False, built: Any = None):
@@ -560,7 +651,8 @@ class ResultLayers:
                 old = layers[name]
                 self._before[name] = (old, layer_data_snapshot(old), dict(old.metadata),
                                       getattr(old, "contrast_limits", None), layers.index(old),
-                                      placement(old))
+                                      placement(old), _look(old),
+                                      _selection_of(self.viewer, old))
             else:
                 self._before[name] = None
             self.names.append(name)
@@ -577,6 +669,7 @@ class ResultLayers:
     def rollback(self) -> None:
         layers = self.viewer.layers
         removed = 0
+        reselect: List[Tuple[Any, Tuple[bool, bool]]] = []
         with _keep_selection(self.viewer):
             for name in reversed(self.names):
                 prev = self._before[name]
@@ -588,9 +681,11 @@ class ResultLayers:
                     removed += 1
                 if prev is None:
                     continue
-                old, data, meta, clim, index, where = prev
+                old, data, meta, clim, index, where, look, was = prev
                 if old not in layers:
                     layers.insert(min(index, len(layers)), old)
+                    reselect.append((old, was))
+                _restore_look(old, look)
                 old.metadata = meta
                 now = placement(old)
                 with not_an_edit(old):
@@ -601,11 +696,40 @@ class ResultLayers:
                         set_layer_data(old, data)
                 if clim is not None:
                     old.contrast_limits = clim
+        sel = layers.selection
+        for old, (selected, active) in reselect:    # a swapped-out layer: its selection back
+            if active and not (set(sel) - {old}):
+                sel.active = old
+            elif selected:
+                sel.add(old)
         self.clear()
 
     def clear(self) -> None:
         self._before = {}
         self.names = []
+
+
+def _look(layer) -> Dict[str, Any]:
+    """What :func:`update_layer` may change of ``layer``'s look (for a rollback)."""
+    look: Dict[str, Any] = {"colormap": getattr(layer, "colormap", None)}
+    try:
+        look["asked"] = _ASKED_COLORMAP.get(layer)
+    except TypeError:
+        look["asked"] = None
+    if type(layer).__name__ == "Labels":
+        look["features"] = layer.features
+    return look
+
+
+def _restore_look(layer, look: Dict[str, Any]) -> None:
+    """Put back a look saved by :func:`_look` where it was changed (napari keeps the objects
+    it was given or made: an unchanged look is not set again)."""
+    if look.get("colormap") is not None and layer.colormap is not look["colormap"]:
+        layer.colormap = look["colormap"]
+    if "features" in look and layer.features is not look["features"]:
+        layer.features = look["features"]
+    if look.get("asked") is not None:
+        _ask_colormap(layer, look["asked"])
 
 
 def labels_result_data(labels: np.ndarray, geometry: Geometry, case_id: str, name: str,

@@ -472,7 +472,9 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
     the new case's grid (:func:`move_layer`) when that differs; layers of slots the new case
     lacks are removed and those of new slots inserted (worker-built), each where a first open
     puts it among the case's layers (an image or the case's labels below the results). The
-    user's layer selection is left alone. Returns the case's layers.
+    user's layer selection is left alone, except that a selected layer the new case's layer
+    of its slot replaces (labels naming other classes: a new layer) hands its selection to
+    that layer. Returns the case's layers.
 
     The previous case's other layers (results of the Analyze or Segment docks, a synthetic
     sequence: its ``case_id``, no cohort flag) go with it too, updated in place where the new
@@ -513,6 +515,7 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
     placed: List[Any] = []                # the case's layer of each of prep's, in prep's order
     new_layers: List[Any] = []
     updates: List[Tuple[Any, Any, Dict[str, Any], str]] = []
+    successors: List[Tuple[Any, Any]] = []  # (a layer of the slot that goes, the new one)
     for (data, kw, kind), built in zip(prep.layer_data, prep.built):
         cands = old.get(_slot(kind, kw["metadata"]["radiogen"])) or []
         layer = cands.pop(0) if cands else None
@@ -528,6 +531,7 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
             continue
         if layer is not None:
             old.setdefault(("__remove__",), []).append(layer)
+            successors.append((layer, built))
         new_layers.append(built)
         placed.append(built)
     if not same_case:
@@ -539,6 +543,8 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
     gone = [ly for layers in old.values() for ly in layers
             if ly in viewer.layers and id(ly) not in stays]
     fresh = set(map(id, new_layers))
+    sel = viewer.layers.selection
+    follow = [(built, sel.active is layer) for layer, built in successors if layer in sel]
     moved = False
     with _keep_selection(viewer):
         # the layers that go, first: they are not re-sliced on the next case's grid (one at
@@ -551,6 +557,13 @@ def swap_cohort_layers(viewer, prep: PreparedCase,
             if id(layer) not in fresh:
                 continue
             viewer.layers.insert(_insert_at(viewer, placed, k), layer)
+    # a selected layer replaced by a new one of its slot: the new one is selected in its place
+    # (as napari selects a layer it adds)
+    for built, active in follow:
+        if active and not (set(sel) - {built}):
+            sel.active = built
+        else:
+            sel.add(built)
     if moved:       # another grid: show its middle, as napari does for a first layer
         viewer.reset_view()
         viewer.dims.set_point(range(viewer.dims.ndim),
