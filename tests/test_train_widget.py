@@ -162,8 +162,12 @@ def test_widget_terms_names_the_widgets_controls_not_the_cli_options():
                            "train.epochs: 6 -> 2); resume with the same options")
     assert "--" not in changed and "_limit" not in changed and "train.epochs" not in changed
     assert '"limit patients" or "validation"' in changed
-    assert ("(changed: limit patients: 30 -> 10, validation folds: 0 -> 3, epochs: 6 -> 2)"
-            in changed)
+    assert ("(changed: limit patients: 30 -> 10, validation: one held-out split -> 3-fold "
+            "cross-validation, epochs: 6 -> 2)") in changed
+    # a key one side lacks ("-"), as the fields say it; a value that is not one word is kept
+    assert widget_terms("r (changed: _limit: 8 -> -, init: m -> -, data: [a, b] -> c)") == (
+        "r (changed: limit patients: 8 -> all patients, start from: m -> from scratch, "
+        "data folder: [a, b] -> c)")
     reduced = widget_terms("--limit 10: 5-fold CV reduced to 2 folds")
     assert reduced == '"limit patients" 10: 5-fold CV reduced to 2 folds'
     assert "start without" not in widget_terms("x: the checkpoint cannot be read; start without "
@@ -314,6 +318,73 @@ def test_run_folder_fills_in_the_runs_settings_and_resume_uses_them(make_napari_
     w.out_dir.setText(str(tmp_path / "new"))
     w.out_dir.editingFinished.emit()
     assert w.epochs.value() == 4
+
+
+def test_a_resume_refused_for_other_settings_names_the_widgets_fields(make_napari_viewer, qtbot,
+                                                                      tmp_path, monkeypatch):
+    """The engine's refusal to resume with other settings lists the changed config keys; the
+    widget shows them as its fields with their values as the fields say them: the internal
+    ``_limit`` is "limit patients" (no limit: "all patients"), ``folds`` the "validation"
+    choice."""
+    from napari_radiogen.core.train import engine
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    torch.set_num_threads(1)
+    cfg = dict(CFG, train=dict(CFG["train"], epochs=1), phantom=dict(CFG["phantom"], slices=2))
+    run = tmp_path / "run"
+    for _ in engine.train(cfg, run, device="cpu", limit=8, folds=0):
+        pass
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    inp = TrainInputs(config=cfg, out_dir=str(run), device="cpu", install=False, resume=True,
+                      limit=None, folds=2)
+    job = w.start(resume=True, inputs=inp)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    text = w.status.text()
+    assert job.error is not None and w.result is None
+    assert ("(changed: limit patients: 8 -> all patients, validation: one held-out split -> "
+            "2-fold cross-validation)") in text, text
+    assert "_limit" not in text and "folds:" not in text and "--" not in text
+
+
+def test_resuming_a_finished_run_says_nothing_was_trained_or_installed(make_napari_viewer, qtbot,
+                                                                       tmp_path, monkeypatch):
+    """Resume on a run that has finished: the engine trains, writes and installs nothing
+    (``already_finished``); the widget says so, naming the run's existing model, instead of
+    "done" with a model it would seem to have just trained; the run folder says it before."""
+    from napari.utils import notifications
+
+    from napari_radiogen.core.models import list_models
+    from napari_radiogen.core.train import engine
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    torch.set_num_threads(1)
+    cfg = dict(CFG, train=dict(CFG["train"], epochs=1), phantom=dict(CFG["phantom"], slices=2))
+    run = tmp_path / "run"
+    for _ in engine.train(cfg, run, device="cpu", folds=0):     # finished, not installed
+        pass
+    model = run / "widget-test.safetensors"
+    mtime = model.stat().st_mtime_ns
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", lambda m: shown.append(m))
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    w.set_config(cfg, "phantom")
+    w.device.setCurrentText("cpu")
+    assert w.install.isChecked()
+    w.out_dir.setText(str(run))
+    w.out_dir.editingFinished.emit()
+    assert "already finished" in w.status.text() and str(model) in w.status.text()
+    assert "Resume continues it" not in w.status.text()
+    job = w.start(resume=True)
+    qtbot.waitUntil(lambda: job.done, timeout=120_000)
+    text = w.status.text()
+    assert job.error is None and w.result is not None and w.result.already_finished
+    assert text.startswith(f"already finished: the run in {run} had finished")
+    assert "nothing was trained or installed" in text and str(model) in text
+    assert "done:" not in text and "installed as" not in text
+    assert any("already finished" in m and model.name in m for m in shown), shown
+    # nothing was installed or rewritten
+    assert "widget-test" not in [m["name"] for m in list_models()]
+    assert model.stat().st_mtime_ns == mtime
 
 
 def test_the_widget_names_a_shipped_configs_model_as_the_cli_does(tmp_path, monkeypatch):

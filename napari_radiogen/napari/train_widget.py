@@ -111,16 +111,33 @@ _CLI_OPTIONS = {
     "no-install": '"install the model" unticked',
 }
 #: config keys in a resume refusal's "changed: key: old -> new" list, as the widget's fields
-_CFG_KEYS = {"_limit": "limit patients", "folds": "validation folds", "train.epochs": "epochs",
+#: (the engine's internal keys included: ``_limit`` is "limit patients", ``_source`` the
+#: config file, which the engine names so itself)
+_CFG_KEYS = {"_limit": "limit patients", "folds": "validation", "train.epochs": "epochs",
              "data": "data folder", "labels": "labels CSV", "init": "start from",
-             "name": "model name"}
+             "name": "model name", "_source": "config file"}
+
+
+def _folds_value(v: str) -> str:
+    """A ``folds`` value as the "validation" list says it."""
+    if v in ("0", "1"):
+        return "one held-out split"
+    return f"{v}-fold cross-validation" if v.isdigit() else v
+
+
+#: the values of those keys as the fields show them (``-``: the key one side lacks)
+_CFG_VALUES = {"_limit": lambda v: "all patients" if v in ("-", "0") else v,
+               "folds": _folds_value,
+               "init": lambda v: "from scratch" if v == "-" else v}
 
 
 def widget_terms(text: str) -> str:
     """A core message in the widget's vocabulary: ``--device`` is the device list,
     ``--resume`` the Resume button, ``--out`` the run folder, ``--limit``/``--folds`` the
-    "limit patients"/"validation" fields, ``_limit`` in a list of changed settings the
-    "limit patients" field (other text is kept as it is)."""
+    "limit patients"/"validation" fields; in a resume refusal's list of changed settings
+    (``changed: _limit: 8 -> -, folds: 0 -> 3``) the config keys are the fields and their
+    values as the fields show them (``limit patients: 8 -> all patients, validation: one
+    held-out split -> 3-fold cross-validation``); other text is kept as it is."""
     import re
     for pat, rep in _CLI_PHRASES:
         text = re.sub(pat, lambda m, r=rep: r, text)
@@ -129,17 +146,26 @@ def widget_terms(text: str) -> str:
     text = re.sub(r"--([a-z][a-z-]*)(?: (?:FOLDER|FILE|CSV|NAME|N)\b)?",
                   lambda m: _CLI_OPTIONS.get(m.group(1), m.group(0)), text)
     if "changed: " in text:
+        def field(m) -> str:
+            key, old, new = m.group(2), m.group(3), m.group(4)
+            shown = _CFG_VALUES.get(key)
+            if shown is not None and old is not None:
+                return f"{m.group(1)}{_CFG_KEYS[key]}: {shown(old)} -> {shown(new)}"
+            return f"{m.group(1)}{_CFG_KEYS[key]}: " + (f"{old} -> {new}" if old else "")
         keys = "|".join(re.escape(k) for k in _CFG_KEYS)
-        text = re.sub(rf"(changed: |, )({keys}): ",
-                      lambda m: f"{m.group(1)}{_CFG_KEYS[m.group(2)]}: ", text)
+        # a one-word value pair is put in the field's words; any other value stays as it is
+        text = re.sub(rf"(changed: |, )({keys}): (?:([^\s,()]+) -> ([^\s,()]+)(?=[,)]|$))?",
+                      field, text)
     return text
 
 
 def read_run(folder: Any) -> Optional[Dict[str, Any]]:
     """The settings of the run a run folder holds (None when it holds none): ``epochs``,
     ``folds`` and ``limit`` (0 = all patients) from the engine's ``config.json``, and from its
-    ``state.json`` where the last checkpoint stands (``fold``/``n_folds``/``epoch``, 1-based)
-    and the epoch ``history`` (the curves so far)."""
+    ``state.json`` where the last checkpoint stands (``fold``/``n_folds``/``epoch``, 1-based),
+    the epoch ``history`` (the curves so far) and, for a run that has finished (the engine's
+    rule, :func:`engine.finished_run`: a resume of it trains and installs nothing), its model
+    file as ``finished``."""
     import json
     try:
         d = Path(str(folder)).expanduser()
@@ -160,7 +186,12 @@ def read_run(folder: Any) -> Optional[Dict[str, Any]]:
         run["epoch"] = int(st.get("epoch") or 0)
         run["stage_done"] = bool(st.get("stage_done"))
         run["history"] = [h for h in st.get("history") or [] if isinstance(h, dict)]
-    except (OSError, ValueError, TypeError):
+        from ..core.train.engine import finished_run
+        n_stages = run["n_folds"] + (1 if cfg.get("final", "best_fold") == "retrain" else 0)
+        done = finished_run(d, st, n_stages)
+        if done is not None:
+            run["finished"] = done.model_path
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
     return run
 
@@ -695,14 +726,21 @@ class TrainingWidget(QWidget):
         if run is None:
             return
         changed = self._apply_run(run)
+        filled = (f" ({', '.join(changed)})" if changed else "")
+        if run.get("finished"):
+            self._say(f"the run folder holds a run that has already finished (its model: "
+                      f"{run['finished']}); its settings are filled in{filled}. Resume trains "
+                      "and installs nothing: start a new run in another run folder to train "
+                      "again")
+            return
         where = ""
         if run.get("fold"):
             f, n = run["fold"], run["n_folds"]
             stage = ("the final model" if f > n else f"fold {f}/{n}" if n > 1 else "training")
             where = (f"; its checkpoint: {stage} finished" if run.get("stage_done")
                      else f"; its checkpoint: {stage}, epoch {run['epoch']}")
-        self._say(f"the run folder holds a run{where}; its settings are filled in"
-                  + (f" ({', '.join(changed)})" if changed else "") + ": Resume continues it")
+        self._say(f"the run folder holds a run{where}; its settings are filled in{filled}: "
+                  "Resume continues it")
 
     def _apply_run(self, run: Dict[str, Any]) -> List[str]:
         """Set epochs, validation and limit to the run's own; returns what changed, e.g.
@@ -886,6 +924,9 @@ class TrainingWidget(QWidget):
         self._stop_updates()
         self.result = res
         self.bar.setValue(1000)
+        if getattr(res, "already_finished", False):
+            self._say_already_finished(res)
+            return
         summ = ", ".join(f"{k} {v['mean']:.3f}" for k, v in (res.cv_summary or {}).items()
                          if v.get("mean") is not None and k != "score")
         inst = f"; installed as {res.installed_path.stem}" if res.installed_path else ""
@@ -897,6 +938,20 @@ class TrainingWidget(QWidget):
                   if origin.get("test_patients_seen") else "")
         self._say(f"done: {res.model_path}{inst}\nreport: {res.report_path}\n{summ}{caveat}")
         self._fill_init()           # a model the run installed can be fine-tuned next
+
+    def _say_already_finished(self, res) -> None:
+        """A Resume of a run that had finished: the engine trained, wrote and installed
+        nothing (``TrainResult.already_finished``); the status says so and names the run's
+        existing model, which is not offered as a new one (no "done", no install)."""
+        from napari.utils.notifications import show_info
+        card = f"\ncard: {res.card_path}" if res.card_path else ""
+        report = f"\nreport: {res.report_path}" if res.report_path else ""
+        self._say(f"already finished: the run in {res.run_dir} had finished before this "
+                  "Resume; nothing was trained or installed. Its model, from when it "
+                  f"finished, is {res.model_path}{card}{report}\nStart a new run in another "
+                  "run folder to train again")
+        show_info(f"Training: the run in {res.run_dir} had already finished; nothing was "
+                  f"trained or installed (its model: {res.model_path.name})")
 
     def _on_error(self, exc) -> None:
         from napari.utils.notifications import show_error
