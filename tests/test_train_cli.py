@@ -215,6 +215,12 @@ def test_resuming_a_finished_run_says_so_and_rewrites_nothing(tmp_path, capsys):
         assert "installed:" not in cap.out and "replaced" not in cap.out
         assert _mtimes(tmp_path / "runs", tmp_path / "models") == before
         assert (tmp_path / "runs" / "x" / "ph-done.card.json").read_text() == card
+        # starting it again (no --resume) does not point to --resume, which would do nothing
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert ("runs/x already holds a finished run (its model is runs/x/ph-done.safetensors); "
+                "choose another --out folder to train again") in err, err
+        assert "--resume" not in err
 
 
 def test_the_resume_mismatch_error_names_paths_as_given_on_one_line(tmp_path, capsys):

@@ -741,6 +741,13 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     state_prev = None
     shown = shown_path(out)
     if out.exists() and (out / ckpt.CHECKPOINT).exists() and not resume:
+        held = ckpt.read_checkpoint(out)
+        n_stages = len(plan) + (1 if cfg.get("final", "best_fold") == "retrain" else 0)
+        done = finished_run(out, held[1], n_stages) if held is not None else None
+        if done is not None:         # --resume would do nothing: do not suggest it
+            raise ConfigError(f"{shown} already holds a finished run (its model is "
+                              f"{shown_path(done.model_path)}); choose another --out folder "
+                              "to train again")
         raise ConfigError(f"{shown} already holds a run; use --resume to continue it or choose "
                           "another --out folder")
     if resume:
