@@ -230,6 +230,7 @@ def test_a_sequence_covering_64_percent_of_the_field_of_view_is_said(skull_strip
     assert said[0].startswith("t2 covers 64% of the reference (flair) field of view and ")
     assert f"% of the {what} mask; the rest is zero-filled" in said[0]
     assert not any(w.startswith(("t1 ", "t1ce ", "flair ")) for w in p.warnings)
+    assert not _offset_warnings(p)         # a field-of-view edge is no offset of the image
     assert 46 / nx < 0.65
     # the hard error stays where it was: a sequence that does not overlap at all
     g = c.geometry
