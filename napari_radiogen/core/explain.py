@@ -96,8 +96,9 @@ def localisation_score(heatmap: np.ndarray, wt_mask: np.ndarray,
     """Fraction of heatmap mass inside ``wt_mask`` dilated by ``dilate_mm`` (None if either is
     empty). The distance transform runs on the mask's bounding box plus the margin only."""
     wt = np.asarray(wt_mask, bool)
-    h = np.clip(np.asarray(heatmap, np.float64), 0, None)
-    total = h.sum()
+    heatmap = np.asarray(heatmap)
+    # the mass in float64 a slab at a time (no float64 copy of a fine grid's whole heatmap)
+    total = _positive_mass(heatmap)
     if not wt.any() or total <= 0:
         return None
     sp = tuple(float(s) for s in spacing_zyx)
@@ -105,7 +106,17 @@ def localisation_score(heatmap: np.ndarray, wt_mask: np.ndarray,
     box = tuple(slice(max(0, int(i.min()) - int(np.ceil(dilate_mm / s)) - 1),
                       int(i.max()) + int(np.ceil(dilate_mm / s)) + 2) for i, s in zip(idx, sp))
     dist = ndimage.distance_transform_edt(~wt[box], sampling=sp)
-    return float(h[box][dist <= dilate_mm].sum() / total)
+    h = np.clip(np.asarray(heatmap[box], np.float64), 0, None)
+    return float(h[dist <= dilate_mm].sum() / total)
+
+
+def _positive_mass(a: np.ndarray, slab: int = 16) -> float:
+    """Sum of the positive values of ``a`` in float64, ``slab`` planes of the first axis at a
+    time."""
+    if a.ndim == 0 or a.shape[0] <= slab:
+        return float(np.clip(np.asarray(a, np.float64), 0, None).sum())
+    return float(sum(np.clip(np.asarray(a[i:i + slab], np.float64), 0, None).sum()
+                     for i in range(0, a.shape[0], slab)))
 
 
 def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
@@ -121,9 +132,13 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 
 def _scale_max(a: np.ndarray) -> np.ndarray:
     """[0, 1] by the maximum only: a map >= 0 keeps its zeros (no floor offset)."""
-    a = np.clip(np.nan_to_num(np.asarray(a, np.float32)), 0, None)
+    a = np.nan_to_num(np.asarray(a, np.float32))       # a copy: the input is kept
+    np.clip(a, 0, None, out=a)
     hi = float(a.max()) if a.size else 0.0
-    return a / hi if hi > 0 else np.zeros_like(a)
+    if hi > 0:
+        a /= np.float32(hi)
+        return a
+    return np.zeros_like(a)
 
 
 def upsample_cam(cam: np.ndarray, shape: Sequence[int], centred: bool = True) -> np.ndarray:
@@ -502,7 +517,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                                     SYNTHETIC_SEGMENTATION))
     yield Progress("explain", 4, 4, "done")
     yield ExplainResult(case_id=case.case_id, task=task, method=method, model=lm.name,
-                        target_class=target, heatmap=heat.astype(np.float32),
+                        target_class=target, heatmap=heat.astype(np.float32, copy=False),
                         geometry=ref.geometry, localisation=loc, mask_source=mask_source,
                         slice_weights=weights, warnings=warns,
                         seconds=time.perf_counter() - t0, details=details,
@@ -620,6 +635,10 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
                         synthetic_inputs=synth)
 
 
+#: the 3D rendering of a finer grid starts from every k-th voxel, about this spacing (mm)
+RENDER_GRID_MM = 1.0
+
+
 def render_explanation(case, result: ExplainResult, out_png, out_gif=None,
                        labels: Optional[np.ndarray] = None, n_frames: int = 24) -> Dict[str, str]:
     """Off-screen 3D rendering (brain translucent, tumour regions, heatmap iso-surfaces)."""
@@ -630,16 +649,26 @@ def render_explanation(case, result: ExplainResult, out_png, out_gif=None,
         raise RadiogenError("3D rendering needs a 3D case (this is a 2D slice pack)")
     g = ref.geometry
     from . import predict as P
-    brain = np.zeros(ref.array.shape, bool)
+    # a grid finer than RENDER_GRID_MM is taken every k-th voxel first: the rendering is
+    # downsampled further anyway, and the brain surface's morphology keeps its size in mm (a
+    # 1 mm case is drawn as before)
+    sp_zyx = (g.spacing[2], g.spacing[1], g.spacing[0])
+    step = tuple(max(1, int(np.floor(RENDER_GRID_MM / s + 1e-6))) for s in sp_zyx)
+    sub = tuple(slice(None, None, k) for k in step)
+    brain = None
     for v in case.sequences.values():
         if v.geometry.same_grid(g):
-            brain |= P.foreground(v.array)
+            fg = P.foreground(v.array[sub])
+            brain = fg if brain is None else brain | fg
+    if brain is None:
+        brain = np.zeros(ref.array[sub].shape, bool)
     brain = ndimage.binary_fill_holes(ndimage.binary_opening(brain, iterations=2))
     if labels is None and case.labels is not None and case.labels.geometry.same_grid(g):
         labels = case.labels.array
     title = f"{case.case_id}  {result.task} ({result.target_class})  {result.method}"
     if result.localisation is not None:
         title += f"  localisation {result.localisation:.2f}"
-    return render_3d(brain=brain, labels=labels, heatmap=result.heatmap,
-                     spacing_zyx=(g.spacing[2], g.spacing[1], g.spacing[0]), out_png=out_png,
+    return render_3d(brain=brain, labels=None if labels is None else np.asarray(labels)[sub],
+                     heatmap=np.asarray(result.heatmap)[sub],
+                     spacing_zyx=tuple(s * k for s, k in zip(sp_zyx, step)), out_png=out_png,
                      out_gif=out_gif, n_frames=n_frames, title=title)
