@@ -306,16 +306,19 @@ def generate(module, prep: Prepared, sources: Sequence[str], target: str, *, dev
     g = prep.geometry
     size = model_grid_shape(g)
     z, ny, nx = g.shape
-    stack = np.zeros((len(SEQUENCES), z, ny, nx), np.float32)
     avail = np.zeros(len(SEQUENCES), np.float32)
     for s in sources:
-        stack[SEQUENCES.index(s)] = prep.arrays[s]
         avail[SEQUENCES.index(s)] = 1.0
     keep = np.nonzero(prep.mask.reshape(z, -1).any(1))[0]
     out_low = np.zeros((z,) + tuple(size), np.float32)
     tidx = _check_target(target)
     if keep.size:
-        low = to_model_grid(stack[:, keep], size)                 # (k, C, y', x')
+        # (k, C, y', x'): each source brought to the model grid on its own (the in-plane
+        # resampling is per channel; an absent sequence is zeros), never a (C, z, y, x) stack
+        # of the reference grid (a 0.5 mm grid: 1.1 GB, and as much again for each copy)
+        low = np.zeros((len(keep), len(SEQUENCES)) + tuple(size), np.float32)
+        for s in sources:
+            low[:, SEQUENCES.index(s)] = to_model_grid(prep.arrays[s][keep][None], size)[:, 0]
         low, (h, w) = _pad_to(low)
         xs = torch.from_numpy(low)
         av = torch.from_numpy(avail)[None]
@@ -340,7 +343,7 @@ def generate(module, prep: Prepared, sources: Sequence[str], target: str, *, dev
         for s in sources:
             c = SEQUENCES.index(s)
             if coef[c] != 0:
-                hp = stack[c, keep] - from_model_grid(low_u[:, c], (ny, nx))
+                hp = prep.arrays[s][keep] - from_model_grid(low_u[:, c], (ny, nx))
                 out[keep] += coef[c] * hp
     out = np.clip(out, 0.0, 1.0) * prep.mask
     yield out.astype(np.float32)
