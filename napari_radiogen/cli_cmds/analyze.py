@@ -72,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a folder of cases: recompute every case, also those already "
                              "analysed into --out with unchanged inputs and options")
     parser.add_argument("--identified", action="store_true",
-                        help="include clinical fields in reports (default: de-identified)")
+                        help="include clinical fields in reports, and the 3D rendering of "
+                             "a scan that is not skull-stripped (its head surface can show "
+                             "the face) (default: de-identified)")
 
 
 def _check_model(name, task: str, option: str) -> None:

@@ -11,6 +11,10 @@ For a TCGA-LGG slice pack the NIfTI lies on the pack's nominal grid (as the outp
 ``synthesize`` and ``rank-sequences``), the same heatmap is also written as
 ``<stem>.h5`` (dataset ``heatmap``), and the PNG shows the key slices with the heatmap (a pack
 has no 3D rendering, so there is no GIF).
+
+De-identified by default: the 3D rendering of a scan that is not skull-stripped is left out
+(its translucent surface is the head's, and a face rendered from an MRI can be recognised; the
+JSON's warnings say so); ``--identified`` renders it. The JSON says ``"deidentified"``.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None, help="network layer for the CAM")
     parser.add_argument("--no-render", action="store_true", help="skip the PNG/GIF rendering")
     parser.add_argument("--frames", type=int, default=24, help="GIF frames (0: no GIF)")
+    parser.add_argument("--identified", action="store_true",
+                        help="render a scan that is not skull-stripped too (its head surface "
+                             "can show the face; default: de-identified, no rendering of it)")
     add_device_argument(parser, default="cpu",
                         note="checked as for the other commands, but the heatmaps are always "
                              "computed on the CPU")
@@ -45,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.case_report import may_show_face
     from ..core.explain import explain, method_slug, render_explanation
     from ..core.io import write_volume
     from ..core.outputs import write_json
@@ -88,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
             info["gif"] = None
             info["warnings"].append("a 2D slice pack has no 3D rendering: the PNG shows the "
                                     "key slices, and no GIF is written")
+        elif not args.identified and may_show_face(case):
+            info["warnings"].append("3D rendering left out: the scan is not skull-stripped, "
+                                    "and a rendering of its head surface can show the "
+                                    "patient's face (--identified renders it)")
         else:
             r = render_explanation(case, res, out / f"{stem}.png",
                                    out / f"{stem}.gif" if args.frames > 0 else None,
@@ -95,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             info.update(r)
     # the JSON names its sibling files relative to its folder (not the --out path as typed)
     from ..core.outputs import relative_to_folder
+    info["deidentified"] = not args.identified
     write_json(out / f"{stem}.json", relative_to_folder(info, out))
     loc = f"{res.localisation:.2f}" if res.localisation is not None else "n/a (no tumour mask)"
     print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation {loc}; "

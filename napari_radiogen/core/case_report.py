@@ -29,6 +29,70 @@ def _key_slice(labels, heat, nz: int) -> int:
     return nz // 2
 
 
+def _letter(v) -> str:
+    """The patient direction (L/R, P/A, S/I) a world LPS vector points to most."""
+    v = np.asarray(v, dtype=float)
+    i = int(np.argmax(np.abs(v)))
+    return "LPS"[i] if v[i] > 0 else "RAI"[i]
+
+
+def view_orientation(geometry) -> Optional[Dict[str, str]]:
+    """The patient directions at the edges of an axial panel of ``geometry`` as the report
+    draws it (``array[z]`` with ``imshow``: the x axis from the image's left to its right,
+    the y axis from its top to its bottom), ``{"left", "right", "top", "bottom"}``, and
+    ``"convention"``: ``radiological`` (the patient's right on the image's left, how
+    radiology viewers show axial slices), ``neurological`` (the other way round) or ``""``.
+    On the canonical LPS grid every case is read onto, that is R left, L right, A top, P
+    bottom (radiological). None for a nominal geometry (a slice pack), which records no
+    orientation."""
+    if geometry is None or getattr(geometry, "nominal", False):
+        return None
+    d = geometry.direction_matrix            # columns: the x, y, z axes in LPS world
+    x, y = d[:, 0], d[:, 1]
+    out = {"left": _letter(-x), "right": _letter(x), "top": _letter(-y), "bottom": _letter(y)}
+    out["convention"] = {("R", "L"): "radiological", ("L", "R"): "neurological"}.get(
+        (out["left"], out["right"]), "")
+    return out
+
+
+def _slice_position_mm(geometry, z: int) -> Optional[float]:
+    """The world z (LPS/RAS superior, mm) of the centre of axial slice ``z``; None for a
+    nominal geometry."""
+    if geometry is None or getattr(geometry, "nominal", False):
+        return None
+    nx, ny = geometry.shape[2], geometry.shape[1]
+    return float((geometry.affine_lps() @ np.array([(nx - 1) / 2, (ny - 1) / 2, z, 1.0]))[2])
+
+
+def _mark_edges(ax, orient: Optional[Dict[str, str]]) -> None:
+    """Write the patient directions at the edges of a panel."""
+    if not orient:
+        return
+    kw = dict(transform=ax.transAxes, color="yellow", fontsize=8, fontweight="bold")
+    ax.text(0.02, 0.5, orient["left"], ha="left", va="center", **kw)
+    ax.text(0.98, 0.5, orient["right"], ha="right", va="center", **kw)
+    ax.text(0.5, 0.98, orient["top"], ha="center", va="top", **kw)
+    ax.text(0.5, 0.02, orient["bottom"], ha="center", va="bottom", **kw)
+
+
+def orientation_note(geometry) -> str:
+    """What the report says about how its axial slices are shown."""
+    o = view_orientation(geometry)
+    if o is None:
+        return ("Slices as stored in the slice pack: the pack records no orientation, so "
+                "left and right on the image are not known.")
+    how = {"radiological": "radiological convention (the patient's right on the image's "
+                           "left, as radiology viewers show axial slices)",
+           "neurological": "neurological convention (the patient's right on the image's "
+                           "right)"}.get(o["convention"], "")
+    return (f"Axial slices in the {how}; " if how else "Axial slices; ") + (
+        f"letters at the edges give the patient's side (image left {o['left']}, right "
+        f"{o['right']}, top {o['top']}, bottom {o['bottom']}). Slice numbers count from the "
+        "most inferior slice (0) of the reference grid, which may differ from the source "
+        "file's own numbering; the position is the slice centre's height in the file's world "
+        "coordinates (mm).")
+
+
 def sequence_panels(case, z: int) -> Dict[str, np.ndarray]:
     """Axial slice ``z`` of the reference grid for every sequence, in canonical order.
 
@@ -87,7 +151,9 @@ def pack_slices_figure(case, out_png: Path, *, heat=None, segmentation=None,
                 ax.contour(m[z], levels=[0.5], colors=colour, linewidths=0.8)
         ax.set_title(f"slice {z}", fontsize=8)
         ax.axis("off")
-    fig.suptitle(title or case.case_id, fontsize=9)
+    # a pack records no orientation: its left and right are not known, and not claimed
+    fig.suptitle((title or case.case_id) + "\n(orientation not recorded in the pack)",
+                 fontsize=9)
     fig.savefig(str(out_png), dpi=90, bbox_inches="tight")
     return Path(out_png).name
 
@@ -106,6 +172,7 @@ def _slices_figure(res, out_png: Path) -> str:
     ncol = len(seqs) + (1 if labels is not None else 0) + (1 if heat is not None else 0)
     g = ref.geometry
     aspect = g.spacing[1] / g.spacing[0]
+    orient = view_orientation(g)
     fig, axes = plt.subplots(1, ncol, figsize=(3 * ncol, 3.3), squeeze=False)
     axes = axes[0]
 
@@ -114,6 +181,7 @@ def _slices_figure(res, out_png: Path) -> str:
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
+        _mark_edges(ax, orient)
 
     for ax, (s, img) in zip(axes, sequence_panels(case, z).items()):
         show(ax, img, s + (" (synthetic)" if case.sequences[s].synthetic else ""))
@@ -131,7 +199,11 @@ def _slices_figure(res, out_png: Path) -> str:
         show(axes[i], base, f"{e.method}: {e.task}")
         axes[i].imshow(np.ma.masked_less(heat[z], 0.05), cmap="inferno", alpha=0.55, vmin=0,
                        vmax=1, aspect=aspect)
-    fig.suptitle(f"{res.case_id}: axial slice {z}", fontsize=10)
+    pos = _slice_position_mm(g, z)
+    fig.suptitle(f"{res.case_id}: axial slice {z} of {ref.array.shape[0]}"
+                 + (f" (z = {pos:.1f} mm)" if pos is not None else "")
+                 + (f", {orient['convention']} convention" if orient and orient["convention"]
+                    else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
@@ -194,6 +266,23 @@ def _volume_name(key: str) -> str:
     return key
 
 
+def _known(v) -> bool:
+    """A value that was given: not None, not NaN."""
+    return v is not None and not (isinstance(v, float) and not np.isfinite(v))
+
+
+def may_show_face(case) -> bool:
+    """Whether a 3D rendering of the case could show the patient's face: its reference
+    sequence is not skull-stripped (no constant background, ``core.prepare.is_skull_stripped``),
+    so the translucent 'brain' surface the rendering draws is the head's, face included (a
+    face rendered from an MRI can be recognised). A de-identified report leaves it out."""
+    from .prepare import is_skull_stripped
+    try:
+        return not is_skull_stripped(np.asarray(case.sequences[case.reference].array))
+    except (KeyError, AttributeError):
+        return False
+
+
 def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bool = True,
                       files: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """``files``: the case's other outputs (name -> path), linked from the report when they
@@ -213,7 +302,8 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
     if case.kind != "slices":
         png = _slices_figure(res, out_dir / f"{res.case_id}_key_slice.png")
         paths["key_slice_png"] = str(out_dir / png)
-        parts.append(f"<h2>Key slice</h2><img src='{png}' alt='key slice'>")
+        parts.append(f"<h2>Key slice</h2><img src='{png}' alt='key slice'>"
+                     f"<p class=note>{html.escape(orientation_note(case.geometry))}</p>")
     else:
         png = pack_slices_figure(
             case, out_dir / f"{res.case_id}_key_slices.png",
@@ -223,7 +313,8 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
                   + (f", {res.explanations[0].method} ({res.explanations[0].task})"
                      if res.explanations else ""))
         paths["key_slice_png"] = str(out_dir / png)
-        parts.append(f"<h2>Key slices</h2><img src='{png}' alt='key slices'>")
+        parts.append(f"<h2>Key slices</h2><img src='{png}' alt='key slices'>"
+                     f"<p class=note>{html.escape(orientation_note(None))}</p>")
     if res.segmentation is not None:
         seg = res.segmentation
         rows = [(_volume_name(k), f"{v:.2f}") for k, v in seg.volumes_ml.items()]
@@ -253,7 +344,9 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
             if fused and u.get("member_models"):
                 spread += " (" + ", ".join(f"{m} {p:.2f}" for m, p in zip(
                     u["member_models"], u.get("members", []))) + ")"
-            rows.append((t, best, f"{probs[best]:.2f}", spread,
+            # the classes the model chooses between (grade: 2 or 3 only, never 4)
+            rows.append((f"{t} ({' / '.join(str(c) for c in probs)})", best,
+                         f"{probs[best]:.2f}", spread,
                          f"{auc:.2f}" if isinstance(auc, (int, float)) else "n/a",
                          _interval(ci)))
         parts.append(f"<h2>Prediction ({html.escape(pr.model)})</h2>"
@@ -262,10 +355,17 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
                                      "members; their P(positive class))"
                                      if fused else "SD (its fold models or trees)",
                                      "validated AUC (CV)", "95% CI")))
+        grades = [str(c) for c in pr.tasks.get("grade", {})]
+        if grades and "4" not in grades:
+            parts.append("<p class=note>" + html.escape(
+                f"grade: the model chooses between WHO grades {' and '.join(grades)} only "
+                "(its training cohort's); it cannot say grade 4.") + "</p>")
         if pr.risk is not None:
             parts.append("<p>Overall-survival risk score ("
-                         + ("mean of the members' standardised risks" if fused
-                            else "Cox head") + f", relative): {pr.risk:.2f}</p>")
+                         + ("mean of the members' standardised risks, 0 being their "
+                            "training patients' average" if fused else "Cox head")
+                         + "; relative: a higher score means a higher hazard, a shorter "
+                           f"expected survival): {pr.risk:.2f}</p>")
         if pr.attention:
             png = _attention_figure(res, out_dir / f"{res.case_id}_attention.png")
             paths["attention_png"] = str(out_dir / png)
@@ -282,7 +382,12 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
         parts.append("<h2>Explanations</h2>" + _table(
             rows, ("task", "method", "class", "mass within tumour + 5 mm", "mask",
                    "synthetic inputs")))
-        if render and case.kind != "slices":
+        face = render and case.kind != "slices" and deidentify and may_show_face(case)
+        if face:
+            parts.append("<p class=note>3D rendering left out: the scan is not "
+                         "skull-stripped, and a rendering of its head surface can show the "
+                         "patient's face (an identified report includes it).</p>")
+        elif render and case.kind != "slices":
             try:
                 from .explain import render_explanation
                 labels = res.segmentation.labels if res.segmentation is not None else None
@@ -313,7 +418,11 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
     # the prediction read age and sex; a de-identified report's files leave them out
     pred_json, removed = (prediction_for_output(res.prediction.to_json(), deidentify)
                           if res.prediction is not None else (None, []))
-    used = sorted({r.split(".")[-1].replace("sex_male", "sex") for r in removed})
+    # the fields the prediction read a value of (an unknown age or sex, None, is the training
+    # cohort's value: said in the warnings, not 'used' here)
+    feats = (res.prediction.to_json().get("features") or {}) if res.prediction is not None else {}
+    used = sorted({r.split(".")[-1].replace("sex_male", "sex") for r in removed
+                   if not r.startswith("features.") or _known(feats.get(r.split(".", 1)[1]))})
     parts.append("<p class=note>" + html.escape(
         "De-identified: no clinical fields, source paths or acquisition metadata"
         + (f" (the prediction used {', '.join(used)}; left out of this report and its files)"
