@@ -61,8 +61,12 @@ def test_info_native_and_sri24():
     assert set(d["sequences"]) == {"t1", "t1ce", "t2", "flair"} and not d["on_one_grid"]
     for s, v in d["sequences"].items():
         assert v["orientation"] == "LAS" and abs(v["spacing_xyz_mm"][2] - 5.5) < 1e-3
+    # the T1ce is not co-registered with the FLAIR (about 6 mm): said as analyze says it
+    said = [w for w in d["meta"]["warnings"] if "looks offset" in w]
+    assert len(said) == 1 and said[0].startswith("t1ce looks offset from flair by about "), said
     r = info(shared_path("tcga-native", "TCGA-FG-6692", "sri24"))
     assert r.returncode == 0 and "fused_algorithms_seg.nii.gz" in r.stdout
+    assert "looks offset" not in r.stdout                 # registered to the SRI24 atlas
 
 
 def test_info_pack_and_cohorts():

@@ -389,3 +389,20 @@ def test_a_reopened_cases_heatmap_is_shown_as_the_docks_show_theirs(tmp_path):
     assert layer.name == "P7 idh gradcam"
     assert tuple(layer.contrast_limits) == (HEATMAP_FLOOR, 1.0)
     assert tuple(layer.contrast_limits_range) == (0.0, 1.0)
+
+
+def test_opening_a_case_says_its_sequences_that_are_not_co_registered(monkeypatch):
+    """The browser says what the reader says when a case opens: here that the native T1ce
+    looks about 6 mm off the FLAIR (the layers would show it misaligned)."""
+    from conftest import shared_path
+
+    from napari_radiogen.napari import cohort_widget as cw
+    from napari_radiogen.napari import layers as L
+    said = []
+    monkeypatch.setattr(L, "notify", said.append)
+    cw.prepare_case_layers(shared_path("tcga-native", "TCGA-FG-6692", "native"))
+    offset = [m for m in said if "looks offset" in m]
+    assert len(offset) == 1 and offset[0].startswith("native: t1ce looks offset from flair"), said
+    said.clear()
+    cw.prepare_case_layers(shared_path("tcga-native", "TCGA-FG-6692", "native"), tell=False)
+    assert not said

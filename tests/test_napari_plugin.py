@@ -154,6 +154,9 @@ def test_open_native_oblique_scans_overlay_in_2d_by_default(make_napari_viewer, 
         assert Path(ly.metadata["radiogen"]["source"]).parent == folder   # the file read
     assert any("resampled" in m and "flair grid" in m for m in said), said
     assert any("oblique (16.9 deg" in m and "3D view" in m for m in said), said
+    # the T1ce is not co-registered with the FLAIR: the user is told when the case opens
+    offset = [m for m in said if "looks offset" in m]
+    assert len(offset) == 1 and offset[0].startswith("native: t1ce looks offset from flair"), said
 
 
 def test_open_sri24_case_with_labels(make_napari_viewer):

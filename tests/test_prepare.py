@@ -556,6 +556,9 @@ def test_a_synthetic_sequence_is_not_checked():
                                              synthetic=True))
     assert _offset_warnings(prepare(moved))
     assert not _offset_warnings(prepare(synth))
+    from napari_radiogen.core.prepare import case_registration_warnings
+    assert [w.split(" ", 1)[0] for w in case_registration_warnings(moved)] == ["t1"]
+    assert case_registration_warnings(synth) == []
 
 
 def test_brats_sequences_are_co_registered(brats):
@@ -568,7 +571,12 @@ def test_native_t1ce_is_said_to_be_offset_from_the_flair(native):
     """The raw TCGA scans were acquired in separate series (5.5 mm slices, tilts of 5.5 and 17
     degrees): a translation-only SimpleITK mutual-information registration puts the T1ce about
     6 mm (x) from the FLAIR, the T1 about 5.5 mm and the T2 under 3 mm."""
+    from napari_radiogen.core.prepare import case_registration_warnings
     w = _offset_warnings(prepare(native))
     assert any(s.startswith("t1ce looks offset from flair") for s in w), w
     assert not any(s.startswith("t2 ") for s in w), w
     assert all(" z " not in s for s in w)            # 5.5 mm slices: z is not said
+    # judged on the reference's own grid, whatever the working spacing (2 mm: z stays unsaid)
+    assert _offset_warnings(prepare(native, spacing=2.0)) == w
+    # what the viewer and `radiogen info` say on opening the case: every acquired sequence
+    assert case_registration_warnings(native) == [s for s in w]

@@ -432,6 +432,12 @@ def run(args: argparse.Namespace) -> int:
         case = load_case(path, overrides=overrides or None, series=args.series,
                          reference=args.reference)
         d = describe_case(case)
+        # sequences that look offset from the reference (not co-registered), as analyze says
+        from ..core.prepare import case_registration_warnings
+        offsets = case_registration_warnings(case)
+        if offsets:
+            meta = d.setdefault("meta", {})
+            meta["warnings"] = list(meta.get("warnings") or []) + offsets
     except RadiogenError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:   # defensive: stay one line

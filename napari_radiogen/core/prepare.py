@@ -49,6 +49,7 @@ __all__ = [
     "resample_to_reference", "resample_spacing", "resample_volume", "working_geometry",
     "overlap_fraction", "brain_mask", "is_skull_stripped", "otsu_threshold", "normalise",
     "crop_box", "crop_geometry", "check_array", "coverage_warnings",
+    "case_registration_warnings", "registration_warnings", "sequence_offsets",
 ]
 
 _INTERPOLATORS = {
@@ -814,8 +815,10 @@ def prepare(case: Case, sequences: Optional[Sequence[str]] = None, *,
         np.copyto(out[i], np.float32(0.0), where=out_i)
         params[s] = p
     warnings.extend(coverage_warnings(seqs, ref, fov, in_mask, mask_method))
+    # judged on the reference's own grid (its slice thickness), whatever the working spacing
     acquired = [s for s in dict.fromkeys([ref] + list(seqs)) if not case.sequences[s].synthetic]
-    warnings.extend(registration_warnings({s: vols[s] for s in acquired}, wg, cancel=cancel))
+    warnings.extend(registration_warnings({s: vols[s] for s in acquired}, native,
+                                          cancel=cancel))
     # what the file readers said about the files used (a qform/sform conflict, a sheared grid:
     # core.io), "<sequence> (<file>): ..." in the case's meta
     used = set(seqs) | {ref, "labels"}
@@ -872,6 +875,18 @@ def sequence_offsets(volumes: Dict[str, Volume], grid: Geometry, *,
         _progress.check(cancel)
         out[s] = image_offset(ref, edge_image(arrays[s], inner), coarse.spacing)
     return out
+
+
+def case_registration_warnings(case: Case, *, cancel=None) -> List[str]:
+    """:func:`registration_warnings` for every acquired sequence of ``case`` against its
+    reference (the first acquired sequence when the reference is synthetic), on the
+    reference's grid: what the viewer and ``radiogen info`` say when a case is opened."""
+    order = [case.reference] + [s for s in SEQUENCES if s in case.sequences]
+    acquired = [s for s in dict.fromkeys(order) if not case.sequences[s].synthetic]
+    if len(acquired) < 2:
+        return []
+    vols = {s: without_padding(case.sequences[s]) for s in acquired}
+    return registration_warnings(vols, vols[acquired[0]].geometry, cancel=cancel)
 
 
 def registration_warnings(volumes: Dict[str, Volume], grid: Geometry, *,

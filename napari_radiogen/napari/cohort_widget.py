@@ -422,7 +422,7 @@ def prepare_case_layers(path, out_dir: Optional[str] = None, cancel=None,
     from ..core.io import load_case
     from ..core.progress import check
     from .layers import case_to_layer_data, notify
-    from .reader import _mark_synthetic_layers, tell_unreadable
+    from .reader import _mark_synthetic_layers, tell_misregistered, tell_unreadable
 
     case = load_case(path, skip_unreadable=True)     # a broken file is said, the rest shown
     check(cancel)
@@ -430,6 +430,7 @@ def prepare_case_layers(path, out_dir: Optional[str] = None, cancel=None,
         tell_unreadable(case)
         for w in case.meta.get("warnings") or []:
             notify(f"{case.case_id}: {w}")
+        tell_misregistered(case)
     lds = _mark_synthetic_layers(case, case_to_layer_data(case, source=str(path),
                                                           notify_user=tell))
     results = result_layer_data_from(out_dir, case)

@@ -230,7 +230,22 @@ def read_path(path: PathOrPaths, **_: Any) -> List[LayerData]:
     tell_unreadable(case)
     for w in case.meta.get("warnings") or []:
         notify(f"{case.case_id}: {w}")
+    tell_misregistered(case)
     return _mark_synthetic_layers(case, case_to_layer_data(case, source=str(p)))
+
+
+def tell_misregistered(case) -> None:
+    """Say which sequences of ``case`` look offset from its reference (not co-registered:
+    ``core.prepare.case_registration_warnings``); the layers would show them misaligned."""
+    from ..core.prepare import case_registration_warnings
+
+    from .layers import notify
+    try:
+        said = case_registration_warnings(case)
+    except Exception:           # a check: never stops a case from opening
+        return
+    for w in said:
+        notify(f"{case.case_id}: {w}")
 
 
 def unreadable_notes(case) -> List[str]:
