@@ -157,6 +157,9 @@ def test_widget_terms_names_the_widgets_controls_not_the_cli_options():
                         "--out folder")
     assert held == ("/r already holds a run; press Resume to continue it, or choose another "
                     "run folder")
+    done = widget_terms("/r already holds a finished run (its model is /r/m.safetensors); "
+                        "choose another --out folder to train again")
+    assert done.endswith("; choose another run folder to train again"), done
     changed = widget_terms("/r: the checkpoint was made with another config, data or "
                            "--limit/--folds (changed: _limit: 30 -> 10, folds: 0 -> 3, "
                            "train.epochs: 6 -> 2); resume with the same options")
@@ -295,10 +298,13 @@ def test_run_folder_fills_in_the_runs_settings_and_resume_uses_them(make_napari_
     assert (w.epochs.value(), w.folds.currentData(), w.limit.value()) == (2, 0, 8)
     assert "holds a run" in w.status.text() and "epochs 2 (was 5)" in w.status.text()
     assert w.resume_btn.isEnabled()
-    # Start in it: the engine refuses, in the widget's words (status and notification)
+    # Start in it: the engine refuses, in the widget's words (status and notification); the
+    # run has finished, so Resume is not offered as the way on
     job = w.start()
     qtbot.waitUntil(lambda: job.done, timeout=60_000)
-    assert "press Resume" in w.status.text() and "--" not in w.status.text(), w.status.text()
+    assert "already holds a finished run" in w.status.text(), w.status.text()
+    assert "choose another run folder to train again" in w.status.text(), w.status.text()
+    assert "--" not in w.status.text() and "press Resume" not in w.status.text()
     assert shown and shown[-1][0] == "error" and "--" not in shown[-1][1]
     # Resume with other values: the run's own are used, and the widget says so
     w.epochs.setValue(7)

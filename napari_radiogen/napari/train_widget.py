@@ -95,6 +95,7 @@ _CLI_PHRASES = [
     (r"use --device cpu", 'choose "cpu" in the device list'),
     (r"use --resume to continue it or choose another --out folder",
      "press Resume to continue it, or choose another run folder"),
+    (r"choose another --out folder to train again", "choose another run folder to train again"),
     (r"start without --resume", "start a new run (Start) in another run folder"),
     (r"--limit/--folds", '"limit patients" or "validation"'),
     (r"resume with the same --init file", 'resume with the same "start from" model'),
