@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "explained by occlusion over its segmented tumour)")
     parser.add_argument("--no-synthesis", action="store_true",
                         help="do not synthesise missing sequences")
+    parser.add_argument("--register", action="store_true",
+                        help="first shift each acquired sequence onto the reference where "
+                             "they are not co-registered (SimpleITK mutual information, a "
+                             "translation; each shift is said)")
     parser.add_argument("--no-render", action="store_true", help="no 3D rendering in reports")
     parser.add_argument("--no-report", action="store_true",
                         help="no HTML/JSON report per case (the segmentation, predictions, "
@@ -123,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                             f"{', '.join(TASKS)}, or 'none')")
     opts = AnalysisOptions(seg_model=args.seg_model, pred_model=args.pred_model,
                            synth_model=args.synth_model, synthesize_missing=not args.no_synthesis,
-                           explain_tasks=tasks, explain_method=args.method, device=args.device)
+                           explain_tasks=tasks, explain_method=args.method, device=args.device,
+                           register=args.register)
     analyzer = Analyzer(opts)
     path = Path(args.path)
     if not path.exists():

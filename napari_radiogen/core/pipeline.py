@@ -42,6 +42,7 @@ class AnalysisOptions:
     explain_method: str = "gradcam"
     device: str = "auto"
     stages: Sequence[str] = STAGES
+    register: bool = False                     # co-register the sequences first (core.register)
 
 
 @dataclass
@@ -230,6 +231,14 @@ class Analyzer:
         for w in case.meta.get("warnings") or []:
             if w not in res.warnings:
                 res.warnings.append(w)
+        if opts.register:               # before any stage reads the sequences together
+            from .register import register_case
+            for item in register_case(case, cancel=cancel):
+                if isinstance(item, Progress):
+                    yield Progress("load", 0, n, item.message)
+                else:
+                    case, notes = item
+                    res.warnings.extend(notes)
         res.timings["load"] = time.perf_counter() - t
         check(cancel)
         yield StageResult("load", case.case_id, case, res.timings["load"])

@@ -1,0 +1,89 @@
+"""Co-registration of a case's sequences onto its reference (core.register): a sequence shifted
+in its header is moved back, aligned ones are left as they are, and analyze --register uses it."""
+import numpy as np
+import pytest
+
+from napari_radiogen.core.case import Volume
+from napari_radiogen.core.phantom import make_phantom
+from napari_radiogen.core.prepare import case_registration_warnings
+from napari_radiogen.core.progress import run
+from napari_radiogen.core.register import moved_geometry, register_case
+
+
+def _shifted(case, name, shift):
+    v = case.sequences[name]
+    g = v.geometry
+    return case.with_sequence(name, Volume(
+        v.array, g.with_(origin=tuple(o + d for o, d in zip(g.origin, shift))), meta=dict(v.meta)))
+
+
+def test_moved_geometry_places_each_voxel_where_the_fixed_image_shows_it():
+    case = make_phantom(1, shape=(10, 12, 14))
+    g = case.geometry
+    a = np.radians(10.0)
+    r = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    c, t = np.array([5.0, -3.0, 2.0]), np.array([1.0, 2.0, -4.0])
+    g2 = moved_geometry(g, r, c, t)
+    for idx in ((0, 0, 0), (13, 11, 9), (4, 7, 2)):          # (x, y, z) voxel indices
+        p_moving = np.asarray(g.to_image(np.zeros(g.shape, np.float32))
+                              .TransformIndexToPhysicalPoint(idx))
+        p_new = np.asarray(g2.to_image(np.zeros(g.shape, np.float32))
+                           .TransformIndexToPhysicalPoint(idx))
+        # the voxel now sits at the fixed point that maps to where it was: R (p - c) + c + t
+        np.testing.assert_allclose(r @ (p_new - c) + c + t, p_moving, atol=1e-6)
+
+
+def test_a_shifted_sequence_is_moved_back_and_aligned_ones_are_left():
+    case = make_phantom(2, shape=(48, 64, 60), spacing=(1.5, 1.5, 1.5), skull_stripped=True)
+    moved = _shifted(case, "t2", (3.0, 7.0, 0.0))
+    assert [w.split(" ", 1)[0] for w in case_registration_warnings(moved)] == ["t2"]
+    out, notes = run(register_case(moved))
+    back = np.asarray(out.sequences["t2"].geometry.origin)
+    np.testing.assert_allclose(back, case.sequences["t2"].geometry.origin, atol=1.0)
+    assert out.sequences["t2"].array is moved.sequences["t2"].array     # header only
+    assert out.sequences["t2"].meta["registered_onto"] == "flair"
+    assert any(n.startswith("t2 registered onto flair (translation") for n in notes), notes
+    for s in ("t1", "t1ce"):                                            # already aligned
+        assert out.sequences[s] is moved.sequences[s]
+        assert any(n.startswith(f"{s} left as it is") for n in notes), notes
+    assert case_registration_warnings(out) == []
+
+
+def test_a_synthetic_sequence_is_not_registered():
+    case = make_phantom(3, shape=(40, 56, 52), skull_stripped=True)
+    v = case.sequences["t1"]
+    synth = _shifted(case, "t1", (6.0, 0.0, 0.0))
+    synth = synth.with_sequence("t1", Volume(synth.sequences["t1"].array,
+                                             synth.sequences["t1"].geometry, synthetic=True))
+    out, notes = run(register_case(synth))
+    assert out.sequences["t1"].geometry == synth.sequences["t1"].geometry
+    assert not any(n.startswith("t1 ") for n in notes)
+    assert v is case.sequences["t1"]
+
+
+def test_analyze_with_register_moves_the_sequence_before_the_stages():
+    from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer, StageResult
+    case = make_phantom(2, shape=(48, 64, 60), spacing=(1.5, 1.5, 1.5), skull_stripped=True)
+    moved = _shifted(case, "t2", (0.0, 8.0, 0.0))
+    loaded = []
+    for opts in (AnalysisOptions(stages=()), AnalysisOptions(stages=(), register=True)):
+        items = list(Analyzer(opts).analyze(moved))
+        loaded.append(next(i.value for i in items if isinstance(i, StageResult)))
+        res = items[-1]
+        said = [w for w in res.warnings if w.startswith("t2 registered onto flair")]
+        assert len(said) == int(opts.register), res.warnings
+    assert case_registration_warnings(loaded[0]) and not case_registration_warnings(loaded[1])
+    # the option is part of what a cohort's cache depends on
+    assert Analyzer(AnalysisOptions(register=True)).model_fingerprint()["options"] != \
+        Analyzer(AnalysisOptions()).model_fingerprint()["options"]
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_cli_register_flag(flag):
+    import argparse
+
+    from napari_radiogen.cli_cmds import analyze
+    p = argparse.ArgumentParser()
+    analyze.add_arguments(p)
+    args = p.parse_args(["case", "--out", "o"] + (["--register"] if flag else []))
+    assert args.register is flag
