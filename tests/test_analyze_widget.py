@@ -149,3 +149,15 @@ def test_analyze_rerun_keeps_an_edited_segmentation_layer(make_napari_viewer, qt
     assert [int(kept.data[p]) for p in pts] == [4, 4, 4]
     assert viewer.layers[name] is not first
     assert "edits are kept" in w.stage.text()
+
+
+def test_the_register_box_reaches_the_analysis_options(make_napari_viewer):
+    """Off by default, as in `radiogen analyze`; ticked, the analysis co-registers the
+    sequences first (AnalysisOptions.register), and a rerun with it unticked does not."""
+    from napari_radiogen.napari.analyze_widget import AnalyzeWidget
+    w = AnalyzeWidget(make_napari_viewer())
+    assert not w.register.isChecked() and not w.inputs().register
+    w.register.setChecked(True)
+    assert w._analyzer(w.inputs()).options.register is True
+    w.register.setChecked(False)
+    assert w._analyzer(w.inputs()).options.register is False

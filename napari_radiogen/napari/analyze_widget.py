@@ -42,6 +42,7 @@ class AnalyzeInputs:
     explain_tasks: Tuple[str, ...] = ("idh",)
     method: str = "gradcam"
     synthesize_missing: bool = True
+    register: bool = False                     # co-register the sequences first (a translation)
     seg_model: Optional[str] = None            # None: automatic (shipped default for the case)
     pred_model: Optional[str] = None
 
@@ -69,6 +70,12 @@ class AnalyzeWidget(QWidget):
         self.task_boxes["idh"].setChecked(True)
         self.synth = QCheckBox("synthesise a missing sequence the models need")
         self.synth.setChecked(True)
+        # off by default, as in `radiogen analyze`; the layers shown keep their own placement
+        self.register = QCheckBox("co-register the sequences first")
+        self.register.setToolTip("A SimpleITK mutual-information translation of each acquired "
+                                 "sequence onto the reference, used by this analysis; each "
+                                 "shift is said in the results. The image layers are not "
+                                 "moved; the results lie on the reference's grid.")
         self.run_btn = QPushButton("Analyze")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -94,6 +101,7 @@ class AnalyzeWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.synth)
+        lay.addWidget(self.register)
         btns = QHBoxLayout()
         btns.addWidget(self.run_btn)
         btns.addWidget(self.cancel_btn)
@@ -128,6 +136,7 @@ class AnalyzeWidget(QWidget):
                                                  if b.isChecked()),
                              method=self.method.currentText(),
                              synthesize_missing=self.synth.isChecked(),
+                             register=self.register.isChecked(),
                              seg_model=None if seg in ("", auto) else seg,
                              pred_model=None if pred in ("", auto) else pred)
 
@@ -135,6 +144,7 @@ class AnalyzeWidget(QWidget):
         opts = AnalysisOptions(device=inp.device, explain_tasks=inp.explain_tasks,
                                explain_method=inp.method,
                                synthesize_missing=inp.synthesize_missing,
+                               register=inp.register,
                                seg_model=inp.seg_model, pred_model=inp.pred_model)
         if self.analyzer is None:
             self.analyzer = Analyzer(opts)
