@@ -87,3 +87,31 @@ def test_cli_register_flag(flag):
     analyze.add_arguments(p)
     args = p.parse_args(["case", "--out", "o"] + (["--register"] if flag else []))
     assert args.register is flag
+
+
+def test_segment_and_predict_register_flag_on_a_shifted_copy_of_the_sample(sample_path, tmp_path):
+    """`radiogen segment --register` / `predict --register`: the shifted T2 of a copy of the
+    sample is moved back first and said in the JSON; without the flag the offset is warned."""
+    import json
+    import shutil
+
+    import SimpleITK as sitk
+
+    from napari_radiogen.cli import main
+    case = tmp_path / "BraTS2021_00006"
+    shutil.copytree(sample_path, case)
+    t2 = case / "BraTS2021_00006_t2.nii.gz"
+    img = sitk.ReadImage(str(t2))
+    img.SetOrigin(tuple(o + d for o, d in zip(img.GetOrigin(), (0.0, 8.0, 0.0))))
+    sitk.WriteImage(img, str(t2))
+    for flag in ([], ["--register"]):
+        out = tmp_path / ("reg" if flag else "plain")
+        assert main(["segment", str(case), "--out", str(out), "--device", "cpu", *flag]) == 0
+        warnings = json.loads((out / "BraTS2021_00006_seg.json").read_text())["warnings"]
+        moved = [w for w in warnings if w.startswith("t2 registered onto flair")]
+        offset = [w for w in warnings if w.startswith("t2 looks offset from flair")]
+        assert (len(moved), len(offset)) == ((1, 0) if flag else (0, 1)), warnings
+    assert main(["predict", str(case), "--out", str(tmp_path / "pred"), "--device", "cpu",
+                 "--register"]) == 0
+    js = json.loads((tmp_path / "pred" / "BraTS2021_00006_predictions.json").read_text())
+    assert any(w.startswith("t2 registered onto flair") for w in js["warnings"]), js["warnings"]

@@ -210,3 +210,19 @@ class ProgressLine:
 
     def __exit__(self, *exc: Any) -> None:
         self.end()
+
+
+#: the --register option of the commands that read the sequences together
+REGISTER_HELP = ("first shift each acquired sequence onto the reference where they are not "
+                 "co-registered (SimpleITK mutual information, a translation; each shift is "
+                 "said)")
+
+
+def registered(case, args):
+    """``(case, notes)``: with ``--register``, ``case`` with each acquired sequence shifted onto
+    its reference (``core.register``) and what was done to each; else ``case`` as it is."""
+    if not getattr(args, "register", False):
+        return case, []
+    from ..core.progress import run as drive
+    from ..core.register import register_case
+    return drive(register_case(case))

@@ -40,7 +40,7 @@ exit status: 0 when every stage that was asked for ran.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ._common import add_device_argument, add_sequence_argument
+    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("path", help="case folder, volume, .h5 pack, or a folder of cases")
@@ -64,10 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "explained by occlusion over its segmented tumour)")
     parser.add_argument("--no-synthesis", action="store_true",
                         help="do not synthesise missing sequences")
-    parser.add_argument("--register", action="store_true",
-                        help="first shift each acquired sequence onto the reference where "
-                             "they are not co-registered (SimpleITK mutual information, a "
-                             "translation; each shift is said)")
+    parser.add_argument("--register", action="store_true", help=REGISTER_HELP)
     parser.add_argument("--no-render", action="store_true", help="no 3D rendering in reports")
     parser.add_argument("--no-report", action="store_true",
                         help="no HTML/JSON report per case (the segmentation, predictions, "

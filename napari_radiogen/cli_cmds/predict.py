@@ -45,7 +45,7 @@ def age_years(text: str) -> float:
 
 def add_arguments(p) -> None:
     from ..core.predict import DEFAULT_MODELS
-    from ._common import add_device_argument, add_sequence_argument
+    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
@@ -57,6 +57,7 @@ def add_arguments(p) -> None:
                    help=f"age in years, {AGE_RANGE[0]:g} to {AGE_RANGE[1]:g} (used when the "
                         "model fuses clinical data)")
     p.add_argument("--sex", choices=["M", "F", "m", "f"], help="sex (used when the model fuses it)")
+    p.add_argument("--register", action="store_true", help=REGISTER_HELP)
     p.add_argument("--identified", action="store_true",
                    help="include clinical fields (age, sex) in the JSON files (default: "
                         "de-identified)")
@@ -83,7 +84,7 @@ def run(args) -> int:
     from ..core.predict import TASK, default_model_name, predict
     from ..core.progress import run as drive
     from ._batch import run_batch
-    from ._common import check_out_dir, ensure_out_dir, sequence_overrides
+    from ._common import check_out_dir, ensure_out_dir, registered, sequence_overrides
 
     overrides = sequence_overrides(args)
     out = check_out_dir(args.out)   # created only when a case has a result to write
@@ -98,7 +99,9 @@ def run(args) -> int:
         clinical["sex"] = args.sex.upper()
 
     def one(case):
+        case, notes = registered(case, args)
         res = drive(predict(case, model, clinical=clinical or None, device=device))
+        res.warnings[:0] = notes
         j = ensure_out_dir(out) / f"{res.case_id}_predictions.json"
         deidentify = not args.identified
         pred, removed = prediction_for_output(res.to_json(), deidentify)

@@ -23,7 +23,7 @@ CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_m
 
 
 def add_arguments(p) -> None:
-    from ._common import add_device_argument, add_sequence_argument
+    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
     p.add_argument("case", help="a case (folder of sequences, volume file, .h5 slice pack) or a "
                    "folder of cases")
     p.add_argument("--out", required=True, help="output folder")
@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
     add_device_argument(p)
     add_sequence_argument(p)
     p.add_argument("--csv", help="volume table path (default OUT/volumes.csv)")
+    p.add_argument("--register", action="store_true", help=REGISTER_HELP)
     p.add_argument("--identified", action="store_true",
                    help="write the case's path in the JSON files (default: de-identified, "
                         "the case id)")
@@ -86,7 +87,7 @@ def run(args) -> int:
     from ..core.progress import run as drive
     from ..core.segment import TASK, default_model_name, segment
     from ._batch import run_batch
-    from ._common import check_out_dir, sequence_overrides
+    from ._common import check_out_dir, registered, sequence_overrides
 
     overrides = sequence_overrides(args)
     out = check_out_dir(args.out)         # an unusable --out fails now, not after the work
@@ -102,7 +103,9 @@ def run(args) -> int:
         return models[name]
 
     def one(case):
+        case, notes = registered(case, args)
         res = drive(segment(case, get_model(case), device=device))
+        res.warnings[:0] = notes
         files = write_outputs(res, case, out, deidentify=not args.identified)
         v = res.volumes_ml
         text = (f"WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
