@@ -877,12 +877,18 @@ def sequence_offsets(volumes: Dict[str, Volume], grid: Geometry, *,
     return out
 
 
+def acquired_sequences(case: Case) -> List[str]:
+    """The sequences of ``case`` not made by a model, its reference first (when acquired),
+    then in canonical order: what the co-registration check and ``core.register`` compare."""
+    order = [case.reference] + [s for s in SEQUENCES if s in case.sequences]
+    return [s for s in dict.fromkeys(order) if not case.sequences[s].synthetic]
+
+
 def case_registration_warnings(case: Case, *, cancel=None) -> List[str]:
     """:func:`registration_warnings` for every acquired sequence of ``case`` against its
     reference (the first acquired sequence when the reference is synthetic), on the
     reference's grid: what the viewer and ``radiogen info`` say when a case is opened."""
-    order = [case.reference] + [s for s in SEQUENCES if s in case.sequences]
-    acquired = [s for s in dict.fromkeys(order) if not case.sequences[s].synthetic]
+    acquired = acquired_sequences(case)
     if len(acquired) < 2:
         return []
     vols = {s: without_padding(case.sequences[s]) for s in acquired}

@@ -19,13 +19,13 @@ A registration that does not leave the sequence's edges closer to the reference'
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator, List, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import progress as _progress
-from .case import SEQUENCES, Case, Geometry, Volume
+from .case import Case, Geometry, Volume
 from .progress import Progress
 
 __all__ = ["register_case", "translation", "moved_geometry", "MAX_SHIFT_MM"]
@@ -71,24 +71,34 @@ def register_case(case: Case, *, cancel=None) -> Iterator[Union[Progress, Tuple[
     sequence when the reference is synthetic). Yields :class:`Progress`, then ``(case, notes)``:
     the case with the moved sequences' headers changed (the others as they were) and one note
     per sequence (moved by how much, or why it was left as it was)."""
-    from .prepare import sequence_offsets, without_padding
+    from .prepare import acquired_sequences, sequence_offsets, without_padding
 
-    order = [case.reference] + [s for s in SEQUENCES if s in case.sequences]
-    acquired = [s for s in dict.fromkeys(order) if not case.sequences[s].synthetic]
+    acquired = acquired_sequences(case)
     notes: List[str] = []
     if len(acquired) < 2:
         yield case, notes
         return
     ref = acquired[0]
-    fixed = without_padding(case.sequences[ref])
-    grid = fixed.geometry
+    vols = {s: without_padding(case.sequences[s]) for s in acquired}
+    fixed, grid = vols[ref], vols[ref].geometry
+
+    def size(d) -> Optional[float]:
+        return float(np.linalg.norm(d)) if d is not None else None
+
+    # where each sequence stands before: an aligned one is not registered at all
+    before = {s: size(d) for s, d in sequence_offsets(vols, grid, cancel=cancel).items()}
     out = case
     for k, s in enumerate(acquired[1:]):
         _progress.check(cancel)
+        b = before.get(s)
+        if b is not None and b <= ALIGNED_MM:
+            notes.append(f"{s} left as it is: its edges are {b:.1f} mm from {ref}'s "
+                         "(already aligned)")
+            continue
         yield Progress("register", k, len(acquired) - 1, f"registering {s} onto {ref}")
         moving = case.sequences[s]
         try:
-            t = translation(fixed, without_padding(moving))
+            t = translation(fixed, vols[s])
         except RuntimeError as e:          # SimpleITK: e.g. too few samples overlap
             notes.append(f"{s} not registered onto {ref}: the registration failed "
                          f"({str(e).strip().splitlines()[-1][:120]})")
@@ -98,18 +108,10 @@ def register_case(case: Case, *, cancel=None) -> Iterator[Union[Progress, Tuple[
             notes.append(f"{s} not registered onto {ref}: the registration moved it by "
                          f"{shift:.0f} mm (more than {MAX_SHIFT_MM:.0f}), taken for a failure")
             continue
-        r, c = np.eye(3), np.zeros(3)
-        moved = Volume(moving.array, moved_geometry(moving.geometry, r, c, t),
+        moved = Volume(moving.array, moved_geometry(moving.geometry, np.eye(3), np.zeros(3), t),
                        meta=dict(moving.meta, registered_onto=ref), path=moving.path,
                        synthetic=moving.synthetic)
-        before = sequence_offsets({ref: fixed, s: without_padding(moving)}, grid).get(s)
-        after = sequence_offsets({ref: fixed, s: without_padding(moved)}, grid).get(s)
-        size = (lambda d: float(np.linalg.norm(d)) if d is not None else None)
-        b, a = size(before), size(after)
-        if b is not None and b <= ALIGNED_MM:
-            notes.append(f"{s} left as it is: its edges are {b:.1f} mm from {ref}'s "
-                         "(already aligned)")
-            continue
+        a = size(sequence_offsets({ref: fixed, s: without_padding(moved)}, grid).get(s))
         if b is not None and a is not None and a > b:
             notes.append(f"{s} not registered onto {ref}: the registration left its edges "
                          f"further from {ref}'s ({a:.1f} mm against {b:.1f} mm), taken for a "

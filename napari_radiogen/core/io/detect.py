@@ -37,8 +37,8 @@ _ALL_EXT = VOLUME_EXTENSIONS + PACK_EXTENSIONS + DICOM_EXTENSIONS + (".gz",)
 
 # tokens (lower case, split at anything not a letter or digit)
 _LABEL_SUBSTRINGS = ("seg", "label", "labels", "mask", "masks")
-_LABEL_WORDS = {"seg", "segs", "segmentation", "segmentations", "segm", "label", "labels",
-                "labelmap", "labelmaps", "mask", "masks"}
+#: label words that do not end in one of the substrings above
+_LABEL_WORDS = {"segs", "segmentation", "segmentations", "segm", "labelmap", "labelmaps"}
 _FLAIR_TOKENS = {"flair", "fla", "t2f", "t2flair", "flairbet", "darkfluid", "tirm", "t2fl"}
 _T1CE_TOKENS = {"t1ce", "t1c", "t1gd", "t1post", "t1wce", "t1cgd", "t1contrast", "t1postgad",
                 "t1pc", "ce", "gad", "gd", "gado", "gadolinium", "contrast", "postcontrast",
