@@ -236,3 +236,38 @@ def test_merged_warnings_keep_lists_whole_and_their_kind():
     res.synthesized = ["t1"]
     _add_warnings(res, out + ["something else"])
     assert res.warnings == ["something else"]
+
+
+def test_the_fusion_gets_its_inputs_on_the_device_of_its_module(ens):
+    """On a GPU the ensemble's module lies on the GPU and the members' outputs came back to the
+    CPU: the fusion must move them (it failed on CUDA with 'tensors on two devices'). Stand-in
+    for a second device on a CPU machine: a module whose buffer lies on the meta device."""
+    from napari_radiogen.core import predict as P
+
+    class OnMeta(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("where", torch.zeros(1, device="meta"))
+            self.seen = []
+
+        def to(self, *a, **k):        # predict() places the module: it stays "elsewhere"
+            return self
+
+        def forward(self, probs, risks=None):
+            self.seen += [v.device.type for v in probs.values()]
+            if risks is not None:
+                self.seen.append(risks.device.type)
+            # meta tensors hold no values: fuse stand-in CPU values of the same shapes
+            return self.inner({t: torch.full(v.shape, 0.5) for t, v in probs.items()},
+                              None if risks is None else torch.zeros(risks.shape))
+
+    assert P.module_device(OnMeta(ens.module)).type == "meta"
+    real = ens.module
+    ens.module = OnMeta(real)
+    try:
+        res = drive(P.predict(_pack(), ens, device="cpu"))
+    finally:
+        seen, ens.module = ens.module.seen, real
+    assert seen and set(seen) == {"meta"}
+    assert set(res.tasks) and res.risk is not None

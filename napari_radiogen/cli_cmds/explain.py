@@ -45,9 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identified", action="store_true",
                         help="render a scan that is not skull-stripped too (its head surface "
                              "can show the face; default: de-identified, no rendering of it)")
-    add_device_argument(parser, default="cpu",
-                        note="checked as for the other commands, but the heatmaps are always "
-                             "computed on the CPU")
+    add_device_argument(parser)
     add_sequence_argument(parser)
 
 

@@ -230,7 +230,7 @@ def _mil_cams(module, x, seq_mask, clinical, sequences, task, cls_idx, method, l
     import torch
 
     N = x.shape[2]
-    slm = torch.ones(1, N, dtype=torch.bool)
+    slm = torch.ones(1, N, dtype=torch.bool, device=x.device)
     cams: Dict[str, np.ndarray] = {}
     atts = []
     members = _members(module)
@@ -297,7 +297,7 @@ def explained_kind(card: Dict[str, Any]) -> str:
 
 def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None,
             target: Optional[str] = None, layer: Optional[str] = None,
-            wt_mask: Optional[np.ndarray] = None, device: str = "cpu",
+            wt_mask: Optional[np.ndarray] = None, device: str = "auto",
             inputs=None, fusion: str = "raw", segmentation: Optional[np.ndarray] = None,
             localise: bool = True, cancel: Optional[CancelToken] = None,
             segmentation_source: str = "supplied by the caller",
@@ -316,7 +316,9 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     on this same case already made (``PredictionResult.inputs``), to skip rebuilding it;
     ``segmentation``: labels on the reference grid for a segmentation-based model (default: it
     segments the case as its prediction does); ``localise``: with no ``wt_mask`` and no ground
-    truth, segment the case (default segmentation model) for the localisation score.
+    truth, segment the case (default segmentation model) for the localisation score;
+    ``device``: where the networks (the heatmap's backward pass included) and a segmentation
+    made here run (``auto``: the GPU when there is one).
 
     ``segmentation_source`` says where the caller's ``segmentation`` came from and
     ``segmentation_synthetic`` which synthetic sequences it (or, with ``inputs`` and no
@@ -338,9 +340,11 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if fusion not in FUSIONS:
         raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     legacy = fusion == "legacy"
+    from .models import resolve_device
+    dev = resolve_device(device)         # the networks (and the segmentation) run there
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(
-        model or P.default_model_name(), task=P.TASK, device="cpu")
+        model or P.default_model_name(), task=P.TASK, device=dev)
     # a prediction's inputs given without its segmentation: where the case cannot be segmented
     # for the window, that prediction fell back to the whole-brain model and so does this
     lm, fallback = P.window_or_fallback(case, lm, explicit=P.named(model),
@@ -390,7 +394,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                  if segmentation is not None or inputs is not None else [])
     if kind == "radiomics":
         yield from _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation,
-                                      cancel, t0, segmentation_source, seg_synth)
+                                      cancel, t0, segmentation_source, seg_synth, device=dev)
         return
     seqs = list(card.get("sequences") or [])
     required = list(card.get("required_sequences") or seqs)
@@ -411,7 +415,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                 if segmentation is not None or inputs is not None else None)
     if kind == "mil_roi" and inputs is None:
         # the tumour the prediction centres on: the caller's segmentation or the case segmented
-        labels, source = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
+        labels, source = yield from P.tumour_labels(case, card, dev, cancel, segmentation,
                                                     segmentation_source, warns,
                                                     stage=("explain", 1, 4),
                                                     synthetic=seg_synth)
@@ -429,9 +433,9 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):
         cvec, _ = P.clinical_vector(case.clinical, card)
-    module = lm.module.to("cpu").eval()   # CAMs need gradients: CPU keeps memory predictable
-    sm = torch.from_numpy(inp.seq_mask[None])
-    cl = torch.from_numpy(cvec[None])
+    module = lm.module.to(dev).eval()
+    sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
+    cl = torch.from_numpy(cvec[None]).to(dev)
     ref = case.sequences[case.reference]
     ref_shape = ref.array.shape
     # the heatmap is restricted to the head (3D cases and 2D packs alike: a pack's slices are
@@ -445,15 +449,15 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     layer = layer or (LEGACY_LAYER if legacy else DEFAULT_LAYER)[kind]
     weights: Dict[str, List[float]] = {}
     if kind == "volume3d":
-        vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None])
+        vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None]).to(dev)
         cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel,
                        normalized=legacy)
         N, H, W = inp.x.shape[1:]
         stack = upsample_cam(cam, (N, H, W), centred=not legacy)
     else:
-        x = torch.from_numpy(inp.x[None])
+        x = torch.from_numpy(inp.x[None]).to(dev)
         if method == "attention":
-            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool)
+            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
             with torch.inference_mode():
                 att = np.mean([m(x, slm, sm, cl)["attention"][0].cpu().numpy()
                                for m in _members(module)], axis=0)          # (S, N)
@@ -487,7 +491,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     # the explained network's probability of the class its heatmap is for (the dock says it
     # beside the map: a map for "codel" is not a prediction of codel)
     details = dict(details or {})
-    out, _ = P.run_network(module, kind, inp, cvec, card)      # the prediction's own pass
+    out, _ = P.run_network(module, kind, inp, cvec, card, dev)   # the prediction's own pass
     details["probability"] = float(out["probs"][task][:, 0].mean(0)[cls_idx])
     details["probability_model"] = lm.name
     yield Progress("explain", 3, 4, "mapping to the case grid")
@@ -499,7 +503,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     loc_synth: List[str] = []
     if wt_mask is None and localise:
         wt_mask, mask_source = yield from _segmentation_mask(case, card, cancel, warns,
-                                                             loc_synth)
+                                                             loc_synth, device=dev)
     loc = None
     if wt_mask is not None:
         g = ref.geometry
@@ -535,14 +539,14 @@ def _say_in_sample(case, lm, loc: Optional[float], warns: List[str]) -> None:
 
 
 def _segmentation_mask(case, card, cancel, warns: List[str],
-                       synthetic: Optional[List[str]] = None):
+                       synthetic: Optional[List[str]] = None, device: str = "cpu"):
     """No tumour mask given and no ground truth: the whole tumour as the default segmentation
     model for the case's kind segments it (the issue's "else the segmentation"), with its
     source; ``(None, None)`` and a warning when it cannot be segmented. The synthetic sequences
     it was made from are added to ``synthetic``."""
     from . import predict as P
     try:
-        labels, name, _ = yield from P._segment_for(case, card, "cpu", cancel,
+        labels, name, _ = yield from P._segment_for(case, card, device, cancel,
                                                     stage=("explain", 3, 4),
                                                     synthetic=synthetic)
     except RadiogenError as e:
@@ -564,7 +568,7 @@ def _ground_truth_or(case, wt_mask):
 
 def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, cancel, t0,
                        segmentation_source: str = "supplied by the caller",
-                       seg_synth: Optional[List[str]] = None):
+                       seg_synth: Optional[List[str]] = None, device: str = "cpu"):
     """Occlusion map of a segment-then-classify model (``predict_radiomics``): which blocks of
     the segmented tumour the probability of ``target`` rests on (core.radiomics.occlusion_map).
     The map is zero outside the model's own mask: its features see nothing else (but the head
@@ -592,18 +596,18 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
     # the mask its prediction uses: the caller's segmentation (checked to lie on the reference
     # grid) or the case segmented by the model its card names; the synthetic sequences it was
     # made from are added to seg_synth
-    labels, source = yield from P.tumour_labels(case, card, "cpu", cancel, segmentation,
+    labels, source = yield from P.tumour_labels(case, card, device, cancel, segmentation,
                                                 segmentation_source, warns,
                                                 stage=("explain", 1, 4), synthetic=seg_synth)
     check(cancel)
     mask = labels > 0
     if not mask.any():
         warns.append("no tumour was segmented: nothing to explain (the heatmap is empty)")
-    module = lm.module.to("cpu").eval()
+    module = lm.module.to(device).eval()
 
     def probability(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = module(torch.from_numpy(x))
+            out = module(torch.from_numpy(x).to(device))
         return out["probs"][task][0, :, cls_idx].cpu().numpy()      # (1, B, C) -> (B,)
 
     yield Progress("explain", 2, 4, f"occlusion for {task} = {target}")

@@ -366,7 +366,7 @@ class Analyzer:
                                f"{method or (methods[:1] or [opts.explain_method])[0]} for {task}")
                 try:
                     ex = yield from _relay(
-                        E.explain(case, lm, task=task, method=method,
+                        E.explain(case, lm, task=task, method=method, device=opts.device,
                                   wt_mask=None if gt else wt_mask, segmentation=seg,
                                   inputs=res.prediction.inputs, localise=False,
                                   segmentation_source=seg_source,

@@ -688,6 +688,14 @@ def ensemble_sd(member_probs, member_sds) -> float:
     return float(np.sqrt(v.mean() + m.var()))
 
 
+def module_device(module) -> Any:
+    """The device of a module's first parameter or buffer (the CPU for one with neither)."""
+    import itertools
+    import torch
+    t = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
 def ensemble_members(lm) -> Dict[str, Any]:
     """A loaded ensemble's member models (name -> LoadedModel), loaded on first use and kept
     with it: predictions and explanations of later runs reuse them."""
@@ -734,8 +742,12 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
         if all(t in r.tasks for r in results):
             probs[t] = torch.tensor([[r.tasks[t][c] for c in classes] for r in results])
     risks = [r.risk for r in results]
+    # the fusion runs where the ensemble's module lies (the GPU when the case runs there); the
+    # members' probabilities stay on the CPU for the uncertainty below
+    mdev = module_device(lm.module)
     with torch.inference_mode():
-        out = lm.module(probs, torch.tensor(risks, dtype=torch.float32)
+        out = lm.module({t: v.to(mdev) for t, v in probs.items()},
+                        torch.tensor(risks, dtype=torch.float32, device=mdev)
                         if all(v is not None for v in risks) else None)
     tasks = {}
     for t, p in out["probs"].items():
