@@ -106,9 +106,19 @@ def test_cv_folds_and_retrain(tmp_path):
     s = res.cv_summary["auc"]
     assert s["n"] == 3 and len(s["per_fold"]) == 3
     assert res.card["final_model"]["mode"] == "retrain"
+    assert "chosen by inner validation" in res.card["final_model"]["note"]
     # 3 fold stages + the retrain on all 12 patients
     assert {h["fold"] for h in res.history} == {1, 2, 3, 4}
     assert res.history[-1]["samples"] == 12 * 2
+
+
+def test_retrain_without_inner_validation_does_not_claim_one(tmp_path):
+    cfg = tiny_cfg(folds=2, final="retrain", train={"epochs": 2, "val_fraction": 0.0})
+    res, _ = drive(engine.train(cfg, tmp_path / "cv", device="cpu"))
+    fm = res.card["final_model"]
+    assert fm["mode"] == "retrain" and fm["epochs"] == 2
+    assert "inner validation" in fm["note"] and "chosen by inner validation" not in fm["note"]
+    assert "time budget" not in fm["note"]
 
 
 def test_cancel_mid_epoch_keeps_checkpoint_and_resume_finishes(tmp_path):

@@ -1180,9 +1180,17 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
     final_mode = cfg.get("final", "best_fold")
     if final_mode == "retrain" and any(c.get("final") for c in completed):
         src = next(c for c in completed if c.get("final"))
+        had_val = any(c.get("n_val") for c in fold_recs)
+        cut = sum(1 for c in fold_recs if c.get("stopped"))
         chosen = {"mode": "retrain", "epochs": src["best_epoch"],
-                  "note": "retrained on all patients for the median best epoch of the folds "
-                          "(chosen by inner validation)"}
+                  "note": ("retrained on all patients for the median best epoch of the folds "
+                           "(chosen by inner validation)" if had_val else
+                           "retrained on all patients for the median of the epochs the folds "
+                           "trained (no inner validation, nothing selected"
+                           + (f"; a time budget stopped {cut} of {len(fold_recs)} folds before "
+                              "their last epoch, so their learning-rate schedules did not "
+                              "finish, while the retrain's schedule spans its epochs"
+                              if cut else "") + ")")}
     else:
         src, metric, why = _pick_fold(fold_recs)
         chosen = {"mode": "best_fold", "fold": src["fold"], "metric": metric,
