@@ -305,7 +305,7 @@ def test_a_missing_init_file_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("config,model", [
-    ("segmentation_lgg_xxlong", "seg_lgg_segresnet2d"), ("synthesis", "synth_seq2seq2d"),
+    ("segmentation_lgg_gpu", "seg_lgg_segresnet2d"), ("synthesis", "synth_seq2seq2d"),
     ("triage_resnet", "triage_resnet"), ("triage_vit", "triage_vit"),
     ("segmentation_brats", "seg_brats_segresnet"),
     ("segmentation_brats_attunet", "seg_brats_attunet"),

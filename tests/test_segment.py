@@ -418,7 +418,7 @@ def test_configs_load_and_tasks_register():
                  "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
                  "segmentation_brats_attunet2mm_et", "segmentation_lgg_full",
                  "segmentation_lgg_attunet_full", "segmentation_lgg_long",
-                 "segmentation_lgg_xlong", "segmentation_lgg_xxlong"):
+                 "segmentation_lgg_xlong", "segmentation_lgg_xxlong", "segmentation_lgg_gpu"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -488,6 +488,23 @@ def test_lgg_schedule_configs_change_only_the_step_count(name, epochs):
     a = load_config("segmentation_lgg_full")
     b = load_config(name)
     assert (a["train"].pop("epochs"), b["train"].pop("epochs")) == (12, epochs)
+    assert a.pop("description") != b.pop("description")
+    for c in (a, b):
+        c.pop("_source", None)
+    assert a == b
+
+
+def test_lgg_gpu_config_changes_only_width_batch_schedule_and_workers():
+    """segmentation_lgg_gpu (the shipped 2D model's run) is segmentation_lgg_xxlong with a
+    wider net, bigger batches, more samples, DataLoader workers and a time budget; folds,
+    sampling, augmentation, loss and lr are the same."""
+    from napari_radiogen.core.train.config import load_config
+    a, b = load_config("segmentation_lgg_xxlong"), load_config("segmentation_lgg_gpu")
+    changed = {("model", "init_filters"): (8, 16), ("model", "samples_per_epoch"): (1600, 12800),
+               ("train", "batch_size"): (16, 32), ("train", "epochs"): (30, 25),
+               ("train", "num_workers"): (0, 6), ("train", "max_minutes"): (None, 12)}
+    for (sec, key), (va, vb) in changed.items():
+        assert (a[sec].pop(key, None), b[sec].pop(key, None)) == (va, vb), key
     assert a.pop("description") != b.pop("description")
     for c in (a, b):
         c.pop("_source", None)
