@@ -741,7 +741,7 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                     f"trained. CV Dice {new_mean:.3f} here vs {old_txt} for the previous run on "
                     "the same folds; shipped only because it is higher (a choice between 2 "
                     "runs: slightly optimistic).")
-            elif run in LGG_GPU_RUNS:           # a wider net, many more steps, on a GPU
+            elif run in LGG_SCHEDULE_RUNS + LGG_GPU_RUNS:   # longer schedules; the GPU run
                 comp = dict(shipped_card.get("architecture_comparison") or {})
                 prev_run = run_of_card(shipped_card)
                 prev_steps = optimiser_steps(shipped_card.get("config") or {})
@@ -761,60 +761,44 @@ def finalise(runs_dir: Path, ship: bool, bench: bool, which=tuple(RUNS)):
                     "batches of 32 slices, trained on a GPU (config segmentation_lgg_gpu); "
                     "lgg_segresnet is the earlier 64 x 64, 300-step model.")
                 card["architecture_comparison"] = comp
-                card["run"] = run
-                if card.get("code_version") == "unknown":   # trained from a source tree
-                    from napari_radiogen.core.models import code_version
-                    card["code_version"] = (f"{code_version()} (trained from a source tree "
-                                            "of this version, the package not installed)")
-                if shipped_card.get("postprocess_candidate"):
-                    card["postprocess_candidate"] = dict(
-                        shipped_card["postprocess_candidate"],
-                        network=(f"measured with the fold models of {prev_run} (config "
-                                 f"{RUNS.get(prev_run, prev_run)}), the previously shipped "
-                                 "network, not this one"))
-                per_fold = card["metrics"].get("per_fold") or []
-                fold_steps = [int(f.get("epochs_trained") or 0) * math.ceil(
-                    int(cfg["model"]["samples_per_epoch"]) / int(cfg["train"]["batch_size"]))
-                    for f in per_fold]
-                card["notes"] = (
-                    f"Config {RUNS[run]}: the protocol of segmentation_lgg_xxlong (folds, "
-                    "slice sampling, augmentation, loss, lr) with SegResNet's 16 initial filters "
-                    "instead of 8 and batches of 32 slices, trained on one GPU; fixed before any "
-                    "fold was trained. Planned 25 epochs per model; the 12-minute time budget "
-                    "stopped the folds after "
-                    + ", ".join(str(f.get("epochs_trained")) for f in per_fold)
-                    + f" epochs ({', '.join(str(x) for x in fold_steps)} optimiser steps), "
-                    "before their one-cycle schedules ended, so the CV figure is of fold models "
-                    f"whose learning rate never decayed fully. CV Dice {new_mean:.3f} here vs "
-                    f"{old_txt} for the previously shipped model ({prev_steps} steps of 16 "
-                    "slices, CPU) on the same folds; shipped only because it is higher (one of "
-                    "several 2D runs on these folds: slightly optimistic).")
-            elif run in LGG_SCHEDULE_RUNS:      # the shipped protocol, a longer schedule
-                comp = dict(shipped_card.get("architecture_comparison") or {})
-                prev_run = run_of_card(shipped_card)
-                prev_steps = optimiser_steps(shipped_card.get("config") or {})
-                comp[prev_run] = {
-                    **cv_entry({"WT": old_dice}),
-                    "source": f"the previously shipped {shipped_card.get('name')} (config "
-                              f"{RUNS.get(prev_run, prev_run)}, {prev_steps} optimiser steps), "
-                              f"{'same' if same_folds else 'DIFFERENT'} folds"}
-                comp[run] = this_entry
-                comp["note"] = (
-                    "same 88 patients and 3 patient-level folds (seed 0); per-patient Dice over "
-                    "each held-out patient's slice stack. lgg_segresnet_full (MONAI SegResNet, 8 "
-                    "filters) and lgg_attunet_full (MONAI AttentionUnet) share the protocol of "
-                    "config segmentation_lgg_full (full 128 x 128 grid, 1200 optimiser steps); "
-                    "lgg_segresnet_long / _xlong / _xxlong are that protocol with 1800 / 2400 / 3000 "
-                    "optimiser steps; lgg_segresnet is the earlier 64 x 64, 300-step model.")
-                card["architecture_comparison"] = comp
-                card["notes"] = (
-                    f"Config {RUNS[run]}: the protocol of segmentation_lgg_full with {steps} "
-                    "optimiser steps instead of 1200, fixed before any fold was trained (the "
-                    "shorter schedules were still under-fitted: training Dice loss still falling "
-                    f"at the end). CV Dice {new_mean:.3f} here vs {old_txt} for the previously "
-                    f"shipped model ({prev_steps} steps) on the same folds; shipped only because it "
-                    "is higher (one of several schedules of this model run on these folds: "
-                    "slightly optimistic).")
+                if run in LGG_GPU_RUNS:
+                    card["run"] = run
+                    if card.get("code_version") == "unknown":   # trained from a source tree
+                        from napari_radiogen.core.models import code_version
+                        card["code_version"] = (f"{code_version()} (trained from a source tree "
+                                                "of this version, the package not installed)")
+                    if shipped_card.get("postprocess_candidate"):
+                        card["postprocess_candidate"] = dict(
+                            shipped_card["postprocess_candidate"],
+                            network=(f"measured with the fold models of {prev_run} (config "
+                                     f"{RUNS.get(prev_run, prev_run)}), the previously shipped "
+                                     "network, not this one"))
+                    per_fold = card["metrics"].get("per_fold") or []
+                    fold_steps = [int(f.get("epochs_trained") or 0) * math.ceil(
+                        int(cfg["model"]["samples_per_epoch"]) / int(cfg["train"]["batch_size"]))
+                        for f in per_fold]
+                    card["notes"] = (
+                        f"Config {RUNS[run]}: the protocol of segmentation_lgg_xxlong (folds, "
+                        "slice sampling, augmentation, loss, lr) with SegResNet's 16 initial filters "
+                        "instead of 8 and batches of 32 slices, trained on one GPU; fixed before any "
+                        "fold was trained. Planned 25 epochs per model; the 12-minute time budget "
+                        "stopped the folds after "
+                        + ", ".join(str(f.get("epochs_trained")) for f in per_fold)
+                        + f" epochs ({', '.join(str(x) for x in fold_steps)} optimiser steps), "
+                        "before their one-cycle schedules ended, so the CV figure is of fold models "
+                        f"whose learning rate never decayed fully. CV Dice {new_mean:.3f} here vs "
+                        f"{old_txt} for the previously shipped model ({prev_steps} steps of 16 "
+                        "slices, CPU) on the same folds; shipped only because it is higher (one of "
+                        "several 2D runs on these folds: slightly optimistic).")
+                else:
+                    card["notes"] = (
+                        f"Config {RUNS[run]}: the protocol of segmentation_lgg_full with {steps} "
+                        "optimiser steps instead of 1200, fixed before any fold was trained (the "
+                        "shorter schedules were still under-fitted: training Dice loss still falling "
+                        f"at the end). CV Dice {new_mean:.3f} here vs {old_txt} for the previously "
+                        f"shipped model ({prev_steps} steps) on the same folds; shipped only because it "
+                        "is higher (one of several schedules of this model run on these folds: "
+                        "slightly optimistic).")
             else:        # another architecture under the shipped protocol
                 comp = dict(shipped_card.get("architecture_comparison") or {})
                 comp[run] = this_entry
