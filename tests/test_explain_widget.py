@@ -248,3 +248,71 @@ def test_the_localisation_mask_is_the_shown_segmentation_not_a_kept_edited_one(
     case = SimpleNamespace(reference="flair",
                            sequences={"flair": SimpleNamespace(array=np.zeros((2, 3, 4)))})
     assert np.array_equal(w._segmentation_labels("c1", case), new)
+
+
+def _device_row(w):
+    """The Device list's label and its row in the dock's form (the form that holds it)."""
+    from qtpy.QtWidgets import QFormLayout
+    for form in w.findChildren(QFormLayout):
+        row, _ = form.getWidgetPosition(w.device)
+        if row >= 0:
+            return form.labelForField(w.device).text(), row, form.rowCount()
+    raise AssertionError("the Device list is in no form of the dock")
+
+
+def test_the_dock_has_the_predict_docks_device_list(make_napari_viewer, test_models):
+    """The same helper's list as the Predict dock, labelled alike and placed alike (the form's
+    last row, above the buttons); its choice is the dock's input."""
+    from napari_radiogen.napari.predict_widget import PredictionWidget
+    viewer = make_napari_viewer()
+    w, p = _widget(viewer), PredictionWidget(viewer)
+    items = [w.device.itemText(i) for i in range(w.device.count())]
+    assert items == [p.device.itemText(i) for i in range(p.device.count())]
+    assert items == ["auto", "cpu", "cuda"] and w.device.currentText() == "auto"
+    assert w.device.toolTip() == p.device.toolTip()
+    label, row, rows = _device_row(w)
+    p_label, p_row, p_rows = _device_row(p)
+    assert label == p_label == "Device"
+    assert (row, p_row) == (rows - 1, p_rows - 1)
+    assert w.inputs().device == "auto"
+    w.device.setCurrentText("cpu")
+    assert w.inputs().device == "cpu"
+
+
+def test_the_device_choice_reaches_explain_and_is_named_after_the_run(
+        make_napari_viewer, qtbot, test_models, sample_path, monkeypatch):
+    """The worker's explain() gets the Device list's choice (not its default "auto"), and the
+    dock's text names the device the run used, as the Predict dock's status does."""
+    import napari_radiogen.napari.explain_widget as ew
+    seen = []
+    real = ew.explain
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device", "<not passed>"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ew, "explain", spy)
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_path), plugin="napari-radiogen")
+    w = _widget(viewer)
+    w.device.setCurrentText("cpu")
+    job = _run(w, qtbot, SAMPLE, "idh")
+    assert job.error is None, job.error
+    assert seen == ["cpu"]
+    made = w.score.text().split("\n")[1]
+    assert made == "idh; test_mil; attention; on cpu"
+
+
+def test_the_result_text_names_the_device_the_choice_stands_for(monkeypatch):
+    """The Device choice is said as the device it stands for (auto: the GPU when there is one),
+    by the helper the Predict dock's status uses; no choice, nothing said."""
+    import napari_radiogen.core.models as models
+    from napari_radiogen.napari import _common, predict_widget
+    from napari_radiogen.napari.explain_widget import result_text
+    assert predict_widget._on_device is _common._on_device       # one helper for both docks
+    monkeypatch.setattr(models, "resolve_device",
+                        lambda d: {"auto": "cuda", "cpu": "cpu"}[d])
+    assert result_text(_result(), device="auto").split("\n")[1] \
+        == "codel_1p19q; predict_mil_roi; gradcam; on cuda"
+    assert result_text(_result(), device="cpu").split("\n")[1].endswith("; on cpu")
+    assert result_text(_result()).split("\n")[1] == "codel_1p19q; predict_mil_roi; gradcam"

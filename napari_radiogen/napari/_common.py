@@ -193,6 +193,18 @@ def device_combo() -> QComboBox:
     return c
 
 
+def _on_device(device: Optional[str]) -> str:
+    """`` on cpu`` / `` on cuda``: the device a Device choice (``auto``...) stands for ("" when
+    not known)."""
+    if not device:
+        return ""
+    try:
+        from ..core.models import resolve_device
+        return f" on {resolve_device(device)}"
+    except Exception:      # noqa: BLE001 - the run itself said what was wrong with it
+        return ""
+
+
 def run_cancel_row(layout, on_run, on_cancel) -> Tuple[QPushButton, QPushButton]:
     """A Run / Cancel button row added to ``layout`` (Cancel disabled until a job runs)."""
     row = QHBoxLayout()

@@ -12,6 +12,8 @@ off-screen pyvista PNG + turntable GIF of the shown result with the case it was 
 
 The dock's text says which class the heatmap explains (the evidence for that class, whatever
 the model predicts) and the explained network's probability for it (``details["probability"]``).
+The Device list (the Predict dock's) says where the networks run; the text names the device
+the choice stood for (``auto`` is the GPU when there is one).
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import (HEATMAP_FLOOR, CaseCombo, add_layer_data, closed_case_note,
-                      image_result_data, prepared_results, remove_layers)
+from ._common import (HEATMAP_FLOOR, CaseCombo, _on_device, add_layer_data, closed_case_note,
+                      device_combo, image_result_data, prepared_results, remove_layers)
 from .workers import start_job
 
 
@@ -41,6 +43,7 @@ class ExplainInputs:
     task: str = "idh"
     method: str = "gradcam"
     model: Optional[str] = None
+    device: str = "auto"
 
 
 class ExplainWidget(QWidget):
@@ -74,6 +77,7 @@ class ExplainWidget(QWidget):
         self.opacity.setRange(0, 100)
         self.opacity.setValue(50)
         self.opacity.valueChanged.connect(self._apply_threshold)
+        self.device = device_combo()
         self.run_btn = QPushButton("Explain")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -91,6 +95,7 @@ class ExplainWidget(QWidget):
         form.addRow("method", self.method)
         form.addRow("threshold", self.threshold)
         form.addRow("opacity", self.opacity)
+        form.addRow("Device", self.device)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         r = QHBoxLayout()
@@ -133,7 +138,8 @@ class ExplainWidget(QWidget):
     def inputs(self) -> ExplainInputs:
         return ExplainInputs(case_id=self.case_combo.currentText(), task=self.task.currentText(),
                              method=self.method.currentText(),
-                             model=self.model.currentText() or None)
+                             model=self.model.currentText() or None,
+                             device=self.device.currentText())
 
     def run(self) -> None:
         if self.job is not None and not self.job.done:
@@ -156,7 +162,7 @@ class ExplainWidget(QWidget):
         # are the heatmap layer's data and, for a new layer, its napari object
         self.job = start_job(lambda tok: prepared_results(
                                  explain(case, _as_named(inp.model), task=inp.task,
-                                         method=inp.method,
+                                         method=inp.method, device=inp.device,
                                          cancel=tok, wt_mask=None if seg is None else seg > 0),
                                  lambda res: heatmap_layer_data(res, inp.case_id,
                                                                 requested_model=inp.model),
@@ -209,7 +215,8 @@ class ExplainWidget(QWidget):
         # the result and its case go together (the export renders this pair)
         self.result, self._case = res, case
         self._result_text = result_text(res, self._classes.get(inp.model or "", {}),
-                                        requested_model=inp.model, seg_layer=seg_layer)
+                                        requested_model=inp.model, seg_layer=seg_layer,
+                                        device=inp.device)
         note = closed_case_note(self.viewer, inp.case_id)
         extra = []
         if hidden:
@@ -348,10 +355,11 @@ def _as_named(model: Optional[str]) -> Optional[str]:
 
 
 def result_text(res, classes=None, requested_model: Optional[str] = None,
-                seg_layer: bool = False) -> str:
+                seg_layer: bool = False, device: Optional[str] = None) -> str:
     """The dock's lines for an explanation: the class the heatmap explains (with the model's
-    probability for it where the result carries one), what made it, its localisation score
-    and its warnings."""
+    probability for it where the result carries one), what made it (``device``: the Device
+    list's choice; the line names the device it stands for, as the Predict dock's status
+    does), its localisation score and its warnings."""
     from ..core.predict import CLASSES
     names = list((classes or {}).get(res.task) or CLASSES.get(res.task) or [])
     prob = getattr(res, "probability", None)
@@ -373,7 +381,11 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
     model = res.model
     if requested_model and requested_model != res.model:
         model = f"{res.model}, the image network of {requested_model}"
-    lines = [head, f"{res.task}; {model}; {res.method}"]
+    made = f"{res.task}; {model}; {res.method}"
+    on = _on_device(device)
+    if on:
+        made += f";{on}"
+    lines = [head, made]
     if res.localisation is None:
         loc = "heatmap mass within tumour + 5 mm: n/a (no mask)"
     else:

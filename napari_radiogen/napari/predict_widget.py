@@ -26,7 +26,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QWidget
 
 from ..core.predict import attention_title
-from ._common import (CaseCombo, closed_case_note, device_combo, run_cancel_row,
+from ._common import (CaseCombo, _on_device, closed_case_note, device_combo, run_cancel_row,
                       scrolling_content)
 from .workers import start_job
 
@@ -376,18 +376,6 @@ class PredictionWidget(QWidget):
         world = np.asarray(layer.data_to_world(centre), dtype=float)
         axis = self.viewer.dims.ndim - layer.ndim
         self.viewer.dims.set_point(axis, float(world[0]))
-
-
-def _on_device(device: Optional[str]) -> str:
-    """`` on cpu`` / `` on cuda``: the device a Device choice (``auto``...) stands for ("" when
-    not known)."""
-    if not device:
-        return ""
-    try:
-        from ..core.models import resolve_device
-        return f" on {resolve_device(device)}"
-    except Exception:      # noqa: BLE001 - the run itself said what was wrong with it
-        return ""
 
 
 def pm_text(unc: Dict[str, Any]) -> str:
