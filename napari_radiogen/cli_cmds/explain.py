@@ -15,6 +15,9 @@ has no 3D rendering, so there is no GIF).
 De-identified by default: the 3D rendering of a scan that is not skull-stripped is left out
 (its translucent surface is the head's, and a face rendered from an MRI can be recognised; the
 JSON's warnings say so); ``--identified`` renders it. The JSON says ``"deidentified"``.
+
+``--register`` first shifts each acquired sequence onto the reference (as ``radiogen analyze``,
+``segment`` and ``predict`` do); each shift leads the JSON's warnings.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ._common import add_device_argument, add_sequence_argument
+    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
     parser.add_argument("case", help="case folder, volume, or TCGA-LGG .h5 pack")
     parser.add_argument("--task", default="idh", choices=["idh", "codel_1p19q", "grade"],
                         help="the prediction to explain, one per run (default: idh, as in the "
@@ -42,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None, help="network layer for the CAM")
     parser.add_argument("--no-render", action="store_true", help="skip the PNG/GIF rendering")
     parser.add_argument("--frames", type=int, default=24, help="GIF frames (0: no GIF)")
+    parser.add_argument("--register", action="store_true", help=REGISTER_HELP)
     parser.add_argument("--identified", action="store_true",
                         help="render a scan that is not skull-stripped too (its head surface "
                              "can show the face; default: de-identified, no rendering of it)")
@@ -56,18 +60,19 @@ def run(args: argparse.Namespace) -> int:
     from ..core.outputs import write_json
     from ..core.progress import run as drive
     from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
-                          load_case_arg)
+                          load_case_arg, registered)
 
     out = check_out_dir(args.out)
     check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     case = load_case_arg(args.case, args)
+    case, notes = registered(case, args)
     with ProgressLine() as show:
         res = drive(explain(case, args.model, task=args.task, method=args.method,
                             target=args.target, layer=args.layer, device=args.device), show)
     stem = f"{case.case_id}_{args.task}_{method_slug(res.method)}"
     info = dict(res.metadata)
     info["seconds"] = round(res.seconds, 2)
-    info["warnings"] = list(res.warnings)
+    info["warnings"] = list(notes) + list(res.warnings)
     ensure_out_dir(out)
     # the heatmap as NIfTI on the case's grid (a pack's nominal grid, as synthesize and
     # rank-sequences write them), for packs also the .h5 beside it

@@ -16,12 +16,18 @@ cohort folder) and skipped: the exit status is then 1 (2 when no case could be r
 sub-folder of the cohort that holds no case (empty, no images) is said (``skipped: <name>/:
 <reason>``) and listed under ``"skipped"`` (``{"folder", "message"}``), not counted as a failed
 case. The map files are named in ``ranking.json`` relative to ``DIR`` (``map_files``).
+
+Each case's ``warnings`` in ``ranking.json`` say a sequence that looks offset from the reference
+(not co-registered; ``core.prepare.case_registration_warnings``, as ``radiogen info`` says it):
+the synthesis takes the sequences as their headers place them. ``--register`` first shifts each
+acquired sequence of each case onto its reference (as ``radiogen analyze``, ``segment`` and
+``predict`` do); each shift leads that case's warnings.
 """
 from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    from ._common import add_device_argument, add_sequence_argument
+    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
     p.add_argument("path", help="a case (folder, file, .h5 pack) or a folder of cases")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="synthesis model name or path")
@@ -30,6 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=int, default=None, help="rank only the first N cases")
     p.add_argument("--no-maps", action="store_true", help="scores only, no NIfTI maps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--register", action="store_true", help=REGISTER_HELP)
 
 
 def bar_chart(scores, path, title: str = "sequence contribution") -> None:
@@ -45,6 +52,48 @@ def bar_chart(scores, path, title: str = "sequence contribution") -> None:
     plt.close(fig)
 
 
+def checked(case, args):
+    """``(case, warnings)``: ``case`` registered (``--register``, ``_common.registered``) and
+    what was done, then the co-registration check's warnings of the case ranked (with
+    ``--register``: an offset left, a shift that was not applied)."""
+    from ..core.prepare import case_registration_warnings
+    from ._common import registered
+    case, notes = registered(case, args)
+    return case, list(notes) + case_registration_warnings(case)
+
+
+def rank_each(paths, args, warnings):
+    """``core.synthesize.rank_cohort`` with each case loaded here, registered and checked first
+    (:func:`checked`): yields the same items (Progress, a RankFailure per case that cannot be
+    loaded or ranked, finally the RankResult of the cases ranked) and appends to ``warnings``
+    one list per ranked case, in the order of the result's cases."""
+    from ..core import progress
+    from ..core.errors import RadiogenError, error_text
+    from ..core.io import case_id_of, load_case
+    from ..core.synthesize import RankFailure, _resolve_model, combine_rankings, rank_sequences
+    paths = list(paths)
+    lm = _resolve_model(args.model, args.device)
+    ranked = []
+    for i, path in enumerate(paths):
+        yield progress.Progress("rank", i, len(paths), f"{case_id_of(path)}: loading")
+        try:
+            case, said = checked(load_case(path), args)
+            for item in rank_sequences(case, lm, device=args.device, maps=not args.no_maps):
+                if isinstance(item, progress.Progress):
+                    yield progress.Progress("rank", i, len(paths),
+                                            f"{case.case_id}: {item.message}")
+                else:
+                    ranked.extend(item.cases)
+                    warnings.extend(list(said) for _ in item.cases)
+        except Exception as e:          # a bad case is reported; the rest go on
+            yield RankFailure(case_id_of(path), error_text(e))
+    yield progress.Progress("rank", len(paths), len(paths), "done")
+    if not ranked:
+        raise RadiogenError(f"none of the {len(paths)} case(s) could be ranked (every one "
+                            "failed; see the messages above)")
+    yield combine_rankings(ranked, lm.name)
+
+
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -57,7 +106,7 @@ def run(args) -> int:
     from ..core.outputs import relative_to_folder, write_json
     from ..core.outputs import strip_folder
     from ._batch import say_skipped, skipped_folders
-    from ..core.synthesize import RankFailure, rank_cohort, rank_sequences
+    from ..core.synthesize import RankFailure, rank_sequences
     from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
     from ._common import sequence_overrides
 
@@ -84,16 +133,18 @@ def run(args) -> int:
         say_skipped(skipped)
         paths = paths[: args.limit or None]
     by_id = {case_id_of(q): q for q in (paths or [])}
+    warnings = []                                # per ranked case: registration, offsets
     with show:
         if paths is None:
+            case, said = checked(case, args)
+            warnings.append(said)
             res = progress.run(rank_sequences(case, args.model, device=args.device,
                                               maps=not args.no_maps), show)
         else:
-            # the cohort, one case at a time (core.synthesize.rank_cohort): a bad case is
-            # reported on its line and skipped
+            # the cohort, one case at a time (rank_each, as core.synthesize.rank_cohort): a
+            # bad case is reported on its line and skipped
             res = None
-            for item in rank_cohort(paths, args.model, device=args.device,
-                                    maps=not args.no_maps):
+            for item in rank_each(paths, args, warnings):
                 if isinstance(item, progress.Progress):
                     show(item)
                 elif isinstance(item, RankFailure):
@@ -110,7 +161,8 @@ def run(args) -> int:
     js["failed"] = failed
     js["skipped"] = [{"folder": f"{n}/", "message": m} for n, m in skipped]
     ensure_out_dir(out)
-    for c, cj in zip(res.cases, js["cases"]):
+    for c, cj, said in zip(res.cases, js["cases"], warnings):
+        cj["warnings"] = said
         files = {}
         for t, vol in c.maps.items():
             # the header says it is a differentiation map (no reader takes it for a scan)
@@ -126,6 +178,9 @@ def run(args) -> int:
     for s, v in sorted(scores.items(), key=lambda kv: -kv[1]["contribution"]):
         print(f"  {s:<6} contribution {v['contribution']:+.2f}  (as source {v['as_source']:+.2f},"
               f" as target {v['as_target']:+.2f})")
+    for c, said in zip(res.cases, warnings):
+        for w in said:
+            print(f"    warning: {c.case_id}: {w}" if len(res.cases) > 1 else f"    warning: {w}")
     if failed:
         print(f"radiogen: {len(failed)} of {len(res.cases) + len(failed)} case(s) failed: "
               f"{', '.join(f['case'] for f in failed)}", file=sys.stderr)

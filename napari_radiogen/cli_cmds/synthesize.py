@@ -5,6 +5,11 @@ opens aligned with the acquired scans; intensities in normalised units 0..1), wh
 is synthetic, from which sources and with which model (NIfTI ``descrip``), and a JSON beside it
 saying the same, with the PSNR/SSIM against the real sequence when the case has it.
 
+The JSON's warnings say a source (or the real target) that looks offset from the reference
+sequence (not co-registered; ``core.prepare.case_registration_warnings``, as ``radiogen info``
+says it). ``--register`` first shifts each acquired sequence onto the reference (as ``radiogen
+analyze``, ``segment`` and ``predict`` do); each shift leads the JSON's warnings.
+
 The JSON is de-identified by default (``"deidentified": true``): its ``case_source`` is the case
 id, not the path the case was read from (which may name the patient); ``--identified`` writes
 the path.
@@ -15,7 +20,7 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 
 
 def add_arguments(p) -> None:
-    from ._common import add_device_argument, add_sequence_argument
+    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
     p.add_argument("case", help="case folder, volume file or TCGA-LGG .h5 pack")
     p.add_argument("--target", required=True, choices=list(SEQUENCES) + ["missing"],
                    help="sequence to synthesise ('missing' = every sequence the case lacks)")
@@ -28,6 +33,7 @@ def add_arguments(p) -> None:
     add_device_argument(p)
     add_sequence_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--register", action="store_true", help=REGISTER_HELP)
     p.add_argument("--identified", action="store_true",
                    help="write the case's path in the JSON files (default: de-identified, "
                         "the case id)")
@@ -41,9 +47,10 @@ def run(args) -> int:
     from ..core.errors import RadiogenError
     from ..core.io import write_volume
     from ..core.outputs import write_json
+    from ..core.prepare import case_registration_warnings
     from ..core.synthesize import _resolve_model, synthesize
     from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
-                          load_case_arg)
+                          load_case_arg, registered)
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
@@ -57,6 +64,11 @@ def run(args) -> int:
             return 0
     else:
         targets = [args.target]
+    case, notes = registered(case, args)
+    # the synthesis resamples its sources onto the reference grid as their headers place them
+    # and does not check their alignment: the check is made here (after --register: an offset
+    # left, a shift that was not applied) and said per target for the sequences it used
+    offsets = case_registration_warnings(case)
     from ..core.outputs import relative_to_folder
     model = _resolve_model(args.model, args.device)
     for t in targets:
@@ -65,6 +77,8 @@ def run(args) -> int:
         with ProgressLine() as show:
             res = progress.run(synthesize(case, model, t, sources=args.sources,
                                           device=args.device), show)
+        used = set(res.sources) | {t}
+        res.warnings[:0] = notes + [w for w in offsets if w.split(" ", 1)[0] in used]
         ensure_out_dir(out)
         # the synthetic Volume itself: its header records the sequence, sources and model
         # (NIfTI descrip 'napari-radiogen synthetic t1ce from t1,t2,flair by <model>')
