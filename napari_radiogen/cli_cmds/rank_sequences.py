@@ -62,38 +62,6 @@ def checked(case, args):
     return case, list(notes) + case_registration_warnings(case)
 
 
-def rank_each(paths, args, warnings):
-    """``core.synthesize.rank_cohort`` with each case loaded here, registered and checked first
-    (:func:`checked`): yields the same items (Progress, a RankFailure per case that cannot be
-    loaded or ranked, finally the RankResult of the cases ranked) and appends to ``warnings``
-    one list per ranked case, in the order of the result's cases."""
-    from ..core import progress
-    from ..core.errors import RadiogenError, error_text
-    from ..core.io import case_id_of, load_case
-    from ..core.synthesize import RankFailure, _resolve_model, combine_rankings, rank_sequences
-    paths = list(paths)
-    lm = _resolve_model(args.model, args.device)
-    ranked = []
-    for i, path in enumerate(paths):
-        yield progress.Progress("rank", i, len(paths), f"{case_id_of(path)}: loading")
-        try:
-            case, said = checked(load_case(path), args)
-            for item in rank_sequences(case, lm, device=args.device, maps=not args.no_maps):
-                if isinstance(item, progress.Progress):
-                    yield progress.Progress("rank", i, len(paths),
-                                            f"{case.case_id}: {item.message}")
-                else:
-                    ranked.extend(item.cases)
-                    warnings.extend(list(said) for _ in item.cases)
-        except Exception as e:          # a bad case is reported; the rest go on
-            yield RankFailure(case_id_of(path), error_text(e))
-    yield progress.Progress("rank", len(paths), len(paths), "done")
-    if not ranked:
-        raise RadiogenError(f"none of the {len(paths)} case(s) could be ranked (every one "
-                            "failed; see the messages above)")
-    yield combine_rankings(ranked, lm.name)
-
-
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -106,7 +74,7 @@ def run(args) -> int:
     from ..core.outputs import relative_to_folder, write_json
     from ..core.outputs import strip_folder
     from ._batch import say_skipped, skipped_folders
-    from ..core.synthesize import RankFailure, rank_sequences
+    from ..core.synthesize import RankFailure, rank_cohort, rank_sequences
     from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
     from ._common import sequence_overrides
 
@@ -133,18 +101,23 @@ def run(args) -> int:
         say_skipped(skipped)
         paths = paths[: args.limit or None]
     by_id = {case_id_of(q): q for q in (paths or [])}
-    warnings = []                                # per ranked case: registration, offsets
+    said_by_case = {}                            # case id -> registration, offsets
+
+    def prepared(case):
+        case, said = checked(case, args)
+        said_by_case[case.case_id] = said
+        return case
     with show:
         if paths is None:
-            case, said = checked(case, args)
-            warnings.append(said)
+            case = prepared(case)
             res = progress.run(rank_sequences(case, args.model, device=args.device,
                                               maps=not args.no_maps), show)
         else:
-            # the cohort, one case at a time (rank_each, as core.synthesize.rank_cohort): a
-            # bad case is reported on its line and skipped
+            # the cohort, one case at a time (core.synthesize.rank_cohort), each registered
+            # and checked once loaded: a bad case is reported on its line and skipped
             res = None
-            for item in rank_each(paths, args, warnings):
+            for item in rank_cohort(paths, args.model, device=args.device,
+                                    maps=not args.no_maps, prepare=prepared):
                 if isinstance(item, progress.Progress):
                     show(item)
                 elif isinstance(item, RankFailure):
@@ -160,6 +133,7 @@ def run(args) -> int:
     js = res.to_json()
     js["failed"] = failed
     js["skipped"] = [{"folder": f"{n}/", "message": m} for n, m in skipped]
+    warnings = [said_by_case.get(c.case_id, []) for c in res.cases]
     ensure_out_dir(out)
     for c, cj, said in zip(res.cases, js["cases"], warnings):
         cj["warnings"] = said

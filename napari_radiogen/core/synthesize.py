@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -618,14 +618,17 @@ class RankFailure:
 
 
 def rank_cohort(paths: Sequence[Any], model: Any = None, *, device: str = "auto",
-                cancel: Optional[CancelToken] = None, maps: bool = True
+                cancel: Optional[CancelToken] = None, maps: bool = True,
+                prepare: Optional[Callable[[Case], Case]] = None
                 ) -> Iterator[Union[Progress, RankFailure, RankResult]]:
     """Rank each case of a cohort on its own, one model for all, one case in memory at a time
     (``paths``: case folders, files or packs). A case that cannot be loaded or ranked is
     yielded as a :class:`RankFailure` and skipped; the rest go on. Finally yields the
     :class:`RankResult` of the cases ranked (each pair's metrics averaged over them,
-    :func:`combine_rankings`); raises :class:`RadiogenError` when none could be. Used by
-    ``radiogen rank-sequences`` on a folder."""
+    :func:`combine_rankings`); raises :class:`RadiogenError` when none could be. ``prepare``:
+    applied to each case once loaded (``radiogen rank-sequences --register`` registers it
+    there); a case it fails on fails like any other. Used by ``radiogen rank-sequences`` on a
+    folder."""
     from .errors import Cancelled, error_text
     from .io import case_id_of, load_case
     paths = list(paths)
@@ -636,6 +639,8 @@ def rank_cohort(paths: Sequence[Any], model: Any = None, *, device: str = "auto"
         yield Progress("rank", i, len(paths), f"{case_id_of(path)}: loading")
         try:
             case = load_case(path)
+            if prepare is not None:
+                case = prepare(case)
             for item in rank_sequences(case, lm, device=device, cancel=cancel, maps=maps):
                 if isinstance(item, Progress):
                     yield Progress("rank", i, len(paths), f"{case.case_id}: {item.message}")
