@@ -223,6 +223,53 @@ def test_resuming_a_finished_run_says_so_and_rewrites_nothing(tmp_path, capsys):
         assert "--resume" not in err
 
 
+def test_resuming_a_finished_run_with_install_installs_its_model(tmp_path, capsys):
+    """A run trained with --no-install, resumed with --install once it has finished: its model
+    (and card) are installed under the run's name, as at the end of a run ("installed:"; a
+    replaced model of that name is named), and the run folder is left as it is; a plain
+    --resume installs nothing; another --name is refused with what to do instead."""
+    args = ["train", "phantom_demo", "--out", "runs/x", "--device", "cpu", "--epochs", "1",
+            "--name", "ph-inst", "--quiet"]
+    models = tmp_path / "models"
+    assert main([*args, "--no-install"]) == 0
+    capsys.readouterr()
+    run_files = _mtimes(tmp_path / "runs")
+    assert main([*args, "--resume"]) == 0            # not asked: nothing installed
+    assert "installed:" not in capsys.readouterr().out
+    assert not (models / "ph-inst.safetensors").exists()
+    assert main([*args, "--resume", "--install"]) == 0
+    cap = capsys.readouterr()
+    assert "already finished: the run in runs/x was not changed" in cap.out
+    assert f"installed: {models / 'ph-inst.safetensors'}" in cap.out, cap.out
+    assert "replaced" not in cap.out
+    assert "its model was installed as ph-inst" in cap.err, cap.err
+    assert "nothing was trained or written" in cap.err and "installed)" not in cap.err
+    run = tmp_path / "runs" / "x"
+    assert (models / "ph-inst.safetensors").read_bytes() == \
+        (run / "ph-inst.safetensors").read_bytes()
+    assert (models / "ph-inst.card.json").read_text() == (run / "ph-inst.card.json").read_text()
+    assert _mtimes(tmp_path / "runs") == run_files
+    from napari_radiogen.core.models import list_models
+    assert "ph-inst" in [m["name"] for m in list_models()]
+    # installed again: the same file, nothing replaced
+    assert main([*args, "--resume", "--install"]) == 0
+    out = capsys.readouterr().out
+    assert "installed:" in out and "replaced" not in out
+    # another run's model of that name installed since: replaced, and said so
+    assert main([*args[:3], "runs/y", *args[4:]]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume", "--install"]) == 0
+    out = capsys.readouterr().out
+    assert "note: replaced the installed model ph-inst (trained " in out and ", run y)" in out
+    assert (models / "ph-inst.safetensors").read_bytes() == \
+        (run / "ph-inst.safetensors").read_bytes()
+    # the model's name is in its file: another name is refused, saying what to do
+    assert main([*args[:-3], "--name", "other", "--quiet", "--resume", "--install"]) == 2
+    err = _one_error_line(capsys)
+    assert "has already finished and its model is named 'ph-inst'" in err, err
+    assert "--name ph-inst" in err and not (models / "other.safetensors").exists()
+
+
 def test_the_resume_mismatch_error_names_paths_as_given_on_one_line(tmp_path, capsys):
     """The refusal to resume with another config names the config files (and the run folder)
     relative to the working folder, not as absolute paths, in one line."""

@@ -18,7 +18,8 @@ split and sequences the data lack are refused before training starts.
 
 resume: `--resume` continues the run in --out from its last checkpoint, with the same config
 and options; a run that has already finished is left as it is (it says so and names its
-model and card).
+model and card); with `--install` its model is installed then, under the run's name (the
+name is in the model file: a finished run's model is not renamed).
 
 splits are patient-level (stratified, grouped, seeded); `--folds K` reports the metrics of each
 held-out fold (mean and 95% CI); the shipped model is the best fold model by inner validation
@@ -153,7 +154,10 @@ def run(args) -> int:
             print(f"note: {why} (choose with --name, or --no-install)", file=sys.stderr)
     gen = train(cfg, args.out, device=args.device, epochs=args.epochs, limit=args.limit,
                 resume=args.resume, folds=args.folds, install=install,
-                max_minutes=args.max_minutes)
+                max_minutes=args.max_minutes,
+                # an explicit --install also installs a finished run's model (not the default
+                # install: a plain --resume of a finished run changes nothing)
+                install_finished=args.install is True)
     result = None
     tty = sys.stderr.isatty()
     open_line = False                  # an in-place (\r) step line is on the terminal
@@ -205,7 +209,7 @@ def run(args) -> int:
         end_line()                     # an error message printed by the caller starts afresh
     if result is None or rank != 0:
         return 0
-    if result.already_finished:      # the engine said so (stderr); nothing was written
+    if result.already_finished:      # the engine said so (stderr); nothing was written to it
         print(f"already finished: the run in {args.out} was not changed")
     print(f"model:  {result.model_path}")
     if result.card_path is not None:

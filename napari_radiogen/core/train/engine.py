@@ -670,11 +670,17 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
           device: str = "auto", epochs: Optional[int] = None, limit: Optional[int] = None,
           resume: bool = False, folds: Optional[int] = None,
           cancel: Optional[CancelToken] = None, install: bool = False,
-          max_minutes: Optional[float] = None) -> Iterator[Union[TrainProgress, TrainResult]]:
+          max_minutes: Optional[float] = None, install_finished: bool = False
+          ) -> Iterator[Union[TrainProgress, TrainResult]]:
     """Train (with CV) the task named by ``cfg``; yield progress, then a :class:`TrainResult`.
 
     ``install=True`` copies the final model into the user models folder (then it appears in
     ``core.models.list_models()`` and the widgets' model lists).
+    A ``resume`` of a run that has already finished trains, writes and installs nothing
+    (``TrainResult.already_finished``), unless ``install`` and ``install_finished`` are both
+    given (an explicit request, e.g. ``radiogen train --resume --install``): then the run's
+    model is installed as at the end of a run, under its own name (see
+    :func:`_install_finished`); the run folder is left as it is.
     """
     from ..models import resolve_device
 
@@ -769,13 +775,22 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         n_stages = len(plan) + (1 if cfg.get("final", "best_fold") == "retrain" else 0)
         done = finished_run(out, state_prev[1], n_stages)
         if done is not None:
-            # nothing to train, write or install: say so and give the run's files
+            # nothing to train or write (nor install, unless asked): say so and give the
+            # run's files
             ddp.teardown(dist)
-            yield TrainProgress(stage="report", phase="report", message=(
-                f"the run in {shown} has already finished: its model is "
-                f"{shown_path(done.model_path)} (card {done.card_path.name}); nothing was "
-                "trained, written or installed (start a new run in another folder to train "
-                "again)"))
+            head = (f"the run in {shown} has already finished: its model is "
+                    f"{shown_path(done.model_path)} (card {done.card_path.name}); ")
+            if install and install_finished:
+                _check_finished_install_name(done, cfg, task, shown)
+                if dist.is_main:
+                    done.installed_path, done.replaced = _install_model(done.model_path,
+                                                                        done.card_path)
+                msg = (head + "nothing was trained or written; its model was installed as "
+                       f"{done.model_path.stem}")
+            else:
+                msg = (head + "nothing was trained, written or installed (start a new run in "
+                       "another folder to train again)")
+            yield TrainProgress(stage="report", phase="report", message=msg)
             done.rank = dist.rank
             yield done
             return
@@ -1171,7 +1186,7 @@ def init_patients(task: TrainTask) -> List[str]:
 
 def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainResult:
     from ..evaluate.metrics import cv_summary
-    from ..models import load_state_dict_file, new_card, save_model, user_models_dir
+    from ..models import load_state_dict_file, new_card, save_model
 
     cfg, task, out = run.cfg, run.task, run.out
     fold_recs = [c for c in completed if not c.get("final")]
@@ -1273,21 +1288,60 @@ def _finish(run: _Run, records, plan, completed, model, install: bool) -> TrainR
         pass
     installed = replaced = None
     if install:
-        d = user_models_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        installed = d / model_path.name
-        if installed.exists():
-            replaced = _describe_installed(installed)
-        shutil.copy2(model_path, installed.with_suffix(".safetensors.tmp"))
-        import os
-        os.replace(installed.with_suffix(".safetensors.tmp"), installed)
-        shutil.copy2(card_path, d / card_path.name)
+        installed, replaced = _install_model(model_path, card_path)
     run.log(f"finished: {model_path}; cv {dumps(summary, indent=None)}")
     return TrainResult(run_dir=out, model_path=model_path, card_path=card_path,
                        report_path=report_html, report_json=report_json, fold_metrics=fold_recs,
                        cv_summary=summary, final=final_mode, installed_path=installed,
                        history=run.history, samples_per_epoch=run.samples_per_epoch, card=card,
                        replaced=replaced)
+
+
+def _install_model(model_path: Path, card_path: Optional[Path]
+                   ) -> Tuple[Path, Optional[str]]:
+    """Copy a run's model (and card) into the user models folder under the model's file name;
+    return the installed path and, when it replaced an earlier installed model of that name,
+    that model (:func:`_describe_installed`). The same file installed already (a finished run
+    installed again) is left as it is and replaces nothing."""
+    import filecmp
+    import os
+    from ..models import user_models_dir
+    d = user_models_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    installed = d / model_path.name
+    card_to = d / model_path.with_suffix(".card.json").name
+    if (installed.exists() and filecmp.cmp(model_path, installed, shallow=False)
+            and (card_path is None or (card_to.exists()
+                                        and filecmp.cmp(card_path, card_to, shallow=False)))):
+        return installed, None
+    replaced = _describe_installed(installed) if installed.exists() else None
+    shutil.copy2(model_path, installed.with_suffix(".safetensors.tmp"))
+    os.replace(installed.with_suffix(".safetensors.tmp"), installed)
+    if card_path is not None:
+        shutil.copy2(card_path, card_to)
+    return installed, replaced
+
+
+def _check_finished_install_name(done: TrainResult, cfg: Dict[str, Any], task: TrainTask,
+                                 shown: str) -> None:
+    """A finished run's model installs under its own name (the one in its card and file):
+    another name asked for (``--name``, or the ``-user`` name a shipped config's run gets) is
+    refused with what to do instead, as is a name that would hide a shipped model."""
+    from ..models import SHIPPED_DIR
+    have = done.model_path.stem
+    name = str(cfg.get("name") or task.name)
+    shipped = (SHIPPED_DIR / f"{have}.safetensors").exists()
+    if name == have and not shipped:
+        return
+    why = (f"installing it would hide the shipped model {have}" if shipped else
+           f"it cannot be installed as {name!r}")
+    how = (f"start a new run in another folder with --name NAME to train and install it "
+           "under another name" if shipped else
+           f"resume with --install and --name {have} to install it as {have}, or start a new "
+           f"run in another folder with --name {name}")
+    raise ConfigError(f"the run in {shown} has already finished and its model is named "
+                      f"{have!r} (the name is in the model file and its card, so it is not "
+                      f"renamed without training again): {why}; {how}")
 
 
 def _describe_installed(path: Path) -> str:
