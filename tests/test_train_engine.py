@@ -758,6 +758,39 @@ def test_prediction_cohort_leaves_out_clinical_rows_without_a_pack(tmp_path):
         P.load_cohort(str(tmp_path))
 
 
+def test_prediction_cohort_limit_counts_patients_with_a_pack(tmp_path):
+    """``limit`` (the config's ``limit:``, scripts' --limit) takes the first N patients that
+    have a pack, in the table's order: rows without a pack do not use up the limit (with
+    more usable patients in the table, N patients are loaded, not fewer); the note names the
+    rows without a pack that were left out before the limit was reached."""
+    from napari_radiogen.core.phantom import make_pack_phantom
+    from napari_radiogen.core.train.tasks import prediction as P
+    from predict_helpers import write_pack
+    for k in range(3):
+        write_pack(tmp_path / f"PH_{k}.h5", make_pack_phantom(seed=k, n_slices=6))
+    head = "patient_id,idh,codel_1p19q,grade,os_days,os_event\n"
+    (tmp_path / "clinical.csv").write_text(
+        head + "".join(f"{p},mutant,codel,2,300,1\n" for p in ("PH_0", "GONE_1", "GONE_2",
+                                                                "PH_1", "PH_2", "GONE_3")))
+    for limit, ids, gone in ((2, ["PH_0", "PH_1"], ["GONE_1", "GONE_2"]),
+                             (3, ["PH_0", "PH_1", "PH_2"], ["GONE_1", "GONE_2"]),
+                             (9, ["PH_0", "PH_1", "PH_2"], ["GONE_1", "GONE_2", "GONE_3"]),
+                             (None, ["PH_0", "PH_1", "PH_2"], ["GONE_1", "GONE_2", "GONE_3"])):
+        missing = []
+        assert [p["id"] for p in P.load_cohort(str(tmp_path), limit=limit,
+                                               no_pack=missing)] == ids, limit
+        assert missing == gone, limit
+    task = P.MILPredictionTask({"data": str(tmp_path), "model": {}, "limit": 2})
+    assert [r.patient_id for r in task.patients()] == ["PH_0", "PH_1"]
+    assert task.notes == [f"2 row(s) of clinical.csv name patients with no pack (.h5) in "
+                          f"{tmp_path.name}; they are left out: GONE_1, GONE_2"]
+    # still refused when no row has a pack, naming all of them
+    (tmp_path / "clinical.csv").write_text(head + "GONE_1,mutant,codel,2,300,1\n"
+                                           "GONE_2,mutant,codel,2,300,1\n")
+    with pytest.raises(ConfigError, match=r"none of its 2 patient\(s\) has a pack"):
+        P.load_cohort(str(tmp_path), limit=1)
+
+
 def test_resume_changes_name_paths_relative_to_the_working_folder(tmp_path, monkeypatch):
     saved = tmp_path / "config.json"
     saved.write_text(json.dumps({"task": "t", "data": str(tmp_path / "cohort_a"),

@@ -57,6 +57,8 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
     Rows of clinical.csv without a pack (``<patient_id>.h5``) are left out, their ids appended
     to ``no_pack`` (a clinical table lists more patients than have images); a table none of
     whose patients has a pack is refused.
+    ``limit``: the first ``limit`` patients with a pack, in the table's order (rows without a
+    pack do not count; ``no_pack`` names those met before the limit was reached).
     ``roi``: the tumour-centred input of ``predict.PREP_ROI`` around the pack's expert mask
     (``input.kind == "mil_roi"``) instead of the whole binned slices; ``roi_jitter`` > 0 keeps
     that many more pixels on each side, for random window crops in training (the network
@@ -72,11 +74,11 @@ def load_cohort(data_dir: str, limit: Optional[int] = None, ids: Optional[Sequen
     if ids is not None:
         keep = set(ids)
         rows = [r for r in rows if r["patient_id"] in keep]
-    if limit:
-        rows = rows[:limit]
     out = []
     missing: List[str] = []
     for r in rows:
+        if limit and len(out) >= limit:  # the limit counts the patients that have a pack
+            break
         f = d / f"{r['patient_id']}.h5"
         if not f.exists():
             missing.append(str(r["patient_id"]))
