@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from napari_radiogen.core.case import Volume
     from napari_radiogen.core.io import list_cases, load_case
     from napari_radiogen.core.prepare import (MISREGISTRATION_MAX_SPACING_MM,
-                                              registration_warnings, sequence_offsets,
+                                              registration_warnings_by_sequence, sequence_offsets,
                                               without_padding)
     cases = []
     for p in args.paths:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         grid = case.sequences[ref].geometry
         axes = [h <= MISREGISTRATION_MAX_SPACING_MM for h in grid.spacing]
         offsets = sequence_offsets(vols, grid)
-        said = {w.split(" ", 1)[0] for w in registration_warnings(vols, grid)}
+        said = set(registration_warnings_by_sequence(vols, grid))
         warned += bool(said)
         for s, d in offsets.items():
             if d is None:

@@ -309,7 +309,7 @@ def test_the_result_text_names_the_device_the_choice_stands_for(monkeypatch):
     import napari_radiogen.core.models as models
     from napari_radiogen.napari import _common, predict_widget
     from napari_radiogen.napari.explain_widget import result_text
-    assert predict_widget._on_device is _common._on_device       # one helper for both docks
+    assert predict_widget.on_device is _common.on_device       # one helper for both docks
     monkeypatch.setattr(models, "resolve_device",
                         lambda d: {"auto": "cuda", "cpu": "cpu"}[d])
     assert result_text(_result(), device="auto").split("\n")[1] \

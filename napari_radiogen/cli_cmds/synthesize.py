@@ -47,7 +47,7 @@ def run(args) -> int:
     from ..core.errors import RadiogenError
     from ..core.io import write_volume
     from ..core.outputs import write_json
-    from ..core.prepare import case_registration_warnings
+    from ..core.prepare import case_registration_warnings_by_sequence
     from ..core.synthesize import _resolve_model, synthesize
     from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
                           load_case_arg, registered)
@@ -68,7 +68,7 @@ def run(args) -> int:
     # the synthesis resamples its sources onto the reference grid as their headers place them
     # and does not check their alignment: the check is made here (after --register: an offset
     # left, a shift that was not applied) and said per target for the sequences it used
-    offsets = case_registration_warnings(case)
+    offsets = case_registration_warnings_by_sequence(case)
     from ..core.outputs import relative_to_folder
     model = _resolve_model(args.model, args.device)
     for t in targets:
@@ -78,7 +78,7 @@ def run(args) -> int:
             res = progress.run(synthesize(case, model, t, sources=args.sources,
                                           device=args.device), show)
         used = set(res.sources) | {t}
-        res.warnings[:0] = notes + [w for w in offsets if w.split(" ", 1)[0] in used]
+        res.warnings[:0] = notes + [w for s, w in offsets.items() if s in used]
         ensure_out_dir(out)
         # the synthetic Volume itself: its header records the sequence, sources and model
         # (NIfTI descrip 'napari-radiogen synthetic t1ce from t1,t2,flair by <model>')

@@ -49,7 +49,8 @@ __all__ = [
     "resample_to_reference", "resample_spacing", "resample_volume", "working_geometry",
     "overlap_fraction", "brain_mask", "is_skull_stripped", "otsu_threshold", "normalise",
     "crop_box", "crop_geometry", "check_array", "coverage_warnings",
-    "case_registration_warnings", "registration_warnings", "sequence_offsets",
+    "case_registration_warnings", "case_registration_warnings_by_sequence",
+    "registration_warnings", "registration_warnings_by_sequence", "sequence_offsets",
 ]
 
 _INTERPOLATORS = {
@@ -888,11 +889,16 @@ def case_registration_warnings(case: Case, *, cancel=None) -> List[str]:
     """:func:`registration_warnings` for every acquired sequence of ``case`` against its
     reference (the first acquired sequence when the reference is synthetic), on the
     reference's grid: what the viewer and ``radiogen info`` say when a case is opened."""
+    return list(case_registration_warnings_by_sequence(case, cancel=cancel).values())
+
+
+def case_registration_warnings_by_sequence(case: Case, *, cancel=None) -> Dict[str, str]:
+    """:func:`case_registration_warnings` keyed by the sequence each is about."""
     acquired = acquired_sequences(case)
     if len(acquired) < 2:
-        return []
+        return {}
     vols = {s: without_padding(case.sequences[s]) for s in acquired}
-    return registration_warnings(vols, vols[acquired[0]].geometry, cancel=cancel)
+    return registration_warnings_by_sequence(vols, vols[acquired[0]].geometry, cancel=cancel)
 
 
 def registration_warnings(volumes: Dict[str, Volume], grid: Geometry, *,
@@ -900,20 +906,28 @@ def registration_warnings(volumes: Dict[str, Volume], grid: Geometry, *,
     """A warning for each volume whose edges are offset from the first one's by more than
     ``limit_mm`` (:func:`sequence_offsets`), along the axes of ``grid`` whose spacing is at most
     :data:`MISREGISTRATION_MAX_SPACING_MM` (thick slices do not place an edge across them)."""
+    return list(registration_warnings_by_sequence(volumes, grid, limit_mm=limit_mm,
+                                                  cancel=cancel).values())
+
+
+def registration_warnings_by_sequence(volumes: Dict[str, Volume], grid: Geometry, *,
+                                      limit_mm: float = MISREGISTRATION_WARN_MM,
+                                      cancel=None) -> Dict[str, str]:
+    """:func:`registration_warnings` keyed by the sequence each is about."""
     axes = [h <= MISREGISTRATION_MAX_SPACING_MM for h in grid.spacing]
     if len(volumes) < 2 or not any(axes):
-        return []
+        return {}
     ref = next(iter(volumes))
-    out: List[str] = []
+    out: Dict[str, str] = {}
     for s, d in sequence_offsets(volumes, grid, cancel=cancel).items():
         if d is None:
             continue
         size = float(np.sqrt(sum(v * v for v, ok in zip(d, axes) if ok)))
         if size > limit_mm:
             parts = ", ".join(f"{n} {v:+.1f}" for n, v, ok in zip("xyz", d, axes) if ok)
-            out.append(f"{s} looks offset from {ref} by about {size:.0f} mm ({parts} mm along "
-                       f"{ref}'s grid): the sequences may not be co-registered, and the models "
-                       "expect aligned sequences; check them overlaid, or register them first")
+            out[s] = (f"{s} looks offset from {ref} by about {size:.0f} mm ({parts} mm along "
+                      f"{ref}'s grid): the sequences may not be co-registered, and the models "
+                      "expect aligned sequences; check them overlaid, or register them first")
     return out
 
 

@@ -193,7 +193,7 @@ def device_combo() -> QComboBox:
     return c
 
 
-def _on_device(device: Optional[str]) -> str:
+def on_device(device: Optional[str]) -> str:
     """`` on cpu`` / `` on cuda``: the device a Device choice (``auto``...) stands for ("" when
     not known)."""
     if not device:

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import (HEATMAP_FLOOR, CaseCombo, _on_device, add_layer_data, closed_case_note,
+from ._common import (HEATMAP_FLOOR, CaseCombo, on_device, add_layer_data, closed_case_note,
                       device_combo, image_result_data, prepared_results, remove_layers)
 from .workers import start_job
 
@@ -382,7 +382,7 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
     if requested_model and requested_model != res.model:
         model = f"{res.model}, the image network of {requested_model}"
     made = f"{res.task}; {model}; {res.method}"
-    on = _on_device(device)
+    on = on_device(device)
     if on:
         made += f";{on}"
     lines = [head, made]

@@ -26,7 +26,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QWidget
 
 from ..core.predict import attention_title
-from ._common import (CaseCombo, _on_device, closed_case_note, device_combo, run_cancel_row,
+from ._common import (CaseCombo, on_device, closed_case_note, device_combo, run_cancel_row,
                       scrolling_content)
 from .workers import start_job
 
@@ -310,7 +310,7 @@ class PredictionWidget(QWidget):
         self.scroll.updateGeometry()
         msg = (f"{self.result_case_id}: done in {res.seconds:.1f} s with {res.model}"
                + (f" instead of {requested}" if self.substituted else "")
-               + _on_device(device) + self._closed_note)
+               + on_device(device) + self._closed_note)
         if res.warnings:
             msg += "\n" + "\n".join(f"warning: {w}" for w in res.warnings)
         self.status.setText(msg)

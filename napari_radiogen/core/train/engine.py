@@ -680,7 +680,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     (``TrainResult.already_finished``), unless ``install`` and ``install_finished`` are both
     given (an explicit request, e.g. ``radiogen train --resume --install``): then the run's
     model is installed as at the end of a run, under its own name (see
-    :func:`_install_finished`); the run folder is left as it is.
+    :func:`_check_finished_install_name`); the run folder is left as it is.
     """
     from ..models import resolve_device
 
@@ -1335,7 +1335,7 @@ def _check_finished_install_name(done: TrainResult, cfg: Dict[str, Any], task: T
         return
     why = (f"installing it would hide the shipped model {have}" if shipped else
            f"it cannot be installed as {name!r}")
-    how = (f"start a new run in another folder with --name NAME to train and install it "
+    how = ("start a new run in another folder with --name NAME to train and install it "
            "under another name" if shipped else
            f"resume with --install and --name {have} to install it as {have}, or start a new "
            f"run in another folder with --name {name}")
