@@ -539,7 +539,7 @@ def _say_in_sample(case, lm, loc: Optional[float], warns: List[str]) -> None:
 
 
 def _segmentation_mask(case, card, cancel, warns: List[str],
-                       synthetic: Optional[List[str]] = None, device: str = "cpu"):
+                       synthetic: Optional[List[str]] = None, *, device: str):
     """No tumour mask given and no ground truth: the whole tumour as the default segmentation
     model for the case's kind segments it (the issue's "else the segmentation"), with its
     source; ``(None, None)`` and a warning when it cannot be segmented. The synthetic sequences
@@ -568,7 +568,7 @@ def _ground_truth_or(case, wt_mask):
 
 def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, cancel, t0,
                        segmentation_source: str = "supplied by the caller",
-                       seg_synth: Optional[List[str]] = None, device: str = "cpu"):
+                       seg_synth: Optional[List[str]] = None, *, device: str):
     """Occlusion map of a segment-then-classify model (``predict_radiomics``): which blocks of
     the segmented tumour the probability of ``target`` rests on (core.radiomics.occlusion_map).
     The map is zero outside the model's own mask: its features see nothing else (but the head

@@ -652,7 +652,7 @@ def member_cards(card: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def run_network(module, kind: str, inp: "SliceInput", cvec: np.ndarray, card: Dict[str, Any],
-                dev: str = "cpu") -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
+                dev: str) -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
     """The network's forward pass on a prepared input (no gradients): ``out["probs"][task]``
     of shape (members, 1, classes) (a single network is one member; ``out["risk"]`` likewise
     where it has a risk head) and its slice attention (sequences, slices) averaged over the
