@@ -303,16 +303,23 @@ def test_the_device_choice_reaches_explain_and_is_named_after_the_run(
     assert made == "idh; test_mil; attention; on cpu"
 
 
-def test_the_result_text_names_the_device_the_choice_stands_for(monkeypatch):
-    """The Device choice is said as the device it stands for (auto: the GPU when there is one),
-    by the helper the Predict dock's status uses; no choice, nothing said."""
+def test_the_result_text_names_the_device_the_result_ran_on(monkeypatch):
+    """The line names where the result ran (``ExplainResult.device``: the CPU after a GPU
+    out-of-memory fallback, whatever the Device list said); for a result that does not say,
+    the device the choice stands for (auto: the GPU when there is one), by the helper the
+    Predict dock's status uses; neither, nothing said."""
     import napari_radiogen.core.models as models
     from napari_radiogen.napari import _common, predict_widget
     from napari_radiogen.napari.explain_widget import result_text
     assert predict_widget.on_device is _common.on_device       # one helper for both docks
     monkeypatch.setattr(models, "resolve_device",
                         lambda d: {"auto": "cuda", "cpu": "cpu"}[d])
-    assert result_text(_result(), device="auto").split("\n")[1] \
+    assert result_text(_result(device="cuda"), device="auto").split("\n")[1] \
         == "codel_1p19q; predict_mil_roi; gradcam; on cuda"
-    assert result_text(_result(), device="cpu").split("\n")[1].endswith("; on cpu")
-    assert result_text(_result()).split("\n")[1] == "codel_1p19q; predict_mil_roi; gradcam"
+    assert result_text(_result(device="cpu"), device="auto").split("\n")[1] \
+        == "codel_1p19q; predict_mil_roi; gradcam; on cpu"            # it fell back
+    assert result_text(_result(device=None), device="auto").split("\n")[1] \
+        == "codel_1p19q; predict_mil_roi; gradcam; on cuda"
+    assert result_text(_result(device=None), device="cpu").split("\n")[1].endswith("; on cpu")
+    assert result_text(_result(device=None)).split("\n")[1] \
+        == "codel_1p19q; predict_mil_roi; gradcam"

@@ -155,6 +155,8 @@ def run(args) -> int:
     for c, said in zip(res.cases, warnings):
         for w in said:
             print(f"    warning: {c.case_id}: {w}" if len(res.cases) > 1 else f"    warning: {w}")
+    for w in res.warnings:                       # e.g. the GPU ran out of memory
+        print(f"    warning: {w}")
     if failed:
         print(f"radiogen: {len(failed)} of {len(res.cases) + len(failed)} case(s) failed: "
               f"{', '.join(f['case'] for f in failed)}", file=sys.stderr)

@@ -40,6 +40,7 @@ from scipy import ndimage
 from .errors import ConfigError, RadiogenError
 from .notes import SYNTHETIC_SEGMENTATION, synthetic_note
 from .progress import CancelToken, Progress, check
+from .models import oom_fallback, oom_fallback_iter
 
 METHODS = ("gradcam", "gradcam++", "layercam", "attention", "occlusion")
 #: the methods of each model kind (the first is the default)
@@ -76,13 +77,16 @@ class ExplainResult:
     #: of the tumour segmentation it used (the window or occlusion mask, the localisation mask
     #: it segmented itself), as ``PredictionResult.synthetic_inputs``
     synthetic_inputs: List[str] = field(default_factory=list)
+    #: where the network ran: the device asked for, or ``cpu`` after a CUDA out-of-memory
+    #: fallback (said in ``warnings``)
+    device: str = "cpu"
 
     @property
     def metadata(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "task": self.task, "method": self.method,
                 "model": self.model, "target_class": self.target_class,
                 "localisation": self.localisation, "mask_source": self.mask_source,
-                "synthetic_inputs": list(self.synthetic_inputs),
+                "synthetic_inputs": list(self.synthetic_inputs), "device": self.device,
                 **({"details": self.details} if self.details else {})}
 
 
@@ -433,9 +437,6 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):
         cvec, _ = P.clinical_vector(case.clinical, card)
-    module = lm.module.to(dev).eval()
-    sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
-    cl = torch.from_numpy(cvec[None]).to(dev)
     ref = case.sequences[case.reference]
     ref_shape = ref.array.shape
     # the heatmap is restricted to the head (3D cases and 2D packs alike: a pack's slices are
@@ -447,52 +448,63 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     head = _fill_holes_2d(fg) if fg.any() else None
     yield Progress("explain", 2, 4, f"{method} for {task} = {target}")
     layer = layer or (LEGACY_LAYER if legacy else DEFAULT_LAYER)[kind]
-    weights: Dict[str, List[float]] = {}
-    if kind == "volume3d":
-        vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None]).to(dev)
-        cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel,
-                       normalized=legacy)
-        N, H, W = inp.x.shape[1:]
-        stack = upsample_cam(cam, (N, H, W), centred=not legacy)
-    else:
-        x = torch.from_numpy(inp.x[None]).to(dev)
-        if method == "attention":
-            slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
-            with torch.inference_mode():
-                att = np.mean([m(x, slm, sm, cl)["attention"][0].cpu().numpy()
-                               for m in _members(module)], axis=0)          # (S, N)
-            used = att[inp.seq_mask]
-            per_slice = used.mean(0) if len(used) else np.zeros(inp.x.shape[1])
+
+    def network_maps(dev):
+        """The heatmap stack on the model's slices, the slice attention per sequence and the
+        network's probability of ``target``, computed on ``dev``."""
+        module = lm.module.to(dev).eval()
+        sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
+        cl = torch.from_numpy(cvec[None]).to(dev)
+        weights: Dict[str, List[float]] = {}
+        if kind == "volume3d":
+            vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None]).to(dev)
+            cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel,
+                           normalized=legacy)
             N, H, W = inp.x.shape[1:]
-            stack = np.repeat(per_slice[:, None, None], H, 1).repeat(W, 2).astype(np.float32)
-            # restrict to the network's field of view of the head
-            fov = (np.abs(inp.x[inp.seq_mask]).sum(0) > 0) if inp.seq_mask.any() else None
-            if fov is not None:
-                stack = stack * fov
+            stack = upsample_cam(cam, (N, H, W), centred=not legacy)
         else:
-            cams, att = _mil_cams(module, x, sm, cl, seqs, task, cls_idx, method, layer, cancel,
-                                  normalized=legacy)
-            N, H, W = inp.x.shape[1:]
-            stack = np.zeros((N, H, W), np.float32)
+            x = torch.from_numpy(inp.x[None]).to(dev)
+            if method == "attention":
+                slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
+                with torch.inference_mode():
+                    att = np.mean([m(x, slm, sm, cl)["attention"][0].cpu().numpy()
+                                   for m in _members(module)], axis=0)          # (S, N)
+                used = att[inp.seq_mask]
+                per_slice = used.mean(0) if len(used) else np.zeros(inp.x.shape[1])
+                N, H, W = inp.x.shape[1:]
+                stack = np.repeat(per_slice[:, None, None], H, 1).repeat(W, 2).astype(np.float32)
+                # restrict to the network's field of view of the head
+                fov = (np.abs(inp.x[inp.seq_mask]).sum(0) > 0) if inp.seq_mask.any() else None
+                if fov is not None:
+                    stack = stack * fov
+            else:
+                cams, att = _mil_cams(module, x, sm, cl, seqs, task, cls_idx, method, layer,
+                                      cancel, normalized=legacy)
+                N, H, W = inp.x.shape[1:]
+                stack = np.zeros((N, H, W), np.float32)
+                for i, s in enumerate(seqs):
+                    if not inp.seq_mask[i]:
+                        continue
+                    c = upsample_cam(cams[s], (N, H, W), centred=not legacy)
+                    if legacy:
+                        c = c / (c.max() + 1e-8)
+                    # the attention carries the between-slice weighting (not a per-slice norm)
+                    stack += att[i][:, None, None] * np.clip(c, 0, None)
             for i, s in enumerate(seqs):
-                if not inp.seq_mask[i]:
-                    continue
-                c = upsample_cam(cams[s], (N, H, W), centred=not legacy)
-                if legacy:
-                    c = c / (c.max() + 1e-8)
-                # the attention carries the between-slice weighting (not a per-slice norm)
-                stack += att[i][:, None, None] * np.clip(c, 0, None)
-        for i, s in enumerate(seqs):
-            if inp.seq_mask[i] and kind != "volume3d":
-                full = np.zeros(inp.n_ref_slices, np.float32)
-                full[inp.slice_index] = att[i]
-                weights[s] = [round(float(v), 6) for v in full]
-    check(cancel)
-    # the explained network's probability of the class its heatmap is for (the dock says it
-    # beside the map: a map for "codel" is not a prediction of codel)
+                if inp.seq_mask[i] and kind != "volume3d":
+                    full = np.zeros(inp.n_ref_slices, np.float32)
+                    full[inp.slice_index] = att[i]
+                    weights[s] = [round(float(v), 6) for v in full]
+        check(cancel)
+        # the explained network's probability of the class its heatmap is for (the dock says it
+        # beside the map: a map for "codel" is not a prediction of codel)
+        out, _ = P.run_network(module, kind, inp, cvec, card, dev)   # the prediction's own pass
+        return stack, weights, float(out["probs"][task][:, 0].mean(0)[cls_idx])
+
+    (stack, weights, prob), ran = oom_fallback(network_maps, dev, models=[lm], warn=warns,
+                                               what=f"the {method} map of {lm.name} was made")
     details = dict(details or {})
-    out, _ = P.run_network(module, kind, inp, cvec, card, dev)   # the prediction's own pass
-    details["probability"] = float(out["probs"][task][:, 0].mean(0)[cls_idx])
+    details["probability"] = prob
     details["probability_model"] = lm.name
     yield Progress("explain", 3, 4, "mapping to the case grid")
     heat = slices_to_native(stack.astype(np.float32), inp, ref_shape, head)
@@ -525,7 +537,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                         geometry=ref.geometry, localisation=loc, mask_source=mask_source,
                         slice_weights=weights, warnings=warns,
                         seconds=time.perf_counter() - t0, details=details,
-                        synthetic_inputs=synth + loc_only)
+                        synthetic_inputs=synth + loc_only, device=ran)
 
 
 def _say_in_sample(case, lm, loc: Optional[float], warns: List[str]) -> None:
@@ -603,17 +615,22 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
     mask = labels > 0
     if not mask.any():
         warns.append("no tumour was segmented: nothing to explain (the heatmap is empty)")
-    module = lm.module.to(device).eval()
-
-    def probability(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(x).to(device))
-        return out["probs"][task][0, :, cls_idx].cpu().numpy()      # (1, B, C) -> (B,)
-
     yield Progress("explain", 2, 4, f"occlusion for {task} = {target}")
-    heat, info = yield from occlusion_map(case_arrays(case), mask, ref.geometry.spacing,
-                                          clinical_features(case.clinical), probability,
-                                          cancel=cancel)
+
+    def occlusion(dev):
+        module = lm.module.to(dev).eval()
+
+        def probability(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = module(torch.from_numpy(x).to(dev))
+            return out["probs"][task][0, :, cls_idx].cpu().numpy()  # (1, B, C) -> (B,)
+
+        return (yield from occlusion_map(case_arrays(case), mask, ref.geometry.spacing,
+                                         clinical_features(case.clinical), probability,
+                                         cancel=cancel))
+
+    (heat, info), ran = yield from oom_fallback_iter(
+        occlusion, device, models=[lm], warn=warns, what=f"the occlusion map of {lm.name} was made")
     if mask.any() and info["max_change"] == 0:
         warns.append(f"removing any one block of the tumour ({info['block_mm']:.0f} mm) leaves "
                      f"the {target} probability unchanged: the heatmap is empty")
@@ -636,7 +653,7 @@ def _explain_radiomics(case, lm, task, target, cls_idx, wt_mask, segmentation, c
                         localisation=loc, mask_source=mask_source, warnings=warns,
                         seconds=time.perf_counter() - t0,
                         details={**info, "mask": "segmentation supplied" if supplied else source},
-                        synthetic_inputs=synth)
+                        synthetic_inputs=synth, device=ran)
 
 
 #: the 3D rendering of a finer grid starts from every k-th voxel, about this spacing (mm)

@@ -198,6 +198,71 @@ def resolve_device(device: str = "auto") -> str:
     return dev
 
 
+def is_device_oom(exc: BaseException, device: str) -> bool:
+    """Whether ``exc``, raised by work on ``device`` (not ``cpu``: the GPU, or any device a
+    run can give up for the CPU), is that device running out of memory: torch's
+    ``OutOfMemoryError``, or a ``RuntimeError`` saying so, as cuDNN and older builds raise."""
+    if str(device) == "cpu":
+        return False
+    import torch
+    oom = getattr(torch, "OutOfMemoryError", None)       # torch >= 2.1
+    return (oom is not None and isinstance(exc, oom)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def oom_note(what: str) -> str:
+    """The warning an out-of-memory fallback adds: ``what`` ran on the CPU instead."""
+    return f"the GPU ran out of memory; {what} on the CPU"
+
+
+def _to_cpu(models: Iterable[Any]) -> None:
+    import torch
+    torch.cuda.empty_cache()
+    for m in models:
+        module = getattr(m, "module", m)          # a LoadedModel or a torch module
+        module.to("cpu")
+        if hasattr(m, "module") and hasattr(m, "device"):
+            m.device = "cpu"
+
+
+def oom_fallback(run, device: str, *, models: Iterable[Any] = (), warn: List[Any],
+                 what: str):
+    """``(run(device), device)``; where ``run`` raises out-of-memory on a device other than
+    the CPU (:func:`is_device_oom`: CUDA), the GPU's cache is freed, ``models``
+    (``LoadedModel`` s or torch modules) move to the CPU (a LoadedModel's ``device`` says so),
+    :func:`oom_note` is added to ``warn`` and ``(run("cpu"), "cpu")`` is returned. Any other
+    error, and any error on the CPU, propagates. Every model stage of the core runs its
+    networks through this or :func:`oom_fallback_iter`."""
+    models = list(models)
+    try:
+        return run(device), device
+    except Exception as e:
+        if not is_device_oom(e, device):
+            raise
+    _to_cpu(models)
+    warn.append(oom_note(what))
+    return run("cpu"), "cpu"
+
+
+def oom_fallback_iter(make, device: str, *, models: Iterable[Any] = (), warn: List[Any],
+                      what: str):
+    """:func:`oom_fallback` for a generator: yields what ``make(device)`` yields; where it
+    raises out-of-memory part-way, it starts again with ``make("cpu")`` (the progress
+    it reports starts again too). Returns (``yield from`` gives it) ``(the generator's own
+    return value, the device it finished on)``."""
+    models = list(models)
+    try:
+        value = yield from make(device)
+        return value, device
+    except Exception as e:
+        if not is_device_oom(e, device):
+            raise
+    _to_cpu(models)
+    warn.append(oom_note(what))
+    value = yield from make("cpu")
+    return value, "cpu"
+
+
 def load_model(name_or_path: str, *, task: Optional[str] = None, device: str = "cpu"
                ) -> LoadedModel:
     """Load a model by registry name or file path; check its card matches ``task``."""

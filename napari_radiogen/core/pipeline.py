@@ -284,6 +284,9 @@ class Analyzer:
                     res.synthesized = list(missing)
                     res.warnings.append(f"synthetic input(s): {', '.join(missing)} generated "
                                         f"by {sm.name}; results that use them say so")
+                    made = case.meta.get("synthesized") or {}
+                    _add_warnings(res, [w for s in missing
+                                        for w in (made.get(s) or {}).get("warnings", [])])
                     yield StageResult("synthesize", case.case_id, case,
                                       time.perf_counter() - t)
             except RadiogenError as e:

@@ -34,6 +34,7 @@ from .insample import PREDICTION, case_in_sample_note
 from .notes import (AGE_UNKNOWN, IN_SAMPLE, OUTSIDE_DOMAIN_3D, SEX_UNKNOWN, SYNTHETIC_KEYS,
                     SYNTHETIC_SEGMENTATION, Note, synthetic_note, warning_key)
 from .progress import CancelToken, Progress, check
+from .models import oom_fallback
 
 TASK = "prediction"
 #: the default prediction models, first installed wins: the tumour-centred slice model, then
@@ -454,6 +455,9 @@ class PredictionResult:
     #: the model whose slice attention ``attention`` is when it is not ``model`` itself: an
     #: ensemble has none of its own and shows its image member's
     attention_model: Optional[str] = None
+    #: where the network ran: the device asked for, or ``cpu`` after a CUDA out-of-memory
+    #: fallback (an ensemble: ``cpu`` when any member fell back)
+    device: str = "cpu"
 
     def to_json(self) -> Dict[str, Any]:
         extra = ({"features": self.features} if self.features is not None else {})
@@ -468,7 +472,7 @@ class PredictionResult:
                           "risk": self.risk, "attention": self.attention,
                           "attention_slices": self.slice_index,
                           "synthetic_inputs": self.synthetic_inputs, "warnings": self.warnings,
-                          "seconds": round(self.seconds, 3), **extra})
+                          "device": self.device, "seconds": round(self.seconds, 3), **extra})
 
 
 def card_summary(card: Dict[str, Any]) -> Dict[str, Any]:
@@ -611,7 +615,8 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         warns.extend(cw)
     check(cancel)
     yield Progress("predict", 2, 3, "running the network")
-    out, att = run_network(lm.module, kind, inp, cvec, card, dev)
+    (out, att), dev = oom_fallback(lambda d: run_network(lm.module, kind, inp, cvec, card, d),
+                                   dev, models=[lm], warn=warns, what=f"{lm.name} ran")
     tasks, unc = {}, {}
     for t, probs in out["probs"].items():
         p = probs[:, 0].cpu().numpy()                                     # (members, C)
@@ -640,7 +645,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     yield PredictionResult(case_id=case.case_id, model=lm.name, card=card_summary(card),
                            tasks=tasks, uncertainty=unc, attention=attention,
                            slice_index=[int(i) for i in inp.slice_index], risk=risk,
-                           synthetic_inputs=synth, warnings=warns,
+                           synthetic_inputs=synth, warnings=warns, device=dev,
                            seconds=time.perf_counter() - t0, inputs=inp,
                            features_source=source)
 
@@ -776,7 +781,8 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
         risk=float(out["risk"]) if "risk" in out else None,
         synthetic_inputs=sorted({*synth, *(s for r in results for s in r.synthetic_inputs)}),
         warnings=warns, seconds=time.perf_counter() - t0, inputs=net.inputs if net else None,
-        features=feats.features if feats else None, features_source=source)
+        features=feats.features if feats else None, features_source=source,
+        device=dev if all(r.device == dev for r in results) else "cpu")
 
 
 def masked_warnings(seqs: Sequence[str], inp: "SliceInput") -> List[str]:
@@ -981,8 +987,11 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
                               "was used", AGE_UNKNOWN if k == "age" else SEX_UNKNOWN))
     synth = synthetic_used(case, ("flair", "t1", "t1ce"), seg_synth, warns,
                            source if supplied else None)
-    with torch.inference_mode():
-        out = lm.module(torch.from_numpy(vector(f)[None]).to(dev))
+
+    def forest(d):
+        with torch.inference_mode():
+            return lm.module(torch.from_numpy(vector(f)[None]).to(d))
+    out, dev = oom_fallback(forest, dev, models=[lm], warn=warns, what=f"{lm.name} ran")
     tasks, unc = {}, {}
     for t, probs in out["probs"].items():
         mean = probs[0, 0].cpu().numpy()
@@ -996,7 +1005,7 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
     yield Progress("predict", 3, 3, "done")
     res = PredictionResult(case_id=case.case_id, model=lm.name, card=card_summary(card),
                            tasks=tasks, uncertainty=unc, attention={}, slice_index=[],
-                           risk=risk, synthetic_inputs=synth, warnings=warns,
+                           risk=risk, synthetic_inputs=synth, warnings=warns, device=dev,
                            seconds=time.perf_counter() - t0, inputs=None,
                            features={k: (round(float(v), 6) if np.isfinite(v) else None)
                                      for k, v in f.items()},

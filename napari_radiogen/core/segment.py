@@ -292,18 +292,10 @@ class _nullcontext:
 
 
 def _with_oom_fallback(fn, model, device: str, warn: List[str]):
-    """Run ``fn(device)``; on CUDA out-of-memory, move the model to the CPU and retry."""
-    try:
-        return fn(device), device
-    except RuntimeError as e:
-        if not device.startswith("cuda") or "out of memory" not in str(e).lower():
-            raise
-        import torch
-        torch.cuda.empty_cache()
-        model.module.to("cpu")
-        model.device = "cpu"
-        warn.append("the GPU ran out of memory; this case was segmented on the CPU")
-        return fn("cpu"), "cpu"
+    """Run ``fn(device)``; on CUDA out-of-memory, move the model to the CPU and retry
+    (:func:`core.models.oom_fallback`)."""
+    from .models import oom_fallback
+    return oom_fallback(fn, device, models=[model], warn=warn, what="this case was segmented")
 
 
 # ------------------------------------------------------------------------------------------

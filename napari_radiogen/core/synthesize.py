@@ -30,6 +30,7 @@ from . import progress as _progress
 from .case import SEQUENCES, Case, Geometry, Volume
 from .errors import GeometryError, MissingSequenceError, RadiogenError
 from .progress import CancelToken, Progress
+from .models import oom_fallback_iter, oom_note
 
 TASK = "synthesis"
 SYNTH_SPACING_MM = 2.0
@@ -365,10 +366,13 @@ class SynthResult:
     seconds: float = 0.0                            # total, metrics included
     seconds_synthesis: float = 0.0                  # model loading + synthesis, no metrics
     warnings: List[str] = field(default_factory=list)   # e.g. the case trained the model
+    #: where the network ran: the model's device, or ``cpu`` after a CUDA out-of-memory
+    #: fallback (said in ``warnings``)
+    device: str = "cpu"
 
     def to_json(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "target": self.target, "sources": self.sources,
-                "synthetic": True, "model": self.model,
+                "synthetic": True, "model": self.model, "device": self.device,
                 "metrics": ({"psnr_db": self.psnr, "ssim_brain": self.ssim, "mae": self.mae,
                              "protocol": PROTOCOL} if self.psnr is not None else None),
                 "warnings": [str(w) for w in self.warnings],
@@ -394,7 +398,16 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
     yield Progress("synthesize", 0, 0, "preparing")
     prep = prepare_case(case, names)
     arr = None
-    for item in generate(lm.module, prep, src, target, device=lm.device, cancel=cancel):
+    warns: List[str] = []
+    gen = oom_fallback_iter(
+        lambda d: generate(lm.module, prep, src, target, device=d, cancel=cancel), lm.device,
+        models=[lm], warn=warns, what=f"{target} was synthesised")
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            ran = stop.value[1]
+            break
         if isinstance(item, Progress):
             yield item
         else:
@@ -403,7 +416,8 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
     vol = Volume(array=arr, geometry=g, path=None, synthetic=True,
                  meta={"sequence": target, "synthetic": True, "sources": src, "model": lm.name,
                        "units": "normalised: 0..1 = 0..99.5th brain percentile"})
-    res = SynthResult(case_id=case.case_id, target=target, sources=src, volume=vol, model=lm.name)
+    res = SynthResult(case_id=case.case_id, target=target, sources=src, volume=vol, model=lm.name,
+                      warnings=warns, device=ran)
     res.seconds_synthesis = time.perf_counter() - t0      # everything but the metrics
     if has_real:
         real = prep.arrays[target]
@@ -483,7 +497,10 @@ def fill_missing(case: Case, model: Any = None, needed: Iterable[str] = SEQUENCE
             else:
                 res = item
         out = out.with_sequence(t, res.volume)
-        info[t] = {"sources": res.sources, "model": res.model}
+        info[t] = {"sources": res.sources, "model": res.model, "device": res.device}
+        fell_back = [w for w in res.warnings if w == oom_note(f"{t} was synthesised")]
+        if fell_back:                    # the analysis that fills the case says it
+            info[t]["warnings"] = fell_back
     meta = dict(out.meta)
     meta["synthesized"] = info
     from dataclasses import replace
@@ -510,9 +527,11 @@ class RankResult:
     cohort_scores: Dict[str, Dict[str, float]]
     cohort_pairs: List[Dict[str, Any]]
     model: str
+    #: e.g. a CUDA out-of-memory fallback (the ranking then went on on the CPU)
+    warnings: List[str] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"model": self.model, "protocol": PROTOCOL,
+        return {"model": self.model, "protocol": PROTOCOL, "warnings": list(self.warnings),
                 "method": CONTRIBUTION_METHOD,
                 "cohort": {"n_cases": len(self.cases), "scores": self.cohort_scores,
                            "pairs": self.cohort_pairs},
@@ -575,6 +594,7 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
     total = sum(len(s) * (len(s) - 1) for _, s in plans)
     done = 0
     results: List[CaseRanking] = []
+    warns: List[str] = []
     for c, seqs in plans:
         prep = prepare_case(c, seqs)
         pairs = []
@@ -586,8 +606,11 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
                 _progress.check(cancel)
                 yield Progress("rank", done, total, f"{c.case_id}: {t} from {s}")
                 arr = None
-                for item in generate(lm.module, prep, [s], t, device=lm.device, cancel=cancel,
-                                     stage="rank-pair"):
+                for item in oom_fallback_iter(
+                        lambda d: generate(lm.module, prep, [s], t, device=d, cancel=cancel,
+                                           stage="rank-pair"),
+                        lm.device, models=[lm], warn=warns,
+                        what="the ranking went on (from this pair)"):
                     if not isinstance(item, Progress):
                         arr = item
                 real = prep.arrays[t]
@@ -607,7 +630,7 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
         results.append(CaseRanking(case_id=c.case_id, sequences=seqs, pairs=pairs,
                                    scores=contribution_scores(pairs), maps=m))
     yield Progress("rank", total, total, "done")
-    yield combine_rankings(results, lm.name)
+    yield combine_rankings(results, lm.name, warns)
 
 
 @dataclass
@@ -634,6 +657,7 @@ def rank_cohort(paths: Sequence[Any], model: Any = None, *, device: str = "auto"
     paths = list(paths)
     lm = _resolve_model(model, device)
     ranked: List[CaseRanking] = []
+    warns: List[str] = []
     for i, path in enumerate(paths):
         _progress.check(cancel)
         yield Progress("rank", i, len(paths), f"{case_id_of(path)}: loading")
@@ -646,6 +670,7 @@ def rank_cohort(paths: Sequence[Any], model: Any = None, *, device: str = "auto"
                     yield Progress("rank", i, len(paths), f"{case.case_id}: {item.message}")
                 else:
                     ranked.extend(item.cases)
+                    warns.extend(f"{case.case_id}: {w}" for w in item.warnings)
         except Cancelled:
             raise
         except Exception as e:          # a bad case is reported; the rest go on
@@ -654,12 +679,14 @@ def rank_cohort(paths: Sequence[Any], model: Any = None, *, device: str = "auto"
     if not ranked:
         raise RadiogenError(f"none of the {len(paths)} case(s) could be ranked (every one "
                             "failed; see the messages above)")
-    yield combine_rankings(ranked, lm.name)
+    yield combine_rankings(ranked, lm.name, warns)
 
 
-def combine_rankings(results: Sequence[CaseRanking], model_name: str) -> RankResult:
+def combine_rankings(results: Sequence[CaseRanking], model_name: str,
+                     warnings: Sequence[str] = ()) -> RankResult:
     """The cohort ranking of cases ranked one by one: each pair's metrics averaged over the
-    cases that have it, then z-scored into contribution scores."""
+    cases that have it, then z-scored into contribution scores (``warnings``: the ranking's,
+    each said once)."""
     acc: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for r in results:
         for d in r.pairs:
@@ -670,7 +697,8 @@ def combine_rankings(results: Sequence[CaseRanking], model_name: str) -> RankRes
                      "mae": float(np.mean([d["mae"] for d in v]))}
                     for (s, t), v in sorted(acc.items())]
     return RankResult(cases=list(results), cohort_scores=contribution_scores(cohort_pairs),
-                      cohort_pairs=cohort_pairs, model=model_name)
+                      cohort_pairs=cohort_pairs, model=model_name,
+                      warnings=list(dict.fromkeys(warnings)))
 
 
 def synthetic_provenance(case: Case) -> Dict[str, Any]:

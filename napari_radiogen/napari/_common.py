@@ -193,9 +193,13 @@ def device_combo() -> QComboBox:
     return c
 
 
-def on_device(device: Optional[str]) -> str:
-    """`` on cpu`` / `` on cuda``: the device a Device choice (``auto``...) stands for ("" when
-    not known)."""
+def on_device(device: Optional[str], result: Any = None) -> str:
+    """`` on cpu`` / `` on cuda``: where ``result`` ran (its ``device``: ``cpu`` after a CUDA
+    out-of-memory fallback) or, for a result that does not say, the device a Device choice
+    (``auto``...) stands for ("" when not known)."""
+    ran = getattr(result, "device", None)
+    if ran:
+        return f" on {ran}"
     if not device:
         return ""
     try:

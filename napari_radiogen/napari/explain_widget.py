@@ -358,8 +358,9 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
                 seg_layer: bool = False, device: Optional[str] = None) -> str:
     """The dock's lines for an explanation: the class the heatmap explains (with the model's
     probability for it where the result carries one), what made it (``device``: the Device
-    list's choice; the line names the device it stands for, as the Predict dock's status
-    does), its localisation score and its warnings."""
+    list's choice; the line names the device the result ran on, as the Predict dock's status
+    does: the CPU after a CUDA out-of-memory fallback), its localisation score and its
+    warnings."""
     from ..core.predict import CLASSES
     names = list((classes or {}).get(res.task) or CLASSES.get(res.task) or [])
     prob = getattr(res, "probability", None)
@@ -382,7 +383,7 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
     if requested_model and requested_model != res.model:
         model = f"{res.model}, the image network of {requested_model}"
     made = f"{res.task}; {model}; {res.method}"
-    on = on_device(device)
+    on = on_device(device, res)
     if on:
         made += f";{on}"
     lines = [head, made]

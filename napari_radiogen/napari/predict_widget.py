@@ -267,7 +267,7 @@ class PredictionWidget(QWidget):
                     requested: Optional[str] = None, device: Optional[str] = None) -> None:
         """Show ``res``; ``requested``: the model chosen for the run (the heading and status
         say so where another one ran), ``device``: the Device list's choice (the status names
-        the device it stands for)."""
+        the device the result ran on, which differs after a CUDA out-of-memory fallback)."""
         self.result = res
         self.result_case_id = case_id or res.case_id
         self.requested_model = requested
@@ -310,7 +310,7 @@ class PredictionWidget(QWidget):
         self.scroll.updateGeometry()
         msg = (f"{self.result_case_id}: done in {res.seconds:.1f} s with {res.model}"
                + (f" instead of {requested}" if self.substituted else "")
-               + on_device(device) + self._closed_note)
+               + on_device(device, res) + self._closed_note)
         if res.warnings:
             msg += "\n" + "\n".join(f"warning: {w}" for w in res.warnings)
         self.status.setText(msg)

@@ -292,7 +292,8 @@ class SynthesisWidget(QWidget):
                 layer.visible = ld[1]["visible"]
         order = sorted(c.scores.items(), key=lambda kv: -kv[1]["contribution"])
         self.metrics_label.setText(f"{inp.case_id}: contribution: " + ", ".join(
-            f"{s} {v['contribution']:+.2f}" for s, v in order) + note)
+            f"{s} {v['contribution']:+.2f}" for s, v in order)
+            + "".join(f"; {w}" for w in res.warnings) + note)
         self.scroll.updateGeometry()
 
     def _draw_chart(self, scores, title: str) -> None:
