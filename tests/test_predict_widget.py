@@ -316,3 +316,37 @@ def test_docked_beside_others_nothing_overlaps_or_is_clipped(make_napari_viewer,
     assert title.get_text().replace("\n", " ") == (
         "slice attention (predict_mil_roi, the image member of "
         "predict_ensemble_with_a_long_name)")
+
+
+def test_a_gpu_out_of_memory_is_notified_and_the_status_says_cpu(widget_and_viewer, qtbot,
+                                                                  monkeypatch):
+    """Device cuda, and the GPU runs out of memory: the prediction finishes on the CPU, a
+    notification says so, and the status names the CPU, not the device chosen. (No GPU here:
+    ``cuda`` stands for a device torch runs on the CPU, whose network pass raises torch's
+    out-of-memory error, as in tests/test_oom_fallback.py.)"""
+    import torch
+    import napari_radiogen.core.models as M
+    import napari_radiogen.core.predict as P
+    import napari_radiogen.napari.workers as W
+    from napari_radiogen.core.models import oom_note
+    real_resolve, real_run = M.resolve_device, P.run_network
+    monkeypatch.setattr(M, "resolve_device",
+                        lambda d="auto": "cpu:0" if d in ("cuda", "cpu:0") else real_resolve(d))
+
+    def run_network(*a):
+        if a[-1] == "cpu:0":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_run(*a)
+    monkeypatch.setattr(P, "run_network", run_network)
+    told = []
+    monkeypatch.setattr(W, "show_warning", told.append)
+    w, viewer = widget_and_viewer
+    w.device.setCurrentText("cuda")
+    job = _run(w, qtbot)
+    assert job.error is None, job.error
+    note = oom_note(f"{TINY} ran")
+    assert w.result.device == "cpu" and note in w.result.warnings
+    assert told == [f"predict: {note}"]
+    first = w.status.text().split("\n")[0]
+    assert first.endswith(" on cpu") and "cpu:0" not in first
+    assert f"warning: {note}" in w.status.text()

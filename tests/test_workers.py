@@ -280,3 +280,31 @@ def test_a_job_does_not_load_torch_in_the_main_thread(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     where = r.stdout.strip().splitlines()[-1]
     assert where.startswith("torch loaded in:") and "MainThread" not in where, where
+
+
+def test_a_gpu_fallback_in_a_result_is_notified_once(qtbot, monkeypatch):
+    """A result whose warnings (its own, or those of the result it wraps) report a GPU
+    out-of-memory fallback is a napari warning notification, once per job; other warnings
+    are not notified."""
+    from types import SimpleNamespace
+    import napari_radiogen.napari.workers as W
+    from napari_radiogen.core.models import oom_note
+
+    told = []
+    monkeypatch.setattr(W, "show_warning", told.append)
+    note = oom_note("this case was segmented")
+
+    def gen(token):
+        yield SimpleNamespace(warnings=["a synthetic input", note])
+        yield Progress("work", 1, 2, "more")
+        # a stage result wrapping a result, and the same note again
+        yield SimpleNamespace(value=SimpleNamespace(warnings=[note]))
+        yield SimpleNamespace(result=SimpleNamespace(warnings=[oom_note("t2 was synthesised")]))
+
+    job = W.start_job(gen, name="analyse", progress_bar=False)
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    assert told == [f"analyse: {note}", f"analyse: {oom_note('t2 was synthesised')}"]
+    told.clear()
+    job = W.start_job(gen, name="quiet", progress_bar=False, notify=False)
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    assert told == []

@@ -210,9 +210,13 @@ def is_device_oom(exc: BaseException, device: str) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+#: how every out-of-memory fallback's warning begins (:func:`oom_note`)
+OOM_NOTE_START = "the GPU ran out of memory; "
+
+
 def oom_note(what: str) -> str:
     """The warning an out-of-memory fallback adds: ``what`` ran on the CPU instead."""
-    return f"the GPU ran out of memory; {what} on the CPU"
+    return f"{OOM_NOTE_START}{what} on the CPU"
 
 
 def _to_cpu(models: Iterable[Any]) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, List, Optional
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..core.allocator import tune_allocator
 from ..core.errors import Cancelled, RadiogenError
@@ -132,6 +132,7 @@ class Job:
         self._last_stage: Optional[str] = None
         self._pending: Optional[Progress] = None   # newest progress held back by the throttle
         self._flush_timer = None
+        self._told: set = set()       # out-of-memory fallbacks already notified
         self.orphaned = False          # the owner widget is gone: its callbacks are dropped
 
     # -- control ------------------------------------------------------------------------------
@@ -183,6 +184,27 @@ class Job:
             self._pbar = None
 
 
+def fallback_notes(item: Any) -> List[str]:
+    """The GPU out-of-memory fallbacks (:func:`core.models.oom_note`) among the warnings of a
+    job's result: the result's own, or those of the result it wraps (``result``: a prepared
+    layer's; ``value``: a pipeline stage's), two levels down."""
+    from ..core.models import OOM_NOTE_START
+    found: List[str] = []
+    todo, seen = [(item, 0)], set()
+    while todo:
+        obj, depth = todo.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        ws = getattr(obj, "warnings", None)
+        if isinstance(ws, (list, tuple)):
+            found.extend(str(w) for w in ws
+                         if str(w).startswith(OOM_NOTE_START) and str(w) not in found)
+        if depth < 2:
+            todo.extend((getattr(obj, a, None), depth + 1) for a in ("result", "value"))
+    return found
+
+
 def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
               on_result: Optional[Callable[[Any], None]] = None,
               on_progress: Optional[Callable[[Progress], None]] = None,
@@ -208,6 +230,8 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
     False keeps torch's own thread count (training, where throughput comes first).
     ``uses_torch=False``: a job without models (a survival fit, a table) does not load torch
     to set its thread count (seconds, the first time in a process).
+    ``notify``: an error, a cancel and a GPU out-of-memory fallback that a result's warnings
+    report (:func:`fallback_notes`) are napari notifications.
     """
     interval = PROGRESS_INTERVAL if progress_interval is None else float(progress_interval)
     if "torch" in sys.modules:
@@ -300,6 +324,11 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
             _deliver_progress(item)
         else:
             job.result = item
+            if notify:
+                for w in fallback_notes(item):
+                    if w not in job._told:          # once per job (a cohort: per case)
+                        job._told.add(w)
+                        show_warning(f"{name}: {w}")
             if on_yield is not None:
                 on_yield(item)
 
