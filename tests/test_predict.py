@@ -424,3 +424,34 @@ def test_mil_fold_with_aux_supervision_is_segmentation_free(tmp_path):
     assert out["probs"]["idh"].shape == (1, 1, 2)
     with pytest.raises(Exception, match="mask"):
         P.train_encoders(cohort, [0, 1], arch, epochs=1, aux={})
+
+
+def test_whole_brain_models_say_a_sequence_offset_from_the_reference(tiny):
+    """The slice (and volume) models read the sequences together on the reference grid
+    without core.prepare.prepare, which checks their co-registration for the segmentation:
+    the prediction and its explanation check it themselves. A sequence shifted 8 mm in its
+    header is said; the aligned case, and an offset sequence the model does not read, are
+    not."""
+    from napari_radiogen.core.case import Volume
+    from napari_radiogen.core.explain import explain
+    from napari_radiogen.core.phantom import make_phantom
+    from napari_radiogen.core.predict import predict
+
+    def shifted(case, name, mm):
+        v = case.sequences[name]
+        g = v.geometry
+        return case.with_sequence(name, Volume(v.array, g.with_(
+            origin=(g.origin[0], g.origin[1] + mm, g.origin[2])), meta=dict(v.meta)))
+
+    def offsets(res):
+        return [str(w) for w in res.warnings if "looks offset" in str(w)]
+
+    case = make_phantom(3, shape=(48, 64, 60), spacing=(1.5, 1.5, 1.5))
+    assert not offsets(drive(predict(case, tiny, device="cpu")))
+    moved = shifted(case, "t1", 8.0)
+    said = offsets(drive(predict(moved, tiny, device="cpu")))
+    assert len(said) == 1 and said[0].startswith("t1 looks offset from flair"), said
+    heat = drive(explain(moved, tiny, task="idh", device="cpu", localise=False))
+    assert offsets(heat) == said
+    # T2 is not one of the model's sequences (t1, flair, t1ce)
+    assert not offsets(drive(predict(shifted(case, "t2", 8.0), tiny, device="cpu")))

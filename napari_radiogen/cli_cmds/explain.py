@@ -17,7 +17,10 @@ De-identified by default: the 3D rendering of a scan that is not skull-stripped 
 JSON's warnings say so); ``--identified`` renders it. The JSON says ``"deidentified"``.
 
 ``--register`` first shifts each acquired sequence onto the reference (as ``radiogen analyze``,
-``segment`` and ``predict`` do); each shift leads the JSON's warnings.
+``segment`` and ``predict`` do); each shift leads the JSON's warnings. Without it, a sequence
+the explained network reads that looks offset from the reference is said in the warnings
+(the whole-brain models by ``core.predict.offset_warnings``, the tumour-centred one by the
+segmentation its window rests on).
 """
 from __future__ import annotations
 

@@ -433,6 +433,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
         warns.extend(P.window_warnings(case, inp))
     else:
         inp = P.case_to_input(case, seqs)
+        warns.extend(P.offset_warnings(case, seqs))
     warns.extend(P.masked_warnings(seqs, inp))
     cvec = np.zeros(2, np.float32)
     if (card.get("clinical") or {}).get("used"):

@@ -603,6 +603,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     else:
         yield Progress("predict", 1, 3, "preparing slices")
         inp = case_to_input(case, seqs)
+        warns.extend(offset_warnings(case, seqs))
     warns.extend(masked_warnings(seqs, inp))
     synth = synthetic_used(case, seqs, seg_synth if kind == "mil_roi" else [], warns,
                            source if segmentation is not None else None)
@@ -783,6 +784,18 @@ def _predict_ensemble(case, lm, card, dev, clinical, segmentation, segmentation_
         warnings=warns, seconds=time.perf_counter() - t0, inputs=net.inputs if net else None,
         features=feats.features if feats else None, features_source=source,
         device=dev if all(r.device == dev for r in results) else "cpu")
+
+
+def offset_warnings(case, seqs: Sequence[str]) -> List[str]:
+    """The co-registration check (:func:`core.prepare.case_registration_warnings_by_sequence`)
+    for the model's sequences of a 3D case, for the whole-brain slice and volume models: they
+    read the sequences together on the reference grid without ``core.prepare.prepare``, which
+    makes the check for the segmentation (and so for the tumour-centred model's window). Shared
+    by the prediction and its explanation; a slice pack has one grid and is not checked."""
+    if case.kind == "slices":
+        return []
+    from .prepare import case_registration_warnings_by_sequence
+    return [w for s, w in case_registration_warnings_by_sequence(case).items() if s in seqs]
 
 
 def masked_warnings(seqs: Sequence[str], inp: "SliceInput") -> List[str]:
