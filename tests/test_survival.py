@@ -333,8 +333,7 @@ def test_predict_summary_no_uncertainty_grouping_and_the_join_is_said():
     df["model"], df["status"], df["message"] = "predict_ensemble", "ok", ""
     g = sv.guess_columns(df)
     assert g.group is None and g.id == "case_id"           # sd_idh was the guess
-    assert "join it with the clinical table on the case id" in g.message
-    assert "case_id" in g.message and "patient_id" in g.message
+    assert "Join clinical table..." in g.message and "matched on the case id" in g.message
     for col in ("sd_idh", "idh_std", "uncertainty_idh", "idh_sd_between_members"):
         d = pd.DataFrame({col: rng.uniform(size=n), "os_days": np.arange(n) * 10.0,
                           "os_event": [0, 1] * (n // 2)})
@@ -345,3 +344,45 @@ def test_predict_summary_no_uncertainty_grouping_and_the_join_is_said():
     g = sv.guess_columns(j)
     assert (g.time, g.event, g.group) == ("os_days", "os_event", "predicted_idh")
     assert g.message == ""
+
+
+def test_model_outputs_join_a_clinical_table_on_the_case_id():
+    """A predict summary (TCGA-style ids spelled with '-', a failed row, a case without a
+    clinical row) joined with a clinical table keyed by another column name: matched on the
+    case id whatever its spelling, failed rows left out, predicted groups added at p >= 0.5
+    and risk_group split at the median; the survival columns are then found and a
+    Kaplan-Meier by predicted group runs."""
+    from napari_radiogen.cli_cmds.predict import CSV_COLUMNS
+    n = 10
+    ids = [f"TCGA_CS_{4900 + i}" for i in range(n)]
+    out = pd.DataFrame({c: "" for c in CSV_COLUMNS}, index=range(n + 2))
+    out["case_id"] = [i.replace("_", "-") for i in ids] + ["TCGA-ZZ-0001", "BROKEN"]
+    p = np.linspace(0.05, 0.95, n)
+    out.loc[:n - 1, "p_idh_mutant"] = p
+    out.loc[:n - 1, "p_codel"] = 1 - p
+    out.loc[:n - 1, "p_grade3"] = 0.5
+    out.loc[:n - 1, "risk"] = np.arange(n, dtype=float)
+    out.loc[n, ["p_idh_mutant", "risk"]] = [0.9, 1.0]          # predicted, no clinical row
+    out.loc[n + 1, "status"] = "failed"                          # no prediction
+    clin = pd.DataFrame({"Patient": ids[::-1], "age": 40, "os_days": np.arange(n) * 100.0 + 50,
+                         "os_event": [1, 0] * (n // 2), "model": "clinical notes"})
+    j = sv.join_outputs(out, clin)
+    assert j.clinical_key == "Patient" and j.matched == n and j.unmatched == ["TCGA-ZZ-0001"]
+    assert len(j.df) == n and "model_clinical" in j.df.columns     # a name clash is kept apart
+    by = dict(zip(j.df["case_id"], j.df["os_days"]))
+    assert by["TCGA-CS-4900"] == clin.set_index("Patient").loc["TCGA_CS_4900", "os_days"]
+    want = np.where(p >= 0.5, "mutant", "wildtype")
+    assert list(j.df.sort_values("case_id")["predicted_idh"]) == list(want)
+    assert set(j.df["predicted_grade"]) == {"3"}                   # 0.5 is >= 0.5
+    assert sorted(j.df["risk_group"]) == ["high"] * 5 + ["low"] * 5
+    assert j.added == ["predicted_idh", "predicted_1p19q", "predicted_grade", "risk_group"]
+    assert "10 of 11 predicted cases matched" in j.message and "TCGA-ZZ-0001" in j.message
+    g = sv.guess_columns(j.df)
+    assert (g.time, g.event) == ("os_days", "os_event") and g.group == "risk_group"
+    a = sv.analyze_table(j.df, g.time, g.event, "predicted_idh")
+    assert set(a.curves) == {"mutant", "wildtype"}
+    # nothing to match, or no case ids at all: said
+    with pytest.raises(ConfigError, match="holds the case ids"):
+        sv.join_outputs(out, clin.assign(Patient=[f"x{i}" for i in range(n)]))
+    with pytest.raises(ConfigError, match="no case_id column"):
+        sv.join_outputs(out.drop(columns="case_id"), clin)

@@ -307,7 +307,7 @@ def test_a_predict_summary_says_how_to_get_survival(widget, qtbot, tmp_path):
     from napari_radiogen.cli_cmds.predict import CSV_COLUMNS
     w = widget
     assert "predictions.csv" not in w.path.placeholderText()
-    assert "summary.csv" in w.path.toolTip() and "case_id" in w.path.toolTip()
+    assert "summary.csv" in w.path.toolTip() and "Join clinical table" in w.path.toolTip()
     rng = np.random.default_rng(1)
     df = pd.DataFrame({c: rng.uniform(size=8) for c in CSV_COLUMNS})
     df["case_id"] = [f"c{i}" for i in range(8)]
@@ -316,5 +316,51 @@ def test_a_predict_summary_says_how_to_get_survival(widget, qtbot, tmp_path):
     df.to_csv(csv, index=False)
     assert _load(w, qtbot, csv)
     assert w.group_col.currentText() == "(none)"              # not sd_idh
-    assert "join it with the clinical table on the case id" in w.stats.text()
-    assert not w.run_btn.isEnabled()
+    assert "Join clinical table..." in w.stats.text()
+    assert not w.run_btn.isEnabled() and w.join_btn.isEnabled()
+
+
+def test_joining_a_clinical_table_gives_survival_by_predicted_group(widget, qtbot, tmp_path,
+                                                                    monkeypatch):
+    """Model outputs open, Join clinical table...: the clinical columns come in on the case
+    id, the predicted groups are added, the survival columns and a grouping are chosen, and
+    the Kaplan-Meier runs by predicted group; the export names both tables. A table that
+    does not match leaves the outputs open and says why."""
+    from qtpy.QtWidgets import QFileDialog
+    from napari_radiogen.cli_cmds.predict import CSV_COLUMNS
+    w = widget
+    n = 40
+    rng = np.random.default_rng(2)
+    ids = [f"TCGA_CS_{5000 + i}" for i in range(n)]
+    out = pd.DataFrame({c: rng.uniform(size=n) for c in CSV_COLUMNS})
+    out["case_id"], out["model"], out["status"], out["message"] = ids, "m", "ok", ""
+    summary = tmp_path / "summary.csv"
+    out.to_csv(summary, index=False)
+    t, e = _synthetic(n)[:2]
+    clinical = tmp_path / "clinical.csv"
+    pd.DataFrame({"patient_id": ids, "os_days": t, "os_event": e}).to_csv(clinical, index=False)
+    bad = tmp_path / "other.csv"
+    pd.DataFrame({"patient_id": [f"x{i}" for i in range(n)], "os_days": t,
+                  "os_event": e}).to_csv(bad, index=False)
+    assert _load(w, qtbot, summary) and w.join_btn.isEnabled()
+    _wait(qtbot, w.join_table(str(bad)))
+    assert "cannot join other.csv" in w.stats.text() and "holds the case ids" in w.stats.text()
+    assert w.df is not None and "os_days" not in w.df.columns       # the outputs stay open
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(clinical), "")))
+    w.join_btn.click()
+    _wait(qtbot, w.job)
+    assert "joined on case_id = patient_id: 40 of 40" in w.stats.text()
+    assert (w.time_col.currentText(), w.event_col.currentText()) == ("os_days", "os_event")
+    assert w.group_col.currentText() == "risk_group"
+    assert not w.join_btn.isEnabled()                     # joined once
+    w.group_col.setCurrentText("predicted_idh")
+    _run(w, qtbot)
+    assert set(w.analysis.curves) == set(np.where(out["p_idh_mutant"] >= 0.5, "mutant",
+                                                  "wildtype"))
+    exported = tmp_path / "export"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(exported)))
+    _wait(qtbot, w.export())
+    js = strict_load(exported / "survival_stats.json")
+    assert js["table"] == "summary.csv joined with clinical.csv"

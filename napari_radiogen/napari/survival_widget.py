@@ -1,7 +1,7 @@
 """Survival dock widget: load a cohort table (a clinical CSV/TSV with survival time and event
-columns; model outputs such as ``radiogen predict``'s summary.csv only joined with one on the
-case id, which the user does: the widget reads one table), choose the time, event and grouping
-columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
+columns; or model outputs, ``radiogen predict``'s or ``analyze``'s summary.csv, then *Join
+clinical table...* adds the clinical table's columns on the case id and the predicted groups:
+``core.evaluate.survival.join_outputs``), choose the time, event and grouping columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
 C-index, and export them (figure, statistics JSON, per-patient CSV: de-identified, patients by
 row number, unless "include patient ids" is ticked).
 
@@ -92,6 +92,7 @@ class SurvivalWidget(QWidget):
         self.viewer = napari_viewer
         self.df = None
         self.source: Optional[str] = None      # the path of the table in self.df
+        self.joined_with: Optional[str] = None  # the clinical table joined to it, if any
         self.analysis = None
         self.job = None
         lay = QVBoxLayout(self)
@@ -101,14 +102,22 @@ class SurvivalWidget(QWidget):
                                      "(e.g. clinical.csv)")
         self.path.setToolTip(
             "a CSV/TSV table, one row per patient, with a survival time and an event (0/1 or "
-            "alive/dead) column, e.g. TCGA-LGG's clinical.csv. radiogen predict's summary.csv "
-            "has no survival columns: for survival by predicted group, join it with the "
-            "clinical table on the case id (case_id = patient_id) and open the joined table")
+            "alive/dead) column, e.g. TCGA-LGG's clinical.csv. radiogen predict's (or "
+            "analyze's) summary.csv has no survival columns: for survival by predicted group, "
+            "open it, then Join clinical table...")
         self.path.returnPressed.connect(lambda: self.load_table(self.path.text()))
         b = QPushButton("Open...")
         b.clicked.connect(self._browse)
+        self.join_btn = QPushButton("Join clinical table...")
+        self.join_btn.setToolTip(
+            "the table open holds model outputs (a case_id column, e.g. radiogen predict's "
+            "summary.csv): add the survival columns of a clinical table, matched on the case "
+            "id, and predicted groups (predicted_idh, predicted_1p19q, predicted_grade at "
+            "p >= 0.5; risk_group: above or below the median risk)")
+        self.join_btn.clicked.connect(self._browse_join)
         row.addWidget(self.path)
         row.addWidget(b)
+        row.addWidget(self.join_btn)
         lay.addLayout(row)
         form = QFormLayout()
         self.time_col, self.event_col, self.group_col = QComboBox(), QComboBox(), QComboBox()
@@ -187,6 +196,8 @@ class SurvivalWidget(QWidget):
         ready = (self.df is not None and self._chosen(self.time_col) is not None
                  and self._chosen(self.event_col) is not None)
         self.run_btn.setEnabled(ready and not self._busy())
+        self.join_btn.setEnabled(self.df is not None and "case_id" in self.df.columns
+                                 and self.joined_with is None and not self._busy())
         self.export_btn.setEnabled(self.analysis is not None and not self._busy())
 
     def _set_result(self, a) -> None:
@@ -205,6 +216,7 @@ class SurvivalWidget(QWidget):
             self.job.cancel()
         self.df = None
         self.source = None
+        self.joined_with = None
         for cb in (self.time_col, self.event_col, self.group_col):
             cb.blockSignals(True)
             cb.clear()
@@ -246,10 +258,50 @@ class SurvivalWidget(QWidget):
         self._update_buttons()
         return self.job
 
-    def _fill(self, path: str, df, g) -> None:
+    def _browse_join(self) -> None:
+        start = str(Path(self.source).parent) if self.source else ""
+        p, _ = QFileDialog.getOpenFileName(self, "Clinical table to join", start,
+                                           "Tables (*.csv *.tsv);;All files (*)")
+        if p:
+            self.join_table(p)
+
+    def join_table(self, path: str):
+        """Join the clinical table at ``path`` to the model outputs open
+        (``core.evaluate.survival.join_outputs``, in a worker job) and show the joined table,
+        its columns guessed again (a predicted group is a grouping); returns the job, or None
+        when no outputs table is open. A table that cannot be joined leaves the outputs as
+        they are, saying why."""
+        if self.df is None or "case_id" not in self.df.columns or self._busy():
+            return None
+        outputs, source, path = self.df, self.source, str(path)
+        self.stats.setText(f"joining {Path(path).name}...")
+
+        def gen(token):
+            from ..core.evaluate.survival import guess_columns, join_outputs, read_table
+            token.check()
+            j = join_outputs(outputs, read_table(path))
+            token.check()
+            yield j, guess_columns(j.df)
+
+        def joined(res) -> None:
+            if res is not None and self.df is outputs:
+                j, g = res
+                self._fill(source, j.df, g, joined_with=path, note=j.message)
+
+        def failed(e: BaseException) -> None:
+            if self.df is outputs:
+                self.stats.setText(f"cannot join {Path(path).name}: {error_text(e)}")
+
+        self._start(gen, "Survival join", joined, failed)
+        self._update_buttons()
+        return self.job
+
+    def _fill(self, path: str, df, g, joined_with: Optional[str] = None,
+              note: str = "") -> None:
         """The table read (main thread): the combos with the guessed columns chosen."""
         self.df = df
         self.source = path
+        self.joined_with = joined_with
         cols = [str(c) for c in df.columns]
         for cb, first, pick in ((self.time_col, CHOOSE, g.time), (self.event_col, CHOOSE, g.event),
                                 (self.group_col, NONE, g.group)):
@@ -259,7 +311,7 @@ class SurvivalWidget(QWidget):
             cb.setCurrentText(pick or first)
             cb.blockSignals(False)
         self._update_buttons()
-        msg = f"{len(df)} rows, {len(cols)} columns"
+        msg = f"{len(df)} rows, {len(cols)} columns" + (f"\n{note}" if note else "")
         self.stats.setText(msg + (f"\n{g.message}" if g.message else ""))
 
     def inputs(self) -> SurvivalInputs:
@@ -315,6 +367,8 @@ class SurvivalWidget(QWidget):
             return None
         a = self.analysis
         source = Path(self.source).name if self.source else None
+        if source and self.joined_with:
+            source += f" joined with {Path(self.joined_with).name}"
         identified = self.identified.isChecked()
 
         def gen(token):

@@ -418,13 +418,106 @@ def guess_columns(df) -> ColumnGuess:
 
 
 #: what to do with a table of model outputs without survival columns (``radiogen predict``'s
-#: summary.csv): the widget reads one table, so the join is the user's
-JOIN_HINT = ("These look like model outputs (radiogen predict writes summary.csv: case_id, "
-             "p_idh_mutant, risk..., no survival columns). For survival by predicted group, "
-             "join it with the clinical table on the case id (its case_id with clinical.csv's "
-             "patient_id; pandas: pred.merge(clin, left_on='case_id', right_on='patient_id')), "
-             "save the joined table and open it here; then group by risk (split at its median) "
-             "or by a predicted class you add (e.g. p_idh_mutant >= 0.5).")
+#: summary.csv): join a clinical table to it (:func:`join_outputs`, the widget's button)
+JOIN_HINT = ("These look like model outputs (radiogen predict and analyze write summary.csv: "
+             "case_id, p_idh_mutant, risk..., no survival columns). For survival by predicted "
+             "group, Join clinical table... adds a clinical table's columns (matched on the "
+             "case id) and the predicted groups (predicted_idh, ..., risk_group).")
+
+
+#: a radiogen predict / analyze summary's probability columns: the predicted class column a
+#: join adds, the class at p >= 0.5 and the other one
+PREDICTED_COLUMNS = {"p_idh_mutant": ("predicted_idh", "mutant", "wildtype"),
+                     "p_codel": ("predicted_1p19q", "codel", "non-codel"),
+                     "p_codel_1p19q_codel": ("predicted_1p19q", "codel", "non-codel"),
+                     "p_grade3": ("predicted_grade", "3", "2"),
+                     "p_grade_3": ("predicted_grade", "3", "2")}
+#: the risk columns of those summaries (``predict``: risk; ``analyze``: os_risk)
+RISK_COLUMNS = ("risk", "os_risk")
+
+
+def _id_key(v) -> Optional[str]:
+    """A case id compared across tables: trimmed, upper case, ``-`` read as ``_`` (a TCGA
+    barcode TCGA-CS-4941 is the pack TCGA_CS_4941); None for an empty cell."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    t = str(v).strip().upper().replace("-", "_")
+    return t or None
+
+
+@dataclass
+class JoinedTable:
+    """Model outputs joined with a clinical table (:func:`join_outputs`)."""
+    df: Any
+    clinical_key: str                    # the clinical column that matched case_id
+    matched: int
+    unmatched: List[str]                 # the outputs' case ids with no clinical row
+    added: List[str]                     # the predicted-group columns the join added
+    message: str
+
+
+def join_outputs(outputs, clinical) -> JoinedTable:
+    """Join a table of model outputs (``radiogen predict`` or ``analyze``'s summary.csv: a
+    ``case_id`` column, probabilities, a risk) with a clinical table holding the survival
+    columns, so that survival can be shown by predicted group. The clinical key is the
+    column whose values match the most case ids (:func:`_id_key`: case, spaces and ``-``/``_``
+    do not matter). Only matched cases are kept (an inner join), and only rows that were
+    predicted (a failed or skipped row of the summary has no probability). Adds
+    ``predicted_idh`` / ``predicted_1p19q`` / ``predicted_grade`` (the class at p >= 0.5)
+    and ``risk_group`` (``high`` above the median risk of the joined cases, else ``low``).
+    A clinical column named like an output column gets the suffix ``_clinical``.
+    :class:`ConfigError` when the outputs have no ``case_id`` or nothing matches."""
+    import numpy as np
+    import pandas as pd
+    if "case_id" not in outputs.columns:
+        raise ConfigError("the model outputs have no case_id column (radiogen predict and "
+                          "radiogen analyze write one in summary.csv)")
+    out = outputs.copy()
+    probs = [c for c in out.columns if str(c) in PREDICTED_COLUMNS or str(c) in RISK_COLUMNS]
+    if probs:        # a failed or skipped case has none
+        out = out[out[probs].apply(pd.to_numeric, errors="coerce").notna().any(axis=1)]
+    out["_key"] = [_id_key(v) for v in out["case_id"]]
+    out = out[out["_key"].notna()]
+    want = set(out["_key"])
+    best, hits = None, 0
+    for c in clinical.columns:
+        n = len(want & {_id_key(v) for v in clinical[c]})
+        if n > hits:
+            best, hits = c, n
+    if best is None:
+        raise ConfigError(f"no column of the clinical table holds the case ids of the model "
+                          f"outputs (e.g. {next(iter(sorted(want)), '?')}): it cannot be "
+                          "joined with them")
+    clin = clinical.copy()
+    clin["_key"] = [_id_key(v) for v in clin[best]]
+    dup = clin["_key"].notna() & clin["_key"].duplicated(keep="first")
+    clin = clin[clin["_key"].notna() & ~dup]
+    df = out.merge(clin, on="_key", how="inner", suffixes=("", "_clinical")).drop(columns="_key")
+    unmatched = sorted(str(v) for v, k in zip(out["case_id"], out["_key"])
+                       if k not in set(clin["_key"]))
+    added = []
+    for c, (name, pos, neg) in PREDICTED_COLUMNS.items():
+        if c in df.columns and name not in df.columns:
+            p = pd.to_numeric(df[c], errors="coerce")
+            df[name] = np.where(p.isna(), None, np.where(p >= 0.5, pos, neg))
+            added.append(name)
+    risk = next((c for c in RISK_COLUMNS if c in df.columns), None)
+    if risk is not None and "risk_group" not in df.columns:
+        r = pd.to_numeric(df[risk], errors="coerce")
+        if r.notna().sum() >= 2:
+            df["risk_group"] = np.where(r.isna(), None, np.where(r > r.median(), "high", "low"))
+            added.append("risk_group")
+    msg = (f"joined on case_id = {best}: {len(df)} of {len(out)} predicted cases matched"
+           + (f"; no clinical row for {len(unmatched)} ({', '.join(unmatched[:5])}"
+              f"{', ...' if len(unmatched) > 5 else ''})" if unmatched else "")
+           + (f"; {int(dup.sum())} repeated clinical id(s): the first row of each kept"
+              if dup.any() else ""))
+    if added:
+        msg += ("; added " + ", ".join(added) + " (the predicted class at p >= 0.5"
+                + (f"; risk_group: {risk} above its median over these {len(df)} cases"
+                   if "risk_group" in added else "") + ")")
+    return JoinedTable(df=df, clinical_key=str(best), matched=len(df), unmatched=unmatched,
+                       added=added, message=msg)
 
 
 def _model_outputs(df) -> bool:
