@@ -250,12 +250,6 @@ def test_the_analysis_says_a_synthesis_fell_back(models, synth_model, sample_pat
     assert oom_note("t2 was synthesised") in res.warnings
 
 
-@pytest.fixture
-def sample_path():
-    from napari_radiogen.core.sample import sample_case_path
-    return sample_case_path()
-
-
 def test_docks_name_the_device_the_result_ran_on():
     """The Predict and Explain docks say where a result ran (the CPU after a fallback), not
     the device the Device list stood for."""

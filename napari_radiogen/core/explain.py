@@ -334,7 +334,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     import torch
 
     from . import predict as P
-    from .models import LoadedModel, load_model
+    from .models import LoadedModel, load_model, resolve_device
 
     t0 = time.perf_counter()
     if task not in TASKS:
@@ -344,7 +344,6 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if fusion not in FUSIONS:
         raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     legacy = fusion == "legacy"
-    from .models import resolve_device
     dev = resolve_device(device)         # the networks (and the segmentation) run there
     yield Progress("explain", 0, 4, "loading model")
     lm = model if isinstance(model, LoadedModel) else load_model(

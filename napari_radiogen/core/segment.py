@@ -30,9 +30,12 @@ from .errors import (CaseLoadError, GeometryError, MissingSequenceError, ModelFi
                      RadiogenError)
 from .insample import DICE, SEGMENTATION, case_in_sample_note
 from .notes import NOT_SKULL_STRIPPED, Note, synthetic_note
+from .models import oom_fallback
 from .progress import CancelToken, Progress, check
 
 TASK = "segmentation"
+#: what a GPU out-of-memory fallback says was done on the CPU (core.models.oom_note)
+SEGMENTED = "this case was segmented"
 #: shipped models in order of preference (the CV comparisons in their cards); the first one
 #: installed that fits the case's kind (2D slice pack / 3D volume) is the default
 PREFERRED_MODELS: Tuple[str, ...] = ("seg_brats_attunet2mm", "seg_brats_attunet",
@@ -289,13 +292,6 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
-
-
-def _with_oom_fallback(fn, model, device: str, warn: List[str]):
-    """Run ``fn(device)``; on CUDA out-of-memory, move the model to the CPU and retry
-    (:func:`core.models.oom_fallback`)."""
-    from .models import oom_fallback
-    return oom_fallback(fn, device, models=[model], warn=warn, what="this case was segmented")
 
 
 # ------------------------------------------------------------------------------------------
@@ -682,8 +678,8 @@ def _segment_volume(case, model, dev, cancel, timings, warn):
     check(cancel)
     yield Progress("segment", 2, 4, f"running the network on {'x'.join(map(str, arr.shape[1:]))}")
     t = time.perf_counter()
-    probs, dev = _with_oom_fallback(lambda d: volume_probs(model.module, arr, model.card, d),
-                                    model, dev, warn)
+    probs, dev = oom_fallback(lambda d: volume_probs(model.module, arr, model.card, d), dev,
+                              models=[model], warn=warn, what=SEGMENTED)
     timings["network"] = time.perf_counter() - t
     check(cancel)
     yield Progress("segment", 3, 4, "back to the native grid")
@@ -777,8 +773,9 @@ def _segment_slices(case, model, dev, cancel, timings, warn):
     yield Progress("segment", 2, 4, f"running the network on {len(x)} slices")
     t = time.perf_counter()
     spec = model.card.get("postprocess")
-    (labels, _), dev = _with_oom_fallback(
-        lambda d: slices_labels(model.module, x, d, spec, cancel=cancel), model, dev, warn)
+    (labels, _), dev = oom_fallback(
+        lambda d: slices_labels(model.module, x, d, spec, cancel=cancel), dev,
+        models=[model], warn=warn, what=SEGMENTED)
     timings["network"] = time.perf_counter() - t
     yield labels, case.geometry, dev
 

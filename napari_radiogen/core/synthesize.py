@@ -350,6 +350,18 @@ def generate(module, prep: Prepared, sources: Sequence[str], target: str, *, dev
     yield out.astype(np.float32)
 
 
+def _generated(*args: Any, **kwargs: Any) -> Iterator[Progress]:
+    """:func:`generate`'s progress, then (``yield from`` gives it) its array: the form
+    :func:`core.models.oom_fallback_iter` starts again on the CPU."""
+    arr = None
+    for item in generate(*args, **kwargs):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            arr = item
+    return arr
+
+
 # ------------------------------------------------------------------------------------------------
 # synthesis
 # ------------------------------------------------------------------------------------------------
@@ -397,21 +409,10 @@ def synthesize(case: Case, model: Any = None, target: str = "t1ce", *,
     names = src + ([target] if has_real else [])
     yield Progress("synthesize", 0, 0, "preparing")
     prep = prepare_case(case, names)
-    arr = None
     warns: List[str] = []
-    gen = oom_fallback_iter(
-        lambda d: generate(lm.module, prep, src, target, device=d, cancel=cancel), lm.device,
-        models=[lm], warn=warns, what=f"{target} was synthesised")
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            ran = stop.value[1]
-            break
-        if isinstance(item, Progress):
-            yield item
-        else:
-            arr = item
+    arr, ran = yield from oom_fallback_iter(
+        lambda d: _generated(lm.module, prep, src, target, device=d, cancel=cancel),
+        lm.device, models=[lm], warn=warns, what=f"{target} was synthesised")
     g = case.geometry
     vol = Volume(array=arr, geometry=g, path=None, synthetic=True,
                  meta={"sequence": target, "synthetic": True, "sources": src, "model": lm.name,
@@ -605,14 +606,11 @@ def rank_sequences(case_or_cases: Union[Case, Sequence[Case]], model: Any = None
                     continue
                 _progress.check(cancel)
                 yield Progress("rank", done, total, f"{c.case_id}: {t} from {s}")
-                arr = None
-                for item in oom_fallback_iter(
-                        lambda d: generate(lm.module, prep, [s], t, device=d, cancel=cancel,
-                                           stage="rank-pair"),
-                        lm.device, models=[lm], warn=warns,
-                        what="the ranking went on (from this pair)"):
-                    if not isinstance(item, Progress):
-                        arr = item
+                arr, _ = _progress.run(oom_fallback_iter(
+                    lambda d: _generated(lm.module, prep, [s], t, device=d, cancel=cancel,
+                                         stage="rank-pair"),
+                    lm.device, models=[lm], warn=warns,
+                    what="the ranking went on (from this pair)"))
                 real = prep.arrays[t]
                 pairs.append({"source": s, "target": t, "psnr_db": psnr(arr, real, prep.mask),
                               "ssim_brain": ssim_brain(arr, real, prep.mask),

@@ -12,8 +12,8 @@ off-screen pyvista PNG + turntable GIF of the shown result with the case it was 
 
 The dock's text says which class the heatmap explains (the evidence for that class, whatever
 the model predicts) and the explained network's probability for it (``details["probability"]``).
-The Device list (the Predict dock's) says where the networks run; the text names the device
-the choice stood for (``auto`` is the GPU when there is one).
+The Device list (the Predict dock's) says where the networks run (``auto``: the GPU when there
+is one); the text names the device the result ran on (the CPU after a GPU out-of-memory).
 """
 from __future__ import annotations
 

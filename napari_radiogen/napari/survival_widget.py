@@ -1,9 +1,10 @@
 """Survival dock widget: load a cohort table (a clinical CSV/TSV with survival time and event
 columns; or model outputs, ``radiogen predict``'s or ``analyze``'s summary.csv, then *Join
 clinical table...* adds the clinical table's columns on the case id and the predicted groups:
-``core.evaluate.survival.join_outputs``), choose the time, event and grouping columns, see Kaplan-Meier curves with the log-rank p, Cox HR and
-C-index, and export them (figure, statistics JSON, per-patient CSV: de-identified, patients by
-row number, unless "include patient ids" is ticked).
+``core.evaluate.survival.join_outputs``), choose the time, event and grouping columns, see
+Kaplan-Meier curves with the log-rank p, Cox HR and C-index, and export them (figure,
+statistics JSON, per-patient CSV: de-identified, patients by row number, unless "include
+patient ids" is ticked).
 
 Everything but the drawing is in ``core.evaluate.survival``: reading the table
 (``read_table``) and guessing its columns (``guess_columns``), the statistics and the

@@ -186,22 +186,14 @@ class Job:
 
 def fallback_notes(item: Any) -> List[str]:
     """The GPU out-of-memory fallbacks (:func:`core.models.oom_note`) among the warnings of a
-    job's result: the result's own, or those of the result it wraps (``result``: a prepared
-    layer's; ``value``: a pipeline stage's), two levels down."""
+    job's result: its own, and those of the result it wraps (``result``: a prepared layer's;
+    ``value``: a pipeline stage's)."""
     from ..core.models import OOM_NOTE_START
     found: List[str] = []
-    todo, seen = [(item, 0)], set()
-    while todo:
-        obj, depth = todo.pop(0)
-        if obj is None or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        ws = getattr(obj, "warnings", None)
-        if isinstance(ws, (list, tuple)):
-            found.extend(str(w) for w in ws
-                         if str(w).startswith(OOM_NOTE_START) and str(w) not in found)
-        if depth < 2:
-            todo.extend((getattr(obj, a, None), depth + 1) for a in ("result", "value"))
+    for obj in (item, getattr(item, "result", None), getattr(item, "value", None)):
+        for w in getattr(obj, "warnings", None) or []:
+            if str(w).startswith(OOM_NOTE_START) and str(w) not in found:
+                found.append(str(w))
     return found
 
 
@@ -326,7 +318,7 @@ def start_job(gen_factory: Callable[[CancelToken], Iterator[Any]], *, name: str,
             job.result = item
             if notify:
                 for w in fallback_notes(item):
-                    if w not in job._told:          # once per job (a cohort: per case)
+                    if w not in job._told:          # the same words once per job
                         job._told.add(w)
                         show_warning(f"{name}: {w}")
             if on_yield is not None:

@@ -425,13 +425,13 @@ JOIN_HINT = ("These look like model outputs (radiogen predict and analyze write 
              "case id) and the predicted groups (predicted_idh, ..., risk_group).")
 
 
-#: a radiogen predict / analyze summary's probability columns: the predicted class column a
-#: join adds, the class at p >= 0.5 and the other one
-PREDICTED_COLUMNS = {"p_idh_mutant": ("predicted_idh", "mutant", "wildtype"),
-                     "p_codel": ("predicted_1p19q", "codel", "non-codel"),
-                     "p_codel_1p19q_codel": ("predicted_1p19q", "codel", "non-codel"),
-                     "p_grade3": ("predicted_grade", "3", "2"),
-                     "p_grade_3": ("predicted_grade", "3", "2")}
+#: a radiogen predict / analyze summary's columns of the positive class's probability (the
+#: last of ``core.predict.CLASSES[task]``): the predicted class column a join adds, and the task
+PREDICTED_COLUMNS = {"p_idh_mutant": ("predicted_idh", "idh"),
+                     "p_codel": ("predicted_1p19q", "codel_1p19q"),
+                     "p_codel_1p19q_codel": ("predicted_1p19q", "codel_1p19q"),
+                     "p_grade3": ("predicted_grade", "grade"),
+                     "p_grade_3": ("predicted_grade", "grade")}
 #: the risk columns of those summaries (``predict``: risk; ``analyze``: os_risk)
 RISK_COLUMNS = ("risk", "os_risk")
 
@@ -450,10 +450,14 @@ class JoinedTable:
     """Model outputs joined with a clinical table (:func:`join_outputs`)."""
     df: Any
     clinical_key: str                    # the clinical column that matched case_id
-    matched: int
     unmatched: List[str]                 # the outputs' case ids with no clinical row
     added: List[str]                     # the predicted-group columns the join added
     message: str
+
+    @property
+    def matched(self) -> int:
+        """The cases joined (the rows of ``df``)."""
+        return len(self.df)
 
 
 def join_outputs(outputs, clinical) -> JoinedTable:
@@ -467,8 +471,9 @@ def join_outputs(outputs, clinical) -> JoinedTable:
     and ``risk_group`` (``high`` above the median risk of the joined cases, else ``low``).
     A clinical column named like an output column gets the suffix ``_clinical``.
     :class:`ConfigError` when the outputs have no ``case_id`` or nothing matches."""
-    import numpy as np
     import pandas as pd
+
+    from ..predict import CLASSES
     if "case_id" not in outputs.columns:
         raise ConfigError("the model outputs have no case_id column (radiogen predict and "
                           "radiogen analyze write one in summary.csv)")
@@ -493,10 +498,11 @@ def join_outputs(outputs, clinical) -> JoinedTable:
     dup = clin["_key"].notna() & clin["_key"].duplicated(keep="first")
     clin = clin[clin["_key"].notna() & ~dup]
     df = out.merge(clin, on="_key", how="inner", suffixes=("", "_clinical")).drop(columns="_key")
-    unmatched = sorted(str(v) for v, k in zip(out["case_id"], out["_key"])
-                       if k not in set(clin["_key"]))
+    keys = set(clin["_key"])
+    unmatched = sorted(str(v) for v, k in zip(out["case_id"], out["_key"]) if k not in keys)
     added = []
-    for c, (name, pos, neg) in PREDICTED_COLUMNS.items():
+    for c, (name, task) in PREDICTED_COLUMNS.items():
+        neg, pos = CLASSES[task]
         if c in df.columns and name not in df.columns:
             p = pd.to_numeric(df[c], errors="coerce")
             df[name] = np.where(p.isna(), None, np.where(p >= 0.5, pos, neg))
@@ -516,8 +522,8 @@ def join_outputs(outputs, clinical) -> JoinedTable:
         msg += ("; added " + ", ".join(added) + " (the predicted class at p >= 0.5"
                 + (f"; risk_group: {risk} above its median over these {len(df)} cases"
                    if "risk_group" in added else "") + ")")
-    return JoinedTable(df=df, clinical_key=str(best), matched=len(df), unmatched=unmatched,
-                       added=added, message=msg)
+    return JoinedTable(df=df, clinical_key=str(best), unmatched=unmatched, added=added,
+                       message=msg)
 
 
 def _model_outputs(df) -> bool:
