@@ -161,3 +161,58 @@ def test_the_register_box_reaches_the_analysis_options(make_napari_viewer):
     assert w._analyzer(w.inputs()).options.register is True
     w.register.setChecked(False)
     assert w._analyzer(w.inputs()).options.register is False
+
+
+def test_a_registered_sequence_is_shown_in_place_of_the_layer_as_read(make_napari_viewer, qtbot,
+                                                                      test_models, sample_path,
+                                                                      tmp_path):
+    """With the register box ticked, the sequence the registration moved (a T2 whose header
+    is 8 mm off) is shown as '<case> t2 (registered)', just above the T2 as read, visible as
+    that was, and placed where the FLAIR is; the T2 as read is hidden, and the next analysis
+    reads the registered layer. A run cancelled after the move puts everything back."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from napari_radiogen.napari.analyze_widget import AnalyzeWidget
+    from napari_radiogen.napari.layers import case_layers
+    case = tmp_path / "BraTS2021_00006"
+    shutil.copytree(sample_path, case)
+    t2 = case / "BraTS2021_00006_t2.nii.gz"
+    img = sitk.ReadImage(str(t2))
+    img.SetOrigin(tuple(o + d for o, d in zip(img.GetOrigin(), (0.0, 8.0, 0.0))))
+    sitk.WriteImage(img, str(t2))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(case), plugin="napari-radiogen")
+    w = AnalyzeWidget(viewer)
+    w.seg_model.setCurrentText("test_seg3d")
+    w.pred_model.setCurrentText("test_mil")
+    w.device.setCurrentText("cpu")
+    w.register.setChecked(True)
+    read = viewer.layers["BraTS2021_00006 t2"]
+    read.visible = True
+    name = "BraTS2021_00006 t2 (registered)"
+
+    before = [(ly.name, ly.visible) for ly in viewer.layers]
+    w.run()
+    qtbot.waitUntil(lambda: name in viewer.layers or w.job.done, timeout=600_000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.job.done, timeout=60_000)
+    assert w.job.cancelled
+    assert [(ly.name, ly.visible) for ly in viewer.layers] == before
+
+    w.run()
+    qtbot.waitUntil(lambda: w.job.done, timeout=600_000)
+    assert w.job.error is None and not w.job.cancelled
+    reg = viewer.layers[name]
+    names = [ly.name for ly in viewer.layers]
+    assert names.index(name) == names.index(read.name) + 1
+    assert reg.visible and not read.visible
+    flair = viewer.layers["BraTS2021_00006 flair"]
+    np.testing.assert_allclose(reg.translate, flair.translate, atol=1.0)
+    assert np.abs(np.asarray(read.translate) - flair.translate).max() > 7.0
+    assert np.array_equal(reg.data, read.data)       # the voxels as read, the header moved
+    assert reg.metadata["radiogen"]["registered_onto"] == "flair"
+    assert w.result.registered == ["t2"]
+    assert case_layers(viewer.layers, "BraTS2021_00006")["t2"] is reg
+    assert not any(w.startswith("t2 looks offset") for w in w.result.warnings)

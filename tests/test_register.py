@@ -70,10 +70,38 @@ def test_analyze_with_register_moves_the_sequence_before_the_stages():
         res = items[-1]
         said = [w for w in res.warnings if w.startswith("t2 registered onto flair")]
         assert len(said) == int(opts.register), res.warnings
+        assert res.registered == (["t2"] if opts.register else [])
     assert case_registration_warnings(loaded[0]) and not case_registration_warnings(loaded[1])
     # the option is part of what a cohort's cache depends on
     assert Analyzer(AnalysisOptions(register=True)).model_fingerprint()["options"] != \
         Analyzer(AnalysisOptions()).model_fingerprint()["options"]
+
+
+def test_analysis_outputs_hold_the_registered_sequence(tmp_path):
+    """write_outputs writes each sequence the registration moved (its voxels as read, its
+    header moved back) and names it in analysis.json; an analysis without it writes none."""
+    import json
+
+    from napari_radiogen.core.io import load_volume
+    from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer, write_outputs
+    case = make_phantom(2, shape=(48, 64, 60), spacing=(1.5, 1.5, 1.5), skull_stripped=True)
+    moved = _shifted(case, "t2", (0.0, 8.0, 0.0))
+    for register in (False, True):
+        res = run(Analyzer(AnalysisOptions(stages=(), register=register)).analyze(moved))
+        out = tmp_path / str(register)
+        paths = write_outputs(res, out, report=False)
+        files = sorted(p.name for p in (out / case.case_id).iterdir())
+        js = json.loads((out / case.case_id / "analysis.json").read_text())
+        assert js["registered"] == (["t2"] if register else [])
+        if not register:
+            assert not any("registered" in f for f in files), files
+            continue
+        vol = load_volume(paths["registered_t2"])
+        assert js["files"]["registered_t2"] == f"{case.case_id}_t2_registered.nii.gz"
+        np.testing.assert_allclose(vol.geometry.origin, case.sequences["t2"].geometry.origin,
+                                   atol=1.0)
+        np.testing.assert_allclose(vol.array, case.sequences["t2"].array, rtol=1e-6)
+        assert not vol.synthetic
 
 
 @pytest.mark.parametrize("flag", [False, True])
@@ -109,6 +137,16 @@ def test_segment_and_predict_register_flag_on_a_shifted_copy_of_the_sample(sampl
         moved = [w for w in warnings if w.startswith("t2 registered onto flair")]
         offset = [w for w in warnings if w.startswith("t2 looks offset from flair")]
         assert (len(moved), len(offset)) == ((1, 0) if flag else (0, 1)), warnings
+        # the moved T2 is written beside the mask, back where the unshifted sample has it
+        reg = out / "BraTS2021_00006_t2_registered.nii.gz"
+        assert reg.exists() is bool(flag)
+        js = json.loads((out / "BraTS2021_00006_seg.json").read_text())
+        assert js["registered"] == (["t2"] if flag else [])
+        if flag:
+            assert js["files"]["registered_t2"] == reg.name
+            back = sitk.ReadImage(str(reg)).GetOrigin()
+            np.testing.assert_allclose(
+                back, sitk.ReadImage(str(sample_path / t2.name)).GetOrigin(), atol=1.0)
     assert main(["predict", str(case), "--out", str(tmp_path / "pred"), "--device", "cpu",
                  "--register"]) == 0
     js = json.loads((tmp_path / "pred" / "BraTS2021_00006_predictions.json").read_text())

@@ -410,9 +410,9 @@ def test_result_layers_are_built_in_the_worker_and_keep_the_selection(
     import napari_radiogen.napari.analyze_widget as aw
     stage_layers = aw.stage_layers
 
-    def spy(item, cid):
+    def spy(item, cid, **kw):
         built_in.add(threading.get_ident())
-        return stage_layers(item, cid)
+        return stage_layers(item, cid, **kw)
 
     delivered = []
     orig = w._stage_done

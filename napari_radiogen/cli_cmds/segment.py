@@ -39,9 +39,12 @@ def add_arguments(p) -> None:
                         "the case id)")
 
 
-def write_outputs(res, case, out_dir, *, deidentify: bool = True) -> dict:
+def write_outputs(res, case, out_dir, *, deidentify: bool = True,
+                  registered=()) -> dict:
     """Write labels (NIfTI on the source grid, or the pack mask) and the JSON summary
-    (``deidentify``: its ``source`` is the case id, not the case's path)."""
+    (``deidentify``: its ``source`` is the case id, not the case's path); with ``registered``
+    (the sequences ``--register`` moved), each of them as the model read it (its voxels, its
+    moved header)."""
 
     from ..core.io import write_pack_mask, write_volume
     from ..core.models import atomic_write_text
@@ -56,11 +59,15 @@ def write_outputs(res, case, out_dir, *, deidentify: bool = True) -> dict:
     else:
         p = write_volume(res.labels, res.geometry, out / f"{res.case_id}_seg.nii.gz", labels=True)
     files["labels"] = str(p)
+    for s in registered:
+        files[f"registered_{s}"] = str(write_volume(
+            case.sequences[s], out / f"{res.case_id}_{s}_registered.nii.gz"))
     j = out / f"{res.case_id}_seg.json"
     summary = res.summary()
     # the file's name relative to the output folder (the JSON lies beside it), not the --out
     # path as given (which may be absolute and name a person)
-    summary["files"] = relative_to_folder({"labels": p}, out)
+    summary["files"] = relative_to_folder(dict(files), out)
+    summary["registered"] = list(registered)
     summary["source"] = case.case_id if deidentify else case.source
     summary["deidentified"] = bool(deidentify)
     atomic_write_text(j, dumps(summary))
@@ -85,6 +92,7 @@ def run(args) -> int:
 
     from ..core.models import load_model, resolve_device
     from ..core.progress import run as drive
+    from ..core.register import moved_sequences
     from ..core.segment import TASK, default_model_name, segment
     from ._batch import run_batch
     from ._common import check_out_dir, registered, sequence_overrides
@@ -103,10 +111,12 @@ def run(args) -> int:
         return models[name]
 
     def one(case):
+        before = case
         case, notes = registered(case, args)
         res = drive(segment(case, get_model(case), device=device))
         res.warnings[:0] = notes
-        files = write_outputs(res, case, out, deidentify=not args.identified)
+        files = write_outputs(res, case, out, deidentify=not args.identified,
+                              registered=moved_sequences(before, case))
         v = res.volumes_ml
         text = (f"WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL"
                 if res.kind == "volume" else

@@ -28,7 +28,7 @@ from . import progress as _progress
 from .case import Case, Geometry, Volume
 from .progress import Progress
 
-__all__ = ["register_case", "translation", "moved_geometry", "MAX_SHIFT_MM"]
+__all__ = ["register_case", "moved_sequences", "translation", "moved_geometry", "MAX_SHIFT_MM"]
 
 #: a registration moving a sequence by more than this (mm) is taken for a failure
 MAX_SHIFT_MM = 30.0
@@ -123,3 +123,9 @@ def register_case(case: Case, *, cancel=None) -> Iterator[Union[Progress, Tuple[
                      + (f"; edge offset {b:.1f} -> {a:.1f} mm" if b is not None and a is not None
                         else ""))
     yield out, notes
+
+
+def moved_sequences(before: Case, after: Case) -> List[str]:
+    """The sequences :func:`register_case` moved: those of ``after`` (its result) that are not
+    ``before``'s (its input) own volumes (it replaces a moved sequence only)."""
+    return [s for s, v in after.sequences.items() if before.sequences.get(s) is not v]

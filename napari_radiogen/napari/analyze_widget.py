@@ -7,7 +7,9 @@ the case's expert labels where it has them, the class each heatmap explains, and
 Export writes the de-identified report and all files. Cancel leaves the layers as they were
 before the run (added ones removed, a previous run's results put back). A segmentation layer the
 user edited is kept (renamed ``<name> (edited)``, hidden) rather than written over, as in the
-Segment dock.
+Segment dock. With *co-register the sequences first*, each sequence the registration moved is
+shown as ``<case> <sequence> (registered)`` in its layer's place (the layer as read is hidden,
+and shown again if the run is cancelled or fails), so the viewer shows what the models read.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ from typing import Any, List, Optional, Tuple
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QProgressBar, QPushButton, QTextBrowser, QVBoxLayout, QWidget)
 
+from ..core.case import Case
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
 from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, build_layer,
                       closed_case_note, device_combo, image_result_data)
-from .layers import LayerData
+from ..core.register import moved_sequences
+from .layers import LayerData, registered_layer_data
 from .explain_widget import heatmap_layer_data, result_text
 from .segment_widget import VOLUME_ROWS, set_aside_edited, track_edits
 from .segment_widget import result_layer_data as segmentation_layer_data
@@ -58,6 +62,8 @@ class AnalyzeWidget(QWidget):
         self._inputs: Optional[AnalyzeInputs] = None
         #: edited segmentation layers this run set aside: (layer, its name before, visible)
         self._kept: List[Tuple[Any, str, bool]] = []
+        #: sequence layers this run hid behind their registered copies: (layer, visible)
+        self._hidden: List[Tuple[Any, bool]] = []
 
         self.case_combo = CaseCombo(napari_viewer)
         self.device = device_combo()
@@ -163,6 +169,7 @@ class AnalyzeWidget(QWidget):
         self._inputs = inp
         self._run_layers.clear()
         self._kept = []
+        self._hidden = []
         # the previous run's result, its panel and Export stay until this run delivers its
         # own: a cancelled or failed rerun leaves the previous layers, and they stay readable
         # and exportable with them
@@ -185,7 +192,7 @@ class AnalyzeWidget(QWidget):
             # that exists by then)
             for item in analyzer.analyze(case, cancel=tok):
                 if isinstance(item, StageResult):
-                    layers = stage_layers(item, cid)
+                    layers = stage_layers(item, cid, before=case)
                     if item.stage == "explain":
                         layers = [(d, {**kw, "visible": not shown["heatmap"]}, k)
                                   for d, kw, k in layers]
@@ -243,6 +250,8 @@ class AnalyzeWidget(QWidget):
             added = self._run_layers.add(layer_data, select=False, built=layer)
             if item.stage == "segment":
                 track_edits(added)
+            if item.stage == "load":
+                self._in_place_of(added, layer_data[1]["metadata"]["radiogen"])
             if job is not None and job.done and (job.cancelled or job.error is not None):
                 # defensive: had Qt events been processed while the layer was built (napari's
                 # layer creation does not do so today), the job may have ended, cancelled, and
@@ -262,6 +271,7 @@ class AnalyzeWidget(QWidget):
             # no half-made results: the layers are as they were before this run
             self._run_layers.rollback()
             self._restore_kept()
+            self._restore_hidden()
             self.stage.setText("cancelled" if job.cancelled else f"failed: {job.error}")
         else:
             self._run_layers.clear()
@@ -271,7 +281,35 @@ class AnalyzeWidget(QWidget):
             kept = "".join(f"; your edits are kept in the hidden layer '{ly.name}'"
                            for ly, _, _ in self._kept if ly in self.viewer.layers)
             self._kept = []
+            self._hidden = []
             self.stage.setText(f"done in {job.elapsed:.1f} s{closed}{kept}")
+
+    def _in_place_of(self, registered, rg: dict) -> None:
+        """Show a registered sequence's layer where its layer as read is: just above it in the
+        layer list, visible as it was, and hide the layer as read (put back by
+        :meth:`_restore_hidden`)."""
+        layers = self.viewer.layers
+        originals = [ly for ly in layers if ly is not registered
+                     and type(ly).__name__ == "Image"
+                     and (ly.metadata or {}).get("radiogen", {}).get("case_id") == rg["case_id"]
+                     and ly.metadata["radiogen"].get("sequence") == rg["sequence"]
+                     and not ly.metadata["radiogen"].get("registered_onto")
+                     and not ly.metadata["radiogen"].get("synthetic")]
+        if not originals:
+            return
+        registered.visible = any(ly.visible for ly in originals)
+        for ly in originals:
+            self._hidden.append((ly, ly.visible))
+            ly.visible = False
+        # just above the topmost layer as read (move's indices are before the move)
+        layers.move(layers.index(registered), max(layers.index(ly) for ly in originals) + 1)
+
+    def _restore_hidden(self) -> None:
+        """A cancelled or failed run shows the layers as read it hid again."""
+        for layer, visible in self._hidden:
+            if layer in self.viewer.layers:
+                layer.visible = visible
+        self._hidden = []
 
     def _restore_kept(self) -> None:
         """A cancelled or failed run gives the edited layers it set aside their names (and
@@ -316,12 +354,16 @@ class PreparedStage:
 VOLUME_NAMES = {k: name for k, name in VOLUME_ROWS if k.startswith("label_")}
 
 
-def stage_layers(item: StageResult, cid: str) -> List[LayerData]:
+def stage_layers(item: StageResult, cid: str, before: Optional[Case] = None) -> List[LayerData]:
     """The layer data (``(data, kwargs, layer_type)``) a stage's result shows as, on case
-    ``cid`` (captured when the run started). Pure numpy: runs in the worker thread."""
+    ``cid`` (captured when the run started; ``before``: the case the run was given, whose
+    sequences the load stage's co-registration may have moved). Pure numpy: runs in the
+    worker thread."""
     v = item.value
     out: List[LayerData] = []
-    if item.stage == "synthesize":
+    if item.stage == "load" and before is not None:
+        out.extend(registered_layer_data(v, moved_sequences(before, v)))
+    elif item.stage == "synthesize":
         for s in v.synthetic_inputs():
             vol = v.sequences[s]
             out.append(image_result_data(vol.array, vol.geometry, cid, f"{cid} {s} (synthetic)",

@@ -443,6 +443,29 @@ def case_to_layer_data(case: Case, *, source: Optional[str] = None,
     return out
 
 
+def registered_layer_data(case: Case, moved: Sequence[str]) -> List[LayerData]:
+    """Image layers of the sequences of ``case`` that co-registration moved (``moved``, see
+    :func:`core.register.moved_sequences`), named ``"<case> <sequence> (registered)"``: each
+    placed by its moved header, shown as the reader shows a case (resampled onto the reference
+    grid where napari's 2D view could not overlay it; :func:`display_case`). Their metadata
+    say ``registered_onto``; :func:`case_layers` takes such a layer for its sequence."""
+    if not moved or case.kind != "volume":
+        return []
+    ref = case.sequences[moved[0]].meta.get("registered_onto") or case.reference
+    sub = Case(case.case_id, {ref: case.sequences[ref],
+                              **{s: case.sequences[s] for s in moved}},
+               source=case.source, kind=case.kind, meta={**case.meta, "reference": ref})
+    out: List[LayerData] = []
+    for data, kw, kind in case_to_layer_data(sub, only_reference_visible=False,
+                                             notify_user=False):
+        rg = kw["metadata"]["radiogen"]
+        if rg["sequence"] in moved and rg["sequence"] != ref:
+            kw["name"] = f"{kw['name']} (registered)"
+            rg["registered_onto"] = ref
+            out.append((data, kw, kind))
+    return out
+
+
 def _display_meta(vol: Volume) -> Dict[str, Any]:
     """Radiogen metadata of a layer shown resampled (see :func:`display_case`): the grid it is
     shown on, the volume as read (``display_source``) and a digest of the data shown, so an
@@ -500,7 +523,8 @@ def case_layers(layers: Iterable[Any], case_id: Optional[str] = None) -> Dict[st
     """``{sequence: layer}`` of the radiogen layers of one case (the first case found when
     ``case_id`` is None). Labels are under ``"labels"``. An acquired sequence wins over a
     synthetic one of the same name wherever the two sit in the layer list (as the reader
-    does with files), so moving a layer never swaps what is analysed."""
+    does with files), and a registered one (:func:`registered_layer_data`, shown in its
+    place) over both, so moving a layer never swaps what is analysed."""
     out: Dict[str, Any] = {}
     for layer in layers:
         rg = radiogen_meta(layer)
@@ -516,10 +540,15 @@ def case_layers(layers: Iterable[Any], case_id: Optional[str] = None) -> Dict[st
             out.setdefault("labels", layer)
         elif kind == "image" and seq in SEQUENCES:
             have = out.get(seq)
-            if have is None or (radiogen_meta(have).get("synthetic")
-                                and not rg.get("synthetic")):
+            if have is None or _rank(rg) > _rank(radiogen_meta(have)):
                 out[seq] = layer
     return out
+
+
+def _rank(rg: Mapping[str, Any]) -> int:
+    """Which of a case's layers of one sequence :func:`case_layers` takes: a registered one,
+    else an acquired one, else a synthetic one."""
+    return 2 if rg.get("registered_onto") else 0 if rg.get("synthetic") else 1
 
 
 def case_from_layers(layers: Iterable[Any], case_id: Optional[str] = None, *,
