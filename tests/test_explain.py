@@ -197,6 +197,39 @@ def test_render_png_without_display(models, sample, tmp_path):
     assert not (tmp_path / "r0.gif").exists()
 
 
+def test_rendering_marks_the_patient_sides(tmp_path):
+    """The letters stand beside the faces they name (canonical LPS: L at high x, P at high y,
+    S at high z), and the rendering draws them: from the default view (in front of the face,
+    above) a tumour in the patient's left half is on the image's right, the side of L."""
+    from PIL import Image
+
+    from napari_radiogen.core.render import orientation_marks, render_3d
+    marks = orientation_marks((40, 50, 60), (2.0, 1.0, 1.0))
+    assert set(marks) == set("RLAPIS")
+    for axis, (low, high) in enumerate((("R", "L"), ("A", "P"), ("I", "S"))):
+        extent = (59.0, 49.0, 78.0)[axis]
+        assert marks[low][axis] < 0 and marks[high][axis] > extent
+        other = [a for a in range(3) if a != axis]
+        assert np.allclose([marks[low][a] for a in other], [marks[high][a] for a in other])
+    labels = np.zeros((40, 50, 60), np.uint8)
+    labels[15:25, 20:30, 42:54] = 4                         # patient's left (high x)
+    env_display = os.environ.pop("DISPLAY", None)
+    try:
+        out = render_3d(brain=None, labels=labels, spacing_zyx=(1.0, 1.0, 1.0),
+                        out_png=tmp_path / "m.png", n_frames=0)
+    finally:
+        if env_display is not None:
+            os.environ["DISPLAY"] = env_display
+    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    tumour = (img[..., 0] > 150) & (img[..., 1] > 120) & (img[..., 2] < 90)
+    white = (img.min(axis=-1) > 230)
+    assert tumour.any() and white.sum() > 50, "no tumour or no letters drawn"
+    half = img.shape[1] / 2
+    assert np.nonzero(tumour)[1].mean() > half
+    cols = np.nonzero(white)[1]
+    assert (cols < half - 40).any() and (cols > half + 40).any()     # R and L, either side
+
+
 def test_cli_explain_writes_aligned_heatmap(models, tmp_path):
     from napari_radiogen.core.sample import sample_case_path
     case = sample_case_path()

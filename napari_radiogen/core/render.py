@@ -2,7 +2,10 @@
 
 :func:`render_3d` draws a translucent brain surface, the tumour regions as coloured surfaces and
 heatmap iso-surfaces, and writes a still PNG and optionally a turntable GIF. Arrays are (z, y, x)
-with ``spacing_zyx`` in mm, as everywhere in the core.
+with ``spacing_zyx`` in mm, as everywhere in the core: in the canonical LPS voxel order, so x
+runs from the patient's right to left, y from anterior to posterior, z from inferior to
+superior. The rendering says so: the letters R/L, A/P and S stand beside the volume's faces
+(:func:`orientation_marks`) and turn with it in the GIF.
 """
 from __future__ import annotations
 
@@ -40,6 +43,25 @@ def _downsample(arr: np.ndarray, factor: int, order: int = 1) -> np.ndarray:
     if order == 0:
         return arr[::factor, ::factor, ::factor]
     return ndimage.zoom(arr.astype(np.float32), 1.0 / factor, order=1)
+
+
+def orientation_marks(shape_zyx: Sequence[int], spacing_zyx: Sequence[float],
+                      margin: float = 0.08) -> Dict[str, Tuple[float, float, float]]:
+    """Where the anatomical letters stand in the rendering's (VTK x, y, z) space of an array of
+    ``shape_zyx`` and ``spacing_zyx`` laid out as :func:`_grid` lays it out (origin 0): each
+    beside the centre of the face it names, ``margin`` of the volume's largest extent out.
+    Canonical LPS voxel order: R at low x, L at high x, A at low y, P at high y, I at low z,
+    S at high z."""
+    ext = np.array([(n - 1) * float(s) for n, s in zip(shape_zyx, spacing_zyx)])[::-1]  # x y z
+    c = ext / 2.0
+    off = margin * float(ext.max())
+    out: Dict[str, Tuple[float, float, float]] = {}
+    for axis, (low, high) in enumerate((("R", "L"), ("A", "P"), ("I", "S"))):
+        for name, sign in ((low, -1.0), (high, 1.0)):
+            q = c.copy()
+            q[axis] = c[axis] + sign * (ext[axis] / 2.0 + off)
+            out[name] = tuple(float(v) for v in q)
+    return out
 
 
 def _surface(mask: np.ndarray, spacing_zyx, sigma: float = 1.0):
@@ -97,7 +119,16 @@ def render_3d(*, brain: Optional[np.ndarray], spacing_zyx: Sequence[float],
                                clim=(0, 1), opacity=op, show_scalar_bar=False)
     if title:
         p.add_text(title, font_size=10, color="white")
-    p.view_vector((0.0, -1.0, 0.6), viewup=(0, 0, 1))   # VTK x,y,z = LPS: from anterior/above
+    # I is left out: seen from above, as the views here are, it falls on the nearest letter
+    marks = {k: v for k, v in orientation_marks(ref.shape, spacing_zyx).items() if k != "I"}
+    p.add_point_labels(np.array(list(marks.values())), list(marks), font_size=18,
+                       text_color="white", shape=None, show_points=False, always_visible=True,
+                       bold=True)
+    # VTK x,y,z = LPS: from anterior/above, framing the whole volume (so its letters too, also
+    # where little of it is drawn)
+    ext = [(n - 1) * float(s) for n, s in zip(ref.shape, spacing_zyx)][::-1]
+    p.view_vector((0.0, -1.0, 0.6), viewup=(0, 0, 1),
+                  bounds=(0.0, ext[0], 0.0, ext[1], 0.0, ext[2]))
     p.camera.zoom(1.2)
     out: Dict[str, str] = {}
     out_png = Path(out_png)
