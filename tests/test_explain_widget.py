@@ -134,6 +134,8 @@ def test_new_heatmaps_hide_the_others_and_keep_the_3d_style(
     # 3D: the slider sets the iso level of an iso-rendered heatmap
     w.show_3d()
     assert viewer.dims.ndisplay == 3 and str(grade.rendering) == "iso"
+    # the axes arrows name the patient sides the layers' world axes (LPS, z y x) point to
+    assert tuple(viewer.dims.axis_labels) == ("S", "P", "L") and viewer.axes.visible
     w.threshold.setValue(80)
     assert grade.iso_threshold == pytest.approx(0.8)
     assert tuple(grade.contrast_limits) == pytest.approx((0.8, 1.0))
@@ -152,6 +154,21 @@ def test_new_heatmaps_hide_the_others_and_keep_the_3d_style(
     assert w.score.text().startswith(before.split("\n")[0])
     assert "heatmap mass within tumour + 5 mm" in w.score.text()
     assert "rendering written to" in w.score.text()
+
+
+def test_patient_axes_keep_names_given_by_the_user(make_napari_viewer):
+    """The axes are named only where napari's default names stand, in a 3D world."""
+    from napari_radiogen.napari._common import mark_patient_axes
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 5)))
+    assert not mark_patient_axes(viewer) and not viewer.axes.visible        # a 2D world
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((3, 4, 5)))
+    viewer.dims.axis_labels = ("t", "y", "x")
+    assert not mark_patient_axes(viewer)
+    assert tuple(viewer.dims.axis_labels) == ("t", "y", "x") and not viewer.axes.visible
+    viewer.dims.axis_labels = ("-3", "-2", "-1")
+    assert mark_patient_axes(viewer) and tuple(viewer.dims.axis_labels) == ("S", "P", "L")
 
 
 def _result(**kw):

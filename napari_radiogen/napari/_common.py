@@ -263,6 +263,27 @@ def same_placement(layer, kw: Dict[str, Any]) -> bool:
             and "rotate" not in kw and "affine" not in kw)
 
 
+#: the patient side each world axis of a radiogen layer points to: layers are placed in LPS mm,
+#: (z, y, x) order (see layers.geometry_kwargs)
+PATIENT_AXES = ("S", "P", "L")
+
+
+def mark_patient_axes(viewer) -> bool:
+    """Show napari's axes overlay with each arrow named after the patient side it points to
+    (:data:`PATIENT_AXES`), so a 3D view says where right and left are. Only for a 3D world
+    whose axes still have napari's default names (``-3 -2 -1``, or ``0 1 2`` in older napari):
+    names the user or another plugin gave are kept. Returns whether the names were set."""
+    dims = viewer.dims
+    if dims.ndim != 3:
+        return False
+    names = tuple(str(a) for a in dims.axis_labels)
+    if names != PATIENT_AXES and names not in (("-3", "-2", "-1"), ("0", "1", "2")):
+        return False
+    dims.axis_labels = PATIENT_AXES
+    viewer.axes.visible = True
+    return True
+
+
 def draw_now(viewer) -> None:
     """Draw the viewer's canvas now (a synchronous repaint); nothing without a Qt window."""
     try:

@@ -7,7 +7,8 @@ those of the tumour segmentation it was placed on) in its metadata, and is repla
 rerun; a new heatmap hides (never removes) the case's heatmaps of other tasks and methods, which
 would otherwise add up (additive blending). A threshold slider hides low values (and sets the
 iso-surface level in 3D); "3D view" switches napari to 3D with the tumour labels shown as
-surfaces, and heatmaps arriving later in 3D take the same style; "Export rendering" writes an
+surfaces and napari's axes arrows named after the patient sides they point to (P, L, S), and
+heatmaps arriving later in 3D take the same style; "Export rendering" writes an
 off-screen pyvista PNG + turntable GIF of the shown result with the case it was computed on.
 
 The dock's text says which class the heatmap explains (the evidence for that class, whatever
@@ -29,7 +30,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
 from ._common import (HEATMAP_FLOOR, CaseCombo, on_device, add_layer_data, closed_case_note,
-                      device_combo, image_result_data, prepared_results, remove_layers)
+                      device_combo, image_result_data, mark_patient_axes, prepared_results,
+                      remove_layers)
 from .workers import start_job
 
 
@@ -278,6 +280,7 @@ class ExplainWidget(QWidget):
 
     def show_3d(self) -> None:
         self.viewer.dims.ndisplay = 3
+        mark_patient_axes(self.viewer)      # arrows named P, L, S: which side is the left
         self._style_3d = True
         if self.layer is not None and self.layer in self.viewer.layers:
             self._style_layer_3d(self.layer)
