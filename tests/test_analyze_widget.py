@@ -1,4 +1,4 @@
-"""The Analyze dock's results panel: the Dice against the case's expert labels, a prediction table
+"""The Analyze dock's results panel: the Dice against the labels that came with the case, a prediction table
 that the dock's default width holds without breaking words, the class each heatmap explains; an
 edited segmentation layer is kept, not written over, by a rerun."""
 from types import SimpleNamespace
@@ -112,7 +112,9 @@ def test_analyze_run_shows_dice_and_heatmap_class(make_napari_viewer, qtbot, tes
     assert w.job.error is None and w.result is not None
     assert w.result.segmentation.metrics                     # the case has labels
     text = w.results.toPlainText()
-    assert "Dice against the case's expert labels: WT" in text
+    # what the Dice is against: the labels file of the case (not the reference sequence)
+    assert ("Dice against the labels that came with the case (BraTS2021_00006_seg.nii.gz): WT"
+            in text), text
     e = w.result.explanations[0]
     assert f"heatmap for {e.target_class}" in text
 

@@ -124,5 +124,7 @@ def test_undefined_metrics_are_null_in_json_and_said_in_the_report(tmp_path):
     assert rep["segmentation"]["metrics_vs_labels"]["ET"] == {"dice": 0.0, "hd95_mm": None}
     html = open(paths["report_html"]).read()
     assert "n/a (one of the two masks is empty)" in html and "nan" not in html.lower()
+    # what the Dice is against is worded so it cannot be read as the reference sequence
+    assert "Against the labels that came with the case" in html and "reference labels" not in html
     # the label volumes are named, the regions keep their names
     assert "label 4 (enhancing tumour)" in html and "label_4" not in html

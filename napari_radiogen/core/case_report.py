@@ -283,6 +283,15 @@ def may_show_face(case) -> bool:
         return False
 
 
+def labels_origin(case) -> str:
+    """What a segmentation's Dice is against, in words: the labels file that came with the
+    case (``the labels that came with the case (<file>)``), a slice pack's mask."""
+    if getattr(case, "kind", None) == "slices":
+        return "the mask that came with the pack"
+    path = getattr(getattr(case, "labels", None), "path", None)
+    return ("the labels that came with the case" + (f" ({Path(path).name})" if path else ""))
+
+
 def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bool = True,
                       files: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """``files``: the case's other outputs (name -> path), linked from the report when they
@@ -324,7 +333,7 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
             rows = [(r, _num(m.get("dice"), 3),
                      _num(m.get("hd95_mm"), 1, "n/a (one of the two masks is empty)"))
                     for r, m in seg.metrics.items()]
-            parts.append("<p>Against the case's reference labels:</p>"
+            parts.append(f"<p>Against {html.escape(labels_origin(res.case))}:</p>"
                          + _table(rows, ("region", "Dice", "HD95 (mm)")))
     if res.prediction is not None:
         pr = res.prediction

@@ -3,7 +3,7 @@
 Thin: a small input dataclass, then ``core.pipeline.Analyzer.analyze`` runs through
 ``workers.start_job``. Layers appear stage by stage on the case the run was started from, a
 results panel shows probabilities (with the models' validated AUCs), volumes, the Dice against
-the case's expert labels where it has them, the class each heatmap explains, and warnings, and
+the labels that came with the case where it has them, the class each heatmap explains, and warnings, and
 Export writes the de-identified report and all files. Cancel leaves the layers as they were
 before the run (added ones removed, a previous run's results put back). A segmentation layer the
 user edited is kept (renamed ``<name> (edited)``, hidden) rather than written over, as in the
@@ -439,7 +439,8 @@ def results_html(res: AnalysisResult) -> str:
         if metrics:
             dice = ", ".join(f"{html.escape(r)} {float(m['dice']):.3f}"
                              for r, m in metrics.items() if m.get("dice") is not None)
-            parts.append(f"<p>Dice against the case's expert labels: {dice}</p>")
+            from ..core.case_report import labels_origin
+            parts.append(f"<p>Dice against {html.escape(labels_origin(res.case))}: {dice}</p>")
     for e in res.explanations:
         parts.append(f"<p>{html.escape(explanation_line(e, classes))}</p>")
     if res.warnings:
