@@ -129,6 +129,20 @@ def test_a_loaded_ensemble_loads_its_members_once(ens, monkeypatch):
     assert set(ens.extras["members"]) == set(MEMBERS)
 
 
+def test_an_analysis_loads_the_members_with_the_ensemble_before_any_stage(ens):
+    """The analysis's models stage loads an ensemble's members with it, so they are loaded
+    when the segmentation is shown: building them in the middle of the prediction held the
+    viewer's event loop while it added the segmentation layer."""
+    from napari_radiogen.core.pipeline import AnalysisOptions, Analyzer, StageResult
+    an = Analyzer(AnalysisOptions(pred_model="predict_ens_test", device="cpu",
+                                  stages=("segment",)))
+    members = None
+    for item in an.analyze(_pack(2)):
+        if isinstance(item, StageResult) and item.stage == "segment":
+            members = set(an._models["pred"].extras.get("members", {}))
+    assert members == set(MEMBERS)
+
+
 def test_a_default_loaded_by_a_front_end_gives_way_like_no_model_at_all():
     """The CLI and the Predict widget load the default themselves: marked ``as_default``, it
     falls back to predict_mil on a 3D case without T2 (before, only explain did)."""

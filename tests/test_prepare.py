@@ -580,3 +580,30 @@ def test_native_t1ce_is_said_to_be_offset_from_the_flair(native):
     assert _offset_warnings(prepare(native, spacing=2.0)) == w
     # what the viewer and `radiogen info` say on opening the case: every acquired sequence
     assert case_registration_warnings(native) == [s for s in w]
+
+
+def test_largest_component_is_labelled_within_the_bounding_box_alike():
+    """The largest component, labelled inside the mask's bounding box (a short hold of the
+    interpreter), is the one labelling the whole volume gives, for either connectivity."""
+    from scipy import ndimage
+
+    from napari_radiogen.core.prepare import _largest_component, bounding_box
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        m = np.zeros((12, 14, 16), bool)
+        z, y, x = rng.integers(0, 6, 3)
+        m[z:z + 6, y:y + 7, x:x + 8] = rng.random((6, 7, 8)) > 0.55
+        st = None if t % 2 else np.ones((3, 3, 3), bool)
+        lab, n = ndimage.label(m, structure=st)
+        if n <= 1:
+            want = m
+        else:
+            counts = np.bincount(lab.ravel())
+            counts[0] = 0
+            want = lab == np.argmax(counts)
+        got = _largest_component(m, st)
+        assert got.shape == m.shape and np.array_equal(got, want), t
+    assert bounding_box(np.zeros((3, 4), bool)) is None
+    m = np.zeros((5, 6, 7), bool)
+    m[1, 2, 3] = m[3, 4, 3] = True
+    assert bounding_box(m) == (slice(1, 4), slice(2, 5), slice(3, 4))

@@ -459,3 +459,29 @@ def test_a_result_updated_in_place_takes_the_look_its_new_content_asks_for(make_
     names = dict(zip(seg.features["index"], seg.features["name"]))
     assert names[1] == "FLAIR abnormality" and 2 not in names
     assert np.allclose(np.asarray(seg.colormap.map(1)).ravel(), orange)
+
+
+def test_a_new_layers_repaint_waits_for_the_next_turn_of_the_event_loop(make_napari_viewer,
+                                                                         qtbot):
+    """Adding a new layer holds the window's repaint until the next turn of the event loop
+    (which then paints it), so input and timers get a turn between napari adding the layer and
+    drawing the window; updating a layer in place does not hold it."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_radiogen.napari._common import add_layer_data
+    viewer = make_napari_viewer(show=True)
+    win = viewer.window._qt_window
+    layer = add_layer_data(viewer, _data("heat", (4, 5, 6), 1.0))
+    assert not win.updatesEnabled()
+    qtbot.waitUntil(win.updatesEnabled, timeout=5_000)
+    QApplication.processEvents()
+    assert viewer.layers["heat"] is layer
+    add_layer_data(viewer, _data("heat", (4, 5, 6), 2.0))             # in place
+    assert win.updatesEnabled() and float(layer.data.max()) == 2.0
+    # a second new layer in the same turn: one hold, released once
+    add_layer_data(viewer, _data("a", (4, 5, 6)))
+    add_layer_data(viewer, _data("b", (4, 5, 6)))
+    assert not win.updatesEnabled()
+    qtbot.waitUntil(win.updatesEnabled, timeout=5_000)
+    shot = viewer.screenshot(canvas_only=True)
+    assert shot.max() > 0                                            # the window draws again

@@ -181,6 +181,12 @@ class Analyzer:
         # (a tumour-centred model on a case its segmentation model cannot read), as in
         # ``radiogen predict`` (core.predict.window_or_fallback)
         lm.extras["as_default"] = self.options.pred_model is None
+        if (lm.card.get("input") or {}).get("kind") == "ensemble":
+            # its members too, with it: in the models stage, before any result is shown,
+            # not in the middle of the prediction (building a network is Python-heavy work
+            # that holds the interpreter while the viewer adds the segmentation layer)
+            from .predict import ensemble_members
+            ensemble_members(lm)
         return lm
 
     def explain_model(self):

@@ -30,7 +30,7 @@ from . import progress as _progress
 from .case import SEQUENCES, Case, Geometry, Volume
 from .errors import GeometryError, MissingSequenceError, RadiogenError
 from .progress import CancelToken, Progress
-from .models import oom_fallback_iter, oom_note
+from .models import OOM_NOTE_START, oom_fallback_iter
 
 TASK = "synthesis"
 SYNTH_SPACING_MM = 2.0
@@ -499,7 +499,7 @@ def fill_missing(case: Case, model: Any = None, needed: Iterable[str] = SEQUENCE
                 res = item
         out = out.with_sequence(t, res.volume)
         info[t] = {"sources": res.sources, "model": res.model, "device": res.device}
-        fell_back = [w for w in res.warnings if w == oom_note(f"{t} was synthesised")]
+        fell_back = [w for w in res.warnings if w.startswith(OOM_NOTE_START)]
         if fell_back:                    # the analysis that fills the case says it
             info[t]["warnings"] = fell_back
     meta = dict(out.meta)

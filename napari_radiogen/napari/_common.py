@@ -284,6 +284,32 @@ def mark_patient_axes(viewer) -> bool:
     return True
 
 
+@contextmanager
+def paint_later(viewer, when: bool = True) -> Iterator[None]:
+    """Hold the viewer window's repaint until the next turn of the event loop (``when``).
+
+    Adding a layer makes napari post a repaint of the window (its canvas, the new layer's
+    controls, the layer list), which Qt runs straight after the addition, in the same turn:
+    the main thread is then busy for both in one go. Held, the repaint runs in a later turn,
+    so the event loop (input, timers) gets a turn between the two."""
+    win = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if not when or win is None or not win.updatesEnabled():
+        yield
+        return
+    win.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        from qtpy.QtCore import QTimer
+
+        def resume() -> None:
+            try:
+                win.setUpdatesEnabled(True)
+            except RuntimeError:          # the window was closed meanwhile
+                pass
+        QTimer.singleShot(0, resume)
+
+
 def draw_now(viewer) -> None:
     """Draw the viewer's canvas now (a synchronous repaint); nothing without a Qt window."""
     try:
@@ -664,7 +690,9 @@ def add_layer_data(viewer, layer_data: LayerData, *, select: bool = False, built
     layer object from :func:`build_layer`); by default the user's layer selection is left
     alone."""
     data, kw, kind = layer_data
-    return replace_layer(viewer, data, kw, kind, select=select, built=built)
+    # a new layer: the window's repaint after it in a turn of its own (see paint_later)
+    with paint_later(viewer, built is not None or kw["name"] not in viewer.layers):
+        return replace_layer(viewer, data, kw, kind, select=select, built=built)
 
 
 class ResultLayers:
