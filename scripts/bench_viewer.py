@@ -19,6 +19,11 @@ load. Reports, per run:
   median headless run, in the viewer's process and in the plain process (target: napari <=
   1.1x headless).
 
+With ``--events`` each run also lists the Qt events that filled its worst gap (each event
+that took over 4 ms: when, how long, its type and receiver; ``diagnostics.timed_application``).
+Every event then goes through Python, which slows the viewer: use it to find what fills a gap,
+not for the table's figures.
+
 Speed is measured here, not in the test suite (the suite checks behaviour only). Run it under a
 display, e.g. ``xvfb-run -a python scripts/bench_viewer.py [--json] [--device cpu]``.
 """
@@ -205,6 +210,8 @@ def main(argv=None) -> int:
                     help="napari runs: the first adds the layers, the others rerun in place")
     ap.add_argument("--no-process-baseline", action="store_true",
                     help="skip the headless analysis in a separate, plain Python process")
+    ap.add_argument("--events", action="store_true",
+                    help="list the Qt events that filled each run's worst gap (slower)")
     args = ap.parse_args(argv)
     env = dict(os.environ)            # before napari_radiogen.napari sets OMP_WAIT_POLICY
     try:
@@ -220,7 +227,9 @@ def main(argv=None) -> int:
     from napari_radiogen.core.progress import run
     from napari_radiogen.core.sample import sample_case_path
     from napari_radiogen.napari.analyze_widget import AnalyzeWidget
-    from napari_radiogen.napari.diagnostics import EventLoopMeter
+    from napari_radiogen.napari.diagnostics import (EventLoopMeter, events_between,
+                                                    timed_application)
+    app = timed_application(sys.argv[:1]) if args.events else None
 
     def idle(seconds: float) -> None:
         """Let the event loop run (draws, deferred work) for a while."""
@@ -248,6 +257,8 @@ def main(argv=None) -> int:
     def napari_run(label: str) -> dict:
         spans.clear()
         idle(0.3)
+        if app is not None:
+            app.records.clear()
         meter = EventLoopMeter().start()
         threads0 = cpu_by_thread()
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -264,7 +275,12 @@ def main(argv=None) -> int:
         worst = meter.stop()
         if w.job.error is not None:
             raise RuntimeError(f"analysis failed: {w.job.error}")
-        return {"run": label,
+        events = []
+        if app is not None and meter.gaps:
+            g, a, b = max(meter.gaps)
+            events = events_between(app.records, a, b)
+            app.records.clear()
+        return {"run": label, "worst_gap_events": events,
                 "worst_gap_outside_delivery_ms": 1000 * meter.worst_outside(spans),
                 "worst_gap_ms": 1000 * worst,
                 "longest_delivery_ms": 1000 * max((e - 0.1 - s for s, e in spans),
@@ -318,6 +334,8 @@ def main(argv=None) -> int:
             print(f"{r['run']:16s} {r['worst_gap_outside_delivery_ms']:14.0f} "
                   f"{r['worst_gap_ms']:12.0f} {r['longest_delivery_ms']:11.0f} "
                   f"{r['main_thread_cpu_s']:10.2f} {r['seconds']:8.2f} {r['page_faults']:7d}")
+            for line in r["worst_gap_events"]:
+                print(f"    {line}")
         print(f"headless {', '.join(f'{h:.2f}' for h in headless)} s; median rerun / median "
               f"headless = {out['napari_over_headless']:.2f} "
               f"({out['cpus']} CPUs, torch {out['torch_threads']} threads, load average "

@@ -49,3 +49,52 @@ class EventLoopMeter:
             return "no ticks"
         g, _, end = max(self.gaps)
         return f"{g:.3f} s ending {end - t0:.2f} s after the start"
+
+
+def timed_application(argv=(), threshold_s: float = 0.004):
+    """A ``QApplication`` that records every Qt event whose delivery takes longer than
+    ``threshold_s``: ``app.records`` holds ``(start, seconds, depth, event type, receiver
+    class, receiver object name)`` (``depth`` 0: an event the loop itself delivered, more: one
+    sent while another was being handled). Create it before napari creates its own
+    application. Each event then goes through Python, so timings are slower than without it:
+    for finding what fills a gap (:meth:`EventLoopMeter.worst`), not for measuring it."""
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication
+
+    class TimedApplication(QApplication):
+        def __init__(self, args):
+            super().__init__(list(args) or ["radiogen"])
+            self.records: List[Tuple[float, float, int, str, str, str]] = []
+            self._depth = 0
+
+        def notify(self, receiver, event):
+            # what the record names, read before the delivery: the event and its receiver
+            # may be deleted by it (a single-shot timer's receiver is)
+            cls = type(receiver).__name__
+            try:
+                name, kind = receiver.objectName(), int(event.type())
+            except (AttributeError, RuntimeError):
+                name, kind = "", -1
+            self._depth += 1
+            t = time.perf_counter()
+            try:
+                return super().notify(receiver, event)
+            finally:
+                dt = time.perf_counter() - t
+                self._depth -= 1
+                if dt > threshold_s:
+                    try:
+                        kind_name = QEvent.Type(kind).name
+                    except (ValueError, TypeError):
+                        kind_name = str(kind)
+                    self.records.append((t, dt, self._depth, str(kind_name), cls, str(name)))
+
+    return TimedApplication(argv)
+
+
+def events_between(records, start: float, end: float) -> List[str]:
+    """The recorded events (:func:`timed_application`) that started between ``start`` and
+    ``end``, one line each: offset and duration in ms, depth, event type, receiver."""
+    return [f"+{1000 * (t - start):6.1f} ms {1000 * dt:6.1f} ms depth {d} {kind} {cls}"
+            + (f" '{name}'" if name else "")
+            for t, dt, d, kind, cls, name in records if start - 0.001 <= t <= end]
