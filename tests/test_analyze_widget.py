@@ -172,18 +172,11 @@ def test_a_registered_sequence_is_shown_in_place_of_the_layer_as_read(make_napar
     is 8 mm off) is shown as '<case> t2 (registered)', just above the T2 as read, visible as
     that was, and placed where the FLAIR is; the T2 as read is hidden, and the next analysis
     reads the registered layer. A run cancelled after the move puts everything back."""
-    import shutil
-
-    import SimpleITK as sitk
+    from _sample_helpers import sample_copy
 
     from napari_radiogen.napari.analyze_widget import AnalyzeWidget
     from napari_radiogen.napari.layers import case_layers
-    case = tmp_path / "BraTS2021_00006"
-    shutil.copytree(sample_path, case)
-    t2 = case / "BraTS2021_00006_t2.nii.gz"
-    img = sitk.ReadImage(str(t2))
-    img.SetOrigin(tuple(o + d for o, d in zip(img.GetOrigin(), (0.0, 8.0, 0.0))))
-    sitk.WriteImage(img, str(t2))
+    case = sample_copy(tmp_path / "BraTS2021_00006", (0.0, 8.0, 0.0))
     viewer = make_napari_viewer(show=True)
     viewer.open(str(case), plugin="napari-radiogen")
     w = AnalyzeWidget(viewer)

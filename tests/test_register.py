@@ -119,17 +119,13 @@ def test_segment_and_predict_register_flag_on_a_shifted_copy_of_the_sample(sampl
     """`radiogen segment --register` / `predict --register`: the shifted T2 of a copy of the
     sample is moved back first and said in the JSON; without the flag the offset is warned."""
     import json
-    import shutil
 
     import SimpleITK as sitk
+    from _sample_helpers import sample_copy
 
     from napari_radiogen.cli import main
-    case = tmp_path / "BraTS2021_00006"
-    shutil.copytree(sample_path, case)
+    case = sample_copy(tmp_path / "BraTS2021_00006", (0.0, 8.0, 0.0))
     t2 = case / "BraTS2021_00006_t2.nii.gz"
-    img = sitk.ReadImage(str(t2))
-    img.SetOrigin(tuple(o + d for o, d in zip(img.GetOrigin(), (0.0, 8.0, 0.0))))
-    sitk.WriteImage(img, str(t2))
     for flag in ([], ["--register"]):
         out = tmp_path / ("reg" if flag else "plain")
         assert main(["segment", str(case), "--out", str(out), "--device", "cpu", *flag]) == 0

@@ -3,11 +3,11 @@
 Thin: a small input dataclass, then ``core.pipeline.Analyzer.analyze`` runs through
 ``workers.start_job``. Layers appear stage by stage on the case the run was started from, a
 results panel shows probabilities (with the models' validated AUCs), volumes, the Dice against
-the labels that came with the case where it has them, the class each heatmap explains, and warnings, and
-Export writes the de-identified report and all files. Cancel leaves the layers as they were
-before the run (added ones removed, a previous run's results put back). A segmentation layer the
-user edited is kept (renamed ``<name> (edited)``, hidden) rather than written over, as in the
-Segment dock. With *co-register the sequences first*, each sequence the registration moved is
+the labels that came with the case where it has them, the class each heatmap explains, and
+warnings, and Export writes the de-identified report and all files. Cancel leaves the layers
+as they were before the run (added ones removed, a previous run's results put back). A
+segmentation layer the user edited is kept (renamed ``<name> (edited)``, hidden) rather than
+written over, as in the Segment dock. With *co-register the sequences first*, each sequence the registration moved is
 shown as ``<case> <sequence> (registered)`` in its layer's place (the layer as read is hidden,
 and shown again if the run is cancelled or fails), so the viewer shows what the models read.
 """
@@ -24,9 +24,9 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 from ..core.case import Case
 from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, StageResult,
                              write_outputs)
+from ..core.register import moved_sequences
 from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, build_layer,
                       closed_case_note, device_combo, image_result_data)
-from ..core.register import moved_sequences
 from .layers import LayerData, registered_layer_data
 from .explain_widget import heatmap_layer_data, result_text
 from .segment_widget import VOLUME_ROWS, set_aside_edited, track_edits
