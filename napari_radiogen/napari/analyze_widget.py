@@ -7,9 +7,10 @@ the labels that came with the case where it has them, the class each heatmap exp
 warnings, and Export writes the de-identified report and all files. Cancel leaves the layers
 as they were before the run (added ones removed, a previous run's results put back). A
 segmentation layer the user edited is kept (renamed ``<name> (edited)``, hidden) rather than
-written over, as in the Segment dock. With *co-register the sequences first*, each sequence the registration moved is
-shown as ``<case> <sequence> (registered)`` in its layer's place (the layer as read is hidden,
-and shown again if the run is cancelled or fails), so the viewer shows what the models read.
+written over, as in the Segment dock. With *co-register the sequences first*, each sequence
+the registration moved is shown as ``<case> <sequence> (registered)`` in its layer's place
+(the layer as read is hidden, and shown again if the run is cancelled or fails), so the viewer
+shows what the models read.
 """
 from __future__ import annotations
 
