@@ -37,6 +37,22 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The small random test models of a module: ``{"mil": path, ...}``
+    (``_models.write_random_models``)."""
+    from _models import write_random_models
+    return write_random_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """The bundled sample case, read once per module."""
+    from napari_radiogen.core.io import load_case
+    from napari_radiogen.core.sample import sample_case_path
+    return load_case(sample_case_path())
+
+
+@pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     """The small random test models (``_models.write_random_models``) of a widget test module."""
     from _models import write_random_models

@@ -18,7 +18,6 @@ import pytest
 from napari_radiogen.core.phantom import make_pack_phantom
 from napari_radiogen.core.progress import Progress
 
-from _models import write_random_models
 from _synth_helpers import tiny_model
 from predict_helpers import TINY, make_tiny_model, write_pack
 
@@ -26,11 +25,6 @@ from predict_helpers import TINY, make_tiny_model, write_pack
 def main(*args) -> int:
     from napari_radiogen.cli import main as cli_main
     return cli_main([str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return write_random_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,6 @@ from napari_radiogen.core.explain import explain, localisation_score, slices_to_
 from napari_radiogen.core.models import load_model
 from napari_radiogen.core.progress import run
 
-from _models import write_random_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return write_random_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def sample():
-    from napari_radiogen.core.io import load_case
-    from napari_radiogen.core.sample import sample_case_path
-    return load_case(sample_case_path())
 
 
 def test_localisation_score_counts_mass_near_the_mask():

@@ -17,25 +17,12 @@ from napari_radiogen.core.models import (is_device_oom, load_model, oom_fallback
                                          oom_fallback_iter, oom_note)
 from napari_radiogen.core.progress import Progress, run
 
-from _models import write_random_models
 
 GPU = "cpu:0"          # stands for the GPU (see the module docstring)
 
 
 def _oom():
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return write_random_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def sample():
-    from napari_radiogen.core.io import load_case
-    from napari_radiogen.core.sample import sample_case_path
-    return load_case(sample_case_path())
 
 
 @pytest.fixture

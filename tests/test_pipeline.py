@@ -18,12 +18,6 @@ from napari_radiogen.core.pipeline import (AnalysisOptions, AnalysisResult, Anal
 from napari_radiogen.core.progress import CancelToken, Progress, run
 
 from _json_helpers import all_keys, strict_load
-from _models import write_random_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return write_random_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -587,7 +587,7 @@ def test_largest_component_is_labelled_within_the_bounding_box_alike():
     interpreter), is the one labelling the whole volume gives, for either connectivity."""
     from scipy import ndimage
 
-    from napari_radiogen.core.prepare import _largest_component, bounding_box
+    from napari_radiogen.core.prepare import _largest_component, crop_box
     rng = np.random.default_rng(0)
     for t in range(60):
         m = np.zeros((12, 14, 16), bool)
@@ -603,7 +603,8 @@ def test_largest_component_is_labelled_within_the_bounding_box_alike():
             want = lab == np.argmax(counts)
         got = _largest_component(m, st)
         assert got.shape == m.shape and np.array_equal(got, want), t
-    assert bounding_box(np.zeros((3, 4), bool)) is None
+    empty = np.zeros((3, 4, 5), bool)
+    assert _largest_component(empty) is empty
     m = np.zeros((5, 6, 7), bool)
     m[1, 2, 3] = m[3, 4, 3] = True
-    assert bounding_box(m) == (slice(1, 4), slice(2, 5), slice(3, 4))
+    assert crop_box(m, 0) == (slice(1, 4), slice(2, 5), slice(3, 4))    # the box labelled

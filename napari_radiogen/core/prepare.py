@@ -343,9 +343,9 @@ def _largest_component(mask: np.ndarray, structure: Optional[np.ndarray] = None)
     """The largest connected component (``structure``: scipy's connectivity, default faces).
     Labelled within the mask's bounding box: the same components, and a short hold of the
     interpreter (scipy's labelling holds it throughout) for a small mask in a large volume."""
-    box = bounding_box(mask)
-    if box is None:
+    if not np.any(mask):
         return mask
+    box = crop_box(mask, 0)
     lab, n = ndimage.label(mask[box], structure=structure)
     if n <= 1:
         return mask
@@ -354,18 +354,6 @@ def _largest_component(mask: np.ndarray, structure: Optional[np.ndarray] = None)
     out = np.zeros(np.shape(mask), bool)
     out[box] = lab == int(np.argmax(counts))
     return out
-
-
-def bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
-    """The slices of the smallest box holding every nonzero voxel of ``mask`` (None: empty)."""
-    m = np.asarray(mask)
-    box = []
-    for axis in range(m.ndim):
-        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -45,6 +45,11 @@ def _downsample(arr: np.ndarray, factor: int, order: int = 1) -> np.ndarray:
     return ndimage.zoom(arr.astype(np.float32), 1.0 / factor, order=1)
 
 
+def _extent_xyz(shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
+    """The (VTK x, y, z) extent in mm of an array laid out as :func:`_grid` lays it out."""
+    return np.array([(n - 1) * float(s) for n, s in zip(shape_zyx, spacing_zyx)])[::-1]
+
+
 def orientation_marks(shape_zyx: Sequence[int], spacing_zyx: Sequence[float],
                       margin: float = 0.08) -> Dict[str, Tuple[float, float, float]]:
     """Where the anatomical letters stand in the rendering's (VTK x, y, z) space of an array of
@@ -52,7 +57,7 @@ def orientation_marks(shape_zyx: Sequence[int], spacing_zyx: Sequence[float],
     beside the centre of the face it names, ``margin`` of the volume's largest extent out.
     Canonical LPS voxel order: R at low x, L at high x, A at low y, P at high y, I at low z,
     S at high z."""
-    ext = np.array([(n - 1) * float(s) for n, s in zip(shape_zyx, spacing_zyx)])[::-1]  # x y z
+    ext = _extent_xyz(shape_zyx, spacing_zyx)
     c = ext / 2.0
     off = margin * float(ext.max())
     out: Dict[str, Tuple[float, float, float]] = {}
@@ -126,9 +131,9 @@ def render_3d(*, brain: Optional[np.ndarray], spacing_zyx: Sequence[float],
                        bold=True)
     # VTK x,y,z = LPS: from anterior/above, framing the whole volume (so its letters too, also
     # where little of it is drawn)
-    ext = [(n - 1) * float(s) for n, s in zip(ref.shape, spacing_zyx)][::-1]
+    ext = _extent_xyz(ref.shape, spacing_zyx)
     p.view_vector((0.0, -1.0, 0.6), viewup=(0, 0, 1),
-                  bounds=(0.0, ext[0], 0.0, ext[1], 0.0, ext[2]))
+                  bounds=(0.0, float(ext[0]), 0.0, float(ext[1]), 0.0, float(ext[2])))
     p.camera.zoom(1.2)
     out: Dict[str, str] = {}
     out_png = Path(out_png)

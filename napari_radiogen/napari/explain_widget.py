@@ -29,9 +29,9 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..core.errors import error_text
 from ..core.explain import KIND_METHODS, TASKS, explain, explained_kind, method_slug
-from ._common import (HEATMAP_FLOOR, CaseCombo, on_device, add_layer_data, closed_case_note,
-                      device_combo, image_result_data, mark_patient_axes, prepared_results,
-                      remove_layers)
+from ._common import (HEATMAP_FLOOR, CaseCombo, add_layer_data, closed_case_note,
+                      device_combo, image_result_data, mark_patient_axes, on_device,
+                      prepared_results, remove_layers)
 from .workers import start_job
 
 
