@@ -74,3 +74,66 @@ def test_synthesis_is_the_same_on_the_gpu(case):
     cpu, gpu = _both(lambda d: drive(synthesize(case, None, "t1ce", device=d)))
     a, b = cpu.volume.array.astype(np.float32), gpu.volume.array.astype(np.float32)
     assert np.abs(a - b).max() <= 1e-3 * max(1.0, float(a.max() - a.min()))
+
+
+# -- a real out-of-memory on the GPU ------------------------------------------------------------
+# tests/test_oom_fallback.py raises torch's OutOfMemoryError from a stand-in device; here the
+# CUDA caching allocator raises it: once the model is on the GPU, this process may hold only
+# 1 MiB more than it holds then.
+@pytest.fixture
+def nearly_full():
+    def limit():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()            # a cached free block would serve any request
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + 2 ** 20)
+                                                   / total)
+        with pytest.raises(torch.OutOfMemoryError):      # the limit is real
+            torch.empty(2 ** 22, device="cuda")
+    try:
+        yield limit
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+
+
+def _fell_back(res):
+    from napari_radiogen.core.models import OOM_NOTE_START
+    return res.device == "cpu" and any(str(w).startswith(OOM_NOTE_START) for w in res.warnings)
+
+
+def test_segmentation_finishes_on_the_cpu_after_a_real_out_of_memory(case, nearly_full):
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.segment import segment
+    lm = load_model("seg_lgg_segresnet2d", task="segmentation", device="cuda")
+    nearly_full()
+    res = drive(segment(case, lm, device="cuda"))
+    assert _fell_back(res) and lm.device == "cpu", (res.device, res.warnings)
+    plain = drive(segment(case, load_model("seg_lgg_segresnet2d", task="segmentation"),
+                          device="cpu"))
+    np.testing.assert_array_equal(res.labels, plain.labels)
+
+
+@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d"])
+def test_prediction_finishes_on_the_cpu_after_a_real_out_of_memory(case, nearly_full, name):
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.predict import predict
+    lm = load_model(name, task="prediction", device="cuda")
+    nearly_full()
+    res = drive(predict(case, lm, device="cuda"))
+    assert _fell_back(res), (res.device, res.warnings)
+    plain = drive(predict(case, load_model(name, task="prediction"), device="cpu"))
+    for t in plain.tasks:
+        for c, p in plain.tasks[t].items():
+            assert res.tasks[t][c] == pytest.approx(p, abs=1e-5)
+
+
+def test_synthesis_finishes_on_the_cpu_after_a_real_out_of_memory(case, nearly_full):
+    from napari_radiogen.core.models import load_model
+    from napari_radiogen.core.synthesize import synthesize
+    lm = load_model("synth_seq2seq2d", task="synthesis", device="cuda")
+    nearly_full()
+    res = drive(synthesize(case, lm, "t1ce", device="cuda"))
+    assert _fell_back(res), (res.device, res.warnings)
+    plain = drive(synthesize(case, None, "t1ce", device="cpu"))
+    np.testing.assert_allclose(res.volume.array, plain.volume.array, atol=1e-5)

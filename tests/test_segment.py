@@ -418,7 +418,8 @@ def test_configs_load_and_tasks_register():
                  "segmentation_brats_attunet2mm", "segmentation_brats_attunet2mm_long",
                  "segmentation_brats_attunet2mm_et", "segmentation_lgg_full",
                  "segmentation_lgg_attunet_full", "segmentation_lgg_long",
-                 "segmentation_lgg_xlong", "segmentation_lgg_xxlong", "segmentation_lgg_gpu"):
+                 "segmentation_lgg_xlong", "segmentation_lgg_xxlong", "segmentation_lgg_gpu",
+                 "segmentation_lgg_gpu_full"):
         cfg = load_config(name)
         assert cfg["task"] in ("segmentation-brats", "segmentation-lgg")
 
@@ -503,6 +504,22 @@ def test_lgg_gpu_config_changes_only_width_batch_schedule_and_workers():
     changed = {("model", "init_filters"): (8, 16), ("model", "samples_per_epoch"): (1600, 12800),
                ("train", "batch_size"): (16, 32), ("train", "epochs"): (30, 25),
                ("train", "num_workers"): (0, 6), ("train", "max_minutes"): (None, 12)}
+    for (sec, key), (va, vb) in changed.items():
+        assert (a[sec].pop(key, None), b[sec].pop(key, None)) == (va, vb), key
+    assert a.pop("description") != b.pop("description")
+    for c in (a, b):
+        c.pop("_source", None)
+    assert a == b
+
+
+def test_lgg_gpu_full_config_changes_only_the_schedule_length():
+    """segmentation_lgg_gpu_full (a run whose one-cycle schedule ends, not shipped) is
+    segmentation_lgg_gpu with 20 epochs, more DataLoader workers (the samples do not depend on
+    them) and a time budget that does not cut the 20 epochs."""
+    from napari_radiogen.core.train.config import load_config
+    a, b = load_config("segmentation_lgg_gpu"), load_config("segmentation_lgg_gpu_full")
+    changed = {("train", "epochs"): (25, 20), ("train", "num_workers"): (6, 10),
+               ("train", "max_minutes"): (12, 22)}
     for (sec, key), (va, vb) in changed.items():
         assert (a[sec].pop(key, None), b[sec].pop(key, None)) == (va, vb), key
     assert a.pop("description") != b.pop("description")
