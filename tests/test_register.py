@@ -147,3 +147,33 @@ def test_segment_and_predict_register_flag_on_a_shifted_copy_of_the_sample(sampl
                  "--register"]) == 0
     js = json.loads((tmp_path / "pred" / "BraTS2021_00006_predictions.json").read_text())
     assert any(w.startswith("t2 registered onto flair") for w in js["warnings"]), js["warnings"]
+
+
+def test_the_check_of_the_same_voxels_is_reused_and_an_edit_is_seen(monkeypatch):
+    """A case's co-registration check runs when it is opened and again in every analysis: the
+    same voxels on the same grids are not compared again, while a header move or an edit of
+    the voxels in place is."""
+    from napari_radiogen.core import prepare as P
+    calls = []
+    real = P._sequence_offsets
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(P, "_sequence_offsets", counted)
+    case = make_phantom(4, shape=(48, 64, 60), spacing=(1.5, 1.5, 1.5), skull_stripped=True)
+    assert case_registration_warnings(case) == [] and len(calls) == 1
+    assert case_registration_warnings(case) == [] and len(calls) == 1      # reused
+    vols = {s: case.sequences[s] for s in ("flair", "t2")}
+    first = P.sequence_offsets(vols, case.geometry)
+    first["t2"] = "changed by the caller"
+    assert P.sequence_offsets(vols, case.geometry)["t2"] != "changed by the caller"
+    moved = _shifted(case, "t2", (3.0, 7.0, 0.0))                          # a header move
+    assert [w.split(" ", 1)[0] for w in case_registration_warnings(moved)] == ["t2"]
+    n = len(calls)
+    # the voxels of t2 rolled by 5 voxels (7.5 mm) along y, in place: the header is the same
+    a = case.sequences["t2"].array
+    a[...] = np.roll(a.copy(), 5, axis=1)
+    said = case_registration_warnings(case)
+    assert len(calls) == n + 1
+    assert [w.split(" ", 1)[0] for w in said] == ["t2"], said

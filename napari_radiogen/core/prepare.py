@@ -32,6 +32,9 @@ Everything here is plain numpy + SimpleITK + scipy.ndimage and takes well under 
 """
 from __future__ import annotations
 
+import threading
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -856,15 +859,53 @@ MISREGISTRATION_GRID_MM = 2.0
 MISREGISTRATION_MAX_SPACING_MM = 3.0
 
 
+#: the last results of :func:`sequence_offsets`, by what they depend on (:func:`_offsets_key`):
+#: a case's check runs when it is opened (the viewer, ``radiogen info``) and again in the
+#: prepare step of every analysis of it, which the same voxels and grids answer alike
+_OFFSETS: "OrderedDict[tuple, Dict[str, Optional[Tuple[float, float, float]]]]" = OrderedDict()
+_OFFSETS_KEPT = 8
+_OFFSETS_LOCK = threading.Lock()
+
+
+def _offsets_key(volumes: Dict[str, Volume], grid: Geometry) -> tuple:
+    """The grid, and each volume's name, geometry, shape, type and a CRC-32 of its voxels
+    (a few ms per volume; an edit anywhere in the voxels changes it)."""
+    def voxels(a: np.ndarray) -> tuple:
+        a = np.ascontiguousarray(a)
+        return a.shape, a.dtype.str, zlib.crc32(a.reshape(-1).view(np.uint8))
+    return (grid,) + tuple((s, v.geometry) + voxels(np.asarray(v.array))
+                           for s, v in volumes.items())
+
+
 def sequence_offsets(volumes: Dict[str, Volume], grid: Geometry, *,
                      cancel=None) -> Dict[str, Optional[Tuple[float, float, float]]]:
     """Offset (mm, along ``grid``'s x, y, z axes) of each volume after the first from the first
     one (see :func:`image_offset`; None for a blank image). The volumes are compared on
     ``grid``'s field of view at :data:`MISREGISTRATION_GRID_MM` (enough for offsets of
-    millimetres, and cheap), where every one has data."""
-    names = list(volumes)
-    if len(names) < 2:
+    millimetres, and cheap), where every one has data. The same voxels on the same grids are
+    not compared again (the last few results are kept)."""
+    if len(volumes) < 2:
         return {}
+    key = _offsets_key(volumes, grid)
+    try:
+        hash(key)
+    except TypeError:                    # a geometry built with unhashable fields: no reuse
+        return _sequence_offsets(volumes, grid, cancel=cancel)
+    with _OFFSETS_LOCK:
+        if key in _OFFSETS:
+            _OFFSETS.move_to_end(key)
+            return dict(_OFFSETS[key])
+    out = _sequence_offsets(volumes, grid, cancel=cancel)
+    with _OFFSETS_LOCK:
+        _OFFSETS[key] = dict(out)
+        while len(_OFFSETS) > _OFFSETS_KEPT:
+            _OFFSETS.popitem(last=False)
+    return out
+
+
+def _sequence_offsets(volumes: Dict[str, Volume], grid: Geometry, *,
+                      cancel=None) -> Dict[str, Optional[Tuple[float, float, float]]]:
+    names = list(volumes)
     coarse = working_geometry(grid, tuple(max(float(h), MISREGISTRATION_GRID_MM)
                                           for h in grid.spacing))
     covered = np.ones(coarse.shape, dtype=bool)
