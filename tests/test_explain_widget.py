@@ -171,6 +171,23 @@ def test_patient_axes_keep_names_given_by_the_user(make_napari_viewer):
     assert mark_patient_axes(viewer) and tuple(viewer.dims.axis_labels) == ("S", "P", "L")
 
 
+def test_napari_3d_button_names_the_axes_once_a_case_is_open(make_napari_viewer):
+    """The docks that work on a case (their case list) make napari's own 2D/3D switch name
+    the axes after the patient's sides, as the Explain dock's *3D view* does, but only while a
+    case is open."""
+    from napari_radiogen.napari._common import CaseCombo
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 4, 5)), name="not a case")
+    CaseCombo(viewer)
+    viewer.dims.ndisplay = 3
+    assert tuple(viewer.dims.axis_labels) != ("S", "P", "L") and not viewer.axes.visible
+    viewer.dims.ndisplay = 2
+    viewer.add_image(np.zeros((3, 4, 5)), name="c1 flair",
+                     metadata={"radiogen": {"case_id": "c1", "sequence": "flair"}})
+    viewer.dims.ndisplay = 3
+    assert tuple(viewer.dims.axis_labels) == ("S", "P", "L") and viewer.axes.visible
+
+
 def _result(**kw):
     from napari_radiogen.core.explain import ExplainResult
     from napari_radiogen.core.case import Geometry

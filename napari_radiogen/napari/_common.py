@@ -90,6 +90,7 @@ class CaseCombo(QComboBox):
         renamed = getattr(events, "renamed", None)     # napari's layer-list rename event
         if renamed is not None:
             renamed.connect(self._on_layers)
+        name_axes_in_3d(viewer)       # every dock that works on a case has one of these
         self.refresh()
 
     def _on_layers(self, event: Any = None) -> None:
@@ -282,6 +283,29 @@ def mark_patient_axes(viewer) -> bool:
     dims.axis_labels = PATIENT_AXES
     viewer.axes.visible = True
     return True
+
+
+#: viewers whose 2D/3D switch names the axes (:func:`name_axes_in_3d`), by id
+_AXES_FOLLOWED: Dict[int, Any] = {}
+
+
+def name_axes_in_3d(viewer) -> None:
+    """From now on, whenever ``viewer`` turns to 3D with a case open (napari's own 2D/3D
+    button, or code), :func:`mark_patient_axes` names and shows its axes, as the Explain dock's
+    *3D view* does. Once per viewer; the docks that work on a case call it."""
+    ref = _AXES_FOLLOWED.get(id(viewer))
+    if ref is not None and ref() is viewer:
+        return
+    viewer_ref = weakref.ref(viewer)
+    _AXES_FOLLOWED[id(viewer)] = viewer_ref
+
+    def on_ndisplay(event: Any = None) -> None:
+        v = viewer_ref()
+        if v is None or v.dims.ndisplay != 3:
+            return
+        if any(radiogen_meta(layer).get("case_id") for layer in v.layers):
+            mark_patient_axes(v)
+    viewer.dims.events.ndisplay.connect(on_ndisplay)
 
 
 @contextmanager

@@ -16,7 +16,8 @@ from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWi
 from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
 import numpy as np
 
-from ._common import HEATMAP_FLOOR, _keep_selection, build_layer, remove_layers, update_layer
+from ._common import (HEATMAP_FLOOR, _keep_selection, build_layer, name_axes_in_3d,
+                      remove_layers, update_layer)
 from .layers import radiogen_meta
 from .workers import start_job
 
@@ -42,6 +43,7 @@ class CohortWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        name_axes_in_3d(napari_viewer)       # napari's 3D button names the patient's sides
         self.cases: List[Path] = []
         self.status: dict = {}
         self.open_errors: dict = {}      # path -> why the case could not be opened
