@@ -495,37 +495,36 @@ def test_lgg_schedule_configs_change_only_the_step_count(name, epochs):
     assert a == b
 
 
-def test_lgg_gpu_config_changes_only_width_batch_schedule_and_workers():
-    """segmentation_lgg_gpu (the shipped 2D model's run) is segmentation_lgg_xxlong with a
-    wider net, bigger batches, more samples, DataLoader workers and a time budget; folds,
-    sampling, augmentation, loss and lr are the same."""
+def _differ_only_in(name_a, name_b, changed):
+    """Configs ``name_a`` and ``name_b`` differ in the ``changed`` ``{(section, key): (value in
+    a, value in b)}`` and their descriptions, in nothing else."""
     from napari_radiogen.core.train.config import load_config
-    a, b = load_config("segmentation_lgg_xxlong"), load_config("segmentation_lgg_gpu")
-    changed = {("model", "init_filters"): (8, 16), ("model", "samples_per_epoch"): (1600, 12800),
-               ("train", "batch_size"): (16, 32), ("train", "epochs"): (30, 25),
-               ("train", "num_workers"): (0, 6), ("train", "max_minutes"): (None, 12)}
+    a, b = load_config(name_a), load_config(name_b)
     for (sec, key), (va, vb) in changed.items():
         assert (a[sec].pop(key, None), b[sec].pop(key, None)) == (va, vb), key
     assert a.pop("description") != b.pop("description")
     for c in (a, b):
         c.pop("_source", None)
     assert a == b
+
+
+def test_lgg_gpu_config_changes_only_width_batch_schedule_and_workers():
+    """segmentation_lgg_gpu (the shipped 2D model's run) is segmentation_lgg_xxlong with a
+    wider net, bigger batches, more samples, DataLoader workers and a time budget; folds,
+    sampling, augmentation, loss and lr are the same."""
+    _differ_only_in("segmentation_lgg_xxlong", "segmentation_lgg_gpu", {
+        ("model", "init_filters"): (8, 16), ("model", "samples_per_epoch"): (1600, 12800),
+        ("train", "batch_size"): (16, 32), ("train", "epochs"): (30, 25),
+        ("train", "num_workers"): (0, 6), ("train", "max_minutes"): (None, 12)})
 
 
 def test_lgg_gpu_full_config_changes_only_the_schedule_length():
     """segmentation_lgg_gpu_full (a run whose one-cycle schedule ends, not shipped) is
     segmentation_lgg_gpu with 20 epochs, more DataLoader workers (the samples do not depend on
     them) and a time budget that does not cut the 20 epochs."""
-    from napari_radiogen.core.train.config import load_config
-    a, b = load_config("segmentation_lgg_gpu"), load_config("segmentation_lgg_gpu_full")
-    changed = {("train", "epochs"): (25, 20), ("train", "num_workers"): (6, 10),
-               ("train", "max_minutes"): (12, 22)}
-    for (sec, key), (va, vb) in changed.items():
-        assert (a[sec].pop(key, None), b[sec].pop(key, None)) == (va, vb), key
-    assert a.pop("description") != b.pop("description")
-    for c in (a, b):
-        c.pop("_source", None)
-    assert a == b
+    _differ_only_in("segmentation_lgg_gpu", "segmentation_lgg_gpu_full", {
+        ("train", "epochs"): (25, 20), ("train", "num_workers"): (6, 10),
+        ("train", "max_minutes"): (12, 22)})
 
 
 def test_lgg_attunet_config_changes_only_the_network():
