@@ -13,7 +13,6 @@ from napari_radiogen.core.models import load_model
 from napari_radiogen.core.progress import run
 
 
-
 def test_localisation_score_counts_mass_near_the_mask():
     wt = np.zeros((20, 20, 20), bool)
     wt[8:12, 8:12, 8:12] = True

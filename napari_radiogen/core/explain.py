@@ -448,6 +448,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     head = _fill_holes_2d(fg) if fg.any() else None
     yield Progress("explain", 2, 4, f"{method} for {task} = {target}")
     layer = layer or (LEGACY_LAYER if legacy else DEFAULT_LAYER)[kind]
+    N, H, W = inp.x.shape[1:]           # the model's slices
 
     def network_maps(dev):
         """The heatmap stack on the model's slices, the slice attention per sequence and the
@@ -460,18 +461,16 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
             vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None]).to(dev)
             cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel,
                            normalized=legacy)
-            N, H, W = inp.x.shape[1:]
             stack = upsample_cam(cam, (N, H, W), centred=not legacy)
         else:
             x = torch.from_numpy(inp.x[None]).to(dev)
             if method == "attention":
-                slm = torch.ones(1, inp.x.shape[1], dtype=torch.bool, device=dev)
+                slm = torch.ones(1, N, dtype=torch.bool, device=dev)
                 with torch.inference_mode():
                     att = np.mean([m(x, slm, sm, cl)["attention"][0].cpu().numpy()
                                    for m in _members(module)], axis=0)          # (S, N)
                 used = att[inp.seq_mask]
-                per_slice = used.mean(0) if len(used) else np.zeros(inp.x.shape[1])
-                N, H, W = inp.x.shape[1:]
+                per_slice = used.mean(0) if len(used) else np.zeros(N)
                 stack = np.repeat(per_slice[:, None, None], H, 1).repeat(W, 2).astype(np.float32)
                 # restrict to the network's field of view of the head
                 fov = (np.abs(inp.x[inp.seq_mask]).sum(0) > 0) if inp.seq_mask.any() else None
@@ -480,7 +479,6 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
             else:
                 cams, att = _mil_cams(module, x, sm, cl, seqs, task, cls_idx, method, layer,
                                       cancel, normalized=legacy)
-                N, H, W = inp.x.shape[1:]
                 stack = np.zeros((N, H, W), np.float32)
                 for i, s in enumerate(seqs):
                     if not inp.seq_mask[i]:

@@ -219,7 +219,14 @@ def oom_note(what: str) -> str:
     return f"{OOM_NOTE_START}{what} on the CPU"
 
 
-def _to_cpu(models: Iterable[Any]) -> None:
+def _give_up_device(exc: BaseException, device: str, models: Iterable[Any], warn: List[Any],
+                   what: str) -> None:
+    """After ``exc`` on ``device``: re-raise it unless it is that device running out of memory
+    (:func:`is_device_oom`); else free the GPU's cache, move ``models`` (``LoadedModel`` s or
+    torch modules) to the CPU (a LoadedModel's ``device`` says so) and add :func:`oom_note`
+    to ``warn``."""
+    if not is_device_oom(exc, device):
+        raise exc
     import torch
     torch.cuda.empty_cache()
     for m in models:
@@ -227,6 +234,7 @@ def _to_cpu(models: Iterable[Any]) -> None:
         module.to("cpu")
         if hasattr(m, "module") and hasattr(m, "device"):
             m.device = "cpu"
+    warn.append(oom_note(what))
 
 
 def oom_fallback(run, device: str, *, models: Iterable[Any] = (), warn: List[Any],
@@ -237,14 +245,10 @@ def oom_fallback(run, device: str, *, models: Iterable[Any] = (), warn: List[Any
     :func:`oom_note` is added to ``warn`` and ``(run("cpu"), "cpu")`` is returned. Any other
     error, and any error on the CPU, propagates. Every model stage of the core runs its
     networks through this or :func:`oom_fallback_iter`."""
-    models = list(models)
     try:
         return run(device), device
     except Exception as e:
-        if not is_device_oom(e, device):
-            raise
-    _to_cpu(models)
-    warn.append(oom_note(what))
+        _give_up_device(e, device, models, warn, what)
     return run("cpu"), "cpu"
 
 
@@ -254,15 +258,11 @@ def oom_fallback_iter(make, device: str, *, models: Iterable[Any] = (), warn: Li
     raises out-of-memory part-way, it starts again with ``make("cpu")`` (the progress
     it reports starts again too). Returns (``yield from`` gives it) ``(the generator's own
     return value, the device it finished on)``."""
-    models = list(models)
     try:
         value = yield from make(device)
         return value, device
     except Exception as e:
-        if not is_device_oom(e, device):
-            raise
-    _to_cpu(models)
-    warn.append(oom_note(what))
+        _give_up_device(e, device, models, warn, what)
     value = yield from make("cpu")
     return value, "cpu"
 

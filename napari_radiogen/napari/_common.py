@@ -285,7 +285,8 @@ def mark_patient_axes(viewer) -> bool:
     return True
 
 
-#: viewers whose 2D/3D switch names the axes (:func:`name_axes_in_3d`), by id
+#: viewers whose 2D/3D switch names the axes (:func:`name_axes_in_3d`), by id (an entry goes
+#: with its viewer)
 _AXES_FOLLOWED: Dict[int, Any] = {}
 
 
@@ -296,8 +297,9 @@ def name_axes_in_3d(viewer) -> None:
     ref = _AXES_FOLLOWED.get(id(viewer))
     if ref is not None and ref() is viewer:
         return
-    viewer_ref = weakref.ref(viewer)
-    _AXES_FOLLOWED[id(viewer)] = viewer_ref
+    key = id(viewer)
+    viewer_ref = weakref.ref(viewer, lambda _: _AXES_FOLLOWED.pop(key, None))
+    _AXES_FOLLOWED[key] = viewer_ref
 
     def on_ndisplay(event: Any = None) -> None:
         v = viewer_ref()

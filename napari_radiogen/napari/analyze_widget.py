@@ -28,7 +28,7 @@ from ..core.pipeline import (STAGES, AnalysisOptions, AnalysisResult, Analyzer, 
 from ..core.register import moved_sequences
 from ._common import (CaseCombo, ResultLayers, StatusLine, build_if_new, build_layer,
                       closed_case_note, device_combo, image_result_data)
-from .layers import LayerData, registered_layer_data
+from .layers import LayerData, radiogen_meta, registered_layer_data
 from .explain_widget import heatmap_layer_data, result_text
 from .segment_widget import VOLUME_ROWS, set_aside_edited, track_edits
 from .segment_widget import result_layer_data as segmentation_layer_data
@@ -252,7 +252,7 @@ class AnalyzeWidget(QWidget):
             if item.stage == "segment":
                 track_edits(added)
             if item.stage == "load":
-                self._in_place_of(added, layer_data[1]["metadata"]["radiogen"])
+                self._in_place_of(added, radiogen_meta(layer_data[1]))
             if job is not None and job.done and (job.cancelled or job.error is not None):
                 # defensive: had Qt events been processed while the layer was built (napari's
                 # layer creation does not do so today), the job may have ended, cancelled, and
@@ -290,12 +290,13 @@ class AnalyzeWidget(QWidget):
         layer list, visible as it was, and hide the layer as read (put back by
         :meth:`_restore_hidden`)."""
         layers = self.viewer.layers
+
+        def as_read(meta: dict) -> bool:
+            return (meta.get("case_id") == rg["case_id"]
+                    and meta.get("sequence") == rg["sequence"]
+                    and not meta.get("registered_onto") and not meta.get("synthetic"))
         originals = [ly for ly in layers if ly is not registered
-                     and type(ly).__name__ == "Image"
-                     and (ly.metadata or {}).get("radiogen", {}).get("case_id") == rg["case_id"]
-                     and ly.metadata["radiogen"].get("sequence") == rg["sequence"]
-                     and not ly.metadata["radiogen"].get("registered_onto")
-                     and not ly.metadata["radiogen"].get("synthetic")]
+                     and type(ly).__name__ == "Image" and as_read(radiogen_meta(ly))]
         if not originals:
             return
         registered.visible = any(ly.visible for ly in originals)
