@@ -99,7 +99,7 @@ def run_cv(args):
     roi_window = json.loads(args.roi_window) if args.roi_window else None
     roi_cohort = (P.load_cohort(args.data, limit=args.limit, roi=True, roi_jitter=args.roi_jitter,
                                 roi_window=roi_window)
-                  if "mil_roi" in args.models else None)
+                  if {"mil_roi", "cnn3d_roi"} & set(args.models) else None)
     if roi_cohort is not None and [p["id"] for p in roi_cohort] != ids:
         raise SystemExit("the tumour-centred cohort lists other patients than the main one")
     tables = {m: radiomics_features(args, cohort, log, expert=m == "radiomics_expert_mask")
@@ -125,6 +125,9 @@ def run_cv(args):
                     res, state = P.mil_fold(roi_cohort, tr, te, mil_cfg, seed * 100 + k, log=log)
                 elif model == "cnn3d":
                     res, state = P.cnn3d_fold(cohort, tr, te, cnn_cfg, seed * 100 + k, log=log)
+                elif model == "cnn3d_roi":
+                    # the 3D CNN protocol unchanged, on mil_roi's tumour-centred window
+                    res, state = P.cnn3d_fold(roi_cohort, tr, te, cnn_cfg, seed * 100 + k, log=log)
                 elif model in ("age_sex", "intensity"):
                     res = P.baseline_fold(cohort, tr, te, model)
                 elif model in ("radiomics", "radiomics_expert_mask"):
@@ -148,7 +151,8 @@ def run_cv(args):
                 log(f"  done in {time.time() - ts:.0f} s")
     json.dump({"mil": mil_cfg, "mil_roi": dict(mil_cfg, roi_jitter=args.roi_jitter, roi_placement=PREP_ROI["version"],
                                                    roi_window=args.roi_window and json.loads(args.roi_window)),
-               "cnn3d": cnn_cfg, "folds": args.folds, "seeds": args.seeds,
+               "cnn3d": cnn_cfg, "cnn3d_roi": dict(cnn_cfg, roi_placement=PREP_ROI["version"]),
+               "folds": args.folds, "seeds": args.seeds,
                "data": str(args.data)}, open(out / "config.json", "w"), indent=1)
 
 
@@ -356,7 +360,8 @@ def summarise(args):
                            "part (early stopping, checkpoint choice); test folds never used for choices; "
                            "auc_mean = mean of test-fold AUCs over all seeds and folds")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    km_figure(out, recs, tab, [m for m in ("mil", "mil_roi", "cnn3d", "radiomics", "age_sex")
+    km_figure(out, recs, tab, [m for m in ("mil", "mil_roi", "cnn3d", "cnn3d_roi", "radiomics",
+                                           "age_sex")
                           if m in summary])
     print_table(summary)
     return summary
@@ -409,13 +414,18 @@ def print_table(summary):
         print(f"{model:21s}  " + "  ".join(cells) + (f"   {c:.3f}" if c is not None else "   -"))
 
 
-def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
-    """The tumour-centred model's CV test predictions again, with each test patient's window
+def _segwin_file(model: str) -> str:
+    return "window_from_segmentation" + ("" if model == "mil_roi" else f"_{model}") + ".json"
+
+
+def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d", model: str = "mil_roi"):
+    """The tumour-centred model's (``model``: mil_roi or cnn3d_roi) CV test predictions again,
+    with each test patient's window
     placed on ``seg_model``'s segmentation instead of the expert mask (the fold models saved
     in ``--out``; what a user gets). The shipped segmentation model was trained on these
     packs, so its masks are better than a new patient's: a lower bound on the shift. Writes
     ``window_from_segmentation.json`` (mean test-fold AUC per task, beside the expert-window
-    AUC of the same fold models)."""
+    AUC of the same fold models; ``_segwin_file``)."""
     import torch
     from safetensors.torch import load_file
     from napari_radiogen.core.io import load_case
@@ -423,12 +433,22 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
     from napari_radiogen.core.predict import roi_case_to_input
     from napari_radiogen.core.segment import segment
     from napari_radiogen.core.train.tasks import prediction as P
+    from napari_radiogen.core.predict import to_volume3d
+    from src_models.cnn3d import CNN3DPredictor
     from src_models.mil import MILPredictor
     torch.set_num_threads(1)
     out = Path(args.out)
-    cfg = json.loads((out / "config.json").read_text())["mil_roi"]
-    recs = [json.loads(f.read_text()) for f in sorted((out / "folds").glob("mil_roi_s*_f*.json"))]
-    recs = [r for r in recs if (out / "folds" / f"mil_roi_s{r['seed']}_f{r['fold']}.safetensors").exists()]
+    cfg = json.loads((out / "config.json").read_text())[model]
+    recs = [json.loads(f.read_text()) for f in sorted((out / "folds").glob(f"{model}_s*_f*.json"))]
+    recs = [r for r in recs if (out / "folds" / f"{model}_s{r['seed']}_f{r['fold']}.safetensors").exists()]
+    volume = model == "cnn3d_roi"
+
+    def forward(net, inp, cl):
+        if volume:
+            vol = to_volume3d(inp, int(cfg["arch"].get("depth", 32)))
+            return net(torch.from_numpy(vol[None]), torch.from_numpy(inp.seq_mask[None]), cl)
+        return net(torch.from_numpy(inp.x[None]), torch.ones(1, inp.x.shape[1], dtype=torch.bool),
+                   torch.from_numpy(inp.seq_mask[None]), cl)
     cohort = {p["id"]: p for p in P.load_cohort(args.data)}
     seg = load_model(seg_model, task="segmentation", device="cpu")
     inputs, dice = {}, []
@@ -446,8 +466,8 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
     ref = {t: [] for t in P.TASKS}
     missed = 0
     for r in recs:
-        net = MILPredictor(**cfg["arch"])
-        net.load_state_dict(load_file(str(out / "folds" / f"mil_roi_s{r['seed']}_f{r['fold']}.safetensors")))
+        net = (CNN3DPredictor if volume else MILPredictor)(**cfg["arch"])
+        net.load_state_dict(load_file(str(out / "folds" / f"{model}_s{r['seed']}_f{r['fold']}.safetensors")))
         net.eval()
         probs = {t: [] for t in P.TASKS}
         risk = []
@@ -461,16 +481,15 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
                 continue
             cl = torch.from_numpy(P.clinical_matrix([cohort[pid]], stats))
             with torch.inference_mode():
-                o = net(torch.from_numpy(inp.x[None]), torch.ones(1, inp.x.shape[1], dtype=torch.bool),
-                        torch.from_numpy(inp.seq_mask[None]), cl)
+                o = forward(net, inp, cl)
             for t in P.TASKS:
                 probs[t].append(float(torch.softmax(o["logits"][t], -1)[0, -1]))
             risk.append(float(o["risk"][0]) if "risk" in o else None)
         # the fold's test predictions as a user gets them (window on the segmentation): model
-        # ``mil_roi_segwin`` of the summary, and a member for --ensemble
-        (out / "folds" / f"mil_roi_segwin_s{r['seed']}_f{r['fold']}.json").write_text(json.dumps(
+        # ``<model>_segwin`` of the summary, and a member for --ensemble
+        (out / "folds" / f"{model}_segwin_s{r['seed']}_f{r['fold']}.json").write_text(json.dumps(
             {**{k: r[k] for k in ("seed", "fold", "test_ids", "train_ids")},
-             "model": "mil_roi_segwin", "seconds": 0.0, "probs": probs,
+             "model": f"{model}_segwin", "seconds": 0.0, "probs": probs,
              "risk": risk if all(v is not None for v in risk) else None,
              "info": {"window": f"placed on {seg_model}'s segmentation (in-sample masks)"}}))
         for t in P.TASKS:
@@ -487,7 +506,7 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d"):
            "auc_mean_expert_window": {t: round(float(np.mean(ref[t])), 4) for t in P.TASKS},
            "note": "same fold models and test folds; the segmentation model was trained on these packs "
                    "(in-sample masks), so a new patient's window may move more"}
-    (out / "window_from_segmentation.json").write_text(json.dumps(res, indent=1))
+    (out / _segwin_file(model)).write_text(json.dumps(res, indent=1))
     log(json.dumps(res))
     return res
 
@@ -532,6 +551,37 @@ def roi_alternatives(out_dir, alt_dirs) -> dict:
                                                     for a in alts) else "")}
 
 
+def _same_fold_metrics(summary, model: str, weights_dir) -> dict:
+    """Mean test-fold AUC per task and C-index of ``model``: from this run's summary, else
+    from the card of the shipped ``predict_<model>`` (whose CV used the same folds and seeds
+    when its run had the same --folds and --seeds: its card's protocol says them)."""
+    from napari_radiogen.core.train.tasks import prediction as P
+    if model in summary:
+        m, where = summary[model], "this run"
+    else:
+        card = Path(weights_dir) / f"predict_{model}.card.json"
+        if not card.exists():
+            return {t: None for t in (*P.TASKS, "c_index")}
+        m, where = json.loads(card.read_text())["metrics"], f"the shipped predict_{model}'s card"
+    return {**{t: (m.get(t) or {}).get("auc_mean") for t in P.TASKS},
+            "c_index": (m.get("survival") or {}).get("c_index_mean"), "from": where}
+
+
+def _alternatives(args, out, model: str) -> list:
+    """The variant of a 3D CNN run in ``--alternative-run`` (same folds and seeds, another
+    schedule) and the rule that chose between the two: the mean inner-validation score over
+    the folds, never the test folds."""
+    alt = run_digest(args.alternative_run, None, model)
+    cfg_alt = json.loads((Path(args.alternative_run) / "config.json").read_text()).get(model, {})
+    return [{"what": f"the same protocol with {cfg_alt.get('epochs')} epochs (run "
+                     f"{args.alternative_run}; same folds and seeds)", "metrics": alt,
+             "selection": "chosen between this model and the alternative by the mean "
+                          "inner-validation score over the folds (never the test folds): "
+                          f"{run_digest(out, None, model)['inner_val_score_mean']} (shipped) vs "
+                          f"{alt['inner_val_score_mean']}; the longer schedule validates its "
+                          "checkpoint among more candidates, which favours it"}]
+
+
 def ship(args, summary):
     from safetensors.torch import load_file
     from napari_radiogen.core.models import new_card, save_model
@@ -574,7 +624,9 @@ def ship(args, summary):
                          f"{alt['inner_val_score_mean']}"}]
     for model, builder, kind in (("mil", "src_models.mil:build_mil_ensemble", "mil"),
                                  ("mil_roi", "src_models.mil:build_mil_ensemble", "mil_roi"),
-                                 ("cnn3d", "src_models.cnn3d:build_cnn3d_ensemble", "volume3d")):
+                                 ("cnn3d", "src_models.cnn3d:build_cnn3d_ensemble", "volume3d"),
+                                 ("cnn3d_roi", "src_models.cnn3d:build_cnn3d_ensemble",
+                                  "volume3d_roi")):
         if model not in args.models or (args.ship_only and model not in args.ship_only):
             continue
         files = sorted((out / "folds").glob(f"{model}_s{s0}_f*.safetensors"))
@@ -587,8 +639,8 @@ def ship(args, summary):
                 state[f"members.{k}.{n}"] = v.half() if v.is_floating_point() else v
         arch = dict(cfg[model]["arch"])
         ids = sorted({i for r in recs if r["model"] == model and r["seed"] == s0 for i in r["test_ids"]})
-        other = "cnn3d" if model == "mil" else "mil"
-        roi = model == "mil_roi"
+        other = {"mil": "cnn3d", "cnn3d_roi": "mil_roi"}.get(model, "mil")
+        roi = model in ("mil_roi", "cnn3d_roi")
         card = new_card(
             f"predict_{model}", "prediction",
             {"builder": builder, "kwargs": dict(arch, n_members=len(files))},
@@ -605,6 +657,14 @@ def ship(args, summary):
                          "auxiliary tumour supervision (stage-1 tumour presence + coarse in-plane "
                          "tumour map, stage-2 attention towards the per-slice tumour area); at "
                          "inference the window is placed on the model's own segmentation"
+                         if model == "mil_roi" else
+                         "tumour-centred 3D CNN: the 3D CNN of predict_cnn3d (MONAI ResNet 3D, "
+                         "reduced widths, from scratch; focal loss, weighted sampler, age/sex "
+                         "fusion, Cox head) on the window of predict_mil_roi (64 x 64 at 1.875 mm "
+                         "centred on the segmented whole tumour, its slices and one either side) "
+                         "resampled to depth 32; trained on the expert masks' windows, no "
+                         "auxiliary supervision; at inference the window is placed on the model's "
+                         "own segmentation"
                          if roi else
                          "3D CNN (MONAI ResNet 3D, reduced widths, from scratch) on the slice stack "
                          "resampled to depth 32, focal loss, weighted sampler, age/sex fusion, Cox head"),
@@ -639,8 +699,9 @@ def ship(args, summary):
                               if model == "mil" and cfg[model].get("aux") else {}),
                            **({"tumour_windows": (
                                "training and CV test patients alike: the window is placed on the "
-                               "pack's expert FLAIR-abnormality mask (Buda et al. 2019); the same "
-                               "masks supervise the auxiliary heads of the training patients")}
+                               "pack's expert FLAIR-abnormality mask (Buda et al. 2019)"
+                               + ("; the same masks supervise the auxiliary heads of the training "
+                                  "patients" if cfg[model].get("aux") else ""))}
                               if roi else {})},
             config=cfg[model],
             metrics={**{t: summary[model][t] for t in P.TASKS},
@@ -650,14 +711,14 @@ def ship(args, summary):
                                          "each test fold, seed 0): km_predicted_groups.png of the run"),
                      "protocol": summary["protocol"],
                      "targets": {"idh_auc": 0.90, "codel_1p19q_auc": 0.85, "grade_auc": 0.80, "c_index": 0.70},
-                     "compared_with": {other: {t: summary.get(other, {}).get(t, {}).get("auc_mean")
-                                               for t in P.TASKS} | {"c_index": summary.get(other, {}).get(
-                                                   "survival", {}).get("c_index_mean")}},
+                     "compared_with": {other: _same_fold_metrics(summary, other, args.weights_dir)},
                      **({k: v for k, v in compare.items() if k != "explanations"}
                         if model == "mil" else {}),
+                     **({"alternatives": _alternatives(args, out, model)}
+                        if model.startswith("cnn3d") and args.alternative_run else {}),
                      **({"window_from_segmentation": json.loads(
-                         (out / "window_from_segmentation.json").read_text())}
-                        if roi and (out / "window_from_segmentation.json").exists() else {}),
+                         (out / _segwin_file(model)).read_text())}
+                        if roi and (out / _segwin_file(model)).exists() else {}),
                      **({"alternatives": roi_alternatives(out, args.roi_alternatives)}
                         if roi and args.roi_alternatives else {})},
             baseline={"age_sex_logistic": base, "intensity_logistic": inten,
@@ -696,6 +757,10 @@ def ship(args, summary):
                       + (" --ship-only " + " ".join(args.ship_only) if args.ship_only else "")
                       + (" --roi-alternatives " + " ".join(args.roi_alternatives)
                          if roi and args.roi_alternatives else "")
+                      + (f" --cnn-epochs {cfg[model]['epochs']}" if model.startswith("cnn3d")
+                         and cfg[model].get("epochs") != CNN_CFG["epochs"] else "")
+                      + (f" --alternative-run {args.alternative_run}"
+                         if model.startswith("cnn3d") and args.alternative_run else "")
                       + ((" --mil-aux pool" if cfg[model]["arch"].get("tumour_pool") else " --mil-aux on")
                          if cfg[model].get("aux") else "")
                       + (f" --previous-run {args.previous_run}" if model == "mil" and args.previous_run else "")
@@ -1033,8 +1098,9 @@ def main(argv=None):
         print(f"ensemble {'+'.join(args.ensemble)}: "
               f"{ensemble_records(args.out, *args.ensemble)} fold records")
     summary = summarise(args)
-    if "mil_roi" in args.models and (args.ship or args.summarise_only):
-        window_from_segmentation(args)
+    for m in ("mil_roi", "cnn3d_roi"):
+        if m in args.models and (args.ship or args.summarise_only):
+            window_from_segmentation(args, model=m)
     if args.ship:
         ship(args, summary)
         if "radiomics" in args.models and (not args.ship_only or "radiomics" in args.ship_only):

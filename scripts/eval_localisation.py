@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         from scipy import ndimage
         away = head & (ndimage.distance_transform_edt(~wt, sampling=sp) > 5.0)
         seg, seg_source, window, window_inp = None, None, None, None
-        if kind == "mil_roi":
+        if kind in P.ROI_KINDS:
             # the window the tumour-centred model sees, placed on the shipped segmentation
             # model's mask (as a user gets it); a map uniform over it is this model's chance
             from napari_radiogen.core.explain import slices_to_native
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
                          "'uniform' = the same score for a heatmap uniform over the head; "
                          + ("'uniform_window' = the same for a heatmap uniform over the model's "
                             "tumour-centred window (its maps lie inside it by construction); "
-                            if kind == "mil_roi" else "") +
+                            if kind in P.ROI_KINDS else "") +
                          "'background_median' = median heatmap value (max 1) in the head outside "
                          "the dilated mask; heatmaps restricted to the head foreground",
              "command": "python scripts/eval_localisation.py --model " + a.model
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
              "settings": ({"fusion": a.fusion, "layer": a.layer or layers[kind],
                            **({"window_segmentation": sorted({
                                r["segmentation"] for r in rows if r.get("segmentation")})}
-                              if kind == "mil_roi" else {})} if kind in layers else
+                              if kind in P.ROI_KINDS else {})} if kind in layers else
                           {"method": "occlusion", "segmentation": sorted({
                               r["segmentation"] for r in rows if r.get("segmentation")})})
                          | {"target": "the positive class (e.g. mutant)"},

@@ -12,11 +12,11 @@ TINY = "predict_tiny_test"
 def make_tiny_model(name: str = TINY, clinical: bool = True,
                     sequences=("t1", "flair", "t1ce"), kind: str = "mil") -> Path:
     """Save a 2-member MIL ensemble with random weights under ``$RADIOGEN_MODELS_DIR``
-    (``kind="mil_roi"``: the tumour-centred variant, which needs the case's segmentation)."""
+    (``kind="mil_roi"``: the tumour-centred variant, which needs the case's segmentation;
+    ``kind="volume3d_roi"``: a 2-member 3D CNN on that tumour-centred window)."""
     import torch
-    from napari_radiogen.core.models import new_card, save_model, user_models_dir
+    from napari_radiogen.core.models import build_from_card, new_card, save_model, user_models_dir
     from napari_radiogen.core.predict import CLASSES, PREP, PREP_ROI
-    from src_models.mil import build_mil_ensemble
 
     path = user_models_dir() / f"{name}.safetensors"
     if path.exists():
@@ -24,14 +24,20 @@ def make_tiny_model(name: str = TINY, clinical: bool = True,
     kw = {"n_members": 2, "sequences": list(sequences), "widths": [4, 8, 8, 8],
           "layers": [1, 1, 1, 1], "attn_hidden": 8, "embed_dim": 8, "fusion_hidden": 8,
           "clinical": clinical, "survival": True}
+    builder = "src_models.mil:build_mil_ensemble"
+    if kind == "volume3d_roi":
+        kw = {"n_members": 2, "sequences": list(sequences), "widths": [4, 8, 8, 8],
+              "layers": [1, 1, 1, 1], "clinical": clinical, "survival": True, "depth": 16}
+        builder = "src_models.cnn3d:build_cnn3d_ensemble"
+    roi = kind in ("mil_roi", "volume3d_roi")
     torch.manual_seed(0)
-    m = build_mil_ensemble(**kw)
-    card = new_card(name, "prediction", {"builder": "src_models.mil:build_mil_ensemble",
-                                         "kwargs": kw},
+    m = build_from_card({"architecture": {"builder": builder, "kwargs": kw}})
+    card = new_card(name, "prediction", {"builder": builder, "kwargs": kw},
                     sequences=kw["sequences"], required_sequences=["flair"], classes=CLASSES,
-                    normalisation=PREP_ROI if kind == "mil_roi" else PREP,
+                    normalisation=PREP_ROI if roi else PREP,
                     input={"kind": kind, **({"segmentation": {"slices": "seg_lgg_segresnet2d"}}
-                                            if kind == "mil_roi" else {})},
+                                            if roi else {}),
+                           **({"depth": 16} if kind == "volume3d_roi" else {})},
                     clinical={"used": clinical, "age_mean": 45.0, "age_sd": 15.0,
                               "sex_mean": 0.5},
                     metrics={"idh": {"auc_mean": 0.5, "auc_ci95": [0.4, 0.6]}})

@@ -174,6 +174,32 @@ def test_shipped_tumour_centred_model_fine_tuned_on_real_packs(tmp_path, shared_
     assert np.isfinite(res.risk if res.risk is not None else 0.0)
 
 
+def test_tumour_centred_3d_cnn_trained_from_its_config_predicts_through_a_window(
+        tmp_path, shared_data):
+    """`radiogen train prediction_cnn3d_roi` on 12 real packs: the engine windows each pack on
+    its expert mask, and the model it writes is a tumour-centred 3D CNN that places its window
+    on the case's segmentation when it predicts."""
+    from napari_radiogen.cli import main
+    from napari_radiogen.core.io.cases import load_case
+    from napari_radiogen.core.progress import run
+    from napari_radiogen.core.predict import predict
+    out = tmp_path / "r"
+    assert main(["train", "prediction_cnn3d_roi", "--out", str(out), "--limit", "12",
+                 "--epochs", "1", "--no-install", "--device", "cpu", "--quiet"]) == 0
+    model = out / "predict_cnn3d_roi_e2e.safetensors"
+    card = json.loads(model.with_suffix(".card.json").read_text())
+    assert card["input"]["kind"] == "volume3d_roi" and card["input"]["depth"] == 32
+    assert card["normalisation"]["version"] == "roi-v2"
+    case = load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5")
+    res = run(predict(case, str(model), segmentation=case.labels.array,
+                      segmentation_source="expert"))
+    wt = case.labels.array > 0
+    zs = np.where(wt.any((1, 2)))[0]
+    assert res.slice_index[0] == max(0, zs.min() - 1) and res.features_source == \
+        "segmentation expert"
+    assert abs(sum(res.tasks["idh"].values()) - 1) < 1e-5
+
+
 def test_cnn3d_stage_freezing_reaches_every_member_of_the_shipped_ensemble():
     """`train.freeze: [3]` (conv1, bn1, layer1) on `--init predict_cnn3d`, a fold ensemble."""
     from napari_radiogen.core.train.base import TASKS
@@ -311,7 +337,7 @@ def test_a_missing_init_file_says_so(tmp_path):
     ("segmentation_brats_attunet", "seg_brats_attunet"),
     ("segmentation_brats_attunet2mm", "seg_brats_attunet2mm"),
     ("prediction_cnn3d", "predict_cnn3d"), ("prediction_mil", "predict_mil"),
-    ("prediction_mil_roi", "predict_mil_roi")])
+    ("prediction_mil_roi", "predict_mil_roi"), ("prediction_cnn3d_roi", "predict_cnn3d_roi")])
 def test_every_shipped_model_is_accepted_by_the_config_family_that_made_it(config, model):
     """No false refusal: the input and network checks pass for each shipped model with its
     own config (free-text descriptions worded differently are not a mismatch)."""

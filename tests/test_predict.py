@@ -286,7 +286,7 @@ def _shipped(name):
     return p
 
 
-@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d"])
+@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d", "predict_cnn3d_roi"])
 def test_shipped_model_card(name):
     from napari_radiogen.core.models import read_card
     card = read_card(_shipped(name))

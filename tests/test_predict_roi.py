@@ -239,13 +239,14 @@ def test_training_loader_windows_each_pack_on_its_expert_mask(tmp_path):
 
 
 @pytest.mark.shared
-def test_shipped_roi_model_on_a_real_pack(shared_data):
+@pytest.mark.parametrize("name", ["predict_mil_roi", "predict_cnn3d_roi"])
+def test_shipped_roi_model_on_a_real_pack(name, shared_data):
     from napari_radiogen.core.io import load_case
     from napari_radiogen.core.models import list_models, load_model
     from napari_radiogen.core.predict import predict
-    if "predict_mil_roi" not in {m["name"] for m in list_models("prediction")}:
-        pytest.skip("predict_mil_roi is not installed")
-    lm = load_model("predict_mil_roi", task="prediction", device="cpu")
+    if name not in {m["name"] for m in list_models("prediction")}:
+        pytest.skip(f"{name} is not installed")
+    lm = load_model(name, task="prediction", device="cpu")
     case = load_case(shared_data / "tcga-lgg" / "TCGA_CS_4941.h5")
     res = drive(predict(case, lm, device="cpu"))
     assert res.features_source == "segmented by seg_lgg_segresnet2d"
@@ -333,3 +334,63 @@ def test_run_returns_what_a_core_step_returns_with_its_progress_relayed(roi_mode
     assert source == "segmented by seg_lgg_segresnet2d"
     assert labels.shape == case.labels.array.shape and (labels > 0).any()
     assert seen and all("segmenting (seg_lgg_segresnet2d)" in p.message for p in seen)
+
+
+# -- the tumour-centred 3D CNN (``input.kind == "volume3d_roi"``) --------------------------------
+ROI3D = "predict_tiny_roi3d_test"
+
+
+@pytest.fixture(scope="module")
+def roi3d_model():
+    make_tiny_model(ROI3D, kind="volume3d_roi")
+    from napari_radiogen.core.models import load_model
+    return load_model(ROI3D, task="prediction")
+
+
+def test_3d_cnn_on_the_window_predicts_from_the_segmented_tumour(roi3d_model):
+    from napari_radiogen.core.predict import predict, uses_segmentation
+    assert uses_segmentation(roi3d_model.card)
+    case = _pack()
+    wt = case.labels.array > 0
+    res = drive(predict(case, roi3d_model, device="cpu", segmentation=case.labels.array,
+                        segmentation_source="from the test"))
+    zs = np.where(wt.any((1, 2)))[0]
+    assert res.slice_index[0] == zs.min() - 1 and res.slice_index[-1] == zs.max() + 1
+    assert res.features_source == "segmentation from the test"
+    assert res.attention == {}                      # a volume network has no slice attention
+    for t in ("idh", "codel_1p19q", "grade"):
+        assert abs(sum(res.tasks[t].values()) - 1) < 1e-5
+    assert len(res.uncertainty["idh"]["members"]) == 2
+    # the network sees the window: another tumour, other inputs, another answer
+    moved = np.zeros_like(case.labels.array)
+    moved[2:5, 10:30, 10:30] = 1
+    res2 = drive(predict(case, roi3d_model, device="cpu", segmentation=moved))
+    assert res2.slice_index == [1, 2, 3, 4, 5]
+    assert res2.tasks["idh"] != res.tasks["idh"]
+    with pytest.raises(RadiogenError, match="no tumour"):
+        drive(predict(case, roi3d_model, device="cpu",
+                      segmentation=np.zeros_like(case.labels.array)))
+
+
+def test_3d_cnn_on_the_window_without_a_segmentation_segments_the_case(roi3d_model):
+    from napari_radiogen.core.predict import predict
+    items = list(predict(_pack(seed=2), roi3d_model, device="cpu"))
+    assert items[-1].features_source == "segmented by seg_lgg_segresnet2d"
+
+
+def test_3d_cnn_on_the_window_explained_inside_the_window_on_the_case_grid(roi3d_model):
+    from napari_radiogen.core.explain import explain, slices_to_native
+    from napari_radiogen.core.predict import roi_case_to_input
+    case = _pack()
+    res = drive(explain(case, roi3d_model, task="idh", method="gradcam",
+                        segmentation=case.labels.array))
+    assert res.heatmap.shape == case.labels.array.shape
+    assert res.heatmap.min() >= 0 and res.heatmap.max() == pytest.approx(1.0)
+    assert res.localisation is not None and res.mask_source == "ground truth"
+    inp = roi_case_to_input(case, ["t1", "flair", "t1ce"], case.labels.array > 0)
+    fov = slices_to_native(np.ones(inp.x.shape[1:], np.float32), inp, case.labels.array.shape)
+    assert res.heatmap[fov <= 0].max() == 0          # nothing outside the model's window
+    assert res.heatmap[fov > 0].max() > 0
+    with pytest.raises(ConfigError, match="tumour-centred 3D CNN"):
+        drive(explain(case, roi3d_model, task="idh", method="attention",
+                      segmentation=case.labels.array))

@@ -47,15 +47,18 @@ METHODS = ("gradcam", "gradcam++", "layercam", "attention", "occlusion")
 KIND_METHODS = {"mil": ("gradcam", "gradcam++", "layercam", "attention"),
                 "mil_roi": ("gradcam", "gradcam++", "layercam", "attention"),
                 "volume3d": ("gradcam", "gradcam++", "layercam"),
+                "volume3d_roi": ("gradcam", "gradcam++", "layercam"),
                 "radiomics": ("occlusion",)}
 TASKS = ("idh", "codel_1p19q", "grade")
 #: default torchcam target layers (names inside one member), selected on the TCGA-LGG packs
-DEFAULT_LAYER = {"mil": "net.layer3", "mil_roi": "net.layer3", "volume3d": "net.layer2"}
+DEFAULT_LAYER = {"mil": "net.layer3", "mil_roi": "net.layer3", "volume3d": "net.layer2",
+                 "volume3d_roi": "net.layer2"}
 #: "raw": unnormalised ReLU maps, attention-weighted (MIL), cell-centred upsampling (default);
 #: "legacy": per-slice / per-member min-max normalised maps, corner-aligned upsampling
 FUSIONS = ("raw", "legacy")
 #: the layers of the legacy maps (``fusion="legacy"`` without an explicit ``layer``)
-LEGACY_LAYER = {"mil": "net.layer2", "mil_roi": "net.layer2", "volume3d": "net.layer3"}
+LEGACY_LAYER = {"mil": "net.layer2", "mil_roi": "net.layer2", "volume3d": "net.layer3",
+                "volume3d_roi": "net.layer3"}
 
 
 @dataclass
@@ -285,7 +288,8 @@ def image_member(card: Dict[str, Any]) -> Optional[str]:
     from .predict import member_cards
     names = list((card.get("input") or {}).get("members", []))
     return next((n for n, c in zip(names, member_cards(card))
-                 if (c.get("input") or {}).get("kind") in ("mil", "mil_roi", "volume3d")), None)
+                 if (c.get("input") or {}).get("kind") in ("mil", "mil_roi", "volume3d",
+                                                           "volume3d_roi")), None)
 
 
 def explained_kind(card: Dict[str, Any]) -> str:
@@ -375,7 +379,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     method = method or KIND_METHODS[kind][0]
     if method not in KIND_METHODS[kind]:
         what = {"mil": "the slice model", "mil_roi": "the tumour-centred slice model",
-                "volume3d": "the 3D CNN",
+                "volume3d": "the 3D CNN", "volume3d_roi": "the tumour-centred 3D CNN",
                 "radiomics": f"{lm.name} (no image network: its features come from the "
                              "segmented tumour)"}[kind]
         if ensemble is not None:
@@ -416,7 +420,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     # segmentation made here has said its own in its warnings)
     supplied = (f"segmentation {segmentation_source}"
                 if segmentation is not None or inputs is not None else None)
-    if kind == "mil_roi" and inputs is None:
+    if kind in P.ROI_KINDS and inputs is None:
         # the tumour the prediction centres on: the caller's segmentation or the case segmented
         labels, source = yield from P.tumour_labels(case, card, dev, cancel, segmentation,
                                                     segmentation_source, warns,
@@ -427,7 +431,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     yield Progress("explain", 1, 4, "preparing slices")
     if inputs is not None:
         inp = inputs
-    elif kind == "mil_roi":
+    elif kind in P.ROI_KINDS:
         inp = P.roi_case_to_input(case, seqs, roi_mask, card["input"].get("window"))
         warns.extend(P.window_warnings(case, inp))
     else:
@@ -457,7 +461,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
         sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
         cl = torch.from_numpy(cvec[None]).to(dev)
         weights: Dict[str, List[float]] = {}
-        if kind == "volume3d":
+        if kind in P.VOLUME_KINDS:
             vol = torch.from_numpy(P.to_volume3d(inp, int(card["input"]["depth"]))[None]).to(dev)
             cam = _cnn_cam(module, vol, sm, cl, task, cls_idx, method, layer, cancel,
                            normalized=legacy)
@@ -489,7 +493,7 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
                     # the attention carries the between-slice weighting (not a per-slice norm)
                     stack += att[i][:, None, None] * np.clip(c, 0, None)
             for i, s in enumerate(seqs):
-                if inp.seq_mask[i] and kind != "volume3d":
+                if inp.seq_mask[i] and kind not in P.VOLUME_KINDS:
                     full = np.zeros(inp.n_ref_slices, np.float32)
                     full[inp.slice_index] = att[i]
                     weights[s] = [round(float(v), 6) for v in full]
@@ -521,8 +525,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     _say_in_sample(case, lm, loc, warns)
     # as the prediction: the model's own synthetic inputs, then those of the segmentation its
     # window was placed on (a slice or 3D model places nothing on one)
-    synth = P.synthetic_used(case, seqs, seg_synth if kind == "mil_roi" else [], warns,
-                             supplied if kind == "mil_roi" else None)
+    synth = P.synthetic_used(case, seqs, seg_synth if kind in P.ROI_KINDS else [], warns,
+                             supplied if kind in P.ROI_KINDS else None)
     # the segmentation made here for the localisation score (its own warnings are not kept)
     loc_only = sorted(s for s in set(loc_synth) if s not in synth)
     if loc_only:

@@ -193,7 +193,12 @@ def volume_case_to_input(case, sequences: Sequence[str]) -> SliceInput:
                       sequences=list(sequences), inplane=(float(cy), float(cx), fy, fx))
 
 
-# -- tumour-centred input (``input.kind == "mil_roi"``) ---------------------------------------
+# -- tumour-centred input (``input.kind`` in ``ROI_KINDS``) -----------------------------------
+#: input kinds whose window rests on the case's tumour segmentation: the slice MIL and the
+#: 3D CNN on the same tumour-centred slices
+ROI_KINDS = ("mil_roi", "volume3d_roi")
+#: input kinds whose network takes the slice stack as one volume (``to_volume3d``)
+VOLUME_KINDS = ("volume3d", "volume3d_roi")
 ROI_SIZE = 64
 ROI_SPACING_MM = 1.875       # the packs' stored in-plane spacing: no resampling of packs
 ROI_MARGIN_SLICES = 1        # slices kept above and below the tumour
@@ -568,7 +573,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
     if in_sample is not None:
         warns.append(in_sample)
     if case.kind != "slices" and trained_on_slice_packs(card) \
-            and (card.get("input") or {}).get("kind") not in ("mil_roi", "ensemble", "radiomics"):
+            and (card.get("input") or {}).get("kind") not in (*ROI_KINDS, "ensemble", "radiomics"):
         # (the windowed and radiomics models say it in their own words; an ensemble's
         # members say it)
         warns.append(Note(f"3D volume: {lm.name} was trained on TCGA-LGG slice packs (not "
@@ -593,7 +598,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         return
     kind = (card.get("input") or {}).get("kind", "mil")
     source = None
-    if kind == "mil_roi":
+    if kind in ROI_KINDS:
         labels, source = yield from tumour_labels(case, card, dev, cancel, segmentation,
                                                   segmentation_source, warns,
                                                   synthetic=seg_synth)
@@ -605,7 +610,7 @@ def predict(case, model=None, *, clinical: Optional[Dict[str, Any]] = None,
         inp = case_to_input(case, seqs)
         warns.extend(offset_warnings(case, seqs))
     warns.extend(masked_warnings(seqs, inp))
-    synth = synthetic_used(case, seqs, seg_synth if kind == "mil_roi" else [], warns,
+    synth = synthetic_used(case, seqs, seg_synth if kind in ROI_KINDS else [], warns,
                            source if segmentation is not None else None)
     clin_used = bool((card.get("clinical") or {}).get("used"))
     cvec = np.zeros(2, np.float32)
@@ -667,7 +672,7 @@ def run_network(module, kind: str, inp: "SliceInput", cvec: np.ndarray, card: Di
     with torch.inference_mode():
         sm = torch.from_numpy(inp.seq_mask[None]).to(dev)
         cl = torch.from_numpy(cvec[None]).to(dev)
-        if kind == "volume3d":
+        if kind in VOLUME_KINDS:
             vol = to_volume3d(inp, int(card["input"]["depth"]))
             out = module(torch.from_numpy(vol[None]).to(dev), sm, cl)
             att = None
@@ -842,10 +847,10 @@ def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
     None)``."""
     from .models import find_model, list_models, load_model, read_card
     kind = (lm.card.get("input") or {}).get("kind")
-    if kind not in ("mil_roi", "ensemble") or not segmenting:
+    if kind not in (*ROI_KINDS, "ensemble") or not segmenting:
         return lm, None
-    placing = lm.card if kind == "mil_roi" else next(
-        (c for c in member_cards(lm.card) if (c.get("input") or {}).get("kind") == "mil_roi"),
+    placing = lm.card if kind in ROI_KINDS else next(
+        (c for c in member_cards(lm.card) if (c.get("input") or {}).get("kind") in ROI_KINDS),
         None)
     if placing is None:
         return lm, None
@@ -856,7 +861,7 @@ def window_or_fallback(case, lm, *, explicit: bool, segmenting: bool = True):
                or not case.sequences[s].meta.get("available", True)]
     if not missing:
         return lm, None
-    who = lm.name if kind == "mil_roi" else f"{lm.name} (its member {placing.get('name')})"
+    who = lm.name if kind in ROI_KINDS else f"{lm.name} (its member {placing.get('name')})"
     why = (f"{who} centres its window on the tumour segmentation, and the segmentation "
            f"model {seg_name} needs {', '.join(needed)}: the case lacks {', '.join(missing)}")
     if not explicit and "predict_mil" in {m["name"] for m in list_models(TASK)}:
@@ -929,11 +934,11 @@ def synthetic_used(case, seqs: Sequence[str], via_segmentation: Sequence[str],
 
 def uses_segmentation(card: Dict[str, Any]) -> bool:
     """A predictor that needs the case's tumour segmentation: the segment-then-classify
-    ``predict_radiomics`` and the tumour-centred networks (``input.kind`` ``mil_roi``)."""
+    ``predict_radiomics`` and the tumour-centred networks (``input.kind`` in ``ROI_KINDS``)."""
     kind = (card.get("input") or {}).get("kind")
     if kind == "ensemble":
         return any(uses_segmentation(c) for c in member_cards(card))
-    return kind in ("radiomics", "mil_roi")
+    return kind in ("radiomics", *ROI_KINDS)
 
 
 def tumour_labels(case, card, dev, cancel, segmentation, segmentation_source, warns,
@@ -1028,5 +1033,5 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
            "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError",
-           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "ROI_SEGMENTATION", "DEFAULT_MODELS",
+           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "ROI_KINDS", "VOLUME_KINDS", "ROI_SEGMENTATION", "DEFAULT_MODELS",
            "default_model_name", "uses_segmentation", "tumour_labels"]

@@ -803,14 +803,10 @@ def ensemble_as_one(out: Dict[str, Any]) -> Dict[str, Any]:
     return res
 
 
-@register_task("prediction-mil-roi")
-class MILROIPredictionTask(MILPredictionTask):
-    """The tumour-centred MIL of ``predict_mil_roi`` trained end to end on patient bags: each
-    pack's window (``predict.PREP_ROI``) is placed on its expert mask, as in
-    ``scripts/cv_prediction.py``; a user's packs need their ``mask`` datasets. ``init:
-    predict_mil_roi`` fine-tunes the shipped fold ensemble."""
-
-    kind = "mil_roi"
+class _TumourCentred:
+    """The tumour-centred input of a prediction task: each pack's window
+    (``predict.PREP_ROI``) placed on its expert mask, as in ``scripts/cv_prediction.py``; a
+    user's packs need their ``mask`` datasets. Mixed in before the task's network class."""
 
     def cohort_kwargs(self) -> Dict[str, Any]:
         return {"roi": True, "roi_window": self.cfg.get("model", {}).get("window")}
@@ -824,6 +820,14 @@ class MILROIPredictionTask(MILPredictionTask):
                  input=dict(f["input"], kind=self.kind, segmentation=dict(ROI_SEGMENTATION),
                             **({"window": window} if window else {})))
         return f
+
+
+@register_task("prediction-mil-roi")
+class MILROIPredictionTask(_TumourCentred, MILPredictionTask):
+    """The tumour-centred MIL of ``predict_mil_roi`` trained end to end on patient bags.
+    ``init: predict_mil_roi`` fine-tunes the shipped fold ensemble."""
+
+    kind = "mil_roi"
 
 
 @register_task("prediction-cnn3d")
@@ -855,6 +859,14 @@ class CNN3DPredictionTask(_PredictionTaskBase):
             vols.append(to_volume3d(SliceInput(x[b][:, :k], None, np.arange(k), k, SEQS), depth))
         return ensemble_as_one(model(torch.from_numpy(np.stack(vols)).to(device),
                                      batch["seq_mask"].to(device), batch["clinical"].to(device)))
+
+
+@register_task("prediction-cnn3d-roi")
+class CNN3DROIPredictionTask(_TumourCentred, CNN3DPredictionTask):
+    """The 3D CNN of ``predict_cnn3d_roi``: the tumour-centred window's slices as one volume.
+    ``init: predict_cnn3d_roi`` fine-tunes the shipped fold ensemble."""
+
+    kind = "volume3d_roi"
 
 
 # -- radiomics on the model's own segmentation (``predict_radiomics``) --------------------------
