@@ -591,6 +591,30 @@ def test_synthesize_with_a_sequence_override_runs(tiny_synth, tmp_path):
     assert info["sources"] == ["flair"]
 
 
+def test_an_unreadable_file_of_a_case_is_refused_with_the_way_on_that_works(tiny_synth, tmp_path,
+                                                                          capsys):
+    """The command line does not leave a broken file out on its own (the viewer does); its
+    error names the option that reads the case without it, and that option works."""
+    case = _phantom_case_folder(tmp_path / "P1", truncate="flair")
+    out = tmp_path / "out"
+    assert main("synthesize", case, "--target", "flair", "--model", tiny_synth, "--device",
+                "cpu", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "P1_flair.nii.gz: truncated gzip" in err
+    assert "--sequence 'P1_flair.nii.gz=ignore'" in err and not out.exists()
+    assert main("synthesize", case, "--target", "flair", "--model", tiny_synth, "--device",
+                "cpu", "--out", out, "--sequence", "P1_flair.nii.gz=ignore") == 0
+    info = json.loads((out / "P1_flair_synth.json").read_text())
+    assert "flair" not in info["sources"] and info["sources"]
+    # the only readable file of a case has no way on: no hint
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (case / "P1_flair.nii.gz").rename(lone / "P1_flair.nii.gz")
+    assert main("synthesize", lone, "--target", "t1", "--model", tiny_synth, "--device", "cpu",
+                "--out", tmp_path / "o2") == 2
+    assert "=ignore" not in capsys.readouterr().err
+
+
 def test_classify_slices_sequence_still_names_the_sequence_to_classify(tmp_path, monkeypatch):
     from napari_radiogen.core import triage
     from napari_radiogen.core.errors import RadiogenError

@@ -620,6 +620,12 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
             return v
         except RadiogenError as e:
             if not skip_unreadable:
+                if isinstance(e, CaseLoadError) and any(s != name for s in seq_items):
+                    # the way on without it, which the reader does not take for the user
+                    key = it.series.uid if it.series is not None else it.path.name
+                    raise CaseLoadError(f"{e} (to read the case without this file, as if its "
+                                        f"{name} were missing: --sequence '{key}=ignore')"
+                                        ) from None
                 raise
             unreadable[name] = str(e)            # one line, naming the file
             return None
