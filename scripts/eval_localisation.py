@@ -168,7 +168,8 @@ def main(argv=None) -> int:
                          **({"segmentation": seg_source} if seg_source else {}),
                          "seconds": round(time.perf_counter() - t, 2)})
             print(f"{case.case_id:18s} {task:12s} {m:10s} {layer or '':11s} "
-                  f"{r.localisation:.3f} "
+                  + (f"{r.localisation:.3f} " if r.localisation is not None
+                     else "none (an empty map) ") +
                   f"(uniform {chance:.3f}" + (f", window {window:.3f}" if window is not None else "")
                   + f") {rows[-1]['seconds']:.1f}s", flush=True)
     selection = None
@@ -185,6 +186,9 @@ def main(argv=None) -> int:
                        + (f" --fusion {a.fusion}" if a.fusion != "raw" else "")
                        + (f" --seg-run {a.seg_run}" if a.seg_run else ""),
             "mean": {lay: round(float(np.mean(v)), 3) for lay, v in per.items() if v},
+            # maps with no mass at all have no score: left out of the means, counted here
+            "empty_maps": {lay: sum(1 for r in rows if r["layer"] == lay
+                                    and r["localisation"] is None) for lay in try_layers},
             "by_task_method": {f"{t}/{m}/{lay}": round(float(np.mean(v)), 3)
                                for t in tasks for m in methods for lay in try_layers
                                for v in [[r["localisation"] for r in rows if r["layer"] == lay
@@ -208,8 +212,11 @@ def main(argv=None) -> int:
                 w = [r["chance_window"] for r in rows if r["dataset"] == ds and r["task"] == task
                      and r["method"] == m and r.get("chance_window") is not None]
                 if v:
+                    n_empty = sum(1 for r in rows if r["dataset"] == ds and r["task"] == task
+                                  and r["method"] == m and r["localisation"] is None)
                     summary[f"{ds}/{task}/{m}"] = {"mean": round(float(np.mean(v)), 3),
                                                    "sd": round(float(np.std(v)), 3), "n": len(v),
+                                                   **({"empty_maps": n_empty} if n_empty else {}),
                                                    "uniform_mean": round(float(np.mean(c)), 3),
                                                    "background_median": round(float(np.mean(b)), 3)
                                                    if b else None,

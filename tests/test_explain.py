@@ -30,6 +30,27 @@ def test_localisation_score_counts_mass_near_the_mask():
     assert localisation_score(np.zeros(wt.shape), wt, (1, 1, 1)) is None
 
 
+def test_a_missing_localisation_says_why_in_the_json_and_the_dock():
+    """An empty map (no positive evidence for the class in the layer) is not a missing mask."""
+    from napari_radiogen.core.case import Geometry
+    from napari_radiogen.core.explain import ExplainResult
+    from napari_radiogen.napari.explain_widget import result_text
+    g = Geometry(size=(8, 8, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    empty = ExplainResult("c", "idh", "gradcam", "m", "mutant", np.zeros((4, 8, 8), np.float32),
+                          g, localisation=None, mask_source="ground truth")
+    assert empty.localisation_missing.startswith("the map is empty")
+    assert empty.metadata["localisation_missing"] == empty.localisation_missing
+    assert "n/a (the map is empty" in result_text(empty)
+    no_mask = ExplainResult("c", "idh", "gradcam", "m", "mutant", np.ones((4, 8, 8), np.float32),
+                            g)
+    assert no_mask.localisation_missing == "no tumour mask"
+    assert "n/a (no tumour mask)" in result_text(no_mask)
+    scored = ExplainResult("c", "idh", "gradcam", "m", "mutant", np.ones((4, 8, 8), np.float32),
+                           g, localisation=0.4, mask_source="ground truth")
+    assert scored.localisation_missing is None
+    assert "localisation_missing" not in scored.metadata
+
+
 def test_explain_reuses_the_prediction_slice_stack(models, sample, monkeypatch):
     """Explaining right after predicting uses the slices the prediction made (the analysis
     does this) and gives the same heatmap as rebuilding them."""

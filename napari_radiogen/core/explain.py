@@ -85,10 +85,24 @@ class ExplainResult:
     device: str = "cpu"
 
     @property
+    def localisation_missing(self) -> Optional[str]:
+        """Why there is no localisation score (None when there is one): no tumour mask, a map
+        with no mass (nothing in the explained layer speaks for the class), or an empty mask."""
+        if self.localisation is not None:
+            return None
+        if self.mask_source is None:
+            return "no tumour mask"
+        if not np.any(np.asarray(self.heatmap) > 0):
+            return f"the map is empty: nothing in the layer speaks for {self.target_class}"
+        return "the tumour mask is empty"
+
+    @property
     def metadata(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "task": self.task, "method": self.method,
                 "model": self.model, "target_class": self.target_class,
                 "localisation": self.localisation, "mask_source": self.mask_source,
+                **({"localisation_missing": self.localisation_missing}
+                   if self.localisation is None else {}),
                 "synthetic_inputs": list(self.synthetic_inputs), "device": self.device,
                 **({"details": self.details} if self.details else {})}
 

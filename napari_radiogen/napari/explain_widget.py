@@ -391,7 +391,7 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
         made += f";{on}"
     lines = [head, made]
     if res.localisation is None:
-        loc = "heatmap mass within tumour + 5 mm: n/a (no mask)"
+        loc = f"heatmap mass within tumour + 5 mm: n/a ({res.localisation_missing})"
     else:
         loc = f"heatmap mass within tumour + 5 mm: {res.localisation:.2f}"
         label = mask_label(res, seg_layer)
