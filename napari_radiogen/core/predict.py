@@ -1033,5 +1033,6 @@ def _predict_radiomics(case, lm, card, dev, clinical, segmentation, segmentation
 
 __all__ = ["predict", "PredictionResult", "case_to_input", "pack_arrays_to_input",
            "volume_case_to_input", "normalise", "CLASSES", "PREP", "ConfigError",
-           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "ROI_KINDS", "VOLUME_KINDS", "ROI_SEGMENTATION", "DEFAULT_MODELS",
+           "roi_case_to_input", "roi_arrays_to_input", "PREP_ROI", "ROI_KINDS", "VOLUME_KINDS",
+           "ROI_SEGMENTATION", "DEFAULT_MODELS",
            "default_model_name", "uses_segmentation", "tumour_labels"]
