@@ -37,7 +37,8 @@ def test_segmentation_is_the_same_on_the_gpu(case):
     assert (cpu.labels != gpu.labels).sum() <= max(3, fg // 200)
 
 
-@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d", "predict_ensemble"])
+@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d", "predict_cnn3d_roi",
+                                  "predict_ensemble"])
 def test_predictions_are_the_same_on_the_gpu(case, name):
     from napari_radiogen.core.models import load_model
     from napari_radiogen.core.predict import predict
@@ -51,7 +52,8 @@ def test_predictions_are_the_same_on_the_gpu(case, name):
         assert gpu.risk == pytest.approx(cpu.risk, abs=0.05)
 
 
-@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d", "predict_radiomics"])
+@pytest.mark.parametrize("name", ["predict_mil", "predict_cnn3d", "predict_cnn3d_roi",
+                                  "predict_radiomics"])
 def test_explanations_run_on_the_gpu_and_match_the_cpu(case, name):
     """Grad-CAM of the slice and 3D networks, occlusion of the radiomics forest: computed where
     the caller asks (``explain`` ran on the CPU whatever the device, once)."""
