@@ -59,7 +59,8 @@ def make_case(folder, names=("t1", "t1ce", "t2", "flair"), seg=True, shape=(12, 
 
 def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spacing=(0.9, 0.9, 3.0),
                        origin=(-10.0, -12.0, 5.0), patient="PHANTOM1", start_index=0,
-                       study_uid="1.2.826.0.1.3680043.2.1125.777.1", series_number=None):
+                       study_uid="1.2.826.0.1.3680043.2.1125.777.1", series_number=None,
+                       study_date=None):
     """Write a (z, y, x) int16 array as one DICOM MR series (one file per slice)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +79,8 @@ def write_dicom_series(arr, folder, *, description="T1 AX", series_uid=None, spa
                                              direction[1], direction[4], direction[7]))))]
     if series_number is not None:
         tags.append(("0020|0011", str(series_number)))
+    if study_date is not None:
+        tags.append(("0008|0020", study_date))
     for i in range(img.GetDepth()):
         sl = img[:, :, i]
         for k, v in tags:
@@ -719,15 +722,58 @@ def test_dicom_two_series_same_sequence_needs_a_choice(tmp_path):
     assert c.present == ("t1", "t1ce")
 
 
-def _export(folder, patient, study, descriptions, *, by_number=True, seed=0):
-    """A scanner/PACS export of one study: a numbered subfolder per series (001/ 002/ ...),
-    or (``by_number=False``) every series' files in ``folder`` itself."""
-    for i, desc in enumerate(descriptions, 1):
+def _export(folder, patient, study, descriptions, *, by_number=True, seed=0, first=1,
+            study_date=None):
+    """A scanner/PACS export of one study: a numbered subfolder per series (001/ 002/ ...,
+    from ``first``), or (``by_number=False``) every series' files in ``folder`` itself."""
+    for i, desc in enumerate(descriptions, first):
         sub = folder / f"{i:03d}" if by_number else folder
         write_dicom_series((blob((4, 16, 16), seed=seed + i) * 10).astype(np.int16), sub,
                            description=desc, patient=patient, study_uid=study,
                            series_uid=f"{study}.{i}", series_number=i,
-                           start_index=100 * i + 1000 * seed)
+                           start_index=100 * i + 1000 * seed, study_date=study_date)
+
+
+def test_an_export_of_two_studies_of_one_patient_is_one_case_of_one_session(tmp_path):
+    """001/ 002/ from a first visit and 003/ 004/ from a follow-up (one patient, a subfolder
+    per series) are one case, not a cohort of one-series cases; series of studies acquired on
+    different dates are refused, each study's series named (not the dates), and leaving one
+    study out reads the other; studies of one day are one session; subfolders that are each a
+    study of their own stay a cohort."""
+    from napari_radiogen.core.io import scan_folder
+    a, b = "1.2.826.0.1.3680043.2.1125.8.1", "1.2.826.0.1.3680043.2.1125.8.2"
+    ex = tmp_path / "export"
+    _export(ex, "PHANTOM1", a, ["AX FLAIR", "AX T1 SE"], study_date="20200101")
+    _export(ex, "PHANTOM1", b, ["AX T2 TSE", "AX FLAIR"], first=3, study_date="20210601")
+    assert scan_folder(ex).kind == "case" and list_cases(ex) == [ex]
+    with pytest.raises(CaseLoadError) as e:
+        load_case(ex)
+    msg = str(e.value)
+    assert "2 studies acquired on different dates" in msg, msg
+    assert f"study 1: 001/ series 'AX FLAIR'" in msg and f"UID {b}.3" in msg, msg
+    assert "--sequence UID=ignore" in msg and "2020" not in msg and "2021" not in msg
+    # napari's Open cannot pass --sequence: the viewer says to separate the studies' series
+    from napari_radiogen.napari.reader import get_reader
+    with pytest.raises(CaseLoadError) as e:
+        get_reader(str(ex))(str(ex))
+    assert "move each study's series into a folder of their own" in str(e.value)
+    assert "--sequence" not in str(e.value)
+    c = load_case(ex, overrides={f"{b}.3": "ignore", f"{b}.4": "ignore"})
+    assert c.present == ("t1", "flair")
+    assert c.sequences["flair"].meta["series_uid"] == f"{a}.1"
+    # one day, two studies (e.g. a contrast series sent as a study of its own): one session
+    day = tmp_path / "day"
+    _export(day, "PHANTOM1", a, ["AX FLAIR", "AX T1 SE"], study_date="20200101")
+    _export(day, "PHANTOM1", b, ["AX T2 TSE"], first=3, study_date="20200101")
+    assert load_case(day).present == ("t1", "t2", "flair")
+    # a subfolder per study (each holding its series): a cohort of visits, as before
+    visits = tmp_path / "visits"
+    _export(visits / "v1", "PHANTOM1", a, ["AX FLAIR", "AX T1 SE"], by_number=False,
+            study_date="20200101")
+    _export(visits / "v2", "PHANTOM1", b, ["AX FLAIR", "AX T2 TSE"], by_number=False,
+            study_date="20210601")
+    assert scan_folder(visits).kind == "cohort"
+    assert list_cases(visits) == [visits / "v1", visits / "v2"]
 
 
 def test_a_study_exported_with_a_subfolder_per_series_is_one_case(tmp_path):

@@ -283,6 +283,10 @@ _VIEWER_PHRASES = [
     (r"open one patient's series on their own \(a folder per patient\), or leave the other "
      r"patient's series out with --sequence UID=ignore",
      "move each patient's files into a folder of their own and open one of those"),
+    # DICOM series of studies of different dates in one folder
+    (r"open one study's series on their own \(a folder per study\), or leave the other "
+     r"study's series out with --sequence UID=ignore",
+     "move each study's series into a folder of their own and open one of those"),
     # DICOM series whose descriptions do not say the sequence
     (r"name them with --sequence 'DESCRIPTION=SEQ' \(or UID=SEQ\)",
      f"put each series in a subfolder of its own named after its sequence ({_SEQ_FOLDERS}) "

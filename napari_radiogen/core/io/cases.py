@@ -119,7 +119,8 @@ class FolderScan:
                 # T1/ FLAIR/ ... subfolders, or a scanner/PACS export's 001/ 003/ ... (a
                 # subfolder per series of one patient's study): one case; patient folders of
                 # DICOM: a cohort
-                if named or len(self.dicom_subs) == 1 or self.one_study:
+                if named or len(self.dicom_subs) == 1 or self.one_study \
+                        or self.series_of_one_patient:
                     return "case"
                 return "cohort"
         if self.case_subs or self.packs or self.other_subs and self._nested_cases():
@@ -129,20 +130,35 @@ class FolderScan:
         return "none"
 
     @cached_property
+    def _sub_studies(self) -> Optional[List[Tuple[str, str]]]:
+        """(PatientID, StudyInstanceUID) of each DICOM subfolder's first file, when they are
+        all one patient's; None where a header cannot be read, names no study or another
+        patient (the reading stops there: a cohort of patients costs two header reads)."""
+        keys: List[Tuple[str, str]] = []
+        for d in self.dicom_subs:
+            h = first_header(d)
+            if h is None or not h["study_uid"] or (keys and h["patient_id"] != keys[0][0]):
+                return None
+            keys.append((h["patient_id"], h["study_uid"]))
+        return keys
+
+    @cached_property
     def one_study(self) -> bool:
         """The DICOM subfolders all hold series of one study of one patient (their first files
         share a StudyInstanceUID and PatientID): the subfolder-per-series layout of a scanner or
-        PACS export, one case whatever the subfolders are named. One header read per
-        subfolder; False where a header says no study."""
-        keys = set()
-        for d in self.dicom_subs:
-            h = first_header(d)
-            if h is None or not h["study_uid"]:
-                return False
-            keys.add((h["patient_id"], h["study_uid"]))
-            if len(keys) > 1:
-                return False
-        return bool(keys)
+        PACS export, one case whatever the subfolders are named."""
+        keys = self._sub_studies
+        return bool(keys) and len(set(keys)) == 1
+
+    @cached_property
+    def series_of_one_patient(self) -> bool:
+        """The DICOM subfolders are one patient's series from several studies, at least one
+        study spanning several subfolders: a subfolder-per-series export of more than one
+        study, read as one case (whose loading refuses studies of different dates, see
+        :func:`_check_one_session`), not as a cohort of one-series cases. Subfolders that
+        are each a study of their own stay a cohort."""
+        keys = self._sub_studies
+        return bool(keys) and bool(keys[0][0]) and len(set(keys)) < len(keys)
 
     @cached_property
     def groups(self) -> Dict[str, List[Path]]:
@@ -561,6 +577,7 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     for it in ignored:
         log.debug("%s: %s ignored: %s", root, it.display, it.ignored)
     _check_one_patient(items, root)
+    _check_one_session(items, root)
     for it in items:
         if it.name == "ignore":
             continue
@@ -695,6 +712,28 @@ def _check_one_patient(items: List[Item], root: Path) -> None:
                         f"(PatientID) in one case ({groups}); open one patient's series on "
                         "their own (a folder per patient), or leave the other patient's series "
                         "out with --sequence UID=ignore")
+
+
+def _check_one_session(items: List[Item], root: Path) -> None:
+    """Refuse a case whose DICOM series (those not left out with ``ignore``) come from studies
+    acquired on different dates (StudyInstanceUID, StudyDate): read together, a follow-up's
+    series would be segmented with the first visit's. Studies of one day, or with no date,
+    are read as one session. The message names the series of each study, not the dates."""
+    by_study: Dict[str, List[Item]] = {}
+    for it in items:
+        if it.series is not None and it.name != "ignore" and it.series.study_uid:
+            by_study.setdefault(it.series.study_uid, []).append(it)
+    if len(by_study) < 2:
+        return
+    dates = {x.series.study_date for its in by_study.values() for x in its}
+    if "" in dates or len(dates) < 2:
+        return
+    groups = "; ".join(f"study {i}: " + ", ".join(_ids(x) for x in its)
+                       for i, its in enumerate(by_study.values(), 1))
+    raise CaseLoadError(f"{root}: DICOM series of {len(by_study)} studies acquired on different "
+                        f"dates in one case ({groups}); a case is one session: open one study's "
+                        "series on their own (a folder per study), or leave the other study's "
+                        "series out with --sequence UID=ignore")
 
 
 def _folder_items(folder: Path, sc: FolderScan, series: Optional[str]) -> List[Item]:

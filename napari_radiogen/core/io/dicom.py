@@ -27,6 +27,7 @@ class SeriesInfo:
     patient_id: str = ""
     study_uid: str = ""
     number: str = ""                   # SeriesNumber (0020,0011), as written
+    study_date: str = ""               # StudyDate (0008,0020): compared, never shown
 
     @property
     def label(self) -> str:
@@ -88,7 +89,7 @@ def _tag(reader: sitk.ImageFileReader, key: str) -> str:
 
 #: the header fields :func:`first_header` reads
 _HEADER_TAGS = {"description": "0008|103e", "modality": "0008|0060", "patient_id": "0010|0020",
-                "study_uid": "0020|000d", "number": "0020|0011"}
+                "study_uid": "0020|000d", "number": "0020|0011", "study_date": "0008|0020"}
 
 
 def _read_tags(path: Union[str, Path], noise: List[str]) -> dict:
@@ -102,7 +103,7 @@ def _read_tags(path: Union[str, Path], noise: List[str]) -> dict:
 
 def first_header(folder: Union[str, Path]) -> Optional[dict]:
     """The identifying fields (``description``, ``modality``, ``patient_id``, ``study_uid``,
-    ``number``) of the first DICOM file directly inside ``folder``, one header read; ``None``
+    ``number``, ``study_date``) of the first DICOM file directly inside ``folder``, one header read; ``None``
     when there is none or it cannot be parsed."""
     noise: List[str] = []
     for f in dicom_files(folder, limit=3):
