@@ -420,27 +420,27 @@ def _segwin_file(model: str) -> str:
 
 def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d", model: str = "mil_roi"):
     """The tumour-centred model's (``model``: mil_roi or cnn3d_roi) CV test predictions again,
-    with each test patient's window
-    placed on ``seg_model``'s segmentation instead of the expert mask (the fold models saved
-    in ``--out``; what a user gets). The shipped segmentation model was trained on these
-    packs, so its masks are better than a new patient's: a lower bound on the shift. Writes
-    ``window_from_segmentation.json`` (mean test-fold AUC per task, beside the expert-window
-    AUC of the same fold models; ``_segwin_file``)."""
+    with each test patient's window placed on ``seg_model``'s segmentation instead of the
+    expert mask (the fold models saved in ``--out``; what a user gets). The shipped
+    segmentation model was trained on these packs, so its masks are better than a new
+    patient's: a lower bound on the shift. Writes ``_segwin_file(model)`` (mean test-fold AUC
+    per task, beside the expert-window AUC of the same fold models)."""
     import torch
     from safetensors.torch import load_file
     from napari_radiogen.core.io import load_case
     from napari_radiogen.core.models import load_model
-    from napari_radiogen.core.predict import roi_case_to_input
+    from napari_radiogen.core.predict import roi_case_to_input, to_volume3d
     from napari_radiogen.core.segment import segment
     from napari_radiogen.core.train.tasks import prediction as P
-    from napari_radiogen.core.predict import to_volume3d
     from src_models.cnn3d import CNN3DPredictor
     from src_models.mil import MILPredictor
     torch.set_num_threads(1)
     out = Path(args.out)
     cfg = json.loads((out / "config.json").read_text())[model]
+    def weights(r) -> Path:
+        return out / "folds" / f"{model}_s{r['seed']}_f{r['fold']}.safetensors"
     recs = [json.loads(f.read_text()) for f in sorted((out / "folds").glob(f"{model}_s*_f*.json"))]
-    recs = [r for r in recs if (out / "folds" / f"{model}_s{r['seed']}_f{r['fold']}.safetensors").exists()]
+    recs = [r for r in recs if weights(r).exists()]
     volume = model == "cnn3d_roi"
 
     def forward(net, inp, cl):
@@ -467,7 +467,7 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d", model
     missed = 0
     for r in recs:
         net = (CNN3DPredictor if volume else MILPredictor)(**cfg["arch"])
-        net.load_state_dict(load_file(str(out / "folds" / f"{model}_s{r['seed']}_f{r['fold']}.safetensors")))
+        net.load_state_dict(load_file(str(weights(r))))
         net.eval()
         probs = {t: [] for t in P.TASKS}
         risk = []
@@ -567,19 +567,24 @@ def _same_fold_metrics(summary, model: str, weights_dir) -> dict:
             "c_index": (m.get("survival") or {}).get("c_index_mean"), "from": where}
 
 
-def _alternatives(args, out, model: str) -> list:
-    """The variant of a 3D CNN run in ``--alternative-run`` (same folds and seeds, another
-    schedule) and the rule that chose between the two: the mean inner-validation score over
-    the folds, never the test folds."""
-    alt = run_digest(args.alternative_run, None, model)
-    cfg_alt = json.loads((Path(args.alternative_run) / "config.json").read_text()).get(model, {})
-    return [{"what": f"the same protocol with {cfg_alt.get('epochs')} epochs (run "
-                     f"{args.alternative_run}; same folds and seeds)", "metrics": alt,
+def _alternatives(args, out, model: str, what: str, data=None, caveat: str = "") -> list:
+    """The variant of ``model`` in ``--alternative-run`` (same folds and seeds; ``what`` it
+    is) and the rule that chose between it and this run's: the mean inner-validation score
+    over the folds, never the test folds (``caveat`` appended to the rule)."""
+    alt = run_digest(args.alternative_run, data, model)
+    return [{"what": f"{what} (run {args.alternative_run}; same folds and seeds)", "metrics": alt,
              "selection": "chosen between this model and the alternative by the mean "
                           "inner-validation score over the folds (never the test folds): "
-                          f"{run_digest(out, None, model)['inner_val_score_mean']} (shipped) vs "
-                          f"{alt['inner_val_score_mean']}; the longer schedule validates its "
-                          "checkpoint among more candidates, which favours it"}]
+                          f"{run_digest(out, data, model)['inner_val_score_mean']} (shipped) vs "
+                          f"{alt['inner_val_score_mean']}" + caveat}]
+
+
+def _cnn_alternatives(args, out, model: str) -> list:
+    """:func:`_alternatives` of a 3D CNN run with another schedule (its epochs)."""
+    cfg_alt = json.loads((Path(args.alternative_run) / "config.json").read_text()).get(model, {})
+    return _alternatives(args, out, model, f"the same protocol with {cfg_alt.get('epochs')} epochs",
+                         caveat="; the longer schedule validates its checkpoint among more "
+                                "candidates, which favours it")
 
 
 def ship(args, summary):
@@ -614,14 +619,8 @@ def ship(args, summary):
             "previous_model": (old["attention_on_tumour_slices"] or {}).get("mean"),
             "uniform": (new["attention_on_tumour_slices"] or {}).get("uniform")}}
     if getattr(args, "alternative_run", None) and "mil" in summary:
-        alt = run_digest(args.alternative_run, args.data)
-        compare["alternatives"] = [{
-            "what": f"{run_variant(args.alternative_run)} (run {args.alternative_run}; same folds "
-                    "and seeds)", "metrics": alt,
-            "selection": "chosen between this model and the alternative by the mean inner-validation "
-                         f"score over the folds (never the test folds): "
-                         f"{run_digest(out, args.data)['inner_val_score_mean']} (shipped) vs "
-                         f"{alt['inner_val_score_mean']}"}]
+        compare["alternatives"] = _alternatives(args, out, "mil", run_variant(args.alternative_run),
+                                                data=args.data)
     for model, builder, kind in (("mil", "src_models.mil:build_mil_ensemble", "mil"),
                                  ("mil_roi", "src_models.mil:build_mil_ensemble", "mil_roi"),
                                  ("cnn3d", "src_models.cnn3d:build_cnn3d_ensemble", "volume3d"),
@@ -714,7 +713,7 @@ def ship(args, summary):
                      "compared_with": {other: _same_fold_metrics(summary, other, args.weights_dir)},
                      **({k: v for k, v in compare.items() if k != "explanations"}
                         if model == "mil" else {}),
-                     **({"alternatives": _alternatives(args, out, model)}
+                     **({"alternatives": _cnn_alternatives(args, out, model)}
                         if model.startswith("cnn3d") and args.alternative_run else {}),
                      **({"window_from_segmentation": json.loads(
                          (out / _segwin_file(model)).read_text())}
@@ -759,13 +758,12 @@ def ship(args, summary):
                          if roi and args.roi_alternatives else "")
                       + (f" --cnn-epochs {cfg[model]['epochs']}" if model.startswith("cnn3d")
                          and cfg[model].get("epochs") != CNN_CFG["epochs"] else "")
-                      + (f" --alternative-run {args.alternative_run}"
-                         if model.startswith("cnn3d") and args.alternative_run else "")
                       + ((" --mil-aux pool" if cfg[model]["arch"].get("tumour_pool") else " --mil-aux on")
                          if cfg[model].get("aux") else "")
                       + (f" --previous-run {args.previous_run}" if model == "mil" and args.previous_run else "")
                       + (f" --alternative-run {args.alternative_run}"
-                         if model == "mil" and args.alternative_run else ""))
+                         if (model == "mil" or model.startswith("cnn3d")) and args.alternative_run
+                         else ""))
         from src_models import mil as _m  # noqa: F401  (check the builder imports)
         path = Path(args.weights_dir) / f"predict_{model}.safetensors"
         save_model(path, state, card)

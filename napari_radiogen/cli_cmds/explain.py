@@ -115,9 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.outputs import relative_to_folder
     info["deidentified"] = not args.identified
     write_json(out / f"{stem}.json", relative_to_folder(info, out))
-    loc = (f"{res.localisation:.2f}" if res.localisation is not None
-           else f"n/a ({res.localisation_missing})")
-    print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation {loc}; "
+    print(f"{case.case_id}: {args.task} {res.target_class} {res.method}: localisation "
+          f"{res.localisation_text}; "
           f"wrote {path}")
     for w in info["warnings"]:
         print(f"    warning: {w}")

@@ -384,9 +384,7 @@ def write_case_report(res, out_dir: Path, *, render: bool = True, deidentify: bo
     if res.explanations:
         # the synthetic inputs each heatmap rests on: its model's and those of the tumour
         # segmentation it was placed on (the window, the occlusion mask)
-        rows = [(e.task, e.method, e.target_class,
-                 f"{e.localisation:.2f}" if e.localisation is not None
-                 else f"n/a ({e.localisation_missing})",
+        rows = [(e.task, e.method, e.target_class, e.localisation_text,
                  e.mask_source or "", ", ".join(e.synthetic_inputs) or "none")
                 for e in res.explanations]
         parts.append("<h2>Explanations</h2>" + _table(

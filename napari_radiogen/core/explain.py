@@ -97,6 +97,14 @@ class ExplainResult:
         return "the tumour mask is empty"
 
     @property
+    def localisation_text(self) -> str:
+        """The score as the dock, the report and ``radiogen explain`` say it: ``0.56``, or
+        ``n/a (<why>)``."""
+        if self.localisation is None:
+            return f"n/a ({self.localisation_missing})"
+        return f"{self.localisation:.2f}"
+
+    @property
     def metadata(self) -> Dict[str, Any]:
         return {"case_id": self.case_id, "task": self.task, "method": self.method,
                 "model": self.model, "target_class": self.target_class,
@@ -301,9 +309,9 @@ def image_member(card: Dict[str, Any]) -> Optional[str]:
     ensemble's), or None."""
     from .predict import member_cards
     names = list((card.get("input") or {}).get("members", []))
+    # the kinds with a network layer to explain are those of DEFAULT_LAYER
     return next((n for n, c in zip(names, member_cards(card))
-                 if (c.get("input") or {}).get("kind") in ("mil", "mil_roi", "volume3d",
-                                                           "volume3d_roi")), None)
+                 if (c.get("input") or {}).get("kind") in DEFAULT_LAYER), None)
 
 
 def explained_kind(card: Dict[str, Any]) -> str:

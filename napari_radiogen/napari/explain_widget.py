@@ -390,10 +390,8 @@ def result_text(res, classes=None, requested_model: Optional[str] = None,
     if on:
         made += f";{on}"
     lines = [head, made]
-    if res.localisation is None:
-        loc = f"heatmap mass within tumour + 5 mm: n/a ({res.localisation_missing})"
-    else:
-        loc = f"heatmap mass within tumour + 5 mm: {res.localisation:.2f}"
+    loc = f"heatmap mass within tumour + 5 mm: {res.localisation_text}"
+    if res.localisation is not None:
         label = mask_label(res, seg_layer)
         if label:
             loc += f" [{label}]"

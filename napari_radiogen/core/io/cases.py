@@ -696,18 +696,32 @@ def _assemble(items: List[Item], root: Path, case_id: str, reference: Optional[s
     return case
 
 
+def _series_by(items: List[Item], field_name: str) -> Dict[str, List[Item]]:
+    """The DICOM series of ``items`` not left out with ``ignore``, grouped by one of their
+    header fields (e.g. ``patient_id``); series without it are in no group."""
+    groups: Dict[str, List[Item]] = {}
+    for it in items:
+        key = getattr(it.series, field_name, "") if it.series is not None else ""
+        if key and it.name != "ignore":
+            groups.setdefault(key, []).append(it)
+    return groups
+
+
+def _series_listing(what: str, groups: Dict[str, List[Item]]) -> str:
+    """``<what> 1: <series>, ...; <what> 2: ...`` (each series by description, number and
+    UID; never the groups' keys, which may identify the patient)."""
+    return "; ".join(f"{what} {i}: " + ", ".join(_ids(x) for x in its)
+                     for i, its in enumerate(groups.values(), 1))
+
+
 def _check_one_patient(items: List[Item], root: Path) -> None:
     """Refuse a case whose DICOM series (those not left out with ``ignore``) belong to
     different patients (PatientID): read together they would be segmented as one patient. The
     message names the series of each patient, not the patients' ids."""
-    by_patient: Dict[str, List[Item]] = {}
-    for it in items:
-        if it.series is not None and it.name != "ignore" and it.series.patient_id:
-            by_patient.setdefault(it.series.patient_id, []).append(it)
+    by_patient = _series_by(items, "patient_id")
     if len(by_patient) < 2:
         return
-    groups = "; ".join(f"patient {i}: " + ", ".join(_ids(x) for x in its)
-                       for i, its in enumerate(by_patient.values(), 1))
+    groups = _series_listing("patient", by_patient)
     raise CaseLoadError(f"{root}: DICOM series of {len(by_patient)} different patients "
                         f"(PatientID) in one case ({groups}); open one patient's series on "
                         "their own (a folder per patient), or leave the other patient's series "
@@ -719,17 +733,13 @@ def _check_one_session(items: List[Item], root: Path) -> None:
     acquired on different dates (StudyInstanceUID, StudyDate): read together, a follow-up's
     series would be segmented with the first visit's. Studies of one day, or with no date,
     are read as one session. The message names the series of each study, not the dates."""
-    by_study: Dict[str, List[Item]] = {}
-    for it in items:
-        if it.series is not None and it.name != "ignore" and it.series.study_uid:
-            by_study.setdefault(it.series.study_uid, []).append(it)
+    by_study = _series_by(items, "study_uid")
     if len(by_study) < 2:
         return
     dates = {x.series.study_date for its in by_study.values() for x in its}
     if "" in dates or len(dates) < 2:
         return
-    groups = "; ".join(f"study {i}: " + ", ".join(_ids(x) for x in its)
-                       for i, its in enumerate(by_study.values(), 1))
+    groups = _series_listing("study", by_study)
     raise CaseLoadError(f"{root}: DICOM series of {len(by_study)} studies acquired on different "
                         f"dates in one case ({groups}); a case is one session: open one study's "
                         "series on their own (a folder per study), or leave the other study's "

@@ -103,8 +103,8 @@ def _read_tags(path: Union[str, Path], noise: List[str]) -> dict:
 
 def first_header(folder: Union[str, Path]) -> Optional[dict]:
     """The identifying fields (``description``, ``modality``, ``patient_id``, ``study_uid``,
-    ``number``, ``study_date``) of the first DICOM file directly inside ``folder``, one header read; ``None``
-    when there is none or it cannot be parsed."""
+    ``number``, ``study_date``) of the first DICOM file directly inside ``folder``, one header
+    read; ``None`` when there is none or it cannot be parsed."""
     noise: List[str] = []
     for f in dicom_files(folder, limit=3):
         try:
