@@ -227,12 +227,20 @@ def _boot_auc(y, p, rng, n=1000):
     return vals
 
 
+def fold_records(out_dir, model: str) -> list:
+    """The per-fold test records of ``model`` in a run folder (``folds/<model>_s<seed>_f<k>.json``),
+    not those of a model whose name begins with it (``<model>_segwin``)."""
+    recs = [json.loads(f.read_text())
+            for f in sorted((Path(out_dir) / "folds").glob(f"{model}_s*_f*.json"))]
+    return [r for r in recs if r.get("model") == model]
+
+
 def attention_on_tumour_slices(out_dir, data, model: str = "mil"):
     """Share of the FLAIR slice attention that falls on slices with expert tumour (pack masks),
     over the test patients of every fold (out of fold), mean over patient records; ``uniform``
     is the share of tumour slices (what a uniform attention would give)."""
     import h5py
-    recs = [json.loads(f.read_text()) for f in sorted((Path(out_dir) / "folds").glob(f"{model}_s*_f*.json"))]
+    recs = fold_records(out_dir, model)
     share, uniform, tumour = [], [], {}
     for r in recs:
         for pid, att in zip(r["test_ids"], r.get("attention_flair") or []):
@@ -271,8 +279,7 @@ def run_digest(out_dir, data, model: str = "mil"):
     out = {t: round(s[t]["auc_mean"], 4) for t in P.TASKS}
     out["mean_auc"] = round(float(np.mean([out[t] for t in P.TASKS])), 4)
     out["c_index"] = round(s["survival"]["c_index_mean"], 4)
-    v = [json.loads(f.read_text())["info"].get("inner_val_score")
-         for f in sorted((d / "folds").glob(f"{model}_s*_f*.json"))]
+    v = [r["info"].get("inner_val_score") for r in fold_records(d, model)]
     v = [x for x in v if x is not None]
     out["inner_val_score_mean"] = round(float(np.mean(v)), 4) if v else None
     out["inner_val_score_sd"] = round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else None
@@ -439,8 +446,7 @@ def window_from_segmentation(args, seg_model: str = "seg_lgg_segresnet2d", model
     cfg = json.loads((out / "config.json").read_text())[model]
     def weights(r) -> Path:
         return out / "folds" / f"{model}_s{r['seed']}_f{r['fold']}.safetensors"
-    recs = [json.loads(f.read_text()) for f in sorted((out / "folds").glob(f"{model}_s*_f*.json"))]
-    recs = [r for r in recs if weights(r).exists()]
+    recs = [r for r in fold_records(out, model) if weights(r).exists()]
     volume = model == "cnn3d_roi"
 
     def forward(net, inp, cl):
