@@ -13,13 +13,16 @@ while it works and result objects when it has them (the last one is *the* result
 * turns :class:`RadiogenError` into an error notification, :class:`Cancelled` into an info
   notification, anything else into an error notification with the exception type,
 * cancels cooperatively (token + ``worker.quit()``), and ends every running job cleanly when
-  its owner widget is destroyed or the application quits.
+  its owner widget is destroyed, the application quits or the interpreter exits (a script's
+  ``sys.exit`` with the viewer open).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -433,6 +436,29 @@ def cancel_all(wait: float = 0.0) -> None:
 
 
 _QUIT_CONNECTED = False
+
+
+def _end_jobs_at_exit() -> None:
+    """At interpreter exit (a script's ``sys.exit`` or an uncaught exception, the viewer left
+    open): cancel the running jobs and wait for their threads, which would otherwise go on
+    into the interpreter's shutdown and abort the process when they next signal Qt objects
+    that are gone."""
+    try:
+        if active_jobs():
+            cancel_all(wait=5.0)
+            # a job is done when its last signal is handled; its pool thread may still be
+            # unwinding Python frames, which must not meet the interpreter's finalisation
+            from qtpy.QtCore import QThreadPool
+            QThreadPool.globalInstance().waitForDone(5000)
+    except Exception:  # pragma: no cover - nothing more can be done at exit
+        pass
+
+
+# before the interpreter's atexit handlers where Python offers it (as concurrent.futures
+# does): h5py's, registered when a job first imports it and so run before one registered here,
+# unhooks HDF5's Python callbacks, and a job still reading would hook them again for HDF5's own
+# exit handler to call after the interpreter is gone (a segfault at exit)
+getattr(threading, "_register_atexit", atexit.register)(_end_jobs_at_exit)
 
 
 def _connect_quit() -> None:
