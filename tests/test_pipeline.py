@@ -66,6 +66,16 @@ def test_analyze_case_all_stages_and_outputs(models, sample_path, tmp_path):
     assert "HD95 (mm)" in html and "nan" not in html.lower().replace("nanmean", "")
     for key in ("segmentation", "predictions", "heatmap_idh"):     # the outputs are linked
         assert f"href='{Path(paths[key]).name}'" in html
+    # written again into the same folder without the heatmap (a rerun that explains nothing):
+    # the earlier run's heatmap goes, so the folder is what analysis.json lists; a file of
+    # the user's in the folder stays
+    (tmp_path / res.case_id / "notes.txt").write_text("mine")
+    res.explanations = []
+    again = write_outputs(res, tmp_path, render=False)
+    assert "heatmap_idh" not in again and not Path(paths["heatmap_idh"]).exists()
+    listed = json.loads(Path(again["analysis"]).read_text())["files"]
+    on_disk = {f.name for f in (tmp_path / res.case_id).iterdir()}
+    assert on_disk == {Path(f).name for f in listed.values()} | {"analysis.json", "notes.txt"}
     # the models are loaded once and reused for the next case
     ids = {k: id(v) for k, v in an._models.items()}
     run(an.analyze(sample_path))
@@ -406,6 +416,27 @@ def test_a_cancelled_cohort_run_keeps_every_case_in_the_summary(models, sample_p
                 tok.cancel()
     rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[c]["status"] for c in ("A1", "B2", "C3")] == ["done", "cached", "not analysed"]
+
+
+def test_a_cohort_run_closed_after_a_finished_case_keeps_it_in_the_summary(models, sample_path,
+                                                                           tmp_path):
+    """A job cancelled as a finished case is handed over stops reading the cohort at once (the
+    generator is closed, not cancelled from inside): the summary still has a row per case,
+    the finished case done."""
+    from napari_radiogen.core.pipeline import analyze_cohort
+    cohort = tmp_path / "cohort"
+    for cid in ("A1", "B2"):
+        shutil.copytree(sample_path, cohort / cid)
+    out = tmp_path / "out"
+    gen = analyze_cohort(sorted(cohort.iterdir()), out, render=False, report=False,
+                         analyzer=Analyzer(_opts(models, explain_tasks=())))
+    for x in gen:
+        if getattr(x, "status", None) == "done":
+            gen.close()
+            break
+    rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert [rows[c]["status"] for c in ("A1", "B2")] == ["done", "not analysed"]
+    assert float(rows["A1"]["volume_WT_ml"]) > 0
 
 
 def test_an_unreliable_analysis_says_so_first_and_in_the_summary(models, tmp_path, capsys):

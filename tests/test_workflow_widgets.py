@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -563,6 +564,67 @@ def test_cohort_widget_cancel_marks_the_cases_not_reached_and_folder_errors_stay
     assert "cancelled after 1 of 3" in w.info.text()
     w.load_folder(str(tmp_path / "nowhere"))
     assert w.cases == [] and "nowhere" in w.info.text()
+
+
+def test_cohort_widget_shows_a_case_that_finished_as_cancel_was_pressed(
+        make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """A case whose results were written just as Cancel was pressed: its item reaches no
+    panel (the job drops what arrives after a cancel), but the summary the run wrote as it
+    stopped has it done, and the panel says so."""
+    from napari_radiogen.core import pipeline
+    from napari_radiogen.napari import cohort_widget as cw
+    for i in range(3):
+        (tmp_path / "cohort" / f"P{i}").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    # an earlier run's summary, which this run's cancel must not be read from
+    pipeline._write_summary(out, [pipeline.CohortItem(path="x", case_id=f"P{i}", status="done")
+                                  for i in range(3)])
+    os.utime(out / "summary.csv", (time.time() - 60, time.time() - 60))
+
+    def cohort(cases, out_dir, *, cancel=None, **_):
+        while not cancel.cancelled:          # P0's analysis, until Cancel is pressed
+            time.sleep(0.01)
+        items = [pipeline.CohortItem(path=str(cases[0]), case_id="P0", status="done",
+                                     summary={"volume_WT_ml": 12.5})]
+        items += [pipeline.CohortItem(path=str(c), case_id=c.name, status="not analysed")
+                  for c in cases[1:]]
+        pipeline._write_summary(Path(out_dir), items)
+        yield items[0]                        # dropped: the job was cancelled
+    monkeypatch.setattr(cw, "analyze_cohort", cohort)
+    viewer = make_napari_viewer()
+    w = cw.CohortWidget(viewer)
+    w.cases = sorted((tmp_path / "cohort").iterdir())
+    w.status = {str(c): "pending" for c in w.cases}
+    w.analyzer = object()
+    w.out.setText(str(out))
+    job = w.analyze_all()
+    qtbot.wait(200)
+    w.cancel()
+    qtbot.waitUntil(lambda: job.done, timeout=10_000)
+    assert job.cancelled
+    marks = [w.list.item(i).text().split()[0] for i in range(3)]
+    assert marks == [cw.STATUS_MARK["done"], cw.STATUS_MARK["cancelled"],
+                     cw.STATUS_MARK["cancelled"]]
+    assert "cancelled after 1 of 3" in w.info.text()
+    assert [i.summary for i in w.items] == [{"volume_WT_ml": "12.5"}]
+    # cancelled before the run wrote anything: the earlier run's summary is not taken
+    pipeline._write_summary(out, [pipeline.CohortItem(path="x", case_id=f"P{i}", status="done")
+                                  for i in range(3)])
+    os.utime(out / "summary.csv", (time.time() - 60, time.time() - 60))
+
+    def nothing_written(cases, out_dir, *, cancel=None, **_):
+        while not cancel.cancelled:
+            time.sleep(0.01)
+        yield from ()
+    monkeypatch.setattr(cw, "analyze_cohort", nothing_written)
+    w.status = {str(c): "pending" for c in w.cases}
+    job = w.analyze_all()
+    qtbot.wait(200)
+    w.cancel()
+    qtbot.waitUntil(lambda: job.done, timeout=10_000)
+    assert "cancelled after 0 of 3" in w.info.text()
+    assert all(w.status[str(c)] == "cancelled" for c in w.cases)
 
 
 def test_cohort_reuses_a_layer_only_where_it_sits_the_same(monkeypatch):

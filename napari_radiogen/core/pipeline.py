@@ -442,6 +442,7 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
     case = res.case
     d = Path(out_dir) / res.case_id
     d.mkdir(parents=True, exist_ok=True)
+    earlier = _listed_files(d)
     paths: Dict[str, str] = {}
     if res.segmentation is not None:
         seg = res.segmentation
@@ -503,7 +504,33 @@ def write_outputs(res: AnalysisResult, out_dir: os.PathLike, *, report: bool = T
                "explanations": [e.metadata for e in res.explanations]}
     p = write_json(d / "analysis.json", summary)
     paths["analysis"] = str(p)
+    _remove_stale(d, earlier, paths.values())
     return paths
+
+
+def _listed_files(d: Path) -> List[Path]:
+    """The files an earlier analysis wrote in the case folder ``d`` (its ``analysis.json``)."""
+    try:
+        files = json.loads((d / "analysis.json").read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [d / f for f in files.values() if isinstance(f, str)]
+
+
+def _remove_stale(d: Path, earlier: Sequence[Path], written) -> None:
+    """An analysis written again into the same folder: the files the earlier one listed and
+    this one did not write again (a heatmap of a task no longer asked for, a synthetic
+    sequence the case now has) are removed, so that the folder is what its ``analysis.json``
+    says. Nothing else in the folder is touched."""
+    keep = {Path(p).resolve() for p in written}
+    root = d.resolve()
+    for f in earlier:
+        try:
+            r = f.resolve()
+            if root in r.parents and r not in keep and r.is_file():
+                r.unlink()
+        except OSError:
+            pass
 
 
 # -- cohorts ----------------------------------------------------------------------------------
@@ -547,6 +574,26 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
     paths = list(paths)
     extra = [CohortItem(path=str(f), case_id=f"{Path(f).name}/", status="skipped",
                         message=reason) for f, reason in skipped]
+    try:
+        yield from _cohort_cases(paths, out, analyzer, items, extra, models_fp, use_cache,
+                                 report, render, deidentify, cancel)
+    except GeneratorExit:
+        # closed by its reader before the end: a job cancelled while a case's results were
+        # being handed over stops reading at once (the finished case's row included); the
+        # summary still has a row per case, those not reached as a cancel leaves them
+        _write_summary(out, items + [_not_reached(p, out, models_fp, report, render,
+                                                  deidentify) for p in paths[len(items):]]
+                       + extra, deidentify=deidentify)
+        raise
+    _write_summary(out, items + extra, deidentify=deidentify)
+    yield Progress("cohort", len(paths), len(paths), "done")
+    yield items
+
+
+def _cohort_cases(paths, out, analyzer, items, extra, models_fp, use_cache, report, render,
+                  deidentify, cancel):
+    """:func:`analyze_cohort`'s loop over the cases: appends each case's item to ``items``
+    before it is yielded (one item per path, in order)."""
     for i, path in enumerate(paths):
         try:
             check(cancel)
@@ -615,9 +662,6 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
             item.case_id = case_id_of(path)
         items.append(item)
         yield item
-    _write_summary(out, items + extra, deidentify=deidentify)
-    yield Progress("cohort", len(paths), len(paths), "done")
-    yield items
 
 
 def _fingerprint(path: os.PathLike, models_fp: Any, report: bool, render: bool,
@@ -625,6 +669,11 @@ def _fingerprint(path: os.PathLike, models_fp: Any, report: bool, render: bool,
     """What a case's cached outputs depend on: its inputs, the models, the output settings."""
     return {"inputs": input_fingerprint(path), "models": models_fp,
             "outputs": {"report": report, "render": render, "deidentify": deidentify}}
+
+
+#: the message of a summary row for a case a cancelled run did not reach, whose earlier results
+#: are still valid
+NOT_REACHED_CACHED = "not reached by the cancelled run: an earlier run's results"
 
 
 def _not_reached(path: os.PathLike, out: Path, models_fp: Any, report: bool, render: bool,
@@ -635,8 +684,7 @@ def _not_reached(path: os.PathLike, out: Path, models_fp: Any, report: bool, ren
     cached = _find_cache(out, path, _fingerprint(path, models_fp, report, render, deidentify))
     if cached is not None:
         return CohortItem(path=str(path), case_id=cached["case_id"], status="cached",
-                          summary=cached["summary"],
-                          message="not reached by the cancelled run: an earlier run's results")
+                          summary=cached["summary"], message=NOT_REACHED_CACHED)
     return CohortItem(path=str(path), case_id=case_id_of(path), status="not analysed",
                       message="not reached: the run was cancelled before this case")
 

@@ -6,6 +6,7 @@ inputs and models have not changed since their cached result.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -13,7 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QListWidgetItem, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from ..core.pipeline import AnalysisOptions, Analyzer, CohortItem, analyze_cohort
+from ..core.pipeline import (NOT_REACHED_CACHED, AnalysisOptions, Analyzer, CohortItem,
+                             analyze_cohort)
 import numpy as np
 
 from ._common import (HEATMAP_FLOOR, _keep_selection, build_layer, name_axes_in_3d,
@@ -295,6 +297,7 @@ class CohortWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         cases, analyzer = list(self.cases), self.analyzer
         self._out_dir = inp.out_dir          # where this job writes (the field may change)
+        self._started_at = time.time() - 0.05  # a summary.csv older than this run is not read
         self.job = start_job(
             lambda tok: analyze_cohort(cases, inp.out_dir, analyzer=analyzer,
                                        use_cache=use_cache, render=False, cancel=tok),
@@ -333,19 +336,53 @@ class CohortWidget(QWidget):
             return
         self.open_case(self.current, quiet=True)
 
+    def _take_summary(self, out) -> None:
+        """After a cancelled run: the rows of the summary it wrote as it stopped, for the cases
+        whose item did not reach the panel (a case that finished just as Cancel was pressed:
+        the job drops what arrives after a cancel; a case not reached whose earlier results are
+        still valid). A summary older than the run is not read."""
+        import csv
+
+        from ..core.io import case_id_of
+        p = Path(out) / "summary.csv"
+        try:
+            if p.stat().st_mtime < getattr(self, "_started_at", 0.0):
+                return
+            with open(p, newline="") as f:
+                rows = {r.get("case_id"): r for r in csv.DictReader(f)}
+        except (OSError, csv.Error):
+            return
+        seen = {i.path for i in self.items}
+        for c in self.cases:
+            if str(c) in seen:
+                continue
+            try:
+                row = rows.get(case_id_of(c))
+            except Exception:                  # a case whose id cannot be read: none
+                row = None
+            if row is None or row.get("status") not in ("done", "cached", "failed"):
+                continue
+            keys = ("path", "case_id", "status", "message")
+            item = CohortItem(path=str(c), case_id=row.get("case_id"), status=row["status"],
+                              message=row.get("message", ""),
+                              summary={k: v for k, v in row.items() if k not in keys and v})
+            self.items.append(item)
+            self.status[str(c)] = item.status
+
     def _finished(self, job) -> None:
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         n_fail = sum(i.status == "failed" for i in self.items)
         out = getattr(self, "_out_dir", None) or self.inputs().out_dir
         if job.cancelled:
+            self._take_summary(out)
             # the cases the job did not reach are not pending any more: the run was cancelled
             for c in self.cases:
                 if self.status.get(str(c), "pending") == "pending":
                     self.status[str(c)] = "cancelled"
             self._refresh()
-            self.info.setText(f"cancelled after {len(self.items)} of {len(self.cases)} "
-                              f"case(s)")
+            done = sum(i.message != NOT_REACHED_CACHED for i in self.items)
+            self.info.setText(f"cancelled after {done} of {len(self.cases)} case(s)")
         else:
             self.bar.setValue(self.bar.maximum())
             self.info.setText(f"{len(self.items)} case(s), {n_fail} failed; summary: "
