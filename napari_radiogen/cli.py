@@ -79,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import importlib.util  # noqa: F401
     from .core.allocator import tune_allocator
     from .core.errors import RadiogenError
+    from .core.progress import clear_interrupt, interrupted
 
     tune_allocator()                  # freed tensor memory is reused, not faulted in again
     parser = build_parser()
@@ -87,8 +88,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     mod = importlib.import_module(f"napari_radiogen.cli_cmds.{args._module}")
+    restore = _catch_interrupt()
     try:
-        return int(mod.run(args) or 0)
+        code = int(mod.run(args) or 0)
+        if interrupted() and code != 130:
+            # a Ctrl-C that Python ignored where it landed (a weakref callback) and that no
+            # check met before the end: the work is done, but the user asked to stop
+            raise KeyboardInterrupt
+        return code
     except RadiogenError as e:
         print(f"radiogen: error: {e}", file=sys.stderr)
         return 2
@@ -102,6 +109,47 @@ def main(argv: Optional[List[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        restore()
+        clear_interrupt()
+
+
+def _catch_interrupt():
+    """Ctrl-C raises KeyboardInterrupt, as by default, and also sets the core's interrupt flag
+    (``core.progress.interrupt``): where Python ignores the exception (raised inside a weakref
+    callback or a ``__del__``), the flag still stops the work at its next check. Returns what
+    restores the previous handler (nothing to do outside the main thread)."""
+    import signal
+    import threading
+
+    from .core.progress import interrupt
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    before = signal.getsignal(signal.SIGINT)
+    if before is not signal.default_int_handler:
+        return lambda: None                     # the caller chose its own handling
+
+    def on_interrupt(signum, frame):
+        interrupt()
+        raise KeyboardInterrupt
+
+    hook = sys.unraisablehook
+
+    def quiet_interrupt(unraisable):
+        # the ignored Ctrl-C's traceback ("Exception ignored in ...") is not shown: the flag
+        # carries the interrupt on, and "radiogen: interrupted" says it
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type,
+                                                          KeyboardInterrupt):
+            return
+        hook(unraisable)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, before)
+        sys.unraisablehook = hook
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    sys.unraisablehook = quiet_interrupt
+    return restore
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,8 +52,32 @@ class CancelToken:
             raise Cancelled("cancelled by the user")
 
 
+#: set when the process was asked to stop (the ``radiogen`` command's Ctrl-C, see
+#: :func:`interrupt`); :func:`check` and :func:`run` then raise KeyboardInterrupt
+_INTERRUPTED = threading.Event()
+
+
+def interrupt() -> None:
+    """Ask every core step of the process to stop: for a SIGINT handler, beside raising
+    KeyboardInterrupt itself. Python ignores an exception raised where it cannot propagate
+    (a weakref callback, a ``__del__``: "Exception ignored in ..."), so a Ctrl-C landing there
+    would be lost; the flag is not, and the step stops at its next :func:`check`."""
+    _INTERRUPTED.set()
+
+
+def interrupted() -> bool:
+    return _INTERRUPTED.is_set()
+
+
+def clear_interrupt() -> None:
+    _INTERRUPTED.clear()
+
+
 def check(token: Optional[CancelToken]) -> None:
-    """Raise :class:`Cancelled` if ``token`` was cancelled (``None`` never cancels)."""
+    """Raise :class:`Cancelled` if ``token`` was cancelled (``None`` never cancels), and
+    KeyboardInterrupt if the process was interrupted (:func:`interrupt`)."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
     if token is not None:
         token.check()
 
@@ -67,6 +91,9 @@ def run(gen: Iterator[Any], on_progress: Optional[Callable[[Progress], None]] = 
             item = next(gen)
         except StopIteration as stop:
             return stop.value if stop.value is not None else result
+        if _INTERRUPTED.is_set():
+            gen.close()
+            raise KeyboardInterrupt
         if isinstance(item, Progress):
             if on_progress is not None:
                 on_progress(item)
