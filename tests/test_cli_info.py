@@ -336,7 +336,10 @@ def test_info_cohort_marks_cases_with_unreadable_files(tmp_path, capfd, monkeypa
     real_check = V._check_gzip
     monkeypatch.setattr(V, "_check_gzip", lambda p: gunzipped.append(p.name) or real_check(p))
     r = run_main(capfd, coh)
-    assert r.returncode == 0, r.stderr
+    # as the other commands on a folder with a failed case: exit 1, the cases named on stderr
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == ("radiogen: 3 of 5 case(s) unreadable: BraTS2021_00007, EMPTY, "
+                                "FLAT"), r.stderr
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
     assert "(5 case(s), 3 unreadable)" in r.stdout.splitlines()[0], r.stdout
     assert "unreadable: BraTS2021_00007_flair.nii.gz: truncated gzip file" in \
@@ -353,19 +356,26 @@ def test_info_cohort_marks_cases_with_unreadable_files(tmp_path, capfd, monkeypa
     err = run_main(capfd, cut)
     assert err.returncode == 2 and why in err.stderr, (why, err.stderr)
 
-    d = json.loads(run_main(capfd, coh, "--json").stdout)
+    r = run_main(capfd, coh, "--json")
+    assert r.returncode == 1 and "3 of 5 case(s) unreadable" in r.stderr, r.stderr
+    d = json.loads(r.stdout)
     cases = {c["case_id"]: c for c in d["cases"]}
     assert d["checked"] == "headers"
     assert list(cases["FLAT"]["unreadable"]) == ["FLAT_t1ce.nii.gz"]
     assert "unreadable" not in cases["BraTS2021_00006"] and "unreadable" not in cases["NAN"]
 
     r = run_main(capfd, coh, "--check-voxels")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and "4 of 5 case(s) unreadable" in r.stderr, r.stderr
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
     assert "(5 case(s), 4 unreadable)" in r.stdout.splitlines()[0], r.stdout
     assert "unreadable: NAN_t1.nii.gz: 1 NaN/Inf voxel(s)" in lines["NAN"], r.stdout
     assert "unreadable: BraTS2021_00007_flair.nii.gz: truncated gzip file" in \
         lines["BraTS2021_00007"]
     assert "unreadable" not in lines["BraTS2021_00006"] and "checked:" not in r.stdout
-    assert json.loads(run_main(capfd, coh, "--json", "--check-voxels").stdout)[
-        "checked"] == "voxels"
+    r = run_main(capfd, coh, "--json", "--check-voxels")
+    assert r.returncode == 1 and json.loads(r.stdout)["checked"] == "voxels"
+    # the readable cases alone: exit 0, nothing on stderr
+    for name in ("BraTS2021_00007", "FLAT", "EMPTY", "NAN"):
+        shutil.rmtree(coh / name)
+    r = run_main(capfd, coh, "--check-voxels")
+    assert r.returncode == 0 and not r.stderr and "unreadable" not in r.stdout, r.stderr

@@ -1,6 +1,6 @@
 """Helpers shared by the commands: the options several commands have (``--device``,
-``--sequence FILE=SEQ``), output folders, and progress on stderr (one line rewritten in place
-on a terminal, plain lines in a log)."""
+``--sequence FILE=SEQ``, ``--threads``, whole-number counts), output folders, and progress on
+stderr (one line rewritten in place on a terminal, plain lines in a log)."""
 from __future__ import annotations
 
 import os
@@ -51,6 +51,43 @@ def check_device(device: str) -> str:
     so that ``--device cuda`` without a GPU stops at once (exit 2) in every command."""
     from ..core.models import resolve_device
     return resolve_device(device)
+
+
+# -- whole-number options ----------------------------------------------------------------------
+def _whole_number(text: str, least: int) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more (got {v})")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be 1 or more (``--limit``, ``--threads``): any
+    other value is refused by argparse with one line (exit 2) before any work."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` of a count that may be 0 (``--frames 0``: none, ``--folds``)."""
+    return _whole_number(text, 0)
+
+
+def add_threads_argument(parser: Any) -> None:
+    """``--threads N`` (N >= 1), the same for every command that has it."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for torch (N >= 1; default: torch's own choice)")
+
+
+def set_threads(args: Any) -> None:
+    """Apply the command's ``--threads`` (checked by :func:`positive_int`), if given."""
+    n = getattr(args, "threads", None)
+    if n is not None:
+        import torch
+        torch.set_num_threads(int(n))
 
 
 # -- --sequence FILE=SEQ -----------------------------------------------------------------------

@@ -10,19 +10,9 @@ the cases beside them (``failed_cases``: ``[{"case", "reason"}]``, ``no_labels_c
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def positive_int(text: str) -> int:
-    """argparse type of ``--limit``: a whole number >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more (got {v})")
-    return v
+from ._common import positive_int     # the argparse type of --limit (N >= 1)
 
 
 def add_arguments(p) -> None:

@@ -28,7 +28,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
+    from ._common import (REGISTER_HELP, add_device_argument, add_sequence_argument,
+                          non_negative_int)
     parser.add_argument("case", help="case folder, volume, or TCGA-LGG .h5 pack")
     parser.add_argument("--task", default="idh", choices=["idh", "codel_1p19q", "grade"],
                         help="the prediction to explain, one per run (default: idh, as in the "
@@ -45,9 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model, as in radiogen predict)")
     parser.add_argument("--target", default=None,
                         help="class to explain (default: the positive class, e.g. mutant)")
-    parser.add_argument("--layer", default=None, help="network layer for the CAM")
+    parser.add_argument("--layer", default=None,
+                        help="network layer for the CAM methods (default: net.layer3 for the "
+                             "slice models, net.layer2 for the 3D CNNs); an unknown name is "
+                             "refused with the valid ones")
     parser.add_argument("--no-render", action="store_true", help="skip the PNG/GIF rendering")
-    parser.add_argument("--frames", type=int, default=24, help="GIF frames (0: no GIF)")
+    parser.add_argument("--frames", type=non_negative_int, default=24, metavar="N",
+                        help="GIF frames (default 24; 0: no GIF)")
     parser.add_argument("--register", action="store_true", help=REGISTER_HELP)
     parser.add_argument("--identified", action="store_true",
                         help="render a scan that is not skull-stripped too (its head surface "

@@ -20,6 +20,17 @@ labels outside the BraTS set) is not checked there, as it would mean decompressi
 file: ``--check-voxels`` reads each case as the analysis commands do (slow on a big cohort),
 and ``radiogen info CASE`` reads the one case. DICOM series are not checked in the listing.
 Imports only the headless I/O (no torch).
+
+Exit status: 0 the case (or every case of the folder) can be read; 1 a folder with a case
+marked unreadable (or one that could not be scanned), as the other commands exit on a folder
+with a failed case (the cases are named on stderr); 2 an input error (one case that cannot be
+read, no such path).
+
+The JSON of a case gives each volume's ``origin_xyz_mm`` and ``orientation`` as the file has
+them (the origin in LPS mm, as SimpleITK/ITK report it: the centre of the file's first voxel),
+and ``reoriented_origin_xyz_mm``, the origin of the grid as loaded (re-oriented to LPS voxel
+order, the grid the viewer and the results use; ``shape_zyx`` and ``spacing_xyz_mm`` are that
+grid's).
 """
 from __future__ import annotations
 
@@ -32,7 +43,17 @@ from ..core.outputs import dumps
 from ._common import add_sequence_argument, parse_overrides  # noqa: F401  (parse_overrides: API)
 
 
+EPILOG = """\
+exit status: 0 the case, or every case of the folder, can be read; 1 a folder with a case the
+analysis commands would refuse (an unreadable file, or with --check-voxels also NaN/Inf voxels
+or a blank volume; each is marked on its line, and named on stderr); 2 an input error (no such
+path, a single case that cannot be read, a bad option).
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("path", help="case folder, volume file, DICOM folder, .h5 slice pack, "
                                      "or a cohort folder of cases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -424,11 +445,20 @@ def run(args: argparse.Namespace) -> int:
                         entries.append({"case_id": c.name,
                                         "error": f"{type(e).__name__}: {msg}"})
                 if args.json:
-                    return _emit(dumps({"cohort": str(path), "n_cases": len(entries),
-                                        "checked": checked, "cases": entries,
-                                        "skipped": [{"folder": f"{n}/", "message": m}
-                                                    for n, m in skipped]}))
-                return _emit(_cohort_text(path, entries, skipped, checked))
+                    _emit(dumps({"cohort": str(path), "n_cases": len(entries),
+                                 "checked": checked, "cases": entries,
+                                 "skipped": [{"folder": f"{n}/", "message": m}
+                                             for n, m in skipped]}))
+                else:
+                    _emit(_cohort_text(path, entries, skipped, checked))
+                # as the other commands on a folder: a case they would refuse makes it 1
+                refused = [e["case_id"] for e in entries
+                           if e.get("unreadable") or "error" in e]
+                if refused:
+                    print(f"radiogen: {len(refused)} of {len(entries)} case(s) unreadable: "
+                          f"{', '.join(refused)}", file=sys.stderr)
+                    return 1
+                return 0
         case = load_case(path, overrides=overrides or None, series=args.series,
                          reference=args.reference)
         d = describe_case(case)

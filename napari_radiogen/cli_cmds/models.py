@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--task", help="only models of this card task (segmentation, prediction, ...)")
+    p.add_argument("--task", help="only models of this card task (segmentation, prediction, "
+                   "synthesis, triage, ...; an unknown task is refused with the valid ones)")
     p.add_argument("--json", action="store_true", help="full cards as JSON")
 
 
@@ -38,9 +39,16 @@ def _metric(card) -> str:
 
 
 def run(args) -> int:
-    from ..core.models import list_models
+    from ..core.errors import RadiogenError
+    from ..core.models import list_models, model_tasks
     from ..core.outputs import dumps
     ms = list_models(args.task)
+    if args.task is not None and not ms:
+        # a misspelt task is an error; a known task with no model installed is said below
+        known = model_tasks()
+        if args.task not in known:
+            raise RadiogenError(f"--task: unknown task {args.task!r}; choose one of "
+                                f"{', '.join(known)}")
     if args.json:
         print(dumps(ms, indent=1))
         return 0

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
+    from ._common import (REGISTER_HELP, add_device_argument, add_sequence_argument,
+                          add_threads_argument, positive_int)
     p.add_argument("path", help="a case (folder, file, .h5 pack) or a folder of cases")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="synthesis model name or path")
     add_device_argument(p)
     add_sequence_argument(p)
-    p.add_argument("--limit", type=int, default=None, help="rank only the first N cases")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="a folder: rank only its first N cases (N >= 1)")
     p.add_argument("--no-maps", action="store_true", help="scores only, no NIfTI maps")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_threads_argument(p)
     p.add_argument("--register", action="store_true", help=REGISTER_HELP)
 
 
@@ -66,8 +68,6 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-
     from ..core import progress
     from ..core.errors import CaseLoadError
     from ..core.io import case_id_of, list_cases, load_case, write_volume
@@ -76,10 +76,9 @@ def run(args) -> int:
     from ._batch import say_skipped, skipped_folders
     from ..core.synthesize import RankFailure, rank_cohort, rank_sequences
     from ._common import ProgressLine, check_device, check_out_dir, ensure_out_dir
-    from ._common import sequence_overrides
+    from ._common import sequence_overrides, set_threads
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    set_threads(args)
     out = check_out_dir(args.out)
     check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     overrides = sequence_overrides(args)
@@ -99,7 +98,7 @@ def run(args) -> int:
             raise                                # one case that cannot be read: exit 2
         skipped = skipped_folders(p, paths)
         say_skipped(skipped)
-        paths = paths[: args.limit or None]
+        paths = paths[: args.limit]              # None (no --limit): every case
     by_id = {case_id_of(q): q for q in (paths or [])}
     said_by_case = {}                            # case id -> registration, offsets
 

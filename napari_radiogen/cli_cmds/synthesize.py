@@ -20,7 +20,8 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 
 
 def add_arguments(p) -> None:
-    from ._common import REGISTER_HELP, add_device_argument, add_sequence_argument
+    from ._common import (REGISTER_HELP, add_device_argument, add_sequence_argument,
+                          add_threads_argument)
     p.add_argument("case", help="case folder, volume file or TCGA-LGG .h5 pack")
     p.add_argument("--target", required=True, choices=list(SEQUENCES) + ["missing"],
                    help="sequence to synthesise ('missing' = every sequence the case lacks)")
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
                    "(default: the installed synthesis model)")
     add_device_argument(p)
     add_sequence_argument(p)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_threads_argument(p)
     p.add_argument("--register", action="store_true", help=REGISTER_HELP)
     p.add_argument("--identified", action="store_true",
                    help="write the case's path in the JSON files (default: de-identified, "
@@ -40,9 +41,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-
-    import torch
-
     from ..core import progress
     from ..core.errors import RadiogenError
     from ..core.io import write_volume
@@ -50,10 +48,9 @@ def run(args) -> int:
     from ..core.prepare import case_registration_warnings_by_sequence
     from ..core.synthesize import _resolve_model, synthesize
     from ._common import (ProgressLine, check_device, check_out_dir, ensure_out_dir,
-                          load_case_arg, registered)
+                          load_case_arg, registered, set_threads)
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    set_threads(args)
     out = check_out_dir(args.out)
     check_device(args.device)            # --device cuda without a GPU: stop now (exit 2)
     case = load_case_arg(args.case, args)

@@ -61,17 +61,6 @@ def _positive(kind):
     return conv
 
 
-def _non_negative_int(text):
-    import argparse
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
-    return v
-
-
-_non_negative_int.__name__ = "int"
-
-
 def add_arguments(p) -> None:
     import argparse
     p.epilog = EPILOG
@@ -88,12 +77,12 @@ def add_arguments(p) -> None:
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model (a name from `radiogen models` or a "
                         ".safetensors file); overrides the config's init")
-    from ._common import add_device_argument
+    from ._common import add_device_argument, non_negative_int
     add_device_argument(p)
     p.add_argument("--limit", type=_positive(int),
                    help="use only N patients (quick smoke run; not installed unless --install)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--folds", type=_non_negative_int,
+    p.add_argument("--folds", type=non_negative_int,
                    help="K-fold patient-level CV (0/1 = one held-out split)")
     p.add_argument("--max-minutes", type=_positive(float),
                    help="wall-clock budget for the training, shared among the folds")

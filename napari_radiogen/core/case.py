@@ -104,6 +104,24 @@ class Geometry:
     def napari_translate(self) -> Tuple[float, float, float]:
         return (self.origin[2], self.origin[1], self.origin[0])
 
+    @property
+    def source_origin(self) -> Tuple[float, float, float]:
+        """The origin of the source file's own grid (LPS mm, as SimpleITK/ITK report it for
+        the file: the centre of its first voxel), where :attr:`origin` is that of this grid,
+        re-oriented to LPS voxel order. The two differ when the file's axes run otherwise (a
+        file stored LAS starts at the other end of y): the file's first voxel is the corner of
+        this grid reached by going, along each axis the file runs the other way (R, A or I),
+        to its last voxel."""
+        code = self.source_orientation
+        if not code or code == CANONICAL_ORIENTATION:
+            return tuple(float(o) for o in self.origin)
+        idx = [0.0, 0.0, 0.0, 1.0]
+        for letter in code.upper():
+            axis = "LPS".find(letter) if letter in "LPS" else "RAI".find(letter)
+            if letter in "RAI":
+                idx[axis] = float(self.size[axis] - 1)
+        return tuple(float(v) for v in (self.affine_lps() @ np.array(idx))[:3])
+
     def is_axis_aligned(self, tol: float = 1e-3) -> bool:
         return bool(np.allclose(self.direction_matrix, np.eye(3), atol=tol))
 
@@ -238,8 +256,11 @@ class Case:
             g = v.geometry
             return {"file": v.path, "shape_zyx": list(v.array.shape),
                     "spacing_xyz_mm": [round(s, 4) for s in g.spacing],
-                    "origin_xyz_mm": [round(o, 3) for o in g.origin],
+                    # the file's own origin and orientation (LPS mm, as SimpleITK reads the
+                    # file), and the origin of the grid as loaded (re-oriented to LPS order)
+                    "origin_xyz_mm": [round(o, 3) for o in g.source_origin],
                     "orientation": g.source_orientation or CANONICAL_ORIENTATION,
+                    "reoriented_origin_xyz_mm": [round(o, 3) for o in g.origin],
                     "dtype": str(v.array.dtype), "nominal_spacing": g.nominal,
                     "synthetic": v.synthetic,
                     # a generated sequence's provenance (sources, model, how it was recognised)

@@ -304,6 +304,36 @@ def _cnn_cam(module, vol, seq_mask, clinical, task, cls_idx, method, layer, canc
     return acc
 
 
+def cam_layers(module, kind: str) -> List[str]:
+    """The names ``layer`` (:func:`explain`) may take for a network of input ``kind``: the
+    modules of one member's convolutional trunk (``net``: a stage such as ``net.layer3``, or a
+    module inside one), whose outputs are the feature maps a CAM is drawn from. For a slice
+    model the names are inside each sequence's encoder (all alike)."""
+    member = _members(module)[0]
+    root = next(iter(member.encoders.values())) if hasattr(member, "encoders") else member
+    trunk = getattr(root, "net", None)
+    if trunk is None:                    # another architecture: any module of the member
+        return [n for n, _ in root.named_modules() if n]
+    return [f"net.{n}" for n, _ in trunk.named_modules() if n]
+
+
+def check_layer(lm, kind: str, layer: str, default: Optional[str] = None) -> None:
+    """Refuse a ``layer`` that the network of ``lm`` (input ``kind``) does not have, with one
+    line naming the valid ones (:func:`cam_layers`: the trunk's stages, and an example of a
+    module inside one), before any work: torchcam would stop with a traceback."""
+    names = cam_layers(lm.module, kind)
+    if layer in names:
+        return
+    depth = 1 if names and all(n.startswith("net.") for n in names) else 0
+    top = [n for n in names if n.count(".") == depth]
+    default = default or DEFAULT_LAYER.get(kind, "")
+    inner = next((n for n in names if n.startswith(default + ".")), None)
+    raise ConfigError(f"unknown layer {layer!r} for {lm.name}; choose one of "
+                      f"{', '.join(top or names)}"
+                      + (f" (default {default})" if default in names else "")
+                      + (f", or a module inside one (e.g. {inner})" if inner else ""))
+
+
 def image_member(card: Dict[str, Any]) -> Optional[str]:
     """The first member of a late-fusion ensemble with an image network (its heatmap is the
     ensemble's), or None."""
@@ -417,6 +447,8 @@ def explain(case, model=None, *, task: str = "idh", method: Optional[str] = None
     if target not in classes:
         raise ConfigError(f"{target!r} is not a class of {task} ({', '.join(classes)})")
     cls_idx = classes.index(target)
+    if layer is not None and kind in DEFAULT_LAYER:     # a bad name stops here, not in torchcam
+        check_layer(lm, kind, layer, (LEGACY_LAYER if legacy else DEFAULT_LAYER)[kind])
     # the synthetic sequences of the caller's segmentation (or of the one the caller's inputs
     # were windowed on); tumour_labels adds those of a segmentation made here
     seg_synth = (list(segmentation_synthetic)

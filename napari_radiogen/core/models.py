@@ -330,6 +330,21 @@ def list_models(task: Optional[str] = None) -> List[Dict[str, Any]]:
     return out
 
 
+def model_tasks() -> List[str]:
+    """The card tasks a model can have (``radiogen models --task``): those of the models the
+    training tasks make (``core.train``: ``segmentation``, ``prediction``, ...) and those of
+    the models installed or shipped, sorted. Imports the training tasks (and so torch)."""
+    tasks = {str(m["task"]) for m in list_models() if m.get("task")}
+    try:
+        import importlib
+        importlib.import_module(".train.tasks", __package__)   # registers the training tasks
+        from .train.base import TASKS
+        tasks |= {str(t.model_task) for t in TASKS.values() if t.model_task != "abstract"}
+    except ImportError:                  # no training engine: the installed models' tasks
+        pass
+    return sorted(tasks)
+
+
 def default_model(task: str, prefer: Iterable[str] = ()) -> str:
     """Name of the model to use for ``task``: first of ``prefer`` that exists, else the first
     listed (user models first)."""
