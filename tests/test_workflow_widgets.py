@@ -527,6 +527,18 @@ def test_analysis_of_several_tasks_shows_one_heatmap_and_names_the_labels(
     assert "label 1 necrotic/non-enh. core" in text and "label_1" not in text
 
 
+def _cohort_browser(viewer, folder, out):
+    """A cohort browser on the sub-folders of ``folder`` (all pending), writing into ``out``,
+    whose analyzer is never used (the tests replace analyze_cohort)."""
+    from napari_radiogen.napari import cohort_widget as cw
+    w = cw.CohortWidget(viewer)
+    w.cases = sorted(folder.iterdir())
+    w.status = {str(c): "pending" for c in w.cases}
+    w.analyzer = object()
+    w.out.setText(str(out))
+    return w
+
+
 def test_cohort_widget_cancel_marks_the_cases_not_reached_and_folder_errors_stay(
         make_napari_viewer, qtbot, monkeypatch, tmp_path):
     """Cancelling "Analyze all" leaves the cases it did not reach marked cancelled, not
@@ -548,12 +560,7 @@ def test_cohort_widget_cancel_marks_the_cases_not_reached_and_folder_errors_stay
             yield pipeline.Progress("cohort", 1, len(cases), "P1")
             time.sleep(0.01)
     monkeypatch.setattr(cw, "analyze_cohort", slow_cohort)
-    viewer = make_napari_viewer()
-    w = cw.CohortWidget(viewer)
-    w.cases = sorted((tmp_path / "cohort").iterdir())
-    w.status = {str(c): "pending" for c in w.cases}
-    w.analyzer = object()
-    w.out.setText(str(tmp_path / "out"))
+    w = _cohort_browser(make_napari_viewer(), tmp_path / "cohort", tmp_path / "out")
     job = w.analyze_all()
     qtbot.waitUntil(lambda: bool(w.items), timeout=10_000)
     w.cancel()
@@ -592,12 +599,7 @@ def test_cohort_widget_shows_a_case_that_finished_as_cancel_was_pressed(
         pipeline._write_summary(Path(out_dir), items)
         yield items[0]                        # dropped: the job was cancelled
     monkeypatch.setattr(cw, "analyze_cohort", cohort)
-    viewer = make_napari_viewer()
-    w = cw.CohortWidget(viewer)
-    w.cases = sorted((tmp_path / "cohort").iterdir())
-    w.status = {str(c): "pending" for c in w.cases}
-    w.analyzer = object()
-    w.out.setText(str(out))
+    w = _cohort_browser(make_napari_viewer(), tmp_path / "cohort", out)
     job = w.analyze_all()
     qtbot.wait(200)
     w.cancel()
