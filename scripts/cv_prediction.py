@@ -42,6 +42,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from napari_radiogen.core.train.tasks.prediction import (CITE_ILSE, CITE_LGG,  # noqa: E402
+                                                         CITE_MONAI)
+
 MIL_CFG = {"arch": {"sequences": ["t1", "flair", "t1ce"], "widths": [8, 16, 32, 64],
                     "layers": [1, 1, 1, 1], "attn_hidden": 32, "embed_dim": 32,
                     "fusion_hidden": 32, "clinical": True, "survival": True, "dropout": 0.25,
@@ -57,16 +60,9 @@ CNN_CFG = {"arch": {"sequences": ["t1", "flair", "t1ce"], "widths": [8, 16, 32, 
                     "layers": [1, 1, 1, 1], "clinical": True, "survival": True, "dropout": 0.3,
                     "depth": 32, "input_size": 64},
            "epochs": 24, "batch": 8, "lr": 1e-3, "focal_gamma": 2.0, "cox_weight": 0.5}
-CITATIONS = [
-    "Buda M, Saha A, Mazurowski MA. Association of genomic subtypes of lower-grade gliomas with "
-    "shape features automatically extracted by a deep learning algorithm. Comput Biol Med 2019 "
-    "(LGG FLAIR-abnormality dataset; images from TCIA TCGA-LGG)",
-    "Ceccarelli M et al. Molecular profiling reveals biologically discrete subsets and pathways of "
-    "progression in diffuse glioma. Cell 2016 (IDH, 1p/19q, grade)",
-    "Liu J et al. An integrated TCGA Pan-Cancer Clinical Data Resource. Cell 2018 (OS)",
-    "Ilse M, Tomczak J, Welling M. Attention-based deep multiple instance learning. ICML 2018",
-    "MONAI Consortium. MONAI: Medical Open Network for AI (networks)",
-]
+#: the shipped prediction cards' citations: the data's, attention MIL, MONAI (the training
+#: tasks' card uses the same entries)
+CITATIONS = [*CITE_LGG, CITE_ILSE, CITE_MONAI]
 
 
 def log(msg):

@@ -40,6 +40,27 @@ TASKS = ["idh", "codel_1p19q", "grade"]
 _MAP = {"idh": {"wildtype": 0, "mutant": 1}, "codel_1p19q": {"non-codel": 0, "codel": 1},
         "grade": {"2": 0, "3": 1, "2.0": 0, "3.0": 1}}
 
+# the shared dataset of the shipped configs (``../shared/data/tcga-lgg``): the engine adds how
+# many patients a run used, and keeps this text and the dataset's citations only when the run's
+# data is that folder (a user's own packs are described as user data, with the methods'
+# citations only: ``method_citations``)
+DATASET_LGG = ("TCGA-LGG (Buda et al. 2019 slice packs of TCIA TCGA-LGG images; IDH, 1p/19q "
+               "and grade of Ceccarelli et al. 2016, overall survival of Liu et al. 2018)")
+#: the dataset's citations, as on the shipped prediction models' cards
+#: (``scripts/cv_prediction.py`` writes them there)
+CITE_LGG = [
+    "Buda M, Saha A, Mazurowski MA. Association of genomic subtypes of lower-grade gliomas with "
+    "shape features automatically extracted by a deep learning algorithm. Comput Biol Med 2019 "
+    "(LGG FLAIR-abnormality dataset; images from TCIA TCGA-LGG)",
+    "Ceccarelli M et al. Molecular profiling reveals biologically discrete subsets and pathways of "
+    "progression in diffuse glioma. Cell 2016 (IDH, 1p/19q, grade)",
+    "Liu J et al. An integrated TCGA Pan-Cancer Clinical Data Resource. Cell 2018 (OS)",
+]
+#: the methods' citations (the same cards' entries): attention MIL, the MONAI networks
+CITE_ILSE = ("Ilse M, Tomczak J, Welling M. Attention-based deep multiple instance learning. "
+             "ICML 2018")
+CITE_MONAI = "MONAI Consortium. MONAI: Medical Open Network for AI (networks)"
+
 
 # -- data -----------------------------------------------------------------------------------
 def _label(task: str, v: Any) -> int:
@@ -641,6 +662,7 @@ class _PredictionTaskBase(TrainTask):
     score_name = "mean_auc_cindex"
     model_task = "prediction"
     kind = "mil"
+    method_citations: Tuple[str, ...] = (CITE_MONAI,)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -768,7 +790,10 @@ class _PredictionTaskBase(TrainTask):
                 "clinical": dict(self._stats or {}, used=bool(
                     ((getattr(self, "_init", None) or (None, {}))[1].get("architecture", {})
                      .get("kwargs") or {}).get("clinical", m.get("clinical", True))),
-                                 features=["age_z", "sex (1 = TCGA gender code 2)"])}
+                                 features=["age_z", "sex (1 = TCGA gender code 2)"]),
+                # the engine keeps these for a run on the shared packs only
+                "datasets": DATASET_LGG,
+                "citations": [*CITE_LGG, *self.method_citations]}
 
 
 @register_task("prediction-mil")
@@ -776,6 +801,7 @@ class MILPredictionTask(_PredictionTaskBase):
     """End-to-end MIL on patient bags (all slices of the three sequences)."""
 
     kind = "mil"
+    method_citations = (CITE_ILSE, CITE_MONAI)
 
     def architecture(self):
         m = {k: v for k, v in self.cfg.get("model", {}).items()
