@@ -836,3 +836,64 @@ def test_predict_items_stops_within_one_batch_of_a_cancel():
     with pytest.raises(Cancelled):
         predict_items(Net(), ds, "cpu", batch_size=3, cancel=tok)
     assert calls == [3]
+
+
+# --- refusals before any training -------------------------------------------------------------
+def test_a_mid_run_resume_with_another_model_name_is_refused(tmp_path):
+    """The fold models of a run are named as it goes: a resume with another name (`--name`)
+    is refused naming the change, as a resume with other options is; the same name goes on."""
+    run = tmp_path / "run"
+    cfg = tiny_cfg(train={"epochs": 3})
+    tok = CancelToken()
+
+    def on_p(p):
+        if p.phase == "train" and p.epoch == 2 and p.step == 1:
+            tok.cancel()
+    with pytest.raises(Cancelled):
+        drive(engine.train(cfg, run, device="cpu", cancel=tok), on_p)
+    before = (run / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"changed: name: phantom-test -> foo\).*--name "
+                                          r"phantom-test"):
+        drive(engine.train(tiny_cfg(name="foo", train={"epochs": 3}), run, device="cpu",
+                           resume=True))
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+    assert json.loads((run / "config.json").read_text())["name"] == "phantom-test"
+    res, _ = drive(engine.train(cfg, run, device="cpu", resume=True))
+    assert res.model_path.name == "phantom-test.safetensors"
+
+
+def test_a_run_folder_that_is_a_file_is_refused_in_one_line(tmp_path):
+    """The engine refuses it (the Training widget has no CLI check before it), with the CLI's
+    words, and leaves the file as it was."""
+    f = tmp_path / "run"
+    f.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^\S*run: cannot create the output folder \(a file "
+                                          r"of that name exists\)$"):
+        drive(engine.train(tiny_cfg(), f, device="cpu"))
+    with pytest.raises(ConfigError, match=r"cannot create the output folder \(\S*run is a "
+                                          r"file\)"):
+        drive(engine.train(tiny_cfg(), f / "sub", device="cpu"))
+    assert f.read_text() == "not a folder"
+
+
+def test_a_brats_case_lacking_a_sequence_is_named_before_training(tmp_path):
+    """A case without one of the sequences the model trains on was found only when a fold
+    tested (or trained) on it, after earlier folds had trained: it is refused before any
+    epoch, named with what it lacks, and no run folder is left."""
+    from test_evaluate import _write_brats_case
+    data = tmp_path / "cohort"
+    for i in range(4):
+        _write_brats_case(data / f"PH_{i:02d}", seed=i)
+    (data / "PH_02" / "PH_02_t1ce.nii.gz").unlink()
+    cfg = {"name": "seg-missing", "task": "segmentation-brats", "data": str(data),
+           "model": {"arch": "segresnet", "init_filters": 8, "spacing_mm": 4.0,
+                     "patch_size": [16, 16, 16], "roi_size": [32, 32, 32],
+                     "samples_per_epoch": 2, "eval_hd95": False},
+           "train": {"epochs": 1, "batch_size": 2, "val_fraction": 0.0, "augment": False},
+           "folds": 2, "seed": 0}
+    items = []
+    with pytest.raises(ConfigError, match=r"^PH_02 lacks t1ce: the model trains on t1, t1ce, "
+                                          r"t2, flair .*leave those cases out of --data$"):
+        drive(engine.train(cfg, tmp_path / "run", device="cpu"), items.append)
+    assert not any(getattr(p, "phase", None) in ("train", "test") for p in items)
+    assert not (tmp_path / "run").exists()

@@ -549,3 +549,22 @@ def test_curves_say_the_run_has_no_validation_set_and_fit_the_dock(make_napari_v
     n = w.curves.n_requested
     w.resize(w.width() + 80, w.height())
     qtbot.waitUntil(lambda: w.curves.n_requested > n, timeout=5_000)
+
+
+def test_a_run_folder_that_is_a_file_is_refused_in_one_line(make_napari_viewer, qtbot,
+                                                            tmp_path, monkeypatch):
+    """Start with a file as the run folder: the engine's one-line refusal (the CLI's words),
+    not a NotADirectoryError traceback."""
+    from napari.utils import notifications
+    monkeypatch.setattr(notifications, "show_error", lambda m: None)
+    monkeypatch.setenv("RADIOGEN_MODELS_DIR", str(tmp_path / "models"))
+    f = tmp_path / "run"
+    f.write_text("not a folder")
+    w = TrainingWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    job = w.start(inputs=TrainInputs(config=CFG, out_dir=str(f), device="cpu", install=False))
+    if job is not None:
+        qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    text = w.status.text()
+    assert "cannot create the output folder (a file of that name exists)" in text, text
+    assert "NotADirectoryError" not in text and w.result is None

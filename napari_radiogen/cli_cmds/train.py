@@ -135,8 +135,9 @@ def run(args) -> int:
     if args.name is not None:
         check_name(args.name)
     cfg = load_config(args.config, data=args.data, labels=args.labels, init=args.init, name=args.name)
-    if install and args.name is None:
-        # every rank takes the same name (the engine checks it on each); rank 0 says why
+    if args.name is None and (install or args.resume):
+        # every rank takes the same name (the engine checks it on each); rank 0 says why; a
+        # resumed run keeps its own name, installed or not (the engine refuses another one)
         from ..core.train.engine import default_install_name
         cfg["name"], why = default_install_name(cfg, args.out, resume=args.resume)
         if why and rank == 0:

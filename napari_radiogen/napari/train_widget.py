@@ -69,8 +69,9 @@ class TrainInputs:
         #: the curves' validation panel says so instead of waiting for data
         self.has_validation = float((cfg.get("train") or {}).get("val_fraction", 0.2) or 0) > 0
         self.install_note = None
-        if install and not self.name:
-            # the CLI's rule: a resumed run keeps its name, a shipped config's becomes -user
+        if (install or self.resume) and not self.name:
+            # the CLI's rule: a resumed run keeps its name (installed or not: the engine
+            # refuses another one), a shipped config's becomes -user
             from ..core.train.engine import default_install_name
             cfg["name"], self.install_note = default_install_name(cfg, self.out_dir,
                                                                   resume=self.resume)

@@ -698,6 +698,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     if limit is not None:
         cfg["_limit"] = int(limit)
     out = Path(out_dir)
+    check_run_folder(out)            # before any data is read or a device is set up
     dev = resolve_device(device)
     dist = ddp.setup(dev)
     dev = ddp.device_for(dev, dist)
@@ -774,6 +775,8 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
                               "schedule) or start a new run")
         n_stages = len(plan) + (1 if cfg.get("final", "best_fold") == "retrain" else 0)
         done = finished_run(out, state_prev[1], n_stages)
+        if done is None:
+            _check_resume_name(out, cfg, task, shown)
         if done is not None:
             # nothing to train or write (nor install, unless asked): say so and give the
             # run's files
@@ -922,6 +925,46 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         model = None
         _release(dev)
         ddp.teardown(dist)
+
+
+def check_run_folder(out: Path) -> None:
+    """ConfigError when ``out`` cannot be a run folder: an existing file (or a broken link)
+    of that name, or a file on the way to it (the CLI's wording, for the widget too)."""
+    shown = shown_path(out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"{shown}: cannot create the output folder (a broken link of that "
+                          "name exists)")
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{shown}: cannot create the output folder (a file of that name "
+                              "exists)")
+        return
+    q = out
+    while not q.exists() and q.parent != q:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        raise ConfigError(f"{shown}: cannot create the output folder ({shown_path(q)} is a "
+                          "file)")
+
+
+def _check_resume_name(out: Path, cfg: Dict[str, Any], task: TrainTask, shown: str) -> None:
+    """A run resumed mid-way keeps the model name it started with (its fold models and cards
+    already carry it): another name is refused, naming the change as the other resume
+    refusals do."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict):
+        return
+    old = str(saved.get("name") or task.name)
+    new = str(cfg.get("name") or task.name)
+    if old == new:
+        return
+    raise ConfigError(f"{shown}: the run was started with another model name (changed: "
+                      f"name: {_shown_value(old)} -> {_shown_value(new)}); its fold models are "
+                      f"named after it: resume with the same options (--name {old}) or start "
+                      "a new run")
 
 
 def finished_run(out: Path, state: Dict[str, Any], n_stages: int) -> Optional[TrainResult]:

@@ -269,6 +269,24 @@ class SegmentationBrats(_SegmentationTask):
         self._paths = {r.patient_id: r.info["path"] for r in out}
         return out
 
+    def use_patients(self, records: List[PatientRecord]) -> None:
+        """Refuse, before any training, the cases of the run that lack a sequence the model
+        trains on (read from the file names, no pixel data): otherwise the first fold that
+        tests or trains on such a case fails after the earlier folds have trained."""
+        from ...io import scan_case
+        need = self.sequences()
+        lacking = []
+        for r in records:
+            have = scan_case(self._path(r.patient_id))["sequences"]
+            miss = [s for s in need if s not in have]
+            if miss:
+                lacking.append(f"{r.patient_id} lacks {', '.join(miss)}")
+        if lacking:
+            more = f"; and {len(lacking) - 5} more case(s)" if len(lacking) > 5 else ""
+            raise ConfigError(f"{'; '.join(lacking[:5])}{more}: the model trains on "
+                              f"{', '.join(need)} (model.sequences); add the missing files or "
+                              "leave those cases out of --data")
+
     def _card_like(self) -> Dict[str, Any]:
         out = {"sequences": self.sequences(),
                "spacing_mm": float(self._m().get("spacing_mm", 2.0)), "normalisation": "zscore",
