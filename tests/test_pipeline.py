@@ -240,6 +240,21 @@ def test_cancel_at_each_stage(models, sample_path, stage):
     assert "done" not in seen
 
 
+def test_the_cohort_cache_key_follows_a_model_files_content(models, tmp_path):
+    """A model chosen by its file and retrained in place (same path, same name) makes the
+    cached results stale: the cache key holds the file's content, not only its path."""
+    import shutil
+    p = tmp_path / Path(models["seg"]).name
+    shutil.copy(models["seg"], p)
+    an = Analyzer(AnalysisOptions(seg_model=str(p), pred_model=str(models["mil"]),
+                                  device="cpu"))
+    before = an.model_fingerprint()
+    assert before == an.model_fingerprint()
+    with open(p, "ab") as f:                  # other weights at the same path
+        f.write(b" ")
+    assert an.model_fingerprint() != before
+
+
 def test_cohort_keeps_going_past_a_corrupt_case_and_caches(models, sample_path, tmp_path):
     cohort = tmp_path / "cohort"
     shutil.copytree(sample_path, cohort / "BraTS2021_00006")

@@ -117,6 +117,32 @@ def test_segment_phantom_volume(tiny3d):
     assert not any("nominal" in w for w in res.warnings)    # a recorded spacing
 
 
+def test_a_result_names_the_weights_file_it_came_from(tiny3d, tmp_path):
+    """Two files may carry one model name (a run's own model beside the shipped one): a
+    segmentation's JSON and the volume table give the weights file's SHA-256."""
+    import hashlib
+
+    from napari_radiogen.cli_cmds.segment import csv_row
+    from napari_radiogen.core.models import load_model
+    case = make_phantom(1)
+    res = list(seg.segment(case, tiny3d, device="cpu"))[-1]
+    digest = hashlib.sha256(tiny3d.path.read_bytes()).hexdigest()
+    assert res.summary()["model_sha256"] == digest
+    assert csv_row(res)["model_sha256"] == digest
+    # the same name from other weights: another digest
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(tiny3d.path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) * 1.01 for k in f.keys()}
+    other = tmp_path / tiny3d.path.name
+    save_file(tensors, str(other), metadata=meta)
+    lm = load_model(str(other), task="segmentation")
+    assert lm.name == tiny3d.name
+    res2 = list(seg.segment(case, lm, device="cpu"))[-1]
+    assert res2.summary()["model_sha256"] not in (None, digest)
+
+
 def test_a_synthetic_t1ce_is_said_to_make_et_and_tc_unreliable(tiny3d):
     """ET and TC rest on contrast enhancement, which a synthesised T1ce does not reliably
     show: a 3D segmentation made with one says so (and not when another input is synthetic)."""

@@ -7,7 +7,7 @@ Writes, per case, on the reference sequence's native grid and geometry:
   Dice/HD95 against the case's own labels when it has them);
 * TCGA-LGG slice packs: ``DIR/<case_id>_seg.h5`` with dataset ``mask`` (the pack's mask shape,
   1 = FLAIR abnormality) and the JSON;
-* ``DIR/volumes.csv``: one row per case (volumes in mL, status).
+* ``DIR/volumes.csv``: one row per case (volumes in mL, status, the model file's SHA-256).
 
 The JSON is de-identified by default (``"deidentified": true``): its ``source`` is the case id,
 not the path the case was read from (which may name the patient); ``--identified`` writes the
@@ -19,7 +19,7 @@ reported and skipped, and the exit status is 1 if any failed.
 from __future__ import annotations
 
 CSV_COLUMNS = ["case_id", "model", "kind", "WT_ml", "TC_ml", "ET_ml", "label_1_ml",
-               "label_2_ml", "label_4_ml", "seconds", "status", "message"]
+               "label_2_ml", "label_4_ml", "seconds", "status", "message", "model_sha256"]
 
 
 def add_arguments(p) -> None:
@@ -79,7 +79,8 @@ def csv_row(res=None, case_id="", status="ok", message="", seconds=0.0) -> dict:
     row = {c: "" for c in CSV_COLUMNS}
     row.update(case_id=case_id, status=status, message=message, seconds=f"{seconds:.2f}")
     if res is not None:
-        row.update(case_id=res.case_id, model=res.model, kind=res.kind)
+        row.update(case_id=res.case_id, model=res.model, kind=res.kind,
+                   model_sha256=res.model_sha256 or "")
         for k, v in res.volumes_ml.items():
             key = f"{k}_ml"
             if key in row:

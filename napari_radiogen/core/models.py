@@ -22,7 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import ModelFileError
 from .outputs import dumps
@@ -265,6 +265,31 @@ def oom_fallback_iter(make, device: str, *, models: Iterable[Any] = (), warn: Li
         _give_up_device(e, device, models, warn, what)
     value = yield from make("cpu")
     return value, "cpu"
+
+
+_DIGESTS: Dict[Tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: Union[str, Path, None]) -> Optional[str]:
+    """SHA-256 of a model file (None without one), kept per path, size and modification time:
+    which weights produced a result, where two files may carry the same model name (a run's
+    own model beside the shipped one)."""
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        import hashlib
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def load_model(name_or_path: str, *, task: Optional[str] = None, device: str = "cpu"

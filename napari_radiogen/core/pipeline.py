@@ -198,7 +198,8 @@ class Analyzer:
         return self._model("synth", "synthesis", self.options.synth_model)
 
     def model_fingerprint(self) -> Dict[str, str]:
-        """Names and dates of the models the options select (for the cohort cache)."""
+        """Names and dates of the models the options select, and the content of a model named
+        by its file (for the cohort cache)."""
         from .models import list_models
 
         out = {}
@@ -206,6 +207,13 @@ class Analyzer:
             out[task] = ";".join(f"{m['name']}@{m['card'].get('date')}" for m in list_models(task))
         out["options"] = json.dumps({k: (list(v) if isinstance(v, (list, tuple)) else v)
                                      for k, v in vars(self.options).items()}, sort_keys=True)
+        # a model chosen by its file: the file's content (the same path may hold a retrained
+        # model, whose name and path are those of the one the cache was made with)
+        from .models import weights_sha256
+        for opt in ("seg_model", "pred_model", "synth_model"):
+            name = getattr(self.options, opt)
+            if name and Path(name).suffix and Path(name).is_file():
+                out[f"{opt}_sha256"] = weights_sha256(name) or ""
         return out
 
     # -- one case -------------------------------------------------------------------------------

@@ -230,12 +230,14 @@ class SegResult:
     device: str = "cpu"
     metrics: Optional[Dict[str, Dict[str, float]]] = None   # vs the case's labels, if any
     synthetic_inputs: List[str] = field(default_factory=list)  # generated, not acquired
+    model_sha256: Optional[str] = None     # the weights file's (core.models.weights_sha256)
 
     def summary(self) -> Dict[str, Any]:
         """The result for JSON: strict (an undefined metric, HD95 when exactly one of the two
         masks is empty, is None, JSON null, never NaN: ``core.outputs.json_safe``)."""
         from .outputs import json_safe
-        return {"case_id": self.case_id, "model": self.model, "kind": self.kind,
+        return {"case_id": self.case_id, "model": self.model,
+                "model_sha256": self.model_sha256, "kind": self.kind,
                 "reference_sequence": self.reference, "device": self.device,
                 "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
                 "metrics_vs_labels": json_safe(self.metrics), "warnings": list(self.warnings),
@@ -354,7 +356,7 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
     """Segment ``case`` with a loaded segmentation model (``core.models.LoadedModel``) or a model
     name. Yields :class:`Progress`, then a :class:`SegResult` (labels on the reference
     sequence's native grid). ``compare``: score against ``case.labels`` when it has them."""
-    from .models import load_model, resolve_device
+    from .models import load_model, resolve_device, weights_sha256
 
     t0 = time.perf_counter()
     timings: Dict[str, float] = {}
@@ -402,7 +404,7 @@ def segment(case: Case, model, device: str = "auto", cancel: Optional[CancelToke
     res = SegResult(case_id=case.case_id, labels=labels, geometry=geom,
                     volumes_ml=vols, model=model.name, kind=kind,
                     reference=case.reference, warnings=warn, timings=timings, device=dev,
-                    synthetic_inputs=syn)
+                    synthetic_inputs=syn, model_sha256=weights_sha256(model.path))
     if compare and case.labels is not None and case.labels.array.shape == labels.shape:
         t = time.perf_counter()
         res.metrics = compare_to_truth(labels, case.labels.array, geom,
