@@ -121,9 +121,8 @@ def test_retrain_without_inner_validation_does_not_claim_one(tmp_path):
     assert "time budget" not in fm["note"]
 
 
-def test_cancel_mid_epoch_keeps_checkpoint_and_resume_finishes(tmp_path):
-    run = tmp_path / "run"
-    cfg = tiny_cfg(train={"epochs": 3})
+def _cancelled_in_epoch_2(run, cfg):
+    """Start ``cfg`` in ``run`` and cancel it at the first step of its second epoch."""
     tok = CancelToken()
 
     def on_p(p):
@@ -131,6 +130,12 @@ def test_cancel_mid_epoch_keeps_checkpoint_and_resume_finishes(tmp_path):
             tok.cancel()
     with pytest.raises(Cancelled):
         drive(engine.train(cfg, run, device="cpu", cancel=tok), on_p)
+
+
+def test_cancel_mid_epoch_keeps_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(train={"epochs": 3})
+    _cancelled_in_epoch_2(run, cfg)
     st = json.loads((run / "state.json").read_text())
     assert st["epoch"] == 1 and st["fold"] == 0
     before = (run / "checkpoint.safetensors").read_bytes()
@@ -844,13 +849,7 @@ def test_a_mid_run_resume_with_another_model_name_is_refused(tmp_path):
     is refused naming the change, as a resume with other options is; the same name goes on."""
     run = tmp_path / "run"
     cfg = tiny_cfg(train={"epochs": 3})
-    tok = CancelToken()
-
-    def on_p(p):
-        if p.phase == "train" and p.epoch == 2 and p.step == 1:
-            tok.cancel()
-    with pytest.raises(Cancelled):
-        drive(engine.train(cfg, run, device="cpu", cancel=tok), on_p)
+    _cancelled_in_epoch_2(run, cfg)
     before = (run / "checkpoint.safetensors").read_bytes()
     with pytest.raises(ConfigError, match=r"changed: name: phantom-test -> foo\).*--name "
                                           r"phantom-test"):
