@@ -132,30 +132,12 @@ def load_case_arg(path: PathLike, args: Any):
 
 # -- output folders ----------------------------------------------------------------------------
 def check_out_dir(path: PathLike) -> Path:
-    """Check, without creating anything, that ``path`` can be (or is) an output folder.
-
-    Raises a :class:`~napari_radiogen.core.errors.RadiogenError` (the CLI prints one line and
-    exits with status 2) when ``path`` is an existing file, when a folder on the way to it is a
-    file, or when the folder that would hold it is not writable. Commands call this before
-    any long computation, and create the folder (:func:`ensure_out_dir`) only when there is
-    something to write.
-    """
-    p = Path(path)
-    if p.is_symlink() and not p.exists():
-        raise _error(f"{p}: cannot create the output folder (a broken link of that name exists)")
-    if p.exists():
-        if not p.is_dir():
-            raise _error(f"{p}: cannot create the output folder (a file of that name exists)")
-        q = p
-    else:
-        q = p
-        while not q.exists() and q.parent != q:
-            q = q.parent
-        if q.exists() and not q.is_dir():
-            raise _error(f"{p}: cannot create the output folder ({q} is a file)")
-    if q.exists() and not os.access(q, os.W_OK | os.X_OK):
-        raise _error(f"{p}: cannot write there (permission denied on {q})")
-    return p
+    """Check, without creating anything, that ``path`` can be (or is) an output folder
+    (``core.outputs.check_out_dir``: a file of that name, a file on the way, no permission
+    are one line and exit status 2). Commands call this before any long computation, and
+    create the folder (:func:`ensure_out_dir`) only when there is something to write."""
+    from ..core.outputs import check_out_dir as check
+    return check(path)
 
 
 def ensure_out_dir(path: PathLike) -> Path:

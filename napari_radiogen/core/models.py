@@ -283,13 +283,18 @@ def weights_sha256(path: Union[str, Path, None]) -> Optional[str]:
         return None
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        import hashlib
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = file_sha256(p)
     return _DIGESTS[key]
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_model(name_or_path: str, *, task: Optional[str] = None, device: str = "cpu"

@@ -167,3 +167,33 @@ def deidentification_fields(deidentify: bool, removed: List[str]) -> Dict[str, A
 __all__ = ["json_safe", "dumps", "write_json", "strip_folder", "relative_to_folder", "deidentified_prediction",
            "prediction_for_output", "deidentification_fields", "CLINICAL_FEATURE_KEYS",
            "DEIDENTIFIED_NOTE"]
+
+
+def check_out_dir(path, shown=str) -> Path:
+    """Check, without creating anything, that ``path`` can be (or is) an output folder: a
+    :class:`~napari_radiogen.core.errors.ConfigError` (one line) when it is an existing file
+    or a broken link, when a folder on the way to it is a file, or when the folder that would
+    hold it is not writable. ``shown`` writes a path in the message. The ``radiogen``
+    commands call it before any long computation, the training engine before any data is
+    read."""
+    import os
+
+    from .errors import ConfigError
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise ConfigError(f"{shown(p)}: cannot create the output folder (a broken link of "
+                          "that name exists)")
+    q = p
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"{shown(p)}: cannot create the output folder (a file of that "
+                              "name exists)")
+    else:
+        while not q.exists() and q.parent != q:
+            q = q.parent
+        if q.exists() and not q.is_dir():
+            raise ConfigError(f"{shown(p)}: cannot create the output folder ({shown(q)} is a "
+                              "file)")
+    if q.exists() and not os.access(q, os.W_OK | os.X_OK):
+        raise ConfigError(f"{shown(p)}: cannot write there (permission denied on {shown(q)})")
+    return p

@@ -583,12 +583,13 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
     extra = [CohortItem(path=str(f), case_id=f"{Path(f).name}/", status="skipped",
                         message=reason) for f, reason in skipped]
     try:
-        yield from _cohort_cases(paths, out, analyzer, items, extra, models_fp, use_cache,
-                                 report, render, deidentify, cancel)
-    except GeneratorExit:
-        # closed by its reader before the end: a job cancelled while a case's results were
-        # being handed over stops reading at once (the finished case's row included); the
-        # summary still has a row per case, those not reached as a cancel leaves them
+        yield from _cohort_cases(paths, out, analyzer, items, models_fp, use_cache, report,
+                                 render, deidentify, cancel)
+    except (Cancelled, GeneratorExit):
+        # cancelled (between two cases, or in one: its item says so), or closed by its reader
+        # (a job cancelled as a finished case was handed over stops reading at once): the
+        # summary keeps a row per case, the cases not reached with an earlier run's results
+        # where they are still valid (as the cache would take them), else "not analysed"
         _write_summary(out, items + [_not_reached(p, out, models_fp, report, render,
                                                   deidentify) for p in paths[len(items):]]
                        + extra, deidentify=deidentify)
@@ -598,18 +599,12 @@ def analyze_cohort(paths: Sequence[os.PathLike], out_dir: os.PathLike, *,
     yield items
 
 
-def _cohort_cases(paths, out, analyzer, items, extra, models_fp, use_cache, report, render,
+def _cohort_cases(paths, out, analyzer, items, models_fp, use_cache, report, render,
                   deidentify, cancel):
     """:func:`analyze_cohort`'s loop over the cases: appends each case's item to ``items``
-    before it is yielded (one item per path, in order)."""
+    before it is yielded (one item per path, in order; a case cancelled in the middle too)."""
     for i, path in enumerate(paths):
-        try:
-            check(cancel)
-        except Cancelled:           # between two cases: the rest keep their rows
-            _write_summary(out, items + [_not_reached(p, out, models_fp, report, render,
-                                                      deidentify) for p in paths[i:]] + extra,
-                           deidentify=deidentify)
-            raise
+        check(cancel)
         item = CohortItem(path=str(path))
         yield Progress("cohort", i, len(paths), f"{Path(path).name}")
         # what the outputs depend on: a case cached without its report, or with clinical fields,
@@ -655,11 +650,6 @@ def _cohort_cases(paths, out, analyzer, items, extra, models_fp, use_cache, repo
             item.status, item.message = "cancelled", "cancelled by the user"
             item.case_id = item.case_id or case_id_of(path)
             items.append(item)
-            # the cases not reached keep their row: an earlier run's results where they are
-            # still valid (as the cache would take them), else "not analysed"
-            rest = [_not_reached(p, out, models_fp, report, render, deidentify)
-                    for p in paths[i + 1:]]
-            _write_summary(out, items + rest + extra, deidentify=deidentify)
             raise
         except RadiogenError as e:
             item.status, item.message = "failed", str(e)

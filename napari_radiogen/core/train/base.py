@@ -201,14 +201,8 @@ class TrainTask(ABC):
         init = self.init_model()
         if init is None:
             return None
-        if getattr(self, "_init_sha", None) is None:
-            import hashlib
-            h = hashlib.sha256()
-            with open(init[0], "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            self._init_sha = h.hexdigest()
-        return self._init_sha
+        from ..models import weights_sha256
+        return weights_sha256(init[0])
 
     def init_mismatches(self, card: Dict[str, Any]) -> List[str]:
         """Differences between ``card`` and this task's own card on :attr:`INIT_KEYS` (keys

@@ -40,7 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .. import progress as _progress
 from ..errors import ConfigError
-from ..outputs import dumps
+from ..outputs import check_out_dir, dumps
 from ..progress import CancelToken, Progress
 from . import checkpoint as ckpt
 from . import ddp
@@ -698,7 +698,7 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
     if limit is not None:
         cfg["_limit"] = int(limit)
     out = Path(out_dir)
-    check_run_folder(out)            # before any data is read or a device is set up
+    check_out_dir(out, shown=shown_path)    # before any data is read or a device is set up
     dev = resolve_device(device)
     dist = ddp.setup(dev)
     dev = ddp.device_for(dev, dist)
@@ -925,26 +925,6 @@ def train(cfg: Union[str, Path, Dict[str, Any]], out_dir: Union[str, Path], *,
         model = None
         _release(dev)
         ddp.teardown(dist)
-
-
-def check_run_folder(out: Path) -> None:
-    """ConfigError when ``out`` cannot be a run folder: an existing file (or a broken link)
-    of that name, or a file on the way to it (the CLI's wording, for the widget too)."""
-    shown = shown_path(out)
-    if out.is_symlink() and not out.exists():
-        raise ConfigError(f"{shown}: cannot create the output folder (a broken link of that "
-                          "name exists)")
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"{shown}: cannot create the output folder (a file of that name "
-                              "exists)")
-        return
-    q = out
-    while not q.exists() and q.parent != q:
-        q = q.parent
-    if q.exists() and not q.is_dir():
-        raise ConfigError(f"{shown}: cannot create the output folder ({shown_path(q)} is a "
-                          "file)")
 
 
 def _check_resume_name(out: Path, cfg: Dict[str, Any], task: TrainTask, shown: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...errors import ConfigError
+from ...models import file_sha256
 from ...triage import CLASSES, IMAGE_EXTS, NORMALISATION_DOC, normalise_slices, read_image
 from ..base import PatientRecord, TrainTask, register_task
 
@@ -64,21 +65,13 @@ def scan_folder(root: os.PathLike) -> List[Tuple[str, str]]:
     return out
 
 
-def file_hash(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dedup_records(root: os.PathLike) -> List[PatientRecord]:
     """One record per distinct image (exact duplicates by SHA-256 merged; the first path in
     sorted order is kept). Raises ConfigError if a duplicate carries two different classes."""
     root = Path(root)
     by_hash: Dict[str, List[Tuple[str, str]]] = {}
     for rel, c in scan_folder(root):
-        by_hash.setdefault(file_hash(root / rel), []).append((rel, c))
+        by_hash.setdefault(file_sha256(root / rel), []).append((rel, c))
     recs = []
     for h, items in by_hash.items():
         classes = {c for _, c in items}
